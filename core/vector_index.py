@@ -1,0 +1,352 @@
+"""Vector indexes keyed by int64 ids, inner product over L2-normalised vectors (= cosine).
+
+One interface, an exact numpy reference (``NumpyVectorIndex``) and FAISS (``FaissVectorIndex``).
+Indexes are caches: the database is the source of truth and every index can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+
+
+class VectorIndex(Protocol):
+    """A mutable set of (id, vector) pairs searchable by inner product."""
+
+    dim: int
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or replace vectors under ``ids`` (int64, shape (n,)); vectors float32 (n, dim)."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids that are present; returns how many were removed."""
+        ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product per query row: (scores (q, k) float32, ids (q, k) int64, -1 = none)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+class NumpyVectorIndex:
+    """Exact brute-force reference implementation; fine up to a few thousand vectors."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._ids = np.zeros((0,), dtype=np.int64)
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._lock = threading.Lock()
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        with self._lock:
+            keep = ~np.isin(self._ids, ids)
+            self._ids = np.concatenate([self._ids[keep], ids])
+            self._vectors = np.concatenate([self._vectors[keep], vectors])
+
+    def remove(self, ids: np.ndarray) -> int:
+        with self._lock:
+            hit = np.isin(self._ids, np.asarray(ids, dtype=np.int64))
+            self._ids = self._ids[~hit]
+            self._vectors = self._vectors[~hit]
+            return int(hit.sum())
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            ids, vectors = self._ids, self._vectors
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        if len(ids) == 0 or k <= 0:
+            return out_scores, out_ids
+        scores = queries @ vectors.T
+        take = min(k, len(ids))
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        for row in range(len(queries)):
+            order = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
+            out_scores[row, :take] = scores[row, order]
+            out_ids[row, :take] = ids[order]
+        return out_scores, out_ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class FaissVectorIndex:
+    """FAISS exact inner-product index with id mapping (``IndexIDMap2(IndexFlatIP)``)."""
+
+    def __init__(self, dim: int):
+        import faiss
+
+        self.dim = dim
+        self._faiss = faiss
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._lock = threading.Lock()
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        with self._lock:
+            self._index.remove_ids(ids)
+            self._index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        with self._lock:
+            return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if k <= 0 or self._index.ntotal == 0:
+            return (
+                np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32),
+                np.full((len(queries), max(k, 0)), -1, dtype=np.int64),
+            )
+        with self._lock:
+            scores, ids = self._index.search(queries, k)
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+
+class TombstoneFaissIndex:
+    """A FAISS index that cannot remove vectors (HNSW, any GPU index) made mutable with tombstones.
+
+    Vectors live in append-only *slots*; ``add`` of a known id tombstones its old slot, ``remove``
+    tombstones it, and ``search`` over-fetches and drops dead slots. Once dead slots exceed
+    ``compact_ratio`` of all slots the index is rebuilt from the live vectors (kept here as a float32
+    copy, which also lets a CPU HNSW be moved to a GPU flat index and back).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "hnsw",
+        *,
+        hnsw_m: int = 32,
+        ef_search: int = 64,
+        ef_construction: int = 80,
+        compact_ratio: float = 0.2,
+        gpu: bool = False,
+    ):
+        import faiss
+
+        if kind not in ("hnsw", "flat"):
+            raise ValueError(f"TombstoneFaissIndex kind must be 'hnsw' or 'flat', got {kind!r}")
+        if gpu and faiss.get_num_gpus() <= 0:
+            raise ValueError("gpu=True but faiss sees no GPU (install the 'gpu' extra on a GPU machine)")
+        self.dim = dim
+        self.kind = kind
+        self.gpu = gpu
+        self._faiss = faiss
+        self._hnsw_m = hnsw_m
+        self._ef_search = ef_search
+        self._ef_construction = ef_construction
+        self._compact_ratio = compact_ratio
+        self._lock = threading.RLock()
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._slot_ids = np.zeros((0,), dtype=np.int64)  # slot -> id, -1 = tombstone
+        self._slot_of: dict[int, int] = {}
+        self._dead = 0
+        self._index = self._new_index()
+
+    def _new_index(self):  # type: ignore[no-untyped-def]  # faiss has no stubs
+        faiss = self._faiss
+        if self.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, self._hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self._ef_construction
+            index.hnsw.efSearch = self._ef_search
+            return index
+        index = faiss.IndexFlatIP(self.dim)
+        if self.gpu:
+            index = faiss.index_cpu_to_all_gpus(index)
+        return index
+
+    @property
+    def tombstones(self) -> int:
+        """Dead slots not yet compacted away."""
+        return self._dead
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        if len(ids) == 0:
+            return
+        with self._lock:
+            # Later duplicates in one call win, as with repeated single adds.
+            last = {int(i): row for row, i in enumerate(ids)}
+            rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+            ids, vectors = ids[rows], vectors[rows]
+            for i in last:
+                self._kill(i)
+            start = len(self._slot_ids)
+            self._index.add(vectors)
+            self._vectors = np.concatenate([self._vectors, vectors])
+            self._slot_ids = np.concatenate([self._slot_ids, ids])
+            for offset, i in enumerate(ids.tolist()):
+                self._slot_of[i] = start + offset
+            self._maybe_compact()
+
+    def _kill(self, doc_id: int) -> bool:
+        slot = self._slot_of.pop(doc_id, None)
+        if slot is None:
+            return False
+        self._slot_ids[slot] = -1
+        self._dead += 1
+        return True
+
+    def remove(self, ids: np.ndarray) -> int:
+        with self._lock:
+            removed = sum(self._kill(int(i)) for i in np.asarray(ids, dtype=np.int64).tolist())
+            self._maybe_compact()
+            return removed
+
+    def _maybe_compact(self) -> None:
+        total = len(self._slot_ids)
+        if total and self._dead > self._compact_ratio * total:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild the FAISS index from the live vectors only (drops every tombstone)."""
+        with self._lock:
+            live = self._slot_ids >= 0
+            vectors, ids = self._vectors[live], self._slot_ids[live]
+            self._index = self._new_index()
+            if len(ids):
+                self._index.add(np.ascontiguousarray(vectors))
+            self._vectors, self._slot_ids = vectors, ids
+            self._slot_of = {int(i): s for s, i in enumerate(ids.tolist())}
+            self._dead = 0
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        out_scores = np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
+        with self._lock:
+            total = len(self._slot_ids)
+            if k <= 0 or total == self._dead:
+                return out_scores, out_ids
+            # Over-fetch by the share of dead slots; retried wider in the rare case it was not enough.
+            fetch = min(total, k + min(self._dead, 4 * k))
+            while True:
+                if self.kind == "hnsw":
+                    self._index.hnsw.efSearch = max(self._ef_search, fetch)
+                scores, slots = self._index.search(queries, fetch)
+                slot_ids = np.where(slots >= 0, self._slot_ids[np.maximum(slots, 0)], -1)
+                enough = (slot_ids >= 0).sum(axis=1) >= min(k, total - self._dead)
+                if enough.all() or fetch >= total:
+                    break
+                fetch = min(total, fetch * 4)
+        for row in range(len(queries)):
+            live = slot_ids[row] >= 0
+            take = min(k, int(live.sum()))
+            out_ids[row, :take] = slot_ids[row][live][:take]
+            out_scores[row, :take] = scores[row][live][:take]
+        return out_scores, out_ids
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live entry (for moving the index elsewhere)."""
+        with self._lock:
+            live = self._slot_ids >= 0
+            return self._slot_ids[live].copy(), self._vectors[live].copy()
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+
+class AutoVectorIndex:
+    """Exact flat FAISS while small; HNSW (CPU) or a GPU flat index beyond a size threshold.
+
+    Flat search is exact and supports real deletes; past ``hnsw_threshold`` vectors a flat scan costs
+    more than a query embedding, so the index migrates once to HNSW (sub-linear search, tombstone
+    deletes). Where ``faiss.get_num_gpus() > 0`` and the index reaches ``gpu_threshold``, it moves to
+    an exact GPU flat index instead (GPU indexes cannot remove either: same tombstones).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hnsw_threshold: int = 20_000,
+        gpu_threshold: int = 50_000,
+        use_gpu: bool | None = None,
+        hnsw_m: int = 32,
+        ef_search: int = 64,
+    ):
+        import faiss
+
+        self.dim = dim
+        self.hnsw_threshold = hnsw_threshold
+        self.gpu_threshold = gpu_threshold
+        self.use_gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
+        self._hnsw_m = hnsw_m
+        self._ef_search = ef_search
+        self._lock = threading.RLock()
+        self._index: FaissVectorIndex | TombstoneFaissIndex = FaissVectorIndex(dim)
+
+    @property
+    def backend(self) -> str:
+        """``flat``, ``hnsw`` or ``gpu-flat``: what serves searches now."""
+        if isinstance(self._index, FaissVectorIndex):
+            return "flat"
+        return "gpu-flat" if self._index.gpu else "hnsw"
+
+    def _migrate(self) -> None:
+        n = len(self._index)
+        if self.use_gpu and n >= self.gpu_threshold and self.backend != "gpu-flat":
+            target = TombstoneFaissIndex(self.dim, "flat", gpu=True)
+        elif not self.use_gpu and n >= self.hnsw_threshold and self.backend == "flat":
+            target = TombstoneFaissIndex(self.dim, "hnsw", hnsw_m=self._hnsw_m, ef_search=self._ef_search)
+        else:
+            return
+        if isinstance(self._index, FaissVectorIndex):
+            inner = self._index._index
+            ids = self._faiss_ids(inner)
+            vectors = (
+                inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else np.zeros((0, self.dim), np.float32)
+            )
+        else:
+            ids, vectors = self._index.vectors()
+        target.add(ids, vectors)
+        self._index = target
+
+    @staticmethod
+    def _faiss_ids(inner) -> np.ndarray:  # type: ignore[no-untyped-def]
+        import faiss
+
+        return faiss.vector_to_array(inner.id_map).astype(np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        with self._lock:
+            self._index.add(ids, vectors)
+            self._migrate()
+
+    def remove(self, ids: np.ndarray) -> int:
+        with self._lock:
+            return self._index.remove(ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._index  # a concurrent migration swaps the reference atomically
+        return index.search(queries, k)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def create_vector_index(dim: int, backend: str = "auto", **options: int | bool | None) -> VectorIndex:
+    """Build the vector index named in configuration: ``auto`` (default), ``flat``, ``hnsw`` or ``numpy``."""
+    if backend == "auto":
+        return AutoVectorIndex(dim, **options)  # type: ignore[arg-type]
+    if backend == "flat":
+        return FaissVectorIndex(dim)
+    if backend == "hnsw":
+        return TombstoneFaissIndex(dim, "hnsw")
+    if backend == "numpy":
+        return NumpyVectorIndex(dim)
+    raise ValueError(f"unknown vector index backend {backend!r}; choose auto, flat, hnsw or numpy")

@@ -1,0 +1,433 @@
+"""The hierarchical guard memory of one namespace: root → category → cluster → leaf exemplars.
+
+Scoring (``GuardMemory.score``) for a query embedding q within a stage group:
+
+* leaves: FAISS top-k by cosine s_j, weights w = softmax(s / T_leaf), leaf harm = Σ w_j·y_j (y = 1 harmful);
+* clusters: top-k centroids by cosine s_i, p_i ∝ max(s_i, ε)^(1/T) (SafeHarbor, T = 0.1); each cluster's
+  smoothed harmful share r_i = (h_i + ½)/(n_i + 1); cluster harm = Σ p_i·r_i;
+* harm = ½(leaf harm + cluster harm); entropy = normalised binary entropy of (harm, 1 − harm);
+* confidence c = clip((max leaf cosine − floor)/(full − floor), 0, 1): with no similar evidence the
+  memory abstains and the namespace's default decision applies.
+
+Evolution (``add_leaf``) places a new exemplar by the cluster distribution of its category: a new
+cluster when nothing is close or the distribution is flat (normalised entropy above a threshold) — unlike
+SafeHarbor, also when a category has one cluster only; otherwise it joins the nearest cluster. A cluster
+whose label entropy rises above ``split_entropy`` splits in two by a 2-means seeded with its per-label
+means (so the cut follows the labels); siblings with close centroids, the same majority label and low
+joint label entropy merge. Every step is an event with before/after snapshots, so it can be undone.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from core.entropy import normalized_entropy
+from core.vector_index import FaissVectorIndex, NumpyVectorIndex, VectorIndex
+from guards.model import Cluster, EvolutionEvent, Exemplar, Label, LeafSource
+from guards.store import GuardStore
+
+
+@dataclass(frozen=True)
+class MemoryParams:
+    """Tunable constants of scoring and evolution (documented in docs/guards.md)."""
+
+    leaf_k: int = 8
+    cluster_k: int = 3
+    #: Softmax temperature over leaf cosines (small = the nearest leaves dominate).
+    leaf_temperature: float = 0.05
+    #: SafeHarbor's p_i ∝ s_i^(1/T) over cluster cosines.
+    cluster_temperature: float = 0.1
+    #: Cosine below which a leaf is no evidence at all, and at which evidence counts fully.
+    similarity_floor: float = 0.2
+    similarity_full: float = 0.45
+    #: Below this confidence the memory abstains (default decision applies).
+    min_confidence: float = 0.25
+    #: Normalised binary label entropy above which a verdict is REVIEW.
+    review_entropy: float = 0.95
+    #: Placement: a new cluster when the best centroid cosine is below this...
+    new_cluster_similarity: float = 0.45
+    #: ...or when the category's cluster distribution is flatter than this (and the best is not close).
+    new_cluster_entropy: float = 0.9
+    join_similarity: float = 0.6
+    #: Split a cluster whose label entropy exceeds this, once it has enough leaves of each label.
+    split_entropy: float = 0.7
+    split_min_per_label: int = 2
+    #: Merge siblings with centroid cosine ≥ this, same majority label and joint label entropy ≤ merge_entropy.
+    merge_similarity: float = 0.85
+    merge_entropy: float = 0.5
+    faiss: bool = True
+
+
+@dataclass
+class ScoreResult:
+    """What the memory says about one query."""
+
+    harm: float
+    entropy: float
+    confidence: float
+    category: str
+    #: (cluster, p_i, cosine) strongest first.
+    clusters: list[tuple[Cluster, float, float]] = field(default_factory=list)
+    #: (leaf, weight, cosine) strongest first.
+    leaves: list[tuple[Exemplar, float, float]] = field(default_factory=list)
+
+
+_STOP = set(
+    "a an the and or of to in on for with by at from as is are be was were it its this that these those i you he she "
+    "we they me my your our their them his her can could would should will please first then also all any some into "
+    "about how what which who when where using use make get out up so do does did not no if than more most such them "
+    "there here need want like just only via per each other been being have has had let us one two new via".split()
+)
+_WORD = re.compile(r"[a-z][a-z'-]{2,}")
+
+
+def keyphrases(texts: list[str], contrast: list[str] | None = None, top: int = 6) -> list[str]:
+    """Words frequent in ``texts`` and rare in ``contrast`` (document-frequency difference)."""
+    def df(items: list[str]) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for t in items:
+            c.update({w for w in _WORD.findall(t.lower()) if w not in _STOP})
+        return c
+
+    pos = df(texts)
+    neg = df(contrast or [])
+    n_pos, n_neg = max(len(texts), 1), max(len(contrast or []), 1)
+    scored = sorted(pos, key=lambda w: (-(pos[w] / n_pos - neg[w] / n_neg), w))
+    return scored[:top]
+
+
+def label_entropy(harmful: int, benign: int) -> float:
+    """Normalised entropy of a cluster's label counts (0 = pure, 1 = half and half)."""
+    return normalized_entropy([harmful, benign]) if harmful + benign else 0.0
+
+
+class GuardMemory:
+    """In-process view of one scope's tree, rebuilt from the store, with FAISS indexes per stage group.
+
+    Writes go to the store first, then to this view; a per-scope lock serialises evolution.
+    """
+
+    def __init__(self, scope: str, store: GuardStore, dim: int, params: MemoryParams | None = None):
+        self.scope = scope
+        self.store = store
+        self.dim = dim
+        self.params = params or MemoryParams()
+        self.lock = threading.RLock()
+        self.leaves: dict[int, Exemplar] = {}
+        self.vectors: dict[int, np.ndarray] = {}
+        self.clusters: dict[int, Cluster] = {}
+        self.include_pack = True
+        self.version = 0
+        self._indexes: dict[str, VectorIndex] = {}
+        self._centroids: dict[str, tuple[list[int], np.ndarray]] = {}
+        self.reload()
+
+    # --- loading and derived state ------------------------------------------------------------------
+    def reload(self) -> None:
+        """Rebuild everything from the store (the store is the source of truth)."""
+        with self.lock:
+            leaves, vectors = self.store.load_leaves(self.scope)
+            self.leaves = {leaf.id: leaf for leaf in leaves}
+            self.vectors = {leaf.id: vectors[i] for i, leaf in enumerate(leaves)}
+            self.clusters = {c.id: c for c, active in self.store.load_clusters(self.scope) if active}
+            events = self.store.list_events(self.scope, limit=1_000_000)
+            self.version = events[-1].version if events else 0
+            self._rebuild()
+
+    def _visible(self, leaf: Exemplar) -> bool:
+        return leaf.active and (self.include_pack or leaf.source != LeafSource.PACK)
+
+    def members(self, cluster_id: int) -> list[Exemplar]:
+        """Visible leaves of a cluster."""
+        return [
+            leaf for leaf in self.leaves.values() if leaf.cluster_id == cluster_id and self._visible(leaf)
+        ]
+
+    def _rebuild(self) -> None:
+        by_group: dict[str, list[int]] = {}
+        for leaf in self.leaves.values():
+            if self._visible(leaf):
+                by_group.setdefault(leaf.stage_group, []).append(leaf.id)
+        self._indexes = {}
+        for group, ids in by_group.items():
+            index: VectorIndex = FaissVectorIndex(self.dim) if self.params.faiss else NumpyVectorIndex(self.dim)
+            index.add(np.asarray(ids, dtype=np.int64), np.stack([self.vectors[i] for i in ids]))
+            self._indexes[group] = index
+        self._centroids = {}
+        self._stats: dict[int, tuple[int, int]] = {}
+        members: dict[int, list[int]] = {}
+        for leaf in self.leaves.values():
+            if self._visible(leaf) and leaf.cluster_id in self.clusters:
+                members.setdefault(leaf.cluster_id, []).append(leaf.id)
+        rows: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for cid, ids in members.items():
+            cluster = self.clusters[cid]
+            centroid = np.mean([self.vectors[i] for i in ids], axis=0)
+            norm = float(np.linalg.norm(centroid))
+            rows.setdefault(cluster.stage_group, []).append((cid, centroid / norm if norm > 0 else centroid))
+            harmful = sum(1 for i in ids if self.leaves[i].label == Label.HARMFUL)
+            self._stats[cid] = (harmful, len(ids) - harmful)
+        for group, items in rows.items():
+            self._centroids[group] = ([cid for cid, _ in items], np.stack([v for _, v in items]).astype(np.float32))
+
+    def stats(self, cluster_id: int) -> tuple[int, int]:
+        """(harmful, benign) counts of a cluster's visible leaves."""
+        return self._stats.get(cluster_id, (0, 0))
+
+    def centroid(self, cluster_id: int) -> np.ndarray | None:
+        """Normalised centroid of a cluster (None when it has no visible leaves)."""
+        for ids, matrix in self._centroids.values():
+            if cluster_id in ids:
+                return matrix[ids.index(cluster_id)]
+        return None
+
+    # --- scoring -------------------------------------------------------------------------------------
+    def score(self, query: np.ndarray, group: str) -> ScoreResult:
+        """Harm, entropy and confidence of one normalised query vector in a stage group."""
+        p = self.params
+        with self.lock:
+            index = self._indexes.get(group)
+            centroids = self._centroids.get(group)
+            if index is None or centroids is None or len(index) == 0:
+                return ScoreResult(harm=0.0, entropy=1.0, confidence=0.0, category="")
+            scores, ids = index.search(query.reshape(1, -1), p.leaf_k)
+            leaf_pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+            leaves = [(self.leaves[i], s) for i, s in leaf_pairs]
+            cids, matrix = centroids
+            csims = matrix @ query.astype(np.float32)
+            order = np.argsort(-csims)[: p.cluster_k]
+            clusters = [(self.clusters[cids[j]], float(csims[j])) for j in order]
+            stats = [self.stats(c.id) for c, _ in clusters]
+        sims = np.array([s for _, s in leaves])
+        weights = np.exp((sims - sims.max()) / p.leaf_temperature)
+        weights /= weights.sum()
+        labels = np.array([1.0 if leaf.label == Label.HARMFUL else 0.0 for leaf, _ in leaves])
+        leaf_harm = float((weights * labels).sum())
+        csim = np.maximum(np.array([s for _, s in clusters]), 1e-6)
+        pc = csim ** (1.0 / p.cluster_temperature)
+        pc = pc / pc.sum()
+        rates = np.array([(h + 0.5) / (h + b + 1.0) for h, b in stats])
+        cluster_harm = float((pc * rates).sum())
+        harm = 0.5 * (leaf_harm + cluster_harm)
+        confidence = float(np.clip((sims.max() - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0, 1))
+        # The category is the one carrying most similarity mass among the top clusters.
+        mass: Counter[str] = Counter()
+        for (c, _), w in zip(clusters, pc, strict=True):
+            mass[c.category] += float(w)
+        category = mass.most_common(1)[0][0] if mass else ""
+        return ScoreResult(
+            harm=harm,
+            entropy=normalized_entropy([harm, 1.0 - harm]),
+            confidence=confidence,
+            category=category,
+            clusters=[(c, float(w), s) for (c, s), w in zip(clusters, pc, strict=True)],
+            leaves=[(leaf, float(w), s) for (leaf, s), w in zip(leaves, weights, strict=True)],
+        )
+
+    # --- evolution -------------------------------------------------------------------------------------
+    def snapshot(self, cluster_id: int) -> dict[str, Any]:
+        """JSON-able state of a cluster: what rollback restores."""
+        c = self.clusters[cluster_id]
+        leaf_ids = sorted(leaf.id for leaf in self.leaves.values() if leaf.cluster_id == cluster_id)
+        return {"id": c.id, "category": c.category, "stage_group": c.stage_group, "rule_text": c.rule_text,
+                "leaf_ids": leaf_ids}
+
+    def _event(self, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
+        event = self.store.append_event(self.scope, kind, summary, payload)
+        self.version = event.version
+        return event
+
+    def _new_cluster(self, category: str, group: str, rule_text: str, leaf_ids: list[int]) -> int:
+        cid = self.store.add_cluster(self.scope, Cluster(0, category, group, rule_text))
+        self.clusters[cid] = Cluster(cid, category, group, rule_text)
+        self._assign(leaf_ids, cid)
+        return cid
+
+    def _assign(self, leaf_ids: list[int], cluster_id: int) -> None:
+        if not leaf_ids:
+            return
+        self.store.update_leaves(self.scope, {i: {"cluster_id": cluster_id} for i in leaf_ids})
+        for i in leaf_ids:
+            self.leaves[i] = replace(self.leaves[i], cluster_id=cluster_id)
+
+    def _deactivate_cluster(self, cluster_id: int) -> None:
+        self.store.update_cluster(self.scope, cluster_id, active=False)
+        self.clusters.pop(cluster_id, None)
+
+    def seed(self, items: list[tuple[Exemplar, np.ndarray]], clusters: list[tuple[str, str, str, list[int]]],
+             kind: str = "seed", summary: str = "") -> EvolutionEvent:
+        """Insert a batch of leaves grouped into given clusters (category, group, rule_text, item indexes)."""
+        with self.lock:
+            ids = self.store.add_leaves(self.scope, [e for e, _ in items], np.stack([v for _, v in items]))
+            for (leaf, vec), new_id in zip(items, ids, strict=True):
+                self.leaves[new_id] = replace(leaf, id=new_id)
+                self.vectors[new_id] = vec
+            created = [self._new_cluster(cat, group, text, [ids[i] for i in idx]) for cat, group, text, idx in clusters]
+            event = self._event(kind, summary or f"{len(ids)} exemplars in {len(created)} clusters",
+                                {"created": created, "before": [], "added_leaves": ids})
+            self._rebuild()
+            return event
+
+    def add_leaf(self, leaf: Exemplar, vector: np.ndarray, category: str | None = None) -> tuple[int, int, list[EvolutionEvent]]:
+        """Place a new exemplar, then split/merge as needed. Returns (leaf id, cluster id, events)."""
+        p = self.params
+        with self.lock:
+            group = leaf.stage_group
+            cids, matrix = self._centroids.get(group, ([], np.zeros((0, self.dim), np.float32)))
+            sims = matrix @ vector.astype(np.float32) if len(cids) else np.zeros(0)
+            if not category:
+                category = self.clusters[cids[int(np.argmax(sims))]].category if len(cids) else (leaf.category or "general")
+            leaf = replace(leaf, category=category)
+            [leaf_id] = self.store.add_leaves(self.scope, [leaf], vector.reshape(1, -1))
+            self.leaves[leaf_id] = replace(leaf, id=leaf_id)
+            self.vectors[leaf_id] = vector.astype(np.float32)
+            cand = [(cid, float(s)) for cid, s in zip(cids, sims, strict=True) if self.clusters[cid].category == category]
+            events: list[EvolutionEvent] = []
+            best_id, best_s = max(cand, key=lambda x: x[1]) if cand else (0, -1.0)
+            flat = 0.0
+            if len(cand) > 1:
+                pc = np.maximum(np.array([s for _, s in cand]), 1e-6) ** (1.0 / p.cluster_temperature)
+                flat = normalized_entropy(pc / pc.sum())
+            if not cand or best_s < p.new_cluster_similarity or (flat > p.new_cluster_entropy and best_s < p.join_similarity):
+                rule = "; ".join(keyphrases([leaf.text]))
+                cid = self._new_cluster(category, group, rule, [leaf_id])
+                events.append(self._event("new_cluster", f"leaf {leaf_id} opened cluster {cid} in {category!r} "
+                                          f"(best cosine {best_s:.2f}, placement entropy {flat:.2f})",
+                                          {"created": [cid], "before": [], "added_leaves": [leaf_id]}))
+            else:
+                cid = best_id
+                before = self.snapshot(cid)
+                self._assign([leaf_id], cid)
+                events.append(self._event("add_leaf", f"leaf {leaf_id} joined cluster {cid} (cosine {best_s:.2f})",
+                                          {"created": [], "before": [before], "added_leaves": [leaf_id]}))
+            self._rebuild()
+            split = self.maybe_split(cid)
+            if split is not None:
+                events.append(split)
+            events.extend(self.maybe_merge(category, group))
+            return leaf_id, self.leaves[leaf_id].cluster_id, events
+
+    def maybe_split(self, cluster_id: int) -> EvolutionEvent | None:
+        """Split a cluster whose label entropy is too high into two purer ones (2-means seeded by label)."""
+        p = self.params
+        harmful, benign = self.stats(cluster_id)
+        if min(harmful, benign) < p.split_min_per_label or label_entropy(harmful, benign) <= p.split_entropy:
+            return None
+        members = self.members(cluster_id)
+        ids = [m.id for m in members]
+        x = np.stack([self.vectors[i] for i in ids])
+        y = np.array([m.label == Label.HARMFUL for m in members])
+        centers = np.stack([x[y].mean(0), x[~y].mean(0)])
+        assign = y.astype(int) ^ 1  # 0 = harmful side, 1 = benign side
+        for _ in range(10):
+            new = np.argmax(x @ centers.T, axis=1)
+            if len(set(new.tolist())) < 2 or (new == assign).all():
+                break
+            assign = new
+            centers = np.stack([x[assign == k].mean(0) for k in (0, 1)])
+
+        def joint(a: np.ndarray) -> float:
+            total = 0.0
+            for k in (0, 1):
+                yk = y[a == k]
+                total += len(yk) / len(y) * label_entropy(int(yk.sum()), int((~yk).sum()))
+            return total
+
+        # Geometry alone may cut across the labels; fall back to the label partition when it does not help.
+        if len(set(assign.tolist())) < 2 or joint(assign) >= label_entropy(harmful, benign):
+            assign = (~y).astype(int)
+        before = self.snapshot(cluster_id)
+        parent = self.clusters[cluster_id]
+        sides = [[ids[i] for i in range(len(ids)) if assign[i] == k] for k in (0, 1)]
+        texts = [[self.leaves[i].text for i in side] for side in sides]
+        created = []
+        for k in (0, 1):
+            side_harm = sum(1 for i in sides[k] if self.leaves[i].label == Label.HARMFUL)
+            majority = "block" if side_harm * 2 >= len(sides[k]) else "allow"
+            phrases = ", ".join(keyphrases(texts[k], texts[1 - k]))
+            text = f"{parent.rule_text} [{majority}: {phrases}]" if parent.rule_text else f"{majority}: {phrases}"
+            created.append(self._new_cluster(parent.category, parent.stage_group, text, sides[k]))
+        # Leaves of the parent that are hidden (pack switched off) follow the harmful side.
+        hidden = [leaf.id for leaf in self.leaves.values() if leaf.cluster_id == cluster_id]
+        self._assign(hidden, created[0])
+        self._deactivate_cluster(cluster_id)
+        self._rebuild()
+        return self._event(
+            "split",
+            f"cluster {cluster_id} ({harmful} harmful / {benign} benign, label entropy "
+            f"{label_entropy(harmful, benign):.2f}) split into {created[0]} and {created[1]}",
+            {"created": created, "before": [before], "added_leaves": []},
+        )
+
+    def maybe_merge(self, category: str, group: str) -> list[EvolutionEvent]:
+        """Merge sibling clusters that are close, agree on the majority label and stay pure together."""
+        p = self.params
+        events = []
+        while True:
+            cids, matrix = self._centroids.get(group, ([], np.zeros((0, self.dim))))
+            idx = [i for i, cid in enumerate(cids) if self.clusters[cid].category == category]
+            best: tuple[float, int, int] | None = None
+            for a_pos, a in enumerate(idx):
+                for b in idx[a_pos + 1:]:
+                    sim = float(matrix[a] @ matrix[b])
+                    if sim < p.merge_similarity:
+                        continue
+                    ha, ba = self.stats(cids[a])
+                    hb, bb = self.stats(cids[b])
+                    if (ha >= ba) != (hb >= bb) or label_entropy(ha + hb, ba + bb) > p.merge_entropy:
+                        continue
+                    if best is None or sim > best[0]:
+                        best = (sim, cids[a], cids[b])
+            if best is None:
+                return events
+            sim, a_id, b_id = best
+            before = [self.snapshot(a_id), self.snapshot(b_id)]
+            ca, cb = self.clusters[a_id], self.clusters[b_id]
+            text = ca.rule_text if len(ca.rule_text) >= len(cb.rule_text) else cb.rule_text
+            leaf_ids = before[0]["leaf_ids"] + before[1]["leaf_ids"]
+            self._deactivate_cluster(a_id)
+            self._deactivate_cluster(b_id)
+            merged = self._new_cluster(category, group, text, leaf_ids)
+            self._rebuild()
+            events.append(self._event("merge", f"clusters {a_id} and {b_id} (cosine {sim:.2f}) merged into {merged}",
+                                      {"created": [merged], "before": before, "added_leaves": []}))
+
+    def undo(self, event: EvolutionEvent) -> None:
+        """Reverse one event: drop what it created, restore what it replaced, hide the leaves it added."""
+        payload = event.payload
+        for cid in payload.get("created", []):
+            if cid in self.clusters:
+                self._deactivate_cluster(cid)
+            else:
+                self.store.update_cluster(self.scope, cid, active=False)
+        for snap in payload.get("before", []):
+            self.store.update_cluster(self.scope, snap["id"], rule_text=snap["rule_text"], active=True)
+            self.clusters[snap["id"]] = Cluster(snap["id"], snap["category"], snap["stage_group"], snap["rule_text"])
+            self._assign(list(snap["leaf_ids"]), snap["id"])
+        added = list(payload.get("added_leaves", []))
+        if added:
+            self.store.update_leaves(self.scope, {i: {"active": False} for i in added})
+            for i in added:
+                if i in self.leaves:
+                    self.leaves[i] = replace(self.leaves[i], active=False)
+        self._rebuild()
+
+    def rollback(self, target_version: int) -> EvolutionEvent:
+        """Undo every not-yet-undone event after ``target_version``, newest first; record it as an event."""
+        with self.lock:
+            events = self.store.list_events(self.scope, limit=1_000_000)
+            undone: set[int] = set()
+            for e in events:
+                if e.kind == "rollback":
+                    undone.update(e.payload.get("undone", []))
+            todo = [e for e in events if e.version > target_version and e.kind != "rollback" and e.version not in undone]
+            for e in reversed(todo):
+                self.undo(e)
+            return self._event("rollback", f"rolled back to version {target_version} (undid {len(todo)} steps)",
+                               {"target": target_version, "undone": [e.version for e in todo]})

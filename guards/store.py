@@ -1,0 +1,287 @@
+"""Storage interface of the guards and its in-memory reference implementation.
+
+Everything is keyed by the opaque scope string (``"<tenant>/<namespace>"``); no method ever returns
+rows of another scope. ``guards/sql.py`` is the SQL backend; both pass ``tests/guards/test_store.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.errors import NotFoundError
+from guards.model import AuditRecord, Cluster, Decision, EvolutionEvent, Exemplar, PolicyRule, Stage
+
+
+class GuardStore(Protocol):
+    """Source of truth of rules, guard-memory leaves and clusters, evolution history and the audit log."""
+
+    # --- namespace settings -------------------------------------------------------------------------
+    def get_settings(self, scope: str) -> dict[str, Any] | None:
+        """The namespace's guard settings, or None when it was never initialised."""
+        ...
+
+    def put_settings(self, scope: str, settings: dict[str, Any]) -> None:
+        """Replace the namespace's guard settings."""
+        ...
+
+    # --- rules ----------------------------------------------------------------------------------------
+    def put_rules(self, scope: str, rules: list[PolicyRule], *, replace_all: bool = False) -> None:
+        """Insert or replace rules by name; ``replace_all`` first removes every rule of the scope."""
+        ...
+
+    def list_rules(self, scope: str) -> list[PolicyRule]:
+        """All rules of the scope, sorted by name."""
+        ...
+
+    def delete_rules(self, scope: str, names: list[str]) -> int:
+        """Delete rules by name; returns how many existed. Missing names are not an error here."""
+        ...
+
+    # --- guard memory -----------------------------------------------------------------------------------
+    def add_leaves(self, scope: str, leaves: list[Exemplar], vectors: np.ndarray) -> list[int]:
+        """Store leaves (their ``id`` is ignored) with float32 embeddings; returns the new ids in order."""
+        ...
+
+    def load_leaves(self, scope: str) -> tuple[list[Exemplar], np.ndarray]:
+        """Every leaf of the scope (active or not) sorted by id, and their embeddings (n, dim)."""
+        ...
+
+    def update_leaves(self, scope: str, changes: dict[int, dict[str, Any]]) -> None:
+        """Set ``cluster_id`` and/or ``active`` of leaves by id."""
+        ...
+
+    def add_cluster(self, scope: str, cluster: Cluster) -> int:
+        """Store a new active cluster (``id`` ignored, ``leaf_ids`` ignored); returns its id."""
+        ...
+
+    def update_cluster(self, scope: str, cluster_id: int, *, rule_text: str | None = None,
+                       active: bool | None = None) -> None:
+        """Change a cluster's rule text or active flag. Raises NotFoundError when it does not exist."""
+        ...
+
+    def load_clusters(self, scope: str) -> list[tuple[Cluster, bool]]:
+        """Every cluster of the scope with its active flag (``leaf_ids`` empty: membership is on leaves)."""
+        ...
+
+    # --- evolution history ------------------------------------------------------------------------------
+    def append_event(self, scope: str, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
+        """Append an event with the next version number (1, 2, ...) of the scope."""
+        ...
+
+    def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
+        """Events with version > after_version, oldest first."""
+        ...
+
+    # --- audit log ----------------------------------------------------------------------------------------
+    def put_audit(self, scope: str, records: list[AuditRecord]) -> None:
+        """Store verdicts (idempotent by verdict id)."""
+        ...
+
+    def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
+        """One verdict. Raises NotFoundError when it is not in this scope."""
+        ...
+
+    def set_feedback(self, scope: str, verdict_id: str, expected: Decision, note: str) -> None:
+        """Attach feedback to a verdict. Raises NotFoundError when it is not in this scope."""
+        ...
+
+    def query_audit(
+        self,
+        scope: str,
+        *,
+        stage: Stage | None = None,
+        decision: Decision | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[AuditRecord]:
+        """Newest first; ``before_id`` pages on (records older than that verdict)."""
+        ...
+
+    def purge_audit(self, scope: str | None, before: datetime) -> int:
+        """Delete verdicts created before ``before`` (all scopes when None); returns how many."""
+        ...
+
+
+class InMemoryGuardStore:
+    """Dict-backed reference store: what the SQL backend must behave like."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._settings: dict[str, dict[str, Any]] = {}
+        self._rules: dict[str, dict[str, PolicyRule]] = {}
+        self._leaves: dict[str, dict[int, tuple[Exemplar, np.ndarray]]] = {}
+        self._clusters: dict[str, dict[int, tuple[Cluster, bool]]] = {}
+        self._events: dict[str, list[EvolutionEvent]] = {}
+        self._audit: dict[str, dict[str, AuditRecord]] = {}
+        self._next_id = 1
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def get_settings(self, scope: str) -> dict[str, Any] | None:
+        with self._lock:
+            value = self._settings.get(scope)
+            return copy.deepcopy(value) if value is not None else None
+
+    def put_settings(self, scope: str, settings: dict[str, Any]) -> None:
+        with self._lock:
+            self._settings[scope] = copy.deepcopy(settings)
+
+    def put_rules(self, scope: str, rules: list[PolicyRule], *, replace_all: bool = False) -> None:
+        with self._lock:
+            table = self._rules.setdefault(scope, {})
+            if replace_all:
+                table.clear()
+            for rule in rules:
+                table[rule.name] = rule
+
+    def list_rules(self, scope: str) -> list[PolicyRule]:
+        with self._lock:
+            return sorted(self._rules.get(scope, {}).values(), key=lambda r: r.name)
+
+    def delete_rules(self, scope: str, names: list[str]) -> int:
+        with self._lock:
+            table = self._rules.get(scope, {})
+            return sum(1 for n in names if table.pop(n, None) is not None)
+
+    def add_leaves(self, scope: str, leaves: list[Exemplar], vectors: np.ndarray) -> list[int]:
+        with self._lock:
+            table = self._leaves.setdefault(scope, {})
+            ids = []
+            for leaf, vec in zip(leaves, np.asarray(vectors, dtype=np.float32), strict=True):
+                new = replace(leaf, id=self._id())
+                table[new.id] = (new, vec.copy())
+                ids.append(new.id)
+            return ids
+
+    def load_leaves(self, scope: str) -> tuple[list[Exemplar], np.ndarray]:
+        with self._lock:
+            rows = sorted(self._leaves.get(scope, {}).values(), key=lambda r: r[0].id)
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return [r[0] for r in rows], np.stack([r[1] for r in rows]).astype(np.float32)
+
+    def update_leaves(self, scope: str, changes: dict[int, dict[str, Any]]) -> None:
+        with self._lock:
+            table = self._leaves.get(scope, {})
+            for leaf_id, change in changes.items():
+                if leaf_id in table:
+                    leaf, vec = table[leaf_id]
+                    allowed = {k: v for k, v in change.items() if k in ("cluster_id", "active")}
+                    table[leaf_id] = (replace(leaf, **allowed), vec)
+
+    def add_cluster(self, scope: str, cluster: Cluster) -> int:
+        with self._lock:
+            new = replace(cluster, id=self._id(), leaf_ids=())
+            self._clusters.setdefault(scope, {})[new.id] = (new, True)
+            return new.id
+
+    def update_cluster(self, scope: str, cluster_id: int, *, rule_text: str | None = None,
+                       active: bool | None = None) -> None:
+        with self._lock:
+            table = self._clusters.get(scope, {})
+            if cluster_id not in table:
+                raise NotFoundError("cluster", str(cluster_id))
+            cluster, was_active = table[cluster_id]
+            if rule_text is not None:
+                cluster = replace(cluster, rule_text=rule_text)
+            table[cluster_id] = (cluster, was_active if active is None else active)
+
+    def load_clusters(self, scope: str) -> list[tuple[Cluster, bool]]:
+        with self._lock:
+            return sorted(self._clusters.get(scope, {}).values(), key=lambda r: r[0].id)
+
+    def append_event(self, scope: str, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
+        with self._lock:
+            events = self._events.setdefault(scope, [])
+            event = EvolutionEvent(
+                version=len(events) + 1, kind=kind, summary=summary, created_at=_now(),
+                payload=copy.deepcopy(payload),
+            )
+            events.append(event)
+            return event
+
+    def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
+        with self._lock:
+            return [e for e in self._events.get(scope, []) if e.version > after_version][:limit]
+
+    def put_audit(self, scope: str, records: list[AuditRecord]) -> None:
+        with self._lock:
+            table = self._audit.setdefault(scope, {})
+            for record in records:
+                table.setdefault(record.verdict.verdict_id, record)
+
+    def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
+        with self._lock:
+            try:
+                return self._audit.get(scope, {})[verdict_id]
+            except KeyError:
+                raise NotFoundError("verdict", verdict_id) from None
+
+    def set_feedback(self, scope: str, verdict_id: str, expected: Decision, note: str) -> None:
+        with self._lock:
+            record = self.get_audit(scope, verdict_id)
+            self._audit[scope][verdict_id] = replace(record, feedback=expected, feedback_note=note)
+
+    def query_audit(
+        self,
+        scope: str,
+        *,
+        stage: Stage | None = None,
+        decision: Decision | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[AuditRecord]:
+        with self._lock:
+            rows = list(self._audit.get(scope, {}).values())
+        rows.sort(key=lambda r: (r.created_at or _EPOCH, r.verdict.verdict_id), reverse=True)
+        if before_id is not None:
+            keys = [(r.created_at or _EPOCH, r.verdict.verdict_id) for r in rows]
+            anchor = next((k for k in keys if k[1] == before_id), None)
+            if anchor is None:
+                raise NotFoundError("verdict", before_id)
+            rows = [r for r, k in zip(rows, keys, strict=True) if k < anchor]
+        out = []
+        for r in rows:
+            if stage is not None and r.verdict.stage != stage:
+                continue
+            if decision is not None and r.verdict.decision != decision:
+                continue
+            if since is not None and (r.created_at or _EPOCH) < since:
+                continue
+            if until is not None and (r.created_at or _EPOCH) >= until:
+                continue
+            out.append(r)
+            if len(out) >= limit:
+                break
+        return out
+
+    def purge_audit(self, scope: str | None, before: datetime) -> int:
+        with self._lock:
+            scopes = [scope] if scope is not None else list(self._audit)
+            removed = 0
+            for s in scopes:
+                table = self._audit.get(s, {})
+                old = [k for k, r in table.items() if (r.created_at or _EPOCH) < before]
+                for k in old:
+                    del table[k]
+                removed += len(old)
+            return removed
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,0 +1,616 @@
+"""Durable storage of the memory: the ``MemoryStore`` interface, an in-memory reference, and SQL.
+
+The store knows nothing about derivation, embedding or ranking; it keeps raw messages, derived units
+(with their vectors), association edges and a per-namespace generation, and applies one ``Change``
+atomically. ``memory/engine.py`` decides what the change is. Both implementations pass the same
+conformance suite (``tests/memory/test_store_conformance.py``) on in-memory, SQLite and Postgres.
+
+Every method takes the opaque scoped namespace key first; no method reads across keys.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import sqlalchemy as sa
+
+from memory import schema
+from memory.model import Granularity, MemoryMessage, MemoryUnit
+
+
+def content_hash(message: MemoryMessage) -> str:
+    """Hash of everything a client sends for a message; equal hash = an idempotent resend."""
+    payload = json.dumps(
+        [
+            message.session_id,
+            message.speaker,
+            message.text,
+            message.time.isoformat() if message.time else None,
+            sorted(message.metadata.items()),
+        ],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def unit_key(namespace: str, unit_id: str) -> int:
+    """The int64 key of a unit in the vector and lexical indexes: 63 bits of blake2b, never negative.
+
+    A hash rather than a database sequence so every backend (and the in-memory reference) agrees on
+    keys without a round trip, and a re-derived unit with the same id keeps its key.
+    """
+    digest = hashlib.blake2b(f"{namespace}\x00{unit_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class StoredUnit:
+    """A unit as persisted: the unit, its index key, its embedding and the model that made it."""
+
+    unit: MemoryUnit
+    key: int
+    vector: np.ndarray
+    model: str
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as persisted, with its arrival order in the namespace."""
+
+    message: MemoryMessage
+    seq: int
+    content_hash: str
+
+
+@dataclass
+class Change:
+    """One atomic change to a namespace; ``MemoryStore.apply`` commits all of it or none of it."""
+
+    upsert_messages: list[MemoryMessage] = field(default_factory=list)
+    """Messages to insert or replace (a replaced message keeps its arrival order)."""
+    delete_messages: list[str] = field(default_factory=list)
+    """Message ids to delete."""
+    delete_units: list[str] = field(default_factory=list)
+    """Unit ids to delete (with their message links)."""
+    insert_units: list[StoredUnit] = field(default_factory=list)
+    """Units to insert (an existing id is replaced)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.upsert_messages or self.delete_messages or self.delete_units or self.insert_units)
+
+
+@dataclass(frozen=True)
+class NamespaceCounts:
+    """Row counts of one namespace."""
+
+    messages: int
+    sessions: int
+    units: dict[str, int]
+    edges: int
+    generation: int
+
+
+class MemoryStore(abc.ABC):
+    """Persistence of raw messages, derived units, association edges and namespace generations.
+
+    Reads of a namespace that holds nothing return empty results, never an error.
+    """
+
+    @abc.abstractmethod
+    def get_messages(self, namespace: str, ids: Sequence[str]) -> dict[str, StoredMessage]:
+        """The stored messages among ``ids`` (missing ids are absent from the result)."""
+
+    @abc.abstractmethod
+    def session_messages(self, namespace: str, session_id: str) -> list[StoredMessage]:
+        """All messages of a session in arrival order."""
+
+    @abc.abstractmethod
+    def list_messages(
+        self, namespace: str, *, session_id: str | None = None, after_seq: int = -1, limit: int = 100
+    ) -> list[StoredMessage]:
+        """A page of messages in arrival order with ``seq > after_seq``, optionally of one session."""
+
+    @abc.abstractmethod
+    def list_sessions(self, namespace: str) -> list[str]:
+        """Ids of the sessions that hold at least one message, sorted."""
+
+    @abc.abstractmethod
+    def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
+        """The units derived from the given sessions."""
+
+    @abc.abstractmethod
+    def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
+        """The stored units among ``unit_ids``."""
+
+    @abc.abstractmethod
+    def iter_units(self, namespace: str, batch_size: int = 5000) -> Iterator[list[StoredUnit]]:
+        """Every unit of a namespace, in batches (index rebuilds)."""
+
+    @abc.abstractmethod
+    def apply(self, namespace: str, change: Change) -> int:
+        """Commit ``change`` atomically and return the namespace's new generation.
+
+        New messages get the next arrival numbers; replaced ones keep theirs.
+        """
+
+    @abc.abstractmethod
+    def generation(self, namespace: str) -> int:
+        """The namespace's generation: 0 when empty, bumped by every applied change."""
+
+    @abc.abstractmethod
+    def namespaces(self) -> list[str]:
+        """Namespace keys that hold messages or units."""
+
+    @abc.abstractmethod
+    def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        """Replace the namespace's association edges ``(src_key, dst_key, weight)``."""
+
+    @abc.abstractmethod
+    def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        """Insert or update some association edges, keeping the rest."""
+
+    @abc.abstractmethod
+    def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
+        """All association edges of the namespace."""
+
+    @abc.abstractmethod
+    def counts(self, namespace: str) -> NamespaceCounts:
+        """Row counts of a namespace."""
+
+    @abc.abstractmethod
+    def drop_namespace(self, namespace: str) -> int:
+        """Delete everything of a namespace; returns how many messages were deleted."""
+
+
+class InMemoryStore(MemoryStore):
+    """Reference implementation on dicts; the conformance suite's oracle. Not durable."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._messages: dict[str, dict[str, StoredMessage]] = {}
+        self._units: dict[str, dict[str, StoredUnit]] = {}
+        self._edges: dict[str, dict[tuple[int, int], float]] = {}
+        self._generation: dict[str, int] = {}
+        self._next_seq: dict[str, int] = {}
+
+    def get_messages(self, namespace: str, ids: Sequence[str]) -> dict[str, StoredMessage]:
+        with self._lock:
+            stored = self._messages.get(namespace, {})
+            return {i: stored[i] for i in ids if i in stored}
+
+    def session_messages(self, namespace: str, session_id: str) -> list[StoredMessage]:
+        with self._lock:
+            rows = [
+                m for m in self._messages.get(namespace, {}).values() if m.message.session_id == session_id
+            ]
+        return sorted(rows, key=lambda m: m.seq)
+
+    def list_messages(
+        self, namespace: str, *, session_id: str | None = None, after_seq: int = -1, limit: int = 100
+    ) -> list[StoredMessage]:
+        with self._lock:
+            rows = [
+                m
+                for m in self._messages.get(namespace, {}).values()
+                if m.seq > after_seq and (session_id is None or m.message.session_id == session_id)
+            ]
+        return sorted(rows, key=lambda m: m.seq)[:limit]
+
+    def list_sessions(self, namespace: str) -> list[str]:
+        with self._lock:
+            return sorted({m.message.session_id for m in self._messages.get(namespace, {}).values()})
+
+    def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
+        wanted = set(session_ids)
+        with self._lock:
+            return [u for u in self._units.get(namespace, {}).values() if u.unit.session_id in wanted]
+
+    def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
+        with self._lock:
+            stored = self._units.get(namespace, {})
+            return {i: stored[i] for i in unit_ids if i in stored}
+
+    def iter_units(self, namespace: str, batch_size: int = 5000) -> Iterator[list[StoredUnit]]:
+        with self._lock:
+            rows = list(self._units.get(namespace, {}).values())
+        for start in range(0, len(rows), batch_size):
+            yield rows[start : start + batch_size]
+
+    def apply(self, namespace: str, change: Change) -> int:
+        with self._lock:
+            # Build the new state on copies so a failure half-way leaves nothing applied.
+            msgs = dict(self._messages.get(namespace, {}))
+            units = dict(self._units.get(namespace, {}))
+            seq = self._next_seq.get(namespace, 0)
+            for mid in change.delete_messages:
+                msgs.pop(mid, None)
+            for message in change.upsert_messages:
+                old = msgs.get(message.id)
+                if old is None:
+                    msgs[message.id] = StoredMessage(copy.deepcopy(message), seq, content_hash(message))
+                    seq += 1
+                else:
+                    msgs[message.id] = StoredMessage(copy.deepcopy(message), old.seq, content_hash(message))
+            for uid in change.delete_units:
+                units.pop(uid, None)
+            for stored in change.insert_units:
+                units[stored.unit.id] = stored
+            self._messages[namespace] = msgs
+            self._units[namespace] = units
+            self._next_seq[namespace] = seq
+            self._generation[namespace] = self._generation.get(namespace, 0) + 1
+            return self._generation[namespace]
+
+    def generation(self, namespace: str) -> int:
+        with self._lock:
+            return self._generation.get(namespace, 0)
+
+    def namespaces(self) -> list[str]:
+        with self._lock:
+            return sorted(
+                ns
+                for ns in set(self._messages) | set(self._units)
+                if self._messages.get(ns) or self._units.get(ns)
+            )
+
+    def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        with self._lock:
+            self._edges[namespace] = {(int(s), int(d)): float(w) for s, d, w in edges}
+
+    def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        with self._lock:
+            table = self._edges.setdefault(namespace, {})
+            for s, d, w in edges:
+                table[(int(s), int(d))] = float(w)
+
+    def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
+        with self._lock:
+            return sorted((s, d, w) for (s, d), w in self._edges.get(namespace, {}).items())
+
+    def counts(self, namespace: str) -> NamespaceCounts:
+        with self._lock:
+            msgs = self._messages.get(namespace, {})
+            per: dict[str, int] = {}
+            for u in self._units.get(namespace, {}).values():
+                per[u.unit.granularity.value] = per.get(u.unit.granularity.value, 0) + 1
+            return NamespaceCounts(
+                messages=len(msgs),
+                sessions=len({m.message.session_id for m in msgs.values()}),
+                units=per,
+                edges=len(self._edges.get(namespace, {})),
+                generation=self._generation.get(namespace, 0),
+            )
+
+    def drop_namespace(self, namespace: str) -> int:
+        with self._lock:
+            n = len(self._messages.pop(namespace, {}))
+            self._units.pop(namespace, None)
+            self._edges.pop(namespace, None)
+            if n or namespace in self._generation:
+                self._generation[namespace] = self._generation.get(namespace, 0) + 1
+            return n
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes even for timezone=True columns; everything we store is UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    # Bounded IN lists: SQLite caps bound parameters per statement.
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqlMemoryStore(MemoryStore):
+    """SQLAlchemy Core backend over an injected ``Engine`` (SQLite or Postgres); tables in ``schema``."""
+
+    def __init__(self, engine: sa.Engine, *, create_tables: bool = False):
+        self._engine = engine
+        if create_tables:
+            schema.metadata.create_all(engine)
+
+    # -- rows -> values ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _message(row: sa.Row) -> StoredMessage:
+        message = MemoryMessage(
+            id=row.id,
+            session_id=row.session_id,
+            speaker=row.speaker or "",
+            text=row.text,
+            time=_aware(row.time),
+            metadata=json.loads(row.metadata_json or "{}"),
+        )
+        return StoredMessage(message, int(row.seq), row.content_hash)
+
+    @staticmethod
+    def _unit(row: sa.Row) -> StoredUnit:
+        unit = MemoryUnit(
+            id=row.id,
+            granularity=Granularity(row.granularity),
+            text=row.text,
+            message_ids=tuple(json.loads(row.message_ids_json)),
+            session_id=row.session_id,
+            time_start=_aware(row.time_start),
+            time_end=_aware(row.time_end),
+            weight=float(row.weight),
+        )
+        return StoredUnit(unit, int(row.key), np.frombuffer(row.vector, dtype=np.float32), row.model)
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def get_messages(self, namespace: str, ids: Sequence[str]) -> dict[str, StoredMessage]:
+        t = schema.messages
+        out: dict[str, StoredMessage] = {}
+        with self._engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
+                out.update({row.id: self._message(row) for row in rows})
+        return out
+
+    def session_messages(self, namespace: str, session_id: str) -> list[StoredMessage]:
+        t = schema.messages
+        query = sa.select(t).where(t.c.namespace == namespace, t.c.session_id == session_id).order_by(t.c.seq)
+        with self._engine.connect() as conn:
+            return [self._message(row) for row in conn.execute(query)]
+
+    def list_messages(
+        self, namespace: str, *, session_id: str | None = None, after_seq: int = -1, limit: int = 100
+    ) -> list[StoredMessage]:
+        t = schema.messages
+        query = sa.select(t).where(t.c.namespace == namespace, t.c.seq > after_seq)
+        if session_id is not None:
+            query = query.where(t.c.session_id == session_id)
+        query = query.order_by(t.c.seq).limit(limit)
+        with self._engine.connect() as conn:
+            return [self._message(row) for row in conn.execute(query)]
+
+    def list_sessions(self, namespace: str) -> list[str]:
+        t = schema.messages
+        query = (
+            sa.select(t.c.session_id).where(t.c.namespace == namespace).distinct().order_by(t.c.session_id)
+        )
+        with self._engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
+        t = schema.units
+        out: list[StoredUnit] = []
+        with self._engine.connect() as conn:
+            for chunk in _chunks(sorted(set(session_ids))):
+                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.session_id.in_(chunk)))
+                out.extend(self._unit(row) for row in rows)
+        return out
+
+    def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
+        t = schema.units
+        out: dict[str, StoredUnit] = {}
+        with self._engine.connect() as conn:
+            for chunk in _chunks(list(dict.fromkeys(unit_ids))):
+                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
+                out.update({row.id: self._unit(row) for row in rows})
+        return out
+
+    def iter_units(self, namespace: str, batch_size: int = 5000) -> Iterator[list[StoredUnit]]:
+        t = schema.units
+        last = ""
+        while True:
+            # Keyset pagination: no long-lived cursor, no OFFSET scans.
+            query = (
+                sa.select(t)
+                .where(t.c.namespace == namespace, t.c.id > last)
+                .order_by(t.c.id)
+                .limit(batch_size)
+            )
+            with self._engine.connect() as conn:
+                batch = [self._unit(row) for row in conn.execute(query)]
+            if not batch:
+                return
+            yield batch
+            last = batch[-1].unit.id
+
+    def generation(self, namespace: str) -> int:
+        t = schema.namespace_state
+        with self._engine.connect() as conn:
+            value = conn.execute(sa.select(t.c.generation).where(t.c.namespace == namespace)).scalar()
+        return int(value or 0)
+
+    def namespaces(self) -> list[str]:
+        m, u = schema.messages, schema.units
+        query = sa.union(sa.select(m.c.namespace).distinct(), sa.select(u.c.namespace).distinct())
+        with self._engine.connect() as conn:
+            return sorted({row[0] for row in conn.execute(query)})
+
+    def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
+        t = schema.edges
+        query = (
+            sa.select(t.c.src, t.c.dst, t.c.weight)
+            .where(t.c.namespace == namespace)
+            .order_by(t.c.src, t.c.dst)
+        )
+        with self._engine.connect() as conn:
+            return [(int(s), int(d), float(w)) for s, d, w in conn.execute(query)]
+
+    def counts(self, namespace: str) -> NamespaceCounts:
+        m, u, e = schema.messages, schema.units, schema.edges
+        with self._engine.connect() as conn:
+            n_msgs = conn.execute(
+                sa.select(sa.func.count()).select_from(m).where(m.c.namespace == namespace)
+            ).scalar()
+            n_sessions = conn.execute(
+                sa.select(sa.func.count(sa.distinct(m.c.session_id))).where(m.c.namespace == namespace)
+            ).scalar()
+            per = conn.execute(
+                sa.select(u.c.granularity, sa.func.count())
+                .where(u.c.namespace == namespace)
+                .group_by(u.c.granularity)
+            ).all()
+            n_edges = conn.execute(
+                sa.select(sa.func.count()).select_from(e).where(e.c.namespace == namespace)
+            ).scalar()
+        return NamespaceCounts(
+            messages=int(n_msgs or 0),
+            sessions=int(n_sessions or 0),
+            units={g: int(n) for g, n in per},
+            edges=int(n_edges or 0),
+            generation=self.generation(namespace),
+        )
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    def _bump(self, conn: sa.Connection, namespace: str, new_messages: int) -> tuple[int, int]:
+        """Advance the namespace's generation and reserve ``new_messages`` arrival numbers.
+
+        Returns (new generation, first reserved seq). The UPDATE takes the row lock on Postgres, so
+        concurrent writers of one namespace serialise here instead of colliding on seq.
+        """
+        t = schema.namespace_state
+        now = datetime.now(UTC)
+        updated = conn.execute(
+            sa.update(t)
+            .where(t.c.namespace == namespace)
+            .values(generation=t.c.generation + 1, next_seq=t.c.next_seq + new_messages, updated_at=now)
+        )
+        if updated.rowcount == 0:
+            conn.execute(
+                sa.insert(t).values(
+                    namespace=namespace,
+                    generation=1,
+                    next_seq=new_messages,
+                    consolidated_generation=0,
+                    clusters=0,
+                    updated_at=now,
+                )
+            )
+            return 1, 0
+        row = conn.execute(sa.select(t.c.generation, t.c.next_seq).where(t.c.namespace == namespace)).one()
+        return int(row.generation), int(row.next_seq) - new_messages
+
+    def apply(self, namespace: str, change: Change) -> int:
+        m, u, um = schema.messages, schema.units, schema.unit_messages
+        with self._engine.begin() as conn:
+            upsert_ids = [msg.id for msg in change.upsert_messages]
+            existing: dict[str, int] = {}
+            for chunk in _chunks(upsert_ids):
+                rows = conn.execute(
+                    sa.select(m.c.id, m.c.seq).where(m.c.namespace == namespace, m.c.id.in_(chunk))
+                )
+                existing.update({row.id: int(row.seq) for row in rows})
+            fresh = sum(1 for i in dict.fromkeys(upsert_ids) if i not in existing)
+            generation, seq = self._bump(conn, namespace, fresh)
+
+            for chunk in _chunks(list(dict.fromkeys(change.delete_messages + list(existing)))):
+                conn.execute(sa.delete(m).where(m.c.namespace == namespace, m.c.id.in_(chunk)))
+            message_rows = []
+            for msg in change.upsert_messages:
+                if msg.id in existing:
+                    row_seq = existing[msg.id]
+                else:
+                    row_seq, seq = seq, seq + 1
+                    existing[msg.id] = row_seq
+                message_rows.append(
+                    {
+                        "namespace": namespace,
+                        "id": msg.id,
+                        "session_id": msg.session_id,
+                        "seq": row_seq,
+                        "speaker": msg.speaker,
+                        "text": msg.text,
+                        "time": msg.time,
+                        "metadata_json": json.dumps(msg.metadata, ensure_ascii=False, sort_keys=True),
+                        "content_hash": content_hash(msg),
+                    }
+                )
+            if message_rows:
+                conn.execute(sa.insert(m), message_rows)
+
+            drop_units = list(dict.fromkeys(change.delete_units + [s.unit.id for s in change.insert_units]))
+            for chunk in _chunks(drop_units):
+                conn.execute(sa.delete(u).where(u.c.namespace == namespace, u.c.id.in_(chunk)))
+                conn.execute(sa.delete(um).where(um.c.namespace == namespace, um.c.unit_id.in_(chunk)))
+            if change.insert_units:
+                conn.execute(
+                    sa.insert(u),
+                    [
+                        {
+                            "namespace": namespace,
+                            "id": s.unit.id,
+                            "key": s.key,
+                            "granularity": s.unit.granularity.value,
+                            "session_id": s.unit.session_id,
+                            "text": s.unit.text,
+                            "message_ids_json": json.dumps(list(s.unit.message_ids), ensure_ascii=False),
+                            "time_start": s.unit.time_start,
+                            "time_end": s.unit.time_end,
+                            "weight": float(s.unit.weight),
+                            "vector": np.ascontiguousarray(s.vector, dtype=np.float32).tobytes(),
+                            "model": s.model,
+                        }
+                        for s in change.insert_units
+                    ],
+                )
+                links = {(s.unit.id, mid) for s in change.insert_units for mid in s.unit.message_ids}
+                conn.execute(
+                    sa.insert(um),
+                    [
+                        {"namespace": namespace, "unit_id": uid, "message_id": mid}
+                        for uid, mid in sorted(links)
+                    ],
+                )
+            return generation
+
+    def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        t = schema.edges
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(t).where(t.c.namespace == namespace))
+            self._insert_edges(conn, namespace, edges)
+
+    def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        t = schema.edges
+        if not edges:
+            return
+        with self._engine.begin() as conn:
+            pairs = {(int(s), int(d)) for s, d, _ in edges}
+            srcs = sorted({s for s, _ in pairs})
+            for start in range(0, len(srcs), 500):
+                chunk = srcs[start : start + 500]
+                rows = conn.execute(
+                    sa.select(t.c.src, t.c.dst).where(t.c.namespace == namespace, t.c.src.in_(chunk))
+                ).all()
+                stale = [(int(s), int(d)) for s, d in rows if (int(s), int(d)) in pairs]
+                for s, d in stale:
+                    conn.execute(sa.delete(t).where(t.c.namespace == namespace, t.c.src == s, t.c.dst == d))
+            self._insert_edges(conn, namespace, edges)
+
+    @staticmethod
+    def _insert_edges(conn: sa.Connection, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
+        unique = {(int(s), int(d)): float(w) for s, d, w in edges}
+        if unique:
+            conn.execute(
+                sa.insert(schema.edges),
+                [{"namespace": namespace, "src": s, "dst": d, "weight": w} for (s, d), w in unique.items()],
+            )
+
+    def drop_namespace(self, namespace: str) -> int:
+        with self._engine.begin() as conn:
+            n = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(schema.messages)
+                .where(schema.messages.c.namespace == namespace)
+            ).scalar()
+            for table in (schema.messages, schema.units, schema.unit_messages, schema.edges):
+                conn.execute(sa.delete(table).where(table.c.namespace == namespace))
+            if n:
+                self._bump(conn, namespace, 0)
+            return int(n or 0)

@@ -1,0 +1,104 @@
+"""The ``agentrt`` command: serve the sidecar, and admin commands (migrate, reindex, export, import)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from runtime.config import Settings, load_settings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: $AGENTRT_CONFIG)")
+    p.add_argument("--data-dir", help="directory of the SQLite database and index files")
+    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    storage: dict[str, Any] = {}
+    if args.data_dir:
+        storage["data_dir"] = args.data_dir
+    if args.database_url:
+        storage["database_url"] = args.database_url
+    server: dict[str, Any] = {}
+    for key in ("host", "port", "metrics_port"):
+        value = getattr(args, key, None)
+        if value is not None:
+            server[key] = value
+    if getattr(args, "insecure", False):
+        server["insecure"] = True
+    base = load_settings(args.config)
+    # Flags override file and environment key by key (not whole sections).
+    if storage:
+        overrides["storage"] = base.storage.model_copy(update=storage)
+    if server:
+        overrides["server"] = base.server.model_copy(update=server)
+    return base.model_copy(update=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``agentrt`` console script."""
+    parser = argparse.ArgumentParser(prog="agentrt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC sidecar until SIGTERM")
+    _common(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus port (default 9464; -1 = off)")
+    serve.add_argument("--port-file", help="write the bound port to this file once listening")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow binding a non-loopback address without auth tokens")
+
+    migrate = sub.add_parser("migrate", help="bring the database schema to the newest revision")
+    _common(migrate)
+
+    admin = sub.add_parser("admin", help="maintenance: reindex, export, import")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    reindex = admin_sub.add_parser("reindex", help="rebuild indexes from the database")
+    _common(reindex)
+    reindex.add_argument("--tenant", default="default")
+    reindex.add_argument("--namespace", help="only this namespace (default: all)")
+    export = admin_sub.add_parser("export", help="write a namespace's messages as JSON lines to stdout")
+    _common(export)
+    export.add_argument("--tenant", default="default")
+    export.add_argument("--namespace", required=True)
+    imp = admin_sub.add_parser("import", help="read JSON lines (from export) into a namespace")
+    _common(imp)
+    imp.add_argument("--tenant", default="default")
+    imp.add_argument("--namespace", required=True)
+    imp.add_argument("file", help="JSON-lines file, or - for stdin")
+
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    from runtime.logs import setup_logging
+
+    setup_logging(settings.log.level, settings.log.format)
+
+    if args.command == "serve":
+        from runtime.server import StartupError, serve as run_serve
+
+        try:
+            return asyncio.run(run_serve(settings, port_file=args.port_file))
+        except StartupError as exc:
+            print(f"agentrt: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "migrate":
+        from runtime.db import Database
+
+        db = Database(settings.storage.resolved_url())
+        db.migrate()
+        db.dispose()
+        print(json.dumps({"migrated": repr(db)}))
+        return 0
+    from runtime import admin as admin_ops
+
+    return admin_ops.run(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

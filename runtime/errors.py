@@ -1,0 +1,91 @@
+"""The one place that maps domain errors to gRPC status codes.
+
+Field errors carry a ``google.rpc.BadRequest`` detail naming each bad field (read it on the client with
+``grpc_status.rpc_status.from_call``). Anything unexpected becomes INTERNAL with the traceback in the log,
+never in the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from core import errors as domain
+
+log = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (domain.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (domain.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (domain.AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (domain.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (domain.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (domain.UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (domain.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (domain.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (domain.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+)
+
+
+@dataclass(frozen=True)
+class RpcError:
+    """What the client receives: code, message, and the packed ``grpc-status-details-bin`` trailer."""
+
+    code: grpc.StatusCode
+    message: str
+    details: bytes | None = None
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return (("grpc-status-details-bin", self.details),) if self.details else ()
+
+
+def _status_details(code: grpc.StatusCode, message: str, details: list[any_pb2.Any]) -> bytes:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.extend(details)
+    return status.SerializeToString()
+
+
+def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
+    """Translate an exception raised by a handler into the status the client gets."""
+    if isinstance(exc, domain.InvalidArgumentError):
+        bad = error_details_pb2.BadRequest()
+        for v in exc.violations:
+            bad.field_violations.add(field=v.field, description=v.description)
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        msg = str(exc)
+        return RpcError(grpc.StatusCode.INVALID_ARGUMENT, msg, _status_details(
+            grpc.StatusCode.INVALID_ARGUMENT, msg, [packed]))
+    if isinstance(exc, domain.UnavailableError) and exc.retry_after_s is not None:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        msg = str(exc)
+        return RpcError(grpc.StatusCode.UNAVAILABLE, msg, _status_details(
+            grpc.StatusCode.UNAVAILABLE, msg, [packed]))
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return RpcError(code, str(exc))
+    if isinstance(exc, OperationalError | DBAPIError) and _is_disk_full(exc):
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the data directory is full; nothing was written")
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        log.warning("database unavailable in %s: %s", method, exc.__class__.__name__)
+        return RpcError(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
+    if isinstance(exc, NotImplementedError):
+        return RpcError(grpc.StatusCode.UNIMPLEMENTED, f"{method or 'this method'} is not implemented")
+    if isinstance(exc, TimeoutError):
+        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return RpcError(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "database or disk is full" in text or "no space left" in text or "disk full" in text
+

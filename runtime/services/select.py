@@ -1,0 +1,23 @@
+"""gRPC servicer for SelectService (placeholder: the owning issue fills in build() and the RPCs)."""
+
+from __future__ import annotations
+
+import grpc
+
+from agentrt.v1 import select_pb2_grpc
+from runtime.container import Runtime
+
+
+def build(rt: Runtime) -> None:
+    """Construct this service's components and attach them to rt."""
+
+
+class SelectServiceServicer(select_pb2_grpc.SelectServiceServicer):
+    """Thin servicer: validate, convert, call the component, convert back."""
+
+    def __init__(self, rt: Runtime):
+        self._rt = rt
+
+
+def register(server: grpc.aio.Server, rt: Runtime) -> None:
+    select_pb2_grpc.add_SelectServiceServicer_to_server(SelectServiceServicer(rt), server)

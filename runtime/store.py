@@ -1,0 +1,114 @@
+"""A LangGraph ``BaseStore`` backed by the sidecar: ``StateGraph.compile(store=SidecarStore(...))``.
+
+Each ``batch``/``abatch`` call sends all its ops in ONE ``AgentService.StoreBatch`` RPC. A LangGraph
+namespace tuple (``("users", "42", "prefs")``) lives inside one agentrt namespace (the ``namespace``
+argument, scoped to the caller's tenant by the sidecar), so several apps or tenants never share items.
+``search(query=...)`` is ranked by the sidecar's embedder (all-MiniLM-L6-v2 by default) over the item
+fields named by ``index``; filters run in the sidecar too.
+
+    store = SidecarStore("127.0.0.1:50051", namespace="my-app", index={"fields": ["text"]})
+    store.put(("docs",), "a", {"text": "Python tutorial"})
+    store.search(("docs",), query="programming in python")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from langgraph.store.base import BaseStore, Op, Result
+
+from agentrt.v1 import agent_pb2, agent_pb2_grpc
+from runtime.convert import agent as convert
+
+
+class SidecarStore(BaseStore):
+    """LangGraph store whose items live in the agentrt sidecar's database."""
+
+    supports_ttl = False
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        namespace: str,
+        index: Mapping[str, Any] | bool | None = None,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        channel: grpc.Channel | None = None,
+        aio_channel: grpc.aio.Channel | None = None,
+    ):
+        """Connect to the sidecar at ``target`` ("host:port"), or use the given channels.
+
+        ``index``: ``{"fields": ["text", "tags[*]"]}`` (JSON paths embedded for search), ``None`` for the
+        whole value (``["$"]``), ``False`` to index nothing (``search(query=...)`` then keeps insertion
+        order). ``dims``/``embed`` keys are accepted and ignored: the sidecar embeds.
+        """
+        if target is None and channel is None and aio_channel is None:
+            raise ValueError("SidecarStore needs a target 'host:port' or a channel")
+        self.namespace = namespace
+        if index is False:
+            self.index_fields: list[str] | None = None
+        elif index is None or index is True:
+            self.index_fields = ["$"]
+        else:
+            self.index_fields = list(index.get("fields") or ["$"])
+        self._target = target
+        self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = channel
+        self._aio_channel = aio_channel
+        self._owned: list[Any] = []
+
+    def _request(self, ops: Iterable[Op]) -> tuple[agent_pb2.StoreBatchRequest, int]:
+        protos = [convert.op_to_proto(op, self.index_fields) for op in ops]
+        return agent_pb2.StoreBatchRequest(namespace=self.namespace, ops=protos), len(protos)
+
+    @staticmethod
+    def _results(response: agent_pb2.StoreBatchResponse, n: int) -> list[Result]:
+        if len(response.results) != n:
+            raise RuntimeError(f"sidecar answered {len(response.results)} results for {n} store operations")
+        return [convert.result_from_proto(r) for r in response.results]
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """Execute ``ops`` in one RPC (blocking)."""
+        request, n = self._request(ops)
+        if n == 0:
+            return []
+        if self._channel is None:
+            assert self._target is not None
+            self._channel = grpc.insecure_channel(self._target)
+            self._owned.append(self._channel)
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        return self._results(stub.StoreBatch(request, timeout=self._timeout, metadata=self._metadata), n)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        """Execute ``ops`` in one RPC (asyncio)."""
+        request, n = self._request(ops)
+        if n == 0:
+            return []
+        if self._aio_channel is None:
+            assert self._target is not None
+            self._aio_channel = grpc.aio.insecure_channel(self._target)
+            self._owned.append(self._aio_channel)
+        stub = agent_pb2_grpc.AgentServiceStub(self._aio_channel)
+        response = await stub.StoreBatch(request, timeout=self._timeout, metadata=self._metadata)
+        return self._results(response, n)
+
+    def close(self) -> None:
+        """Close channels this store opened itself (the sync one; use ``aclose`` for the asyncio one)."""
+        for ch in self._owned:
+            if isinstance(ch, grpc.Channel):
+                ch.close()
+        self._owned = [ch for ch in self._owned if not isinstance(ch, grpc.Channel)]
+
+    async def aclose(self) -> None:
+        """Close every channel this store opened itself."""
+        self.close()
+        for ch in self._owned:
+            await ch.close()
+        self._owned = []
+
+
+__all__: Sequence[str] = ("SidecarStore",)

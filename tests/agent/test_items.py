@@ -1,0 +1,117 @@
+"""Conformance of the item store backends (in-memory reference, SQL on SQLite and Postgres)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from langgraph.store.base import GetOp, ListNamespacesOp, MatchCondition, PutOp, SearchOp
+
+from core.embedding import create_embedder
+from core.errors import InvalidArgumentError
+from runtime.agent import schema
+from runtime.agent.items import InMemoryItemBackend, ItemStore, SqlItemBackend
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ItemStore]:
+    emb = create_embedder("hashing")
+    if request.param == "memory":
+        yield ItemStore(InMemoryItemBackend(), emb)
+        return
+    from runtime.db import create_db_engine
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'items.db'}")
+    schema.metadata.create_all(engine)
+    yield ItemStore(SqlItemBackend(engine), emb)
+    engine.dispose()
+
+
+def put(ns, key, value, index=("$",)):
+    return PutOp(ns, key, value, list(index) if index else False)
+
+
+def test_put_get_update_delete(store: ItemStore) -> None:
+    store.batch("t/a", [put(("users", "1"), "prefs", {"theme": "dark", "n": 1})])
+    [item] = store.batch("t/a", [GetOp(("users", "1"), "prefs")])
+    assert item is not None and item.value == {"theme": "dark", "n": 1}
+    created = item.created_at
+    store.batch("t/a", [put(("users", "1"), "prefs", {"theme": "light"})])
+    [item] = store.batch("t/a", [GetOp(("users", "1"), "prefs")])
+    assert item.value == {"theme": "light"} and item.created_at == created
+    assert item.updated_at >= created
+    store.batch("t/a", [PutOp(("users", "1"), "prefs", None)])
+    assert store.batch("t/a", [GetOp(("users", "1"), "prefs")]) == [None]
+
+
+def test_scopes_are_isolated(store: ItemStore) -> None:
+    store.batch("t/a", [put(("docs",), "k", {"x": 1})])
+    assert store.batch("t/b", [GetOp(("docs",), "k")]) == [None]
+    assert store.batch("u/a", [SearchOp(("docs",))]) == [[]]
+    assert store.batch("t/b", [ListNamespacesOp()]) == [[]]
+
+
+def test_reads_in_a_batch_see_state_before_its_writes(store: ItemStore) -> None:
+    res = store.batch("t/a", [put(("d",), "k", {"v": 1}), GetOp(("d",), "k"), put(("d",), "k", {"v": 2})])
+    assert res == [None, None, None]
+    [item] = store.batch("t/a", [GetOp(("d",), "k")])
+    assert item.value == {"v": 2}
+
+
+def test_search_prefix_filter_paging_and_order(store: ItemStore) -> None:
+    ops = [put(("docs", "a"), f"k{i}", {"i": i, "kind": "even" if i % 2 == 0 else "odd"}) for i in range(6)]
+    ops.append(put(("docsx",), "other", {"i": 99}))
+    store.batch("t/a", ops)
+    [found] = store.batch("t/a", [SearchOp(("docs",), limit=10)])
+    assert [i.key for i in found] == [f"k{i}" for i in range(6)]
+    [found] = store.batch("t/a", [SearchOp(("docs",), filter={"kind": "odd"}, limit=2, offset=1)])
+    assert [i.key for i in found] == ["k3", "k5"]
+    [found] = store.batch("t/a", [SearchOp((), filter={"i": {"$gte": 4, "$lt": 99}})])
+    assert [i.key for i in found] == ["k4", "k5"]
+    [found] = store.batch("t/a", [SearchOp((), filter={"i": {"$ne": 0}}, limit=100)])
+    assert len(found) == 6
+
+
+def test_search_with_query_ranks_by_similarity(store: ItemStore) -> None:
+    store.batch("t/a", [
+        put(("docs",), "py", {"text": "python programming tutorial"}, index=["text"]),
+        put(("docs",), "cook", {"text": "baking bread at home"}, index=["text"]),
+        put(("docs",), "raw", {"text": "python"}, index=None),
+    ])
+    [found] = store.batch("t/a", [SearchOp(("docs",), query="python programming tutorial", limit=3)])
+    assert found[0].key == "py" and found[0].score == pytest.approx(1.0, abs=1e-5)
+    assert found[1].key == "cook" and found[1].score < found[0].score
+    # Unindexed items fill the end of a short page, unscored.
+    assert found[2].key == "raw" and found[2].score is None
+
+
+def test_list_namespaces(store: ItemStore) -> None:
+    store.batch("t/a", [
+        put(("a", "b", "c"), "k", {}), put(("a", "x"), "k", {}), put(("z", "b", "v1"), "k", {}),
+    ])
+    [ns] = store.batch("t/a", [ListNamespacesOp()])
+    assert ns == [("a", "b", "c"), ("a", "x"), ("z", "b", "v1")]
+    [ns] = store.batch("t/a", [ListNamespacesOp((MatchCondition("prefix", ("a",)),), max_depth=1)])
+    assert ns == [("a",)]
+    [ns] = store.batch("t/a", [ListNamespacesOp((MatchCondition("suffix", ("b", "*")),))])
+    assert ns == [("a", "b", "c"), ("z", "b", "v1")]
+    [ns] = store.batch("t/a", [ListNamespacesOp((MatchCondition("suffix", ("*", "v1")),))])
+    assert ns == [("z", "b", "v1")]
+    [ns] = store.batch("t/a", [ListNamespacesOp(limit=1, offset=1)])
+    assert ns == [("a", "x")]
+
+
+@pytest.mark.parametrize(
+    ("op", "field"),
+    [
+        (PutOp((), "k", {}), "ops[0].put.path"),
+        (PutOp(("a.b",), "k", {}), "ops[0].put.path[0]"),
+        (PutOp(("a",), "", {}), "ops[0].put.key"),
+        (PutOp(("langgraph",), "k", {}), "ops[0].put.path[0]"),
+        (SearchOp(("a",), limit=-1), "ops[0].search.limit"),
+    ],
+)
+def test_invalid_ops_name_the_field(store: ItemStore, op, field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        store.batch("t/a", [op])
+    assert err.value.violations[0].field == field

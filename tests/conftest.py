@@ -1,0 +1,290 @@
+"""Shared fixtures: real servers on port 0 (in-process and as subprocesses), SQLite and Postgres databases.
+
+- ``db_url``: parametrised over ``sqlite`` and ``postgres``. Each Postgres test gets a fresh database that
+  is dropped afterwards; where 127.0.0.1:5432 is unreachable the Postgres case skips with a message,
+  unless AGENTRT_TEST_POSTGRES=required (CI), where it fails.
+- ``make_server(**overrides)``: starts an AgentrtServer in a background thread (its own event loop) and
+  returns a ``RunningServer`` with ``.client`` (typed sync client), ``.channel``, ``.target``, ``.rt``.
+  Overrides: ``db_url``, ``data_dir``, ``embedding_model`` ("hashing" for a deterministic fake), ``tokens``,
+  ``policies``, or ``settings`` (a full Settings). Servers are stopped at teardown.
+- ``spawn_server(...)``: the same as a real ``agentrt serve`` subprocess (for kill -9 / SIGTERM tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from runtime.client import AgentrtClient
+from runtime.config import Settings
+from runtime.server import AgentrtServer
+
+REPO = Path(__file__).resolve().parent.parent
+PG_HOST = os.environ.get("AGENTRT_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("AGENTRT_TEST_PG_PORT", "5432"))
+PG_ADMIN_DB = os.environ.get("AGENTRT_TEST_PG_DB", "test")
+
+
+def _pg_user() -> str:
+    return os.environ.get("AGENTRT_TEST_PG_USER", "postgres")
+
+
+def postgres_available() -> str | None:
+    """None when the test Postgres is reachable, else the reason it is not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(host=PG_HOST, port=PG_PORT, user=_pg_user(), dbname=PG_ADMIN_DB, connect_timeout=3):
+            return None
+    except Exception as exc:
+        return f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable ({exc.__class__.__name__}: {exc})"
+
+
+def _skip_or_fail_postgres(reason: str) -> None:
+    if os.environ.get("AGENTRT_TEST_POSTGRES") == "required":
+        pytest.fail(f"Postgres tests are required here but {reason}")
+    pytest.skip(reason)
+
+
+def create_pg_database() -> tuple[str, Callable[[], None]]:
+    """A fresh Postgres database; returns (SQLAlchemy URL, drop function)."""
+    import psycopg
+
+    name = f"agentrt_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=_pg_user(), dbname=PG_ADMIN_DB, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(host=PG_HOST, port=PG_PORT, user=_pg_user(), dbname=PG_ADMIN_DB,
+                             autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"postgresql+psycopg://{_pg_user()}@{PG_HOST}:{PG_PORT}/{name}", drop
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'agentrt.db'}"
+        return
+    reason = postgres_available()
+    if reason:
+        _skip_or_fail_postgres(reason)
+    url, drop = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh Postgres database only (for Postgres-specific tests)."""
+    reason = postgres_available()
+    if reason:
+        _skip_or_fail_postgres(reason)
+    url, drop = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop()
+
+
+def make_settings(
+    *,
+    data_dir: str | os.PathLike[str],
+    db_url: str | None = None,
+    embedding_model: str | None = None,
+    tokens: list[dict[str, Any]] | None = None,
+    policies: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+) -> Settings:
+    """Settings for a test server: port 0, metrics off, given data dir and database."""
+    values: dict[str, Any] = {
+        "server": {"port": 0, "metrics_port": -1, "shutdown_grace_s": 2.0, **(server or {})},
+        "storage": {"data_dir": str(data_dir), "database_url": db_url},
+        "log": {"level": "WARNING", "format": "text"},
+    }
+    if embedding_model:
+        values["embedding"] = {"model": embedding_model}
+    if tokens is not None:
+        values["auth"] = {"tokens": tokens}
+    if policies is not None:
+        values["policies"] = policies
+    return Settings(**values)
+
+
+class RunningServer:
+    """An AgentrtServer running on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings, token: str | None = None):
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+        self._thread.start()
+        self.server: AgentrtServer = self.call(self._create(settings))
+        self.port = self.call(self.server.start())
+        self.target = f"127.0.0.1:{self.port}"
+        self.call(self.server.wait_ready(300))
+        self.client = AgentrtClient(self.target, token=token)
+        self.channel = self.client.channel
+        self._stopped = False
+
+    @staticmethod
+    async def _create(settings: Settings) -> AgentrtServer:
+        return AgentrtServer(settings)
+
+    @property
+    def rt(self) -> Any:
+        return self.server.rt
+
+    def call(self, coro: Any, timeout: float | None = 300) -> Any:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def new_client(self, token: str | None = None) -> AgentrtClient:
+        return AgentrtClient(self.target, token=token)
+
+    def stop(self, grace: float = 0.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.client.close()
+        try:
+            self.call(self.server.stop(grace), timeout=120)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+            self.loop.close()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory of in-process servers (see module docstring); all are stopped at teardown."""
+    started: list[RunningServer] = []
+
+    def factory(*, settings: Settings | None = None, token: str | None = None, **kwargs: Any) -> RunningServer:
+        if settings is None:
+            kwargs.setdefault("data_dir", tmp_path / f"data{len(started)}")
+            settings = make_settings(**kwargs)
+        srv = RunningServer(settings, token=token)
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in reversed(started):
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., RunningServer]) -> RunningServer:
+    """A default server: SQLite, the real MiniLM model."""
+    return make_server()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SpawnedServer:
+    """A real ``agentrt serve`` subprocess."""
+
+    def __init__(self, args: list[str], env: dict[str, str], workdir: Path):
+        self.port_file = workdir / f"port-{uuid.uuid4().hex[:6]}"
+        self.log_file = open(workdir / f"server-{uuid.uuid4().hex[:6]}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--metrics-port", "-1",
+             "--port-file", str(self.port_file), *args],
+            cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        self.port = self._wait_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.wait_serving()
+
+    def _wait_port(self, timeout: float = 120) -> int:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.port_file.exists():
+                return int(self.port_file.read_text())
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"server did not bind in {timeout}s:\n{self.log()}")
+
+    def wait_serving(self, timeout: float = 300) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.time() + timeout
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.time() < deadline:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                time.sleep(0.1)
+        raise TimeoutError(f"server not SERVING in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self.log_file.flush()
+        self.log_file.seek(0)
+        return self.log_file.read()[-5000:]
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def spawn_server(tmp_path: Path) -> Iterator[Callable[..., SpawnedServer]]:
+    """Factory of ``agentrt serve`` subprocesses; ``spawn_server(data_dir=…, db_url=…, env={…})``."""
+    procs: list[SpawnedServer] = []
+
+    def factory(*, data_dir: Path | None = None, db_url: str | None = None, extra_args: list[str] | None = None,
+                env: dict[str, str] | None = None) -> SpawnedServer:
+        args = ["--data-dir", str(data_dir or tmp_path / "data")]
+        if db_url:
+            args += ["--database-url", db_url]
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTRT_LOG__FORMAT": "text", **(env or {})}
+        srv = SpawnedServer(args + (extra_args or []), full_env, tmp_path)
+        procs.append(srv)
+        return srv
+
+    yield factory
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(30)
+        p.log_file.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    tempfile.tempdir = None

@@ -1,0 +1,350 @@
+"""Kept-open MCP connections (stdio command or streamable HTTP) with the official ``mcp`` SDK.
+
+One supervisor task per server owns the SDK's context managers (anyio needs them entered and left by
+the same task), lists the tools, and then watches the connection: a ``tools/list_changed``
+notification triggers a re-list, a failed ping or a call that finds the connection closed marks it
+lost, and the supervisor reconnects with exponential backoff, counting restarts. A dying server never
+raises out of the supervisor, so it cannot take the sidecar down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from core.errors import DeadlineExceededError, UnavailableError
+from tools.executors import ExecResult
+from tools.model import McpServerSpec, McpServerStatus, McpTransport, ToolDefinition, utcnow
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 2.0
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class McpTool:
+    """A tool as the MCP server lists it."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    read_only: bool
+    idempotent: bool
+    destructive: bool
+    open_world: bool
+
+
+ToolsChanged = Callable[[list[McpTool]], Awaitable[None]]
+
+
+def _convert_tool(tool: Any) -> McpTool:
+    ann = getattr(tool, "annotations", None)
+
+    def hint(name: str) -> bool:
+        return bool(getattr(ann, name, None)) if ann is not None else False
+
+    return McpTool(
+        name=tool.name,
+        description=tool.description or getattr(tool, "title", None) or "",
+        input_schema=dict(tool.input_schema or {"type": "object"}),
+        output_schema=dict(tool.output_schema) if getattr(tool, "output_schema", None) else None,
+        read_only=hint("read_only_hint"),
+        idempotent=hint("idempotent_hint"),
+        destructive=hint("destructive_hint"),
+        open_world=hint("open_world_hint"),
+    )
+
+
+def _result_bytes(result: Any) -> bytes:
+    """Structured content as JSON when the server gives it, else the text blocks joined."""
+    structured = getattr(result, "structured_content", None)
+    if structured is not None:
+        return json.dumps(structured).encode()
+    parts: list[str] = []
+    for block in getattr(result, "content", None) or []:
+        text = getattr(block, "text", None)
+        parts.append(text if isinstance(text, str) else block.model_dump_json(exclude_none=True))
+    return "\n".join(parts).encode()
+
+
+class McpConnection:
+    """One MCP server, kept connected by a supervisor task on the event loop that first used it."""
+
+    def __init__(self, scope: str, spec: McpServerSpec, on_tools_changed: ToolsChanged | None = None):
+        self.scope = scope
+        self.spec = spec
+        self._on_tools_changed = on_tools_changed
+        self._session: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._lost = False
+        self._refresh_wanted = False
+        self._closing = False
+        self._first_attempt = asyncio.Event()
+        self.tools: list[McpTool] = []
+        self.restarts = 0
+        self.last_error = ""
+        self.last_refresh: datetime | None = None
+
+    def status(self) -> McpServerStatus:
+        """A snapshot for the API."""
+        return McpServerStatus(
+            name=self.spec.name,
+            connected=self._session is not None,
+            tool_count=len(self.tools),
+            restarts=self.restarts,
+            last_error=self.last_error,
+            last_refresh=self.last_refresh,
+        )
+
+    async def start(self, timeout_s: float | None = None) -> None:
+        """Start the supervisor and wait for the first connection (UnavailableError if it fails)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"mcp:{self.spec.name}")
+        await self.wait_connected(timeout_s or self.spec.timeout_s)
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        """Wait until connected; after the first attempt failed, fail fast instead of waiting."""
+        if self._session is not None:
+            return
+        try:
+            await asyncio.wait_for(self._first_attempt.wait(), timeout_s)
+            if self._session is None:
+                await asyncio.wait_for(self._connected.wait(), min(timeout_s, 0.5))
+        except TimeoutError:
+            raise UnavailableError(
+                f"MCP server {self.spec.name!r} is not connected ({self.last_error or 'still starting'})",
+                retry_after_s=1.0,
+            ) from None
+
+    async def close(self) -> None:
+        """Stop the supervisor and close the connection (terminates a stdio server)."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self._session = None
+
+    async def refresh(self) -> list[McpTool]:
+        """Re-list the server's tools now (and tell the registry about any change)."""
+        await self.wait_connected(self.spec.timeout_s)
+        await self._list_tools(self._session)
+        return self.tools
+
+    def _mark_lost(self, why: str) -> None:
+        if not self._lost and not self._closing:
+            self._lost = True
+            self.last_error = why
+            log.warning("MCP server %s (%s) lost: %s", self.spec.name, self.scope, why)
+        self._wake.set()
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            self._mark_lost(f"transport error: {message}")
+            return
+        method = getattr(message, "method", "")
+        if method == "notifications/tools/list_changed":
+            self._refresh_wanted = True
+            self._wake.set()
+
+    async def _list_tools(self, session: Any) -> None:
+        tools: list[McpTool] = []
+        cursor: str | None = None
+        for _ in range(100):  # a paginator that never ends must not hang the supervisor
+            from mcp import types
+
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await session.list_tools(params=params)
+            tools.extend(_convert_tool(t) for t in page.tools)
+            cursor = getattr(page, "next_cursor", None)
+            if not cursor:
+                break
+        self.tools = tools
+        self.last_refresh = utcnow()
+        if self._on_tools_changed is not None:
+            await self._on_tools_changed(tools)
+
+    async def _open(self, stack: AsyncExitStack) -> Any:
+        from mcp import ClientSession, StdioServerParameters, stdio_client
+        from mcp.client.streamable_http import streamable_http_client
+
+        spec = self.spec
+        if spec.transport == McpTransport.STDIO:
+            params = StdioServerParameters(
+                command=spec.command, args=list(spec.args), env=dict(spec.env) or None, cwd=spec.cwd or None
+            )
+            # The server's stderr goes to the sidecar's stderr would mix logs; discard it.
+            errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+            read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+        else:
+            http_client = None
+            if spec.headers:
+                import httpx2
+
+                http_client = await stack.enter_async_context(httpx2.AsyncClient(headers=dict(spec.headers)))
+            read, write = await stack.enter_async_context(streamable_http_client(spec.url, http_client=http_client))
+        session = await stack.enter_async_context(ClientSession(read, write, message_handler=self._on_message))
+        await asyncio.wait_for(session.initialize(), spec.timeout_s)
+        return session
+
+    async def _supervise(self) -> None:
+        backoff = 0.1
+        while not self._closing:
+            self._lost = False
+            try:
+                async with AsyncExitStack() as stack:
+                    session = await self._open(stack)
+                    await asyncio.wait_for(self._list_tools(session), self.spec.timeout_s)
+                    self._session = session
+                    self._connected.set()
+                    self._first_attempt.set()
+                    self.last_error = "" if self.restarts == 0 else self.last_error
+                    backoff = 0.1
+                    await self._watch(session)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a broken server must never end the supervisor
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("MCP server %s (%s): %s", self.spec.name, self.scope, self.last_error)
+            finally:
+                self._session = None
+                self._connected.clear()
+                self._first_attempt.set()
+            if self._closing:
+                break
+            self.restarts += 1
+            log.warning("restarting MCP server %s (%s), restart #%d", self.spec.name, self.scope, self.restarts)
+            await asyncio.sleep(backoff)
+            backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _watch(self, session: Any) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PING_INTERVAL_S)
+            self._wake.clear()
+            if self._lost or self._closing:
+                return
+            if self._refresh_wanted:
+                self._refresh_wanted = False
+                await asyncio.wait_for(self._list_tools(session), self.spec.timeout_s)
+                continue
+            try:
+                await asyncio.wait_for(session.send_ping(), min(self.spec.timeout_s, 5.0))
+            except Exception as exc:
+                self._mark_lost(f"ping failed: {type(exc).__name__}: {exc}")
+                return
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ExecResult:
+        """Call one tool; a dead connection is reported as UnavailableError and restarted behind it."""
+        await self.wait_connected(min(timeout_s, self.spec.timeout_s))
+        session = self._session
+        if session is None:
+            raise UnavailableError(f"MCP server {self.spec.name!r} is restarting", retry_after_s=1.0)
+        try:
+            result = await asyncio.wait_for(session.call_tool(tool, arguments), timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"MCP tool {self.spec.name}.{tool} did not answer within {timeout_s:.3g}s"
+            ) from None
+        except Exception as exc:
+            from mcp import MCPError
+
+            closed = not isinstance(exc, MCPError) or "closed" in str(exc).lower()
+            if closed:
+                self._mark_lost(f"connection lost during call of {tool!r}: {type(exc).__name__}: {exc}")
+                raise UnavailableError(
+                    f"MCP server {self.spec.name!r} crashed during the call; it is being restarted "
+                    f"(restart #{self.restarts + 1})",
+                    retry_after_s=1.0,
+                ) from exc
+            return ExecResult(output=json.dumps({"error": str(exc)}).encode(), is_error=True)
+        return ExecResult(output=_result_bytes(result), is_error=bool(getattr(result, "is_error", False)))
+
+
+class McpManager:
+    """Every open MCP connection of the process, keyed by (scope, server name)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple[str, str], McpConnection] = {}
+        self._lock = asyncio.Lock()
+
+    def get(self, scope: str, name: str) -> McpConnection | None:
+        """The open connection, or None."""
+        return self._conns.get((scope, name))
+
+    async def connect(
+        self, scope: str, spec: McpServerSpec, on_tools_changed: ToolsChanged | None = None
+    ) -> McpConnection:
+        """Open (or reopen with a changed spec) a connection and wait until its tools are listed."""
+        key = (scope, spec.name)
+        async with self._lock:
+            conn = self._conns.get(key)
+            if conn is not None and conn.spec != spec:
+                await conn.close()
+                conn = None
+            if conn is None:
+                conn = McpConnection(scope, spec, on_tools_changed)
+                self._conns[key] = conn
+        await conn.start()
+        return conn
+
+    async def disconnect(self, scope: str, name: str) -> None:
+        """Close one connection if open."""
+        conn = self._conns.pop((scope, name), None)
+        if conn is not None:
+            await conn.close()
+
+    async def aclose(self) -> None:
+        """Close every connection (sidecar shutdown)."""
+        for key in list(self._conns):
+            await self.disconnect(*key)
+
+    def statuses(self, scope: str) -> list[McpServerStatus]:
+        """Status of every open connection of one scope."""
+        return [c.status() for (s, _), c in sorted(self._conns.items()) if s == scope]
+
+
+def definitions_from_mcp(spec: McpServerSpec, tools: list[McpTool]) -> list[ToolDefinition]:
+    """Registry definitions for a server's tools, named ``<server>.<tool>``; MCP hints become tags."""
+    from tools.model import ExecutorKind, ExecutorSpec
+
+    out = []
+    for t in tools:
+        tags = list(spec.risk_tags)
+        if t.destructive:
+            tags.append("destructive")
+        if t.open_world:
+            tags.append("open_world")
+        if t.read_only:
+            tags.append("read_only")
+        out.append(
+            ToolDefinition(
+                name=f"{spec.name}.{t.name}",
+                description=t.description,
+                input_schema=t.input_schema,
+                output_schema=t.output_schema,
+                risk_tags=tuple(dict.fromkeys(tags)),
+                idempotent=t.idempotent or t.read_only,
+                timeout_s=spec.timeout_s,
+                max_concurrency=spec.max_concurrency,
+                max_output_bytes=spec.max_output_bytes,
+                executor=ExecutorSpec(kind=ExecutorKind.MCP, mcp_server=spec.name, mcp_tool=t.name),
+            )
+        )
+    return out

@@ -1,0 +1,174 @@
+"""The tool store interface and its in-memory reference implementation.
+
+Everything is keyed by the opaque scope string the runtime hands in (``"<tenant>/<namespace>"``); one
+scope never sees another's tools, servers, audits or policy. The SQL backend is in ``tools/sql_store.py``;
+both pass ``tests/tools/test_store_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import replace
+
+from core.errors import NotFoundError
+from tools.model import AuditRecord, McpServerSpec, ToolDefinition, ToolPolicy, utcnow
+
+
+class ToolStore(ABC):
+    """Persistence of versioned tool definitions, MCP servers, audit records and policies.
+
+    Error contract: ``get_tool``/``delete_tool``/``get_server``/``delete_server`` raise NotFoundError
+    for a name this scope does not hold.
+    """
+
+    @abstractmethod
+    def put_tool(self, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
+        """Store a new version unless the latest live one has the same content.
+
+        Returns the stored definition (with version and created_at) and whether a new version was made.
+        Versions count up per name and are never reused, also across an unregister.
+        """
+
+    @abstractmethod
+    def get_tool(self, scope: str, name: str, version: int = 0) -> ToolDefinition:
+        """The latest live version (``version=0``) or that exact version, live or not."""
+
+    @abstractmethod
+    def list_tools(self, scope: str) -> list[ToolDefinition]:
+        """Latest live version of every tool, sorted by name."""
+
+    @abstractmethod
+    def list_versions(self, scope: str, name: str) -> list[ToolDefinition]:
+        """Every stored version of ``name``, oldest first (empty if none)."""
+
+    @abstractmethod
+    def delete_tool(self, scope: str, name: str) -> int:
+        """Unregister ``name``; its versions stay for the audit trail. Returns the last version."""
+
+    @abstractmethod
+    def put_server(self, scope: str, spec: McpServerSpec) -> None:
+        """Create or replace an MCP server spec."""
+
+    @abstractmethod
+    def get_server(self, scope: str, name: str) -> McpServerSpec:
+        """One MCP server spec."""
+
+    @abstractmethod
+    def list_servers(self, scope: str | None = None) -> list[tuple[str, McpServerSpec]]:
+        """``(scope, spec)`` pairs of one scope, or of every scope when ``scope`` is None (for restart)."""
+
+    @abstractmethod
+    def delete_server(self, scope: str, name: str) -> None:
+        """Remove an MCP server spec."""
+
+    @abstractmethod
+    def append_audit(self, scope: str, record: AuditRecord) -> None:
+        """Append one audit record."""
+
+    @abstractmethod
+    def list_audit(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
+        """Newest first, optionally for one tool."""
+
+    @abstractmethod
+    def get_policy(self, scope: str) -> ToolPolicy | None:
+        """The scope's Invoke policy, or None when never set."""
+
+    @abstractmethod
+    def set_policy(self, scope: str, policy: ToolPolicy) -> None:
+        """Replace the scope's Invoke policy."""
+
+
+class InMemoryToolStore(ToolStore):
+    """Reference implementation: dicts behind one lock. Loses everything on restart."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[tuple[str, str], list[ToolDefinition]] = {}
+        self._deleted: set[tuple[str, str]] = set()
+        self._servers: dict[tuple[str, str], McpServerSpec] = {}
+        self._audit: dict[str, list[AuditRecord]] = {}
+        self._policies: dict[str, ToolPolicy] = {}
+
+    def put_tool(self, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
+        key = (scope, definition.name)
+        with self._lock:
+            versions = self._versions.setdefault(key, [])
+            if versions and key not in self._deleted and versions[-1].content_key() == definition.content_key():
+                return versions[-1], False
+            stored = replace(definition, version=len(versions) + 1, created_at=utcnow())
+            versions.append(stored)
+            self._deleted.discard(key)
+            return stored, True
+
+    def get_tool(self, scope: str, name: str, version: int = 0) -> ToolDefinition:
+        key = (scope, name)
+        with self._lock:
+            versions = self._versions.get(key, [])
+            if version == 0:
+                if not versions or key in self._deleted:
+                    raise NotFoundError("tool", name)
+                return versions[-1]
+            if not 1 <= version <= len(versions):
+                raise NotFoundError("tool", f"{name}@{version}")
+            return versions[version - 1]
+
+    def list_tools(self, scope: str) -> list[ToolDefinition]:
+        with self._lock:
+            return sorted(
+                (v[-1] for (s, n), v in self._versions.items() if s == scope and v and (s, n) not in self._deleted),
+                key=lambda d: d.name,
+            )
+
+    def list_versions(self, scope: str, name: str) -> list[ToolDefinition]:
+        with self._lock:
+            return list(self._versions.get((scope, name), []))
+
+    def delete_tool(self, scope: str, name: str) -> int:
+        key = (scope, name)
+        with self._lock:
+            versions = self._versions.get(key)
+            if not versions or key in self._deleted:
+                raise NotFoundError("tool", name)
+            self._deleted.add(key)
+            return versions[-1].version
+
+    def put_server(self, scope: str, spec: McpServerSpec) -> None:
+        with self._lock:
+            self._servers[(scope, spec.name)] = spec
+
+    def get_server(self, scope: str, name: str) -> McpServerSpec:
+        with self._lock:
+            try:
+                return self._servers[(scope, name)]
+            except KeyError:
+                raise NotFoundError("mcp server", name) from None
+
+    def list_servers(self, scope: str | None = None) -> list[tuple[str, McpServerSpec]]:
+        with self._lock:
+            return sorted(
+                ((s, spec) for (s, _), spec in self._servers.items() if scope is None or s == scope),
+                key=lambda p: (p[0], p[1].name),
+            )
+
+    def delete_server(self, scope: str, name: str) -> None:
+        with self._lock:
+            if self._servers.pop((scope, name), None) is None:
+                raise NotFoundError("mcp server", name)
+
+    def append_audit(self, scope: str, record: AuditRecord) -> None:
+        with self._lock:
+            self._audit.setdefault(scope, []).append(record)
+
+    def list_audit(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
+        with self._lock:
+            records = [r for r in reversed(self._audit.get(scope, [])) if not tool_name or r.tool_name == tool_name]
+            return records[:limit]
+
+    def get_policy(self, scope: str) -> ToolPolicy | None:
+        with self._lock:
+            return self._policies.get(scope)
+
+    def set_policy(self, scope: str, policy: ToolPolicy) -> None:
+        with self._lock:
+            self._policies[scope] = policy
