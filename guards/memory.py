@@ -126,6 +126,7 @@ class GuardMemory:
         self.version = 0
         self._indexes: dict[str, VectorIndex] = {}
         self._centroids: dict[str, tuple[list[int], np.ndarray]] = {}
+        self._stats: dict[int, tuple[int, int]] = {}
         self.reload()
 
     # --- loading and derived state ------------------------------------------------------------------
@@ -160,7 +161,7 @@ class GuardMemory:
             index.add(np.asarray(ids, dtype=np.int64), np.stack([self.vectors[i] for i in ids]))
             self._indexes[group] = index
         self._centroids = {}
-        self._stats: dict[int, tuple[int, int]] = {}
+        self._stats = {}
         members: dict[int, list[int]] = {}
         for leaf in self.leaves.values():
             if self._visible(leaf) and leaf.cluster_id in self.clusters:

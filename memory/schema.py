@@ -74,6 +74,16 @@ edges = sa.Table(
     sa.Column("weight", sa.Float, nullable=False),
 )
 
+# Sessions whose derived units (beyond turns) are not yet rebuilt from their latest messages. Written in
+# the same transaction as the messages, cleared in the one that commits the re-derived units, so a
+# crash in between is repaired on restart by re-deriving whatever is still listed here.
+pending_sessions = sa.Table(
+    "memory_pending_sessions",
+    metadata,
+    sa.Column("namespace", sa.String(_NS), primary_key=True),
+    sa.Column("session_id", sa.String(_ID), primary_key=True),
+)
+
 # Per-namespace bookkeeping: a generation bumped by every committed change (indexes record the
 # generation they reflect, so a crash between commit and index update is detected and repaired) and
 # the last consolidation's summary.

@@ -82,9 +82,20 @@ class Change:
     """Unit ids to delete (with their message links)."""
     insert_units: list[StoredUnit] = field(default_factory=list)
     """Units to insert (an existing id is replaced)."""
+    mark_pending: list[str] = field(default_factory=list)
+    """Sessions whose derived units must be rebuilt later (survives a crash)."""
+    clear_pending: list[str] = field(default_factory=list)
+    """Sessions whose derived units this change brings up to date."""
 
     def __bool__(self) -> bool:
-        return bool(self.upsert_messages or self.delete_messages or self.delete_units or self.insert_units)
+        return bool(
+            self.upsert_messages
+            or self.delete_messages
+            or self.delete_units
+            or self.insert_units
+            or self.mark_pending
+            or self.clear_pending
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,10 @@ class MemoryStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def pending_sessions(self, namespace: str) -> list[str]:
+        """Sessions marked pending (derived units not yet rebuilt), sorted."""
+
+    @abc.abstractmethod
     def generation(self, namespace: str) -> int:
         """The namespace's generation: 0 when empty, bumped by every applied change."""
 
@@ -180,6 +195,7 @@ class InMemoryStore(MemoryStore):
         self._edges: dict[str, dict[tuple[int, int], float]] = {}
         self._generation: dict[str, int] = {}
         self._next_seq: dict[str, int] = {}
+        self._pending: dict[str, set[str]] = {}
 
     def get_messages(self, namespace: str, ids: Sequence[str]) -> dict[str, StoredMessage]:
         with self._lock:
@@ -243,11 +259,17 @@ class InMemoryStore(MemoryStore):
                 units.pop(uid, None)
             for stored in change.insert_units:
                 units[stored.unit.id] = stored
+            pending = (self._pending.get(namespace, set()) - set(change.clear_pending)) | set(change.mark_pending)
+            self._pending[namespace] = pending
             self._messages[namespace] = msgs
             self._units[namespace] = units
             self._next_seq[namespace] = seq
             self._generation[namespace] = self._generation.get(namespace, 0) + 1
             return self._generation[namespace]
+
+    def pending_sessions(self, namespace: str) -> list[str]:
+        with self._lock:
+            return sorted(self._pending.get(namespace, set()))
 
     def generation(self, namespace: str) -> int:
         with self._lock:
@@ -294,6 +316,7 @@ class InMemoryStore(MemoryStore):
             n = len(self._messages.pop(namespace, {}))
             self._units.pop(namespace, None)
             self._edges.pop(namespace, None)
+            self._pending.pop(namespace, None)
             if n or namespace in self._generation:
                 self._generation[namespace] = self._generation.get(namespace, 0) + 1
             return n
@@ -419,6 +442,12 @@ class SqlMemoryStore(MemoryStore):
                 return
             yield batch
             last = batch[-1].unit.id
+
+    def pending_sessions(self, namespace: str) -> list[str]:
+        t = schema.pending_sessions
+        query = sa.select(t.c.session_id).where(t.c.namespace == namespace).order_by(t.c.session_id)
+        with self._engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
 
     def generation(self, namespace: str) -> int:
         t = schema.namespace_state
@@ -568,6 +597,15 @@ class SqlMemoryStore(MemoryStore):
                         for uid, mid in sorted(links)
                     ],
                 )
+            p = schema.pending_sessions
+            touched = sorted(set(change.clear_pending) | set(change.mark_pending))
+            for chunk in _chunks(touched):
+                conn.execute(sa.delete(p).where(p.c.namespace == namespace, p.c.session_id.in_(chunk)))
+            if change.mark_pending:
+                conn.execute(
+                    sa.insert(p),
+                    [{"namespace": namespace, "session_id": sid} for sid in sorted(set(change.mark_pending))],
+                )
             return generation
 
     def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
@@ -609,7 +647,8 @@ class SqlMemoryStore(MemoryStore):
                 .select_from(schema.messages)
                 .where(schema.messages.c.namespace == namespace)
             ).scalar()
-            for table in (schema.messages, schema.units, schema.unit_messages, schema.edges):
+            tables = (schema.messages, schema.units, schema.unit_messages, schema.edges, schema.pending_sessions)
+            for table in tables:
                 conn.execute(sa.delete(table).where(table.c.namespace == namespace))
             if n:
                 self._bump(conn, namespace, 0)

@@ -111,7 +111,9 @@ class McpConnection:
     async def start(self, timeout_s: float | None = None) -> None:
         """Start the supervisor and wait for the first connection (UnavailableError if it fails)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"mcp:{self.spec.name}")
+            self._task = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"mcp:{self.spec.name}"
+            )
         await self.wait_connected(timeout_s or self.spec.timeout_s)
 
     async def wait_connected(self, timeout_s: float) -> None:
@@ -196,8 +198,12 @@ class McpConnection:
                 import httpx2
 
                 http_client = await stack.enter_async_context(httpx2.AsyncClient(headers=dict(spec.headers)))
-            read, write = await stack.enter_async_context(streamable_http_client(spec.url, http_client=http_client))
-        session = await stack.enter_async_context(ClientSession(read, write, message_handler=self._on_message))
+            read, write = await stack.enter_async_context(
+                streamable_http_client(spec.url, http_client=http_client)
+            )
+        session = await stack.enter_async_context(
+            ClientSession(read, write, message_handler=self._on_message)
+        )
         await asyncio.wait_for(session.initialize(), spec.timeout_s)
         return session
 
@@ -217,7 +223,7 @@ class McpConnection:
                     await self._watch(session)
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - a broken server must never end the supervisor
+            except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -229,7 +235,9 @@ class McpConnection:
             if self._closing:
                 break
             self.restarts += 1
-            log.warning("restarting MCP server %s (%s), restart #%d", self.spec.name, self.scope, self.restarts)
+            log.warning(
+                "restarting MCP server %s (%s), restart #%d", self.spec.name, self.scope, self.restarts
+            )
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
 

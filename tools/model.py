@@ -198,13 +198,17 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
     else:
         bad += schema_violations(d.input_schema, f"{prefix}.input_schema_json")
         if d.input_schema.get("type", "object") != "object":
-            bad.append(FieldViolation(f"{prefix}.input_schema_json", "the input schema's type must be 'object'"))
+            bad.append(
+                FieldViolation(f"{prefix}.input_schema_json", "the input schema's type must be 'object'")
+            )
     if d.output_schema is not None:
         bad += schema_violations(d.output_schema, f"{prefix}.output_schema_json")
     if d.timeout_s <= 0 or d.timeout_s > 3600:
         bad.append(FieldViolation(f"{prefix}.timeout_s", f"must be in (0, 3600], got {d.timeout_s}"))
     if not 1 <= d.max_concurrency <= 1024:
-        bad.append(FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {d.max_concurrency}"))
+        bad.append(
+            FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {d.max_concurrency}")
+        )
     if not 1 <= d.max_output_bytes <= 64 * 1024 * 1024:
         bad.append(FieldViolation(f"{prefix}.max_output_bytes", "must be in [1, 64 MiB]"))
     if not 0 <= d.max_retries <= 10:
@@ -218,9 +222,8 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
     elif ex.kind == ExecutorKind.MCP:
         if not ex.mcp_server or not ex.mcp_tool:
             bad.append(FieldViolation(f"{prefix}.mcp", "needs server and tool"))
-    elif ex.kind == ExecutorKind.BUILTIN:
-        if not ex.builtin:
-            bad.append(FieldViolation(f"{prefix}.builtin", "needs the builtin's name"))
+    elif ex.kind == ExecutorKind.BUILTIN and not ex.builtin:
+        bad.append(FieldViolation(f"{prefix}.builtin", "needs the builtin's name"))
     if bad:
         raise InvalidArgumentError(bad)
 
@@ -233,7 +236,11 @@ def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
     if spec.transport == McpTransport.STDIO and not spec.command:
         bad.append(FieldViolation(f"{prefix}.command", "a stdio server needs a command"))
     if spec.transport == McpTransport.STREAMABLE_HTTP and not spec.url.startswith(("http://", "https://")):
-        bad.append(FieldViolation(f"{prefix}.url", f"a streamable HTTP server needs an http(s) URL, got {spec.url!r}"))
+        bad.append(
+            FieldViolation(
+                f"{prefix}.url", f"a streamable HTTP server needs an http(s) URL, got {spec.url!r}"
+            )
+        )
     if spec.timeout_s <= 0:
         bad.append(FieldViolation(f"{prefix}.timeout_s", "must be > 0"))
     if bad:

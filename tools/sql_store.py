@@ -128,7 +128,9 @@ class SqlToolStore(ToolStore):
         with self._engine.begin() as conn:
             last = conn.execute(
                 select(func.max(tool_versions.c.version)).where(
-                    tool_versions.c.scope == scope, tool_versions.c.name == name, tool_versions.c.deleted.is_(False)
+                    tool_versions.c.scope == scope,
+                    tool_versions.c.name == name,
+                    tool_versions.c.deleted.is_(False),
                 )
             ).scalar()
             if last is None:
@@ -143,7 +145,9 @@ class SqlToolStore(ToolStore):
     def put_server(self, scope: str, spec: McpServerSpec) -> None:
         with self._engine.begin() as conn:
             conn.execute(
-                delete(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == spec.name)
+                delete(tool_mcp_servers).where(
+                    tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == spec.name
+                )
             )
             conn.execute(
                 insert(tool_mcp_servers).values(
@@ -172,31 +176,41 @@ class SqlToolStore(ToolStore):
     def delete_server(self, scope: str, name: str) -> None:
         with self._engine.begin() as conn:
             n = conn.execute(
-                delete(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == name)
+                delete(tool_mcp_servers).where(
+                    tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == name
+                )
             ).rowcount
         if not n:
             raise NotFoundError("mcp server", name)
 
     def append_audit(self, scope: str, record: AuditRecord) -> None:
+        self.append_audits([(scope, record)])
+
+    def append_audits(self, items: list[tuple[str, AuditRecord]]) -> None:
+        if not items:
+            return
+        rows = [
+            {
+                "id": r.id,
+                "scope": scope,
+                "tool_name": r.tool_name,
+                "tool_version": r.tool_version,
+                "caller": r.caller,
+                "arguments_sha256": r.arguments_sha256,
+                "outcome": r.outcome.value,
+                "stopped_at": r.stopped_at.value,
+                "reason": r.reason,
+                "duration_ms": r.duration_ms,
+                "attempts": r.attempts,
+                "verdicts": json.dumps(list(r.verdicts), sort_keys=True),
+                "truncated": r.truncated,
+                "created_at": r.created_at or utcnow(),
+            }
+            for scope, r in items
+        ]
+        # One transaction (one fsync on SQLite) for a whole batch of invocations.
         with self._engine.begin() as conn:
-            conn.execute(
-                insert(tool_audit).values(
-                    id=record.id,
-                    scope=scope,
-                    tool_name=record.tool_name,
-                    tool_version=record.tool_version,
-                    caller=record.caller,
-                    arguments_sha256=record.arguments_sha256,
-                    outcome=record.outcome.value,
-                    stopped_at=record.stopped_at.value,
-                    reason=record.reason,
-                    duration_ms=record.duration_ms,
-                    attempts=record.attempts,
-                    verdicts=json.dumps(list(record.verdicts), sort_keys=True),
-                    truncated=record.truncated,
-                    created_at=record.created_at or utcnow(),
-                )
-            )
+            conn.execute(insert(tool_audit), rows)
 
     def list_audit(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
         q = select(tool_audit).where(tool_audit.c.scope == scope)
@@ -234,4 +248,6 @@ class SqlToolStore(ToolStore):
     def set_policy(self, scope: str, policy: ToolPolicy) -> None:
         with self._engine.begin() as conn:
             conn.execute(delete(tool_policies).where(tool_policies.c.scope == scope))
-            conn.execute(insert(tool_policies).values(scope=scope, policy=json.dumps(dataclasses.asdict(policy))))
+            conn.execute(
+                insert(tool_policies).values(scope=scope, policy=json.dumps(dataclasses.asdict(policy)))
+            )

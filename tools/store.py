@@ -66,6 +66,11 @@ class ToolStore(ABC):
     def append_audit(self, scope: str, record: AuditRecord) -> None:
         """Append one audit record."""
 
+    def append_audits(self, items: list[tuple[str, AuditRecord]]) -> None:
+        """Append several ``(scope, record)`` pairs; backends override this to use one transaction."""
+        for scope, record in items:
+            self.append_audit(scope, record)
+
     @abstractmethod
     def list_audit(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
         """Newest first, optionally for one tool."""
@@ -94,7 +99,11 @@ class InMemoryToolStore(ToolStore):
         key = (scope, definition.name)
         with self._lock:
             versions = self._versions.setdefault(key, [])
-            if versions and key not in self._deleted and versions[-1].content_key() == definition.content_key():
+            if (
+                versions
+                and key not in self._deleted
+                and versions[-1].content_key() == definition.content_key()
+            ):
                 return versions[-1], False
             stored = replace(definition, version=len(versions) + 1, created_at=utcnow())
             versions.append(stored)
@@ -116,7 +125,11 @@ class InMemoryToolStore(ToolStore):
     def list_tools(self, scope: str) -> list[ToolDefinition]:
         with self._lock:
             return sorted(
-                (v[-1] for (s, n), v in self._versions.items() if s == scope and v and (s, n) not in self._deleted),
+                (
+                    v[-1]
+                    for (s, n), v in self._versions.items()
+                    if s == scope and v and (s, n) not in self._deleted
+                ),
                 key=lambda d: d.name,
             )
 
@@ -162,7 +175,9 @@ class InMemoryToolStore(ToolStore):
 
     def list_audit(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
         with self._lock:
-            records = [r for r in reversed(self._audit.get(scope, [])) if not tool_name or r.tool_name == tool_name]
+            records = [
+                r for r in reversed(self._audit.get(scope, [])) if not tool_name or r.tool_name == tool_name
+            ]
             return records[:limit]
 
     def get_policy(self, scope: str) -> ToolPolicy | None:

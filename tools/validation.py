@@ -58,7 +58,7 @@ def schema_violations(schema: Any, field: str) -> list[FieldViolation]:
 
 
 def _leaf_errors(errors: Iterable[ValidationError]) -> list[ValidationError]:
-    """Descend into anyOf/oneOf contexts so the reported error is the specific one, not 'not valid under any'."""
+    """Descend into anyOf/oneOf contexts: report the specific error, not 'not valid under any'."""
     out: list[ValidationError] = []
     for err in errors:
         if err.context:
@@ -101,7 +101,9 @@ def parse_arguments(arguments_json: str, field: str = "arguments_json") -> tuple
     try:
         value = json.loads(arguments_json)
     except json.JSONDecodeError as exc:
-        return None, [FieldViolation(field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]
+        return None, [
+            FieldViolation(field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        ]
     if not isinstance(value, dict):
         return None, [FieldViolation(field, f"must be a JSON object, got {type(value).__name__}")]
     return value, []

@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class GateServiceStub:
     """Entropy gates computed from the token logprobs the app already has: retrieve, call a tool, escalate.
+    Every decision is stored with all its signals; RecordOutcome labels it and Calibrate fits the
+    namespace's threshold from the labels. Policies are versioned per namespace and gate.
     """
 
     def __init__(self, channel):
@@ -40,14 +42,86 @@ class GateServiceStub:
                 request_serializer=agentrt_dot_v1_dot_gate__pb2.DecideRequest.SerializeToString,
                 response_deserializer=agentrt_dot_v1_dot_gate__pb2.GateDecision.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/agentrt.v1.GateService/RecordOutcome',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.RecordOutcomeRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.RecordOutcomeResponse.FromString,
+                _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/agentrt.v1.GateService/Calibrate',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.CalibrateRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.CalibrateResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/agentrt.v1.GateService/GetPolicy',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.GetGatePolicyRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/agentrt.v1.GateService/SetPolicy',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.SetGatePolicyRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+                _registered_method=True)
+        self.ListPolicyVersions = channel.unary_unary(
+                '/agentrt.v1.GateService/ListPolicyVersions',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.ListGatePolicyVersionsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.ListGatePolicyVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/agentrt.v1.GateService/RollbackPolicy',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.RollbackGatePolicyRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+                _registered_method=True)
 
 
 class GateServiceServicer:
     """Entropy gates computed from the token logprobs the app already has: retrieve, call a tool, escalate.
+    Every decision is stored with all its signals; RecordOutcome labels it and Calibrate fits the
+    namespace's threshold from the labels. Policies are versioned per namespace and gate.
     """
 
     def Decide(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcome(self, request, context):
+        """Label a decision (or bare signals): was the action in fact needed / was the answer right?
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Calibrate(self, request, context):
+        """Fit the threshold (and choose the signal) from recorded outcomes; stores a new policy version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Store a new policy version; fields left unset keep their current value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Make an older version current again (appends a copy; history is never rewritten).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +134,36 @@ def add_GateServiceServicer_to_server(servicer, server):
                     request_deserializer=agentrt_dot_v1_dot_gate__pb2.DecideRequest.FromString,
                     response_serializer=agentrt_dot_v1_dot_gate__pb2.GateDecision.SerializeToString,
             ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.RecordOutcomeRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.RecordOutcomeResponse.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.CalibrateRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.CalibrateResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.GetGatePolicyRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.SetGatePolicyRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.SerializeToString,
+            ),
+            'ListPolicyVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyVersions,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.ListGatePolicyVersionsRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.ListGatePolicyVersionsResponse.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.RollbackGatePolicyRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentrt.v1.GateService', rpc_method_handlers)
@@ -70,6 +174,8 @@ def add_GateServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class GateService:
     """Entropy gates computed from the token logprobs the app already has: retrieve, call a tool, escalate.
+    Every decision is stored with all its signals; RecordOutcome labels it and Calibrate fits the
+    namespace's threshold from the labels. Policies are versioned per namespace and gate.
     """
 
     @staticmethod
@@ -89,6 +195,168 @@ class GateService:
             '/agentrt.v1.GateService/Decide',
             agentrt_dot_v1_dot_gate__pb2.DecideRequest.SerializeToString,
             agentrt_dot_v1_dot_gate__pb2.GateDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/RecordOutcome',
+            agentrt_dot_v1_dot_gate__pb2.RecordOutcomeRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.RecordOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/Calibrate',
+            agentrt_dot_v1_dot_gate__pb2.CalibrateRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.CalibrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/GetPolicy',
+            agentrt_dot_v1_dot_gate__pb2.GetGatePolicyRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/SetPolicy',
+            agentrt_dot_v1_dot_gate__pb2.SetGatePolicyRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/ListPolicyVersions',
+            agentrt_dot_v1_dot_gate__pb2.ListGatePolicyVersionsRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.ListGatePolicyVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/RollbackPolicy',
+            agentrt_dot_v1_dot_gate__pb2.RollbackGatePolicyRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class SelectServiceStub:
-    """Chooses one answer among several agents' candidates by agreement and entropy.
+    """Chooses one answer among several agents' candidates by agreement and entropy; learns a selector per
+    namespace from recorded outcomes and uses it only when it beats the agreement default on held-back data.
     """
 
     def __init__(self, channel):
@@ -40,14 +41,39 @@ class SelectServiceStub:
                 request_serializer=agentrt_dot_v1_dot_select__pb2.SelectRequest.SerializeToString,
                 response_deserializer=agentrt_dot_v1_dot_select__pb2.Selection.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/agentrt.v1.SelectService/RecordOutcome',
+                request_serializer=agentrt_dot_v1_dot_select__pb2.RecordSelectionOutcomeRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_select__pb2.RecordSelectionOutcomeResponse.FromString,
+                _registered_method=True)
+        self.Train = channel.unary_unary(
+                '/agentrt.v1.SelectService/Train',
+                request_serializer=agentrt_dot_v1_dot_select__pb2.TrainSelectorRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_select__pb2.TrainSelectorResponse.FromString,
+                _registered_method=True)
 
 
 class SelectServiceServicer:
-    """Chooses one answer among several agents' candidates by agreement and entropy.
+    """Chooses one answer among several agents' candidates by agreement and entropy; learns a selector per
+    namespace from recorded outcomes and uses it only when it beats the agreement default on held-back data.
     """
 
     def Select(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcome(self, request, context):
+        """Which candidates of a selection were right.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Train(self, request, context):
+        """Fit the learned selector now (also happens automatically every few outcomes).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +86,16 @@ def add_SelectServiceServicer_to_server(servicer, server):
                     request_deserializer=agentrt_dot_v1_dot_select__pb2.SelectRequest.FromString,
                     response_serializer=agentrt_dot_v1_dot_select__pb2.Selection.SerializeToString,
             ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=agentrt_dot_v1_dot_select__pb2.RecordSelectionOutcomeRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_select__pb2.RecordSelectionOutcomeResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_unary_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=agentrt_dot_v1_dot_select__pb2.TrainSelectorRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_select__pb2.TrainSelectorResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentrt.v1.SelectService', rpc_method_handlers)
@@ -69,7 +105,8 @@ def add_SelectServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SelectService:
-    """Chooses one answer among several agents' candidates by agreement and entropy.
+    """Chooses one answer among several agents' candidates by agreement and entropy; learns a selector per
+    namespace from recorded outcomes and uses it only when it beats the agreement default on held-back data.
     """
 
     @staticmethod
@@ -89,6 +126,60 @@ class SelectService:
             '/agentrt.v1.SelectService/Select',
             agentrt_dot_v1_dot_select__pb2.SelectRequest.SerializeToString,
             agentrt_dot_v1_dot_select__pb2.Selection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.SelectService/RecordOutcome',
+            agentrt_dot_v1_dot_select__pb2.RecordSelectionOutcomeRequest.SerializeToString,
+            agentrt_dot_v1_dot_select__pb2.RecordSelectionOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.SelectService/Train',
+            agentrt_dot_v1_dot_select__pb2.TrainSelectorRequest.SerializeToString,
+            agentrt_dot_v1_dot_select__pb2.TrainSelectorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,15 +22,111 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentrt.v1 import common_pb2 as agentrt_dot_v1_dot_common__pb2
+from agentrt.v1 import gate_pb2 as agentrt_dot_v1_dot_gate__pb2
+from agentrt.v1 import guard_pb2 as agentrt_dot_v1_dot_guard__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gentrt/v1/tool.proto\x12\nagentrt.v12\r\n\x0bToolServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gentrt/v1/tool.proto\x12\nagentrt.v1\x1a\x17\x61gentrt/v1/common.proto\x1a\x15\x61gentrt/v1/gate.proto\x1a\x16\x61gentrt/v1/guard.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x10HttpToolExecutor\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12:\n\x07headers\x18\x03 \x03(\x0b\x32).agentrt.v1.HttpToolExecutor.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\x0fMcpToolExecutor\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\"#\n\x13\x42uiltinToolExecutor\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd1\x03\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x04 \x01(\t\x12\x11\n\trisk_tags\x18\x05 \x03(\t\x12,\n\x04http\x18\x06 \x01(\x0b\x32\x1c.agentrt.v1.HttpToolExecutorH\x00\x12*\n\x03mcp\x18\x07 \x01(\x0b\x32\x1b.agentrt.v1.McpToolExecutorH\x00\x12\x32\n\x07\x62uiltin\x18\x08 \x01(\x0b\x32\x1f.agentrt.v1.BuiltinToolExecutorH\x00\x12\x12\n\nidempotent\x18\t \x01(\x08\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12\x17\n\x0fmax_concurrency\x18\x0b \x01(\x05\x12\x18\n\x10max_output_bytes\x18\x0c \x01(\x03\x12\x13\n\x0bmax_retries\x18\r \x01(\x05\x12\x0f\n\x07version\x18\x0e \x01(\x05\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nno_retries\x18\x10 \x01(\x08\x42\n\n\x08\x65xecutor\"H\n\x13RegisterToolRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04tool\x18\x02 \x01(\x0b\x32\x10.agentrt.v1.Tool\"G\n\x14RegisterToolResponse\x12\x1e\n\x04tool\x18\x01 \x01(\x0b\x32\x10.agentrt.v1.Tool\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"O\n\x10ListToolsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x18\n\x10\x65xclude_builtins\x18\x03 \x01(\x08\"4\n\x11ListToolsResponse\x12\x1f\n\x05tools\x18\x01 \x03(\x0b\x32\x10.agentrt.v1.Tool\"B\n\x0eGetToolRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"C\n\x0fGetToolResponse\x12\x1e\n\x04tool\x18\x01 \x01(\x0b\x32\x10.agentrt.v1.Tool\x12\x10\n\x08versions\x18\x02 \x03(\x05\"8\n\x15UnregisterToolRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\".\n\x16UnregisterToolResponse\x12\x14\n\x0clast_version\x18\x01 \x01(\x05\"\x96\x03\n\tMcpServer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\ttransport\x18\x02 \x01(\x0e\x32\x18.agentrt.v1.McpTransport\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12+\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1e.agentrt.v1.McpServer.EnvEntry\x12\x0b\n\x03\x63wd\x18\x06 \x01(\t\x12\x0b\n\x03url\x18\x07 \x01(\t\x12\x33\n\x07headers\x18\x08 \x03(\x0b\x32\".agentrt.v1.McpServer.HeadersEntry\x12\x11\n\trisk_tags\x18\t \x03(\t\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12\x17\n\x0fmax_concurrency\x18\x0b \x01(\x05\x12\x18\n\x10max_output_bytes\x18\x0c \x01(\x03\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\x0fMcpServerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x12\n\ntool_count\x18\x03 \x01(\x05\x12\x10\n\x08restarts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x30\n\x0clast_refresh\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10ImportMcpRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12%\n\x06server\x18\x02 \x01(\x0b\x32\x15.agentrt.v1.McpServer\"a\n\x11ImportMcpResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.agentrt.v1.McpServerStatus\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.agentrt.v1.Tool\"4\n\x11RefreshMcpRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"*\n\x15ListMcpServersRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"c\n\rMcpServerInfo\x12%\n\x06server\x18\x01 \x01(\x0b\x32\x15.agentrt.v1.McpServer\x12+\n\x06status\x18\x02 \x01(\x0b\x32\x1b.agentrt.v1.McpServerStatus\"D\n\x16ListMcpServersResponse\x12*\n\x07servers\x18\x01 \x03(\x0b\x32\x19.agentrt.v1.McpServerInfo\"3\n\x10RemoveMcpRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"*\n\x11RemoveMcpResponse\x12\x15\n\rremoved_tools\x18\x01 \x03(\t\"D\n\x11ToolSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\"\xa6\x01\n\x07ToolHit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x11\n\trisk_tags\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65nse_score\x18\x05 \x01(\x01\x12\x15\n\rlexical_score\x18\x06 \x01(\x01\x12\x0f\n\x07version\x18\x07 \x01(\x05\x12\x19\n\x11input_schema_json\x18\x08 \x01(\t\"^\n\x12ToolSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.agentrt.v1.ToolHit\x12\x0f\n\x07\x65ntropy\x18\x02 \x01(\x01\x12\x14\n\x0c\x65ntropy_nats\x18\x03 \x01(\x01\"8\n\x12ToolFieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"h\n\x1cValidateToolArgumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\"b\n\x1dValidateToolArgumentsResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x32\n\nviolations\x18\x02 \x03(\x0b\x32\x1e.agentrt.v1.ToolFieldViolation\"\x95\x02\n\x11InvokeToolRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12(\n\x06tokens\x18\x05 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12\x17\n\x0f\x61vailable_tools\x18\x06 \x03(\t\x12\x0e\n\x06\x63\x61ller\x18\x07 \x01(\t\x12\x11\n\ttimeout_s\x18\x08 \x01(\x01\x12\x0f\n\x07version\x18\t \x01(\x05\x12\'\n\ttool_call\x18\n \x01(\x0b\x32\x14.agentrt.v1.ToolCall\x12\x12\n\nsession_id\x18\x0b \x01(\t\"\xb7\x03\n\x12InvokeToolResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.agentrt.v1.InvokeOutcome\x12*\n\nstopped_at\x18\x03 \x01(\x0e\x32\x16.agentrt.v1.InvokeStep\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x10\n\x08is_error\x18\x06 \x01(\x08\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x14\n\x0coutput_bytes\x18\x08 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\n \x01(\x01\x12\x14\n\x0ctool_version\x18\x0b \x01(\x05\x12)\n\x0c\x63\x61ll_verdict\x18\x0c \x01(\x0b\x32\x13.agentrt.v1.Verdict\x12+\n\x0eresult_verdict\x18\r \x01(\x0b\x32\x13.agentrt.v1.Verdict\x12&\n\x04gate\x18\x0e \x01(\x0b\x32\x18.agentrt.v1.GateDecision\x12\x1a\n\x12memory_message_ids\x18\x0f \x03(\t\"N\n\x10ToolAuditVerdict\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\"\xf2\x02\n\x0fToolAuditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x14\n\x0ctool_version\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x18\n\x10\x61rguments_sha256\x18\x05 \x01(\t\x12*\n\x07outcome\x18\x06 \x01(\x0e\x32\x19.agentrt.v1.InvokeOutcome\x12*\n\nstopped_at\x18\x07 \x01(\x0e\x32\x16.agentrt.v1.InvokeStep\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\t \x01(\x01\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12.\n\x08verdicts\x18\x0b \x03(\x0b\x32\x1c.agentrt.v1.ToolAuditVerdict\x12\x11\n\ttruncated\x18\x0c \x01(\x08\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x14ListToolAuditRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"E\n\x15ListToolAuditResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.agentrt.v1.ToolAuditRecord\"\xab\x01\n\nToolPolicy\x12\x18\n\x0bguard_calls\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1a\n\rguard_results\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x0cmemory_write\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x11memory_session_id\x18\x04 \x01(\tB\x0e\n\x0c_guard_callsB\x10\n\x0e_guard_resultsB\x0f\n\r_memory_write\")\n\x14GetToolPolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"Q\n\x14SetToolPolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.agentrt.v1.ToolPolicy*i\n\x0cMcpTransport\x12\x1d\n\x19MCP_TRANSPORT_UNSPECIFIED\x10\x00\x12\x17\n\x13MCP_TRANSPORT_STDIO\x10\x01\x12!\n\x1dMCP_TRANSPORT_STREAMABLE_HTTP\x10\x02*\xc6\x02\n\rInvokeOutcome\x12\x1e\n\x1aINVOKE_OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11INVOKE_OUTCOME_OK\x10\x01\x12\x1d\n\x19INVOKE_OUTCOME_TOOL_ERROR\x10\x02\x12\x1a\n\x16INVOKE_OUTCOME_BLOCKED\x10\x03\x12\x19\n\x15INVOKE_OUTCOME_REVIEW\x10\x04\x12\x1f\n\x1bINVOKE_OUTCOME_GATE_STOPPED\x10\x05\x12#\n\x1fINVOKE_OUTCOME_INVALID_ARGUMENT\x10\x06\x12\x1e\n\x1aINVOKE_OUTCOME_UNAVAILABLE\x10\x07\x12$\n INVOKE_OUTCOME_DEADLINE_EXCEEDED\x10\x08\x12\x1c\n\x18INVOKE_OUTCOME_NOT_FOUND\x10\t*\xc4\x01\n\nInvokeStep\x12\x1b\n\x17INVOKE_STEP_UNSPECIFIED\x10\x00\x12\x18\n\x14INVOKE_STEP_VALIDATE\x10\x01\x12\x1a\n\x16INVOKE_STEP_GUARD_CALL\x10\x02\x12\x14\n\x10INVOKE_STEP_GATE\x10\x03\x12\x17\n\x13INVOKE_STEP_EXECUTE\x10\x04\x12\x1c\n\x18INVOKE_STEP_GUARD_RESULT\x10\x05\x12\x16\n\x12INVOKE_STEP_MEMORY\x10\x06\x32\xc2\x08\n\x0bToolService\x12M\n\x08Register\x12\x1f.agentrt.v1.RegisterToolRequest\x1a .agentrt.v1.RegisterToolResponse\x12\x43\n\x04List\x12\x1c.agentrt.v1.ListToolsRequest\x1a\x1d.agentrt.v1.ListToolsResponse\x12>\n\x03Get\x12\x1a.agentrt.v1.GetToolRequest\x1a\x1b.agentrt.v1.GetToolResponse\x12S\n\nUnregister\x12!.agentrt.v1.UnregisterToolRequest\x1a\".agentrt.v1.UnregisterToolResponse\x12H\n\tImportMcp\x12\x1c.agentrt.v1.ImportMcpRequest\x1a\x1d.agentrt.v1.ImportMcpResponse\x12J\n\nRefreshMcp\x12\x1d.agentrt.v1.RefreshMcpRequest\x1a\x1d.agentrt.v1.ImportMcpResponse\x12W\n\x0eListMcpServers\x12!.agentrt.v1.ListMcpServersRequest\x1a\".agentrt.v1.ListMcpServersResponse\x12H\n\tRemoveMcp\x12\x1c.agentrt.v1.RemoveMcpRequest\x1a\x1d.agentrt.v1.RemoveMcpResponse\x12G\n\x06Search\x12\x1d.agentrt.v1.ToolSearchRequest\x1a\x1e.agentrt.v1.ToolSearchResponse\x12_\n\x08Validate\x12(.agentrt.v1.ValidateToolArgumentsRequest\x1a).agentrt.v1.ValidateToolArgumentsResponse\x12G\n\x06Invoke\x12\x1d.agentrt.v1.InvokeToolRequest\x1a\x1e.agentrt.v1.InvokeToolResponse\x12P\n\tListAudit\x12 .agentrt.v1.ListToolAuditRequest\x1a!.agentrt.v1.ListToolAuditResponse\x12\x45\n\tGetPolicy\x12 .agentrt.v1.GetToolPolicyRequest\x1a\x16.agentrt.v1.ToolPolicy\x12\x45\n\tSetPolicy\x12 .agentrt.v1.SetToolPolicyRequest\x1a\x16.agentrt.v1.ToolPolicyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.v1.tool_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLSERVICE']._serialized_start=37
-  _globals['_TOOLSERVICE']._serialized_end=50
+  _globals['_HTTPTOOLEXECUTOR_HEADERSENTRY']._loaded_options = None
+  _globals['_HTTPTOOLEXECUTOR_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_MCPSERVER_ENVENTRY']._loaded_options = None
+  _globals['_MCPSERVER_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_MCPSERVER_HEADERSENTRY']._loaded_options = None
+  _globals['_MCPSERVER_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_MCPTRANSPORT']._serialized_start=4714
+  _globals['_MCPTRANSPORT']._serialized_end=4819
+  _globals['_INVOKEOUTCOME']._serialized_start=4822
+  _globals['_INVOKEOUTCOME']._serialized_end=5148
+  _globals['_INVOKESTEP']._serialized_start=5151
+  _globals['_INVOKESTEP']._serialized_end=5347
+  _globals['_HTTPTOOLEXECUTOR']._serialized_start=143
+  _globals['_HTTPTOOLEXECUTOR']._serialized_end=298
+  _globals['_HTTPTOOLEXECUTOR_HEADERSENTRY']._serialized_start=252
+  _globals['_HTTPTOOLEXECUTOR_HEADERSENTRY']._serialized_end=298
+  _globals['_MCPTOOLEXECUTOR']._serialized_start=300
+  _globals['_MCPTOOLEXECUTOR']._serialized_end=347
+  _globals['_BUILTINTOOLEXECUTOR']._serialized_start=349
+  _globals['_BUILTINTOOLEXECUTOR']._serialized_end=384
+  _globals['_TOOL']._serialized_start=387
+  _globals['_TOOL']._serialized_end=852
+  _globals['_REGISTERTOOLREQUEST']._serialized_start=854
+  _globals['_REGISTERTOOLREQUEST']._serialized_end=926
+  _globals['_REGISTERTOOLRESPONSE']._serialized_start=928
+  _globals['_REGISTERTOOLRESPONSE']._serialized_end=999
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1001
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1080
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1082
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1134
+  _globals['_GETTOOLREQUEST']._serialized_start=1136
+  _globals['_GETTOOLREQUEST']._serialized_end=1202
+  _globals['_GETTOOLRESPONSE']._serialized_start=1204
+  _globals['_GETTOOLRESPONSE']._serialized_end=1271
+  _globals['_UNREGISTERTOOLREQUEST']._serialized_start=1273
+  _globals['_UNREGISTERTOOLREQUEST']._serialized_end=1329
+  _globals['_UNREGISTERTOOLRESPONSE']._serialized_start=1331
+  _globals['_UNREGISTERTOOLRESPONSE']._serialized_end=1377
+  _globals['_MCPSERVER']._serialized_start=1380
+  _globals['_MCPSERVER']._serialized_end=1786
+  _globals['_MCPSERVER_ENVENTRY']._serialized_start=1696
+  _globals['_MCPSERVER_ENVENTRY']._serialized_end=1738
+  _globals['_MCPSERVER_HEADERSENTRY']._serialized_start=252
+  _globals['_MCPSERVER_HEADERSENTRY']._serialized_end=298
+  _globals['_MCPSERVERSTATUS']._serialized_start=1789
+  _globals['_MCPSERVERSTATUS']._serialized_end=1947
+  _globals['_IMPORTMCPREQUEST']._serialized_start=1949
+  _globals['_IMPORTMCPREQUEST']._serialized_end=2025
+  _globals['_IMPORTMCPRESPONSE']._serialized_start=2027
+  _globals['_IMPORTMCPRESPONSE']._serialized_end=2124
+  _globals['_REFRESHMCPREQUEST']._serialized_start=2126
+  _globals['_REFRESHMCPREQUEST']._serialized_end=2178
+  _globals['_LISTMCPSERVERSREQUEST']._serialized_start=2180
+  _globals['_LISTMCPSERVERSREQUEST']._serialized_end=2222
+  _globals['_MCPSERVERINFO']._serialized_start=2224
+  _globals['_MCPSERVERINFO']._serialized_end=2323
+  _globals['_LISTMCPSERVERSRESPONSE']._serialized_start=2325
+  _globals['_LISTMCPSERVERSRESPONSE']._serialized_end=2393
+  _globals['_REMOVEMCPREQUEST']._serialized_start=2395
+  _globals['_REMOVEMCPREQUEST']._serialized_end=2446
+  _globals['_REMOVEMCPRESPONSE']._serialized_start=2448
+  _globals['_REMOVEMCPRESPONSE']._serialized_end=2490
+  _globals['_TOOLSEARCHREQUEST']._serialized_start=2492
+  _globals['_TOOLSEARCHREQUEST']._serialized_end=2560
+  _globals['_TOOLHIT']._serialized_start=2563
+  _globals['_TOOLHIT']._serialized_end=2729
+  _globals['_TOOLSEARCHRESPONSE']._serialized_start=2731
+  _globals['_TOOLSEARCHRESPONSE']._serialized_end=2825
+  _globals['_TOOLFIELDVIOLATION']._serialized_start=2827
+  _globals['_TOOLFIELDVIOLATION']._serialized_end=2883
+  _globals['_VALIDATETOOLARGUMENTSREQUEST']._serialized_start=2885
+  _globals['_VALIDATETOOLARGUMENTSREQUEST']._serialized_end=2989
+  _globals['_VALIDATETOOLARGUMENTSRESPONSE']._serialized_start=2991
+  _globals['_VALIDATETOOLARGUMENTSRESPONSE']._serialized_end=3089
+  _globals['_INVOKETOOLREQUEST']._serialized_start=3092
+  _globals['_INVOKETOOLREQUEST']._serialized_end=3369
+  _globals['_INVOKETOOLRESPONSE']._serialized_start=3372
+  _globals['_INVOKETOOLRESPONSE']._serialized_end=3811
+  _globals['_TOOLAUDITVERDICT']._serialized_start=3813
+  _globals['_TOOLAUDITVERDICT']._serialized_end=3891
+  _globals['_TOOLAUDITRECORD']._serialized_start=3894
+  _globals['_TOOLAUDITRECORD']._serialized_end=4264
+  _globals['_LISTTOOLAUDITREQUEST']._serialized_start=4266
+  _globals['_LISTTOOLAUDITREQUEST']._serialized_end=4341
+  _globals['_LISTTOOLAUDITRESPONSE']._serialized_start=4343
+  _globals['_LISTTOOLAUDITRESPONSE']._serialized_end=4412
+  _globals['_TOOLPOLICY']._serialized_start=4415
+  _globals['_TOOLPOLICY']._serialized_end=4586
+  _globals['_GETTOOLPOLICYREQUEST']._serialized_start=4588
+  _globals['_GETTOOLPOLICYREQUEST']._serialized_end=4629
+  _globals['_SETTOOLPOLICYREQUEST']._serialized_start=4631
+  _globals['_SETTOOLPOLICYREQUEST']._serialized_end=4712
+  _globals['_TOOLSERVICE']._serialized_start=5350
+  _globals['_TOOLSERVICE']._serialized_end=6440
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from agentrt.v1 import tool_pb2 as agentrt_dot_v1_dot_tool__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -34,15 +35,249 @@ class ToolServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Register = channel.unary_unary(
+                '/agentrt.v1.ToolService/Register',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.RegisterToolRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.RegisterToolResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/agentrt.v1.ToolService/List',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.ListToolsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ListToolsResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/agentrt.v1.ToolService/Get',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.GetToolRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.GetToolResponse.FromString,
+                _registered_method=True)
+        self.Unregister = channel.unary_unary(
+                '/agentrt.v1.ToolService/Unregister',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.UnregisterToolRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.UnregisterToolResponse.FromString,
+                _registered_method=True)
+        self.ImportMcp = channel.unary_unary(
+                '/agentrt.v1.ToolService/ImportMcp',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.ImportMcpRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ImportMcpResponse.FromString,
+                _registered_method=True)
+        self.RefreshMcp = channel.unary_unary(
+                '/agentrt.v1.ToolService/RefreshMcp',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.RefreshMcpRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ImportMcpResponse.FromString,
+                _registered_method=True)
+        self.ListMcpServers = channel.unary_unary(
+                '/agentrt.v1.ToolService/ListMcpServers',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.ListMcpServersRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ListMcpServersResponse.FromString,
+                _registered_method=True)
+        self.RemoveMcp = channel.unary_unary(
+                '/agentrt.v1.ToolService/RemoveMcp',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.RemoveMcpRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.RemoveMcpResponse.FromString,
+                _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/agentrt.v1.ToolService/Search',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.ToolSearchRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ToolSearchResponse.FromString,
+                _registered_method=True)
+        self.Validate = channel.unary_unary(
+                '/agentrt.v1.ToolService/Validate',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.ValidateToolArgumentsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ValidateToolArgumentsResponse.FromString,
+                _registered_method=True)
+        self.Invoke = channel.unary_unary(
+                '/agentrt.v1.ToolService/Invoke',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.InvokeToolRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.InvokeToolResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/agentrt.v1.ToolService/ListAudit',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.ListToolAuditRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ListToolAuditResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/agentrt.v1.ToolService/GetPolicy',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.GetToolPolicyRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ToolPolicy.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/agentrt.v1.ToolService/SetPolicy',
+                request_serializer=agentrt_dot_v1_dot_tool__pb2.SetToolPolicyRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_tool__pb2.ToolPolicy.FromString,
+                _registered_method=True)
 
 
 class ToolServiceServicer:
     """Tool registry with semantic search, schema checks and guarded, entropy-gated execution.
     """
 
+    def Register(self, request, context):
+        """Registers a tool in a namespace; re-registering changed content makes a new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """NOT_FOUND for an unknown name or version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unregister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportMcp(self, request, context):
+        """Registers an MCP server (stdio command or streamable HTTP), connects, and imports all its tools
+        as "<server>.<tool>". The connection is kept; a tools/list_changed notification re-imports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshMcp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMcpServers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMcp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """Hybrid semantic + lexical tool retrieval with the entropy of the hit distribution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Validate(self, request, context):
+        """Checks arguments against the tool's JSON Schema; violations come back in the reply (not an error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Invoke(self, request, context):
+        """validate -> guard (STAGE_TOOL_CALL) -> CALL_TOOL gate (when tokens are sent) -> execute ->
+        guard (STAGE_TOOL_RESULT) -> memory write (by policy). A guard or gate stop is an OK reply whose
+        stopped_at/reason say why; bad arguments are INVALID_ARGUMENT, an unknown tool NOT_FOUND, an
+        unreachable endpoint UNAVAILABLE (retry advice in the details), a timeout DEADLINE_EXCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ToolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Register': grpc.unary_unary_rpc_method_handler(
+                    servicer.Register,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.RegisterToolRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.RegisterToolResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.ListToolsRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ListToolsResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.GetToolRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.GetToolResponse.SerializeToString,
+            ),
+            'Unregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unregister,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.UnregisterToolRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.UnregisterToolResponse.SerializeToString,
+            ),
+            'ImportMcp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportMcp,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.ImportMcpRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ImportMcpResponse.SerializeToString,
+            ),
+            'RefreshMcp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshMcp,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.RefreshMcpRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ImportMcpResponse.SerializeToString,
+            ),
+            'ListMcpServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMcpServers,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.ListMcpServersRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ListMcpServersResponse.SerializeToString,
+            ),
+            'RemoveMcp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMcp,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.RemoveMcpRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.RemoveMcpResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.ToolSearchRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ToolSearchResponse.SerializeToString,
+            ),
+            'Validate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validate,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.ValidateToolArgumentsRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ValidateToolArgumentsResponse.SerializeToString,
+            ),
+            'Invoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invoke,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.InvokeToolRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.InvokeToolResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.ListToolAuditRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ListToolAuditResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.GetToolPolicyRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ToolPolicy.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=agentrt_dot_v1_dot_tool__pb2.SetToolPolicyRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_tool__pb2.ToolPolicy.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentrt.v1.ToolService', rpc_method_handlers)
@@ -54,3 +289,381 @@ def add_ToolServiceServicer_to_server(servicer, server):
 class ToolService:
     """Tool registry with semantic search, schema checks and guarded, entropy-gated execution.
     """
+
+    @staticmethod
+    def Register(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/Register',
+            agentrt_dot_v1_dot_tool__pb2.RegisterToolRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.RegisterToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/List',
+            agentrt_dot_v1_dot_tool__pb2.ListToolsRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ListToolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/Get',
+            agentrt_dot_v1_dot_tool__pb2.GetToolRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.GetToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/Unregister',
+            agentrt_dot_v1_dot_tool__pb2.UnregisterToolRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.UnregisterToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMcp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/ImportMcp',
+            agentrt_dot_v1_dot_tool__pb2.ImportMcpRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ImportMcpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshMcp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/RefreshMcp',
+            agentrt_dot_v1_dot_tool__pb2.RefreshMcpRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ImportMcpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMcpServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/ListMcpServers',
+            agentrt_dot_v1_dot_tool__pb2.ListMcpServersRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ListMcpServersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMcp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/RemoveMcp',
+            agentrt_dot_v1_dot_tool__pb2.RemoveMcpRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.RemoveMcpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/Search',
+            agentrt_dot_v1_dot_tool__pb2.ToolSearchRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ToolSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Validate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/Validate',
+            agentrt_dot_v1_dot_tool__pb2.ValidateToolArgumentsRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ValidateToolArgumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/Invoke',
+            agentrt_dot_v1_dot_tool__pb2.InvokeToolRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.InvokeToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/ListAudit',
+            agentrt_dot_v1_dot_tool__pb2.ListToolAuditRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ListToolAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/GetPolicy',
+            agentrt_dot_v1_dot_tool__pb2.GetToolPolicyRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ToolPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.ToolService/SetPolicy',
+            agentrt_dot_v1_dot_tool__pb2.SetToolPolicyRequest.SerializeToString,
+            agentrt_dot_v1_dot_tool__pb2.ToolPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

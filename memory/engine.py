@@ -1,0 +1,623 @@
+"""``MemoryEngine``: the memory component the runtime puts on ``rt.memory``.
+
+Transport-neutral: it takes domain values, raises ``core.errors``, and never touches grpc/protobuf.
+
+Write path (the database is the source of truth):
+  1. validate; assign ids to messages without one; compare content hashes (same id + same content =
+     unchanged, so resending is a no-op);
+  2. derive the session's units (``memory.units.derive_units``), embed the *turn* units that are new or
+     changed, and commit messages + turn units + a "session pending" mark in one transaction;
+  3. apply the committed change to the in-memory indexes and reply. Raw turns are searchable as soon
+     as Write returns (read-your-writes);
+  4. a background worker re-derives pending sessions (exchange, session and fact units), commits them
+     together with clearing the mark, links new units into the association graph and refits the GMM
+     when the namespace has grown enough. Several writes to one session coalesce into one re-derive.
+
+Crash safety: the index remembers the store generation it reflects; if an index update fails after
+the commit it is rebuilt from the database on the next access, and on start every index is rebuilt
+from the database and every still-pending session is re-derived.
+
+Interface with the retrieval engineer's modules (called with exactly these signatures; while a module
+does not exist, ``memory/_standin.py`` provides a trivial version):
+
+  memory.units.derive_units(session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryUnit]
+      Every unit of one session, from its messages in arrival order. Unit ids must be deterministic
+      (same messages -> same ids) and unique within a namespace (e.g. prefixed by the session id).
+  memory.retrieval.search(index: NamespaceIndex, query: SearchQuery, query_vector: np.ndarray,
+                          policy: Mapping[str, Any]) -> SearchResult
+      Ranks and packs; reads ``index`` only (dense_search, lexical_search, unit, vector, neighbors).
+      ``policy`` is the namespace's memory policy from configuration (e.g. router temperature).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from core.embedding import Embedder
+from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from memory.association import AssociationConfig, AssociationManager
+from memory.index import NamespaceIndex, VectorIndexFactory
+from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery, SearchResult
+from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content_hash, unit_key
+
+log = logging.getLogger(__name__)
+
+DeriveFn = Callable[[str, Sequence[MemoryMessage]], list[MemoryUnit]]
+RetrieveFn = Callable[[NamespaceIndex, SearchQuery, np.ndarray, Mapping[str, Any]], SearchResult]
+
+MAX_ID_LEN = 255
+MAX_TEXT_CHARS = 100_000
+MAX_TOP_K = 1000
+DEFAULT_TOP_K = 10
+# Granularities committed inside Write itself; the rest are derived in the background.
+SYNC_GRANULARITIES = frozenset({Granularity.TURN})
+
+
+def _load(module: str, name: str) -> Any:
+    """``module.name``, or the stand-in of the same name while ``module`` does not exist yet."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        mod = importlib.import_module("memory._standin")
+    return getattr(mod, name)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of one Write: ids in request order, and how many messages were new/changed or unchanged."""
+
+    message_ids: list[str]
+    written: int
+    unchanged: int
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """Outcome of one Delete."""
+
+    messages: int
+    units: int
+    sessions_rederived: int
+
+
+@dataclass(frozen=True)
+class ConsolidationReport:
+    """What one consolidation pass did."""
+
+    sessions_derived: int
+    units_added: int
+    units_removed: int
+    clusters: int
+    edges: int
+    refit: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """Sizes and state of one namespace."""
+
+    messages: int
+    sessions: int
+    units: dict[str, int]
+    edges: int
+    generation: int
+    index_generation: int
+    pending_sessions: int
+    clusters: int
+    index_backends: dict[str, str] = field(default_factory=dict)
+    last_refit_seconds: float = 0.0
+
+
+@dataclass
+class _Namespace:
+    index: NamespaceIndex
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    dirty: bool = False
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class MemoryEngine:
+    """Durable conversation memory of many namespaces over one ``MemoryStore`` and one embedder."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        embedder: Embedder,
+        *,
+        policy: Callable[[str], Mapping[str, Any]] | None = None,
+        vector_factory: VectorIndexFactory | None = None,
+        association: AssociationConfig | None = None,
+        derive: DeriveFn | None = None,
+        retrieve: RetrieveFn | None = None,
+        background: bool = True,
+    ):
+        self.store = store
+        self.embedder = embedder
+        self._policy = policy or (lambda _ns: {})
+        self._vector_factory = vector_factory
+        self._derive: DeriveFn = derive or _load("memory.units", "derive_units")
+        self._retrieve: RetrieveFn = retrieve or _load("memory.retrieval", "search")
+        self.association = AssociationManager(store, association or AssociationConfig())
+        self._namespaces: dict[str, _Namespace] = {}
+        self._registry_lock = threading.Lock()
+        # Background queue of (namespace, session_id) to re-derive, coalesced, in arrival order.
+        self._queue: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._refit_due: set[str] = set()
+        self._cv = threading.Condition()
+        self._busy = 0
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        if background:
+            self._worker = threading.Thread(target=self._run_worker, name="memory-consolidation", daemon=True)
+            self._worker.start()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def load(self) -> int:
+        """Rebuild every namespace's index from the database and queue pending sessions (on start).
+
+        Returns how many units were indexed.
+        """
+        total = 0
+        for ns in self.store.namespaces():
+            total += self.rebuild(ns)
+        return total
+
+    def rebuild(self, namespace: str) -> int:
+        """Rebuild one namespace's indexes from the database; returns how many units were indexed."""
+        state = self._state(namespace, load=False)
+        with state.lock:
+            index = self._build_index(namespace)
+            state.index = index
+            state.dirty = False
+        for sid in self.store.pending_sessions(namespace):
+            self._enqueue(namespace, sid)
+        return index.size()
+
+    def _build_index(self, namespace: str) -> NamespaceIndex:
+        index = NamespaceIndex(self.embedder.dim, self._vector_factory)
+        generation = self.store.generation(namespace)
+        stale: list[StoredUnit] = []
+        for batch in self.store.iter_units(namespace):
+            fresh = [s for s in batch if s.model == self.embedder.name and len(s.vector) == self.embedder.dim]
+            stale.extend(s for s in batch if s.model != self.embedder.name or len(s.vector) != self.embedder.dim)
+            index.apply((), fresh)
+        if stale:
+            # Vectors of another model are useless to this one: re-embed and persist them.
+            log.info("re-embedding units of another model", extra={"namespace": namespace, "units": len(stale)})
+            vectors = self.embedder.embed([s.unit.text for s in stale])
+            redone = [replace(s, vector=v, model=self.embedder.name) for s, v in zip(stale, vectors, strict=True)]
+            generation = self.store.apply(namespace, Change(insert_units=redone))
+            index.apply((), redone)
+        index.set_edges(self.store.load_edges(namespace))
+        index.generation = generation
+        return index
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the background worker (pending work stays marked in the database)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def _state(self, namespace: str, *, load: bool = True) -> _Namespace:
+        state = self._namespaces.get(namespace)
+        if state is None:
+            with self._registry_lock:
+                state = self._namespaces.get(namespace)
+                if state is None:
+                    state = _Namespace(NamespaceIndex(self.embedder.dim, self._vector_factory), dirty=load)
+                    self._namespaces[namespace] = state
+        if state.dirty and load:
+            with state.lock:
+                if state.dirty:
+                    state.index = self._build_index(namespace)
+                    state.dirty = False
+        return state
+
+    def index(self, namespace: str) -> NamespaceIndex:
+        """The namespace's current in-memory index (built from the database if needed)."""
+        return self._state(namespace).index
+
+    # -- validation ----------------------------------------------------------------------------------
+
+    def _validate_messages(self, session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryMessage]:
+        violations: list[FieldViolation] = []
+        if len(session_id) > MAX_ID_LEN:
+            violations.append(FieldViolation("session_id", f"longer than {MAX_ID_LEN} characters"))
+        if not messages:
+            violations.append(FieldViolation("messages", "at least one message is required"))
+        out: list[MemoryMessage] = []
+        first_index: dict[str, int] = {}
+        for i, m in enumerate(messages):
+            mid = m.id or uuid.uuid4().hex
+            if len(mid) > MAX_ID_LEN:
+                violations.append(FieldViolation(f"messages[{i}].id", f"longer than {MAX_ID_LEN} characters"))
+            elif mid != mid.strip() or any(ord(c) < 32 for c in mid):
+                violations.append(FieldViolation(f"messages[{i}].id", "must not contain control characters or edge spaces"))
+            if mid in first_index:
+                violations.append(
+                    FieldViolation(f"messages[{i}].id", f"duplicates messages[{first_index[mid]}].id {mid!r}")
+                )
+            first_index.setdefault(mid, i)
+            if not m.text.strip():
+                violations.append(FieldViolation(f"messages[{i}].text", "must not be empty"))
+            elif len(m.text) > MAX_TEXT_CHARS:
+                violations.append(FieldViolation(f"messages[{i}].text", f"longer than {MAX_TEXT_CHARS} characters"))
+            if len(m.speaker) > MAX_ID_LEN:
+                violations.append(FieldViolation(f"messages[{i}].speaker", f"longer than {MAX_ID_LEN} characters"))
+            out.append(replace(m, id=mid, session_id=session_id, time=_utc(m.time), metadata=dict(m.metadata)))
+        if violations:
+            raise InvalidArgumentError(violations)
+        return out
+
+    # -- derivation ----------------------------------------------------------------------------------
+
+    def _plan_units(
+        self,
+        namespace: str,
+        session_id: str,
+        session: Sequence[MemoryMessage],
+        granularities: frozenset[Granularity] | None,
+    ) -> tuple[list[str], list[StoredUnit]]:
+        """Diff the session's derived units against the stored ones: (unit ids to delete, units to insert).
+
+        Only units whose text changed are embedded; a unit with the same text keeps its vector.
+        """
+        derived = self._derive(session_id, list(session)) if session else []
+        if granularities is not None:
+            derived = [u for u in derived if u.granularity in granularities]
+        old = {
+            s.unit.id: s
+            for s in self.store.session_units(namespace, [session_id])
+            if granularities is None or s.unit.granularity in granularities
+        }
+        new_ids = {u.id for u in derived}
+        delete = [uid for uid in old if uid not in new_ids]
+        keep: list[StoredUnit] = []
+        embed: list[MemoryUnit] = []
+        for unit in derived:
+            prev = old.get(unit.id)
+            if prev is not None and prev.model == self.embedder.name:
+                if prev.unit == unit:
+                    continue
+                if prev.unit.text == unit.text:
+                    keep.append(replace(prev, unit=unit))
+                    continue
+            embed.append(unit)
+        inserted = keep
+        if embed:
+            vectors = self.embedder.embed([u.text for u in embed])
+            inserted = keep + [
+                StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name)
+                for u, v in zip(embed, vectors, strict=True)
+            ]
+        return delete, inserted
+
+    def _apply(self, namespace: str, state: _Namespace, change: Change) -> int:
+        """Commit ``change`` and mirror it in the index (caller holds the namespace lock)."""
+        removed_keys = [unit_key(namespace, uid) for uid in change.delete_units]
+        generation = self.store.apply(namespace, change)
+        try:
+            if state.dirty or state.index.generation != generation - 1:
+                # Someone else (another replica) changed the namespace, or an earlier update failed.
+                state.index = self._build_index(namespace)
+            else:
+                self._mirror(state.index, removed_keys, change.insert_units)
+                state.index.generation = generation
+        except Exception:
+            # The commit stands; the index is a cache and is rebuilt from the database on next use.
+            state.dirty = True
+            log.exception("index update failed after commit; rebuilding on next access")
+        return generation
+
+    def _mirror(self, index: NamespaceIndex, removed_keys: list[int], inserted: list[StoredUnit]) -> None:
+        """Apply a committed unit change to an index (separate so tests can simulate a crash here)."""
+        index.apply(removed_keys, inserted)
+
+    # -- public API ----------------------------------------------------------------------------------
+
+    def write(self, namespace: str, session_id: str, messages: Sequence[MemoryMessage]) -> WriteResult:
+        """Store messages of one session; idempotent per message id. Returns after the commit.
+
+        Raises InvalidArgumentError naming the field (``messages[2].id``) for malformed input, or when
+        a message id is already stored in another session.
+        """
+        session_id = session_id or "default"
+        msgs = self._validate_messages(session_id, messages)
+        state = self._state(namespace)
+        with state.lock:
+            existing = self.store.get_messages(namespace, [m.id for m in msgs])
+            changed: list[MemoryMessage] = []
+            unchanged = 0
+            violations: list[FieldViolation] = []
+            for i, m in enumerate(msgs):
+                old = existing.get(m.id)
+                if old is not None and old.message.session_id != session_id:
+                    violations.append(
+                        FieldViolation(
+                            f"messages[{i}].id",
+                            f"{m.id!r} is already stored in session {old.message.session_id!r}",
+                        )
+                    )
+                elif old is not None and old.content_hash == content_hash(m):
+                    unchanged += 1
+                else:
+                    changed.append(m)
+            if violations:
+                raise InvalidArgumentError(violations)
+            if changed:
+                session = self._merge(self.store.session_messages(namespace, session_id), changed)
+                delete, insert = self._plan_units(namespace, session_id, session, SYNC_GRANULARITIES)
+                change = Change(
+                    upsert_messages=changed, delete_units=delete, insert_units=insert, mark_pending=[session_id]
+                )
+                self._apply(namespace, state, change)
+        if changed:
+            self._enqueue(namespace, session_id)
+        return WriteResult([m.id for m in msgs], len(changed), unchanged)
+
+    @staticmethod
+    def _merge(stored: list[StoredMessage], changed: list[MemoryMessage]) -> list[MemoryMessage]:
+        """The session after the write: replaced messages keep their place, new ones are appended."""
+        by_id = {m.id: m for m in changed}
+        out = [by_id.pop(s.message.id, s.message) for s in stored]
+        return out + [m for m in changed if m.id in by_id]
+
+    def search(self, namespace: str, query: SearchQuery) -> SearchResult:
+        """Ranked, budget-packed hits for ``query``; an empty namespace gives no hits, not an error."""
+        violations: list[FieldViolation] = []
+        if not query.query.strip():
+            violations.append(FieldViolation("query", "must not be empty"))
+        if query.top_k < 0 or query.top_k > MAX_TOP_K:
+            violations.append(FieldViolation("top_k", f"must be between 0 and {MAX_TOP_K}"))
+        if query.token_budget < 0:
+            violations.append(FieldViolation("token_budget", "must be >= 0"))
+        if query.time_start and query.time_end and _utc(query.time_start) > _utc(query.time_end):  # type: ignore[operator]
+            violations.append(FieldViolation("time_end", "is before time_start"))
+        if violations:
+            raise InvalidArgumentError(violations)
+        query = replace(
+            query,
+            top_k=query.top_k or DEFAULT_TOP_K,
+            time_start=_utc(query.time_start),
+            time_end=_utc(query.time_end),
+        )
+        index = self._state(namespace).index
+        if index.size() == 0:
+            from memory.model import RoutingDiagnostics
+
+            return SearchResult([], RoutingDiagnostics({}, {}))
+        vector = self.embedder.embed([query.query])[0]
+        return self._retrieve(index, query, vector, self._policy(namespace))
+
+    def get(self, namespace: str, message_ids: Sequence[str]) -> list[MemoryMessage]:
+        """Messages by id in the given order; raises NotFoundError for the first missing id."""
+        found = self.store.get_messages(namespace, list(message_ids))
+        for mid in message_ids:
+            if mid not in found:
+                raise NotFoundError("message", mid)
+        return [found[mid].message for mid in message_ids]
+
+    def list(
+        self, namespace: str, *, session_id: str | None = None, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[MemoryMessage], str]:
+        """A page of messages in arrival order and the token of the next page ("" at the end)."""
+        if page_size <= 0 or page_size > 1000:
+            raise InvalidArgumentError("page_size", "must be between 1 and 1000")
+        try:
+            after = int(page_token) if page_token else -1
+        except ValueError:
+            raise InvalidArgumentError("page_token", "is not a token returned by List") from None
+        rows = self.store.list_messages(namespace, session_id=session_id or None, after_seq=after, limit=page_size + 1)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return [r.message for r in rows], (str(rows[-1].seq) if more else "")
+
+    def sessions(self, namespace: str) -> list[str]:
+        """Ids of the sessions holding messages."""
+        return self.store.list_sessions(namespace)
+
+    def update(self, namespace: str, message: MemoryMessage) -> WriteResult:
+        """Replace the content of a stored message (its session cannot change).
+
+        Raises NotFoundError when the id is unknown.
+        """
+        if not message.id:
+            raise InvalidArgumentError("message.id", "is required")
+        found = self.store.get_messages(namespace, [message.id])
+        if message.id not in found:
+            raise NotFoundError("message", message.id)
+        session_id = found[message.id].message.session_id
+        try:
+            return self.write(namespace, session_id, [message])
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                [FieldViolation(v.field.replace("messages[0]", "message"), v.description) for v in exc.violations]
+            ) from None
+
+    def delete(
+        self,
+        namespace: str,
+        *,
+        message_ids: Sequence[str] = (),
+        session_id: str = "",
+        everything: bool = False,
+    ) -> DeleteResult:
+        """Delete messages (by id, by session or the whole namespace) and every unit that covered them.
+
+        Affected sessions are re-derived from their remaining messages before this returns, and the
+        indexes drop the removed units: nothing derived from a deleted message stays searchable.
+        Deleting ids that do not exist is not an error (deletes are idempotent).
+        """
+        if not (message_ids or session_id or everything):
+            raise InvalidArgumentError("message_ids", "give message_ids, session_id or all")
+        state = self._state(namespace)
+        with state.lock:
+            if everything:
+                before = self.store.counts(namespace)
+                n = self.store.drop_namespace(namespace)
+                state.index = self._build_index(namespace)
+                state.dirty = False
+                self.association.forget(namespace)
+                return DeleteResult(n, sum(before.units.values()), 0)
+            targets: dict[str, StoredMessage] = {}
+            if session_id:
+                targets.update({s.message.id: s for s in self.store.session_messages(namespace, session_id)})
+            if message_ids:
+                targets.update(self.store.get_messages(namespace, list(message_ids)))
+            if not targets:
+                return DeleteResult(0, 0, 0)
+            change = Change(delete_messages=list(targets))
+            sessions = sorted({s.message.session_id for s in targets.values()})
+            removed_units = 0
+            for sid in sessions:
+                remaining = [s.message for s in self.store.session_messages(namespace, sid) if s.message.id not in targets]
+                delete, insert = self._plan_units(namespace, sid, remaining, None)
+                change.delete_units += delete
+                change.insert_units += insert
+                change.clear_pending.append(sid)
+                removed_units += len(delete)
+            self._apply(namespace, state, change)
+        return DeleteResult(len(targets), removed_units, len(sessions))
+
+    def consolidate(self, namespace: str, *, refit: bool = True) -> ConsolidationReport:
+        """Run consolidation now, in the caller's thread: re-derive pending sessions, link, refit."""
+        started = time.perf_counter()
+        added = removed = 0
+        sessions = self.store.pending_sessions(namespace)
+        for sid in sessions:
+            a, r = self._derive_session(namespace, sid)
+            added += a
+            removed += r
+        index = self._state(namespace).index
+        fit = self.association.refit(namespace, index) if refit else None
+        return ConsolidationReport(
+            sessions_derived=len(sessions),
+            units_added=added,
+            units_removed=removed,
+            clusters=self.association.clusters(namespace),
+            edges=index.edge_count(),
+            refit=fit is not None,
+            seconds=time.perf_counter() - started,
+        )
+
+    def stats(self, namespace: str) -> MemoryStats:
+        """Counts, index state and association state of a namespace."""
+        counts = self.store.counts(namespace)
+        state = self._state(namespace)
+        return MemoryStats(
+            messages=counts.messages,
+            sessions=counts.sessions,
+            units=counts.units,
+            edges=counts.edges,
+            generation=counts.generation,
+            index_generation=state.index.generation,
+            pending_sessions=len(self.store.pending_sessions(namespace)),
+            clusters=self.association.clusters(namespace),
+            index_backends=state.index.backends(),
+            last_refit_seconds=self.association.last_refit_seconds(namespace),
+        )
+
+    # -- background consolidation ----------------------------------------------------------------------
+
+    def _enqueue(self, namespace: str, session_id: str) -> None:
+        with self._cv:
+            self._queue[(namespace, session_id)] = None
+            self._cv.notify_all()
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until the background queue is drained (tests and benchmarks); False on timeout.
+
+        Without a background worker, drains the queue in the caller's thread.
+        """
+        if self._worker is None:
+            while self._queue:
+                (ns, sid), _ = self._queue.popitem(last=False)
+                self._derive_session(ns, sid)
+            return True
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._queue or self._busy or self._refit_due:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cv.wait(remaining)
+        return True
+
+    def _run_worker(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._refit_due and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                self._busy += 1
+                if self._queue:
+                    (ns, sid), _ = self._queue.popitem(last=False)
+                    task: tuple[str, str | None] = (ns, sid)
+                else:
+                    task = (self._refit_due.pop(), None)
+            try:
+                ns, sid = task
+                if sid is not None:
+                    self._derive_session(ns, sid)
+                    if self.association.due(ns, self._state(ns).index):
+                        with self._cv:
+                            self._refit_due.add(ns)
+                else:
+                    self.association.refit(ns, self._state(ns).index)
+            except Exception:
+                log.exception("background consolidation failed", extra={"namespace": task[0]})
+            finally:
+                with self._cv:
+                    self._busy -= 1
+                    self._cv.notify_all()
+
+    def _derive_session(self, namespace: str, session_id: str) -> tuple[int, int]:
+        """Bring one session's derived units up to date; returns (units inserted, units deleted).
+
+        Derivation and embedding run without the namespace lock (they are the expensive part), on a
+        snapshot of the session; the commit re-checks the snapshot under the lock and retries if a
+        write changed the session meanwhile.
+        """
+        for _ in range(5):
+            snapshot = self.store.session_messages(namespace, session_id)
+            messages = [s.message for s in snapshot]
+            delete, insert = self._plan_units(namespace, session_id, messages, None)
+            state = self._state(namespace)
+            with state.lock:
+                current = self.store.session_messages(namespace, session_id)
+                if [(s.message.id, s.content_hash) for s in current] != [
+                    (s.message.id, s.content_hash) for s in snapshot
+                ]:
+                    continue
+                # Units may have been changed by the sync path meanwhile: drop what is already there.
+                stored = self.store.get_units(namespace, [s.unit.id for s in insert])
+                insert = [s for s in insert if s.unit.id not in stored or stored[s.unit.id].unit != s.unit]
+                change = Change(delete_units=delete, insert_units=insert, clear_pending=[session_id])
+                self._apply(namespace, state, change)
+            self.association.link(namespace, state.index, [s.key for s in insert])
+            return len(insert), len(delete)
+        self._enqueue(namespace, session_id)
+        return 0, 0

@@ -1,0 +1,477 @@
+"""One agent turn as a LangGraph ``StateGraph``: the one place the order of the stages is written.
+
+    input_guard ──allow──> agent ──(first answer)──> retrieve_gate ──fire──> retrieve ──> agent
+        │ review                 │ tool calls                │ no fire
+        v                        v                           v
+    review_input (interrupt)   tool_gate -> check_tools -> approve_tools (interrupt) -> run_tools -> agent
+                                 │ final answer
+                                 v
+                               candidates -> select -> output_guard ──allow──> write_memory -> finish
+                                                          │ review -> review_output (interrupt)
+                                                          │ block  -> blocked -> finish
+
+* Retrieval is lazy: the agent first answers from the conversation alone; only when the retrieval gate
+  fires on the entropy of that answer's tokens is memory searched (the memory engine routes the query
+  over its granularities) and the agent asked again with the memories in its system prompt.
+* Tool calls are checked by the guard (TOOL_CALL), paused for approval when policy lists the tool or the
+  verdict is REVIEW, run through the tool pipeline, and their results checked (TOOL_RESULT).
+* The final answer's context produces N candidates (policy: prompts, models, temperatures); selection
+  picks one; the output guard checks it; memory is written last, in one call, so a turn cancelled
+  earlier leaves nothing behind.
+
+Interrupts use LangGraph's ``interrupt()`` in nodes of their own (``review_*``, ``approve_tools``) so that
+re-running the node on resume repeats no side effect. Every node reports progress through the stream
+writer as plain dicts (``{"type": "guard", ...}``); ``runtime/convert/agent.py`` turns them into events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import operator
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from core.errors import DeadlineExceededError
+from runtime.agent.llm import ChatClient, Completion
+from runtime.agent.ports import (
+    ALLOW,
+    BLOCK,
+    CALL_TOOL,
+    RETRIEVE,
+    REVIEW,
+    CandidateView,
+    GateOutcome,
+    GuardOutcome,
+    TurnPorts,
+)
+from runtime.agent.policy import TurnPolicy
+
+#: Answer of a turn whose input or output a guard blocked.
+BLOCKED_ANSWER = "I can't help with that."
+#: Prior conversation messages sent to the LLM.
+HISTORY_MESSAGES = 20
+
+
+class TurnState(TypedDict, total=False):
+    """Graph state: JSON-only values, checkpointed after every node."""
+
+    # Conversation across turns: {"role": "user"|"assistant", "content": str}.
+    messages: Annotated[list[dict[str, Any]], operator.add]
+    turns: int
+    # This turn (every field below is reset by RunTurn's input).
+    turn_id: str
+    user: str
+    speaker: str
+    policy: dict[str, Any]
+    status: str  # "running" | "completed" | "blocked"
+    input_verdict: dict[str, Any]
+    retrieved: bool
+    retrieve_fire: bool
+    memories: list[dict[str, Any]]
+    # This turn's assistant tool-call and tool-result messages (OpenAI format).
+    scratch: list[dict[str, Any]]
+    draft: dict[str, Any]
+    tool_round: int
+    pending_calls: list[dict[str, Any]]
+    candidates: list[dict[str, Any]]
+    selected: dict[str, Any]
+    answer: str
+    output_verdict: dict[str, Any]
+    memory_ids: list[str]
+
+
+def turn_input(turn_id: str, user: str, speaker: str, policy: TurnPolicy) -> dict[str, Any]:
+    """The input that starts a turn: the user message and a reset of every per-turn field."""
+    return {
+        "turn_id": turn_id, "user": user, "speaker": speaker, "policy": policy.to_dict(),
+        "status": "running", "input_verdict": {}, "retrieved": False, "retrieve_fire": False,
+        "memories": [], "scratch": [], "draft": {}, "tool_round": 0, "pending_calls": [],
+        "candidates": [], "selected": {}, "answer": "", "output_verdict": {}, "memory_ids": [],
+    }
+
+
+@dataclass
+class TurnContext:
+    """Per-call dependencies handed to the nodes (never checkpointed)."""
+
+    ports: TurnPorts
+    llm: Callable[[str], ChatClient]
+    thread_id: str
+    # time.monotonic() value past which LLM calls are not started.
+    deadline: float | None = None
+
+
+Node = Callable[[TurnState, Runtime[TurnContext]], Awaitable[dict[str, Any]]]
+
+
+def _stage(name: str) -> Callable[[Node], Node]:
+    """Wrap a node so it reports STARTED/FINISHED with its wall time."""
+
+    def wrap(fn: Node) -> Node:
+        @functools.wraps(fn)
+        async def node(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+            write = runtime.stream_writer
+            write({"type": "stage", "name": name, "status": "started"})
+            t0 = time.perf_counter()
+            out = await fn(state, runtime)
+            write({"type": "stage", "name": name, "status": "finished",
+                   "elapsed_ms": (time.perf_counter() - t0) * 1000})
+            return out
+
+        return node
+
+    return wrap
+
+
+def _guard_event(stage: str, v: GuardOutcome) -> dict[str, Any]:
+    return {"type": "guard", "stage": stage, "decision": v.decision, "verdict_id": v.verdict_id,
+            "harm_score": v.harm_score, "entropy": v.entropy, "reason": v.reason}
+
+
+def _gate_event(g: GateOutcome) -> dict[str, Any]:
+    return {"type": "gate", "gate": g.gate, "fire": g.fire, "score": g.score, "threshold": g.threshold,
+            "signals": dict(g.signals), "fallback_reason": g.fallback_reason}
+
+
+def _remaining(ctx: TurnContext, policy: TurnPolicy) -> float:
+    if ctx.deadline is None:
+        return policy.llm_timeout_s
+    left = ctx.deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceededError("the turn's deadline passed before the LLM call")
+    return min(left, policy.llm_timeout_s)
+
+
+def _system_prompt(prompt: str, memories: list[dict[str, Any]]) -> str:
+    if not memories:
+        return prompt
+    lines = "\n".join(f"- {m['text']}" for m in memories)
+    return f"{prompt}\n\nMemories:\n{lines}"
+
+
+def _chat(state: TurnState, system_prompt: str) -> list[dict[str, Any]]:
+    history = state.get("messages", [])[-HISTORY_MESSAGES:]
+    return [
+        {"role": "system", "content": _system_prompt(system_prompt, state.get("memories", []))},
+        *history,
+        {"role": "user", "content": state["user"]},
+        *state.get("scratch", []),
+    ]
+
+
+async def _complete(
+    state: TurnState, ctx: TurnContext, policy: TurnPolicy, index: int, *, tools: list[dict[str, Any]] | None
+) -> Completion:
+    spec = policy.candidate(index)
+    client = ctx.llm(spec.base_url)
+    return await client.complete(
+        _chat(state, spec.system_prompt), model=spec.model, temperature=spec.temperature, tools=tools,
+        top_logprobs=policy.top_logprobs, max_tokens=policy.max_tokens, timeout_s=_remaining(ctx, policy),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Nodes, in the order a turn runs them
+
+
+@_stage("input_guard")
+async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    v = await ctx.ports.guard.check("input", state["user"], tools=policy.tools, thread_id=ctx.thread_id)
+    runtime.stream_writer(_guard_event("input", v))
+    return {"input_verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason}}
+
+
+async def review_input(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    v = state["input_verdict"]
+    answer = interrupt({"kind": "review", "stage": "input", "text": state["user"],
+                        "verdict_id": v.get("verdict_id", ""), "reason": v.get("reason", "")})
+    return {"input_verdict": {**v, "decision": _resume_decision(answer)}}
+
+
+@_stage("agent")
+async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    tools = None
+    if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
+        tools = await ctx.ports.tools.specs(policy.tools) or None
+    completion = await _complete(state, ctx, policy, 0, tools=tools)
+    return {"draft": completion.to_state()}
+
+
+@_stage("retrieve_gate")
+async def retrieve_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    if policy.force_retrieval is not None:
+        g = GateOutcome(RETRIEVE, policy.force_retrieval, fallback_reason="forced by policy")
+    else:
+        draft = Completion.from_state(state["draft"])
+        g = await ctx.ports.gates.decide(RETRIEVE, draft.tokens, session_id=ctx.thread_id)
+    runtime.stream_writer(_gate_event(g))
+    return {"retrieve_fire": g.fire, "retrieved": True}
+
+
+@_stage("retrieve")
+async def retrieve(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    hits, routing = await ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget)
+    memories = [{"id": h.id, "text": h.text, "score": h.score, "granularity": h.granularity} for h in hits]
+    runtime.stream_writer({"type": "retrieval", "query": state["user"], "hits": memories, "routing": routing})
+    return {"memories": memories}
+
+
+@_stage("tool_gate")
+async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    draft = Completion.from_state(state["draft"])
+    g = await ctx.ports.gates.decide(CALL_TOOL, draft.tokens, session_id=ctx.thread_id)
+    runtime.stream_writer(_gate_event(g))
+    calls = [dict(c) for c in state["draft"]["tool_calls"]]
+    if policy.enforce_tool_gate and not g.fire:
+        # Confident enough to answer without the tools it asked for: ask again with tools switched off.
+        return {"pending_calls": [], "tool_round": policy.max_tool_rounds}
+    return {"pending_calls": calls}
+
+
+@_stage("check_tools")
+async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+
+    async def check(call: dict[str, Any]) -> dict[str, Any]:
+        v = await ctx.ports.guard.check("tool_call", state["user"], tool_call=(call["name"], call["arguments_json"]),
+                                        tools=policy.tools, thread_id=ctx.thread_id)
+        runtime.stream_writer(_guard_event("tool_call", v))
+        needs = v.decision == REVIEW or call["name"] in policy.approval_tools
+        return {**call, "verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason},
+                "needs_approval": needs and v.decision != BLOCK,
+                "approved": v.decision != BLOCK and not needs}
+
+    return {"pending_calls": list(await asyncio.gather(*(check(c) for c in state["pending_calls"])))}
+
+
+async def approve_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    calls = []
+    for call in state["pending_calls"]:
+        if call.get("needs_approval"):
+            v = call["verdict"]
+            kind = "review" if v["decision"] == REVIEW else "tool_approval"
+            answer = interrupt({"kind": kind, "stage": "tool_call", "text": state["user"],
+                                "tool_call": {"name": call["name"], "arguments_json": call["arguments_json"]},
+                                "verdict_id": v.get("verdict_id", ""), "reason": v.get("reason", "")})
+            call = {**call, "needs_approval": False, "approved": _resume_decision(answer) == ALLOW}
+        calls.append(call)
+    return {"pending_calls": calls}
+
+
+@_stage("run_tools")
+async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    write = runtime.stream_writer
+
+    async def run(call: dict[str, Any]) -> str:
+        write({"type": "tool_call", "call_id": call["id"], "name": call["name"],
+               "arguments_json": call["arguments_json"]})
+        if not call.get("approved"):
+            decision = call.get("verdict", {}).get("decision")
+            error = "blocked by the guard" if decision == BLOCK else "refused at review"
+            write({"type": "tool_result", "call_id": call["id"], "name": call["name"], "result_json": "",
+                   "error": error})
+            return json.dumps({"error": error})
+        out = await ctx.ports.tools.invoke(call["name"], call["arguments_json"], call_id=call["id"])
+        result, error = out.result_json, out.error
+        if not error:
+            v = await ctx.ports.guard.check("tool_result", result, tool_call=(call["name"], call["arguments_json"]),
+                                            tools=policy.tools, thread_id=ctx.thread_id)
+            write(_guard_event("tool_result", v))
+            if v.decision != ALLOW:
+                # A REVIEW on a result withholds it too: the LLM must not act on unreviewed content.
+                result, error = "", f"tool result withheld by the guard ({v.decision})"
+        write({"type": "tool_result", "call_id": call["id"], "name": call["name"], "result_json": result,
+               "error": error})
+        return result if not error else json.dumps({"error": error})
+
+    calls = state["pending_calls"]
+    contents = await asyncio.gather(*(run(c) for c in calls))
+    assistant = {
+        "role": "assistant", "content": state["draft"].get("text") or None,
+        "tool_calls": [{"id": c["id"], "type": "function",
+                        "function": {"name": c["name"], "arguments": c["arguments_json"]}} for c in calls],
+    }
+    tool_msgs = [{"role": "tool", "tool_call_id": c["id"], "content": content}
+                 for c, content in zip(calls, contents, strict=True)]
+    return {"scratch": [*state.get("scratch", []), assistant, *tool_msgs],
+            "tool_round": state.get("tool_round", 0) + 1, "pending_calls": []}
+
+
+@_stage("candidates")
+async def candidates(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    # Candidate 0 is the agent's own final answer; the others answer the same context without tools.
+    extra = await asyncio.gather(*(_complete(state, ctx, policy, i, tools=None)
+                                   for i in range(1, policy.num_candidates)))
+    completions = [Completion.from_state(state["draft"]), *extra]
+    out = []
+    for i, c in enumerate(completions):
+        spec = policy.candidate(i)
+        mean_lp = sum(t.logprob for t in c.tokens) / len(c.tokens) if c.tokens else 0.0
+        runtime.stream_writer({"type": "candidate", "index": i, "agent_id": spec.agent_id, "answer": c.text,
+                               "mean_logprob": mean_lp, "num_tokens": len(c.tokens)})
+        out.append({"agent_id": spec.agent_id, "completion": c.to_state()})
+    return {"candidates": out}
+
+
+@_stage("select")
+async def select(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    cands = [(c["agent_id"], Completion.from_state(c["completion"])) for c in state["candidates"]]
+    if len(cands) == 1:
+        index, confidence, method = 0, 1.0, "single"
+    else:
+        s = await ctx.ports.selector.select([CandidateView(a, c.text, c.tokens) for a, c in cands])
+        index, confidence, method = s.index, s.confidence, s.method
+    answer = cands[index][1].text
+    runtime.stream_writer({"type": "selection", "index": index, "answer": answer, "confidence": confidence,
+                           "method": method})
+    return {"selected": {"index": index, "confidence": confidence, "method": method}, "answer": answer}
+
+
+@_stage("output_guard")
+async def output_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    v = await ctx.ports.guard.check("output", state["answer"], tools=policy.tools, thread_id=ctx.thread_id)
+    runtime.stream_writer(_guard_event("output", v))
+    return {"output_verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason}}
+
+
+async def review_output(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    v = state["output_verdict"]
+    answer = interrupt({"kind": "review", "stage": "output", "text": state["answer"],
+                        "verdict_id": v.get("verdict_id", ""), "reason": v.get("reason", "")})
+    return {"output_verdict": {**v, "decision": _resume_decision(answer)}}
+
+
+@_stage("blocked")
+async def blocked(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    return {"status": "blocked", "answer": BLOCKED_ANSWER}
+
+
+@_stage("write_memory")
+async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    if not policy.write_memory:
+        return {}
+    turn = state["turn_id"]
+    # Deterministic ids: a write retried after a crash between the write and the checkpoint is a no-op.
+    ids = await ctx.ports.memory.write(ctx.thread_id, [
+        (f"{turn}-u", state.get("speaker") or "user", state["user"]),
+        (f"{turn}-a", "assistant", state["answer"]),
+    ])
+    runtime.stream_writer({"type": "memory_write", "message_ids": list(ids)})
+    return {"memory_ids": list(ids)}
+
+
+@_stage("finish")
+async def finish(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    status = "blocked" if state.get("status") == "blocked" else "completed"
+    return {
+        "status": status,
+        "messages": [{"role": "user", "content": state["user"]}, {"role": "assistant", "content": state["answer"]}],
+        "turns": state.get("turns", 0) + 1,
+    }
+
+
+def _resume_decision(answer: Any) -> str:
+    """The decision a Resume sent ("allow" or "block"; anything else refuses)."""
+    decision = answer.get("decision") if isinstance(answer, dict) else answer
+    return ALLOW if decision == ALLOW else BLOCK
+
+
+# ------------------------------------------------------------------------------------------------
+# Routing
+
+
+def after_input_guard(state: TurnState) -> str:
+    d = state["input_verdict"]["decision"]
+    return {BLOCK: "blocked", REVIEW: "review_input"}.get(d, "agent")
+
+
+def after_review(state: TurnState) -> str:
+    return "agent" if state["input_verdict"]["decision"] == ALLOW else "blocked"
+
+
+def after_agent(state: TurnState) -> str:
+    policy = TurnPolicy.from_dict(state["policy"])
+    if not state.get("retrieved") and state.get("tool_round", 0) == 0 and policy.force_retrieval is not False:
+        return "retrieve_gate"
+    return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
+
+
+def after_retrieve_gate(state: TurnState) -> str:
+    if state.get("retrieve_fire"):
+        return "retrieve"
+    return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
+
+
+def after_retrieve(state: TurnState) -> str:
+    if state.get("memories"):
+        return "agent"  # ask again, now with the memories
+    return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
+
+
+def after_tool_gate(state: TurnState) -> str:
+    return "check_tools" if state.get("pending_calls") else "agent"
+
+
+def after_output_guard(state: TurnState) -> str:
+    d = state["output_verdict"]["decision"]
+    return {BLOCK: "blocked", REVIEW: "review_output"}.get(d, "write_memory")
+
+
+def after_review_output(state: TurnState) -> str:
+    return "write_memory" if state["output_verdict"]["decision"] == ALLOW else "blocked"
+
+
+def build_graph() -> StateGraph[TurnState, TurnContext, TurnState, TurnState]:
+    """The turn graph, uncompiled (compile it with a checkpointer)."""
+    g: StateGraph[TurnState, TurnContext, TurnState, TurnState] = StateGraph(TurnState, context_schema=TurnContext)
+    nodes: dict[str, Any] = {
+        "input_guard": input_guard, "review_input": review_input, "agent": agent,
+        "retrieve_gate": retrieve_gate, "retrieve": retrieve, "tool_gate": tool_gate,
+        "check_tools": check_tools, "approve_tools": approve_tools, "run_tools": run_tools,
+        "candidates": candidates, "select": select, "output_guard": output_guard,
+        "review_output": review_output, "blocked": blocked, "write_memory": write_memory, "finish": finish,
+    }
+    for name, fn in nodes.items():
+        g.add_node(name, fn)
+    g.add_edge(START, "input_guard")
+    g.add_conditional_edges("input_guard", after_input_guard, ["agent", "review_input", "blocked"])
+    g.add_conditional_edges("review_input", after_review, ["agent", "blocked"])
+    g.add_conditional_edges("agent", after_agent, ["retrieve_gate", "tool_gate", "candidates"])
+    g.add_conditional_edges("retrieve_gate", after_retrieve_gate, ["retrieve", "tool_gate", "candidates"])
+    g.add_conditional_edges("retrieve", after_retrieve, ["agent", "tool_gate", "candidates"])
+    g.add_conditional_edges("tool_gate", after_tool_gate, ["check_tools", "agent"])
+    g.add_edge("check_tools", "approve_tools")
+    g.add_edge("approve_tools", "run_tools")
+    g.add_edge("run_tools", "agent")
+    g.add_edge("candidates", "select")
+    g.add_edge("select", "output_guard")
+    g.add_conditional_edges("output_guard", after_output_guard, ["write_memory", "review_output", "blocked"])
+    g.add_conditional_edges("review_output", after_review_output, ["write_memory", "blocked"])
+    g.add_edge("blocked", "finish")
+    g.add_edge("write_memory", "finish")
+    g.add_edge("finish", END)
+    return g
+
+
+def new_turn_id() -> str:
+    """A fresh turn id."""
+    return uuid.uuid4().hex

@@ -1,0 +1,85 @@
+"""Agreement clustering of candidate answers: normalised text first, embedding similarity for long answers."""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+
+from core.embedding import Embedder
+
+_PREFIX = re.compile(
+    r"^\s*(?:(?:the\s+)?(?:final\s+|short\s+)?answer\s*(?:is)?\s*[:\-=]?|a\s*[:.)]|result\s*:)\s*",
+    re.IGNORECASE,
+)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in ".-"})
+_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+$")
+
+
+def normalize_answer(text: str) -> str:
+    """Canonical form for exact agreement: NFKC, case, "Answer:"-style prefixes, punctuation, articles,
+    whitespace; numbers compare by value ("1,000.0" = "1000")."""
+    s = unicodedata.normalize("NFKC", text).strip()
+    # Strip repeated prefixes like "Final answer: Answer: X".
+    for _ in range(3):
+        stripped = _PREFIX.sub("", s, count=1)
+        if stripped == s:
+            break
+        s = stripped
+    s = s.lower().translate(_PUNCT)
+    s = s.replace("$", " ")
+    s = _ARTICLES.sub(" ", s)
+    s = " ".join(s.split()).strip(" .-")
+    compact = s.replace(" ", "")
+    if _NUMBER.match(compact):
+        try:
+            value = float(compact.replace(",", ""))
+            return str(int(value)) if value.is_integer() else repr(value)
+        except ValueError:
+            pass
+    return s
+
+
+def cluster_answers(
+    answers: Sequence[str],
+    embedder: Embedder | None = None,
+    *,
+    similarity: float = 0.85,
+    min_words: int = 4,
+) -> list[list[int]]:
+    """Group answers that agree; returns clusters of indices, largest first (ties: earliest member first).
+
+    Answers with equal :func:`normalize_answer` always agree. Groups whose normalised text has at least
+    ``min_words`` words are merged further when the cosine similarity of their embeddings (mean of the
+    members, greedy, largest group first) is ≥ ``similarity``. Short answers never merge by embedding:
+    "42" and "43" embed almost identically.
+    """
+    norm = [normalize_answer(a) for a in answers]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(norm):
+        groups.setdefault(key, []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+    long_groups = [g for g in ordered if len(norm[g[0]].split()) >= min_words]
+    if embedder is None or len(long_groups) < 2:
+        return ordered
+    vecs = embedder.embed([answers[g[0]] for g in long_groups])
+    vecs = np.asarray(vecs, dtype=np.float32)
+    merged: list[tuple[list[int], np.ndarray]] = []
+    for group, vec in zip(long_groups, vecs, strict=True):
+        best, best_sim = -1, similarity
+        for j, (_, centroid) in enumerate(merged):
+            sim = float(vec @ centroid / (np.linalg.norm(centroid) or 1.0))
+            if sim >= best_sim:
+                best, best_sim = j, sim
+        if best < 0:
+            merged.append((list(group), vec * len(group)))
+        else:
+            members, centroid = merged[best]
+            merged[best] = (members + group, centroid + vec * len(group))
+    short = [g for g in ordered if len(norm[g[0]].split()) < min_words]
+    clusters = [sorted(m) for m, _ in merged] + short
+    return sorted(clusters, key=lambda c: (-len(c), c[0]))

@@ -1,0 +1,386 @@
+"""``AnswerSelector``: choose one answer among several agents' candidates.
+
+Untrained default (documented, always available): agreement clusters; the largest cluster wins; ties
+between clusters — and all-singleton sets — go to the lower mean token entropy. A learned selector
+(logistic regression over label-free features, per namespace) replaces it only after it beat the
+default on held-back recorded outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, and_, func, insert, select, update
+
+from core import entropy as E
+from core.embedding import Embedder
+from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from runtime.gates.types import TokenStream
+from runtime.selection.agreement import cluster_answers, normalize_answer
+from runtime.selection.features import FEATURE_NAMES, candidate_features
+from runtime.selection.schema import select_models, select_selections
+from runtime.selection.types import Candidate, Selection, TrainResult
+
+ConfigLookup = Callable[[str], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    """Per-namespace settings (``policies.defaults.select`` / ``policies.namespaces.<ns>.select``)."""
+
+    #: Cosine similarity at which long answers agree.
+    similarity: float = 0.85
+    #: Answers with at least this many words (normalised) may merge by embedding.
+    min_words: int = 4
+    #: Use a learned model when one is active for the namespace.
+    learned: bool = True
+    #: Labelled selections needed before a model is fitted.
+    min_train_sets: int = 40
+    #: Share of labelled selections held back to compare the model with the default.
+    heldout_fraction: float = 0.3
+    #: Refit automatically after this many new outcomes (0 = only on Train).
+    retrain_every: int = 25
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SelectorConfig:
+        """Overlay a config mapping on the defaults; unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgumentError(
+                f"policies.select.{unknown[0]}", f"unknown key; choose from {sorted(known)}"
+            )
+        base = cls()
+        return cls(**{k: type(getattr(base, k))(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class _Model:
+    version: int
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+class AnswerSelector:
+    """Answer selection for every namespace of one process (synchronous; run it via ``rt.offload``)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        embedder: Embedder | None = None,
+        config: ConfigLookup | Mapping[str, Any] | None = None,
+    ):
+        self._engine = engine
+        self._embedder = embedder
+        if config is None:
+            self._config: ConfigLookup = lambda _scope: {}
+        elif callable(config):
+            self._config = config
+        else:
+            frozen = dict(config)
+            self._config = lambda _scope: frozen
+        self._lock = threading.Lock()
+        # scope -> active model (None: checked, no active model).
+        self._models: dict[str, _Model | None] = {}
+
+    def config(self, scope: str) -> SelectorConfig:
+        """The selection settings in effect for ``scope``."""
+        return SelectorConfig.from_mapping(self._config(scope) or {})
+
+    # ------------------------------------------------------------------ select
+
+    def select(self, scope: str, candidates: Sequence[Candidate], *, persist: bool = True) -> Selection:
+        """Choose one candidate. Raises InvalidArgumentError for no candidates or bad logprobs."""
+        if not candidates:
+            raise InvalidArgumentError("candidates", "at least one candidate is required")
+        cfg = self.config(scope)
+        answers = [c.answer for c in candidates]
+        streams = [_stream(c.tokens, f"candidates[{i}].tokens") for i, c in enumerate(candidates)]
+        firsts = [
+            _stream(c.first_round_tokens, f"candidates[{i}].first_round_tokens")
+            for i, c in enumerate(candidates)
+        ]
+        spans = [c.answer_span for c in candidates]
+        for i, span in enumerate(spans):
+            if span is not None and not 0 <= span[0] <= span[1]:
+                raise InvalidArgumentError(
+                    f"candidates[{i}].answer_span", f"need 0 <= start <= end, got {span}"
+                )
+        clusters = cluster_answers(
+            answers, self._embedder, similarity=cfg.similarity, min_words=cfg.min_words
+        )
+        features, mean_entropy = candidate_features(answers, streams, firsts, spans, clusters)
+        n = len(candidates)
+        sizes = [len(c) for c in clusters]
+        sem = E.discrete_entropy(sizes)
+        norm_sem = sem / math.log(n) if n > 1 else 0.0
+        default_index, default_scores = _agreement_choice(clusters, mean_entropy, n)
+        method, index, scores = "agreement", default_index, default_scores
+        confidence = default_scores[default_index]
+        model = self._active_model(scope) if cfg.learned else None
+        if model is not None:
+            probs = model.predict(features)
+            index = int(np.argmax(probs))
+            method, scores, confidence = "learned", [float(p) for p in probs], float(probs[index])
+        selection = Selection(
+            selection_id=uuid.uuid4().hex,
+            index=index,
+            answer=answers[index],
+            confidence=confidence,
+            scores=scores,
+            clusters=[list(c) for c in clusters],
+            semantic_entropy=sem,
+            normalized_semantic_entropy=min(1.0, max(0.0, norm_sem)),
+            method=method,
+            mean_entropy=mean_entropy,
+            default_index=default_index,
+        )
+        if persist:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(select_selections).values(
+                        selection_id=selection.selection_id,
+                        scope=scope,
+                        created_at=time.time(),
+                        n_candidates=n,
+                        chosen_index=index,
+                        default_index=default_index,
+                        method=method,
+                        answers_json=json.dumps([normalize_answer(a) for a in answers]),
+                        clusters_json=json.dumps(selection.clusters),
+                        feature_names_json=json.dumps(FEATURE_NAMES),
+                        features_json=json.dumps(np.round(features, 8).tolist()),
+                    )
+                )
+        return selection
+
+    # ------------------------------------------------------------------ outcomes and training
+
+    def record_outcome(
+        self,
+        scope: str,
+        selection_id: str,
+        *,
+        correct_indices: Sequence[int] | None = None,
+        correct_answer: str | None = None,
+    ) -> list[bool]:
+        """Label a selection: which candidates were right (by index, or by matching the correct answer's
+        normalised text). Returns the per-candidate labels. May refit the namespace's model.
+
+        Raises NotFoundError for an unknown selection id in this scope.
+        """
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(select_selections.c.n_candidates, select_selections.c.answers_json).where(
+                    and_(select_selections.c.selection_id == selection_id, select_selections.c.scope == scope)
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError("selection", selection_id)
+        n = int(row.n_candidates)
+        if correct_answer is not None and correct_answer.strip():
+            target = normalize_answer(correct_answer)
+            labels = [a == target for a in json.loads(row.answers_json)]
+        elif correct_indices is not None:
+            bad = [
+                FieldViolation(f"correct_indices[{j}]", f"{i} is not a candidate index (0..{n - 1})")
+                for j, i in enumerate(correct_indices)
+                if not 0 <= i < n
+            ]
+            if bad:
+                raise InvalidArgumentError(bad)
+            labels = [i in set(correct_indices) for i in range(n)]
+        else:
+            raise InvalidArgumentError("correct_indices", "give correct_indices or correct_answer")
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(select_selections)
+                .where(select_selections.c.selection_id == selection_id)
+                .values(correct_json=json.dumps(labels), labelled_at=time.time())
+            )
+        cfg = self.config(scope)
+        if cfg.retrain_every > 0:
+            with self._engine.connect() as conn:
+                count = conn.execute(
+                    select(func.count())
+                    .select_from(select_selections)
+                    .where(
+                        and_(select_selections.c.scope == scope, select_selections.c.labelled_at.is_not(None))
+                    )
+                ).scalar_one()
+            if count >= cfg.min_train_sets and count % cfg.retrain_every == 0:
+                self.train(scope)
+        return labels
+
+    def train(self, scope: str, *, seed: int = 0) -> TrainResult:
+        """Fit the learned selector on recorded outcomes; activate it only if it beats the default on a
+        held-back share of them (per-set accuracy: the chosen candidate was right)."""
+        from sklearn.linear_model import LogisticRegression
+
+        cfg = self.config(scope)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    select_selections.c.features_json,
+                    select_selections.c.feature_names_json,
+                    select_selections.c.correct_json,
+                    select_selections.c.default_index,
+                )
+                .where(
+                    and_(select_selections.c.scope == scope, select_selections.c.correct_json.is_not(None))
+                )
+                .order_by(select_selections.c.labelled_at)
+            ).all()
+        sets = [
+            (
+                np.array(json.loads(r.features_json), dtype=np.float64),
+                np.array(json.loads(r.correct_json)),
+                r.default_index,
+            )
+            for r in rows
+            if tuple(json.loads(r.feature_names_json)) == FEATURE_NAMES
+        ]
+        n_sets = len(sets)
+        if n_sets < cfg.min_train_sets:
+            return TrainResult(
+                active=False,
+                message=f"only {n_sets} labelled selections, need {cfg.min_train_sets}; keeping the default",
+                n_sets=n_sets,
+            )
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n_sets)
+        n_held = max(1, round(cfg.heldout_fraction * n_sets))
+        held, train = order[:n_held], order[n_held:]
+        x = np.concatenate([sets[i][0] for i in train])
+        y = np.concatenate([sets[i][1] for i in train]).astype(int)
+        if len(set(y.tolist())) < 2:
+            return TrainResult(
+                active=False,
+                message="training outcomes hold only one label; keeping the default",
+                n_sets=n_sets,
+            )
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale == 0] = 1.0
+        clf = LogisticRegression(C=1.0, max_iter=1000)
+        clf.fit((x - mean) / scale, y)
+        model = _Model(0, mean, scale, clf.coef_[0].astype(np.float64), float(clf.intercept_[0]))
+        default_hits = [bool(sets[i][1][sets[i][2]]) for i in held]
+        learned_hits = [bool(sets[i][1][int(np.argmax(model.predict(sets[i][0])))]) for i in held]
+        d_acc, l_acc = float(np.mean(default_hits)), float(np.mean(learned_hits))
+        active = l_acc > d_acc
+        message = (
+            f"held-back accuracy on {n_held} selections: learned {l_acc:.3f} vs default {d_acc:.3f}; "
+            + ("learned selector active" if active else "keeping the agreement default")
+        )
+        with self._engine.begin() as conn:
+            current = conn.execute(
+                select(func.max(select_models.c.version)).where(select_models.c.scope == scope)
+            ).scalar()
+            version = int(current or 0) + 1
+            conn.execute(
+                insert(select_models).values(
+                    scope=scope,
+                    version=version,
+                    created_at=time.time(),
+                    active=active,
+                    model_json=json.dumps(
+                        {
+                            "feature_names": list(FEATURE_NAMES),
+                            "mean": mean.tolist(),
+                            "scale": scale.tolist(),
+                            "coef": model.coef.tolist(),
+                            "intercept": model.intercept,
+                        }
+                    ),
+                    n_sets=n_sets,
+                    heldout_default_accuracy=d_acc,
+                    heldout_learned_accuracy=l_acc,
+                    message=message,
+                )
+            )
+        with self._lock:
+            self._models.pop(scope, None)
+        return TrainResult(
+            active=active,
+            message=message,
+            n_sets=n_sets,
+            n_train_sets=len(train),
+            n_heldout_sets=n_held,
+            heldout_default_accuracy=d_acc,
+            heldout_learned_accuracy=l_acc,
+            model_version=version,
+        )
+
+    def _active_model(self, scope: str) -> _Model | None:
+        with self._lock:
+            if scope in self._models:
+                return self._models[scope]
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(select_models.c.version, select_models.c.active, select_models.c.model_json)
+                .where(select_models.c.scope == scope)
+                .order_by(select_models.c.version.desc())
+                .limit(1)
+            ).first()
+        model: _Model | None = None
+        if row is not None and row.active:
+            data = json.loads(row.model_json)
+            if tuple(data["feature_names"]) == FEATURE_NAMES:
+                model = _Model(
+                    int(row.version),
+                    np.array(data["mean"]),
+                    np.array(data["scale"]),
+                    np.array(data["coef"]),
+                    float(data["intercept"]),
+                )
+        with self._lock:
+            self._models[scope] = model
+        return model
+
+
+def _stream(tokens: Any, field_name: str) -> TokenStream | None:
+    if isinstance(tokens, TokenStream):
+        return tokens if len(tokens) else None
+    if not tokens:
+        return None
+    return TokenStream.from_tokens(tokens, field_name=field_name)
+
+
+def _agreement_choice(
+    clusters: list[list[int]], mean_entropy: list[float], n: int
+) -> tuple[int, list[float]]:
+    """The untrained default: largest cluster; ties (and all singletons) → lower mean token entropy.
+
+    Candidates without tokens count as maximally uncertain in a tie; remaining ties go to the earliest.
+    Inside the winning cluster the candidate with the lowest mean entropy is returned.
+    """
+
+    def ent(i: int) -> float:
+        v = mean_entropy[i]
+        return math.inf if math.isnan(v) else v
+
+    def cluster_key(c: list[int]) -> tuple[float, float, int]:
+        return (-len(c), float(np.mean([ent(i) for i in c])), min(c))
+
+    best = min(clusters, key=cluster_key)
+    index = min(best, key=lambda i: (ent(i), i))
+    scores = [0.0] * n
+    for c in clusters:
+        for i in c:
+            scores[i] = len(c) / n
+    return index, scores

@@ -1,0 +1,78 @@
+"""Batched, asynchronous audit writing: an invocation never waits for an fsync.
+
+Records are queued and written by one background task per event loop in batches (one transaction
+each); ``flush()`` waits until everything queued so far is stored, and reads flush first, so a client
+always sees its own invocations in ListAudit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tools.model import AuditRecord
+from tools.store import ToolStore
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    """Queue in front of ``ToolStore.append_audits``."""
+
+    def __init__(
+        self,
+        store: ToolStore,
+        offload: Callable[..., Awaitable[Any]],
+        *,
+        max_batch: int = 512,
+    ):
+        self._store = store
+        self._offload = offload
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, AuditRecord]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
+
+    def record(self, scope: str, record: AuditRecord) -> None:
+        """Queue one record (call on the event loop); the writer task is started on first use."""
+        self._pending.append((scope, record))
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._idle = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="tool-audit")
+        assert self._wakeup is not None and self._idle is not None
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None and self._idle is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                try:
+                    await self._offload(self._store.append_audits, batch)
+                except Exception:
+                    # Losing an audit batch is logged loudly but must not break invocations.
+                    log.exception("could not write %d tool audit records", len(batch))
+            self._idle.set()
+
+    async def flush(self) -> None:
+        """Wait until every queued record is stored."""
+        if self._task is None or self._idle is None or not (self._pending or not self._idle.is_set()):
+            return
+        await self._idle.wait()
+
+    async def aclose(self) -> None:
+        """Flush and stop the writer."""
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None

@@ -1,0 +1,276 @@
+"""The tool registry: one async facade over the store, tool search, MCP connections and executors.
+
+Blocking work (SQL, embedding) goes through the injected ``offload`` (the runtime passes
+``rt.offload``); everything else runs on the event loop. Builtins are visible in every namespace
+without registration; a stored tool with the same name shadows nothing (registering a builtin's name
+is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from core.errors import AlreadyExistsError, FieldViolation, InvalidArgumentError
+from tools.audit import AuditLog
+from tools.executors import BuiltinExecutor, ExecResult, HttpExecutor
+from tools.mcp_client import McpConnection, McpManager, McpTool, definitions_from_mcp
+from tools.model import (
+    AuditRecord,
+    ExecutorKind,
+    McpServerSpec,
+    McpServerStatus,
+    ToolDefinition,
+    ToolPolicy,
+    validate_definition,
+    validate_server,
+)
+from tools.runner import ConcurrencyLimiter, RunResult, run_with_policy
+from tools.search import ToolSearch, ToolSearchResult
+from tools.store import ToolStore
+from tools.validation import argument_violations
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Offload = Callable[..., Awaitable[Any]]
+
+
+async def _to_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class ToolRegistry:
+    """Register, find, validate and execute tools, per scope."""
+
+    def __init__(
+        self,
+        store: ToolStore,
+        search: ToolSearch,
+        *,
+        builtins: BuiltinExecutor | None = None,
+        http: HttpExecutor | None = None,
+        mcp: McpManager | None = None,
+        offload: Offload = _to_thread,
+        default_policy: Callable[[str], ToolPolicy] | None = None,
+    ):
+        self.store = store
+        self.search_index = search
+        self.builtins = builtins or BuiltinExecutor()
+        self.http = http or HttpExecutor()
+        self.mcp = mcp or McpManager()
+        self._offload = offload
+        self._limiter = ConcurrencyLimiter()
+        self.default_policy = default_policy or (lambda scope: ToolPolicy())
+        self.audit_log = AuditLog(store, offload)
+        # Invoke reads the definition and the policy on every call; both change rarely and only through
+        # this object, so they are cached here and dropped on every change.
+        self._tool_cache: dict[tuple[str, str], ToolDefinition] = {}
+        self._policy_cache: dict[str, ToolPolicy] = {}
+
+    def _changed(self, scope: str) -> None:
+        self.search_index.invalidate(scope)
+        for key in [k for k in self._tool_cache if k[0] == scope]:
+            self._tool_cache.pop(key, None)
+
+    # -- definitions -----------------------------------------------------------------------------
+
+    async def register(self, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
+        """Store a definition (a new version when its content changed). Returns (stored, created)."""
+        validate_definition(definition)
+        if self.builtins.get(definition.name) is not None:
+            raise AlreadyExistsError(f"tool {definition.name!r} is a builtin and cannot be registered")
+        if (
+            definition.executor.kind == ExecutorKind.BUILTIN
+            and self.builtins.get(definition.executor.builtin) is None
+        ):
+            raise InvalidArgumentError("tool.builtin", f"no builtin named {definition.executor.builtin!r}")
+        stored, created = await self._offload(self.store.put_tool, scope, definition)
+        if created:
+            self._changed(scope)
+        return stored, created
+
+    async def get(self, scope: str, name: str, version: int = 0) -> ToolDefinition:
+        """A tool's latest or given version (builtins included). NotFoundError if unknown."""
+        builtin = self.builtins.get(name)
+        if builtin is not None and version in (0, 1):
+            return builtin
+        if version == 0:
+            cached = self._tool_cache.get((scope, name))
+            if cached is not None:
+                return cached
+        result: ToolDefinition = await self._offload(self.store.get_tool, scope, name, version)
+        if version == 0:
+            self._tool_cache[(scope, name)] = result
+        return result
+
+    async def list(
+        self, scope: str, *, include_builtins: bool = True, prefix: str = ""
+    ) -> list[ToolDefinition]:
+        """Latest live version of every tool, sorted by name."""
+        tools: list[ToolDefinition] = await self._offload(self.store.list_tools, scope)
+        if include_builtins:
+            tools = sorted([*tools, *self.builtins.definitions()], key=lambda t: t.name)
+        return [t for t in tools if t.name.startswith(prefix)]
+
+    async def versions(self, scope: str, name: str) -> list[ToolDefinition]:
+        """Every stored version of a tool, oldest first."""
+        result: list[ToolDefinition] = await self._offload(self.store.list_versions, scope, name)
+        return result
+
+    async def unregister(self, scope: str, name: str) -> int:
+        """Remove a tool (its versions stay for the audit trail); returns its last version."""
+        if self.builtins.get(name) is not None:
+            raise InvalidArgumentError("name", f"{name!r} is a builtin and cannot be unregistered")
+        version: int = await self._offload(self.store.delete_tool, scope, name)
+        self._changed(scope)
+        return version
+
+    # -- MCP ---------------------------------------------------------------------------------------
+
+    def _sync_callback(self, scope: str, spec: McpServerSpec) -> Callable[[list[McpTool]], Awaitable[None]]:
+        async def on_change(tools: list[McpTool]) -> None:
+            await self._sync_mcp_tools(scope, spec, tools)
+
+        return on_change
+
+    async def _sync_mcp_tools(self, scope: str, spec: McpServerSpec, tools: list[McpTool]) -> None:
+        """Make the registry hold exactly the server's current tools (new versions for changed ones)."""
+        wanted = {d.name: d for d in definitions_from_mcp(spec, tools)}
+        changed = False
+        for d in wanted.values():
+            _, created = await self._offload(self.store.put_tool, scope, d)
+            changed |= created
+        prefix = f"{spec.name}."
+        for existing in await self._offload(self.store.list_tools, scope):
+            if (
+                existing.executor.kind == ExecutorKind.MCP
+                and existing.executor.mcp_server == spec.name
+                and existing.name.startswith(prefix)
+                and existing.name not in wanted
+            ):
+                await self._offload(self.store.delete_tool, scope, existing.name)
+                changed = True
+        if changed:
+            self._changed(scope)
+            log.info("MCP server %s (%s): tool list now %d tools", spec.name, scope, len(wanted))
+
+    async def import_mcp(
+        self, scope: str, spec: McpServerSpec
+    ) -> tuple[McpServerStatus, list[ToolDefinition]]:
+        """Register an MCP server, connect, and import every tool it lists (kept in sync after)."""
+        validate_server(spec)
+        await self._offload(self.store.put_server, scope, spec)
+        conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
+        return conn.status(), await self._server_tools(scope, spec.name)
+
+    async def refresh_mcp(self, scope: str, name: str) -> tuple[McpServerStatus, list[ToolDefinition]]:
+        """Re-list a server's tools now (reconnecting first when the connection is gone)."""
+        conn = await self._connection(scope, name)
+        await conn.refresh()
+        return conn.status(), await self._server_tools(scope, name)
+
+    async def remove_mcp(self, scope: str, name: str) -> list[str]:
+        """Disconnect a server, forget it and unregister its tools; returns their names."""
+        await self._offload(self.store.get_server, scope, name)  # NotFoundError when unknown
+        await self.mcp.disconnect(scope, name)
+        removed = [t.name for t in await self._server_tools(scope, name)]
+        for tool_name in removed:
+            await self._offload(self.store.delete_tool, scope, tool_name)
+        await self._offload(self.store.delete_server, scope, name)
+        self._changed(scope)
+        return removed
+
+    async def mcp_servers(self, scope: str) -> list[tuple[McpServerSpec, McpServerStatus]]:
+        """Registered servers of a scope with their live status (not connected until first use)."""
+        pairs: list[tuple[str, McpServerSpec]] = await self._offload(self.store.list_servers, scope)
+        out = []
+        for _, spec in pairs:
+            conn = self.mcp.get(scope, spec.name)
+            status = conn.status() if conn else McpServerStatus(spec.name, False, 0, 0, "not connected yet")
+            out.append((spec, status))
+        return out
+
+    async def _server_tools(self, scope: str, name: str) -> list[ToolDefinition]:
+        tools = await self._offload(self.store.list_tools, scope)
+        return [t for t in tools if t.executor.kind == ExecutorKind.MCP and t.executor.mcp_server == name]
+
+    async def _connection(self, scope: str, name: str) -> McpConnection:
+        conn = self.mcp.get(scope, name)
+        if conn is None:
+            # After a sidecar restart the spec is in the database; reconnect on first use.
+            spec: McpServerSpec = await self._offload(self.store.get_server, scope, name)
+            conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
+        return conn
+
+    # -- search and validation ---------------------------------------------------------------------
+
+    async def search(self, scope: str, query: str, top_k: int = 5) -> ToolSearchResult:
+        """Hybrid semantic + lexical search over the scope's tools (builtins included)."""
+        catalogue = await self.list(scope)
+        result: ToolSearchResult = await self._offload(
+            self.search_index.search, scope, query, top_k, catalogue
+        )
+        return result
+
+    @staticmethod
+    def violations(
+        tool: ToolDefinition, arguments: Any, field: str = "arguments_json"
+    ) -> list[FieldViolation]:
+        """Every way ``arguments`` break the tool's input schema (empty when valid)."""
+        return argument_violations(tool.input_schema, arguments, field)
+
+    # -- execution ---------------------------------------------------------------------------------
+
+    async def _dispatch(
+        self, scope: str, tool: ToolDefinition, arguments: dict[str, Any], timeout_s: float
+    ) -> ExecResult:
+        kind = tool.executor.kind
+        if kind == ExecutorKind.HTTP:
+            return await self.http.execute(scope, tool, arguments, timeout_s)
+        if kind == ExecutorKind.BUILTIN:
+            return await self.builtins.execute(scope, tool, arguments, timeout_s)
+        conn = await self._connection(scope, tool.executor.mcp_server)
+        return await conn.call(tool.executor.mcp_tool, arguments, timeout_s)
+
+    async def execute(
+        self, scope: str, tool: ToolDefinition, arguments: dict[str, Any], *, deadline_s: float | None = None
+    ) -> RunResult:
+        """Run a validated call with the tool's deadline, concurrency limit, retries and output cap."""
+
+        async def call(timeout_s: float) -> ExecResult:
+            return await self._dispatch(scope, tool, arguments, timeout_s)
+
+        return await run_with_policy(tool, call, self._limiter, scope, deadline_s=deadline_s)
+
+    # -- audit and policy --------------------------------------------------------------------------
+
+    def audit(self, scope: str, record: AuditRecord) -> None:
+        """Queue an audit record (written in the background, in batches)."""
+        self.audit_log.record(scope, record)
+
+    async def audits(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
+        """Audit records, newest first (everything queued so far is written first)."""
+        await self.audit_log.flush()
+        result: list[AuditRecord] = await self._offload(self.store.list_audit, scope, tool_name, limit)
+        return result
+
+    async def policy(self, scope: str) -> ToolPolicy:
+        """The scope's Invoke policy: set by RPC, else the configured default."""
+        cached = self._policy_cache.get(scope)
+        if cached is None:
+            cached = await self._offload(self.store.get_policy, scope) or self.default_policy(scope)
+            self._policy_cache[scope] = cached
+        return cached
+
+    async def set_policy(self, scope: str, policy: ToolPolicy) -> None:
+        """Replace the scope's Invoke policy."""
+        await self._offload(self.store.set_policy, scope, policy)
+        self._policy_cache[scope] = policy
+
+    async def aclose(self) -> None:
+        """Flush audits, close MCP connections and the HTTP pool."""
+        await self.audit_log.aclose()
+        await self.mcp.aclose()
+        await self.http.aclose()
