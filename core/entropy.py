@@ -216,22 +216,24 @@ def token_signals(
     top = truncate_top_k(np.asarray(top_logprobs, dtype=np.float64), k)
     sampled = np.asarray(sampled_logprobs, dtype=np.float64)
     out: dict[str, np.ndarray] = {}
-    need_p = {"renorm", "missing_mass", "epr"} & set(wanted)
+    need_p = {"renorm", "missing_mass", "epr", "margin"} & set(wanted)
+    p = np.zeros((0, 0))
     if need_p:
-        # Shared intermediates: one exp and one p ln p for all three top-k entropies.
-        p = _probs(top)
-        plogp = _plogp(p)
-        raw = plogp.sum(axis=1)
+        # One exp for everything; −p ln p straight from the logprobs (no log call). −inf pads become
+        # −1000, whose exp is exactly 0, so padding contributes 0 instead of 0·∞ = NaN.
+        logp = np.clip(top, -1000.0, 0.0)
+        p = np.exp(logp)
+        raw = -(p * logp).sum(axis=1)
         if "epr" in wanted:
             out["epr"] = raw
+        if "missing_mass" in wanted or "renorm" in wanted:
+            total = p.sum(axis=1)
         if "missing_mass" in wanted:
-            out["missing_mass"] = raw + _plogp(np.clip(1.0 - p.sum(axis=1), 0.0, 1.0))
+            out["missing_mass"] = raw + _plogp(np.clip(1.0 - total, 0.0, 1.0))
         if "renorm" in wanted:
             # H(p/S) = (−Σ p ln p)/S + ln S  for S = Σp.
-            s = p.sum(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ren = np.where(s > 0, raw / s + np.log(np.where(s > 0, s, 1.0)), 0.0)
-            out["renorm"] = np.maximum(ren, 0.0)
+            safe = np.where(total > 0, total, 1.0)
+            out["renorm"] = np.maximum(np.where(total > 0, raw / safe + np.log(safe), 0.0), 0.0)
     if "full" in wanted and full_entropy is not None:
         full = np.asarray(full_entropy, dtype=np.float64)
         if full.size == sampled.size and not np.isnan(full).any():
@@ -241,7 +243,7 @@ def token_signals(
     if "one_minus_p" in wanted:
         out["one_minus_p"] = 1.0 - sampled_probability(sampled)
     if "margin" in wanted:
-        out["margin"] = 1.0 - top_margin(top)
+        out["margin"] = 1.0 - (p[:, 0] - p[:, 1] if p.shape[1] > 1 else p[:, 0])
     return out
 
 
@@ -301,8 +303,21 @@ def _rolling_mean_2d(x: np.ndarray, window: int) -> np.ndarray:
     if n < window:
         return x.mean(axis=1, keepdims=True)
     c = np.cumsum(x, axis=1)
-    c = np.concatenate([np.zeros((x.shape[0], 1)), c], axis=1)
-    return (c[:, window:] - c[:, :-window]) / window
+    out = np.empty((x.shape[0], n - window + 1))
+    out[:, 0] = c[:, window - 1]
+    np.subtract(c[:, window:], c[:, :-window], out=out[:, 1:])
+    out /= window
+    return out
+
+
+def _quantile_rows(x: np.ndarray, q: float) -> np.ndarray:
+    """np.quantile(x, q, axis=1) (linear interpolation) via one partial sort: several times faster."""
+    n = x.shape[1]
+    h = q * (n - 1)
+    lo = math.floor(h)
+    hi = min(lo + 1, n - 1)
+    part = np.partition(x, [lo, hi], axis=1)
+    return part[:, lo] + (h - lo) * (part[:, hi] - part[:, lo])
 
 
 def aggregate(values: ArrayLike, how: str, params: AggregationParams = DEFAULT_PARAMS) -> float:
@@ -336,15 +351,14 @@ def aggregate_rows(x: np.ndarray, how: str, params: AggregationParams = DEFAULT_
     if how == "sum":
         return x.sum(axis=1)
     if how == "quantile":
-        return np.quantile(x, params.q, axis=1)
+        return _quantile_rows(x, params.q)
     if how == "window_max":
         means = _rolling_mean_2d(x, params.window)
-        # Window j ends at token index j + w − 1 (0-based), i.e. after j + w tokens.
-        ends = np.arange(means.shape[1]) + min(params.window, n)
-        allowed = ends >= params.d_min
-        if not allowed.any():
+        # Window j ends after j + w tokens; only windows with j + w >= d_min count.
+        first = max(0, params.d_min - min(params.window, n))
+        if first >= means.shape[1]:
             return np.zeros(v)
-        return means[:, allowed].max(axis=1)
+        return means[:, first:].max(axis=1)
     if how == "peaks":
         above = x > params.level
         starts = above[:, 1:] & ~above[:, :-1]

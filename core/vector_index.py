@@ -92,12 +92,12 @@ class FaissVectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         with self._lock:
-            self._index.remove_ids(ids)
+            self._index.remove_ids(ids)  # type: ignore[arg-type]  # SWIG accepts an id array
             self._index.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> int:
         with self._lock:
-            return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+            return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))  # type: ignore[arg-type]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
@@ -306,21 +306,17 @@ class AutoVectorIndex:
         else:
             return
         if isinstance(self._index, FaissVectorIndex):
+            import faiss
+
             inner = self._index._index
-            ids = self._faiss_ids(inner)
-            vectors = (
-                inner.reconstruct_n(0, inner.ntotal) if inner.ntotal else np.zeros((0, self.dim), np.float32)
-            )
+            ids = faiss.vector_to_array(inner.id_map).astype(np.int64)
+            # IndexIDMap2.reconstruct_n takes external ids; read the flat storage by position instead.
+            flat = faiss.downcast_index(inner.index)
+            vectors = flat.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, self.dim), np.float32)
         else:
             ids, vectors = self._index.vectors()
         target.add(ids, vectors)
         self._index = target
-
-    @staticmethod
-    def _faiss_ids(inner) -> np.ndarray:  # type: ignore[no-untyped-def]
-        import faiss
-
-        return faiss.vector_to_array(inner.id_map).astype(np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         with self._lock:

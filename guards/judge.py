@@ -45,9 +45,8 @@ class LLMJudge:
         tool = ""
         if request.tool_call and request.tool_call.name:
             tool = f"\nTool call: {request.tool_call.name}({request.tool_call.arguments_json})"
-        user = (
-            f"Stage: {request.stage.value}\nText:\n{request.text[:4000]}{tool}\n"
-            f"Guard evidence:\n" + "\n".join(f"- {e}" for e in evidence[:8])
+        user = f"Stage: {request.stage.value}\nText:\n{request.text[:4000]}{tool}\nGuard evidence:\n" + "\n".join(
+            f"- {e}" for e in evidence[:8]
         )
         headers = {}
         key = os.environ.get(self.config.api_key_env, "")

@@ -79,16 +79,14 @@ class ScoreResult:
 
 
 _STOP = set(
-    "a an the and or of to in on for with by at from as is are be was were it its this that these those i you he she "
-    "we they me my your our their them his her can could would should will please first then also all any some into "
-    "about how what which who when where using use make get out up so do does did not no if than more most such them "
-    "there here need want like just only via per each other been being have has had let us one two new via".split()
+    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "at", "from", "as", "is", "are", "be", "was", "were", "it", "its", "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "me", "my", "your", "our", "their", "them", "his", "her", "can", "could", "would", "should", "will", "please", "first", "then", "also", "all", "any", "some", "into", "about", "how", "what", "which", "who", "when", "where", "using", "use", "make", "get", "out", "up", "so", "do", "does", "did", "not", "no", "if", "than", "more", "most", "such", "them", "there", "here", "need", "want", "like", "just", "only", "via", "per", "each", "other", "been", "being", "have", "has", "had", "let", "us", "one", "two", "new", "via"]
 )
 _WORD = re.compile(r"[a-z][a-z'-]{2,}")
 
 
 def keyphrases(texts: list[str], contrast: list[str] | None = None, top: int = 6) -> list[str]:
     """Words frequent in ``texts`` and rare in ``contrast`` (document-frequency difference)."""
+
     def df(items: list[str]) -> Counter[str]:
         c: Counter[str] = Counter()
         for t in items:
@@ -146,9 +144,7 @@ class GuardMemory:
 
     def members(self, cluster_id: int) -> list[Exemplar]:
         """Visible leaves of a cluster."""
-        return [
-            leaf for leaf in self.leaves.values() if leaf.cluster_id == cluster_id and self._visible(leaf)
-        ]
+        return [leaf for leaf in self.leaves.values() if leaf.cluster_id == cluster_id and self._visible(leaf)]
 
     def _rebuild(self) -> None:
         by_group: dict[str, list[int]] = {}
@@ -236,8 +232,13 @@ class GuardMemory:
         """JSON-able state of a cluster: what rollback restores."""
         c = self.clusters[cluster_id]
         leaf_ids = sorted(leaf.id for leaf in self.leaves.values() if leaf.cluster_id == cluster_id)
-        return {"id": c.id, "category": c.category, "stage_group": c.stage_group, "rule_text": c.rule_text,
-                "leaf_ids": leaf_ids}
+        return {
+            "id": c.id,
+            "category": c.category,
+            "stage_group": c.stage_group,
+            "rule_text": c.rule_text,
+            "leaf_ids": leaf_ids,
+        }
 
     def _event(self, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
         event = self.store.append_event(self.scope, kind, summary, payload)
@@ -261,8 +262,13 @@ class GuardMemory:
         self.store.update_cluster(self.scope, cluster_id, active=False)
         self.clusters.pop(cluster_id, None)
 
-    def seed(self, items: list[tuple[Exemplar, np.ndarray]], clusters: list[tuple[str, str, str, list[int]]],
-             kind: str = "seed", summary: str = "") -> EvolutionEvent:
+    def seed(
+        self,
+        items: list[tuple[Exemplar, np.ndarray]],
+        clusters: list[tuple[str, str, str, list[int]]],
+        kind: str = "seed",
+        summary: str = "",
+    ) -> EvolutionEvent:
         """Insert a batch of leaves grouped into given clusters (category, group, rule_text, item indexes)."""
         with self.lock:
             ids = self.store.add_leaves(self.scope, [e for e, _ in items], np.stack([v for _, v in items]))
@@ -270,12 +276,17 @@ class GuardMemory:
                 self.leaves[new_id] = replace(leaf, id=new_id)
                 self.vectors[new_id] = vec
             created = [self._new_cluster(cat, group, text, [ids[i] for i in idx]) for cat, group, text, idx in clusters]
-            event = self._event(kind, summary or f"{len(ids)} exemplars in {len(created)} clusters",
-                                {"created": created, "before": [], "added_leaves": ids})
+            event = self._event(
+                kind,
+                summary or f"{len(ids)} exemplars in {len(created)} clusters",
+                {"created": created, "before": [], "added_leaves": ids},
+            )
             self._rebuild()
             return event
 
-    def add_leaf(self, leaf: Exemplar, vector: np.ndarray, category: str | None = None) -> tuple[int, int, list[EvolutionEvent]]:
+    def add_leaf(
+        self, leaf: Exemplar, vector: np.ndarray, category: str | None = None
+    ) -> tuple[int, int, list[EvolutionEvent]]:
         """Place a new exemplar, then split/merge as needed. Returns (leaf id, cluster id, events)."""
         p = self.params
         with self.lock:
@@ -283,30 +294,48 @@ class GuardMemory:
             cids, matrix = self._centroids.get(group, ([], np.zeros((0, self.dim), np.float32)))
             sims = matrix @ vector.astype(np.float32) if len(cids) else np.zeros(0)
             if not category:
-                category = self.clusters[cids[int(np.argmax(sims))]].category if len(cids) else (leaf.category or "general")
+                category = (
+                    self.clusters[cids[int(np.argmax(sims))]].category if len(cids) else (leaf.category or "general")
+                )
             leaf = replace(leaf, category=category)
             [leaf_id] = self.store.add_leaves(self.scope, [leaf], vector.reshape(1, -1))
             self.leaves[leaf_id] = replace(leaf, id=leaf_id)
             self.vectors[leaf_id] = vector.astype(np.float32)
-            cand = [(cid, float(s)) for cid, s in zip(cids, sims, strict=True) if self.clusters[cid].category == category]
+            cand = [
+                (cid, float(s)) for cid, s in zip(cids, sims, strict=True) if self.clusters[cid].category == category
+            ]
             events: list[EvolutionEvent] = []
             best_id, best_s = max(cand, key=lambda x: x[1]) if cand else (0, -1.0)
             flat = 0.0
             if len(cand) > 1:
                 pc = np.maximum(np.array([s for _, s in cand]), 1e-6) ** (1.0 / p.cluster_temperature)
                 flat = normalized_entropy(pc / pc.sum())
-            if not cand or best_s < p.new_cluster_similarity or (flat > p.new_cluster_entropy and best_s < p.join_similarity):
+            if (
+                not cand
+                or best_s < p.new_cluster_similarity
+                or (flat > p.new_cluster_entropy and best_s < p.join_similarity)
+            ):
                 rule = "; ".join(keyphrases([leaf.text]))
                 cid = self._new_cluster(category, group, rule, [leaf_id])
-                events.append(self._event("new_cluster", f"leaf {leaf_id} opened cluster {cid} in {category!r} "
-                                          f"(best cosine {best_s:.2f}, placement entropy {flat:.2f})",
-                                          {"created": [cid], "before": [], "added_leaves": [leaf_id]}))
+                events.append(
+                    self._event(
+                        "new_cluster",
+                        f"leaf {leaf_id} opened cluster {cid} in {category!r} "
+                        f"(best cosine {best_s:.2f}, placement entropy {flat:.2f})",
+                        {"created": [cid], "before": [], "added_leaves": [leaf_id]},
+                    )
+                )
             else:
                 cid = best_id
                 before = self.snapshot(cid)
                 self._assign([leaf_id], cid)
-                events.append(self._event("add_leaf", f"leaf {leaf_id} joined cluster {cid} (cosine {best_s:.2f})",
-                                          {"created": [], "before": [before], "added_leaves": [leaf_id]}))
+                events.append(
+                    self._event(
+                        "add_leaf",
+                        f"leaf {leaf_id} joined cluster {cid} (cosine {best_s:.2f})",
+                        {"created": [], "before": [before], "added_leaves": [leaf_id]},
+                    )
+                )
             self._rebuild()
             split = self.maybe_split(cid)
             if split is not None:
@@ -375,7 +404,7 @@ class GuardMemory:
             idx = [i for i, cid in enumerate(cids) if self.clusters[cid].category == category]
             best: tuple[float, int, int] | None = None
             for a_pos, a in enumerate(idx):
-                for b in idx[a_pos + 1:]:
+                for b in idx[a_pos + 1 :]:
                     sim = float(matrix[a] @ matrix[b])
                     if sim < p.merge_similarity:
                         continue
@@ -396,8 +425,13 @@ class GuardMemory:
             self._deactivate_cluster(b_id)
             merged = self._new_cluster(category, group, text, leaf_ids)
             self._rebuild()
-            events.append(self._event("merge", f"clusters {a_id} and {b_id} (cosine {sim:.2f}) merged into {merged}",
-                                      {"created": [merged], "before": before, "added_leaves": []}))
+            events.append(
+                self._event(
+                    "merge",
+                    f"clusters {a_id} and {b_id} (cosine {sim:.2f}) merged into {merged}",
+                    {"created": [merged], "before": before, "added_leaves": []},
+                )
+            )
 
     def undo(self, event: EvolutionEvent) -> None:
         """Reverse one event: drop what it created, restore what it replaced, hide the leaves it added."""
@@ -427,8 +461,13 @@ class GuardMemory:
             for e in events:
                 if e.kind == "rollback":
                     undone.update(e.payload.get("undone", []))
-            todo = [e for e in events if e.version > target_version and e.kind != "rollback" and e.version not in undone]
+            todo = [
+                e for e in events if e.version > target_version and e.kind != "rollback" and e.version not in undone
+            ]
             for e in reversed(todo):
                 self.undo(e)
-            return self._event("rollback", f"rolled back to version {target_version} (undid {len(todo)} steps)",
-                               {"target": target_version, "undone": [e.version for e in todo]})
+            return self._event(
+                "rollback",
+                f"rolled back to version {target_version} (undid {len(todo)} steps)",
+                {"target": target_version, "undone": [e.version for e in todo]},
+            )

@@ -170,15 +170,15 @@ def parse_rules_yaml(text: str, source: str = "operator") -> tuple[list[PolicyRu
     errors: list[FieldViolation] = []
     seen: set[str] = set()
     for i, item in enumerate(rules_raw):
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                errors.append(FieldViolation(f"rules[{i}].name", f"duplicate rule name {name!r}"))
+            seen.add(name)
         try:
-            rule = parse_rule(item, f"rules[{i}]", source=source)
+            rules.append(parse_rule(item, f"rules[{i}]", source=source))
         except InvalidArgumentError as e:
             errors.extend(e.violations)
-            continue
-        if rule.name in seen:
-            errors.append(FieldViolation(f"rules[{i}].name", f"duplicate rule name {rule.name!r}"))
-        seen.add(rule.name)
-        rules.append(rule)
     if errors:
         raise InvalidArgumentError(errors)
     settings = {k: v for k, v in doc.items() if k != "rules"}

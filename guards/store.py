@@ -60,8 +60,9 @@ class GuardStore(Protocol):
         """Store a new active cluster (``id`` ignored, ``leaf_ids`` ignored); returns its id."""
         ...
 
-    def update_cluster(self, scope: str, cluster_id: int, *, rule_text: str | None = None,
-                       active: bool | None = None) -> None:
+    def update_cluster(
+        self, scope: str, cluster_id: int, *, rule_text: str | None = None, active: bool | None = None
+    ) -> None:
         """Change a cluster's rule text or active flag. Raises NotFoundError when it does not exist."""
         ...
 
@@ -185,8 +186,9 @@ class InMemoryGuardStore:
             self._clusters.setdefault(scope, {})[new.id] = (new, True)
             return new.id
 
-    def update_cluster(self, scope: str, cluster_id: int, *, rule_text: str | None = None,
-                       active: bool | None = None) -> None:
+    def update_cluster(
+        self, scope: str, cluster_id: int, *, rule_text: str | None = None, active: bool | None = None
+    ) -> None:
         with self._lock:
             table = self._clusters.get(scope, {})
             if cluster_id not in table:
@@ -204,7 +206,10 @@ class InMemoryGuardStore:
         with self._lock:
             events = self._events.setdefault(scope, [])
             event = EvolutionEvent(
-                version=len(events) + 1, kind=kind, summary=summary, created_at=_now(),
+                version=len(events) + 1,
+                kind=kind,
+                summary=summary,
+                created_at=_now(),
                 payload=copy.deepcopy(payload),
             )
             events.append(event)

@@ -7,6 +7,7 @@ dense and lexical channels of every granularity, packed under the word budget.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,12 +30,20 @@ def derive_units(session_id: str, messages: Sequence[MemoryMessage]) -> list[Mem
     out: list[MemoryUnit] = []
     for m in messages:
         text = f"{m.speaker}: {m.text}" if m.speaker else m.text
-        out.append(MemoryUnit(f"{session_id}/t/{m.id}", Granularity.TURN, text, (m.id,), session_id, m.time, m.time))
-    for a, b in zip(messages, messages[1:], strict=False):
+        out.append(
+            MemoryUnit(f"{session_id}/t/{m.id}", Granularity.TURN, text, (m.id,), session_id, m.time, m.time)
+        )
+    for a, b in itertools.pairwise(messages):
         text = "\n".join(f"{m.speaker}: {m.text}" if m.speaker else m.text for m in (a, b))
         out.append(
             MemoryUnit(
-                f"{session_id}/x/{a.id}/{b.id}", Granularity.EXCHANGE, text, (a.id, b.id), session_id, a.time, b.time
+                f"{session_id}/x/{a.id}/{b.id}",
+                Granularity.EXCHANGE,
+                text,
+                (a.id, b.id),
+                session_id,
+                a.time,
+                b.time,
             )
         )
     return out
@@ -48,7 +57,10 @@ def search(
     fused: dict[int, float] = {}
     grans = [g for g in index.granularities() if not query.granularities or g in query.granularities]
     for gran in grans:
-        for keys, _ in (index.dense_search(gran, query_vector, k), index.lexical_search(gran, query.query, k)):
+        for keys, _ in (
+            index.dense_search(gran, query_vector, k),
+            index.lexical_search(gran, query.query, k),
+        ):
             for rank, key in enumerate(keys.tolist()):
                 fused[key] = fused.get(key, 0.0) + 1.0 / (60 + rank)
     hits: list[SearchHit] = []

@@ -20,9 +20,12 @@ from the database and every still-pending session is re-derived.
 Interface with the retrieval engineer's modules (called with exactly these signatures; while a module
 does not exist, ``memory/_standin.py`` provides a trivial version):
 
-  memory.units.derive_units(session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryUnit]
-      Every unit of one session, from its messages in arrival order. Unit ids must be deterministic
-      (same messages -> same ids) and unique within a namespace (e.g. prefixed by the session id).
+  memory.units.derive_units(session_id: str, messages: Sequence[MemoryMessage],
+                            policy: UnitPolicy) -> list[MemoryUnit]
+      Every unit of one session, from its messages in arrival order; ``policy`` is
+      ``UnitPolicy.from_mapping(<namespace memory policy>)``. Unit ids must be deterministic (same
+      messages -> same ids) and unique within a namespace (e.g. prefixed by the session id). A turn
+      unit must depend on its own message only: Write derives turn units from just the new messages.
   memory.retrieval.search(index: NamespaceIndex, query: SearchQuery, query_vector: np.ndarray,
                           policy: Mapping[str, Any]) -> SearchResult
       Ranks and packs; reads ``index`` only (dense_search, lexical_search, unit, vector, neighbors).
@@ -53,7 +56,7 @@ from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content
 
 log = logging.getLogger(__name__)
 
-DeriveFn = Callable[[str, Sequence[MemoryMessage]], list[MemoryUnit]]
+DeriveFn = Callable[[str, Sequence[MemoryMessage], Mapping[str, Any]], list[MemoryUnit]]
 RetrieveFn = Callable[[NamespaceIndex, SearchQuery, np.ndarray, Mapping[str, Any]], SearchResult]
 
 MAX_ID_LEN = 255
@@ -62,6 +65,23 @@ MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
 # Granularities committed inside Write itself; the rest are derived in the background.
 SYNC_GRANULARITIES = frozenset({Granularity.TURN})
+
+
+def _default_derive() -> DeriveFn:
+    """``memory.units.derive_units`` with the namespace's memory policy turned into its ``UnitPolicy``."""
+    try:
+        units = importlib.import_module("memory.units")
+    except ModuleNotFoundError as exc:
+        if exc.name != "memory.units":
+            raise
+        standin = importlib.import_module("memory._standin")
+        return lambda sid, msgs, _policy: standin.derive_units(sid, msgs)  # type: ignore[no-any-return]
+    unit_policy = getattr(units, "UnitPolicy", None)
+    if unit_policy is None:
+        return lambda sid, msgs, _policy: units.derive_units(sid, msgs)  # type: ignore[no-any-return]
+    return lambda sid, msgs, policy: units.derive_units(  # type: ignore[no-any-return]
+        sid, msgs, unit_policy.from_mapping(policy)
+    )
 
 
 def _load(module: str, name: str) -> Any:
@@ -154,7 +174,7 @@ class MemoryEngine:
         self.embedder = embedder
         self._policy = policy or (lambda _ns: {})
         self._vector_factory = vector_factory
-        self._derive: DeriveFn = derive or _load("memory.units", "derive_units")
+        self._derive: DeriveFn = derive or _default_derive()
         self._retrieve: RetrieveFn = retrieve or _load("memory.retrieval", "search")
         self.association = AssociationManager(store, association or AssociationConfig())
         self._namespaces: dict[str, _Namespace] = {}
@@ -254,7 +274,9 @@ class MemoryEngine:
             if len(mid) > MAX_ID_LEN:
                 violations.append(FieldViolation(f"messages[{i}].id", f"longer than {MAX_ID_LEN} characters"))
             elif mid != mid.strip() or any(ord(c) < 32 for c in mid):
-                violations.append(FieldViolation(f"messages[{i}].id", "must not contain control characters or edge spaces"))
+                violations.append(
+                    FieldViolation(f"messages[{i}].id", "must not contain control characters or edge spaces")
+                )
             if mid in first_index:
                 violations.append(
                     FieldViolation(f"messages[{i}].id", f"duplicates messages[{first_index[mid]}].id {mid!r}")
@@ -284,7 +306,7 @@ class MemoryEngine:
 
         Only units whose text changed are embedded; a unit with the same text keeps its vector.
         """
-        derived = self._derive(session_id, list(session)) if session else []
+        derived = self._derive(session_id, list(session), self._policy(namespace)) if session else []
         if granularities is not None:
             derived = [u for u in derived if u.granularity in granularities]
         old = {
@@ -367,22 +389,54 @@ class MemoryEngine:
             if violations:
                 raise InvalidArgumentError(violations)
             if changed:
-                session = self._merge(self.store.session_messages(namespace, session_id), changed)
-                delete, insert = self._plan_units(namespace, session_id, session, SYNC_GRANULARITIES)
+                delete, insert = self._plan_turns(namespace, state.index, session_id, changed)
                 change = Change(
-                    upsert_messages=changed, delete_units=delete, insert_units=insert, mark_pending=[session_id]
+                    upsert_messages=changed,
+                    delete_units=delete,
+                    insert_units=insert,
+                    mark_pending=[session_id],
                 )
                 self._apply(namespace, state, change)
         if changed:
             self._enqueue(namespace, session_id)
         return WriteResult([m.id for m in msgs], len(changed), unchanged)
 
-    @staticmethod
-    def _merge(stored: list[StoredMessage], changed: list[MemoryMessage]) -> list[MemoryMessage]:
-        """The session after the write: replaced messages keep their place, new ones are appended."""
-        by_id = {m.id: m for m in changed}
-        out = [by_id.pop(s.message.id, s.message) for s in stored]
-        return out + [m for m in changed if m.id in by_id]
+    def _plan_turns(
+        self, namespace: str, index: NamespaceIndex, session_id: str, changed: list[MemoryMessage]
+    ) -> tuple[list[str], list[StoredUnit]]:
+        """The synchronous part of a Write: turn units of the changed messages only.
+
+        Relies on the derivation contract that a turn unit depends on its own message alone, so
+        deriving from just the changed messages gives the same turn units as the whole session, with
+        no read of the session. Old turn units of changed messages are found through the index.
+        """
+        derived = [
+            u for u in self._derive(session_id, changed, self._policy(namespace)) if u.granularity in SYNC_GRANULARITIES
+        ]
+        old: dict[str, tuple[int, MemoryUnit]] = {}
+        for m in changed:
+            for key in index.units_of_message(m.id):
+                unit = index.unit(key)
+                if unit is not None and unit.granularity in SYNC_GRANULARITIES:
+                    old[unit.id] = (key, unit)
+        new_ids = {u.id for u in derived}
+        delete = [uid for uid in old if uid not in new_ids]
+        insert: list[StoredUnit] = []
+        embed: list[MemoryUnit] = []
+        for unit in derived:
+            prev = old.get(unit.id)
+            vector = index.vector(prev[0]) if prev is not None else None
+            if prev is not None and vector is not None and prev[1].text == unit.text:
+                insert.append(StoredUnit(unit, prev[0], vector, self.embedder.name))
+            else:
+                embed.append(unit)
+        if embed:
+            vectors = self.embedder.embed([u.text for u in embed])
+            insert += [
+                StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name)
+                for u, v in zip(embed, vectors, strict=True)
+            ]
+        return delete, insert
 
     def search(self, namespace: str, query: SearchQuery) -> SearchResult:
         """Ranked, budget-packed hits for ``query``; an empty namespace gives no hits, not an error."""
@@ -419,7 +473,7 @@ class MemoryEngine:
                 raise NotFoundError("message", mid)
         return [found[mid].message for mid in message_ids]
 
-    def list(
+    def list_messages(
         self, namespace: str, *, session_id: str | None = None, page_size: int = 100, page_token: str = ""
     ) -> tuple[list[MemoryMessage], str]:
         """A page of messages in arrival order and the token of the next page ("" at the end)."""
@@ -492,7 +546,9 @@ class MemoryEngine:
             sessions = sorted({s.message.session_id for s in targets.values()})
             removed_units = 0
             for sid in sessions:
-                remaining = [s.message for s in self.store.session_messages(namespace, sid) if s.message.id not in targets]
+                remaining = [
+                    s.message for s in self.store.session_messages(namespace, sid) if s.message.id not in targets
+                ]
                 delete, insert = self._plan_units(namespace, sid, remaining, None)
                 change.delete_units += delete
                 change.insert_units += insert
@@ -573,20 +629,22 @@ class MemoryEngine:
                 if self._closed:
                     return
                 self._busy += 1
-                if self._queue:
-                    (ns, sid), _ = self._queue.popitem(last=False)
-                    task: tuple[str, str | None] = (ns, sid)
-                else:
-                    task = (self._refit_due.pop(), None)
+                task: tuple[str, str | None] = (
+                    self._queue.popitem(last=False)[0] if self._queue else (self._refit_due.pop(), None)
+                )
             try:
-                ns, sid = task
-                if sid is not None:
-                    self._derive_session(ns, sid)
+                ns, session_id = task
+                if session_id is not None:
+                    self._derive_session(ns, session_id)
                     if self.association.due(ns, self._state(ns).index):
                         with self._cv:
                             self._refit_due.add(ns)
                 else:
-                    self.association.refit(ns, self._state(ns).index)
+                    index = self._state(ns).index
+                    self.association.step(ns, index)
+                    if self.association.due(ns, index):
+                        with self._cv:
+                            self._refit_due.add(ns)
             except Exception:
                 log.exception("background consolidation failed", extra={"namespace": task[0]})
             finally:

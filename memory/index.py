@@ -45,30 +45,11 @@ class NamespaceIndex:
     def apply(self, remove_keys: Iterable[int], add: Sequence[StoredUnit]) -> None:
         """Remove units by key, then add (or replace) the given stored units."""
         with self._lock:
-            gone = [k for k in remove_keys if k in self._units]
-            by_gran: dict[Granularity, list[int]] = {}
-            for key in gone:
-                unit = self._units.pop(key)
-                self._vectors.pop(key, None)
-                by_gran.setdefault(unit.granularity, []).append(key)
-                for mid in unit.message_ids:
-                    keys = self._by_message.get(mid)
-                    if keys is not None:
-                        keys.discard(key)
-                        if not keys:
-                            del self._by_message[mid]
-                for dst in self._edges.pop(key, {}):
-                    self._edges.get(dst, {}).pop(key, None)
-            for gran, keys in by_gran.items():
-                self._dense[gran].remove(np.asarray(keys, dtype=np.int64))
-                lexical = self._lexical[gran]
-                for key in keys:
-                    lexical.remove(key)
+            self._remove([k for k in remove_keys if k in self._units], drop_edges=True)
+            # A replaced unit (same key) loses its old message links and vectors but keeps its edges.
+            self._remove([s.key for s in add if s.key in self._units], drop_edges=False)
             add_by_gran: dict[Granularity, list[StoredUnit]] = {}
-            for stored in add:
-                old = self._units.get(stored.key)
-                if old is not None and old.granularity != stored.unit.granularity:
-                    self.apply([stored.key], [])
+            for stored in {s.key: s for s in add}.values():
                 add_by_gran.setdefault(stored.unit.granularity, []).append(stored)
             for gran, items in add_by_gran.items():
                 dense = self._dense.get(gran)
@@ -85,6 +66,27 @@ class NamespaceIndex:
                     for mid in stored.unit.message_ids:
                         self._by_message.setdefault(mid, set()).add(stored.key)
 
+    def _remove(self, keys: list[int], *, drop_edges: bool) -> None:
+        by_gran: dict[Granularity, list[int]] = {}
+        for key in keys:
+            unit = self._units.pop(key)
+            self._vectors.pop(key, None)
+            by_gran.setdefault(unit.granularity, []).append(key)
+            for mid in unit.message_ids:
+                linked = self._by_message.get(mid)
+                if linked is not None:
+                    linked.discard(key)
+                    if not linked:
+                        del self._by_message[mid]
+            if drop_edges:
+                for dst in self._edges.pop(key, {}):
+                    self._edges.get(dst, {}).pop(key, None)
+        for gran, gran_keys in by_gran.items():
+            self._dense[gran].remove(np.asarray(gran_keys, dtype=np.int64))
+            lexical = self._lexical[gran]
+            for key in gran_keys:
+                lexical.remove(key)
+
     def set_edges(self, edges: Iterable[tuple[int, int, float]], *, replace: bool = True) -> None:
         """Load association edges (undirected: each edge is usable from both ends)."""
         with self._lock:
@@ -99,7 +101,8 @@ class NamespaceIndex:
 
     def granularities(self) -> list[Granularity]:
         """Granularities that hold at least one unit."""
-        return [g for g, idx in self._dense.items() if len(idx)]
+        # list() copies atomically: a write may add a granularity while a search asks.
+        return [g for g, idx in list(self._dense.items()) if len(idx)]
 
     def size(self, granularity: Granularity | None = None) -> int:
         """Number of units (of one granularity)."""
@@ -117,6 +120,10 @@ class NamespaceIndex:
         return self._vectors.get(key)
 
     def keys(self) -> list[int]:
+        """Every unit key (snapshot); same as :meth:`unit_keys`."""
+        return list(self._units)
+
+    def unit_keys(self) -> list[int]:
         """Every unit key (snapshot)."""
         return list(self._units)
 
@@ -161,4 +168,4 @@ class NamespaceIndex:
 
     def backends(self) -> dict[str, str]:
         """Which vector index type serves each granularity (``flat``, ``hnsw``, ``gpu-flat``)."""
-        return {g.value: str(getattr(idx, "backend", type(idx).__name__)) for g, idx in self._dense.items()}
+        return {g.value: str(getattr(idx, "backend", type(idx).__name__)) for g, idx in list(self._dense.items())}

@@ -259,7 +259,9 @@ class InMemoryStore(MemoryStore):
                 units.pop(uid, None)
             for stored in change.insert_units:
                 units[stored.unit.id] = stored
-            pending = (self._pending.get(namespace, set()) - set(change.clear_pending)) | set(change.mark_pending)
+            pending = (self._pending.get(namespace, set()) - set(change.clear_pending)) | set(
+                change.mark_pending
+            )
             self._pending[namespace] = pending
             self._messages[namespace] = msgs
             self._units[namespace] = units
@@ -647,7 +649,13 @@ class SqlMemoryStore(MemoryStore):
                 .select_from(schema.messages)
                 .where(schema.messages.c.namespace == namespace)
             ).scalar()
-            tables = (schema.messages, schema.units, schema.unit_messages, schema.edges, schema.pending_sessions)
+            tables = (
+                schema.messages,
+                schema.units,
+                schema.unit_messages,
+                schema.edges,
+                schema.pending_sessions,
+            )
             for table in tables:
                 conn.execute(sa.delete(table).where(table.c.namespace == namespace))
             if n:

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log.level, settings.log.format)
 
     if args.command == "serve":
-        from runtime.server import StartupError, serve as run_serve
+        from runtime.server import StartupError
+        from runtime.server import serve as run_serve
 
         try:
             return asyncio.run(run_serve(settings, port_file=args.port_file))

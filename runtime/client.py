@@ -15,12 +15,10 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from agentrt.v1 import (
     agent_pb2_grpc,
     common_pb2,
@@ -34,8 +32,9 @@ from agentrt.v1 import (
     select_pb2_grpc,
     tool_pb2_grpc,
 )
+from google.protobuf.timestamp_pb2 import Timestamp
 
-MessageLike = memory_pb2.Message | Mapping[str, Any]
+MessageLike: TypeAlias = memory_pb2.Message | Mapping[str, Any]
 
 
 class _ClientCallDetails(

@@ -17,7 +17,7 @@ class JsonFormatter(logging.Formatter):
     """Formats records as JSON with every ``extra=`` field kept as a key."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,

@@ -4,6 +4,7 @@ health and reflection, start-up that loads models and indexes before turning SER
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -207,7 +208,7 @@ def _service_names() -> list[str]:
         tool_pb2,
     )
 
-    names = []
+    names: list[str] = []
     for module in (memory_pb2, gate_pb2, select_pb2, guard_pb2, tool_pb2, agent_pb2):
         names.extend(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
     return names
@@ -324,10 +325,8 @@ class AgentrtServer:
             await self._server.stop(grace)
         if self._build_task is not None and not self._build_task.done():
             self._build_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._build_task
-            except (asyncio.CancelledError, Exception):
-                pass
         for module in reversed(self._started_modules):
             stop = getattr(module, "stop", None)
             if stop is not None:

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from agentrt.v1 import agent_pb2, agent_pb2_grpc
 from langgraph.store.base import BaseStore, Op, Result
 
-from agentrt.v1 import agent_pb2, agent_pb2_grpc
 from runtime.convert import agent as convert
 
 

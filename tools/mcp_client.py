@@ -101,12 +101,16 @@ class McpConnection:
         """A snapshot for the API."""
         return McpServerStatus(
             name=self.spec.name,
-            connected=self._session is not None,
+            connected=self._usable(),
             tool_count=len(self.tools),
             restarts=self.restarts,
             last_error=self.last_error,
             last_refresh=self.last_refresh,
         )
+
+    def _usable(self) -> bool:
+        # Between a crash and the supervisor noticing it, the old session object is still set.
+        return self._session is not None and not self._lost
 
     async def start(self, timeout_s: float | None = None) -> None:
         """Start the supervisor and wait for the first connection (UnavailableError if it fails)."""
@@ -117,18 +121,20 @@ class McpConnection:
         await self.wait_connected(timeout_s or self.spec.timeout_s)
 
     async def wait_connected(self, timeout_s: float) -> None:
-        """Wait until connected; after the first attempt failed, fail fast instead of waiting."""
-        if self._session is not None:
+        """Wait until connected; after the first attempt failed, wait only briefly for a restart."""
+        if self._usable():
             return
         try:
             await asyncio.wait_for(self._first_attempt.wait(), timeout_s)
-            if self._session is None:
+            if not self._usable():
                 await asyncio.wait_for(self._connected.wait(), min(timeout_s, 0.5))
         except TimeoutError:
+            pass
+        if not self._usable():
             raise UnavailableError(
                 f"MCP server {self.spec.name!r} is not connected ({self.last_error or 'still starting'})",
                 retry_after_s=1.0,
-            ) from None
+            )
 
     async def close(self) -> None:
         """Stop the supervisor and close the connection (terminates a stdio server)."""
@@ -152,6 +158,7 @@ class McpConnection:
             self._lost = True
             self.last_error = why
             log.warning("MCP server %s (%s) lost: %s", self.spec.name, self.scope, why)
+        self._connected.clear()
         self._wake.set()
 
     async def _on_message(self, message: Any) -> None:
@@ -262,7 +269,7 @@ class McpConnection:
         """Call one tool; a dead connection is reported as UnavailableError and restarted behind it."""
         await self.wait_connected(min(timeout_s, self.spec.timeout_s))
         session = self._session
-        if session is None:
+        if session is None or self._lost:
             raise UnavailableError(f"MCP server {self.spec.name!r} is restarting", retry_after_s=1.0)
         try:
             result = await asyncio.wait_for(session.call_tool(tool, arguments), timeout_s)

@@ -162,7 +162,14 @@ class ToolRegistry:
         """Register an MCP server, connect, and import every tool it lists (kept in sync after)."""
         validate_server(spec)
         await self._offload(self.store.put_server, scope, spec)
-        conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
+        try:
+            conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
+        except Exception:
+            # A server that never came up is not kept: no restart loop for a typo in a command line.
+            await self.mcp.disconnect(scope, spec.name)
+            if not await self._server_tools(scope, spec.name):
+                await self._offload(self.store.delete_server, scope, spec.name)
+            raise
         return conn.status(), await self._server_tools(scope, spec.name)
 
     async def refresh_mcp(self, scope: str, name: str) -> tuple[McpServerStatus, list[ToolDefinition]]:

@@ -42,6 +42,7 @@ from langgraph.types import interrupt
 
 from core.errors import DeadlineExceededError
 from runtime.agent.llm import ChatClient, Completion
+from runtime.agent.policy import TurnPolicy
 from runtime.agent.ports import (
     ALLOW,
     BLOCK,
@@ -53,7 +54,6 @@ from runtime.agent.ports import (
     GuardOutcome,
     TurnPorts,
 )
-from runtime.agent.policy import TurnPolicy
 
 #: Answer of a turn whose input or output a guard blocked.
 BLOCKED_ANSWER = "I can't help with that."
@@ -286,9 +286,11 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
             write({"type": "tool_result", "call_id": call["id"], "name": call["name"], "result_json": "",
                    "error": error})
             return json.dumps({"error": error})
-        out = await ctx.ports.tools.invoke(call["name"], call["arguments_json"], call_id=call["id"])
+        out = await ctx.ports.tools.invoke(call["name"], call["arguments_json"], call_id=call["id"],
+                                           instruction=state["user"], session_id=ctx.thread_id)
         result, error = out.result_json, out.error
-        if not error:
+        # The tool Invoke pipeline guards results itself; other tool ports get the check here.
+        if not error and not getattr(ctx.ports.tools, "guards_results", False):
             v = await ctx.ports.guard.check("tool_result", result, tool_call=(call["name"], call["arguments_json"]),
                                             tools=policy.tools, thread_id=ctx.thread_id)
             write(_guard_event("tool_result", v))

@@ -321,7 +321,9 @@ def apply_operator(value: Any, operator: str, operand: Any) -> bool:
         except (TypeError, ValueError):
             return False
         return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[operator]
-    raise InvalidArgumentError("filter_json", f"unsupported filter operator {operator!r}; use $eq $ne $gt $gte $lt $lte")
+    raise InvalidArgumentError(
+        "filter_json", f"unsupported filter operator {operator!r}; use $eq $ne $gt $gte $lt $lte"
+    )
 
 
 def matches(condition: MatchCondition, path: Path) -> bool:

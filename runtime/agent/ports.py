@@ -126,8 +126,12 @@ class TurnTools(Protocol):
         """OpenAI ``tools`` entries for the named tools (unknown names are skipped)."""
         ...
 
-    async def invoke(self, name: str, arguments_json: str, *, call_id: str) -> ToolOutcome:
-        """Run one call through the tool pipeline; failures come back as ``ToolOutcome.error``."""
+    async def invoke(self, name: str, arguments_json: str, *, call_id: str, instruction: str = "",
+                     session_id: str = "", tokens: Sequence[TokenLogprob] = ()) -> ToolOutcome:
+        """Run one call through the tool pipeline; failures come back as ``ToolOutcome.error``.
+
+        ``instruction`` is the user message behind the call, ``tokens`` the logprobs of the LLM turn that
+        asked for it (for the CALL_TOOL gate)."""
         ...
 
 
@@ -219,7 +223,8 @@ class NoTools:
     async def specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
         return []
 
-    async def invoke(self, name: str, arguments_json: str, *, call_id: str) -> ToolOutcome:
+    async def invoke(self, name: str, arguments_json: str, *, call_id: str, instruction: str = "",
+                     session_id: str = "", tokens: Sequence[TokenLogprob] = ()) -> ToolOutcome:
         return ToolOutcome(error=f"tool {name!r} is not available: no tool pipeline configured")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from agentrt.v1 import agent_pb2, common_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from langgraph.store.base import (
     GetOp,
@@ -25,7 +26,6 @@ from langgraph.store.base import (
     SearchOp,
 )
 
-from agentrt.v1 import agent_pb2, common_pb2
 from core.errors import InvalidArgumentError
 
 # ------------------------------------------------------------------------------------------------
@@ -155,9 +155,9 @@ def result_to_proto(op: Op, result: Result) -> agent_pb2.StoreResult:
     if isinstance(op, PutOp):
         return agent_pb2.StoreResult(put=agent_pb2.StorePutResult())
     if isinstance(op, SearchOp):
-        items = result if isinstance(result, list) else []
+        items = [i for i in result if isinstance(i, Item)] if isinstance(result, list) else []
         return agent_pb2.StoreResult(search=agent_pb2.StoreSearchResult(items=[item_to_proto(i) for i in items]))
-    namespaces = result if isinstance(result, list) else []
+    namespaces = [p for p in result if isinstance(p, tuple)] if isinstance(result, list) else []
     return agent_pb2.StoreResult(
         list_namespaces=agent_pb2.StoreListNamespacesResult(
             namespaces=[agent_pb2.StoreNamespacePath(path=list(p)) for p in namespaces]
@@ -197,4 +197,163 @@ def results_to_response(ops: Sequence[Op], results: Sequence[Result]) -> agent_p
     )
 
 
-_ = common_pb2  # turn-event conversions below use common enums
+# ------------------------------------------------------------------------------------------------
+# Turns
+
+_DECISIONS = {
+    "allow": common_pb2.DECISION_ALLOW,
+    "block": common_pb2.DECISION_BLOCK,
+    "review": common_pb2.DECISION_REVIEW,
+}
+_STAGES = {
+    "input": common_pb2.STAGE_INPUT,
+    "tool_call": common_pb2.STAGE_TOOL_CALL,
+    "tool_result": common_pb2.STAGE_TOOL_RESULT,
+    "output": common_pb2.STAGE_OUTPUT,
+}
+_GATES = {"retrieve": common_pb2.GATE_RETRIEVE, "call_tool": common_pb2.GATE_CALL_TOOL,
+          "escalate": common_pb2.GATE_ESCALATE}
+_INTERRUPTS = {"review": agent_pb2.INTERRUPT_KIND_REVIEW, "tool_approval": agent_pb2.INTERRUPT_KIND_TOOL_APPROVAL}
+_TURN_STATUS = {
+    "completed": agent_pb2.TURN_STATUS_COMPLETED,
+    "interrupted": agent_pb2.TURN_STATUS_INTERRUPTED,
+    "blocked": agent_pb2.TURN_STATUS_BLOCKED,
+}
+
+
+def decision_from_proto(value: int, field_name: str = "decision") -> str:
+    """A Resume decision: ``DECISION_ALLOW`` -> "allow", ``DECISION_BLOCK`` -> "block"."""
+    if value == common_pb2.DECISION_ALLOW:
+        return "allow"
+    if value == common_pb2.DECISION_BLOCK:
+        return "block"
+    raise InvalidArgumentError(field_name, "must be DECISION_ALLOW or DECISION_BLOCK")
+
+
+def policy_overrides(policy: agent_pb2.TurnPolicy) -> dict[str, Any]:
+    """The request's TurnPolicy as overrides of the namespace policy (unset fields are left out)."""
+    out: dict[str, Any] = {}
+    for name in ("llm_base_url", "model", "system_prompt", "num_candidates", "max_tool_rounds", "retrieve_top_k",
+                 "token_budget", "top_logprobs", "max_tokens", "llm_timeout_s"):
+        value = getattr(policy, name)
+        if value:
+            out[name] = value
+    for name in ("temperature", "write_memory", "force_retrieval"):
+        if policy.HasField(name):
+            out[name] = getattr(policy, name)
+    if policy.tools:
+        out["tools"] = list(policy.tools)
+    if policy.approval_tools:
+        out["approval_tools"] = list(policy.approval_tools)
+    if policy.candidates:
+        cands = []
+        for c in policy.candidates:
+            spec: dict[str, Any] = {k: v for k, v in (("agent_id", c.agent_id), ("model", c.model),
+                                                      ("system_prompt", c.system_prompt)) if v}
+            if c.HasField("temperature"):
+                spec["temperature"] = c.temperature
+            cands.append(spec)
+        out["candidates"] = cands
+    return out
+
+
+def interrupt_to_proto(value: dict[str, Any]) -> agent_pb2.InterruptEvent:
+    """An interrupt payload (graph.py) as an InterruptEvent."""
+    msg = agent_pb2.InterruptEvent(
+        kind=_INTERRUPTS.get(value.get("kind", ""), agent_pb2.INTERRUPT_KIND_UNSPECIFIED),
+        stage=_STAGES.get(value.get("stage", ""), common_pb2.STAGE_UNSPECIFIED),
+        text=value.get("text", ""),
+        verdict_id=value.get("verdict_id", ""),
+        reason=value.get("reason", ""),
+    )
+    if tc := value.get("tool_call"):
+        msg.tool_call.CopyFrom(common_pb2.ToolCall(name=tc["name"], arguments_json=tc["arguments_json"]))
+    return msg
+
+
+def event_to_proto(event: dict[str, Any], thread_id: str, seq: int) -> agent_pb2.TurnEvent:
+    """One event dict from the turn graph as a TurnEvent."""
+    msg = agent_pb2.TurnEvent(thread_id=thread_id, seq=seq)
+    kind = event["type"]
+    if kind == "stage":
+        status = agent_pb2.STAGE_STATUS_STARTED if event["status"] == "started" else agent_pb2.STAGE_STATUS_FINISHED
+        msg.stage.CopyFrom(agent_pb2.StageEvent(name=event["name"], status=status,
+                                                elapsed_ms=event.get("elapsed_ms", 0.0)))
+    elif kind == "guard":
+        msg.guard.CopyFrom(agent_pb2.GuardEvent(
+            stage=_STAGES.get(event["stage"], common_pb2.STAGE_UNSPECIFIED),
+            verdict_id=event.get("verdict_id", ""),
+            decision=_DECISIONS.get(event["decision"], common_pb2.DECISION_UNSPECIFIED),
+            harm_score=event.get("harm_score", 0.0), entropy=event.get("entropy", 0.0), reason=event.get("reason", ""),
+        ))
+    elif kind == "gate":
+        msg.gate.CopyFrom(agent_pb2.GateEvent(
+            gate=_GATES.get(event["gate"], common_pb2.GATE_UNSPECIFIED), fire=event["fire"],
+            score=_finite(event.get("score", 0.0)), threshold=_finite(event.get("threshold", 0.0)),
+            signals={k: _finite(v) for k, v in event.get("signals", {}).items()},
+            fallback_reason=event.get("fallback_reason", ""),
+        ))
+    elif kind == "retrieval":
+        msg.retrieval.CopyFrom(agent_pb2.RetrievalEvent(
+            query=event["query"],
+            hits=[agent_pb2.RetrievedMemory(id=h["id"], text=h["text"], score=h["score"],
+                                            granularity=h.get("granularity", "")) for h in event["hits"]],
+            routing={k: _finite(v) for k, v in event.get("routing", {}).items()},
+        ))
+    elif kind == "tool_call":
+        msg.tool_call.CopyFrom(agent_pb2.ToolCallEvent(
+            call_id=event["call_id"],
+            tool_call=common_pb2.ToolCall(name=event["name"], arguments_json=event["arguments_json"]),
+        ))
+    elif kind == "tool_result":
+        msg.tool_result.CopyFrom(agent_pb2.ToolResultEvent(
+            call_id=event["call_id"], name=event["name"], result_json=event.get("result_json", ""),
+            error=event.get("error", ""),
+        ))
+    elif kind == "candidate":
+        msg.candidate.CopyFrom(agent_pb2.CandidateEvent(
+            index=event["index"], agent_id=event["agent_id"], answer=event["answer"],
+            mean_logprob=event["mean_logprob"], num_tokens=event["num_tokens"],
+        ))
+    elif kind == "selection":
+        msg.selection.CopyFrom(agent_pb2.SelectionEvent(
+            index=event["index"], answer=event["answer"], confidence=_finite(event["confidence"]),
+            method=event["method"],
+        ))
+    elif kind == "interrupt":
+        msg.interrupt.CopyFrom(interrupt_to_proto(event))
+    elif kind == "memory_write":
+        msg.memory_write.CopyFrom(agent_pb2.MemoryWriteEvent(message_ids=event["message_ids"]))
+    elif kind == "result":
+        result = agent_pb2.TurnResult(
+            status=_TURN_STATUS.get(event["status"], agent_pb2.TURN_STATUS_UNSPECIFIED), answer=event.get("answer", "")
+        )
+        if event.get("interrupt"):
+            result.interrupt.CopyFrom(interrupt_to_proto(event["interrupt"]))
+        msg.result.CopyFrom(result)
+    else:
+        raise ValueError(f"unknown turn event type {kind!r}")
+    return msg
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(x) else 0.0
+
+
+def thread_to_proto(view: Any) -> agent_pb2.Thread:
+    """A ``runner.ThreadView`` as a Thread."""
+    msg = agent_pb2.Thread(
+        thread_id=view.thread_id,
+        status=agent_pb2.THREAD_STATUS_INTERRUPTED if view.interrupted else agent_pb2.THREAD_STATUS_IDLE,
+        turns=view.turns,
+    )
+    for m in view.messages:
+        msg.messages.append(agent_pb2.ThreadMessage(role=m.get("role", ""), text=m.get("content") or ""))
+    if view.pending_interrupt:
+        msg.pending_interrupt.CopyFrom(interrupt_to_proto(view.pending_interrupt))
+    for h in view.history:
+        cp = agent_pb2.Checkpoint(checkpoint_id=h["checkpoint_id"], step=h["step"], next=h["next"])
+        if h.get("created_at"):
+            cp.created_at.FromDatetime(datetime.fromisoformat(h["created_at"]).astimezone(UTC))
+        msg.history.append(cp)
+    return msg

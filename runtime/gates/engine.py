@@ -74,10 +74,15 @@ class GateEngine:
         gate_keys = {g.value for g in GateKind}
         common = {k: v for k, v in cfg.items() if k not in gate_keys}
         specific = cfg.get(kind.value) or {}
-        policy = GatePolicy.from_dict(
-            common, DEFAULT_POLICIES[kind], field_name=f"policies.gates.{kind.value}"
-        )
+        policy = GatePolicy.from_dict(common, DEFAULT_POLICIES[kind], field_name=f"policies.gates.{kind.value}")
         return GatePolicy.from_dict(specific, policy, field_name=f"policies.gates.{kind.value}")
+
+    def validate_config(self, scopes: Sequence[str] = ("_/_",)) -> None:
+        """Build every gate's configured policy for these scopes; raises InvalidArgumentError naming the
+        bad key. Called at start-up so a typo in the YAML fails the start, not a later Decide."""
+        for scope in scopes:
+            for kind in GateKind:
+                self.default_policy(scope, kind)
 
     def get_policy(self, scope: str, gate: GateKind | str) -> PolicyVersion:
         """The policy in effect: the newest stored version, else the configured default (version 0)."""
@@ -158,9 +163,7 @@ class GateEngine:
         return pv
 
     def _default_version(self, scope: str, kind: GateKind) -> PolicyVersion:
-        return PolicyVersion(
-            gate=kind, version=0, policy=self.default_policy(scope, kind), reason="configured default"
-        )
+        return PolicyVersion(gate=kind, version=0, policy=self.default_policy(scope, kind), reason="configured default")
 
     @staticmethod
     def _row_to_version(kind: GateKind, row: Any) -> PolicyVersion:
@@ -187,9 +190,7 @@ class GateEngine:
         """
         per_token = E.token_signals(stream.top, stream.sampled, stream.full_entropy, k=policy.top_k or None)
         if policy.variant not in per_token:
-            raise InvalidArgumentError(
-                "tokens", f"policy variant {policy.variant!r} needs full_entropy on every token"
-            )
+            raise InvalidArgumentError("tokens", f"policy variant {policy.variant!r} needs full_entropy on every token")
         aggs = list(E.DEFAULT_SIGNAL_AGGREGATIONS)
         if span is not None:
             aggs.append("span_mean")
@@ -215,6 +216,8 @@ class GateEngine:
         """
         kind = GateKind.parse(gate)
         stream = tokens if isinstance(tokens, TokenStream) else TokenStream.from_tokens(tokens)
+        if len(stream) == 0:
+            raise InvalidArgumentError("tokens", "at least one token is required")
         if span is not None and not 0 <= span[0] <= span[1]:
             raise InvalidArgumentError("answer_span", f"need 0 <= start <= end, got {span}")
         pv = self.get_policy(scope, kind)
@@ -452,29 +455,22 @@ class GateEngine:
             f"calibrated ({obj.kind}) on {n} outcomes: signal {chosen} (AUROC {auc:.3f}), "
             f"threshold {threshold:.6g}, fire rate {fire_rate:.3f}, recall {recall:.3f}"
         )
-        extra = {
-            "auroc": aurocs,
-            "signal": chosen,
-            "fire_rate": fire_rate,
-            "recall": recall,
-            "logistic_a": a,
-            "logistic_b": b,
-        }
         if obj.dry_run:
-            dry = PolicyVersion(
-                gate=kind, version=current.version, policy=new_policy, reason="dry run: " + reason
-            )
-            return CalibrationResult(
-                updated=False,
-                message="dry run: " + reason,
-                policy=dry,
-                n_outcomes=n,
-                n_positive=n_pos,
-                **extra,
-            )
-        pv = self._append_version(scope, kind, new_policy, reason)
+            pv = PolicyVersion(gate=kind, version=current.version, policy=new_policy, reason="dry run: " + reason)
+        else:
+            pv = self._append_version(scope, kind, new_policy, reason)
         return CalibrationResult(
-            updated=True, message=reason, policy=pv, n_outcomes=n, n_positive=n_pos, **extra
+            updated=not obj.dry_run,
+            message=("dry run: " + reason) if obj.dry_run else reason,
+            policy=pv,
+            n_outcomes=n,
+            n_positive=n_pos,
+            auroc=aurocs,
+            signal=chosen,
+            fire_rate=fire_rate,
+            recall=recall,
+            logistic_a=a,
+            logistic_b=b,
         )
 
     def _recent_scores(self, scope: str, kind: GateKind, signal: str) -> np.ndarray:

@@ -119,9 +119,7 @@ class TokenStream:
             present = ~np.isnan(vals)
             for i in np.flatnonzero(present & (~np.isfinite(vals) | (vals < 0)))[:5].tolist():
                 violations.append(
-                    FieldViolation(
-                        f"{field_name}[{i}].full_entropy", f"must be finite and >= 0 nats, got {vals[i]}"
-                    )
+                    FieldViolation(f"{field_name}[{i}].full_entropy", f"must be finite and >= 0 nats, got {vals[i]}")
                 )
             if present.all():
                 full = vals
@@ -139,6 +137,62 @@ class TokenStream:
         if empty.any():
             top[empty, 0] = sampled_arr[empty]
         return cls(sampled=sampled_arr, top=top, full_entropy=full)
+
+    @classmethod
+    def from_packed(
+        cls,
+        sampled: Sequence[float] | np.ndarray,
+        top_flat: Sequence[float] | np.ndarray,
+        top_k: int,
+        full_entropy: Sequence[float] | np.ndarray | None = None,
+        *,
+        field_name: str = "packed_tokens",
+    ) -> TokenStream:
+        """Build from flat arrays: ``top_flat`` is n × top_k row-major, −inf pads short rows.
+
+        Bad values raise InvalidArgumentError naming ``<field_name>.logprobs[i]`` or
+        ``<field_name>.top_logprobs[j]``.
+        """
+        s = np.asarray(sampled, dtype=np.float64).reshape(-1)
+        flat = np.asarray(top_flat, dtype=np.float64).reshape(-1)
+        n = s.shape[0]
+        if top_k < 0:
+            raise InvalidArgumentError(f"{field_name}.top_k", "must be >= 0")
+        if flat.size != n * top_k:
+            raise InvalidArgumentError(
+                f"{field_name}.top_logprobs",
+                f"holds {flat.size} values; {n} tokens × top_k {top_k} needs {n * top_k}",
+            )
+        violations = [
+            FieldViolation(f"{field_name}.logprobs[{i}]", _why(float(s[i])))
+            for i in np.flatnonzero(~_valid_logprob(s))[:5].tolist()
+        ]
+        # −inf is padding (probability 0) here; NaN, +inf and positive values are not.
+        bad = np.flatnonzero(~(np.isneginf(flat) | _valid_logprob(flat)))
+        violations += [
+            FieldViolation(f"{field_name}.top_logprobs[{j}]", _why(float(flat[j]))) for j in bad[:5].tolist()
+        ]
+        full: np.ndarray | None = None
+        if full_entropy is not None and len(full_entropy):
+            full = np.asarray(full_entropy, dtype=np.float64).reshape(-1)
+            if full.size != n:
+                violations.append(
+                    FieldViolation(f"{field_name}.full_entropy", f"holds {full.size} values for {n} tokens")
+                )
+            else:
+                violations += [
+                    FieldViolation(f"{field_name}.full_entropy[{i}]", f"must be finite and >= 0 nats, got {full[i]}")
+                    for i in np.flatnonzero(~np.isfinite(full) | (full < 0))[:5].tolist()
+                ]
+        if violations:
+            raise InvalidArgumentError(violations)
+        if top_k == 0:
+            return cls(sampled=s, top=s[:, None].copy(), full_entropy=full)
+        top = -np.sort(-flat.reshape(n, top_k), axis=1)
+        empty = np.isneginf(top[:, 0])
+        if empty.any():
+            top[empty, 0] = s[empty]
+        return cls(sampled=s, top=top, full_entropy=full)
 
     @classmethod
     def from_tokens(cls, tokens: Sequence[TokenLike], *, field_name: str = "tokens") -> TokenStream:
@@ -264,9 +318,7 @@ class GatePolicy:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise InvalidArgumentError(
-                f"{field_name}.{unknown[0]}", f"unknown policy key; choose from {sorted(names)}"
-            )
+            raise InvalidArgumentError(f"{field_name}.{unknown[0]}", f"unknown policy key; choose from {sorted(names)}")
         try:
             typed = {k: type(getattr(base, k))(val) for k, val in data.items()}
         except (TypeError, ValueError) as exc:
@@ -279,9 +331,7 @@ class GatePolicy:
 DEFAULT_POLICIES: dict[GateKind, GatePolicy] = {
     GateKind.RETRIEVE: GatePolicy(variant="missing_mass", aggregation="mean", threshold=0.5),
     GateKind.CALL_TOOL: GatePolicy(variant="missing_mass", aggregation="mean", threshold=0.5),
-    GateKind.ESCALATE: GatePolicy(
-        variant="missing_mass", aggregation="window_max", threshold=1.0, window=5, d_min=5
-    ),
+    GateKind.ESCALATE: GatePolicy(variant="missing_mass", aggregation="window_max", threshold=1.0, window=5, d_min=5),
 }
 
 
@@ -342,9 +392,7 @@ class CalibrationObjective:
         """Raise InvalidArgumentError naming each bad field; return self."""
         v: list[FieldViolation] = []
         if self.kind not in self.KINDS:
-            v.append(
-                FieldViolation(f"{field_name}.kind", f"unknown {self.kind!r}; choose from {list(self.KINDS)}")
-            )
+            v.append(FieldViolation(f"{field_name}.kind", f"unknown {self.kind!r}; choose from {list(self.KINDS)}"))
         if not 0.0 < self.target_fire_rate < 1.0:
             v.append(FieldViolation(f"{field_name}.target_fire_rate", "must be in (0, 1)"))
         if not 0.0 < self.alpha < 1.0:

@@ -27,13 +27,15 @@ def normalize_answer(text: str) -> str:
     # Strip repeated prefixes like "Final answer: Answer: X".
     for _ in range(3):
         stripped = _PREFIX.sub("", s, count=1)
-        if stripped == s:
+        # "A." / "A)" alone is a multiple-choice answer, not a prefix.
+        if stripped == s or not stripped.strip():
             break
         s = stripped
     s = s.lower().translate(_PUNCT)
     s = s.replace("$", " ")
-    s = _ARTICLES.sub(" ", s)
-    s = " ".join(s.split()).strip(" .-")
+    # Drop articles unless nothing else is left ("A" may be a multiple-choice answer).
+    without = " ".join(_ARTICLES.sub(" ", s).split()).strip(" .-")
+    s = without or " ".join(s.split()).strip(" .-")
     compact = s.replace(" ", "")
     if _NUMBER.match(compact):
         try:

@@ -91,7 +91,8 @@ def candidate_features(
         row["has_tokens"] = 1.0 if stats else 0.0
         row["first_round_mean"] = first.get("ent_mean", 0.0)
         row["first_round_max"] = first.get("ent_max", 0.0)
-        row["log_tokens"] = math.log1p(len(streams[i]) if streams[i] is not None else 0)
+        stream = streams[i]
+        row["log_tokens"] = math.log1p(len(stream) if stream is not None else 0)
         row["log_words"] = math.log1p(len(answers[i].split()))
         row["cluster_size"] = float(size)
         row["cluster_share"] = size / n

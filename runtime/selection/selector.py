@@ -70,9 +70,11 @@ class _Model:
     coef: np.ndarray
     intercept: float
 
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(((x - self.mean) / self.scale) @ self.coef + self.intercept, dtype=np.float64)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return np.asarray(1.0 / (1.0 + np.exp(-self.logit(x))), dtype=np.float64)
 
 
 class AnswerSelector:
@@ -133,8 +135,10 @@ class AnswerSelector:
         confidence = default_scores[default_index]
         model = self._active_model(scope) if cfg.learned else None
         if model is not None:
-            probs = model.predict(features)
-            index = int(np.argmax(probs))
+            # Argmax on the logit: probabilities can saturate to equal 1.0.
+            logits = model.logit(features)
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            index = int(np.argmax(logits))
             method, scores, confidence = "learned", [float(p) for p in probs], float(probs[index])
         selection = Selection(
             selection_id=uuid.uuid4().hex,
@@ -275,12 +279,13 @@ class AnswerSelector:
             )
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
-        scale[scale == 0] = 1.0
+        # Constant features (all answers one word, say) have a float-noise std; do not blow them up.
+        scale[scale < 1e-9] = 1.0
         clf = LogisticRegression(C=1.0, max_iter=1000)
         clf.fit((x - mean) / scale, y)
         model = _Model(0, mean, scale, clf.coef_[0].astype(np.float64), float(clf.intercept_[0]))
         default_hits = [bool(sets[i][1][sets[i][2]]) for i in held]
-        learned_hits = [bool(sets[i][1][int(np.argmax(model.predict(sets[i][0])))]) for i in held]
+        learned_hits = [bool(sets[i][1][int(np.argmax(model.logit(sets[i][0])))]) for i in held]
         d_acc, l_acc = float(np.mean(default_hits)), float(np.mean(learned_hits))
         active = l_acc > d_acc
         message = (

@@ -1,15 +1,71 @@
-"""gRPC servicer for AgentService (placeholder: the owning issue fills in build() and the RPCs)."""
+"""gRPC servicer for AgentService: whole turns on LangGraph (RunTurn, Resume, GetThread) and the item
+store behind ``runtime.store.SidecarStore`` (StoreBatch)."""
 
 from __future__ import annotations
 
-import grpc
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from agentrt.v1 import agent_pb2_grpc
+import grpc
+from agentrt.v1 import agent_pb2, agent_pb2_grpc
+
+from core.errors import InvalidArgumentError
+from runtime.agent.components import bind_ports
+from runtime.agent.items import ItemStore, SqlItemBackend
+from runtime.agent.policy import TurnPolicy
+from runtime.agent.runner import TurnRunner, open_checkpointer
 from runtime.container import Runtime
+from runtime.convert import agent as conv
+
+MAX_STORE_OPS = 1000
+MAX_MESSAGE_CHARS = 100_000
+_THREAD_RULE = "1-200 characters, no control characters"
+
+
+@dataclass
+class AgentComponent:
+    """What ``rt.agent`` holds."""
+
+    items: ItemStore
+    runner: TurnRunner | None = None
+    closers: list[Any] = field(default_factory=list)
 
 
 def build(rt: Runtime) -> None:
-    """Construct this service's components and attach them to rt."""
+    """Attach the item store; the turn runner needs the event loop and is opened in ``start``."""
+    rt.agent = AgentComponent(items=ItemStore(SqlItemBackend(rt.db.engine), rt.embedder))
+
+
+async def start(rt: Runtime) -> None:
+    """Open the LangGraph checkpointer on the sidecar's database and compile the turn graph."""
+    saver, close = await open_checkpointer(rt.db.url)
+    rt.agent.runner = TurnRunner(saver)
+    rt.agent.closers.append(close)
+
+
+async def stop(rt: Runtime) -> None:
+    """Close LLM clients and the checkpointer's connections."""
+    component: AgentComponent | None = rt.agent
+    if component is None:
+        return
+    if component.runner is not None:
+        await component.runner.aclose()
+    for close in component.closers:
+        await close()
+    component.closers.clear()
+
+
+def _thread_id(value: str) -> str:
+    if not value or len(value) > 200 or any(ord(ch) < 32 for ch in value):
+        raise InvalidArgumentError("thread_id", f"{value[:40]!r} is not a valid thread id: {_THREAD_RULE}")
+    return value
+
+
+def _deadline(context: Any) -> float | None:
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else time.monotonic() + remaining
 
 
 class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -18,6 +74,70 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, rt: Runtime):
         self._rt = rt
 
+    @property
+    def _agent(self) -> AgentComponent:
+        return self._rt.agent  # type: ignore[no-any-return]
+
+    @property
+    def _runner(self) -> TurnRunner:
+        runner = self._agent.runner
+        assert runner is not None, "AgentService started without its runner"
+        return runner
+
+    def _policy(self, scope: str, request_policy: agent_pb2.TurnPolicy) -> TurnPolicy:
+        configured = self._rt.policy("agent", scope) if hasattr(self._rt, "policy") else {}
+        base = TurnPolicy.from_dict(dict(configured or {}))
+        return base.merged(conv.policy_overrides(request_policy)).validate()
+
+    async def _events(
+        self, thread_id: str, events: AsyncIterator[dict[str, Any]]
+    ) -> AsyncIterator[agent_pb2.TurnEvent]:
+        seq = 0
+        async for ev in events:
+            yield conv.event_to_proto(ev, thread_id, seq)
+            seq += 1
+
+    async def RunTurn(self, request: agent_pb2.RunTurnRequest, context: Any) -> AsyncIterator[agent_pb2.TurnEvent]:
+        thread_id = _thread_id(request.thread_id)
+        if not request.message.strip():
+            raise InvalidArgumentError("message", "must not be empty")
+        if len(request.message) > MAX_MESSAGE_CHARS:
+            raise InvalidArgumentError("message", f"at most {MAX_MESSAGE_CHARS} characters")
+        scope = await self._rt.scope(request.namespace, write=True)
+        policy = self._policy(scope, request.policy)
+        ports = bind_ports(self._rt, scope, self._rt.extras.get("agent_ports"))
+        events = self._runner.run_turn(scope, thread_id, request.message, request.speaker, policy, ports,
+                                       deadline=_deadline(context))
+        async for ev in self._events(thread_id, events):
+            yield ev
+
+    async def Resume(self, request: agent_pb2.ResumeRequest, context: Any) -> AsyncIterator[agent_pb2.TurnEvent]:
+        thread_id = _thread_id(request.thread_id)
+        decision = conv.decision_from_proto(request.decision)
+        scope = await self._rt.scope(request.namespace, write=True)
+        ports = bind_ports(self._rt, scope, self._rt.extras.get("agent_ports"))
+        events = self._runner.resume(scope, thread_id, decision, request.note, ports, deadline=_deadline(context))
+        async for ev in self._events(thread_id, events):
+            yield ev
+
+    async def GetThread(self, request: agent_pb2.GetThreadRequest, context: Any) -> agent_pb2.Thread:
+        thread_id = _thread_id(request.thread_id)
+        if request.history_limit < 0:
+            raise InvalidArgumentError("history_limit", "must be >= 0")
+        scope = await self._rt.scope(request.namespace)
+        view = await self._runner.get_thread(scope, thread_id, request.history_limit or 20)
+        return conv.thread_to_proto(view)
+
+    async def StoreBatch(self, request: agent_pb2.StoreBatchRequest, context: Any) -> agent_pb2.StoreBatchResponse:
+        if len(request.ops) > MAX_STORE_OPS:
+            raise InvalidArgumentError("ops", f"at most {MAX_STORE_OPS} operations per batch, got {len(request.ops)}")
+        ops = conv.ops_from_request(request)
+        writes = any(op.WhichOneof("op") == "put" for op in request.ops)
+        scope = await self._rt.scope(request.namespace, write=writes)
+        results = await self._rt.offload(self._agent.items.batch, scope, ops)
+        return conv.results_to_response(ops, results)
+
 
 def register(server: grpc.aio.Server, rt: Runtime) -> None:
+    """Add AgentService to the server."""
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServiceServicer(rt), server)

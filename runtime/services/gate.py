@@ -1,15 +1,32 @@
-"""gRPC servicer for GateService (placeholder: the owning issue fills in build() and the RPCs)."""
+"""gRPC servicer for GateService: validate, convert, call ``rt.gates`` off the event loop, convert back."""
 
 from __future__ import annotations
 
-import grpc
+from typing import Any
 
-from agentrt.v1 import gate_pb2_grpc
+import grpc
+from agentrt.v1 import gate_pb2, gate_pb2_grpc
+
+from runtime import naming
 from runtime.container import Runtime
+from runtime.convert import gate as conv
+from runtime.gates import GateEngine
 
 
 def build(rt: Runtime) -> None:
-    """Construct this service's components and attach them to rt."""
+    """Attach the GateEngine (``rt.gates``); configured policies come from ``policies.*.gates``."""
+    rt.gates = GateEngine(rt.db.engine, lambda scope: rt.policy("gates", scope))
+    # Fail the start on a bad gate policy in the configuration, not on the first Decide.
+    rt.gates.validate_config(["_/_", *rt.settings.policies.namespaces])
+
+
+async def _scope_for_record(rt: Runtime, namespace: str) -> tuple[str, bool]:
+    """Scoped key, and whether this caller may store (read-only tokens get answers, nothing is stored)."""
+    key = await rt.scope(namespace)
+    writable = not naming.current_principal.get().read_only
+    if writable:
+        await rt.offload(rt.db.ensure_namespace, key)
+    return key, writable
 
 
 class GateServiceServicer(gate_pb2_grpc.GateServiceServicer):
@@ -17,6 +34,77 @@ class GateServiceServicer(gate_pb2_grpc.GateServiceServicer):
 
     def __init__(self, rt: Runtime):
         self._rt = rt
+
+    @property
+    def _gates(self) -> GateEngine:
+        return self._rt.gates  # type: ignore[no-any-return]
+
+    async def Decide(self, request: gate_pb2.DecideRequest, context: Any) -> gate_pb2.GateDecision:
+        kind = conv.gate_from_proto(request.gate)
+        scope, writable = await _scope_for_record(self._rt, request.namespace)
+        span = conv.span_from_proto(request.answer_span, request.HasField("answer_span"), "answer_span")
+        persist = writable and not request.dry_run
+
+        def run() -> gate_pb2.GateDecision:
+            # Conversion of up to thousands of logprobs is CPU work too: keep it off the event loop.
+            stream = conv.stream_from_proto(request.tokens, request.packed_tokens, request.HasField("packed_tokens"))
+            decision = self._gates.decide(
+                scope, kind, stream, session_id=request.session_id, span=span, persist=persist
+            )
+            return conv.decision_to_proto(decision, stored=persist)
+
+        return await self._rt.offload(run)
+
+    async def RecordOutcome(
+        self, request: gate_pb2.RecordOutcomeRequest, context: Any
+    ) -> gate_pb2.RecordOutcomeResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        needed = conv.outcome_from_proto(request)
+        signals = conv.signals_from_proto(request.signals)
+        gate = conv.gate_from_proto(request.gate) if not request.decision_id else None
+        decision_id = await self._rt.offload(
+            self._gates.record_outcome,
+            scope,
+            needed=needed,
+            decision_id=request.decision_id,
+            gate=gate,
+            signals=signals,
+        )
+        return gate_pb2.RecordOutcomeResponse(decision_id=decision_id)
+
+    async def Calibrate(self, request: gate_pb2.CalibrateRequest, context: Any) -> gate_pb2.CalibrateResponse:
+        kind = conv.gate_from_proto(request.gate)
+        objective = conv.objective_from_proto(request)
+        scope = await self._rt.scope(request.namespace, write=not request.dry_run)
+        result = await self._rt.offload(self._gates.calibrate, scope, kind, objective)
+        return conv.calibration_to_proto(result)
+
+    async def GetPolicy(self, request: gate_pb2.GetGatePolicyRequest, context: Any) -> gate_pb2.GatePolicyVersion:
+        kind = conv.gate_from_proto(request.gate)
+        scope = await self._rt.scope(request.namespace)
+        return conv.version_to_proto(await self._rt.offload(self._gates.get_policy, scope, kind))
+
+    async def SetPolicy(self, request: gate_pb2.SetGatePolicyRequest, context: Any) -> gate_pb2.GatePolicyVersion:
+        kind = conv.gate_from_proto(request.gate)
+        scope = await self._rt.scope(request.namespace, write=True)
+        changes = conv.policy_from_proto(request.policy)
+        version = await self._rt.offload(self._gates.set_policy, scope, kind, changes, request.reason or "set by RPC")
+        return conv.version_to_proto(version)
+
+    async def ListPolicyVersions(
+        self, request: gate_pb2.ListGatePolicyVersionsRequest, context: Any
+    ) -> gate_pb2.ListGatePolicyVersionsResponse:
+        kind = conv.gate_from_proto(request.gate)
+        scope = await self._rt.scope(request.namespace)
+        versions = await self._rt.offload(self._gates.list_policy_versions, scope, kind)
+        return gate_pb2.ListGatePolicyVersionsResponse(versions=[conv.version_to_proto(v) for v in versions])
+
+    async def RollbackPolicy(
+        self, request: gate_pb2.RollbackGatePolicyRequest, context: Any
+    ) -> gate_pb2.GatePolicyVersion:
+        kind = conv.gate_from_proto(request.gate)
+        scope = await self._rt.scope(request.namespace, write=True)
+        return conv.version_to_proto(await self._rt.offload(self._gates.rollback, scope, kind, request.version))
 
 
 def register(server: grpc.aio.Server, rt: Runtime) -> None:

@@ -1,15 +1,60 @@
-"""gRPC servicer for GuardService (placeholder: the owning issue fills in build() and the RPCs)."""
+"""gRPC servicer for GuardService: validate, convert, call ``rt.guards`` off the event loop, convert back."""
 
 from __future__ import annotations
 
-import grpc
+import logging
+import os
+from typing import Any
 
-from agentrt.v1 import guard_pb2_grpc
+import grpc
+from agentrt.v1 import common_pb2, guard_pb2, guard_pb2_grpc
+
+from core.errors import InvalidArgumentError, NotFoundError
+from guards.engine import DEFAULT_SETTINGS, GuardEngine
+from guards.judge import JudgeConfig, LLMJudge
+from guards.memory import MemoryParams
+from guards.sql import SqlGuardStore
 from runtime.container import Runtime
+from runtime.convert import guard as conv
+
+log = logging.getLogger(__name__)
+
+MAX_RULES_PER_PUT = 500
+MAX_YAML_CHARS = 512 * 1024
+
+
+def _judge_from_env() -> LLMJudge | None:
+    # The judge is off unless an OpenAI-compatible endpoint is configured; a namespace must also opt in.
+    url = os.environ.get("AGENTRT_GUARD_JUDGE_URL", "")
+    model = os.environ.get("AGENTRT_GUARD_JUDGE_MODEL", "")
+    if not url or not model:
+        return None
+    return LLMJudge(JudgeConfig(base_url=url, model=model))
 
 
 def build(rt: Runtime) -> None:
-    """Construct this service's components and attach them to rt."""
+    """Attach the GuardEngine (``rt.guards``).
+
+    ``policies.defaults.guards`` gives namespace setting defaults (``pack``, ``default_decision``...) and
+    ``memory`` (MemoryParams overrides); ``policies.namespaces.<ns>.guards`` overrides settings per namespace.
+    """
+    configured = dict(rt.policy("guards", "")) if hasattr(rt, "policy") else {}
+    defaults = {k: v for k, v in configured.items() if k in DEFAULT_SETTINGS}
+    params = MemoryParams(**dict(configured.get("memory") or {}))
+    rt.guards = GuardEngine(
+        SqlGuardStore(rt.db.engine),
+        rt.embedder,
+        params=params,
+        defaults=defaults,
+        policy=lambda scope: rt.policy("guards", scope),
+        judge=_judge_from_env(),
+    )
+
+
+async def stop(rt: Runtime) -> None:
+    """Flush the audit log."""
+    if rt.guards is not None:
+        await rt.offload(rt.guards.close)
 
 
 class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
@@ -18,6 +63,159 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
     def __init__(self, rt: Runtime):
         self._rt = rt
 
+    @property
+    def _guards(self) -> GuardEngine:
+        return self._rt.guards  # type: ignore[no-any-return]
+
+    async def Check(self, request: guard_pb2.CheckRequest, context: Any) -> guard_pb2.Verdict:
+        req = conv.check_from_proto(request)
+        scope = await self._rt.scope(request.namespace, write=True)
+        verdict = await self._rt.offload(self._guards.check, scope, req)
+        return conv.verdict_to_proto(verdict)
+
+    async def Feedback(self, request: guard_pb2.FeedbackRequest, context: Any) -> guard_pb2.FeedbackResponse:
+        if not request.verdict_id:
+            raise InvalidArgumentError("verdict_id", "is required")
+        expected = conv.decision_from_proto(request.expected)
+        if expected.value == "unspecified":
+            raise InvalidArgumentError("expected", "must be DECISION_ALLOW, DECISION_BLOCK or DECISION_REVIEW")
+        scope = await self._rt.scope(request.namespace, write=True)
+        result = await self._rt.offload(self._guards.feedback, scope, request.verdict_id, expected, request.note)
+        return conv.feedback_to_proto(result)
+
+    async def ReportIncident(
+        self, request: guard_pb2.ReportIncidentRequest, context: Any
+    ) -> guard_pb2.FeedbackResponse:
+        check = guard_pb2.CheckRequest(namespace=request.namespace, stage=request.stage, text=request.text)
+        if request.HasField("tool_call"):
+            check.tool_call.CopyFrom(request.tool_call)
+        req = conv.check_from_proto(check)
+        expected = conv.decision_from_proto(request.expected)
+        if request.expected == common_pb2.DECISION_UNSPECIFIED:
+            expected = conv.decision_from_proto(common_pb2.DECISION_BLOCK)
+        scope = await self._rt.scope(request.namespace, write=True)
+        result = await self._rt.offload(
+            self._guards.report_incident, scope, req, expected, request.category, request.note
+        )
+        return conv.feedback_to_proto(result)
+
+    async def PutRules(self, request: guard_pb2.PutRulesRequest, context: Any) -> guard_pb2.PutRulesResponse:
+        if request.yaml and request.rules:
+            raise InvalidArgumentError("yaml", "give either yaml or rules, not both")
+        if len(request.yaml) > MAX_YAML_CHARS:
+            raise InvalidArgumentError("yaml", f"at most {MAX_YAML_CHARS} characters")
+        if len(request.rules) > MAX_RULES_PER_PUT:
+            raise InvalidArgumentError("rules", f"at most {MAX_RULES_PER_PUT} rules per call")
+        rules: Any = (
+            request.yaml
+            if request.yaml
+            else [conv.rule_from_proto(r, f"rules[{i}]") for i, r in enumerate(request.rules)]
+        )
+        scope = await self._rt.scope(request.namespace, write=True)
+        stored = await self._rt.offload(self._guards.put_rules, scope, rules, replace_all=request.replace)
+        return guard_pb2.PutRulesResponse(rules=[conv.rule_to_proto(r) for r in stored])
+
+    async def ListRules(self, request: guard_pb2.ListRulesRequest, context: Any) -> guard_pb2.ListRulesResponse:
+        scope = await self._rt.scope(request.namespace)
+        rules = await self._rt.offload(self._guards.list_rules, scope, include_pack=request.include_pack)
+        return guard_pb2.ListRulesResponse(rules=[conv.rule_to_proto(r) for r in rules])
+
+    async def DeleteRules(self, request: guard_pb2.DeleteRulesRequest, context: Any) -> guard_pb2.DeleteRulesResponse:
+        if not request.names:
+            raise InvalidArgumentError("names", "at least one rule name is required")
+        scope = await self._rt.scope(request.namespace, write=True)
+        n = await self._rt.offload(self._guards.delete_rules, scope, list(request.names))
+        return guard_pb2.DeleteRulesResponse(deleted=n)
+
+    async def TestRules(self, request: guard_pb2.TestRulesRequest, context: Any) -> guard_pb2.TestRulesResponse:
+        req = conv.check_from_proto(request.check, "check.")
+        scope = await self._rt.scope(request.check.namespace, field_name="check.namespace")
+        matches, verdict = await self._rt.offload(self._guards.test_rules, scope, req, request.yaml or None)
+        return guard_pb2.TestRulesResponse(
+            matches=[conv.match_to_proto(m) for m in matches], verdict=conv.verdict_to_proto(verdict)
+        )
+
+    async def GetSettings(self, request: guard_pb2.GetGuardSettingsRequest, context: Any) -> guard_pb2.GuardSettings:
+        scope = await self._rt.scope(request.namespace)
+        settings = await self._rt.offload(self._guards.get_settings, scope)
+        return conv.settings_to_proto(request.namespace, settings)
+
+    async def UpdateSettings(
+        self, request: guard_pb2.UpdateGuardSettingsRequest, context: Any
+    ) -> guard_pb2.GuardSettings:
+        changes = conv.settings_changes_from_proto(request)
+        scope = await self._rt.scope(request.namespace, write=True)
+        settings = await self._rt.offload(self._guards.put_settings, scope, changes)
+        return conv.settings_to_proto(request.namespace, settings)
+
+    async def ListGuardClusters(
+        self, request: guard_pb2.ListGuardClustersRequest, context: Any
+    ) -> guard_pb2.ListGuardClustersResponse:
+        scope = await self._rt.scope(request.namespace)
+
+        def run() -> guard_pb2.ListGuardClustersResponse:
+            clusters = self._guards.clusters(scope, category=request.category)
+            return guard_pb2.ListGuardClustersResponse(
+                clusters=[conv.cluster_to_proto(c) for c in clusters], memory_version=self._guards.memory(scope).version
+            )
+
+        return await self._rt.offload(run)
+
+    async def History(self, request: guard_pb2.GuardHistoryRequest, context: Any) -> guard_pb2.GuardHistoryResponse:
+        if request.limit < 0 or request.after_version < 0:
+            raise InvalidArgumentError("limit" if request.limit < 0 else "after_version", "must be >= 0")
+        scope = await self._rt.scope(request.namespace)
+        events = await self._rt.offload(
+            self._guards.history, scope, after_version=request.after_version, limit=min(request.limit or 100, 1000)
+        )
+        return guard_pb2.GuardHistoryResponse(events=[conv.event_to_proto(e) for e in events])
+
+    async def Rollback(self, request: guard_pb2.GuardRollbackRequest, context: Any) -> guard_pb2.GuardEvolutionEvent:
+        if request.version < 0:
+            raise InvalidArgumentError("version", "must be >= 0")
+        scope = await self._rt.scope(request.namespace, write=True)
+        event = await self._rt.offload(self._guards.rollback, scope, request.version)
+        return conv.event_to_proto(event)
+
+    async def GetVerdict(self, request: guard_pb2.GetVerdictRequest, context: Any) -> guard_pb2.GuardAuditRecord:
+        if not request.verdict_id:
+            raise InvalidArgumentError("verdict_id", "is required")
+        scope = await self._rt.scope(request.namespace)
+
+        def run() -> guard_pb2.GuardAuditRecord:
+            self._guards.flush()
+            return conv.audit_to_proto(self._guards.store.get_audit(scope, request.verdict_id))
+
+        return await self._rt.offload(run)
+
+    async def QueryAudit(
+        self, request: guard_pb2.QueryGuardAuditRequest, context: Any
+    ) -> guard_pb2.QueryGuardAuditResponse:
+        filters = conv.audit_query_from_proto(request)
+        scope = await self._rt.scope(request.namespace)
+        limit = filters["limit"]
+        filters["limit"] = limit + 1
+
+        def run() -> guard_pb2.QueryGuardAuditResponse:
+            try:
+                records = self._guards.query_audit(scope, **filters)
+            except NotFoundError:
+                raise InvalidArgumentError("page_token", "unknown page token") from None
+            token = records[limit - 1].verdict.verdict_id if len(records) > limit else ""
+            return guard_pb2.QueryGuardAuditResponse(
+                records=[conv.audit_to_proto(r) for r in records[:limit]], next_page_token=token
+            )
+
+        return await self._rt.offload(run)
+
+    async def PurgeAudit(
+        self, request: guard_pb2.PurgeGuardAuditRequest, context: Any
+    ) -> guard_pb2.PurgeGuardAuditResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        n = await self._rt.offload(self._guards.purge_audit, scope)
+        return guard_pb2.PurgeGuardAuditResponse(deleted=n)
+
 
 def register(server: grpc.aio.Server, rt: Runtime) -> None:
+    """Add GuardService to the server."""
     guard_pb2_grpc.add_GuardServiceServicer_to_server(GuardServiceServicer(rt), server)

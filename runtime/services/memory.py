@@ -1,15 +1,42 @@
-"""gRPC servicer for MemoryService (placeholder: the owning issue fills in build() and the RPCs)."""
+"""gRPC servicer for MemoryService: validate, convert, call ``rt.memory`` off the event loop, convert back."""
 
 from __future__ import annotations
 
-import grpc
+import time
+from typing import Any
 
-from agentrt.v1 import memory_pb2_grpc
+import grpc
+from agentrt.v1 import memory_pb2, memory_pb2_grpc
+
+from core.errors import InvalidArgumentError
+from memory.engine import MemoryEngine
+from memory.store import SqlMemoryStore
 from runtime.container import Runtime
+from runtime.convert import memory as conv
+
+MAX_MESSAGES_PER_WRITE = 1000
+MAX_IDS_PER_CALL = 1000
 
 
 def build(rt: Runtime) -> None:
-    """Construct this service's components and attach them to rt."""
+    """Attach the MemoryEngine (``rt.memory``) and rebuild every namespace's indexes from the database.
+
+    Runs before health turns SERVING, so a restarted server answers Search from complete indexes
+    (and re-derives sessions a crash left pending, in the background).
+    """
+    engine = MemoryEngine(
+        SqlMemoryStore(rt.db.engine),
+        rt.embedder,
+        policy=lambda scope: rt.policy("memory", scope),
+    )
+    engine.load()
+    rt.memory = engine
+
+
+async def stop(rt: Runtime) -> None:
+    """Stop background consolidation (unfinished work stays marked pending in the database)."""
+    if rt.memory is not None:
+        await rt.offload(rt.memory.close)
 
 
 class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
@@ -17,6 +44,94 @@ class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
 
     def __init__(self, rt: Runtime):
         self._rt = rt
+
+    @property
+    def _memory(self) -> MemoryEngine:
+        return self._rt.memory  # type: ignore[no-any-return]
+
+    async def Write(self, request: memory_pb2.WriteRequest, context: Any) -> memory_pb2.WriteResponse:
+        if len(request.messages) > MAX_MESSAGES_PER_WRITE:
+            raise InvalidArgumentError(
+                "messages",
+                f"at most {MAX_MESSAGES_PER_WRITE} messages per Write, got {len(request.messages)}",
+            )
+        session_id, messages = conv.write_from_proto(request)
+        scope = await self._rt.scope(request.namespace, write=True)
+        result = await self._rt.offload(self._memory.write, scope, session_id, messages)
+        return conv.write_to_proto(result)
+
+    async def Search(self, request: memory_pb2.SearchRequest, context: Any) -> memory_pb2.SearchResponse:
+        query = conv.search_from_proto(request)
+        scope = await self._rt.scope(request.namespace)
+
+        def run() -> memory_pb2.SearchResponse:
+            return conv.search_to_proto(self._memory.search(scope, query))
+
+        return await self._rt.offload(run)
+
+    async def Get(self, request: memory_pb2.GetRequest, context: Any) -> memory_pb2.GetResponse:
+        if not request.message_ids:
+            raise InvalidArgumentError("message_ids", "at least one id is required")
+        if len(request.message_ids) > MAX_IDS_PER_CALL:
+            raise InvalidArgumentError("message_ids", f"at most {MAX_IDS_PER_CALL} ids per call")
+        scope = await self._rt.scope(request.namespace)
+        messages = await self._rt.offload(self._memory.get, scope, list(request.message_ids))
+        return memory_pb2.GetResponse(messages=conv.messages_to_proto(messages))
+
+    async def List(self, request: memory_pb2.ListRequest, context: Any) -> memory_pb2.ListResponse:
+        scope = await self._rt.scope(request.namespace)
+
+        def run() -> memory_pb2.ListResponse:
+            messages, token = self._memory.list_messages(
+                scope,
+                session_id=request.session_id or None,
+                page_size=request.page_size or 100,
+                page_token=request.page_token,
+            )
+            sessions = [] if request.page_token or request.session_id else self._memory.sessions(scope)
+            return memory_pb2.ListResponse(
+                messages=conv.messages_to_proto(messages), next_page_token=token, session_ids=sessions
+            )
+
+        return await self._rt.offload(run)
+
+    async def Update(self, request: memory_pb2.UpdateRequest, context: Any) -> memory_pb2.UpdateResponse:
+        if not request.HasField("message") or not request.message.id:
+            raise InvalidArgumentError("message.id", "is required")
+        scope = await self._rt.scope(request.namespace, write=True)
+        message = conv.message_from_proto(request.message, "")
+        result = await self._rt.offload(self._memory.update, scope, message)
+        return memory_pb2.UpdateResponse(changed=result.written > 0)
+
+    async def Delete(self, request: memory_pb2.DeleteRequest, context: Any) -> memory_pb2.DeleteResponse:
+        if not (request.message_ids or request.session_id or request.all):
+            raise InvalidArgumentError("message_ids", "give message_ids, session_id or all")
+        scope = await self._rt.scope(request.namespace, write=True)
+        result = await self._rt.offload(
+            self._memory.delete,
+            scope,
+            message_ids=list(request.message_ids),
+            session_id=request.session_id,
+            everything=request.all,
+        )
+        return conv.delete_to_proto(result)
+
+    async def Consolidate(
+        self, request: memory_pb2.ConsolidateRequest, context: Any
+    ) -> memory_pb2.ConsolidateResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        report = await self._rt.offload(self._memory.consolidate, scope, refit=not request.skip_refit)
+        return conv.consolidate_to_proto(report)
+
+    async def Stats(self, request: memory_pb2.StatsRequest, context: Any) -> memory_pb2.StatsResponse:
+        scope = await self._rt.scope(request.namespace)
+        return conv.stats_to_proto(await self._rt.offload(self._memory.stats, scope))
+
+    async def Reindex(self, request: memory_pb2.ReindexRequest, context: Any) -> memory_pb2.ReindexResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        started = time.perf_counter()
+        units = await self._rt.offload(self._memory.rebuild, scope)
+        return memory_pb2.ReindexResponse(units=units, seconds=time.perf_counter() - started)
 
 
 def register(server: grpc.aio.Server, rt: Runtime) -> None:

@@ -1,15 +1,123 @@
-"""gRPC servicer for ToolService (placeholder: the owning issue fills in build() and the RPCs)."""
+"""gRPC servicer for ToolService: validate, convert, call the registry/invoker, convert back."""
 
 from __future__ import annotations
 
-import grpc
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
 
-from agentrt.v1 import tool_pb2_grpc
+import grpc
+from agentrt.v1 import tool_pb2, tool_pb2_grpc
+
+from core.errors import InvalidArgumentError
 from runtime.container import Runtime
+from runtime.convert import tool as conv
+from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
+from tools.model import ToolPolicy, utcnow
+from tools.registry import ToolRegistry
+from tools.search import ToolSearch
+from tools.sql_store import SqlToolStore
+from tools.validation import parse_arguments
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 100
+MAX_AUDIT = 1000
+# Left of the RPC deadline for writing the reply after a tool ran out of time.
+DEADLINE_MARGIN_S = 0.05
+
+
+class MemoryAdapter:
+    """The MemoryPort of ``runtime/tool_invoke.py`` over the MemoryEngine (``rt.memory``)."""
+
+    def __init__(self, rt: Runtime):
+        self._rt = rt
+
+    async def write(self, scope: str, session_id: str, messages: Sequence[tuple[str, str]]) -> list[str]:
+        """Store (speaker, text) messages with fresh ids; returns the ids."""
+        from memory.model import MemoryMessage
+
+        now = utcnow()
+        msgs = [
+            MemoryMessage(id=f"tool-{uuid.uuid4().hex}", session_id=session_id, speaker=speaker, text=text, time=now)
+            for speaker, text in messages
+            if text.strip()
+        ]
+        result = await self._rt.offload(self._rt.memory.write, scope, session_id, msgs)
+        return list(result.message_ids)
+
+    async def search(self, scope: str, query: str, top_k: int) -> list[dict[str, Any]]:
+        """Hits as plain dicts."""
+        from memory.model import SearchQuery
+
+        result = await self._rt.offload(self._rt.memory.search, scope, SearchQuery(query=query, top_k=top_k))
+        return [
+            {
+                "id": h.unit.id,
+                "granularity": str(h.unit.granularity),
+                "text": h.unit.text,
+                "score": round(float(h.score), 6),
+                "message_ids": list(h.unit.message_ids),
+                "session_id": h.unit.session_id,
+            }
+            for h in result.hits
+        ]
 
 
 def build(rt: Runtime) -> None:
-    """Construct this service's components and attach them to rt."""
+    """The registry on the sidecar's database, tool search on the shared embedder, and the invoker."""
+    store = SqlToolStore(rt.db.engine)
+    settings = rt.settings
+
+    def default_policy(scope: str) -> ToolPolicy:
+        return conv.policy_from_config(settings.policy("tools", scope))
+
+    registry = ToolRegistry(store, ToolSearch(rt.embedder), offload=rt.offload, default_policy=default_policy)
+    add_builtins(registry, lambda: MemoryAdapter(rt) if rt.memory is not None else None)
+    rt.tools = registry
+    # Guards and gates are read from rt at call time: they may be absent (a sidecar without them simply
+    # skips those steps) and are built by their own service modules.
+    rt.extras["tool_invoker"] = ToolInvoker(registry, rt.offload)
+
+
+def _invoker(rt: Runtime) -> ToolInvoker:
+    inv: ToolInvoker = rt.extras["tool_invoker"]
+    inv.guards = rt.guards
+    inv.gates = rt.gates
+    inv.memory = MemoryAdapter(rt) if rt.memory is not None else None
+    return inv
+
+
+async def start(rt: Runtime) -> None:
+    """Import the MCP servers named in the configuration (``policies.namespaces.<ns>.tools.mcp_servers``).
+
+    A server that fails to start is logged and stays registered; ListMcpServers shows its error and
+    the first call retries the connection.
+    """
+    from runtime import naming
+
+    registry: ToolRegistry = rt.tools
+    for ns_key, components in rt.settings.policies.namespaces.items():
+        servers = (components.get("tools") or {}).get("mcp_servers") or []
+        tenant, _, ns = ns_key.rpartition("/")
+        scope = f"{tenant or naming.DEFAULT_TENANT}/{ns}"
+        for i, raw in enumerate(servers):
+            try:
+                msg = tool_pb2.McpServer(**raw)
+                spec = conv.server_from_proto(msg, f"policies.namespaces.{ns_key}.tools.mcp_servers[{i}]")
+                await rt.offload(rt.db.ensure_namespace, scope)
+                _, tools = await registry.import_mcp(scope, spec)
+                log.info("imported MCP server %s into %s: %d tools", spec.name, scope, len(tools))
+            except Exception:
+                log.exception("could not import configured MCP server #%d of namespace %s", i, ns_key)
+
+
+async def stop(rt: Runtime) -> None:
+    """Flush audits and close MCP connections (terminating stdio servers) and the HTTP pool."""
+    if rt.tools is not None:
+        await rt.tools.aclose()
 
 
 class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
@@ -18,6 +126,140 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
     def __init__(self, rt: Runtime):
         self._rt = rt
 
+    @property
+    def _reg(self) -> ToolRegistry:
+        reg: ToolRegistry = self._rt.tools
+        return reg
+
+    async def Register(self, request: tool_pb2.RegisterToolRequest, context: Any) -> tool_pb2.RegisterToolResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        if not request.HasField("tool"):
+            raise InvalidArgumentError("tool", "is required")
+        stored, created = await self._reg.register(scope, conv.tool_from_proto(request.tool))
+        return tool_pb2.RegisterToolResponse(tool=conv.tool_to_proto(stored), created=created)
+
+    async def List(self, request: tool_pb2.ListToolsRequest, context: Any) -> tool_pb2.ListToolsResponse:
+        scope = await self._rt.scope(request.namespace)
+        tools = await self._reg.list(scope, include_builtins=not request.exclude_builtins, prefix=request.prefix)
+        return tool_pb2.ListToolsResponse(tools=[conv.tool_to_proto(t) for t in tools])
+
+    async def Get(self, request: tool_pb2.GetToolRequest, context: Any) -> tool_pb2.GetToolResponse:
+        scope = await self._rt.scope(request.namespace)
+        if request.version < 0:
+            raise InvalidArgumentError("version", "must be >= 0 (0 = latest)")
+        tool = await self._reg.get(scope, request.name, request.version)
+        versions = [v.version for v in await self._reg.versions(scope, request.name)] or [tool.version]
+        return tool_pb2.GetToolResponse(tool=conv.tool_to_proto(tool), versions=versions)
+
+    async def Unregister(
+        self, request: tool_pb2.UnregisterToolRequest, context: Any
+    ) -> tool_pb2.UnregisterToolResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        return tool_pb2.UnregisterToolResponse(last_version=await self._reg.unregister(scope, request.name))
+
+    async def ImportMcp(self, request: tool_pb2.ImportMcpRequest, context: Any) -> tool_pb2.ImportMcpResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        if not request.HasField("server"):
+            raise InvalidArgumentError("server", "is required")
+        status, tools = await self._reg.import_mcp(scope, conv.server_from_proto(request.server))
+        return tool_pb2.ImportMcpResponse(
+            status=conv.status_to_proto(status), tools=[conv.tool_to_proto(t) for t in tools]
+        )
+
+    async def RefreshMcp(self, request: tool_pb2.RefreshMcpRequest, context: Any) -> tool_pb2.ImportMcpResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        status, tools = await self._reg.refresh_mcp(scope, request.name)
+        return tool_pb2.ImportMcpResponse(
+            status=conv.status_to_proto(status), tools=[conv.tool_to_proto(t) for t in tools]
+        )
+
+    async def ListMcpServers(
+        self, request: tool_pb2.ListMcpServersRequest, context: Any
+    ) -> tool_pb2.ListMcpServersResponse:
+        scope = await self._rt.scope(request.namespace)
+        return tool_pb2.ListMcpServersResponse(
+            servers=[
+                tool_pb2.McpServerInfo(server=conv.server_to_proto(spec), status=conv.status_to_proto(status))
+                for spec, status in await self._reg.mcp_servers(scope)
+            ]
+        )
+
+    async def RemoveMcp(self, request: tool_pb2.RemoveMcpRequest, context: Any) -> tool_pb2.RemoveMcpResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        return tool_pb2.RemoveMcpResponse(removed_tools=await self._reg.remove_mcp(scope, request.name))
+
+    async def Search(self, request: tool_pb2.ToolSearchRequest, context: Any) -> tool_pb2.ToolSearchResponse:
+        scope = await self._rt.scope(request.namespace)
+        if not request.query.strip():
+            raise InvalidArgumentError("query", "must not be empty")
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            raise InvalidArgumentError("top_k", f"must be between 0 and {MAX_TOP_K} (0 = {DEFAULT_TOP_K})")
+        result = await self._reg.search(scope, request.query, request.top_k or DEFAULT_TOP_K)
+        return conv.search_to_proto(result)
+
+    async def Validate(
+        self, request: tool_pb2.ValidateToolArgumentsRequest, context: Any
+    ) -> tool_pb2.ValidateToolArgumentsResponse:
+        scope = await self._rt.scope(request.namespace)
+        tool = await self._reg.get(scope, request.name, request.version)
+        arguments, bad = parse_arguments(request.arguments_json)
+        if not bad:
+            bad = self._reg.violations(tool, arguments)
+        return conv.violations_to_proto(bad)
+
+    async def Invoke(self, request: tool_pb2.InvokeToolRequest, context: Any) -> tool_pb2.InvokeToolResponse:
+        scope = await self._rt.scope(request.namespace, write=True)
+        name, arguments_json = request.name, request.arguments_json
+        if request.HasField("tool_call") and request.tool_call.name:
+            name, arguments_json = request.tool_call.name, request.tool_call.arguments_json
+        if not name:
+            raise InvalidArgumentError("name", "is required (or tool_call.name)")
+        if request.timeout_s < 0:
+            raise InvalidArgumentError("timeout_s", "must be >= 0 (0 = the tool's timeout)")
+        tokens: Any = ()
+        if request.tokens:
+            from runtime.convert.gate import tokens_from_proto
+
+            tokens = tokens_from_proto(request.tokens)
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self._rt.settings.server.default_deadline_s
+        deadline = max(0.001, remaining - DEADLINE_MARGIN_S) if remaining is not None else None
+        result = await _invoker(self._rt).invoke(
+            InvokeRequest(
+                scope=scope,
+                name=name,
+                arguments_json=arguments_json,
+                instruction=request.instruction,
+                tokens=tokens,
+                available_tools=tuple(request.available_tools),
+                caller=request.caller,
+                timeout_s=request.timeout_s,
+                version=request.version,
+                session_id=request.session_id,
+                deadline_s=deadline,
+            )
+        )
+        return conv.invoke_to_proto(result)
+
+    async def ListAudit(self, request: tool_pb2.ListToolAuditRequest, context: Any) -> tool_pb2.ListToolAuditResponse:
+        scope = await self._rt.scope(request.namespace)
+        if not 0 <= request.limit <= MAX_AUDIT:
+            raise InvalidArgumentError("limit", f"must be between 0 and {MAX_AUDIT} (0 = 100)")
+        records = await self._reg.audits(scope, request.tool_name, request.limit or 100)
+        return tool_pb2.ListToolAuditResponse(records=[conv.audit_to_proto(r) for r in records])
+
+    async def GetPolicy(self, request: tool_pb2.GetToolPolicyRequest, context: Any) -> tool_pb2.ToolPolicy:
+        scope = await self._rt.scope(request.namespace)
+        return conv.policy_to_proto(await self._reg.policy(scope))
+
+    async def SetPolicy(self, request: tool_pb2.SetToolPolicyRequest, context: Any) -> tool_pb2.ToolPolicy:
+        scope = await self._rt.scope(request.namespace, write=True)
+        policy = conv.policy_from_proto(request.policy, await self._reg.policy(scope))
+        await self._reg.set_policy(scope, policy)
+        return conv.policy_to_proto(policy)
+
 
 def register(server: grpc.aio.Server, rt: Runtime) -> None:
+    """Add the servicer to the server."""
     tool_pb2_grpc.add_ToolServiceServicer_to_server(ToolServiceServicer(rt), server)

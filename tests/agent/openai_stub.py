@@ -27,6 +27,8 @@ from typing import Any
 
 _CALL = re.compile(r"\[call:(\w+)\s+(\{.*?\})\]")
 _SLOW = re.compile(r"\[slow:([0-9.]+)\]")
+# Steering markers are not echoed; any other bracketed text is.
+_MARKERS = re.compile(r"\s*\[(?:call:[^\]]*|slow:[^\]]*|unsure)\]")
 
 
 def _tokens(text: str, unsure: bool, temperature: float, k: int) -> list[dict[str, Any]]:
@@ -76,7 +78,7 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             first = system.split("Memories:", 1)[1].strip().split("\n")[0].lstrip("- ").strip()
             reply = f"remembers {first}"
         else:
-            reply = re.sub(r"\[[^\]]*\]", "", user).strip()
+            reply = _MARKERS.sub("", user).strip()
         content = f"{model}: {reply}"
         message["content"] = content
         finish = "stop"
@@ -106,11 +108,14 @@ class OpenAIStub:
                     stub.requests.append(body)
                     status, reply = respond(body)
                 data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (cancelled turn, deadline): nothing to answer
 
             def log_message(self, *args: Any) -> None:
                 pass

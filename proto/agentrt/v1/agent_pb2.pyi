@@ -204,12 +204,21 @@ class RetrievedMemory(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., granularity: _Optional[str] = ...) -> None: ...
 
 class RetrievalEvent(_message.Message):
-    __slots__ = ("query", "hits")
+    __slots__ = ("query", "hits", "routing")
+    class RoutingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     QUERY_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     query: str
     hits: _containers.RepeatedCompositeFieldContainer[RetrievedMemory]
-    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[RetrievedMemory, _Mapping]]] = ...) -> None: ...
+    routing: _containers.ScalarMap[str, float]
+    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[RetrievedMemory, _Mapping]]] = ..., routing: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ToolCallEvent(_message.Message):
     __slots__ = ("call_id", "tool_call")

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentrt/v1/common.proto\x12\nagentrt.v1\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"\x88\x01\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.agentrt.v1.TopLogprob\x12\x19\n\x0c\x66ull_entropy\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_full_entropy\"0\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\"\'\n\tTokenSpan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05*m\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_INPUT\x10\x01\x12\x13\n\x0fSTAGE_TOOL_CALL\x10\x02\x12\x15\n\x11STAGE_TOOL_RESULT\x10\x03\x12\x10\n\x0cSTAGE_OUTPUT\x10\x04*a\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_BLOCK\x10\x02\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x03*V\n\x04Gate\x12\x14\n\x10GATE_UNSPECIFIED\x10\x00\x12\x11\n\rGATE_RETRIEVE\x10\x01\x12\x12\n\x0eGATE_CALL_TOOL\x10\x02\x12\x11\n\rGATE_ESCALATE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentrt/v1/common.proto\x12\nagentrt.v1\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"\x88\x01\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.agentrt.v1.TopLogprob\x12\x19\n\x0c\x66ull_entropy\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_full_entropy\"0\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\"\'\n\tTokenSpan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"[\n\x0cPackedTokens\x12\x10\n\x08logprobs\x18\x01 \x03(\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x01\x12\x14\n\x0c\x66ull_entropy\x18\x04 \x03(\x01*m\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_INPUT\x10\x01\x12\x13\n\x0fSTAGE_TOOL_CALL\x10\x02\x12\x15\n\x11STAGE_TOOL_RESULT\x10\x03\x12\x10\n\x0cSTAGE_OUTPUT\x10\x04*a\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_BLOCK\x10\x02\x12\x13\n\x0f\x44\x45\x43ISION_REVIEW\x10\x03*V\n\x04Gate\x12\x14\n\x10GATE_UNSPECIFIED\x10\x00\x12\x11\n\rGATE_RETRIEVE\x10\x01\x12\x12\n\x0eGATE_CALL_TOOL\x10\x02\x12\x11\n\rGATE_ESCALATE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STAGE']._serialized_start=315
-  _globals['_STAGE']._serialized_end=424
-  _globals['_DECISION']._serialized_start=426
-  _globals['_DECISION']._serialized_end=523
-  _globals['_GATE']._serialized_start=525
-  _globals['_GATE']._serialized_end=611
+  _globals['_STAGE']._serialized_start=408
+  _globals['_STAGE']._serialized_end=517
+  _globals['_DECISION']._serialized_start=519
+  _globals['_DECISION']._serialized_end=616
+  _globals['_GATE']._serialized_start=618
+  _globals['_GATE']._serialized_end=704
   _globals['_TOPLOGPROB']._serialized_start=39
   _globals['_TOPLOGPROB']._serialized_end=83
   _globals['_TOKENLOGPROB']._serialized_start=86
@@ -45,4 +45,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOLCALL']._serialized_end=272
   _globals['_TOKENSPAN']._serialized_start=274
   _globals['_TOKENSPAN']._serialized_end=313
+  _globals['_PACKEDTOKENS']._serialized_start=315
+  _globals['_PACKEDTOKENS']._serialized_end=406
 # @@protoc_insertion_point(module_scope)

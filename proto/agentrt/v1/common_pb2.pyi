@@ -77,3 +77,15 @@ class TokenSpan(_message.Message):
     start: int
     end: int
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class PackedTokens(_message.Message):
+    __slots__ = ("logprobs", "top_k", "top_logprobs", "full_entropy")
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    FULL_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    logprobs: _containers.RepeatedScalarFieldContainer[float]
+    top_k: int
+    top_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    full_entropy: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, logprobs: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., top_logprobs: _Optional[_Iterable[float]] = ..., full_entropy: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -26,7 +26,7 @@ from agentrt.v1 import common_pb2 as agentrt_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gentrt/v1/gate.proto\x12\nagentrt.v1\x1a\x17\x61gentrt/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\rDecideRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12(\n\x06tokens\x18\x03 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12*\n\x0b\x61nswer_span\x18\x05 \x01(\x0b\x32\x15.agentrt.v1.TokenSpan\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\"\x95\x02\n\x0cGateDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ire\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x36\n\x07signals\x18\x05 \x03(\x0b\x32%.agentrt.v1.GateDecision.SignalsEntry\x12\x0e\n\x06signal\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x05\x12\x10\n\x08n_tokens\x18\x08 \x01(\x05\x12\x1e\n\x04gate\x18\t \x01(\x0e\x32\x10.agentrt.v1.Gate\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd8\x02\n\nGatePolicy\x12\x14\n\x07variant\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x61ggregation\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nhysteresis\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0e\n\x01q\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x13\n\x06window\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x12\n\x05\x64_min\x18\x08 \x01(\x05H\x07\x88\x01\x01\x12\x12\n\x05level\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x14\n\x07\x66irst_k\x18\n \x01(\x05H\t\x88\x01\x01\x42\n\n\x08_variantB\x0e\n\x0c_aggregationB\x0c\n\n_thresholdB\r\n\x0b_hysteresisB\x08\n\x06_top_kB\x04\n\x02_qB\t\n\x07_windowB\x08\n\x06_d_minB\x08\n\x06_levelB\n\n\x08_first_k\"\xac\x01\n\x11GatePolicyVersion\x12\x1e\n\x04gate\x18\x01 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12&\n\x06policy\x18\x03 \x01(\x0b\x32\x16.agentrt.v1.GatePolicy\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x02\n\x14RecordOutcomeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x1e\n\x04gate\x18\x03 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12>\n\x07signals\x18\x04 \x03(\x0b\x32-.agentrt.v1.RecordOutcomeRequest.SignalsEntry\x12\x10\n\x06needed\x18\x05 \x01(\x08H\x00\x12\x18\n\x0e\x61nswer_correct\x18\x06 \x01(\x08H\x00\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05label\",\n\x15RecordOutcomeResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\x8d\x02\n\x10\x43\x61librateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12\x33\n\tobjective\x18\x03 \x01(\x0e\x32 .agentrt.v1.CalibrationObjective\x12\x18\n\x10target_fire_rate\x18\x04 \x01(\x01\x12\r\n\x05\x61lpha\x18\x05 \x01(\x01\x12\x1a\n\x12probability_cutoff\x18\x06 \x01(\x01\x12\x0e\n\x06signal\x18\x07 \x01(\t\x12\x14\n\x0cmin_outcomes\x18\x08 \x01(\x05\x12\x15\n\rmin_per_class\x18\t \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\n \x01(\x08\"\xce\x02\n\x11\x43\x61librateResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.agentrt.v1.GatePolicyVersion\x12\x12\n\nn_outcomes\x18\x04 \x01(\x05\x12\x12\n\nn_positive\x18\x05 \x01(\x05\x12\x37\n\x05\x61uroc\x18\x06 \x03(\x0b\x32(.agentrt.v1.CalibrateResponse.AurocEntry\x12\x0e\n\x06signal\x18\x07 \x01(\t\x12\x11\n\tfire_rate\x18\x08 \x01(\x01\x12\x0e\n\x06recall\x18\t \x01(\x01\x12\x12\n\nlogistic_a\x18\n \x01(\x01\x12\x12\n\nlogistic_b\x18\x0b \x01(\x01\x1a,\n\nAurocEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x14GetGatePolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\"\x81\x01\n\x14SetGatePolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12&\n\x06policy\x18\x03 \x01(\x0b\x32\x16.agentrt.v1.GatePolicy\x12\x0e\n\x06reason\x18\x04 \x01(\t\"R\n\x1dListGatePolicyVersionsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\"Q\n\x1eListGatePolicyVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.agentrt.v1.GatePolicyVersion\"_\n\x19RollbackGatePolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12\x0f\n\x07version\x18\x03 \x01(\x05*\xa8\x01\n\x14\x43\x61librationObjective\x12%\n!CALIBRATION_OBJECTIVE_UNSPECIFIED\x10\x00\x12#\n\x1f\x43\x41LIBRATION_OBJECTIVE_FIRE_RATE\x10\x01\x12 \n\x1c\x43\x41LIBRATION_OBJECTIVE_RECALL\x10\x02\x12\"\n\x1e\x43\x41LIBRATION_OBJECTIVE_LOGISTIC\x10\x03\x32\xcd\x04\n\x0bGateService\x12=\n\x06\x44\x65\x63ide\x12\x19.agentrt.v1.DecideRequest\x1a\x18.agentrt.v1.GateDecision\x12T\n\rRecordOutcome\x12 .agentrt.v1.RecordOutcomeRequest\x1a!.agentrt.v1.RecordOutcomeResponse\x12H\n\tCalibrate\x12\x1c.agentrt.v1.CalibrateRequest\x1a\x1d.agentrt.v1.CalibrateResponse\x12L\n\tGetPolicy\x12 .agentrt.v1.GetGatePolicyRequest\x1a\x1d.agentrt.v1.GatePolicyVersion\x12L\n\tSetPolicy\x12 .agentrt.v1.SetGatePolicyRequest\x1a\x1d.agentrt.v1.GatePolicyVersion\x12k\n\x12ListPolicyVersions\x12).agentrt.v1.ListGatePolicyVersionsRequest\x1a*.agentrt.v1.ListGatePolicyVersionsResponse\x12V\n\x0eRollbackPolicy\x12%.agentrt.v1.RollbackGatePolicyRequest\x1a\x1d.agentrt.v1.GatePolicyVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gentrt/v1/gate.proto\x12\nagentrt.v1\x1a\x17\x61gentrt/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\rDecideRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12(\n\x06tokens\x18\x03 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12*\n\x0b\x61nswer_span\x18\x05 \x01(\x0b\x32\x15.agentrt.v1.TokenSpan\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x12/\n\rpacked_tokens\x18\x07 \x01(\x0b\x32\x18.agentrt.v1.PackedTokens\"\x95\x02\n\x0cGateDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ire\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x36\n\x07signals\x18\x05 \x03(\x0b\x32%.agentrt.v1.GateDecision.SignalsEntry\x12\x0e\n\x06signal\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x05\x12\x10\n\x08n_tokens\x18\x08 \x01(\x05\x12\x1e\n\x04gate\x18\t \x01(\x0e\x32\x10.agentrt.v1.Gate\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd8\x02\n\nGatePolicy\x12\x14\n\x07variant\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x61ggregation\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nhysteresis\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0e\n\x01q\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x13\n\x06window\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x12\n\x05\x64_min\x18\x08 \x01(\x05H\x07\x88\x01\x01\x12\x12\n\x05level\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x14\n\x07\x66irst_k\x18\n \x01(\x05H\t\x88\x01\x01\x42\n\n\x08_variantB\x0e\n\x0c_aggregationB\x0c\n\n_thresholdB\r\n\x0b_hysteresisB\x08\n\x06_top_kB\x04\n\x02_qB\t\n\x07_windowB\x08\n\x06_d_minB\x08\n\x06_levelB\n\n\x08_first_k\"\xac\x01\n\x11GatePolicyVersion\x12\x1e\n\x04gate\x18\x01 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12&\n\x06policy\x18\x03 \x01(\x0b\x32\x16.agentrt.v1.GatePolicy\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x02\n\x14RecordOutcomeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x1e\n\x04gate\x18\x03 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12>\n\x07signals\x18\x04 \x03(\x0b\x32-.agentrt.v1.RecordOutcomeRequest.SignalsEntry\x12\x10\n\x06needed\x18\x05 \x01(\x08H\x00\x12\x18\n\x0e\x61nswer_correct\x18\x06 \x01(\x08H\x00\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05label\",\n\x15RecordOutcomeResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"\x8d\x02\n\x10\x43\x61librateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12\x33\n\tobjective\x18\x03 \x01(\x0e\x32 .agentrt.v1.CalibrationObjective\x12\x18\n\x10target_fire_rate\x18\x04 \x01(\x01\x12\r\n\x05\x61lpha\x18\x05 \x01(\x01\x12\x1a\n\x12probability_cutoff\x18\x06 \x01(\x01\x12\x0e\n\x06signal\x18\x07 \x01(\t\x12\x14\n\x0cmin_outcomes\x18\x08 \x01(\x05\x12\x15\n\rmin_per_class\x18\t \x01(\x05\x12\x0f\n\x07\x64ry_run\x18\n \x01(\x08\"\xce\x02\n\x11\x43\x61librateResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.agentrt.v1.GatePolicyVersion\x12\x12\n\nn_outcomes\x18\x04 \x01(\x05\x12\x12\n\nn_positive\x18\x05 \x01(\x05\x12\x37\n\x05\x61uroc\x18\x06 \x03(\x0b\x32(.agentrt.v1.CalibrateResponse.AurocEntry\x12\x0e\n\x06signal\x18\x07 \x01(\t\x12\x11\n\tfire_rate\x18\x08 \x01(\x01\x12\x0e\n\x06recall\x18\t \x01(\x01\x12\x12\n\nlogistic_a\x18\n \x01(\x01\x12\x12\n\nlogistic_b\x18\x0b \x01(\x01\x1a,\n\nAurocEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x14GetGatePolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\"\x81\x01\n\x14SetGatePolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12&\n\x06policy\x18\x03 \x01(\x0b\x32\x16.agentrt.v1.GatePolicy\x12\x0e\n\x06reason\x18\x04 \x01(\t\"R\n\x1dListGatePolicyVersionsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\"Q\n\x1eListGatePolicyVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.agentrt.v1.GatePolicyVersion\"_\n\x19RollbackGatePolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1e\n\x04gate\x18\x02 \x01(\x0e\x32\x10.agentrt.v1.Gate\x12\x0f\n\x07version\x18\x03 \x01(\x05*\xa8\x01\n\x14\x43\x61librationObjective\x12%\n!CALIBRATION_OBJECTIVE_UNSPECIFIED\x10\x00\x12#\n\x1f\x43\x41LIBRATION_OBJECTIVE_FIRE_RATE\x10\x01\x12 \n\x1c\x43\x41LIBRATION_OBJECTIVE_RECALL\x10\x02\x12\"\n\x1e\x43\x41LIBRATION_OBJECTIVE_LOGISTIC\x10\x03\x32\xcd\x04\n\x0bGateService\x12=\n\x06\x44\x65\x63ide\x12\x19.agentrt.v1.DecideRequest\x1a\x18.agentrt.v1.GateDecision\x12T\n\rRecordOutcome\x12 .agentrt.v1.RecordOutcomeRequest\x1a!.agentrt.v1.RecordOutcomeResponse\x12H\n\tCalibrate\x12\x1c.agentrt.v1.CalibrateRequest\x1a\x1d.agentrt.v1.CalibrateResponse\x12L\n\tGetPolicy\x12 .agentrt.v1.GetGatePolicyRequest\x1a\x1d.agentrt.v1.GatePolicyVersion\x12L\n\tSetPolicy\x12 .agentrt.v1.SetGatePolicyRequest\x1a\x1d.agentrt.v1.GatePolicyVersion\x12k\n\x12ListPolicyVersions\x12).agentrt.v1.ListGatePolicyVersionsRequest\x1a*.agentrt.v1.ListGatePolicyVersionsResponse\x12V\n\x0eRollbackPolicy\x12%.agentrt.v1.RollbackGatePolicyRequest\x1a\x1d.agentrt.v1.GatePolicyVersionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,40 +39,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDOUTCOMEREQUEST_SIGNALSENTRY']._serialized_options = b'8\001'
   _globals['_CALIBRATERESPONSE_AUROCENTRY']._loaded_options = None
   _globals['_CALIBRATERESPONSE_AUROCENTRY']._serialized_options = b'8\001'
-  _globals['_CALIBRATIONOBJECTIVE']._serialized_start=2478
-  _globals['_CALIBRATIONOBJECTIVE']._serialized_end=2646
+  _globals['_CALIBRATIONOBJECTIVE']._serialized_start=2527
+  _globals['_CALIBRATIONOBJECTIVE']._serialized_end=2695
   _globals['_DECIDEREQUEST']._serialized_start=96
-  _globals['_DECIDEREQUEST']._serialized_end=285
-  _globals['_GATEDECISION']._serialized_start=288
-  _globals['_GATEDECISION']._serialized_end=565
-  _globals['_GATEDECISION_SIGNALSENTRY']._serialized_start=519
-  _globals['_GATEDECISION_SIGNALSENTRY']._serialized_end=565
-  _globals['_GATEPOLICY']._serialized_start=568
-  _globals['_GATEPOLICY']._serialized_end=912
-  _globals['_GATEPOLICYVERSION']._serialized_start=915
-  _globals['_GATEPOLICYVERSION']._serialized_end=1087
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1090
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1349
-  _globals['_RECORDOUTCOMEREQUEST_SIGNALSENTRY']._serialized_start=519
-  _globals['_RECORDOUTCOMEREQUEST_SIGNALSENTRY']._serialized_end=565
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1351
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1395
-  _globals['_CALIBRATEREQUEST']._serialized_start=1398
-  _globals['_CALIBRATEREQUEST']._serialized_end=1667
-  _globals['_CALIBRATERESPONSE']._serialized_start=1670
-  _globals['_CALIBRATERESPONSE']._serialized_end=2004
-  _globals['_CALIBRATERESPONSE_AUROCENTRY']._serialized_start=1960
-  _globals['_CALIBRATERESPONSE_AUROCENTRY']._serialized_end=2004
-  _globals['_GETGATEPOLICYREQUEST']._serialized_start=2006
-  _globals['_GETGATEPOLICYREQUEST']._serialized_end=2079
-  _globals['_SETGATEPOLICYREQUEST']._serialized_start=2082
-  _globals['_SETGATEPOLICYREQUEST']._serialized_end=2211
-  _globals['_LISTGATEPOLICYVERSIONSREQUEST']._serialized_start=2213
-  _globals['_LISTGATEPOLICYVERSIONSREQUEST']._serialized_end=2295
-  _globals['_LISTGATEPOLICYVERSIONSRESPONSE']._serialized_start=2297
-  _globals['_LISTGATEPOLICYVERSIONSRESPONSE']._serialized_end=2378
-  _globals['_ROLLBACKGATEPOLICYREQUEST']._serialized_start=2380
-  _globals['_ROLLBACKGATEPOLICYREQUEST']._serialized_end=2475
-  _globals['_GATESERVICE']._serialized_start=2649
-  _globals['_GATESERVICE']._serialized_end=3238
+  _globals['_DECIDEREQUEST']._serialized_end=334
+  _globals['_GATEDECISION']._serialized_start=337
+  _globals['_GATEDECISION']._serialized_end=614
+  _globals['_GATEDECISION_SIGNALSENTRY']._serialized_start=568
+  _globals['_GATEDECISION_SIGNALSENTRY']._serialized_end=614
+  _globals['_GATEPOLICY']._serialized_start=617
+  _globals['_GATEPOLICY']._serialized_end=961
+  _globals['_GATEPOLICYVERSION']._serialized_start=964
+  _globals['_GATEPOLICYVERSION']._serialized_end=1136
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1139
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1398
+  _globals['_RECORDOUTCOMEREQUEST_SIGNALSENTRY']._serialized_start=568
+  _globals['_RECORDOUTCOMEREQUEST_SIGNALSENTRY']._serialized_end=614
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1400
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1444
+  _globals['_CALIBRATEREQUEST']._serialized_start=1447
+  _globals['_CALIBRATEREQUEST']._serialized_end=1716
+  _globals['_CALIBRATERESPONSE']._serialized_start=1719
+  _globals['_CALIBRATERESPONSE']._serialized_end=2053
+  _globals['_CALIBRATERESPONSE_AUROCENTRY']._serialized_start=2009
+  _globals['_CALIBRATERESPONSE_AUROCENTRY']._serialized_end=2053
+  _globals['_GETGATEPOLICYREQUEST']._serialized_start=2055
+  _globals['_GETGATEPOLICYREQUEST']._serialized_end=2128
+  _globals['_SETGATEPOLICYREQUEST']._serialized_start=2131
+  _globals['_SETGATEPOLICYREQUEST']._serialized_end=2260
+  _globals['_LISTGATEPOLICYVERSIONSREQUEST']._serialized_start=2262
+  _globals['_LISTGATEPOLICYVERSIONSREQUEST']._serialized_end=2344
+  _globals['_LISTGATEPOLICYVERSIONSRESPONSE']._serialized_start=2346
+  _globals['_LISTGATEPOLICYVERSIONSRESPONSE']._serialized_end=2427
+  _globals['_ROLLBACKGATEPOLICYREQUEST']._serialized_start=2429
+  _globals['_ROLLBACKGATEPOLICYREQUEST']._serialized_end=2524
+  _globals['_GATESERVICE']._serialized_start=2698
+  _globals['_GATESERVICE']._serialized_end=3287
 # @@protoc_insertion_point(module_scope)

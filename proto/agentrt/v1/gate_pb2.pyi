@@ -23,20 +23,22 @@ CALIBRATION_OBJECTIVE_RECALL: CalibrationObjective
 CALIBRATION_OBJECTIVE_LOGISTIC: CalibrationObjective
 
 class DecideRequest(_message.Message):
-    __slots__ = ("namespace", "gate", "tokens", "session_id", "answer_span", "dry_run")
+    __slots__ = ("namespace", "gate", "tokens", "session_id", "answer_span", "dry_run", "packed_tokens")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_SPAN_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    PACKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     gate: _common_pb2.Gate
     tokens: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
     session_id: str
     answer_span: _common_pb2.TokenSpan
     dry_run: bool
-    def __init__(self, namespace: _Optional[str] = ..., gate: _Optional[_Union[_common_pb2.Gate, str]] = ..., tokens: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., session_id: _Optional[str] = ..., answer_span: _Optional[_Union[_common_pb2.TokenSpan, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    packed_tokens: _common_pb2.PackedTokens
+    def __init__(self, namespace: _Optional[str] = ..., gate: _Optional[_Union[_common_pb2.Gate, str]] = ..., tokens: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., session_id: _Optional[str] = ..., answer_span: _Optional[_Union[_common_pb2.TokenSpan, _Mapping]] = ..., dry_run: _Optional[bool] = ..., packed_tokens: _Optional[_Union[_common_pb2.PackedTokens, _Mapping]] = ...) -> None: ...
 
 class GateDecision(_message.Message):
     __slots__ = ("decision_id", "fire", "score", "threshold", "signals", "signal", "policy_version", "n_tokens", "gate")

@@ -22,24 +22,89 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from agentrt.v1 import common_pb2 as agentrt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentrt/v1/guard.proto\x12\nagentrt.v1\x1a\x17\x61gentrt/v1/common.proto\"\x93\x01\n\x0c\x43heckRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12 \n\x05stage\x18\x02 \x01(\x0e\x32\x11.agentrt.v1.Stage\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\ttool_call\x18\x04 \x01(\x0b\x32\x14.agentrt.v1.ToolCall\x12\x17\n\x0f\x61vailable_tools\x18\x05 \x03(\t\"j\n\x07Verdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x12\n\nharm_score\x18\x03 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x04 \x01(\x01\"n\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nverdict_id\x18\x02 \x01(\t\x12&\n\x08\x65xpected\x18\x03 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x0c\n\x04note\x18\x04 \x01(\t\"\x12\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse2\x8d\x01\n\x0cGuardService\x12\x36\n\x05\x43heck\x12\x18.agentrt.v1.CheckRequest\x1a\x13.agentrt.v1.Verdict\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.agentrt.v1.FeedbackRequest\x1a\x1c.agentrt.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61gentrt/v1/guard.proto\x12\nagentrt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x61gentrt/v1/common.proto\"\xfe\x01\n\x0c\x43heckRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12 \n\x05stage\x18\x02 \x01(\x0e\x32\x11.agentrt.v1.Stage\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\ttool_call\x18\x04 \x01(\x0b\x32\x14.agentrt.v1.ToolCall\x12\x17\n\x0f\x61vailable_tools\x18\x05 \x03(\t\x12\x38\n\x08metadata\x18\x06 \x03(\x0b\x32&.agentrt.v1.CheckRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd5\x01\n\rGuardEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x35\n\x06\x64\x65tail\x18\x06 \x03(\x0b\x32%.agentrt.v1.GuardEvidence.DetailEntry\x1a-\n\x0b\x44\x65tailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x01\n\x07Verdict\x12\x12\n\nverdict_id\x18\x01 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x12\n\nharm_score\x18\x03 \x01(\x01\x12\x0f\n\x07\x65ntropy\x18\x04 \x01(\x01\x12+\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x19.agentrt.v1.GuardEvidence\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\x12\n\ndecided_by\x18\x07 \x01(\t\x12\x16\n\x0ememory_version\x18\x08 \x01(\x03\x12 \n\x05stage\x18\t \x01(\x0e\x32\x11.agentrt.v1.Stage\"n\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nverdict_id\x18\x02 \x01(\t\x12&\n\x08\x65xpected\x18\x03 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x0c\n\x04note\x18\x04 \x01(\t\"\x8b\x01\n\x13GuardEvolutionEvent\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\"\x80\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0f\n\x07leaf_id\x18\x01 \x01(\x03\x12\x12\n\ncluster_id\x18\x02 \x01(\x03\x12/\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1f.agentrt.v1.GuardEvolutionEvent\x12\x16\n\x0ememory_version\x18\x04 \x01(\x03\"\xcb\x01\n\x15ReportIncidentRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12 \n\x05stage\x18\x02 \x01(\x0e\x32\x11.agentrt.v1.Stage\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\'\n\ttool_call\x18\x04 \x01(\x0b\x32\x14.agentrt.v1.ToolCall\x12&\n\x08\x65xpected\x18\x05 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\"\xbd\x01\n\tGuardRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12!\n\x06stages\x18\x05 \x03(\x0e\x32\x11.agentrt.v1.Stage\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\x0e\n\x06source\x18\x08 \x01(\t\"i\n\x0fPutRulesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\x12$\n\x05rules\x18\x03 \x03(\x0b\x32\x15.agentrt.v1.GuardRule\x12\x0f\n\x07replace\x18\x04 \x01(\x08\"8\n\x10PutRulesResponse\x12$\n\x05rules\x18\x01 \x03(\x0b\x32\x15.agentrt.v1.GuardRule\";\n\x10ListRulesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cinclude_pack\x18\x02 \x01(\x08\"9\n\x11ListRulesResponse\x12$\n\x05rules\x18\x01 \x03(\x0b\x32\x15.agentrt.v1.GuardRule\"6\n\x12\x44\x65leteRulesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"&\n\x13\x44\x65leteRulesResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"T\n\x0eGuardRuleMatch\x12#\n\x04rule\x18\x01 \x01(\x0b\x32\x15.agentrt.v1.GuardRule\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"I\n\x10TestRulesRequest\x12\'\n\x05\x63heck\x18\x01 \x01(\x0b\x32\x18.agentrt.v1.CheckRequest\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"f\n\x11TestRulesResponse\x12+\n\x07matches\x18\x01 \x03(\x0b\x32\x1a.agentrt.v1.GuardRuleMatch\x12$\n\x07verdict\x18\x02 \x01(\x0b\x32\x13.agentrt.v1.Verdict\",\n\x17GetGuardSettingsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\xc2\x01\n\rGuardSettings\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04pack\x18\x02 \x01(\x08\x12\x1b\n\x13\x64isabled_pack_rules\x18\x03 \x03(\t\x12.\n\x10\x64\x65\x66\x61ult_decision\x18\x04 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x16\n\x0ereview_entropy\x18\x05 \x01(\x01\x12\r\n\x05judge\x18\x06 \x01(\x08\x12\x1c\n\x14\x61udit_retention_days\x18\x07 \x01(\x05\"\xc3\x02\n\x1aUpdateGuardSettingsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\x04pack\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x1b\n\x13\x64isabled_pack_rules\x18\x03 \x03(\t\x12\x1f\n\x17set_disabled_pack_rules\x18\x04 \x01(\x08\x12.\n\x10\x64\x65\x66\x61ult_decision\x18\x05 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x1b\n\x0ereview_entropy\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05judge\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12!\n\x14\x61udit_retention_days\x18\x08 \x01(\x05H\x03\x88\x01\x01\x42\x07\n\x05_packB\x11\n\x0f_review_entropyB\x08\n\x06_judgeB\x17\n\x15_audit_retention_days\"\x9e\x01\n\x0cGuardCluster\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x13\n\x0bstage_group\x18\x03 \x01(\t\x12\x11\n\trule_text\x18\x04 \x01(\t\x12\x0f\n\x07harmful\x18\x05 \x01(\x05\x12\x0e\n\x06\x62\x65nign\x18\x06 \x01(\x05\x12\x15\n\rlabel_entropy\x18\x07 \x01(\x01\x12\x10\n\x08leaf_ids\x18\x08 \x03(\x03\"?\n\x18ListGuardClustersRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\"_\n\x19ListGuardClustersResponse\x12*\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x18.agentrt.v1.GuardCluster\x12\x16\n\x0ememory_version\x18\x02 \x01(\x03\"N\n\x13GuardHistoryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"G\n\x14GuardHistoryResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.agentrt.v1.GuardEvolutionEvent\":\n\x14GuardRollbackRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xe8\x01\n\x10GuardAuditRecord\x12$\n\x07verdict\x18\x01 \x01(\x0b\x32\x13.agentrt.v1.Verdict\x12\x14\n\x0crequest_text\x18\x02 \x01(\t\x12\x11\n\ttool_name\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x06 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12\x15\n\rfeedback_note\x18\x07 \x01(\t\":\n\x11GetVerdictRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nverdict_id\x18\x02 \x01(\t\"\xf2\x01\n\x16QueryGuardAuditRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12 \n\x05stage\x18\x02 \x01(\x0e\x32\x11.agentrt.v1.Stage\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x14.agentrt.v1.Decision\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"a\n\x17QueryGuardAuditResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.agentrt.v1.GuardAuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16PurgeGuardAuditRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"*\n\x17PurgeGuardAuditResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x32\xa7\t\n\x0cGuardService\x12\x36\n\x05\x43heck\x12\x18.agentrt.v1.CheckRequest\x1a\x13.agentrt.v1.Verdict\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.agentrt.v1.FeedbackRequest\x1a\x1c.agentrt.v1.FeedbackResponse\x12Q\n\x0eReportIncident\x12!.agentrt.v1.ReportIncidentRequest\x1a\x1c.agentrt.v1.FeedbackResponse\x12\x45\n\x08PutRules\x12\x1b.agentrt.v1.PutRulesRequest\x1a\x1c.agentrt.v1.PutRulesResponse\x12H\n\tListRules\x12\x1c.agentrt.v1.ListRulesRequest\x1a\x1d.agentrt.v1.ListRulesResponse\x12N\n\x0b\x44\x65leteRules\x12\x1e.agentrt.v1.DeleteRulesRequest\x1a\x1f.agentrt.v1.DeleteRulesResponse\x12H\n\tTestRules\x12\x1c.agentrt.v1.TestRulesRequest\x1a\x1d.agentrt.v1.TestRulesResponse\x12M\n\x0bGetSettings\x12#.agentrt.v1.GetGuardSettingsRequest\x1a\x19.agentrt.v1.GuardSettings\x12S\n\x0eUpdateSettings\x12&.agentrt.v1.UpdateGuardSettingsRequest\x1a\x19.agentrt.v1.GuardSettings\x12`\n\x11ListGuardClusters\x12$.agentrt.v1.ListGuardClustersRequest\x1a%.agentrt.v1.ListGuardClustersResponse\x12L\n\x07History\x12\x1f.agentrt.v1.GuardHistoryRequest\x1a .agentrt.v1.GuardHistoryResponse\x12M\n\x08Rollback\x12 .agentrt.v1.GuardRollbackRequest\x1a\x1f.agentrt.v1.GuardEvolutionEvent\x12I\n\nGetVerdict\x12\x1d.agentrt.v1.GetVerdictRequest\x1a\x1c.agentrt.v1.GuardAuditRecord\x12U\n\nQueryAudit\x12\".agentrt.v1.QueryGuardAuditRequest\x1a#.agentrt.v1.QueryGuardAuditResponse\x12U\n\nPurgeAudit\x12\".agentrt.v1.PurgeGuardAuditRequest\x1a#.agentrt.v1.PurgeGuardAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.v1.guard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKREQUEST']._serialized_start=64
-  _globals['_CHECKREQUEST']._serialized_end=211
-  _globals['_VERDICT']._serialized_start=213
-  _globals['_VERDICT']._serialized_end=319
-  _globals['_FEEDBACKREQUEST']._serialized_start=321
-  _globals['_FEEDBACKREQUEST']._serialized_end=431
-  _globals['_FEEDBACKRESPONSE']._serialized_start=433
-  _globals['_FEEDBACKRESPONSE']._serialized_end=451
-  _globals['_GUARDSERVICE']._serialized_start=454
-  _globals['_GUARDSERVICE']._serialized_end=595
+  _globals['_CHECKREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_CHECKREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_GUARDEVIDENCE_DETAILENTRY']._loaded_options = None
+  _globals['_GUARDEVIDENCE_DETAILENTRY']._serialized_options = b'8\001'
+  _globals['_CHECKREQUEST']._serialized_start=97
+  _globals['_CHECKREQUEST']._serialized_end=351
+  _globals['_CHECKREQUEST_METADATAENTRY']._serialized_start=304
+  _globals['_CHECKREQUEST_METADATAENTRY']._serialized_end=351
+  _globals['_GUARDEVIDENCE']._serialized_start=354
+  _globals['_GUARDEVIDENCE']._serialized_end=567
+  _globals['_GUARDEVIDENCE_DETAILENTRY']._serialized_start=522
+  _globals['_GUARDEVIDENCE_DETAILENTRY']._serialized_end=567
+  _globals['_VERDICT']._serialized_start=570
+  _globals['_VERDICT']._serialized_end=817
+  _globals['_FEEDBACKREQUEST']._serialized_start=819
+  _globals['_FEEDBACKREQUEST']._serialized_end=929
+  _globals['_GUARDEVOLUTIONEVENT']._serialized_start=932
+  _globals['_GUARDEVOLUTIONEVENT']._serialized_end=1071
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1074
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1202
+  _globals['_REPORTINCIDENTREQUEST']._serialized_start=1205
+  _globals['_REPORTINCIDENTREQUEST']._serialized_end=1408
+  _globals['_GUARDRULE']._serialized_start=1411
+  _globals['_GUARDRULE']._serialized_end=1600
+  _globals['_PUTRULESREQUEST']._serialized_start=1602
+  _globals['_PUTRULESREQUEST']._serialized_end=1707
+  _globals['_PUTRULESRESPONSE']._serialized_start=1709
+  _globals['_PUTRULESRESPONSE']._serialized_end=1765
+  _globals['_LISTRULESREQUEST']._serialized_start=1767
+  _globals['_LISTRULESREQUEST']._serialized_end=1826
+  _globals['_LISTRULESRESPONSE']._serialized_start=1828
+  _globals['_LISTRULESRESPONSE']._serialized_end=1885
+  _globals['_DELETERULESREQUEST']._serialized_start=1887
+  _globals['_DELETERULESREQUEST']._serialized_end=1941
+  _globals['_DELETERULESRESPONSE']._serialized_start=1943
+  _globals['_DELETERULESRESPONSE']._serialized_end=1981
+  _globals['_GUARDRULEMATCH']._serialized_start=1983
+  _globals['_GUARDRULEMATCH']._serialized_end=2067
+  _globals['_TESTRULESREQUEST']._serialized_start=2069
+  _globals['_TESTRULESREQUEST']._serialized_end=2142
+  _globals['_TESTRULESRESPONSE']._serialized_start=2144
+  _globals['_TESTRULESRESPONSE']._serialized_end=2246
+  _globals['_GETGUARDSETTINGSREQUEST']._serialized_start=2248
+  _globals['_GETGUARDSETTINGSREQUEST']._serialized_end=2292
+  _globals['_GUARDSETTINGS']._serialized_start=2295
+  _globals['_GUARDSETTINGS']._serialized_end=2489
+  _globals['_UPDATEGUARDSETTINGSREQUEST']._serialized_start=2492
+  _globals['_UPDATEGUARDSETTINGSREQUEST']._serialized_end=2815
+  _globals['_GUARDCLUSTER']._serialized_start=2818
+  _globals['_GUARDCLUSTER']._serialized_end=2976
+  _globals['_LISTGUARDCLUSTERSREQUEST']._serialized_start=2978
+  _globals['_LISTGUARDCLUSTERSREQUEST']._serialized_end=3041
+  _globals['_LISTGUARDCLUSTERSRESPONSE']._serialized_start=3043
+  _globals['_LISTGUARDCLUSTERSRESPONSE']._serialized_end=3138
+  _globals['_GUARDHISTORYREQUEST']._serialized_start=3140
+  _globals['_GUARDHISTORYREQUEST']._serialized_end=3218
+  _globals['_GUARDHISTORYRESPONSE']._serialized_start=3220
+  _globals['_GUARDHISTORYRESPONSE']._serialized_end=3291
+  _globals['_GUARDROLLBACKREQUEST']._serialized_start=3293
+  _globals['_GUARDROLLBACKREQUEST']._serialized_end=3351
+  _globals['_GUARDAUDITRECORD']._serialized_start=3354
+  _globals['_GUARDAUDITRECORD']._serialized_end=3586
+  _globals['_GETVERDICTREQUEST']._serialized_start=3588
+  _globals['_GETVERDICTREQUEST']._serialized_end=3646
+  _globals['_QUERYGUARDAUDITREQUEST']._serialized_start=3649
+  _globals['_QUERYGUARDAUDITREQUEST']._serialized_end=3891
+  _globals['_QUERYGUARDAUDITRESPONSE']._serialized_start=3893
+  _globals['_QUERYGUARDAUDITRESPONSE']._serialized_end=3990
+  _globals['_PURGEGUARDAUDITREQUEST']._serialized_start=3992
+  _globals['_PURGEGUARDAUDITREQUEST']._serialized_end=4035
+  _globals['_PURGEGUARDAUDITRESPONSE']._serialized_start=4037
+  _globals['_PURGEGUARDAUDITRESPONSE']._serialized_end=4079
+  _globals['_GUARDSERVICE']._serialized_start=4082
+  _globals['_GUARDSERVICE']._serialized_end=5273
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,71 @@ class GuardServiceStub:
                 request_serializer=agentrt_dot_v1_dot_guard__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=agentrt_dot_v1_dot_guard__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.ReportIncident = channel.unary_unary(
+                '/agentrt.v1.GuardService/ReportIncident',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.ReportIncidentRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.PutRules = channel.unary_unary(
+                '/agentrt.v1.GuardService/PutRules',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.PutRulesRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.PutRulesResponse.FromString,
+                _registered_method=True)
+        self.ListRules = channel.unary_unary(
+                '/agentrt.v1.GuardService/ListRules',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRules = channel.unary_unary(
+                '/agentrt.v1.GuardService/DeleteRules',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.DeleteRulesRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.DeleteRulesResponse.FromString,
+                _registered_method=True)
+        self.TestRules = channel.unary_unary(
+                '/agentrt.v1.GuardService/TestRules',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.TestRulesRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.TestRulesResponse.FromString,
+                _registered_method=True)
+        self.GetSettings = channel.unary_unary(
+                '/agentrt.v1.GuardService/GetSettings',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.GetGuardSettingsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardSettings.FromString,
+                _registered_method=True)
+        self.UpdateSettings = channel.unary_unary(
+                '/agentrt.v1.GuardService/UpdateSettings',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.UpdateGuardSettingsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardSettings.FromString,
+                _registered_method=True)
+        self.ListGuardClusters = channel.unary_unary(
+                '/agentrt.v1.GuardService/ListGuardClusters',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.ListGuardClustersRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.ListGuardClustersResponse.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/agentrt.v1.GuardService/History',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.GuardHistoryRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardHistoryResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/agentrt.v1.GuardService/Rollback',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.GuardRollbackRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardEvolutionEvent.FromString,
+                _registered_method=True)
+        self.GetVerdict = channel.unary_unary(
+                '/agentrt.v1.GuardService/GetVerdict',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.GetVerdictRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardAuditRecord.FromString,
+                _registered_method=True)
+        self.QueryAudit = channel.unary_unary(
+                '/agentrt.v1.GuardService/QueryAudit',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.QueryGuardAuditRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.QueryGuardAuditResponse.FromString,
+                _registered_method=True)
+        self.PurgeAudit = channel.unary_unary(
+                '/agentrt.v1.GuardService/PurgeAudit',
+                request_serializer=agentrt_dot_v1_dot_guard__pb2.PurgeGuardAuditRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_guard__pb2.PurgeGuardAuditResponse.FromString,
+                _registered_method=True)
 
 
 class GuardServiceServicer:
@@ -52,12 +117,97 @@ class GuardServiceServicer:
     """
 
     def Check(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Decide ALLOW / BLOCK / REVIEW for one stage of a turn. Every verdict is audited.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Feedback(self, request, context):
+        """Say what a verdict should have been; ALLOW/BLOCK teach the guard memory (may split/merge clusters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportIncident(self, request, context):
+        """Teach the guard memory from a case that did not go through Check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRules(self, request, context):
+        """Operator rules (YAML policy documents or rule objects), and a dry run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSettings(self, request, context):
+        """Namespace guard settings (default pack on/off, default decision, audit retention...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGuardClusters(self, request, context):
+        """The guard memory tree and its versioned evolution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVerdict(self, request, context):
+        """The audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +225,71 @@ def add_GuardServiceServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=agentrt_dot_v1_dot_guard__pb2.FeedbackRequest.FromString,
                     response_serializer=agentrt_dot_v1_dot_guard__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'ReportIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportIncident,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.ReportIncidentRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'PutRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRules,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.PutRulesRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.PutRulesResponse.SerializeToString,
+            ),
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.ListRulesRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.ListRulesResponse.SerializeToString,
+            ),
+            'DeleteRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRules,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.DeleteRulesRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.DeleteRulesResponse.SerializeToString,
+            ),
+            'TestRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestRules,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.TestRulesRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.TestRulesResponse.SerializeToString,
+            ),
+            'GetSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettings,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.GetGuardSettingsRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.GuardSettings.SerializeToString,
+            ),
+            'UpdateSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSettings,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.UpdateGuardSettingsRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.GuardSettings.SerializeToString,
+            ),
+            'ListGuardClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGuardClusters,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.ListGuardClustersRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.ListGuardClustersResponse.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardHistoryRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.GuardHistoryResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.GuardRollbackRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.GuardEvolutionEvent.SerializeToString,
+            ),
+            'GetVerdict': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVerdict,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.GetVerdictRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.GuardAuditRecord.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.QueryGuardAuditRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.QueryGuardAuditResponse.SerializeToString,
+            ),
+            'PurgeAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeAudit,
+                    request_deserializer=agentrt_dot_v1_dot_guard__pb2.PurgeGuardAuditRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_guard__pb2.PurgeGuardAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +347,357 @@ class GuardService:
             '/agentrt.v1.GuardService/Feedback',
             agentrt_dot_v1_dot_guard__pb2.FeedbackRequest.SerializeToString,
             agentrt_dot_v1_dot_guard__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/ReportIncident',
+            agentrt_dot_v1_dot_guard__pb2.ReportIncidentRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/PutRules',
+            agentrt_dot_v1_dot_guard__pb2.PutRulesRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.PutRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/ListRules',
+            agentrt_dot_v1_dot_guard__pb2.ListRulesRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.ListRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/DeleteRules',
+            agentrt_dot_v1_dot_guard__pb2.DeleteRulesRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.DeleteRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/TestRules',
+            agentrt_dot_v1_dot_guard__pb2.TestRulesRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.TestRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/GetSettings',
+            agentrt_dot_v1_dot_guard__pb2.GetGuardSettingsRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.GuardSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/UpdateSettings',
+            agentrt_dot_v1_dot_guard__pb2.UpdateGuardSettingsRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.GuardSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGuardClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/ListGuardClusters',
+            agentrt_dot_v1_dot_guard__pb2.ListGuardClustersRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.ListGuardClustersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/History',
+            agentrt_dot_v1_dot_guard__pb2.GuardHistoryRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.GuardHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/Rollback',
+            agentrt_dot_v1_dot_guard__pb2.GuardRollbackRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.GuardEvolutionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVerdict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/GetVerdict',
+            agentrt_dot_v1_dot_guard__pb2.GetVerdictRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.GuardAuditRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/QueryAudit',
+            agentrt_dot_v1_dot_guard__pb2.QueryGuardAuditRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.QueryGuardAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GuardService/PurgeAudit',
+            agentrt_dot_v1_dot_guard__pb2.PurgeGuardAuditRequest.SerializeToString,
+            agentrt_dot_v1_dot_guard__pb2.PurgeGuardAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

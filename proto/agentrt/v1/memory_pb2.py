@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentrt/v1/memory.proto\x12\nagentrt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.agentrt.v1.Message.MetadataEntry\x12\x12\n\nsession_id\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0cWriteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12%\n\x08messages\x18\x03 \x03(\x0b\x32\x13.agentrt.v1.Message\"H\n\rWriteResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x0f\n\x07written\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\"V\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x14\n\x0ctoken_budget\x18\x04 \x01(\x05\"l\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bgranularity\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x13\n\x0bmessage_ids\x18\x05 \x03(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"/\n\x0eSearchResponse\x12\x1d\n\x04hits\x18\x01 \x03(\x0b\x32\x0f.agentrt.v1.Hit2\x8e\x01\n\rMemoryService\x12<\n\x05Write\x12\x18.agentrt.v1.WriteRequest\x1a\x19.agentrt.v1.WriteResponse\x12?\n\x06Search\x12\x19.agentrt.v1.SearchRequest\x1a\x1a.agentrt.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentrt/v1/memory.proto\x12\nagentrt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08metadata\x18\x05 \x03(\x0b\x32!.agentrt.v1.Message.MetadataEntry\x12\x12\n\nsession_id\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0cWriteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12%\n\x08messages\x18\x03 \x03(\x0b\x32\x13.agentrt.v1.Message\"H\n\rWriteResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x0f\n\x07written\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\"\xe0\x01\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x14\n\x0ctoken_budget\x18\x04 \x01(\x05\x12.\n\ntime_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08time_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsession_ids\x18\x07 \x03(\t\x12\x15\n\rgranularities\x18\x08 \x03(\t\"\xca\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bgranularity\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x13\n\x0bmessage_ids\x18\x05 \x03(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12.\n\ntime_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08time_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xed\x01\n\x12RoutingDiagnostics\x12<\n\x07\x65ntropy\x18\x01 \x03(\x0b\x32+.agentrt.v1.RoutingDiagnostics.EntropyEntry\x12:\n\x06weight\x18\x02 \x03(\x0b\x32*.agentrt.v1.RoutingDiagnostics.WeightEntry\x1a.\n\x0c\x45ntropyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bWeightEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"`\n\x0eSearchResponse\x12\x1d\n\x04hits\x18\x01 \x03(\x0b\x32\x0f.agentrt.v1.Hit\x12/\n\x07routing\x18\x02 \x01(\x0b\x32\x1e.agentrt.v1.RoutingDiagnostics\"4\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\"4\n\x0bGetResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.agentrt.v1.Message\"[\n\x0bListRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x0cListResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.agentrt.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0bsession_ids\x18\x03 \x03(\t\"H\n\rUpdateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12$\n\x07message\x18\x02 \x01(\x0b\x32\x13.agentrt.v1.Message\"!\n\x0eUpdateResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"X\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\"]\n\x0e\x44\x65leteResponse\x12\x18\n\x10\x64\x65leted_messages\x18\x01 \x01(\x05\x12\x15\n\rdeleted_units\x18\x02 \x01(\x05\x12\x1a\n\x12sessions_rederived\x18\x03 \x01(\x05\";\n\x12\x43onsolidateRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nskip_refit\x18\x02 \x01(\x08\"\x9c\x01\n\x13\x43onsolidateResponse\x12\x18\n\x10sessions_derived\x18\x01 \x01(\x05\x12\x13\n\x0bunits_added\x18\x02 \x01(\x05\x12\x15\n\runits_removed\x18\x03 \x01(\x05\x12\x10\n\x08\x63lusters\x18\x04 \x01(\x05\x12\r\n\x05\x65\x64ges\x18\x05 \x01(\x05\x12\r\n\x05refit\x18\x06 \x01(\x08\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\"!\n\x0cStatsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\x97\x03\n\rStatsResponse\x12\x10\n\x08messages\x18\x01 \x01(\x03\x12\x10\n\x08sessions\x18\x02 \x01(\x03\x12\x33\n\x05units\x18\x03 \x03(\x0b\x32$.agentrt.v1.StatsResponse.UnitsEntry\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x03\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x18\n\x10index_generation\x18\x06 \x01(\x03\x12\x18\n\x10pending_sessions\x18\x07 \x01(\x03\x12\x10\n\x08\x63lusters\x18\x08 \x01(\x05\x12\x44\n\x0eindex_backends\x18\t \x03(\x0b\x32,.agentrt.v1.StatsResponse.IndexBackendsEntry\x12\x1a\n\x12last_refit_seconds\x18\n \x01(\x01\x1a,\n\nUnitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x34\n\x12IndexBackendsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x0eReindexRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"1\n\x0fReindexResponse\x12\r\n\x05units\x18\x01 \x01(\x03\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x32\xd5\x04\n\rMemoryService\x12<\n\x05Write\x12\x18.agentrt.v1.WriteRequest\x1a\x19.agentrt.v1.WriteResponse\x12?\n\x06Search\x12\x19.agentrt.v1.SearchRequest\x1a\x1a.agentrt.v1.SearchResponse\x12\x36\n\x03Get\x12\x16.agentrt.v1.GetRequest\x1a\x17.agentrt.v1.GetResponse\x12\x39\n\x04List\x12\x17.agentrt.v1.ListRequest\x1a\x18.agentrt.v1.ListResponse\x12?\n\x06Update\x12\x19.agentrt.v1.UpdateRequest\x1a\x1a.agentrt.v1.UpdateResponse\x12?\n\x06\x44\x65lete\x12\x19.agentrt.v1.DeleteRequest\x1a\x1a.agentrt.v1.DeleteResponse\x12N\n\x0b\x43onsolidate\x12\x1e.agentrt.v1.ConsolidateRequest\x1a\x1f.agentrt.v1.ConsolidateResponse\x12<\n\x05Stats\x12\x18.agentrt.v1.StatsRequest\x1a\x19.agentrt.v1.StatsResponse\x12\x42\n\x07Reindex\x12\x1a.agentrt.v1.ReindexRequest\x1a\x1b.agentrt.v1.ReindexResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTINGDIAGNOSTICS_ENTROPYENTRY']._loaded_options = None
+  _globals['_ROUTINGDIAGNOSTICS_ENTROPYENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTINGDIAGNOSTICS_WEIGHTENTRY']._loaded_options = None
+  _globals['_ROUTINGDIAGNOSTICS_WEIGHTENTRY']._serialized_options = b'8\001'
+  _globals['_STATSRESPONSE_UNITSENTRY']._loaded_options = None
+  _globals['_STATSRESPONSE_UNITSENTRY']._serialized_options = b'8\001'
+  _globals['_STATSRESPONSE_INDEXBACKENDSENTRY']._loaded_options = None
+  _globals['_STATSRESPONSE_INDEXBACKENDSENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE']._serialized_start=73
   _globals['_MESSAGE']._serialized_end=289
   _globals['_MESSAGE_METADATAENTRY']._serialized_start=242
@@ -42,12 +50,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WRITEREQUEST']._serialized_end=383
   _globals['_WRITERESPONSE']._serialized_start=385
   _globals['_WRITERESPONSE']._serialized_end=457
-  _globals['_SEARCHREQUEST']._serialized_start=459
-  _globals['_SEARCHREQUEST']._serialized_end=545
-  _globals['_HIT']._serialized_start=547
-  _globals['_HIT']._serialized_end=655
-  _globals['_SEARCHRESPONSE']._serialized_start=657
-  _globals['_SEARCHRESPONSE']._serialized_end=704
-  _globals['_MEMORYSERVICE']._serialized_start=707
-  _globals['_MEMORYSERVICE']._serialized_end=849
+  _globals['_SEARCHREQUEST']._serialized_start=460
+  _globals['_SEARCHREQUEST']._serialized_end=684
+  _globals['_HIT']._serialized_start=687
+  _globals['_HIT']._serialized_end=889
+  _globals['_ROUTINGDIAGNOSTICS']._serialized_start=892
+  _globals['_ROUTINGDIAGNOSTICS']._serialized_end=1129
+  _globals['_ROUTINGDIAGNOSTICS_ENTROPYENTRY']._serialized_start=1036
+  _globals['_ROUTINGDIAGNOSTICS_ENTROPYENTRY']._serialized_end=1082
+  _globals['_ROUTINGDIAGNOSTICS_WEIGHTENTRY']._serialized_start=1084
+  _globals['_ROUTINGDIAGNOSTICS_WEIGHTENTRY']._serialized_end=1129
+  _globals['_SEARCHRESPONSE']._serialized_start=1131
+  _globals['_SEARCHRESPONSE']._serialized_end=1227
+  _globals['_GETREQUEST']._serialized_start=1229
+  _globals['_GETREQUEST']._serialized_end=1281
+  _globals['_GETRESPONSE']._serialized_start=1283
+  _globals['_GETRESPONSE']._serialized_end=1335
+  _globals['_LISTREQUEST']._serialized_start=1337
+  _globals['_LISTREQUEST']._serialized_end=1428
+  _globals['_LISTRESPONSE']._serialized_start=1430
+  _globals['_LISTRESPONSE']._serialized_end=1529
+  _globals['_UPDATEREQUEST']._serialized_start=1531
+  _globals['_UPDATEREQUEST']._serialized_end=1603
+  _globals['_UPDATERESPONSE']._serialized_start=1605
+  _globals['_UPDATERESPONSE']._serialized_end=1638
+  _globals['_DELETEREQUEST']._serialized_start=1640
+  _globals['_DELETEREQUEST']._serialized_end=1728
+  _globals['_DELETERESPONSE']._serialized_start=1730
+  _globals['_DELETERESPONSE']._serialized_end=1823
+  _globals['_CONSOLIDATEREQUEST']._serialized_start=1825
+  _globals['_CONSOLIDATEREQUEST']._serialized_end=1884
+  _globals['_CONSOLIDATERESPONSE']._serialized_start=1887
+  _globals['_CONSOLIDATERESPONSE']._serialized_end=2043
+  _globals['_STATSREQUEST']._serialized_start=2045
+  _globals['_STATSREQUEST']._serialized_end=2078
+  _globals['_STATSRESPONSE']._serialized_start=2081
+  _globals['_STATSRESPONSE']._serialized_end=2488
+  _globals['_STATSRESPONSE_UNITSENTRY']._serialized_start=2390
+  _globals['_STATSRESPONSE_UNITSENTRY']._serialized_end=2434
+  _globals['_STATSRESPONSE_INDEXBACKENDSENTRY']._serialized_start=2436
+  _globals['_STATSRESPONSE_INDEXBACKENDSENTRY']._serialized_end=2488
+  _globals['_REINDEXREQUEST']._serialized_start=2490
+  _globals['_REINDEXREQUEST']._serialized_end=2525
+  _globals['_REINDEXRESPONSE']._serialized_start=2527
+  _globals['_REINDEXRESPONSE']._serialized_end=2576
+  _globals['_MEMORYSERVICE']._serialized_start=2579
+  _globals['_MEMORYSERVICE']._serialized_end=3176
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,41 @@ class MemoryServiceStub:
                 request_serializer=agentrt_dot_v1_dot_memory__pb2.SearchRequest.SerializeToString,
                 response_deserializer=agentrt_dot_v1_dot_memory__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/agentrt.v1.MemoryService/Get',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.GetRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.GetResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/agentrt.v1.MemoryService/List',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.ListRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.ListResponse.FromString,
+                _registered_method=True)
+        self.Update = channel.unary_unary(
+                '/agentrt.v1.MemoryService/Update',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.UpdateRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.UpdateResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/agentrt.v1.MemoryService/Delete',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Consolidate = channel.unary_unary(
+                '/agentrt.v1.MemoryService/Consolidate',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.ConsolidateRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.ConsolidateResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/agentrt.v1.MemoryService/Stats',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.StatsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.Reindex = channel.unary_unary(
+                '/agentrt.v1.MemoryService/Reindex',
+                request_serializer=agentrt_dot_v1_dot_memory__pb2.ReindexRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_memory__pb2.ReindexResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -68,6 +103,56 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Get(self, request, context):
+        """Raw messages by id (NOT_FOUND names the first missing id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Raw messages in arrival order, optionally of one session, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Update(self, request, context):
+        """Replace the content of a stored message; its derived units are re-derived (NOT_FOUND if unknown).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete messages by id, a whole session, or the whole namespace, with every unit derived from
+        them; affected sessions are re-derived from what remains before the call returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Consolidate(self, request, context):
+        """Admin: run consolidation now (derive pending sessions, link, refit the GMM) and report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Admin: sizes and index state of a namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reindex(self, request, context):
+        """Admin: rebuild the namespace's indexes from the database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +165,41 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=agentrt_dot_v1_dot_memory__pb2.SearchRequest.FromString,
                     response_serializer=agentrt_dot_v1_dot_memory__pb2.SearchResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.GetRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.GetResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.ListRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.ListResponse.SerializeToString,
+            ),
+            'Update': grpc.unary_unary_rpc_method_handler(
+                    servicer.Update,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.UpdateRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.UpdateResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.DeleteRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Consolidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Consolidate,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.ConsolidateRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.ConsolidateResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.StatsRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.StatsResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=agentrt_dot_v1_dot_memory__pb2.ReindexRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_memory__pb2.ReindexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +258,195 @@ class MemoryService:
             '/agentrt.v1.MemoryService/Search',
             agentrt_dot_v1_dot_memory__pb2.SearchRequest.SerializeToString,
             agentrt_dot_v1_dot_memory__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/Get',
+            agentrt_dot_v1_dot_memory__pb2.GetRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/List',
+            agentrt_dot_v1_dot_memory__pb2.ListRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Update(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/Update',
+            agentrt_dot_v1_dot_memory__pb2.UpdateRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/Delete',
+            agentrt_dot_v1_dot_memory__pb2.DeleteRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consolidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/Consolidate',
+            agentrt_dot_v1_dot_memory__pb2.ConsolidateRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.ConsolidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/Stats',
+            agentrt_dot_v1_dot_memory__pb2.StatsRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.MemoryService/Reindex',
+            agentrt_dot_v1_dot_memory__pb2.ReindexRequest.SerializeToString,
+            agentrt_dot_v1_dot_memory__pb2.ReindexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from agentrt.v1 import common_pb2 as agentrt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentrt/v1/select.proto\x12\nagentrt.v1\x1a\x17\x61gentrt/v1/common.proto\"\xb9\x01\n\tCandidate\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12(\n\x06tokens\x18\x03 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12\x34\n\x12\x66irst_round_tokens\x18\x04 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12*\n\x0b\x61nswer_span\x18\x05 \x01(\x0b\x32\x15.agentrt.v1.TokenSpan\"^\n\rSelectRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.agentrt.v1.Candidate\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\")\n\x07\x43luster\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\r\n\x05share\x18\x02 \x01(\x01\"\x87\x02\n\tSelection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x14\n\x0cselection_id\x18\x04 \x01(\t\x12\x0e\n\x06scores\x18\x05 \x03(\x01\x12%\n\x08\x63lusters\x18\x06 \x03(\x0b\x32\x13.agentrt.v1.Cluster\x12\x18\n\x10semantic_entropy\x18\x07 \x01(\x01\x12#\n\x1bnormalized_semantic_entropy\x18\x08 \x01(\x01\x12\x0e\n\x06method\x18\t \x01(\t\x12\x14\n\x0cmean_entropy\x18\n \x03(\x01\x12\x15\n\rdefault_index\x18\x0b \x01(\x05\"y\n\x1dRecordSelectionOutcomeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cselection_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63orrect_indices\x18\x03 \x03(\x05\x12\x16\n\x0e\x63orrect_answer\x18\x04 \x01(\t\"1\n\x1eRecordSelectionOutcomeResponse\x12\x0f\n\x07\x63orrect\x18\x01 \x03(\x08\")\n\x14TrainSelectorRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\xd1\x01\n\x15TrainSelectorResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06n_sets\x18\x03 \x01(\x05\x12\x14\n\x0cn_train_sets\x18\x04 \x01(\x05\x12\x16\n\x0en_heldout_sets\x18\x05 \x01(\x05\x12 \n\x18heldout_default_accuracy\x18\x06 \x01(\x01\x12 \n\x18heldout_learned_accuracy\x18\x07 \x01(\x01\x12\x15\n\rmodel_version\x18\x08 \x01(\x05\x32\x81\x02\n\rSelectService\x12:\n\x06Select\x12\x19.agentrt.v1.SelectRequest\x1a\x15.agentrt.v1.Selection\x12\x66\n\rRecordOutcome\x12).agentrt.v1.RecordSelectionOutcomeRequest\x1a*.agentrt.v1.RecordSelectionOutcomeResponse\x12L\n\x05Train\x12 .agentrt.v1.TrainSelectorRequest\x1a!.agentrt.v1.TrainSelectorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentrt/v1/select.proto\x12\nagentrt.v1\x1a\x17\x61gentrt/v1/common.proto\"\xea\x01\n\tCandidate\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12(\n\x06tokens\x18\x03 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12\x34\n\x12\x66irst_round_tokens\x18\x04 \x03(\x0b\x32\x18.agentrt.v1.TokenLogprob\x12*\n\x0b\x61nswer_span\x18\x05 \x01(\x0b\x32\x15.agentrt.v1.TokenSpan\x12/\n\rpacked_tokens\x18\x06 \x01(\x0b\x32\x18.agentrt.v1.PackedTokens\"^\n\rSelectRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.agentrt.v1.Candidate\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\")\n\x07\x43luster\x12\x0f\n\x07indices\x18\x01 \x03(\x05\x12\r\n\x05share\x18\x02 \x01(\x01\"\x87\x02\n\tSelection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x14\n\x0cselection_id\x18\x04 \x01(\t\x12\x0e\n\x06scores\x18\x05 \x03(\x01\x12%\n\x08\x63lusters\x18\x06 \x03(\x0b\x32\x13.agentrt.v1.Cluster\x12\x18\n\x10semantic_entropy\x18\x07 \x01(\x01\x12#\n\x1bnormalized_semantic_entropy\x18\x08 \x01(\x01\x12\x0e\n\x06method\x18\t \x01(\t\x12\x14\n\x0cmean_entropy\x18\n \x03(\x01\x12\x15\n\rdefault_index\x18\x0b \x01(\x05\"y\n\x1dRecordSelectionOutcomeRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0cselection_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63orrect_indices\x18\x03 \x03(\x05\x12\x16\n\x0e\x63orrect_answer\x18\x04 \x01(\t\"1\n\x1eRecordSelectionOutcomeResponse\x12\x0f\n\x07\x63orrect\x18\x01 \x03(\x08\")\n\x14TrainSelectorRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\xd1\x01\n\x15TrainSelectorResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06n_sets\x18\x03 \x01(\x05\x12\x14\n\x0cn_train_sets\x18\x04 \x01(\x05\x12\x16\n\x0en_heldout_sets\x18\x05 \x01(\x05\x12 \n\x18heldout_default_accuracy\x18\x06 \x01(\x01\x12 \n\x18heldout_learned_accuracy\x18\x07 \x01(\x01\x12\x15\n\rmodel_version\x18\x08 \x01(\x05\x32\x81\x02\n\rSelectService\x12:\n\x06Select\x12\x19.agentrt.v1.SelectRequest\x1a\x15.agentrt.v1.Selection\x12\x66\n\rRecordOutcome\x12).agentrt.v1.RecordSelectionOutcomeRequest\x1a*.agentrt.v1.RecordSelectionOutcomeResponse\x12L\n\x05Train\x12 .agentrt.v1.TrainSelectorRequest\x1a!.agentrt.v1.TrainSelectorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.v1.select_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CANDIDATE']._serialized_start=65
-  _globals['_CANDIDATE']._serialized_end=250
-  _globals['_SELECTREQUEST']._serialized_start=252
-  _globals['_SELECTREQUEST']._serialized_end=346
-  _globals['_CLUSTER']._serialized_start=348
-  _globals['_CLUSTER']._serialized_end=389
-  _globals['_SELECTION']._serialized_start=392
-  _globals['_SELECTION']._serialized_end=655
-  _globals['_RECORDSELECTIONOUTCOMEREQUEST']._serialized_start=657
-  _globals['_RECORDSELECTIONOUTCOMEREQUEST']._serialized_end=778
-  _globals['_RECORDSELECTIONOUTCOMERESPONSE']._serialized_start=780
-  _globals['_RECORDSELECTIONOUTCOMERESPONSE']._serialized_end=829
-  _globals['_TRAINSELECTORREQUEST']._serialized_start=831
-  _globals['_TRAINSELECTORREQUEST']._serialized_end=872
-  _globals['_TRAINSELECTORRESPONSE']._serialized_start=875
-  _globals['_TRAINSELECTORRESPONSE']._serialized_end=1084
-  _globals['_SELECTSERVICE']._serialized_start=1087
-  _globals['_SELECTSERVICE']._serialized_end=1344
+  _globals['_CANDIDATE']._serialized_end=299
+  _globals['_SELECTREQUEST']._serialized_start=301
+  _globals['_SELECTREQUEST']._serialized_end=395
+  _globals['_CLUSTER']._serialized_start=397
+  _globals['_CLUSTER']._serialized_end=438
+  _globals['_SELECTION']._serialized_start=441
+  _globals['_SELECTION']._serialized_end=704
+  _globals['_RECORDSELECTIONOUTCOMEREQUEST']._serialized_start=706
+  _globals['_RECORDSELECTIONOUTCOMEREQUEST']._serialized_end=827
+  _globals['_RECORDSELECTIONOUTCOMERESPONSE']._serialized_start=829
+  _globals['_RECORDSELECTIONOUTCOMERESPONSE']._serialized_end=878
+  _globals['_TRAINSELECTORREQUEST']._serialized_start=880
+  _globals['_TRAINSELECTORREQUEST']._serialized_end=921
+  _globals['_TRAINSELECTORRESPONSE']._serialized_start=924
+  _globals['_TRAINSELECTORRESPONSE']._serialized_end=1133
+  _globals['_SELECTSERVICE']._serialized_start=1136
+  _globals['_SELECTSERVICE']._serialized_end=1393
 # @@protoc_insertion_point(module_scope)

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Candidate(_message.Message):
-    __slots__ = ("agent_id", "answer", "tokens", "first_round_tokens", "answer_span")
+    __slots__ = ("agent_id", "answer", "tokens", "first_round_tokens", "answer_span", "packed_tokens")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROUND_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ANSWER_SPAN_FIELD_NUMBER: _ClassVar[int]
+    PACKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     answer: str
     tokens: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
     first_round_tokens: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
     answer_span: _common_pb2.TokenSpan
-    def __init__(self, agent_id: _Optional[str] = ..., answer: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., first_round_tokens: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., answer_span: _Optional[_Union[_common_pb2.TokenSpan, _Mapping]] = ...) -> None: ...
+    packed_tokens: _common_pb2.PackedTokens
+    def __init__(self, agent_id: _Optional[str] = ..., answer: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., first_round_tokens: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., answer_span: _Optional[_Union[_common_pb2.TokenSpan, _Mapping]] = ..., packed_tokens: _Optional[_Union[_common_pb2.PackedTokens, _Mapping]] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
     __slots__ = ("namespace", "candidates", "dry_run")

@@ -1,0 +1,357 @@
+"""memory-latency: Search p50/p99 over gRPC loopback at 100k units, and Write throughput with
+consolidation running, next to raw FAISS search, query embedding alone and an empty RPC.
+
+    python -m bench memory-latency [--units 100000] [--queries 300] [--batch 2] [--quick]
+
+Set-up (what is measured is printed and written to bench/results/memory_latency.json):
+1. One namespace is seeded with ``--units`` units directly through ``SqlMemoryStore`` (no Write path:
+   embedding 100k texts would take minutes and is not what this measures). Units are synthetic but
+   realistic: each mixes two real LoCoMo turns (text: the first turn plus a fragment of the second;
+   vector: the normalised blend of their real MiniLM embeddings), spread over the four granularities.
+2. A real ``agentrt serve`` subprocess starts on that data directory (start-up = index rebuild from
+   the database is timed), then every LoCoMo turn (5,882) is written into the same namespace through
+   gRPC ``Write`` in calls of ``--batch`` messages: Write throughput while the background worker
+   derives exchange/session/fact units, links them and refits the GMM of the 100k-unit namespace.
+3. Search latency over gRPC (client-side wall time, query embedding included, no query cache) for
+   LoCoMo questions with top_k 10 and token_budget 400, once the background work has drained.
+Baselines in the same run: health-check RPC, Search on an empty namespace (an RPC that stops before
+embedding), the query embedding alone in-process, and raw FAISS search over the same number of
+vectors (flat exact and HNSW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import SHARED, machine, percentiles, write_result
+
+REPO = Path(__file__).resolve().parent.parent
+LOCOMO = SHARED / "data" / "locomo" / "locomo10_dev.json"
+NAMESPACE = "large"
+SCOPED = f"default/{NAMESPACE}"
+
+
+def load_locomo(path: Path = LOCOMO) -> tuple[list[dict[str, Any]], list[str]]:
+    """(sessions, questions): each session {conv, session, time, turns: [(dia_id, speaker, text)]}."""
+    data = json.loads(path.read_text())
+    sessions: list[dict[str, Any]] = []
+    questions: list[str] = []
+    for conv in data:
+        c = conv["conversation"]
+        n = 1
+        while f"session_{n}" in c:
+            when = datetime.strptime(c[f"session_{n}_date_time"], "%I:%M %p on %d %B, %Y").replace(tzinfo=UTC)
+            turns = []
+            for t in c[f"session_{n}"]:
+                text = t["text"] + (f" [shares {t['blip_caption']}]" if t.get("blip_caption") else "")
+                turns.append((t["dia_id"], t["speaker"], text))
+            sessions.append({"conv": conv["sample_id"], "session": n, "time": when, "turns": turns})
+            n += 1
+        questions += [q["question"] for q in conv["qa"]]
+    return sessions, questions
+
+
+def seed_units(db_url: str, n_units: int, texts: list[str], vectors: np.ndarray, seed: int = 0) -> float:
+    """Insert ``n_units`` synthetic units into the namespace; returns seconds taken."""
+    from memory.model import Granularity, MemoryUnit
+    from memory.store import Change, SqlMemoryStore, StoredUnit, unit_key
+    from runtime.db import Database
+
+    db = Database(db_url)
+    db.migrate()
+    db.ensure_namespace(SCOPED)
+    store = SqlMemoryStore(db.engine)
+    rng = np.random.default_rng(seed)
+    grans = [Granularity.TURN] * 12 + [Granularity.EXCHANGE] * 5 + [Granularity.FACT] * 2 + [Granularity.SESSION]
+    started = time.perf_counter()
+    batch: list[StoredUnit] = []
+    for i in range(n_units):
+        a, b = rng.integers(0, len(texts), size=2)
+        vec = vectors[a] + 0.5 * vectors[b] + 0.05 * rng.standard_normal(vectors.shape[1]).astype(np.float32)
+        vec = (vec / np.linalg.norm(vec)).astype(np.float32)
+        words = texts[b].split()
+        text = f"{texts[a]} {' '.join(words[: max(3, len(words) // 2)])}"
+        gran = grans[i % len(grans)]
+        uid = f"synthetic-{i // 20}/{gran.value}/{i}"
+        unit = MemoryUnit(uid, gran, text, (f"synthetic-msg-{i}",), f"synthetic-{i // 20}")
+        batch.append(StoredUnit(unit, unit_key(SCOPED, uid), vec, "all-MiniLM-L6-v2"))
+        if len(batch) == 5000:
+            store.apply(SCOPED, Change(insert_units=batch))
+            batch = []
+    if batch:
+        store.apply(SCOPED, Change(insert_units=batch))
+    db.dispose()
+    return time.perf_counter() - started
+
+
+class Server:
+    """An ``agentrt serve`` subprocess on loopback."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]):
+        self.port_file = data_dir / "port"
+        self.log = open(data_dir / "server.log", "w+")  # noqa: SIM115
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runtime.cli",
+                "serve",
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--port-file",
+                str(self.port_file),
+                "--data-dir",
+                str(data_dir),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        while not self.port_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.tail())
+            time.sleep(0.05)
+        self.target = f"127.0.0.1:{int(self.port_file.read_text())}"
+        self.wait_serving()
+        self.startup_s = time.perf_counter() - started
+
+    def wait_serving(self, timeout: float = 900) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.time() + timeout
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.time() < deadline:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.tail())
+                time.sleep(0.2)
+        raise TimeoutError(self.tail())
+
+    def tail(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def wait_drained(client: Any, timeout: float = 1800) -> float:
+    """Poll Stats until no session is pending derivation; returns seconds waited."""
+    from agentrt.v1 import memory_pb2
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        stats = client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))
+        if stats.pending_sessions == 0:
+            return time.perf_counter() - started
+        time.sleep(0.5)
+    return float("nan")
+
+
+def raw_faiss(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
+    """Per-query search time of flat and HNSW FAISS over the same number of vectors (one thread of
+    the caller, as the server's searches run)."""
+    import faiss
+
+    out: dict[str, Any] = {}
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    hnsw = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 80
+    t = time.perf_counter()
+    hnsw.add(vectors)
+    out["hnsw_build_s"] = round(time.perf_counter() - t, 2)
+    hnsw.hnsw.efSearch = 64
+    for name, index in (("flat", flat), ("hnsw", hnsw)):
+        samples = []
+        for q in queries:
+            t = time.perf_counter()
+            index.search(q.reshape(1, -1), 50)
+            samples.append(time.perf_counter() - t)
+        out[name] = percentiles(samples)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench memory-latency", description=__doc__.split("\n")[0])
+    parser.add_argument("--units", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=2, help="messages per Write call")
+    parser.add_argument("--quick", action="store_true", help="10k units, 3 sessions per conversation, 100 queries")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.units, args.queries = 10_000, 100
+
+    from agentrt.v1 import memory_pb2
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from core.embedding import create_embedder
+    from runtime.client import AgentrtClient
+
+    sessions, questions = load_locomo()
+    if args.quick:
+        sessions = [s for s in sessions if s["session"] <= 3]
+    texts = [f"{spk}: {text}" for s in sessions for _, spk, text in s["turns"]]
+    print(f"LoCoMo: {len(sessions)} sessions, {len(texts)} turns, {len(questions)} questions")
+    load_before = os.getloadavg()
+
+    embedder = create_embedder()
+    t = time.perf_counter()
+    pool = embedder.embed(texts)
+    embed_rate = len(texts) / (time.perf_counter() - t)
+    print(f"embedded the turn pool at {embed_rate:.0f} texts/s (batched)")
+
+    rng = random.Random(0)
+    picked = rng.sample(questions, min(args.queries, len(questions)))
+    q_samples = []
+    for q in picked[:100]:
+        t = time.perf_counter()
+        embedder.embed([q])
+        q_samples.append(time.perf_counter() - t)
+    query_embedding = percentiles(q_samples)
+    print(f"query embedding alone (in-process): p50 {query_embedding['p50_ms']} ms, p99 {query_embedding['p99_ms']} ms")
+
+    data_dir = Path(tempfile.mkdtemp(prefix="agentrt-bench-"))
+    db_url = f"sqlite:///{data_dir / 'agentrt.db'}"
+    seed_s = seed_units(db_url, args.units, texts, pool)
+    print(f"seeded {args.units} units in {seed_s:.1f} s")
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTRT_LOG__FORMAT": "text", "AGENTRT_LOG__LEVEL": "WARNING"}
+    server = Server(data_dir, env)
+    print(f"server SERVING after {server.startup_s:.1f} s (index rebuild of {args.units} units included)")
+    result: dict[str, Any] = {}
+    try:
+        client = AgentrtClient(server.target, timeout=120)
+        health = health_pb2_grpc.HealthStub(client.channel)
+        empty_rpc, empty_search = [], []
+        for _ in range(300):
+            t = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest())
+            empty_rpc.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            client.memory.Search(memory_pb2.SearchRequest(namespace="empty", query="hello", top_k=10))
+            empty_search.append(time.perf_counter() - t)
+
+        # Write throughput with consolidation running (background derive, link, GMM refit).
+        write_lat: list[float] = []
+        n_messages = 0
+        t_write = time.perf_counter()
+        for s in sessions:
+            sid = f"{s['conv']}-s{s['session']}"
+            turns = s["turns"]
+            for start in range(0, len(turns), args.batch):
+                chunk = turns[start : start + args.batch]
+                msgs = [
+                    {"id": f"{s['conv']}:{d}", "speaker": spk, "text": text, "time": s["time"]}
+                    for d, spk, text in chunk
+                ]
+                t = time.perf_counter()
+                client.write(NAMESPACE, sid, msgs)
+                write_lat.append(time.perf_counter() - t)
+                n_messages += len(msgs)
+        write_s = time.perf_counter() - t_write
+        drain_s = wait_drained(client)
+        stats = client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))
+        print(
+            f"Write: {n_messages} messages in {write_s:.1f} s = {n_messages / write_s:.0f} msg/s acknowledged; "
+            f"background derivation drained {drain_s:.1f} s later "
+            f"({n_messages / (write_s + drain_s):.0f} msg/s end to end)"
+        )
+
+        search_lat = []
+        for q in picked:
+            t = time.perf_counter()
+            client.memory.Search(memory_pb2.SearchRequest(namespace=NAMESPACE, query=q, top_k=10, token_budget=400))
+            search_lat.append(time.perf_counter() - t)
+        search = percentiles(search_lat)
+        units_total = sum(stats.units.values())
+        print(f"Search over {units_total} units: p50 {search['p50_ms']} ms, p99 {search['p99_ms']} ms")
+        client.close()
+
+        qvecs = embedder.embed(picked[:100])
+        raw = raw_faiss(pool_for_faiss(pool, units_total), qvecs)
+        print(
+            f"raw FAISS over {units_total} vectors: flat p50 {raw['flat']['p50_ms']} ms, "
+            f"HNSW p50 {raw['hnsw']['p50_ms']} ms"
+        )
+        result = {
+            "units_seeded": args.units,
+            "units_total": units_total,
+            "units_by_granularity": dict(stats.units),
+            "index_backends": dict(stats.index_backends),
+            "clusters": stats.clusters,
+            "edges": stats.edges,
+            "locomo_turns_written": n_messages,
+            "write_batch": args.batch,
+            "startup_s": round(server.startup_s, 2),
+            "seed_s": round(seed_s, 2),
+            "write": {
+                "messages_per_s_acknowledged": round(n_messages / write_s, 1),
+                "messages_per_s_end_to_end": round(n_messages / (write_s + drain_s), 1),
+                "drain_after_last_write_s": round(drain_s, 2),
+                "latency_per_call": percentiles(write_lat),
+            },
+            "search": search,
+            "baselines": {
+                "health_rpc": percentiles(empty_rpc),
+                "search_empty_namespace_rpc": percentiles(empty_search),
+                "query_embedding_in_process": query_embedding,
+                "raw_faiss": raw,
+                "embedding_batched_texts_per_s": round(embed_rate, 1),
+            },
+            "targets": {"search_p50_ms": 15, "search_p99_ms": 40, "write_messages_per_s": 150},
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        }
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    name = "memory_latency_quick" if args.quick else "memory_latency"
+    path = write_result(name, result)
+    print(f"machine: {machine()['cpu_count']} CPUs, {machine()['platform']}; load avg before {load_before}")
+    print(f"wrote {path}")
+    return 0
+
+
+def pool_for_faiss(pool: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    """``n`` vectors distributed like the seeded units (blends of two real turn embeddings)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(pool), size=n)
+    b = rng.integers(0, len(pool), size=n)
+    x = pool[a] + 0.5 * pool[b] + 0.05 * rng.standard_normal((n, pool.shape[1])).astype(np.float32)
+    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

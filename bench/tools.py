@@ -1,0 +1,298 @@
+"""``python -m bench tools``: Invoke overhead over a direct HTTP call, and tool-search quality.
+
+1. Overhead. A local no-op HTTP tool is called (a) directly with a keep-alive httpx client and (b)
+   through the sidecar's ``ToolService.Invoke`` over gRPC (validation + guard at STAGE_TOOL_CALL +
+   CALL_TOOL gate on 8 tokens + dispatch + guard at STAGE_TOOL_RESULT + audit), in the same run, on the
+   same machine. Overhead = p50(Invoke) − p50(direct); target ≤ 5 ms. Also measured with the guards
+   switched off by policy, to show what the guard checks cost.
+2. Search quality. A catalogue is assembled from the tool names in ../shared/data/guard (AgentHarm
+   ``target_functions``, Agent-SafetyBench ``environments[].tools``; each tool described by its name's
+   words and its environment). For every task (AgentHarm prompt with its "Hint: call X" sentence
+   removed, Agent-SafetyBench instruction) we ask: is a needed tool in the top 5? Hybrid search is
+   reported next to dense-only and lexical-only baselines computed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from bench.common import SHARED, machine, percentiles, write_result
+
+TOKENS = [
+    {"token": f"t{i}", "logprob": -1.2, "top_logprobs": [{"token": f"a{j}", "logprob": -1.2 - j} for j in range(5)]}
+    for i in range(8)
+]
+
+
+class _NoOp(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server:
+    """An in-process sidecar on its own event loop (as the tests run it)."""
+
+    def __init__(self, data_dir: str):
+        from runtime.config import Settings
+        from runtime.server import AgentrtServer
+
+        settings = Settings(
+            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+            storage={"data_dir": data_dir},
+            log={"level": "WARNING", "format": "text"},
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def create() -> Any:
+            return AgentrtServer(settings)
+
+        self.server = self.call(create())
+        self.port = self.call(self.server.start())
+        self.call(self.server.wait_ready(600))
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
+
+    def stop(self) -> None:
+        self.call(self.server.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def bench_overhead(n: int) -> dict[str, Any]:
+    import httpx
+    from agentrt.v1 import tool_pb2
+
+    from runtime.client import AgentrtClient
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NoOp)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/noop"
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = _Server(tmp)
+        rt = srv.server.rt
+        guards_note = "GuardEngine from rt.guards"
+        if rt.guards is None:
+            # The guard service is not wired in this build: use the real engine with the default pack.
+            from guards.engine import GuardEngine
+            from guards.store import InMemoryGuardStore
+
+            rt.guards = GuardEngine(InMemoryGuardStore(), rt.embedder)
+            guards_note = "GuardEngine (in-memory store, default pack) installed by the benchmark"
+        gates_active = rt.gates is not None
+        client = AgentrtClient(f"127.0.0.1:{srv.port}")
+        stub = client.tool
+        schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+        stub.Register(
+            tool_pb2.RegisterToolRequest(
+                namespace="bench",
+                tool=tool_pb2.Tool(
+                    name="get_weather",
+                    description="Weather forecast for a city",
+                    input_schema_json=json.dumps(schema),
+                    http=tool_pb2.HttpToolExecutor(url=url),
+                ),
+            )
+        )
+        args = json.dumps({"city": "Lisbon", "days": 2})
+        request = tool_pb2.InvokeToolRequest(
+            namespace="bench",
+            name="get_weather",
+            arguments_json=args,
+            instruction="What will the weather be in Lisbon for the next two days?",
+            tokens=[
+                {"token": t["token"], "logprob": t["logprob"], "top_logprobs": t["top_logprobs"]}  # type: ignore[misc]
+                for t in TOKENS
+            ],
+        )
+
+        def run_invoke(label: str) -> tuple[list[float], tool_pb2.InvokeToolResponse]:
+            last = stub.Invoke(request)
+            for _ in range(20):
+                stub.Invoke(request)
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter()
+                last = stub.Invoke(request)
+                samples.append(time.perf_counter() - t)
+            print(f"  {label}: outcome={tool_pb2.InvokeOutcome.Name(last.outcome)}")
+            return samples, last
+
+        with httpx.Client() as http:
+            for _ in range(20):
+                http.post(url, content=args)
+            direct = []
+            for _ in range(n):
+                t = time.perf_counter()
+                http.post(url, content=args, headers={"content-type": "application/json"})
+                direct.append(time.perf_counter() - t)
+
+        full, last = run_invoke("full pipeline")
+        stub.SetPolicy(
+            tool_pb2.SetToolPolicyRequest(
+                namespace="bench", policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False)
+            )
+        )
+        no_guards, _ = run_invoke("guards off")
+        client.close()
+        srv.stop()
+    httpd.shutdown()
+    d, f, g = percentiles(direct), percentiles(full), percentiles(no_guards)
+    return {
+        "direct_http": d,
+        "invoke_full": f,
+        "invoke_guards_off": g,
+        "overhead_p50_ms_full": round(f["p50_ms"] - d["p50_ms"], 3),
+        "overhead_p50_ms_guards_off": round(g["p50_ms"] - d["p50_ms"], 3),
+        "target_overhead_p50_ms": 5.0,
+        "guards": guards_note,
+        "gate_applied": gates_active and last.HasField("gate"),
+        "n": n,
+    }
+
+
+def _words(name: str) -> str:
+    return re.sub(r"[_.\-]+", " ", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)).lower()
+
+
+_HINT = re.compile(r"\s*Hint:.*$", re.S)
+
+
+def load_tasks(limit: int | None) -> tuple[dict[str, str], list[tuple[str, set[str], str]]]:
+    """(catalogue name -> description, [(task text, needed tool names, source)])."""
+    catalogue: dict[str, str] = {}
+    tasks: list[tuple[str, set[str], str]] = []
+    for fname in ("harmful_behaviors_validation.json", "benign_behaviors_validation.json"):
+        for b in json.loads((SHARED / "data/guard/agentharm" / fname).read_text())["behaviors"]:
+            needed = set(b.get("target_functions") or [])
+            for t in needed:
+                catalogue.setdefault(t, f"{_words(t)}.")
+            if needed:
+                tasks.append((_HINT.sub("", b["prompt"]).strip(), needed, "agentharm"))
+    asb = json.loads((SHARED / "data/guard/agent_safetybench/released_data.json").read_text())
+    asb_tasks = []
+    for case in asb:
+        needed = set()
+        for env in case.get("environments") or []:
+            for t in env.get("tools") or []:
+                desc = f"{_words(t)}. {_words(env.get('name', ''))} tool."
+                # The same name in two environments is one catalogue entry described by the first.
+                catalogue.setdefault(t, desc)
+                needed.add(t)
+        if needed:
+            asb_tasks.append((case["instruction"], needed, "agent_safetybench"))
+    if limit is not None:
+        asb_tasks = asb_tasks[:limit]
+    return catalogue, tasks + asb_tasks
+
+
+def bench_search(limit: int | None, top_k: int = 5) -> dict[str, Any]:
+    from core.embedding import create_embedder
+    from tools.model import ExecutorKind, ExecutorSpec, ToolDefinition
+    from tools.search import ToolSearch
+
+    catalogue, tasks = load_tasks(limit)
+    tools = [
+        ToolDefinition(name, desc, {"type": "object"}, ExecutorSpec(ExecutorKind.BUILTIN, builtin="x"))
+        for name, desc in sorted(catalogue.items())
+    ]
+    embedder = create_embedder()
+    search = ToolSearch(embedder)
+    t0 = time.perf_counter()
+    search.search("bench", "warm up", top_k, tools)
+    index_s = time.perf_counter() - t0
+    results: dict[str, Any] = {}
+    entropies: dict[str, list[float]] = {"hit": [], "miss": []}
+    for label, weight in (("hybrid", search.dense_weight), ("dense_only", 1.0), ("lexical_only", 0.0)):
+        by_source: dict[str, list[int]] = {}
+        latencies = []
+        for text, needed, source in tasks:
+            t = time.perf_counter()
+            r = search.search("bench", text, top_k, tools, dense_weight=weight)
+            latencies.append(time.perf_counter() - t)
+            hit = int(any(h.tool.name in needed for h in r.hits))
+            by_source.setdefault(source, []).append(hit)
+            if label == "hybrid":
+                entropies["hit" if hit else "miss"].append(r.entropy)
+        all_hits = [h for v in by_source.values() for h in v]
+        results[label] = {
+            f"hit_at_{top_k}": round(sum(all_hits) / len(all_hits), 4),
+            **{f"hit_at_{top_k}_{s}": round(sum(v) / len(v), 4) for s, v in by_source.items()},
+            "query_latency": percentiles(latencies),
+        }
+    return {
+        "catalogue_tools": len(tools),
+        "tasks": len(tasks),
+        "tasks_by_source": {s: sum(1 for t in tasks if t[2] == s) for s in ("agentharm", "agent_safetybench")},
+        "index_build_s": round(index_s, 2),
+        "dense_weight": search.dense_weight,
+        "results": results,
+        "mean_entropy_when_hit": round(statistics.fmean(entropies["hit"]), 4) if entropies["hit"] else None,
+        "mean_entropy_when_miss": round(statistics.fmean(entropies["miss"]), 4) if entropies["miss"] else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench tools", description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=300, help="timed Invoke calls per variant")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N Agent-SafetyBench tasks")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
+    args = parser.parse_args(argv)
+    payload: dict[str, Any] = {"machine": machine()}
+    if not args.skip_overhead:
+        print("Invoke overhead vs a direct HTTP call (same run):")
+        o = bench_overhead(args.n)
+        payload["overhead"] = o
+        print(
+            f"  direct HTTP            p50 {o['direct_http']['p50_ms']:.3f} ms  p90 {o['direct_http']['p90_ms']:.3f} ms"
+        )
+        print(
+            f"  Invoke, full pipeline  p50 {o['invoke_full']['p50_ms']:.3f} ms  p90 {o['invoke_full']['p90_ms']:.3f} ms"
+        )
+        print(f"  Invoke, guards off     p50 {o['invoke_guards_off']['p50_ms']:.3f} ms")
+        print(
+            f"  overhead p50: full {o['overhead_p50_ms_full']:.3f} ms, guards off {o['overhead_p50_ms_guards_off']:.3f} ms "
+            f"(target <= 5 ms); guards: {o['guards']}; gate applied: {o['gate_applied']}"
+        )
+    if not args.skip_search:
+        print("Tool search, is a needed tool in the top 5:")
+        s = bench_search(args.limit)
+        payload["search"] = s
+        print(f"  catalogue {s['catalogue_tools']} tools, {s['tasks']} tasks {s['tasks_by_source']}")
+        for label, r in s["results"].items():
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith("hit_at"))
+            print(f"  {label:13s} {parts}; query p50 {r['query_latency']['p50_ms']:.2f} ms")
+        print(
+            f"  mean normalised entropy of the hits: {s['mean_entropy_when_hit']} when hit, {s['mean_entropy_when_miss']} when missed"
+        )
+    path = write_result("tools", payload)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,595 @@
+"""``GuardEngine``: the transport-neutral guard. Rules first, then the guard memory, then (optionally) a judge.
+
+``check(scope, GuardRequest) -> GuardVerdict`` is synchronous and safe to call from worker threads; the
+gRPC servicer, the tool executor and the agent all call it. Every verdict goes to the audit log through
+a background writer (batched, so Check does not wait for a disk flush); ``flush()`` waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from core.embedding import Embedder
+from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from guards import rules as rules_mod
+from guards.judge import LLMJudge
+from guards.memory import GuardMemory, MemoryParams, ScoreResult
+from guards.model import (
+    STAGE_GROUPS,
+    AuditRecord,
+    Cluster,
+    Decision,
+    Evidence,
+    EvolutionEvent,
+    Exemplar,
+    FeedbackResult,
+    GuardRequest,
+    GuardVerdict,
+    Label,
+    LeafSource,
+    PolicyRule,
+    RuleMatch,
+    Stage,
+)
+from guards.pack import DEFAULT_PACK, load_pack, pack_seed
+from guards.store import GuardStore
+
+log = logging.getLogger(__name__)
+
+#: Namespace settings and their defaults (overridable per engine, then per namespace).
+DEFAULT_SETTINGS: dict[str, Any] = {
+    # Load the default pack's rules and seed exemplars.
+    "pack": True,
+    # Pack rules switched off by name.
+    "disabled_pack_rules": [],
+    # Decision when no rule matches and the memory has no similar evidence.
+    "default_decision": "allow",
+    # Normalised label entropy above which the memory answers REVIEW.
+    "review_entropy": None,
+    # Ask the LLM judge (if the engine has one) on REVIEW.
+    "judge": False,
+    # Audit records older than this many days are purged (0 = keep forever).
+    "audit_retention_days": 30,
+}
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """A cluster with its derived facts, for listing the tree."""
+
+    cluster: Cluster
+    harmful: int
+    benign: int
+    label_entropy: float
+
+
+def _stage(value: Any) -> Stage:
+    return value if isinstance(value, Stage) else Stage(str(value))
+
+
+class GuardEngine:
+    """Policy rules plus a self-evolving guard memory per namespace (scope), with an audit log."""
+
+    def __init__(
+        self,
+        store: GuardStore,
+        embedder: Embedder,
+        *,
+        params: MemoryParams | None = None,
+        defaults: dict[str, Any] | None = None,
+        judge: LLMJudge | None = None,
+        policy: Callable[[str], dict[str, Any]] | None = None,
+        pack_path: str = str(DEFAULT_PACK),
+        max_segments: int = 12,
+        audit_async: bool = True,
+    ):
+        unknown = set(defaults or {}) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise InvalidArgumentError(
+                [
+                    FieldViolation(f"guards.{k}", f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
+                    for k in sorted(unknown)
+                ]
+            )
+        self.store = store
+        self.embedder = embedder
+        self.params = params or MemoryParams()
+        self.defaults = {**DEFAULT_SETTINGS, **(defaults or {})}
+        # Per-namespace configured policy (YAML config), between the defaults and what was set by RPC.
+        self.policy = policy
+        self.judge = judge
+        self.pack_path = pack_path
+        self.max_segments = max_segments
+        self.limiter = rules_mod.RateLimiter()
+        self._memories: dict[str, GuardMemory] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
+        self._rules: dict[str, list[PolicyRule]] = {}
+        self._config_rules: dict[str, list[PolicyRule]] = {}
+        self._lock = threading.RLock()
+        # Recent verdicts (and the segment that decided them) so Feedback does not wait on the writer.
+        self._recent: OrderedDict[str, tuple[str, AuditRecord, str]] = OrderedDict()
+        self._recent_max = 20_000
+        self._audit_async = audit_async
+        self._queue: queue.Queue[tuple[str, AuditRecord] | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        if audit_async:
+            self._writer = threading.Thread(target=self._write_loop, name="guard-audit", daemon=True)
+            self._writer.start()
+
+    # --- namespaces -------------------------------------------------------------------------------------
+    def memory(self, scope: str) -> GuardMemory:
+        """The scope's guard memory, initialising the namespace (settings, pack seed) on first use."""
+        with self._lock:
+            mem = self._memories.get(scope)
+            if mem is not None:
+                return mem
+            stored = self.store.get_settings(scope)
+            if stored is None:
+                # Only what is set by RPC is stored; defaults and configured policy stay live.
+                stored = {}
+                self.store.put_settings(scope, stored)
+            mem = GuardMemory(scope, self.store, self.embedder.dim, self.params)
+            self._settings[scope] = {**self.defaults, **self._configured(scope), **stored}
+            self._rules[scope] = self.store.list_rules(scope)
+            self._config_rules[scope] = self._parse_config_rules(scope)
+            self._memories[scope] = mem
+            self._apply_pack(scope, mem)
+            return mem
+
+    def _parse_config_rules(self, scope: str) -> list[PolicyRule]:
+        raw = (self.policy(scope) or {}).get("rules") if self.policy is not None else None
+        if not raw:
+            return []
+        rules, _ = rules_mod.parse_rules_yaml(json.dumps({"rules": raw}), source="config")
+        return rules
+
+    def _configured(self, scope: str) -> dict[str, Any]:
+        if self.policy is None:
+            return {}
+        return {k: v for k, v in (self.policy(scope) or {}).items() if k in DEFAULT_SETTINGS}
+
+    def _apply_pack(self, scope: str, mem: GuardMemory) -> None:
+        want = bool(self._settings[scope]["pack"])
+        has_pack = any(leaf.source == LeafSource.PACK for leaf in mem.leaves.values())
+        if want and not has_pack:
+            items, layout = pack_seed(self.pack_path, self.embedder)
+            pack = load_pack(self.pack_path)
+            mem.seed(
+                items, layout, "seed", f"default pack v{pack.version}: {len(items)} exemplars, {len(layout)} clusters"
+            )
+        with mem.lock:
+            if mem.include_pack != want:
+                mem.include_pack = want
+                mem.reload()
+
+    def get_settings(self, scope: str) -> dict[str, Any]:
+        """The namespace's effective guard settings."""
+        self.memory(scope)
+        return dict(self._settings[scope])
+
+    def put_settings(self, scope: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change settings (only the keys given); returns the effective settings."""
+        errors = [
+            FieldViolation(f"settings.{k}", f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
+            for k in changes
+            if k not in DEFAULT_SETTINGS
+        ]
+        if "default_decision" in changes and str(changes["default_decision"]) not in ("allow", "review", "block"):
+            errors.append(FieldViolation("settings.default_decision", "must be allow, review or block"))
+        if errors:
+            raise InvalidArgumentError(errors)
+        mem = self.memory(scope)
+        with self._lock:
+            stored = {**(self.store.get_settings(scope) or {}), **changes}
+            self.store.put_settings(scope, stored)
+            settings = {**self.defaults, **self._configured(scope), **stored}
+            self._settings[scope] = settings
+        self._apply_pack(scope, mem)
+        return dict(settings)
+
+    # --- rules ---------------------------------------------------------------------------------------------
+    def put_rules(self, scope: str, rules: list[PolicyRule] | str, *, replace_all: bool = False) -> list[PolicyRule]:
+        """Add or replace operator rules (objects or a YAML policy document); returns the stored rules.
+
+        A YAML document may also carry settings (``default_decision``, ``pack``...), applied too.
+        """
+        settings: dict[str, Any] = {}
+        if isinstance(rules, str):
+            rules, settings = rules_mod.parse_rules_yaml(rules)
+        pack_names = {r.name for r in load_pack(self.pack_path).rules}
+        clash = [
+            FieldViolation(f"rules[{i}].name", f"{r.name!r} is a pack rule name; pick another name")
+            for i, r in enumerate(rules)
+            if r.name in pack_names
+        ]
+        if clash:
+            raise InvalidArgumentError(clash)
+        self.memory(scope)
+        if settings:
+            self.put_settings(scope, settings)
+        with self._lock:
+            self.store.put_rules(scope, list(rules), replace_all=replace_all)
+            self._rules[scope] = self.store.list_rules(scope)
+            return list(self._rules[scope])
+
+    def list_rules(self, scope: str, *, include_pack: bool = True) -> list[PolicyRule]:
+        """Operator rules, then the active pack rules, each group in precedence order."""
+        self.memory(scope)
+        out = sorted(self._rules[scope] + self._config_rules[scope], key=rules_mod.precedence_key)
+        if include_pack:
+            out += sorted(self._pack_rules(scope), key=rules_mod.precedence_key)
+        return out
+
+    def delete_rules(self, scope: str, names: list[str]) -> int:
+        """Delete operator rules by name. Raises NotFoundError for a name that does not exist."""
+        self.memory(scope)
+        with self._lock:
+            existing = {r.name for r in self._rules[scope]}
+            for name in names:
+                if name not in existing:
+                    raise NotFoundError("rule", name)
+            count = self.store.delete_rules(scope, names)
+            self._rules[scope] = self.store.list_rules(scope)
+            return count
+
+    def _pack_rules(self, scope: str) -> list[PolicyRule]:
+        settings = self._settings[scope]
+        if not settings["pack"]:
+            return []
+        off = set(settings.get("disabled_pack_rules") or [])
+        return [r for r in load_pack(self.pack_path).rules if r.name not in off]
+
+    def test_rules(
+        self, scope: str, request: GuardRequest, rules_yaml: str | None = None
+    ) -> tuple[list[RuleMatch], GuardVerdict]:
+        """Dry run: the matches and the verdict ``request`` would get, optionally under candidate rules
+        (which replace the operator rules for this call only). Nothing is stored."""
+        candidate = None
+        if rules_yaml is not None:
+            candidate, _ = rules_mod.parse_rules_yaml(rules_yaml)
+        verdict, matches = self._check(scope, request, dry_run=True, operator_rules=candidate)
+        return matches, verdict
+
+    # --- check -------------------------------------------------------------------------------------------
+    def check(self, scope: str, request: GuardRequest) -> GuardVerdict:
+        """Decide ALLOW / BLOCK / REVIEW for one request; the verdict is written to the audit log."""
+        verdict, _ = self._check(scope, request)
+        return verdict
+
+    def _segments(self, request: GuardRequest) -> list[str]:
+        """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""
+        text = request.text.strip()
+        segs: list[str] = []
+        if text:
+            segs.append(text[:4000])
+        if request.tool_call and request.tool_call.name:
+            args = request.tool_call.arguments_json
+            try:
+                parsed = json.loads(args) if args.strip() else {}
+                flat = " ".join(str(v) for v in (parsed.values() if isinstance(parsed, dict) else [parsed]))
+            except json.JSONDecodeError:
+                flat = args
+            segs.append(f"{request.tool_call.name.replace('_', ' ')}: {flat}"[:2000])
+        if text:
+            # Intent and injected instructions hide inside long texts; each sentence is scored too and the
+            # most decisive one speaks for the whole (see _pick), so they are not diluted.
+            sentences = [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12]
+            if len(sentences) > 1:
+                segs.extend(sentences[: self.max_segments])
+        return segs or [""]
+
+    def _check(
+        self,
+        scope: str,
+        request: GuardRequest,
+        *,
+        dry_run: bool = False,
+        operator_rules: list[PolicyRule] | None = None,
+    ) -> tuple[GuardVerdict, list[RuleMatch]]:
+        if not isinstance(request.stage, Stage):
+            request = replace(request, stage=_stage(request.stage))
+        mem = self.memory(scope)
+        settings = self._settings[scope]
+        rules = (self._rules[scope] if operator_rules is None else operator_rules) + self._config_rules[scope]
+        rules += self._pack_rules(scope)
+        matches = rules_mod.evaluate(rules, request, scope=scope, limiter=None if dry_run else self.limiter)
+        evidence: list[Evidence] = [
+            Evidence(
+                "detector" if "detectors" in m.rule.spec else "rule",
+                m.rule.name,
+                f"{m.rule.description} ({m.reason})".strip(),
+                m.rule.action,
+                1.0,
+                {"field": m.field, "source": m.rule.source, "priority": str(m.rule.priority)},
+            )
+            for m in matches
+        ]
+        top = matches[0] if matches else None
+        decided_segment = ""
+        category = ""
+        if top is not None and top.rule.action in (Decision.BLOCK, Decision.ALLOW):
+            # Deterministic rules are final; the memory is not consulted (and no embedding is paid for).
+            decision = top.rule.action
+            harm = 1.0 if decision == Decision.BLOCK else 0.0
+            ent = 0.0
+            decided_by = "rule"
+        else:
+            segs = self._segments(request)
+            vectors = self.embedder.embed(segs)
+            group = STAGE_GROUPS[request.stage]
+            results = [mem.score(v, group) for v in vectors]
+            best_i = self._pick(results)
+            res = results[best_i]
+            decided_segment = segs[best_i]
+            category = res.category
+            harm, ent = res.harm, res.entropy
+            review_entropy = settings.get("review_entropy") or self.params.review_entropy
+            if res.confidence < self.params.min_confidence:
+                decision = Decision(settings["default_decision"])
+                decided_by = "default"
+                ent = 1.0
+            elif ent > review_entropy:
+                decision, decided_by = Decision.REVIEW, "memory"
+            else:
+                decision = Decision.BLOCK if harm >= 0.5 else Decision.ALLOW
+                decided_by = "memory"
+            evidence.extend(self._memory_evidence(res))
+            if top is not None:
+                # A REVIEW rule matched: never let the memory relax it to ALLOW.
+                if decision == Decision.ALLOW:
+                    decision = Decision.REVIEW
+                    decided_by = "rule"
+            if decision == Decision.REVIEW and self.judge is not None and settings.get("judge"):
+                judged = self.judge.judge(request, [e.text for e in evidence])
+                evidence.insert(0, Evidence("judge", "llm", f"judge answered {judged.value}", judged, 1.0))
+                if judged != Decision.REVIEW:
+                    decision, decided_by = judged, "judge"
+        verdict = GuardVerdict(
+            verdict_id=uuid.uuid4().hex,
+            decision=decision,
+            harm_score=float(np.clip(harm, 0.0, 1.0)),
+            entropy=float(np.clip(ent, 0.0, 1.0)),
+            stage=request.stage,
+            evidence=tuple(evidence),
+            category=category,
+            decided_by=decided_by,
+            memory_version=mem.version,
+        )
+        if not dry_run:
+            tool = request.tool_call.name if request.tool_call else ""
+            args = request.tool_call.arguments_json if request.tool_call else ""
+            record = AuditRecord(verdict, request.text, tool, args, datetime.now(UTC))
+            self._remember(scope, record, decided_segment or request.text)
+            if self._audit_async:
+                self._queue.put((scope, record))
+            else:
+                self.store.put_audit(scope, [record])
+        return verdict, matches
+
+    @staticmethod
+    def _pick(results: list[ScoreResult]) -> int:
+        """The decisive segment: largest |confidence·(2·harm − 1)|, i.e. the most confident evidence either way.
+
+        Twins that share context and tools differ in one clause; the whole-text embedding is dominated by the
+        shared part, while the clause's own sentence lands next to exemplars of its intent.
+        """
+        values = [abs(r.confidence * (2.0 * r.harm - 1.0)) for r in results]
+        return int(np.argmax(values)) if values else 0
+
+    @staticmethod
+    def _memory_evidence(res: ScoreResult) -> list[Evidence]:
+        out = []
+        for c, p, s in res.clusters[:3]:
+            out.append(
+                Evidence(
+                    "cluster",
+                    str(c.id),
+                    c.rule_text,
+                    Decision.UNSPECIFIED,
+                    s,
+                    {"category": c.category, "p": f"{p:.3f}"},
+                )
+            )
+        for leaf, w, s in res.leaves[:3]:
+            out.append(
+                Evidence(
+                    "exemplar",
+                    str(leaf.id),
+                    leaf.text[:300],
+                    Decision.BLOCK if leaf.label == Label.HARMFUL else Decision.ALLOW,
+                    s,
+                    {
+                        "category": leaf.category,
+                        "label": leaf.label.value,
+                        "source": leaf.source.value,
+                        "weight": f"{w:.3f}",
+                    },
+                )
+            )
+        return out
+
+    # --- feedback and incidents ---------------------------------------------------------------------------
+    def _remember(self, scope: str, record: AuditRecord, segment: str) -> None:
+        with self._lock:
+            self._recent[record.verdict.verdict_id] = (scope, record, segment)
+            while len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
+
+    def get_verdict(self, scope: str, verdict_id: str) -> AuditRecord:
+        """One audited verdict. Raises NotFoundError when it is not in this scope."""
+        with self._lock:
+            hit = self._recent.get(verdict_id)
+        if hit is not None and hit[0] == scope:
+            try:
+                return self.store.get_audit(scope, verdict_id)
+            except NotFoundError:
+                return hit[1]
+        return self.store.get_audit(scope, verdict_id)
+
+    def feedback(self, scope: str, verdict_id: str, expected: Decision, note: str = "") -> FeedbackResult:
+        """Record what the verdict should have been; ALLOW/BLOCK add a leaf (REVIEW only records).
+
+        Raises NotFoundError for an unknown verdict, InvalidArgumentError for an unspecified decision.
+        """
+        if expected == Decision.UNSPECIFIED:
+            raise InvalidArgumentError("expected", "expected must be ALLOW, BLOCK or REVIEW")
+        with self._lock:
+            hit = self._recent.get(verdict_id)
+        if hit is not None and hit[0] == scope:
+            record, segment = hit[1], hit[2]
+        else:
+            record = self.store.get_audit(scope, verdict_id)
+            segment = record.request_text
+        self.flush()
+        self.store.set_feedback(scope, verdict_id, expected, note)
+        mem = self.memory(scope)
+        if expected == Decision.REVIEW:
+            return FeedbackResult(0, 0, (), mem.version)
+        text = segment or record.request_text or f"{record.tool_name} {record.arguments_json}"
+        return self._add(
+            scope,
+            text,
+            expected,
+            record.verdict.stage,
+            LeafSource.FEEDBACK,
+            record.verdict.category,
+            note or f"feedback on {verdict_id}",
+        )
+
+    def report_incident(
+        self, scope: str, request: GuardRequest, expected: Decision = Decision.BLOCK, category: str = "", note: str = ""
+    ) -> FeedbackResult:
+        """Teach the memory from a case that never went through Check (or went wrong elsewhere)."""
+        if expected not in (Decision.ALLOW, Decision.BLOCK):
+            raise InvalidArgumentError("expected", "an incident's expected decision must be ALLOW or BLOCK")
+        text = request.text.strip()
+        if request.tool_call and request.tool_call.name:
+            text = f"{text}\n{request.tool_call.name}: {request.tool_call.arguments_json}".strip()
+        if not text:
+            raise InvalidArgumentError("request.text", "an incident needs text or a tool call")
+        return self._add(scope, text, expected, _stage(request.stage), LeafSource.INCIDENT, category, note)
+
+    def add_exemplars(
+        self,
+        scope: str,
+        items: list[tuple[str, Label, str]],
+        stage: Stage = Stage.INPUT,
+        source: LeafSource = LeafSource.OPERATOR,
+    ) -> list[FeedbackResult]:
+        """Operator-written exemplars (text, label, category), placed one by one like feedback."""
+        out = []
+        for text, label, category in items:
+            expected = Decision.BLOCK if label == Label.HARMFUL else Decision.ALLOW
+            out.append(self._add(scope, text, expected, stage, source, category, ""))
+        return out
+
+    def _add(
+        self, scope: str, text: str, expected: Decision, stage: Stage, source: LeafSource, category: str, note: str
+    ) -> FeedbackResult:
+        mem = self.memory(scope)
+        label = Label.HARMFUL if expected == Decision.BLOCK else Label.BENIGN
+        vector = self.embedder.embed([text[:4000]])[0]
+        leaf = Exemplar(0, category, text[:4000], label, STAGE_GROUPS[stage], source, datetime.now(UTC), note=note)
+        leaf_id, cluster_id, events = mem.add_leaf(leaf, vector, category or None)
+        return FeedbackResult(leaf_id, cluster_id, tuple(events), mem.version)
+
+    # --- tree, history, rollback ---------------------------------------------------------------------------
+    def clusters(self, scope: str, *, category: str = "") -> list[ClusterInfo]:
+        """Active clusters with their label counts and entropy."""
+        from guards.memory import label_entropy
+
+        mem = self.memory(scope)
+        with mem.lock:
+            out = []
+            for c in sorted(mem.clusters.values(), key=lambda c: (c.stage_group, c.category, c.id)):
+                if category and c.category != category:
+                    continue
+                h, b = mem.stats(c.id)
+                if h + b == 0:
+                    continue
+                ids = tuple(sorted(leaf.id for leaf in mem.members(c.id)))
+                out.append(ClusterInfo(replace(c, leaf_ids=ids), h, b, label_entropy(h, b)))
+            return out
+
+    def history(self, scope: str, *, after_version: int = 0, limit: int = 100) -> list[EvolutionEvent]:
+        """Evolution events, oldest first."""
+        self.memory(scope)
+        return self.store.list_events(scope, after_version=after_version, limit=limit)
+
+    def rollback(self, scope: str, version: int) -> EvolutionEvent:
+        """Restore the guard memory as it was at ``version``. Raises NotFoundError for a future version."""
+        mem = self.memory(scope)
+        if version < 0 or version > mem.version:
+            raise NotFoundError("memory version", str(version))
+        return mem.rollback(version)
+
+    # --- audit ---------------------------------------------------------------------------------------------
+    def query_audit(self, scope: str, **filters: Any) -> list[AuditRecord]:
+        """Stored verdicts, newest first (filters: stage, decision, since, until, limit, before_id)."""
+        self.flush()
+        return self.store.query_audit(scope, **filters)
+
+    def purge_audit(self, scope: str | None = None, now: datetime | None = None) -> int:
+        """Delete audit records past their namespace's retention (all known namespaces when scope is None)."""
+        self.flush()
+        now = now or datetime.now(UTC)
+        scopes = [scope] if scope is not None else list(self._settings)
+        removed = 0
+        for s in scopes:
+            days = self.get_settings(s).get("audit_retention_days") or 0
+            if days > 0:
+                removed += self.store.purge_audit(s, now - timedelta(days=float(days)))
+        return removed
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_scope: dict[str, list[AuditRecord]] = {}
+            stop = False
+            for entry in batch:
+                if entry is None:
+                    stop = True
+                    continue
+                by_scope.setdefault(entry[0], []).append(entry[1])
+            for scope, records in by_scope.items():
+                try:
+                    self.store.put_audit(scope, records)
+                except Exception:  # the writer must survive a failed batch; the log says what was lost
+                    log.exception("guard audit: could not store %d verdicts of %s", len(records), scope)
+            for _ in batch:
+                self._queue.task_done()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Wait until every verdict so far is in the store."""
+        if self._audit_async:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Flush the audit log and stop the writer."""
+        if self._writer is not None and self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(timeout=10)
+        if self.judge is not None:
+            self.judge.close()

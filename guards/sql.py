@@ -1,0 +1,392 @@
+"""SQL backend of ``GuardStore`` (SQLite and Postgres through SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+
+from core.errors import NotFoundError
+from guards import schema as t
+from guards.model import (
+    AuditRecord,
+    Cluster,
+    Decision,
+    Evidence,
+    EvolutionEvent,
+    Exemplar,
+    GuardVerdict,
+    Label,
+    LeafSource,
+    PolicyRule,
+    Stage,
+)
+from guards.rules import parse_rule, rule_to_dict
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _evidence_to_json(evidence: tuple[Evidence, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": e.kind,
+            "ref": e.ref,
+            "text": e.text,
+            "decision": e.decision.value,
+            "score": e.score,
+            "detail": dict(e.detail),
+        }
+        for e in evidence
+    ]
+
+
+def _evidence_from_json(items: list[dict[str, Any]]) -> tuple[Evidence, ...]:
+    return tuple(
+        Evidence(
+            i["kind"],
+            i["ref"],
+            i.get("text", ""),
+            Decision(i.get("decision", "unspecified")),
+            float(i.get("score", 0.0)),
+            dict(i.get("detail", {})),
+        )
+        for i in items
+    )
+
+
+class SqlGuardStore:
+    """``GuardStore`` on an injected SQLAlchemy engine; creates its tables if missing."""
+
+    def __init__(self, engine: Engine, *, create_tables: bool = True):
+        self.engine = engine
+        if create_tables:
+            t.metadata.create_all(engine)
+
+    # --- settings -----------------------------------------------------------------------------------------
+    def get_settings(self, scope: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.guard_settings.c.settings).where(t.guard_settings.c.scope == scope)).first()
+        return dict(row[0]) if row else None
+
+    def put_settings(self, scope: str, settings: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(t.guard_settings).where(t.guard_settings.c.scope == scope).values(settings=settings)
+            ).rowcount
+            if not done:
+                conn.execute(insert(t.guard_settings).values(scope=scope, settings=settings))
+
+    # --- rules ----------------------------------------------------------------------------------------------
+    def put_rules(self, scope: str, rules: list[PolicyRule], *, replace_all: bool = False) -> None:
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            if replace_all:
+                conn.execute(delete(t.guard_rules).where(t.guard_rules.c.scope == scope))
+            elif rules:
+                conn.execute(
+                    delete(t.guard_rules).where(
+                        t.guard_rules.c.scope == scope, t.guard_rules.c.name.in_([r.name for r in rules])
+                    )
+                )
+            if rules:
+                conn.execute(
+                    insert(t.guard_rules),
+                    [
+                        {
+                            "scope": scope,
+                            "name": r.name,
+                            "body": {**rule_to_dict(r), "source": r.source},
+                            "updated_at": now,
+                        }
+                        for r in rules
+                    ],
+                )
+
+    def list_rules(self, scope: str) -> list[PolicyRule]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.guard_rules.c.body).where(t.guard_rules.c.scope == scope).order_by(t.guard_rules.c.name)
+            ).all()
+        out = []
+        for (body,) in rows:
+            body = dict(body)
+            source = body.pop("source", "operator")
+            out.append(parse_rule(body, source=source))
+        return out
+
+    def delete_rules(self, scope: str, names: list[str]) -> int:
+        if not names:
+            return 0
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    delete(t.guard_rules).where(t.guard_rules.c.scope == scope, t.guard_rules.c.name.in_(names))
+                ).rowcount
+            )
+
+    # --- leaves and clusters ----------------------------------------------------------------------------------
+    def add_leaves(self, scope: str, leaves: list[Exemplar], vectors: np.ndarray) -> list[int]:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        ids = []
+        with self.engine.begin() as conn:
+            # One INSERT ... RETURNING per row keeps ids in order on both SQLite and Postgres.
+            for leaf, vec in zip(leaves, vectors, strict=True):
+                row = conn.execute(
+                    insert(t.guard_leaves)
+                    .values(
+                        scope=scope,
+                        category=leaf.category,
+                        stage_group=leaf.stage_group,
+                        text=leaf.text,
+                        label=leaf.label.value,
+                        source=leaf.source.value,
+                        cluster_id=leaf.cluster_id,
+                        active=leaf.active,
+                        note=leaf.note,
+                        embedding=vec.tobytes(),
+                        created_at=leaf.created_at or datetime.now(UTC),
+                    )
+                    .returning(t.guard_leaves.c.id)
+                ).scalar_one()
+                ids.append(int(row))
+        return ids
+
+    def load_leaves(self, scope: str) -> tuple[list[Exemplar], np.ndarray]:
+        c = t.guard_leaves.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.guard_leaves).where(c.scope == scope).order_by(c.id)).mappings().all()
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        leaves = [
+            Exemplar(
+                id=int(r["id"]),
+                category=r["category"],
+                text=r["text"],
+                label=Label(r["label"]),
+                stage_group=r["stage_group"],
+                source=LeafSource(r["source"]),
+                created_at=_utc(r["created_at"]),
+                cluster_id=int(r["cluster_id"]),
+                active=bool(r["active"]),
+                note=r["note"],
+            )
+            for r in rows
+        ]
+        vectors = np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
+        return leaves, vectors
+
+    def update_leaves(self, scope: str, changes: dict[int, dict[str, Any]]) -> None:
+        c = t.guard_leaves.c
+        with self.engine.begin() as conn:
+            for leaf_id, change in changes.items():
+                values = {k: v for k, v in change.items() if k in ("cluster_id", "active")}
+                if values:
+                    conn.execute(update(t.guard_leaves).where(c.scope == scope, c.id == leaf_id).values(**values))
+
+    def add_cluster(self, scope: str, cluster: Cluster) -> int:
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    insert(t.guard_clusters)
+                    .values(
+                        scope=scope,
+                        category=cluster.category,
+                        stage_group=cluster.stage_group,
+                        rule_text=cluster.rule_text,
+                        active=True,
+                    )
+                    .returning(t.guard_clusters.c.id)
+                ).scalar_one()
+            )
+
+    def update_cluster(
+        self, scope: str, cluster_id: int, *, rule_text: str | None = None, active: bool | None = None
+    ) -> None:
+        c = t.guard_clusters.c
+        values: dict[str, Any] = {}
+        if rule_text is not None:
+            values["rule_text"] = rule_text
+        if active is not None:
+            values["active"] = active
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(c.id).where(c.scope == scope, c.id == cluster_id)).first()
+            if exists is None:
+                raise NotFoundError("cluster", str(cluster_id))
+            if values:
+                conn.execute(update(t.guard_clusters).where(c.scope == scope, c.id == cluster_id).values(**values))
+
+    def load_clusters(self, scope: str) -> list[tuple[Cluster, bool]]:
+        c = t.guard_clusters.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.guard_clusters).where(c.scope == scope).order_by(c.id)).mappings().all()
+        return [
+            (Cluster(int(r["id"]), r["category"], r["stage_group"], r["rule_text"]), bool(r["active"])) for r in rows
+        ]
+
+    # --- events -------------------------------------------------------------------------------------------------
+    def append_event(self, scope: str, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
+        c = t.guard_events.c
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            current = conn.execute(select(func.max(c.version)).where(c.scope == scope)).scalar()
+            version = int(current or 0) + 1
+            conn.execute(
+                insert(t.guard_events).values(
+                    scope=scope, version=version, kind=kind, summary=summary, payload=payload, created_at=now
+                )
+            )
+        return EvolutionEvent(version, kind, summary, now, payload)
+
+    def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
+        c = t.guard_events.c
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(t.guard_events)
+                    .where(c.scope == scope, c.version > after_version)
+                    .order_by(c.version)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            EvolutionEvent(int(r["version"]), r["kind"], r["summary"], _utc(r["created_at"]), dict(r["payload"]))
+            for r in rows
+        ]
+
+    # --- audit ----------------------------------------------------------------------------------------------------
+    def put_audit(self, scope: str, records: list[AuditRecord]) -> None:
+        if not records:
+            return
+        c = t.guard_verdicts.c
+        ids = [r.verdict.verdict_id for r in records]
+        with self.engine.begin() as conn:
+            existing = set(conn.execute(select(c.verdict_id).where(c.verdict_id.in_(ids))).scalars())
+            rows = [
+                {
+                    "verdict_id": r.verdict.verdict_id,
+                    "scope": scope,
+                    "stage": r.verdict.stage.value,
+                    "decision": r.verdict.decision.value,
+                    "harm_score": r.verdict.harm_score,
+                    "entropy": r.verdict.entropy,
+                    "category": r.verdict.category,
+                    "decided_by": r.verdict.decided_by,
+                    "memory_version": r.verdict.memory_version,
+                    "evidence": _evidence_to_json(r.verdict.evidence),
+                    "request_text": r.request_text,
+                    "tool_name": r.tool_name,
+                    "arguments_json": r.arguments_json,
+                    "created_at": r.created_at or datetime.now(UTC),
+                    "feedback": r.feedback.value,
+                    "feedback_note": r.feedback_note,
+                }
+                for r in records
+                if r.verdict.verdict_id not in existing
+            ]
+            if rows:
+                conn.execute(insert(t.guard_verdicts), rows)
+
+    @staticmethod
+    def _record(r: Any) -> AuditRecord:
+        verdict = GuardVerdict(
+            verdict_id=r["verdict_id"],
+            decision=Decision(r["decision"]),
+            harm_score=float(r["harm_score"]),
+            entropy=float(r["entropy"]),
+            stage=Stage(r["stage"]),
+            evidence=_evidence_from_json(r["evidence"]),
+            category=r["category"],
+            decided_by=r["decided_by"],
+            memory_version=int(r["memory_version"]),
+        )
+        return AuditRecord(
+            verdict,
+            r["request_text"],
+            r["tool_name"],
+            r["arguments_json"],
+            _utc(r["created_at"]),
+            Decision(r["feedback"]),
+            r["feedback_note"],
+        )
+
+    def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
+        c = t.guard_verdicts.c
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(t.guard_verdicts).where(c.scope == scope, c.verdict_id == verdict_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError("verdict", verdict_id)
+        return self._record(row)
+
+    def set_feedback(self, scope: str, verdict_id: str, expected: Decision, note: str) -> None:
+        c = t.guard_verdicts.c
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                update(t.guard_verdicts)
+                .where(c.scope == scope, c.verdict_id == verdict_id)
+                .values(feedback=expected.value, feedback_note=note)
+            ).rowcount
+        if not n:
+            raise NotFoundError("verdict", verdict_id)
+
+    def query_audit(
+        self,
+        scope: str,
+        *,
+        stage: Stage | None = None,
+        decision: Decision | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[AuditRecord]:
+        c = t.guard_verdicts.c
+        cond = [c.scope == scope]
+        if stage is not None:
+            cond.append(c.stage == stage.value)
+        if decision is not None:
+            cond.append(c.decision == decision.value)
+        if since is not None:
+            cond.append(c.created_at >= since)
+        if until is not None:
+            cond.append(c.created_at < until)
+        with self.engine.connect() as conn:
+            if before_id is not None:
+                anchor = conn.execute(select(c.created_at).where(c.scope == scope, c.verdict_id == before_id)).first()
+                if anchor is None:
+                    raise NotFoundError("verdict", before_id)
+                cond.append(or_(c.created_at < anchor[0], and_(c.created_at == anchor[0], c.verdict_id < before_id)))
+            rows = (
+                conn.execute(
+                    select(t.guard_verdicts)
+                    .where(*cond)
+                    .order_by(c.created_at.desc(), c.verdict_id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [self._record(r) for r in rows]
+
+    def purge_audit(self, scope: str | None, before: datetime) -> int:
+        c = t.guard_verdicts.c
+        cond = [c.created_at < before]
+        if scope is not None:
+            cond.append(c.scope == scope)
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(t.guard_verdicts).where(*cond)).rowcount)
+
+
+__all__ = ["SqlGuardStore"]

@@ -1,0 +1,338 @@
+"""Association of memory units: a per-namespace Gaussian mixture over unit embeddings, and edges.
+
+Each namespace gets a ``GaussianMixture`` (scikit-learn, diagonal covariances) fitted on a PCA
+projection of its unit embeddings. A unit's posterior over the clusters decides where it links:
+
+    H(u) = −Σ_c p(c | u) ln p(c | u)                  (posterior entropy, core.entropy)
+    clusters(u) = {argmax p}                          if exp H(u) < multi_link_perplexity
+                = {c : p(c | u) ≥ min_posterior}      otherwise (at most max_clusters_per_unit)
+
+where p(c | u) is the mixture's posterior with its variances tied (see ``_posteriors``) and exp H is
+the posterior's effective number of clusters (1 = certain, 2 = split evenly between two).
+
+and inside each chosen cluster it links to its ``links_per_unit`` most similar members (cosine of the
+full embeddings, members sampled to at most ``candidate_cap``), skipping units that cover the same
+messages (those are already tied by the packer). A unit sitting between topics (high posterior entropy)
+therefore links into several clusters. Edges are undirected, weighted by cosine, persisted in
+``memory_edges`` and mirrored in the namespace index, where ``NamespaceIndex.neighbors(keys)`` serves
+the retriever's association expansion.
+
+Cost is bounded whatever the namespace size: the GMM is fitted on at most ``sample_cap`` units, warm
+started from the previous fit while the number of clusters is unchanged (the PCA basis is kept until
+the namespace quadruples), refits happen only after ``refit_growth`` growth, and one pass links at
+most ``link_batch`` not-yet-linked units. Everything runs on the background worker, never in Write.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.entropy import entropy
+from memory.index import NamespaceIndex
+from memory.model import MemoryUnit
+from memory.store import MemoryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AssociationConfig:
+    """Knobs of the association graph (per process; defaults suit 1k–100k units per namespace)."""
+
+    min_units: int = 64
+    """No mixture below this many units (nothing to cluster yet)."""
+    units_per_cluster: int = 250
+    """K = clamp(n / units_per_cluster, 2, max_clusters)."""
+    max_clusters: int = 64
+    sample_cap: int = 4000
+    """The mixture is fitted on at most this many units (uniform sample, fixed seed)."""
+    pca_dims: int = 32
+    max_iter: int = 30
+    refit_growth: float = 0.25
+    """Refit once the namespace grew by this share since the last fit."""
+    multi_link_perplexity: float = 1.5
+    """exp(H) of the posterior (its effective number of clusters) from which a unit links into several
+    clusters. Perplexity rather than H / ln K, so the rule does not drift as K grows with the namespace."""
+    posterior_temperature: float = 1.0
+    """T of the posterior (tied isotropic variance scaled by T); higher = more multi-links."""
+    min_posterior: float = 0.15
+    max_clusters_per_unit: int = 3
+    links_per_unit: int = 4
+    candidate_cap: int = 2000
+    """Members of a cluster compared against a new unit (sampled beyond this)."""
+    link_batch: int = 5000
+    """Most not-yet-linked units one pass links (the rest wait for the next pass)."""
+    seed: int = 0
+
+
+@dataclass
+class _Model:
+    mean: np.ndarray
+    components: np.ndarray  # (pca_dims, dim)
+    gmm: Any  # sklearn GaussianMixture (untyped)
+    k: int
+    fitted_n: int
+    pca_n: int
+    members: dict[int, list[int]] = field(default_factory=dict)
+    linked: set[int] = field(default_factory=set)
+    refit_seconds: float = 0.0
+
+
+class AssociationManager:
+    """Fits, refits and applies the per-namespace mixtures and keeps edges in the store and index."""
+
+    def __init__(self, store: MemoryStore, config: AssociationConfig | None = None):
+        self.store = store
+        self.config = config or AssociationConfig()
+        self._models: dict[str, _Model] = {}
+        self._lock = threading.Lock()
+
+    # -- introspection -------------------------------------------------------------------------------
+
+    def clusters(self, namespace: str) -> int:
+        """Number of mixture components of the namespace's current model (0 before the first fit)."""
+        model = self._models.get(namespace)
+        return model.k if model else 0
+
+    def last_refit_seconds(self, namespace: str) -> float:
+        """Wall time of the namespace's last refit."""
+        model = self._models.get(namespace)
+        return model.refit_seconds if model else 0.0
+
+    def forget(self, namespace: str) -> None:
+        """Drop the namespace's model (its data was deleted)."""
+        with self._lock:
+            self._models.pop(namespace, None)
+
+    def due(self, namespace: str, index: NamespaceIndex) -> bool:
+        """Whether a background step (a refit, or a pass linking not-yet-linked units) is worth running."""
+        return self._needs_refit(namespace, index) or self._backlog(namespace, index) > 0
+
+    def _needs_refit(self, namespace: str, index: NamespaceIndex) -> bool:
+        n = index.size()
+        model = self._models.get(namespace)
+        if model is None:
+            return n >= self.config.min_units
+        return n >= model.fitted_n * (1 + self.config.refit_growth)
+
+    def _backlog(self, namespace: str, index: NamespaceIndex) -> int:
+        model = self._models.get(namespace)
+        return 0 if model is None else max(0, min(index.size(), model.fitted_n) - len(model.linked))
+
+    def step(self, namespace: str, index: NamespaceIndex) -> str:
+        """One bounded unit of background work: a refit when due, else one linking pass.
+
+        Returns ``"refit"``, ``"link"`` or ``"idle"``.
+        """
+        if self._needs_refit(namespace, index):
+            return "refit" if self.refit(namespace, index) is not None else "idle"
+        model = self._models.get(namespace)
+        if model is not None and self._backlog(namespace, index) > 0:
+            alive = set(index.unit_keys())
+            model.linked &= alive
+            unlinked = [k for k in alive if k not in model.linked][: self.config.link_batch]
+            if unlinked:
+                self._link_keys(namespace, index, model, unlinked, post_by_key=None)
+                return "link"
+            model.fitted_n = len(alive)
+        return "idle"
+
+    # -- math ----------------------------------------------------------------------------------------
+
+    def _n_clusters(self, n: int) -> int:
+        c = self.config
+        return int(min(c.max_clusters, max(2, round(n / c.units_per_cluster))))
+
+    def _project(self, model: _Model, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray((vectors - model.mean) @ model.components.T, dtype=np.float64)
+
+    def _posteriors(self, model: _Model, vectors: np.ndarray) -> np.ndarray:
+        """Posterior p(c | u) ∝ π_c · exp(−‖u − μ_c‖² / (2 T σ̄²)) of the fitted mixture, with its
+        per-component diagonal variances replaced by their mean σ̄² (tied, isotropic).
+
+        With per-component variances the posterior of a point between two topics is still one-hot:
+        far in the tails, tiny differences of variance swing the log likelihood by hundreds of nats.
+        Tying the variance keeps the means and weights the mixture learned and makes a point
+        equidistant from two means split its posterior between them, which is what the
+        entropy-based multi-link needs.
+        """
+        x = self._project(model, vectors)
+        gmm = model.gmm
+        means = np.asarray(gmm.means_)  # type: ignore[attr-defined]
+        var = float(np.mean(gmm.covariances_))  # type: ignore[attr-defined]
+        log_w = np.log(np.asarray(gmm.weights_))  # type: ignore[attr-defined]
+        dist = ((x[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
+        z = log_w[None, :] - dist / (2.0 * self.config.posterior_temperature * var)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+    def _choose_clusters(self, post: np.ndarray) -> list[int]:
+        c = self.config
+        order = np.argsort(-post)
+        if math.exp(entropy(post)) < c.multi_link_perplexity:
+            return [int(order[0])]
+        chosen = [int(i) for i in order[: c.max_clusters_per_unit] if post[i] >= c.min_posterior]
+        return chosen or [int(order[0])]
+
+    # -- fitting -------------------------------------------------------------------------------------
+
+    def refit(self, namespace: str, index: NamespaceIndex) -> _Model | None:
+        """Fit (or warm-refit) the namespace's mixture, reassign every unit, and link a batch of units.
+
+        Returns the model, or None when the namespace is too small to cluster.
+        """
+        from sklearn.decomposition import PCA
+        from sklearn.mixture import GaussianMixture
+
+        c = self.config
+        vectors_by_key: dict[int, np.ndarray] = {}
+        for key in index.unit_keys():
+            vector = index.vector(key)
+            if vector is not None:
+                vectors_by_key[key] = vector
+        keys = np.asarray(list(vectors_by_key), dtype=np.int64)
+        n = len(keys)
+        if n < c.min_units:
+            return None
+        started = time.perf_counter()
+        rng = np.random.default_rng(c.seed)
+        sample_keys = keys if n <= c.sample_cap else rng.choice(keys, c.sample_cap, replace=False)
+        sample = np.stack([vectors_by_key[int(k)] for k in sample_keys]).astype(np.float32)
+        old = self._models.get(namespace)
+        k = self._n_clusters(n)
+        dims = min(c.pca_dims, sample.shape[1], len(sample) - 1)
+        if old is not None and n < 4 * old.pca_n and old.components.shape[0] == dims:
+            mean, components, pca_n = old.mean, old.components, old.pca_n
+        else:
+            pca = PCA(n_components=dims, svd_solver="randomized", random_state=c.seed).fit(sample)
+            mean, components, pca_n = pca.mean_.astype(np.float32), pca.components_.astype(np.float32), n
+        projected = np.asarray((sample - mean) @ components.T, dtype=np.float64)
+        warm = old is not None and old.k == k and old.components is components
+        if warm:
+            gmm = old.gmm  # type: ignore[union-attr]
+            gmm.set_params(warm_start=True, max_iter=max(5, c.max_iter // 3))  # type: ignore[attr-defined]
+        else:
+            gmm = GaussianMixture(
+                n_components=k,
+                covariance_type="diag",
+                max_iter=c.max_iter,
+                init_params="k-means++",
+                reg_covar=1e-4,
+                random_state=c.seed,
+            )
+        gmm.fit(projected)  # type: ignore[attr-defined]
+        model = _Model(mean, components, gmm, k, n, pca_n)
+        # Reassign every unit (vectorised, O(n)) and keep who is linked already.
+        all_vectors = np.stack([vectors_by_key[int(key)] for key in keys]).astype(np.float32)
+        post = self._posteriors(model, all_vectors)
+        for key, row in zip(keys.tolist(), post, strict=True):
+            for cluster in self._choose_clusters(row):
+                model.members.setdefault(cluster, []).append(key)
+        if old is not None:
+            model.linked = {key for key in old.linked if key in vectors_by_key}
+        with self._lock:
+            self._models[namespace] = model
+        unlinked = [int(key) for key in keys if int(key) not in model.linked][: c.link_batch]
+        self._link_keys(namespace, index, model, unlinked, post_by_key=None)
+        model.refit_seconds = time.perf_counter() - started
+        log.info(
+            "association refit",
+            extra={
+                "namespace": namespace,
+                "units": n,
+                "clusters": k,
+                "warm": warm,
+                "seconds": model.refit_seconds,
+            },
+        )
+        return model
+
+    # -- linking -------------------------------------------------------------------------------------
+
+    def link(self, namespace: str, index: NamespaceIndex, keys: list[int]) -> int:
+        """Link newly added units into the current model's clusters; returns edges written.
+
+        Before the first fit this does nothing: the first refit links everything.
+        """
+        model = self._models.get(namespace)
+        if model is None or not keys:
+            return 0
+        return self._link_keys(namespace, index, model, keys, post_by_key=None, add_members=True)
+
+    def _link_keys(
+        self,
+        namespace: str,
+        index: NamespaceIndex,
+        model: _Model,
+        keys: list[int],
+        post_by_key: dict[int, np.ndarray] | None,
+        add_members: bool = False,
+    ) -> int:
+        c = self.config
+        # Every requested key counts as handled, even one removed meanwhile, so backlogs always drain.
+        model.linked.update(keys)
+        present: list[tuple[int, np.ndarray, MemoryUnit]] = []
+        for key in keys:
+            vector, unit = index.vector(key), index.unit(key)
+            if vector is not None and unit is not None:
+                present.append((key, vector, unit))
+        if not present:
+            return 0
+        vectors = np.stack([v for _, v, _ in present]).astype(np.float32)
+        post = self._posteriors(model, vectors)
+        rng = np.random.default_rng(c.seed)
+        edges: list[tuple[int, int, float]] = []
+        candidate_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for (key, vector, unit), row in zip(present, post, strict=True):
+            chosen = self._choose_clusters(row)
+            share = max(1, math.ceil(c.links_per_unit / len(chosen)))
+            own = set(unit.message_ids)
+            for cluster in chosen:
+                if cluster not in candidate_cache:
+                    pool = np.asarray(model.members.get(cluster, []), dtype=np.int64)
+                    if len(pool) > c.candidate_cap:
+                        pool = rng.choice(pool, c.candidate_cap, replace=False)
+                    alive_keys: list[int] = []
+                    alive_vectors: list[np.ndarray] = []
+                    for member in pool.tolist():
+                        member_vector = index.vector(member)
+                        if member_vector is not None:
+                            alive_keys.append(member)
+                            alive_vectors.append(member_vector)
+                    matrix = (
+                        np.stack(alive_vectors).astype(np.float32)
+                        if alive_vectors
+                        else np.zeros((0, len(vector)), dtype=np.float32)
+                    )
+                    candidate_cache[cluster] = (np.asarray(alive_keys, dtype=np.int64), matrix)
+                members, matrix = candidate_cache[cluster]
+                if not len(members):
+                    continue
+                sims = matrix @ vector
+                taken = 0
+                for j in np.argsort(-sims)[: share * 4]:
+                    other = int(members[j])
+                    if other == key:
+                        continue
+                    other_unit = index.unit(other)
+                    if other_unit is None or own.intersection(other_unit.message_ids):
+                        continue
+                    edges.append((min(key, other), max(key, other), float(sims[j])))
+                    taken += 1
+                    if taken >= share:
+                        break
+                if add_members:
+                    model.members.setdefault(cluster, []).append(key)
+            model.linked.add(key)
+        if edges:
+            self.store.upsert_edges(namespace, edges)
+            index.set_edges(edges, replace=False)
+        return len(edges)

@@ -1,0 +1,489 @@
+"""Per-query ranking: hybrid candidates per granularity, an entropy router, context and packing.
+
+``search(index, query, query_vector, policy)`` reads a :class:`RetrievalIndex` (``memory.index.
+NamespaceIndex`` implements it) and returns hits packed under the word budget, best first.
+
+Pipeline (every step touches only candidates, never every unit):
+
+1. **Candidates** per granularity g: top-K by dense cosine (FAISS) ∪ top-K by BM25. Both raw scores
+   are computed exactly for every candidate (stored vectors, BM25 postings), z-scored over the
+   candidate pool, and summed: ``s_g(u) = w_dense·z_dense(u) + w_lex·z_lex(u) + penalty·ln weight(u)``.
+2. **Entropy router** (MemGAS, with its sign bug fixed): for each granularity g, over its top-n dense
+   candidates, ``p = softmax(cos / T)``, ``H_g = −Σ p ln p / ln n`` ∈ [0, 1], and
+   ``w_g = prior_g · (ε + 1 − H_g) / Σ_h prior_h · (ε + 1 − H_h) · Σ_h prior_h``.
+   Normalising by ln n keeps 1 − H_g ≥ 0, so when every granularity is uncertain the weights fall
+   back to the priors instead of flipping sign and favouring the noisiest one. T is the namespace
+   policy's ``temperature``.
+3. **Projection to turns**: the turns carry the words, the coarser units route. A turn's score is
+   ``w_turn · (s_turn(t) + Σ_d λ_d Σ_{|t'−t|=d} s_turn(t')) + Σ_{g≠turn} w_g · max_{u∋t} s_g(u)
+   + w_agg · agg(session(t))`` where the neighbour term smooths over conversation order (evidence
+   comes in runs), ``u∋t`` ranges over units of g covering t (a session unit routes all its turns),
+   and ``agg`` is the mean of the best three turn scores of the session (session-level routing).
+4. **Cues**: a speaker named in the query boosts that speaker's turns; a month/year named in the query
+   boosts turns of that time; "latest/recently" adds a small recency term; time filters drop units
+   outside ``[time_start, time_end]``.
+5. **Association expansion**: the top seeds spread ``α · edge weight`` of their score to their
+   association neighbours (GMM links from ``index.neighbors``), one step of personalised PageRank.
+6. **Packing**: best first, skip a unit whose messages are already packed, skip one that would
+   overflow ``token_budget`` (a shorter one may still fit), stop at ``top_k`` hits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.entropy import normalized_entropy, softmax
+from core.lexical import BM25Index, tokenize
+from memory.model import (
+    Granularity,
+    MemoryUnit,
+    RoutingDiagnostics,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+)
+from memory.units import speaker_of
+
+
+class RetrievalIndex(Protocol):
+    """What the retriever reads of a namespace (``memory.index.NamespaceIndex`` implements it)."""
+
+    def granularities(self) -> list[Granularity]:
+        """Granularities holding at least one unit."""
+        ...
+
+    def unit(self, key: int) -> MemoryUnit | None:
+        """The unit under ``key``, ``None`` if it is gone."""
+        ...
+
+    def vector(self, key: int) -> np.ndarray | None:
+        """The stored (L2-normalised) embedding of a unit."""
+        ...
+
+    def units_of_message(self, message_id: str) -> set[int]:
+        """Keys of every unit covering a message."""
+        ...
+
+    def dense_search(self, granularity: Granularity, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (keys, cosines) of one granularity."""
+        ...
+
+    def lexical_search(
+        self, granularity: Granularity, query: str | Sequence[str], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (keys, BM25 scores) of one granularity."""
+        ...
+
+    def lexical(self, granularity: Granularity) -> BM25Index | None:
+        """The BM25 index of one granularity (to score given keys)."""
+        ...
+
+    def neighbors(self, keys: Iterable[int], limit: int = 8) -> dict[int, list[tuple[int, float]]]:
+        """Association neighbours (key, weight) of each key, strongest first."""
+        ...
+
+
+_DEFAULT_PRIORS = {"turn": 1.0, "exchange": 0.3, "session": 0.5, "fact": 0.2}
+
+
+@dataclass(frozen=True)
+class RetrievalPolicy:
+    """Ranking knobs; read from the namespace memory policy (``retrieval`` section or top level)."""
+
+    # Router softmax temperature over cosines (cosines live in [-1, 1]: 0.05 makes a 0.1 gap e^2).
+    temperature: float = 0.05
+    # Candidates per channel for the turn granularity; coarser granularities take half.
+    candidates: int = 100
+    # Top dense candidates whose softmax entropy the router measures.
+    router_candidates: int = 10
+    # ε in the router weights: keeps every granularity's weight > 0.
+    router_floor: float = 0.1
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    # Weight of turns at distance 1, 2, ... in conversation order.
+    neighbor_weights: tuple[float, ...] = (0.3, 0.15)
+    priors: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_PRIORS))
+    # Session-level routing from the session's best turn scores.
+    session_aggregate: float = 0.5
+    speaker_boost: float = 0.5
+    # Multiplier of ln(weight) for low-information units.
+    low_info_penalty: float = 1.0
+    time_boost: float = 1.0
+    recency_boost: float = 0.3
+    association_weight: float = 0.15
+    association_seeds: int = 10
+
+    @classmethod
+    def from_mapping(cls, policy: Mapping[str, Any] | None) -> RetrievalPolicy:
+        """Build from a namespace memory policy; ``router_temperature`` is accepted for ``temperature``."""
+        policy = policy or {}
+        section = policy.get("retrieval", policy)
+        if not isinstance(section, Mapping):
+            section = {}
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            if name in section:
+                values[name] = section[name]
+        for alias in ("router_temperature", "temperature"):
+            if alias in policy and "temperature" not in values:
+                values["temperature"] = policy[alias]
+        if "neighbor_weights" in values:
+            values["neighbor_weights"] = tuple(float(x) for x in values["neighbor_weights"])
+        if "priors" in values:
+            values["priors"] = {**_DEFAULT_PRIORS, **dict(values["priors"])}
+        out = cls(**values)
+        if out.temperature <= 0:
+            raise ValueError(f"memory policy temperature must be > 0, got {out.temperature}")
+        return out
+
+
+def router_weights(
+    cosines: Mapping[str, Sequence[float]],
+    temperature: float,
+    priors: Mapping[str, float] | None = None,
+    floor: float = 0.1,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Entropy-router weights per granularity from each one's candidate cosines.
+
+    Returns (normalised entropy H_g, weight w_g). ``w_g ∝ prior_g · (floor + 1 − H_g)``, scaled so the
+    weights sum to the sum of the priors: never negative, and equal to the priors when every H_g is
+    equal (in particular when all are maximal — the case where MemGAS's raw-nats formula flips sign).
+    A granularity without candidates gets H = 1 and weight 0.
+    """
+    priors = priors or {}
+    entropy: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    for name, values in cosines.items():
+        prior = float(priors.get(name, 1.0))
+        if len(values) == 0:
+            entropy[name], raw[name] = 1.0, 0.0
+            continue
+        h = normalized_entropy(softmax(np.asarray(values, dtype=np.float64), temperature))
+        entropy[name] = h
+        raw[name] = prior * (floor + 1.0 - h)
+    total_raw = sum(raw.values())
+    mass = sum(float(priors.get(n, 1.0)) for n, v in cosines.items() if len(v))
+    weights = {n: (r / total_raw * mass if total_raw > 0 else 0.0) for n, r in raw.items()}
+    return entropy, weights
+
+
+def _z(values: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """z-score ``values`` with the mean/std of ``ref`` (default: themselves); flat input gives zeros."""
+    ref = values if ref is None else ref
+    if len(ref) == 0:
+        return np.zeros_like(values, dtype=np.float64)
+    mean, std = float(ref.mean()), float(ref.std())
+    if std < 1e-9:
+        return np.zeros_like(values, dtype=np.float64)
+    return (values.astype(np.float64) - mean) / std
+
+
+@dataclass
+class _Pool:
+    """Scored candidates of one granularity."""
+
+    keys: np.ndarray
+    score: np.ndarray  # fused z score
+    cosines: np.ndarray
+    floor: float
+
+
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+         "november", "december"]
+    )
+}
+_MONTH_YEAR = re.compile(r"\b(" + "|".join(_MONTHS) + r")(?:\s+(?:of\s+)?((?:19|20)\d{2}))?\b", re.IGNORECASE)
+_YEAR = re.compile(r"\b((?:19|20)\d{2})\b")
+_RECENT = re.compile(r"\b(latest|recently|most recent|last time|lately|newest|current(?:ly)?)\b", re.IGNORECASE)
+
+
+def time_cues(text: str) -> list[tuple[int, int | None]]:
+    """(year, month or None) pairs named in a query: "in May 2023" → (2023, 5); "2022" → (2022, None).
+
+    A month without a year gives year 0 (any year). "may" is only read as a month next to a year.
+    """
+    cues: list[tuple[int, int | None]] = []
+    used: set[str] = set()
+    for match in _MONTH_YEAR.finditer(text):
+        month, year = match.group(1).lower(), match.group(2)
+        if month == "may" and not year:
+            continue
+        cues.append((int(year) if year else 0, _MONTHS[month]))
+        if year:
+            used.add(year)
+    for match in _YEAR.finditer(text):
+        if match.group(1) not in used:
+            cues.append((int(match.group(1)), None))
+    return cues
+
+
+def _matches_cue(when: datetime | None, cues: Sequence[tuple[int, int | None]]) -> bool:
+    if when is None:
+        return False
+    return any((year in (0, when.year)) and (month is None or month == when.month) for year, month in cues)
+
+
+class _Scorer:
+    """Exact dense and lexical scores of arbitrary keys of one granularity, cached per query."""
+
+    def __init__(self, index: RetrievalIndex, granularity: Granularity, qvec: np.ndarray, terms: list[str]):
+        self.index = index
+        self.granularity = granularity
+        self.qvec = qvec
+        self.terms = terms
+        self.lexical = index.lexical(granularity)
+        self._cache: dict[int, tuple[float, float]] = {}
+
+    def raw(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        missing = [k for k in keys if k not in self._cache]
+        if missing:
+            vectors = [self.index.vector(k) for k in missing]
+            dense = np.array(
+                [float(np.dot(v, self.qvec)) if v is not None else -1.0 for v in vectors], dtype=np.float64
+            )
+            lex = (
+                self.lexical.score(self.terms, missing).astype(np.float64)
+                if self.lexical is not None
+                else np.zeros(len(missing))
+            )
+            for k, d, s in zip(missing, dense, lex, strict=True):
+                self._cache[k] = (float(d), float(s))
+        pairs = [self._cache[k] for k in keys]
+        return (
+            np.array([p[0] for p in pairs], dtype=np.float64),
+            np.array([p[1] for p in pairs], dtype=np.float64),
+        )
+
+
+def _allowed(unit: MemoryUnit | None, query: SearchQuery) -> bool:
+    if unit is None:
+        return False
+    if query.session_ids and unit.session_id not in query.session_ids:
+        return False
+    if query.time_start and unit.time_end and unit.time_end < query.time_start:
+        return False
+    return not (query.time_end and unit.time_start and unit.time_start > query.time_end)
+
+
+def search(
+    index: RetrievalIndex, query: SearchQuery, query_vector: np.ndarray, policy: Mapping[str, Any] | None = None
+) -> SearchResult:
+    """Rank and pack memory units for ``query`` (see the module docstring for the formulas)."""
+    pol = policy if isinstance(policy, RetrievalPolicy) else RetrievalPolicy.from_mapping(policy)
+    qvec = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    terms = tokenize(query.query)
+    present = index.granularities()
+    if query.granularities:
+        present = [g for g in present if g in query.granularities]
+    if not present:
+        return SearchResult([], RoutingDiagnostics({}, {}))
+
+    scorers = {g: _Scorer(index, g, qvec, terms) for g in present}
+    pools: dict[Granularity, _Pool] = {}
+    for g in present:
+        k = pol.candidates if g == Granularity.TURN else max(10, pol.candidates // 2)
+        dk, _ = index.dense_search(g, qvec, k)
+        lk, _ = index.lexical_search(g, terms, k) if terms else (np.zeros(0, dtype=np.int64), None)
+        keys = [int(x) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()]) if _allowed(index.unit(int(x)), query)]
+        if not keys:
+            continue
+        dense, lex = scorers[g].raw(keys)
+        weights = np.array([max(u.weight, 1e-3) if (u := index.unit(x)) else 1.0 for x in keys])
+        score = pol.dense_weight * _z(dense) + pol.lexical_weight * _z(lex) + pol.low_info_penalty * np.log(weights)
+        pools[g] = _Pool(np.asarray(keys, dtype=np.int64), score, dense, float(score.min()))
+
+    top_cos = {
+        g.value: np.sort(p.cosines)[::-1][: pol.router_candidates].tolist() for g, p in pools.items()
+    }
+    entropy, gweight = router_weights(top_cos, pol.temperature, pol.priors, pol.router_floor)
+    diagnostics = RoutingDiagnostics(entropy, gweight)
+    if Granularity.TURN not in pools:
+        return SearchResult(_pack_units(index, pools, gweight, query), diagnostics)
+
+    # -- project every granularity onto turns ------------------------------------------------------
+    turn_pool = pools[Granularity.TURN]
+    turn_of_message: dict[str, int] = {}
+
+    def turn_key(message_id: str) -> int | None:
+        if message_id not in turn_of_message:
+            found = None
+            for key in index.units_of_message(message_id):
+                unit = index.unit(key)
+                if unit is not None and unit.granularity == Granularity.TURN:
+                    found = key
+                    break
+            turn_of_message[message_id] = found  # type: ignore[assignment]
+        return turn_of_message[message_id]
+
+    candidates: dict[int, MemoryUnit] = {}
+    for key in turn_pool.keys.tolist():
+        unit = index.unit(key)
+        if unit is not None:
+            candidates[key] = unit
+    routed: dict[int, float] = {}  # turn key -> Σ_g w_g · best s_g of a covering unit
+    for g, pool in pools.items():
+        if g == Granularity.TURN:
+            continue
+        w = gweight.get(g.value, 0.0)
+        best: dict[int, float] = {}
+        order = np.argsort(-pool.score)[: max(10, pol.candidates // 4)]
+        for row in order.tolist():
+            unit = index.unit(int(pool.keys[row]))
+            if unit is None:
+                continue
+            for mid in unit.message_ids:
+                tk = turn_key(mid)
+                if tk is None:
+                    continue
+                best[tk] = max(best.get(tk, -math.inf), float(pool.score[row]))
+                if tk not in candidates:
+                    tu = index.unit(tk)
+                    if tu is not None and _allowed(tu, query):
+                        candidates[tk] = tu
+        for tk in candidates:
+            routed[tk] = routed.get(tk, 0.0) + w * best.get(tk, pool.floor)
+
+    # Sequence neighbours, from the exchange windows (their message ids are in conversation order).
+    neighbours: dict[int, list[tuple[int, int]]] = {}
+    max_d = len(pol.neighbor_weights)
+    for tk, unit in candidates.items():
+        found: dict[int, int] = {}
+        mid = unit.message_ids[0]
+        for wk in index.units_of_message(mid):
+            win = index.unit(wk)
+            if win is None or win.granularity != Granularity.EXCHANGE or mid not in win.message_ids:
+                continue
+            at = win.message_ids.index(mid)
+            for pos, other in enumerate(win.message_ids):
+                d = abs(pos - at)
+                if 0 < d <= max_d:
+                    ok = turn_key(other)
+                    if ok is not None and (ok not in found or found[ok] > d):
+                        found[ok] = d
+        neighbours[tk] = list(found.items())
+    every = list(dict.fromkeys([*candidates, *(k for lst in neighbours.values() for k, _ in lst)]))
+    dense, lex = scorers[Granularity.TURN].raw(every)
+    ref_dense, ref_lex = scorers[Granularity.TURN].raw(turn_pool.keys.tolist())
+    base_arr = pol.dense_weight * _z(dense, ref_dense) + pol.lexical_weight * _z(lex, ref_lex)
+    base = dict(zip(every, base_arr.tolist(), strict=True))
+
+    keys = list(candidates)
+    w_turn = gweight.get(Granularity.TURN.value, 1.0)
+    scores: dict[int, float] = {}
+    for tk in keys:
+        smooth = base[tk] + sum(pol.neighbor_weights[d - 1] * base[n] for n, d in neighbours[tk])
+        unit = candidates[tk]
+        penalty = pol.low_info_penalty * math.log(max(unit.weight, 1e-3))
+        scores[tk] = w_turn * smooth + routed.get(tk, 0.0) + penalty
+
+    # Session-level routing: mean of each session's best three turn scores.
+    if pol.session_aggregate:
+        by_session: dict[str, list[float]] = {}
+        for tk in keys:
+            by_session.setdefault(candidates[tk].session_id, []).append(scores[tk])
+        agg = {s: float(np.mean(sorted(v, reverse=True)[:3])) for s, v in by_session.items()}
+        agg_arr = np.array(list(agg.values()))
+        agg_z = dict(zip(agg, _z(agg_arr).tolist(), strict=True))
+        for tk in keys:
+            scores[tk] += pol.session_aggregate * agg_z[candidates[tk].session_id]
+
+    _apply_cues(query.query, candidates, scores, pol)
+    _expand_associations(index, query, candidates, scores, pol)
+
+    ranked = sorted(scores, key=lambda k: (-scores[k], candidates[k].id))
+    return SearchResult(_pack(((candidates[k], scores[k]) for k in ranked), query), diagnostics)
+
+
+def _apply_cues(text: str, candidates: Mapping[int, MemoryUnit], scores: dict[int, float], pol: RetrievalPolicy) -> None:
+    """Speaker, explicit-time and recency cues of the query."""
+    lowered = set(re.findall(r"\w+", text.lower()))
+    speakers = {speaker_of(u.text) for u in candidates.values()} - {""}
+    named = [s for s in speakers if s.lower() in lowered]
+    if len(named) == 1 and pol.speaker_boost:
+        for tk, unit in candidates.items():
+            if speaker_of(unit.text) == named[0]:
+                scores[tk] += pol.speaker_boost
+    cues = time_cues(text)
+    if cues and pol.time_boost:
+        for tk, unit in candidates.items():
+            if _matches_cue(unit.time_start, cues) or _matches_cue(unit.time_end, cues):
+                scores[tk] += pol.time_boost
+    if _RECENT.search(text) and pol.recency_boost:
+        stamps = sorted({u.time_end.timestamp() for u in candidates.values() if u.time_end is not None})
+        if len(stamps) > 1:
+            rank = {t: i / (len(stamps) - 1) for i, t in enumerate(stamps)}
+            for tk, unit in candidates.items():
+                if unit.time_end is not None:
+                    scores[tk] += pol.recency_boost * rank[unit.time_end.timestamp()]
+
+
+def _expand_associations(
+    index: RetrievalIndex,
+    query: SearchQuery,
+    candidates: dict[int, MemoryUnit],
+    scores: dict[int, float],
+    pol: RetrievalPolicy,
+) -> None:
+    """One personalised-PageRank step from the top seeds over association edges (turn units only)."""
+    if not pol.association_weight or not scores:
+        return
+    seeds = sorted(scores, key=lambda k: -scores[k])[: pol.association_seeds]
+    floor = min(scores.values())
+    edges = index.neighbors(seeds)
+    spread: dict[int, float] = {}
+    for seed, adjacent in edges.items():
+        mass = max(scores[seed] - floor, 0.0)
+        for other, weight in adjacent:
+            spread[other] = spread.get(other, 0.0) + pol.association_weight * weight * mass
+    for other, extra in spread.items():
+        unit = index.unit(other)
+        if unit is None or unit.granularity != Granularity.TURN or not _allowed(unit, query):
+            continue
+        if other not in candidates:
+            candidates[other] = unit
+            scores[other] = floor
+        scores[other] += extra
+
+
+def _pack(ranked: Iterable[tuple[MemoryUnit, float]], query: SearchQuery) -> list[SearchHit]:
+    """Best first under the word budget; no message twice; skip what overflows, keep trying smaller."""
+    hits: list[SearchHit] = []
+    used = 0
+    packed: set[str] = set()
+    for unit, score in ranked:
+        if packed.intersection(unit.message_ids):
+            continue
+        words = len(unit.text.split())
+        if query.token_budget and used + words > query.token_budget:
+            continue
+        used += words
+        packed.update(unit.message_ids)
+        hits.append(SearchHit(unit, float(score)))
+        if len(hits) >= query.top_k or (query.token_budget and used >= query.token_budget):
+            break
+    return hits
+
+
+def _pack_units(
+    index: RetrievalIndex, pools: Mapping[Granularity, _Pool], gweight: Mapping[str, float], query: SearchQuery
+) -> list[SearchHit]:
+    """Packing when turns are not searched: every pool's units by router-weighted score."""
+    ranked: list[tuple[MemoryUnit, float]] = []
+    for g, pool in pools.items():
+        w = gweight.get(g.value, 1.0)
+        for key, score in zip(pool.keys.tolist(), pool.score.tolist(), strict=True):
+            unit = index.unit(key)
+            if unit is not None:
+                ranked.append((unit, w * score))
+    ranked.sort(key=lambda us: (-us[1], us[0].id))
+    return _pack(ranked, query)

@@ -1,0 +1,380 @@
+"""Derive retrievable units from one session's messages, extractively (no LLM by default).
+
+Granularities (every unit keeps its ``message_ids``, session and time range, and its ``text`` contains
+the full words of every message it claims to cover):
+
+- ``turn``: one per message, ``"<speaker>: <text>"``. Low-information turns ("ok", "haha!") are kept
+  but get ``weight`` < 1, from the share of content words (entropy-aware filtering, SimpleMem-style).
+- ``exchange``: a sliding window of ``window`` consecutive turns centred on each turn (stride 1), so
+  each turn has one unit holding its immediate context. The retriever also reads the windows to know
+  which turns are sequence neighbours (a window's ``message_ids`` are in conversation order).
+- ``session``: a digest: the session date, its top keyphrases, and its most central turns (TF-IDF
+  centroid similarity, in full); ``message_ids`` are those turns only.
+- ``fact``: per salient entity/keyphrase (capitalised names, dates, numbers, frequent content words),
+  the turns that mention it, in full (at most ``fact_turns``), prefixed by the keyphrase.
+
+An optional :class:`Enricher` (e.g. :class:`OpenAICompatibleEnricher`) may add units; it is off unless
+a namespace policy configures it, and its units must respect the same covering rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.lexical import STOPWORDS, tokenize
+from memory.model import Granularity, MemoryMessage, MemoryUnit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnitPolicy:
+    """How units are derived; defaults are what the memory policy uses when it says nothing."""
+
+    # Turns per exchange window (odd: centred on a turn).
+    window: int = 3
+    # Most central turns quoted in the session digest.
+    digest_turns: int = 3
+    # Keyphrases listed in the digest.
+    digest_keyphrases: int = 8
+    # Fact units per session, and turns quoted per fact.
+    max_facts: int = 6
+    fact_turns: int = 3
+    # A turn with fewer content terms than this is "low information".
+    low_info_terms: int = 3
+    # Weight floor of a turn without any content term.
+    low_info_weight: float = 0.4
+
+    @classmethod
+    def from_mapping(cls, policy: Mapping[str, Any] | None) -> UnitPolicy:
+        """Read the ``units`` section of a namespace memory policy (unknown keys are ignored)."""
+        section = (policy or {}).get("units", policy or {})
+        fields = {f: section[f] for f in cls.__dataclass_fields__ if isinstance(section, Mapping) and f in section}
+        return cls(**fields)
+
+
+def turn_text(message: MemoryMessage) -> str:
+    """The text of a message as units quote it: ``"<speaker>: <text>"`` (just the text without speaker)."""
+    return f"{message.speaker}: {message.text}" if message.speaker else message.text
+
+
+def speaker_of(unit_text: str) -> str:
+    """The speaker prefix of a turn unit's text (``""`` when there is none)."""
+    head, sep, _ = unit_text.partition(": ")
+    return head if sep and 0 < len(head) <= 64 and "\n" not in head else ""
+
+
+def information_weight(text: str, policy: UnitPolicy = UnitPolicy()) -> float:
+    """Down-weight for low-information turns: 1.0 at ≥ ``low_info_terms`` distinct content terms.
+
+    Linear from ``low_info_weight`` (no content term: "haha", "ok!") up to 1.
+    """
+    distinct = len(set(tokenize(text)))
+    if distinct >= policy.low_info_terms:
+        return 1.0
+    return policy.low_info_weight + (1.0 - policy.low_info_weight) * distinct / policy.low_info_terms
+
+
+def _unit_id(session_id: str, kind: str, parts: Sequence[str]) -> str:
+    # Deterministic and bounded: the same messages give the same id on every re-derive.
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
+    return f"{session_id}/{kind}/{digest}"
+
+
+_DATE = re.compile(
+    r"\b(?:\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?(?:,?\s+\d{4})?"
+    r"|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?"
+    r"|(?:19|20)\d{2}|yesterday|today|tomorrow|last (?:week|month|year|weekend)|next (?:week|month|year))\b",
+    re.IGNORECASE,
+)
+_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+[A-Z][a-z]+)*)\b")
+
+
+def keyphrases(texts: Sequence[str], limit: int, exclude: set[str] | None = None) -> list[str]:
+    """Salient phrases of a set of texts: names, dates, then terms by TF-IDF across the texts.
+
+    Names are capitalised word runs not at a sentence start; dates match common forms. Returned in
+    surface form (first seen), most salient first.
+    """
+    exclude = {e.lower() for e in (exclude or set())}
+    scores: Counter[str] = Counter()
+    surface: dict[str, str] = {}
+    for text in texts:
+        for match in _DATE.finditer(text):
+            key = match.group(0).lower()
+            scores[key] += 3.0
+            surface.setdefault(key, match.group(0))
+        for match in _NAME.finditer(text):
+            phrase = match.group(1)
+            key = phrase.lower()
+            if key in STOPWORDS or key in exclude or len(key) < 3:
+                continue
+            scores[key] += 2.0
+            surface.setdefault(key, phrase)
+    doc_freq: Counter[str] = Counter()
+    term_freq: Counter[str] = Counter()
+    first_word: dict[str, str] = {}
+    for text in texts:
+        words = re.findall(r"[A-Za-z][A-Za-z'-]+", text)
+        stems = tokenize(" ".join(words))
+        for word in words:
+            stem = tokenize(word)
+            if stem:
+                first_word.setdefault(stem[0], word.lower())
+        term_freq.update(stems)
+        doc_freq.update(set(stems))
+    n = max(len(texts), 1)
+    for term, tf in term_freq.items():
+        word = first_word.get(term, term)
+        if len(word) < 4 or word in exclude:
+            continue
+        # Repeated within the session but not everywhere in it: the session's topic words.
+        scores[word] += (1.0 + math.log(tf)) * math.log(1.0 + n / doc_freq[term]) * (1.0 if tf > 1 else 0.5)
+        surface.setdefault(word, word)
+    ranked = [surface[k] for k, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+    out: list[str] = []
+    seen: set[str] = set()
+    for phrase in ranked:
+        key = phrase.lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(phrase)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _centrality(token_lists: Sequence[list[str]]) -> list[float]:
+    """Cosine of each text's TF-IDF vector to the session centroid (0 for empty texts)."""
+    n = len(token_lists)
+    doc_freq: Counter[str] = Counter()
+    for tokens in token_lists:
+        doc_freq.update(set(tokens))
+    vectors: list[dict[str, float]] = []
+    centroid: Counter[str] = Counter()
+    for tokens in token_lists:
+        tf = Counter(tokens)
+        vec = {t: (1 + math.log(c)) * math.log(1 + n / doc_freq[t]) for t, c in tf.items()}
+        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+        vec = {t: v / norm for t, v in vec.items()}
+        vectors.append(vec)
+        centroid.update(vec)
+    cnorm = math.sqrt(sum(v * v for v in centroid.values())) or 1.0
+    return [sum(v * centroid[t] for t, v in vec.items()) / cnorm for vec in vectors]
+
+
+class Enricher(Protocol):
+    """Optional extra units for one session (e.g. LLM summaries); must obey the covering rule."""
+
+    def enrich(self, session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryUnit]:
+        """Units to add to the extractive ones (may be empty)."""
+        ...
+
+
+def derive_units(
+    session_id: str,
+    messages: Sequence[MemoryMessage],
+    policy: UnitPolicy | None = None,
+    enricher: Enricher | None = None,
+) -> list[MemoryUnit]:
+    """Every unit of one session, from its messages in conversation order.
+
+    Deterministic: the same messages give the same units and ids. Unit ids are prefixed by the session
+    id, so they are unique within a namespace.
+    """
+    policy = policy or UnitPolicy()
+    msgs = list(messages)
+    if not msgs:
+        return []
+    texts = [turn_text(m) for m in msgs]
+    token_lists = [tokenize(m.text) for m in msgs]
+    units: list[MemoryUnit] = []
+    for m, text in zip(msgs, texts, strict=True):
+        units.append(
+            MemoryUnit(
+                id=f"{session_id}/turn/{m.id}",
+                granularity=Granularity.TURN,
+                text=text,
+                message_ids=(m.id,),
+                session_id=session_id,
+                time_start=m.time,
+                time_end=m.time,
+                weight=information_weight(m.text, policy),
+            )
+        )
+    units.extend(_windows(session_id, msgs, texts, policy))
+    speakers = {m.speaker for m in msgs if m.speaker}
+    units.append(_digest(session_id, msgs, texts, token_lists, speakers, policy))
+    units.extend(_facts(session_id, msgs, texts, speakers, policy))
+    if enricher is not None:
+        try:
+            units.extend(enricher.enrich(session_id, msgs))
+        except Exception:  # enrichment is best effort: the extractive units stand on their own
+            log.warning("unit enrichment failed for session %s", session_id, exc_info=True)
+    return units
+
+
+def _span(msgs: Sequence[MemoryMessage]) -> tuple[Any, Any]:
+    times = [m.time for m in msgs if m.time is not None]
+    return (min(times), max(times)) if times else (None, None)
+
+
+def _windows(
+    session_id: str, msgs: Sequence[MemoryMessage], texts: Sequence[str], policy: UnitPolicy
+) -> list[MemoryUnit]:
+    if len(msgs) < 2 or policy.window < 2:
+        return []
+    half = policy.window // 2
+    out = []
+    for center in range(len(msgs)):
+        lo, hi = max(0, center - half), min(len(msgs), center + half + 1)
+        part = msgs[lo:hi]
+        if len(part) < 2:
+            continue
+        start, end = _span(part)
+        ids = tuple(m.id for m in part)
+        out.append(
+            MemoryUnit(
+                id=_unit_id(session_id, "exchange", [msgs[center].id, *ids]),
+                granularity=Granularity.EXCHANGE,
+                text="\n".join(texts[lo:hi]),
+                message_ids=ids,
+                session_id=session_id,
+                time_start=start,
+                time_end=end,
+            )
+        )
+    return out
+
+
+def _date_header(msgs: Sequence[MemoryMessage]) -> str:
+    start, end = _span(msgs)
+    if start is None:
+        return ""
+    day = start.strftime("%d %B %Y").lstrip("0")
+    return f"[{day}]" if start.date() == end.date() else f"[{day} – {end.strftime('%d %B %Y').lstrip('0')}]"
+
+
+def _digest(
+    session_id: str,
+    msgs: Sequence[MemoryMessage],
+    texts: Sequence[str],
+    token_lists: Sequence[list[str]],
+    speakers: set[str],
+    policy: UnitPolicy,
+) -> MemoryUnit:
+    central = _centrality(token_lists)
+    ranked = sorted(range(len(msgs)), key=lambda i: (-central[i], i))[: max(1, policy.digest_turns)]
+    chosen = sorted(ranked)
+    phrases = keyphrases([m.text for m in msgs], policy.digest_keyphrases, exclude=speakers)
+    header = " ".join(p for p in (_date_header(msgs), "Topics: " + ", ".join(phrases) if phrases else "") if p)
+    start, end = _span(msgs)
+    return MemoryUnit(
+        id=f"{session_id}/session",
+        granularity=Granularity.SESSION,
+        text="\n".join([header, *(texts[i] for i in chosen)]) if header else "\n".join(texts[i] for i in chosen),
+        message_ids=tuple(msgs[i].id for i in chosen),
+        session_id=session_id,
+        time_start=start,
+        time_end=end,
+    )
+
+
+def _facts(
+    session_id: str, msgs: Sequence[MemoryMessage], texts: Sequence[str], speakers: set[str], policy: UnitPolicy
+) -> list[MemoryUnit]:
+    phrases = keyphrases([m.text for m in msgs], policy.max_facts * 3, exclude=speakers)
+    out: list[MemoryUnit] = []
+    covered: set[tuple[str, ...]] = set()
+    for phrase in phrases:
+        stems = tokenize(phrase)
+        if not stems:
+            continue
+        hits = [i for i, m in enumerate(msgs) if phrase.lower() in m.text.lower()]
+        if not hits:
+            continue
+        hits = hits[: policy.fact_turns]
+        ids = tuple(msgs[i].id for i in hits)
+        if ids in covered:  # another keyphrase already grouped exactly these turns
+            continue
+        covered.add(ids)
+        part = [msgs[i] for i in hits]
+        start, end = _span(part)
+        date = _date_header(part)
+        out.append(
+            MemoryUnit(
+                id=_unit_id(session_id, "fact", [phrase.lower(), *ids]),
+                granularity=Granularity.FACT,
+                text=f"{phrase} {date}".strip() + ":\n" + "\n".join(texts[i] for i in hits),
+                message_ids=ids,
+                session_id=session_id,
+                time_start=start,
+                time_end=end,
+            )
+        )
+        if len(out) >= policy.max_facts:
+            break
+    return out
+
+
+class OpenAICompatibleEnricher:
+    """Asks an OpenAI-compatible chat endpoint which turns state durable facts, and builds fact units.
+
+    The model only *selects* turn numbers and a short label; the unit text is the label plus the quoted
+    turns, so units still contain the words they cover whatever the model says. Off by default.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", timeout: float = 30.0, client: Any = None):
+        import httpx
+
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def enrich(self, session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryUnit]:
+        """Fact units for the turns the model marks (empty when it answers nothing usable)."""
+        numbered = "\n".join(f"{i}. {turn_text(m)}" for i, m in enumerate(messages))
+        prompt = (
+            "List the durable facts stated in this conversation. Answer JSON only: "
+            '{"facts": [{"label": "<5 words>", "turns": [<turn numbers>]}]}\n\n' + numbered
+        )
+        response = self._client.post(
+            self._url,
+            headers=self._headers,
+            json={"model": self._model, "messages": [{"role": "user", "content": prompt}], "temperature": 0},
+        )
+        response.raise_for_status()
+        content = response.json()["choices"][0]["message"]["content"]
+        match = re.search(r"\{.*\}", content, re.DOTALL)
+        facts = json.loads(match.group(0)).get("facts", []) if match else []
+        out = []
+        for fact in facts:
+            turns = sorted({int(t) for t in fact.get("turns", []) if 0 <= int(t) < len(messages)})
+            label = str(fact.get("label", "")).strip()[:80]
+            if not turns or not label:
+                continue
+            part = [messages[i] for i in turns]
+            start, end = _span(part)
+            ids = tuple(m.id for m in part)
+            out.append(
+                MemoryUnit(
+                    id=_unit_id(session_id, "llmfact", [label.lower(), *ids]),
+                    granularity=Granularity.FACT,
+                    text=label + ":\n" + "\n".join(turn_text(m) for m in part),
+                    message_ids=ids,
+                    session_id=session_id,
+                    time_start=start,
+                    time_end=end,
+                )
+            )
+        return out

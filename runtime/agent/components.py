@@ -1,0 +1,193 @@
+"""Binds the turn's ports (``ports.py``) to the sidecar's components for one scope.
+
+Each adapter calls its component in-process through ``rt.offload`` (they are synchronous and may embed
+or hit the database). A component slot that is empty (not configured, or its issue not merged) falls
+back to the built-in default of ``ports.py``, and the gate events say so in ``fallback_reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from core.errors import AgentrtError
+from runtime.agent.llm import TokenLogprob
+from runtime.agent.ports import (
+    AllowAllGuard,
+    CandidateView,
+    ConfidenceSelector,
+    DefaultGates,
+    GateOutcome,
+    GuardOutcome,
+    MemoryHitView,
+    NoMemory,
+    NoTools,
+    SelectionOutcome,
+    ToolOutcome,
+    TurnPorts,
+)
+from runtime.container import Runtime
+
+
+def _openai_tokens(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
+    return [
+        {"token": t.token, "logprob": t.logprob,
+         "top_logprobs": [{"token": a, "logprob": lp} for a, lp in t.top_logprobs]}
+        for t in tokens
+    ]
+
+
+class EngineGuard:
+    """``rt.guards`` (guards.GuardEngine): ``check(scope, GuardRequest) -> GuardVerdict``."""
+
+    def __init__(self, rt: Runtime, scope: str):
+        self.rt, self.scope = rt, scope
+
+    async def check(
+        self, stage: str, text: str, *, tool_call: tuple[str, str] | None = None, tools: Sequence[str] = (),
+        thread_id: str = "",
+    ) -> GuardOutcome:
+        from guards.model import GuardRequest, Stage, ToolCallInfo
+
+        request = GuardRequest(
+            stage=Stage(stage), text=text,
+            tool_call=ToolCallInfo(*tool_call) if tool_call else None,
+            available_tools=tuple(tools), metadata={"thread_id": thread_id, "source": "agent"},
+        )
+        v = await self.rt.offload(self.rt.guards.check, self.scope, request)
+        reason = "; ".join(e.text or e.ref for e in getattr(v, "evidence", ())[:3])
+        return GuardOutcome(str(v.decision), v.verdict_id, float(v.harm_score), float(v.entropy), reason)
+
+
+class EngineGates:
+    """``rt.gates`` (runtime.gates.GateEngine): ``decide(scope, gate, tokens, session_id=...)``."""
+
+    def __init__(self, rt: Runtime, scope: str):
+        self.rt, self.scope = rt, scope
+
+    async def decide(self, gate: str, tokens: Sequence[TokenLogprob], *, session_id: str) -> GateOutcome:
+        if not tokens:
+            return GateOutcome(gate, True, fallback_reason="no logprobs from the LLM: gate fires by default")
+        d = await self.rt.offload(self.rt.gates.decide, self.scope, gate, _openai_tokens(tokens),
+                                  session_id=session_id)
+        return GateOutcome(gate, bool(d.fire), float(d.score), float(d.threshold), dict(d.signals))
+
+
+class EngineMemory:
+    """``rt.memory`` (memory.MemoryEngine): ``search(ns, SearchQuery)``, ``write(ns, session, messages)``."""
+
+    def __init__(self, rt: Runtime, scope: str):
+        self.rt, self.scope = rt, scope
+
+    async def search(self, query: str, top_k: int, token_budget: int) -> tuple[list[MemoryHitView], dict[str, float]]:
+        from memory.model import SearchQuery
+
+        if top_k <= 0:
+            return [], {}
+        res = await self.rt.offload(self.rt.memory.search, self.scope,
+                                    SearchQuery(query=query, top_k=top_k, token_budget=token_budget))
+        hits = [MemoryHitView(h.unit.id, h.unit.text, float(h.score), str(h.unit.granularity)) for h in res.hits]
+        routing = {f"weight.{k}": float(v) for k, v in res.routing.weight.items()}
+        routing.update({f"entropy.{k}": float(v) for k, v in res.routing.entropy.items()})
+        return hits, routing
+
+    async def write(self, session_id: str, messages: Sequence[tuple[str, str, str]]) -> list[str]:
+        from datetime import UTC, datetime
+
+        from memory.model import MemoryMessage
+
+        now = datetime.now(UTC)
+        msgs = [MemoryMessage(id=i, session_id=session_id, speaker=s, text=t, time=now) for i, s, t in messages]
+        res = await self.rt.offload(self.rt.memory.write, self.scope, session_id, msgs)
+        return list(res.message_ids)
+
+
+class EngineSelector:
+    """``rt.selector`` (runtime.selection.AnswerSelector): ``select(scope, candidates)``."""
+
+    def __init__(self, rt: Runtime, scope: str):
+        self.rt, self.scope = rt, scope
+
+    async def select(self, candidates: Sequence[CandidateView]) -> SelectionOutcome:
+        from runtime.selection.types import Candidate
+
+        cands = [Candidate(answer=c.answer, agent_id=c.agent_id, tokens=_openai_tokens(c.tokens)) for c in candidates]
+        if any(not c.tokens for c in candidates):
+            # The selector needs logprobs from every candidate; without them use the built-in choice.
+            return await ConfidenceSelector().select(candidates)
+        s = await self.rt.offload(self.rt.selector.select, self.scope, cands)
+        return SelectionOutcome(int(s.index), float(s.confidence), str(s.method))
+
+
+def _function_name(tool_name: str) -> str:
+    # OpenAI function names allow [a-zA-Z0-9_-] only; our builtins are dotted ("memory.search").
+    return tool_name.replace(".", "__")
+
+
+class PipelineTools:
+    """The tool Invoke pipeline (``runtime.tool_invoke.ToolInvoker`` on ``rt.extras["tool_invoker"]``).
+
+    The pipeline validates, guards the call and its result, applies the CALL_TOOL gate to the logprobs
+    sent with the call, executes and audits. A call it stops (blocked, held for review, gated) comes back
+    as ``ToolOutcome.error`` naming the step and the reason, which the LLM then sees.
+    """
+
+    #: The pipeline checks results at STAGE_TOOL_RESULT, so the turn graph does not repeat it.
+    guards_results = True
+
+    def __init__(self, rt: Runtime, scope: str):
+        self.rt, self.scope = rt, scope
+        self._names: dict[str, str] = {}
+
+    async def specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        out = []
+        for name in names:
+            try:
+                tool = await self.rt.tools.get(self.scope, name)
+            except AgentrtError:
+                continue  # an unknown tool is simply not offered
+            fn = _function_name(tool.name)
+            self._names[fn] = tool.name
+            out.append({"type": "function", "function": {
+                "name": fn, "description": tool.description, "parameters": tool.input_schema}})
+        return out
+
+    async def invoke(self, name: str, arguments_json: str, *, call_id: str, instruction: str = "",
+                     session_id: str = "", tokens: Sequence[TokenLogprob] = ()) -> ToolOutcome:
+        from runtime.tool_invoke import InvokeRequest
+
+        request = InvokeRequest(
+            scope=self.scope, name=self._names.get(name, name.replace("__", ".")), arguments_json=arguments_json,
+            instruction=instruction, tokens=_openai_tokens(tokens) if tokens else (), caller="agent",
+            session_id=session_id,
+        )
+        try:
+            res = await self.rt.extras["tool_invoker"].invoke(request)
+        except AgentrtError as exc:
+            return ToolOutcome(error=str(exc))
+        outcome = str(res.outcome)
+        if outcome != "ok":
+            return ToolOutcome(result_json=res.output or "", error=res.reason or outcome)
+        if res.is_error:
+            return ToolOutcome(result_json=res.output, error=res.output or "tool reported an error")
+        return ToolOutcome(result_json=res.output)
+
+
+def bind_ports(
+    rt: Runtime, scope: str, overrides: Mapping[str, Callable[[Runtime, str], Any]] | None = None
+) -> TurnPorts:
+    """Ports for ``scope``: the sidecar's components where present, the built-in defaults elsewhere.
+
+    ``overrides`` (``rt.extras["agent_ports"]``: port name -> factory(rt, scope)) replaces single ports;
+    tests and benchmarks use it to plug in tools without a tool registry.
+    """
+    ports = TurnPorts(
+        guard=EngineGuard(rt, scope) if rt.guards is not None else AllowAllGuard(),
+        gates=EngineGates(rt, scope) if rt.gates is not None else DefaultGates(reason="no gate engine configured"),
+        memory=EngineMemory(rt, scope) if rt.memory is not None else NoMemory(),
+        selector=EngineSelector(rt, scope) if rt.selector is not None else ConfidenceSelector(),
+        tools=PipelineTools(rt, scope) if "tool_invoker" in rt.extras and rt.tools is not None else NoTools(),
+    )
+    for name, port in (overrides or {}).items():
+        setattr(ports, name, port(rt, scope))
+    return ports

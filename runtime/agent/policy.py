@@ -1,0 +1,128 @@
+"""A turn's policy: the namespace's configured ``agent`` policy overridden by the request's ``TurnPolicy``.
+
+Resolved once when the turn starts and kept in the graph state, so a turn resumed after a restart runs
+under the policy it started with. Configuration keys (``policies.defaults.agent`` /
+``policies.namespaces.<ns>.agent`` in the YAML file) use the field names below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from core.errors import InvalidArgumentError
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One agent answering the turn."""
+
+    agent_id: str
+    base_url: str
+    model: str
+    temperature: float
+    system_prompt: str
+
+
+@dataclass(frozen=True)
+class TurnPolicy:
+    """How one turn runs (see ``proto/agentrt/v1/agent.proto`` ``TurnPolicy`` for each field)."""
+
+    llm_base_url: str = ""
+    model: str = "default"
+    temperature: float = 0.0
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # [{"agent_id", "model", "temperature", "system_prompt", "base_url"}], any key optional.
+    candidates: tuple[dict[str, Any], ...] = ()
+    num_candidates: int = 1
+    tools: tuple[str, ...] = ()
+    approval_tools: tuple[str, ...] = ()
+    max_tool_rounds: int = 3
+    retrieve_top_k: int = 5
+    token_budget: int = 0
+    write_memory: bool = True
+    # None: the retrieval gate decides; True/False: always/never retrieve.
+    force_retrieval: bool | None = None
+    # Skip tool calls when the CALL_TOOL gate does not fire (default: the gate is advisory, reported only).
+    enforce_tool_gate: bool = False
+    top_logprobs: int = 5
+    max_tokens: int = 0
+    llm_timeout_s: float = 60.0
+    # Extra copies of the default agent get temperature + spread * i.
+    temperature_spread: float = 0.3
+    api_key: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.candidates and self.num_candidates != len(self.candidates):
+            object.__setattr__(self, "num_candidates", len(self.candidates))
+
+    def validate(self) -> TurnPolicy:
+        """Raise InvalidArgumentError naming the bad ``policy.*`` field."""
+        if not self.llm_base_url:
+            raise InvalidArgumentError("policy.llm_base_url", "no LLM endpoint: set it in the request or in the "
+                                       "namespace's agent policy (policies.*.agent.llm_base_url)")
+        if not self.llm_base_url.startswith(("http://", "https://")):
+            raise InvalidArgumentError("policy.llm_base_url", f"{self.llm_base_url!r} must be an http(s) URL")
+        checks = [
+            ("num_candidates", 1 <= self.num_candidates <= 16, "must be in 1..16"),
+            ("max_tool_rounds", 0 <= self.max_tool_rounds <= 16, "must be in 0..16"),
+            ("retrieve_top_k", 0 <= self.retrieve_top_k <= 100, "must be in 0..100"),
+            ("token_budget", self.token_budget >= 0, "must be >= 0"),
+            ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in 0..20"),
+            ("max_tokens", self.max_tokens >= 0, "must be >= 0"),
+            ("temperature", 0.0 <= self.temperature <= 2.0, "must be in 0..2"),
+            ("llm_timeout_s", self.llm_timeout_s > 0, "must be > 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise InvalidArgumentError(f"policy.{name}", f"{getattr(self, name)!r} {rule}")
+        for i, c in enumerate(self.candidates):
+            t = c.get("temperature")
+            if t is not None and not 0.0 <= float(t) <= 2.0:
+                raise InvalidArgumentError(f"policy.candidates[{i}].temperature", f"{t!r} must be in 0..2")
+        return self
+
+    def candidate(self, index: int) -> CandidateSpec:
+        """The resolved spec of candidate ``index`` (0 is the agent that also calls tools)."""
+        c = self.candidates[index] if index < len(self.candidates) else {}
+        temperature = c.get("temperature")
+        if temperature is None:
+            temperature = self.temperature + (self.temperature_spread * index if not self.candidates else 0.0)
+        return CandidateSpec(
+            agent_id=c.get("agent_id") or f"agent-{index}",
+            base_url=c.get("base_url") or self.llm_base_url,
+            model=c.get("model") or self.model,
+            temperature=min(2.0, float(temperature)),
+            system_prompt=c.get("system_prompt") or self.system_prompt,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form kept in the graph state."""
+        d = asdict(self)
+        d["candidates"] = [dict(c) for c in self.candidates]
+        d["tools"] = list(self.tools)
+        d["approval_tools"] = list(self.approval_tools)
+        return d
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> TurnPolicy:
+        """Build from a (configuration or state) dict; unknown keys are rejected with their name."""
+        known = {f.name for f in fields(TurnPolicy)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgumentError("policy", f"unknown agent policy keys {unknown}; known: {sorted(known)}")
+        d = dict(data)
+        for key in ("candidates", "tools", "approval_tools"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return TurnPolicy(**d)
+
+    def merged(self, overrides: dict[str, Any]) -> TurnPolicy:
+        """This policy with ``overrides`` applied (keys with None values are ignored)."""
+        d = self.to_dict()
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("candidates") and "num_candidates" not in overrides:
+            d["num_candidates"] = len(overrides["candidates"])
+        return TurnPolicy.from_dict(d)

@@ -1,0 +1,189 @@
+"""Runs, resumes and inspects turns: the compiled turn graph plus its checkpointer in the sidecar's database.
+
+The checkpointer is LangGraph's own (``langgraph-checkpoint-sqlite`` / ``-postgres``) opened on the same
+database as everything else, so a run paused on an interrupt survives a sidecar restart. Thread ids are
+scoped (``"<tenant>/<namespace>:<thread>"``) so one namespace never sees another's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import Command
+from sqlalchemy.engine import make_url
+
+from core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from runtime.agent.graph import TurnContext, TurnState, build_graph, new_turn_id, turn_input
+from runtime.agent.llm import ChatClient
+from runtime.agent.policy import TurnPolicy
+from runtime.agent.ports import ALLOW, BLOCK, TurnPorts
+
+Event = dict[str, Any]
+
+
+async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any], Callable[[], Any]]:
+    """A LangGraph async checkpointer on ``database_url`` (SQLite file or Postgres) and its async closer."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        path = url.database or ":memory:"
+        conn = await aiosqlite.connect(path)
+        # Same durability as the rest of the database (see runtime/db.py).
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA busy_timeout=30000")
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        return saver, conn.close
+    if url.get_backend_name() == "postgresql":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo, open=False, min_size=1, max_size=8,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        )
+        await pool.open()
+        pg = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await pg.setup()
+        return pg, pool.close
+    raise InvalidArgumentError("storage.database_url", f"no checkpointer for database {url.get_backend_name()!r}")
+
+
+@dataclass
+class ThreadView:
+    """A thread's state for GetThread."""
+
+    thread_id: str
+    interrupted: bool
+    messages: list[dict[str, Any]]
+    pending_interrupt: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    turns: int = 0
+
+
+class TurnRunner:
+    """Owns the compiled graph, the checkpointer and the LLM clients of one sidecar."""
+
+    def __init__(self, checkpointer: BaseCheckpointSaver[Any]):
+        self.graph = build_graph().compile(checkpointer=checkpointer)
+        self._clients: dict[tuple[str, str], ChatClient] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def llm(self, base_url: str, api_key: str = "") -> ChatClient:
+        """The shared client of one endpoint (connections are kept alive across turns)."""
+        key = (base_url, api_key)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = ChatClient(base_url, api_key=api_key or None)
+        return client
+
+    async def aclose(self) -> None:
+        """Close LLM clients."""
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()
+
+    @staticmethod
+    def _config(scope: str, thread_id: str) -> RunnableConfig:
+        return {"configurable": {"thread_id": f"{scope}:{thread_id}"}}
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def run_turn(
+        self, scope: str, thread_id: str, message: str, speaker: str, policy: TurnPolicy, ports: TurnPorts,
+        *, deadline: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run one turn, yielding event dicts; the last one has ``type == "result"``.
+
+        Raises FailedPreconditionError if the thread is paused on an interrupt (Resume it first).
+        """
+        config = self._config(scope, thread_id)
+        async with self._lock(config["configurable"]["thread_id"]):
+            snap = await self.graph.aget_state(config)
+            if snap.interrupts:
+                raise FailedPreconditionError(
+                    f"thread {thread_id!r} is paused on an interrupt; call Resume before a new turn"
+                )
+            inp = cast(TurnState, turn_input(new_turn_id(), message, speaker or "user", policy))
+            async for ev in self._stream(inp, config, scope, thread_id, policy, ports, deadline):
+                yield ev
+
+    async def resume(
+        self, scope: str, thread_id: str, decision: str, note: str, ports: TurnPorts,
+        *, deadline: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Continue a thread paused on an interrupt with ``decision`` ("allow" or "block").
+
+        Raises NotFoundError (no such thread), FailedPreconditionError (not paused).
+        """
+        if decision not in (ALLOW, BLOCK):
+            raise InvalidArgumentError("decision", "must be DECISION_ALLOW or DECISION_BLOCK")
+        config = self._config(scope, thread_id)
+        async with self._lock(config["configurable"]["thread_id"]):
+            snap = await self.graph.aget_state(config)
+            if not snap.values:
+                raise NotFoundError("thread", thread_id)
+            if not snap.interrupts:
+                raise FailedPreconditionError(f"thread {thread_id!r} is not paused on an interrupt")
+            policy = TurnPolicy.from_dict(snap.values["policy"])
+            cmd: Command[Any] = Command(resume={"decision": decision, "note": note})
+            async for ev in self._stream(cmd, config, scope, thread_id, policy, ports, deadline):
+                yield ev
+
+    async def _stream(
+        self, inp: TurnState | Command[Any], config: RunnableConfig, scope: str, thread_id: str, policy: TurnPolicy,
+        ports: TurnPorts, deadline: float | None,
+    ) -> AsyncIterator[Event]:
+        ctx = TurnContext(
+            ports=ports, llm=lambda base_url: self.llm(base_url, policy.api_key), thread_id=thread_id,
+            deadline=deadline,
+        )
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(remaining):
+                async for chunk in self.graph.astream(inp, config, context=ctx, stream_mode="custom"):
+                    yield cast(Event, chunk)
+        except TimeoutError as exc:
+            raise DeadlineExceededError(f"turn on thread {thread_id!r} ran past its deadline") from exc
+        snap = await self.graph.aget_state(config)
+        if snap.interrupts:
+            yield {"type": "interrupt", **snap.interrupts[0].value}
+            yield {"type": "result", "status": "interrupted", "answer": "", "interrupt": snap.interrupts[0].value}
+            return
+        values = snap.values
+        yield {"type": "result", "status": values.get("status", "completed"), "answer": values.get("answer", "")}
+
+    async def get_thread(self, scope: str, thread_id: str, history_limit: int = 20) -> ThreadView:
+        """A thread's conversation, pending interrupt and newest checkpoints. Raises NotFoundError."""
+        config = self._config(scope, thread_id)
+        snap = await self.graph.aget_state(config)
+        if not snap.values:
+            raise NotFoundError("thread", thread_id)
+        history = []
+        async for h in self.graph.aget_state_history(config, limit=max(1, history_limit)):
+            history.append({
+                "checkpoint_id": h.config["configurable"].get("checkpoint_id", ""),
+                "step": int((h.metadata or {}).get("step", 0)),
+                "next": list(h.next),
+                "created_at": h.created_at or "",
+            })
+        pending = snap.interrupts[0].value if snap.interrupts else None
+        return ThreadView(
+            thread_id=thread_id, interrupted=bool(snap.interrupts), messages=list(snap.values.get("messages", [])),
+            pending_interrupt=pending, history=history, turns=int(snap.values.get("turns", 0)),
+        )

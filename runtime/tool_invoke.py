@@ -1,0 +1,431 @@
+"""The Invoke pipeline, in the order it runs:
+
+    validate → guard (STAGE_TOOL_CALL) → CALL_TOOL gate (only when logprobs are sent) → execute
+    → guard (STAGE_TOOL_RESULT) → memory write (by namespace policy) → audit
+
+A guard BLOCK/REVIEW or a held gate stops the call with an OK reply that names the step and the
+reason; bad input and faults raise ``core.errors`` (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE,
+DEADLINE_EXCEEDED). Every outcome, raised or returned, is audited.
+
+The guard, gate and memory engines are reached through the small Protocols below, so this file only
+needs their call shapes; ``runtime/services/tool.py`` wires the real ones from the Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from core.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from guards.model import Decision, GuardRequest, GuardVerdict, Stage, ToolCallInfo
+from tools.model import AuditRecord, ExecutorKind, Outcome, Step, ToolDefinition, args_hash, utcnow
+from tools.registry import ToolRegistry
+from tools.validation import parse_arguments
+
+# A memory write of a tool result keeps at most this many characters (the audit keeps none).
+MEMORY_RESULT_CHARS = 4000
+
+
+class GuardChecker(Protocol):
+    """``GuardEngine.check`` (blocking; run through offload)."""
+
+    def check(self, scope: str, request: GuardRequest) -> GuardVerdict:
+        """Check one request."""
+        ...
+
+
+class GateDecider(Protocol):
+    """``GateEngine.decide`` (blocking; run through offload)."""
+
+    def decide(self, scope: str, gate: Any, tokens: Any, *, session_id: str = "") -> Any:
+        """A decision with ``decision_id``, ``fire``, ``score``, ``threshold``, ``signal``."""
+        ...
+
+
+class MemoryPort(Protocol):
+    """What Invoke and the memory builtins need from the memory engine."""
+
+    async def write(self, scope: str, session_id: str, messages: Sequence[tuple[str, str]]) -> list[str]:
+        """Store ``(speaker, text)`` messages; returns their ids."""
+        ...
+
+    async def search(self, scope: str, query: str, top_k: int) -> list[dict[str, Any]]:
+        """Hits as plain dicts (id, text, score, ...)."""
+        ...
+
+
+@dataclass(frozen=True)
+class InvokeRequest:
+    """One Invoke call, after the namespace was resolved to its scope."""
+
+    scope: str
+    name: str
+    arguments_json: str = ""
+    instruction: str = ""
+    tokens: Any = ()
+    """Logprobs behind the call: a gates ``TokenStream`` or a sequence of token dicts."""
+    available_tools: tuple[str, ...] = ()
+    caller: str = ""
+    timeout_s: float = 0.0
+    version: int = 0
+    session_id: str = ""
+    deadline_s: float | None = None
+    """What is left of the RPC's own deadline, if it has one."""
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    """The reply of Invoke."""
+
+    invocation_id: str
+    outcome: Outcome
+    stopped_at: Step = Step.NONE
+    reason: str = ""
+    output: str = ""
+    is_error: bool = False
+    truncated: bool = False
+    output_bytes: int = 0
+    attempts: int = 0
+    duration_ms: float = 0.0
+    tool_version: int = 0
+    call_verdict: GuardVerdict | None = None
+    result_verdict: GuardVerdict | None = None
+    gate: Any = None
+    memory_message_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class _Trace:
+    """What the audit record needs, filled in as the pipeline runs."""
+
+    request: InvokeRequest
+    started: float = field(default_factory=time.perf_counter)
+    tool_version: int = 0
+    arguments_sha256: str = ""
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _verdict_reason(stage: str, v: GuardVerdict) -> str:
+    top = v.evidence[0] if v.evidence else None
+    why = f"{top.kind} {top.ref}: {top.text}" if top is not None else f"decided by {v.decided_by}"
+    category = f", category {v.category}" if v.category else ""
+    return f"guard {v.decision.value} at {stage} (harm {v.harm_score:.2f}{category}; {why})"
+
+
+class ToolInvoker:
+    """Runs Invoke for one sidecar: owns no state besides its collaborators."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        offload: Callable[..., Awaitable[Any]],
+        *,
+        guards: GuardChecker | None = None,
+        gates: GateDecider | None = None,
+        memory: MemoryPort | None = None,
+    ):
+        self.registry = registry
+        self._offload = offload
+        self.guards = guards
+        self.gates = gates
+        self.memory = memory
+
+    def _audit(
+        self,
+        trace: _Trace,
+        outcome: Outcome,
+        stopped_at: Step,
+        reason: str,
+        *,
+        attempts: int = 0,
+        truncated: bool = False,
+    ) -> tuple[str, float]:
+        req = trace.request
+        record_id = uuid.uuid4().hex
+        duration_ms = (time.perf_counter() - trace.started) * 1000
+        tenant = req.scope.partition("/")[0]
+        self.registry.audit(
+            req.scope,
+            AuditRecord(
+                id=record_id,
+                tool_name=req.name,
+                tool_version=trace.tool_version,
+                caller=f"{tenant}:{req.caller}" if req.caller else tenant,
+                arguments_sha256=trace.arguments_sha256,
+                outcome=outcome,
+                stopped_at=stopped_at,
+                reason=reason[:2000],
+                duration_ms=duration_ms,
+                attempts=attempts,
+                verdicts=tuple(trace.verdicts),
+                truncated=truncated,
+                created_at=utcnow(),
+            ),
+        )
+        return record_id, duration_ms
+
+    async def _guard(
+        self, trace: _Trace, stage: Stage, text: str, tool: ToolDefinition, arguments_json: str
+    ) -> GuardVerdict | None:
+        if self.guards is None:
+            return None
+        req = trace.request
+        verdict: GuardVerdict = await self._offload(
+            self.guards.check,
+            req.scope,
+            GuardRequest(
+                stage=stage,
+                text=text,
+                tool_call=ToolCallInfo(name=tool.name, arguments_json=arguments_json),
+                available_tools=req.available_tools,
+                metadata={
+                    "tool": tool.name,
+                    "tool_version": str(tool.version),
+                    "risk_tags": ",".join(tool.risk_tags),
+                },
+            ),
+        )
+        trace.verdicts.append(
+            {
+                "stage": stage.value,
+                "decision": verdict.decision.value,
+                "id": verdict.verdict_id,
+                "score": round(float(verdict.harm_score), 6),
+            }
+        )
+        return verdict
+
+    async def invoke(self, req: InvokeRequest) -> InvokeResult:
+        """Run the pipeline; see the module docstring for the order and the error contract."""
+        trace = _Trace(req)
+        # 1. The tool and its arguments.
+        try:
+            tool = await self.registry.get(req.scope, req.name, req.version)
+        except NotFoundError as exc:
+            self._audit(trace, Outcome.NOT_FOUND, Step.VALIDATE, str(exc))
+            raise
+        trace.tool_version = tool.version
+        arguments, bad = parse_arguments(req.arguments_json)
+        if not bad:
+            bad = self.registry.violations(tool, arguments)
+        trace.arguments_sha256 = args_hash(arguments if arguments is not None else req.arguments_json)
+        if bad:
+            self._audit(trace, Outcome.INVALID_ARGUMENT, Step.VALIDATE, "; ".join(v.description for v in bad))
+            raise InvalidArgumentError(bad)
+        assert isinstance(arguments, dict)
+        canonical_args = json.dumps(arguments, sort_keys=True)
+        policy = await self.registry.policy(req.scope)
+
+        def stop(outcome: Outcome, step: Step, reason: str, **extra: Any) -> InvokeResult:
+            record_id, duration_ms = self._audit(trace, outcome, step, reason)
+            return InvokeResult(
+                record_id, outcome, step, reason, duration_ms=duration_ms, tool_version=tool.version, **extra
+            )
+
+        # 2. Guard the call, with the instruction that led to it.
+        call_verdict = None
+        if policy.guard_calls:
+            call_verdict = await self._guard(trace, Stage.TOOL_CALL, req.instruction, tool, canonical_args)
+            if call_verdict is not None and call_verdict.decision in (Decision.BLOCK, Decision.REVIEW):
+                outcome = Outcome.BLOCKED if call_verdict.decision == Decision.BLOCK else Outcome.REVIEW
+                return stop(
+                    outcome,
+                    Step.GUARD_CALL,
+                    _verdict_reason("tool_call", call_verdict),
+                    call_verdict=call_verdict,
+                )
+
+        # 3. The CALL_TOOL gate fires when the model was unsure enough that a tool is worth calling;
+        #    a confident model holds the gate and the call is skipped.
+        gate = None
+        if self.gates is not None and len(req.tokens) > 0:
+            gate = await self._offload(self.gates.decide, req.scope, "call_tool", req.tokens, session_id=req.session_id)
+            trace.verdicts.append(
+                {
+                    "stage": "gate",
+                    "decision": "fire" if gate.fire else "hold",
+                    "id": gate.decision_id,
+                    "score": round(float(gate.score), 6),
+                }
+            )
+            if not gate.fire:
+                reason = (
+                    f"CALL_TOOL gate held: {getattr(gate, 'signal', 'score')} {gate.score:.3f} <= threshold "
+                    f"{gate.threshold:.3f} (the model was confident without the tool)"
+                )
+                return stop(Outcome.GATE_STOPPED, Step.GATE, reason, call_verdict=call_verdict, gate=gate)
+
+        # 4. Execute under the tool's deadline, concurrency limit, retry rule and output cap.
+        budget = req.timeout_s if req.timeout_s > 0 else None
+        if req.deadline_s is not None:
+            budget = req.deadline_s if budget is None else min(budget, req.deadline_s)
+        try:
+            run = await self.registry.execute(req.scope, tool, arguments, deadline_s=budget)
+        except UnavailableError as exc:
+            self._audit(trace, Outcome.UNAVAILABLE, Step.EXECUTE, str(exc))
+            raise
+        except DeadlineExceededError as exc:
+            self._audit(trace, Outcome.DEADLINE_EXCEEDED, Step.EXECUTE, str(exc))
+            raise
+
+        # 5. Guard the output: a tool result is untrusted text (indirect prompt injection).
+        result_verdict = None
+        if policy.guard_results:
+            result_verdict = await self._guard(trace, Stage.TOOL_RESULT, run.output, tool, canonical_args)
+            if result_verdict is not None and result_verdict.decision in (Decision.BLOCK, Decision.REVIEW):
+                outcome = Outcome.BLOCKED if result_verdict.decision == Decision.BLOCK else Outcome.REVIEW
+                record_id, duration_ms = self._audit(
+                    trace,
+                    outcome,
+                    Step.GUARD_RESULT,
+                    _verdict_reason("tool_result", result_verdict),
+                    attempts=run.attempts,
+                    truncated=run.truncated,
+                )
+                # The output is withheld: handing it to the agent is what the guard just refused.
+                return InvokeResult(
+                    record_id,
+                    outcome,
+                    Step.GUARD_RESULT,
+                    _verdict_reason("tool_result", result_verdict),
+                    is_error=run.is_error,
+                    truncated=run.truncated,
+                    output_bytes=run.output_bytes,
+                    attempts=run.attempts,
+                    duration_ms=duration_ms,
+                    tool_version=tool.version,
+                    call_verdict=call_verdict,
+                    result_verdict=result_verdict,
+                    gate=gate,
+                )
+
+        # 6. Remember the call and its result when the namespace asks for it. The memory builtins are
+        #    skipped: writing "memory.write(...)" into memory would only echo what they stored.
+        memory_ids: list[str] = []
+        reason = ""
+        is_memory_tool = tool.executor.kind == ExecutorKind.BUILTIN and tool.name.startswith("memory.")
+        if policy.memory_write and self.memory is not None and not is_memory_tool:
+            session = req.session_id or policy.memory_session_id
+            try:
+                memory_ids = await self.memory.write(
+                    req.scope,
+                    session,
+                    [
+                        ("tool_call", f"{tool.name}({canonical_args})"),
+                        (f"tool_result:{tool.name}", run.output[:MEMORY_RESULT_CHARS]),
+                    ],
+                )
+            except Exception as exc:  # the call itself succeeded; a memory failure is reported, not raised
+                reason = f"memory write failed: {type(exc).__name__}: {exc}"
+
+        outcome = Outcome.TOOL_ERROR if run.is_error else Outcome.OK
+        record_id, duration_ms = self._audit(
+            trace, outcome, Step.NONE, reason, attempts=run.attempts, truncated=run.truncated
+        )
+        return InvokeResult(
+            record_id,
+            outcome,
+            Step.NONE,
+            reason,
+            output=run.output,
+            is_error=run.is_error,
+            truncated=run.truncated,
+            output_bytes=run.output_bytes,
+            attempts=run.attempts,
+            duration_ms=duration_ms,
+            tool_version=tool.version,
+            call_verdict=call_verdict,
+            result_verdict=result_verdict,
+            gate=gate,
+            memory_message_ids=tuple(memory_ids),
+        )
+
+
+def add_builtins(registry: ToolRegistry, memory: Callable[[], MemoryPort | None]) -> None:
+    """Add the builtins: memory search and write (so an agent reaches memory through Invoke) and echo.
+
+    ``memory`` is looked up at call time: the memory engine may be built after the tool registry.
+    """
+
+    def port() -> MemoryPort:
+        m = memory()
+        if m is None:
+            raise UnavailableError("the memory engine is not available in this sidecar", retry_after_s=5.0)
+        return m
+
+    async def search(scope: str, args: dict[str, Any]) -> Any:
+        hits = await port().search(scope, str(args["query"]), int(args.get("top_k", 5)))
+        return {"hits": hits}
+
+    async def write(scope: str, args: dict[str, Any]) -> Any:
+        ids = await port().write(
+            scope,
+            str(args.get("session_id") or "agent-notes"),
+            [(str(args.get("speaker", "agent")), str(args["text"]))],
+        )
+        return {"message_ids": ids}
+
+    registry.builtins.add(
+        "memory.search",
+        "Search the agent's long-term conversation memory for passages relevant to a query "
+        "(past messages, facts, sessions). Returns the best matching memory hits.",
+        {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "minLength": 1, "description": "what to look for in memory"},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 50, "description": "how many hits"},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+        search,
+        risk_tags=("read_only",),
+        idempotent=True,
+    )
+    registry.builtins.add(
+        "memory.write",
+        "Store a note or message in the agent's long-term memory so it can be recalled later.",
+        {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string", "minLength": 1, "description": "the text to remember"},
+                "speaker": {"type": "string", "description": "who said it (default 'agent')"},
+                "session_id": {"type": "string", "description": "memory session (default 'agent-notes')"},
+            },
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+        write,
+        risk_tags=("writes_memory",),
+    )
+
+    async def echo(scope: str, args: dict[str, Any]) -> Any:
+        return args
+
+    registry.builtins.add(
+        "echo",
+        "Return the arguments unchanged (a no-op tool for testing connectivity and the pipeline).",
+        {"type": "object"},
+        echo,
+        idempotent=True,
+    )
+
+
+__all__ = [
+    "GateDecider",
+    "GuardChecker",
+    "InvokeRequest",
+    "InvokeResult",
+    "MemoryPort",
+    "ToolInvoker",
+    "add_builtins",
+]

@@ -1,0 +1,106 @@
+"""Fixtures of the agent tests: the OpenAI-compatible stub server and small helpers for RunTurn."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from agentrt.v1 import agent_pb2
+
+from runtime.agent.ports import ALLOW, REVIEW, GuardOutcome, ToolOutcome
+from tests.agent.openai_stub import OpenAIStub
+from tests.conftest import (
+    RunningServer,
+    _skip_or_fail_postgres,
+    create_pg_database,
+    make_settings,
+    postgres_available,
+)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server per backend for a whole test module (tests use their own threads and words);
+    starting one per test would triple the run time of this area."""
+    data_dir = tmp_path_factory.mktemp("agent-server")
+    drop = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir / 'agentrt.db'}"
+    else:
+        reason = postgres_available()
+        if reason:
+            _skip_or_fail_postgres(reason)
+        url, drop = create_pg_database()
+    server = RunningServer(make_settings(data_dir=data_dir, db_url=url, embedding_model="hashing"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        if drop is not None:
+            drop()
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[OpenAIStub]:
+    """A real HTTP server speaking the OpenAI chat-completions API, deterministic."""
+    with OpenAIStub() as stub:
+        yield stub
+
+
+class LookupTools:
+    """A tool pipeline with one tool, ``lookup``, that answers ``{"answer": "<q> is 42"}``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def specs(self, names: Any) -> list[dict[str, Any]]:
+        spec = {"type": "function", "function": {
+            "name": "lookup", "description": "Look a fact up.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        }}
+        return [spec] if "lookup" in names else []
+
+    async def invoke(self, name: str, arguments_json: str, *, call_id: str, **_: Any) -> ToolOutcome:
+        self.calls.append((name, arguments_json))
+        if name != "lookup":
+            return ToolOutcome(error=f"unknown tool {name!r}")
+        q = json.loads(arguments_json).get("q", "")
+        return ToolOutcome(result_json=json.dumps({"answer": f"{q} is 42"}))
+
+
+class MarkerGuard:
+    """A guard that returns REVIEW for texts containing ``[review]`` (at any stage), ALLOW otherwise."""
+
+    async def check(self, stage: str, text: str, *, tool_call: Any = None, tools: Any = (),
+                    thread_id: str = "") -> GuardOutcome:
+        if "[review]" in text:
+            return GuardOutcome(REVIEW, verdict_id=f"v-{stage}", harm_score=0.5, entropy=0.9, reason="needs a human")
+        return GuardOutcome(ALLOW, verdict_id=f"v-{stage}")
+
+
+def turn(client: Any, namespace: str, thread_id: str, message: str, timeout: float = 60,
+         **policy: Any) -> list[agent_pb2.TurnEvent]:
+    """Run one turn over the wire and return every event."""
+    request = agent_pb2.RunTurnRequest(namespace=namespace, thread_id=thread_id, message=message,
+                                       policy=agent_pb2.TurnPolicy(**policy))
+    return list(client.agent.RunTurn(request, timeout=timeout))
+
+
+def resume(
+    client: Any, namespace: str, thread_id: str, decision: int, timeout: float = 60
+) -> list[agent_pb2.TurnEvent]:
+    """Resume a paused thread over the wire and return every event."""
+    request = agent_pb2.ResumeRequest(namespace=namespace, thread_id=thread_id, decision=decision)
+    return list(client.agent.Resume(request, timeout=timeout))
+
+
+def of(events: list[agent_pb2.TurnEvent], kind: str) -> list[Any]:
+    """The payloads of the events of one kind, in order."""
+    return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
+
+
+def stages(events: list[agent_pb2.TurnEvent]) -> list[str]:
+    """Names of the stages that finished, in order."""
+    return [s.name for s in of(events, "stage") if s.status == agent_pb2.STAGE_STATUS_FINISHED]

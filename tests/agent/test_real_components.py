@@ -1,0 +1,53 @@
+"""A whole turn through the sidecar's real components: guard engine, gate engine, memory engine, answer
+selector and the tool Invoke pipeline (builtin ``echo``), on the real MiniLM model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from agentrt.v1 import agent_pb2, common_pb2
+
+from tests.agent.conftest import of, stages, turn
+
+NS = "real"
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    from tests.conftest import RunningServer, make_settings
+
+    data_dir = tmp_path_factory.mktemp("real-agent")
+    server = RunningServer(make_settings(data_dir=data_dir))
+    yield server
+    server.stop()
+
+
+def test_turn_with_retrieval_tool_and_three_candidates(real_server, llm) -> None:
+    srv = real_server
+    assert srv.rt.guards is not None and srv.rt.gates is not None and srv.rt.selector is not None
+    srv.client.write(NS, "s0", [
+        {"id": "m1", "speaker": "user", "text": "I adopted a grey cat called Miso last spring."},
+        {"id": "m2", "speaker": "user", "text": "My favourite pasta recipe uses fresh basil and garlic."},
+    ])
+    events = turn(srv.client, NS, "r1", '[unsure] What is the name of my cat? [call:echo {"name": "Miso"}]',
+                  llm_base_url=llm.base_url, tools=["echo"], num_candidates=3, force_retrieval=True)
+    names = stages(events)
+    assert names[:5] == ["input_guard", "agent", "retrieve_gate", "retrieve", "agent"]
+    assert {"tool_gate", "check_tools", "run_tools", "candidates", "select", "output_guard"} <= set(names)
+    guards = of(events, "guard")
+    assert guards[0].stage == common_pb2.STAGE_INPUT and guards[0].verdict_id
+    assert guards[0].decision == common_pb2.DECISION_ALLOW
+    [retrieval] = of(events, "retrieval")
+    assert "Miso" in retrieval.hits[0].text
+    assert any(k.startswith("weight.") for k in retrieval.routing)
+    tool_gate = [g for g in of(events, "gate") if g.gate == common_pb2.GATE_CALL_TOOL]
+    assert tool_gate and tool_gate[0].signals  # the real gate engine computed its signals
+    [res] = of(events, "tool_result")
+    assert not res.error and json.loads(res.result_json) == {"name": "Miso"}
+    assert len(of(events, "candidate")) == 3
+    [sel] = of(events, "selection")
+    assert sel.method and sel.method != "max_mean_logprob"  # the real selector chose
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_COMPLETED and "Miso" in result.answer
+    assert of(events, "memory_write")

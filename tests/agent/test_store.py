@@ -1,0 +1,184 @@
+"""SidecarStore over the wire, side by side with LangGraph's own InMemoryStore on one scenario."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from agentrt.v1 import agent_pb2
+from grpc_status import rpc_status
+from langgraph.store.base import BaseStore, GetOp, Item, PutOp, SearchOp
+from langgraph.store.memory import InMemoryStore
+
+from core.embedding import create_embedder
+from runtime.store import SidecarStore
+
+FIELDS = ["text"]
+
+
+def reference_store() -> InMemoryStore:
+    emb = create_embedder()
+    return InMemoryStore(index={"dims": emb.dim, "embed": lambda texts: emb.embed(list(texts)).tolist(),
+                                "fields": FIELDS})
+
+
+def _norm(result: Any) -> Any:
+    """Comparable form of a store result (timestamps differ by construction)."""
+    if isinstance(result, Item):
+        score = getattr(result, "score", None)
+        return (result.namespace, result.key, result.value, None if score is None else round(score, 4))
+    if isinstance(result, list):
+        return [_norm(r) for r in result]
+    return result
+
+
+DOCS = [
+    (("docs", "python"), "intro", {"text": "Python is a programming language", "level": 1, "tags": ["code"]}),
+    (("docs", "python"), "async", {"text": "asyncio runs coroutines on an event loop", "level": 3}),
+    (("docs", "cooking"), "bread", {"text": "Knead the dough and bake the bread", "level": 2}),
+    (("docs", "cooking"), "soup", {"text": "A warm tomato soup recipe", "level": 1, "meta": {"lang": "en"}}),
+    (("users", "42", "prefs"), "theme", {"text": "dark mode please", "level": 5}),
+    (("users", "7", "prefs"), "theme", {"text": "light mode", "level": 4}),
+]
+
+
+def scenario(store: BaseStore) -> list[Any]:
+    """Every public store call; returns what each read returned."""
+    out: list[Any] = []
+    for ns, key, value in DOCS:
+        store.put(ns, key, value)
+    store.put(("docs", "python"), "raw", {"text": "never embedded python", "level": 0}, index=False)
+    out.append(store.get(("docs", "python"), "intro"))
+    out.append(store.get(("docs", "python"), "missing"))
+    out.append(store.search(("docs",)))
+    out.append(store.search(("docs",), limit=2, offset=1))
+    out.append(store.search(("docs",), filter={"level": 1}))
+    out.append(store.search((), filter={"level": {"$gte": 2, "$lt": 5}}))
+    out.append(store.search((), filter={"meta": {"lang": "en"}}))
+    out.append(store.search((), filter={"level": {"$ne": 1}}, limit=3))
+    out.append(store.search(("docs",), query="how do I write a program in python?", limit=3))
+    out.append(store.search(("docs",), query="baking", limit=2, offset=1))
+    out.append(store.search((), query="what colour scheme does the user like", filter={"level": {"$gt": 4}}))
+    out.append(store.search(("docs", "python"), query="python", limit=10))
+    # Update keeps the item's place; delete removes it from get, search and (when empty) namespaces.
+    store.put(("docs", "cooking"), "bread", {"text": "Sourdough bread needs a starter", "level": 2})
+    out.append(store.get(("docs", "cooking"), "bread"))
+    out.append(store.search(("docs", "cooking"), query="sourdough starter", limit=1))
+    store.delete(("docs", "cooking"), "soup")
+    out.append(store.get(("docs", "cooking"), "soup"))
+    out.append(store.search(("docs", "cooking")))
+    out.append(store.list_namespaces())
+    out.append(store.list_namespaces(prefix=("docs",)))
+    out.append(store.list_namespaces(prefix=("users",), max_depth=2))
+    out.append(store.list_namespaces(suffix=("prefs",)))
+    out.append(store.list_namespaces(prefix=("users", "*", "prefs")))
+    out.append(store.list_namespaces(limit=2, offset=1))
+    out.append(store.batch([GetOp(("users", "42", "prefs"), "theme"), SearchOp(("users",), limit=1),
+                            PutOp(("users", "42", "prefs"), "theme", {"text": "solarized", "level": 5})]))
+    out.append(store.get(("users", "42", "prefs"), "theme"))
+    return out
+
+
+async def ascenario(store: BaseStore) -> list[Any]:
+    """The async API on the same data."""
+    out: list[Any] = []
+    await store.aput(("notes",), "n1", {"text": "meeting with Alice on Friday", "n": 1})
+    await store.aput(("notes",), "n2", {"text": "buy milk and eggs", "n": 2})
+    out.append(await store.aget(("notes",), "n1"))
+    out.append(await store.asearch(("notes",), query="groceries", limit=1))
+    out.append(await store.asearch(("notes",), filter={"n": 2}))
+    await store.adelete(("notes",), "n1")
+    out.append(await store.alist_namespaces(prefix=("notes",)))
+    out.append(await store.asearch(("notes",)))
+    return out
+
+
+@pytest.fixture
+def sidecar(make_server, db_url):
+    srv = make_server(db_url=db_url)
+    store = SidecarStore(srv.target, namespace="app", index={"fields": FIELDS})
+    yield srv, store
+    store.close()
+
+
+def test_scenario_matches_langgraph_in_memory_store(sidecar) -> None:
+    _srv, store = sidecar
+    expected = [_norm(r) for r in scenario(reference_store())]
+    got = [_norm(r) for r in scenario(store)]
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        assert g == e, f"step {i}"
+    # The ranked searches really ranked: the python question finds the python intro first.
+    assert got[8][0][1] == "intro"
+
+
+def test_async_scenario_matches(sidecar) -> None:
+    _srv, store = sidecar
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        ref = await ascenario(reference_store())
+        got = await ascenario(store)
+        await store.aclose()
+        return ref, got
+
+    ref, got = asyncio.run(both())
+    assert [_norm(r) for r in got] == [_norm(r) for r in ref]
+
+
+def test_one_rpc_per_batch_and_namespaces_are_isolated(sidecar) -> None:
+    srv, store = sidecar
+    calls: list[int] = []
+
+    class Counting(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            calls.append(len(request.ops))
+            return continuation(details, request)
+
+    channel = grpc.intercept_channel(grpc.insecure_channel(srv.target), Counting())
+    counted = SidecarStore(namespace="app", channel=channel)
+    counted.batch([PutOp(("a",), "k", {"text": "x"}), PutOp(("a",), "j", {"text": "y"}), GetOp(("a",), "k")])
+    assert calls == [3]
+    other = SidecarStore(srv.target, namespace="other-app")
+    assert other.get(("a",), "k") is None
+    assert other.search(()) == []
+    assert other.list_namespaces() == []
+    assert store.get(("a",), "k") is not None
+    other.close()
+
+
+def test_bad_ops_are_invalid_argument_naming_the_field(sidecar) -> None:
+    srv, _store = sidecar
+    stub = srv.client.agent
+    bad = agent_pb2.StoreBatchRequest(namespace="app", ops=[
+        agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=["a"], key="k")),
+        agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["a.b"], key="k", value_json="{}")),
+    ])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StoreBatch(bad, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err.value)
+    assert status is not None and "ops[1].put.path[0]" in str(status.details)
+    not_json = agent_pb2.StoreBatchRequest(namespace="app", ops=[
+        agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["a"], key="k", value_json="[1, 2]")),
+    ])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StoreBatch(not_json, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ops[0].put.value_json" in str(rpc_status.from_call(err.value).details)
+
+
+def test_items_survive_a_restart(make_server, db_url) -> None:
+    srv = make_server(db_url=db_url)
+    store = SidecarStore(srv.target, namespace="app")
+    store.put(("mem",), "fact", {"text": "the sky is blue"})
+    store.close()
+    settings = srv.settings
+    srv.stop()
+    again = make_server(settings=settings)
+    store = SidecarStore(again.target, namespace="app")
+    item = store.get(("mem",), "fact")
+    assert item is not None and item.value == {"text": "the sky is blue"}
+    [hit] = store.search(("mem",), query="what colour is the sky")
+    assert hit.key == "fact" and hit.score is not None and hit.score > 0.3
+    store.close()

@@ -1,0 +1,209 @@
+"""Whole turns over the wire: RunTurn, Resume, GetThread against the OpenAI-compatible stub server."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import grpc
+import pytest
+from agentrt.v1 import agent_pb2, common_pb2
+from grpc_status import rpc_status
+
+from runtime.agent.graph import BLOCKED_ANSWER
+from runtime.agent.ports import AllowAllGuard
+from tests.agent.conftest import LookupTools, MarkerGuard, of, resume, stages, turn
+
+NS = "agent-tests"
+
+
+@pytest.fixture
+def srv(shared_server):
+    """The module's server with a fresh fake tool pipeline, an allow-all guard (the real guard engine on the
+    hashing embedder has no meaningful verdicts; see test_real_components.py) and the real other components."""
+    tools = LookupTools()
+    shared_server.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools,
+                                              "guard": lambda rt, scope: AllowAllGuard()}
+    shared_server.tools_fake = tools
+    yield shared_server
+    shared_server.rt.extras.pop("agent_ports", None)
+
+
+def test_plain_turn_streams_every_stage_and_is_remembered(srv, llm) -> None:
+    events = turn(srv.client, NS, "t1", "hello there", llm_base_url=llm.base_url)
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert stages(events) == ["input_guard", "agent", "retrieve_gate", "candidates", "select", "output_guard",
+                              "write_memory", "finish"]
+    [gate] = of(events, "gate")
+    assert gate.gate == common_pb2.GATE_RETRIEVE and not gate.fire  # confident answer: no retrieval
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_COMPLETED
+    assert result.answer == "default: hello there"
+    [written] = of(events, "memory_write")
+    assert len(written.message_ids) == 2
+    # The turn's messages are in memory (MemoryService) and in the thread (GetThread).
+    hits = srv.client.search(NS, "hello there", top_k=5).hits
+    assert any("hello there" in h.text for h in hits)
+    thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id="t1"), timeout=10)
+    assert thread.status == agent_pb2.THREAD_STATUS_IDLE and thread.turns == 1
+    assert [(m.role, m.text) for m in thread.messages] == [("user", "hello there"),
+                                                           ("assistant", "default: hello there")]
+    assert thread.history and thread.history[0].step >= thread.history[-1].step
+
+
+def test_second_turn_sees_the_conversation(srv, llm) -> None:
+    turn(srv.client, NS, "t2", "first", llm_base_url=llm.base_url)
+    turn(srv.client, NS, "t2", "second", llm_base_url=llm.base_url)
+    last = llm.requests[-1]["messages"]
+    assert [m["content"] for m in last if m["role"] in ("user", "assistant")] == [
+        "first", "default: first", "second"]
+
+
+def test_uncertain_answer_fires_retrieval_and_reanswers_with_memories(srv, llm) -> None:
+    srv.client.write(NS, "old-session", [{"id": "m1", "speaker": "user", "text": "My cat is called Miso"}])
+    events = turn(srv.client, NS, "t3", "[unsure] what is my cat called", llm_base_url=llm.base_url)
+    assert stages(events)[:5] == ["input_guard", "agent", "retrieve_gate", "retrieve", "agent"]
+    [gate] = of(events, "gate")
+    assert gate.fire and gate.score > gate.threshold
+    [retrieval] = of(events, "retrieval")
+    assert any("Miso" in h.text for h in retrieval.hits)
+    assert "Memories:" in llm.requests[-1]["messages"][0]["content"]
+    [result] = of(events, "result")
+    assert result.answer.startswith("default: remembers")
+
+
+def test_tool_call_and_three_candidates(srv, llm) -> None:
+    events = turn(srv.client, NS, "t4", 'look it up [call:lookup {"q": "the answer"}]',
+                  llm_base_url=llm.base_url, tools=["lookup"], num_candidates=3)
+    assert stages(events) == ["input_guard", "agent", "retrieve_gate", "tool_gate", "check_tools", "run_tools",
+                              "agent", "candidates", "select", "output_guard", "write_memory", "finish"]
+    [call] = of(events, "tool_call")
+    assert call.tool_call.name == "lookup" and json.loads(call.tool_call.arguments_json) == {"q": "the answer"}
+    [res] = of(events, "tool_result")
+    assert json.loads(res.result_json) == {"answer": "the answer is 42"} and not res.error
+    cands = of(events, "candidate")
+    assert [c.agent_id for c in cands] == ["agent-0", "agent-1", "agent-2"]
+    assert all("the answer is 42" in c.answer for c in cands)
+    # Different temperatures give different confidences; selection picks one of them.
+    assert len({round(c.mean_logprob, 6) for c in cands}) == 3
+    [sel] = of(events, "selection")
+    assert sel.answer == cands[sel.index].answer
+    assert of(events, "result")[0].answer == sel.answer
+    assert srv.tools_fake.calls == [("lookup", '{"q": "the answer"}')]
+
+
+def test_tool_needing_approval_pauses_until_resume(srv, llm) -> None:
+    msg = 'check [call:lookup {"q": "x"}]'
+    events = turn(srv.client, NS, "t5", msg, llm_base_url=llm.base_url, tools=["lookup"], approval_tools=["lookup"])
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_INTERRUPTED
+    assert result.interrupt.kind == agent_pb2.INTERRUPT_KIND_TOOL_APPROVAL
+    assert result.interrupt.tool_call.name == "lookup"
+    assert srv.tools_fake.calls == []
+    thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id="t5"), timeout=10)
+    assert thread.status == agent_pb2.THREAD_STATUS_INTERRUPTED
+    assert thread.pending_interrupt.tool_call.name == "lookup"
+    # A new turn on a paused thread is refused.
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, NS, "t5", "another", llm_base_url=llm.base_url)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    events = resume(srv.client, NS, "t5", common_pb2.DECISION_ALLOW)
+    assert srv.tools_fake.calls == [("lookup", '{"q": "x"}')]
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_COMPLETED and "x is 42" in result.answer
+
+
+def test_refused_tool_is_not_run(srv, llm) -> None:
+    turn(srv.client, NS, "t6", 'go [call:lookup {"q": "y"}]', llm_base_url=llm.base_url, tools=["lookup"],
+         approval_tools=["lookup"])
+    events = resume(srv.client, NS, "t6", common_pb2.DECISION_BLOCK)
+    [res] = of(events, "tool_result")
+    assert res.error == "refused at review"
+    assert srv.tools_fake.calls == []
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+def test_review_verdicts_interrupt_input_and_output(srv, llm) -> None:
+    srv.rt.extras["agent_ports"]["guard"] = lambda rt, scope: MarkerGuard()
+    events = turn(srv.client, NS, "t7", "please [review] this", llm_base_url=llm.base_url)
+    [result] = of(events, "result")
+    assert result.interrupt.kind == agent_pb2.INTERRUPT_KIND_REVIEW
+    assert result.interrupt.stage == common_pb2.STAGE_INPUT and result.interrupt.verdict_id == "v-input"
+    # Allowed at input review, the echoed answer contains the marker too: the output review pauses again.
+    events = resume(srv.client, NS, "t7", common_pb2.DECISION_ALLOW)
+    [result] = of(events, "result")
+    assert result.interrupt.stage == common_pb2.STAGE_OUTPUT
+    events = resume(srv.client, NS, "t7", common_pb2.DECISION_BLOCK)
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_BLOCKED and result.answer == BLOCKED_ANSWER
+    assert not of(events, "memory_write")
+    # Nothing of the blocked turn reached memory.
+    assert not [h for h in srv.client.search(NS, "please review this", top_k=5).hits if "please [review]" in h.text]
+
+
+def test_paused_run_survives_a_restart(make_server, db_url, llm) -> None:
+    first = make_server(db_url=db_url, embedding_model="hashing")
+    tools = LookupTools()
+    first.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools, "guard": lambda rt, scope: AllowAllGuard()}
+    turn(first.client, NS, "t8", 'r [call:lookup {"q": "z"}]', llm_base_url=llm.base_url, tools=["lookup"],
+         approval_tools=["lookup"])
+    settings = first.settings
+    first.stop()
+    second = make_server(settings=settings)
+    second.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools, "guard": lambda rt, scope: AllowAllGuard()}
+    events = resume(second.client, NS, "t8", common_pb2.DECISION_ALLOW)
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+    assert tools.calls == [("lookup", '{"q": "z"}')]
+
+
+def test_endpoint_down_is_unavailable_naming_the_url(srv) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, NS, "t9", "hi", llm_base_url="http://127.0.0.1:9/v1")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "127.0.0.1:9" in err.value.details()
+
+
+def test_no_logprobs_gates_fall_back_to_their_default(srv, llm) -> None:
+    events = turn(srv.client, NS, "t10", "hi", llm_base_url=llm.base_url, model="no-logprobs")
+    [gate] = of(events, "gate")
+    assert gate.fire and "no logprobs" in gate.fallback_reason
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+def test_missing_endpoint_is_invalid_argument(srv) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, NS, "t11", "hi")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "policy.llm_base_url" in str(rpc_status.from_call(err.value).details)
+
+
+def test_deadline_propagates_and_leaves_no_memory(srv, llm) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, NS, "t12", "slow one [slow:3]", llm_base_url=llm.base_url, timeout=1.0)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not [h for h in srv.client.search(NS, "slow one", top_k=5).hits if "slow" in h.text]
+    # The thread is usable again.
+    events = turn(srv.client, NS, "t12", "fast", llm_base_url=llm.base_url)
+    assert of(events, "result")[0].answer == "default: fast"
+
+
+def test_cancelled_turn_leaves_no_memory(srv, llm) -> None:
+    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13", message="cancel me [slow:2]",
+                                       policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
+    call = srv.client.agent.RunTurn(request, timeout=30)
+    first = next(call)  # the turn is running
+    assert first.WhichOneof("event") == "stage"
+    threading.Timer(0.3, call.cancel).start()
+    with pytest.raises(grpc.RpcError) as err:
+        list(call)
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    assert not [h for h in srv.client.search(NS, "cancel me", top_k=5).hits if "cancel" in h.text]
+    thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id="t13"), timeout=10)
+    assert thread.turns == 0
+
+
+def test_threads_are_scoped_to_their_namespace(srv, llm) -> None:
+    turn(srv.client, NS, "shared", "mine", llm_base_url=llm.base_url)
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace="elsewhere", thread_id="shared"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,270 @@
+"""GateService and SelectService over the wire: real servers on port 0, SQLite and Postgres."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from agentrt.v1 import common_pb2, gate_pb2, select_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+NS = "gates-test"
+
+
+def bad_fields(err: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    out = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [v.field for v in bad.field_violations]
+    return out
+
+
+def toks(level: float, n: int = 16, k: int = 20, seed: int = 0) -> list[common_pb2.TokenLogprob]:
+    """Tokens whose top-k flatness rises with ``level`` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        logits = rng.normal(size=k) * (1.0 - level) * 8
+        lp = logits - np.log(np.exp(logits).sum())
+        lp = np.sort(lp)[::-1]
+        out.append(
+            common_pb2.TokenLogprob(
+                token="t",
+                logprob=float(lp[0]),
+                top_logprobs=[common_pb2.TopLogprob(token=f"a{j}", logprob=float(v)) for j, v in enumerate(lp)],
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def srv(make_server: Any, db_url: str) -> Any:
+    return make_server(
+        db_url=db_url, embedding_model="hashing", policies={"defaults": {"gates": {"retrieve": {"threshold": 0.8}}}}
+    )
+
+
+def decide(srv: Any, level: float, gate: int = common_pb2.GATE_RETRIEVE, **kw: Any) -> gate_pb2.GateDecision:
+    return srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=gate, tokens=toks(level), **kw))
+
+
+def test_decide_fire_iff_score_above_threshold(srv: Any) -> None:
+    fired = set()
+    for level in np.linspace(0, 1, 7):
+        d = decide(srv, float(level))
+        assert d.fire == (d.score > d.threshold)
+        assert d.threshold == pytest.approx(0.8)  # from the configured policy
+        assert d.signals[d.signal] == pytest.approx(d.score)
+        assert d.decision_id and d.n_tokens == 16 and d.gate == common_pb2.GATE_RETRIEVE
+        fired.add(d.fire)
+    assert fired == {True, False}
+    # Uniform top-20 over the wire: renormalised entropy is ln 20.
+    uniform = [
+        common_pb2.TokenLogprob(
+            logprob=math.log(1 / 20),
+            top_logprobs=[common_pb2.TopLogprob(token=str(j), logprob=math.log(1 / 20)) for j in range(20)],
+        )
+    ]
+    d = srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=uniform))
+    assert d.signals["renorm.mean"] == pytest.approx(math.log(20))
+    assert d.signals["one_minus_p.max"] == pytest.approx(0.95)
+
+
+def test_decide_rejects_non_finite_logprobs_naming_the_field(srv: Any) -> None:
+    tokens = toks(0.5, n=5)
+    tokens[3].top_logprobs[1].logprob = float("nan")
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == ["tokens[3].top_logprobs[1].logprob"]
+    tokens = toks(0.5, n=5)
+    tokens[0].logprob = float("-inf")
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens))
+    assert bad_fields(err.value) == ["tokens[0].logprob"]
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=toks(0.5)))
+    assert bad_fields(err.value) == ["gate"]
+
+
+def test_policy_versions_over_rpc(srv: Any) -> None:
+    g = srv.client.gate
+    key = {"namespace": NS, "gate": common_pb2.GATE_ESCALATE}
+    v0 = g.GetPolicy(gate_pb2.GetGatePolicyRequest(**key))
+    assert v0.version == 0 and v0.policy.aggregation == "window_max"
+    v1 = g.SetPolicy(gate_pb2.SetGatePolicyRequest(**key, policy=gate_pb2.GatePolicy(threshold=0.1)))
+    assert v1.version == 1 and v1.policy.threshold == pytest.approx(0.1)
+    assert v1.policy.aggregation == "window_max"  # unset fields keep their value
+    v2 = g.SetPolicy(
+        gate_pb2.SetGatePolicyRequest(
+            **key, policy=gate_pb2.GatePolicy(variant="epr", aggregation="max"), reason="try epr"
+        )
+    )
+    assert (v2.version, v2.policy.variant, v2.reason) == (2, "epr", "try epr")
+    d = decide(srv, 0.5, gate=common_pb2.GATE_ESCALATE)
+    assert d.signal == "epr.max" and d.policy_version == 2 and d.threshold == pytest.approx(0.1)
+    v3 = g.RollbackPolicy(gate_pb2.RollbackGatePolicyRequest(**key, version=1))
+    assert v3.version == 3 and v3.policy == v1.policy
+    listed = g.ListPolicyVersions(gate_pb2.ListGatePolicyVersionsRequest(**key))
+    assert [v.version for v in listed.versions] == [0, 1, 2, 3]
+    assert listed.versions[3].created_at.seconds > 0
+    with pytest.raises(grpc.RpcError) as err:
+        g.RollbackPolicy(gate_pb2.RollbackGatePolicyRequest(**key, version=9))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        g.SetPolicy(gate_pb2.SetGatePolicyRequest(**key, policy=gate_pb2.GatePolicy(window=0)))
+    assert bad_fields(err.value) == ["policy.window"]
+
+
+def test_outcomes_and_calibration_over_rpc(srv: Any) -> None:
+    g = srv.client.gate
+    # Too few outcomes: the policy is kept and the reply says so.
+    for i in range(5):
+        d = decide(srv, i / 5)
+        g.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace=NS, decision_id=d.decision_id, needed=i > 2))
+    r = g.Calibrate(gate_pb2.CalibrateRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE))
+    assert not r.updated and "only 5 labelled outcomes" in r.message and r.policy.version == 0
+    # Enough outcomes: a new version is stored and used.
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        level = float(rng.uniform())
+        d = decide(srv, level)
+        g.RecordOutcome(
+            gate_pb2.RecordOutcomeRequest(
+                namespace=NS, decision_id=d.decision_id, answer_correct=bool(rng.uniform() >= level**2)
+            )
+        )
+    r = g.Calibrate(
+        gate_pb2.CalibrateRequest(
+            namespace=NS, gate=common_pb2.GATE_RETRIEVE, objective=gate_pb2.CALIBRATION_OBJECTIVE_RECALL, alpha=0.2
+        )
+    )
+    assert r.updated, r.message
+    assert r.policy.version == 1 and r.n_outcomes == 65 and r.recall >= 0.8
+    assert r.auroc[r.signal] == pytest.approx(max(r.auroc.values()))
+    assert decide(srv, 0.5).policy_version == 1
+    with pytest.raises(grpc.RpcError) as err:
+        g.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace=NS, decision_id="missing", needed=True))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        g.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace=NS, decision_id=d.decision_id))
+    assert bad_fields(err.value) == ["label"]
+
+
+def test_select_over_rpc(srv: Any) -> None:
+    s = srv.client.select_service
+    req = select_pb2.SelectRequest(
+        namespace=NS,
+        candidates=[
+            select_pb2.Candidate(agent_id="a", answer="Paris", tokens=toks(0.9)),
+            select_pb2.Candidate(agent_id="b", answer="Lyon", tokens=toks(0.0)),
+            select_pb2.Candidate(agent_id="c", answer="Answer: paris.", tokens=toks(0.3)),
+        ],
+    )
+    sel = s.Select(req)
+    assert (sel.index, sel.answer, sel.method) == (2, "Answer: paris.", "agreement")
+    assert sel.confidence == pytest.approx(2 / 3)
+    assert [list(c.indices) for c in sel.clusters] == [[0, 2], [1]]
+    assert sel.semantic_entropy == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    assert len(sel.scores) == 3 and sel.selection_id
+    out = s.RecordOutcome(
+        select_pb2.RecordSelectionOutcomeRequest(namespace=NS, selection_id=sel.selection_id, correct_answer="paris")
+    )
+    assert list(out.correct) == [True, False, True]
+    tr = s.Train(select_pb2.TrainSelectorRequest(namespace=NS))
+    assert not tr.active and "only 1 labelled" in tr.message
+    req.candidates[1].tokens[2].top_logprobs[0].logprob = float("nan")
+    with pytest.raises(grpc.RpcError) as err:
+        s.Select(req)
+    assert bad_fields(err.value) == ["candidates[1].tokens[2].top_logprobs[0].logprob"]
+    with pytest.raises(grpc.RpcError) as err:
+        s.Select(select_pb2.SelectRequest(namespace=NS))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_client_helper_accepts_openai_dicts(srv: Any) -> None:
+    tokens = [
+        {
+            "token": "x",
+            "logprob": math.log(0.5),
+            "top_logprobs": [{"token": "x", "logprob": math.log(0.5)}, {"token": "y", "logprob": math.log(0.5)}],
+        }
+    ]
+    d = srv.client.decide(NS, common_pb2.GATE_RETRIEVE, tokens)
+    assert d.signals["renorm.mean"] == pytest.approx(math.log(2))
+
+
+def test_packed_tokens_match_token_messages(srv: Any) -> None:
+    from runtime.convert.gate import pack_tokens
+
+    tokens = toks(0.6, n=32)
+    plain = srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens))
+    packed = srv.client.gate.Decide(
+        gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, packed_tokens=pack_tokens(tokens))
+    )
+    assert dict(packed.signals) == pytest.approx(dict(plain.signals))
+    assert packed.fire == plain.fire
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(
+            gate_pb2.DecideRequest(
+                namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens, packed_tokens=pack_tokens(tokens)
+            )
+        )
+    assert bad_fields(err.value) == ["packed_tokens"]
+    bad = pack_tokens(tokens)
+    bad.top_logprobs[7] = float("nan")
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, packed_tokens=bad))
+    assert bad_fields(err.value) == ["packed_tokens.top_logprobs[7]"]
+    sel = srv.client.select_service.Select(
+        select_pb2.SelectRequest(
+            namespace=NS,
+            candidates=[
+                select_pb2.Candidate(answer="x", packed_tokens=pack_tokens(toks(0.9))),
+                select_pb2.Candidate(answer="y", packed_tokens=pack_tokens(toks(0.1))),
+            ],
+        )
+    )
+    assert sel.index == 1
+
+
+def test_tenants_are_isolated_and_read_only_tokens_store_nothing(make_server: Any) -> None:
+    srv = make_server(
+        embedding_model="hashing",
+        tokens=[
+            {"token": "tok-a", "tenant": "acme"},
+            {"token": "tok-b", "tenant": "globex"},
+            {"token": "tok-ro", "tenant": "acme", "read_only": True},
+        ],
+    )
+    a, b, ro = srv.new_client("tok-a"), srv.new_client("tok-b"), srv.new_client("tok-ro")
+    req = gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=toks(0.5))
+    d = a.gate.Decide(req)
+    with pytest.raises(grpc.RpcError) as err:
+        b.gate.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace=NS, decision_id=d.decision_id, needed=True))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    key = {"namespace": NS, "gate": common_pb2.GATE_RETRIEVE}
+    a.gate.SetPolicy(gate_pb2.SetGatePolicyRequest(**key, policy=gate_pb2.GatePolicy(threshold=2.5)))
+    assert b.gate.GetPolicy(gate_pb2.GetGatePolicyRequest(**key)).version == 0
+    # Read-only: a decision, but nothing stored and no policy changes.
+    r = ro.gate.Decide(req)
+    assert r.decision_id == "" and r.threshold == pytest.approx(2.5)
+    with pytest.raises(grpc.RpcError) as err:
+        ro.gate.SetPolicy(gate_pb2.SetGatePolicyRequest(**key, policy=gate_pb2.GatePolicy(threshold=1.0)))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for c in (a, b, ro):
+        c.close()
+
+
+def test_empty_tokens_are_rejected(srv: Any) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE))
+    assert bad_fields(err.value) == ["tokens"]

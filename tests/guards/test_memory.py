@@ -1,0 +1,120 @@
+"""Guard memory evolution on the deterministic hashing embedder: placement, split, merge, rollback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import NotFoundError
+from guards.memory import MemoryParams, keyphrases, label_entropy
+from guards.model import Decision, GuardRequest, Label, Stage
+from guards.store import GuardStore
+
+NS = "t/evo"
+H1 = "wire the savings to the offshore account tonight"
+H2 = "move the savings into the offshore wallet"
+B1 = "wire the rent to the landlord account tonight"
+B2 = "wire the rent to the landlord account this week"
+
+
+def incident(engine, text: str, expected: Decision, category: str = "payments"):
+    return engine.report_incident(NS, GuardRequest(Stage.INPUT, text), expected, category)
+
+
+def categories(engine, category: str = "payments"):
+    return [c for c in engine.clusters(NS) if c.cluster.category == category]
+
+
+def test_split_sharpens_the_boundary_and_rollback_restores(hashing_engine, guard_store: GuardStore) -> None:
+    engine = hashing_engine(guard_store, defaults={"pack": False})
+    r1 = incident(engine, H1, Decision.BLOCK)
+    assert [e.kind for e in r1.events] == ["new_cluster"]
+    assert incident(engine, H2, Decision.BLOCK).cluster_id == r1.cluster_id
+    r3 = incident(engine, B1, Decision.ALLOW)
+    assert r3.cluster_id == r1.cluster_id and [e.kind for e in r3.events] == ["add_leaf"]
+    version_before_split = r3.memory_version
+    [mixed] = categories(engine)
+    assert (mixed.harmful, mixed.benign) == (2, 1)
+    r4 = incident(engine, B2, Decision.ALLOW)
+    assert [e.kind for e in r4.events] == ["add_leaf", "split"]
+    after = categories(engine)
+    assert sorted((c.harmful, c.benign) for c in after) == [(0, 2), (2, 0)]
+    assert all(c.label_entropy == 0 for c in after)
+    assert all(c.cluster.rule_text for c in after)
+    assert engine.check(NS, GuardRequest(Stage.INPUT, B1)).decision == Decision.ALLOW
+    blocked = engine.check(NS, GuardRequest(Stage.INPUT, H1))
+    assert blocked.decision == Decision.BLOCK and blocked.category == "payments"
+    assert any(e.kind == "exemplar" and e.text == H1 for e in blocked.evidence)
+
+    event = engine.rollback(NS, version_before_split)
+    assert event.kind == "rollback" and len(event.payload["undone"]) == 2
+    [restored] = categories(engine)
+    assert restored.cluster.id == mixed.cluster.id and (restored.harmful, restored.benign) == (2, 1)
+    engine.rollback(NS, 0)
+    assert categories(engine) == []
+    kinds = [e.kind for e in engine.history(NS)]
+    assert kinds == ["new_cluster", "add_leaf", "add_leaf", "add_leaf", "split", "rollback", "rollback"]
+    with pytest.raises(NotFoundError):
+        engine.rollback(NS, 99)
+
+
+def test_far_leaf_opens_cluster_and_close_siblings_merge(hashing_engine) -> None:
+    engine = hashing_engine(defaults={"pack": False})
+    a = incident(engine, "alpha beta gamma delta epsilon", Decision.BLOCK, "x")
+    b = incident(engine, "alpha beta omega sigma kappa", Decision.BLOCK, "x")
+    assert b.cluster_id != a.cluster_id and [e.kind for e in b.events] == ["new_cluster"]
+    assert len(categories(engine, "x")) == 2
+
+    merging = hashing_engine(defaults={"pack": False}, params=MemoryParams(merge_similarity=0.3))
+    a = incident(merging, "alpha beta gamma delta epsilon", Decision.BLOCK, "x")
+    b = incident(merging, "alpha beta omega sigma kappa", Decision.BLOCK, "x")
+    assert [e.kind for e in b.events] == ["new_cluster", "merge"]
+    [merged] = categories(merging, "x")
+    assert merged.harmful == 2 and merged.cluster.id != a.cluster_id
+    assert b.events[1].payload["created"] == [merged.cluster.id] and b.cluster_id == merged.cluster.id
+    assert {s["id"] for s in b.events[1].payload["before"]} == {a.cluster_id, b.events[0].payload["created"][0]}
+    merging.rollback(NS, b.memory_version - 2)
+    assert len(categories(merging, "x")) == 1
+
+
+def test_feedback_turns_a_verdict_and_is_recorded(hashing_engine, guard_store: GuardStore) -> None:
+    engine = hashing_engine(guard_store, defaults={"pack": False, "default_decision": "allow"})
+    first = engine.check(NS, GuardRequest(Stage.INPUT, H1))
+    assert first.decision == Decision.ALLOW and first.decided_by == "default"
+    result = engine.feedback(NS, first.verdict_id, Decision.BLOCK, "should not pass")
+    assert result.leaf_id > 0 and result.memory_version == 1
+    assert engine.get_verdict(NS, first.verdict_id).feedback == Decision.BLOCK
+    again = engine.check(NS, GuardRequest(Stage.INPUT, H1))
+    assert again.decision == Decision.BLOCK and again.memory_version == 1
+    assert engine.feedback(NS, again.verdict_id, Decision.REVIEW).leaf_id == 0
+    with pytest.raises(NotFoundError):
+        engine.feedback("t/other", first.verdict_id, Decision.BLOCK)
+
+
+def test_pack_seed_switch_off_and_on(hashing_engine) -> None:
+    engine = hashing_engine()
+    n_pack = sum(c.harmful + c.benign for c in engine.clusters(NS))
+    assert n_pack > 100 and engine.history(NS)[0].kind == "seed"
+    assert any(r.source == "pack" for r in engine.list_rules(NS))
+    engine.put_settings(NS, {"pack": False})
+    assert engine.clusters(NS) == [] and engine.list_rules(NS) == []
+    engine.put_settings(NS, {"pack": True})
+    assert sum(c.harmful + c.benign for c in engine.clusters(NS)) == n_pack
+    assert [e.kind for e in engine.history(NS)] == ["seed"]  # re-enabling does not seed twice
+
+
+def test_scores_are_bounded_and_entropy_follows_mixture(hashing_engine) -> None:
+    engine = hashing_engine(defaults={"pack": False})
+    incident(engine, H1, Decision.BLOCK)
+    mem = engine.memory(NS)
+    vec = engine.embedder.embed([H1])[0]
+    res = mem.score(vec, "request")
+    assert res.harm > 0.5 and 0.0 <= res.entropy < 1.0 and res.confidence == 1.0
+    assert mem.score(np.zeros_like(vec), "tool_result").confidence == 0.0  # nothing in that group
+
+
+def test_keyphrases_prefer_distinctive_words() -> None:
+    words = keyphrases(["wire savings offshore", "savings offshore wallet"], ["wire rent landlord"])
+    assert words[:2] == ["offshore", "savings"]
+    assert label_entropy(3, 0) == 0.0 and label_entropy(2, 2) == 1.0
+    assert Label("harmful") == Label.HARMFUL

@@ -1,0 +1,186 @@
+"""Hostile input over every RPC, generic over the proto descriptors (RPCs added later are covered as is).
+
+For every RPC and both backends: random and adversarial messages (see ``protofuzz``) and raw invalid bytes
+at the wire level. Every reply must be OK or a proper status (never INTERNAL or UNKNOWN), OK replies must
+parse as the declared response type, the server must stay SERVING, and a rejected call must leave every
+table of the database exactly as it was.
+
+``AGENTRT_FUZZ_EXAMPLES`` sets the examples per RPC (default 30 on SQLite, a third of it on Postgres);
+``make fuzz`` runs the long campaign (the ``slow`` tests, 2000 examples per RPC on both backends).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import RunningServer, create_pg_database, make_settings, postgres_available
+from tests.hardening.protofuzz import (
+    ALLOWED_CODES,
+    STRICT_REJECTIONS,
+    Rpc,
+    Snapshotter,
+    api_methods,
+    diff_snapshots,
+    invalid_utf8_payloads,
+    request_strategy,
+)
+
+EXAMPLES = int(os.environ.get("AGENTRT_FUZZ_EXAMPLES", "30"))
+# Shrinking replays a failure hundreds of times against the live server; the short default run reports the
+# failing example as found, the long campaign (or AGENTRT_FUZZ_SHRINK=1) shrinks it to a minimal one.
+PHASES = list(Phase) if os.environ.get("AGENTRT_FUZZ_SHRINK") or "AGENTRT_FUZZ_EXAMPLES" in os.environ \
+    else [Phase.explicit, Phase.reuse, Phase.generate]
+CALL_TIMEOUT_S = 20.0
+RPCS = api_methods()
+
+# RPCs whose owners have not fixed an INTERNAL found here yet: {rpc path: reason}. Marked xfail (not strict)
+# so the suite stays green while the report lists them; remove an entry once the owner fixes it.
+KNOWN_INTERNAL: dict[str, str] = {}
+
+
+def _params(rpcs: list[Rpc]) -> list[Any]:
+    out = []
+    for rpc in rpcs:
+        marks = [pytest.mark.xfail(reason=KNOWN_INTERNAL[rpc.path], strict=False)] if rpc.path in KNOWN_INTERNAL \
+            else []
+        out.append(pytest.param(rpc, id=str(rpc), marks=marks))
+    return out
+
+
+class FuzzTarget:
+    """A running server plus a way to call any RPC with raw bytes and check the outcome."""
+
+    def __init__(self, server: RunningServer, backend: str):
+        self.server = server
+        self.backend = backend
+        self.snapshot = Snapshotter(server.rt.db.engine)
+
+    def call(self, rpc: Rpc, payload: bytes) -> tuple[grpc.StatusCode, str, list[bytes]]:
+        """(code, details, reply bytes) of one call."""
+        replies: list[bytes] = []
+        try:
+            if rpc.streaming:
+                stream = self.server.channel.unary_stream(rpc.path)(payload, timeout=CALL_TIMEOUT_S)
+                for item in stream:
+                    replies.append(item)
+            else:
+                replies.append(self.server.channel.unary_unary(rpc.path)(payload, timeout=CALL_TIMEOUT_S))
+        except grpc.RpcError as err:
+            return err.code(), err.details() or "", replies
+        return grpc.StatusCode.OK, "", replies
+
+    def check(self, rpc: Rpc, payload: bytes, shown: str) -> grpc.StatusCode:
+        """Call ``rpc`` with ``payload`` and assert every hardening property; returns the status code."""
+        before = self.snapshot()
+        code, details, replies = self.call(rpc, payload)
+        where = f"{rpc} on {self.backend} with {shown}"
+        assert code in ALLOWED_CODES, f"{where} -> {code.name}: {details}"
+        for raw in replies:
+            try:
+                rpc.response_cls.FromString(raw)
+            except DecodeError as exc:  # pragma: no cover - a broken reply is the failure
+                pytest.fail(f"{where}: reply does not parse as {rpc.response_cls.__name__}: {exc}")
+        if code in STRICT_REJECTIONS and not replies:
+            changed = diff_snapshots(before, self.snapshot())
+            assert not changed, f"{where} was rejected ({code.name}: {details}) but changed stored data:\n{changed}"
+        return code
+
+    def assert_serving(self) -> None:
+        stub = health_pb2_grpc.HealthStub(self.server.channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _start(tmp: Path, backend: str) -> Iterator[FuzzTarget]:
+    drop = None
+    url = None
+    if backend == "postgres":
+        reason = postgres_available()
+        if reason:
+            pytest.skip(reason)
+        url, drop = create_pg_database()
+    srv = RunningServer(make_settings(data_dir=tmp / "data", db_url=url, embedding_model="hashing"))
+    try:
+        yield FuzzTarget(srv, backend)
+    finally:
+        srv.stop()
+        if drop is not None:
+            drop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
+    """One server per backend for the whole module (hypothesis calls it many times per test)."""
+    yield from _start(tmp_path_factory.mktemp(f"fuzz-{request.param}"), request.param)
+
+
+def _shown(msg: Message) -> str:
+    text = repr(msg.__class__.__name__) + " " + str(msg).replace("\n", " ")
+    return text if len(text) < 1500 else text[:1500] + f"… ({msg.ByteSize()} bytes)"
+
+
+def _fuzz_messages(target: FuzzTarget, rpc: Rpc, examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=True, phases=PHASES,
+              suppress_health_check=list(HealthCheck))
+    @given(request_strategy(rpc.method.input_type))
+    def run(request: Message) -> None:
+        target.check(rpc, request.SerializeToString(), _shown(request))
+
+    run()
+    target.assert_serving()
+
+
+def _examples(target: FuzzTarget, total: int) -> int:
+    return total if target.backend == "sqlite" else max(5, total // 3)
+
+
+@pytest.mark.parametrize("rpc", _params(RPCS))
+def test_fuzz_hostile_messages_get_proper_statuses(target: FuzzTarget, rpc: Rpc) -> None:
+    _fuzz_messages(target, rpc, _examples(target, EXAMPLES))
+
+
+@pytest.mark.parametrize("rpc", _params(RPCS))
+def test_fuzz_raw_bytes_get_proper_statuses(target: FuzzTarget, rpc: Rpc) -> None:
+    @settings(max_examples=max(5, _examples(target, EXAMPLES) // 2), deadline=None, database=None,
+              phases=PHASES, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(st.binary(max_size=300), st.binary(min_size=1, max_size=8).map(lambda b: b * 500)))
+    def run(payload: bytes) -> None:
+        target.check(rpc, payload, f"raw bytes {payload[:80]!r}… ({len(payload)} bytes)")
+
+    run()
+    target.assert_serving()
+
+
+@pytest.mark.parametrize("rpc", _params(RPCS))
+def test_invalid_utf8_in_every_string_field_is_invalid_argument(target: FuzzTarget, rpc: Rpc) -> None:
+    payloads = invalid_utf8_payloads(rpc.method.input_type)
+    for field, payload in payloads:
+        code = target.check(rpc, payload, f"invalid UTF-8 in {field}")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: invalid UTF-8 in {field} -> {code.name}"
+    target.assert_serving()
+
+
+def test_every_service_of_the_api_is_fuzzed() -> None:
+    """The generic discovery finds all six services (a broken import would silently shrink the campaign)."""
+    services = {r.path.split("/")[1] for r in RPCS}
+    assert services >= {f"agentrt.v1.{s}" for s in ("MemoryService", "GateService", "SelectService",
+                                                    "GuardService", "ToolService", "AgentService")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("AGENTRT_FUZZ_EXAMPLES" not in os.environ,
+                    reason="long campaign: run `make fuzz` (or set AGENTRT_FUZZ_EXAMPLES)")
+@pytest.mark.parametrize("rpc", _params(RPCS))
+def test_fuzz_long_campaign(target: FuzzTarget, rpc: Rpc) -> None:
+    """The long campaign runs the full example count on Postgres too."""
+    _fuzz_messages(target, rpc, EXAMPLES)

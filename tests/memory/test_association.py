@@ -1,0 +1,136 @@
+"""GMM association: clusters, posterior-entropy multi-links, persisted edges, warm refits, engine wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.embedding import create_embedder
+from memory.association import AssociationConfig, AssociationManager
+from memory.engine import MemoryEngine
+from memory.index import NamespaceIndex
+from memory.model import Granularity, MemoryMessage, MemoryUnit
+from memory.store import Change, InMemoryStore, MemoryStore, StoredUnit, unit_key
+
+NS = "acme/chat"
+DIM = 64
+
+
+def topic_vectors(n_per: int, n_topics: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_topics, DIM)) * 3
+    labels = np.repeat(np.arange(n_topics), n_per)
+    x = centres[labels] + rng.standard_normal((len(labels), DIM)) * 0.5
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels, centres
+
+
+def stored(i: int, vector: np.ndarray) -> StoredUnit:
+    unit = MemoryUnit(f"s/turn/{i}", Granularity.TURN, f"unit {i}", (f"m{i}",), "s")
+    return StoredUnit(unit, unit_key(NS, unit.id), vector, "test")
+
+
+def build(store: MemoryStore, vectors: np.ndarray) -> tuple[NamespaceIndex, list[StoredUnit]]:
+    units = [stored(i, v) for i, v in enumerate(vectors)]
+    store.apply(NS, Change(insert_units=units))
+    index = NamespaceIndex(DIM)
+    index.apply((), units)
+    return index, units
+
+
+CONFIG = AssociationConfig(min_units=30, units_per_cluster=40, pca_dims=8, links_per_unit=4)
+
+
+def test_units_link_inside_their_topic_and_edges_are_persisted() -> None:
+    store = InMemoryStore()
+    vectors, labels, _ = topic_vectors(40)
+    index, units = build(store, vectors)
+    manager = AssociationManager(store, CONFIG)
+    model = manager.refit(NS, index)
+    assert model is not None and manager.clusters(NS) == 3
+    label_of = {u.key: int(lbl) for u, lbl in zip(units, labels, strict=True)}
+    neighbours = index.neighbors([u.key for u in units])
+    assert len(neighbours) == len(units)  # every unit got linked
+    same = [label_of[k] == label_of[o] for k, links in neighbours.items() for o, _ in links]
+    assert np.mean(same) > 0.95
+    persisted = store.load_edges(NS)
+    assert persisted and index.edge_count() == len(persisted)
+    # a fresh index rebuilt from the store sees the same edges
+    fresh = NamespaceIndex(DIM)
+    fresh.apply((), units)
+    fresh.set_edges(store.load_edges(NS))
+    assert fresh.neighbors([units[0].key]) == index.neighbors([units[0].key])
+
+
+def test_a_unit_between_topics_links_into_both() -> None:
+    store = InMemoryStore()
+    vectors, labels, _ = topic_vectors(40)
+    index, units = build(store, vectors)
+    manager = AssociationManager(store, CONFIG)
+    manager.refit(NS, index)
+    label_of = {u.key: int(lbl) for u, lbl in zip(units, labels, strict=True)}
+    # midway between the first two topics: the posterior is split, its entropy high
+    between = vectors[labels == 0].mean(axis=0) + vectors[labels == 1].mean(axis=0)
+    between = (between / np.linalg.norm(between)).astype(np.float32)
+    clear = vectors[5] + 0.0
+    new = [stored(1000, between), stored(1001, clear)]
+    store.apply(NS, Change(insert_units=new))
+    index.apply((), new)
+    manager.link(NS, index, [u.key for u in new])
+    topics_between = {label_of[o] for o, _ in index.neighbors([new[0].key])[new[0].key]}
+    topics_clear = {label_of.get(o) for o, _ in index.neighbors([new[1].key])[new[1].key]}
+    assert topics_between == {0, 1}
+    assert topics_clear == {0}
+
+
+def test_refit_is_warm_while_the_cluster_count_holds_and_bounded_by_the_sample_cap() -> None:
+    store = InMemoryStore()
+    vectors, _, _ = topic_vectors(60, seed=1)
+    config = AssociationConfig(min_units=30, units_per_cluster=100, max_clusters=2, pca_dims=8, sample_cap=50)
+    index, _ = build(store, vectors[:120])
+    manager = AssociationManager(store, config)
+    first = manager.refit(NS, index)
+    assert first is not None and not manager.due(NS, index)
+    more = [stored(500 + i, v) for i, v in enumerate(vectors[120:])]
+    index.apply((), more)
+    assert manager.due(NS, index)  # grew by 50% > refit_growth
+    second = manager.refit(NS, index)
+    assert second is not None and second.gmm is first.gmm  # warm start reuses the fitted mixture
+    assert second.gmm.warm_start  # type: ignore[attr-defined]
+
+
+def test_too_small_a_namespace_is_not_clustered() -> None:
+    store = InMemoryStore()
+    vectors, _, _ = topic_vectors(5)
+    index, _ = build(store, vectors)
+    manager = AssociationManager(store, CONFIG)
+    assert manager.refit(NS, index) is None and not manager.due(NS, index)
+    assert manager.link(NS, index, index.unit_keys()) == 0
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_engine_consolidation_clusters_and_links_without_blocking_writes(background: bool) -> None:
+    store = InMemoryStore()
+    engine = MemoryEngine(
+        store,
+        create_embedder("hashing"),
+        association=AssociationConfig(min_units=40, units_per_cluster=30),
+        background=background,
+    )
+    topics = ["cats kittens whiskers purring", "jazz saxophone trumpet swing", "rust compiler borrow checker"]
+    for s in range(6):
+        engine.write(
+            NS,
+            f"s{s}",
+            [MemoryMessage(f"m{s}-{i}", f"s{s}", "a", f"{topics[(s + i) % 3]} note {i} {s}") for i in range(8)],
+        )
+    if background:
+        assert engine.flush(timeout=120)
+        stats = engine.stats(NS)
+    else:
+        report = engine.consolidate(NS)
+        assert report.sessions_derived == 6 and report.refit
+        stats = engine.stats(NS)
+    assert stats.clusters >= 2 and stats.edges > 0 and stats.pending_sessions == 0
+    assert engine.index(NS).edge_count() == stats.edges
+    engine.close()

@@ -1,0 +1,263 @@
+"""MemoryEngine behaviour on every store backend: idempotent writes, read-your-writes, background
+derivation, delete-everywhere, update, crash repair between commit and index update, isolation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.embedding import create_embedder
+from core.errors import InvalidArgumentError, NotFoundError
+from memory.engine import MemoryEngine
+from memory.model import Granularity, MemoryMessage, SearchQuery
+from memory.store import MemoryStore
+
+NS = "acme/chat"
+T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+
+CONVERSATION = [
+    ("alice", "I adopted a kitten named Pepper from the shelter last week"),
+    ("bob", "Congrats! What breed is Pepper?"),
+    ("alice", "A grey tabby, she loves chasing laser pointers"),
+    ("bob", "My saxophone lessons start on Monday"),
+    ("alice", "ok"),
+    ("bob", "I will practise jazz standards every evening"),
+]
+
+
+def messages(session: str = "s1", prefix: str = "m", turns=CONVERSATION) -> list[MemoryMessage]:  # type: ignore[no-untyped-def]
+    return [
+        MemoryMessage(f"{prefix}{i}", session, spk, text, T0 + timedelta(minutes=i))
+        for i, (spk, text) in enumerate(turns)
+    ]
+
+
+@pytest.fixture
+def make_engine(store_factory: Callable[[], MemoryStore]) -> Iterator[Callable[..., MemoryEngine]]:
+    engines: list[MemoryEngine] = []
+
+    def factory(background: bool = False) -> MemoryEngine:
+        engine = MemoryEngine(store_factory(), create_embedder("hashing"), background=background)
+        engine.load()
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in engines:
+        engine.close()
+
+
+def hit_message_ids(engine: MemoryEngine, query: str, ns: str = NS, **kw) -> set[str]:  # type: ignore[no-untyped-def]
+    result = engine.search(ns, SearchQuery(query, top_k=50, **kw))
+    return {mid for hit in result.hits for mid in hit.unit.message_ids}
+
+
+def test_write_is_idempotent_per_message_id(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    first = engine.write(NS, "s1", messages())
+    assert (first.written, first.unchanged) == (6, 0)
+    assert first.message_ids == [f"m{i}" for i in range(6)]
+    again = engine.write(NS, "s1", messages())
+    assert (again.written, again.unchanged) == (0, 6)
+    engine.flush()
+    before = engine.stats(NS)
+    engine.write(NS, "s1", messages()[:3])
+    engine.flush()
+    after = engine.stats(NS)
+    assert after.messages == before.messages == 6
+    assert after.units == before.units
+    assert after.generation == before.generation  # nothing was committed
+
+
+def test_raw_turns_are_searchable_as_soon_as_write_returns(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(background=True)
+    engine.write(NS, "s1", messages())
+    # no flush: the background worker may not have run yet
+    assert "m0" in hit_message_ids(engine, "kitten Pepper shelter")
+    engine.flush()
+    stats = engine.stats(NS)
+    assert stats.pending_sessions == 0
+    assert {"turn", "exchange", "session"} <= set(stats.units)
+
+
+def test_server_assigns_ids_and_changed_content_is_rewritten(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    result = engine.write(NS, "s1", [MemoryMessage("", "s1", "alice", "no id given")])
+    assert len(result.message_ids[0]) == 32
+    engine.write(NS, "s1", [MemoryMessage("m0", "s1", "alice", "the aquarium has axolotls")])
+    changed = engine.write(NS, "s1", [MemoryMessage("m0", "s1", "alice", "the museum has dinosaurs")])
+    assert changed.written == 1
+    engine.flush()
+    hits = engine.search(NS, SearchQuery("axolotls aquarium", top_k=50)).hits
+    assert hits and not any("axolotls" in hit.unit.text for hit in hits)
+    assert "m0" in hit_message_ids(engine, "museum dinosaurs")
+    assert engine.get(NS, ["m0"])[0].text == "the museum has dinosaurs"
+
+
+def test_validation_errors_name_the_field(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    bad = [
+        MemoryMessage("a", "s1", "x", "fine"),
+        MemoryMessage("b", "s1", "x", "fine"),
+        MemoryMessage("c", "s1", "x", "   "),
+        MemoryMessage("a", "s1", "x", "dup"),
+        MemoryMessage("x" * 300, "s1", "x", "long id"),
+    ]
+    with pytest.raises(InvalidArgumentError) as exc:
+        engine.write(NS, "s1", bad)
+    fields = [v.field for v in exc.value.violations]
+    assert fields == ["messages[2].text", "messages[3].id", "messages[4].id"]
+    assert engine.stats(NS).messages == 0  # nothing of a rejected request is stored
+    with pytest.raises(InvalidArgumentError) as exc:
+        engine.search(NS, SearchQuery("", top_k=-1))
+    assert [v.field for v in exc.value.violations] == ["query", "top_k"]
+
+
+def test_a_message_id_cannot_move_to_another_session(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages()[:2])
+    with pytest.raises(InvalidArgumentError) as exc:
+        engine.write(NS, "s2", [MemoryMessage("m1", "s2", "bob", "moved?")])
+    assert exc.value.violations[0].field == "messages[0].id"
+    assert "s1" in exc.value.violations[0].description
+
+
+def test_delete_removes_message_units_index_entries_and_postings(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    engine.write(NS, "s2", messages("s2", "n", [("carol", "my grey tabby cat is called Smokey")]))
+    engine.flush()
+    assert "m0" in hit_message_ids(engine, "kitten Pepper shelter")
+    index = engine.index(NS)
+    covering = index.units_of_message("m0")
+    assert len(covering) >= 2  # the turn and at least one exchange window
+    result = engine.delete(NS, message_ids=["m0", "does-not-exist"])
+    assert result.messages == 1 and result.sessions_rederived == 1 and result.units >= 1
+
+    with pytest.raises(NotFoundError):
+        engine.get(NS, ["m0"])
+    # no stored unit covers it any more, and every derived unit was rebuilt without its words
+    for batch in engine.store.iter_units(NS):
+        for stored in batch:
+            assert "m0" not in stored.unit.message_ids
+            assert "shelter" not in stored.unit.text
+    index = engine.index(NS)
+    assert index.units_of_message("m0") == set()
+    for key in covering:
+        assert index.unit(key) is None or "m0" not in index.unit(key).message_ids  # type: ignore[union-attr]
+    for gran in index.granularities():
+        lexical = index.lexical(gran)
+        assert lexical is not None and not lexical.search("shelter", 10)
+    assert "m0" not in hit_message_ids(engine, "kitten Pepper shelter")
+    # the rest of the session and the other session are intact
+    assert {"m1", "m2"} <= hit_message_ids(engine, "Pepper tabby breed")
+    assert "n0" in hit_message_ids(engine, "Smokey")
+
+
+def test_delete_a_session_and_the_whole_namespace(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    engine.write(NS, "s2", messages("s2", "n", [("carol", "my grey tabby cat is called Smokey")]))
+    engine.flush()
+    result = engine.delete(NS, session_id="s1")
+    assert result.messages == 6
+    assert engine.sessions(NS) == ["s2"]
+    assert not hit_message_ids(engine, "saxophone jazz Pepper") & {f"m{i}" for i in range(6)}
+    assert all(s.unit.session_id == "s2" for b in engine.store.iter_units(NS) for s in b)
+    engine.delete(NS, everything=True)
+    stats = engine.stats(NS)
+    assert (stats.messages, stats.units, engine.index(NS).size()) == (0, {}, 0)
+    assert engine.search(NS, SearchQuery("Smokey")).hits == []
+
+
+def test_update_rederives_and_unknown_id_is_not_found(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    engine.flush()
+    updated = engine.update(NS, MemoryMessage("m3", "", "bob", "My trombone lessons start on Monday"))
+    assert updated.written == 1
+    engine.flush()
+    assert engine.get(NS, ["m3"])[0].session_id == "s1"
+    texts = [s.unit.text for b in engine.store.iter_units(NS) for s in b]
+    assert not any("saxophone" in t for t in texts)
+    assert any("trombone" in t for t in texts)
+    with pytest.raises(NotFoundError):
+        engine.update(NS, MemoryMessage("nope", "", "bob", "x"))
+
+
+def test_list_pages_in_arrival_order(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = engine.list_messages(NS, page_size=4, page_token=token)
+        seen += [m.id for m in page]
+        if not token:
+            break
+    assert seen == [f"m{i}" for i in range(6)]
+    with pytest.raises(InvalidArgumentError):
+        engine.list_messages(NS, page_token="garbage")
+
+
+def test_namespaces_never_see_each_other(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    engine.write("other/chat", "s1", [MemoryMessage("m0", "s1", "eve", "quantum cryptography notes")])
+    engine.flush()
+    mine = engine.search(NS, SearchQuery("quantum cryptography", top_k=50)).hits
+    assert not any("quantum" in hit.unit.text for hit in mine)
+    theirs = engine.search("other/chat", SearchQuery("kitten Pepper", top_k=50)).hits
+    assert [hit.unit.text for hit in theirs if hit.unit.granularity == Granularity.TURN] == [
+        "eve: quantum cryptography notes"
+    ]
+    assert engine.get("other/chat", ["m0"])[0].text == "quantum cryptography notes"
+    assert engine.search("empty/ns", SearchQuery("anything")).hits == []
+
+
+def test_index_failure_after_commit_is_repaired_on_next_access(make_engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages()[:2])
+
+    def crash(*_args, **_kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError("simulated crash between commit and index update")
+
+    monkeypatch.setattr(engine, "_mirror", crash)
+    result = engine.write(NS, "s1", messages()[2:4])  # committed; the index update "crashes"
+    assert result.written == 2
+    monkeypatch.undo()
+    assert "m3" in hit_message_ids(engine, "saxophone lessons Monday")
+    stats = engine.stats(NS)
+    assert stats.index_generation == stats.generation
+
+
+def test_restart_rebuilds_indexes_and_finishes_pending_derivation(make_engine) -> None:  # type: ignore[no-untyped-def]
+    first = make_engine()
+    first.write(NS, "s1", messages())
+    # "crash": the process dies before the background derivation ran
+    assert first.stats(NS).pending_sessions == 1
+    assert set(first.stats(NS).units) == {"turn"}
+    second = make_engine()  # a new process over the same database
+    assert "m0" in hit_message_ids(second, "kitten Pepper shelter")
+    second.flush()
+    stats = second.stats(NS)
+    assert stats.pending_sessions == 0
+    assert {"turn", "exchange", "session"} <= set(stats.units)
+    assert stats.index_generation == stats.generation
+
+
+def test_time_filters_select_overlapping_units(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    engine.write(
+        NS, "s2", [MemoryMessage("late", "s2", "alice", "Pepper got a new laser pointer", T0 + timedelta(days=30))]
+    )
+    engine.flush()
+    got = hit_message_ids(engine, "Pepper laser pointer", time_start=T0 + timedelta(days=1))
+    assert got == {"late"}
+    got = hit_message_ids(
+        engine, "Pepper laser pointer", time_end=T0 + timedelta(days=1), granularities=(Granularity.TURN,)
+    )
+    assert "late" not in got and "m2" in got

@@ -1,0 +1,159 @@
+"""One conformance suite for every MemoryStore backend (in-memory reference, SQLite, Postgres)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from memory.model import Granularity, MemoryMessage, MemoryUnit
+from memory.store import Change, MemoryStore, StoredUnit, content_hash, unit_key
+
+NS = "acme/chat"
+T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+
+
+def msg(mid: str, text: str, session: str = "s1", minutes: int = 0, **meta: str) -> MemoryMessage:
+    return MemoryMessage(mid, session, "alice", text, T0 + timedelta(minutes=minutes), dict(meta))
+
+
+def unit(uid: str, mids: tuple[str, ...], session: str = "s1", gran: Granularity = Granularity.TURN) -> StoredUnit:
+    vec = np.random.default_rng(abs(hash(uid)) % 2**32).standard_normal(8).astype(np.float32)
+    u = MemoryUnit(uid, gran, f"text of {uid}", mids, session, T0, T0 + timedelta(minutes=1), 0.5)
+    return StoredUnit(u, unit_key(NS, uid), vec / np.linalg.norm(vec), "model-a")
+
+
+def test_empty_namespace_reads_are_empty_not_errors(store: MemoryStore) -> None:
+    assert store.get_messages(NS, ["x"]) == {}
+    assert store.session_messages(NS, "s1") == []
+    assert store.list_messages(NS) == []
+    assert store.list_sessions(NS) == []
+    assert store.session_units(NS, ["s1"]) == []
+    assert list(store.iter_units(NS)) == []
+    assert store.generation(NS) == 0
+    assert store.pending_sessions(NS) == []
+    assert store.load_edges(NS) == []
+    counts = store.counts(NS)
+    assert (counts.messages, counts.sessions, counts.units, counts.edges) == (0, 0, {}, 0)
+
+
+def test_messages_round_trip_losslessly_in_arrival_order(store: MemoryStore) -> None:
+    m1 = msg("m1", "héllo 🐈 wörld", metadata_key="v")
+    m2 = MemoryMessage("m2", "s1", "", "no time", None, {})
+    gen = store.apply(NS, Change(upsert_messages=[m1, m2]))
+    assert gen == 1 == store.generation(NS)
+    got = store.get_messages(NS, ["m2", "m1", "missing"])
+    assert set(got) == {"m1", "m2"}
+    assert got["m1"].message == m1 and got["m2"].message == m2
+    assert got["m1"].content_hash == content_hash(m1)
+    assert [s.message.id for s in store.session_messages(NS, "s1")] == ["m1", "m2"]
+    assert got["m1"].seq < got["m2"].seq
+
+
+def test_replacing_a_message_keeps_its_place(store: MemoryStore) -> None:
+    store.apply(NS, Change(upsert_messages=[msg("a", "one"), msg("b", "two"), msg("c", "three")]))
+    store.apply(NS, Change(upsert_messages=[msg("b", "TWO"), msg("d", "four")]))
+    ordered = store.session_messages(NS, "s1")
+    assert [s.message.id for s in ordered] == ["a", "b", "c", "d"]
+    assert ordered[1].message.text == "TWO"
+    assert store.generation(NS) == 2
+
+
+def test_list_pages_by_seq_and_filters_by_session(store: MemoryStore) -> None:
+    store.apply(NS, Change(upsert_messages=[msg(f"m{i}", f"t{i}", session=f"s{i % 2}") for i in range(7)]))
+    page1 = store.list_messages(NS, limit=3)
+    page2 = store.list_messages(NS, after_seq=page1[-1].seq, limit=3)
+    page3 = store.list_messages(NS, after_seq=page2[-1].seq, limit=3)
+    assert [s.message.id for s in page1 + page2 + page3] == [f"m{i}" for i in range(7)]
+    assert [s.message.id for s in store.list_messages(NS, session_id="s1")] == ["m1", "m3", "m5"]
+    assert store.list_sessions(NS) == ["s0", "s1"]
+
+
+def test_units_round_trip_with_vectors_and_are_replaced_and_deleted(store: MemoryStore) -> None:
+    u1, u2 = unit("s1/turn/a", ("a",)), unit("s1/x/a-b", ("a", "b"), gran=Granularity.EXCHANGE)
+    store.apply(NS, Change(upsert_messages=[msg("a", "x"), msg("b", "y")], insert_units=[u1, u2]))
+    got = store.get_units(NS, [u1.unit.id, u2.unit.id])
+    assert got[u1.unit.id].unit == u1.unit and got[u2.unit.id].unit == u2.unit
+    np.testing.assert_array_equal(got[u1.unit.id].vector, u1.vector)
+    assert got[u2.unit.id].key == u2.key and got[u2.unit.id].model == "model-a"
+    assert {s.unit.id for s in store.session_units(NS, ["s1"])} == {u1.unit.id, u2.unit.id}
+    assert store.counts(NS).units == {"turn": 1, "exchange": 1}
+    # insert of an existing id replaces it
+    u1b = StoredUnit(MemoryUnit(u1.unit.id, Granularity.TURN, "new", ("a",), "s1"), u1.key, u1.vector, "model-b")
+    store.apply(NS, Change(insert_units=[u1b], delete_units=[u2.unit.id]))
+    assert [s.unit.text for s in store.session_units(NS, ["s1"])] == ["new"]
+    assert store.get_units(NS, [u2.unit.id]) == {}
+
+
+def test_iter_units_yields_everything_in_batches(store: MemoryStore) -> None:
+    units = [unit(f"s1/turn/{i:03d}", (f"{i}",)) for i in range(23)]
+    store.apply(NS, Change(insert_units=units))
+    batches = list(store.iter_units(NS, batch_size=5))
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    assert sorted(s.unit.id for b in batches for s in b) == sorted(u.unit.id for u in units)
+
+
+def test_deleting_messages_and_pending_marks(store: MemoryStore) -> None:
+    store.apply(NS, Change(upsert_messages=[msg("a", "x"), msg("b", "y")], mark_pending=["s1", "s2"]))
+    assert store.pending_sessions(NS) == ["s1", "s2"]
+    store.apply(NS, Change(delete_messages=["a", "zzz"], clear_pending=["s1"]))
+    assert set(store.get_messages(NS, ["a", "b"])) == {"b"}
+    assert store.pending_sessions(NS) == ["s2"]
+    # mark and clear of the same session in one change: the mark wins (a newer write is pending)
+    store.apply(NS, Change(mark_pending=["s2"], clear_pending=["s2"]))
+    assert store.pending_sessions(NS) == ["s2"]
+
+
+def test_edges_replace_upsert_and_load(store: MemoryStore) -> None:
+    store.replace_edges(NS, [(1, 2, 0.5), (1, 3, 0.25)])
+    assert store.load_edges(NS) == [(1, 2, 0.5), (1, 3, 0.25)]
+    store.upsert_edges(NS, [(1, 2, 0.75), (4, 5, 0.1)])
+    assert store.load_edges(NS) == [(1, 2, 0.75), (1, 3, 0.25), (4, 5, 0.1)]
+    store.replace_edges(NS, [(9, 10, 1.0)])
+    assert store.load_edges(NS) == [(9, 10, 1.0)]
+    assert store.counts(NS).edges == 1
+
+
+def test_namespaces_are_isolated(store: MemoryStore) -> None:
+    other = "other/chat"
+    store.apply(NS, Change(upsert_messages=[msg("m1", "mine")], insert_units=[unit("s1/turn/m1", ("m1",))]))
+    store.apply(other, Change(upsert_messages=[msg("m1", "theirs")], mark_pending=["s1"]))
+    store.replace_edges(other, [(1, 2, 1.0)])
+    assert store.get_messages(NS, ["m1"])["m1"].message.text == "mine"
+    assert store.get_messages(other, ["m1"])["m1"].message.text == "theirs"
+    assert store.session_units(other, ["s1"]) == []
+    assert store.pending_sessions(NS) == [] and store.load_edges(NS) == []
+    assert store.namespaces() == sorted([NS, other])
+    assert store.drop_namespace(other) == 1
+    assert store.get_messages(other, ["m1"]) == {} and store.load_edges(other) == []
+    assert store.get_messages(NS, ["m1"])["m1"].message.text == "mine"
+    assert store.namespaces() == [NS]
+
+
+def test_state_survives_a_new_store_object(store_factory) -> None:  # type: ignore[no-untyped-def]
+    first = store_factory()
+    first.apply(
+        NS,
+        Change(upsert_messages=[msg("m1", "durable")], insert_units=[unit("s1/turn/m1", ("m1",))], mark_pending=["s1"]),
+    )
+    second = store_factory()
+    assert second.get_messages(NS, ["m1"])["m1"].message.text == "durable"
+    assert second.generation(NS) == 1 and second.pending_sessions(NS) == ["s1"]
+    assert [s.unit.id for b in second.iter_units(NS) for s in b] == ["s1/turn/m1"]
+
+
+def test_unit_keys_are_stable_positive_and_namespaced() -> None:
+    assert unit_key(NS, "u") == unit_key(NS, "u") > 0
+    assert unit_key(NS, "u") != unit_key("other/chat", "u")
+    assert content_hash(msg("a", "x")) != content_hash(msg("a", "y"))
+
+
+@pytest.mark.parametrize("n", [1200])
+def test_large_changes_respect_parameter_limits(store: MemoryStore, n: int) -> None:
+    messages = [msg(f"m{i}", f"text {i}") for i in range(n)]
+    units = [unit(f"s1/turn/m{i}", (f"m{i}",)) for i in range(n)]
+    store.apply(NS, Change(upsert_messages=messages, insert_units=units))
+    assert len(store.get_messages(NS, [m.id for m in messages])) == n
+    store.apply(NS, Change(delete_messages=[m.id for m in messages], delete_units=[u.unit.id for u in units]))
+    assert store.counts(NS).messages == 0 and store.counts(NS).units == {}

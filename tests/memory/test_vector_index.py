@@ -1,0 +1,134 @@
+"""One battery for every VectorIndex (numpy reference, FAISS flat, HNSW/flat with tombstones, auto)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from core.vector_index import (
+    AutoVectorIndex,
+    FaissVectorIndex,
+    NumpyVectorIndex,
+    TombstoneFaissIndex,
+    VectorIndex,
+    create_vector_index,
+)
+
+DIM = 16
+
+FACTORIES: dict[str, Callable[[], VectorIndex]] = {
+    "numpy": lambda: NumpyVectorIndex(DIM),
+    "faiss-flat": lambda: FaissVectorIndex(DIM),
+    "tombstone-flat": lambda: TombstoneFaissIndex(DIM, "flat"),
+    "tombstone-hnsw": lambda: TombstoneFaissIndex(DIM, "hnsw", ef_search=128),
+    # tiny threshold: the battery crosses the flat -> HNSW migration
+    "auto": lambda: AutoVectorIndex(DIM, hnsw_threshold=50, use_gpu=False),
+}
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def index(request: pytest.FixtureRequest) -> VectorIndex:
+    return FACTORIES[request.param]()
+
+
+def exact_top(ids: np.ndarray, vecs: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    order = np.argsort(-(vecs @ query), kind="stable")[:k]
+    return [int(ids[i]) for i in order]
+
+
+def test_empty_index_returns_no_hits(index: VectorIndex) -> None:
+    scores, ids = index.search(unit_vectors(2), 3)
+    assert ids.shape == (2, 3) and (ids == -1).all() and np.isneginf(scores).all()
+    assert len(index) == 0
+
+
+def test_search_matches_exact_ranking(index: VectorIndex) -> None:
+    ids = np.arange(100, 300, dtype=np.int64)
+    vecs = unit_vectors(200)
+    index.add(ids, vecs)
+    assert len(index) == 200
+    queries = unit_vectors(5, seed=1)
+    scores, got = index.search(queries, 5)
+    for row, q in enumerate(queries):
+        expected = exact_top(ids, vecs, q, 5)
+        # HNSW is approximate: on 200 points with ef 128 it finds the exact top-5 (at least 4 of them)
+        assert len(set(got[row].tolist()) & set(expected)) >= 4
+        assert got[row][0] == expected[0]
+        assert np.all(np.diff(scores[row]) <= 1e-6)
+
+
+def test_add_replaces_and_remove_deletes(index: VectorIndex) -> None:
+    ids = np.arange(60, dtype=np.int64)
+    vecs = unit_vectors(60)
+    index.add(ids, vecs)
+    # id 7 moves to where id 8 was: a query for vecs[8] now finds 7 and 8 at the top
+    index.add(np.array([7], dtype=np.int64), vecs[8:9])
+    assert len(index) == 60
+    _, got = index.search(vecs[8:9], 2)
+    assert set(got[0].tolist()) == {7, 8}
+    assert index.remove(np.array([8, 999], dtype=np.int64)) == 1
+    assert len(index) == 59
+    _, got = index.search(vecs[8:9], 60)
+    assert 8 not in got[0].tolist()
+    assert got[0][0] == 7
+    assert (got[0][:59] >= 0).all() and got[0][59] == -1
+
+
+def test_removing_most_entries_keeps_results_correct(index: VectorIndex) -> None:
+    ids = np.arange(120, dtype=np.int64)
+    vecs = unit_vectors(120)
+    index.add(ids, vecs)
+    index.remove(ids[:100])
+    assert len(index) == 20
+    _, got = index.search(vecs[:5], 10)
+    assert set(got.ravel().tolist()) <= set(range(100, 120))
+    assert (got >= 0).all()
+
+
+def test_tombstones_are_compacted_away() -> None:
+    index = TombstoneFaissIndex(DIM, "hnsw", compact_ratio=0.2)
+    index.add(np.arange(100, dtype=np.int64), unit_vectors(100))
+    index.remove(np.arange(15, dtype=np.int64))
+    assert index.tombstones == 15
+    index.remove(np.arange(15, 30, dtype=np.int64))  # 30 dead > 20% of 100: compacted
+    assert index.tombstones == 0 and len(index) == 70
+
+
+def test_auto_index_migrates_to_hnsw_past_the_threshold() -> None:
+    index = AutoVectorIndex(DIM, hnsw_threshold=50, use_gpu=False)
+    vecs = unit_vectors(80)
+    index.add(np.arange(40, dtype=np.int64), vecs[:40])
+    assert index.backend == "flat"
+    index.add(np.arange(40, 80, dtype=np.int64), vecs[40:])
+    assert index.backend == "hnsw" and len(index) == 80
+    _, got = index.search(vecs[:3], 1)
+    assert got[:, 0].tolist() == [0, 1, 2]
+
+
+def test_factory_names_and_unknown_backend() -> None:
+    assert isinstance(create_vector_index(DIM, "numpy"), NumpyVectorIndex)
+    assert isinstance(create_vector_index(DIM, "flat"), FaissVectorIndex)
+    with pytest.raises(ValueError, match="auto, flat, hnsw or numpy"):
+        create_vector_index(DIM, "annoy")
+
+
+def test_gpu_index_is_refused_without_a_gpu() -> None:
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        index = AutoVectorIndex(DIM, gpu_threshold=10)
+        index.add(np.arange(20, dtype=np.int64), unit_vectors(20))
+        assert index.backend == "gpu-flat"
+        index.remove(np.array([3], dtype=np.int64))
+        _, got = index.search(unit_vectors(20)[3:4], 20)
+        assert 3 not in got[0].tolist()
+    else:
+        with pytest.raises(ValueError, match="no GPU"):
+            TombstoneFaissIndex(DIM, "flat", gpu=True)

@@ -1,0 +1,121 @@
+"""Acknowledged writes survive restarts, kill -9 and graceful shutdown, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentrt.v1 import memory_pb2
+from runtime.client import AgentrtClient
+from tests.conftest import free_port
+
+
+def _all_ids(client: AgentrtClient) -> set[str]:
+    ids: set[str] = set()
+    token = ""
+    while True:
+        page = client.memory.List(memory_pb2.ListRequest(namespace="ns", page_size=1000, page_token=token),
+                                  timeout=30)
+        ids |= {m.id for m in page.messages}
+        token = page.next_page_token
+        if not token:
+            return ids
+
+
+def test_restart_keeps_writes_and_search_works_after(make_server, db_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    first = make_server(db_url=db_url, data_dir=data, embedding_model="hashing")
+    first.client.write("ns", "s1", [{"id": f"m{i}", "speaker": "a", "text": f"the colour of car {i} is red"}
+                                    for i in range(20)])
+    first.stop()
+    second = make_server(db_url=db_url, data_dir=data, embedding_model="hashing")
+    assert _all_ids(second.client) == {f"m{i}" for i in range(20)}
+    hits = second.client.search("ns", "colour of car 7", top_k=5).hits
+    assert any("m7" in h.message_ids for h in hits)
+
+
+def test_kill9_loses_no_acknowledged_write(spawn_server, db_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    env = {"AGENTRT_EMBEDDING__MODEL": "hashing"}
+    srv = spawn_server(data_dir=data, db_url=db_url, env=env)
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with AgentrtClient(srv.target) as c:
+            i = 0
+            while not stop.is_set():
+                ids = [f"w{i}-{j}" for j in range(5)]
+                try:
+                    c.write("ns", f"s{i % 7}", [{"id": x, "speaker": "a", "text": f"note {x}"} for x in ids])
+                except grpc.RpcError:
+                    return  # the server died mid-call: this batch was never acknowledged
+                acked.extend(ids)
+                i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    deadline = time.time() + 60
+    while len(acked) < 100 and time.time() < deadline:
+        time.sleep(0.01)
+    srv.kill9()
+    stop.set()
+    t.join(30)
+    assert len(acked) >= 100
+
+    again = spawn_server(data_dir=data, db_url=db_url, env=env)
+    with AgentrtClient(again.target) as c:
+        stored = _all_ids(c)
+    assert set(acked) <= stored
+    # batches are atomic: every stored batch is complete (no half-applied write visible)
+    batches: dict[str, int] = {}
+    for x in stored:
+        batches[x.split("-")[0]] = batches.get(x.split("-")[0], 0) + 1
+    assert set(batches.values()) == {5}
+
+
+def test_sigterm_drains_an_in_flight_call(spawn_server, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    metrics_port = free_port()
+    # a grace period long enough for the slow call even on a loaded machine
+    srv = spawn_server(data_dir=data, extra_args=["--metrics-port", str(metrics_port)],
+                       env={"AGENTRT_SERVER__SHUTDOWN_GRACE_S": "300"})
+    msgs = [{"id": f"m{i}", "speaker": "a", "text": f"sentence {i} about a slow and careful shutdown"}
+            for i in range(1000)]  # embedding 1,000 messages with MiniLM takes seconds on 2 cores
+    result: list[object] = []
+
+    def slow_write() -> None:
+        with AgentrtClient(srv.target, timeout=300) as c:
+            try:
+                result.append(c.write("ns", "s1", msgs))
+            except grpc.RpcError as exc:
+                result.append(exc)
+
+    t = threading.Thread(target=slow_write)
+    t.start()
+    import urllib.request
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        if "agentrt_rpc_in_flight 1.0" in body:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the slow write never started")
+    rc = srv.terminate(timeout=120)
+    t.join(120)
+    assert rc == 0, srv.log()
+    assert isinstance(result[0], memory_pb2.WriteResponse), result[0]
+    assert result[0].written == 1000
+    # after shutdown began, new calls are refused (the port is closed)
+    with grpc.insecure_channel(srv.target) as ch, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    again = spawn_server(data_dir=data)
+    with AgentrtClient(again.target) as c:
+        assert len(_all_ids(c)) == 1000

@@ -1,0 +1,190 @@
+"""One conformance suite for every ToolStore backend: in-memory, SQLite and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from core.errors import NotFoundError
+from runtime.db import create_db_engine
+from tests.conftest import _skip_or_fail_postgres, create_pg_database, postgres_available
+from tools.model import (
+    AuditRecord,
+    ExecutorKind,
+    ExecutorSpec,
+    McpServerSpec,
+    McpTransport,
+    Outcome,
+    Step,
+    ToolDefinition,
+    ToolPolicy,
+    utcnow,
+)
+from tools.schema import metadata
+from tools.sql_store import SqlToolStore
+from tools.store import InMemoryToolStore, ToolStore
+
+A, B = "t1/ns", "t2/ns"
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ToolStore]:
+    if request.param == "memory":
+        yield InMemoryToolStore()
+        return
+    drop = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'tools.db'}"
+    else:
+        reason = postgres_available()
+        if reason:
+            _skip_or_fail_postgres(reason)
+        url, drop = create_pg_database()
+    engine = create_db_engine(url)
+    metadata.create_all(engine)
+    try:
+        yield SqlToolStore(engine)
+    finally:
+        engine.dispose()
+        if drop is not None:
+            drop()
+
+
+def tool(name: str = "weather", description: str = "Get the weather", **kw: object) -> ToolDefinition:
+    return ToolDefinition(
+        name=name,
+        description=description,
+        input_schema={"type": "object", "properties": {"city": {"type": "string"}}},
+        executor=ExecutorSpec(ExecutorKind.HTTP, url="http://127.0.0.1:9/weather"),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_versions_count_up_and_same_content_is_a_no_op(store: ToolStore) -> None:
+    v1, created = store.put_tool(A, tool())
+    assert (v1.version, created) == (1, True) and v1.created_at is not None
+    again, created = store.put_tool(A, tool())
+    assert (again.version, created) == (1, False)
+    v2, created = store.put_tool(A, tool(description="Get the weather forecast"))
+    assert (v2.version, created) == (2, True)
+    assert store.get_tool(A, "weather").description == "Get the weather forecast"
+    assert store.get_tool(A, "weather", 1).description == "Get the weather"
+    assert [v.version for v in store.list_versions(A, "weather")] == [1, 2]
+
+
+def test_definition_round_trips_every_field(store: ToolStore) -> None:
+    d = tool(
+        output_schema={"type": "object"},
+        risk_tags=("network", "pii"),
+        idempotent=True,
+        timeout_s=2.5,
+        max_concurrency=3,
+        max_output_bytes=1000,
+        max_retries=4,
+    )
+    d = replace(d, executor=replace(d.executor, headers={"x-key": "v"}, method="PUT"))
+    stored, _ = store.put_tool(A, d)
+    got = store.get_tool(A, "weather")
+    assert got == stored
+    assert replace(got, version=0, created_at=None) == d
+
+
+def test_unregister_hides_tool_but_keeps_versions(store: ToolStore) -> None:
+    store.put_tool(A, tool())
+    assert store.delete_tool(A, "weather") == 1
+    with pytest.raises(NotFoundError):
+        store.get_tool(A, "weather")
+    with pytest.raises(NotFoundError):
+        store.delete_tool(A, "weather")
+    assert store.list_tools(A) == []
+    assert store.get_tool(A, "weather", 1).version == 1
+    # Same content after an unregister is a new version: version numbers are never reused.
+    again, created = store.put_tool(A, tool())
+    assert (again.version, created) == (2, True)
+
+
+def test_list_is_sorted_latest_live(store: ToolStore) -> None:
+    store.put_tool(A, tool("b"))
+    store.put_tool(A, tool("a"))
+    store.put_tool(A, tool("a", description="newer"))
+    store.put_tool(A, tool("c"))
+    store.delete_tool(A, "c")
+    assert [(t.name, t.version) for t in store.list_tools(A)] == [("a", 2), ("b", 1)]
+
+
+def test_scopes_are_isolated(store: ToolStore) -> None:
+    store.put_tool(A, tool())
+    store.put_server(A, McpServerSpec("files", McpTransport.STDIO, command="x"))
+    store.set_policy(A, ToolPolicy(memory_write=True))
+    assert store.list_tools(B) == []
+    with pytest.raises(NotFoundError):
+        store.get_tool(B, "weather")
+    with pytest.raises(NotFoundError):
+        store.delete_tool(B, "weather")
+    assert store.list_servers(B) == []
+    with pytest.raises(NotFoundError):
+        store.get_server(B, "files")
+    assert store.get_policy(B) is None
+    assert store.list_audit(B) == []
+
+
+def test_unknown_names_raise_not_found(store: ToolStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.get_tool(A, "nope")
+    with pytest.raises(NotFoundError):
+        store.get_tool(A, "nope", 3)
+    with pytest.raises(NotFoundError):
+        store.delete_server(A, "nope")
+    assert store.list_versions(A, "nope") == []
+
+
+def test_servers_round_trip_and_replace(store: ToolStore) -> None:
+    s = McpServerSpec("files", McpTransport.STDIO, command="python", args=("-m", "srv"), env={"K": "v"}, risk_tags=("fs",))
+    store.put_server(A, s)
+    store.put_server(A, replace(s, args=("-m", "srv2")))
+    assert store.get_server(A, "files").args == ("-m", "srv2")
+    h = McpServerSpec("web", McpTransport.STREAMABLE_HTTP, url="http://127.0.0.1:1/mcp", headers={"a": "b"})
+    store.put_server(B, h)
+    assert [(sc, sp.name) for sc, sp in store.list_servers()] == [(A, "files"), (B, "web")]
+    assert store.list_servers(B) == [(B, h)]
+    store.delete_server(A, "files")
+    assert store.list_servers(A) == []
+
+
+def _audit(i: int, name: str = "weather") -> AuditRecord:
+    return AuditRecord(
+        id=f"id{i}",
+        tool_name=name,
+        tool_version=1,
+        caller="t1:agent",
+        arguments_sha256="0" * 64,
+        outcome=Outcome.BLOCKED if i % 2 else Outcome.OK,
+        stopped_at=Step.GUARD_CALL if i % 2 else Step.NONE,
+        reason="r",
+        duration_ms=1.5,
+        attempts=1,
+        verdicts=({"stage": "tool_call", "decision": "block", "id": "v", "score": 0.9},),
+        truncated=bool(i % 2),
+        created_at=utcnow(),
+    )
+
+
+def test_audit_is_newest_first_and_filterable(store: ToolStore) -> None:
+    store.append_audit(A, _audit(0))
+    store.append_audits([(A, _audit(1)), (A, _audit(2, "other")), (B, _audit(3))])
+    assert [r.id for r in store.list_audit(A)] == ["id2", "id1", "id0"]
+    assert [r.id for r in store.list_audit(A, "weather")] == ["id1", "id0"]
+    assert [r.id for r in store.list_audit(A, limit=1)] == ["id2"]
+    got = store.list_audit(A, "weather")[0]
+    assert got == _audit(1).__class__(**{**_audit(1).__dict__, "created_at": got.created_at})
+
+
+def test_policy_round_trip(store: ToolStore) -> None:
+    assert store.get_policy(A) is None
+    p = ToolPolicy(guard_calls=False, guard_results=True, memory_write=True, memory_session_id="s")
+    store.set_policy(A, p)
+    store.set_policy(A, p)
+    assert store.get_policy(A) == p
