@@ -22,9 +22,17 @@ import numpy as np
 
 # Function words that carry no topic; kept short on purpose: pronouns and question words are dropped,
 # but negations and quantities ("not", "first", "last") stay because questions hinge on them.
-STOPWORDS: frozenset[str] = frozenset(
-    ["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more", "most", "my", "myself", "nor", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "s", "t", "d", "ll", "m", "re", "ve", "y", "o", "im", "ive", "id", "youre", "thats", "dont", "didnt", "doesnt", "isnt", "wasnt", "also", "really", "just", "yeah", "oh", "hey", "hi", "wow", "lol", "haha", "hahaha", "ok", "okay", "um", "uh", "gonna", "wanna", "got", "get", "gets"]
+_STOPWORD_TEXT = (
+    "a about above after again against all am an and any are as at be because been before being below "
+    "between both but by can could did do does doing down during each few for from further had has have "
+    "having he her here hers herself him himself his how i if in into is it its itself just me more most "
+    "my myself nor of off on once only or other our ours ourselves out over own same she should so some "
+    "such than that the their theirs them themselves then there these they this those through to too "
+    "under until up very was we were what when where which while who whom why will with would you your "
+    "yours yourself yourselves s t d ll m re ve y o im ive id youre thats dont didnt doesnt isnt wasnt "
+    "also really just yeah oh hey hi wow lol haha hahaha ok okay um uh gonna wanna got get gets"
 )
+STOPWORDS: frozenset[str] = frozenset(_STOPWORD_TEXT.split())
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 

@@ -321,6 +321,7 @@ class GuardEngine:
         top = matches[0] if matches else None
         decided_segment = ""
         category = ""
+        decision: Decision
         if top is not None and top.rule.action in (Decision.BLOCK, Decision.ALLOW):
             # Deterministic rules are final; the memory is not consulted (and no embedding is paid for).
             decision = top.rule.action
@@ -348,11 +349,10 @@ class GuardEngine:
                 decision = Decision.BLOCK if harm >= 0.5 else Decision.ALLOW
                 decided_by = "memory"
             evidence.extend(self._memory_evidence(res))
-            if top is not None:
+            if top is not None and decision == Decision.ALLOW:
                 # A REVIEW rule matched: never let the memory relax it to ALLOW.
-                if decision == Decision.ALLOW:
-                    decision = Decision.REVIEW
-                    decided_by = "rule"
+                decision = Decision.REVIEW
+                decided_by = "rule"
             if decision == Decision.REVIEW and self.judge is not None and settings.get("judge"):
                 judged = self.judge.judge(request, [e.text for e in evidence])
                 evidence.insert(0, Evidence("judge", "llm", f"judge answered {judged.value}", judged, 1.0))

@@ -79,7 +79,106 @@ class ScoreResult:
 
 
 _STOP = set(
-    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "by", "at", "from", "as", "is", "are", "be", "was", "were", "it", "its", "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "me", "my", "your", "our", "their", "them", "his", "her", "can", "could", "would", "should", "will", "please", "first", "then", "also", "all", "any", "some", "into", "about", "how", "what", "which", "who", "when", "where", "using", "use", "make", "get", "out", "up", "so", "do", "does", "did", "not", "no", "if", "than", "more", "most", "such", "them", "there", "here", "need", "want", "like", "just", "only", "via", "per", "each", "other", "been", "being", "have", "has", "had", "let", "us", "one", "two", "new", "via"]
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "by",
+        "at",
+        "from",
+        "as",
+        "is",
+        "are",
+        "be",
+        "was",
+        "were",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "i",
+        "you",
+        "he",
+        "she",
+        "we",
+        "they",
+        "me",
+        "my",
+        "your",
+        "our",
+        "their",
+        "them",
+        "his",
+        "her",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "please",
+        "first",
+        "then",
+        "also",
+        "all",
+        "any",
+        "some",
+        "into",
+        "about",
+        "how",
+        "what",
+        "which",
+        "who",
+        "when",
+        "where",
+        "using",
+        "use",
+        "make",
+        "get",
+        "out",
+        "up",
+        "so",
+        "do",
+        "does",
+        "did",
+        "not",
+        "no",
+        "if",
+        "than",
+        "more",
+        "most",
+        "such",
+        "there",
+        "here",
+        "need",
+        "want",
+        "like",
+        "just",
+        "only",
+        "via",
+        "per",
+        "each",
+        "other",
+        "been",
+        "being",
+        "have",
+        "has",
+        "had",
+        "let",
+        "us",
+        "one",
+        "two",
+        "new",
+    ]
 )
 _WORD = re.compile(r"[a-z][a-z'-]{2,}")
 
@@ -214,10 +313,10 @@ class GuardMemory:
         harm = 0.5 * (leaf_harm + cluster_harm)
         confidence = float(np.clip((sims.max() - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0, 1))
         # The category is the one carrying most similarity mass among the top clusters.
-        mass: Counter[str] = Counter()
+        mass: dict[str, float] = {}
         for (c, _), w in zip(clusters, pc, strict=True):
-            mass[c.category] += float(w)
-        category = mass.most_common(1)[0][0] if mass else ""
+            mass[c.category] = mass.get(c.category, 0.0) + float(w)
+        category = max(mass, key=lambda k: mass[k]) if mass else ""
         return ScoreResult(
             harm=harm,
             entropy=normalized_entropy([harm, 1.0 - harm]),
@@ -398,7 +497,7 @@ class GuardMemory:
     def maybe_merge(self, category: str, group: str) -> list[EvolutionEvent]:
         """Merge sibling clusters that are close, agree on the majority label and stay pure together."""
         p = self.params
-        events = []
+        events: list[EvolutionEvent] = []
         while True:
             cids, matrix = self._centroids.get(group, ([], np.zeros((0, self.dim))))
             idx = [i for i, cid in enumerate(cids) if self.clusters[cid].category == category]

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from core.coordination import ChangePublisher, LeaseManager, LocalLeases, NoChangePublisher
 from core.embedding import Embedder
 from runtime.config import Settings
 from runtime.db import Database
@@ -39,6 +40,13 @@ class Runtime:
     # Free-form slots for components that need more than one object.
     extras: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
+    # Multi-replica collaboration (runtime/replication.py): components publish changes of their cached
+    # state through ``changes`` inside their write transactions, register ``replica_handlers[component]``
+    # to apply other replicas' changes, and run background work under ``leases``.
+    changes: ChangePublisher = field(default_factory=NoChangePublisher)
+    leases: LeaseManager = field(default_factory=LocalLeases)
+    replica_handlers: dict[str, Callable[[str, dict[str, Any]], None]] = field(default_factory=dict)
+    replica_id: str = ""
     # Loaded during start-up (before health turns SERVING); read through ``embedder``.
     loaded_embedder: Embedder | None = None
 

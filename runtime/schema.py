@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table
+from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -16,6 +16,21 @@ namespaces = Table(
     Column("key", String(300), primary_key=True),
     Column("tenant", String(128), nullable=False, index=True),
     Column("name", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=lambda: datetime.now(UTC)),
+)
+
+# The change feed replicas tail (runtime/replication.py): one row per committed change of a component's
+# cached state. On Postgres, rows are inserted under a transaction-scoped advisory lock, so ``seq`` order is
+# commit order and a reader never skips a row that commits late.
+change_feed = Table(
+    "change_feed",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("component", String(32), nullable=False),
+    Column("scope", String(300), nullable=False),
+    # Replica that made the change (it applied it already).
+    Column("origin", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, default=lambda: datetime.now(UTC)),
 )
 

@@ -238,7 +238,7 @@ class AgentrtServer:
         self._embedder_override = embedder
         db = Database(settings.storage.resolved_url())
         executor = ThreadPoolExecutor(settings.server.worker_threads, thread_name_prefix="agentrt-worker")
-        self.rt = Runtime(settings=settings, db=db, executor=executor)
+        self.rt = Runtime(settings=settings, db=db, executor=executor, replica_id=uuid.uuid4().hex[:16])
         self.port: int = 0
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -247,6 +247,7 @@ class AgentrtServer:
         self._started_modules: list[Any] = []
         self._metrics_httpd: Any = None
         self._stopped = False
+        self.tailer: Any = None
 
     async def start(self) -> int:
         """Bind the port, start serving health (NOT_SERVING), and begin loading in the background."""
@@ -288,6 +289,17 @@ class AgentrtServer:
         rt = self.rt
         started = time.perf_counter()
         await rt.offload(rt.db.migrate)
+        feed = None
+        start_seq = 0
+        if rt.db.dialect == "postgresql":
+            # Replicas share this database: publish our changes, tail everyone else's. The head is read
+            # before the caches are rebuilt so nothing committed during the rebuild is missed.
+            from runtime.replication import ChangeFeed, PgLeases
+
+            feed = ChangeFeed(rt.db, rt.replica_id)
+            rt.changes = feed
+            rt.leases = PgLeases(rt.db)
+            start_seq = await rt.offload(feed.head)
         if self._embedder_override is not None:
             rt.loaded_embedder = self._embedder_override
         else:
@@ -300,6 +312,12 @@ class AgentrtServer:
             if start is not None:
                 await start(rt)
             self._started_modules.append(module)
+        if feed is not None:
+            from runtime.replication import FeedTailer
+
+            self.tailer = FeedTailer(feed, rt.replica_handlers, start_seq)
+            await rt.offload(self.tailer.apply_available)
+            self.tailer.start()
         rt.ready = True
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -327,6 +345,8 @@ class AgentrtServer:
             self._build_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._build_task
+        if self.tailer is not None:
+            await self.rt.offload(self.tailer.stop)
         for module in reversed(self._started_modules):
             stop = getattr(module, "stop", None)
             if stop is not None:

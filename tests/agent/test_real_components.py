@@ -51,3 +51,17 @@ def test_turn_with_retrieval_tool_and_three_candidates(real_server, llm) -> None
     [result] = of(events, "result")
     assert result.status == agent_pb2.TURN_STATUS_COMPLETED and "Miso" in result.answer
     assert of(events, "memory_write")
+
+
+def test_store_search_is_semantic_on_minilm(real_server) -> None:
+    from runtime.store import SidecarStore
+
+    store = SidecarStore(real_server.target, namespace="real-store", index={"fields": ["text"]})
+    store.put(("docs",), "py", {"text": "Python is a programming language"})
+    store.put(("docs",), "bread", {"text": "Knead the dough and bake the bread"})
+    store.put(("docs",), "soup", {"text": "A warm tomato soup recipe"})
+    hits = store.search(("docs",), query="how do I write a program?")
+    assert hits[0].key == "py"
+    hits = store.search(("docs",), query="baking at home", limit=1)
+    assert [h.key for h in hits] == ["bread"]
+    store.close()

@@ -1,0 +1,421 @@
+"""Load: concurrent clients on loopback drive a mixed workload against a real ``agentrt serve`` process.
+
+    .venv/bin/python -m bench load [--duration 4] [--max-concurrency 128] [--embedder minilm|hashing]
+                                    [--backend sqlite|postgres]
+
+For each concurrency level (1, 2, 4, … until throughput stops rising or ``--max-concurrency``) it runs an
+empty-RPC baseline (``grpc.health.v1.Health/Check``) and then the mixed workload (Write, Search, Check,
+Decide, Select, Invoke — whichever RPCs the server implements; Invoke calls a no-op HTTP tool on loopback
+registered through ToolService) and reports throughput and p50/p99 per RPC. An overload phase restarts the
+server with a low ``max_concurrent_rpcs`` and shows calls shed with RESOURCE_EXHAUSTED instead of queueing.
+Server RSS is sampled throughout. Bounded: every phase stops after ``--duration`` seconds, clients are
+capped by ``--max-concurrency``. Results: ``bench/results/load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from agentrt.v1 import (
+    common_pb2,
+    gate_pb2,
+    gate_pb2_grpc,
+    guard_pb2,
+    guard_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    select_pb2,
+    select_pb2_grpc,
+    tool_pb2,
+    tool_pb2_grpc,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.common import machine, percentiles, write_result
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "load"
+WORDS = ("alice moved to lisbon last spring and started a ceramics class while bob kept his job in berlin "
+         "they talk every sunday about books hiking plans and the garden project").split()
+Call = Callable[[float], Awaitable[Any]]
+
+
+# ------------------------------------------------------------------------------------------ server
+
+class ServerProcess:
+    """``agentrt serve`` as a subprocess on a free port, with its RSS sampled in a thread."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], database_url: str | None):
+        port_file = data_dir / "port"
+        args = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--metrics-port", "-1",
+                "--port-file", str(port_file), "--data-dir", str(data_dir)]
+        if database_url:
+            args += ["--database-url", database_url]
+        self.log = open(data_dir / "server.log", "w")  # noqa: SIM115
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTRT_LOG__LEVEL": "WARNING", **env}
+        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start; see {self.log.name}")
+            time.sleep(0.05)
+        self.target = f"127.0.0.1:{int(port_file.read_text())}"
+        self._wait_serving(deadline)
+        self.rss_samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _wait_serving(self, deadline: float) -> None:
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.time() < deadline:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError("server never became SERVING")
+
+    def rss_bytes(self) -> int:
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.25):
+            self.rss_samples.append((time.monotonic(), self.rss_bytes()))
+
+    def max_rss_between(self, start: float, end: float) -> int:
+        return max((r for t, r in self.rss_samples if start <= t <= end), default=self.rss_bytes())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        self.log.close()
+
+
+class _NoopTool(BaseHTTPRequestHandler):
+    def _reply(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _reply  # noqa: N815
+    do_POST = _reply  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def start_noop_tool() -> tuple[ThreadingHTTPServer, str]:
+    """A local HTTP endpoint answering ``{"ok": true}`` to anything: the tool Invoke calls."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NoopTool)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/noop"
+
+
+# ------------------------------------------------------------------------------------------ workload
+
+def _sentence(rng: random.Random, n: int = 16) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _tokens(rng: random.Random, n: int = 24) -> list[common_pb2.TokenLogprob]:
+    out = []
+    for _ in range(n):
+        top = sorted((rng.uniform(-6, 0) for _ in range(5)), reverse=True)
+        out.append(common_pb2.TokenLogprob(
+            token=rng.choice(WORDS), logprob=top[0],
+            top_logprobs=[common_pb2.TopLogprob(token=rng.choice(WORDS), logprob=lp) for lp in top]))
+    return out
+
+
+def workload(channel: grpc.aio.Channel, tool_url: str) -> dict[str, Call]:
+    """The mixed workload's calls, by RPC name; each takes a timeout and makes one call."""
+    memory = memory_pb2_grpc.MemoryServiceStub(channel)
+    guard = guard_pb2_grpc.GuardServiceStub(channel)
+    gate = gate_pb2_grpc.GateServiceStub(channel)
+    select = select_pb2_grpc.SelectServiceStub(channel)
+    tool = tool_pb2_grpc.ToolServiceStub(channel)
+    rng = random.Random(7)
+    counter = iter(range(10**12))
+
+    def write(timeout: float) -> Awaitable[Any]:
+        n = next(counter)
+        msg = memory_pb2.Message(id=f"m{n}-{uuid.uuid4().hex[:6]}", speaker=rng.choice(["alice", "bob"]),
+                                 text=_sentence(rng))
+        return memory.Write(memory_pb2.WriteRequest(namespace=NAMESPACE, session_id=f"s{n // 20}",
+                                                    messages=[msg]), timeout=timeout)
+
+    def search(timeout: float) -> Awaitable[Any]:
+        return memory.Search(memory_pb2.SearchRequest(namespace=NAMESPACE, query=_sentence(rng, 6), top_k=5),
+                             timeout=timeout)
+
+    def check(timeout: float) -> Awaitable[Any]:
+        return guard.Check(guard_pb2.CheckRequest(namespace=NAMESPACE, stage=common_pb2.STAGE_INPUT,
+                                                  text=_sentence(rng, 12)), timeout=timeout)
+
+    def decide(timeout: float) -> Awaitable[Any]:
+        return gate.Decide(gate_pb2.DecideRequest(namespace=NAMESPACE, gate=common_pb2.GATE_RETRIEVE,
+                                                  tokens=_tokens(rng)), timeout=timeout)
+
+    def select_(timeout: float) -> Awaitable[Any]:
+        cands = [select_pb2.Candidate(agent_id=f"a{i}", answer=_sentence(rng, 8), tokens=_tokens(rng, 12))
+                 for i in range(3)]
+        return select.Select(select_pb2.SelectRequest(namespace=NAMESPACE, candidates=cands), timeout=timeout)
+
+    def invoke(timeout: float) -> Awaitable[Any]:
+        return tool.Invoke(tool_pb2.InvokeToolRequest(namespace=NAMESPACE, name="noop", arguments_json="{}"),
+                           timeout=timeout)
+
+    del tool_url
+    return {"Write": write, "Search": search, "Check": check, "Decide": decide, "Select": select_,
+            "Invoke": invoke}
+
+
+async def register_tool(channel: grpc.aio.Channel, url: str) -> str | None:
+    """Register the no-op HTTP tool; returns why not where ToolService cannot."""
+    stub = tool_pb2_grpc.ToolServiceStub(channel)
+    tool = tool_pb2.Tool(name="noop", description="does nothing (load benchmark)",
+                         input_schema_json='{"type": "object"}',
+                         http=tool_pb2.HttpToolExecutor(url=url, method="POST"))
+    try:
+        await stub.Register(tool_pb2.RegisterToolRequest(namespace=NAMESPACE, tool=tool), timeout=30)
+        return None
+    except grpc.aio.AioRpcError as err:
+        return f"Register: {err.code().name}: {err.details()}"
+
+
+async def probe(calls: dict[str, Call]) -> tuple[dict[str, Call], dict[str, str]]:
+    """Keep the RPCs that answer OK once; the others are reported with the status they got."""
+    kept, dropped = {}, {}
+    for name, fn in calls.items():
+        try:
+            await fn(60.0)
+            kept[name] = fn
+        except grpc.aio.AioRpcError as err:
+            dropped[name] = f"{err.code().name}: {(err.details() or '')[:200]}"
+    return kept, dropped
+
+
+async def drive(calls: dict[str, Call], concurrency: int, duration: float,
+                timeout: float = 10.0) -> dict[str, Any]:
+    """``concurrency`` clients calling round-robin over ``calls`` for ``duration`` seconds."""
+    loop = asyncio.get_running_loop()
+    names = list(calls)
+    latencies: dict[str, list[float]] = collections.defaultdict(list)
+    codes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    shed_latencies: list[float] = []
+    end = loop.time() + duration
+
+    async def client(i: int) -> None:
+        k = i
+        while loop.time() < end:
+            name = names[k % len(names)]
+            k += 1
+            started = time.perf_counter()
+            try:
+                await calls[name](timeout)
+                latencies[name].append(time.perf_counter() - started)
+                codes[name]["OK"] += 1
+            except grpc.aio.AioRpcError as err:
+                codes[name][err.code().name] += 1
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    shed_latencies.append(time.perf_counter() - started)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    per_rpc = {}
+    for name in names:
+        per_rpc[name] = {**percentiles(latencies[name]), "ok_per_s": round(codes[name]["OK"] / elapsed, 2),
+                         "codes": dict(codes[name])}
+    ok = sum(c["OK"] for c in codes.values())
+    total = sum(sum(c.values()) for c in codes.values())
+    return {
+        "concurrency": concurrency, "elapsed_s": round(elapsed, 3), "calls": total, "ok": ok,
+        "throughput_ok_per_s": round(ok / elapsed, 2),
+        "shed_fraction": round(sum(c["RESOURCE_EXHAUSTED"] for c in codes.values()) / max(total, 1), 4),
+        "shed_latency": percentiles(shed_latencies) if shed_latencies else None,
+        "all": percentiles([x for v in latencies.values() for x in v]),
+        "rpcs": per_rpc,
+    }
+
+
+def health_call(channel: grpc.aio.Channel) -> dict[str, Call]:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return {"Health.Check": lambda timeout: stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)}
+
+
+# ------------------------------------------------------------------------------------------ phases
+
+async def ramp(server: ServerProcess, tool_url: str, levels: list[int], duration: float) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        not_registered = await register_tool(channel, tool_url)
+        calls, dropped = await probe(workload(channel, tool_url))
+        if not_registered:
+            dropped.setdefault("Invoke", not_registered)
+        print(f"mixed workload: {', '.join(calls) or 'nothing'}"
+              + (f"; left out: {dropped}" if dropped else ""))
+        rows = []
+        best, flat = 0.0, 0
+        for c in levels:
+            t0 = time.monotonic()
+            base = await drive(health_call(channel), c, duration)
+            mixed = await drive(calls, c, duration) if calls else None
+            rss = server.max_rss_between(t0, time.monotonic())
+            row = {"concurrency": c, "baseline": base, "mixed": mixed, "server_max_rss_mb": round(rss / 2**20, 1)}
+            rows.append(row)
+            tput = mixed["throughput_ok_per_s"] if mixed else base["throughput_ok_per_s"]
+            _print_level(row)
+            if tput > best * 1.05:
+                best, flat = tput, 0
+            else:
+                flat += 1
+                if flat >= 2:  # saturated: two levels in a row without 5% more throughput
+                    break
+        return {"levels": rows, "workload": list(calls), "left_out": dropped, "saturated_at": rows[-1]["concurrency"]
+                if flat >= 2 else None, "best_throughput_ok_per_s": best}
+
+
+async def overload(server: ServerProcess, tool_url: str, concurrency: int, duration: float,
+                   cap: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await register_tool(channel, tool_url)
+        calls, _ = await probe(workload(channel, tool_url))
+        t0 = time.monotonic()
+        result = await drive(calls or health_call(channel), concurrency, duration)
+        rss = server.max_rss_between(t0, time.monotonic())
+        out = {"max_concurrent_rpcs": cap, **result, "server_max_rss_mb": round(rss / 2**20, 1)}
+        print(f"\noverload: cap {cap}, {concurrency} clients: {result['calls']} calls, "
+              f"shed (RESOURCE_EXHAUSTED) {100 * result['shed_fraction']:.1f}%, ok {result['throughput_ok_per_s']}/s, "
+              f"shed reply p50 {(result['shed_latency'] or {}).get('p50_ms')} ms, server RSS max {out['server_max_rss_mb']} MB")
+        return out
+
+
+def _print_level(row: dict[str, Any]) -> None:
+    base = row["baseline"]
+    print(f"\nconcurrency {row['concurrency']:>3}: baseline Health.Check {base['throughput_ok_per_s']:>8.1f}/s "
+          f"p50 {base['all']['p50_ms']:.2f} ms p99 {base['all']['p99_ms']:.2f} ms | server RSS max "
+          f"{row['server_max_rss_mb']} MB")
+    mixed = row["mixed"]
+    if not mixed:
+        return
+    print(f"  mixed {mixed['throughput_ok_per_s']:>8.1f} ok/s, shed {100 * mixed['shed_fraction']:.1f}%")
+    for name, r in mixed["rpcs"].items():
+        errors = {k: v for k, v in r["codes"].items() if k != "OK"}
+        print(f"    {name:<8} {r['ok_per_s']:>8.1f}/s  p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms"
+              + (f"  errors {errors}" if errors else ""))
+
+
+def _postgres_database() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    name = f"agentrt_load_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench load", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per phase (default 4)")
+    parser.add_argument("--max-concurrency", type=int, default=128)
+    parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--overload-cap", type=int, default=4, help="max_concurrent_rpcs in the overload phase")
+    parser.add_argument("--overload-concurrency", type=int, default=64)
+    parser.add_argument("--out", default="load", help="results name: bench/results/<out>.json")
+    args = parser.parse_args(argv)
+
+    levels = [c for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if c <= args.max_concurrency]
+    env = {"AGENTRT_EMBEDDING__MODEL": "hashing"} if args.embedder == "hashing" else {}
+    httpd, tool_url = start_noop_tool()
+    drop: Callable[[], None] | None = None
+    url = None
+    if args.backend == "postgres":
+        url, drop = _postgres_database()
+    print(f"load: {args.backend}, embedder {args.embedder}, {args.duration:g}s per phase, levels {levels}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="agentrt-load-") as tmp:
+            data = Path(tmp) / "ramp"
+            data.mkdir()
+            server = ServerProcess(data, env, url)
+            idle_rss = server.rss_bytes()
+            try:
+                ramp_result = asyncio.run(ramp(server, tool_url, levels, args.duration))
+            finally:
+                server.stop()
+            data = Path(tmp) / "overload"
+            data.mkdir()
+            cap_env = {**env, "AGENTRT_SERVER__MAX_CONCURRENT_RPCS": str(args.overload_cap)}
+            if drop is not None:
+                drop()
+                url, drop = _postgres_database()
+            server = ServerProcess(data, cap_env, url)
+            try:
+                over = asyncio.run(overload(server, tool_url, args.overload_concurrency, args.duration,
+                                            args.overload_cap))
+            finally:
+                server.stop()
+    finally:
+        httpd.shutdown()
+        if drop is not None:
+            drop()
+    payload = {
+        "config": {"backend": args.backend, "embedder": args.embedder, "duration_s": args.duration,
+                   "levels": levels, "client": "grpc.aio, one channel, in the benchmark process",
+                   "server": "agentrt serve subprocess, default settings (max_concurrent_rpcs 64, 8 workers)"},
+        "server_idle_rss_mb": round(idle_rss / 2**20, 1),
+        "ramp": ramp_result,
+        "overload": over,
+    }
+    path = write_result(args.out, payload)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
