@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import random
 import signal
@@ -49,12 +48,13 @@ from agentrt.v1 import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import machine, percentiles, write_result
+from bench.common import percentiles, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "load"
-WORDS = ("alice moved to lisbon last spring and started a ceramics class while bob kept his job in berlin "
-         "they talk every sunday about books hiking plans and the garden project").split()
+_TEXT = ("alice moved to lisbon last spring and started a ceramics class while bob kept his job in berlin "
+         "they talk every sunday about books hiking plans and the garden project")
+WORDS = tuple(_TEXT.split(" "))
 Call = Callable[[float], Awaitable[Any]]
 
 
@@ -136,10 +136,10 @@ class _NoopTool(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = _reply  # noqa: N815
-    do_POST = _reply  # noqa: N815
+    do_GET = _reply
+    do_POST = _reply
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -324,9 +324,10 @@ async def overload(server: ServerProcess, tool_url: str, concurrency: int, durat
         result = await drive(calls or health_call(channel), concurrency, duration)
         rss = server.max_rss_between(t0, time.monotonic())
         out = {"max_concurrent_rpcs": cap, **result, "server_max_rss_mb": round(rss / 2**20, 1)}
-        print(f"\noverload: cap {cap}, {concurrency} clients: {result['calls']} calls, "
-              f"shed (RESOURCE_EXHAUSTED) {100 * result['shed_fraction']:.1f}%, ok {result['throughput_ok_per_s']}/s, "
-              f"shed reply p50 {(result['shed_latency'] or {}).get('p50_ms')} ms, server RSS max {out['server_max_rss_mb']} MB")
+        shed_p50 = (result["shed_latency"] or {}).get("p50_ms")
+        print(f"\noverload: cap {cap}, {concurrency} clients: {result['calls']} calls, shed (RESOURCE_EXHAUSTED) "
+              f"{100 * result['shed_fraction']:.1f}%, ok {result['throughput_ok_per_s']}/s, shed reply p50 "
+              f"{shed_p50} ms, server RSS max {out['server_max_rss_mb']} MB")
         return out
 
 

@@ -274,17 +274,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ns = f"locomo-{conv['id']}"
                     t = time.perf_counter()
                     for session in conv["sessions"]:
-                        client.write(ns, session["id"], [
-                            {"id": turn["id"], "speaker": turn["speaker"], "text": turn["text"], "time": session["time"]}
+                        when = session["time"]
+                        batch = [
+                            {"id": turn["id"], "speaker": turn["speaker"], "text": turn["text"], "time": when}
                             for turn in session["turns"]
-                        ])
+                        ]
+                        client.write(ns, session["id"], batch)
                     write_s += time.perf_counter() - t
                     t = time.perf_counter()
                     client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace=ns), timeout=1800)
                     consolidate_s += time.perf_counter() - t
-                    turn_text = {
-                        turn["id"]: f"{turn['speaker']}: {turn['text']}" for s in conv["sessions"] for turn in s["turns"]
-                    }
+                    turns = [turn for s in conv["sessions"] for turn in s["turns"]]
+                    turn_text = {turn["id"]: f"{turn['speaker']}: {turn['text']}" for turn in turns}
                     questions = conv["questions"]
                     for q in questions:
                         by_budget = {}

@@ -38,6 +38,8 @@ class MemoryParams:
     """Tunable constants of scoring and evolution (documented in docs/guards.md)."""
 
     leaf_k: int = 8
+    #: Share of the leaf-level harm in the final harm (the rest comes from the cluster level).
+    leaf_weight: float = 0.5
     cluster_k: int = 3
     #: Softmax temperature over leaf cosines (small = the nearest leaves dominate).
     leaf_temperature: float = 0.05
@@ -310,7 +312,7 @@ class GuardMemory:
         pc = pc / pc.sum()
         rates = np.array([(h + 0.5) / (h + b + 1.0) for h, b in stats])
         cluster_harm = float((pc * rates).sum())
-        harm = 0.5 * (leaf_harm + cluster_harm)
+        harm = p.leaf_weight * leaf_harm + (1.0 - p.leaf_weight) * cluster_harm
         confidence = float(np.clip((sims.max() - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0, 1))
         # The category is the one carrying most similarity mass among the top clusters.
         mass: dict[str, float] = {}

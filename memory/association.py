@@ -126,6 +126,20 @@ class AssociationManager:
         model = self._models.get(namespace)
         return 0 if model is None else max(0, min(index.size(), model.fitted_n) - len(model.linked))
 
+    def link_backlog(self, namespace: str, index: NamespaceIndex, limit: int | None = None) -> int:
+        """Link up to ``limit`` (default ``link_batch``) units not linked yet; returns how many were handled."""
+        model = self._models.get(namespace)
+        if model is None:
+            return 0
+        alive = set(index.unit_keys())
+        model.linked &= alive
+        unlinked = [k for k in alive if k not in model.linked][: limit or self.config.link_batch]
+        if unlinked:
+            self._link_keys(namespace, index, model, unlinked, post_by_key=None)
+        else:
+            model.fitted_n = min(model.fitted_n, len(alive))
+        return len(unlinked)
+
     def step(self, namespace: str, index: NamespaceIndex) -> str:
         """One bounded unit of background work: a refit when due, else one linking pass.
 
@@ -133,15 +147,8 @@ class AssociationManager:
         """
         if self._needs_refit(namespace, index):
             return "refit" if self.refit(namespace, index) is not None else "idle"
-        model = self._models.get(namespace)
-        if model is not None and self._backlog(namespace, index) > 0:
-            alive = set(index.unit_keys())
-            model.linked &= alive
-            unlinked = [k for k in alive if k not in model.linked][: self.config.link_batch]
-            if unlinked:
-                self._link_keys(namespace, index, model, unlinked, post_by_key=None)
-                return "link"
-            model.fitted_n = len(alive)
+        if self._backlog(namespace, index) > 0 and self.link_backlog(namespace, index):
+            return "link"
         return "idle"
 
     # -- math ----------------------------------------------------------------------------------------
@@ -185,7 +192,9 @@ class AssociationManager:
     # -- fitting -------------------------------------------------------------------------------------
 
     def refit(self, namespace: str, index: NamespaceIndex) -> _Model | None:
-        """Fit (or warm-refit) the namespace's mixture, reassign every unit, and link a batch of units.
+        """Fit (or warm-refit) the namespace's mixture and reassign every unit to its clusters.
+
+        Linking the units not linked yet is left to :meth:`step` / :meth:`link_backlog` (bounded passes).
 
         Returns the model, or None when the namespace is too small to cluster.
         """
@@ -208,6 +217,9 @@ class AssociationManager:
         sample = np.stack([vectors_by_key[int(k)] for k in sample_keys]).astype(np.float32)
         old = self._models.get(namespace)
         k = self._n_clusters(n)
+        if old is not None and abs(k - old.k) <= 0.25 * old.k:
+            # Keep K (and so the warm start) until the target drifts by more than a quarter.
+            k = old.k
         dims = min(c.pca_dims, sample.shape[1], len(sample) - 1)
         if old is not None and n < 4 * old.pca_n and old.components.shape[0] == dims:
             mean, components, pca_n = old.mean, old.components, old.pca_n
@@ -240,8 +252,6 @@ class AssociationManager:
             model.linked = {key for key in old.linked if key in vectors_by_key}
         with self._lock:
             self._models[namespace] = model
-        unlinked = [int(key) for key in keys if int(key) not in model.linked][: c.link_batch]
-        self._link_keys(namespace, index, model, unlinked, post_by_key=None)
         model.refit_seconds = time.perf_counter() - started
         log.info(
             "association refit",
@@ -263,6 +273,7 @@ class AssociationManager:
         Before the first fit this does nothing: the first refit links everything.
         """
         model = self._models.get(namespace)
+        keys = [k for k in dict.fromkeys(keys) if model is not None and k not in model.linked]
         if model is None or not keys:
             return 0
         return self._link_keys(namespace, index, model, keys, post_by_key=None, add_members=True)

@@ -169,6 +169,8 @@ class MemoryEngine:
         derive: DeriveFn | None = None,
         retrieve: RetrieveFn | None = None,
         background: bool = True,
+        settle_s: float = 0.5,
+        max_delay_s: float = 5.0,
     ):
         self.store = store
         self.embedder = embedder
@@ -179,8 +181,14 @@ class MemoryEngine:
         self.association = AssociationManager(store, association or AssociationConfig())
         self._namespaces: dict[str, _Namespace] = {}
         self._registry_lock = threading.Lock()
-        # Background queue of (namespace, session_id) to re-derive, coalesced, in arrival order.
-        self._queue: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Background queue of (namespace, session_id) to re-derive -> (first, last) enqueue time. A
+        # session is taken once it has been quiet for settle_s (or waited max_delay_s), so a burst of
+        # Writes to one session costs one re-derivation, and the worker does not compete with a
+        # conversation that is still being written.
+        self._queue: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        self.settle_s = settle_s
+        self.max_delay_s = max_delay_s
+        self._flushing = 0
         self._refit_due: set[str] = set()
         self._cv = threading.Condition()
         self._busy = 0
@@ -568,6 +576,7 @@ class MemoryEngine:
             removed += r
         index = self._state(namespace).index
         fit = self.association.refit(namespace, index) if refit else None
+        self.association.link_backlog(namespace, index)
         return ConsolidationReport(
             sessions_derived=len(sessions),
             units_added=added,
@@ -598,14 +607,25 @@ class MemoryEngine:
     # -- background consolidation ----------------------------------------------------------------------
 
     def _enqueue(self, namespace: str, session_id: str) -> None:
+        now = time.monotonic()
         with self._cv:
-            self._queue[(namespace, session_id)] = None
+            first, _ = self._queue.get((namespace, session_id), (now, now))
+            self._queue[(namespace, session_id)] = (first, now)
             self._cv.notify_all()
 
-    def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until the background queue is drained (tests and benchmarks); False on timeout.
+    def _pick(self, now: float) -> tuple[tuple[str, str] | None, float]:
+        """The first queued session that is ready, else None and how long until one is (lock held)."""
+        wait = float("inf")
+        for key, (first, last) in self._queue.items():
+            ready_at = min(last + self.settle_s, first + self.max_delay_s)
+            if self._flushing or ready_at <= now:
+                return key, 0.0
+            wait = min(wait, ready_at - now)
+        return None, wait
 
-        Without a background worker, drains the queue in the caller's thread.
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until the background queue is drained, skipping the settle delay (tests, benchmarks,
+        Consolidate); False on timeout. Without a background worker, drains it in the caller's thread.
         """
         if self._worker is None:
             while self._queue:
@@ -614,37 +634,45 @@ class MemoryEngine:
             return True
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._queue or self._busy or self._refit_due:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cv.wait(remaining)
+            self._flushing += 1
+            self._cv.notify_all()
+            try:
+                while self._queue or self._busy or self._refit_due:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cv.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
+    def _next_task(self) -> tuple[str, str | None] | None:
+        """Block until there is work: (namespace, session) to derive or (namespace, None) to refit/link."""
+        with self._cv:
+            while not self._closed:
+                key, wait = self._pick(time.monotonic())
+                if key is not None:
+                    del self._queue[key]
+                    self._busy += 1
+                    return key
+                if self._refit_due:
+                    self._busy += 1
+                    return self._refit_due.pop(), None
+                self._cv.wait(None if wait == float("inf") else wait)
+            return None
+
     def _run_worker(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._refit_due and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                self._busy += 1
-                task: tuple[str, str | None] = (
-                    self._queue.popitem(last=False)[0] if self._queue else (self._refit_due.pop(), None)
-                )
+        while (task := self._next_task()) is not None:
             try:
                 ns, session_id = task
+                index = self._state(ns).index
                 if session_id is not None:
                     self._derive_session(ns, session_id)
-                    if self.association.due(ns, self._state(ns).index):
-                        with self._cv:
-                            self._refit_due.add(ns)
                 else:
-                    index = self._state(ns).index
                     self.association.step(ns, index)
-                    if self.association.due(ns, index):
-                        with self._cv:
-                            self._refit_due.add(ns)
+                if self.association.due(ns, self._state(ns).index):
+                    with self._cv:
+                        self._refit_due.add(ns)
             except Exception:
                 log.exception("background consolidation failed", extra={"namespace": task[0]})
             finally:
@@ -675,7 +703,11 @@ class MemoryEngine:
                 insert = [s for s in insert if s.unit.id not in stored or stored[s.unit.id].unit != s.unit]
                 change = Change(delete_units=delete, insert_units=insert, clear_pending=[session_id])
                 self._apply(namespace, state, change)
-            self.association.link(namespace, state.index, [s.key for s in insert])
+            # New units of the session, and its turns (committed by Write, not linked yet).
+            session_keys = [s.key for s in insert]
+            for m in messages:
+                session_keys.extend(state.index.units_of_message(m.id))
+            self.association.link(namespace, state.index, session_keys)
             return len(insert), len(delete)
         self._enqueue(namespace, session_id)
         return 0, 0

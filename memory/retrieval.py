@@ -404,7 +404,9 @@ def search(
     return SearchResult(_pack(((candidates[k], scores[k]) for k in ranked), query), diagnostics)
 
 
-def _apply_cues(text: str, candidates: Mapping[int, MemoryUnit], scores: dict[int, float], pol: RetrievalPolicy) -> None:
+def _apply_cues(
+    text: str, candidates: Mapping[int, MemoryUnit], scores: dict[int, float], pol: RetrievalPolicy
+) -> None:
     """Speaker, explicit-time and recency cues of the query."""
     lowered = set(re.findall(r"\w+", text.lower()))
     speakers = {speaker_of(u.text) for u in candidates.values()} - {""}

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,11 @@ class UnitPolicy:
     low_info_terms: int = 3
     # Weight floor of a turn without any content term.
     low_info_weight: float = 0.4
+    # Optional LLM enrichment (OpenAI-compatible chat endpoint); off while ``llm_base_url`` is empty.
+    llm_base_url: str = ""
+    llm_model: str = ""
+    # Name of the environment variable holding the API key (the key itself never sits in config).
+    llm_api_key_env: str = ""
 
     @classmethod
     def from_mapping(cls, policy: Mapping[str, Any] | None) -> UnitPolicy:
@@ -185,13 +191,19 @@ def derive_units(
     messages: Sequence[MemoryMessage],
     policy: UnitPolicy | None = None,
     enricher: Enricher | None = None,
+    *,
+    enrich: bool = True,
 ) -> list[MemoryUnit]:
     """Every unit of one session, from its messages in conversation order.
 
     Deterministic: the same messages give the same units and ids. Unit ids are prefixed by the session
-    id, so they are unique within a namespace.
+    id, so they are unique within a namespace. The LLM enricher (``enricher``, or the one the policy
+    configures) runs only when ``enrich`` is true: callers that keep only turn units pass False.
     """
     policy = policy or UnitPolicy()
+    if enricher is None and enrich and policy.llm_base_url:
+        key = os.environ.get(policy.llm_api_key_env, "") if policy.llm_api_key_env else ""
+        enricher = OpenAICompatibleEnricher(policy.llm_base_url, policy.llm_model, key)
     msgs = list(messages)
     if not msgs:
         return []
@@ -215,7 +227,7 @@ def derive_units(
     speakers = {m.speaker for m in msgs if m.speaker}
     units.append(_digest(session_id, msgs, texts, token_lists, speakers, policy))
     units.extend(_facts(session_id, msgs, texts, speakers, policy))
-    if enricher is not None:
+    if enricher is not None and enrich:
         try:
             units.extend(enricher.enrich(session_id, msgs))
         except Exception:  # enrichment is best effort: the extractive units stand on their own

@@ -105,13 +105,17 @@ class ToolSearch:
         catalogue: list[ToolDefinition],
         *,
         dense_weight: float | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> ToolSearchResult:
-        """Rank ``catalogue`` (the scope's live tools; used to build the index when none is cached)."""
+        """Rank ``catalogue`` (the scope's live tools; used to build the index when none is cached).
+
+        ``query_vector`` skips embedding the query (callers that embed many queries in one batch).
+        """
         idx = self._index(scope, catalogue)
         if not idx.tools or top_k <= 0:
             return ToolSearchResult([], 0.0, 0.0)
         w = self.dense_weight if dense_weight is None else dense_weight
-        q = self._embedder.embed([query])[0]
+        q = self._embedder.embed([query])[0] if query_vector is None else query_vector
         dense = idx.matrix @ q
         lex = np.asarray(idx.bm25.score(search_words(query), list(range(len(idx.tools)))), dtype=np.float64)
         top = float(lex.max()) if lex.size else 0.0

@@ -8,6 +8,8 @@ returns a ``Completion`` whose ``tokens`` is empty, and callers fall back to the
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +119,11 @@ class ChatClient:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        # Calls and seconds spent waiting on the endpoint, and the last (start, end) perf_counter intervals:
+        # benchmarks subtract LLM wall time (the union of the intervals) from turn time.
+        self.calls = 0
+        self.seconds = 0.0
+        self.intervals: deque[tuple[float, float]] = deque(maxlen=4096)
 
     async def complete(
         self,
@@ -143,12 +150,18 @@ class ChatClient:
         if max_tokens > 0:
             body["max_tokens"] = max_tokens
         url = f"{self.base_url}/chat/completions"
+        started = time.perf_counter()
         try:
             resp = await self._http.post("/chat/completions", json=body, timeout=timeout_s or httpx.USE_CLIENT_DEFAULT)
         except httpx.TimeoutException as exc:
             raise DeadlineExceededError(f"LLM endpoint {url} timed out: {exc}") from exc
         except httpx.HTTPError as exc:
             raise UnavailableError(f"LLM endpoint {url} is unreachable: {exc}") from exc
+        finally:
+            ended = time.perf_counter()
+            self.calls += 1
+            self.seconds += ended - started
+            self.intervals.append((started, ended))
         if resp.status_code >= 500 or resp.status_code == 429:
             raise UnavailableError(f"LLM endpoint {url} answered {resp.status_code}: {resp.text[:300]}")
         if resp.status_code >= 400:

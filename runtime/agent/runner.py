@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -77,6 +77,9 @@ class TurnRunner:
 
     def __init__(self, checkpointer: BaseCheckpointSaver[Any]):
         self.graph = build_graph().compile(checkpointer=checkpointer)
+        # "exit": checkpoint when the run ends or pauses on an interrupt, not after every node. A turn that
+        # crashes or is cancelled mid-way then leaves no partial state; paused runs are still persisted.
+        self.durability: Literal["sync", "async", "exit"] = "exit"
         self._clients: dict[tuple[str, str], ChatClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -156,7 +159,9 @@ class TurnRunner:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             async with asyncio.timeout(remaining):
-                async for chunk in self.graph.astream(inp, config, context=ctx, stream_mode="custom"):
+                async for chunk in self.graph.astream(
+                    inp, config, context=ctx, stream_mode="custom", durability=self.durability
+                ):
                     yield cast(Event, chunk)
         except TimeoutError as exc:
             raise DeadlineExceededError(f"turn on thread {thread_id!r} ran past its deadline") from exc

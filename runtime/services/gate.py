@@ -13,9 +13,26 @@ from runtime.convert import gate as conv
 from runtime.gates import GateEngine
 
 
+def gate_config(rt: Runtime, scope: str) -> dict[str, Any]:
+    """``policies.defaults.gates`` overlaid by ``policies.namespaces.<ns>.gates`` two levels deep, so a
+    namespace can change one key of one gate (``retrieve: {threshold: 0.3}``) and keep the rest."""
+    policies = rt.settings.policies
+    merged: dict[str, Any] = {
+        k: dict(v) if isinstance(v, dict) else v for k, v in policies.defaults.get("gates", {}).items()
+    }
+    bare = scope.split("/", 1)[-1]
+    for key in dict.fromkeys((bare, scope)):
+        for name, value in policies.namespaces.get(key, {}).get("gates", {}).items():
+            if isinstance(value, dict) and isinstance(merged.get(name), dict):
+                merged[name] = {**merged[name], **value}
+            else:
+                merged[name] = value
+    return merged
+
+
 def build(rt: Runtime) -> None:
     """Attach the GateEngine (``rt.gates``); configured policies come from ``policies.*.gates``."""
-    rt.gates = GateEngine(rt.db.engine, lambda scope: rt.policy("gates", scope))
+    rt.gates = GateEngine(rt.db.engine, lambda scope: gate_config(rt, scope))
     # Fail the start on a bad gate policy in the configuration, not on the first Decide.
     rt.gates.validate_config(["_/_", *rt.settings.policies.namespaces])
 

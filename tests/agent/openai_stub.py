@@ -137,3 +137,14 @@ class OpenAIStub:
         """Stop serving."""
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def main() -> None:
+    """Serve until killed; prints the base URL on the first line (used by ``bench agent``)."""
+    stub = OpenAIStub()
+    print(stub.base_url, flush=True)
+    stub._httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 
 from core.errors import InvalidArgumentError, NotFoundError
 from runtime.db import create_db_engine
@@ -221,8 +221,8 @@ def test_packed_tokens_equal_token_lists() -> None:
     assert err.value.violations[0].field == "packed_tokens.top_logprobs"
 
 
-def test_bad_config_fails_validation(engine: Engine) -> None:
-    g = GateEngine(engine, {"escalate": {"window": 0}})
+def test_bad_config_fails_validation() -> None:
+    g = GateEngine(create_engine("sqlite://"), {"escalate": {"window": 0}})
     with pytest.raises(InvalidArgumentError) as err:
         g.validate_config()
     assert err.value.violations[0].field == "policies.gates.escalate.window"

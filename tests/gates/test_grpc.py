@@ -93,6 +93,9 @@ def test_decide_rejects_non_finite_logprobs_naming_the_field(srv: Any) -> None:
     with pytest.raises(grpc.RpcError) as err:
         srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=toks(0.5)))
     assert bad_fields(err.value) == ["gate"]
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE))
+    assert bad_fields(err.value) == ["tokens"]
 
 
 def test_policy_versions_over_rpc(srv: Any) -> None:
@@ -264,7 +267,16 @@ def test_tenants_are_isolated_and_read_only_tokens_store_nothing(make_server: An
         c.close()
 
 
-def test_empty_tokens_are_rejected(srv: Any) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE))
-    assert bad_fields(err.value) == ["tokens"]
+def test_namespace_config_overlays_defaults_per_key(make_server: Any) -> None:
+    srv = make_server(
+        embedding_model="hashing",
+        policies={
+            "defaults": {"gates": {"top_k": 10, "retrieve": {"variant": "epr", "threshold": 0.9}}},
+            "namespaces": {"special": {"gates": {"retrieve": {"threshold": 0.1}}}},
+        },
+    )
+    get = srv.client.gate.GetPolicy
+    plain = get(gate_pb2.GetGatePolicyRequest(namespace="plain", gate=common_pb2.GATE_RETRIEVE)).policy
+    special = get(gate_pb2.GetGatePolicyRequest(namespace="special", gate=common_pb2.GATE_RETRIEVE)).policy
+    assert (plain.variant, plain.threshold, plain.top_k) == ("epr", pytest.approx(0.9), 10)
+    assert (special.variant, special.threshold, special.top_k) == ("epr", pytest.approx(0.1), 10)

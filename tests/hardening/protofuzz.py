@@ -16,18 +16,20 @@ import importlib
 import json
 import math
 import pkgutil
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
+import agentrt.v1
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, Table, inspect, select
-
-import agentrt.v1
 
 # Statuses a hostile request may get. INTERNAL and UNKNOWN mean an unmapped exception escaped a servicer.
 ALLOWED_CODES = frozenset({
@@ -129,7 +131,8 @@ _HUGE_SIZES = [10_000, 200_000, 1_000_000]
 
 
 def _huge_text() -> st.SearchStrategy[str]:
-    return st.builds(lambda size, ch: ch * size, st.sampled_from(_HUGE_SIZES), st.sampled_from(["x", "é", "\U0001f600", "a b "]))
+    chars = st.sampled_from(["x", "é", "\U0001f600", "a b "])
+    return st.builds(lambda size, ch: ch * size, st.sampled_from(_HUGE_SIZES), chars)
 
 
 def plain_text(max_size: int = 40) -> st.SearchStrategy[str]:
@@ -403,6 +406,10 @@ def invalid_utf8_payloads(desc: Descriptor) -> list[tuple[str, bytes]]:
 
 # ------------------------------------------------------------------------------------------- database
 
+COUNTER_TABLE = "zz_fuzz_changes"
+AUDIT_SUFFIX = "_audit"
+
+
 class Snapshotter:
     """Reads every row of every table: those the components declare (``runtime.schema.all_metadata()``)
     and any other table in the database (e.g. LangGraph's checkpoint tables)."""
@@ -417,33 +424,137 @@ class Snapshotter:
             self._tables[name] = Table(name, self._reflected, autoload_with=conn)
         return self._tables[name]
 
-    def __call__(self) -> dict[str, list[tuple[str, ...]]]:
+    def __call__(self) -> dict[str, dict[int, tuple[Any, ...]]]:
+        """{table: {row digest: row}}; rows are compared by digest (fast even with megabyte cells)."""
         from runtime.schema import all_metadata
 
-        present = set(inspect(self.engine).get_table_names())
+        present = present_tables(self.engine)
         declared = {t.name for md in all_metadata() for t in md.sorted_tables}
-        out: dict[str, list[tuple[str, ...]]] = {}
+        out: dict[str, dict[int, tuple[Any, ...]]] = {}
         with self.engine.connect() as conn:
             for name in sorted(present | declared):
-                if name not in present:
-                    out[name] = []
-                    continue
-                rows = conn.execute(select(self._table(name, conn))).all()
-                out[name] = sorted(tuple(repr(v) for v in row) for row in rows)
+                rows: dict[int, tuple[Any, ...]] = {}
+                if name in present:
+                    for row in conn.execute(select(self._table(name, conn))):
+                        key = hash(tuple(_cell(v) for v in row))
+                        # Identical rows (tables without a key) are counted apart.
+                        while key in rows:
+                            key += 1
+                        rows[key] = tuple(row)
+                out[name] = rows
         return out
 
 
-def diff_snapshots(before: dict[str, list[tuple[str, ...]]], after: dict[str, list[tuple[str, ...]]]) -> str:
-    """Empty when equal, else which tables changed and how (first rows only)."""
+def present_tables(engine: Engine) -> set[str]:
+    """Tables in the database, without the change counter."""
+    return set(inspect(engine).get_table_names()) - {COUNTER_TABLE}
+
+
+class ChangeWatch:
+    """Cheap exact "did anything write?" for the fuzz loop, so full snapshots are only taken when needed.
+
+    Triggers on every table bump one counter row on INSERT/UPDATE/DELETE (inside the writer's transaction,
+    so a rolled-back write leaves the counter as it was). ``before()`` returns the full snapshot, re-read
+    only when the counter or the table set moved since the last one; ``changed_since(snap)`` compares
+    counter and table set first and reads (and diffs) every row only when they moved, so an UPDATE that
+    rewrote identical values is not reported.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.snapshot = Snapshotter(engine)
+        self._watched: set[str] = set()
+        self._last: tuple[int, frozenset[str], dict[str, dict[int, tuple[Any, ...]]]] | None = None
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {COUNTER_TABLE} (n BIGINT NOT NULL)")
+            if conn.exec_driver_sql(f"SELECT count(*) FROM {COUNTER_TABLE}").scalar() == 0:
+                conn.exec_driver_sql(f"INSERT INTO {COUNTER_TABLE} (n) VALUES (0)")
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    f"CREATE OR REPLACE FUNCTION zz_fuzz_bump() RETURNS trigger AS $$ BEGIN "
+                    f"UPDATE {COUNTER_TABLE} SET n = n + 1; RETURN NULL; END $$ LANGUAGE plpgsql")
+
+    def _watch_new_tables(self) -> frozenset[str]:
+        tables = present_tables(self.engine)
+        new = tables - self._watched
+        if new:
+            with self.engine.begin() as conn:
+                for name in sorted(new):
+                    self._install(conn, name)
+            self._watched |= new
+        return frozenset(tables)
+
+    def _install(self, conn: Any, table: str) -> None:
+        quoted = self.engine.dialect.identifier_preparer.quote(table)
+        if self.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE TRIGGER zz_fuzz_{zlib.crc32(table.encode())} "
+                f"AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {quoted} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION zz_fuzz_bump()")
+            return
+        for op in ("INSERT", "UPDATE", "DELETE"):
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS zz_fuzz_{op.lower()}_{zlib.crc32(table.encode())} "
+                f"AFTER {op} ON {quoted} BEGIN UPDATE {COUNTER_TABLE} SET n = n + 1; END")
+
+    def _counter(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql(f"SELECT n FROM {COUNTER_TABLE}").scalar() or 0)
+
+    def before(self) -> tuple[int, frozenset[str], dict[str, dict[int, tuple[Any, ...]]]]:
+        tables = self._watch_new_tables()
+        count = self._counter()
+        if self._last is None or self._last[0] != count or self._last[1] != tables:
+            self._last = (count, tables, self.snapshot())
+        return self._last
+
+    def changed_since(self, before: tuple[int, frozenset[str], dict[str, dict[int, tuple[Any, ...]]]],
+                      *, allow_new_namespaces: bool = True) -> str:
+        """Empty when nothing stored changed since ``before``, else the difference (see diff_snapshots)."""
+        count, tables, rows = before
+        now_tables = frozenset(present_tables(self.engine))
+        if self._counter() == count and now_tables == tables:
+            return ""
+        after = self.snapshot()
+        return diff_snapshots(rows, after, allow_new_namespaces=allow_new_namespaces)
+
+
+_HASHABLE = (str, bytes, int, bool, type(None), datetime, date, Decimal)
+
+
+def _cell(value: Any) -> Any:
+    # NaN floats hash by identity and JSON columns arrive as dicts: compare those by their repr.
+    return value if isinstance(value, _HASHABLE) else repr(value)
+
+
+def diff_snapshots(before: dict[str, dict[int, tuple[Any, ...]]], after: dict[str, dict[int, tuple[Any, ...]]],
+                   *, allow_new_namespaces: bool = False) -> str:
+    """Empty when equal, else which tables changed and how (first rows only).
+
+    With ``allow_new_namespaces``, rows *added* for a namespace that was registered by this very change
+    (a new row in ``namespaces``) are accepted: every valid namespace exists implicitly, and the first call
+    naming one may materialise it with the tenant's defaults (issue #2). Anything removed, and any row added
+    to a namespace that existed before, still counts. Audit trails (tables named ``*_audit``) are exempt:
+    recording a refused attempt is what they are for.
+    """
+    new_keys: set[str] = set()
+    if allow_new_namespaces:
+        b_ns, a_ns = before.get("namespaces", {}), after.get("namespaces", {})
+        new_keys = {str(a_ns[k][0]) for k in a_ns.keys() - b_ns.keys()}
     lines = []
     for name in sorted(set(before) | set(after)):
-        b, a = set(before.get(name, [])), set(after.get(name, []))
-        if b != a:
-            added, removed = sorted(a - b)[:3], sorted(b - a)[:3]
-            lines.append(f"{name}: +{len(a - b)} -{len(b - a)} rows; added {_short(added)} removed {_short(removed)}")
+        b, a = before.get(name, {}), after.get(name, {})
+        if b.keys() == a.keys() or name.endswith(AUDIT_SUFFIX):
+            continue
+        added = [a[k] for k in a.keys() - b.keys()]
+        removed = [b[k] for k in b.keys() - a.keys()]
+        added = [row for row in added if not any(isinstance(v, str) and v in new_keys for v in row)]
+        if added or removed:
+            lines.append(f"{name}: +{len(added)} -{len(removed)} rows; "
+                         f"added {_short(added[:3])} removed {_short(removed[:3])}")
     return "\n".join(lines)
 
 
-def _short(rows: list[tuple[str, ...]]) -> str:
-    text = repr(rows)
+def _short(rows: list[tuple[Any, ...]]) -> str:
+    text = repr([tuple(str(v)[:80] for v in row) for row in rows])
     return text if len(text) < 400 else text[:400] + "…"

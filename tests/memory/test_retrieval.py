@@ -50,7 +50,8 @@ def build(embedder: Embedder) -> NamespaceIndex:
         msgs = [MemoryMessage(f"{sid}:{i}", sid, spk, text, when) for i, (spk, text) in enumerate(turns)]
         units = derive_units(sid, msgs)
         vectors = embedder.embed([u.text for u in units])
-        index.apply([], [StoredUnit(u, unit_key("ns", u.id), v, embedder.name) for u, v in zip(units, vectors)])
+        stored = [StoredUnit(u, unit_key("ns", u.id), v, embedder.name) for u, v in zip(units, vectors, strict=True)]
+        index.apply([], stored)
     return index
 
 

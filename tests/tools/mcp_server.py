@@ -30,9 +30,7 @@ def slow(seconds: float) -> str:
     return "done"
 
 
-@server.tool(
-    description="Delete every file in a directory.", annotations=ToolAnnotations(destructive_hint=True)
-)
+@server.tool(description="Delete every file in a directory.", annotations=ToolAnnotations(destructive_hint=True))
 def wipe_directory(path: str) -> str:
     return f"pretended to wipe {path}"
 

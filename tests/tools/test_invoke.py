@@ -23,9 +23,7 @@ from tools.store import InMemoryToolStore
 
 SCOPE = "t/ns"
 CONFIDENT = [{"token": "call", "logprob": -0.01, "top_logprobs": [{"token": "call", "logprob": -0.01}]}] * 4
-UNSURE = [
-    {"token": "x", "logprob": -2.3, "top_logprobs": [{"token": t, "logprob": -2.3} for t in ("x", "y", "z")]}
-] * 4
+UNSURE = [{"token": "x", "logprob": -2.3, "top_logprobs": [{"token": t, "logprob": -2.3} for t in ("x", "y", "z")]}] * 4
 
 
 class KeywordGuard:
@@ -38,8 +36,14 @@ class KeywordGuard:
         self.requests.append(request)
         blob = request.text + (request.tool_call.arguments_json if request.tool_call else "")
         decision = Decision.BLOCK if "forbidden" in blob else Decision.ALLOW
-        ev = (Evidence("rule", "test.keyword", "the word 'forbidden'", decision, 1.0),) if decision == Decision.BLOCK else ()
-        return GuardVerdict(f"v{len(self.requests)}", decision, 1.0 if ev else 0.0, 0.0, request.stage, ev, decided_by="rule")
+        ev = (
+            (Evidence("rule", "test.keyword", "the word 'forbidden'", decision, 1.0),)
+            if decision == Decision.BLOCK
+            else ()
+        )
+        return GuardVerdict(
+            f"v{len(self.requests)}", decision, 1.0 if ev else 0.0, 0.0, request.stage, ev, decided_by="rule"
+        )
 
 
 class FakeMemory:
@@ -99,7 +103,7 @@ async def test_guard_block_at_call_stops_before_execution(setup: tuple[ToolInvok
 
 
 async def test_guard_block_at_result_withholds_output(setup: tuple[ToolInvoker, KeywordGuard, FakeMemory]) -> None:
-    invoker, guard, _ = setup
+    invoker, _guard, _ = setup
     # The argument is clean, the tool's output carries the keyword back.
     r = await invoker.invoke(InvokeRequest(SCOPE, "echo", '{"msg": "forbidden"}'))
     assert (r.outcome, r.stopped_at) == (Outcome.BLOCKED, Step.GUARD_CALL)
@@ -121,7 +125,9 @@ async def test_confident_model_holds_the_call_tool_gate(setup: tuple[ToolInvoker
     assert [q.stage for q in guard.requests] == [Stage.TOOL_CALL]
 
 
-async def test_bad_arguments_and_unknown_tools_raise_and_are_audited(setup: tuple[ToolInvoker, KeywordGuard, FakeMemory]) -> None:
+async def test_bad_arguments_and_unknown_tools_raise_and_are_audited(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory],
+) -> None:
     invoker, guard, _ = setup
     with pytest.raises(InvalidArgumentError) as err:
         await invoker.invoke(InvokeRequest(SCOPE, "lookup", '{"q": 5}'))

@@ -98,7 +98,9 @@ async def test_refresh_and_remove(registry: ToolRegistry) -> None:
 
 
 async def test_server_that_cannot_start_is_unavailable(registry: ToolRegistry) -> None:
-    bad = McpServerSpec("broken", McpTransport.STDIO, command=sys.executable, args=("-c", "import sys; sys.exit(2)"), timeout_s=5)
+    bad = McpServerSpec(
+        "broken", McpTransport.STDIO, command=sys.executable, args=("-c", "import sys; sys.exit(2)"), timeout_s=5
+    )
     with pytest.raises(UnavailableError, match="broken"):
         await registry.import_mcp(SCOPE, bad)
     assert await registry.mcp_servers(SCOPE) == []

@@ -18,7 +18,10 @@ NS = "agent1"
 CITY_SCHEMA = json.dumps(
     {
         "type": "object",
-        "properties": {"city": {"type": "string", "minLength": 2, "description": "city name"}, "days": {"type": "integer", "minimum": 1}},
+        "properties": {
+            "city": {"type": "string", "minLength": 2, "description": "city name"},
+            "days": {"type": "integer", "minimum": 1},
+        },
         "required": ["city"],
     }
 )
@@ -60,7 +63,9 @@ def no_guards(s: RunningServer) -> None:
 
 def invoke(s: RunningServer, name: str, args: dict[str, Any] | str = "", **kw: Any) -> tool_pb2.InvokeToolResponse:
     text = args if isinstance(args, str) else json.dumps(args)
-    return s.client.tool.Invoke(tool_pb2.InvokeToolRequest(namespace=NS, name=name, arguments_json=text, **kw), timeout=60)
+    return s.client.tool.Invoke(
+        tool_pb2.InvokeToolRequest(namespace=NS, name=name, arguments_json=text, **kw), timeout=60
+    )
 
 
 def test_register_version_list_get_unregister(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
@@ -75,7 +80,9 @@ def test_register_version_list_get_unregister(srv: RunningServer, http_tools: To
     listed = stub.List(tool_pb2.ListToolsRequest(namespace=NS))
     names = [x.name for x in listed.tools]
     assert "weather" in names and "memory.search" in names and "memory.write" in names
-    assert [x.name for x in stub.List(tool_pb2.ListToolsRequest(namespace=NS, exclude_builtins=True)).tools] == ["weather"]
+    assert [x.name for x in stub.List(tool_pb2.ListToolsRequest(namespace=NS, exclude_builtins=True)).tools] == [
+        "weather"
+    ]
     got = stub.Get(tool_pb2.GetToolRequest(namespace=NS, name="weather"))
     assert got.tool.version == 2 and list(got.versions) == [1, 2] and list(got.tool.risk_tags) == ["network"]
     assert got.tool.http.url == http_tools.url("/weather")
@@ -89,7 +96,11 @@ def test_register_version_list_get_unregister(srv: RunningServer, http_tools: To
 
 
 def test_register_rejects_bad_definitions_with_field(srv: RunningServer) -> None:
-    bad = tool_pb2.Tool(name="x", input_schema_json='{"type": "object", "properties": {"a": {"type": 5}}}', http=tool_pb2.HttpToolExecutor(url="http://127.0.0.1:1/"))
+    bad = tool_pb2.Tool(
+        name="x",
+        input_schema_json='{"type": "object", "properties": {"a": {"type": 5}}}',
+        http=tool_pb2.HttpToolExecutor(url="http://127.0.0.1:1/"),
+    )
     with pytest.raises(grpc.RpcError) as err:
         srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=bad))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -101,14 +112,24 @@ def test_register_rejects_bad_definitions_with_field(srv: RunningServer) -> None
 
 
 def test_invoke_http_tool_and_audit(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(
+            namespace=NS, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)
+        )
+    )
     r = invoke(srv, "weather", {"city": "Paris"}, instruction="What's the weather in Paris?", caller="planner")
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_OK and r.stopped_at == tool_pb2.INVOKE_STEP_UNSPECIFIED
     assert json.loads(r.output) == {"city": "Paris", "forecast": "sunny", "temp_c": 21}
-    assert r.call_verdict.decision == common_pb2.DECISION_ALLOW and r.result_verdict.decision == common_pb2.DECISION_ALLOW
+    assert (
+        r.call_verdict.decision == common_pb2.DECISION_ALLOW and r.result_verdict.decision == common_pb2.DECISION_ALLOW
+    )
     assert r.attempts == 1 and r.tool_version == 1
     # The guard's ToolCall shape is accepted as well.
-    r2 = srv.client.tool.Invoke(tool_pb2.InvokeToolRequest(namespace=NS, tool_call=common_pb2.ToolCall(name="weather", arguments_json='{"city": "Rome"}')))
+    r2 = srv.client.tool.Invoke(
+        tool_pb2.InvokeToolRequest(
+            namespace=NS, tool_call=common_pb2.ToolCall(name="weather", arguments_json='{"city": "Rome"}')
+        )
+    )
     assert json.loads(r2.output)["city"] == "Rome"
     records = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=NS, tool_name="weather")).records
     assert [a.id for a in records] == [r2.invocation_id, r.invocation_id]
@@ -119,7 +140,11 @@ def test_invoke_http_tool_and_audit(srv: RunningServer, http_tools: ToolHTTPServ
 
 
 def test_invalid_arguments_name_the_schema_path(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(
+            namespace=NS, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)
+        )
+    )
     with pytest.raises(grpc.RpcError) as err:
         invoke(srv, "weather", {"city": "P", "days": 0})
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -127,11 +152,18 @@ def test_invalid_arguments_name_the_schema_path(srv: RunningServer, http_tools: 
     assert set(fields) == {"arguments_json.city", "arguments_json.days"}
     assert "properties.days.minimum" in fields["arguments_json.days"]
     assert http_tools.calls.get("/weather") is None
-    v = srv.client.tool.Validate(tool_pb2.ValidateToolArgumentsRequest(namespace=NS, name="weather", arguments_json="{}"))
+    v = srv.client.tool.Validate(
+        tool_pb2.ValidateToolArgumentsRequest(namespace=NS, name="weather", arguments_json="{}")
+    )
     assert not v.valid and v.violations[0].field == "arguments_json.city"
-    assert srv.client.tool.Validate(tool_pb2.ValidateToolArgumentsRequest(namespace=NS, name="weather", arguments_json='{"city": "Oslo"}')).valid
+    assert srv.client.tool.Validate(
+        tool_pb2.ValidateToolArgumentsRequest(namespace=NS, name="weather", arguments_json='{"city": "Oslo"}')
+    ).valid
     audit = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=NS)).records
-    assert audit[0].outcome == tool_pb2.INVOKE_OUTCOME_INVALID_ARGUMENT and audit[0].stopped_at == tool_pb2.INVOKE_STEP_VALIDATE
+    assert (
+        audit[0].outcome == tool_pb2.INVOKE_OUTCOME_INVALID_ARGUMENT
+        and audit[0].stopped_at == tool_pb2.INVOKE_STEP_VALIDATE
+    )
 
 
 def test_unknown_tool_is_not_found(srv: RunningServer) -> None:
@@ -141,7 +173,11 @@ def test_unknown_tool_is_not_found(srv: RunningServer) -> None:
 
 
 def test_guard_blocks_the_call_before_it_runs(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
-    shell = http_tool("run_shell", http_tools.url("/echo"), input_schema_json='{"type": "object", "properties": {"command": {"type": "string"}}}')
+    shell = http_tool(
+        "run_shell",
+        http_tools.url("/echo"),
+        input_schema_json='{"type": "object", "properties": {"command": {"type": "string"}}}',
+    )
     srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=shell))
     r = invoke(srv, "run_shell", {"command": "rm -rf / --no-preserve-root"}, instruction="clean up the disk")
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_BLOCKED and r.stopped_at == tool_pb2.INVOKE_STEP_GUARD_CALL
@@ -150,20 +186,26 @@ def test_guard_blocks_the_call_before_it_runs(srv: RunningServer, http_tools: To
 
 
 def test_guard_blocks_an_injected_result(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("browse", http_tools.url("/inject"))))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("browse", http_tools.url("/inject")))
+    )
     r = invoke(srv, "browse", {"url": "http://example.com"}, instruction="read this page")
     assert http_tools.calls["/inject"] == 1
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_BLOCKED and r.stopped_at == tool_pb2.INVOKE_STEP_GUARD_RESULT
     assert r.result_verdict.decision == common_pb2.DECISION_BLOCK and r.output == ""
     # Policy can switch the result guard off for a namespace.
-    p = srv.client.tool.SetPolicy(tool_pb2.SetToolPolicyRequest(namespace=NS, policy=tool_pb2.ToolPolicy(guard_results=False)))
+    p = srv.client.tool.SetPolicy(
+        tool_pb2.SetToolPolicyRequest(namespace=NS, policy=tool_pb2.ToolPolicy(guard_results=False))
+    )
     assert p.guard_calls and not p.guard_results
     assert "ignore all previous instructions" in invoke(srv, "browse", {}).output
 
 
 def test_timeout_is_deadline_exceeded(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("slow", http_tools.url("/slow"), timeout_s=0.3)))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("slow", http_tools.url("/slow"), timeout_s=0.3))
+    )
     with pytest.raises(grpc.RpcError) as err:
         invoke(srv, "slow", {"delay": 3})
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -191,21 +233,29 @@ def test_only_idempotent_tools_are_retried(srv: RunningServer, http_tools: ToolH
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "not marked idempotent" in (err.value.details() or "")
     assert http_tools.calls["/flaky"] == 1
     http_tools.calls.clear()
-    stub.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("flaky_read", http_tools.url("/flaky"), idempotent=True, max_retries=3)))
+    stub.Register(
+        tool_pb2.RegisterToolRequest(
+            namespace=NS, tool=http_tool("flaky_read", http_tools.url("/flaky"), idempotent=True, max_retries=3)
+        )
+    )
     r = invoke(srv, "flaky_read", {})
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_OK and r.attempts == 3 and http_tools.calls["/flaky"] == 3
 
 
 def test_tool_error_is_reported_not_raised(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("lookup", http_tools.url("/bad_request"))))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("lookup", http_tools.url("/bad_request")))
+    )
     r = invoke(srv, "lookup", {})
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_TOOL_ERROR and r.is_error and "city unknown" in r.output
 
 
 def test_output_is_truncated_with_marker(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("big", http_tools.url("/big"), max_output_bytes=1000)))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("big", http_tools.url("/big"), max_output_bytes=1000))
+    )
     r = invoke(srv, "big", {"n": 200_000})
     assert r.truncated and r.output_bytes == 200_000
     assert r.output.startswith("x" * 1000) and r.output.endswith("[agentrt: output truncated to 1000 of 200000 bytes]")
@@ -239,7 +289,9 @@ def test_mcp_import_invoke_and_crash_over_the_wire(srv: RunningServer) -> None:
     assert json.loads(invoke(srv, "lab.add", {"a": 1, "b": 2}).output) == {"result": 3}
     refreshed = stub.RefreshMcp(tool_pb2.RefreshMcpRequest(namespace=NS, name="lab"))
     assert refreshed.status.tool_count == len(refreshed.tools)
-    assert len(stub.RemoveMcp(tool_pb2.RemoveMcpRequest(namespace=NS, name="lab")).removed_tools) == len(refreshed.tools)
+    assert len(stub.RemoveMcp(tool_pb2.RemoveMcpRequest(namespace=NS, name="lab")).removed_tools) == len(
+        refreshed.tools
+    )
 
 
 def test_memory_builtins_go_through_invoke(srv: RunningServer) -> None:
@@ -262,10 +314,14 @@ def test_registry_survives_restart(make_server: Callable[..., RunningServer], db
     tool.description = "v2"
     first.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=tool))
     first.client.tool.ImportMcp(
-        tool_pb2.ImportMcpRequest(namespace=NS, server=tool_pb2.McpServer(name="lab", command=PYTHON, args=[MCP_SERVER])),
+        tool_pb2.ImportMcpRequest(
+            namespace=NS, server=tool_pb2.McpServer(name="lab", command=PYTHON, args=[MCP_SERVER])
+        ),
         timeout=60,
     )
-    first.client.tool.SetPolicy(tool_pb2.SetToolPolicyRequest(namespace=NS, policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False)))
+    first.client.tool.SetPolicy(
+        tool_pb2.SetToolPolicyRequest(namespace=NS, policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False))
+    )
     first.stop()
     second = make_server(db_url=db_url, data_dir=tmp_path / "d")
     got = second.client.tool.Get(tool_pb2.GetToolRequest(namespace=NS, name="echo_api"))

@@ -142,7 +142,9 @@ def test_unknown_names_raise_not_found(store: ToolStore) -> None:
 
 
 def test_servers_round_trip_and_replace(store: ToolStore) -> None:
-    s = McpServerSpec("files", McpTransport.STDIO, command="python", args=("-m", "srv"), env={"K": "v"}, risk_tags=("fs",))
+    s = McpServerSpec(
+        "files", McpTransport.STDIO, command="python", args=("-m", "srv"), env={"K": "v"}, risk_tags=("fs",)
+    )
     store.put_server(A, s)
     store.put_server(A, replace(s, args=("-m", "srv2")))
     assert store.get_server(A, "files").args == ("-m", "srv2")

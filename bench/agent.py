@@ -1,0 +1,268 @@
+"""RunTurn overhead excluding LLM time, for a turn with retrieval, one tool call and three candidates.
+
+Setup: an in-process sidecar (SQLite in a temp dir, the real MiniLM embedder, the real guard, gate,
+memory, selection and tool Invoke components) whose memory holds the first sessions of LoCoMo conv-26;
+an OpenAI-compatible stub LLM (tests/agent/openai_stub.py) in a separate process that answers at once.
+
+Each measured turn asks a LoCoMo question marked ``[unsure]`` (flat top-5 logprobs, so the real retrieval
+gate fires) that makes the LLM call the builtin ``echo`` tool once, with ``num_candidates=3``. The graph
+then runs: input guard -> LLM -> retrieval gate -> memory search -> LLM -> tool gate -> tool guard ->
+echo through the Invoke pipeline (guarded) -> LLM -> 2 more candidate LLM calls (parallel) -> selection
+-> output guard -> memory write: 5 LLM calls per turn.
+
+Figures (milliseconds, over ``--turns`` turns after ``--warmup``):
+- ``turn``: RunTurn wall time seen by a gRPC client, all events streamed;
+- ``llm``: time the server spent waiting on the LLM endpoint in that turn (union of call intervals);
+- ``overhead`` = turn - llm: what the sidecar adds (target p50 <= 30 ms);
+- baseline, same run: the same 5 LLM calls made directly by the client with httpx (what the LLM part
+  costs without the sidecar), and per-stage p50 from the StageEvents.
+
+    python -m bench agent [--turns 40] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+from agentrt.v1 import agent_pb2
+
+from bench.common import SHARED, machine, percentiles, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+NS = "bench-agent"
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def _locomo_turns(max_sessions: int) -> tuple[list[tuple[str, list[dict[str, str]]]], list[str]]:
+    data = json.loads((SHARED / "data/locomo/locomo10_dev.json").read_text())
+    conv = data[0]["conversation"]
+    sessions = []
+    for i in range(1, max_sessions + 1):
+        turns = conv.get(f"session_{i}")
+        if not turns:
+            break
+        msgs = [{"id": t["dia_id"], "speaker": t["speaker"], "text": t["text"]} for t in turns]
+        sessions.append((f"s{i}", msgs))
+    questions = [str(q["question"]) for q in data[0]["qa"] if q.get("category") in (1, 4)]
+    return sessions, questions
+
+
+class _Server:
+    """The sidecar on its own event loop in a background thread."""
+
+    def __init__(self, data_dir: str):
+        from runtime.config import Settings
+
+        settings = Settings(
+            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+            storage={"data_dir": data_dir},
+            log={"level": "WARNING", "format": "text"},
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: Any = self.call(self._create(settings))
+        self.port = self.call(self.server.start())
+        self.call(self.server.wait_ready(600))
+
+    @staticmethod
+    async def _create(settings: Any) -> Any:
+        from runtime.server import AgentrtServer
+
+        return AgentrtServer(settings)
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
+
+    def stop(self) -> None:
+        self.call(self.server.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+def _direct_baseline(base_url: str, message: str, n: int) -> list[float]:
+    """The same five LLM calls a turn makes (two sequential agent calls, a tool round, two parallel
+    candidates), made directly by a client."""
+    echo = {"name": "echo", "description": "echo", "parameters": {"type": "object"}}
+    tools = [{"type": "function", "function": echo}]
+
+    async def run() -> list[float]:
+        out = []
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            async def call(messages: list[dict[str, Any]], temperature: float = 0.0, with_tools: bool = True) -> Any:
+                body = {"model": "default", "messages": messages, "temperature": temperature, "logprobs": True,
+                        "top_logprobs": 5, **({"tools": tools} if with_tools else {})}
+                return (await client.post("/chat/completions", json=body)).json()
+
+            for _ in range(n):
+                t0 = time.perf_counter()
+                base = [{"role": "system", "content": "You are a helpful assistant."},
+                        {"role": "user", "content": message}]
+                await call(base)
+                first = await call([{**base[0], "content": base[0]["content"] + "\n\nMemories:\n- x"}, base[1]])
+                call_msg = first["choices"][0]["message"]
+                after = [*base, call_msg, {"role": "tool", "tool_call_id": "c", "content": "{}"}]
+                await call(after)
+                await asyncio.gather(call(after, 0.3, False), call(after, 0.6, False))
+                out.append(time.perf_counter() - t0)
+        return out
+
+    return asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench agent", description=__doc__.split("\n")[0])
+    ap.add_argument("--turns", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--sessions", type=int, default=5, help="LoCoMo conv-26 sessions written to memory first")
+    args = ap.parse_args(argv)
+
+    stub = subprocess.Popen([sys.executable, "-m", "tests.agent.openai_stub"], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert stub.stdout is not None
+    base_url = stub.stdout.readline().strip()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-agent-")
+    srv = _Server(tmp.name)
+    try:
+        from runtime.client import AgentrtClient
+
+        client = AgentrtClient(f"127.0.0.1:{srv.port}", timeout=60)
+        sessions, questions = _locomo_turns(args.sessions)
+        n_messages = 0
+        for sid, msgs in sessions:
+            client.write(NS, sid, msgs)
+            n_messages += len(msgs)
+        srv.call(_flush(srv))
+        runner = srv.server.rt.agent.runner
+        rt = srv.server.rt
+
+        def llm_intervals() -> list[tuple[float, float]]:
+            return [iv for c in runner._clients.values() for iv in c.intervals]
+
+        policy = agent_pb2.TurnPolicy(llm_base_url=base_url, tools=["echo"], num_candidates=3)
+
+        def measure(label: str) -> dict[str, Any]:
+            """Turns until ``--turns`` of them took the full path (retrieval, one tool call, 3 candidates,
+            completed); turns the guard blocked or paused are counted and left out of the figures."""
+            turn_s: list[float] = []
+            llm_s: list[float] = []
+            stage_s: dict[str, list[float]] = defaultdict(list)
+            counts: dict[str, int] = defaultdict(int)
+            i = 0
+            while len(turn_s) < args.turns and i < 4 * (args.turns + args.warmup):
+                q = questions[i % len(questions)]
+                msg = f'[unsure] {q} [call:echo {{"q": {json.dumps(q)}}}]'
+                request = agent_pb2.RunTurnRequest(namespace=NS, thread_id=f"{label}-{i}", message=msg, policy=policy)
+                before = len(llm_intervals())
+                t0 = time.perf_counter()
+                events = list(client.agent.RunTurn(request, timeout=60))
+                elapsed = time.perf_counter() - t0
+                i += 1
+                if i <= args.warmup:
+                    continue
+                kinds = [e.WhichOneof("event") for e in events]
+                status = agent_pb2.TurnStatus.Name(events[-1].result.status)
+                full = ("retrieval" in kinds and kinds.count("tool_call") == 1 and kinds.count("candidate") == 3
+                        and status == "TURN_STATUS_COMPLETED")
+                counts[status] += 1
+                if not full:
+                    counts["left_out"] += 1
+                    continue
+                ivs = [iv for iv in llm_intervals()[before:] if iv[0] >= t0 - 1e-3]
+                turn_s.append(elapsed)
+                llm_s.append(_union(ivs))
+                counts["llm_calls"] += len(ivs)
+                for e in events:
+                    if e.WhichOneof("event") == "stage" and e.stage.status == agent_pb2.STAGE_STATUS_FINISHED:
+                        stage_s[e.stage.name].append(e.stage.elapsed_ms / 1000)
+            overhead = [t - lm for t, lm in zip(turn_s, llm_s, strict=True)]
+            return {
+                "overhead": percentiles(overhead), "turn": percentiles(turn_s), "llm_in_turn": percentiles(llm_s),
+                "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in stage_s.items()},
+                "counts": dict(counts), "llm_calls_per_turn": round(counts["llm_calls"] / max(1, len(turn_s)), 2),
+            }
+
+        full = measure("full")
+        # The same turns with the built-in defaults instead of the guard, gate, selection and memory engines
+        # (tools still go through the Invoke pipeline): what LangGraph, checkpointing and gRPC cost alone.
+        from runtime.agent.ports import AllowAllGuard, ConfidenceSelector, DefaultGates, MemoryHitView
+
+        class _OneMemory:
+            async def search(self, query: str, top_k: int, token_budget: int) -> Any:
+                return [MemoryHitView("m", "a memory", 1.0, "turn")], {}
+
+            async def write(self, session_id: str, messages: Any) -> list[str]:
+                return [m[0] for m in messages]
+
+        rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard(),
+                                    "gates": lambda rt, scope: DefaultGates(),
+                                    "selector": lambda rt, scope: ConfidenceSelector(),
+                                    "memory": lambda rt, scope: _OneMemory()}
+        graph_only = measure("graph")
+        rt.extras.pop("agent_ports")
+        baseline = _direct_baseline(base_url, f'[unsure] {questions[0]} [call:echo {{"q": "x"}}]', args.turns)
+        client.close()
+    finally:
+        srv.stop()
+        stub.terminate()
+        stub.wait(10)
+        tmp.cleanup()
+
+    res = {
+        "setup": {"turns": args.turns, "warmup": args.warmup, "memory_messages": n_messages,
+                  "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
+        "full": full,
+        "graph_only_default_components": graph_only,
+        "baseline_direct_llm_calls": percentiles(baseline),
+        "target_overhead_p50_ms": 30.0,
+        # Other processes share these cores; a high load inflates every figure.
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    m = machine()
+    print(f"machine: {m['cpu_count']} CPUs, {m['platform']}, load average {res['load_average_1m_at_end']}")
+    print(f"memory: {n_messages} LoCoMo messages; turns with retrieval + 1 tool call + 3 candidates "
+          f"({full['llm_calls_per_turn']} LLM calls/turn)")
+    for label, r in (("real components", full), ("built-in defaults", graph_only)):
+        print(f"{label}: {r['counts']}")
+        for name in ("overhead", "turn", "llm_in_turn"):
+            p = r[name]
+            print(f"  {name:>12}: p50 {p['p50_ms']:8.2f} ms  p90 {p['p90_ms']:8.2f} ms  mean {p['mean_ms']:8.2f} ms")
+        print("  stage p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_p50_ms"].items()))
+    b = res["baseline_direct_llm_calls"]
+    print(f"baseline, the same 5 LLM calls made directly: p50 {b['p50_ms']:.2f} ms")
+    print(f"RunTurn overhead p50: {full['overhead']['p50_ms']:.2f} ms with the real components, "
+          f"{graph_only['overhead']['p50_ms']:.2f} ms with built-in defaults (target <= 30 ms)")
+    path = write_result("agent", res)
+    print(f"wrote {path}")
+    return 0
+
+
+async def _flush(srv: _Server) -> None:
+    rt = srv.server.rt
+    if rt.memory is not None and hasattr(rt.memory, "flush"):
+        await rt.offload(rt.memory.flush, 120.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
