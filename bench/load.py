@@ -8,8 +8,10 @@ empty-RPC baseline (``grpc.health.v1.Health/Check``) and then the mixed workload
 Decide, Select, Invoke — whichever RPCs the server implements; Invoke calls a no-op HTTP tool on loopback
 registered through ToolService) and reports throughput and p50/p99 per RPC. An overload phase restarts the
 server with a low ``max_concurrent_rpcs`` and shows calls shed with RESOURCE_EXHAUSTED instead of queueing.
-Server RSS is sampled throughout. Bounded: every phase stops after ``--duration`` seconds, clients are
-capped by ``--max-concurrency``. Results: ``bench/results/load.json``.
+Server RSS is sampled throughout; on Postgres also the database's CPU time per call and its connection
+count (what says when one Postgres is no longer enough). Bounded: every phase stops after ``--duration``
+seconds, clients are capped by ``--max-concurrency``, the ramp stops once two levels in a row add less than
+5% throughput. Results: ``bench/results/load.json`` (``load_postgres.json`` with ``--backend postgres``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -167,7 +170,7 @@ def _tokens(rng: random.Random, n: int = 24) -> list[common_pb2.TokenLogprob]:
     return out
 
 
-def workload(channel: grpc.aio.Channel, tool_url: str) -> dict[str, Call]:
+def workload(channel: grpc.aio.Channel) -> dict[str, Call]:
     """The mixed workload's calls, by RPC name; each takes a timeout and makes one call."""
     memory = memory_pb2_grpc.MemoryServiceStub(channel)
     guard = guard_pb2_grpc.GuardServiceStub(channel)
@@ -205,7 +208,6 @@ def workload(channel: grpc.aio.Channel, tool_url: str) -> dict[str, Call]:
         return tool.Invoke(tool_pb2.InvokeToolRequest(namespace=NAMESPACE, name="noop", arguments_json="{}"),
                            timeout=timeout)
 
-    del tool_url
     return {"Write": write, "Search": search, "Check": check, "Decide": decide, "Select": select_,
             "Invoke": invoke}
 
@@ -286,10 +288,11 @@ def health_call(channel: grpc.aio.Channel) -> dict[str, Call]:
 
 # ------------------------------------------------------------------------------------------ phases
 
-async def ramp(server: ServerProcess, tool_url: str, levels: list[int], duration: float) -> dict[str, Any]:
+async def ramp(server: ServerProcess, tool_url: str, levels: list[int], duration: float,
+               pg: PostgresProbe | None = None) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         not_registered = await register_tool(channel, tool_url)
-        calls, dropped = await probe(workload(channel, tool_url))
+        calls, dropped = await probe(workload(channel))
         if not_registered:
             dropped.setdefault("Invoke", not_registered)
         print(f"mixed workload: {', '.join(calls) or 'nothing'}"
@@ -299,9 +302,20 @@ async def ramp(server: ServerProcess, tool_url: str, levels: list[int], duration
         for c in levels:
             t0 = time.monotonic()
             base = await drive(health_call(channel), c, duration)
+            pg_cpu0 = PostgresProbe.cpu_seconds() if pg else 0.0
             mixed = await drive(calls, c, duration) if calls else None
             rss = server.max_rss_between(t0, time.monotonic())
-            row = {"concurrency": c, "baseline": base, "mixed": mixed, "server_max_rss_mb": round(rss / 2**20, 1)}
+            row = {"concurrency": c, "baseline": base, "mixed": mixed, "server_max_rss_mb": round(rss / 2**20, 1),
+                   # Other work on the machine skews every figure; the 1-minute load average says how much.
+                   "loadavg_1m": round(os.getloadavg()[0], 2)}
+            if pg and mixed:
+                cpu = PostgresProbe.cpu_seconds() - pg_cpu0
+                row["postgres"] = {
+                    "cpu_s": round(cpu, 3),
+                    "cpu_share_of_one_core": round(cpu / mixed["elapsed_s"], 3),
+                    "cpu_ms_per_ok_call": round(1000 * cpu / max(mixed["ok"], 1), 3),
+                    "max_connections_so_far": pg.max_connections,
+                }
             rows.append(row)
             tput = mixed["throughput_ok_per_s"] if mixed else base["throughput_ok_per_s"]
             _print_level(row)
@@ -319,11 +333,12 @@ async def overload(server: ServerProcess, tool_url: str, concurrency: int, durat
                    cap: int) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         await register_tool(channel, tool_url)
-        calls, _ = await probe(workload(channel, tool_url))
+        calls, _ = await probe(workload(channel))
         t0 = time.monotonic()
         result = await drive(calls or health_call(channel), concurrency, duration)
         rss = server.max_rss_between(t0, time.monotonic())
-        out = {"max_concurrent_rpcs": cap, **result, "server_max_rss_mb": round(rss / 2**20, 1)}
+        out = {"max_concurrent_rpcs": cap, **result, "server_max_rss_mb": round(rss / 2**20, 1),
+               "loadavg_1m": round(os.getloadavg()[0], 2)}
         shed_p50 = (result["shed_latency"] or {}).get("p50_ms")
         print(f"\noverload: cap {cap}, {concurrency} clients: {result['calls']} calls, shed (RESOURCE_EXHAUSTED) "
               f"{100 * result['shed_fraction']:.1f}%, ok {result['throughput_ok_per_s']}/s, shed reply p50 "
@@ -331,15 +346,63 @@ async def overload(server: ServerProcess, tool_url: str, concurrency: int, durat
         return out
 
 
+class PostgresProbe:
+    """CPU seconds spent by the local Postgres server processes, and connections to one database."""
+
+    def __init__(self, database: str):
+        self.database = database
+        self.max_connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def cpu_seconds() -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            if name == "postgres" or name.startswith("postgres:"):
+                fields = stat[stat.rindex(")") + 2:].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
+    def connections(self) -> int:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as c:
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,)).fetchone()
+            return int(row[0]) if row else 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):  # a failed sample is only a missing data point
+                self.max_connections = max(self.max_connections, self.connections())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def _print_level(row: dict[str, Any]) -> None:
     base = row["baseline"]
     print(f"\nconcurrency {row['concurrency']:>3}: baseline Health.Check {base['throughput_ok_per_s']:>8.1f}/s "
           f"p50 {base['all']['p50_ms']:.2f} ms p99 {base['all']['p99_ms']:.2f} ms | server RSS max "
-          f"{row['server_max_rss_mb']} MB")
+          f"{row['server_max_rss_mb']} MB | load average {row['loadavg_1m']}")
     mixed = row["mixed"]
     if not mixed:
         return
     print(f"  mixed {mixed['throughput_ok_per_s']:>8.1f} ok/s, shed {100 * mixed['shed_fraction']:.1f}%")
+    if "postgres" in row:
+        pg = row["postgres"]
+        print(f"  postgres: {pg['cpu_share_of_one_core']:.2f} cores busy, {pg['cpu_ms_per_ok_call']:.2f} ms CPU per "
+              f"call, {pg['max_connections_so_far']} connections max")
     for name, r in mixed["rpcs"].items():
         errors = {k: v for k, v in r["codes"].items() if k != "OK"}
         print(f"    {name:<8} {r['ok_per_s']:>8.1f}/s  p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms"
@@ -347,6 +410,7 @@ def _print_level(row: dict[str, Any]) -> None:
 
 
 def _postgres_database() -> tuple[str, Callable[[], None]]:
+    """A fresh database on the local Postgres (127.0.0.1:5432, trust auth), and its drop function."""
     import psycopg
 
     name = f"agentrt_load_{uuid.uuid4().hex[:8]}"
@@ -368,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--overload-cap", type=int, default=4, help="max_concurrent_rpcs in the overload phase")
     parser.add_argument("--overload-concurrency", type=int, default=64)
-    parser.add_argument("--out", default="load", help="results name: bench/results/<out>.json")
+    parser.add_argument("--out", help="results name: bench/results/<out>.json (default load, load_postgres)")
     args = parser.parse_args(argv)
+    out_name = args.out or ("load" if args.backend == "sqlite" else "load_postgres")
 
     levels = [c for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if c <= args.max_concurrency]
     env = {"AGENTRT_EMBEDDING__MODEL": "hashing"} if args.embedder == "hashing" else {}
@@ -385,10 +450,13 @@ def main(argv: list[str] | None = None) -> int:
             data.mkdir()
             server = ServerProcess(data, env, url)
             idle_rss = server.rss_bytes()
+            pg = PostgresProbe(url.rsplit("/", 1)[1]) if url else None
             try:
-                ramp_result = asyncio.run(ramp(server, tool_url, levels, args.duration))
+                ramp_result = asyncio.run(ramp(server, tool_url, levels, args.duration, pg))
             finally:
                 server.stop()
+                if pg:
+                    pg.stop()
             data = Path(tmp) / "overload"
             data.mkdir()
             cap_env = {**env, "AGENTRT_SERVER__MAX_CONCURRENT_RPCS": str(args.overload_cap)}
@@ -413,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "ramp": ramp_result,
         "overload": over,
     }
-    path = write_result(args.out, payload)
+    path = write_result(out_name, payload)
     print(f"\nwrote {path}")
     return 0
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     baseline_alive = True
     print(
-        f"{'units':>8} {'K':>4} {'cold refit s':>13} {'warm refit s':>13} {'link/Write ms':>14} {'uncapped GMM s':>15}"
+        f"{'units':>8} {'K':>4} {'cold refit s':>13} {'warm refit s':>13} {'link/Write ms':>14} {'link ms/unit':>12} "
+        f"{'uncapped GMM s':>15}"
     )
     for n in sizes:
         total = int(n * 1.25) + 10
@@ -102,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                 "warm_refit_s": round(warm, 3),
                 "link_per_write_ms": round(link_ms, 2),
                 "edges": index.edge_count(),
+                "link_pass_ms_per_unit": round(link_pass_ms_per_unit, 3),
                 "uncapped_gmm_fit_s": None if baseline is None else round(baseline, 3),
             }
         )
         print(
-            f"{n:>8} {model.k:>4} {cold:>13.3f} {warm:>13.3f} {link_ms:>14.2f} "
+            f"{n:>8} {model.k:>4} {cold:>13.3f} {warm:>13.3f} {link_ms:>14.2f} {link_pass_ms_per_unit:>12.3f} "
             f"{'skipped' if baseline is None else f'{baseline:.3f}':>15}"
         )
     first, last = rows[0], rows[-1]

@@ -25,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bench.common import SHARED, machine, percentiles, write_result
+from bench.common import RESULTS, SHARED, machine, percentiles, write_result
 
 TOKENS = [
     {"token": f"t{i}", "logprob": -1.2, "top_logprobs": [{"token": f"a{j}", "logprob": -1.2 - j} for j in range(5)]}
@@ -267,9 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args(argv)
     payload: dict[str, Any] = {"machine": machine()}
+    previous = RESULTS / "tools.json"
+    if previous.exists() and (args.skip_overhead or args.skip_search):
+        # A partial run keeps the other section of the last full or partial run, with its own date.
+        old = json.loads(previous.read_text())
+        for section in ("overhead", "search"):
+            if section in old:
+                payload[section] = {
+                    **old[section],
+                    "measured_at": old[section].get("measured_at", old.get("measured_at")),
+                }
     if not args.skip_overhead:
         print("Invoke overhead vs a direct HTTP call (same run):", flush=True)
         o = bench_overhead(args.n)
+        o["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         payload["overhead"] = o
         print(
             f"  direct HTTP            p50 {o['direct_http']['p50_ms']:.3f} ms  p90 {o['direct_http']['p90_ms']:.3f} ms"
@@ -286,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_search:
         print("Tool search, is a needed tool in the top 5:", flush=True)
         s = bench_search(args.limit)
+        s["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         payload["search"] = s
         print(f"  catalogue {s['catalogue_tools']} tools, {s['tasks']} tasks {s['tasks_by_source']}")
         for label, r in s["results"].items():

@@ -90,7 +90,7 @@ class RetrievalIndex(Protocol):
         ...
 
 
-_DEFAULT_PRIORS = {"turn": 1.0, "exchange": 0.3, "session": 0.5, "fact": 0.2}
+_DEFAULT_PRIORS = {"turn": 1.0, "exchange": 0.1, "session": 0.1, "fact": 0.1}
 
 
 @dataclass(frozen=True)
@@ -331,10 +331,20 @@ def search(
         if unit is not None:
             candidates[key] = unit
     routed: dict[int, float] = {}  # turn key -> Σ_g w_g · best s_g of a covering unit
+    session_route: list[tuple[float, dict[str, float], float]] = []  # (w_session, best per session, floor)
     for g, pool in pools.items():
         if g == Granularity.TURN:
             continue
         w = gweight.get(g.value, 0.0)
+        if g == Granularity.SESSION:
+            # A session unit routes every turn of its session, not only the turns its digest quotes.
+            by_session: dict[str, float] = {}
+            for key, score in zip(pool.keys.tolist(), pool.score.tolist(), strict=True):
+                sunit = index.unit(key)
+                if sunit is not None:
+                    by_session[sunit.session_id] = max(by_session.get(sunit.session_id, -math.inf), score)
+            session_route.append((w, by_session, pool.floor))
+            continue
         best: dict[int, float] = {}
         order = np.argsort(-pool.score)[: max(10, pol.candidates // 4)]
         for row in order.tolist():
@@ -352,6 +362,10 @@ def search(
                         candidates[tk] = tu
         for tk in candidates:
             routed[tk] = routed.get(tk, 0.0) + w * best.get(tk, pool.floor)
+
+    for w, by_session, floor in session_route:
+        for tk, unit in candidates.items():
+            routed[tk] = routed.get(tk, 0.0) + w * by_session.get(unit.session_id, floor)
 
     # Sequence neighbours, from the exchange windows (their message ids are in conversation order).
     neighbours: dict[int, list[tuple[int, int]]] = {}

@@ -117,7 +117,10 @@ class ToolSearch:
         w = self.dense_weight if dense_weight is None else dense_weight
         q = self._embedder.embed([query])[0] if query_vector is None else query_vector
         dense = idx.matrix @ q
-        lex = np.asarray(idx.bm25.score(search_words(query), list(range(len(idx.tools)))), dtype=np.float64)
+        # Only documents sharing a term with the query have a BM25 score; the rest stay 0.
+        lex = np.zeros(len(idx.tools), dtype=np.float64)
+        ids, scores = idx.bm25.search_arrays(search_words(query), len(idx.tools))
+        lex[ids] = scores
         top = float(lex.max()) if lex.size else 0.0
         lex_norm = lex / top if top > 0 else lex
         fused = w * dense + (1 - w) * lex_norm

@@ -8,6 +8,7 @@ scoped (``"<tenant>/<namespace>:<thread>"``) so one namespace never sees another
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class TurnRunner:
         # crashes or is cancelled mid-way then leaves no partial state; paused runs are still persisted.
         self.durability: Literal["sync", "async", "exit"] = "exit"
         self._clients: dict[tuple[str, str], ChatClient] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, list[Any]] = {}
 
     def llm(self, base_url: str, api_key: str = "") -> ChatClient:
         """The shared client of one endpoint (connections are kept alive across turns)."""
@@ -101,11 +102,18 @@ class TurnRunner:
     def _config(scope: str, thread_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": f"{scope}:{thread_id}"}}
 
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, key: str) -> AsyncIterator[None]:
+        """One run per thread at a time in this process; entries are dropped when no run uses them."""
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
 
     async def run_turn(
         self, scope: str, thread_id: str, message: str, speaker: str, policy: TurnPolicy, ports: TurnPorts,

@@ -35,6 +35,9 @@ _OBJECTIVES = {
     gate_pb2.CALIBRATION_OBJECTIVE_LOGISTIC: "logistic",
 }
 
+# A Decide computes ~60 signals; more than this in RecordOutcome is a client bug, not data.
+MAX_SIGNALS = 256
+
 _POLICY_FIELDS = (
     "variant",
     "aggregation",
@@ -50,10 +53,15 @@ _POLICY_FIELDS = (
 
 
 def gate_from_proto(value: int, field_name: str = "gate") -> GateKind:
-    """GateKind of a proto enum value; GATE_UNSPECIFIED or unknown values are INVALID_ARGUMENT."""
+    """GateKind of a proto enum value. GATE_UNSPECIFIED means GATE_RETRIEVE (the common case, and what
+    a caller that leaves the field out wants); unknown values are INVALID_ARGUMENT."""
+    if value == common_pb2.GATE_UNSPECIFIED:
+        return GateKind.RETRIEVE
     kind = _GATE_FROM_PROTO.get(value)
     if kind is None:
-        raise InvalidArgumentError(field_name, "must be GATE_RETRIEVE, GATE_CALL_TOOL or GATE_ESCALATE")
+        raise InvalidArgumentError(
+            field_name, f"unknown gate {value}; use GATE_RETRIEVE, GATE_CALL_TOOL or GATE_ESCALATE"
+        )
     return kind
 
 
@@ -209,9 +217,13 @@ def outcome_from_proto(req: gate_pb2.RecordOutcomeRequest) -> bool:
 
 
 def signals_from_proto(signals: Mapping[str, float]) -> dict[str, float]:
-    """Bare signals of RecordOutcome, rejecting non-finite values by key."""
+    """Bare signals of RecordOutcome, rejecting non-finite values by key (and oversized maps)."""
+    if len(signals) > MAX_SIGNALS:
+        raise InvalidArgumentError("signals", f"at most {MAX_SIGNALS} signals, got {len(signals)}")
     out = {}
     for k, v in signals.items():
+        if len(k) > 64:
+            raise InvalidArgumentError(f"signals[{k[:20]}…]", "signal names are at most 64 characters")
         if not math.isfinite(v):
             raise InvalidArgumentError(f"signals[{k}]", f"must be finite, got {v}")
         out[str(k)] = float(v)

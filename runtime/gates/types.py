@@ -428,11 +428,3 @@ class CalibrationResult:
     #: Logistic fit (objective ``logistic`` only).
     logistic_a: float = math.nan
     logistic_b: float = math.nan
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A recorded label: was the action in fact needed (or: was the answer wrong)?"""
-
-    decision_id: str
-    needed: bool

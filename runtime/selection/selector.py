@@ -71,10 +71,8 @@ class _Model:
     intercept: float
 
     def logit(self, x: np.ndarray) -> np.ndarray:
+        """log-odds of being right, per candidate row of ``x``."""
         return np.asarray(((x - self.mean) / self.scale) @ self.coef + self.intercept, dtype=np.float64)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(1.0 / (1.0 + np.exp(-self.logit(x))), dtype=np.float64)
 
 
 class AnswerSelector:

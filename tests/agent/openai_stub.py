@@ -102,7 +102,7 @@ class OpenAIStub:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if self.path.rstrip("/") != "/v1/chat/completions":
                     status, reply = 404, {"error": {"message": f"no route {self.path}"}}
                 else:
                     stub.requests.append(body)

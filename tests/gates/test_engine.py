@@ -226,3 +226,15 @@ def test_bad_config_fails_validation() -> None:
     with pytest.raises(InvalidArgumentError) as err:
         g.validate_config()
     assert err.value.violations[0].field == "policies.gates.escalate.window"
+
+
+def test_edge_inputs(engine: Engine) -> None:
+    g = GateEngine(engine)
+    # No alternatives at all: the sampled token is the only one known.
+    bare = [{"logprob": math.log(0.5)}, {"logprob": 0.0}]
+    d = g.decide(SCOPE, "retrieve", bare, persist=False)
+    assert d.signals["renorm.mean"] == 0.0
+    assert d.signals["missing_mass.max"] == pytest.approx(math.log(2))
+    # API-style -9999 "probability zero" alternatives are fine.
+    tiny = [{"logprob": -0.01, "top_logprobs": [{"logprob": -0.01}, {"logprob": -9999.0}]}]
+    assert math.isfinite(g.decide(SCOPE, "retrieve", tiny, persist=False).score)

@@ -91,8 +91,12 @@ def test_decide_rejects_non_finite_logprobs_naming_the_field(srv: Any) -> None:
         srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens))
     assert bad_fields(err.value) == ["tokens[0].logprob"]
     with pytest.raises(grpc.RpcError) as err:
-        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=toks(0.5)))
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=99, tokens=toks(0.5)))  # type: ignore[arg-type]
     assert bad_fields(err.value) == ["gate"]
+    # Leaving the gate out means RETRIEVE.
+    assert (
+        srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=toks(0.5))).gate == common_pb2.GATE_RETRIEVE
+    )
     with pytest.raises(grpc.RpcError) as err:
         srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE))
     assert bad_fields(err.value) == ["tokens"]

@@ -177,3 +177,8 @@ def test_learned_selector_not_activated_when_default_is_as_good(sqlite_engine: E
     r = sel.train(SCOPE)
     assert not r.active and r.heldout_default_accuracy == 1.0
     assert sel.select(SCOPE, [Candidate("x"), Candidate("x"), Candidate("y")]).method == "agreement"
+
+
+def test_single_candidate(sqlite_engine: Engine) -> None:
+    s = AnswerSelector(sqlite_engine, None).select(SCOPE, [Candidate("only")])
+    assert (s.index, s.confidence, s.semantic_entropy, s.normalized_semantic_entropy) == (0, 1.0, 0.0, 0.0)

@@ -7,7 +7,7 @@ table of the database as it was (the one allowance: a call naming a namespace no
 materialise it with the tenant's defaults, and audit trails may record the refused attempt; see
 ``protofuzz.diff_snapshots``).
 
-``AGENTRT_FUZZ_EXAMPLES`` sets the examples per RPC (default 30 on SQLite, a quarter of it on Postgres);
+``AGENTRT_FUZZ_EXAMPLES`` sets the examples per RPC (default 30 on SQLite, a sixth of it on Postgres);
 ``make fuzz`` runs the long campaign (the ``slow`` tests, 2000 examples per RPC on both backends).
 """
 
@@ -155,7 +155,9 @@ def _fuzz_messages(target: FuzzTarget, rpc: Rpc, examples: int) -> None:
 
 
 def _examples(target: FuzzTarget, total: int) -> int:
-    return total if target.backend == "sqlite" else max(5, total // 4)
+    # Postgres calls cost about three times as much; the short run there is mostly for what only Postgres
+    # refuses (NUL characters in text, out-of-range numbers); the long campaign runs the full count.
+    return total if target.backend == "sqlite" else max(4, total // 6)
 
 
 @pytest.mark.parametrize("rpc", _params(RPCS))
@@ -163,6 +165,8 @@ def test_fuzz_hostile_messages_get_proper_statuses(target: FuzzTarget, rpc: Rpc)
     _fuzz_messages(target, rpc, _examples(target, EXAMPLES))
 
 
+# Bytes are parsed before any handler or database is reached, so the wire-level cases run on SQLite only.
+@pytest.mark.parametrize("target", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("rpc", _params(RPCS))
 def test_fuzz_raw_bytes_get_proper_statuses(target: FuzzTarget, rpc: Rpc) -> None:
     @settings(max_examples=max(5, _examples(target, EXAMPLES) // 2), deadline=None, database=None,
@@ -175,6 +179,7 @@ def test_fuzz_raw_bytes_get_proper_statuses(target: FuzzTarget, rpc: Rpc) -> Non
     target.assert_serving()
 
 
+@pytest.mark.parametrize("target", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("rpc", _params(RPCS))
 def test_invalid_utf8_in_every_string_field_is_invalid_argument(target: FuzzTarget, rpc: Rpc) -> None:
     payloads = invalid_utf8_payloads(rpc.method.input_type)

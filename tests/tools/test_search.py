@@ -35,9 +35,15 @@ def _tool(name: str, desc: str) -> ToolDefinition:
     )
 
 
+@pytest.fixture(scope="module")
+def tool_search() -> ToolSearch:
+    # Shared by the module: tool vectors are cached per text, so the catalogue is embedded once.
+    return ToolSearch(create_embedder())
+
+
 @pytest.fixture
-async def registry() -> AsyncIterator[ToolRegistry]:
-    reg = ToolRegistry(InMemoryToolStore(), ToolSearch(create_embedder()))
+async def registry(tool_search: ToolSearch) -> AsyncIterator[ToolRegistry]:
+    reg = ToolRegistry(InMemoryToolStore(), tool_search)
     for name, desc in CATALOGUE.items():
         await reg.register("t/a", _tool(name, desc))
     yield reg

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 from agentrt.v1 import common_pb2, tool_pb2
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings
 from tests.tools.conftest import MCP_SERVER, PYTHON, error_details
 from tests.tools.http_tool_server import ToolHTTPServer
 
@@ -37,12 +38,22 @@ def http_tool(name: str, url: str, **kw: Any) -> tool_pb2.Tool:
     )
 
 
-@pytest.fixture
-def srv(make_server: Callable[..., RunningServer]) -> RunningServer:
-    """A server on SQLite; the Postgres path is covered by test_registry_survives_restart and the store suite."""
-    s = make_server()
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server (SQLite, real model) for the module; each test works in its own namespace.
+
+    The Postgres path is covered by test_registry_survives_restart and the store conformance suite.
+    """
+    s = RunningServer(make_settings(data_dir=tmp_path_factory.mktemp("tool-server")))
     _ensure_guards(s)
-    return s
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def srv(shared_server: RunningServer) -> RunningServer:
+    shared_server.ns = f"ns-{uuid.uuid4().hex[:10]}"  # type: ignore[attr-defined]
+    return shared_server
 
 
 def _ensure_guards(s: RunningServer) -> None:
@@ -57,41 +68,46 @@ def _ensure_guards(s: RunningServer) -> None:
 def no_guards(s: RunningServer) -> None:
     """For tests about something other than the guards: their verdicts on bare test calls are not the point."""
     s.client.tool.SetPolicy(
-        tool_pb2.SetToolPolicyRequest(namespace=NS, policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False))
+        tool_pb2.SetToolPolicyRequest(
+            namespace=s.ns, policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False)
+        )
     )
 
 
 def invoke(s: RunningServer, name: str, args: dict[str, Any] | str = "", **kw: Any) -> tool_pb2.InvokeToolResponse:
     text = args if isinstance(args, str) else json.dumps(args)
     return s.client.tool.Invoke(
-        tool_pb2.InvokeToolRequest(namespace=NS, name=name, arguments_json=text, **kw), timeout=60
+        tool_pb2.InvokeToolRequest(namespace=srv.ns, name=name, arguments_json=text, **kw), timeout=60
     )
 
 
 def test_register_version_list_get_unregister(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     stub = srv.client.tool
     t = http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA, risk_tags=["network"])
-    r1 = stub.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=t))
+    r1 = stub.Register(tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=t))
     assert (r1.tool.version, r1.created) == (1, True)
-    assert stub.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=t)).created is False
+    assert stub.Register(tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=t)).created is False
     t.description = "Weather forecast for a city"
-    r2 = stub.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=t))
+    r2 = stub.Register(tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=t))
     assert (r2.tool.version, r2.created) == (2, True)
-    listed = stub.List(tool_pb2.ListToolsRequest(namespace=NS))
+    listed = stub.List(tool_pb2.ListToolsRequest(namespace=srv.ns))
     names = [x.name for x in listed.tools]
     assert "weather" in names and "memory.search" in names and "memory.write" in names
-    assert [x.name for x in stub.List(tool_pb2.ListToolsRequest(namespace=NS, exclude_builtins=True)).tools] == [
+    assert [x.name for x in stub.List(tool_pb2.ListToolsRequest(namespace=srv.ns, exclude_builtins=True)).tools] == [
         "weather"
     ]
-    got = stub.Get(tool_pb2.GetToolRequest(namespace=NS, name="weather"))
+    got = stub.Get(tool_pb2.GetToolRequest(namespace=srv.ns, name="weather"))
     assert got.tool.version == 2 and list(got.versions) == [1, 2] and list(got.tool.risk_tags) == ["network"]
     assert got.tool.http.url == http_tools.url("/weather")
-    assert stub.Get(tool_pb2.GetToolRequest(namespace=NS, name="weather", version=1)).tool.description == "weather tool"
+    assert (
+        stub.Get(tool_pb2.GetToolRequest(namespace=srv.ns, name="weather", version=1)).tool.description
+        == "weather tool"
+    )
     # Another namespace sees nothing.
-    assert stub.List(tool_pb2.ListToolsRequest(namespace="other", exclude_builtins=True)).tools == []
-    assert stub.Unregister(tool_pb2.UnregisterToolRequest(namespace=NS, name="weather")).last_version == 2
+    assert stub.List(tool_pb2.ListToolsRequest(namespace=srv.ns + "-other", exclude_builtins=True)).tools == []
+    assert stub.Unregister(tool_pb2.UnregisterToolRequest(namespace=srv.ns, name="weather")).last_version == 2
     with pytest.raises(grpc.RpcError) as err:
-        stub.Get(tool_pb2.GetToolRequest(namespace=NS, name="weather"))
+        stub.Get(tool_pb2.GetToolRequest(namespace=srv.ns, name="weather"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -102,19 +118,19 @@ def test_register_rejects_bad_definitions_with_field(srv: RunningServer) -> None
         http=tool_pb2.HttpToolExecutor(url="http://127.0.0.1:1/"),
     )
     with pytest.raises(grpc.RpcError) as err:
-        srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=bad))
+        srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=bad))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields, _ = error_details(err.value)
     assert fields[0][0] == "tool.input_schema_json" and "properties.a.type" in fields[0][1]
     with pytest.raises(grpc.RpcError) as err:
-        srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=tool_pb2.Tool(name="x")))
+        srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=tool_pb2.Tool(name="x")))
     assert error_details(err.value)[0][0][0] == "tool.executor"
 
 
 def test_invoke_http_tool_and_audit(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     srv.client.tool.Register(
         tool_pb2.RegisterToolRequest(
-            namespace=NS, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)
+            namespace=srv.ns, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)
         )
     )
     r = invoke(srv, "weather", {"city": "Paris"}, instruction="What's the weather in Paris?", caller="planner")
@@ -127,11 +143,11 @@ def test_invoke_http_tool_and_audit(srv: RunningServer, http_tools: ToolHTTPServ
     # The guard's ToolCall shape is accepted as well.
     r2 = srv.client.tool.Invoke(
         tool_pb2.InvokeToolRequest(
-            namespace=NS, tool_call=common_pb2.ToolCall(name="weather", arguments_json='{"city": "Rome"}')
+            namespace=srv.ns, tool_call=common_pb2.ToolCall(name="weather", arguments_json='{"city": "Rome"}')
         )
     )
     assert json.loads(r2.output)["city"] == "Rome"
-    records = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=NS, tool_name="weather")).records
+    records = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=srv.ns, tool_name="weather")).records
     assert [a.id for a in records] == [r2.invocation_id, r.invocation_id]
     first = records[1]
     assert first.caller == "default:planner" and first.outcome == tool_pb2.INVOKE_OUTCOME_OK
@@ -142,7 +158,7 @@ def test_invoke_http_tool_and_audit(srv: RunningServer, http_tools: ToolHTTPServ
 def test_invalid_arguments_name_the_schema_path(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     srv.client.tool.Register(
         tool_pb2.RegisterToolRequest(
-            namespace=NS, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)
+            namespace=srv.ns, tool=http_tool("weather", http_tools.url("/weather"), input_schema_json=CITY_SCHEMA)
         )
     )
     with pytest.raises(grpc.RpcError) as err:
@@ -153,13 +169,13 @@ def test_invalid_arguments_name_the_schema_path(srv: RunningServer, http_tools: 
     assert "properties.days.minimum" in fields["arguments_json.days"]
     assert http_tools.calls.get("/weather") is None
     v = srv.client.tool.Validate(
-        tool_pb2.ValidateToolArgumentsRequest(namespace=NS, name="weather", arguments_json="{}")
+        tool_pb2.ValidateToolArgumentsRequest(namespace=srv.ns, name="weather", arguments_json="{}")
     )
     assert not v.valid and v.violations[0].field == "arguments_json.city"
     assert srv.client.tool.Validate(
-        tool_pb2.ValidateToolArgumentsRequest(namespace=NS, name="weather", arguments_json='{"city": "Oslo"}')
+        tool_pb2.ValidateToolArgumentsRequest(namespace=srv.ns, name="weather", arguments_json='{"city": "Oslo"}')
     ).valid
-    audit = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=NS)).records
+    audit = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=srv.ns)).records
     assert (
         audit[0].outcome == tool_pb2.INVOKE_OUTCOME_INVALID_ARGUMENT
         and audit[0].stopped_at == tool_pb2.INVOKE_STEP_VALIDATE
@@ -178,7 +194,7 @@ def test_guard_blocks_the_call_before_it_runs(srv: RunningServer, http_tools: To
         http_tools.url("/echo"),
         input_schema_json='{"type": "object", "properties": {"command": {"type": "string"}}}',
     )
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=shell))
+    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=shell))
     r = invoke(srv, "run_shell", {"command": "rm -rf / --no-preserve-root"}, instruction="clean up the disk")
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_BLOCKED and r.stopped_at == tool_pb2.INVOKE_STEP_GUARD_CALL
     assert r.call_verdict.decision == common_pb2.DECISION_BLOCK and "guard block at tool_call" in r.reason
@@ -187,7 +203,7 @@ def test_guard_blocks_the_call_before_it_runs(srv: RunningServer, http_tools: To
 
 def test_guard_blocks_an_injected_result(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     srv.client.tool.Register(
-        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("browse", http_tools.url("/inject")))
+        tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=http_tool("browse", http_tools.url("/inject")))
     )
     r = invoke(srv, "browse", {"url": "http://example.com"}, instruction="read this page")
     assert http_tools.calls["/inject"] == 1
@@ -195,7 +211,7 @@ def test_guard_blocks_an_injected_result(srv: RunningServer, http_tools: ToolHTT
     assert r.result_verdict.decision == common_pb2.DECISION_BLOCK and r.output == ""
     # Policy can switch the result guard off for a namespace.
     p = srv.client.tool.SetPolicy(
-        tool_pb2.SetToolPolicyRequest(namespace=NS, policy=tool_pb2.ToolPolicy(guard_results=False))
+        tool_pb2.SetToolPolicyRequest(namespace=srv.ns, policy=tool_pb2.ToolPolicy(guard_results=False))
     )
     assert p.guard_calls and not p.guard_results
     assert "ignore all previous instructions" in invoke(srv, "browse", {}).output
@@ -204,7 +220,7 @@ def test_guard_blocks_an_injected_result(srv: RunningServer, http_tools: ToolHTT
 def test_timeout_is_deadline_exceeded(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
     srv.client.tool.Register(
-        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("slow", http_tools.url("/slow"), timeout_s=0.3))
+        tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=http_tool("slow", http_tools.url("/slow"), timeout_s=0.3))
     )
     with pytest.raises(grpc.RpcError) as err:
         invoke(srv, "slow", {"delay": 3})
@@ -217,7 +233,9 @@ def test_timeout_is_deadline_exceeded(srv: RunningServer, http_tools: ToolHTTPSe
 
 def test_endpoint_down_is_unavailable_with_retry_advice(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
-    srv.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("gone", "http://127.0.0.1:9/x")))
+    srv.client.tool.Register(
+        tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=http_tool("gone", "http://127.0.0.1:9/x"))
+    )
     with pytest.raises(grpc.RpcError) as err:
         invoke(srv, "gone", {})
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -227,7 +245,9 @@ def test_endpoint_down_is_unavailable_with_retry_advice(srv: RunningServer, http
 def test_only_idempotent_tools_are_retried(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
     stub = srv.client.tool
-    stub.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("flaky_write", http_tools.url("/flaky"))))
+    stub.Register(
+        tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=http_tool("flaky_write", http_tools.url("/flaky")))
+    )
     with pytest.raises(grpc.RpcError) as err:
         invoke(srv, "flaky_write", {})
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "not marked idempotent" in (err.value.details() or "")
@@ -235,7 +255,7 @@ def test_only_idempotent_tools_are_retried(srv: RunningServer, http_tools: ToolH
     http_tools.calls.clear()
     stub.Register(
         tool_pb2.RegisterToolRequest(
-            namespace=NS, tool=http_tool("flaky_read", http_tools.url("/flaky"), idempotent=True, max_retries=3)
+            namespace=srv.ns, tool=http_tool("flaky_read", http_tools.url("/flaky"), idempotent=True, max_retries=3)
         )
     )
     r = invoke(srv, "flaky_read", {})
@@ -245,7 +265,7 @@ def test_only_idempotent_tools_are_retried(srv: RunningServer, http_tools: ToolH
 def test_tool_error_is_reported_not_raised(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
     srv.client.tool.Register(
-        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("lookup", http_tools.url("/bad_request")))
+        tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=http_tool("lookup", http_tools.url("/bad_request")))
     )
     r = invoke(srv, "lookup", {})
     assert r.outcome == tool_pb2.INVOKE_OUTCOME_TOOL_ERROR and r.is_error and "city unknown" in r.output
@@ -254,19 +274,21 @@ def test_tool_error_is_reported_not_raised(srv: RunningServer, http_tools: ToolH
 def test_output_is_truncated_with_marker(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
     no_guards(srv)
     srv.client.tool.Register(
-        tool_pb2.RegisterToolRequest(namespace=NS, tool=http_tool("big", http_tools.url("/big"), max_output_bytes=1000))
+        tool_pb2.RegisterToolRequest(
+            namespace=srv.ns, tool=http_tool("big", http_tools.url("/big"), max_output_bytes=1000)
+        )
     )
     r = invoke(srv, "big", {"n": 200_000})
     assert r.truncated and r.output_bytes == 200_000
     assert r.output.startswith("x" * 1000) and r.output.endswith("[agentrt: output truncated to 1000 of 200000 bytes]")
-    assert srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=NS)).records[0].truncated
+    assert srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=srv.ns)).records[0].truncated
 
 
 def test_mcp_import_invoke_and_crash_over_the_wire(srv: RunningServer) -> None:
     no_guards(srv)
     stub = srv.client.tool
     server = tool_pb2.McpServer(name="lab", command=PYTHON, args=[MCP_SERVER], timeout_s=30)
-    imported = stub.ImportMcp(tool_pb2.ImportMcpRequest(namespace=NS, server=server), timeout=60)
+    imported = stub.ImportMcp(tool_pb2.ImportMcpRequest(namespace=srv.ns, server=server), timeout=60)
     assert imported.status.connected and "lab.add" in [t.name for t in imported.tools]
     r = invoke(srv, "lab.add", {"a": 20, "b": 22})
     assert json.loads(r.output) == {"result": 42}
@@ -281,15 +303,15 @@ def test_mcp_import_invoke_and_crash_over_the_wire(srv: RunningServer) -> None:
 
     deadline = time.time() + 30
     while True:
-        info = stub.ListMcpServers(tool_pb2.ListMcpServersRequest(namespace=NS)).servers[0]
+        info = stub.ListMcpServers(tool_pb2.ListMcpServersRequest(namespace=srv.ns)).servers[0]
         if info.status.connected or time.time() > deadline:
             break
         time.sleep(0.1)
     assert info.status.connected and info.status.restarts >= 1 and info.status.last_error
     assert json.loads(invoke(srv, "lab.add", {"a": 1, "b": 2}).output) == {"result": 3}
-    refreshed = stub.RefreshMcp(tool_pb2.RefreshMcpRequest(namespace=NS, name="lab"))
+    refreshed = stub.RefreshMcp(tool_pb2.RefreshMcpRequest(namespace=srv.ns, name="lab"))
     assert refreshed.status.tool_count == len(refreshed.tools)
-    assert len(stub.RemoveMcp(tool_pb2.RemoveMcpRequest(namespace=NS, name="lab")).removed_tools) == len(
+    assert len(stub.RemoveMcp(tool_pb2.RemoveMcpRequest(namespace=srv.ns, name="lab")).removed_tools) == len(
         refreshed.tools
     )
 
@@ -309,6 +331,7 @@ def test_memory_builtins_go_through_invoke(srv: RunningServer) -> None:
 
 def test_registry_survives_restart(make_server: Callable[..., RunningServer], db_url: str, tmp_path: Any) -> None:
     first = make_server(db_url=db_url, data_dir=tmp_path / "d")
+    first.ns = NS  # type: ignore[attr-defined]
     tool = http_tool("echo_api", "http://127.0.0.1:9/echo", input_schema_json=CITY_SCHEMA, idempotent=True)
     first.client.tool.Register(tool_pb2.RegisterToolRequest(namespace=NS, tool=tool))
     tool.description = "v2"
@@ -324,6 +347,7 @@ def test_registry_survives_restart(make_server: Callable[..., RunningServer], db
     )
     first.stop()
     second = make_server(db_url=db_url, data_dir=tmp_path / "d")
+    second.ns = NS  # type: ignore[attr-defined]
     got = second.client.tool.Get(tool_pb2.GetToolRequest(namespace=NS, name="echo_api"))
     assert got.tool.version == 2 and list(got.versions) == [1, 2] and got.tool.idempotent
     # The MCP server spec was stored: the first call reconnects to it.

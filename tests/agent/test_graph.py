@@ -1,0 +1,129 @@
+"""The turn graph in-process (no gRPC): routing rules, policies and the LLM client, against the stub LLM."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from runtime.agent.llm import ChatClient, parse_completion
+from runtime.agent.policy import TurnPolicy
+from runtime.agent.ports import GateOutcome, default_ports, mean_normalized_entropy
+from runtime.agent.runner import TurnRunner
+from tests.agent.conftest import LookupTools
+
+
+class FixedGates:
+    """Gates with a fixed decision per gate."""
+
+    def __init__(self, **fire: bool):
+        self.fire = fire
+
+    async def decide(self, gate: str, tokens: Any, *, session_id: str) -> GateOutcome:
+        return GateOutcome(gate, self.fire.get(gate, False), 0.1, 0.5)
+
+
+def run(runner: TurnRunner, thread: str, message: str, policy: TurnPolicy, ports: Any) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        return [ev async for ev in runner.run_turn("t/ns", thread, message, "user", policy, ports)]
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def runner() -> TurnRunner:
+    return TurnRunner(InMemorySaver())
+
+
+def test_enforced_tool_gate_drops_calls_and_reasks_without_tools(runner, llm) -> None:
+    ports = default_ports()
+    ports.tools = tools = LookupTools()
+    ports.gates = FixedGates(retrieve=False, call_tool=False)
+    policy = TurnPolicy(llm_base_url=llm.base_url, tools=("lookup",), enforce_tool_gate=True)
+    events = run(runner, "g1", 'x [call:lookup {"q": "a"}]', policy, ports)
+    assert tools.calls == []
+    assert "tools" not in llm.requests[-1]
+    assert events[-1] == {"type": "result", "status": "completed", "answer": "default: x"}
+
+
+def test_advisory_tool_gate_still_runs_the_call(runner, llm) -> None:
+    ports = default_ports()
+    ports.tools = tools = LookupTools()
+    ports.gates = FixedGates(retrieve=False, call_tool=False)
+    policy = TurnPolicy(llm_base_url=llm.base_url, tools=("lookup",))
+    run(runner, "g2", 'x [call:lookup {"q": "a"}]', policy, ports)
+    assert tools.calls == [("lookup", '{"q": "a"}')]
+
+
+def test_zero_tool_rounds_offers_no_tools(runner, llm) -> None:
+    ports = default_ports()
+    ports.tools = tools = LookupTools()
+    policy = TurnPolicy(llm_base_url=llm.base_url, tools=("lookup",), max_tool_rounds=0, force_retrieval=False)
+    events = run(runner, "g3", 'x [call:lookup {"q": "a"}]', policy, ports)
+    assert tools.calls == [] and "tools" not in llm.requests[-1]
+    assert [e["name"] for e in events if e["type"] == "stage" and e["status"] == "finished"] == [
+        "input_guard", "agent", "candidates", "select", "output_guard", "write_memory", "finish"]
+
+
+def test_candidate_specs_choose_model_temperature_and_prompt(runner, llm) -> None:
+    policy = TurnPolicy(llm_base_url=llm.base_url, force_retrieval=False, candidates=(
+        {"agent_id": "a", "model": "m-a"},
+        {"agent_id": "b", "model": "m-b", "temperature": 0.9, "system_prompt": "Be terse."},
+    ))
+    before = len(llm.requests)
+    events = run(runner, "g4", "hi", policy, default_ports())
+    sent = llm.requests[before:]
+    assert [(r["model"], r["temperature"]) for r in sent] == [("m-a", 0.0), ("m-b", 0.9)]
+    assert sent[1]["messages"][0]["content"] == "Be terse."
+    assert all(r["logprobs"] is True and r["top_logprobs"] == 5 for r in sent)
+    cands = [e for e in events if e["type"] == "candidate"]
+    assert [(c["agent_id"], c["answer"]) for c in cands] == [("a", "m-a: hi"), ("b", "m-b: hi")]
+    # The built-in selection prefers the more confident candidate (temperature 0 in the stub).
+    assert next(e for e in events if e["type"] == "selection")["index"] == 0
+
+
+def test_policy_rules_name_the_field() -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        TurnPolicy().validate()
+    assert err.value.violations[0].field == "policy.llm_base_url"
+    with pytest.raises(InvalidArgumentError) as err:
+        TurnPolicy(llm_base_url="http://x/v1", num_candidates=0).validate()
+    assert err.value.violations[0].field == "policy.num_candidates"
+    with pytest.raises(InvalidArgumentError) as err:
+        TurnPolicy.from_dict({"modle": "x"})
+    assert "modle" in str(err.value)
+    merged = TurnPolicy(model="a", num_candidates=2).merged({"model": "b", "temperature": None})
+    assert (merged.model, merged.num_candidates, merged.temperature) == ("b", 2, 0.0)
+
+
+def test_llm_client_errors(llm) -> None:
+    async def go() -> None:
+        broken = ChatClient(llm.base_url)
+        with pytest.raises(UnavailableError, match="500"):
+            await broken.complete([{"role": "user", "content": "x"}], model="broken")
+        await broken.aclose()
+        missing = ChatClient(llm.base_url.replace("/v1", "/nope"))
+        with pytest.raises(FailedPreconditionError, match="404"):
+            await missing.complete([{"role": "user", "content": "x"}], model="m")
+        await missing.aclose()
+
+    asyncio.run(go())
+
+
+def test_parse_completion_reads_tool_calls_and_logprobs() -> None:
+    body = {"model": "m", "choices": [{"message": {"content": None, "tool_calls": [
+        {"id": "c1", "function": {"name": "f", "arguments": {"a": 1}}}]},
+        "logprobs": {"content": [{"token": "x", "logprob": -0.5, "top_logprobs": [
+            {"token": "x", "logprob": -0.5}, {"token": "y", "logprob": -1.0}]}]},
+        "finish_reason": "tool_calls"}]}
+    c = parse_completion(body)
+    assert c.tool_calls[0].arguments_json == '{"a": 1}' and c.has_logprobs
+    assert c.tokens[0].top_logprobs == (("x", -0.5), ("y", -1.0))
+    assert parse_completion({"choices": [{"message": {"content": "hi"}}]}).has_logprobs is False
+    # Flat top-k -> 1, peaked -> near 0.
+    flat = parse_completion({"choices": [{"message": {"content": "a"}, "logprobs": {"content": [
+        {"token": "a", "logprob": -1.386, "top_logprobs": [{"token": t, "logprob": -1.386} for t in "abcd"]}]}}]})
+    assert mean_normalized_entropy(flat.tokens) == pytest.approx(1.0, abs=1e-3)
