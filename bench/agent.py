@@ -14,6 +14,7 @@ Figures (milliseconds, over ``--turns`` turns after ``--warmup``):
 - ``turn``: RunTurn wall time seen by a gRPC client, all events streamed;
 - ``llm``: time the server spent waiting on the LLM endpoint in that turn (union of call intervals);
 - ``overhead`` = turn - llm: what the sidecar adds (target p50 <= 30 ms);
+- ``sidecar_cpu_per_turn``: CPU time this process used during the turn (all threads), robust to other load;
 - baseline, same run: the same 5 LLM calls made directly by the client with httpx (what the LLM part
   costs without the sidecar), and per-stage p50 from the StageEvents.
 
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,13 @@ from bench.common import SHARED, machine, percentiles, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench-agent"
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (the sidecar and the bench's gRPC client; the stub LLM runs elsewhere).
+    Much less sensitive than wall time to other processes sharing the cores."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             completed); turns the guard blocked or paused are counted and left out of the figures."""
             turn_s: list[float] = []
             llm_s: list[float] = []
+            cpu_s: list[float] = []
             stage_s: dict[str, list[float]] = defaultdict(list)
             counts: dict[str, int] = defaultdict(int)
             i = 0
@@ -175,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                 msg = f'[unsure] {q} [call:echo {{"q": {json.dumps(q)}}}]'
                 request = agent_pb2.RunTurnRequest(namespace=NS, thread_id=f"{label}-{i}", message=msg, policy=policy)
                 before = len(llm_intervals())
+                c0 = _cpu()
                 t0 = time.perf_counter()
                 events = list(client.agent.RunTurn(request, timeout=60))
                 elapsed = time.perf_counter() - t0
+                cpu = _cpu() - c0
                 i += 1
                 if i <= args.warmup:
                     continue
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 ivs = [iv for iv in llm_intervals()[before:] if iv[0] >= t0 - 1e-3]
                 turn_s.append(elapsed)
                 llm_s.append(_union(ivs))
+                cpu_s.append(cpu)
                 counts["llm_calls"] += len(ivs)
                 for e in events:
                     if e.WhichOneof("event") == "stage" and e.stage.status == agent_pb2.STAGE_STATUS_FINISHED:
@@ -199,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             overhead = [t - lm for t, lm in zip(turn_s, llm_s, strict=True)]
             return {
                 "overhead": percentiles(overhead), "turn": percentiles(turn_s), "llm_in_turn": percentiles(llm_s),
+                "sidecar_cpu_per_turn": percentiles(cpu_s),
                 "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in stage_s.items()},
                 "counts": dict(counts), "llm_calls_per_turn": round(counts["llm_calls"] / max(1, len(turn_s)), 2),
             }
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({full['llm_calls_per_turn']} LLM calls/turn)")
     for label, r in (("real components", full), ("built-in defaults", graph_only)):
         print(f"{label}: {r['counts']}")
-        for name in ("overhead", "turn", "llm_in_turn"):
+        for name in ("overhead", "turn", "llm_in_turn", "sidecar_cpu_per_turn"):
             p = r[name]
             print(f"  {name:>12}: p50 {p['p50_ms']:8.2f} ms  p90 {p['p90_ms']:8.2f} ms  mean {p['mean_ms']:8.2f} ms")
         print("  stage p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_p50_ms"].items()))

@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--batch", type=int, default=2, help="messages per Write call")
+    parser.add_argument(
+        "--write-sessions", type=int, default=0, help="write only the first N LoCoMo sessions (0 = all)"
+    )
     parser.add_argument("--quick", action="store_true", help="10k units, 3 sessions per conversation, 100 queries")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args(argv)
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sessions = [s for s in sessions if s["session"] <= 3]
     texts = [f"{spk}: {text}" for s in sessions for _, spk, text in s["turns"]]
+    to_write = sessions[: args.write_sessions] if args.write_sessions else sessions
     print(f"LoCoMo: {len(sessions)} sessions, {len(texts)} turns, {len(questions)} questions")
     load_before = os.getloadavg()
 
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(0)
     picked = rng.sample(questions, min(args.queries, len(questions)))
     q_samples = []
-    for q in picked[:100]:
+    for q in picked[:50]:
         t = time.perf_counter()
         embedder.embed([q])
         q_samples.append(time.perf_counter() - t)
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         write_lat: list[float] = []
         n_messages = 0
         t_write = time.perf_counter()
-        for s in sessions:
+        for s in to_write:
             sid = f"{s['conv']}-s{s['session']}"
             turns = s["turns"]
             for start in range(0, len(turns), args.batch):

@@ -6,6 +6,7 @@ loaded from its local path with the hub switched off: nothing is ever downloaded
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import os
@@ -125,6 +126,60 @@ class HashingEmbedder:
             if norm > 0:
                 out[row] /= norm
         return out
+
+
+class CachingEmbedder:
+    """An LRU text → vector cache in front of another embedder.
+
+    One agent turn embeds the same user text several times (input guard, tool-call guard, memory search,
+    memory write); the cache makes the repeats free. Texts longer than ``max_text_chars`` are not cached.
+    """
+
+    def __init__(self, inner: Embedder, maxsize: int = 4096, max_text_chars: int = 2000):
+        self._inner = inner
+        self._maxsize = maxsize
+        self._max_text_chars = max_text_chars
+        self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def inner(self) -> Embedder:
+        """The wrapped embedder."""
+        return self._inner
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for text in texts:
+                vec = self._cache.get(text)
+                if vec is not None:
+                    self._cache.move_to_end(text)
+                    found[text] = vec
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = self._inner.embed(missing)
+            with self._lock:
+                for text, vec in zip(missing, fresh, strict=True):
+                    found[text] = vec
+                    if len(text) <= self._max_text_chars:
+                        self._cache[text] = vec
+                while len(self._cache) > self._maxsize:
+                    self._cache.popitem(last=False)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
 
 @functools.lru_cache(maxsize=4)

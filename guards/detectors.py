@@ -95,6 +95,19 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         ),
     ),
     (
+        "hijacks_the_task",
+        re.compile(
+            r"(?i)\b(?:before|after|instead of)\s+(?:you\s+)?(?:can\s+)?(?:solve|solving|complete|completing|finish|"
+            r"finishing|continue|continuing|answer|answering|do|doing)\s+(?:the|your|this)\s+(?:original\s+)?"
+            r"(?:task|request|instructions?|job)\b|\bthe task (?:that )?(?:i|the user) gave you\b|"
+            r"\bto you,?\s+(?:gpt|chatgpt|claude|llama|gemini|copilot|the (?:ai|assistant|agent|model))\b"
+        ),
+    ),
+    (
+        "instruction_tags",
+        re.compile(r"(?i)</?\s*(?:information|instructions?|important_instructions|system|sys)\s*>|\[/?INST\]"),
+    ),
+    (
         "fake_system_turn",
         re.compile(r"(?im)^\s*(?:\[?(?:system|assistant)\]?\s*:|<\|?(?:system|im_start)\|?>|###\s*system)"),
     ),

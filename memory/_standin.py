@@ -30,9 +30,7 @@ def derive_units(session_id: str, messages: Sequence[MemoryMessage]) -> list[Mem
     out: list[MemoryUnit] = []
     for m in messages:
         text = f"{m.speaker}: {m.text}" if m.speaker else m.text
-        out.append(
-            MemoryUnit(f"{session_id}/t/{m.id}", Granularity.TURN, text, (m.id,), session_id, m.time, m.time)
-        )
+        out.append(MemoryUnit(f"{session_id}/t/{m.id}", Granularity.TURN, text, (m.id,), session_id, m.time, m.time))
     for a, b in itertools.pairwise(messages):
         text = "\n".join(f"{m.speaker}: {m.text}" if m.speaker else m.text for m in (a, b))
         out.append(

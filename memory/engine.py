@@ -604,6 +604,16 @@ class MemoryEngine:
             last_refit_seconds=self.association.last_refit_seconds(namespace),
         )
 
+    def sizes(self) -> dict[str, float]:
+        """In-memory sizes for the metrics endpoint (no database access)."""
+        states = list(self._namespaces.values())
+        return {
+            "memory_namespaces_loaded": len(states),
+            "memory_units_indexed": sum(st.index.size() for st in states),
+            "memory_edges_indexed": sum(st.index.edge_count() for st in states),
+            "memory_sessions_queued": len(self._queue),
+        }
+
     # -- background consolidation ----------------------------------------------------------------------
 
     def _enqueue(self, namespace: str, session_id: str) -> None:

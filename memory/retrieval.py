@@ -117,6 +117,8 @@ class RetrievalPolicy:
     low_info_penalty: float = 1.0
     time_boost: float = 1.0
     recency_boost: float = 0.3
+    # Best units per coarse granularity whose turns join the candidates.
+    route_units: int = 10
     association_weight: float = 0.15
     association_seeds: int = 10
 
@@ -245,24 +247,23 @@ class _Scorer:
         self._cache: dict[int, tuple[float, float]] = {}
 
     def raw(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        missing = [k for k in keys if k not in self._cache]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
         if missing:
             vectors = [self.index.vector(k) for k in missing]
-            dense = np.array(
-                [float(np.dot(v, self.qvec)) if v is not None else -1.0 for v in vectors], dtype=np.float64
-            )
+            present = [i for i, v in enumerate(vectors) if v is not None]
+            dense = np.full(len(missing), -1.0)
+            if present:
+                # One matrix-vector product instead of a dot per key.
+                dense[present] = np.stack([v for v in vectors if v is not None]) @ self.qvec
             lex = (
                 self.lexical.score(self.terms, missing).astype(np.float64)
-                if self.lexical is not None
+                if self.lexical is not None and self.terms
                 else np.zeros(len(missing))
             )
-            for k, d, s in zip(missing, dense, lex, strict=True):
-                self._cache[k] = (float(d), float(s))
+            self._cache.update(zip(missing, zip(dense.tolist(), lex.tolist(), strict=True), strict=True))
         pairs = [self._cache[k] for k in keys]
-        return (
-            np.array([p[0] for p in pairs], dtype=np.float64),
-            np.array([p[1] for p in pairs], dtype=np.float64),
-        )
+        both = np.array(pairs, dtype=np.float64).reshape(-1, 2)
+        return both[:, 0].copy(), both[:, 1].copy()
 
 
 def _allowed(unit: MemoryUnit | None, query: SearchQuery) -> bool:
@@ -346,7 +347,7 @@ def search(
             session_route.append((w, by_session, pool.floor))
             continue
         best: dict[int, float] = {}
-        order = np.argsort(-pool.score)[: max(10, pol.candidates // 4)]
+        order = np.argsort(-pool.score)[: pol.route_units]
         for row in order.tolist():
             unit = index.unit(int(pool.keys[row]))
             if unit is None:
@@ -402,10 +403,10 @@ def search(
 
     # Session-level routing: mean of each session's best three turn scores.
     if pol.session_aggregate:
-        by_session: dict[str, list[float]] = {}
+        session_scores: dict[str, list[float]] = {}
         for tk in keys:
-            by_session.setdefault(candidates[tk].session_id, []).append(scores[tk])
-        agg = {s: float(np.mean(sorted(v, reverse=True)[:3])) for s, v in by_session.items()}
+            session_scores.setdefault(candidates[tk].session_id, []).append(scores[tk])
+        agg = {s: float(np.mean(sorted(v, reverse=True)[:3])) for s, v in session_scores.items()}
         agg_arr = np.array(list(agg.values()))
         agg_z = dict(zip(agg, _z(agg_arr).tolist(), strict=True))
         for tk in keys:

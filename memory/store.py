@@ -204,9 +204,7 @@ class InMemoryStore(MemoryStore):
 
     def session_messages(self, namespace: str, session_id: str) -> list[StoredMessage]:
         with self._lock:
-            rows = [
-                m for m in self._messages.get(namespace, {}).values() if m.message.session_id == session_id
-            ]
+            rows = [m for m in self._messages.get(namespace, {}).values() if m.message.session_id == session_id]
         return sorted(rows, key=lambda m: m.seq)
 
     def list_messages(
@@ -259,9 +257,7 @@ class InMemoryStore(MemoryStore):
                 units.pop(uid, None)
             for stored in change.insert_units:
                 units[stored.unit.id] = stored
-            pending = (self._pending.get(namespace, set()) - set(change.clear_pending)) | set(
-                change.mark_pending
-            )
+            pending = (self._pending.get(namespace, set()) - set(change.clear_pending)) | set(change.mark_pending)
             self._pending[namespace] = pending
             self._messages[namespace] = msgs
             self._units[namespace] = units
@@ -280,9 +276,7 @@ class InMemoryStore(MemoryStore):
     def namespaces(self) -> list[str]:
         with self._lock:
             return sorted(
-                ns
-                for ns in set(self._messages) | set(self._units)
-                if self._messages.get(ns) or self._units.get(ns)
+                ns for ns in set(self._messages) | set(self._units) if self._messages.get(ns) or self._units.get(ns)
             )
 
     def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
@@ -403,9 +397,7 @@ class SqlMemoryStore(MemoryStore):
 
     def list_sessions(self, namespace: str) -> list[str]:
         t = schema.messages
-        query = (
-            sa.select(t.c.session_id).where(t.c.namespace == namespace).distinct().order_by(t.c.session_id)
-        )
+        query = sa.select(t.c.session_id).where(t.c.namespace == namespace).distinct().order_by(t.c.session_id)
         with self._engine.connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
@@ -432,12 +424,7 @@ class SqlMemoryStore(MemoryStore):
         last = ""
         while True:
             # Keyset pagination: no long-lived cursor, no OFFSET scans.
-            query = (
-                sa.select(t)
-                .where(t.c.namespace == namespace, t.c.id > last)
-                .order_by(t.c.id)
-                .limit(batch_size)
-            )
+            query = sa.select(t).where(t.c.namespace == namespace, t.c.id > last).order_by(t.c.id).limit(batch_size)
             with self._engine.connect() as conn:
                 batch = [self._unit(row) for row in conn.execute(query)]
             if not batch:
@@ -465,31 +452,21 @@ class SqlMemoryStore(MemoryStore):
 
     def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
         t = schema.edges
-        query = (
-            sa.select(t.c.src, t.c.dst, t.c.weight)
-            .where(t.c.namespace == namespace)
-            .order_by(t.c.src, t.c.dst)
-        )
+        query = sa.select(t.c.src, t.c.dst, t.c.weight).where(t.c.namespace == namespace).order_by(t.c.src, t.c.dst)
         with self._engine.connect() as conn:
             return [(int(s), int(d), float(w)) for s, d, w in conn.execute(query)]
 
     def counts(self, namespace: str) -> NamespaceCounts:
         m, u, e = schema.messages, schema.units, schema.edges
         with self._engine.connect() as conn:
-            n_msgs = conn.execute(
-                sa.select(sa.func.count()).select_from(m).where(m.c.namespace == namespace)
-            ).scalar()
+            n_msgs = conn.execute(sa.select(sa.func.count()).select_from(m).where(m.c.namespace == namespace)).scalar()
             n_sessions = conn.execute(
                 sa.select(sa.func.count(sa.distinct(m.c.session_id))).where(m.c.namespace == namespace)
             ).scalar()
             per = conn.execute(
-                sa.select(u.c.granularity, sa.func.count())
-                .where(u.c.namespace == namespace)
-                .group_by(u.c.granularity)
+                sa.select(u.c.granularity, sa.func.count()).where(u.c.namespace == namespace).group_by(u.c.granularity)
             ).all()
-            n_edges = conn.execute(
-                sa.select(sa.func.count()).select_from(e).where(e.c.namespace == namespace)
-            ).scalar()
+            n_edges = conn.execute(sa.select(sa.func.count()).select_from(e).where(e.c.namespace == namespace)).scalar()
         return NamespaceCounts(
             messages=int(n_msgs or 0),
             sessions=int(n_sessions or 0),
@@ -534,9 +511,7 @@ class SqlMemoryStore(MemoryStore):
             upsert_ids = [msg.id for msg in change.upsert_messages]
             existing: dict[str, int] = {}
             for chunk in _chunks(upsert_ids):
-                rows = conn.execute(
-                    sa.select(m.c.id, m.c.seq).where(m.c.namespace == namespace, m.c.id.in_(chunk))
-                )
+                rows = conn.execute(sa.select(m.c.id, m.c.seq).where(m.c.namespace == namespace, m.c.id.in_(chunk)))
                 existing.update({row.id: int(row.seq) for row in rows})
             fresh = sum(1 for i in dict.fromkeys(upsert_ids) if i not in existing)
             generation, seq = self._bump(conn, namespace, fresh)
@@ -594,10 +569,7 @@ class SqlMemoryStore(MemoryStore):
                 links = {(s.unit.id, mid) for s in change.insert_units for mid in s.unit.message_ids}
                 conn.execute(
                     sa.insert(um),
-                    [
-                        {"namespace": namespace, "unit_id": uid, "message_id": mid}
-                        for uid, mid in sorted(links)
-                    ],
+                    [{"namespace": namespace, "unit_id": uid, "message_id": mid} for uid, mid in sorted(links)],
                 )
             p = schema.pending_sessions
             touched = sorted(set(change.clear_pending) | set(change.mark_pending))
@@ -645,9 +617,7 @@ class SqlMemoryStore(MemoryStore):
     def drop_namespace(self, namespace: str) -> int:
         with self._engine.begin() as conn:
             n = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(schema.messages)
-                .where(schema.messages.c.namespace == namespace)
+                sa.select(sa.func.count()).select_from(schema.messages).where(schema.messages.c.namespace == namespace)
             ).scalar()
             tables = (
                 schema.messages,

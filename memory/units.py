@@ -111,19 +111,19 @@ def keyphrases(texts: Sequence[str], limit: int, exclude: set[str] | None = None
     surface form (first seen), most salient first.
     """
     exclude = {e.lower() for e in (exclude or set())}
-    scores: Counter[str] = Counter()
+    scores: dict[str, float] = {}
     surface: dict[str, str] = {}
     for text in texts:
         for match in _DATE.finditer(text):
             key = match.group(0).lower()
-            scores[key] += 3.0
+            scores[key] = scores.get(key, 0.0) + 3.0
             surface.setdefault(key, match.group(0))
         for match in _NAME.finditer(text):
             phrase = match.group(1)
             key = phrase.lower()
             if key in STOPWORDS or key in exclude or len(key) < 3:
                 continue
-            scores[key] += 2.0
+            scores[key] = scores.get(key, 0.0) + 2.0
             surface.setdefault(key, phrase)
     doc_freq: Counter[str] = Counter()
     term_freq: Counter[str] = Counter()
@@ -143,7 +143,8 @@ def keyphrases(texts: Sequence[str], limit: int, exclude: set[str] | None = None
         if len(word) < 4 or word in exclude:
             continue
         # Repeated within the session but not everywhere in it: the session's topic words.
-        scores[word] += (1.0 + math.log(tf)) * math.log(1.0 + n / doc_freq[term]) * (1.0 if tf > 1 else 0.5)
+        tfidf = (1.0 + math.log(tf)) * math.log(1.0 + n / doc_freq[term])
+        scores[word] = scores.get(word, 0.0) + tfidf * (1.0 if tf > 1 else 0.5)
         surface.setdefault(word, word)
     ranked = [surface[k] for k, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
     out: list[str] = []

@@ -125,11 +125,15 @@ def make_tokens(tokens: Iterable[common_pb2.TokenLogprob | Mapping[str, Any]]) -
         if isinstance(t, common_pb2.TokenLogprob):
             out.append(t)
             continue
-        out.append(common_pb2.TokenLogprob(
+        msg = common_pb2.TokenLogprob(
             token=str(t.get("token", "")), logprob=float(t.get("logprob", 0.0)),
+            # OpenAI sends top_logprobs: null when none were requested
             top_logprobs=[common_pb2.TopLogprob(token=str(a.get("token", "")), logprob=float(a["logprob"]))
-                          for a in t.get("top_logprobs", [])],
-        ))
+                          for a in (t.get("top_logprobs") or [])],
+        )
+        if t.get("full_entropy") is not None:
+            msg.full_entropy = float(t["full_entropy"])
+        out.append(msg)
     return out
 
 
@@ -201,6 +205,16 @@ class AgentrtClient(_Stubs):
         """Ask an entropy gate whether to fire, from token logprobs."""
         req = gate_pb2.DecideRequest(namespace=namespace, gate=gate, tokens=make_tokens(tokens))  # type: ignore[arg-type]
         return self.gate.Decide(req, timeout=self.timeout)
+
+    def record_gate_outcome(self, namespace: str, decision_id: str, *, needed: bool) -> gate_pb2.RecordOutcomeResponse:
+        """Tell the gate whether retrieval / the tool / escalation was in fact needed for a decision."""
+        req = gate_pb2.RecordOutcomeRequest(namespace=namespace, decision_id=decision_id, needed=needed)
+        return self.gate.RecordOutcome(req, timeout=self.timeout)
+
+    def calibrate(self, namespace: str, gate: int, **objective: Any) -> gate_pb2.CalibrateResponse:
+        """Fit the gate's threshold from recorded outcomes (see docs/entropy.md for objectives)."""
+        req = gate_pb2.CalibrateRequest(namespace=namespace, gate=gate, **objective)  # type: ignore[arg-type]
+        return self.gate.Calibrate(req, timeout=self.timeout)
 
     def select(self, namespace: str, candidates: Sequence[Mapping[str, Any]]) -> select_pb2.Selection:
         """Pick one answer among candidates ({agent_id, answer, tokens})."""

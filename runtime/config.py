@@ -82,6 +82,12 @@ class EmbeddingSettings(BaseModel):
     model: str = DEFAULT_MODEL
     # "cpu", "cuda", or None = CUDA when torch sees a GPU.
     device: str | None = None
+    # torch intra-op threads for CPU inference (None = torch's default, one per core). On a small, busy
+    # machine 1 leaves a core to the gRPC loop and SQL work.
+    torch_threads: int | None = Field(None, ge=1)
+    # Texts whose vectors are kept (LRU): a turn embeds the same user text for the guard, memory search and
+    # memory write. 0 turns the cache off.
+    cache_size: int = Field(4096, ge=0)
 
 
 class TokenSettings(BaseModel):
@@ -116,7 +122,7 @@ class LogSettings(BaseModel):
 
 class PolicySettings(BaseModel):
     """Per-namespace policies. ``defaults[component]`` applies to every namespace; ``namespaces[name][component]``
-    overrides it key by key (``name`` may be ``ns`` or ``tenant/ns``). Components: memory, gates, guards, tools, agent.
+    overrides it key by key (``name`` may be ``ns`` or ``tenant/ns``). Components: memory, gates, select, guards, tools, agent.
     Policies set by RPC are stored in the database and take precedence over these."""
 
     defaults: dict[str, dict[str, Any]] = {}

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from core import errors as domain
-from core.embedding import Embedder, create_embedder
+from core.embedding import CachingEmbedder, Embedder, create_embedder
 from runtime import logs, metrics, naming
 from runtime.config import Settings
 from runtime.container import Runtime
@@ -304,7 +304,12 @@ class AgentrtServer:
             rt.loaded_embedder = self._embedder_override
         else:
             emb = self.settings.embedding
-            rt.loaded_embedder = await rt.offload(create_embedder, emb.model, emb.device)
+            if emb.torch_threads:
+                import torch
+
+                torch.set_num_threads(emb.torch_threads)
+            model = await rt.offload(create_embedder, emb.model, emb.device)
+            rt.loaded_embedder = CachingEmbedder(model) if emb.cache_size > 0 else model
         for module in SERVICE_MODULES:
             await rt.offload(module.build, rt)
         for module in SERVICE_MODULES:

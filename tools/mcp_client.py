@@ -115,9 +115,7 @@ class McpConnection:
     async def start(self, timeout_s: float | None = None) -> None:
         """Start the supervisor and wait for the first connection (UnavailableError if it fails)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._supervise(), name=f"mcp:{self.spec.name}"
-            )
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"mcp:{self.spec.name}")
         await self.wait_connected(timeout_s or self.spec.timeout_s)
 
     async def wait_connected(self, timeout_s: float) -> None:
@@ -205,12 +203,8 @@ class McpConnection:
                 import httpx2
 
                 http_client = await stack.enter_async_context(httpx2.AsyncClient(headers=dict(spec.headers)))
-            read, write = await stack.enter_async_context(
-                streamable_http_client(spec.url, http_client=http_client)
-            )
-        session = await stack.enter_async_context(
-            ClientSession(read, write, message_handler=self._on_message)
-        )
+            read, write = await stack.enter_async_context(streamable_http_client(spec.url, http_client=http_client))
+        session = await stack.enter_async_context(ClientSession(read, write, message_handler=self._on_message))
         await asyncio.wait_for(session.initialize(), spec.timeout_s)
         return session
 
@@ -242,9 +236,7 @@ class McpConnection:
             if self._closing:
                 break
             self.restarts += 1
-            log.warning(
-                "restarting MCP server %s (%s), restart #%d", self.spec.name, self.scope, self.restarts
-            )
+            log.warning("restarting MCP server %s (%s), restart #%d", self.spec.name, self.scope, self.restarts)
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
 
@@ -278,9 +270,11 @@ class McpConnection:
                 f"MCP tool {self.spec.name}.{tool} did not answer within {timeout_s:.3g}s"
             ) from None
         except Exception as exc:
+            import anyio
             from mcp import MCPError
 
-            closed = not isinstance(exc, MCPError) or "closed" in str(exc).lower()
+            transport_errors = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
+            closed = isinstance(exc, transport_errors) or (isinstance(exc, MCPError) and "closed" in str(exc).lower())
             if closed:
                 self._mark_lost(f"connection lost during call of {tool!r}: {type(exc).__name__}: {exc}")
                 raise UnavailableError(

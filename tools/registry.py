@@ -105,7 +105,7 @@ class ToolRegistry:
             self._tool_cache[(scope, name)] = result
         return result
 
-    async def list(
+    async def list_tools(
         self, scope: str, *, include_builtins: bool = True, prefix: str = ""
     ) -> list[ToolDefinition]:
         """Latest live version of every tool, sorted by name."""
@@ -215,7 +215,7 @@ class ToolRegistry:
 
     async def search(self, scope: str, query: str, top_k: int = 5) -> ToolSearchResult:
         """Hybrid semantic + lexical search over the scope's tools (builtins included)."""
-        catalogue = await self.list(scope)
+        catalogue = await self.list_tools(scope)
         result: ToolSearchResult = await self._offload(
             self.search_index.search, scope, query, top_k, catalogue
         )

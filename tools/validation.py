@@ -74,13 +74,14 @@ def argument_violations(
 ) -> list[FieldViolation]:
     """Every way ``arguments`` breaks ``schema``, each with the argument path and the schema rule."""
     validator = compile_schema(schema)
-    errors = sorted(validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), e.validator))
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), str(e.validator)))
     out: list[FieldViolation] = []
     for err in _leaf_errors(errors):
         path = list(err.path)
         if err.validator == "required" and isinstance(err.instance, dict):
             # Point at the missing property itself, not at its parent object.
-            missing = [r for r in err.validator_value if r not in err.instance]
+            required: list[Any] = list(err.validator_value) if isinstance(err.validator_value, list) else []
+            missing = [r for r in required if r not in err.instance]
             path += missing[:1]
         out.append(
             FieldViolation(

@@ -185,6 +185,7 @@ async def _complete(
 
 @_stage("input_guard")
 async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Guard the user's message (STAGE_INPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     v = await ctx.ports.guard.check("input", state["user"], tools=policy.tools, thread_id=ctx.thread_id)
     runtime.stream_writer(_guard_event("input", v))
@@ -192,6 +193,7 @@ async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
 
 
 async def review_input(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Pause for a human decision on an input the guard sent to REVIEW."""
     v = state["input_verdict"]
     answer = interrupt({"kind": "review", "stage": "input", "text": state["user"],
                         "verdict_id": v.get("verdict_id", ""), "reason": v.get("reason", "")})
@@ -200,6 +202,8 @@ async def review_input(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
 
 @_stage("agent")
 async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Ask the LLM (candidate 0's spec) with the conversation, memories and tool results so far; tools are offered
+    until max_tool_rounds."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     tools = None
     if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
@@ -210,6 +214,7 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
 
 @_stage("retrieve_gate")
 async def retrieve_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Decide from the first answer's token entropy whether memory is worth searching."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     if policy.force_retrieval is not None:
         g = GateOutcome(RETRIEVE, policy.force_retrieval, fallback_reason="forced by policy")
@@ -222,6 +227,7 @@ async def retrieve_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict
 
 @_stage("retrieve")
 async def retrieve(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Search memory with the user's message; the memory router's weights go into the event."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     hits, routing = await ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget)
     memories = [{"id": h.id, "text": h.text, "score": h.score, "granularity": h.granularity} for h in hits]
@@ -231,6 +237,7 @@ async def retrieve(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str,
 
 @_stage("tool_gate")
 async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Score the tool-calling answer with the CALL_TOOL gate (advisory unless enforce_tool_gate)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     draft = Completion.from_state(state["draft"])
     g = await ctx.ports.gates.decide(CALL_TOOL, draft.tokens, session_id=ctx.thread_id)
@@ -244,6 +251,7 @@ async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
 
 @_stage("check_tools")
 async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Guard each tool call (STAGE_TOOL_CALL) and mark the ones that need approval."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
 
     async def check(call: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +267,7 @@ async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
 
 
 async def approve_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Pause once per tool call that needs approval (policy or a REVIEW verdict)."""
     calls = []
     for call in state["pending_calls"]:
         if call.get("needs_approval"):
@@ -274,6 +283,7 @@ async def approve_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict
 
 @_stage("run_tools")
 async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Run approved calls through the tool pipeline in parallel; refused ones become errors the LLM sees."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     write = runtime.stream_writer
 
@@ -316,6 +326,7 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
 
 @_stage("candidates")
 async def candidates(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Candidate 0 is the agent's answer; the others answer the same context with their own spec."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     # Candidate 0 is the agent's own final answer; the others answer the same context without tools.
     extra = await asyncio.gather(*(_complete(state, ctx, policy, i, tools=None)
@@ -333,6 +344,7 @@ async def candidates(state: TurnState, runtime: Runtime[TurnContext]) -> dict[st
 
 @_stage("select")
 async def select(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Pick one candidate (answer selection over answers and token logprobs)."""
     ctx = runtime.context
     cands = [(c["agent_id"], Completion.from_state(c["completion"])) for c in state["candidates"]]
     if len(cands) == 1:
@@ -348,6 +360,7 @@ async def select(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, A
 
 @_stage("output_guard")
 async def output_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Guard the selected answer (STAGE_OUTPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     v = await ctx.ports.guard.check("output", state["answer"], tools=policy.tools, thread_id=ctx.thread_id)
     runtime.stream_writer(_guard_event("output", v))
@@ -355,6 +368,7 @@ async def output_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
 
 
 async def review_output(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Pause for a human decision on an answer the guard sent to REVIEW."""
     v = state["output_verdict"]
     answer = interrupt({"kind": "review", "stage": "output", "text": state["answer"],
                         "verdict_id": v.get("verdict_id", ""), "reason": v.get("reason", "")})
@@ -363,11 +377,13 @@ async def review_output(state: TurnState, runtime: Runtime[TurnContext]) -> dict
 
 @_stage("blocked")
 async def blocked(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Replace the answer with a refusal."""
     return {"status": "blocked", "answer": BLOCKED_ANSWER}
 
 
 @_stage("write_memory")
 async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Write the user's message and the answer to memory in one call (the last side effect)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     if not policy.write_memory:
         return {}
@@ -383,6 +399,7 @@ async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
 
 @_stage("finish")
 async def finish(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    """Append the exchange to the thread's conversation and count the turn."""
     status = "blocked" if state.get("status") == "blocked" else "completed"
     return {
         "status": status,
@@ -402,15 +419,18 @@ def _resume_decision(answer: Any) -> str:
 
 
 def after_input_guard(state: TurnState) -> str:
+    """Route on the input verdict."""
     d = state["input_verdict"]["decision"]
     return {BLOCK: "blocked", REVIEW: "review_input"}.get(d, "agent")
 
 
 def after_review(state: TurnState) -> str:
+    """Route on the human's decision about the input."""
     return "agent" if state["input_verdict"]["decision"] == ALLOW else "blocked"
 
 
 def after_agent(state: TurnState) -> str:
+    """First answer -> retrieval gate; tool calls -> tool gate; otherwise -> candidates."""
     policy = TurnPolicy.from_dict(state["policy"])
     if not state.get("retrieved") and state.get("tool_round", 0) == 0 and policy.force_retrieval is not False:
         return "retrieve_gate"
@@ -418,27 +438,32 @@ def after_agent(state: TurnState) -> str:
 
 
 def after_retrieve_gate(state: TurnState) -> str:
+    """Retrieve when the gate fired; otherwise continue with the first answer."""
     if state.get("retrieve_fire"):
         return "retrieve"
     return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
 
 
 def after_retrieve(state: TurnState) -> str:
+    """Ask again when memory had something; otherwise continue with the first answer."""
     if state.get("memories"):
         return "agent"  # ask again, now with the memories
     return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
 
 
 def after_tool_gate(state: TurnState) -> str:
+    """Check the calls, or (gate enforced and held) ask again without tools."""
     return "check_tools" if state.get("pending_calls") else "agent"
 
 
 def after_output_guard(state: TurnState) -> str:
+    """Route on the output verdict."""
     d = state["output_verdict"]["decision"]
     return {BLOCK: "blocked", REVIEW: "review_output"}.get(d, "write_memory")
 
 
 def after_review_output(state: TurnState) -> str:
+    """Route on the human's decision about the answer."""
     return "write_memory" if state["output_verdict"]["decision"] == ALLOW else "blocked"
 
 

@@ -40,9 +40,7 @@ def message_from_proto(m: memory_pb2.Message, session_id: str) -> MemoryMessage:
 
 def message_to_proto(m: MemoryMessage) -> memory_pb2.Message:
     """The wire form of a stored message (with its session)."""
-    out = memory_pb2.Message(
-        id=m.id, speaker=m.speaker, text=m.text, metadata=m.metadata, session_id=m.session_id
-    )
+    out = memory_pb2.Message(id=m.id, speaker=m.speaker, text=m.text, metadata=m.metadata, session_id=m.session_id)
     time_to_proto(m.time, out.time)
     return out
 
@@ -54,9 +52,7 @@ def write_from_proto(request: memory_pb2.WriteRequest) -> tuple[str, list[Memory
 
 def write_to_proto(result: WriteResult) -> memory_pb2.WriteResponse:
     """WriteResponse from the engine's result."""
-    return memory_pb2.WriteResponse(
-        message_ids=result.message_ids, written=result.written, unchanged=result.unchanged
-    )
+    return memory_pb2.WriteResponse(message_ids=result.message_ids, written=result.written, unchanged=result.unchanged)
 
 
 def search_from_proto(request: memory_pb2.SearchRequest) -> SearchQuery:
@@ -68,9 +64,7 @@ def search_from_proto(request: memory_pb2.SearchRequest) -> SearchQuery:
             granularities.append(Granularity(name))
         except ValueError:
             choices = ", ".join(g.value for g in Granularity)
-            violations.append(
-                FieldViolation(f"granularities[{i}]", f"unknown granularity {name!r}; one of {choices}")
-            )
+            violations.append(FieldViolation(f"granularities[{i}]", f"unknown granularity {name!r}; one of {choices}"))
     if violations:
         raise InvalidArgumentError(violations)
     return SearchQuery(

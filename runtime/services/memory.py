@@ -11,6 +11,7 @@ from agentrt.v1 import memory_pb2, memory_pb2_grpc
 from core.errors import InvalidArgumentError
 from memory.engine import MemoryEngine
 from memory.store import SqlMemoryStore
+from runtime import metrics
 from runtime.container import Runtime
 from runtime.convert import memory as conv
 
@@ -31,11 +32,13 @@ def build(rt: Runtime) -> None:
     )
     engine.load()
     rt.memory = engine
+    metrics.register_size_reporter(engine.sizes)
 
 
 async def stop(rt: Runtime) -> None:
     """Stop background consolidation (unfinished work stays marked pending in the database)."""
     if rt.memory is not None:
+        metrics.unregister_size_reporter(rt.memory.sizes)
         await rt.offload(rt.memory.close)
 
 
@@ -116,9 +119,7 @@ class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
         return conv.delete_to_proto(result)
 
-    async def Consolidate(
-        self, request: memory_pb2.ConsolidateRequest, context: Any
-    ) -> memory_pb2.ConsolidateResponse:
+    async def Consolidate(self, request: memory_pb2.ConsolidateRequest, context: Any) -> memory_pb2.ConsolidateResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         report = await self._rt.offload(self._memory.consolidate, scope, refit=not request.skip_refit)
         return conv.consolidate_to_proto(report)

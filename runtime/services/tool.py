@@ -140,7 +140,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
 
     async def List(self, request: tool_pb2.ListToolsRequest, context: Any) -> tool_pb2.ListToolsResponse:
         scope = await self._rt.scope(request.namespace)
-        tools = await self._reg.list(scope, include_builtins=not request.exclude_builtins, prefix=request.prefix)
+        tools = await self._reg.list_tools(scope, include_builtins=not request.exclude_builtins, prefix=request.prefix)
         return tool_pb2.ListToolsResponse(tools=[conv.tool_to_proto(t) for t in tools])
 
     async def Get(self, request: tool_pb2.GetToolRequest, context: Any) -> tool_pb2.GetToolResponse:

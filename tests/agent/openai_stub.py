@@ -2,8 +2,8 @@
 
 Behaviour is steered by markers in the conversation, so tests read as the scenario they run:
 
-- ``[call:<tool> <json args>]`` in the last user message: the first completion with tools offered asks
-  for that tool call; once a tool result is in the conversation, the model answers from it.
+- ``[call:<tool> <json args>]`` in the last user message (several allowed): the first completion with
+  tools offered asks for those tool calls; once tool results are in the conversation, it answers from them.
 - ``[unsure]`` in the user message: every answer token carries a flat top-5 distribution (high entropy),
   so the retrieval gate fires; otherwise tokens are confident (logprob -0.01, peaked alternatives).
 - ``[slow:<seconds>]``: the server sleeps before answering (cancellation and deadline tests).
@@ -62,18 +62,18 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     if slow := _SLOW.search(user):
         time.sleep(float(slow.group(1)))
     message: dict[str, Any] = {"role": "assistant", "content": None}
-    call = _CALL.search(user)
-    if call and body.get("tools") and not tool_msgs:
+    calls = _CALL.findall(user)
+    if calls and body.get("tools") and not tool_msgs:
         message["tool_calls"] = [{
-            "id": f"call_{len(messages)}",
+            "id": f"call_{len(messages)}_{i}",
             "type": "function",
-            "function": {"name": call.group(1), "arguments": call.group(2)},
-        }]
-        content = f"calling {call.group(1)}"
+            "function": {"name": name, "arguments": args},
+        } for i, (name, args) in enumerate(calls)]
+        content = "calling " + ", ".join(name for name, _ in calls)
         finish = "tool_calls"
     else:
         if tool_msgs:
-            reply = f"tool says {tool_msgs[-1].get('content', '')}"
+            reply = "tool says " + " and ".join(str(m.get("content", "")) for m in tool_msgs)
         elif "Memories:" in system:
             first = system.split("Memories:", 1)[1].strip().split("\n")[0].lstrip("- ").strip()
             reply = f"remembers {first}"

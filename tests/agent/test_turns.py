@@ -113,6 +113,23 @@ def test_tool_needing_approval_pauses_until_resume(srv, llm) -> None:
     assert result.status == agent_pb2.TURN_STATUS_COMPLETED and "x is 42" in result.answer
 
 
+def test_two_calls_needing_approval_pause_twice(srv, llm) -> None:
+    msg = 'both [call:lookup {"q": "a"}] [call:lookup {"q": "b"}]'
+    events = turn(srv.client, NS, "t5b", msg, llm_base_url=llm.base_url, tools=["lookup"], approval_tools=["lookup"])
+    first = of(events, "result")[0].interrupt
+    events = resume(srv.client, NS, "t5b", common_pb2.DECISION_ALLOW)
+    second = of(events, "result")[0].interrupt
+    assert (json.loads(first.tool_call.arguments_json), json.loads(second.tool_call.arguments_json)) == (
+        {"q": "a"}, {"q": "b"})
+    events = resume(srv.client, NS, "t5b", common_pb2.DECISION_BLOCK)
+    assert srv.tools_fake.calls == [("lookup", '{"q": "a"}')]
+    results = {json.loads(c.tool_call.arguments_json)["q"]: r for c, r in zip(
+        of(events, "tool_call"), of(events, "tool_result"), strict=True)}
+    assert not results["a"].error and results["b"].error == "refused at review"
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_COMPLETED and "a is 42" in result.answer
+
+
 def test_refused_tool_is_not_run(srv, llm) -> None:
     turn(srv.client, NS, "t6", 'go [call:lookup {"q": "y"}]', llm_base_url=llm.base_url, tools=["lookup"],
          approval_tools=["lookup"])

@@ -16,6 +16,7 @@ import importlib
 import json
 import math
 import pkgutil
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -508,6 +509,18 @@ class ChangeWatch:
             self._last = (count, tables, self.snapshot())
         return self._last
 
+    def wait_quiet(self, quiet_s: float = 0.5, timeout_s: float = 15.0) -> None:
+        """Return once nothing has written for ``quiet_s`` seconds (or after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        last, since = self._counter(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self._counter()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+
     def changed_since(self, before: tuple[int, frozenset[str], dict[str, dict[int, tuple[Any, ...]]]],
                       *, allow_new_namespaces: bool = True) -> str:
         """Empty when nothing stored changed since ``before``, else the difference (see diff_snapshots)."""
@@ -558,3 +571,103 @@ def diff_snapshots(before: dict[str, dict[int, tuple[Any, ...]]], after: dict[st
 def _short(rows: list[tuple[Any, ...]]) -> str:
     text = repr([tuple(str(v)[:80] for v in row) for row in rows])
     return text if len(text) < 400 else text[:400] + "…"
+
+
+# ----------------------------------------------------------------------------------- single-field sweep
+
+_TIMESTAMP = "google.protobuf.Timestamp"
+
+
+def _scalar_mutations(fd: FieldDescriptor) -> list[tuple[str, Any]]:
+    t = fd.type
+    if t in STRING_TYPES:
+        if fd.name == "namespace":
+            return [("empty", ""), ("dotdot", "../x"), ("long", "a" * 5000), ("nul", "fuzz\x00")]
+        out: list[tuple[str, Any]] = [("nul", "a\x00b"), ("1MB", "x" * 1_000_000)]
+        if fd.name.endswith("_json"):
+            out += [("deep-array", _deep_json(100_000)), ("deep-object", _nested_object(50_000)),
+                    ("invalid", "{"), ("nan", '{"a": NaN}')]
+        return out
+    if t == FieldDescriptor.TYPE_BYTES:
+        return [("invalid-utf8", b"\xff\xfe" * 1000)]
+    if t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return [("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf)]
+    if t == FieldDescriptor.TYPE_ENUM:
+        return [("unknown", 99), ("negative", -1)]
+    if t in INT_LIMITS:
+        lo, hi = INT_LIMITS[t]
+        return [("min", lo), ("max", hi)] + ([("-1", -1)] if lo < 0 else [])
+    return []
+
+
+def _timestamp_mutations() -> list[tuple[str, dict[str, int]]]:
+    return [("min-seconds", {"seconds": -(2**63)}), ("max-seconds", {"seconds": 2**63 - 1}),
+            ("negative-nanos", {"seconds": 1, "nanos": -5}), ("huge-nanos", {"nanos": 2**31 - 1})]
+
+
+def _set_leaf(msg: Message, fd: FieldDescriptor, value: Any) -> None:
+    if _is_map(fd):
+        _assign(msg, fd, value)
+    elif _is_repeated(fd):
+        getattr(msg, fd.name).extend(value)
+    else:
+        setattr(msg, fd.name, value)
+
+
+def _field_mutations(fd: FieldDescriptor, depth: int) -> Iterator[tuple[str, Any]]:
+    """(label, apply(msg)) for one field: hostile leaf values, or mutations of the message inside it."""
+    if _is_map(fd):
+        key_fd = fd.message_type.fields_by_name["key"]
+        value_fd = fd.message_type.fields_by_name["value"]
+        if key_fd.type in STRING_TYPES and value_fd.type in STRING_TYPES:
+            yield "20k-entries", lambda m: _set_leaf(m, fd, {f"k{i}": "v" for i in range(20_000)})
+            yield "deep-json-value", lambda m: _set_leaf(m, fd, {"k": _nested_object(50_000)})
+            yield "nul", lambda m: _set_leaf(m, fd, {"k\x00": "v\x00"})
+        return
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        if fd.message_type.full_name == _TIMESTAMP:
+            for label, values in _timestamp_mutations():
+                yield label, (lambda v: lambda m: _message_at(m, fd).MergeFrom(
+                    message_factory.GetMessageClass(fd.message_type)(**v)))(values)
+            return
+        if _is_repeated(fd):
+            yield "5000-elements", lambda m: getattr(m, fd.name).extend(
+                [message_factory.GetMessageClass(fd.message_type)()] * 5000)
+        if depth < 2:
+            for sub in fd.message_type.fields:
+                for label, apply in _field_mutations(sub, depth + 1):
+                    yield f"{sub.name}:{label}", (lambda a: lambda m: a(_message_at(m, fd)))(apply)
+        return
+    if _is_repeated(fd):
+        muts = _scalar_mutations(fd)
+        small = muts[0][1] if muts else ("x" if fd.type in STRING_TYPES else 0)
+        yield "5000-elements", lambda m: getattr(m, fd.name).extend([small] * 5000)
+        for label, value in muts[:2]:
+            yield label, (lambda v: lambda m: getattr(m, fd.name).append(v))(value)
+        return
+    for label, value in _scalar_mutations(fd):
+        yield label, (lambda v: lambda m: setattr(m, fd.name, v))(value)
+
+
+def _message_at(msg: Message, fd: FieldDescriptor) -> Message:
+    """The sub-message of ``fd`` (the first element, added, for a repeated field)."""
+    if _is_repeated(fd):
+        container = getattr(msg, fd.name)
+        return container[0] if len(container) else container.add()
+    return getattr(msg, fd.name)  # type: ignore[no-any-return]
+
+
+def single_field_mutations(desc: Descriptor) -> list[tuple[str, Message]]:
+    """Requests that are valid-looking (namespace set) except for ONE hostile value, one per field and kind
+    of hostility (NUL, 1 MB, deep JSON, NaN/inf, int extremes, unknown enums, bad Timestamps, 5,000
+    elements, 20,000-entry maps), two message levels deep. Deterministic, so every run covers them all."""
+    cls = message_factory.GetMessageClass(desc)
+    out = []
+    for fd in desc.fields:
+        for label, apply in _field_mutations(fd, 0):
+            msg = cls()
+            if "namespace" in desc.fields_by_name and fd.name != "namespace":
+                msg.namespace = NAMESPACE  # type: ignore[attr-defined]
+            apply(msg)
+            out.append((f"{fd.name}:{label}", msg))
+    return out

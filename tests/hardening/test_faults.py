@@ -236,7 +236,7 @@ def test_kill9_mid_write_loses_no_acknowledged_write_and_shows_no_half_write(spa
                     return
                 with lock:
                     acked.append(ids)
-                    if len(acked) >= 40:
+                    if len(acked) >= 20:
                         enough.set()
         finally:
             client.close()
@@ -244,7 +244,7 @@ def test_kill9_mid_write_loses_no_acknowledged_write_and_shows_no_half_write(spa
     threads = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(4)]
     for th in threads:
         th.start()
-    assert enough.wait(120), "writers never got 40 acknowledgements"
+    assert enough.wait(120), "writers never got 20 acknowledgements"
     server.kill9()  # with writes in flight
     stop.set()
     for th in threads:

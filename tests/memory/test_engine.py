@@ -261,3 +261,10 @@ def test_time_filters_select_overlapping_units(make_engine) -> None:  # type: ig
         engine, "Pepper laser pointer", time_end=T0 + timedelta(days=1), granularities=(Granularity.TURN,)
     )
     assert "late" not in got and "m2" in got
+
+
+def test_sizes_report_indexed_units_for_metrics(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", messages())
+    sizes = engine.sizes()
+    assert sizes["memory_units_indexed"] == 6 and sizes["memory_namespaces_loaded"] >= 1

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ async def test_list_changed_notification_reimports(registry: ToolRegistry) -> No
     await registry.execute(SCOPE, grow, {})
 
     async def has_multiply() -> bool:
-        return any(t.name == "demo.multiply" for t in await registry.list(SCOPE))
+        return any(t.name == "demo.multiply" for t in await registry.list_tools(SCOPE))
 
     await _wait_for(has_multiply)
     mul = await registry.get(SCOPE, "demo.multiply")
@@ -93,7 +94,7 @@ async def test_refresh_and_remove(registry: ToolRegistry) -> None:
     assert status.tool_count == len(tools) == 6
     removed = await registry.remove_mcp(SCOPE, "demo")
     assert len(removed) == 6
-    assert [t for t in await registry.list(SCOPE, include_builtins=False)] == []
+    assert [t for t in await registry.list_tools(SCOPE, include_builtins=False)] == []
     assert await registry.mcp_servers(SCOPE) == []
 
 
@@ -104,3 +105,37 @@ async def test_server_that_cannot_start_is_unavailable(registry: ToolRegistry) -
     with pytest.raises(UnavailableError, match="broken"):
         await registry.import_mcp(SCOPE, bad)
     assert await registry.mcp_servers(SCOPE) == []
+
+
+@pytest.fixture
+def http_mcp_url() -> Iterator[str]:
+    """The same MCP server over streamable HTTP (uvicorn in a thread, port 0)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from tests.tools.mcp_server import server as mcp_server
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(mcp_server.streamable_http_app(), log_level="warning", lifespan="on")
+    web = uvicorn.Server(config)
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not web.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/mcp"
+    web.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+async def test_streamable_http_server(registry: ToolRegistry, http_mcp_url: str) -> None:
+    web = McpServerSpec("web", McpTransport.STREAMABLE_HTTP, url=http_mcp_url, timeout_s=20)
+    status, tools = await registry.import_mcp(SCOPE, web)
+    assert status.connected and "web.add" in {t.name for t in tools}
+    add = await registry.get(SCOPE, "web.add")
+    assert json.loads((await registry.execute(SCOPE, add, {"a": 3, "b": 4})).output) == {"result": 7}

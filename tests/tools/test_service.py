@@ -77,7 +77,7 @@ def no_guards(s: RunningServer) -> None:
 def invoke(s: RunningServer, name: str, args: dict[str, Any] | str = "", **kw: Any) -> tool_pb2.InvokeToolResponse:
     text = args if isinstance(args, str) else json.dumps(args)
     return s.client.tool.Invoke(
-        tool_pb2.InvokeToolRequest(namespace=srv.ns, name=name, arguments_json=text, **kw), timeout=60
+        tool_pb2.InvokeToolRequest(namespace=s.ns, name=name, arguments_json=text, **kw), timeout=60
     )
 
 
@@ -353,3 +353,40 @@ def test_registry_survives_restart(make_server: Callable[..., RunningServer], db
     # The MCP server spec was stored: the first call reconnects to it.
     assert json.loads(invoke(second, "lab.add", {"a": 2, "b": 2}).output) == {"result": 4}
     assert second.client.tool.ListMcpServers(tool_pb2.ListMcpServersRequest(namespace=NS)).servers[0].status.connected
+
+
+def test_memory_write_policy_records_calls(srv: RunningServer) -> None:
+    if srv.rt.memory is None:
+        pytest.skip("the memory engine is not wired in this build")
+    srv.client.tool.SetPolicy(
+        tool_pb2.SetToolPolicyRequest(
+            namespace=srv.ns,
+            policy=tool_pb2.ToolPolicy(
+                guard_calls=False, guard_results=False, memory_write=True, memory_session_id="calls"
+            ),
+        )
+    )
+    r = invoke(srv, "echo", {"note": "the parcel tracking number is ZX-4471"})
+    assert r.outcome == tool_pb2.INVOKE_OUTCOME_OK and len(r.memory_message_ids) == 2
+    hits = srv.client.search(srv.ns, "parcel tracking number", top_k=5).hits
+    assert any("ZX-4471" in h.text for h in hits)
+
+
+def test_mcp_server_from_config_is_imported_at_start(make_server: Callable[..., RunningServer]) -> None:
+    policies = {
+        "namespaces": {
+            "configured": {
+                "tools": {
+                    "guard_calls": False,
+                    "guard_results": False,
+                    "mcp_servers": [{"name": "lab", "command": PYTHON, "args": [MCP_SERVER]}],
+                }
+            }
+        }
+    }
+    s = make_server(embedding_model="hashing", policies=policies)
+    s.ns = "configured"  # type: ignore[attr-defined]
+    names = [t.name for t in s.client.tool.List(tool_pb2.ListToolsRequest(namespace="configured")).tools]
+    assert "lab.add" in names
+    assert not s.client.tool.GetPolicy(tool_pb2.GetToolPolicyRequest(namespace="configured")).guard_calls
+    assert json.loads(invoke(s, "lab.add", {"a": 5, "b": 5}, instruction="add 5 and 5").output) == {"result": 10}

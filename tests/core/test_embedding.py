@@ -1,0 +1,55 @@
+"""The embedders: the real bundled model offline, the fake, and the cache in front of them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.embedding import CachingEmbedder, HashingEmbedder, create_embedder
+
+
+def test_bundled_minilm_loads_offline_and_gives_normalised_384d_vectors() -> None:
+    emb = create_embedder()
+    vecs = emb.embed(["I adopted a cat", "My new kitten", "Quarterly tax filing deadline"])
+    assert vecs.shape == (3, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]  # a real model: related sentences are closer
+
+
+def test_hashing_embedder_is_deterministic_and_word_sensitive() -> None:
+    a, b = HashingEmbedder(64), HashingEmbedder(64)
+    va, vb = a.embed(["red car", "red car", "blue boat"]), b.embed(["red car"])
+    np.testing.assert_array_equal(va[0], vb[0])
+    assert va[0] @ va[1] > 0.999 and va[0] @ va[2] < 0.5
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.inner = HashingEmbedder(32)
+        self.calls: list[list[str]] = []
+
+    @property
+    def dim(self) -> int:
+        return 32
+
+    @property
+    def name(self) -> str:
+        return "counting"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return self.inner.embed(texts)
+
+
+def test_cache_returns_the_same_vectors_and_embeds_each_text_once() -> None:
+    counting = _Counting()
+    cache = CachingEmbedder(counting, maxsize=2)
+    first = cache.embed(["a b", "c d", "a b"])
+    np.testing.assert_array_equal(first, counting.inner.embed(["a b", "c d", "a b"]))
+    assert counting.calls == [["a b", "c d"]]
+    again = cache.embed(["c d"])
+    np.testing.assert_array_equal(again[0], first[1])
+    assert len(counting.calls) == 1
+    cache.embed(["e f"])  # evicts the least recently used ("a b")
+    cache.embed(["a b"])
+    assert counting.calls[-1] == ["a b"]
+    assert cache.embed([]).shape == (0, 32)
