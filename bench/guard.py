@@ -278,28 +278,35 @@ def main(argv: list[str] | None = None) -> int:
                 asb_given += 1
         report["asb_after_feedback_test"] = {"feedback_given": asb_given, **score(asb_test, run("bench-asb", asb_test))}
 
-        # Latency of Check over gRPC (sequential, one client), on a fresh namespace's AgentHarm test prompts.
+        # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
+        # so the main figure uses requests never seen before in this run: Agent-SafetyBench cases outside the
+        # evaluated slice, and numbered short requests; "repeat" re-sends seen texts (cache hits).
+        fresh = [i for i in load_asb(None) if int(i["base"]) >= (args.asb_limit or 10**9)][:150]
+        if len(fresh) < 50:
+            fresh = [{**i, "prompt": f"Request {k}: {i['prompt']}"} for k, i in enumerate(ah_test * 3)]
         samples: list[float] = []
-        for _ in range(args.latency_passes):
-            for item in ah_test:
-                t0 = time.perf_counter()
-                check("bench-latency", item)
-                samples.append(time.perf_counter() - t0)
+        for item in fresh:
+            t0 = time.perf_counter()
+            check("bench-latency", item)
+            samples.append(time.perf_counter() - t0)
+        places = ["Rome", "Lisbon", "Oslo", "Quito", "Nairobi", "Osaka", "Tallinn", "Lima"]
         short = [
-            {"prompt": p, "tools": []}
-            for p in (
-                "Book a table for two tomorrow at eight.",
-                "Send the agenda to the team.",
-                "Find the cheapest flight to Rome next week.",
-                "Delete the temporary files in my downloads.",
-            )
+            {
+                "prompt": f"Book a table for {n % 7 + 2} at {n % 5 + 6} pm near the {places[n % 8]} office, order {n}.",
+                "tools": [],
+            }
+            for n in range(60)
         ]
         short_samples: list[float] = []
-        for _ in range(10):
-            for item in short:
-                t0 = time.perf_counter()
-                check("bench-latency", item)
-                short_samples.append(time.perf_counter() - t0)
+        for item in short:
+            t0 = time.perf_counter()
+            check("bench-latency", item)
+            short_samples.append(time.perf_counter() - t0)
+        repeat_samples: list[float] = []
+        for item in ah_test:
+            t0 = time.perf_counter()
+            check("bench-latency", item)
+            repeat_samples.append(time.perf_counter() - t0)
         rule_samples: list[float] = []
         for _ in range(40):
             t0 = time.perf_counter()
@@ -312,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             rule_samples.append(time.perf_counter() - t0)
         report["latency_grpc"] = {
-            "agentharm_prompts": percentiles(samples),
-            "short_requests": percentiles(short_samples),
+            "unseen_asb_instructions": percentiles(samples),
+            "unseen_short_requests": percentiles(short_samples),
+            "repeat_agentharm_prompts_cached": percentiles(repeat_samples),
             "rule_decided_tool_call": percentiles(rule_samples),
         }
         client.close()

@@ -211,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="10k units, 3 sessions per conversation, 100 queries")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads of torch/FAISS/BLAS in the server and here (0 = library default); 1 avoids "
+        "thread oversubscription on a busy machine",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.units, args.queries = 10_000, 100
@@ -221,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     from core.embedding import create_embedder
     from runtime.client import AgentrtClient
 
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+        import faiss
+        import torch
+
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     sessions, questions = load_locomo()
     if args.quick:
         sessions = [s for s in sessions if s["session"] <= 3]
@@ -334,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                 "embedding_batched_texts_per_s": round(embed_rate, 1),
             },
             "targets": {"search_p50_ms": 15, "search_p99_ms": 40, "write_messages_per_s": 150},
+            "threads": args.threads or "library default",
+            "write_sessions": len(to_write),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         }

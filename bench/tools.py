@@ -153,6 +153,16 @@ def bench_overhead(n: int) -> dict[str, Any]:
                 http.post(url, content=args, headers={"content-type": "application/json"})
                 direct.append(time.perf_counter() - t)
 
+        # The transport floor: a ToolService RPC that does no work (cached policy read), same client.
+        floor_req = tool_pb2.GetToolPolicyRequest(namespace="bench")
+        for _ in range(20):
+            stub.GetPolicy(floor_req)
+        floor = []
+        for _ in range(n):
+            t = time.perf_counter()
+            stub.GetPolicy(floor_req)
+            floor.append(time.perf_counter() - t)
+
         full, last = run_invoke("full pipeline")
         stub.SetPolicy(
             tool_pb2.SetToolPolicyRequest(
@@ -167,19 +177,68 @@ def bench_overhead(n: int) -> dict[str, Any]:
         srv.stop()
     httpd.shutdown()
     d, f, g, b = percentiles(direct), percentiles(full), percentiles(no_guards), percentiles(bare)
+    fl = percentiles(floor)
     return {
         "direct_http": d,
+        "grpc_floor_getpolicy": fl,
         "invoke_full": f,
         "invoke_guards_off": g,
         "invoke_guards_off_no_gate": b,
         "overhead_p50_ms_full": round(f["p50_ms"] - d["p50_ms"], 3),
         "overhead_p50_ms_guards_off": round(g["p50_ms"] - d["p50_ms"], 3),
         "overhead_p50_ms_guards_off_no_gate": round(b["p50_ms"] - d["p50_ms"], 3),
+        # What Invoke adds beyond one gRPC round trip and the tool call itself.
+        "pipeline_p50_ms_beyond_transport_no_guards_no_gate": round(b["p50_ms"] - d["p50_ms"] - fl["p50_ms"], 3),
         "target_overhead_p50_ms": 5.0,
         "guards": guards_note,
         "gate_applied": gates_active and last.HasField("gate"),
         "n": n,
     }
+
+
+def bench_in_process(n: int) -> dict[str, Any]:
+    """The pipeline without gRPC: ToolInvoker (no guards, no gate) vs the same httpx.AsyncClient call."""
+    import httpx
+
+    from core.embedding import create_embedder
+    from runtime.tool_invoke import InvokeRequest, ToolInvoker
+    from tools.model import ExecutorKind, ExecutorSpec, ToolDefinition
+    from tools.registry import ToolRegistry
+    from tools.search import ToolSearch
+    from tools.store import InMemoryToolStore
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NoOp)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/noop"
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+
+    async def run() -> tuple[list[float], list[float]]:
+        reg = ToolRegistry(InMemoryToolStore(), ToolSearch(create_embedder("hashing")))
+        await reg.register("b/n", ToolDefinition("w", "", schema, ExecutorSpec(ExecutorKind.HTTP, url=url)))
+        invoker = ToolInvoker(reg, reg._offload)
+        req = InvokeRequest("b/n", "w", '{"city": "Lisbon", "days": 2}')
+        for _ in range(30):
+            await invoker.invoke(req)
+        inv = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await invoker.invoke(req)
+            inv.append(time.perf_counter() - t)
+        async with httpx.AsyncClient() as client:
+            for _ in range(30):
+                await client.post(url, json={"city": "Lisbon", "days": 2})
+            direct = []
+            for _ in range(n):
+                t = time.perf_counter()
+                await client.post(url, json={"city": "Lisbon", "days": 2})
+                direct.append(time.perf_counter() - t)
+        await reg.aclose()
+        return inv, direct
+
+    inv, direct = asyncio.run(run())
+    httpd.shutdown()
+    i, d = percentiles(inv), percentiles(direct)
+    return {"invoker": i, "direct_async_http": d, "overhead_p50_ms": round(i["p50_ms"] - d["p50_ms"], 3)}
 
 
 def _words(name: str) -> str:
@@ -290,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_overhead:
         print("Invoke overhead vs a direct HTTP call (same run):", flush=True)
         o = bench_overhead(args.n)
+        o["in_process"] = bench_in_process(args.n)
         o["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         payload["overhead"] = o
         print(

@@ -13,6 +13,7 @@ from core.errors import InvalidArgumentError, NotFoundError
 from guards.engine import DEFAULT_SETTINGS, GuardEngine
 from guards.judge import JudgeConfig, LLMJudge
 from guards.memory import MemoryParams
+from guards.pack import DEFAULT_PACK, pack_vectors
 from guards.sql import SqlGuardStore
 from runtime.container import Runtime
 from runtime.convert import guard as conv
@@ -39,6 +40,8 @@ def build(rt: Runtime) -> None:
     ``memory`` (MemoryParams overrides); ``policies.namespaces.<ns>.guards`` overrides settings per namespace.
     """
     configured = dict(rt.policy("guards", "")) if hasattr(rt, "policy") else {}
+    # Embed the default pack now (before SERVING) so the first Check of a new namespace only copies rows.
+    pack_vectors(str(DEFAULT_PACK), rt.embedder)
     defaults = {k: v for k, v in configured.items() if k in DEFAULT_SETTINGS}
     params = MemoryParams(**dict(configured.get("memory") or {}))
     rt.guards = GuardEngine(

@@ -53,6 +53,9 @@ RPCS = api_methods()
 # RPCs whose owners have not fixed an INTERNAL found here yet: {rpc path: reason}. Marked xfail (not strict)
 # so the suite stays green while the report lists them; remove an entry once the owner fixes it.
 KNOWN_INTERNAL: dict[str, str] = {}
+# The same for the deterministic sweep, per field: {(rpc path, mutation label prefix): reason}. Other fields
+# of the same RPC stay checked.
+KNOWN_FIELDS: dict[tuple[str, str], str] = {}
 
 
 def _params(rpcs: list[Rpc]) -> list[Any]:
@@ -62,6 +65,10 @@ def _params(rpcs: list[Rpc]) -> list[Any]:
             else []
         out.append(pytest.param(rpc, id=str(rpc), marks=marks))
     return out
+
+
+class Violation(AssertionError):
+    """A hardening property broken by one call (the message names the RPC, backend and request)."""
 
 
 class FuzzTarget:
@@ -103,7 +110,8 @@ class FuzzTarget:
         before = self.watch.before()
         code, details, replies = self.call(rpc, payload)
         where = f"{rpc} on {self.backend} with {shown}"
-        assert code in ALLOWED_CODES, f"{where} -> {code.name}: {details}"
+        if code not in ALLOWED_CODES:
+            raise Violation(f"{where} -> {code.name}: {details}")
         for raw in replies:
             try:
                 rpc.response_cls.FromString(raw)
@@ -119,7 +127,8 @@ class FuzzTarget:
                 before = self.watch.before()
                 code, details, replies = self.call(rpc, payload)
                 changed = self.watch.changed_since(before) if code in STRICT_REJECTIONS and not replies else ""
-            assert not changed, f"{where} was rejected ({code.name}: {details}) but changed stored data:\n{changed}"
+            if changed:
+                raise Violation(f"{where} was rejected ({code.name}: {details}) but changed stored data:\n{changed}")
         return code
 
     def assert_serving(self) -> None:
@@ -179,14 +188,20 @@ def test_fuzz_hostile_messages_get_proper_statuses(target: FuzzTarget, rpc: Rpc)
 def test_fuzz_one_hostile_field_at_a_time(target: FuzzTarget, rpc: Rpc) -> None:
     """A deterministic sweep: each field of each request gets each kind of hostile value on its own, so the
     classes random examples may miss (NUL on Postgres, deep JSON, out-of-range Timestamps) are always run."""
-    failures = []
+    failures, known = [], []
     for label, request in single_field_mutations(rpc.method.input_type):
         try:
             target.check(rpc, request.SerializeToString(), f"{label} ({request.ByteSize()} bytes)")
-        except AssertionError as exc:  # keep going: one run lists every field that fails
-            failures.append("\n    ".join(str(exc).splitlines()[:3]))
+        except Violation as exc:  # keep going: one run lists every field that fails
+            text = "\n    ".join(str(exc).splitlines()[:3])
+            reason = next((r for (path, prefix), r in KNOWN_FIELDS.items()
+                           if path == rpc.path and label.startswith(prefix)), None)
+            (known if reason else failures).append(f"{text}  [known: {reason}]" if reason else text)
     target.assert_serving()
-    assert not failures, f"{len(failures)} hostile fields mishandled:\n" + "\n".join(failures)
+    if failures:
+        pytest.fail(f"{len(failures)} hostile fields mishandled:\n" + "\n".join(failures), pytrace=False)
+    if known:
+        pytest.xfail(f"{len(known)} known, unfixed: " + "; ".join(known))
 
 
 # Bytes are parsed before any handler or database is reached, so the wire-level cases run on SQLite only.
