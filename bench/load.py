@@ -92,7 +92,8 @@ class ServerProcess:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.time() < deadline:
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
                     pass

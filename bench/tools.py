@@ -173,17 +173,22 @@ def bench_overhead(n: int) -> dict[str, Any]:
         # Without tokens the CALL_TOOL gate is skipped: validation + dispatch + audit only.
         request.ClearField("tokens")
         bare, _ = run_invoke("guards off, no gate")
+        # The same pipeline on the in-process echo builtin: everything but the HTTP hop to the tool.
+        request.name = "echo"
+        echo, _ = run_invoke("echo builtin, guards off, no gate")
         client.close()
         srv.stop()
     httpd.shutdown()
     d, f, g, b = percentiles(direct), percentiles(full), percentiles(no_guards), percentiles(bare)
     fl = percentiles(floor)
+    ec = percentiles(echo)
     return {
         "direct_http": d,
         "grpc_floor_getpolicy": fl,
         "invoke_full": f,
         "invoke_guards_off": g,
         "invoke_guards_off_no_gate": b,
+        "invoke_echo_builtin_guards_off_no_gate": ec,
         "overhead_p50_ms_full": round(f["p50_ms"] - d["p50_ms"], 3),
         "overhead_p50_ms_guards_off": round(g["p50_ms"] - d["p50_ms"], 3),
         "overhead_p50_ms_guards_off_no_gate": round(b["p50_ms"] - d["p50_ms"], 3),
@@ -355,11 +360,20 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  direct HTTP            p50 {o['direct_http']['p50_ms']:.3f} ms  p90 {o['direct_http']['p90_ms']:.3f} ms"
         )
+        ip = o["in_process"]
+        print(
+            f"  in process, no gRPC: ToolInvoker p50 {ip['invoker']['p50_ms']:.3f} ms vs async HTTP "
+            f"{ip['direct_async_http']['p50_ms']:.3f} ms -> pipeline overhead {ip['overhead_p50_ms']:.3f} ms"
+        )
+        print(f"  gRPC floor (GetPolicy) p50 {o['grpc_floor_getpolicy']['p50_ms']:.3f} ms")
         print(
             f"  Invoke, full pipeline  p50 {o['invoke_full']['p50_ms']:.3f} ms  p90 {o['invoke_full']['p90_ms']:.3f} ms"
         )
         print(f"  Invoke, guards off     p50 {o['invoke_guards_off']['p50_ms']:.3f} ms")
         print(f"  Invoke, no guards/gate p50 {o['invoke_guards_off_no_gate']['p50_ms']:.3f} ms")
+        print(
+            f"  Invoke echo builtin, no guards/gate p50 {o['invoke_echo_builtin_guards_off_no_gate']['p50_ms']:.3f} ms"
+        )
         print(
             f"  overhead p50: full {o['overhead_p50_ms_full']:.3f} ms, "
             f"guards off {o['overhead_p50_ms_guards_off']:.3f} ms, "

@@ -209,8 +209,15 @@ class BM25Index:
         ids, scores = self.search_arrays(query, k)
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
 
-    def search_arrays(self, query: str | Sequence[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`search` but returns (ids int64, scores float32) arrays, best first."""
+    def search_arrays(
+        self, query: str | Sequence[str], k: int = 10, *, max_df: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search` but returns (ids int64, scores float32) arrays, best first.
+
+        ``max_df`` (a share of N) skips query terms more common than that, as long as a rarer query term
+        is indexed: for candidate generation at scale, where a term in half the corpus (a speaker's
+        name) costs the most postings and moves the ranking least. Scores then omit those terms.
+        """
         terms = self.tokenizer.tokens(query) if isinstance(query, str) else list(query)
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         if k <= 0:
@@ -220,6 +227,12 @@ class BM25Index:
             n = len(self._slot_of)
             if n == 0:
                 return empty
+            if max_df is not None:
+                limit = max_df * n
+                present = {t: q for t, q in query_tf.items() if t in self._postings}
+                rare = {t: q for t, q in present.items() if len(self._postings[t].tf) <= limit}
+                if rare:
+                    query_tf = Counter(rare)
             avgdl = max(self._total_len / n, 1e-9)
             slot_parts: list[np.ndarray] = []
             score_parts: list[np.ndarray] = []

@@ -150,8 +150,10 @@ class TombstoneFaissIndex:
         self._ef_construction = ef_construction
         self._compact_ratio = compact_ratio
         self._lock = threading.RLock()
-        self._vectors = np.zeros((0, dim), dtype=np.float32)
-        self._slot_ids = np.zeros((0,), dtype=np.int64)  # slot -> id, -1 = tombstone
+        # Append-only slot buffers grown by doubling: an add must not copy every vector held.
+        self._n = 0
+        self._vec_buf = np.zeros((1024, dim), dtype=np.float32)
+        self._ids_buf = np.full((1024,), -1, dtype=np.int64)  # slot -> id, -1 = tombstone
         self._slot_of: dict[int, int] = {}
         self._dead = 0
         self._index = self._new_index()
@@ -185,13 +187,33 @@ class TombstoneFaissIndex:
             ids, vectors = ids[rows], vectors[rows]
             for i in last:
                 self._kill(i)
-            start = len(self._slot_ids)
+            start = self._n
             self._index.add(vectors)
-            self._vectors = np.concatenate([self._vectors, vectors])
-            self._slot_ids = np.concatenate([self._slot_ids, ids])
+            self._append(ids, vectors)
             for offset, i in enumerate(ids.tolist()):
                 self._slot_of[i] = start + offset
             self._maybe_compact()
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        return self._vec_buf[: self._n]
+
+    @property
+    def _slot_ids(self) -> np.ndarray:
+        return self._ids_buf[: self._n]
+
+    def _append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        need = self._n + len(ids)
+        if need > len(self._ids_buf):
+            capacity = max(need, 2 * len(self._ids_buf))
+            vec_buf = np.zeros((capacity, self.dim), dtype=np.float32)
+            ids_buf = np.full((capacity,), -1, dtype=np.int64)
+            vec_buf[: self._n] = self._vec_buf[: self._n]
+            ids_buf[: self._n] = self._ids_buf[: self._n]
+            self._vec_buf, self._ids_buf = vec_buf, ids_buf
+        self._vec_buf[self._n : need] = vectors
+        self._ids_buf[self._n : need] = ids
+        self._n = need
 
     def _kill(self, doc_id: int) -> bool:
         slot = self._slot_of.pop(doc_id, None)
@@ -216,11 +238,12 @@ class TombstoneFaissIndex:
         """Rebuild the FAISS index from the live vectors only (drops every tombstone)."""
         with self._lock:
             live = self._slot_ids >= 0
-            vectors, ids = self._vectors[live], self._slot_ids[live]
+            vectors, ids = self._vectors[live].copy(), self._slot_ids[live].copy()
             self._index = self._new_index()
             if len(ids):
                 self._index.add(np.ascontiguousarray(vectors))
-            self._vectors, self._slot_ids = vectors, ids
+            self._n = 0
+            self._append(ids, vectors)
             self._slot_of = {int(i): s for s, i in enumerate(ids.tolist())}
             self._dead = 0
 

@@ -67,7 +67,7 @@ class AssociationConfig:
     links_per_unit: int = 4
     candidate_cap: int = 2000
     """Members of a cluster compared against a new unit (sampled beyond this)."""
-    link_batch: int = 5000
+    link_batch: int = 1000
     """Most not-yet-linked units one pass links (the rest wait for the next pass)."""
     seed: int = 0
 

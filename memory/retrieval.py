@@ -117,6 +117,9 @@ class RetrievalPolicy:
     low_info_penalty: float = 1.0
     time_boost: float = 1.0
     recency_boost: float = 0.3
+    # Candidate generation skips query terms in more than this share of a granularity's units (their
+    # postings are the longest and move the ranking least); candidates are still scored on every term.
+    lexical_max_df: float = 0.2
     # Best units per coarse granularity whose turns join the candidates.
     route_units: int = 10
     association_weight: float = 0.15
@@ -294,7 +297,12 @@ def search(
     for g in present:
         k = pol.candidates if g == Granularity.TURN else max(10, pol.candidates // 2)
         dk, _ = index.dense_search(g, qvec, k)
-        lk, _ = index.lexical_search(g, terms, k) if terms else (np.zeros(0, dtype=np.int64), None)
+        lexical = index.lexical(g)
+        lk = (
+            lexical.search_arrays(terms, k, max_df=pol.lexical_max_df)[0]
+            if terms and lexical is not None
+            else np.zeros(0, dtype=np.int64)
+        )
         keys = [int(x) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()]) if _allowed(index.unit(int(x)), query)]
         if not keys:
             continue

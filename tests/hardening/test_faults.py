@@ -82,6 +82,9 @@ def test_full_disk_fails_writes_cleanly_and_corrupts_nothing(make_server, small_
         try:
             _write(srv.client, "disk", f"s{n % 7}", ids, "a message on a small disk", timeout=60, blob=blob)
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT and not acked and len(blob) > 1000:
+                blob = blob[: len(blob) // 2]  # a metadata size limit: fill with smaller messages instead
+                continue
             failure, failed_ids = err, ids
             break
         acked += ids

@@ -101,3 +101,15 @@ def test_bm25_top_k_is_sorted_and_deterministic_on_ties() -> None:
     assert [d for d, _ in hits] == [3, 5]
     assert index.search("words", k=0) == []
     assert BM25Index().search("anything", k=3) == []
+
+
+def test_max_df_skips_very_common_terms_for_candidate_generation() -> None:
+    index = BM25Index()
+    for doc_id in range(10):
+        index.add(doc_id, f"caroline says filler{doc_id}")
+    index.add(99, "caroline adopted a kitten")
+    ids, _ = index.search_arrays("caroline kitten", k=20, max_df=0.5)
+    assert ids.tolist() == [99]  # "caroline" (in every document) no longer drags in all of them
+    ids, _ = index.search_arrays("caroline", k=20, max_df=0.5)
+    assert len(ids) == 11  # no rarer term: the common one is kept
+    assert len(index.search_arrays("caroline kitten", k=20)[0]) == 11

@@ -129,6 +129,7 @@ def http_mcp_url() -> Iterator[str]:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/mcp"
     web.should_exit = True
+    web.force_exit = True  # do not wait for the client's open stream
     thread.join(10)
     sock.close()
 
@@ -139,3 +140,4 @@ async def test_streamable_http_server(registry: ToolRegistry, http_mcp_url: str)
     assert status.connected and "web.add" in {t.name for t in tools}
     add = await registry.get(SCOPE, "web.add")
     assert json.loads((await registry.execute(SCOPE, add, {"a": 3, "b": 4})).output) == {"result": 7}
+    await registry.mcp.disconnect(SCOPE, "web")
