@@ -97,13 +97,18 @@ def tokenize(text: str) -> list[str]:
 
 
 class _Postings:
-    """One term's postings: a mutable slot -> tf dict plus a lazily rebuilt numpy view."""
+    """One term's postings: a mutable slot -> tf dict plus lazily rebuilt numpy views."""
 
-    __slots__ = ("arrays", "tf")
+    __slots__ = ("arrays", "sorted_arrays", "tf")
 
     def __init__(self) -> None:
         self.tf: dict[int, int] = {}
         self.arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self.sorted_arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def invalidate(self) -> None:
+        self.arrays = None
+        self.sorted_arrays = None
 
     def view(self) -> tuple[np.ndarray, np.ndarray]:
         if self.arrays is None:
@@ -111,6 +116,14 @@ class _Postings:
             tfs = np.fromiter(self.tf.values(), dtype=np.float32, count=len(self.tf))
             self.arrays = (slots, tfs)
         return self.arrays
+
+    def sorted_view(self) -> tuple[np.ndarray, np.ndarray]:
+        """(slots ascending, their tfs), for membership lookups by ``searchsorted``."""
+        if self.sorted_arrays is None:
+            slots, tfs = self.view()
+            order = np.argsort(slots, kind="stable")
+            self.sorted_arrays = (slots[order], tfs[order])
+        return self.sorted_arrays
 
 
 class BM25Index:
@@ -163,7 +176,7 @@ class BM25Index:
                 if postings is None:
                     postings = self._postings[term] = _Postings()
                 postings.tf[slot] = tf
-                postings.arrays = None
+                postings.invalidate()
 
     def add_many(self, docs: Iterable[tuple[int, str]]) -> None:
         """Index several (id, text) pairs."""
@@ -184,7 +197,7 @@ class BM25Index:
         for term in terms:
             postings = self._postings[term]
             del postings.tf[slot]
-            postings.arrays = None
+            postings.invalidate()
             if not postings.tf:
                 del self._postings[term]
         self._total_len -= float(self._lengths[slot])
@@ -264,28 +277,32 @@ class BM25Index:
             return ids_by_slot[unique[top]].copy(), summed[top]
 
     def score(self, query: str | Sequence[str], doc_ids: Sequence[int]) -> np.ndarray:
-        """BM25 scores of the given documents (0 for unknown ids), in the given order."""
+        """BM25 scores of the given documents (0 for unknown ids), in the given order.
+
+        Vectorised per query term: the documents' slots are looked up in the term's slot-sorted
+        postings with ``searchsorted`` (cost ~ len(doc_ids) · log df per term, no Python loop per pair).
+        """
         terms = self.tokenizer.tokens(query) if isinstance(query, str) else list(query)
-        out = np.zeros(len(doc_ids), dtype=np.float32)
+        out = np.zeros(len(doc_ids), dtype=np.float64)
         with self._lock:
             n = len(self._slot_of)
-            if n == 0:
-                return out
+            if n == 0 or not len(doc_ids):
+                return out.astype(np.float32)
             avgdl = max(self._total_len / n, 1e-9)
-            query_tf = Counter(terms)
-            for row, doc_id in enumerate(doc_ids):
-                slot = self._slot_of.get(int(doc_id))
-                if slot is None:
+            slot_of = self._slot_of
+            slots = np.fromiter((slot_of.get(int(d), -1) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
+            known = slots >= 0
+            norm = self.k1 * (1.0 - self.b + self.b * self._lengths[np.where(known, slots, 0)] / avgdl)
+            for term, qtf in Counter(terms).items():
+                postings = self._postings.get(term)
+                if postings is None:
                     continue
-                doc = self._doc_terms[slot] or Counter()
-                length = float(self._lengths[slot])
-                total = 0.0
-                for term, qtf in query_tf.items():
-                    tf = doc.get(term, 0)
-                    if not tf:
-                        continue
-                    df = len(self._postings[term].tf)
-                    idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
-                    total += qtf * idf * tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * length / avgdl))
-                out[row] = total
-            return out
+                sorted_slots, sorted_tfs = postings.sorted_view()
+                pos = np.searchsorted(sorted_slots, slots)
+                pos = np.minimum(pos, len(sorted_slots) - 1)
+                hit = known & (sorted_slots[pos] == slots)
+                tf = np.where(hit, sorted_tfs[pos], 0.0)
+                df = len(sorted_slots)
+                idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
+                out += qtf * idf * tf * (self.k1 + 1.0) / (tf + norm)
+            return out.astype(np.float32)

@@ -76,7 +76,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"(?i)\b(?:ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(?:previous|prior|above|earlier|"
             r"original|all|your|system|safety|user'?s?)\b[^.\n]{0,25}\b(?:instructions?|prompts?|rules|"
-            r"directives?|guidelines|task|constraints)"
+            r"directives?|guidelines|task|requests?|constraints)"
         ),
     ),
     (
@@ -85,6 +85,10 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"(?i)\b(?:(?:attention|note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?|dear\s+|hey\s+|"
             r"hello\s+)(?:ai|llm|a\.i\.|language model|assistant|agent|chatbot|bot|gpt|claude|copilot)\b"
         ),
+    ),
+    (
+        "vocative_to_model",
+        re.compile(r"(?im)(?:^|[.!?]\s+|:\s*)(?:ai|assistant|agent|bot|chatbot|llm)\s*,\s*(?:please\s+)?[a-z]+"),
     ),
     (
         "role_reassignment",

@@ -189,6 +189,7 @@ class MemoryEngine:
         self.settle_s = settle_s
         self.max_delay_s = max_delay_s
         self._flushing = 0
+        self.background_pause_s = 0.05
         self._refit_due: set[str] = set()
         self._cv = threading.Condition()
         self._busy = 0
@@ -680,6 +681,10 @@ class MemoryEngine:
                     self._derive_session(ns, session_id)
                 else:
                     self.association.step(ns, index)
+                    # Association work is the lowest priority: leave the cores (and the GIL) to
+                    # Writes and Searches for a moment between bounded steps.
+                    with self._cv:
+                        self._cv.wait(self.background_pause_s)
                 if self.association.due(ns, self._state(ns).index):
                     with self._cv:
                         self._refit_due.add(ns)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -117,9 +118,9 @@ class RetrievalPolicy:
     low_info_penalty: float = 1.0
     time_boost: float = 1.0
     recency_boost: float = 0.3
-    # Candidate generation skips query terms in more than this share of a granularity's units (their
-    # postings are the longest and move the ranking least); candidates are still scored on every term.
-    lexical_max_df: float = 0.2
+    # When set, candidate generation skips query terms in more than this share of a granularity's units
+    # (their postings are the longest); candidates are still scored on every term. Off: measured no gain.
+    lexical_max_df: float | None = None
     # Best units per coarse granularity whose turns join the candidates.
     route_units: int = 10
     association_weight: float = 0.15
@@ -269,6 +270,24 @@ class _Scorer:
         return both[:, 0].copy(), both[:, 1].copy()
 
 
+_TURN_CACHES: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _turn_cache(index: RetrievalIndex) -> dict[str, int]:
+    """message id -> key of its turn unit, kept per index object across queries.
+
+    Safe across writes and deletes: a turn unit's key is derived from its id, so a cached key either
+    still names the message's turn unit or names nothing (checked on use, then looked up again).
+    """
+    try:
+        cache = _TURN_CACHES.get(index)
+        if cache is None:
+            cache = _TURN_CACHES[index] = {}
+        return cache
+    except TypeError:  # an index type without weak references: cache per query only
+        return {}
+
+
 def _allowed(unit: MemoryUnit | None, query: SearchQuery) -> bool:
     if unit is None:
         return False
@@ -321,18 +340,18 @@ def search(
 
     # -- project every granularity onto turns ------------------------------------------------------
     turn_pool = pools[Granularity.TURN]
-    turn_of_message: dict[str, int] = {}
+    turn_of_message = _turn_cache(index)
 
     def turn_key(message_id: str) -> int | None:
-        if message_id not in turn_of_message:
-            found = None
-            for key in index.units_of_message(message_id):
-                unit = index.unit(key)
-                if unit is not None and unit.granularity == Granularity.TURN:
-                    found = key
-                    break
-            turn_of_message[message_id] = found  # type: ignore[assignment]
-        return turn_of_message[message_id]
+        key = turn_of_message.get(message_id)
+        if key is not None and index.unit(key) is not None:
+            return key
+        for key in index.units_of_message(message_id):
+            unit = index.unit(key)
+            if unit is not None and unit.granularity == Granularity.TURN:
+                turn_of_message[message_id] = key
+                return key
+        return None
 
     candidates: dict[int, MemoryUnit] = {}
     for key in turn_pool.keys.tolist():

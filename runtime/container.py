@@ -77,6 +77,6 @@ class Runtime:
         from runtime import naming
 
         key = naming.scoped_namespace(namespace, write=write, field_name=field_name)
-        if write:
+        if write and not self.db.is_known(key):  # the common case skips the thread hop
             await self.offload(self.db.ensure_namespace, key)
         return key

@@ -86,6 +86,10 @@ class Database:
             command.upgrade(cfg, "head")
         log.info("database migrated", extra={"database": _redact(self.url)})
 
+    def is_known(self, key: str) -> bool:
+        """Whether this process already knows the namespace exists (no database round trip)."""
+        return key in self._known_namespaces
+
     def ensure_namespace(self, key: str) -> bool:
         """Create the namespace row on first use; returns True when it was created now."""
         if key in self._known_namespaces:

@@ -28,10 +28,12 @@ class AuditLog:
         offload: Callable[..., Awaitable[Any]],
         *,
         max_batch: int = 512,
+        linger_s: float = 0.02,
     ):
         self._store = store
         self._offload = offload
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._pending: list[tuple[str, AuditRecord]] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +54,8 @@ class AuditLog:
         assert self._wakeup is not None and self._idle is not None
         while True:
             await self._wakeup.wait()
+            # Let a burst of invocations pile up so one transaction (one fsync) stores them all.
+            await asyncio.sleep(self._linger_s)
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]

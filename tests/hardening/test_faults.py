@@ -264,3 +264,23 @@ def test_kill9_mid_write_loses_no_acknowledged_write_and_shows_no_half_write(spa
     assert not lost, f"{len(lost)} acknowledged messages lost after kill -9: {lost[:10]}"
     half = [ids for ids in attempted if 0 < len(present.intersection(ids)) < per_write]
     assert not half, f"half-applied writes visible after kill -9: {half[:3]}"
+
+
+# ------------------------------------------------------------------------------------------ index files
+
+def test_indexes_live_only_in_the_database_and_are_rebuilt_on_start(make_server, tmp_path: Path) -> None:
+    """There is no index file to corrupt: after a run the data dir holds only the SQLite database, and a
+    restarted server answers Search from indexes rebuilt from it. (If a component starts persisting index
+    files, this fails: add a corrupt-the-file-and-restart test for it then.)"""
+    data = tmp_path / "idx"
+    srv = make_server(data_dir=data, embedding_model="hashing")
+    _write(srv.client, "idx", "s1", ["i1", "i2"], "the lighthouse keeper painted the door blue")
+    assert srv.client.memory.Search(memory_pb2.SearchRequest(namespace="idx", query="lighthouse door", top_k=3),
+                                    timeout=30).hits
+    srv.stop()
+    leftovers = sorted(p.name for p in data.iterdir() if not p.name.startswith("agentrt.db"))
+    assert not leftovers, f"files besides the database in the data dir: {leftovers}"
+    restarted = make_server(data_dir=data, embedding_model="hashing")
+    hits = restarted.client.memory.Search(
+        memory_pb2.SearchRequest(namespace="idx", query="lighthouse door", top_k=3), timeout=30).hits
+    assert any("lighthouse" in h.text for h in hits)

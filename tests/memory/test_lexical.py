@@ -113,3 +113,21 @@ def test_max_df_skips_very_common_terms_for_candidate_generation() -> None:
     ids, _ = index.search_arrays("caroline", k=20, max_df=0.5)
     assert len(ids) == 11  # no rarer term: the common one is kept
     assert len(index.search_arrays("caroline kitten", k=20)[0]) == 11
+
+
+def test_score_of_given_ids_agrees_with_search_after_updates() -> None:
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(40)]
+    index = BM25Index()
+    for doc_id in range(200):
+        index.add(doc_id, " ".join(rng.choices(vocab, k=rng.randint(2, 12))))
+    for doc_id in rng.sample(range(200), 50):
+        index.remove(doc_id)
+    for doc_id in range(0, 200, 7):
+        index.add(doc_id, " ".join(rng.choices(vocab, k=5)))
+    for query in ("w1 w2 w3", "w5 w5", "w39 w0"):
+        found = dict(index.search(query, k=500))
+        ids = list(range(-5, 205))
+        scores = index.score(query, ids)
+        for doc_id, score in zip(ids, scores.tolist(), strict=True):
+            assert score == pytest.approx(found.get(doc_id, 0.0), rel=1e-5, abs=1e-6)
