@@ -322,11 +322,13 @@ def search(
             if terms and lexical is not None
             else np.zeros(0, dtype=np.int64)
         )
-        keys = [int(x) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()]) if _allowed(index.unit(int(x)), query)]
-        if not keys:
+        fetched = [(x, index.unit(x)) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()])]
+        kept = [(x, u) for x, u in fetched if u is not None and _allowed(u, query)]
+        if not kept:
             continue
+        keys = [x for x, _ in kept]
         dense, lex = scorers[g].raw(keys)
-        weights = np.array([max(u.weight, 1e-3) if (u := index.unit(x)) else 1.0 for x in keys])
+        weights = np.array([max(u.weight, 1e-3) for _, u in kept])
         score = pol.dense_weight * _z(dense) + pol.lexical_weight * _z(lex) + pol.low_info_penalty * np.log(weights)
         pools[g] = _Pool(np.asarray(keys, dtype=np.int64), score, dense, float(score.min()))
 
@@ -433,7 +435,7 @@ def search(
         session_scores: dict[str, list[float]] = {}
         for tk in keys:
             session_scores.setdefault(candidates[tk].session_id, []).append(scores[tk])
-        agg = {s: float(np.mean(sorted(v, reverse=True)[:3])) for s, v in session_scores.items()}
+        agg = {s: sum(top := sorted(v, reverse=True)[:3]) / len(top) for s, v in session_scores.items()}
         agg_arr = np.array(list(agg.values()))
         agg_z = dict(zip(agg, _z(agg_arr).tolist(), strict=True))
         for tk in keys:

@@ -201,6 +201,22 @@ class PgLeases:
                         conn.commit()
 
 
+def publish_committed(rt: Any, component: str, scope: str, payload: dict[str, Any] | None = None) -> None:
+    """Publish a change its component has already committed, in a small transaction of its own.
+
+    For components whose cached state is cheap to reload per scope (tool registry, guard memory): other
+    replicas drop and reload that scope. Not atomic with the change itself: if this replica dies between the
+    two commits, the others keep the stale cache until they restart — memory, where that would lose
+    search results, publishes inside its own write transaction instead.
+    """
+    from core.coordination import NoChangePublisher
+
+    if isinstance(rt.changes, NoChangePublisher):
+        return
+    with rt.db.engine.begin() as conn:
+        rt.changes.publish(conn, component, scope, payload or {})
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:
     """Poll ``predicate`` until true or ``timeout`` passes (used by tests and the replica benchmark)."""
     deadline = time.monotonic() + timeout

@@ -69,6 +69,11 @@ class ToolRegistry:
         self._tool_cache: dict[tuple[str, str], ToolDefinition] = {}
         self._policy_cache: dict[str, ToolPolicy] = {}
 
+    def invalidate(self, scope: str) -> None:
+        """Drop everything cached for ``scope`` (another replica changed its tools or policy)."""
+        self._changed(scope)
+        self._policy_cache.pop(scope, None)
+
     def _changed(self, scope: str) -> None:
         self.search_index.invalidate(scope)
         for key in [k for k in self._tool_cache if k[0] == scope]:

@@ -13,6 +13,7 @@ from agentrt.v1 import tool_pb2, tool_pb2_grpc
 from core.errors import InvalidArgumentError
 from runtime.container import Runtime
 from runtime.convert import tool as conv
+from runtime.replication import publish_committed
 from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
 from tools.model import ToolPolicy, utcnow
 from tools.registry import ToolRegistry
@@ -77,6 +78,8 @@ def build(rt: Runtime) -> None:
     registry = ToolRegistry(store, ToolSearch(rt.embedder), offload=rt.offload, default_policy=default_policy)
     add_builtins(registry, lambda: MemoryAdapter(rt) if rt.memory is not None else None)
     rt.tools = registry
+    # Another replica registered, removed or re-imported tools, or changed the policy: reload the scope.
+    rt.replica_handlers["tools"] = lambda scope, _payload: registry.invalidate(scope)
     # Guards and gates are read from rt at call time: they may be absent (a sidecar without them simply
     # skips those steps) and are built by their own service modules.
     rt.extras["tool_invoker"] = ToolInvoker(registry, rt.offload)
@@ -131,11 +134,17 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         reg: ToolRegistry = self._rt.tools
         return reg
 
+    async def _changed(self, scope: str) -> None:
+        """Tell other replicas to reload this scope's tools (a no-op with a single process)."""
+        await self._rt.offload(publish_committed, self._rt, "tools", scope)
+
     async def Register(self, request: tool_pb2.RegisterToolRequest, context: Any) -> tool_pb2.RegisterToolResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         if not request.HasField("tool"):
             raise InvalidArgumentError("tool", "is required")
         stored, created = await self._reg.register(scope, conv.tool_from_proto(request.tool))
+        if created:
+            await self._changed(scope)
         return tool_pb2.RegisterToolResponse(tool=conv.tool_to_proto(stored), created=created)
 
     async def List(self, request: tool_pb2.ListToolsRequest, context: Any) -> tool_pb2.ListToolsResponse:
@@ -155,13 +164,16 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         self, request: tool_pb2.UnregisterToolRequest, context: Any
     ) -> tool_pb2.UnregisterToolResponse:
         scope = await self._rt.scope(request.namespace, write=True)
-        return tool_pb2.UnregisterToolResponse(last_version=await self._reg.unregister(scope, request.name))
+        last = await self._reg.unregister(scope, request.name)
+        await self._changed(scope)
+        return tool_pb2.UnregisterToolResponse(last_version=last)
 
     async def ImportMcp(self, request: tool_pb2.ImportMcpRequest, context: Any) -> tool_pb2.ImportMcpResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         if not request.HasField("server"):
             raise InvalidArgumentError("server", "is required")
         status, tools = await self._reg.import_mcp(scope, conv.server_from_proto(request.server))
+        await self._changed(scope)
         return tool_pb2.ImportMcpResponse(
             status=conv.status_to_proto(status), tools=[conv.tool_to_proto(t) for t in tools]
         )
@@ -169,6 +181,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
     async def RefreshMcp(self, request: tool_pb2.RefreshMcpRequest, context: Any) -> tool_pb2.ImportMcpResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         status, tools = await self._reg.refresh_mcp(scope, request.name)
+        await self._changed(scope)
         return tool_pb2.ImportMcpResponse(
             status=conv.status_to_proto(status), tools=[conv.tool_to_proto(t) for t in tools]
         )
@@ -186,7 +199,9 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
 
     async def RemoveMcp(self, request: tool_pb2.RemoveMcpRequest, context: Any) -> tool_pb2.RemoveMcpResponse:
         scope = await self._rt.scope(request.namespace, write=True)
-        return tool_pb2.RemoveMcpResponse(removed_tools=await self._reg.remove_mcp(scope, request.name))
+        removed = await self._reg.remove_mcp(scope, request.name)
+        await self._changed(scope)
+        return tool_pb2.RemoveMcpResponse(removed_tools=removed)
 
     async def Search(self, request: tool_pb2.ToolSearchRequest, context: Any) -> tool_pb2.ToolSearchResponse:
         scope = await self._rt.scope(request.namespace)
@@ -257,6 +272,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         scope = await self._rt.scope(request.namespace, write=True)
         policy = conv.policy_from_proto(request.policy, await self._reg.policy(scope))
         await self._reg.set_policy(scope, policy)
+        await self._changed(scope)
         return conv.policy_to_proto(policy)
 
 
