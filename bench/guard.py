@@ -15,7 +15,7 @@ Protocol (fixed, documented in docs/guards.md):
   expected one); after each slice, measure on the test items (never on items that got feedback). Feedback
   texts live only in the benchmark's database; nothing is written into the package.
 - Baseline measured in the same run: whole-text 1-nearest-neighbour over the same pack exemplars (the
-  SafeHarbor-style single-nearest retrieval), and rules only.
+  SafeHarbor-style single-nearest retrieval).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED, machine, percentiles, write_result
+from bench.common import SHARED, percentiles, write_result
 
 DATA = SHARED / "data" / "guard"
 
@@ -168,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asb-limit", type=int, default=0, help="use only the first N Agent-SafetyBench cases")
     parser.add_argument("--steps", type=int, default=4, help="feedback slices of the evolution curve")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latency-passes", type=int, default=3)
     args = parser.parse_args(argv)
 
     from agentrt.v1 import common_pb2, guard_pb2
@@ -199,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         def run(ns: str, items: list[dict[str, Any]]) -> dict[str, str]:
             return {i["id"]: check(ns, i)[1] for i in items}
 
-        # Rules only (memory off): switch the pack's memory off by giving no exemplars — a namespace with the
-        # pack disabled still evaluates operator rules; here there are none, so this is the default decision.
         report: dict[str, Any] = {"protocol": __doc__}
         ah_train = [i for i in ah if i["base"] % 2 == 0]
         ah_test = [i for i in ah if i["base"] % 2 == 1]
@@ -331,7 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     _print(report)
     path = write_result("guard", report)
     print(f"wrote {path}")
-    _ = machine
     return 0
 
 

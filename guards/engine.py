@@ -154,6 +154,15 @@ class GuardEngine:
             self._apply_pack(scope, mem)
             return mem
 
+    def reload(self, scope: str) -> None:
+        """Forget what is cached for ``scope``; the next call loads it again from the store.
+
+        Used when another replica changed the scope (feedback, evolution, rollback, rules, settings).
+        """
+        with self._lock:
+            for cache in (self._memories, self._settings, self._rules, self._config_rules):
+                cache.pop(scope, None)
+
     def _parse_config_rules(self, scope: str) -> list[PolicyRule]:
         raw = (self.policy(scope) or {}).get("rules") if self.policy is not None else None
         if not raw:

@@ -201,6 +201,12 @@ class AgentrtClient(_Stubs):
             req.tool_call.CopyFrom(common_pb2.ToolCall(name=tool_name, arguments_json=arguments_json))
         return self.guard.Check(req, timeout=self.timeout)
 
+    def feedback(self, namespace: str, verdict_id: str, expected: int, note: str = "") -> guard_pb2.FeedbackResponse:
+        """Tell the guard what a verdict should have been (the guard memory learns from it)."""
+        req = guard_pb2.FeedbackRequest(namespace=namespace, verdict_id=verdict_id,
+                                        expected=expected, note=note)  # type: ignore[arg-type]
+        return self.guard.Feedback(req, timeout=self.timeout)
+
     def decide(self, namespace: str, gate: int, tokens: Iterable[Any]) -> gate_pb2.GateDecision:
         """Ask an entropy gate whether to fire, from token logprobs."""
         req = gate_pb2.DecideRequest(namespace=namespace, gate=gate, tokens=make_tokens(tokens))  # type: ignore[arg-type]

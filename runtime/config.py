@@ -121,8 +121,10 @@ class LogSettings(BaseModel):
 
 
 class PolicySettings(BaseModel):
-    """Per-namespace policies. ``defaults[component]`` applies to every namespace; ``namespaces[name][component]``
-    overrides it key by key (``name`` may be ``ns`` or ``tenant/ns``). Components: memory, gates, select, guards, tools, agent.
+    """Per-namespace policies.
+
+    ``defaults[component]`` applies to every namespace; ``namespaces[name][component]`` overrides it key by key
+    (``name`` may be ``ns`` or ``tenant/ns``). Components: memory, gates, select, guards, tools, agent.
     Policies set by RPC are stored in the database and take precedence over these."""
 
     defaults: dict[str, dict[str, Any]] = {}

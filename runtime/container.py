@@ -68,15 +68,18 @@ class Runtime:
         call = functools.partial(ctx.run, fn, *args, **kwargs)
         return await loop.run_in_executor(self.executor, call)
 
-    async def scope(self, namespace: str, *, write: bool = False, field_name: str = "namespace") -> str:
+    async def scope(
+        self, namespace: str, *, write: bool = False, create: bool = False, field_name: str = "namespace"
+    ) -> str:
         """Validate ``namespace`` for the calling tenant and return the opaque scoped key components use.
 
-        Raises InvalidArgumentError (bad name), PermissionDeniedError (token not allowed there).
-        With ``write=True`` the namespace is created on first use with the tenant's default policies.
+        Raises InvalidArgumentError (bad name), PermissionDeniedError (token not allowed there, or read-only
+        with ``write=True``). With ``write`` or ``create`` the namespace is created on first use with the
+        tenant's default policies (``create`` alone: calls like Check that read-only tokens may make).
         """
         from runtime import naming
 
         key = naming.scoped_namespace(namespace, write=write, field_name=field_name)
-        if write and not self.db.is_known(key):  # the common case skips the thread hop
+        if (write or create) and not self.db.is_known(key):  # the common case skips the thread hop
             await self.offload(self.db.ensure_namespace, key)
         return key

@@ -17,6 +17,7 @@ from guards.pack import DEFAULT_PACK, pack_vectors
 from guards.sql import SqlGuardStore
 from runtime.container import Runtime
 from runtime.convert import guard as conv
+from runtime.replication import publish_committed
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def build(rt: Runtime) -> None:
         policy=lambda scope: rt.policy("guards", scope),
         judge=_judge_from_env(),
     )
+    # Another replica's feedback, evolution, rollback or rule change: reload that scope from the database.
+    rt.replica_handlers["guards"] = lambda scope, _payload: rt.guards.reload(scope)
 
 
 async def stop(rt: Runtime) -> None:
@@ -70,9 +73,14 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
     def _guards(self) -> GuardEngine:
         return self._rt.guards  # type: ignore[no-any-return]
 
+    async def _changed(self, scope: str) -> None:
+        """Tell other replicas to reload this scope's rules and guard memory (no-op with one process)."""
+        await self._rt.offload(publish_committed, self._rt, "guards", scope)
+
     async def Check(self, request: guard_pb2.CheckRequest, context: Any) -> guard_pb2.Verdict:
         req = conv.check_from_proto(request)
-        scope = await self._rt.scope(request.namespace, write=True)
+        # read-only tokens may run checks (the verdict is audited, nothing of the tenant's changes)
+        scope = await self._rt.scope(request.namespace, create=True)
         verdict = await self._rt.offload(self._guards.check, scope, req)
         return conv.verdict_to_proto(verdict)
 
@@ -84,6 +92,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("expected", "must be DECISION_ALLOW, DECISION_BLOCK or DECISION_REVIEW")
         scope = await self._rt.scope(request.namespace, write=True)
         result = await self._rt.offload(self._guards.feedback, scope, request.verdict_id, expected, request.note)
+        await self._changed(scope)
         return conv.feedback_to_proto(result)
 
     async def ReportIncident(
@@ -100,6 +109,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         result = await self._rt.offload(
             self._guards.report_incident, scope, req, expected, request.category, request.note
         )
+        await self._changed(scope)
         return conv.feedback_to_proto(result)
 
     async def PutRules(self, request: guard_pb2.PutRulesRequest, context: Any) -> guard_pb2.PutRulesResponse:
@@ -116,6 +126,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         )
         scope = await self._rt.scope(request.namespace, write=True)
         stored = await self._rt.offload(self._guards.put_rules, scope, rules, replace_all=request.replace)
+        await self._changed(scope)
         return guard_pb2.PutRulesResponse(rules=[conv.rule_to_proto(r) for r in stored])
 
     async def ListRules(self, request: guard_pb2.ListRulesRequest, context: Any) -> guard_pb2.ListRulesResponse:
@@ -128,6 +139,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("names", "at least one rule name is required")
         scope = await self._rt.scope(request.namespace, write=True)
         n = await self._rt.offload(self._guards.delete_rules, scope, list(request.names))
+        await self._changed(scope)
         return guard_pb2.DeleteRulesResponse(deleted=n)
 
     async def TestRules(self, request: guard_pb2.TestRulesRequest, context: Any) -> guard_pb2.TestRulesResponse:
@@ -149,6 +161,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         changes = conv.settings_changes_from_proto(request)
         scope = await self._rt.scope(request.namespace, write=True)
         settings = await self._rt.offload(self._guards.put_settings, scope, changes)
+        await self._changed(scope)
         return conv.settings_to_proto(request.namespace, settings)
 
     async def ListGuardClusters(
@@ -178,6 +191,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("version", "must be >= 0")
         scope = await self._rt.scope(request.namespace, write=True)
         event = await self._rt.offload(self._guards.rollback, scope, request.version)
+        await self._changed(scope)
         return conv.event_to_proto(event)
 
     async def GetVerdict(self, request: guard_pb2.GetVerdictRequest, context: Any) -> guard_pb2.GuardAuditRecord:
