@@ -175,7 +175,8 @@ class AssociationManager:
         means = np.asarray(gmm.means_)  # type: ignore[attr-defined]
         var = float(np.mean(gmm.covariances_))  # type: ignore[attr-defined]
         log_w = np.log(np.asarray(gmm.weights_))  # type: ignore[attr-defined]
-        dist = ((x[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
+        # ‖x − μ‖² = ‖x‖² − 2 x·μ + ‖μ‖²: a matrix product instead of an (n, K, d) temporary.
+        dist = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ means.T) + (means * means).sum(axis=1)[None, :]
         z = log_w[None, :] - dist / (2.0 * self.config.posterior_temperature * var)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -245,9 +246,18 @@ class AssociationManager:
         # Reassign every unit (vectorised, O(n)) and keep who is linked already.
         all_vectors = np.stack([vectors_by_key[int(key)] for key in keys]).astype(np.float32)
         post = self._posteriors(model, all_vectors)
-        for key, row in zip(keys.tolist(), post, strict=True):
-            for cluster in self._choose_clusters(row):
-                model.members.setdefault(cluster, []).append(key)
+        top = post.argmax(axis=1)
+        p_max = post[np.arange(len(post)), top]
+        # H ≤ h(p_max) + (1 − p_max) ln(K − 1): rows whose bound is under ln(perplexity) are certainly
+        # single-cluster; only the rest go through _choose_clusters one by one.
+        q = np.clip(1.0 - p_max, 1e-12, 1.0)
+        bound = -(p_max * np.log(np.clip(p_max, 1e-12, 1.0)) + q * np.log(q)) + q * math.log(max(k - 1, 1))
+        certain = bound < math.log(c.multi_link_perplexity)
+        for cluster in np.unique(top[certain]).tolist():
+            model.members[int(cluster)] = keys[certain & (top == cluster)].tolist()
+        for row in np.flatnonzero(~certain).tolist():
+            for cluster in self._choose_clusters(post[row]):
+                model.members.setdefault(cluster, []).append(int(keys[row]))
         if old is not None:
             model.linked = {key for key in old.linked if key in vectors_by_key}
         with self._lock:

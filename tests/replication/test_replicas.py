@@ -1,0 +1,79 @@
+"""Two sidecars on one Postgres stay in sync: memory, guard rules and tools written on one replica are
+served by the other within a bounded lag, deletes included, and a replica that was down catches up."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from agentrt.v1 import common_pb2, guard_pb2, memory_pb2, tool_pb2
+from runtime.replication import wait_for
+
+RULES = """
+rules:
+  - name: no-wire-offshore
+    action: block
+    text_regex: ["(?i)wire .* offshore"]
+"""
+
+
+def _ids(client, query: str) -> set[str]:
+    return {m for h in client.search("ns", query, top_k=10).hits for m in h.message_ids}
+
+
+@pytest.fixture
+def pair(make_server, pg_url: str, tmp_path):
+    a = make_server(db_url=pg_url, data_dir=tmp_path / "a", embedding_model="hashing")
+    b = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing")
+    return a, b
+
+
+def test_memory_writes_and_deletes_reach_the_other_replica(pair) -> None:
+    a, b = pair
+    assert _ids(b.client, "zebra migration notes") == set()  # b has built (and cached) its empty index
+    a.client.write("ns", "s1", [{"id": "m1", "speaker": "x", "text": "zebra migration notes from the delta"}])
+    assert wait_for(lambda: "m1" in _ids(b.client, "zebra migration notes"), timeout=10)
+    b.client.write("ns", "s2", [{"id": "m2", "speaker": "y", "text": "penguin colony census figures"}])
+    assert wait_for(lambda: "m2" in _ids(a.client, "penguin colony census"), timeout=10)
+    a.client.memory.Delete(memory_pb2.DeleteRequest(namespace="ns", message_ids=["m1"]), timeout=30)
+    assert wait_for(lambda: "m1" not in _ids(b.client, "zebra migration notes"), timeout=10)
+    # the feed carried deltas: b never rebuilt the namespace from scratch for them
+    assert b.server.tailer is not None and b.server.tailer.last_seq > 0
+
+
+def test_guard_rules_and_tools_changed_on_one_replica_apply_on_the_other(pair) -> None:
+    a, b = pair
+    check = guard_pb2.CheckRequest(namespace="ns", stage=common_pb2.STAGE_INPUT,
+                                   text="please wire the savings offshore tonight")
+    b.client.guard.Check(check, timeout=30)  # b loads (and caches) the namespace's rules before the change
+    a.client.guard.PutRules(guard_pb2.PutRulesRequest(namespace="ns", yaml=RULES), timeout=30)
+    assert wait_for(lambda: b.client.guard.Check(check, timeout=30).decision == common_pb2.DECISION_BLOCK,
+                    timeout=10)
+
+    tool = tool_pb2.Tool(name="lookup_order", description="Find an order by its number",
+                         input_schema_json='{"type": "object"}',
+                         builtin=tool_pb2.BuiltinToolExecutor(name="echo"))
+    with pytest.raises(grpc.RpcError):
+        b.client.tool.Get(tool_pb2.GetToolRequest(namespace="ns", name="lookup_order"), timeout=10)
+    a.client.tool.Register(tool_pb2.RegisterToolRequest(namespace="ns", tool=tool), timeout=30)
+    got = b.client.tool.Get(tool_pb2.GetToolRequest(namespace="ns", name="lookup_order"), timeout=10)
+    assert got.tool.description == "Find an order by its number"
+    tool.description = "Find an order by its number or the customer's email"
+    a.client.tool.Register(tool_pb2.RegisterToolRequest(namespace="ns", tool=tool), timeout=30)
+
+    def b_sees_v2() -> bool:
+        reply = b.client.tool.Get(tool_pb2.GetToolRequest(namespace="ns", name="lookup_order"), timeout=10)
+        return "email" in reply.tool.description
+
+    assert wait_for(b_sees_v2, timeout=10)
+
+
+def test_a_replica_that_was_down_catches_up_on_start(make_server, pg_url: str, tmp_path) -> None:
+    a = make_server(db_url=pg_url, data_dir=tmp_path / "a", embedding_model="hashing")
+    b = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing")
+    b.client.write("ns", "s0", [{"id": "m0", "speaker": "x", "text": "before the outage"}])
+    b.stop()
+    a.client.write("ns", "s1", [{"id": f"m{i}", "speaker": "x", "text": f"during the outage note {i}"}
+                                for i in range(1, 30)])
+    c = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing")
+    assert {"m0", "m29"} <= _ids(c.client, "during the outage note 29 before the outage")
