@@ -265,7 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     seed_s = seed_units(db_url, args.units, texts, pool)
     print(f"seeded {args.units} units in {seed_s:.1f} s")
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTRT_LOG__FORMAT": "text", "AGENTRT_LOG__LEVEL": "WARNING"}
+    # The server's query-embedding cache is switched off: every Search pays for its embedding.
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "AGENTRT_LOG__FORMAT": "text",
+        "AGENTRT_LOG__LEVEL": "WARNING",
+        "AGENTRT_EMBEDDING__CACHE_SIZE": "0",
+    }
     server = Server(data_dir, env)
     print(f"server SERVING after {server.startup_s:.1f} s (index rebuild of {args.units} units included)")
     result: dict[str, Any] = {}

@@ -67,7 +67,7 @@ class AssociationConfig:
     links_per_unit: int = 4
     candidate_cap: int = 2000
     """Members of a cluster compared against a new unit (sampled beyond this)."""
-    link_batch: int = 1000
+    link_batch: int = 500
     """Most not-yet-linked units one pass links (the rest wait for the next pass)."""
     seed: int = 0
 
@@ -260,6 +260,9 @@ class AssociationManager:
                 model.members.setdefault(cluster, []).append(int(keys[row]))
         if old is not None:
             model.linked = {key for key in old.linked if key in vectors_by_key}
+        else:
+            # After a restart the edges are loaded from the database: units that have some are linked.
+            model.linked = index.linked_keys() & set(vectors_by_key)
         with self._lock:
             self._models[namespace] = model
         model.refit_seconds = time.perf_counter() - started

@@ -169,8 +169,8 @@ class MemoryEngine:
         derive: DeriveFn | None = None,
         retrieve: RetrieveFn | None = None,
         background: bool = True,
-        settle_s: float = 0.5,
-        max_delay_s: float = 5.0,
+        settle_s: float = 0.0,
+        max_delay_s: float = 2.0,
     ):
         self.store = store
         self.embedder = embedder
@@ -605,6 +605,32 @@ class MemoryEngine:
             last_refit_seconds=self.association.last_refit_seconds(namespace),
         )
 
+    def apply_remote_change(self, namespace: str, payload: Mapping[str, Any]) -> None:
+        """Apply a change another replica committed to the shared database (its change-feed payload).
+
+        Idempotent: a change the index already reflects (by generation) is skipped. A namespace this
+        replica has not loaded yet is left alone (it is built from the database on first use).
+        """
+        state = self._namespaces.get(namespace)
+        if state is None:
+            return
+        with state.lock:
+            generation = int(payload.get("generation", 0))
+            if state.dirty or generation <= state.index.generation:
+                return
+            if payload.get("drop") or generation != state.index.generation + 1:
+                # A gap (a change we missed) or a whole-namespace drop: rebuild from the database.
+                state.index = self._build_index(namespace)
+                return
+            removed = [unit_key(namespace, uid) for uid in payload.get("delete_units", ())]
+            inserted = list(self.store.get_units(namespace, list(payload.get("insert_units", ()))).values())
+            try:
+                self._mirror(state.index, removed, inserted)
+                state.index.generation = generation
+            except Exception:
+                state.dirty = True
+                log.exception("applying a remote memory change failed; rebuilding on next access")
+
     def sizes(self) -> dict[str, float]:
         """In-memory sizes for the metrics endpoint (no database access)."""
         states = list(self._namespaces.values())
@@ -680,11 +706,12 @@ class MemoryEngine:
                 if session_id is not None:
                     self._derive_session(ns, session_id)
                 else:
+                    started = time.monotonic()
                     self.association.step(ns, index)
-                    # Association work is the lowest priority: leave the cores (and the GIL) to
-                    # Writes and Searches for a moment between bounded steps.
+                    # Association work is the lowest priority: pause as long as the step ran (at most
+                    # half of a core, and the GIL, go to it) so Writes and Searches keep their share.
                     with self._cv:
-                        self._cv.wait(self.background_pause_s)
+                        self._cv.wait(max(self.background_pause_s, time.monotonic() - started))
                 if self.association.due(ns, self._state(ns).index):
                     with self._cv:
                         self._refit_due.add(ns)

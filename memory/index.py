@@ -162,6 +162,10 @@ class NamespaceIndex:
                 out[int(key)] = sorted(adjacent.items(), key=lambda kv: -kv[1])[:limit]
         return out
 
+    def linked_keys(self) -> set[int]:
+        """Keys that have at least one association edge (snapshot)."""
+        return set(list(self._edges))
+
     def edge_count(self) -> int:
         """Undirected association edges held."""
         return sum(len(v) for v in self._edges.values()) // 2

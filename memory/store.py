@@ -15,9 +15,10 @@ import copy
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -334,8 +335,17 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
 class SqlMemoryStore(MemoryStore):
     """SQLAlchemy Core backend over an injected ``Engine`` (SQLite or Postgres); tables in ``schema``."""
 
-    def __init__(self, engine: sa.Engine, *, create_tables: bool = False):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        create_tables: bool = False,
+        publisher: Callable[[sa.Connection, str, dict[str, Any]], None] | None = None,
+    ):
         self._engine = engine
+        # Called inside every committing transaction with a description of the change, so replicas
+        # sharing the database learn about it atomically with the commit (runtime's change feed).
+        self._publisher = publisher
         if create_tables:
             schema.metadata.create_all(engine)
 
@@ -571,6 +581,16 @@ class SqlMemoryStore(MemoryStore):
                     sa.insert(um),
                     [{"namespace": namespace, "unit_id": uid, "message_id": mid} for uid, mid in sorted(links)],
                 )
+            if self._publisher is not None:
+                self._publisher(
+                    conn,
+                    namespace,
+                    {
+                        "generation": generation,
+                        "delete_units": list(change.delete_units),
+                        "insert_units": [u.unit.id for u in change.insert_units],
+                    },
+                )
             p = schema.pending_sessions
             touched = sorted(set(change.clear_pending) | set(change.mark_pending))
             for chunk in _chunks(touched):
@@ -629,5 +649,7 @@ class SqlMemoryStore(MemoryStore):
             for table in tables:
                 conn.execute(sa.delete(table).where(table.c.namespace == namespace))
             if n:
-                self._bump(conn, namespace, 0)
+                generation, _ = self._bump(conn, namespace, 0)
+                if self._publisher is not None:
+                    self._publisher(conn, namespace, {"generation": generation, "drop": True})
             return int(n or 0)

@@ -30,6 +30,7 @@ from core.errors import InvalidArgumentError
 
 # ------------------------------------------------------------------------------------------------
 # Store: ops
+from runtime.convert.common import time_from_proto, timestamp
 
 
 def op_to_proto(op: Op, default_index: list[str] | None) -> agent_pb2.StoreOp:
@@ -120,13 +121,13 @@ def ops_from_request(request: agent_pb2.StoreBatchRequest) -> list[Op]:
 
 
 def _ts(dt: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(dt.astimezone(UTC))
-    return ts
+    return timestamp(dt)
 
 
-def _dt(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+def _dt(ts: Timestamp, field: str) -> datetime:
+    value = time_from_proto(ts, True, field)
+    assert value is not None
+    return value
 
 
 def item_to_proto(item: Item) -> agent_pb2.StoreItem:
@@ -170,8 +171,8 @@ def _item_from_proto(msg: agent_pb2.StoreItem, *, search: bool) -> Item:
         namespace=tuple(msg.path),
         key=msg.key,
         value=json.loads(msg.value_json),
-        created_at=_dt(msg.created_at),
-        updated_at=_dt(msg.updated_at),
+        created_at=_dt(msg.created_at, "created_at"),
+        updated_at=_dt(msg.updated_at, "updated_at"),
     )
     if search:
         return SearchItem(**kwargs, score=msg.score if msg.HasField("score") else None)

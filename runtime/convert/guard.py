@@ -25,6 +25,7 @@ from guards.model import (
     ToolCallInfo,
 )
 from guards.rules import parse_rule
+from runtime.convert.common import time_from_proto
 
 MAX_TEXT_CHARS = 200_000
 MAX_ARGUMENTS_CHARS = 200_000
@@ -81,8 +82,6 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def _dt(ts: Timestamp, present: bool) -> datetime | None:
-    return ts.ToDatetime(tzinfo=UTC) if present else None
 
 
 def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> GuardRequest:
@@ -291,8 +290,8 @@ def audit_query_from_proto(r: guard_pb2.QueryGuardAuditRequest) -> dict[str, Any
         filters["stage"] = stage_from_proto(r.stage)
     if r.decision != common_pb2.DECISION_UNSPECIFIED:
         filters["decision"] = decision_from_proto(r.decision, "decision")
-    filters["since"] = _dt(r.since, r.HasField("since"))
-    filters["until"] = _dt(r.until, r.HasField("until"))
+    filters["since"] = time_from_proto(r.since, r.HasField("since"), "since")
+    filters["until"] = time_from_proto(r.until, r.HasField("until"), "until")
     if r.page_token:
         filters["before_id"] = r.page_token
     return filters

@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from agentrt.v1 import memory_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
 from memory.engine import ConsolidationReport, DeleteResult, MemoryStats, WriteResult
 from memory.model import Granularity, MemoryMessage, SearchQuery, SearchResult
+from runtime.convert.common import time_from_proto, time_to_proto
 
 
-def time_from_proto(ts: Timestamp, present: bool) -> datetime | None:
-    """A UTC datetime, or None when the field is unset."""
-    if not present:
-        return None
-    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
-
-
-def time_to_proto(value: datetime | None, target: Timestamp) -> None:
-    """Fill ``target`` from ``value`` (leaves it unset for None)."""
-    if value is not None:
-        target.FromDatetime(value.astimezone(UTC))
-
-
-def message_from_proto(m: memory_pb2.Message, session_id: str) -> MemoryMessage:
+def message_from_proto(m: memory_pb2.Message, session_id: str, field: str = "message") -> MemoryMessage:
     """A domain message of ``session_id`` (``Message.session_id`` is output only)."""
     return MemoryMessage(
         id=m.id,
         session_id=session_id,
         speaker=m.speaker,
         text=m.text,
-        time=time_from_proto(m.time, m.HasField("time")),
+        time=time_from_proto(m.time, m.HasField("time"), f"{field}.time"),
         metadata=dict(m.metadata),
     )
 
@@ -47,7 +33,9 @@ def message_to_proto(m: MemoryMessage) -> memory_pb2.Message:
 
 def write_from_proto(request: memory_pb2.WriteRequest) -> tuple[str, list[MemoryMessage]]:
     """(session_id, messages) of a WriteRequest."""
-    return request.session_id, [message_from_proto(m, request.session_id) for m in request.messages]
+    return request.session_id, [
+        message_from_proto(m, request.session_id, f"messages[{i}]") for i, m in enumerate(request.messages)
+    ]
 
 
 def write_to_proto(result: WriteResult) -> memory_pb2.WriteResponse:
@@ -71,8 +59,8 @@ def search_from_proto(request: memory_pb2.SearchRequest) -> SearchQuery:
         query=request.query,
         top_k=request.top_k,
         token_budget=request.token_budget,
-        time_start=time_from_proto(request.time_start, request.HasField("time_start")),
-        time_end=time_from_proto(request.time_end, request.HasField("time_end")),
+        time_start=time_from_proto(request.time_start, request.HasField("time_start"), "time_start"),
+        time_end=time_from_proto(request.time_end, request.HasField("time_end"), "time_end"),
         session_ids=tuple(request.session_ids),
         granularities=tuple(granularities),
     )

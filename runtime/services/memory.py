@@ -25,13 +25,17 @@ def build(rt: Runtime) -> None:
     Runs before health turns SERVING, so a restarted server answers Search from complete indexes
     (and re-derives sessions a crash left pending, in the background).
     """
+    def publish(conn: Any, scope: str, payload: dict[str, Any]) -> None:
+        rt.changes.publish(conn, "memory", scope, payload)
+
     engine = MemoryEngine(
-        SqlMemoryStore(rt.db.engine),
+        SqlMemoryStore(rt.db.engine, publisher=publish),
         rt.embedder,
         policy=lambda scope: rt.policy("memory", scope),
     )
     engine.load()
     rt.memory = engine
+    rt.replica_handlers["memory"] = engine.apply_remote_change
     metrics.register_size_reporter(engine.sizes)
 
 

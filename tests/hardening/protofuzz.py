@@ -657,17 +657,59 @@ def _message_at(msg: Message, fd: FieldDescriptor) -> Message:
     return getattr(msg, fd.name)  # type: ignore[no-any-return]
 
 
+def plausible(desc: Descriptor, depth: int = 0) -> Message:
+    """A request with every field set to a harmless, valid-looking value (so a hostile value in one field
+    gets past the checks of the others): strings "x", ``*_json`` "{}", URLs on a closed loopback port,
+    numbers 1, enums their first named value, one element in repeated fields, sub-messages two levels deep."""
+    msg = message_factory.GetMessageClass(desc)()
+    for fd in desc.fields:
+        if fd.containing_oneof is not None and fd.containing_oneof.fields[0] is not fd:
+            continue  # one member per oneof
+        if _is_map(fd):
+            continue
+        value: Any
+        t = fd.type
+        if t == FieldDescriptor.TYPE_MESSAGE:
+            if depth >= 2 or fd.message_type.full_name == _TIMESTAMP:
+                continue
+            sub = plausible(fd.message_type, depth + 1)
+            if _is_repeated(fd):
+                getattr(msg, fd.name).append(sub)
+            else:
+                getattr(msg, fd.name).CopyFrom(sub)
+            continue
+        if t in STRING_TYPES:
+            value = (NAMESPACE if fd.name == "namespace" else "{}" if fd.name.endswith("_json")
+                     else "http://127.0.0.1:9/" if "url" in fd.name else "true" if fd.name == "command" else "x")
+        elif t == FieldDescriptor.TYPE_BYTES:
+            value = b"x"
+        elif t == FieldDescriptor.TYPE_BOOL:
+            continue
+        elif t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            value = 0.5
+        elif t == FieldDescriptor.TYPE_ENUM:
+            value = fd.enum_type.values[1].number if len(fd.enum_type.values) > 1 else 0
+        elif t in INT_LIMITS:
+            value = 1
+        else:
+            continue
+        if _is_repeated(fd):
+            getattr(msg, fd.name).append(value)
+        else:
+            setattr(msg, fd.name, value)
+    return msg
+
+
 def single_field_mutations(desc: Descriptor) -> list[tuple[str, Message]]:
-    """Requests that are valid-looking (namespace set) except for ONE hostile value, one per field and kind
+    """Plausible requests (see ``plausible``) except for ONE hostile value, one per field and kind
     of hostility (NUL, 1 MB, deep JSON, NaN/inf, int extremes, unknown enums, bad Timestamps, 5,000
     elements, 20,000-entry maps), two message levels deep. Deterministic, so every run covers them all."""
-    cls = message_factory.GetMessageClass(desc)
+    base = plausible(desc)
     out = []
     for fd in desc.fields:
         for label, apply in _field_mutations(fd, 0):
-            msg = cls()
-            if "namespace" in desc.fields_by_name and fd.name != "namespace":
-                msg.namespace = NAMESPACE  # type: ignore[attr-defined]
+            msg = message_factory.GetMessageClass(desc)()
+            msg.CopyFrom(base)  # repeated fields keep their plausible first element; nested mutations edit it
             apply(msg)
             out.append((f"{fd.name}:{label}", msg))
     return out

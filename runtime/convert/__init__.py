@@ -1,0 +1,1 @@
+"""proto <-> domain conversion, one module per service; ``common`` holds what several of them share."""
