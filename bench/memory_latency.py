@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="10k units, 3 sessions per conversation, 100 queries")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--settle", type=float, default=1.0, help="memory policy settle_s of the server")
     parser.add_argument(
         "--threads",
         type=int,
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "AGENTRT_LOG__FORMAT": "text",
         "AGENTRT_LOG__LEVEL": "WARNING",
         "AGENTRT_EMBEDDING__CACHE_SIZE": "0",
+        # Coalesce re-derivation of a session being written (one derivation per burst, not per Write).
+        "AGENTRT_POLICIES__DEFAULTS": json.dumps({"memory": {"settle_s": args.settle}}),
     }
     server = Server(data_dir, env)
     print(f"server SERVING after {server.startup_s:.1f} s (index rebuild of {args.units} units included)")
@@ -357,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "targets": {"search_p50_ms": 15, "search_p99_ms": 40, "write_messages_per_s": 150},
             "threads": args.threads or "library default",
+            "settle_s": args.settle,
             "write_sessions": len(to_write),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],

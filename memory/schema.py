@@ -62,6 +62,8 @@ unit_messages = sa.Table(
     sa.Column("namespace", sa.String(_NS), primary_key=True),
     sa.Column("message_id", sa.String(_ID), primary_key=True),
     sa.Column("unit_id", sa.String(_ID), primary_key=True),
+    # Re-deriving a unit deletes its links by unit id: without this every Write scans the table.
+    sa.Index("ix_memory_unit_messages_unit", "namespace", "unit_id"),
 )
 
 # Association edges between units (GMM co-membership + similarity), written by consolidation.

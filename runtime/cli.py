@@ -84,10 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.server import serve as run_serve
 
         try:
-            return asyncio.run(run_serve(settings, port_file=args.port_file))
+            code = asyncio.run(run_serve(settings, port_file=args.port_file))
         except StartupError as exc:
             print(f"agentrt: {exc}", file=sys.stderr)
             return 2
+        # Everything acknowledged is committed and background work left unfinished is marked pending in the
+        # database. Exit now rather than let interpreter teardown race daemon threads still inside torch or
+        # FAISS (that aborts the process with "terminate called without an active exception").
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.command == "migrate":
         from runtime.db import Database
 

@@ -82,9 +82,9 @@ class EmbeddingSettings(BaseModel):
     model: str = DEFAULT_MODEL
     # "cpu", "cuda", or None = CUDA when torch sees a GPU.
     device: str | None = None
-    # torch intra-op threads for CPU inference (None = torch's default, one per core). On a small, busy
+    # torch intra-op threads for CPU inference (None = torch's default, one per core). Default 1: on a small, busy
     # machine 1 leaves a core to the gRPC loop and SQL work.
-    torch_threads: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(1, ge=1)
     # Texts whose vectors are kept (LRU): a turn embeds the same user text for the guard, memory search and
     # memory write. 0 turns the cache off.
     cache_size: int = Field(4096, ge=0)

@@ -50,6 +50,10 @@ def _status_details(code: grpc.StatusCode, message: str, details: list[any_pb2.A
     return status.SerializeToString()
 
 
+def _invalid(field: str, description: str) -> RpcError:
+    return to_rpc_error(domain.InvalidArgumentError(field, description))
+
+
 def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
     """Translate an exception raised by a handler into the status the client gets."""
     if isinstance(exc, domain.InvalidArgumentError):
@@ -72,6 +76,13 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return RpcError(code, str(exc))
+    if isinstance(exc, RecursionError):
+        # json.loads of a hostile document nested thousands of levels deep
+        return _invalid("request", "a JSON value in the request is nested too deeply")
+    if isinstance(exc, DataError):
+        # a value the database refuses (Postgres: NUL characters in text, a string longer than its column)
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        return _invalid("request", f"a value cannot be stored: {reason}")
     if isinstance(exc, OperationalError | DBAPIError) and _is_disk_full(exc):
         return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the data directory is full; nothing was written")
     if isinstance(exc, DataError):

@@ -28,10 +28,15 @@ def build(rt: Runtime) -> None:
     def publish(conn: Any, scope: str, payload: dict[str, Any]) -> None:
         rt.changes.publish(conn, "memory", scope, payload)
 
+    # Process-wide knobs of the background worker come from the default memory policy
+    # (``policies.defaults.memory.settle_s``: debounce of session re-derivation, 0 = derive at once).
+    defaults = rt.settings.policies.defaults.get("memory", {})
     engine = MemoryEngine(
         SqlMemoryStore(rt.db.engine, publisher=publish),
         rt.embedder,
         policy=lambda scope: rt.policy("memory", scope),
+        settle_s=float(defaults.get("settle_s", 0.0)),
+        max_delay_s=float(defaults.get("max_delay_s", 5.0)),
     )
     engine.load()
     rt.memory = engine

@@ -680,7 +680,8 @@ def plausible(desc: Descriptor, depth: int = 0) -> Message:
             continue
         if t in STRING_TYPES:
             value = (NAMESPACE if fd.name == "namespace" else "{}" if fd.name.endswith("_json")
-                     else "http://127.0.0.1:9/" if "url" in fd.name else "true" if fd.name == "command" else "x")
+                     else "http://127.0.0.1:9/" if "url" in fd.name
+                     else "/nonexistent/agentrt-fuzz" if fd.name == "command" else "x")
         elif t == FieldDescriptor.TYPE_BYTES:
             value = b"x"
         elif t == FieldDescriptor.TYPE_BOOL:

@@ -15,6 +15,7 @@ deterministic one-hostile-field-at-a-time sweep on SQLite and Postgres, and the 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,21 +49,35 @@ PHASES = list(Phase) if os.environ.get("AGENTRT_FUZZ_SHRINK") or LONG_CAMPAIGN \
 # The default run is repeatable (fixed examples, so `make test` does not flicker); the campaign is random.
 DERANDOMIZE = not LONG_CAMPAIGN
 CALL_TIMEOUT_S = 20.0
+SWEEP_BUDGET_S = 15.0
 RPCS = api_methods()
 
 # RPCs whose owners have not fixed an INTERNAL found here yet: {rpc path: reason}. Marked xfail (not strict)
 # so the suite stays green while the report lists them; remove an entry once the owner fixes it.
-KNOWN_INTERNAL: dict[str, str] = {}
+_DEEP_JSON = "RecursionError from json.loads on deeply nested JSON escapes as INTERNAL (tests/hardening/FINDINGS.md)"
+KNOWN_INTERNAL: dict[str, str] = {
+    "/agentrt.v1.ToolService/Register": f"{_DEEP_JSON}: runtime/convert/tool.py _json_field",
+}
 # The same for the deterministic sweep, per field: {(rpc path, mutation label prefix): reason}. Other fields
 # of the same RPC stay checked.
-KNOWN_FIELDS: dict[tuple[str, str], str] = {}
+KNOWN_FIELDS: dict[tuple[str, str], str] = {
+    ("/agentrt.v1.AgentService/StoreBatch", "ops:put:value_json:deep"): f"{_DEEP_JSON}: runtime/convert/agent.py",
+    ("/agentrt.v1.AgentService/StoreBatch", "ops:search:filter_json:deep"): f"{_DEEP_JSON}: runtime/convert/agent.py",
+    ("/agentrt.v1.GuardService/Check", "tool_call:arguments_json:deep"): f"{_DEEP_JSON}: runtime/convert/guard.py",
+    ("/agentrt.v1.GuardService/ReportIncident", "tool_call:arguments_json:deep"):
+        f"{_DEEP_JSON}: runtime/convert/guard.py",
+    ("/agentrt.v1.GuardService/TestRules", "check:tool_call:arguments_json:deep"):
+        f"{_DEEP_JSON}: runtime/convert/guard.py",
+    ("/agentrt.v1.ToolService/Register", "tool:input_schema_json:deep"): f"{_DEEP_JSON}: runtime/convert/tool.py",
+    ("/agentrt.v1.ToolService/Register", "tool:output_schema_json:deep"): f"{_DEEP_JSON}: runtime/convert/tool.py",
+}
 
 
-def _params(rpcs: list[Rpc]) -> list[Any]:
+def _params(rpcs: list[Rpc], *, known: bool = True) -> list[Any]:
     out = []
     for rpc in rpcs:
-        marks = [pytest.mark.xfail(reason=KNOWN_INTERNAL[rpc.path], strict=False)] if rpc.path in KNOWN_INTERNAL \
-            else []
+        marks = [pytest.mark.xfail(reason=KNOWN_INTERNAL[rpc.path], strict=False)] \
+            if known and rpc.path in KNOWN_INTERNAL else []
         out.append(pytest.param(rpc, id=str(rpc), marks=marks))
     return out
 
@@ -189,7 +204,12 @@ def test_fuzz_one_hostile_field_at_a_time(target: FuzzTarget, rpc: Rpc) -> None:
     """A deterministic sweep: each field of each request gets each kind of hostile value on its own, so the
     classes random examples may miss (NUL on Postgres, deep JSON, out-of-range Timestamps) are always run."""
     failures, known = [], []
+    # Bounded per RPC: a slow path (e.g. MCP imports that wait on a process) must not stall the whole suite;
+    # the long campaign has no such bound.
+    budget_end = time.monotonic() + (1e9 if LONG_CAMPAIGN else SWEEP_BUDGET_S)
     for label, request in single_field_mutations(rpc.method.input_type):
+        if time.monotonic() > budget_end:
+            break
         try:
             target.check(rpc, request.SerializeToString(), f"{label} ({request.ByteSize()} bytes)")
         except Violation as exc:  # keep going: one run lists every field that fails
@@ -206,7 +226,7 @@ def test_fuzz_one_hostile_field_at_a_time(target: FuzzTarget, rpc: Rpc) -> None:
 
 # Bytes are parsed before any handler or database is reached, so the wire-level cases run on SQLite only.
 @pytest.mark.parametrize("target", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("rpc", _params(RPCS))
+@pytest.mark.parametrize("rpc", _params(RPCS, known=False))
 def test_fuzz_raw_bytes_get_proper_statuses(target: FuzzTarget, rpc: Rpc) -> None:
     @settings(max_examples=max(5, EXAMPLES // 2), deadline=None, database=None,
               phases=PHASES, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
@@ -219,7 +239,7 @@ def test_fuzz_raw_bytes_get_proper_statuses(target: FuzzTarget, rpc: Rpc) -> Non
 
 
 @pytest.mark.parametrize("target", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("rpc", _params(RPCS))
+@pytest.mark.parametrize("rpc", _params(RPCS, known=False))
 def test_invalid_utf8_in_every_string_field_is_invalid_argument(target: FuzzTarget, rpc: Rpc) -> None:
     payloads = invalid_utf8_payloads(rpc.method.input_type)
     for field, payload in payloads:
