@@ -85,12 +85,6 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
         return _invalid("request", f"a value cannot be stored: {reason}")
     if isinstance(exc, OperationalError | DBAPIError) and _is_disk_full(exc):
         return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the data directory is full; nothing was written")
-    if isinstance(exc, DataError):
-        # The database refused a value the request carried (Postgres: NUL characters in text, numbers out of
-        # range); the transaction rolled back, so nothing was written. The caller has to change the request.
-        log.info("database refused a value in %s: %s", method, exc.orig.__class__.__name__ if exc.orig else exc)
-        msg = f"a value in the request cannot be stored: {_first_line(exc.orig or exc)}"
-        return to_rpc_error(domain.InvalidArgumentError("request", msg), method)
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         log.warning("database unavailable in %s: %s", method, exc.__class__.__name__)
         return RpcError(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
@@ -105,7 +99,3 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
 def _is_disk_full(exc: BaseException) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
     return "database or disk is full" in text or "no space left" in text or "disk full" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
