@@ -45,7 +45,7 @@ bench-%: setup
 	HF_HUB_OFFLINE=1 $(PY) -m bench $*
 
 fuzz: setup
-	HF_HUB_OFFLINE=1 AGENTRT_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests -m slow -k fuzz
+	HF_HUB_OFFLINE=1 AGENTRT_FUZZ_EXAMPLES=$${AGENTRT_FUZZ_EXAMPLES:-300} $(PY) -m pytest tests -m slow -k fuzz
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from core.coordination import LeaseManager, LocalLeases
 from core.embedding import Embedder
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from memory.association import AssociationConfig, AssociationManager
@@ -171,8 +172,12 @@ class MemoryEngine:
         background: bool = True,
         settle_s: float = 0.0,
         max_delay_s: float = 2.0,
+        leases: LeaseManager | None = None,
     ):
         self.store = store
+        # With replicas on one database, association work (GMM refits, linking) of a namespace runs on the
+        # one replica holding its lease; the others receive the resulting edges through the change feed.
+        self._leases: LeaseManager = leases or LocalLeases()
         self.embedder = embedder
         self._policy = policy or (lambda _ns: {})
         self._vector_factory = vector_factory
@@ -707,7 +712,9 @@ class MemoryEngine:
                     self._derive_session(ns, session_id)
                 else:
                     started = time.monotonic()
-                    self.association.step(ns, index)
+                    with self._leases.hold(f"memory-association:{ns}") as held:
+                        if held:
+                            self.association.step(ns, index)
                     # Association work is the lowest priority: pause as long as the step ran (at most
                     # half of a core, and the GIL, go to it) so Writes and Searches keep their share.
                     with self._cv:

@@ -37,6 +37,7 @@ def build(rt: Runtime) -> None:
         policy=lambda scope: rt.policy("memory", scope),
         settle_s=float(defaults.get("settle_s", 0.0)),
         max_delay_s=float(defaults.get("max_delay_s", 5.0)),
+        leases=rt.leases,
     )
     engine.load()
     rt.memory = engine

@@ -54,23 +54,10 @@ RPCS = api_methods()
 
 # RPCs whose owners have not fixed an INTERNAL found here yet: {rpc path: reason}. Marked xfail (not strict)
 # so the suite stays green while the report lists them; remove an entry once the owner fixes it.
-_DEEP_JSON = "RecursionError from json.loads on deeply nested JSON escapes as INTERNAL (tests/hardening/FINDINGS.md)"
-KNOWN_INTERNAL: dict[str, str] = {
-    "/agentrt.v1.ToolService/Register": f"{_DEEP_JSON}: runtime/convert/tool.py _json_field",
-}
+KNOWN_INTERNAL: dict[str, str] = {}
 # The same for the deterministic sweep, per field: {(rpc path, mutation label prefix): reason}. Other fields
 # of the same RPC stay checked.
-KNOWN_FIELDS: dict[tuple[str, str], str] = {
-    ("/agentrt.v1.AgentService/StoreBatch", "ops:put:value_json:deep"): f"{_DEEP_JSON}: runtime/convert/agent.py",
-    ("/agentrt.v1.AgentService/StoreBatch", "ops:search:filter_json:deep"): f"{_DEEP_JSON}: runtime/convert/agent.py",
-    ("/agentrt.v1.GuardService/Check", "tool_call:arguments_json:deep"): f"{_DEEP_JSON}: runtime/convert/guard.py",
-    ("/agentrt.v1.GuardService/ReportIncident", "tool_call:arguments_json:deep"):
-        f"{_DEEP_JSON}: runtime/convert/guard.py",
-    ("/agentrt.v1.GuardService/TestRules", "check:tool_call:arguments_json:deep"):
-        f"{_DEEP_JSON}: runtime/convert/guard.py",
-    ("/agentrt.v1.ToolService/Register", "tool:input_schema_json:deep"): f"{_DEEP_JSON}: runtime/convert/tool.py",
-    ("/agentrt.v1.ToolService/Register", "tool:output_schema_json:deep"): f"{_DEEP_JSON}: runtime/convert/tool.py",
-}
+KNOWN_FIELDS: dict[tuple[str, str], str] = {}
 
 
 def _params(rpcs: list[Rpc], *, known: bool = True) -> list[Any]:
