@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from agentrt.v1 import common_pb2, guard_pb2, memory_pb2, tool_pb2
+
 from runtime.replication import wait_for
 
 RULES = """

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from agentrt.v1 import memory_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agentrt.v1 import memory_pb2
 from runtime.client import AgentrtClient
 from tests.conftest import free_port
 

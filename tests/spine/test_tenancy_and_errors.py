@@ -7,8 +7,8 @@ import time
 
 import grpc
 import pytest
-
 from agentrt.v1 import memory_pb2
+
 from runtime import metrics
 from tests.spine.test_server import bad_request_fields
 
