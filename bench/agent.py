@@ -31,7 +31,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,6 +40,8 @@ import httpx
 from agentrt.v1 import agent_pb2
 
 from bench.common import SHARED, machine, percentiles, write_result
+from runtime.config import Settings
+from runtime.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench-agent"
@@ -77,37 +78,13 @@ def _locomo_turns(max_sessions: int) -> tuple[list[tuple[str, list[dict[str, str
     return sessions, questions
 
 
-class _Server:
-    """The sidecar on its own event loop in a background thread."""
-
-    def __init__(self, data_dir: str):
-        from runtime.config import Settings
-
-        settings = Settings(
-            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-            storage={"data_dir": data_dir},
-            log={"level": "WARNING", "format": "text"},
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: Any = self.call(self._create(settings))
-        self.port = self.call(self.server.start())
-        self.call(self.server.wait_ready(600))
-
-    @staticmethod
-    async def _create(settings: Any) -> Any:
-        from runtime.server import AgentrtServer
-
-        return AgentrtServer(settings)
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
-
-    def stop(self) -> None:
-        self.call(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+def _Server(data_dir: str) -> EmbeddedServer:
+    """An in-process sidecar on its own event loop (as the tests run it)."""
+    return EmbeddedServer(Settings(
+        server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+        storage={"data_dir": str(data_dir)},
+        log={"level": "WARNING", "format": "text"},
+    ))
 
 
 def _direct_baseline(base_url: str, message: str, n: int) -> list[float]:

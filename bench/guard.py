@@ -21,12 +21,10 @@ Protocol (fixed, documented in docs/guards.md):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -34,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED, percentiles, write_result
+from runtime.config import Settings
+from runtime.embedded import EmbeddedServer
 
 DATA = SHARED / "data" / "guard"
 
@@ -78,36 +78,13 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
     return out
 
 
-class _Server:
+def _Server(data_dir: str) -> EmbeddedServer:
     """An in-process sidecar on its own event loop (as the tests run it)."""
-
-    def __init__(self, data_dir: str):
-        from runtime.config import Settings
-        from runtime.server import AgentrtServer
-
-        settings = Settings(
-            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-            storage={"data_dir": data_dir},
-            log={"level": "WARNING", "format": "text"},
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def create() -> Any:
-            return AgentrtServer(settings)
-
-        self.server = self.call(create())
-        self.port = self.call(self.server.start())
-        self.call(self.server.wait_ready(600))
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
-
-    def stop(self) -> None:
-        self.call(self.server.stop(0.5))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    return EmbeddedServer(Settings(
+        server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+        storage={"data_dir": str(data_dir)},
+        log={"level": "WARNING", "format": "text"},
+    ))
 
 
 def score(items: list[dict[str, Any]], decisions: dict[str, str]) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bench.common import RESULTS, SHARED, machine, percentiles, write_result
+from runtime.config import Settings
+from runtime.embedded import EmbeddedServer
 
 TOKENS = [
     {"token": f"t{i}", "logprob": -1.2, "top_logprobs": [{"token": f"a{j}", "logprob": -1.2 - j} for j in range(5)]}
@@ -52,36 +54,13 @@ class _NoOp(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server:
+def _Server(data_dir: str) -> EmbeddedServer:
     """An in-process sidecar on its own event loop (as the tests run it)."""
-
-    def __init__(self, data_dir: str):
-        from runtime.config import Settings
-        from runtime.server import AgentrtServer
-
-        settings = Settings(
-            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-            storage={"data_dir": data_dir},
-            log={"level": "WARNING", "format": "text"},
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def create() -> Any:
-            return AgentrtServer(settings)
-
-        self.server = self.call(create())
-        self.port = self.call(self.server.start())
-        self.call(self.server.wait_ready(600))
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
-
-    def stop(self) -> None:
-        self.call(self.server.stop(0.5))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+    return EmbeddedServer(Settings(
+        server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+        storage={"data_dir": str(data_dir)},
+        log={"level": "WARNING", "format": "text"},
+    ))
 
 
 def bench_overhead(n: int) -> dict[str, Any]:

@@ -12,14 +12,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ import pytest
 
 from runtime.client import AgentrtClient
 from runtime.config import Settings
-from runtime.server import AgentrtServer
+from runtime.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parent.parent
 PG_HOST = os.environ.get("AGENTRT_TEST_PG_HOST", "127.0.0.1")
@@ -129,48 +127,21 @@ def make_settings(
     return Settings(**values)
 
 
-class RunningServer:
-    """An AgentrtServer running on its own event loop in a background thread."""
+class RunningServer(EmbeddedServer):
+    """An embedded server (runtime/embedded.py) with a typed client attached."""
 
     def __init__(self, settings: Settings, token: str | None = None):
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
-        self._thread.start()
-        self.server: AgentrtServer = self.call(self._create(settings))
-        self.port = self.call(self.server.start())
-        self.target = f"127.0.0.1:{self.port}"
-        self.call(self.server.wait_ready(300))
+        super().__init__(settings, ready_timeout_s=300)
         self.client = AgentrtClient(self.target, token=token)
         self.channel = self.client.channel
-        self._stopped = False
-
-    @staticmethod
-    async def _create(settings: Settings) -> AgentrtServer:
-        return AgentrtServer(settings)
-
-    @property
-    def rt(self) -> Any:
-        return self.server.rt
-
-    def call(self, coro: Any, timeout: float | None = 300) -> Any:
-        """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def new_client(self, token: str | None = None) -> AgentrtClient:
         return AgentrtClient(self.target, token=token)
 
     def stop(self, grace: float = 0.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        self.client.close()
-        try:
-            self.call(self.server.stop(grace), timeout=120)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(30)
-            self.loop.close()
+        if not self._stopped:
+            self.client.close()
+        super().stop(grace)
 
 
 @pytest.fixture
