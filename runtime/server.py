@@ -140,60 +140,50 @@ class CallWrapper(grpc.aio.ServerInterceptor):
         metrics.RPC_ERRORS.labels(method, err.code.name).inc()
         await context.abort(err.code, err.message, trailing_metadata=err.trailing_metadata())
 
+    @contextlib.asynccontextmanager
+    async def _served(
+        self, method: str, metadata: dict[str, Any], request: Any, context: grpc.aio.ServicerContext,
+        default_deadline: float,
+    ) -> AsyncIterator[None]:
+        """Everything around one call: admission, in-flight count, default deadline, metrics, error mapping."""
+        logs.request_id.set(uuid.uuid4().hex[:16])
+        started = time.perf_counter()
+        admitted = False
+        try:
+            self._admit(request, metadata)
+            admitted = True
+            self._in_flight += 1
+            metrics.RPC_IN_FLIGHT.inc()
+            timeout = None if context.time_remaining() is not None else default_deadline
+            async with asyncio.timeout(timeout):
+                yield
+        except grpc.aio.AbortError:
+            metrics.RPC_ERRORS.labels(method, str(context.code())).inc()
+            raise
+        except Exception as exc:
+            await self._fail(context, method, exc)
+        finally:
+            if admitted:
+                self._in_flight -= 1
+                metrics.RPC_IN_FLIGHT.dec()
+            metrics.RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+
     def _unary(self, method: str, metadata: dict[str, Any], inner: Callable[..., Any]) -> Callable[..., Any]:
-        default_deadline = self._rt.settings.server.default_deadline_s
+        deadline = self._rt.settings.server.default_deadline_s
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            logs.request_id.set(uuid.uuid4().hex[:16])
-            started = time.perf_counter()
-            admitted = False
-            try:
-                self._admit(request, metadata)
-                admitted = True
-                self._in_flight += 1
-                metrics.RPC_IN_FLIGHT.inc()
-                timeout = None if context.time_remaining() is not None else default_deadline
-                async with asyncio.timeout(timeout):
-                    return await inner(request, context)
-            except grpc.aio.AbortError:
-                metrics.RPC_ERRORS.labels(method, str(context.code())).inc()
-                raise
-            except Exception as exc:
-                await self._fail(context, method, exc)
-            finally:
-                if admitted:
-                    self._in_flight -= 1
-                    metrics.RPC_IN_FLIGHT.dec()
-                metrics.RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+            async with self._served(method, metadata, request, context, deadline):
+                return await inner(request, context)
 
         return handle
 
     def _streaming(self, method: str, metadata: dict[str, Any], inner: Callable[..., Any]) -> Callable[..., Any]:
-        default_deadline = self._rt.settings.server.stream_deadline_s
+        deadline = self._rt.settings.server.stream_deadline_s
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            logs.request_id.set(uuid.uuid4().hex[:16])
-            started = time.perf_counter()
-            admitted = False
-            try:
-                self._admit(request, metadata)
-                admitted = True
-                self._in_flight += 1
-                metrics.RPC_IN_FLIGHT.inc()
-                timeout = None if context.time_remaining() is not None else default_deadline
-                async with asyncio.timeout(timeout):
-                    async for item in inner(request, context):
-                        yield item
-            except grpc.aio.AbortError:
-                metrics.RPC_ERRORS.labels(method, str(context.code())).inc()
-                raise
-            except Exception as exc:
-                await self._fail(context, method, exc)
-            finally:
-                if admitted:
-                    self._in_flight -= 1
-                    metrics.RPC_IN_FLIGHT.dec()
-                metrics.RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+            async with self._served(method, metadata, request, context, deadline):
+                async for item in inner(request, context):
+                    yield item
 
         return handle
 
