@@ -53,6 +53,9 @@ class SentenceTransformerEmbedder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bars in a server's structured log
 
         path = default_model_path() if model == DEFAULT_MODEL else model
         if not os.path.isdir(path):
