@@ -76,4 +76,5 @@ def test_a_replica_that_was_down_catches_up_on_start(make_server, pg_url: str, t
     a.client.write("ns", "s1", [{"id": f"m{i}", "speaker": "x", "text": f"during the outage note {i}"}
                                 for i in range(1, 30)])
     c = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing")
-    assert {"m0", "m29"} <= _ids(c.client, "during the outage note 29 before the outage")
+    assert "m0" in _ids(c.client, "before the outage")
+    assert "m29" in _ids(c.client, "during the outage note 29")
