@@ -137,6 +137,22 @@ def make_tokens(tokens: Iterable[common_pb2.TokenLogprob | Mapping[str, Any]]) -
     return out
 
 
+def write_request(namespace: str, session_id: str, messages: Sequence[MessageLike]) -> memory_pb2.WriteRequest:
+    """The WriteRequest both clients send."""
+    return memory_pb2.WriteRequest(namespace=namespace, session_id=session_id,
+                                   messages=[make_message(m) for m in messages])
+
+
+def search_request(namespace: str, query: str, top_k: int, token_budget: int) -> memory_pb2.SearchRequest:
+    """The SearchRequest both clients send."""
+    return memory_pb2.SearchRequest(namespace=namespace, query=query, top_k=top_k, token_budget=token_budget)
+
+
+def decide_request(namespace: str, gate: int, tokens: Iterable[Any]) -> gate_pb2.DecideRequest:
+    """The DecideRequest both clients send."""
+    return gate_pb2.DecideRequest(namespace=namespace, gate=gate, tokens=make_tokens(tokens))  # type: ignore[arg-type]
+
+
 class _Stubs:
     def _bind(self, channel: Any) -> None:
         self.memory = memory_pb2_grpc.MemoryServiceStub(channel)
@@ -183,14 +199,11 @@ class AgentrtClient(_Stubs):
 
     def write(self, namespace: str, session_id: str, messages: Sequence[MessageLike]) -> memory_pb2.WriteResponse:
         """Store messages of one session (idempotent per message id)."""
-        req = memory_pb2.WriteRequest(namespace=namespace, session_id=session_id,
-                                      messages=[make_message(m) for m in messages])
-        return self.memory.Write(req, timeout=self.timeout)
+        return self.memory.Write(write_request(namespace, session_id, messages), timeout=self.timeout)
 
     def search(self, namespace: str, query: str, *, top_k: int = 0, token_budget: int = 0) -> memory_pb2.SearchResponse:
         """Retrieve memory for a query."""
-        req = memory_pb2.SearchRequest(namespace=namespace, query=query, top_k=top_k, token_budget=token_budget)
-        return self.memory.Search(req, timeout=self.timeout)
+        return self.memory.Search(search_request(namespace, query, top_k, token_budget), timeout=self.timeout)
 
     def check(self, namespace: str, stage: int, text: str = "", *, tool_name: str = "", arguments_json: str = "",
               available_tools: Sequence[str] = ()) -> guard_pb2.Verdict:
@@ -209,8 +222,7 @@ class AgentrtClient(_Stubs):
 
     def decide(self, namespace: str, gate: int, tokens: Iterable[Any]) -> gate_pb2.GateDecision:
         """Ask an entropy gate whether to fire, from token logprobs."""
-        req = gate_pb2.DecideRequest(namespace=namespace, gate=gate, tokens=make_tokens(tokens))  # type: ignore[arg-type]
-        return self.gate.Decide(req, timeout=self.timeout)
+        return self.gate.Decide(decide_request(namespace, gate, tokens), timeout=self.timeout)
 
     def record_gate_outcome(self, namespace: str, decision_id: str, *, needed: bool) -> gate_pb2.RecordOutcomeResponse:
         """Tell the gate whether retrieval / the tool / escalation was in fact needed for a decision."""
@@ -266,15 +278,11 @@ class AsyncAgentrtClient(_Stubs):
         await self.channel.close()
 
     async def write(self, namespace: str, session_id: str, messages: Sequence[MessageLike]) -> memory_pb2.WriteResponse:
-        req = memory_pb2.WriteRequest(namespace=namespace, session_id=session_id,
-                                      messages=[make_message(m) for m in messages])
-        return await self.memory.Write(req, timeout=self.timeout)
+        return await self.memory.Write(write_request(namespace, session_id, messages), timeout=self.timeout)
 
     async def search(self, namespace: str, query: str, *, top_k: int = 0,
                      token_budget: int = 0) -> memory_pb2.SearchResponse:
-        req = memory_pb2.SearchRequest(namespace=namespace, query=query, top_k=top_k, token_budget=token_budget)
-        return await self.memory.Search(req, timeout=self.timeout)
+        return await self.memory.Search(search_request(namespace, query, top_k, token_budget), timeout=self.timeout)
 
     async def decide(self, namespace: str, gate: int, tokens: Iterable[Any]) -> gate_pb2.GateDecision:
-        req = gate_pb2.DecideRequest(namespace=namespace, gate=gate, tokens=make_tokens(tokens))  # type: ignore[arg-type]
-        return await self.gate.Decide(req, timeout=self.timeout)
+        return await self.gate.Decide(decide_request(namespace, gate, tokens), timeout=self.timeout)
