@@ -11,7 +11,7 @@ async def test_async_client_write_search_decide(make_server) -> None:
         written = await c.write("ns", "s1", [{"id": "a", "speaker": "x", "text": "async hello world"}])
         assert list(written.message_ids) == ["a"]
         hits = (await c.search("ns", "async hello", top_k=3)).hits
-        assert [list(h.message_ids) for h in hits][0] == ["a"]
+        assert list(hits[0].message_ids) == ["a"]
         tokens = [{"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1}]}]
         decision = await c.decide("ns", 1, tokens)
         assert decision.fire == (decision.score > decision.threshold)
