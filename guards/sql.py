@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from core.errors import NotFoundError
 from guards import schema as t
@@ -62,12 +64,32 @@ def _evidence_from_json(items: list[dict[str, Any]]) -> tuple[Evidence, ...]:
 
 
 class SqlGuardStore:
-    """``GuardStore`` on an injected SQLAlchemy engine; creates its tables if missing."""
+    """``GuardStore`` on an injected SQLAlchemy engine; creates its tables if missing.
 
-    def __init__(self, engine: Engine, *, create_tables: bool = True):
+    ``publisher(connection, scope)`` is called inside every transaction that changes a scope's rules,
+    settings or guard memory (not its audit log), so replicas sharing the database learn of the change
+    exactly when it commits — never before, and never not at all.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        create_tables: bool = True,
+        publisher: Callable[[Connection, str], None] | None = None,
+    ):
         self.engine = engine
+        self._publisher = publisher
         if create_tables:
             t.metadata.create_all(engine)
+
+    @contextlib.contextmanager
+    def _changing(self, scope: str) -> Iterator[Connection]:
+        """A write transaction on ``scope``'s cached state that announces itself in the same commit."""
+        with self.engine.begin() as conn:
+            yield conn
+            if self._publisher is not None:
+                self._publisher(conn, scope)
 
     # --- settings -----------------------------------------------------------------------------------------
     def get_settings(self, scope: str) -> dict[str, Any] | None:
@@ -76,7 +98,7 @@ class SqlGuardStore:
         return dict(row[0]) if row else None
 
     def put_settings(self, scope: str, settings: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             done = conn.execute(
                 update(t.guard_settings).where(t.guard_settings.c.scope == scope).values(settings=settings)
             ).rowcount
@@ -86,7 +108,7 @@ class SqlGuardStore:
     # --- rules ----------------------------------------------------------------------------------------------
     def put_rules(self, scope: str, rules: list[PolicyRule], *, replace_all: bool = False) -> None:
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             if replace_all:
                 conn.execute(delete(t.guard_rules).where(t.guard_rules.c.scope == scope))
             elif rules:
@@ -124,7 +146,7 @@ class SqlGuardStore:
     def delete_rules(self, scope: str, names: list[str]) -> int:
         if not names:
             return 0
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             return int(
                 conn.execute(
                     delete(t.guard_rules).where(t.guard_rules.c.scope == scope, t.guard_rules.c.name.in_(names))
@@ -135,7 +157,7 @@ class SqlGuardStore:
     def add_leaves(self, scope: str, leaves: list[Exemplar], vectors: np.ndarray) -> list[int]:
         vectors = np.asarray(vectors, dtype=np.float32)
         ids = []
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             # One INSERT ... RETURNING per row keeps ids in order on both SQLite and Postgres.
             for leaf, vec in zip(leaves, vectors, strict=True):
                 row = conn.execute(
@@ -184,14 +206,14 @@ class SqlGuardStore:
 
     def update_leaves(self, scope: str, changes: dict[int, dict[str, Any]]) -> None:
         c = t.guard_leaves.c
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             for leaf_id, change in changes.items():
                 values = {k: v for k, v in change.items() if k in ("cluster_id", "active")}
                 if values:
                     conn.execute(update(t.guard_leaves).where(c.scope == scope, c.id == leaf_id).values(**values))
 
     def add_cluster(self, scope: str, cluster: Cluster) -> int:
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             return int(
                 conn.execute(
                     insert(t.guard_clusters)
@@ -215,7 +237,7 @@ class SqlGuardStore:
             values["rule_text"] = rule_text
         if active is not None:
             values["active"] = active
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             exists = conn.execute(select(c.id).where(c.scope == scope, c.id == cluster_id)).first()
             if exists is None:
                 raise NotFoundError("cluster", str(cluster_id))
@@ -234,7 +256,7 @@ class SqlGuardStore:
     def append_event(self, scope: str, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
         c = t.guard_events.c
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with self._changing(scope) as conn:
             current = conn.execute(select(func.max(c.version)).where(c.scope == scope)).scalar()
             version = int(current or 0) + 1
             conn.execute(

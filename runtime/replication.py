@@ -108,14 +108,22 @@ class FeedTailer:
                 self._listen_conn.close()
 
     def apply_available(self) -> int:
-        """Apply every row after ``last_seq`` now; returns how many rows were read."""
+        """Apply every row after ``last_seq`` now; returns how many rows were read.
+
+        An empty payload means "reload this scope" (guards, tools): one guard feedback commits several
+        such rows, and within a batch only the last of each (component, scope) needs applying. Rows with a
+        payload (memory deltas) are applied one by one, in order.
+        """
         total = 0
         while True:
             rows = self.feed.read_after(self.last_seq)
-            for row in rows:
-                if row.origin != self.feed.replica_id:
+            foreign = [row for row in rows if row.origin != self.feed.replica_id]
+            last_reload = {(row.component, row.scope): i for i, row in enumerate(foreign) if row.payload in ("{}", "")}
+            for i, row in enumerate(foreign):
+                if last_reload.get((row.component, row.scope), i) == i or row.payload not in ("{}", ""):
                     self._apply(row)
-                self.last_seq = int(row.seq)
+            if rows:
+                self.last_seq = int(rows[-1].seq)
             total += len(rows)
             if len(rows) < 1000:
                 return total
@@ -199,22 +207,6 @@ class PgLeases:
                     with contextlib.suppress(Exception):
                         conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                         conn.commit()
-
-
-def publish_committed(rt: Any, component: str, scope: str, payload: dict[str, Any] | None = None) -> None:
-    """Publish a change its component has already committed, in a small transaction of its own.
-
-    For components whose cached state is cheap to reload per scope (tool registry, guard memory): other
-    replicas drop and reload that scope. Not atomic with the change itself: if this replica dies between the
-    two commits, the others keep the stale cache until they restart — memory, where that would lose
-    search results, publishes inside its own write transaction instead.
-    """
-    from core.coordination import NoChangePublisher
-
-    if isinstance(rt.changes, NoChangePublisher):
-        return
-    with rt.db.engine.begin() as conn:
-        rt.changes.publish(conn, component, scope, payload or {})
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.errors import NotFoundError
@@ -34,14 +35,30 @@ def _utc(value: datetime) -> datetime:
 
 
 class SqlToolStore(ToolStore):
-    """Tool store on the sidecar's database; tables live in ``tools/schema.py``."""
+    """Tool store on the sidecar's database; tables live in ``tools/schema.py``.
 
-    def __init__(self, engine: Engine, *, create_tables: bool = False):
+    ``publisher(connection, scope)`` is called inside every transaction that changes a scope's tools, MCP
+    servers or policy (not its audit log), so replicas sharing the database learn of the change exactly
+    when it commits.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        create_tables: bool = False,
+        publisher: Callable[[Connection, str], None] | None = None,
+    ):
         self._engine = engine
+        self._publisher = publisher
         if create_tables:
             from tools.schema import metadata
 
             metadata.create_all(engine)
+
+    def _announce(self, conn: Connection, scope: str) -> None:
+        if self._publisher is not None:
+            self._publisher(conn, scope)
 
     def _row_to_def(self, row: Any) -> ToolDefinition:
         d = definition_from_dict(json.loads(row.definition))
@@ -81,6 +98,7 @@ class SqlToolStore(ToolStore):
                         .where(tool_versions.c.scope == scope, tool_versions.c.name == definition.name)
                         .values(deleted=False)
                     )
+                    self._announce(conn, scope)
                     return dataclasses.replace(definition, version=version, created_at=now), True
             except IntegrityError:
                 if attempt == 2:
@@ -140,20 +158,20 @@ class SqlToolStore(ToolStore):
                 .where(tool_versions.c.scope == scope, tool_versions.c.name == name)
                 .values(deleted=True)
             )
+            self._announce(conn, scope)
             return int(last)
 
     def put_server(self, scope: str, spec: McpServerSpec) -> None:
         with self._engine.begin() as conn:
             conn.execute(
-                delete(tool_mcp_servers).where(
-                    tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == spec.name
-                )
+                delete(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == spec.name)
             )
             conn.execute(
                 insert(tool_mcp_servers).values(
                     scope=scope, name=spec.name, spec=json.dumps(server_to_dict(spec)), updated_at=utcnow()
                 )
             )
+            self._announce(conn, scope)
 
     def get_server(self, scope: str, name: str) -> McpServerSpec:
         with self._engine.connect() as conn:
@@ -176,10 +194,10 @@ class SqlToolStore(ToolStore):
     def delete_server(self, scope: str, name: str) -> None:
         with self._engine.begin() as conn:
             n = conn.execute(
-                delete(tool_mcp_servers).where(
-                    tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == name
-                )
+                delete(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == name)
             ).rowcount
+            if n:
+                self._announce(conn, scope)
         if not n:
             raise NotFoundError("mcp server", name)
 
@@ -248,6 +266,5 @@ class SqlToolStore(ToolStore):
     def set_policy(self, scope: str, policy: ToolPolicy) -> None:
         with self._engine.begin() as conn:
             conn.execute(delete(tool_policies).where(tool_policies.c.scope == scope))
-            conn.execute(
-                insert(tool_policies).values(scope=scope, policy=json.dumps(dataclasses.asdict(policy)))
-            )
+            conn.execute(insert(tool_policies).values(scope=scope, policy=json.dumps(dataclasses.asdict(policy))))
+            self._announce(conn, scope)

@@ -17,7 +17,6 @@ from guards.pack import DEFAULT_PACK, pack_vectors
 from guards.sql import SqlGuardStore
 from runtime.container import Runtime
 from runtime.convert import guard as conv
-from runtime.replication import publish_committed
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def build(rt: Runtime) -> None:
     defaults = {k: v for k, v in configured.items() if k in DEFAULT_SETTINGS}
     params = MemoryParams(**dict(configured.get("memory") or {}))
     rt.guards = GuardEngine(
-        SqlGuardStore(rt.db.engine),
+        SqlGuardStore(rt.db.engine, publisher=lambda conn, scope: rt.changes.publish(conn, "guards", scope, {})),
         rt.embedder,
         params=params,
         defaults=defaults,
@@ -73,10 +72,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
     def _guards(self) -> GuardEngine:
         return self._rt.guards  # type: ignore[no-any-return]
 
-    async def _changed(self, scope: str) -> None:
-        """Tell other replicas to reload this scope's rules and guard memory (no-op with one process)."""
-        await self._rt.offload(publish_committed, self._rt, "guards", scope)
-
     async def Check(self, request: guard_pb2.CheckRequest, context: Any) -> guard_pb2.Verdict:
         req = conv.check_from_proto(request)
         # read-only tokens may run checks (the verdict is audited, nothing of the tenant's changes)
@@ -92,7 +87,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("expected", "must be DECISION_ALLOW, DECISION_BLOCK or DECISION_REVIEW")
         scope = await self._rt.scope(request.namespace, write=True)
         result = await self._rt.offload(self._guards.feedback, scope, request.verdict_id, expected, request.note)
-        await self._changed(scope)
         return conv.feedback_to_proto(result)
 
     async def ReportIncident(
@@ -109,7 +103,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         result = await self._rt.offload(
             self._guards.report_incident, scope, req, expected, request.category, request.note
         )
-        await self._changed(scope)
         return conv.feedback_to_proto(result)
 
     async def PutRules(self, request: guard_pb2.PutRulesRequest, context: Any) -> guard_pb2.PutRulesResponse:
@@ -126,7 +119,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         )
         scope = await self._rt.scope(request.namespace, write=True)
         stored = await self._rt.offload(self._guards.put_rules, scope, rules, replace_all=request.replace)
-        await self._changed(scope)
         return guard_pb2.PutRulesResponse(rules=[conv.rule_to_proto(r) for r in stored])
 
     async def ListRules(self, request: guard_pb2.ListRulesRequest, context: Any) -> guard_pb2.ListRulesResponse:
@@ -139,7 +131,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("names", "at least one rule name is required")
         scope = await self._rt.scope(request.namespace, write=True)
         n = await self._rt.offload(self._guards.delete_rules, scope, list(request.names))
-        await self._changed(scope)
         return guard_pb2.DeleteRulesResponse(deleted=n)
 
     async def TestRules(self, request: guard_pb2.TestRulesRequest, context: Any) -> guard_pb2.TestRulesResponse:
@@ -161,7 +152,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         changes = conv.settings_changes_from_proto(request)
         scope = await self._rt.scope(request.namespace, write=True)
         settings = await self._rt.offload(self._guards.put_settings, scope, changes)
-        await self._changed(scope)
         return conv.settings_to_proto(request.namespace, settings)
 
     async def ListGuardClusters(
@@ -191,7 +181,6 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("version", "must be >= 0")
         scope = await self._rt.scope(request.namespace, write=True)
         event = await self._rt.offload(self._guards.rollback, scope, request.version)
-        await self._changed(scope)
         return conv.event_to_proto(event)
 
     async def GetVerdict(self, request: guard_pb2.GetVerdictRequest, context: Any) -> guard_pb2.GuardAuditRecord:

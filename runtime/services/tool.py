@@ -13,7 +13,6 @@ from agentrt.v1 import tool_pb2, tool_pb2_grpc
 from core.errors import InvalidArgumentError
 from runtime.container import Runtime
 from runtime.convert import tool as conv
-from runtime.replication import publish_committed
 from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
 from tools.model import ToolPolicy, utcnow
 from tools.registry import ToolRegistry
@@ -69,7 +68,7 @@ class MemoryAdapter:
 
 def build(rt: Runtime) -> None:
     """The registry on the sidecar's database, tool search on the shared embedder, and the invoker."""
-    store = SqlToolStore(rt.db.engine)
+    store = SqlToolStore(rt.db.engine, publisher=lambda conn, scope: rt.changes.publish(conn, "tools", scope, {}))
     settings = rt.settings
 
     def default_policy(scope: str) -> ToolPolicy:
@@ -134,17 +133,11 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         reg: ToolRegistry = self._rt.tools
         return reg
 
-    async def _changed(self, scope: str) -> None:
-        """Tell other replicas to reload this scope's tools (a no-op with a single process)."""
-        await self._rt.offload(publish_committed, self._rt, "tools", scope)
-
     async def Register(self, request: tool_pb2.RegisterToolRequest, context: Any) -> tool_pb2.RegisterToolResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         if not request.HasField("tool"):
             raise InvalidArgumentError("tool", "is required")
         stored, created = await self._reg.register(scope, conv.tool_from_proto(request.tool))
-        if created:
-            await self._changed(scope)
         return tool_pb2.RegisterToolResponse(tool=conv.tool_to_proto(stored), created=created)
 
     async def List(self, request: tool_pb2.ListToolsRequest, context: Any) -> tool_pb2.ListToolsResponse:
@@ -165,7 +158,6 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
     ) -> tool_pb2.UnregisterToolResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         last = await self._reg.unregister(scope, request.name)
-        await self._changed(scope)
         return tool_pb2.UnregisterToolResponse(last_version=last)
 
     async def ImportMcp(self, request: tool_pb2.ImportMcpRequest, context: Any) -> tool_pb2.ImportMcpResponse:
@@ -173,7 +165,6 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         if not request.HasField("server"):
             raise InvalidArgumentError("server", "is required")
         status, tools = await self._reg.import_mcp(scope, conv.server_from_proto(request.server))
-        await self._changed(scope)
         return tool_pb2.ImportMcpResponse(
             status=conv.status_to_proto(status), tools=[conv.tool_to_proto(t) for t in tools]
         )
@@ -181,7 +172,6 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
     async def RefreshMcp(self, request: tool_pb2.RefreshMcpRequest, context: Any) -> tool_pb2.ImportMcpResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         status, tools = await self._reg.refresh_mcp(scope, request.name)
-        await self._changed(scope)
         return tool_pb2.ImportMcpResponse(
             status=conv.status_to_proto(status), tools=[conv.tool_to_proto(t) for t in tools]
         )
@@ -200,7 +190,6 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
     async def RemoveMcp(self, request: tool_pb2.RemoveMcpRequest, context: Any) -> tool_pb2.RemoveMcpResponse:
         scope = await self._rt.scope(request.namespace, write=True)
         removed = await self._reg.remove_mcp(scope, request.name)
-        await self._changed(scope)
         return tool_pb2.RemoveMcpResponse(removed_tools=removed)
 
     async def Search(self, request: tool_pb2.ToolSearchRequest, context: Any) -> tool_pb2.ToolSearchResponse:
@@ -272,7 +261,6 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         scope = await self._rt.scope(request.namespace, write=True)
         policy = conv.policy_from_proto(request.policy, await self._reg.policy(scope))
         await self._reg.set_policy(scope, policy)
-        await self._changed(scope)
         return conv.policy_to_proto(policy)
 
 

@@ -103,3 +103,29 @@ def test_a_lease_is_held_by_one_replica_and_freed_when_its_holder_dies(pg_url: s
     assert wait_for(lambda: b.hold("guards-evolve:t/ns").__enter__(), timeout=5)
     a_db.dispose()
     b_db.dispose()
+
+
+def test_scope_reloads_coalesce_within_a_batch_while_deltas_apply_in_order(pg_url: str) -> None:
+    db = _db(pg_url)
+    writer, reader = ChangeFeed(db, "writer"), ChangeFeed(db, "reader")
+    reloads: list[str] = []
+    deltas: list[int] = []
+    tailer = FeedTailer(
+        reader,
+        {"guards": lambda s, _p: reloads.append(s), "memory": lambda _s, p: deltas.append(p["i"])},
+        reader.head(),
+    )
+    try:
+        # One guard feedback commits several reload rows; memory deltas are interleaved with them.
+        for i in range(4):
+            with db.engine.begin() as conn:
+                writer.publish(conn, "guards", "t/a", {})
+                writer.publish(conn, "memory", "t/a", {"i": i})
+        with db.engine.begin() as conn:
+            writer.publish(conn, "guards", "t/b", {})
+        assert tailer.apply_available() == 9
+        assert sorted(reloads) == ["t/a", "t/b"]
+        assert deltas == [0, 1, 2, 3]
+        assert tailer.last_seq == reader.head()
+    finally:
+        db.dispose()
