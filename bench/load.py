@@ -22,8 +22,6 @@ import collections
 import contextlib
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,6 +50,7 @@ from agentrt.v1 import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import percentiles, write_result
+from runtime.process import ServerProcess as SharedServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "load"
@@ -63,52 +62,16 @@ Call = Callable[[float], Awaitable[Any]]
 
 # ------------------------------------------------------------------------------------------ server
 
-class ServerProcess:
+class ServerProcess(SharedServerProcess):
     """``agentrt serve`` as a subprocess on a free port, with its RSS sampled in a thread."""
 
     def __init__(self, data_dir: Path, env: dict[str, str], database_url: str | None):
-        port_file = data_dir / "port"
-        args = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--metrics-port", "-1",
-                "--port-file", str(port_file), "--data-dir", str(data_dir)]
-        if database_url:
-            args += ["--database-url", database_url]
-        self.log = open(data_dir / "server.log", "w")  # noqa: SIM115
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTRT_LOG__LEVEL": "WARNING", **env}
-        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not start; see {self.log.name}")
-            time.sleep(0.05)
-        self.target = f"127.0.0.1:{int(port_file.read_text())}"
-        self._wait_serving(deadline)
+        super().__init__(data_dir, database_url=database_url, env={"AGENTRT_LOG__LEVEL": "WARNING", **env},
+                         log_path=data_dir / "server.log")
         self.rss_samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
-
-    def _wait_serving(self, deadline: float) -> None:
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.time() < deadline:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError("server never became SERVING")
-
-    def rss_bytes(self) -> int:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
 
     def _sample(self) -> None:
         while not self._stop.wait(0.25):
@@ -117,15 +80,9 @@ class ServerProcess:
     def max_rss_between(self, start: float, end: float) -> int:
         return max((r for t, r in self.rss_samples if start <= t <= end), default=self.rss_bytes())
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> None:
         self._stop.set()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-        self.log.close()
+        super().stop(timeout)
 
 
 class _NoopTool(BaseHTTPRequestHandler):

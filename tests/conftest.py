@@ -13,23 +13,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from runtime.client import AgentrtClient
 from runtime.config import Settings
 from runtime.embedded import EmbeddedServer
+from runtime.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 PG_HOST = os.environ.get("AGENTRT_TEST_PG_HOST", "127.0.0.1")
@@ -174,75 +170,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class SpawnedServer:
-    """A real ``agentrt serve`` subprocess."""
-
-    def __init__(self, args: list[str], env: dict[str, str], workdir: Path):
-        self.port_file = workdir / f"port-{uuid.uuid4().hex[:6]}"
-        self.log_file = open(workdir / f"server-{uuid.uuid4().hex[:6]}.log", "w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--metrics-port", "-1",
-             "--port-file", str(self.port_file), *args],
-            cwd=REPO, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
-        )
-        self.port = self._wait_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.wait_serving()
-
-    def _wait_port(self, timeout: float = 120) -> int:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.port_file.exists():
-                return int(self.port_file.read_text())
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not bind in {timeout}s:\n{self.log()}")
-
-    def wait_serving(self, timeout: float = 300) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.time() + timeout
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.time() < deadline:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                time.sleep(0.1)
-        raise TimeoutError(f"server not SERVING in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self.log_file.flush()
-        self.log_file.seek(0)
-        return self.log_file.read()[-5000:]
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
 @pytest.fixture
-def spawn_server(tmp_path: Path) -> Iterator[Callable[..., SpawnedServer]]:
+def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Factory of ``agentrt serve`` subprocesses; ``spawn_server(data_dir=…, db_url=…, env={…})``."""
-    procs: list[SpawnedServer] = []
+    procs: list[ServerProcess] = []
 
     def factory(*, data_dir: Path | None = None, db_url: str | None = None, extra_args: list[str] | None = None,
-                env: dict[str, str] | None = None) -> SpawnedServer:
-        args = ["--data-dir", str(data_dir or tmp_path / "data")]
-        if db_url:
-            args += ["--database-url", db_url]
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTRT_LOG__FORMAT": "text", **(env or {})}
-        srv = SpawnedServer(args + (extra_args or []), full_env, tmp_path)
+                env: dict[str, str] | None = None) -> ServerProcess:
+        srv = ServerProcess(data_dir or tmp_path / "data", database_url=db_url, extra_args=extra_args or (),
+                            env={"AGENTRT_LOG__FORMAT": "text", **(env or {})},
+                            log_path=tmp_path / f"server-{uuid.uuid4().hex[:6]}.log")
         procs.append(srv)
         return srv
 
@@ -251,7 +188,7 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., SpawnedServer]]:
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait(30)
-        p.log_file.close()
+        p.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

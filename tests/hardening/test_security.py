@@ -50,7 +50,7 @@ def test_bearer_tokens_never_appear_in_the_server_log(spawn_server, tmp_path: Pa
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, header
 
     assert server.terminate() == 0
-    log = Path(server.log_file.name).read_text()
+    log = server.log_path.read_text()
     assert log.strip(), "the server wrote no log at all; the check would be empty"
     for secret in (good, read_only, wrong):
         for piece in (secret, secret.split("-", 1)[1]):
