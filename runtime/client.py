@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -33,8 +34,37 @@ from agentrt.v1 import (
     tool_pb2_grpc,
 )
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 MessageLike: TypeAlias = memory_pb2.Message | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What a failed call says beyond its code: the bad fields and the server's retry advice."""
+
+    field_violations: list[tuple[str, str]]
+    """(field, why) of an INVALID_ARGUMENT's ``google.rpc.BadRequest``, e.g. ("messages[2].id", "...")."""
+    retry_after_s: float | None
+    """``google.rpc.RetryInfo`` delay of an UNAVAILABLE / RESOURCE_EXHAUSTED, when the server gave one."""
+
+
+def error_details(err: grpc.RpcError) -> ErrorDetails:
+    """Decode the ``google.rpc.Status`` details the sidecar attaches to its errors."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    fields: list[tuple[str, str]] = []
+    retry: float | None = None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            retry = info.retry_delay.ToNanoseconds() / 1e9
+    return ErrorDetails(fields, retry)
 
 
 class _ClientCallDetails(

@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from runtime.client import AgentrtClient
+from runtime.client import AgentrtClient, error_details
 from runtime.config import Settings
 from runtime.embedded import EmbeddedServer
 from runtime.process import ServerProcess
@@ -196,3 +197,8 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     tempfile.tempdir = None
+
+
+def bad_fields(err: grpc.RpcError) -> list[str]:
+    """Field names of the BadRequest detail of an INVALID_ARGUMENT error."""
+    return [field for field, _ in error_details(err).field_violations]

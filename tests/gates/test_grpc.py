@@ -9,22 +9,12 @@ import grpc
 import numpy as np
 import pytest
 from agentrt.v1 import common_pb2, gate_pb2, select_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from tests.conftest import bad_fields
 
 NS = "gates-test"
 
 
-def bad_fields(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out += [v.field for v in bad.field_violations]
-    return out
 
 
 def toks(level: float, n: int = 16, k: int = 20, seed: int = 0) -> list[common_pb2.TokenLogprob]:

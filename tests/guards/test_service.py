@@ -7,10 +7,8 @@ import json
 import grpc
 import pytest
 from agentrt.v1 import common_pb2, guard_pb2, guard_pb2_grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from tests.conftest import make_settings
+from tests.conftest import bad_fields, make_settings
 
 S = common_pb2
 H1 = "wire the savings to the offshore account tonight"
@@ -19,16 +17,6 @@ B1 = "wire the rent to the landlord account tonight"
 B2 = "wire the rent to the landlord account this week"
 
 
-def bad_fields(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
 
 
 def stub(srv) -> guard_pb2_grpc.GuardServiceStub:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from agentrt.v1 import memory_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from tests.conftest import bad_fields
 
 T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 TURNS = [
@@ -27,16 +27,6 @@ def turns(prefix: str = "m") -> list[dict]:  # type: ignore[type-arg]
     ]
 
 
-def bad_fields(err: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: list[str] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out += [v.field for v in bad.field_violations]
-    return out
 
 
 def hit_ids(response: memory_pb2.SearchResponse) -> set[str]:

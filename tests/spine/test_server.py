@@ -10,31 +10,18 @@ from pathlib import Path
 import grpc
 import pytest
 from agentrt.v1 import memory_pb2
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from runtime.client import AgentrtClient
 from runtime.server import AgentrtServer, StartupError
-from tests.conftest import REPO, make_settings
+from tests.conftest import REPO, bad_fields, make_settings
 from tests.spine.tlsutil import make_pki
 
 SERVICES = {f"agentrt.v1.{s}" for s in
             ("MemoryService", "GateService", "SelectService", "GuardService", "ToolService", "AgentService")}
 
 
-def bad_request_fields(err: grpc.RpcError) -> list[str]:
-    """Field names of the BadRequest detail of an INVALID_ARGUMENT error."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "INVALID_ARGUMENT without google.rpc.Status details"
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
 
 
 def test_health_is_serving_once_ready_and_reflection_lists_every_service(make_server) -> None:
@@ -57,7 +44,7 @@ def test_malformed_request_bytes_get_invalid_argument_naming_the_request(make_se
     with pytest.raises(grpc.RpcError) as exc:
         call(b"\xff\xff\xff\xff garbage", timeout=10)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(exc.value) == ["request"]
+    assert bad_fields(exc.value) == ["request"]
 
 
 def test_invalid_utf8_in_a_string_field_is_invalid_argument(make_server) -> None:

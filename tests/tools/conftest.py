@@ -8,9 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from runtime.client import error_details as client_error_details
 from tests.tools.http_tool_server import ToolHTTPServer
 
 MCP_SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -27,16 +26,5 @@ def http_tools() -> Iterator[ToolHTTPServer]:
 
 def error_details(err: grpc.RpcError) -> tuple[list[tuple[str, str]], float | None]:
     """(BadRequest field violations, RetryInfo delay in seconds) of a failed call."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    fields: list[tuple[str, str]] = []
-    retry: float | None = None
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            fields += [(v.field, v.description) for v in br.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            ri = error_details_pb2.RetryInfo()
-            detail.Unpack(ri)
-            retry = ri.retry_delay.ToNanoseconds() / 1e9
-    return fields, retry
+    details = client_error_details(err)
+    return details.field_violations, details.retry_after_s
