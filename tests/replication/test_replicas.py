@@ -78,3 +78,23 @@ def test_a_replica_that_was_down_catches_up_on_start(make_server, pg_url: str, t
     c = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing")
     assert "m0" in _ids(c.client, "before the outage")
     assert "m29" in _ids(c.client, "during the outage note 29")
+
+
+def test_tenants_stay_isolated_across_replicas(make_server, pg_url: str, tmp_path) -> None:
+    tokens = [{"token": "token-acme", "tenant": "acme"}, {"token": "token-globex", "tenant": "globex"}]
+    a = make_server(db_url=pg_url, data_dir=tmp_path / "a", embedding_model="hashing", tokens=tokens)
+    b = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing", tokens=tokens)
+    acme_a, acme_b = a.new_client("token-acme"), b.new_client("token-acme")
+    globex_b = b.new_client("token-globex")
+    try:
+        # Both tenants use the same namespace name; only the tenant in the token tells them apart.
+        assert _ids(globex_b, "quarterly merger plans") == set()
+        acme_a.write("ns", "s1", [{"id": "m1", "speaker": "x", "text": "quarterly merger plans for the board"}])
+        assert wait_for(lambda: "m1" in _ids(acme_b, "quarterly merger plans"), timeout=10)
+        assert _ids(globex_b, "quarterly merger plans") == set()
+        with pytest.raises(grpc.RpcError) as exc:
+            globex_b.memory.Get(memory_pb2.GetRequest(namespace="ns", message_ids=["m1"]), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        for client in (acme_a, acme_b, globex_b):
+            client.close()
