@@ -1,7 +1,7 @@
 """memory-latency: Search p50/p99 over gRPC loopback at 100k units, and Write throughput with
 consolidation running, next to raw FAISS search, query embedding alone and an empty RPC.
 
-    python -m bench memory-latency [--units 100000] [--queries 300] [--batch 2] [--quick]
+    python -m bench memory-latency [--units 100000] [--queries 300] [--batch 2] [--writers 1] [--quick]
 
 Set-up (what is measured is printed and written to bench/results/memory_latency.json):
 1. One namespace is seeded with ``--units`` units directly through ``SqlMemoryStore`` (no Write path:
@@ -14,6 +14,9 @@ Set-up (what is measured is printed and written to bench/results/memory_latency.
    derives exchange/session/fact units, links them and refits the GMM of the 100k-unit namespace.
 3. Search latency over gRPC (client-side wall time, query embedding included, no query cache) for
    LoCoMo questions with top_k 10 and token_budget 400, once the background work has drained.
+4. Restart: the server is stopped (a clean shutdown writes the vector index snapshots) and started
+   again on the same data directory; start-up from the snapshots is timed (that the restored index
+   equals a rebuild from the database is tested in ``tests/memory/test_index_snapshots.py``).
 Baselines in the same run: health-check RPC, Search on an empty namespace (an RPC that stops before
 embedding), the query embedding alone in-process, and raw FAISS search over the same number of
 vectors (flat exact and HNSW).
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,6 +106,7 @@ class Server:
 
     def __init__(self, data_dir: Path, env: dict[str, str]):
         self.port_file = data_dir / "port"
+        self.port_file.unlink(missing_ok=True)  # a restart must not read the previous server's port
         self.log = open(data_dir / "server.log", "w+")  # noqa: SIM115
         started = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--batch", type=int, default=2, help="messages per Write call")
+    parser.add_argument("--writers", type=int, default=1, help="concurrent Write clients (disjoint sessions)")
     parser.add_argument(
         "--write-sessions", type=int, default=0, help="write only the first N LoCoMo sessions (0 = all)"
     )
@@ -277,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "AGENTRT_POLICIES__DEFAULTS": json.dumps({"memory": {"settle_s": args.settle}}),
     }
     server = Server(data_dir, env)
-    print(f"server SERVING after {server.startup_s:.1f} s (index rebuild of {args.units} units included)")
+    first_startup_s = server.startup_s
+    print(f"server SERVING after {first_startup_s:.1f} s (index rebuild of {args.units} units included)")
     result: dict[str, Any] = {}
     try:
         client = AgentrtClient(server.target, timeout=120)
@@ -291,23 +298,30 @@ def main(argv: list[str] | None = None) -> int:
             client.memory.Search(memory_pb2.SearchRequest(namespace="empty", query="hello", top_k=10))
             empty_search.append(time.perf_counter() - t)
 
-        # Write throughput with consolidation running (background derive, link, GMM refit).
+        # Write throughput with consolidation running (background derive, link, GMM refit). With
+        # --writers N, N clients write disjoint sessions at once (their commits can be grouped).
         write_lat: list[float] = []
-        n_messages = 0
+
+        def write_all(group: list[dict[str, Any]]) -> int:
+            written = 0
+            for s in group:
+                sid = f"{s['conv']}-s{s['session']}"
+                turns = s["turns"]
+                for start in range(0, len(turns), args.batch):
+                    chunk = turns[start : start + args.batch]
+                    msgs = [
+                        {"id": f"{s['conv']}:{d}", "speaker": spk, "text": text, "time": s["time"]}
+                        for d, spk, text in chunk
+                    ]
+                    t = time.perf_counter()
+                    client.write(NAMESPACE, sid, msgs)
+                    write_lat.append(time.perf_counter() - t)
+                    written += len(msgs)
+            return written
+
         t_write = time.perf_counter()
-        for s in to_write:
-            sid = f"{s['conv']}-s{s['session']}"
-            turns = s["turns"]
-            for start in range(0, len(turns), args.batch):
-                chunk = turns[start : start + args.batch]
-                msgs = [
-                    {"id": f"{s['conv']}:{d}", "speaker": spk, "text": text, "time": s["time"]}
-                    for d, spk, text in chunk
-                ]
-                t = time.perf_counter()
-                client.write(NAMESPACE, sid, msgs)
-                write_lat.append(time.perf_counter() - t)
-                n_messages += len(msgs)
+        with ThreadPoolExecutor(args.writers) as pool_writers:
+            n_messages = sum(pool_writers.map(write_all, [to_write[i :: args.writers] for i in range(args.writers)]))
         write_s = time.perf_counter() - t_write
         drain_s = wait_drained(client)
         stats = client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))
@@ -327,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Search over {units_total} units: p50 {search['p50_ms']} ms, p99 {search['p99_ms']} ms")
         client.close()
 
+        # Restart: the clean shutdown snapshots the vector indexes; the new process loads them and checks
+        # them against the database instead of rebuilding every HNSW graph.
+        t = time.perf_counter()
+        server.stop()
+        shutdown_s = time.perf_counter() - t
+        server = Server(data_dir, env)
+        print(f"restart: shutdown (snapshot written) {shutdown_s:.1f} s, SERVING again after {server.startup_s:.1f} s")
+
         qvecs = embedder.embed(picked[:100])
         raw = raw_faiss(pool_for_faiss(pool, units_total), qvecs)
         print(
@@ -342,7 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             "edges": stats.edges,
             "locomo_turns_written": n_messages,
             "write_batch": args.batch,
-            "startup_s": round(server.startup_s, 2),
+            "writers": args.writers,
+            "startup_s": round(first_startup_s, 2),
+            "restart": {
+                "shutdown_s": round(shutdown_s, 2),
+                "startup_from_snapshot_s": round(server.startup_s, 2),
+            },
             "seed_s": round(seed_s, 2),
             "write": {
                 "messages_per_s_acknowledged": round(n_messages / write_s, 1),

@@ -29,7 +29,24 @@ class VectorIndex(Protocol):
         """Top-k by inner product per query row: (scores (q, k) float32, ids (q, k) int64, -1 = none)."""
         ...
 
+    def dump(self) -> dict[str, np.ndarray]:
+        """The index's whole state as named arrays, for a snapshot file (``restore`` reads it back)."""
+        ...
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the content by a ``dump`` of the same index type; ValueError if it is not one."""
+        ...
+
     def __len__(self) -> int: ...
+
+
+def _kind(state: dict[str, np.ndarray]) -> str:
+    return str(state["kind"]) if "kind" in state else ""
+
+
+def _check_dim(dim: int, vectors: np.ndarray) -> None:
+    if vectors.ndim != 2 or (len(vectors) and vectors.shape[1] != dim):
+        raise ValueError(f"snapshot holds vectors of shape {vectors.shape}, the index has dimension {dim}")
 
 
 class NumpyVectorIndex:
@@ -73,6 +90,19 @@ class NumpyVectorIndex:
             out_ids[row, :take] = ids[order]
         return out_scores, out_ids
 
+    def dump(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return {"kind": np.array("numpy"), "ids": self._ids.copy(), "vectors": self._vectors.copy()}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        if _kind(state) != "numpy":
+            raise ValueError(f"not a numpy index snapshot: {_kind(state)!r}")
+        vectors = np.asarray(state["vectors"], dtype=np.float32)
+        _check_dim(self.dim, vectors)
+        with self._lock:
+            self._ids = np.asarray(state["ids"], dtype=np.int64).copy()
+            self._vectors = vectors.reshape(len(self._ids), self.dim).copy()
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -110,6 +140,32 @@ class FaissVectorIndex:
             scores, ids = self._index.search(queries, k)
         scores[ids < 0] = -np.inf
         return scores, ids
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every entry."""
+        faiss = self._faiss
+        with self._lock:
+            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            # IndexIDMap2.reconstruct_n takes external ids; read the flat storage by position instead.
+            flat = faiss.downcast_index(self._index.index)
+            vectors = flat.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, self.dim), np.float32)
+        return ids, vectors
+
+    def dump(self) -> dict[str, np.ndarray]:
+        # Ids and raw vectors rather than a FAISS file: re-adding them to a flat index is a copy.
+        ids, vectors = self.items()
+        return {"kind": np.array("flat"), "ids": ids, "vectors": vectors}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        if _kind(state) != "flat":
+            raise ValueError(f"not a flat index snapshot: {_kind(state)!r}")
+        vectors = np.ascontiguousarray(state["vectors"], dtype=np.float32)
+        _check_dim(self.dim, vectors)
+        index = self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dim))
+        if len(vectors):
+            index.add_with_ids(vectors, np.ascontiguousarray(state["ids"], dtype=np.int64))
+        with self._lock:
+            self._index = index
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -279,6 +335,55 @@ class TombstoneFaissIndex:
             live = self._slot_ids >= 0
             return self._slot_ids[live].copy(), self._vectors[live].copy()
 
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live entry; same as :meth:`vectors`."""
+        return self.vectors()
+
+    def dump(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            state = {
+                "kind": np.array(f"tombstone-{self.kind}"),
+                "slot_ids": self._slot_ids.copy(),
+                "vectors": self._vectors.copy(),
+            }
+            if self.kind == "hnsw":
+                # The HNSW graph is what is slow to build (tens of seconds at 100k); a flat index is
+                # rebuilt from the vectors.
+                state["faiss"] = self._faiss.serialize_index(self._index)
+            return state
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        if _kind(state) != f"tombstone-{self.kind}":
+            raise ValueError(f"not a {self.kind} tombstone index snapshot: {_kind(state)!r}")
+        slot_ids = np.asarray(state["slot_ids"], dtype=np.int64)
+        vectors = np.ascontiguousarray(state["vectors"], dtype=np.float32)
+        _check_dim(self.dim, vectors)
+        if len(vectors) != len(slot_ids):
+            raise ValueError(f"snapshot holds {len(vectors)} vectors for {len(slot_ids)} slots")
+        if self.kind == "hnsw":
+            # read_index (under deserialize_index) already returns the concrete class; wrapping it again in
+            # downcast_index would leave a second owner of the same C++ object.
+            index = self._faiss.deserialize_index(np.asarray(state["faiss"], np.uint8))
+            if not isinstance(index, self._faiss.IndexHNSWFlat) or index.ntotal != len(slot_ids) or index.d != self.dim:
+                raise ValueError(
+                    f"snapshot's HNSW index holds {index.ntotal} vectors of dim {index.d}, expected "
+                    f"{len(slot_ids)} of dim {self.dim}"
+                )
+            index.hnsw.efSearch = self._ef_search
+        else:
+            index = self._new_index()
+            if len(vectors):
+                index.add(vectors)
+        with self._lock:
+            self._index = index
+            self._n = 0
+            self._append(slot_ids, vectors)
+            live = slot_ids >= 0
+            self._slot_of = {
+                int(i): int(s) for s, i in zip(np.flatnonzero(live).tolist(), slot_ids[live].tolist(), strict=True)
+            }
+            self._dead = int((~live).sum())
+
     def __len__(self) -> int:
         return len(self._slot_of)
 
@@ -328,16 +433,7 @@ class AutoVectorIndex:
             target = TombstoneFaissIndex(self.dim, "hnsw", hnsw_m=self._hnsw_m, ef_search=self._ef_search)
         else:
             return
-        if isinstance(self._index, FaissVectorIndex):
-            import faiss
-
-            inner = self._index._index
-            ids = faiss.vector_to_array(inner.id_map).astype(np.int64)
-            # IndexIDMap2.reconstruct_n takes external ids; read the flat storage by position instead.
-            flat = faiss.downcast_index(inner.index)
-            vectors = flat.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, self.dim), np.float32)
-        else:
-            ids, vectors = self._index.vectors()
+        ids, vectors = self._index.items()
         target.add(ids, vectors)
         self._index = target
 
@@ -354,8 +450,38 @@ class AutoVectorIndex:
         index = self._index  # a concurrent migration swaps the reference atomically
         return index.search(queries, k)
 
+    def dump(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._index.dump()
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        kind = _kind(state)
+        target: FaissVectorIndex | TombstoneFaissIndex
+        if kind == "flat":
+            target = FaissVectorIndex(self.dim)
+        elif kind == "tombstone-hnsw":
+            target = TombstoneFaissIndex(self.dim, "hnsw", hnsw_m=self._hnsw_m, ef_search=self._ef_search)
+        elif kind == "tombstone-flat":
+            # A GPU flat index is snapshotted as its vectors; it goes back to a GPU only if one is here.
+            target = TombstoneFaissIndex(self.dim, "flat", gpu=self.use_gpu)
+        else:
+            raise ValueError(f"not a snapshot of an auto index: {kind!r}")
+        target.restore(state)
+        with self._lock:
+            self._index = target
+            # The thresholds (or the GPU) may differ from the process that wrote the snapshot.
+            self._migrate()
+
     def __len__(self) -> int:
         return len(self._index)
+
+
+def dumped_items(state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the live entries of a ``dump`` of any index type here."""
+    if "slot_ids" in state:
+        live = np.asarray(state["slot_ids"]) >= 0
+        return np.asarray(state["slot_ids"], dtype=np.int64)[live], np.asarray(state["vectors"])[live]
+    return np.asarray(state["ids"], dtype=np.int64), np.asarray(state["vectors"])
 
 
 def create_vector_index(dim: int, backend: str = "auto", **options: int | bool | None) -> VectorIndex:

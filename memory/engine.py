@@ -6,16 +6,21 @@ Write path (the database is the source of truth):
   1. validate; assign ids to messages without one; compare content hashes (same id + same content =
      unchanged, so resending is a no-op);
   2. derive the session's units (``memory.units.derive_units``), embed the *turn* units that are new or
-     changed, and commit messages + turn units + a "session pending" mark in one transaction;
+     changed (outside the namespace lock), and commit messages + turn units + a "session pending" mark in
+     one transaction, shared with the other Writes queued meanwhile (group commit, ``_commit``);
   3. apply the committed change to the in-memory indexes and reply. Raw turns are searchable as soon
      as Write returns (read-your-writes);
   4. a background worker re-derives pending sessions (exchange, session and fact units), commits them
      together with clearing the mark, links new units into the association graph and refits the GMM
      when the namespace has grown enough. Several writes to one session coalesce into one re-derive.
 
+Foreground first: Write, Search and Delete go before background work, which embeds in small chunks and
+starts each chunk or association step only in a quiet moment (``_Priority``).
+
 Crash safety: the index remembers the store generation it reflects; if an index update fails after
-the commit it is rebuilt from the database on the next access, and on start every index is rebuilt
-from the database and every still-pending session is re-derived.
+the commit it is rebuilt from the database on the next access, and on start every index is built from
+its snapshot file caught up with the database (``memory.index.IndexSnapshots``) or from the database,
+and every still-pending session is re-derived.
 
 Interface with the retrieval engineer's modules (called with exactly these signatures; while a module
 does not exist, ``memory/_standin.py`` provides a trivial version):
@@ -34,13 +39,15 @@ does not exist, ``memory/_standin.py`` provides a trivial version):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import itertools
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -51,9 +58,17 @@ from core.coordination import LeaseManager, LocalLeases
 from core.embedding import Embedder
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from memory.association import AssociationConfig, AssociationManager
-from memory.index import NamespaceIndex, VectorIndexFactory
+from memory.consolidation import (
+    ConsolidationPolicy,
+    merged_weights,
+    messages_to_forget,
+    promoted_weights,
+    weight_changes,
+)
+from memory.index import IndexSnapshot, IndexSnapshots, NamespaceIndex, SnapshotRejected, VectorIndexFactory
 from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery, SearchResult
 from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content_hash, unit_key
+from memory.units import UnitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +140,8 @@ class ConsolidationReport:
     edges: int
     refit: bool
     seconds: float
+    messages_forgotten: int = 0
+    units_reweighted: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,17 +160,102 @@ class MemoryStats:
     last_refit_seconds: float = 0.0
 
 
+_STALE = "stale"
+
+# What a Write's plan assumed about one of its messages: (session id, content hash), None = not stored.
+Fingerprint = tuple[str, str] | None
+
+
+def _fingerprint(stored: StoredMessage | None) -> Fingerprint:
+    return None if stored is None else (stored.message.session_id, stored.content_hash)
+
+
+@dataclass
+class _Commit:
+    """One Write's planned change, queued for the namespace's next (group) commit."""
+
+    change: Change
+    seen: dict[str, Fingerprint]
+    """The stored state of each of its messages when it was planned; the plan is stale once one differs."""
+    outcome: bool | str | BaseException | None = None
+    """None while queued; True once committed, ``_STALE`` to plan again, or the exception of the commit."""
+
+
 @dataclass
 class _Namespace:
     index: NamespaceIndex
     lock: threading.RLock = field(default_factory=threading.RLock)
     dirty: bool = False
+    # Writes planned and waiting for the namespace's next commit (group commit), guarded by queue_lock.
+    queued: list[_Commit] = field(default_factory=list)
+    queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Generation of the index as last saved to (or loaded from) its snapshot file; -1 = none.
+    snapshot_generation: int = -1
+    # Where the index came from at its last load (Stats, logs, tests).
+    source: str = "database"
 
 
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Priority:
+    """Foreground calls (Write, Search, Delete) go first; background work (derivation embeddings, linking,
+    refits) fills the gaps between them.
+
+    The embedder encodes one call at a time, so a background call embedding a whole session (digest and
+    window texts, several times longer than a turn) would make every Write and Search queue behind all of
+    it, and a linking pass holds the GIL in long stretches. Background embeddings are cut into chunks of
+    ``chunk`` texts, and each chunk or association step starts only once no foreground call has run for
+    ``quiet_s`` (a client writing turn after turn leaves gaps of a few milliseconds, which must not be
+    filled with long background work). A background step waits at most ``max_yield_s``, so a steady
+    foreground load slows consolidation down but cannot stop it.
+    """
+
+    def __init__(self, embedder: Embedder, chunk: int, quiet_s: float = 0.02, max_yield_s: float = 1.0):
+        self._embedder = embedder
+        self.chunk = max(1, chunk)
+        self.quiet_s = quiet_s
+        self.max_yield_s = max_yield_s
+        self._foreground = 0
+        self._last_foreground = 0.0
+        self._cv = threading.Condition()
+
+    @contextlib.contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Marks a foreground call for its whole duration."""
+        with self._cv:
+            self._foreground += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._foreground -= 1
+                self._last_foreground = time.monotonic()
+                self._cv.notify_all()
+
+    def wait_quiet(self) -> None:
+        """Block until no foreground call has run for ``quiet_s`` (at most ``max_yield_s``)."""
+        deadline = time.monotonic() + self.max_yield_s
+        with self._cv:
+            while (now := time.monotonic()) < deadline:
+                if self._foreground:
+                    self._cv.wait(deadline - now)
+                elif now - self._last_foreground < self.quiet_s:
+                    self._cv.wait(min(deadline, self._last_foreground + self.quiet_s) - now)
+                else:
+                    return
+
+    def embed_background(self, texts: list[str]) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        for start in range(0, len(texts), self.chunk):
+            self.wait_quiet()
+            parts.append(self._embedder.embed(texts[start : start + self.chunk]))
+        if not parts:
+            return np.zeros((0, self._embedder.dim), dtype=np.float32)
+        return np.concatenate(parts)
 
 
 class MemoryEngine:
@@ -173,12 +275,16 @@ class MemoryEngine:
         settle_s: float = 0.0,
         max_delay_s: float = 2.0,
         leases: LeaseManager | None = None,
+        background_embed_batch: int = 1,
+        snapshots: IndexSnapshots | None = None,
+        snapshot_interval_s: float = 300.0,
     ):
         self.store = store
         # With replicas on one database, association work (GMM refits, linking) of a namespace runs on the
         # one replica holding its lease; the others receive the resulting edges through the change feed.
         self._leases: LeaseManager = leases or LocalLeases()
         self.embedder = embedder
+        self._priority = _Priority(embedder, background_embed_batch)
         self._policy = policy or (lambda _ns: {})
         self._vector_factory = vector_factory
         self._derive: DeriveFn = derive or _default_derive()
@@ -196,6 +302,11 @@ class MemoryEngine:
         self._flushing = 0
         self.background_pause_s = 0.05
         self._refit_due: set[str] = set()
+        # Consolidation bookkeeping: unit keys of sessions derived since the last pass (checked first),
+        # and per namespace the last turn key a pass checked (the rest are re-checked round robin).
+        self._fresh_keys: dict[str, set[int]] = {}
+        self._turn_cursor: dict[str, int] = {}
+        self._fact_topics: dict[str, dict[int, tuple[str, str]]] = {}
         self._cv = threading.Condition()
         self._busy = 0
         self._closed = False
@@ -203,56 +314,124 @@ class MemoryEngine:
         if background:
             self._worker = threading.Thread(target=self._run_worker, name="memory-consolidation", daemon=True)
             self._worker.start()
+        # Vector index snapshots (None = off): saved every snapshot_interval_s (0 = only on close) for
+        # namespaces that changed, and on close.
+        self._snapshots = snapshots
+        self.snapshot_interval_s = snapshot_interval_s
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_stop = threading.Event()
+        self._snapshotter: threading.Thread | None = None
+        if snapshots is not None and snapshot_interval_s > 0:
+            self._snapshotter = threading.Thread(target=self._run_snapshots, name="memory-snapshots", daemon=True)
+            self._snapshotter.start()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def load(self) -> int:
-        """Rebuild every namespace's index from the database and queue pending sessions (on start).
+        """Build every namespace's index (on start): from its snapshot brought up to date with the database
+        where there is a usable one, else from the database; queue pending sessions.
 
         Returns how many units were indexed.
         """
         total = 0
         for ns in self.store.namespaces():
-            total += self.rebuild(ns)
+            total += self._load_namespace(ns, use_snapshot=True)
         return total
 
     def rebuild(self, namespace: str) -> int:
         """Rebuild one namespace's indexes from the database; returns how many units were indexed."""
+        return self._load_namespace(namespace, use_snapshot=False)
+
+    def _load_namespace(self, namespace: str, *, use_snapshot: bool) -> int:
         state = self._state(namespace, load=False)
+        snapshot: IndexSnapshot | None = None
+        source = "database"
+        if use_snapshot and self._snapshots is not None:
+            try:
+                snapshot = self._snapshots.load(namespace, self.embedder.name, self.embedder.dim)
+            except SnapshotRejected as exc:
+                log.warning("index snapshot rejected; rebuilding from the database: %s", exc)
+                self._snapshots.remove(namespace)
+                source = f"database (snapshot rejected: {exc})"
         with state.lock:
-            index = self._build_index(namespace)
-            state.index = index
+            state.index, reused = self._build_index(namespace, snapshot)
             state.dirty = False
+            if snapshot is not None:
+                state.snapshot_generation = snapshot.generation
+                source = f"snapshot of generation {snapshot.generation} ({reused} vectors reused)"
+            state.source = source
+        log.info("memory index loaded", extra={"namespace": namespace, "units": state.index.size(), "source": source})
         for sid in self.store.pending_sessions(namespace):
             self._enqueue(namespace, sid)
-        return index.size()
+        return state.index.size()
 
-    def _build_index(self, namespace: str) -> NamespaceIndex:
+    def _build_index(self, namespace: str, snapshot: IndexSnapshot | None = None) -> tuple[NamespaceIndex, int]:
+        """The namespace's index from the database (vector indexes taken from ``snapshot`` where it is still
+        right), and how many vectors came from the snapshot."""
         index = NamespaceIndex(self.embedder.dim, self._vector_factory)
         generation = self.store.generation(namespace)
+        units: list[StoredUnit] = []
         stale: list[StoredUnit] = []
         for batch in self.store.iter_units(namespace):
-            fresh = [s for s in batch if s.model == self.embedder.name and len(s.vector) == self.embedder.dim]
-            stale.extend(s for s in batch if s.model != self.embedder.name or len(s.vector) != self.embedder.dim)
-            index.apply((), fresh)
+            for s in batch:
+                fresh = s.model == self.embedder.name and len(s.vector) == self.embedder.dim
+                (units if fresh else stale).append(s)
         if stale:
             # Vectors of another model are useless to this one: re-embed and persist them.
             log.info("re-embedding units of another model", extra={"namespace": namespace, "units": len(stale)})
+            # Not yielding to foreground calls: this runs under the namespace lock they may be waiting for.
             vectors = self.embedder.embed([s.unit.text for s in stale])
             redone = [replace(s, vector=v, model=self.embedder.name) for s, v in zip(stale, vectors, strict=True)]
             generation = self.store.apply(namespace, Change(insert_units=redone))
-            index.apply((), redone)
+            units += redone
+        reused = index.load(units, snapshot.dense if snapshot is not None else {})
         index.set_edges(self.store.load_edges(namespace))
         index.generation = generation
-        return index
+        return index, reused
+
+    def snapshot(self, namespace: str) -> bool:
+        """Save the namespace's vector indexes to its snapshot file; False when there is nothing to do
+        (no snapshot directory, namespace not loaded, or unchanged since the last snapshot)."""
+        state = self._namespaces.get(namespace)
+        if self._snapshots is None or state is None:
+            return False
+        with self._snapshot_lock:
+            # One consistent cut under the namespace lock (copies of the arrays); the file is written
+            # after it is released, so Writes wait only for the copy.
+            with state.lock:
+                if state.dirty or state.index.generation == state.snapshot_generation:
+                    return False
+                generation = state.index.generation
+                dense = state.index.dump_dense()
+            self._snapshots.save(namespace, generation, self.embedder.name, self.embedder.dim, dense)
+            state.snapshot_generation = generation
+        return True
+
+    def snapshot_all(self) -> int:
+        """Snapshot every loaded namespace that changed since its last snapshot; returns how many were saved."""
+        saved = 0
+        for namespace in list(self._namespaces):
+            try:
+                saved += self.snapshot(namespace)
+            except Exception:
+                log.exception("index snapshot failed", extra={"namespace": namespace})
+        return saved
+
+    def _run_snapshots(self) -> None:
+        while not self._snapshot_stop.wait(self.snapshot_interval_s):
+            self.snapshot_all()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the background worker (pending work stays marked in the database)."""
+        """Stop the background worker (pending work stays marked in the database) and snapshot the indexes."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        self._snapshot_stop.set()
         if self._worker is not None:
             self._worker.join(timeout)
+        if self._snapshotter is not None:
+            self._snapshotter.join(timeout)
+        self.snapshot_all()
 
     def _state(self, namespace: str, *, load: bool = True) -> _Namespace:
         state = self._namespaces.get(namespace)
@@ -265,9 +444,14 @@ class MemoryEngine:
         if state.dirty and load:
             with state.lock:
                 if state.dirty:
-                    state.index = self._build_index(namespace)
+                    state.index, _ = self._build_index(namespace)
                     state.dirty = False
         return state
+
+    def index_source(self, namespace: str) -> str:
+        """Where the namespace's index came from at its last load: ``database``, ``snapshot of generation
+        G (N vectors reused)``, or ``database (snapshot rejected: why)``."""
+        return self._state(namespace).source
 
     def index(self, namespace: str) -> NamespaceIndex:
         """The namespace's current in-memory index (built from the database if needed)."""
@@ -315,6 +499,8 @@ class MemoryEngine:
         session_id: str,
         session: Sequence[MemoryMessage],
         granularities: frozenset[Granularity] | None,
+        *,
+        background: bool,
     ) -> tuple[list[str], list[StoredUnit]]:
         """Diff the session's derived units against the stored ones: (unit ids to delete, units to insert).
 
@@ -343,7 +529,8 @@ class MemoryEngine:
             embed.append(unit)
         inserted = keep
         if embed:
-            vectors = self.embedder.embed([u.text for u in embed])
+            texts = [u.text for u in embed]
+            vectors = self._priority.embed_background(texts) if background else self.embedder.embed(texts)
             inserted = keep + [
                 StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name)
                 for u, v in zip(embed, vectors, strict=True)
@@ -357,7 +544,7 @@ class MemoryEngine:
         try:
             if state.dirty or state.index.generation != generation - 1:
                 # Someone else (another replica) changed the namespace, or an earlier update failed.
-                state.index = self._build_index(namespace)
+                state.index, _ = self._build_index(namespace)
             else:
                 self._mirror(state.index, removed_keys, change.insert_units)
                 state.index.generation = generation
@@ -382,38 +569,107 @@ class MemoryEngine:
         session_id = session_id or "default"
         msgs = self._validate_messages(session_id, messages)
         state = self._state(namespace)
-        with state.lock:
-            existing = self.store.get_messages(namespace, [m.id for m in msgs])
-            changed: list[MemoryMessage] = []
-            unchanged = 0
-            violations: list[FieldViolation] = []
-            for i, m in enumerate(msgs):
-                old = existing.get(m.id)
-                if old is not None and old.message.session_id != session_id:
-                    violations.append(
-                        FieldViolation(
-                            f"messages[{i}].id",
-                            f"{m.id!r} is already stored in session {old.message.session_id!r}",
-                        )
+        # Reading and embedding run without the namespace lock, so a background commit is not held up by
+        # an embedding Write, nor a Write by a background commit, and concurrent Writes embed while
+        # another one commits. A plan whose messages changed before its commit is made again; from the
+        # third attempt on it is made under the lock, where only another replica can still interfere.
+        with self._priority.foreground():
+            for attempt in itertools.count():
+                with state.lock if attempt >= 2 else contextlib.nullcontext():
+                    existing = self.store.get_messages(namespace, [m.id for m in msgs])
+                    changed, unchanged = self._changed_messages(session_id, msgs, existing)
+                    if not changed:
+                        break
+                    delete, insert = self._plan_turns(namespace, state.index, session_id, changed)
+                    change = Change(
+                        upsert_messages=changed, delete_units=delete, insert_units=insert, mark_pending=[session_id]
                     )
-                elif old is not None and old.content_hash == content_hash(m):
-                    unchanged += 1
-                else:
-                    changed.append(m)
-            if violations:
-                raise InvalidArgumentError(violations)
-            if changed:
-                delete, insert = self._plan_turns(namespace, state.index, session_id, changed)
-                change = Change(
-                    upsert_messages=changed,
-                    delete_units=delete,
-                    insert_units=insert,
-                    mark_pending=[session_id],
-                )
-                self._apply(namespace, state, change)
+                    if self._commit(
+                        namespace, state, _Commit(change, {m.id: _fingerprint(existing.get(m.id)) for m in changed})
+                    ):
+                        break
         if changed:
             self._enqueue(namespace, session_id)
         return WriteResult([m.id for m in msgs], len(changed), unchanged)
+
+    def _commit(self, namespace: str, state: _Namespace, ticket: _Commit) -> bool:
+        """Commit a Write's plan together with every other Write's plan queued meanwhile: one transaction
+        and one fsync for all of them (group commit). Returns only once the plan is committed (True) or
+        found stale (False: plan again); raises what the commit raised.
+
+        Whoever gets the namespace lock first commits the whole queue, so under concurrent Writes the
+        commits (each an fsync of the SQLite WAL) are shared instead of queueing one after another.
+        """
+        with state.queue_lock:
+            state.queued.append(ticket)
+        with state.lock:
+            if ticket.outcome is None:
+                self._commit_queued(namespace, state)
+        if isinstance(ticket.outcome, BaseException):
+            raise ticket.outcome
+        return ticket.outcome is True
+
+    def _commit_queued(self, namespace: str, state: _Namespace) -> None:
+        """Commit the queued plans that are still valid, in one change (caller holds the namespace lock).
+
+        A plan is valid if none of its messages changed since it was read (checked against the database,
+        so changes of other replicas count too) and no other plan of the group writes the same message.
+        """
+        with state.queue_lock:
+            group, state.queued = state.queued, []
+        try:
+            current = self.store.get_messages(namespace, [mid for t in group for mid in t.seen])
+            taken: set[str] = set()
+            for t in group:
+                if taken.isdisjoint(t.seen) and all(_fingerprint(current.get(m)) == fp for m, fp in t.seen.items()):
+                    taken.update(t.seen)
+                else:
+                    t.outcome = _STALE
+            group = [t for t in group if t.outcome is None]
+            if group:
+                self._apply(
+                    namespace,
+                    state,
+                    Change(
+                        upsert_messages=[m for t in group for m in t.change.upsert_messages],
+                        delete_units=[u for t in group for u in t.change.delete_units],
+                        insert_units=[u for t in group for u in t.change.insert_units],
+                        mark_pending=sorted({sid for t in group for sid in t.change.mark_pending}),
+                    ),
+                )
+        except BaseException as exc:
+            for t in group:
+                if t.outcome is None:
+                    t.outcome = exc
+            return
+        for t in group:
+            t.outcome = True
+
+    @staticmethod
+    def _changed_messages(
+        session_id: str, msgs: list[MemoryMessage], existing: Mapping[str, StoredMessage]
+    ) -> tuple[list[MemoryMessage], int]:
+        """(messages that are new or changed, how many are unchanged resends); raises InvalidArgumentError
+        for an id already stored in another session."""
+        changed: list[MemoryMessage] = []
+        unchanged = 0
+        violations: list[FieldViolation] = []
+        for i, m in enumerate(msgs):
+            old = existing.get(m.id)
+            if old is not None and old.message.session_id != session_id:
+                violations.append(
+                    FieldViolation(
+                        f"messages[{i}].id",
+                        f"{m.id!r} is already stored in session {old.message.session_id!r}",
+                    )
+                )
+            elif old is not None and old.content_hash == content_hash(m):
+                unchanged += 1
+            else:
+                changed.append(m)
+        if violations:
+            raise InvalidArgumentError(violations)
+        return changed, unchanged
 
     def _plan_turns(
         self, namespace: str, index: NamespaceIndex, session_id: str, changed: list[MemoryMessage]
@@ -476,8 +732,9 @@ class MemoryEngine:
             from memory.model import RoutingDiagnostics
 
             return SearchResult([], RoutingDiagnostics({}, {}))
-        vector = self.embedder.embed([query.query])[0]
-        return self._retrieve(index, query, vector, self._policy(namespace))
+        with self._priority.foreground():
+            vector = self.embedder.embed([query.query])[0]
+            return self._retrieve(index, query, vector, self._policy(namespace))
 
     def get(self, namespace: str, message_ids: Sequence[str]) -> list[MemoryMessage]:
         """Messages by id in the given order; raises NotFoundError for the first missing id."""
@@ -541,11 +798,11 @@ class MemoryEngine:
         if not (message_ids or session_id or everything):
             raise InvalidArgumentError("message_ids", "give message_ids, session_id or all")
         state = self._state(namespace)
-        with state.lock:
+        with self._priority.foreground(), state.lock:
             if everything:
                 before = self.store.counts(namespace)
                 n = self.store.drop_namespace(namespace)
-                state.index = self._build_index(namespace)
+                state.index, _ = self._build_index(namespace)
                 state.dirty = False
                 self.association.forget(namespace)
                 return DeleteResult(n, sum(before.units.values()), 0)
@@ -563,7 +820,7 @@ class MemoryEngine:
                 remaining = [
                     s.message for s in self.store.session_messages(namespace, sid) if s.message.id not in targets
                 ]
-                delete, insert = self._plan_units(namespace, sid, remaining, None)
+                delete, insert = self._plan_units(namespace, sid, remaining, None, background=False)
                 change.delete_units += delete
                 change.insert_units += insert
                 change.clear_pending.append(sid)
@@ -580,6 +837,7 @@ class MemoryEngine:
             a, r = self._derive_session(namespace, sid)
             added += a
             removed += r
+        forgotten, reweighted = self._consolidate_units(namespace, every_turn=True)
         index = self._state(namespace).index
         fit = self.association.refit(namespace, index) if refit else None
         self.association.link_backlog(namespace, index)
@@ -591,7 +849,59 @@ class MemoryEngine:
             edges=index.edge_count(),
             refit=fit is not None,
             seconds=time.perf_counter() - started,
+            messages_forgotten=forgotten,
+            units_reweighted=reweighted,
         )
+
+    def _consolidate_units(self, namespace: str, *, every_turn: bool = False) -> tuple[int, int]:
+        """Forgetting, fact promotion and near-duplicate merging (``memory/consolidation.py``).
+
+        Checks the turns of recently derived sessions first, then the next ``batch`` turns in key order
+        (a cursor that wraps), so every turn is re-checked over time at a bounded cost per pass;
+        ``every_turn`` checks them all (the admin Consolidate). Returns (messages forgotten, units
+        whose weight changed).
+        """
+        policy = self._policy(namespace)
+        rules = ConsolidationPolicy.from_mapping(policy)
+        forget = messages_to_forget(self.store, namespace, rules)
+        if forget:
+            self.delete(namespace, message_ids=forget)
+        state = self._state(namespace)
+        index = state.index
+        with self._cv:
+            fresh = self._fresh_keys.pop(namespace, set())
+        turns: list[int] = []
+        facts: list[int] = []
+        for key in index.unit_keys():
+            unit = index.unit(key)
+            if unit is not None and unit.granularity == Granularity.TURN:
+                turns.append(key)
+            elif unit is not None and unit.granularity == Granularity.FACT:
+                facts.append(key)
+        if every_turn:
+            batch = turns
+        else:
+            cursor = self._turn_cursor.get(namespace, -1)
+            after = sorted(k for k in turns if k > cursor and k not in fresh)
+            rest = sorted(k for k in turns if k <= cursor and k not in fresh)
+            batch = [k for k in turns if k in fresh] + (after + rest)[: max(0, rules.batch - len(fresh))]
+            if after or rest:
+                self._turn_cursor[namespace] = batch[-1]
+        wanted = merged_weights(index, batch, rules, UnitPolicy.from_mapping(policy))
+        # Recurrence only changes when facts come or go, and those arrive with freshly derived sessions.
+        fresh_facts = any((u := index.unit(k)) is not None and u.granularity == Granularity.FACT for k in fresh)
+        if every_turn or fresh_facts:
+            topics = self._fact_topics.setdefault(namespace, {})
+            wanted.update(promoted_weights(index, facts, rules, topics))
+        changes = weight_changes(index, wanted)
+        if not changes:
+            return len(forget), 0
+        with state.lock:
+            stored = self.store.get_units(namespace, [u.id for _, u in changes])
+            insert = [replace(stored[u.id], unit=u) for _, u in changes if u.id in stored]
+            if insert:
+                self._apply(namespace, state, Change(insert_units=insert))
+        return len(forget), len(insert)
 
     def stats(self, namespace: str) -> MemoryStats:
         """Counts, index state and association state of a namespace."""
@@ -625,7 +935,7 @@ class MemoryEngine:
                 return
             if payload.get("drop") or generation != state.index.generation + 1:
                 # A gap (a change we missed) or a whole-namespace drop: rebuild from the database.
-                state.index = self._build_index(namespace)
+                state.index, _ = self._build_index(namespace)
                 return
             removed = [unit_key(namespace, uid) for uid in payload.get("delete_units", ())]
             inserted = list(self.store.get_units(namespace, list(payload.get("insert_units", ()))).values())
@@ -711,15 +1021,17 @@ class MemoryEngine:
                 if session_id is not None:
                     self._derive_session(ns, session_id)
                 else:
+                    self._priority.wait_quiet()
                     started = time.monotonic()
                     with self._leases.hold(f"memory-association:{ns}") as held:
                         if held:
                             self.association.step(ns, index)
+                            self._consolidate_units(ns)
                     # Association work is the lowest priority: pause as long as the step ran (at most
                     # half of a core, and the GIL, go to it) so Writes and Searches keep their share.
                     with self._cv:
                         self._cv.wait(max(self.background_pause_s, time.monotonic() - started))
-                if self.association.due(ns, self._state(ns).index):
+                if self.association.due(ns, self._state(ns).index) or self._fresh_keys.get(ns):
                     with self._cv:
                         self._refit_due.add(ns)
             except Exception:
@@ -739,7 +1051,7 @@ class MemoryEngine:
         for _ in range(5):
             snapshot = self.store.session_messages(namespace, session_id)
             messages = [s.message for s in snapshot]
-            delete, insert = self._plan_units(namespace, session_id, messages, None)
+            delete, insert = self._plan_units(namespace, session_id, messages, None, background=True)
             state = self._state(namespace)
             with state.lock:
                 current = self.store.session_messages(namespace, session_id)
@@ -756,7 +1068,10 @@ class MemoryEngine:
             session_keys = [s.key for s in insert]
             for m in messages:
                 session_keys.extend(state.index.units_of_message(m.id))
+            self._priority.wait_quiet()
             self.association.link(namespace, state.index, session_keys)
+            with self._cv:
+                self._fresh_keys.setdefault(namespace, set()).update(session_keys)
             return len(insert), len(delete)
         self._enqueue(namespace, session_id)
         return 0, 0

@@ -11,17 +11,26 @@ Reads need no lock: a search racing a write may see a key whose unit was just re
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from core.lexical import BM25Index
-from core.vector_index import VectorIndex, create_vector_index
+from core.vector_index import VectorIndex, create_vector_index, dumped_items
 from memory.model import Granularity, MemoryUnit
 from memory.store import StoredUnit
 
+log = logging.getLogger(__name__)
+
 VectorIndexFactory = Callable[[int], VectorIndex]
+DenseStates = dict[Granularity, dict[str, np.ndarray]]
 
 
 class NamespaceIndex:
@@ -65,6 +74,72 @@ class NamespaceIndex:
                     self._vectors[stored.key] = stored.vector
                     for mid in stored.unit.message_ids:
                         self._by_message.setdefault(mid, set()).add(stored.key)
+
+    def load(self, units: Iterable[StoredUnit], snapshot: Mapping[Granularity, dict[str, np.ndarray]]) -> int:
+        """Fill an empty index with ``units`` (the database's), taking each granularity's vector index from
+        ``snapshot`` (``dump_dense`` of an earlier process) where it has one, brought up to date with ``units``:
+        snapshot entries the database no longer has are removed, and entries it lacks or holds with another
+        vector are added. Returns how many vectors came from the snapshot unchanged.
+
+        A snapshot state the index type refuses (another backend configured) is ignored: that granularity
+        is built from ``units``.
+        """
+        by_gran: dict[Granularity, dict[int, StoredUnit]] = {}
+        for stored in units:
+            by_gran.setdefault(stored.unit.granularity, {})[stored.key] = stored
+        reused = 0
+        with self._lock:
+            for gran, items in by_gran.items():
+                dense = self._vector_factory(self.dim)
+                todo = list(items.values())
+                state = snapshot.get(gran)
+                if state is not None:
+                    try:
+                        dense.restore(state)
+                        kept, todo, gone = self._reconcile(items, *dumped_items(state))
+                        if gone:
+                            dense.remove(np.asarray(gone, dtype=np.int64))
+                        reused += kept
+                    except (ValueError, KeyError) as exc:
+                        log.warning("vector index snapshot of %s not usable (%s); building it", gran.value, exc)
+                        dense = self._vector_factory(self.dim)
+                        todo = list(items.values())
+                if todo:
+                    dense.add(
+                        np.asarray([s.key for s in todo], dtype=np.int64),
+                        np.stack([s.vector for s in todo]).astype(np.float32, copy=False),
+                    )
+                self._dense[gran] = dense
+                lexical = self._lexical[gran] = BM25Index()
+                for stored in items.values():
+                    lexical.add(stored.key, stored.unit.text)
+                    self._units[stored.key] = stored.unit
+                    self._vectors[stored.key] = stored.vector
+                    for mid in stored.unit.message_ids:
+                        self._by_message.setdefault(mid, set()).add(stored.key)
+        return reused
+
+    @staticmethod
+    def _reconcile(
+        wanted: dict[int, StoredUnit], ids: np.ndarray, vectors: np.ndarray
+    ) -> tuple[int, list[StoredUnit], list[int]]:
+        """(entries of the snapshot still right, units to add, snapshot ids to remove)."""
+        row_of = {int(k): row for row, k in enumerate(ids.tolist())}
+        gone = [k for k in row_of if k not in wanted]
+        common = [s for s in wanted.values() if s.key in row_of]
+        todo = [s for s in wanted.values() if s.key not in row_of]
+        if common:
+            ours = np.stack([s.vector for s in common]).astype(np.float32, copy=False)
+            theirs = vectors[[row_of[s.key] for s in common]]
+            same = np.all(ours == theirs, axis=1)
+            todo += [s for s, ok in zip(common, same.tolist(), strict=True) if not ok]
+            return int(same.sum()), todo, gone
+        return 0, todo, gone
+
+    def dump_dense(self) -> DenseStates:
+        """Every granularity's vector index state (for ``IndexSnapshots.save``), one consistent cut."""
+        with self._lock:
+            return {gran: dense.dump() for gran, dense in self._dense.items()}
 
     def _remove(self, keys: list[int], *, drop_edges: bool) -> None:
         by_gran: dict[Granularity, list[int]] = {}
@@ -173,3 +248,108 @@ class NamespaceIndex:
     def backends(self) -> dict[str, str]:
         """Which vector index type serves each granularity (``flat``, ``hnsw``, ``gpu-flat``)."""
         return {g.value: str(getattr(idx, "backend", type(idx).__name__)) for g, idx in list(self._dense.items())}
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """A namespace's vector indexes as saved, and the store generation they reflected then."""
+
+    generation: int
+    dense: DenseStates
+
+
+class SnapshotRejected(ValueError):
+    """A snapshot file exists but cannot be used (corrupt, truncated, another model or format)."""
+
+
+class IndexSnapshots:
+    """Snapshot files of namespace vector indexes in one directory, so a restart need not rebuild them.
+
+    The HNSW graphs are what makes a rebuild slow (tens of seconds at 100k units); the database stays the
+    source of truth and a snapshot is only a head start: ``NamespaceIndex.load`` brings it up to date with
+    the database, unit by unit. Per namespace there are two files, named by a hash of the namespace key:
+    ``<h>.npz`` (every granularity's ``VectorIndex.dump``) and ``<h>.json``, the manifest (namespace,
+    generation, model, dimension, format and the SHA-256 of the ``.npz``). Both are written to a temporary
+    name, fsynced and renamed, the manifest last; a crash between the two leaves a checksum mismatch, which
+    ``load`` reports like any corruption.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def _paths(self, namespace: str) -> tuple[Path, Path]:
+        stem = hashlib.sha256(namespace.encode()).hexdigest()[:32]
+        return self.directory / f"{stem}.npz", self.directory / f"{stem}.json"
+
+    @staticmethod
+    def _digest(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    @staticmethod
+    def _replace(tmp: Path, path: Path) -> None:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def save(self, namespace: str, generation: int, model: str, dim: int, dense: DenseStates) -> None:
+        """Write the snapshot of ``namespace`` (replacing the previous one)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data, manifest = self._paths(namespace)
+        arrays = {f"{gran.value}.{name}": array for gran, state in dense.items() for name, array in state.items()}
+        tmp = data.with_suffix(f".npz.{os.getpid()}.tmp")  # processes sharing a data_dir never mix their files
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub wants a bool for allow_pickle here
+        self._replace(tmp, data)
+        meta = {
+            "format": self.FORMAT,
+            "namespace": namespace,
+            "generation": generation,
+            "model": model,
+            "dim": dim,
+            "sha256": self._digest(data),
+        }
+        tmp = manifest.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta))
+        self._replace(tmp, manifest)
+
+    def load(self, namespace: str, model: str, dim: int) -> IndexSnapshot | None:
+        """The saved snapshot of ``namespace``; None when there is none.
+
+        Raises SnapshotRejected when the files exist but are unusable (the caller rebuilds from the
+        database and the next save replaces them).
+        """
+        data, manifest = self._paths(namespace)
+        if not manifest.exists():
+            return None
+        try:
+            meta = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise SnapshotRejected(f"unreadable manifest {manifest.name}: {exc}") from None
+        expected = {"format": self.FORMAT, "namespace": namespace, "model": model, "dim": dim}
+        for key, value in expected.items():
+            if meta.get(key) != value:
+                raise SnapshotRejected(f"snapshot {key} is {meta.get(key)!r}, expected {value!r}")
+        if not data.exists():
+            raise SnapshotRejected(f"{data.name} is missing")
+        if self._digest(data) != meta.get("sha256"):
+            raise SnapshotRejected(f"checksum mismatch of {data.name} (corrupt or partly written)")
+        dense: DenseStates = {}
+        try:
+            with np.load(data, allow_pickle=False) as npz:
+                for name in npz.files:
+                    gran, _, field = name.partition(".")
+                    dense.setdefault(Granularity(gran), {})[field] = npz[name]
+        except (OSError, ValueError) as exc:
+            raise SnapshotRejected(f"unreadable {data.name}: {exc}") from None
+        return IndexSnapshot(int(meta.get("generation", 0)), dense)
+
+    def remove(self, namespace: str) -> None:
+        """Delete the snapshot of ``namespace`` if there is one."""
+        for path in self._paths(namespace):
+            path.unlink(missing_ok=True)

@@ -68,6 +68,11 @@ class StorageSettings(BaseModel):
     data_dir: str = "./data"
     # SQLAlchemy URL; default: SQLite file ``<data_dir>/agentrt.db``. Postgres: postgresql+psycopg://…
     database_url: str | None = None
+    # Snapshot the memory vector indexes under ``<data_dir>/index`` so a restart loads them (checked and
+    # caught up with the database) instead of rebuilding every HNSW graph. The database stays the truth.
+    index_snapshots: bool = True
+    # Seconds between snapshots of a namespace that changed (0 = only on clean shutdown).
+    index_snapshot_interval_s: float = Field(300.0, ge=0)
 
     def resolved_url(self) -> str:
         if self.database_url:

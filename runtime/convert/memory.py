@@ -110,6 +110,8 @@ def consolidate_to_proto(report: ConsolidationReport) -> memory_pb2.ConsolidateR
         edges=report.edges,
         refit=report.refit,
         seconds=report.seconds,
+        messages_forgotten=report.messages_forgotten,
+        units_reweighted=report.units_reweighted,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,6 +11,7 @@ from agentrt.v1 import memory_pb2, memory_pb2_grpc
 
 from core.errors import InvalidArgumentError
 from memory.engine import MemoryEngine
+from memory.index import IndexSnapshots
 from memory.store import SqlMemoryStore
 from runtime import metrics
 from runtime.container import Runtime
@@ -25,12 +27,14 @@ def build(rt: Runtime) -> None:
     Runs before health turns SERVING, so a restarted server answers Search from complete indexes
     (and re-derives sessions a crash left pending, in the background).
     """
+
     def publish(conn: Any, scope: str, payload: dict[str, Any]) -> None:
         rt.changes.publish(conn, "memory", scope, payload)
 
     # Process-wide knobs of the background worker come from the default memory policy
     # (``policies.defaults.memory.settle_s``: debounce of session re-derivation, 0 = derive at once).
     defaults = rt.settings.policies.defaults.get("memory", {})
+    storage = rt.settings.storage
     engine = MemoryEngine(
         SqlMemoryStore(rt.db.engine, publisher=publish),
         rt.embedder,
@@ -38,6 +42,8 @@ def build(rt: Runtime) -> None:
         settle_s=float(defaults.get("settle_s", 0.0)),
         max_delay_s=float(defaults.get("max_delay_s", 5.0)),
         leases=rt.leases,
+        snapshots=IndexSnapshots(Path(storage.data_dir) / "index") if storage.index_snapshots else None,
+        snapshot_interval_s=storage.index_snapshot_interval_s,
     )
     engine.load()
     rt.memory = engine
@@ -46,7 +52,8 @@ def build(rt: Runtime) -> None:
 
 
 async def stop(rt: Runtime) -> None:
-    """Stop background consolidation (unfinished work stays marked pending in the database)."""
+    """Stop background consolidation (unfinished work stays marked pending in the database) and snapshot
+    the vector indexes."""
     if rt.memory is not None:
         metrics.unregister_size_reporter(rt.memory.sizes)
         await rt.offload(rt.memory.close)

@@ -179,3 +179,20 @@ def test_real_model_finds_a_paraphrase_without_shared_words(make_server) -> None
     )
     response = c.search("chat", "which pet did someone bring home recently?", top_k=3)
     assert response.hits and "m0" in response.hits[0].message_ids
+
+
+def test_consolidate_applies_the_namespace_retention_policy(make_server) -> None:  # type: ignore[no-untyped-def]
+    policies = {"namespaces": {"kept": {"memory": {"consolidation": {"max_age_days": 30}}}}}
+    srv = make_server(embedding_model="hashing", policies=policies)
+    old = datetime.now(UTC) - timedelta(days=400)
+    for ns in ("kept", "other"):
+        srv.client.write(ns, "s1", [{"id": "old", "speaker": "a", "text": "the very old news", "time": old},
+                                    {"id": "new", "speaker": "a", "text": "fresh news", "time": datetime.now(UTC)}])
+    reply = srv.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace="kept"))
+    assert reply.messages_forgotten == 1
+    assert srv.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace="other")).messages_forgotten == 0
+    with pytest.raises(grpc.RpcError) as exc:
+        srv.client.memory.Get(memory_pb2.GetRequest(namespace="kept", message_ids=["old"]))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    got = srv.client.memory.Get(memory_pb2.GetRequest(namespace="other", message_ids=["old"]))
+    assert [m.id for m in got.messages] == ["old"]

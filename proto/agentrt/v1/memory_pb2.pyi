@@ -203,7 +203,7 @@ class ConsolidateRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., skip_refit: _Optional[bool] = ...) -> None: ...
 
 class ConsolidateResponse(_message.Message):
-    __slots__ = ("sessions_derived", "units_added", "units_removed", "clusters", "edges", "refit", "seconds")
+    __slots__ = ("sessions_derived", "units_added", "units_removed", "clusters", "edges", "refit", "seconds", "messages_forgotten", "units_reweighted")
     SESSIONS_DERIVED_FIELD_NUMBER: _ClassVar[int]
     UNITS_ADDED_FIELD_NUMBER: _ClassVar[int]
     UNITS_REMOVED_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,8 @@ class ConsolidateResponse(_message.Message):
     EDGES_FIELD_NUMBER: _ClassVar[int]
     REFIT_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    UNITS_REWEIGHTED_FIELD_NUMBER: _ClassVar[int]
     sessions_derived: int
     units_added: int
     units_removed: int
@@ -218,7 +220,9 @@ class ConsolidateResponse(_message.Message):
     edges: int
     refit: bool
     seconds: float
-    def __init__(self, sessions_derived: _Optional[int] = ..., units_added: _Optional[int] = ..., units_removed: _Optional[int] = ..., clusters: _Optional[int] = ..., edges: _Optional[int] = ..., refit: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...
+    messages_forgotten: int
+    units_reweighted: int
+    def __init__(self, sessions_derived: _Optional[int] = ..., units_added: _Optional[int] = ..., units_removed: _Optional[int] = ..., clusters: _Optional[int] = ..., edges: _Optional[int] = ..., refit: _Optional[bool] = ..., seconds: _Optional[float] = ..., messages_forgotten: _Optional[int] = ..., units_reweighted: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ("namespace",)
