@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             }
 
         full = measure("full")
+        # The full turns leave memory consolidation queued (each wrote to memory); let it finish so it does
+        # not run during, and bill its CPU to, the next measurement.
+        srv.call(_flush(srv))
         # The same turns with the built-in defaults instead of the guard, gate, selection and memory engines
         # (tools still go through the Invoke pipeline): what LangGraph, checkpointing and gRPC cost alone.
         from runtime.agent.ports import AllowAllGuard, ConfidenceSelector, DefaultGates, MemoryHitView

@@ -64,6 +64,22 @@ class MemoryPort(Protocol):
 
 
 @dataclass(frozen=True)
+class CheckedCall:
+    """A STAGE_TOOL_CALL verdict the in-process caller already holds for this exact call.
+
+    The turn graph guards each tool call before its approval step (a REVIEW pauses the turn for a human);
+    checking the call again in Invoke would cost a second guard pass and would hold a call a human just
+    approved. Only in-process callers build this; Invoke over gRPC always runs the guard itself.
+    """
+
+    verdict_id: str
+    decision: Decision
+    harm_score: float = 0.0
+    #: A human approved the call at review (``decision`` was REVIEW).
+    approved: bool = False
+
+
+@dataclass(frozen=True)
 class InvokeRequest:
     """One Invoke call, after the namespace was resolved to its scope."""
 
@@ -80,6 +96,8 @@ class InvokeRequest:
     session_id: str = ""
     deadline_s: float | None = None
     """What is left of the RPC's own deadline, if it has one."""
+    checked_call: CheckedCall | None = None
+    """The call's verdict from an in-process caller (see ``CheckedCall``); None: Invoke guards the call."""
 
 
 @dataclass(frozen=True)
@@ -231,9 +249,23 @@ class ToolInvoker:
                 record_id, outcome, step, reason, duration_ms=duration_ms, tool_version=tool.version, **extra
             )
 
-        # 2. Guard the call, with the instruction that led to it.
+        # 2. Guard the call, with the instruction that led to it (unless the in-process caller already did).
         call_verdict = None
-        if policy.guard_calls:
+        if req.checked_call is not None:
+            checked = req.checked_call
+            trace.verdicts.append(
+                {
+                    "stage": Stage.TOOL_CALL.value,
+                    "decision": "approved" if checked.approved else checked.decision.value,
+                    "id": checked.verdict_id,
+                    "score": round(float(checked.harm_score), 6),
+                }
+            )
+            if checked.decision != Decision.ALLOW and not checked.approved:
+                outcome = Outcome.BLOCKED if checked.decision == Decision.BLOCK else Outcome.REVIEW
+                reason = f"guard {checked.decision.value} at tool_call (verdict {checked.verdict_id})"
+                return stop(outcome, Step.GUARD_CALL, reason)
+        elif policy.guard_calls:
             call_verdict = await self._guard(trace, Stage.TOOL_CALL, req.instruction, tool, canonical_args)
             if call_verdict is not None and call_verdict.decision in (Decision.BLOCK, Decision.REVIEW):
                 outcome = Outcome.BLOCKED if call_verdict.decision == Decision.BLOCK else Outcome.REVIEW
@@ -421,6 +453,7 @@ def add_builtins(registry: ToolRegistry, memory: Callable[[], MemoryPort | None]
 
 
 __all__ = [
+    "CheckedCall",
     "GateDecider",
     "GuardChecker",
     "InvokeRequest",

@@ -153,13 +153,21 @@ class PipelineTools:
         return out
 
     async def invoke(self, name: str, arguments_json: str, *, call_id: str, instruction: str = "",
-                     session_id: str = "", tokens: Sequence[TokenLogprob] = ()) -> ToolOutcome:
-        from runtime.tool_invoke import InvokeRequest
+                     session_id: str = "", tokens: Sequence[TokenLogprob] = (),
+                     checked: GuardOutcome | None = None) -> ToolOutcome:
+        from guards.model import Decision
+        from runtime.tool_invoke import CheckedCall, InvokeRequest
 
+        prior = None
+        if checked is not None:
+            # The turn runs a call only when its verdict allowed it or a human approved it at review.
+            decision = Decision(checked.decision)
+            prior = CheckedCall(checked.verdict_id, decision, checked.harm_score,
+                                approved=decision == Decision.REVIEW)
         request = InvokeRequest(
             scope=self.scope, name=self._names.get(name, name.replace("__", ".")), arguments_json=arguments_json,
             instruction=instruction, tokens=_openai_tokens(tokens) if tokens else (), caller="agent",
-            session_id=session_id,
+            session_id=session_id, checked_call=prior,
         )
         try:
             res = await self.rt.extras["tool_invoker"].invoke(request)

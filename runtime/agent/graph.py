@@ -3,7 +3,7 @@
     input_guard ──allow──> agent ──(first answer)──> retrieve_gate ──fire──> retrieve ──> agent
         │ review                 │ tool calls                │ no fire
         v                        v                           v
-    review_input (interrupt)   tool_gate -> check_tools -> approve_tools (interrupt) -> run_tools -> agent
+    review_input (interrupt)   tool_gate -> check_tools -> [approve_tools (interrupt)] -> run_tools -> agent
                                  │ final answer
                                  v
                                candidates -> select -> output_guard ──allow──> write_memory -> finish
@@ -14,14 +14,18 @@
   fires on the entropy of that answer's tokens is memory searched (the memory engine routes the query
   over its granularities) and the agent asked again with the memories in its system prompt.
 * Tool calls are checked by the guard (TOOL_CALL), paused for approval when policy lists the tool or the
-  verdict is REVIEW, run through the tool pipeline, and their results checked (TOOL_RESULT).
+  verdict is REVIEW (``approve_tools`` runs only then), run through the tool pipeline, and their results
+  checked (TOOL_RESULT).
 * The final answer's context produces N candidates (policy: prompts, models, temperatures); selection
   picks one; the output guard checks it; memory is written last, in one call, so a turn cancelled
   earlier leaves nothing behind.
 
 Interrupts use LangGraph's ``interrupt()`` in nodes of their own (``review_*``, ``approve_tools``) so that
-re-running the node on resume repeats no side effect. Every node reports progress through the stream
-writer as plain dicts (``{"type": "guard", ...}``); ``runtime/convert/agent.py`` turns them into events.
+re-running the node on resume repeats no side effect. Stages with no interrupt between them share one
+graph node (``retrieve_gate``+``retrieve``, ``tool_gate``+``check_tools``, ``candidates``+``select``,
+``write_memory``/``blocked``+``finish``): each LangGraph step has a fixed cost, and the stage events are
+the same either way. Every stage reports progress through the stream writer as plain dicts
+(``{"type": "guard", ...}``); ``runtime/convert/agent.py`` turns them into events.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -259,7 +263,8 @@ async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
                                         tools=policy.tools, thread_id=ctx.thread_id)
         runtime.stream_writer(_guard_event("tool_call", v))
         needs = v.decision == REVIEW or call["name"] in policy.approval_tools
-        return {**call, "verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason},
+        return {**call, "verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason,
+                                    "harm_score": v.harm_score},
                 "needs_approval": needs and v.decision != BLOCK,
                 "approved": v.decision != BLOCK and not needs}
 
@@ -296,8 +301,11 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
             write({"type": "tool_result", "call_id": call["id"], "name": call["name"], "result_json": "",
                    "error": error})
             return json.dumps({"error": error})
+        v = call.get("verdict", {})
+        checked = GuardOutcome(v.get("decision", ALLOW), v.get("verdict_id", ""), v.get("harm_score", 0.0),
+                               reason=v.get("reason", ""))
         out = await ctx.ports.tools.invoke(call["name"], call["arguments_json"], call_id=call["id"],
-                                           instruction=state["user"], session_id=ctx.thread_id)
+                                           instruction=state["user"], session_id=ctx.thread_id, checked=checked)
         result, error = out.result_json, out.error
         # The tool Invoke pipeline guards results itself; other tool ports get the check here.
         if not error and not getattr(ctx.ports.tools, "guards_results", False):
@@ -408,6 +416,36 @@ async def finish(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, A
     }
 
 
+# ------------------------------------------------------------------------------------------------
+# Graph nodes that run two stages back to back. Every LangGraph step costs scheduling, channel and
+# checkpoint bookkeeping; stages with no interrupt between them share one step (their events are the same).
+
+
+def _then(first: Node, second: Node, when: Callable[[dict[str, Any]], bool] = lambda _out: True) -> Node:
+    """A node running ``first``, then ``second`` on the updated state when ``when(first's update)``."""
+
+    @functools.wraps(first)
+    async def node(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+        out = await first(state, runtime)
+        if when(out):
+            out = {**out, **await second(cast(TurnState, {**state, **out}), runtime)}
+        return out
+
+    return node
+
+
+#: The retrieval gate, and the memory search when it fired.
+gated_retrieval = _then(retrieve_gate, retrieve, lambda out: bool(out["retrieve_fire"]))
+#: The CALL_TOOL gate, and the guard checks of the calls it kept.
+gated_tool_calls = _then(tool_gate, check_tools, lambda out: bool(out["pending_calls"]))
+#: Candidates, then the selection among them.
+answers = _then(candidates, select)
+#: The last side effect, then the turn's bookkeeping.
+write_and_finish = _then(write_memory, finish)
+#: The refusal, then the turn's bookkeeping.
+block_and_finish = _then(blocked, finish)
+
+
 def _resume_decision(answer: Any) -> str:
     """The decision a Resume sent ("allow" or "block"; anything else refuses)."""
     decision = answer.get("decision") if isinstance(answer, dict) else answer
@@ -415,21 +453,22 @@ def _resume_decision(answer: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Routing
+# Routing (async although they never await: LangGraph runs a sync router in a thread pool, a thread hop
+# per edge)
 
 
-def after_input_guard(state: TurnState) -> str:
+async def after_input_guard(state: TurnState) -> str:
     """Route on the input verdict."""
     d = state["input_verdict"]["decision"]
     return {BLOCK: "blocked", REVIEW: "review_input"}.get(d, "agent")
 
 
-def after_review(state: TurnState) -> str:
+async def after_review(state: TurnState) -> str:
     """Route on the human's decision about the input."""
     return "agent" if state["input_verdict"]["decision"] == ALLOW else "blocked"
 
 
-def after_agent(state: TurnState) -> str:
+async def after_agent(state: TurnState) -> str:
     """First answer -> retrieval gate; tool calls -> tool gate; otherwise -> candidates."""
     policy = TurnPolicy.from_dict(state["policy"])
     if not state.get("retrieved") and state.get("tool_round", 0) == 0 and policy.force_retrieval is not False:
@@ -437,32 +476,30 @@ def after_agent(state: TurnState) -> str:
     return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
 
 
-def after_retrieve_gate(state: TurnState) -> str:
-    """Retrieve when the gate fired; otherwise continue with the first answer."""
-    if state.get("retrieve_fire"):
-        return "retrieve"
-    return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
-
-
-def after_retrieve(state: TurnState) -> str:
-    """Ask again when memory had something; otherwise continue with the first answer."""
+async def after_retrieval(state: TurnState) -> str:
+    """Ask again when memory had something (the gate fired and the search found hits); otherwise continue
+    with the first answer."""
     if state.get("memories"):
         return "agent"  # ask again, now with the memories
     return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
 
 
-def after_tool_gate(state: TurnState) -> str:
-    """Check the calls, or (gate enforced and held) ask again without tools."""
-    return "check_tools" if state.get("pending_calls") else "agent"
+async def after_tool_checks(state: TurnState) -> str:
+    """Ask again without tools when the enforced gate held; pause when a checked call needs approval;
+    otherwise run the calls."""
+    calls = state.get("pending_calls") or []
+    if not calls:
+        return "agent"
+    return "approve_tools" if any(c.get("needs_approval") for c in calls) else "run_tools"
 
 
-def after_output_guard(state: TurnState) -> str:
+async def after_output_guard(state: TurnState) -> str:
     """Route on the output verdict."""
     d = state["output_verdict"]["decision"]
     return {BLOCK: "blocked", REVIEW: "review_output"}.get(d, "write_memory")
 
 
-def after_review_output(state: TurnState) -> str:
+async def after_review_output(state: TurnState) -> str:
     """Route on the human's decision about the answer."""
     return "write_memory" if state["output_verdict"]["decision"] == ALLOW else "blocked"
 
@@ -472,10 +509,9 @@ def build_graph() -> StateGraph[TurnState, TurnContext, TurnState, TurnState]:
     g: StateGraph[TurnState, TurnContext, TurnState, TurnState] = StateGraph(TurnState, context_schema=TurnContext)
     nodes: dict[str, Any] = {
         "input_guard": input_guard, "review_input": review_input, "agent": agent,
-        "retrieve_gate": retrieve_gate, "retrieve": retrieve, "tool_gate": tool_gate,
-        "check_tools": check_tools, "approve_tools": approve_tools, "run_tools": run_tools,
-        "candidates": candidates, "select": select, "output_guard": output_guard,
-        "review_output": review_output, "blocked": blocked, "write_memory": write_memory, "finish": finish,
+        "retrieve_gate": gated_retrieval, "tool_gate": gated_tool_calls, "approve_tools": approve_tools,
+        "run_tools": run_tools, "candidates": answers, "output_guard": output_guard,
+        "review_output": review_output, "blocked": block_and_finish, "write_memory": write_and_finish,
     }
     for name, fn in nodes.items():
         g.add_node(name, fn)
@@ -483,19 +519,15 @@ def build_graph() -> StateGraph[TurnState, TurnContext, TurnState, TurnState]:
     g.add_conditional_edges("input_guard", after_input_guard, ["agent", "review_input", "blocked"])
     g.add_conditional_edges("review_input", after_review, ["agent", "blocked"])
     g.add_conditional_edges("agent", after_agent, ["retrieve_gate", "tool_gate", "candidates"])
-    g.add_conditional_edges("retrieve_gate", after_retrieve_gate, ["retrieve", "tool_gate", "candidates"])
-    g.add_conditional_edges("retrieve", after_retrieve, ["agent", "tool_gate", "candidates"])
-    g.add_conditional_edges("tool_gate", after_tool_gate, ["check_tools", "agent"])
-    g.add_edge("check_tools", "approve_tools")
+    g.add_conditional_edges("retrieve_gate", after_retrieval, ["agent", "tool_gate", "candidates"])
+    g.add_conditional_edges("tool_gate", after_tool_checks, ["agent", "approve_tools", "run_tools"])
     g.add_edge("approve_tools", "run_tools")
     g.add_edge("run_tools", "agent")
-    g.add_edge("candidates", "select")
-    g.add_edge("select", "output_guard")
+    g.add_edge("candidates", "output_guard")
     g.add_conditional_edges("output_guard", after_output_guard, ["write_memory", "review_output", "blocked"])
     g.add_conditional_edges("review_output", after_review_output, ["write_memory", "blocked"])
-    g.add_edge("blocked", "finish")
-    g.add_edge("write_memory", "finish")
-    g.add_edge("finish", END)
+    g.add_edge("blocked", END)
+    g.add_edge("write_memory", END)
     return g
 
 

@@ -440,18 +440,20 @@ class ItemStore:
             return [_search_item(r, None) for r in recs[op.offset : op.offset + op.limit]]
         q = query_vecs[op.query or ""]
         qn = float(np.linalg.norm(q)) or 1.0
-        scored: list[tuple[float, int, ItemRecord]] = []
-        scoreless: list[ItemRecord] = []
-        for pos, r in enumerate(recs):
-            if not r.vectors:
-                scoreless.append(r)
-                continue
-            mat = np.stack(list(r.vectors.values()))
+        indexed = [r for r in recs if r.vectors]
+        scoreless = [r for r in recs if not r.vectors]
+        page: list[SearchItem] = []
+        if indexed:
+            # Every vector of every item in one matrix product; an item scores its best field.
+            owner = np.repeat(np.arange(len(indexed)), [len(r.vectors) for r in indexed])
+            mat = np.stack([vec for r in indexed for vec in r.vectors.values()])
             norms = np.linalg.norm(mat, axis=1)
             norms[norms == 0] = np.inf
-            scored.append((float(np.max(mat @ q / (norms * qn))), pos, r))
-        scored.sort(key=lambda x: (-x[0], x[1]))
-        page = [_search_item(r, s) for s, _pos, r in scored[op.offset : op.offset + op.limit]]
+            best = np.full(len(indexed), -np.inf)
+            np.maximum.at(best, owner, mat @ q / (norms * qn))
+            # Stable sort: equal scores keep the namespace-grouped insertion order.
+            order = np.argsort(-best, kind="stable")[op.offset : op.offset + op.limit]
+            page = [_search_item(indexed[i], float(best[i])) for i in order]
         if scoreless and len(page) < op.limit:
             # Same corner case as InMemoryStore: unindexed items fill a short page, unranked.
             page.extend(_search_item(r, None) for r in scoreless[: op.limit - len(page)])

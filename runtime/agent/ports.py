@@ -127,11 +127,14 @@ class TurnTools(Protocol):
         ...
 
     async def invoke(self, name: str, arguments_json: str, *, call_id: str, instruction: str = "",
-                     session_id: str = "", tokens: Sequence[TokenLogprob] = ()) -> ToolOutcome:
+                     session_id: str = "", tokens: Sequence[TokenLogprob] = (),
+                     checked: GuardOutcome | None = None) -> ToolOutcome:
         """Run one call through the tool pipeline; failures come back as ``ToolOutcome.error``.
 
         ``instruction`` is the user message behind the call, ``tokens`` the logprobs of the LLM turn that
-        asked for it (for the CALL_TOOL gate)."""
+        asked for it (for the CALL_TOOL gate). ``checked`` is the STAGE_TOOL_CALL verdict the turn already
+        got for this call, which the turn only runs when it is ALLOW or a human approved it at review:
+        the pipeline records it instead of guarding the call a second time."""
         ...
 
 
@@ -224,7 +227,8 @@ class NoTools:
         return []
 
     async def invoke(self, name: str, arguments_json: str, *, call_id: str, instruction: str = "",
-                     session_id: str = "", tokens: Sequence[TokenLogprob] = ()) -> ToolOutcome:
+                     session_id: str = "", tokens: Sequence[TokenLogprob] = (),
+                     checked: GuardOutcome | None = None) -> ToolOutcome:
         return ToolOutcome(error=f"tool {name!r} is not available: no tool pipeline configured")
 
 

@@ -131,7 +131,7 @@ class TurnRunner:
                     f"thread {thread_id!r} is paused on an interrupt; call Resume before a new turn"
                 )
             inp = cast(TurnState, turn_input(new_turn_id(), message, speaker or "user", policy))
-            async for ev in self._stream(inp, config, scope, thread_id, policy, ports, deadline):
+            async for ev in self._stream(inp, dict(inp), config, thread_id, policy, ports, deadline):
                 yield ev
 
     async def resume(
@@ -153,33 +153,72 @@ class TurnRunner:
                 raise FailedPreconditionError(f"thread {thread_id!r} is not paused on an interrupt")
             policy = TurnPolicy.from_dict(snap.values["policy"])
             cmd: Command[Any] = Command(resume={"decision": decision, "note": note})
-            async for ev in self._stream(cmd, config, scope, thread_id, policy, ports, deadline):
+            async for ev in self._stream(cmd, dict(snap.values), config, thread_id, policy, ports, deadline):
                 yield ev
 
     async def _stream(
-        self, inp: TurnState | Command[Any], config: RunnableConfig, scope: str, thread_id: str, policy: TurnPolicy,
-        ports: TurnPorts, deadline: float | None,
+        self, inp: TurnState | Command[Any], values: dict[str, Any], config: RunnableConfig, thread_id: str,
+        policy: TurnPolicy, ports: TurnPorts, deadline: float | None,
     ) -> AsyncIterator[Event]:
+        """Run the graph from ``inp`` and yield its events, then the turn's result.
+
+        ``values`` is the state the run starts from (the turn input, or the paused state on resume); the
+        nodes' updates are applied to it as they stream, so the result needs no read of the checkpoint.
+        The graph runs in a task of its own and hands events over through a queue: it keeps going while
+        the caller sends the previous events out (gRPC writes one message at a time). Errors, the
+        deadline and cancellation of the caller all reach the graph task and the caller alike.
+        """
         ctx = TurnContext(
             ports=ports, llm=lambda base_url: self.llm(base_url, policy.api_key), thread_id=thread_id,
             deadline=deadline,
         )
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+
+        async def run() -> None:
+            interrupted: dict[str, Any] | None = None
+            try:
+                async with asyncio.timeout(remaining):
+                    async for mode, chunk in self.graph.astream(
+                        inp, config, context=ctx, stream_mode=["custom", "updates"], durability=self.durability
+                    ):
+                        if mode == "custom":
+                            queue.put_nowait(cast(Event, chunk))
+                            continue
+                        for node, update in cast(dict[str, Any], chunk).items():
+                            if node == "__interrupt__":
+                                interrupted = update[0].value
+                            elif isinstance(update, dict):
+                                values.update(update)
+            except TimeoutError as exc:
+                late = DeadlineExceededError(f"turn on thread {thread_id!r} ran past its deadline")
+                late.__cause__ = exc
+                queue.put_nowait(late)
+                return
+            except BaseException as exc:
+                queue.put_nowait(exc)  # the caller raises it, so it never waits for events that will not come
+                if not isinstance(exc, Exception):
+                    raise  # cancellation (or exit) of the graph task itself
+                return
+            if interrupted is not None:
+                queue.put_nowait({"type": "interrupt", **interrupted})
+                queue.put_nowait({"type": "result", "status": "interrupted", "answer": "", "interrupt": interrupted})
+            else:
+                queue.put_nowait({"type": "result", "status": values.get("status", "completed"),
+                                  "answer": values.get("answer", "")})
+            queue.put_nowait(None)
+
+        task = asyncio.create_task(run(), name=f"turn {thread_id}")
         try:
-            async with asyncio.timeout(remaining):
-                async for chunk in self.graph.astream(
-                    inp, config, context=ctx, stream_mode="custom", durability=self.durability
-                ):
-                    yield cast(Event, chunk)
-        except TimeoutError as exc:
-            raise DeadlineExceededError(f"turn on thread {thread_id!r} ran past its deadline") from exc
-        snap = await self.graph.aget_state(config)
-        if snap.interrupts:
-            yield {"type": "interrupt", **snap.interrupts[0].value}
-            yield {"type": "result", "status": "interrupted", "answer": "", "interrupt": snap.interrupts[0].value}
-            return
-        values = snap.values
-        yield {"type": "result", "status": values.get("status", "completed"), "answer": values.get("answer", "")}
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # The caller stopped early (cancelled RPC, error): the graph stops too, before any later node.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def get_thread(self, scope: str, thread_id: str, history_limit: int = 20) -> ThreadView:
         """A thread's conversation, pending interrupt and newest checkpoints. Raises NotFoundError."""

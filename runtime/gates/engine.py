@@ -33,6 +33,7 @@ from runtime.gates.types import (
     TokenLike,
     TokenStream,
 )
+from runtime.write_behind import RowWriter
 
 #: Configured policy for a scope: ``{"retrieve": {...}, "escalate": {...}}`` plus optional top-level
 #: keys that apply to every gate (``{"top_k": 10}``). ``Settings.policy("gates", scope)`` fits.
@@ -47,8 +48,10 @@ class GateEngine:
     """Entropy gates for every namespace of one process.
 
     ``decide`` is the hot path: one vectorised signal computation (well under a millisecond for 512
-    tokens × top-20), a cached policy lookup and one INSERT. Policies set by RPC live in the database as
-    an append-only version history and take precedence over the configured ones.
+    tokens × top-20) and a cached policy lookup; the decision row is written behind (``RowWriter``), so
+    no caller waits for its fsync. Reads and updates of decisions flush the queue first; ``close()``
+    flushes it on shutdown. Policies set by RPC live in the database as an append-only version history
+    and take precedence over the configured ones.
     """
 
     def __init__(self, engine: Engine, config: ConfigLookup | Mapping[str, Any] | None = None):
@@ -64,6 +67,15 @@ class GateEngine:
         self._policy_cache: dict[tuple[str, GateKind], PolicyVersion] = {}
         # Last fire per (scope, gate, session) for hysteresis; falls back to the database on a miss.
         self._last_fire: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
+        self._decisions = RowWriter(engine, gate_decisions)
+
+    def flush(self) -> None:
+        """Wait until every decision made so far is stored."""
+        self._decisions.flush()
+
+    def close(self) -> None:
+        """Store the queued decisions and stop the writer (on shutdown)."""
+        self._decisions.close()
 
     # ------------------------------------------------------------------ policies
 
@@ -246,29 +258,32 @@ class GateEngine:
         return decision
 
     def _store_decision(self, scope: str, d: GateDecision, session_id: str) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(gate_decisions).values(
-                    decision_id=d.decision_id,
-                    scope=scope,
-                    gate=d.gate.value,
-                    session_id=session_id or None,
-                    created_at=time.time(),
-                    policy_version=d.policy_version,
-                    signal=d.signal,
-                    score=_finite_or_none(d.score),
-                    threshold=_finite_or_none(d.threshold),
-                    fire=d.fire,
-                    n_tokens=d.n_tokens,
-                    signals_json=_dump_signals(d.signals),
-                )
-            )
+        self._decisions.add(
+            {
+                "decision_id": d.decision_id,
+                "scope": scope,
+                "gate": d.gate.value,
+                "session_id": session_id or None,
+                "created_at": time.time(),
+                "policy_version": d.policy_version,
+                "signal": d.signal,
+                "score": _finite_or_none(d.score),
+                "threshold": _finite_or_none(d.threshold),
+                "fire": d.fire,
+                "n_tokens": d.n_tokens,
+                "signals_json": _dump_signals(d.signals),
+                # Unlabelled until record_outcome; every row of a batch names the same columns.
+                "label": None,
+                "labelled_at": None,
+            }
+        )
 
     def _was_firing(self, scope: str, kind: GateKind, session_id: str) -> bool:
         key = (scope, kind.value, session_id)
         with self._lock:
             if key in self._last_fire:
                 return self._last_fire[key]
+        # No flush: a decision still queued for this key is in _last_fire (remembered when it was made).
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(gate_decisions.c.fire)
@@ -312,6 +327,7 @@ class GateEngine:
         """
         now = time.time()
         if decision_id:
+            self._decisions.flush()  # the decision may still be queued
             with self._engine.begin() as conn:
                 result = conn.execute(
                     update(gate_decisions)
@@ -364,6 +380,7 @@ class GateEngine:
         kind = GateKind.parse(gate)
         obj = (objective or CalibrationObjective()).validate()
         current = self.get_policy(scope, kind)
+        self._decisions.flush()
         with self._engine.connect() as conn:
             labelled = conn.execute(
                 select(gate_decisions.c.signals_json, gate_decisions.c.label)
@@ -474,6 +491,7 @@ class GateEngine:
         )
 
     def _recent_scores(self, scope: str, kind: GateKind, signal: str) -> np.ndarray:
+        self._decisions.flush()
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(gate_decisions.c.signals_json)

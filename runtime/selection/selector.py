@@ -28,6 +28,7 @@ from runtime.selection.agreement import cluster_answers, normalize_answer
 from runtime.selection.features import FEATURE_NAMES, candidate_features
 from runtime.selection.schema import select_models, select_selections
 from runtime.selection.types import Candidate, Selection, TrainResult
+from runtime.write_behind import RowWriter
 
 ConfigLookup = Callable[[str], Mapping[str, Any]]
 
@@ -96,6 +97,16 @@ class AnswerSelector:
         self._lock = threading.Lock()
         # scope -> active model (None: checked, no active model).
         self._models: dict[str, _Model | None] = {}
+        # Selections are records for later labelling: nobody waits for their fsync.
+        self._selections = RowWriter(engine, select_selections)
+
+    def flush(self) -> None:
+        """Wait until every selection made so far is stored."""
+        self._selections.flush()
+
+    def close(self) -> None:
+        """Store the queued selections and stop the writer (on shutdown)."""
+        self._selections.close()
 
     def config(self, scope: str) -> SelectorConfig:
         """The selection settings in effect for ``scope``."""
@@ -152,22 +163,24 @@ class AnswerSelector:
             default_index=default_index,
         )
         if persist:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    insert(select_selections).values(
-                        selection_id=selection.selection_id,
-                        scope=scope,
-                        created_at=time.time(),
-                        n_candidates=n,
-                        chosen_index=index,
-                        default_index=default_index,
-                        method=method,
-                        answers_json=json.dumps([normalize_answer(a) for a in answers]),
-                        clusters_json=json.dumps(selection.clusters),
-                        feature_names_json=json.dumps(FEATURE_NAMES),
-                        features_json=json.dumps(np.round(features, 8).tolist()),
-                    )
-                )
+            self._selections.add(
+                {
+                    "selection_id": selection.selection_id,
+                    "scope": scope,
+                    "created_at": time.time(),
+                    "n_candidates": n,
+                    "chosen_index": index,
+                    "default_index": default_index,
+                    "method": method,
+                    "answers_json": json.dumps([normalize_answer(a) for a in answers]),
+                    "clusters_json": json.dumps(selection.clusters),
+                    "feature_names_json": json.dumps(FEATURE_NAMES),
+                    "features_json": json.dumps(np.round(features, 8).tolist()),
+                    # Unlabelled until record_outcome; every row of a batch names the same columns.
+                    "correct_json": None,
+                    "labelled_at": None,
+                }
+            )
         return selection
 
     # ------------------------------------------------------------------ outcomes and training
@@ -185,6 +198,7 @@ class AnswerSelector:
 
         Raises NotFoundError for an unknown selection id in this scope.
         """
+        self._selections.flush()  # the selection may still be queued
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(select_selections.c.n_candidates, select_selections.c.answers_json).where(

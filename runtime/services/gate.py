@@ -37,6 +37,12 @@ def build(rt: Runtime) -> None:
     rt.gates.validate_config(["_/_", *rt.settings.policies.namespaces])
 
 
+async def stop(rt: Runtime) -> None:
+    """Store the decisions still queued (they are written behind) and stop their writer."""
+    if rt.gates is not None:
+        await rt.offload(rt.gates.close)
+
+
 async def _scope_for_record(rt: Runtime, namespace: str) -> tuple[str, bool]:
     """Scoped key, and whether this caller may store (read-only tokens get answers, nothing is stored)."""
     key = await rt.scope(namespace)

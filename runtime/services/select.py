@@ -24,6 +24,12 @@ def build(rt: Runtime) -> None:
         rt.selector.config(scope)  # a bad key fails the start, not the first Select
 
 
+
+async def stop(rt: Runtime) -> None:
+    """Store the selections still queued (they are written behind) and stop their writer."""
+    if rt.selector is not None:
+        await rt.offload(rt.selector.close)
+
 class SelectServiceServicer(select_pb2_grpc.SelectServiceServicer):
     """Thin servicer: validate, convert, call the component, convert back."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from agentrt.v1 import agent_pb2, common_pb2
+from agentrt.v1 import agent_pb2, common_pb2, tool_pb2
 
 from tests.agent.conftest import of, stages, turn
 
@@ -45,6 +45,10 @@ def test_turn_with_retrieval_tool_and_three_candidates(real_server, llm) -> None
     assert tool_gate and tool_gate[0].signals  # the real gate engine computed its signals
     [res] = of(events, "tool_result")
     assert not res.error and json.loads(res.result_json) == {"name": "Miso"}
+    # The call was guarded once, by the turn: the tool's audit records that verdict, not a second check.
+    [call_check] = [g for g in guards if g.stage == common_pb2.STAGE_TOOL_CALL]
+    [audit] = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=NS, tool_name="echo")).records
+    assert [v.id for v in audit.verdicts if v.stage == "tool_call"] == [call_check.verdict_id]
     assert len(of(events, "candidate")) == 3
     [sel] = of(events, "selection")
     assert sel.method and sel.method != "max_mean_logprob"  # the real selector chose

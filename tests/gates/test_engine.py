@@ -121,9 +121,34 @@ def test_hysteresis_keeps_gate_on_within_a_session(engine: Engine) -> None:
     assert g.decide(SCOPE, "escalate", hi, session_id="s1").fire
     on = g.decide(SCOPE, "escalate", mid, session_id="s1")
     assert on.fire and on.threshold < on.score  # stays on: threshold lowered while firing
-    # Another session, and a fresh process reading the last decision from the database.
+    # Another session, and a fresh process reading the last decision from the database (decisions are
+    # written behind; shutting down stores them).
     assert not g.decide(SCOPE, "escalate", mid, session_id="s2").fire
+    g.close()
     assert GateEngine(engine).decide(SCOPE, "escalate", mid, session_id="s1").fire
+
+
+def test_decisions_are_written_behind_and_stored_on_close(engine: Engine) -> None:
+    from sqlalchemy import func, select
+
+    from runtime.gates.schema import gate_decisions
+
+    g = GateEngine(engine)
+    first = g.decide(SCOPE, "retrieve", stream(0.9))
+    # Labelling a decision straight away finds it: record_outcome stores the queue first.
+    assert g.record_outcome(SCOPE, decision_id=first.decision_id, needed=True) == first.decision_id
+    ids = {g.decide(SCOPE, "retrieve", stream(0.1 * (i % 10)), session_id=f"s{i}").decision_id for i in range(60)}
+    g.close()  # shutdown: everything queued is stored
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(gate_decisions).where(gate_decisions.c.decision_id.in_(ids))
+        ).scalar_one()
+        label = conn.execute(
+            select(gate_decisions.c.label).where(gate_decisions.c.decision_id == first.decision_id)
+        ).scalar_one()
+    assert stored == len(ids) and label is True
+    with pytest.raises(RuntimeError):
+        g.decide(SCOPE, "retrieve", stream(0.5))
 
 
 def test_full_variant_needs_full_entropy(engine: Engine) -> None:

@@ -187,6 +187,37 @@ def test_select_over_rpc(srv: Any) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+
+def test_records_written_behind_survive_a_clean_shutdown(srv: Any) -> None:
+    from sqlalchemy import func, select
+
+    from runtime.db import create_db_engine
+    from runtime.gates.schema import gate_decisions
+    from runtime.selection.schema import select_selections
+
+    ids = {decide(srv, 0.1 * (i % 10)).decision_id for i in range(40)}
+    req = select_pb2.SelectRequest(
+        namespace=NS,
+        candidates=[select_pb2.Candidate(agent_id=a, answer=a, tokens=toks(0.5)) for a in ("x", "y")],
+    )
+    sel_ids = {srv.client.select_service.Select(req).selection_id for _ in range(10)}
+    url = srv.rt.db.url
+    srv.stop()  # the gate and select services store what is still queued before the database closes
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            n_decisions = conn.execute(
+                select(func.count()).select_from(gate_decisions).where(gate_decisions.c.decision_id.in_(ids))
+            ).scalar_one()
+            n_selections = conn.execute(
+                select(func.count())
+                .select_from(select_selections)
+                .where(select_selections.c.selection_id.in_(sel_ids))
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert (n_decisions, n_selections) == (len(ids), len(sel_ids))
+
 def test_client_helper_accepts_openai_dicts(srv: Any) -> None:
     tokens = [
         {

@@ -15,7 +15,7 @@ from guards.model import Decision, Evidence, GuardRequest, GuardVerdict, Stage
 from runtime.db import create_db_engine
 from runtime.gates.engine import GateEngine
 from runtime.gates.schema import metadata as gate_metadata
-from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
+from runtime.tool_invoke import CheckedCall, InvokeRequest, ToolInvoker, add_builtins
 from tools.model import ExecutorKind, ExecutorSpec, Outcome, Step, ToolDefinition, ToolPolicy
 from tools.registry import ToolRegistry
 from tools.search import ToolSearch
@@ -99,6 +99,25 @@ async def test_guard_block_at_call_stops_before_execution(setup: tuple[ToolInvok
     r = await invoker.invoke(InvokeRequest(SCOPE, "lookup", '{"q": "forbidden thing"}'))
     assert (r.outcome, r.stopped_at) == (Outcome.BLOCKED, Step.GUARD_CALL)
     assert "test.keyword" in r.reason and r.output == ""
+    assert len(guard.requests) == 1
+
+
+async def test_call_checked_by_the_caller_is_not_guarded_again(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory],
+) -> None:
+    invoker, guard, _ = setup
+    # The turn graph guarded the call (and a human approved its REVIEW): Invoke records that verdict and
+    # guards only the result.
+    approved = CheckedCall("v-turn", Decision.REVIEW, 0.6, approved=True)
+    r = await invoker.invoke(InvokeRequest(SCOPE, "lookup", '{"q": "paris"}', checked_call=approved))
+    assert r.outcome == Outcome.OK
+    assert [q.stage for q in guard.requests] == [Stage.TOOL_RESULT]
+    [audit] = await invoker.registry.audits(SCOPE)
+    assert audit.verdicts[0] == {"stage": "tool_call", "decision": "approved", "id": "v-turn", "score": 0.6}
+    # A verdict that neither allowed nor was approved still stops the call, without a second check.
+    for decision, outcome in ((Decision.BLOCK, Outcome.BLOCKED), (Decision.REVIEW, Outcome.REVIEW)):
+        r = await invoker.invoke(InvokeRequest(SCOPE, "lookup", '{"q": "x"}', checked_call=CheckedCall("v", decision)))
+        assert (r.outcome, r.stopped_at) == (outcome, Step.GUARD_CALL)
     assert len(guard.requests) == 1
 
 
