@@ -7,6 +7,7 @@ loaded from its local path with the hub switched off: nothing is ever downloaded
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import logging
@@ -93,7 +94,7 @@ class SentenceTransformerEmbedder:
         self._name = model if model != DEFAULT_MODEL else "all-MiniLM-L6-v2"
         self._batch_size = batch_size
         self.device = device
-        # The tokenizer is not safe to share across threads; one encode at a time.
+        # The tokenizer is not safe to share across threads (nor is torch's encode): serialised by this lock.
         self._lock = threading.Lock()
         self._onnx: _OnnxEncoder | None = None
         if backend == "onnx" or (backend == "auto" and device == "cpu"):
@@ -118,10 +119,12 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        with self._lock:
-            if self._onnx is not None:
-                vectors = self._onnx.encode(texts, self._batch_size)
-            else:
+        if self._onnx is not None:
+            # ONNX Runtime sessions run concurrently: only tokenising is serialised, so a query embedding
+            # is not queued behind a background batch (two calls use the two cores).
+            vectors = self._onnx.encode(texts, self._batch_size, self._lock)
+        else:
+            with self._lock:
                 vectors = self._encode_torch(texts)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -193,19 +196,22 @@ class _OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int, tokenizer_lock: threading.Lock | None = None) -> np.ndarray:
+        """Vectors of ``texts``; ``tokenizer_lock`` guards the (not thread-safe) tokenizer, the session
+        itself may run in several threads at once."""
         # Sorted by length like sentence-transformers, so a batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), 0), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = self._tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self._max_length,
-                return_tensors="np",
-            )
+            with tokenizer_lock or contextlib.nullcontext():
+                batch = self._tokenizer(
+                    [texts[i] for i in chunk],
+                    padding=True,
+                    truncation=True,
+                    max_length=self._max_length,
+                    return_tensors="np",
+                )
             feeds = {k: batch[k].astype(np.int64) for k in self.INPUTS}
             hidden = self._session.run(None, feeds)[0]
             mask = feeds["attention_mask"][..., None].astype(np.float32)

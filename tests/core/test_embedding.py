@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -26,6 +28,24 @@ def test_onnx_backend_gives_the_torch_vectors_in_any_batch_order() -> None:
     np.testing.assert_allclose(np.sum(onnx_vectors * torch_vectors, axis=1), 1.0, atol=1e-4)
     single = np.stack([emb.embed([t])[0] for t in texts])
     np.testing.assert_allclose(single, onnx_vectors, atol=1e-4)
+
+
+def test_concurrent_embeds_give_the_sequential_vectors() -> None:
+    emb = create_embedder()
+    texts = [f"note number {i} about {'the lake ' * (i % 7)}kayaks" for i in range(48)]
+    expected = emb.embed(texts)
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:  # single texts and batches interleave across threads
+        results[i] = emb.embed(texts[i : i + 4]) if i % 2 else emb.embed([texts[i]])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, got in results.items():
+        np.testing.assert_allclose(got, expected[i : i + len(got)], atol=1e-5)
 
 
 def test_unknown_embedding_backend_is_refused() -> None:
