@@ -29,8 +29,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED, machine, percentiles, write_result
+from runtime.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 LOCOMO = SHARED / "data" / "locomo" / "locomo10_dev.json"
@@ -101,72 +100,13 @@ def seed_units(db_url: str, n_units: int, texts: list[str], vectors: np.ndarray,
     return time.perf_counter() - started
 
 
-class Server:
-    """An ``agentrt serve`` subprocess on loopback."""
+class Server(ServerProcess):
+    """``agentrt serve`` on the benchmark's data directory, with its start-up time (index load included)."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]):
-        self.port_file = data_dir / "port"
-        self.port_file.unlink(missing_ok=True)  # a restart must not read the previous server's port
-        self.log = open(data_dir / "server.log", "w+")  # noqa: SIM115
         started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "serve",
-                "--port",
-                "0",
-                "--metrics-port",
-                "-1",
-                "--port-file",
-                str(self.port_file),
-                "--data-dir",
-                str(data_dir),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        while not self.port_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.tail())
-            time.sleep(0.05)
-        self.target = f"127.0.0.1:{int(self.port_file.read_text())}"
-        self.wait_serving()
+        super().__init__(data_dir, env=env, log_path=data_dir / "server.log", startup_timeout=900)
         self.startup_s = time.perf_counter() - started
-
-    def wait_serving(self, timeout: float = 900) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.time() + timeout
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.time() < deadline:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self.tail())
-                time.sleep(0.2)
-        raise TimeoutError(self.tail())
-
-    def tail(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def wait_drained(client: Any, timeout: float = 1800) -> float:
