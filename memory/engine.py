@@ -403,7 +403,8 @@ class MemoryEngine:
                     return False
                 generation = state.index.generation
                 dense = state.index.dump_dense()
-            self._snapshots.save(namespace, generation, self.embedder.name, self.embedder.dim, dense)
+            if not self._snapshots.save(namespace, generation, self.embedder.name, self.embedder.dim, dense):
+                return False
             state.snapshot_generation = generation
         return True
 

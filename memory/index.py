@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -276,8 +277,9 @@ class IndexSnapshots:
 
     FORMAT = 1
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, *, min_free_bytes: int = 64 << 20):
         self.directory = Path(directory)
+        self.min_free_bytes = min_free_bytes
 
     def _paths(self, namespace: str) -> tuple[Path, Path]:
         stem = hashlib.sha256(namespace.encode()).hexdigest()[:32]
@@ -297,15 +299,34 @@ class IndexSnapshots:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def save(self, namespace: str, generation: int, model: str, dim: int, dense: DenseStates) -> None:
-        """Write the snapshot of ``namespace`` (replacing the previous one)."""
+    def save(self, namespace: str, generation: int, model: str, dim: int, dense: DenseStates) -> bool:
+        """Write the snapshot of ``namespace`` (replacing the previous one); False when skipped for space.
+
+        A snapshot is only a cache, so it never takes the room the database needs: it is skipped unless
+        the disk keeps ``min_free_bytes`` plus twice its size free, and a write that fails midway (disk
+        full) leaves no temporary file behind.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         data, manifest = self._paths(namespace)
         arrays = {f"{gran.value}.{name}": array for gran, state in dense.items() for name, array in state.items()}
+        size = sum(int(np.asarray(a).nbytes) for a in arrays.values())
+        free = shutil.disk_usage(self.directory).free
+        if free < self.min_free_bytes + 2 * size:
+            log.warning(
+                "index snapshot skipped: %d MiB free, the snapshot needs %d MiB plus %d MiB kept free",
+                free >> 20,
+                size >> 20,
+                self.min_free_bytes >> 20,
+                extra={"namespace": namespace},
+            )
+            return False
         tmp = data.with_suffix(f".npz.{os.getpid()}.tmp")  # processes sharing a data_dir never mix their files
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub wants a bool for allow_pickle here
-        self._replace(tmp, data)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub wants a bool for allow_pickle here
+            self._replace(tmp, data)
+        finally:
+            tmp.unlink(missing_ok=True)
         meta = {
             "format": self.FORMAT,
             "namespace": namespace,
@@ -315,8 +336,12 @@ class IndexSnapshots:
             "sha256": self._digest(data),
         }
         tmp = manifest.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(meta))
-        self._replace(tmp, manifest)
+        try:
+            tmp.write_text(json.dumps(meta))
+            self._replace(tmp, manifest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def load(self, namespace: str, model: str, dim: int) -> IndexSnapshot | None:
         """The saved snapshot of ``namespace``; None when there is none.

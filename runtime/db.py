@@ -45,6 +45,9 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # After a checkpoint, give back WAL space beyond 4 MiB: otherwise the WAL keeps its high-water
+            # size for good, and after a disk-full the checkpoint grows the database on top of it.
+            cur.execute("PRAGMA journal_size_limit=4194304")
             cur.close()
 
         @event.listens_for(engine, "begin")

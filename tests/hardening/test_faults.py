@@ -68,9 +68,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_disk_fails_writes_cleanly_and_corrupts_nothing(make_server, small_disk: Path) -> None:
     data = small_disk / "data"
-    # Ballast that is deleted after the disk filled up, to give the database room again.
+    # Ballast that is deleted after the disk filled up, to give the database room again: enough for the
+    # restart's own work (checkpointing the WAL, re-deriving the sessions the full disk left pending)
+    # and then a new write.
     ballast = small_disk / "ballast"
-    ballast.write_bytes(b"\0" * (2 * 1024 * 1024))
+    ballast.write_bytes(b"\0" * (4 * 1024 * 1024))
     srv = make_server(data_dir=data, embedding_model="hashing")
     # The bulk goes into metadata (stored, not embedded) so the disk fills in a few dozen writes.
     blob = "lorem ipsum dolor sit amet " * 2000  # ~54 KB per message
@@ -268,19 +270,28 @@ def test_kill9_mid_write_loses_no_acknowledged_write_and_shows_no_half_write(spa
 
 # ------------------------------------------------------------------------------------------ index files
 
-def test_indexes_live_only_in_the_database_and_are_rebuilt_on_start(make_server, tmp_path: Path) -> None:
-    """There is no index file to corrupt: after a run the data dir holds only the SQLite database, and a
-    restarted server answers Search from indexes rebuilt from it. (If a component starts persisting index
-    files, this fails: add a corrupt-the-file-and-restart test for it then.)"""
+def test_a_corrupt_index_file_is_detected_and_rebuilt_from_the_database(make_server, tmp_path: Path) -> None:
+    """The vector-index snapshots a clean stop writes are caches: flip bytes in them and the restarted
+    server notices (checksum), ignores them, answers from indexes rebuilt from the database, and writes
+    good snapshots again at its next stop."""
     data = tmp_path / "idx"
     srv = make_server(data_dir=data, embedding_model="hashing")
     _write(srv.client, "idx", "s1", ["i1", "i2"], "the lighthouse keeper painted the door blue")
-    assert srv.client.memory.Search(memory_pb2.SearchRequest(namespace="idx", query="lighthouse door", top_k=3),
-                                    timeout=30).hits
     srv.stop()
-    leftovers = sorted(p.name for p in data.iterdir() if not p.name.startswith("agentrt.db"))
-    assert not leftovers, f"files besides the database in the data dir: {leftovers}"
+    snapshots = sorted((data / "index").glob("*.npz"))
+    assert snapshots, "a clean stop writes the index snapshot"
+    for path in snapshots:
+        raw = bytearray(path.read_bytes())
+        for at in range(len(raw) // 3, len(raw) // 3 + 64):
+            raw[at] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    damaged = {p.name: p.read_bytes() for p in snapshots}
+
     restarted = make_server(data_dir=data, embedding_model="hashing")
     hits = restarted.client.memory.Search(
         memory_pb2.SearchRequest(namespace="idx", query="lighthouse door", top_k=3), timeout=30).hits
     assert any("lighthouse" in h.text for h in hits)
+    assert {m for h in hits for m in h.message_ids} == {"i1", "i2"}  # exactly what the database holds
+    restarted.stop()
+    rewritten = {p.name: p.read_bytes() for p in sorted((data / "index").glob("*.npz"))}
+    assert rewritten and all(rewritten.get(name) != blob for name, blob in damaged.items())

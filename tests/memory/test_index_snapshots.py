@@ -14,7 +14,7 @@ from core.embedding import create_embedder
 from core.vector_index import AutoVectorIndex
 from memory.engine import MemoryEngine
 from memory.index import IndexSnapshots, NamespaceIndex
-from memory.model import MemoryMessage
+from memory.model import Granularity, MemoryMessage
 from memory.store import MemoryStore
 
 NS = "acme/chat"
@@ -152,3 +152,13 @@ def test_a_truncated_snapshot_or_one_of_another_model_is_rejected(  # type: igno
     second = make_engine()
     assert second.index_source(NS).startswith("database (snapshot rejected")
     same_content(second.index(NS), make_engine(snapshots=False).index(NS))
+
+
+def test_a_snapshot_never_takes_the_space_the_database_needs(tmp_path: Path) -> None:
+    dense = {Granularity.TURN: {"ids": np.arange(4, dtype=np.int64), "vectors": np.ones((4, 8), np.float32)}}
+    cramped = IndexSnapshots(tmp_path / "cramped", min_free_bytes=1 << 62)  # more than any disk has free
+    assert cramped.save("t/ns", 3, "m", 8, dense) is False
+    assert not list((tmp_path / "cramped").iterdir())  # nothing written, no temporary file left
+    roomy = IndexSnapshots(tmp_path / "roomy")
+    assert roomy.save("t/ns", 3, "m", 8, dense) is True
+    assert sorted(p.suffix for p in (tmp_path / "roomy").iterdir()) == [".json", ".npz"]
