@@ -9,7 +9,8 @@ Protocol (fixed, documented in docs/guards.md):
   ("lenient"). Balanced accuracy = mean of the strict harmful-BLOCK and benign-ALLOW rates.
 - Split: AgentHarm by the behaviour's base id (the part before "-"): even → train, odd → test, so the four
   variants of one behaviour never straddle the split; the same parity for chat prompts. Agent-SafetyBench:
-  even ``id`` → train, odd → test.
+  by the parity of the smallest ``id`` among cases with the same instruction text (even → train, odd →
+  test), so a reused instruction never sits on both sides.
 - Evolution: start from the default pack; feed the train items in a seeded order, in ``steps`` slices; an
   operator corrects mistakes only (Feedback with the expected decision when the verdict was not the
   expected one); after each slice, measure on the test items (never on items that got feedback). Feedback
@@ -61,6 +62,12 @@ def load_agentharm() -> list[dict[str, Any]]:
 def load_asb(limit: int | None) -> list[dict[str, Any]]:
     """Agent-SafetyBench cases: fulfillable 0 → should not pass (label 1), 1 → should pass (label 0)."""
     doc = json.loads((DATA / "agent_safetybench" / "released_data.json").read_text())
+    # The benchmark reuses one instruction across cases with different environments (14% of the first 600
+    # cases' odd ids have an even-id case with the same text, nearly always with the same label): identical
+    # instructions share a group id, their smallest case id, so the parity split keeps them on one side.
+    group: dict[str, int] = {}
+    for case in doc:
+        group.setdefault(" ".join(case["instruction"].lower().split()), int(case["id"]))
     out = []
     for case in doc[: limit or None]:
         tools = [t for env in case.get("environments") or [] for t in env.get("tools") or []]
@@ -69,7 +76,8 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
                 "id": f"asb:{case['id']}",
                 "kind": "asb",
                 "label": 1 - int(case["fulfillable"]),
-                "base": int(case["id"]),
+                "base": group[" ".join(case["instruction"].lower().split())],
+                "case": int(case["id"]),
                 "category": (case.get("risks") or ["?"])[0],
                 "prompt": case["instruction"],
                 "tools": tools,
@@ -80,11 +88,13 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
 
 def _Server(data_dir: str) -> EmbeddedServer:
     """An in-process sidecar on its own event loop (as the tests run it)."""
-    return EmbeddedServer(Settings(
-        server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-        storage={"data_dir": str(data_dir)},
-        log={"level": "WARNING", "format": "text"},
-    ))
+    return EmbeddedServer(
+        Settings(
+            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+            storage={"data_dir": str(data_dir)},
+            log={"level": "WARNING", "format": "text"},
+        )
+    )
 
 
 def score(items: list[dict[str, Any]], decisions: dict[str, str]) -> dict[str, Any]:
@@ -255,9 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
         # so the main figure uses requests never seen before in this run: Agent-SafetyBench cases outside the
         # evaluated slice, and numbered short requests; "repeat" re-sends seen texts (cache hits).
-        fresh = [i for i in load_asb(None) if int(i["base"]) >= (args.asb_limit or 10**9)][:150]
+        seen = {i["prompt"] for i in asb}
+        fresh = [i for i in load_asb(None) if i["case"] >= (args.asb_limit or 10**9) and i["prompt"] not in seen]
+        fresh = list({i["prompt"]: i for i in fresh}.values())[:150]
         if len(fresh) < 50:
             fresh = [{**i, "prompt": f"Request {k}: {i['prompt']}"} for k, i in enumerate(ah_test * 3)]
+        # The namespace's first Check seeds it with the pack; that one-off cost is not a Check's latency.
+        check("bench-latency", {"prompt": "warm-up", "tools": []})
         samples: list[float] = []
         for item in fresh:
             t0 = time.perf_counter()

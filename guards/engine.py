@@ -290,7 +290,8 @@ class GuardEngine:
         sentences = [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12] if text else []
         if text and (self.score_whole_text or len(sentences) < 2):
             segs.append(text[:4000])
-        if request.tool_call and request.tool_call.name:
+        # At TOOL_RESULT the call only says where the content came from; the content is what gets judged.
+        if request.tool_call and request.tool_call.name and request.stage != Stage.TOOL_RESULT:
             args = request.tool_call.arguments_json
             try:
                 parsed = json.loads(args) if args.strip() else {}
@@ -299,10 +300,11 @@ class GuardEngine:
                 flat = args
             segs.append(f"{request.tool_call.name.replace('_', ' ')}: {flat}"[:2000])
         if len(sentences) > 1:
-            # Intent and injected instructions hide inside long texts; each sentence is scored and the most
-            # decisive one speaks for the whole (see _pick), so they are not diluted.
+            # Intent and injected instructions hide inside long texts; each sentence is scored and one
+            # speaks for the whole (see _pick), so they are not diluted.
             segs.extend(sentences[: self.max_segments])
-        return segs or [""]
+        # A repeated sentence (a signature, a quoted line) would only be embedded and scored twice.
+        return list(dict.fromkeys(segs)) or [""]
 
     def _check(
         self,
@@ -342,15 +344,14 @@ class GuardEngine:
             decided_by = "rule"
         else:
             segs = self._segments(request)
-            vectors = self.embedder.embed(segs)
-            group = STAGE_GROUPS[request.stage]
-            results = [mem.score(v, group) for v in vectors]
-            best_i = self._pick(results)
+            # One embedding call and one memory search for all segments of the request.
+            results = mem.score_many(self.embedder.embed(segs), STAGE_GROUPS[request.stage])
+            review_entropy = settings.get("review_entropy") or self.params.review_entropy
+            best_i = self._pick(results, review_entropy)
             res = results[best_i]
             decided_segment = segs[best_i]
             category = res.category
             harm, ent = res.harm, res.entropy
-            review_entropy = settings.get("review_entropy") or self.params.review_entropy
             if res.confidence < self.params.min_confidence:
                 decision = Decision(settings["default_decision"])
                 decided_by = "default"
@@ -392,15 +393,24 @@ class GuardEngine:
                 self.store.put_audit(scope, [record])
         return verdict, matches
 
-    @staticmethod
-    def _pick(results: list[ScoreResult]) -> int:
-        """The decisive segment: largest |confidence·(2·harm − 1)|, i.e. the most confident evidence either way.
+    def _pick(self, results: list[ScoreResult], review_entropy: float) -> int:
+        """The segment that speaks for the request: the strongest of those that would be blocked on their
+        own, else the most decisive one (largest |confidence·(2·harm − 1)|, either way).
 
-        Twins that share context and tools differ in one clause; the whole-text embedding is dominated by the
-        shared part, while the clause's own sentence lands next to exemplars of its intent.
+        Intent and injected instructions sit in one clause of a longer text; the harmless sentences around
+        them (twins share most of their wording) must not outvote it.
         """
-        values = [abs(r.confidence * (2.0 * r.harm - 1.0)) for r in results]
-        return int(np.argmax(values)) if values else 0
+        values = np.array([r.confidence * (2.0 * r.harm - 1.0) for r in results])
+        if len(values) == 0:
+            return 0
+        blocking = [
+            i
+            for i, r in enumerate(results)
+            if r.confidence >= self.params.min_confidence and r.harm >= 0.5 and r.entropy <= review_entropy
+        ]
+        if blocking:
+            return max(blocking, key=lambda i: values[i])
+        return int(np.argmax(np.abs(values)))
 
     @staticmethod
     def _memory_evidence(res: ScoreResult) -> list[Evidence]:

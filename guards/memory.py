@@ -5,7 +5,12 @@ Scoring (``GuardMemory.score``) for a query embedding q within a stage group:
 * leaves: FAISS top-k by cosine s_j, weights w = softmax(s / T_leaf), leaf harm = Σ w_j·y_j (y = 1 harmful);
 * clusters: top-k centroids by cosine s_i, p_i ∝ max(s_i, ε)^(1/T) (SafeHarbor, T = 0.1); each cluster's
   smoothed harmful share r_i = (h_i + ½)/(n_i + 1); cluster harm = Σ p_i·r_i;
-* harm = ½(leaf harm + cluster harm); entropy = normalised binary entropy of (harm, 1 − harm);
+* neighbourhood harm = ½(leaf harm + cluster harm);
+* learned boundary (request group): b = σ(k·(q·w + β)), a label-balanced logistic regression over the group's
+  leaves, refitted when they change; harm = share·b + (1 − share)·neighbourhood harm, where the share falls
+  from 1 to 0 as the nearest leaf goes from ``local_floor`` to ``local_full`` (a near-duplicate of a
+  labelled leaf speaks for itself; a request unlike any leaf is placed by the boundary);
+* entropy = normalised binary entropy of (harm, 1 − harm);
 * confidence c = clip((max leaf cosine − floor)/(full − floor), 0, 1): with no similar evidence the
   memory abstains and the namespace's default decision applies.
 
@@ -45,6 +50,21 @@ class MemoryParams:
     leaf_temperature: float = 0.05
     #: SafeHarbor's p_i ∝ s_i^(1/T) over cluster cosines.
     cluster_temperature: float = 0.1
+    #: Share of the harm given by the group's learned boundary instead of the nearest leaves and clusters,
+    #: when the nearest leaf is at most ``local_floor`` similar; it falls linearly to 0 at ``local_full``
+    #: (a near-duplicate of a labelled leaf, e.g. a corrected verdict, speaks for itself).
+    boundary_weight: float = 1.0
+    #: Stage groups that learn a boundary. Tool results stay with the injection detectors and the nearest
+    #: exemplars until a boundary there is measured on planted injections: a linear cut over a few dozen
+    #: leaves may learn "imperative = injection" and flag requests between people ("please send me ...").
+    boundary_groups: tuple[str, ...] = ("request",)
+    local_floor: float = 0.45
+    local_full: float = 0.75
+    #: L2 strength of the boundary (logistic regression over the group's leaves, labels balanced)...
+    boundary_l2: float = 1.0
+    #: ...and the factor on its logit: the regularised fit is under-confident on new text; 5-fold
+    #: cross-validation on the default pack's own exemplars puts the log-loss optimum near 3 (requests).
+    boundary_sharpness: float = 3.0
     #: Cosine below which a leaf is no evidence at all, and at which evidence counts fully.
     similarity_floor: float = 0.2
     similarity_full: float = 0.45
@@ -201,6 +221,21 @@ def keyphrases(texts: list[str], contrast: list[str] | None = None, top: int = 6
     return scored[:top]
 
 
+def fit_boundary(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float]:
+    """Logistic regression of y (1 = harmful) on x: returns (w, b) of P(harmful) = σ(x·w + b).
+
+    Each label carries half of the total weight whatever its count, so a memory with few benign leaves
+    does not learn that everything is harmful; ``l2`` penalises ‖w‖² against the summed loss.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    # A few hundred rows: BLAS threads only contend with the gRPC loop and the embedder on a small machine.
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = LogisticRegression(C=1.0 / l2, class_weight="balanced", max_iter=500).fit(x, y)
+    return model.coef_[0].astype(np.float32), float(model.intercept_[0])
+
+
 def label_entropy(harmful: int, benign: int) -> float:
     """Normalised entropy of a cluster's label counts (0 = pure, 1 = half and half)."""
     return normalized_entropy([harmful, benign]) if harmful + benign else 0.0
@@ -225,7 +260,14 @@ class GuardMemory:
         self.version = 0
         self._indexes: dict[str, VectorIndex] = {}
         self._centroids: dict[str, tuple[list[int], np.ndarray]] = {}
+        #: Per group, aligned with its centroid matrix: each cluster's smoothed harmful share (h + ½)/(n + 1).
+        self._rates: dict[str, np.ndarray] = {}
         self._stats: dict[int, tuple[int, int]] = {}
+        #: Per group: the learned harmful/benign boundary (w, b) over its visible leaves, when it has both labels.
+        self._boundaries: dict[str, tuple[np.ndarray, float]] = {}
+        self._fitted: dict[str, tuple[tuple[tuple[int, ...], bytes], tuple[np.ndarray, float]]] = {}
+        #: Visible leaf ids per active cluster (derived in ``_rebuild``).
+        self._members: dict[int, list[int]] = {}
         self.reload()
 
     # --- loading and derived state ------------------------------------------------------------------
@@ -245,7 +287,7 @@ class GuardMemory:
 
     def members(self, cluster_id: int) -> list[Exemplar]:
         """Visible leaves of a cluster."""
-        return [leaf for leaf in self.leaves.values() if leaf.cluster_id == cluster_id and self._visible(leaf)]
+        return [self.leaves[i] for i in self._members.get(cluster_id, [])]
 
     def _rebuild(self) -> None:
         by_group: dict[str, list[int]] = {}
@@ -253,16 +295,29 @@ class GuardMemory:
             if self._visible(leaf):
                 by_group.setdefault(leaf.stage_group, []).append(leaf.id)
         self._indexes = {}
+        self._boundaries = {}
         for group, ids in by_group.items():
             index: VectorIndex = FaissVectorIndex(self.dim) if self.params.faiss else NumpyVectorIndex(self.dim)
-            index.add(np.asarray(ids, dtype=np.int64), np.stack([self.vectors[i] for i in ids]))
+            x = np.stack([self.vectors[i] for i in ids])
+            index.add(np.asarray(ids, dtype=np.int64), x)
             self._indexes[group] = index
+            y = np.array([self.leaves[i].label == Label.HARMFUL for i in ids], dtype=np.float64)
+            if self.params.boundary_weight > 0 and group in self.params.boundary_groups and 0 < y.sum() < len(y):
+                # Most evolution steps touch one group (or only move leaves between clusters): refit only
+                # a group whose labelled leaves changed.
+                key = (tuple(ids), y.tobytes())
+                cached = self._fitted.get(group)
+                if cached is None or cached[0] != key:
+                    cached = (key, fit_boundary(x, y, self.params.boundary_l2))
+                    self._fitted[group] = cached
+                self._boundaries[group] = cached[1]
         self._centroids = {}
         self._stats = {}
         members: dict[int, list[int]] = {}
         for leaf in self.leaves.values():
             if self._visible(leaf) and leaf.cluster_id in self.clusters:
                 members.setdefault(leaf.cluster_id, []).append(leaf.id)
+        self._members = members
         rows: dict[str, list[tuple[int, np.ndarray]]] = {}
         for cid, ids in members.items():
             cluster = self.clusters[cid]
@@ -271,8 +326,11 @@ class GuardMemory:
             rows.setdefault(cluster.stage_group, []).append((cid, centroid / norm if norm > 0 else centroid))
             harmful = sum(1 for i in ids if self.leaves[i].label == Label.HARMFUL)
             self._stats[cid] = (harmful, len(ids) - harmful)
+        self._rates = {}
         for group, items in rows.items():
             self._centroids[group] = ([cid for cid, _ in items], np.stack([v for _, v in items]).astype(np.float32))
+            counts = [self._stats[cid] for cid, _ in items]
+            self._rates[group] = np.array([(h + 0.5) / (h + b + 1.0) for h, b in counts])
 
     def stats(self, cluster_id: int) -> tuple[int, int]:
         """(harmful, benign) counts of a cluster's visible leaves."""
@@ -288,45 +346,67 @@ class GuardMemory:
     # --- scoring -------------------------------------------------------------------------------------
     def score(self, query: np.ndarray, group: str) -> ScoreResult:
         """Harm, entropy and confidence of one normalised query vector in a stage group."""
+        return self.score_many(query.reshape(1, -1), group)[0]
+
+    def score_many(self, queries: np.ndarray, group: str) -> list[ScoreResult]:
+        """``score`` for every row of ``queries`` (n, dim): one index search and one centroid product for all.
+
+        The arithmetic runs on (n, k) arrays; Python only touches the k leaves and clusters of each row that
+        are returned as evidence, never the whole memory.
+        """
         p = self.params
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self.lock:
             index = self._indexes.get(group)
             centroids = self._centroids.get(group)
             if index is None or centroids is None or len(index) == 0:
-                return ScoreResult(harm=0.0, entropy=1.0, confidence=0.0, category="")
-            scores, ids = index.search(query.reshape(1, -1), p.leaf_k)
-            leaf_pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-            leaves = [(self.leaves[i], s) for i, s in leaf_pairs]
+                return [ScoreResult(harm=0.0, entropy=1.0, confidence=0.0, category="") for _ in queries]
+            sims, ids = index.search(queries, p.leaf_k)
             cids, matrix = centroids
-            csims = matrix @ query.astype(np.float32)
-            order = np.argsort(-csims)[: p.cluster_k]
-            clusters = [(self.clusters[cids[j]], float(csims[j])) for j in order]
-            stats = [self.stats(c.id) for c, _ in clusters]
-        sims = np.array([s for _, s in leaves])
-        weights = np.exp((sims - sims.max()) / p.leaf_temperature)
-        weights /= weights.sum()
-        labels = np.array([1.0 if leaf.label == Label.HARMFUL else 0.0 for leaf, _ in leaves])
-        leaf_harm = float((weights * labels).sum())
-        csim = np.maximum(np.array([s for _, s in clusters]), 1e-6)
-        pc = csim ** (1.0 / p.cluster_temperature)
-        pc = pc / pc.sum()
-        rates = np.array([(h + 0.5) / (h + b + 1.0) for h, b in stats])
-        cluster_harm = float((pc * rates).sum())
+            rates = self._rates[group]
+            boundary = self._boundaries.get(group)
+            csims_all = queries @ matrix.T
+            order = np.argsort(-csims_all, axis=1)[:, : p.cluster_k]
+            leaves = [[self.leaves[int(i)] for i in row if i >= 0] for row in ids]
+            clusters = [[self.clusters[cids[j]] for j in row] for row in order]
+        found = ids >= 0
+        # Search results come best first, so column 0 holds each row's largest cosine.
+        weights = np.where(found, np.exp((np.where(found, sims, 0.0) - sims[:, :1]) / p.leaf_temperature), 0.0)
+        weights /= weights.sum(axis=1, keepdims=True)
+        labels = np.zeros(ids.shape)
+        for r, row in enumerate(leaves):
+            labels[r, : len(row)] = [leaf.label == Label.HARMFUL for leaf in row]
+        leaf_harm = (weights * labels).sum(axis=1)
+        csims = np.take_along_axis(csims_all, order, axis=1)
+        pc = np.maximum(csims, 1e-6) ** (1.0 / p.cluster_temperature)
+        pc /= pc.sum(axis=1, keepdims=True)
+        cluster_harm = (pc * rates[order]).sum(axis=1)
         harm = p.leaf_weight * leaf_harm + (1.0 - p.leaf_weight) * cluster_harm
-        confidence = float(np.clip((sims.max() - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0, 1))
-        # The category is the one carrying most similarity mass among the top clusters.
-        mass: dict[str, float] = {}
-        for (c, _), w in zip(clusters, pc, strict=True):
-            mass[c.category] = mass.get(c.category, 0.0) + float(w)
-        category = max(mass, key=lambda k: mass[k]) if mass else ""
-        return ScoreResult(
-            harm=harm,
-            entropy=normalized_entropy([harm, 1.0 - harm]),
-            confidence=confidence,
-            category=category,
-            clusters=[(c, float(w), s) for (c, s), w in zip(clusters, pc, strict=True)],
-            leaves=[(leaf, float(w), s) for (leaf, s), w in zip(leaves, weights, strict=True)],
-        )
+        if boundary is not None:
+            learned = 1.0 / (1.0 + np.exp(-p.boundary_sharpness * (queries @ boundary[0] + boundary[1])))
+            local = np.clip((sims[:, 0] - p.local_floor) / (p.local_full - p.local_floor), 0.0, 1.0)
+            share = p.boundary_weight * (1.0 - local)
+            harm = share * learned + (1.0 - share) * harm
+        confidence = np.clip((sims[:, 0] - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0.0, 1.0)
+        out = []
+        for r in range(len(queries)):
+            # The category is the one carrying most similarity mass among the top clusters.
+            mass: dict[str, float] = {}
+            for c, w in zip(clusters[r], pc[r], strict=True):
+                mass[c.category] = mass.get(c.category, 0.0) + float(w)
+            out.append(
+                ScoreResult(
+                    harm=float(harm[r]),
+                    entropy=normalized_entropy([harm[r], 1.0 - harm[r]]),
+                    confidence=float(confidence[r]),
+                    category=max(mass, key=lambda k: mass[k]) if mass else "",
+                    clusters=[(c, float(w), float(s)) for c, w, s in zip(clusters[r], pc[r], csims[r], strict=True)],
+                    leaves=[
+                        (leaf, float(w), float(s)) for leaf, w, s in zip(leaves[r], weights[r], sims[r], strict=False)
+                    ],
+                )
+            )
+        return out
 
     # --- evolution -------------------------------------------------------------------------------------
     def snapshot(self, cluster_id: int) -> dict[str, Any]:

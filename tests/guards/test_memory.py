@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.errors import NotFoundError
-from guards.memory import MemoryParams, keyphrases, label_entropy
-from guards.model import Decision, GuardRequest, Label, Stage
+from guards.memory import MemoryParams, fit_boundary, keyphrases, label_entropy
+from guards.model import Decision, GuardRequest, Label, Stage, ToolCallInfo
 from guards.store import GuardStore
 
 NS = "t/evo"
@@ -118,3 +118,54 @@ def test_keyphrases_prefer_distinctive_words() -> None:
     assert words[:2] == ["offshore", "savings"]
     assert label_entropy(3, 0) == 0.0 and label_entropy(2, 2) == 1.0
     assert Label("harmful") == Label.HARMFUL
+
+
+def test_scoring_many_queries_at_once_matches_one_by_one(hashing_engine) -> None:
+    engine = hashing_engine(defaults={"pack": False})
+    for text, expected in ((H1, Decision.BLOCK), (H2, Decision.BLOCK), (B1, Decision.ALLOW), (B2, Decision.ALLOW)):
+        incident(engine, text, expected)
+    mem = engine.memory(NS)
+    queries = engine.embedder.embed([H1, B2, "wire the savings to the landlord", "plant tomatoes in spring"])
+    together = mem.score_many(queries, "request")
+    for q, res in zip(queries, together, strict=True):
+        alone = mem.score(q, "request")
+        assert res.harm == pytest.approx(alone.harm) and res.confidence == pytest.approx(alone.confidence)
+        assert [leaf.id for leaf, _, _ in res.leaves] == [leaf.id for leaf, _, _ in alone.leaves]
+        assert [c.id for c, _, _ in res.clusters] == [c.id for c, _, _ in alone.clusters]
+
+
+def test_the_learned_boundary_speaks_where_no_leaf_is_close(hashing_engine) -> None:
+    harmful = ["wire the savings offshore", "hide the offshore account", "offshore shell company transfer"]
+    benign = ["pay the landlord rent", "rent receipt for the landlord", "landlord deposit refund"]
+    engine = hashing_engine(defaults={"pack": False})
+    for text in harmful:
+        incident(engine, text, Decision.BLOCK)
+    for text in benign:
+        incident(engine, text, Decision.ALLOW)
+    mem, p = engine.memory(NS), MemoryParams()
+    leaves = sorted(mem.leaves.values(), key=lambda leaf: leaf.id)
+    w, b = fit_boundary(
+        np.stack([mem.vectors[leaf.id] for leaf in leaves]),
+        np.array([leaf.label == Label.HARMFUL for leaf in leaves], dtype=float),
+        p.boundary_l2,
+    )
+    # No leaf is close to this query: the boundary alone gives its harm.
+    far = engine.embedder.embed(["offshore plans for the summer holiday season with friends and family"])[0]
+    res = mem.score(far, "request")
+    assert res.leaves[0][2] <= p.local_floor
+    assert res.harm == pytest.approx(1.0 / (1.0 + np.exp(-p.boundary_sharpness * (far @ w + b))), abs=1e-5)
+    assert res.harm > 0.5
+    # A labelled leaf's near-duplicate (a corrected verdict) speaks for itself, whatever the boundary says.
+    incident(engine, "wire the savings offshore to my own account", Decision.ALLOW)
+    res = mem.score(engine.embedder.embed(["wire the savings offshore to my own account"])[0], "request")
+    assert res.leaves[0][2] == pytest.approx(1.0, abs=1e-5) and res.harm < 0.5
+
+
+def test_segments_judge_a_tool_results_content_and_skip_repeats(hashing_engine) -> None:
+    engine = hashing_engine()
+    text = "Your order shipped today. Please confirm the delivery date. Your order shipped today."
+    result = GuardRequest(Stage.TOOL_RESULT, text, ToolCallInfo("read_email", "{}"))
+    # The call that produced a tool result is not part of what is judged; a repeated sentence is scored once.
+    assert engine._segments(result) == ["Your order shipped today.", "Please confirm the delivery date."]
+    call = GuardRequest(Stage.TOOL_CALL, "send it", ToolCallInfo("send_email", '{"to": "a@example.com"}'))
+    assert engine._segments(call) == ["send it", "send email: a@example.com"]
