@@ -10,7 +10,7 @@ import pytest
 from agentrt.v1 import memory_pb2
 
 from runtime import metrics
-from tests.spine.test_server import bad_request_fields
+from tests.conftest import bad_fields
 
 TOKENS = [
     {"token": "tok-acme", "tenant": "acme"},
@@ -70,11 +70,11 @@ def test_invalid_argument_names_the_field(server) -> None:
         with pytest.raises(grpc.RpcError) as exc:
             method(request, timeout=10)
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
-        assert field in bad_request_fields(exc.value), (request, bad_request_fields(exc.value))
+        assert field in bad_fields(exc.value), (request, bad_fields(exc.value))
     with pytest.raises(grpc.RpcError) as exc:
         server.client.write("ns", "s1", [_msg(1, "ok"), {"id": "m2", "speaker": "u", "text": ""}])
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert any(f.startswith("messages[1]") for f in bad_request_fields(exc.value))
+    assert any(f.startswith("messages[1]") for f in bad_fields(exc.value))
     # a rejected write stored nothing, not even its valid first message
     with pytest.raises(grpc.RpcError) as exc:
         server.client.memory.Get(memory_pb2.GetRequest(namespace="ns", message_ids=["m1"]), timeout=10)
