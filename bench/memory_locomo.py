@@ -1,6 +1,11 @@
 """memory-locomo: budget-recall of memory Search on LoCoMo, through the gRPC API.
 
     python -m bench memory-locomo [--data PATH] [--conversations N] [--budgets 100,200,400,800]
+                                  [--in-process] [--no-baselines]
+
+The gRPC mode below is the reported one. ``--in-process`` is for iterating on units and retrieval: the
+same protocol on a ``MemoryEngine`` over the in-memory store in this process, with embeddings cached in
+a pickle under the temp directory so a re-run embeds nothing (it gave the gRPC figures exactly).
 
 Protocol (issue #3):
 1. A real ``agentrt serve`` subprocess on a fresh data directory (SQLite). Each conversation is its own
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -202,9 +208,24 @@ class _Server:
         log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the process
         env = dict(os.environ, AGENTRT_TELEMETRY="0")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--metrics-port", "-1",
-             "--port-file", str(port_file), "--data-dir", str(data_dir)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "runtime.cli",
+                "serve",
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--port-file",
+                str(port_file),
+                "--data-dir",
+                str(data_dir),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 900
         while not port_file.exists():
@@ -250,6 +271,7 @@ def _payload(
 ) -> dict[str, Any]:
     return {
         "data": str(args.data),
+        "mode": "in-process" if args.in_process else "grpc",
         "conversations": done,
         "budgets": budgets,
         "results": {"agentrt": ours.table(), **{name: s.table() for name, s in base.items()}},
@@ -258,6 +280,114 @@ def _payload(
         "baselines_published_dev": {"bm25": [0.388, 0.504, 0.588, 0.666], "rrf": [0.382, 0.524, 0.638, 0.747]},
         "targets_dev": {"budget@200": 0.72, "budget@400": 0.82, "budget@800": 0.88},
     }
+
+
+# -- backends -----------------------------------------------------------------------------------------
+
+
+class _GrpcBackend:
+    """The reported mode: a real server subprocess, everything through the public API."""
+
+    def __init__(self, data_dir: Path):
+        from runtime.client import AgentrtClient
+
+        self.server = _Server(data_dir)
+        self.client = AgentrtClient(self.server.target, timeout=600)
+
+    def write(self, ns: str, session_id: str, batch: list[dict[str, Any]]) -> None:
+        self.client.write(ns, session_id, batch)
+
+    def consolidate(self, ns: str) -> None:
+        from agentrt.v1 import memory_pb2
+
+        # Let the background worker derive the sessions (calling Consolidate while it runs would derive
+        # them twice), then Consolidate for the GMM refit and links.
+        while self.client.memory.Stats(memory_pb2.StatsRequest(namespace=ns)).pending_sessions:
+            time.sleep(0.5)
+        self.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace=ns), timeout=1800)
+
+    def search(self, ns: str, query: str, top_k: int, token_budget: int = 0) -> list[tuple[list[str], str]]:
+        resp = self.client.search(ns, query, top_k=top_k, token_budget=token_budget)
+        return [(list(h.message_ids), h.text) for h in resp.hits]
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+class _DiskCachedEmbedder:
+    """Embeddings kept in a pickle under /tmp between runs, so an iteration re-embeds nothing."""
+
+    def __init__(self, inner: Any, path: Path):
+        self.inner = inner
+        self.path = path
+        self.cache: dict[str, np.ndarray] = {}
+        if path.exists():
+            with open(path, "rb") as f:
+                self.cache = pickle.load(f)  # our own file under /tmp
+        self.dirty = False
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    @property
+    def name(self) -> str:
+        return str(self.inner.name)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            self.cache.update(zip(missing, self.inner.embed(missing), strict=True))
+            self.dirty = True
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self.cache[t] for t in texts]).astype(np.float32, copy=False)
+
+    def save(self) -> None:
+        if self.dirty:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(self.cache, f)
+            tmp.replace(self.path)
+            self.dirty = False
+
+
+class _InProcessBackend:
+    """Fast iteration mode: ``MemoryEngine`` on an in-memory store, embeddings cached on disk.
+
+    Same units, same retrieval code and same policy defaults as the server; no gRPC, no SQLite, and
+    no background worker (sessions are derived by ``flush`` before Consolidate).
+    """
+
+    def __init__(self, embedder: Any):
+        from memory.engine import MemoryEngine
+        from memory.store import InMemoryStore
+
+        self.embedder = _DiskCachedEmbedder(
+            embedder, Path(tempfile.gettempdir()) / f"agentrt-locomo-{embedder.name.replace('/', '_')}.pkl"
+        )
+        self.engine = MemoryEngine(InMemoryStore(), self.embedder, background=False)
+
+    def write(self, ns: str, session_id: str, batch: list[dict[str, Any]]) -> None:
+        from memory.model import MemoryMessage
+
+        self.engine.write(ns, session_id, [MemoryMessage(session_id=session_id, **m) for m in batch])
+
+    def consolidate(self, ns: str) -> None:
+        self.engine.flush()
+        self.engine.consolidate(ns)
+        self.embedder.save()
+
+    def search(self, ns: str, query: str, top_k: int, token_budget: int = 0) -> list[tuple[list[str], str]]:
+        from memory.model import SearchQuery
+
+        result = self.engine.search(ns, SearchQuery(query=query, top_k=top_k, token_budget=token_budget))
+        return [(list(h.unit.message_ids), h.unit.text) for h in result.hits]
+
+    def close(self) -> None:
+        self.embedder.save()
+        self.engine.close()
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -269,13 +399,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=0, help="only the first N (0 = all)")
     parser.add_argument("--budgets", default="100,200,400,800")
     parser.add_argument("--output", default="memory_locomo")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="iteration mode: MemoryEngine in this process, embeddings cached under /tmp (not the reported mode)",
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="skip the in-process baselines")
     args = parser.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
 
-    from agentrt.v1 import memory_pb2
-
     from core.embedding import create_embedder
-    from runtime.client import AgentrtClient
 
     convs = load(args.data)
     if args.conversations:
@@ -289,40 +422,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     consolidate_s = 0.0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="agentrt-locomo-") as tmp:
-        server = _Server(Path(tmp))
+        backend: _GrpcBackend | _InProcessBackend = (
+            _InProcessBackend(embedder) if args.in_process else _GrpcBackend(Path(tmp))
+        )
+        if args.in_process:
+            embedder = backend.embedder  # type: ignore[union-attr]
         try:
-            with AgentrtClient(server.target, timeout=600) as client:
-                for conv in convs:
-                    ns = f"locomo-{conv['id']}"
-                    t = time.perf_counter()
-                    for session in conv["sessions"]:
-                        when = session["time"]
-                        batch = [
-                            {"id": turn["id"], "speaker": turn["speaker"], "text": turn["text"], "time": when}
-                            for turn in session["turns"]
-                        ]
-                        client.write(ns, session["id"], batch)
-                    write_s += time.perf_counter() - t
-                    t = time.perf_counter()
-                    # Let the background worker derive the sessions (calling Consolidate while it runs
-                    # would derive them twice), then Consolidate for the GMM refit and links.
-                    while client.memory.Stats(memory_pb2.StatsRequest(namespace=ns)).pending_sessions:
-                        time.sleep(0.5)
-                    client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace=ns), timeout=1800)
-                    consolidate_s += time.perf_counter() - t
-                    turns = [turn for s in conv["sessions"] for turn in s["turns"]]
-                    turn_text = {turn["id"]: f"{turn['speaker']}: {turn['text']}" for turn in turns}
-                    questions = conv["questions"]
-                    for q in questions:
-                        by_budget = {}
-                        for b in budgets:
-                            t = time.perf_counter()
-                            resp = client.search(ns, q["question"], top_k=1000, token_budget=b)
-                            search_s.append(time.perf_counter() - t)
-                            by_budget[b] = [(list(h.message_ids), h.text) for h in resp.hits]
-                        resp = client.search(ns, q["question"], top_k=10)
-                        top10 = [(list(h.message_ids), h.text) for h in resp.hits]
-                        ours.add(conv["id"], q["category"], q["evidence"], turn_text, by_budget, top10)
+            for conv in convs:
+                ns = f"locomo-{conv['id']}"
+                t = time.perf_counter()
+                for session in conv["sessions"]:
+                    when = session["time"]
+                    batch = [
+                        {"id": turn["id"], "speaker": turn["speaker"], "text": turn["text"], "time": when}
+                        for turn in session["turns"]
+                    ]
+                    backend.write(ns, session["id"], batch)
+                write_s += time.perf_counter() - t
+                t = time.perf_counter()
+                backend.consolidate(ns)
+                consolidate_s += time.perf_counter() - t
+                turns = [turn for s in conv["sessions"] for turn in s["turns"]]
+                turn_text = {turn["id"]: f"{turn['speaker']}: {turn['text']}" for turn in turns}
+                questions = conv["questions"]
+                for q in questions:
+                    by_budget = {}
+                    for b in budgets:
+                        t = time.perf_counter()
+                        by_budget[b] = backend.search(ns, q["question"], top_k=1000, token_budget=b)
+                        search_s.append(time.perf_counter() - t)
+                    top10 = backend.search(ns, q["question"], top_k=10)
+                    ours.add(conv["id"], q["category"], q["evidence"], turn_text, by_budget, top10)
+                if not args.no_baselines:
                     # Baselines on the same conversation and questions.
                     qvecs = embedder.embed([q["question"] for q in questions])
                     ids = [turn["id"] for s in conv["sessions"] for turn in s["turns"]]
@@ -330,16 +461,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         scorer = base.setdefault(name, Scorer(budgets))
                         for qi, q in enumerate(questions):
                             hits = [([ids[i]], turn_text[ids[i]]) for i in rank(qi)]
-                            scorer.add(conv["id"], q["category"], q["evidence"], turn_text,
-                                       dict.fromkeys(budgets, hits), hits)
-                    mine = ours.table()["conv-" + conv["id"]]
-                    print(f"{conv['id']}: {len(questions)} questions, {mine}", flush=True)
-                    done.append(conv["id"])
-                    # Written after every conversation, so a long run that is cut short still reports.
-                    write_result(args.output, _payload(args, budgets, done, ours, base, search_s, started)
-                                 | {"partial": len(done) < len(convs)})
+                            scorer.add(
+                                conv["id"], q["category"], q["evidence"], turn_text, dict.fromkeys(budgets, hits), hits
+                            )
+                mine = ours.table()["conv-" + conv["id"]]
+                print(f"{conv['id']}: {len(questions)} questions, {mine}", flush=True)
+                done.append(conv["id"])
+                # Written after every conversation, so a long run that is cut short still reports.
+                write_result(
+                    args.output,
+                    _payload(args, budgets, done, ours, base, search_s, started) | {"partial": len(done) < len(convs)},
+                )
         finally:
-            server.stop()
+            backend.close()
 
     table = {"agentrt": ours.table(), **{name: s.table() for name, s in base.items()}}
     payload = _payload(args, budgets, done, ours, base, search_s, started)
@@ -348,15 +482,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{'retriever':18s} " + " ".join(f"{c:>11s}" for c in cols))
     for name, t in table.items():
         print(f"{name:18s} " + " ".join(f"{t['all'][c]:11.3f}" for c in cols))
-    print("\nper category (agentrt vs bm25):")
+    print("\nper category (agentrt" + (" vs bm25" if "bm25" in table else "") + "):")
     for group in sorted(g for g in table["agentrt"] if g.startswith("cat")):
-        a, b = table["agentrt"][group], table["bm25"][group]
-        print(f"  {group:16s} n={a['evidence']:4d} " + " ".join(f"{c}: {a[c]:.3f} ({b[c]:.3f})" for c in cols))
+        a = table["agentrt"][group]
+        b = table["bm25"][group] if "bm25" in table else None
+        print(
+            f"  {group:16s} n={a['evidence']:4d} "
+            + " ".join(f"{c}: {a[c]:.3f}" + (f" ({b[c]:.3f})" if b else "") for c in cols)
+        )
     print("per conversation (agentrt):")
     for group in sorted(g for g in table["agentrt"] if g.startswith("conv")):
         print(f"  {group:16s} " + " ".join(f"{c}: {table['agentrt'][group][c]:.3f}" for c in cols))
     lat = percentiles(search_s)
-    print(f"\nSearch over gRPC (client wall time, this benchmark's small namespaces): {lat}")
+    where = "in-process" if args.in_process else "over gRPC (client wall time, this benchmark's small namespaces)"
+    print(f"\nSearch {where}: {lat}")
     path = write_result(args.output, payload)
     print(f"wrote {path}")
     return 0

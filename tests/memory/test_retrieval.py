@@ -153,6 +153,24 @@ def test_neighbour_context_lifts_the_answer_turn(hashing) -> None:
     assert {("s2:0",), ("s2:2",)} & set(ids[1:4])
 
 
+def test_every_candidate_is_scored_in_its_covering_units_not_only_the_best_ones(hashing) -> None:
+    """route_units only decides which coarse units bring turns in; the context score of a turn is exact."""
+    index, embedder = hashing
+    text = "camping at the beach with the kids"
+    vector = embedder.embed([text])[0]
+    # Without session aggregation the score of a turn depends on nothing but itself and its context.
+    fixed = {"session_aggregate": 0.0, "priors": {"exchange": 1.0}}
+
+    def scores(route_units: int) -> dict[tuple[str, ...], float]:
+        result = search(index, SearchQuery(text, top_k=100), vector, fixed | {"route_units": route_units})
+        return {h.unit.message_ids: h.score for h in result.hits}
+
+    narrow, wide = scores(1), scores(100)
+    assert set(narrow) <= set(wide)
+    for ids, score in narrow.items():
+        assert score == pytest.approx(wide[ids])
+
+
 def test_low_information_turn_is_ranked_below_its_neighbours(hashing) -> None:
     index, embedder = hashing
     ids = ask(index, embedder, "counseling haha ok", top_k=20)

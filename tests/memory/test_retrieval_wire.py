@@ -10,27 +10,35 @@ from agentrt.v1 import memory_pb2
 MAY = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 JUNE = datetime(2023, 6, 20, 9, 0, tzinfo=UTC)
 SESSIONS = {
-    "s1": (MAY, [
-        ("Caroline", "I went to an LGBTQ support group yesterday and it was so powerful."),
-        ("Melanie", "That sounds amazing. What did you take away from it?"),
-        ("Caroline", "The transgender stories were inspiring, I want to work in counseling."),
-        ("Melanie", "haha ok"),
-    ]),
-    "s2": (JUNE, [
-        ("Melanie", "We went camping at the beach with the kids last weekend."),
-        ("Caroline", "Fun! Did you roast marshmallows by the campfire?"),
-        ("Melanie", "Yes, and I painted a sunrise over the lake the next morning."),
-        ("Caroline", "I started pottery classes, my first bowl was lopsided."),
-    ]),
+    "s1": (
+        MAY,
+        [
+            ("Caroline", "I went to an LGBTQ support group yesterday and it was so powerful."),
+            ("Melanie", "That sounds amazing. What did you take away from it?"),
+            ("Caroline", "The transgender stories were inspiring, I want to work in counseling."),
+            ("Melanie", "haha ok"),
+        ],
+    ),
+    "s2": (
+        JUNE,
+        [
+            ("Melanie", "We went camping at the beach with the kids last weekend."),
+            ("Caroline", "Fun! Did you roast marshmallows by the campfire?"),
+            ("Melanie", "Yes, and I painted a sunrise over the lake the next morning."),
+            ("Caroline", "I started pottery classes, my first bowl was lopsided."),
+        ],
+    ),
 }
 TEXT = {f"{sid}:{i}": f"{spk}: {text}" for sid, (_, turns) in SESSIONS.items() for i, (spk, text) in enumerate(turns)}
 
 
 def load(client, namespace: str = "chat") -> None:  # type: ignore[no-untyped-def]
     for sid, (when, turns) in SESSIONS.items():
-        client.write(namespace, sid, [
-            {"id": f"{sid}:{i}", "speaker": spk, "text": text, "time": when} for i, (spk, text) in enumerate(turns)
-        ])
+        client.write(
+            namespace,
+            sid,
+            [{"id": f"{sid}:{i}", "speaker": spk, "text": text, "time": when} for i, (spk, text) in enumerate(turns)],
+        )
     client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace=namespace))
 
 
