@@ -67,8 +67,10 @@ class AssociationConfig:
     links_per_unit: int = 4
     candidate_cap: int = 2000
     """Members of a cluster compared against a new unit (sampled beyond this)."""
-    link_batch: int = 500
-    """Most not-yet-linked units one pass links (the rest wait for the next pass)."""
+    link_batch: int = 100
+    """Most not-yet-linked units one pass links (the rest wait for the next pass). Small, so one pass holds
+    the GIL for a short stretch and a Search arriving meanwhile waits little; passes start in the gaps
+    between foreground calls."""
     seed: int = 0
 
 

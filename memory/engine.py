@@ -1027,6 +1027,7 @@ class MemoryEngine:
                     with self._leases.hold(f"memory-association:{ns}") as held:
                         if held:
                             self.association.step(ns, index)
+                            self._priority.wait_quiet()
                             self._consolidate_units(ns)
                     # Association work is the lowest priority: pause as long as the step ran (at most
                     # half of a core, and the GIL, go to it) so Writes and Searches keep their share.
