@@ -899,7 +899,13 @@ class MemoryEngine:
             return len(forget), 0
         with state.lock:
             stored = self.store.get_units(namespace, [u.id for _, u in changes])
-            insert = [replace(stored[u.id], unit=u) for _, u in changes if u.id in stored]
+            # Only the weight may change here: a unit re-derived or deleted since the plan was made (a
+            # Write, a Delete, another replica) keeps what the database has now.
+            insert = [
+                replace(stored[u.id], unit=u)
+                for _, u in changes
+                if u.id in stored and replace(stored[u.id].unit, weight=u.weight) == u
+            ]
             if insert:
                 self._apply(namespace, state, Change(insert_units=insert))
         return len(forget), len(insert)

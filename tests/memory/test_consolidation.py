@@ -4,6 +4,7 @@ promotion and near-duplicate merging, with the real embedding model (similarity 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from core.embedding import create_embedder
 from memory.consolidation import ConsolidationPolicy, fact_topic
 from memory.engine import MemoryEngine
 from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery
-from memory.store import MemoryStore
+from memory.store import Change, MemoryStore
 
 NOW = datetime.now(UTC)
 NS = "t/consolidation"
@@ -111,3 +112,22 @@ def test_consolidation_policy_reads_its_section_and_refuses_a_non_mapping() -> N
     assert policy.max_age_days == 7.0 and policy.max_messages == 0
     with pytest.raises(ValueError, match="consolidation"):
         ConsolidationPolicy.from_mapping({"consolidation": [1, 2]})
+
+
+def test_merging_never_overwrites_a_unit_changed_elsewhere_meanwhile(store_factory: Callable[[], MemoryStore]) -> None:
+    """The merge plan is made from the in-memory index; if the stored unit changed since (another replica
+    re-derived it after a delete or an edit), only the database's version may stand."""
+    store = store_factory()
+    engine = make_engine(store, {"duplicate_cosine": 0.9})
+    said = "I moved to Lisbon last month and I love living there"
+    engine.write(NS, "s1", [msg("a1", said, days_ago=30)])
+    engine.write(NS, "s2", [msg("a2", said + "!", days_ago=10)])
+    engine.flush()
+    (old,) = [s for s in store.session_units(NS, ["s1"]) if s.unit.granularity == Granularity.TURN]
+    changed_elsewhere = replace(old, unit=replace(old.unit, text=old.unit.text + " (edited on another replica)"))
+    store.apply(NS, Change(insert_units=[changed_elsewhere]))  # this engine's index does not know yet
+
+    engine.consolidate(NS)
+
+    (now,) = [s for s in store.session_units(NS, ["s1"]) if s.unit.granularity == Granularity.TURN]
+    assert now.unit.text.endswith("(edited on another replica)")
