@@ -12,6 +12,7 @@ import logging
 import queue
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +48,9 @@ from guards.pack import DEFAULT_PACK, load_pack, pack_seed
 from guards.store import GuardStore
 
 log = logging.getLogger(__name__)
+
+# Seconds the audit writer waits for more verdicts before committing a batch.
+AUDIT_LINGER_S = 0.02
 
 #: Namespace settings and their defaults (overridable per engine, then per namespace).
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -129,6 +133,7 @@ class GuardEngine:
         self._recent_max = 20_000
         self._audit_async = audit_async
         self._queue: queue.Queue[tuple[str, AuditRecord] | None] = queue.Queue()
+        self._flushing = 0  # callers inside flush(): the writer stops lingering for them
         self._writer: threading.Thread | None = None
         if audit_async:
             self._writer = threading.Thread(target=self._write_loop, name="guard-audit", daemon=True)
@@ -581,11 +586,19 @@ class GuardEngine:
         while True:
             item = self._queue.get()
             batch = [item]
-            while True:
+            # Linger a moment so a stream of checks shares one commit (and one fsync) instead of taking
+            # the database's write lock per verdict, which other writers (tool audits, memory) then wait
+            # for. A stop (None) or a flush ends the wait at once.
+            deadline = time.monotonic() + AUDIT_LINGER_S
+            while item is not None and len(batch) < 512:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    remaining = deadline - time.monotonic()
+                    item = self._queue.get(timeout=remaining) if remaining > 0 and not self._flushing else (
+                        self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
+                batch.append(item)
             by_scope: dict[str, list[AuditRecord]] = {}
             stop = False
             for entry in batch:
@@ -606,7 +619,11 @@ class GuardEngine:
     def flush(self) -> None:
         """Wait until every verdict so far is in the store."""
         if self._audit_async:
-            self._queue.join()
+            self._flushing += 1
+            try:
+                self._queue.join()
+            finally:
+                self._flushing -= 1
 
     def close(self) -> None:
         """Flush the audit log and stop the writer."""

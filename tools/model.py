@@ -228,6 +228,9 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
         raise InvalidArgumentError(bad)
 
 
+MAX_SPEC_TEXT = 4096
+
+
 def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
     """Raise InvalidArgumentError for a malformed MCP server spec."""
     bad: list[FieldViolation] = []
@@ -238,9 +241,21 @@ def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
     if spec.transport == McpTransport.STREAMABLE_HTTP and not spec.url.startswith(("http://", "https://")):
         bad.append(
             FieldViolation(
-                f"{prefix}.url", f"a streamable HTTP server needs an http(s) URL, got {spec.url!r}"
+                f"{prefix}.url", f"a streamable HTTP server needs an http(s) URL, got {spec.url[:200]!r}"
             )
         )
+    # A command line, directory or URL longer than any OS accepts is a mistake (or an attack), refused
+    # before anything is stored or spawned.
+    for name, value in (("command", spec.command), ("cwd", spec.cwd), ("url", spec.url)):
+        if len(value) > MAX_SPEC_TEXT:
+            bad.append(FieldViolation(f"{prefix}.{name}", f"longer than {MAX_SPEC_TEXT} characters"))
+    for i, arg in enumerate(spec.args):
+        if len(arg) > MAX_SPEC_TEXT:
+            bad.append(FieldViolation(f"{prefix}.args[{i}]", f"longer than {MAX_SPEC_TEXT} characters"))
+    for kind, mapping in (("env", spec.env), ("headers", spec.headers)):
+        for key, value in mapping.items():
+            if len(key) > MAX_SPEC_TEXT or len(value) > MAX_SPEC_TEXT:
+                bad.append(FieldViolation(f"{prefix}.{kind}[{key[:40]!r}]", f"longer than {MAX_SPEC_TEXT} characters"))
     if spec.timeout_s <= 0:
         bad.append(FieldViolation(f"{prefix}.timeout_s", "must be > 0"))
     if bad:

@@ -166,15 +166,14 @@ class ToolRegistry:
     ) -> tuple[McpServerStatus, list[ToolDefinition]]:
         """Register an MCP server, connect, and import every tool it lists (kept in sync after)."""
         validate_server(spec)
-        await self._offload(self.store.put_server, scope, spec)
         try:
             conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
         except Exception:
-            # A server that never came up is not kept: no restart loop for a typo in a command line.
+            # A server that never came up is not stored: no restart loop for a typo in a command line, and a
+            # rejected import leaves the registry (and the replicas' change feed) untouched.
             await self.mcp.disconnect(scope, spec.name)
-            if not await self._server_tools(scope, spec.name):
-                await self._offload(self.store.delete_server, scope, spec.name)
             raise
+        await self._offload(self.store.put_server, scope, spec)
         return conn.status(), await self._server_tools(scope, spec.name)
 
     async def refresh_mcp(self, scope: str, name: str) -> tuple[McpServerStatus, list[ToolDefinition]]:
