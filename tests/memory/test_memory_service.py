@@ -188,8 +188,9 @@ def test_consolidate_applies_the_namespace_retention_policy(make_server) -> None
     for ns in ("kept", "other"):
         srv.client.write(ns, "s1", [{"id": "old", "speaker": "a", "text": "the very old news", "time": old},
                                     {"id": "new", "speaker": "a", "text": "fresh news", "time": datetime.now(UTC)}])
-    reply = srv.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace="kept"))
-    assert reply.messages_forgotten == 1
+    # The background worker applies the same policy after deriving the session, so the old message may
+    # already be gone (and counted there) before this call: the effect is what is asserted.
+    srv.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace="kept"))
     assert srv.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace="other")).messages_forgotten == 0
     with pytest.raises(grpc.RpcError) as exc:
         srv.client.memory.Get(memory_pb2.GetRequest(namespace="kept", message_ids=["old"]))
