@@ -591,11 +591,12 @@ class GuardEngine:
             # for. A stop (None) or a flush ends the wait at once.
             deadline = time.monotonic() + AUDIT_LINGER_S
             while item is not None and len(batch) < 512:
+                remaining = deadline - time.monotonic()
                 try:
-                    remaining = deadline - time.monotonic()
-                    item = self._queue.get(timeout=remaining) if remaining > 0 and not self._flushing else (
-                        self._queue.get_nowait()
-                    )
+                    if remaining <= 0 or self._flushing:
+                        item = self._queue.get_nowait()
+                    else:
+                        item = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
                 batch.append(item)
