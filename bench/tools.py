@@ -1,6 +1,7 @@
 """``python -m bench tools``: Invoke overhead over a direct HTTP call, and tool-search quality.
 
-1. Overhead. A local no-op HTTP tool is called (a) directly with a keep-alive httpx client and (b)
+1. Overhead. A local no-op HTTP tool is called (a) directly with a keep-alive client (httpx and aiohttp;
+   the baseline is whichever is faster in this run) and (b)
    through the sidecar's ``ToolService.Invoke`` over gRPC (validation + guard at STAGE_TOOL_CALL +
    CALL_TOOL gate on 8 tokens + dispatch + guard at STAGE_TOOL_RESULT + audit), in the same run, on the
    same machine. Overhead = p50(Invoke) − p50(direct); target ≤ 5 ms. Also measured with the guards
@@ -24,11 +25,13 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, SHARED, machine, percentiles, write_result
 from runtime.config import Settings
 from runtime.embedded import EmbeddedServer
+from runtime.process import ServerProcess
 
 TOKENS = [
     {"token": f"t{i}", "logprob": -1.2, "top_logprobs": [{"token": f"a{j}", "logprob": -1.2 - j} for j in range(5)]}
@@ -56,11 +59,13 @@ class _NoOp(BaseHTTPRequestHandler):
 
 def _Server(data_dir: str) -> EmbeddedServer:
     """An in-process sidecar on its own event loop (as the tests run it)."""
-    return EmbeddedServer(Settings(
-        server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-        storage={"data_dir": str(data_dir)},
-        log={"level": "WARNING", "format": "text"},
-    ))
+    return EmbeddedServer(
+        Settings(
+            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+            storage={"data_dir": str(data_dir)},
+            log={"level": "WARNING", "format": "text"},
+        )
+    )
 
 
 def bench_overhead(n: int) -> dict[str, Any]:
@@ -73,96 +78,118 @@ def bench_overhead(n: int) -> dict[str, Any]:
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/noop"
     with tempfile.TemporaryDirectory() as tmp:
-        srv = _Server(tmp)
-        rt = srv.server.rt
-        guards_note = "GuardEngine from rt.guards"
-        if rt.guards is None:
-            # The guard service is not wired in this build: use the real engine with the default pack.
-            from guards.engine import GuardEngine
-            from guards.store import InMemoryGuardStore
-
-            rt.guards = GuardEngine(InMemoryGuardStore(), rt.embedder)
-            guards_note = "GuardEngine (in-memory store, default pack) installed by the benchmark"
-        gates_active = rt.gates is not None
-        client = AgentrtClient(f"127.0.0.1:{srv.port}")
+        # The sidecar runs in its own process, as it does next to an app: in-process, the benchmark's
+        # client and tool server would share its GIL and bill their Python work to Invoke.
+        server = ServerProcess(Path(tmp))
+        client = AgentrtClient(server.target)
         stub = client.tool
         schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
-        stub.Register(
-            tool_pb2.RegisterToolRequest(
-                namespace="bench",
-                tool=tool_pb2.Tool(
-                    name="get_weather",
-                    description="Weather forecast for a city",
-                    input_schema_json=json.dumps(schema),
-                    http=tool_pb2.HttpToolExecutor(url=url),
-                ),
+        # Two namespaces: guards on (the default policy) and guards off, so every variant runs in the
+        # same rounds against the same server state.
+        for ns in ("bench", "bench-noguard"):
+            stub.Register(
+                tool_pb2.RegisterToolRequest(
+                    namespace=ns,
+                    tool=tool_pb2.Tool(
+                        name="get_weather",
+                        description="Weather forecast for a city",
+                        input_schema_json=json.dumps(schema),
+                        http=tool_pb2.HttpToolExecutor(url=url),
+                    ),
+                )
+            )
+        stub.SetPolicy(
+            tool_pb2.SetToolPolicyRequest(
+                namespace="bench-noguard", policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False)
             )
         )
         args = json.dumps({"city": "Lisbon", "days": 2})
-        request = tool_pb2.InvokeToolRequest(
-            namespace="bench",
-            name="get_weather",
-            arguments_json=args,
-            instruction="What will the weather be in Lisbon for the next two days?",
-            tokens=[
-                {"token": t["token"], "logprob": t["logprob"], "top_logprobs": t["top_logprobs"]}  # type: ignore[misc]
-                for t in TOKENS
-            ],
-        )
+        tokens = [
+            {"token": t["token"], "logprob": t["logprob"], "top_logprobs": t["top_logprobs"]}  # type: ignore[misc]
+            for t in TOKENS
+        ]
 
-        def run_invoke(label: str) -> tuple[list[float], tool_pb2.InvokeToolResponse]:
-            # The first guard check of a namespace seeds its guard memory (slow, once): no deadline for it.
-            last = stub.Invoke(request, timeout=900)
-            for _ in range(20):
-                stub.Invoke(request, timeout=60)
-            samples = []
-            for _ in range(n):
-                t = time.perf_counter()
-                last = stub.Invoke(request)
-                samples.append(time.perf_counter() - t)
-            print(f"  {label}: outcome={tool_pb2.InvokeOutcome.Name(last.outcome)}")
-            return samples, last
-
-        with httpx.Client() as http:
-            for _ in range(20):
-                http.post(url, content=args)
-            direct = []
-            for _ in range(n):
-                t = time.perf_counter()
-                http.post(url, content=args, headers={"content-type": "application/json"})
-                direct.append(time.perf_counter() - t)
-
-        # The transport floor: a ToolService RPC that does no work (cached policy read), same client.
-        floor_req = tool_pb2.GetToolPolicyRequest(namespace="bench")
-        for _ in range(20):
-            stub.GetPolicy(floor_req)
-        floor = []
-        for _ in range(n):
-            t = time.perf_counter()
-            stub.GetPolicy(floor_req)
-            floor.append(time.perf_counter() - t)
-
-        full, last = run_invoke("full pipeline")
-        stub.SetPolicy(
-            tool_pb2.SetToolPolicyRequest(
-                namespace="bench", policy=tool_pb2.ToolPolicy(guard_calls=False, guard_results=False)
+        def invoke_request(ns: str, name: str = "get_weather", with_tokens: bool = True) -> Any:
+            return tool_pb2.InvokeToolRequest(
+                namespace=ns,
+                name=name,
+                arguments_json=args,
+                instruction="What will the weather be in Lisbon for the next two days?",
+                tokens=tokens if with_tokens else [],
             )
-        )
-        no_guards, _ = run_invoke("guards off")
-        # Without tokens the CALL_TOOL gate is skipped: validation + dispatch + audit only.
-        request.ClearField("tokens")
-        bare, _ = run_invoke("guards off, no gate")
-        # The same pipeline on the in-process echo builtin: everything but the HTTP hop to the tool.
-        request.name = "echo"
-        echo, _ = run_invoke("echo builtin, guards off, no gate")
+
+        requests = {
+            "full": invoke_request("bench"),
+            # Guards off by policy; the CALL_TOOL gate still runs on the tokens.
+            "guards_off": invoke_request("bench-noguard"),
+            # Without tokens the CALL_TOOL gate is skipped: validation + dispatch + audit only.
+            "guards_off_no_gate": invoke_request("bench-noguard", with_tokens=False),
+            # The same pipeline on the in-process echo builtin: everything but the HTTP hop to the tool.
+            "echo_builtin": invoke_request("bench-noguard", name="echo", with_tokens=False),
+        }
+        # The first guard check of a namespace seeds its guard memory (slow, once): no deadline for it.
+        last = {k: stub.Invoke(r, timeout=900) for k, r in requests.items()}
+
+        http = httpx.Client()
+        loop = asyncio.new_event_loop()
+        session = loop.run_until_complete(_aiohttp_session())
+        floor_req = tool_pb2.GetToolPolicyRequest(namespace="bench")
+
+        def timed_httpx() -> float:
+            t = time.perf_counter()
+            http.post(url, content=args, headers={"content-type": "application/json"})
+            return time.perf_counter() - t
+
+        def timed_aiohttp() -> float:
+            return loop.run_until_complete(_timed_aiohttp_post(session, url, args))
+
+        def timed_rpc(call: Any, req: Any) -> Any:
+            def run() -> float:
+                t = time.perf_counter()
+                call(req, timeout=60)
+                return time.perf_counter() - t
+
+            return run
+
+        variants: dict[str, Any] = {
+            "direct_httpx_sync": timed_httpx,
+            "direct_aiohttp": timed_aiohttp,
+            # The transport floor: a ToolService RPC that does no work (cached policy read), same client.
+            "grpc_floor_getpolicy": timed_rpc(stub.GetPolicy, floor_req),
+            **{k: timed_rpc(stub.Invoke, r) for k, r in requests.items()},
+        }
+        # Interleaved rounds: every variant sees the same drift in machine load and server state (audit
+        # tables growing, background writers), so their differences are fair.
+        rounds = 20
+        per_round = max(1, n // rounds)
+        samples: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                for _ in range(5):
+                    fn()
+                samples[name].extend(fn() for _ in range(per_round))
+        last = {k: stub.Invoke(r) for k, r in requests.items()}
+        for k, r in last.items():
+            print(f"  {k}: outcome={tool_pb2.InvokeOutcome.Name(r.outcome)}")
+        loop.run_until_complete(session.close())
+        loop.close()
+        http.close()
         client.close()
-        srv.stop()
+        server.stop()
     httpd.shutdown()
+    direct_httpx, direct_aiohttp = samples["direct_httpx_sync"], samples["direct_aiohttp"]
+    # The baseline is the faster of the two clients, so a fast client in the sidecar cannot hide
+    # behind a slow one in the baseline.
+    direct = min(direct_httpx, direct_aiohttp, key=lambda xs: statistics.median(xs))
+    full, no_guards, bare, echo = (samples[k] for k in ("full", "guards_off", "guards_off_no_gate", "echo_builtin"))
+    floor = samples["grpc_floor_getpolicy"]
+    full_last = last["full"]
     d, f, g, b = percentiles(direct), percentiles(full), percentiles(no_guards), percentiles(bare)
     fl = percentiles(floor)
     ec = percentiles(echo)
     return {
         "direct_http": d,
+        "direct_http_clients": {"httpx_sync": percentiles(direct_httpx), "aiohttp": percentiles(direct_aiohttp)},
         "grpc_floor_getpolicy": fl,
         "invoke_full": f,
         "invoke_guards_off": g,
@@ -174,16 +201,46 @@ def bench_overhead(n: int) -> dict[str, Any]:
         # What Invoke adds beyond one gRPC round trip and the tool call itself.
         "pipeline_p50_ms_beyond_transport_no_guards_no_gate": round(b["p50_ms"] - d["p50_ms"] - fl["p50_ms"], 3),
         "target_overhead_p50_ms": 5.0,
-        "guards": guards_note,
-        "gate_applied": gates_active and last.HasField("gate"),
-        "n": n,
+        "sidecar": "agentrt serve in its own process (SQLite, bundled MiniLM)",
+        "guards_applied": full_last.HasField("call_verdict") and full_last.HasField("result_verdict"),
+        "gate_applied": full_last.HasField("gate"),
+        "n": len(full),
+        "method": "interleaved: 20 rounds, each variant 5 warm-up calls + n/20 timed calls per round",
     }
 
 
-def bench_in_process(n: int) -> dict[str, Any]:
-    """The pipeline without gRPC: ToolInvoker (no guards, no gate) vs the same httpx.AsyncClient call."""
-    import httpx
+async def _aiohttp_session() -> Any:
+    import aiohttp
 
+    return aiohttp.ClientSession()
+
+
+async def _timed_aiohttp_post(session: Any, url: str, body: str) -> float:
+    """One POST on a keep-alive session, timed inside the loop (the loop's own start-up is not billed)."""
+    t = time.perf_counter()
+    async with session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+        await resp.read()
+    return time.perf_counter() - t
+
+
+async def _direct_aiohttp(url: str, body: str, n: int) -> list[float]:
+    """``n`` POSTs of ``body`` with a keep-alive aiohttp session (the client the sidecar's executor uses)."""
+    import aiohttp
+
+    headers = {"content-type": "application/json"}
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(n + 20):
+            t = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+            if i >= 20:
+                out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_in_process(n: int) -> dict[str, Any]:
+    """The pipeline without gRPC: ToolInvoker (no guards, no gate) vs the same aiohttp call made directly."""
     from core.embedding import create_embedder
     from runtime.tool_invoke import InvokeRequest, ToolInvoker
     from tools.model import ExecutorKind, ExecutorSpec, ToolDefinition
@@ -208,14 +265,7 @@ def bench_in_process(n: int) -> dict[str, Any]:
             t = time.perf_counter()
             await invoker.invoke(req)
             inv.append(time.perf_counter() - t)
-        async with httpx.AsyncClient() as client:
-            for _ in range(30):
-                await client.post(url, json={"city": "Lisbon", "days": 2})
-            direct = []
-            for _ in range(n):
-                t = time.perf_counter()
-                await client.post(url, json={"city": "Lisbon", "days": 2})
-                direct.append(time.perf_counter() - t)
+        direct = await _direct_aiohttp(url, '{"city": "Lisbon", "days": 2}', n)
         await reg.aclose()
         return inv, direct
 
@@ -313,7 +363,7 @@ def bench_search(limit: int | None, top_k: int = 5) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench tools", description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=300, help="timed Invoke calls per variant")
+    parser.add_argument("--n", type=int, default=1000, help="timed calls per variant")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N Agent-SafetyBench tasks")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
@@ -336,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         o["in_process"] = bench_in_process(args.n)
         o["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         payload["overhead"] = o
-        print(
-            f"  direct HTTP            p50 {o['direct_http']['p50_ms']:.3f} ms  p90 {o['direct_http']['p90_ms']:.3f} ms"
-        )
+        for client_name, p in o["direct_http_clients"].items():
+            print(f"  direct HTTP ({client_name:10s}) p50 {p['p50_ms']:.3f} ms  p90 {p['p90_ms']:.3f} ms")
+        print(f"  baseline: the faster direct client, p50 {o['direct_http']['p50_ms']:.3f} ms")
         ip = o["in_process"]
         print(
             f"  in process, no gRPC: ToolInvoker p50 {ip['invoker']['p50_ms']:.3f} ms vs async HTTP "
@@ -357,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  overhead p50: full {o['overhead_p50_ms_full']:.3f} ms, "
             f"guards off {o['overhead_p50_ms_guards_off']:.3f} ms, "
             f"no guards/gate {o['overhead_p50_ms_guards_off_no_gate']:.3f} ms "
-            f"(target <= 5 ms); guards: {o['guards']}; gate applied: {o['gate_applied']}"
+            f"(target <= 5 ms); guards applied: {o['guards_applied']}; gate applied: {o['gate_applied']}"
         )
     if not args.skip_search:
         print("Tool search, is a needed tool in the top 5:", flush=True)

@@ -294,6 +294,11 @@ class CachingEmbedder:
         """The wrapped embedder."""
         return self._inner
 
+    def is_cached(self, texts: list[str]) -> bool:
+        """Whether ``embed(texts)`` would be answered from the cache alone (no model call)."""
+        with self._lock:
+            return all(t in self._cache for t in texts)
+
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -49,7 +49,10 @@ class RowWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"{self._table.name}-writer", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            # Wake the writer only when it has to act: the first row ends its idle wait, a full batch ends
+            # its linger. Waking it for every row would cost a thread switch (and the GIL) per row.
+            if len(self._rows) == 1 or len(self._rows) >= self._max_batch:
+                self._cond.notify_all()
 
     def _run(self) -> None:
         while True:

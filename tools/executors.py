@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
 from core.errors import DeadlineExceededError, NotFoundError, UnavailableError
 from tools.model import ExecutorKind, ExecutorSpec, ToolDefinition
 
 # Statuses that mean "the endpoint is not able to answer right now", so a retry may succeed.
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# Longest wait for a TCP connection to a tool endpoint (within the call's own deadline).
+CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class Executor(Protocol):
         ...
 
 
-def _retry_after(response: httpx.Response, default: float) -> float:
-    raw = response.headers.get("retry-after", "")
+def _retry_after(headers: Mapping[str, str], default: float) -> float:
+    raw = headers.get("retry-after", "")
     try:
         return max(0.0, float(raw))
     except ValueError:
@@ -54,31 +56,32 @@ def _retry_after(response: httpx.Response, default: float) -> float:
 class HttpExecutor:
     """POSTs (or PUT/GETs) the arguments as JSON to the tool's URL; reads at most the output cap + 1 byte.
 
-    One pooled ``httpx.AsyncClient`` per event loop keeps connections alive between calls, which is most
-    of the difference between a 1 ms and a 5 ms call on a local tool.
+    One pooled ``aiohttp.ClientSession`` per event loop keeps connections alive between calls, which is
+    most of the difference between a 1 ms and a 5 ms call on a local tool. aiohttp rather than httpx: on
+    loopback its request path costs about 0.26 ms against httpx's 0.77 ms (measured here, same no-op
+    server), and that difference is a tenth of the whole Invoke overhead budget.
     """
 
     def __init__(self, *, max_connections: int = 100):
         self._max_connections = max_connections
-        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
 
-    def _client(self) -> httpx.AsyncClient:
+    def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(id(loop))
-        if client is None or client.is_closed:
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=20),
-                follow_redirects=False,
+        session = self._sessions.get(id(loop))
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30.0),
                 trust_env=False,
             )
-            self._clients[id(loop)] = client
-        return client
+            self._sessions[id(loop)] = session
+        return session
 
     async def aclose(self) -> None:
-        """Close the pooled client of the running loop."""
-        client = self._clients.pop(id(asyncio.get_running_loop()), None)
-        if client is not None:
-            await client.aclose()
+        """Close the pooled session of the running loop."""
+        session = self._sessions.pop(id(asyncio.get_running_loop()), None)
+        if session is not None:
+            await session.close()
 
     async def execute(
         self, scope: str, tool: ToolDefinition, arguments: dict[str, Any], timeout_s: float
@@ -86,40 +89,48 @@ class HttpExecutor:
         """Send the call; transport errors become UnavailableError, a timeout DeadlineExceededError."""
         ex = tool.executor
         method = ex.method.upper()
-        kwargs: dict[str, Any] = {"headers": {"accept": "application/json", **ex.headers}}
+        headers = {"accept": "application/json", **ex.headers}
+        kwargs: dict[str, Any] = {}
         if method == "GET":
             kwargs["params"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
         else:
-            kwargs["json"] = arguments
+            kwargs["data"] = json.dumps(arguments).encode()
+            headers.setdefault("content-type", "application/json")
         cap = tool.max_output_bytes
+        # The connect phase gets its own (shorter) limit so an unreachable host reads as UNAVAILABLE, not as
+        # a tool that was too slow to answer.
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S))
         try:
-            async with self._client().stream(method, ex.url, timeout=timeout_s, **kwargs) as resp:
-                if resp.status_code in RETRYABLE_STATUS:
+            async with self._session().request(
+                method, ex.url, headers=headers, timeout=timeout, allow_redirects=False, **kwargs
+            ) as resp:
+                if resp.status in RETRYABLE_STATUS:
                     raise UnavailableError(
-                        f"tool {tool.name!r}: endpoint answered HTTP {resp.status_code}",
-                        retry_after_s=_retry_after(resp, 1.0),
+                        f"tool {tool.name!r}: endpoint answered HTTP {resp.status}",
+                        retry_after_s=_retry_after(resp.headers, 1.0),
                     )
                 chunks: list[bytes] = []
                 size = 0
-                async for chunk in resp.aiter_bytes():
+                while size <= cap:
+                    chunk = await resp.content.read(cap + 1 - size)
+                    if not chunk:
+                        break
                     chunks.append(chunk)
                     size += len(chunk)
-                    if size > cap:
-                        break
                 body = b"".join(chunks)
-                declared = resp.headers.get("content-length")
-                total = int(declared) if declared and declared.isdigit() else -1
+                declared = resp.headers.get("content-length", "")
+                total = int(declared) if declared.isdigit() else -1
                 return ExecResult(
                     output=body,
-                    is_error=resp.status_code >= 400,
+                    is_error=resp.status >= 400,
                     content_type=resp.headers.get("content-type", ""),
                     total_bytes=total if size > cap else None,
                 )
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                raise UnavailableError(f"tool {tool.name!r}: connect to {ex.url} timed out", 1.0) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UnavailableError(f"tool {tool.name!r}: connect to {ex.url} timed out", 1.0) from exc
+        except TimeoutError as exc:  # aiohttp's read and total timeouts are TimeoutError subclasses
             raise DeadlineExceededError(f"tool {tool.name!r} did not answer within {timeout_s:.3g}s") from exc
-        except httpx.TransportError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise UnavailableError(
                 f"tool {tool.name!r}: endpoint {ex.url} unreachable ({type(exc).__name__}: {exc})",
                 retry_after_s=1.0,

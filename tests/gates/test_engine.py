@@ -263,3 +263,17 @@ def test_edge_inputs(engine: Engine) -> None:
     # API-style -9999 "probability zero" alternatives are fine.
     tiny = [{"logprob": -0.01, "top_logprobs": [{"logprob": -0.01}, {"logprob": -9999.0}]}]
     assert math.isfinite(g.decide(SCOPE, "retrieve", tiny, persist=False).score)
+
+
+def test_can_decide_now_only_when_nothing_is_read_from_the_database(engine: Engine) -> None:
+    g = GateEngine(engine)
+    assert not g.can_decide_now(SCOPE, "escalate")  # the policy is not cached yet
+    g.decide(SCOPE, "escalate", stream(0.5), persist=False)
+    assert g.can_decide_now(SCOPE, "escalate") and g.can_decide_now(SCOPE, "escalate", "s1")
+    g.set_policy(SCOPE, "escalate", {"hysteresis": 0.05})
+    # With hysteresis a session's last decision matters: unknown until this process decided for it.
+    assert g.can_decide_now(SCOPE, "escalate") and not g.can_decide_now(SCOPE, "escalate", "s1")
+    g.decide(SCOPE, "escalate", stream(0.5), session_id="s1")
+    assert g.can_decide_now(SCOPE, "escalate", "s1") and not g.can_decide_now(SCOPE, "escalate", "s2")
+    assert not g.can_decide_now("default/other", "escalate")
+    g.close()

@@ -52,6 +52,17 @@ class ToolHTTPServer:
                     with outer._lock:
                         outer.in_flight -= 1
 
+            def do_GET(self) -> None:
+                # GET tools get their arguments as query parameters; /redirect answers 302 (never followed).
+                from urllib.parse import parse_qs, urlsplit
+
+                parts = urlsplit(self.path)
+                if parts.path == "/redirect":
+                    self._send(302, b'{"moved": true}', {"location": outer.url("/echo")})
+                else:
+                    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                    self._send(200, json.dumps({"method": "GET", "query": query}).encode())
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
