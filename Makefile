@@ -21,10 +21,22 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# buf (an independent Go gRPC client, `buf curl`) runs the README's grpcurl examples in the tests. It comes
+# from npm; where npm cannot fetch it the setup goes on and that one test reports itself skipped.
+BUF_VERSION := 1.75.0
+BUF := .tools/buf
+$(BUF):
+	@mkdir -p .tools && tmp=$$(mktemp -d) && ( cd "$$tmp" \
+	  && npm pack -q @bufbuild/buf-linux-x64@$(BUF_VERSION) >/dev/null 2>&1 \
+	  && tar xzf bufbuild-buf-linux-x64-$(BUF_VERSION).tgz package/bin/buf ) \
+	  && mv "$$tmp/package/bin/buf" $(BUF) \
+	  || echo "buf $(BUF_VERSION) not fetched (npm unavailable): the buf curl README test will be skipped"; \
+	  rm -rf "$$tmp"
+
 serve: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/agentrt serve $(ARGS)
 
-test: setup proto-check
+test: setup proto-check $(BUF)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
