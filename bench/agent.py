@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             async def write(self, session_id: str, messages: Any) -> list[str]:
                 return [m[0] for m in messages]
 
+            async def prefetch(self, query: str, messages: Any) -> None:
+                return None
+
         rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard(),
                                     "gates": lambda rt, scope: DefaultGates(),
                                     "selector": lambda rt, scope: ConfidenceSelector(),

@@ -68,7 +68,7 @@ from memory.consolidation import (
 from memory.index import IndexSnapshot, IndexSnapshots, NamespaceIndex, SnapshotRejected, VectorIndexFactory
 from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery, SearchResult
 from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content_hash, unit_key
-from memory.units import UnitPolicy
+from memory.units import UnitPolicy, turn_text
 
 log = logging.getLogger(__name__)
 
@@ -708,6 +708,20 @@ class MemoryEngine:
                 for u, v in zip(embed, vectors, strict=True)
             ]
         return delete, insert
+
+    def prefetch(self, queries: Sequence[str] = (), messages: Sequence[MemoryMessage] = ()) -> int:
+        """Embed, ahead of time, what a coming Search (``queries``) and Write (the turn units of ``messages``)
+        will ask the embedder for; returns how many texts were embedded. Nothing is stored.
+
+        Only useful with a caching embedder (the runtime's is one): an agent turn calls this while it waits
+        on its guard and its LLM, so the search and the memory write later find their vectors ready.
+        """
+        if not hasattr(self.embedder, "is_cached"):
+            return 0
+        texts = list(dict.fromkeys([q for q in queries if q.strip()] + [turn_text(m) for m in messages]))
+        if texts:
+            self.embedder.embed(texts)
+        return len(texts)
 
     def search(self, namespace: str, query: SearchQuery) -> SearchResult:
         """Ranked, budget-packed hits for ``query``; an empty namespace gives no hits, not an error."""

@@ -33,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import operator
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
@@ -58,6 +59,8 @@ from runtime.agent.ports import (
     GuardOutcome,
     TurnPorts,
 )
+
+log = logging.getLogger(__name__)
 
 #: Answer of a turn whose input or output a guard blocked.
 BLOCKED_ANSWER = "I can't help with that."
@@ -112,6 +115,26 @@ class TurnContext:
     thread_id: str
     # time.monotonic() value past which LLM calls are not started.
     deadline: float | None = None
+    # Embeddings the retrieval and the memory write will need, computed while the guards and the LLM work.
+    prefetches: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]) -> None:
+    """Start embedding, on the other core, what a later search (``query``) or memory write will need."""
+    task = asyncio.create_task(ctx.ports.memory.prefetch(query, messages))
+    # A turn that ends before it needs the vectors never awaits the task: keep its error out of the log.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    ctx.prefetches.append(task)
+
+
+async def _prefetched(ctx: TurnContext) -> None:
+    """Wait for the turn's prefetches so a stage does not embed the same text a second time."""
+    tasks, ctx.prefetches = ctx.prefetches, []
+    for task in tasks:
+        try:
+            await task
+        except Exception:  # a failed prefetch only means the stage embeds for itself
+            log.debug("memory prefetch failed", exc_info=True)
 
 
 Node = Callable[[TurnState, Runtime[TurnContext]], Awaitable[dict[str, Any]]]
@@ -191,6 +214,10 @@ async def _complete(
 async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Guard the user's message (STAGE_INPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    # While the guard embeds the message, the other core embeds what retrieval (the message as a query) and
+    # the memory write (the user's turn) will ask for. Wasted only when the guard stops the turn.
+    user_turn = [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])]
+    _prefetch(ctx, state["user"], user_turn if policy.write_memory else [])
     v = await ctx.ports.guard.check("input", state["user"], tools=policy.tools, thread_id=ctx.thread_id)
     runtime.stream_writer(_guard_event("input", v))
     return {"input_verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason}}
@@ -233,6 +260,7 @@ async def retrieve_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict
 async def retrieve(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Search memory with the user's message; the memory router's weights go into the event."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    await _prefetched(ctx)
     hits, routing = await ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget)
     memories = [{"id": h.id, "text": h.text, "score": h.score, "granularity": h.granularity} for h in hits]
     runtime.stream_writer({"type": "retrieval", "query": state["user"], "hits": memories, "routing": routing})
@@ -370,6 +398,9 @@ async def select(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, A
 async def output_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Guard the selected answer (STAGE_OUTPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    if policy.write_memory:
+        # The answer's memory turn is embedded on the other core while the guard embeds the answer.
+        _prefetch(ctx, "", [(f"{state['turn_id']}-a", "assistant", state["answer"])])
     v = await ctx.ports.guard.check("output", state["answer"], tools=policy.tools, thread_id=ctx.thread_id)
     runtime.stream_writer(_guard_event("output", v))
     return {"output_verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason}}
@@ -396,6 +427,7 @@ async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
     if not policy.write_memory:
         return {}
     turn = state["turn_id"]
+    await _prefetched(ctx)
     # Deterministic ids: a write retried after a crash between the write and the checkpoint is a no-op.
     ids = await ctx.ports.memory.write(ctx.thread_id, [
         (f"{turn}-u", state.get("speaker") or "user", state["user"]),

@@ -110,6 +110,10 @@ class TurnMemory(Protocol):
         """Write (id, speaker, text) messages atomically; returns their ids."""
         ...
 
+    async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
+        """Prepare (embed) what a later ``search(query)`` and ``write(messages)`` will need; stores nothing."""
+        ...
+
 
 class TurnSelector(Protocol):
     """Answer selection of one scope."""
@@ -208,6 +212,9 @@ class NoMemory:
 
     async def write(self, session_id: str, messages: Sequence[tuple[str, str, str]]) -> list[str]:
         return []
+
+    async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
+        return None
 
 
 class ConfidenceSelector:

@@ -268,3 +268,35 @@ def test_sizes_report_indexed_units_for_metrics(make_engine) -> None:  # type: i
     engine.write(NS, "s1", messages())
     sizes = engine.sizes()
     assert sizes["memory_units_indexed"] == 6 and sizes["memory_namespaces_loaded"] >= 1
+
+
+def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
+    from core.embedding import CachingEmbedder, HashingEmbedder
+    from memory.store import InMemoryStore
+
+    class Recording(HashingEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            self.seen.extend(texts)
+            return super().embed(texts)
+
+    inner = Recording()
+    engine = MemoryEngine(InMemoryStore(), CachingEmbedder(inner), background=False)
+    try:
+        msg = MemoryMessage("t1-u", "s1", "user", "Where did Ann move last spring?", datetime.now(UTC))
+        assert engine.prefetch(["where does Ann live?", "  "], [msg]) == 2
+        assert inner.seen == ["where does Ann live?", "user: Where did Ann move last spring?"]
+        inner.seen.clear()
+        engine.write("ns", "s1", [msg])
+        hits = engine.search("ns", SearchQuery("where does Ann live?", top_k=3)).hits
+        # The turn unit and the query vector came from the cache: neither reached the model again.
+        assert "where does Ann live?" not in inner.seen
+        assert "user: Where did Ann move last spring?" not in inner.seen
+        assert hits and hits[0].unit.message_ids == ("t1-u",)
+        # Without a cache there is nothing to keep the vectors in: prefetch does nothing.
+        assert MemoryEngine(InMemoryStore(), HashingEmbedder(), background=False).prefetch(["q"]) == 0
+    finally:
+        engine.close()
