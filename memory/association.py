@@ -42,6 +42,10 @@ from memory.store import MemoryStore
 log = logging.getLogger(__name__)
 
 
+# Most bytes of member vectors a namespace's model keeps between linking passes (see _Model.candidates).
+CANDIDATE_CACHE_BYTES = 128 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class AssociationConfig:
     """Knobs of the association graph (per process; defaults suit 1k–100k units per namespace)."""
@@ -85,6 +89,17 @@ class _Model:
     members: dict[int, list[int]] = field(default_factory=dict)
     linked: set[int] = field(default_factory=set)
     refit_seconds: float = 0.0
+    #: Per cluster, the sampled candidate keys and their stacked vectors, kept across the passes that link
+    #: a backlog. Building them is most of a pass (a dict lookup and a copy per member vector), and a
+    #: backlog of 100k units would otherwise rebuild them a thousand times. Dropped when the backlog is
+    #: done, on refit, and per cluster when ``link`` adds members.
+    candidates: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    candidate_bytes: int = 0
+    #: Units ``link`` added after the fit (not part of ``fitted_n``).
+    linked_since_fit: int = 0
+    #: Keys found unlinked by the last scan, next last; ``scanned`` until the list runs out.
+    pending: list[int] = field(default_factory=list)
+    scanned: bool = False
 
 
 class AssociationManager:
@@ -126,20 +141,43 @@ class AssociationManager:
 
     def _backlog(self, namespace: str, index: NamespaceIndex) -> int:
         model = self._models.get(namespace)
-        return 0 if model is None else max(0, min(index.size(), model.fitted_n) - len(model.linked))
+        if model is None:
+            return 0
+        # Units that ``link`` placed since the fit are linked on top of the fitted ones: without counting
+        # them, they would use up the backlog's count and leave as many fitted units unlinked.
+        return max(0, min(index.size(), model.fitted_n + model.linked_since_fit) - len(model.linked))
 
     def link_backlog(self, namespace: str, index: NamespaceIndex, limit: int | None = None) -> int:
         """Link up to ``limit`` (default ``link_batch``) units not linked yet; returns how many were handled."""
         model = self._models.get(namespace)
         if model is None:
             return 0
-        alive = set(index.unit_keys())
-        model.linked &= alive
-        unlinked = [k for k in alive if k not in model.linked][: limit or self.config.link_batch]
+        batch = limit or self.config.link_batch
+        unlinked: list[int] = []
+        while len(unlinked) < batch:
+            if not model.pending:
+                if model.scanned:
+                    break
+                # One O(n) scan per backlog, not one per pass: the scan is what a 100-unit pass would
+                # otherwise spend most of its time on at 100k units.
+                alive = set(index.unit_keys())
+                model.linked &= alive
+                model.pending = [k for k in alive if k not in model.linked]
+                model.pending.reverse()  # popped from the end
+                model.scanned = True
+                continue
+            key = model.pending.pop()
+            if key not in model.linked and index.unit(key) is not None:
+                unlinked.append(key)
+        if not model.pending:
+            model.scanned = False  # the next pass rescans (units added meanwhile, keys removed)
         if unlinked:
-            self._link_keys(namespace, index, model, unlinked, post_by_key=None)
+            self._link_keys(namespace, index, model, unlinked, post_by_key=None, keep_candidates=True)
         else:
-            model.fitted_n = min(model.fitted_n, len(alive))
+            model.fitted_n = min(model.fitted_n, index.size())
+        if not unlinked or self._backlog(namespace, index) == 0:
+            model.candidates.clear()
+            model.candidate_bytes = 0
         return len(unlinked)
 
     def step(self, namespace: str, index: NamespaceIndex) -> str:
@@ -291,6 +329,7 @@ class AssociationManager:
         keys = [k for k in dict.fromkeys(keys) if model is not None and k not in model.linked]
         if model is None or not keys:
             return 0
+        model.linked_since_fit += len(keys)
         return self._link_keys(namespace, index, model, keys, post_by_key=None, add_members=True)
 
     def _link_keys(
@@ -301,6 +340,7 @@ class AssociationManager:
         keys: list[int],
         post_by_key: dict[int, np.ndarray] | None,
         add_members: bool = False,
+        keep_candidates: bool = False,
     ) -> int:
         c = self.config
         # Every requested key counts as handled, even one removed meanwhile, so backlogs always drain.
@@ -322,7 +362,10 @@ class AssociationManager:
             share = max(1, math.ceil(c.links_per_unit / len(chosen)))
             own = set(unit.message_ids)
             for cluster in chosen:
-                if cluster not in candidate_cache:
+                entry = candidate_cache.get(cluster)
+                if entry is None and keep_candidates:
+                    entry = model.candidates.get(cluster)
+                if entry is None:
                     pool = np.asarray(model.members.get(cluster, []), dtype=np.int64)
                     if len(pool) > c.candidate_cap:
                         pool = rng.choice(pool, c.candidate_cap, replace=False)
@@ -338,13 +381,24 @@ class AssociationManager:
                         if alive_vectors
                         else np.zeros((0, len(vector)), dtype=np.float32)
                     )
-                    candidate_cache[cluster] = (np.asarray(alive_keys, dtype=np.int64), matrix)
-                members, matrix = candidate_cache[cluster]
+                    entry = (np.asarray(alive_keys, dtype=np.int64), matrix)
+                    if keep_candidates and model.candidate_bytes + matrix.nbytes <= CANDIDATE_CACHE_BYTES:
+                        # Kept for the next passes, within a memory budget (beyond it: rebuilt per pass).
+                        model.candidates[cluster] = entry
+                        model.candidate_bytes += matrix.nbytes
+                candidate_cache[cluster] = entry
+                members, matrix = entry
                 if not len(members):
                     continue
                 sims = matrix @ vector
                 taken = 0
-                for j in np.argsort(-sims)[: share * 4]:
+                top = share * 4 + 1
+                if len(sims) > top:
+                    best = np.argpartition(-sims, top)[:top]
+                    order = best[np.argsort(-sims[best])]
+                else:
+                    order = np.argsort(-sims)
+                for j in order[: share * 4]:
                     other = int(members[j])
                     if other == key:
                         continue
@@ -357,6 +411,9 @@ class AssociationManager:
                         break
                 if add_members:
                     model.members.setdefault(cluster, []).append(key)
+                    dropped = model.candidates.pop(cluster, None)
+                    if dropped is not None:
+                        model.candidate_bytes -= dropped[1].nbytes
             model.linked.add(key)
         if edges:
             self.store.upsert_edges(namespace, edges)

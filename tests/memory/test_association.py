@@ -142,3 +142,27 @@ def test_engine_consolidation_clusters_and_links_without_blocking_writes(backgro
     assert stats.clusters >= 2 and stats.edges > 0 and stats.pending_sessions == 0
     assert engine.index(NS).edge_count() == stats.edges
     engine.close()
+
+
+def test_backlog_passes_reuse_candidates_and_follow_units_added_and_removed_meanwhile() -> None:
+    store = InMemoryStore()
+    vectors, _, _ = topic_vectors(40)
+    index, units = build(store, vectors[:100])
+    manager = AssociationManager(store, AssociationConfig(**{**CONFIG.__dict__, "link_batch": 10}))
+    model = manager.refit(NS, index)
+    assert model is not None
+    manager.step(NS, index)
+    assert model.candidates and model.candidate_bytes > 0  # kept for the next passes
+    # Meanwhile one unit goes and new ones come (as Delete and Write do between passes).
+    gone = units[50]
+    index.apply([gone.key], ())
+    late = [stored(1000 + i, v) for i, v in enumerate(vectors[100:])]
+    store.apply(NS, Change(insert_units=late))
+    index.apply((), late)
+    manager.link(NS, index, [u.key for u in late])  # what the engine does for freshly derived units
+    while manager.step(NS, index) != "idle":
+        pass
+    neighbours = index.neighbors([u.key for u in units + late if u.key != gone.key])
+    assert len(neighbours) == len(units) + len(late) - 1  # every live unit linked, the late ones too
+    assert all(o != gone.key for links in neighbours.values() for o, _ in links)
+    assert not model.candidates and model.candidate_bytes == 0  # dropped once the backlog is done
