@@ -302,6 +302,8 @@ class GuardEngine:
         settings = self._settings.get(scope)
         if mem is None or settings is None or not self._audit_async:
             return None
+        if not isinstance(request.stage, Stage):
+            request = replace(request, stage=_stage(request.stage))
         if self.judge is not None and settings.get("judge"):
             return None
         is_cached = getattr(self.embedder, "is_cached", None)

@@ -76,7 +76,10 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         req = conv.check_from_proto(request)
         # read-only tokens may run checks (the verdict is audited, nothing of the tenant's changes)
         scope = await self._rt.scope(request.namespace, create=True)
-        verdict = await self._rt.offload(self._guards.check, scope, req)
+        # Text seen before (cached embeddings) is judged here, without the hop to a worker thread.
+        verdict = self._guards.check_now(scope, req)
+        if verdict is None:
+            verdict = await self._rt.offload(self._guards.check, scope, req)
         return conv.verdict_to_proto(verdict)
 
     async def Feedback(self, request: guard_pb2.FeedbackRequest, context: Any) -> guard_pb2.FeedbackResponse:
