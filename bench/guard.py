@@ -28,13 +28,13 @@ import random
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.common import SHARED, percentiles, write_result
-from runtime.config import Settings
-from runtime.embedded import EmbeddedServer
+from runtime.process import ServerProcess
 
 DATA = SHARED / "data" / "guard"
 
@@ -84,17 +84,6 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _Server(data_dir: str) -> EmbeddedServer:
-    """An in-process sidecar on its own event loop (as the tests run it)."""
-    return EmbeddedServer(
-        Settings(
-            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-            storage={"data_dir": str(data_dir)},
-            log={"level": "WARNING", "format": "text"},
-        )
-    )
 
 
 def score(items: list[dict[str, Any]], decisions: dict[str, str]) -> dict[str, Any]:
@@ -170,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     asb = load_asb(args.asb_limit or None)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        srv = _Server(tmp)
-        client = AgentrtClient(f"127.0.0.1:{srv.port}", timeout=120)
+        # The sidecar in its own process, as next to an app: in-process, the benchmark's client would share
+        # its GIL and bill its own Python work to Check.
+        srv = ServerProcess(Path(tmp))
+        client = AgentrtClient(srv.target, timeout=120)
         g = client.guard
 
         def check(ns: str, item: dict[str, Any]) -> tuple[str, str]:
