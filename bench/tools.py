@@ -225,18 +225,9 @@ async def _timed_aiohttp_post(session: Any, url: str, body: str) -> float:
 
 async def _direct_aiohttp(url: str, body: str, n: int) -> list[float]:
     """``n`` POSTs of ``body`` with a keep-alive aiohttp session (the client the sidecar's executor uses)."""
-    import aiohttp
-
-    headers = {"content-type": "application/json"}
-    out = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(n + 20):
-            t = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                await resp.read()
-            if i >= 20:
-                out.append(time.perf_counter() - t)
-    return out
+    async with await _aiohttp_session() as session:
+        timings = [await _timed_aiohttp_post(session, url, body) for _ in range(n + 20)]
+    return timings[20:]  # the first 20 open and warm the connection
 
 
 def bench_in_process(n: int) -> dict[str, Any]:

@@ -97,9 +97,8 @@ class _Model:
     candidate_bytes: int = 0
     #: Units ``link`` added after the fit (not part of ``fitted_n``).
     linked_since_fit: int = 0
-    #: Keys found unlinked by the last scan, next last; ``scanned`` until the list runs out.
+    #: Keys the last scan found unlinked and no pass has taken yet (taken from the end).
     pending: list[int] = field(default_factory=list)
-    scanned: bool = False
 
 
 class AssociationManager:
@@ -154,23 +153,23 @@ class AssociationManager:
             return 0
         batch = limit or self.config.link_batch
         unlinked: list[int] = []
+        scanned = False
         while len(unlinked) < batch:
             if not model.pending:
-                if model.scanned:
+                if scanned:
                     break
                 # One O(n) scan per backlog, not one per pass: the scan is what a 100-unit pass would
-                # otherwise spend most of its time on at 100k units.
+                # otherwise spend most of its time on at 100k units. Keys are re-checked when popped
+                # (a unit removed or linked meanwhile is skipped).
                 alive = set(index.unit_keys())
                 model.linked &= alive
                 model.pending = [k for k in alive if k not in model.linked]
                 model.pending.reverse()  # popped from the end
-                model.scanned = True
+                scanned = True
                 continue
             key = model.pending.pop()
             if key not in model.linked and index.unit(key) is not None:
                 unlinked.append(key)
-        if not model.pending:
-            model.scanned = False  # the next pass rescans (units added meanwhile, keys removed)
         if unlinked:
             self._link_keys(namespace, index, model, unlinked, post_by_key=None, keep_candidates=True)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -83,3 +83,16 @@ class Runtime:
         if (write or create) and not self.db.is_known(key):  # the common case skips the thread hop
             await self.offload(self.db.ensure_namespace, key)
         return key
+
+
+async def check_guard(guards: Any, offload: Callable[..., Awaitable[Any]], scope: str, request: Any) -> Any:
+    """A guard verdict: decided on the calling event loop when the guard can answer at once (its
+    ``check_now``: embeddings cached, nothing to wait for), else by ``guards.check`` through ``offload``.
+
+    For text seen before, the hop to a worker thread and back costs more than the check itself.
+    """
+    check_now = getattr(guards, "check_now", None)
+    verdict = check_now(scope, request) if check_now is not None else None
+    if verdict is None:
+        verdict = await offload(guards.check, scope, request)
+    return verdict

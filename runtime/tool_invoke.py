@@ -27,6 +27,7 @@ from core.errors import (
     UnavailableError,
 )
 from guards.model import Decision, GuardRequest, GuardVerdict, Stage, ToolCallInfo
+from runtime.container import check_guard
 from tools.model import AuditRecord, ExecutorKind, Outcome, Step, ToolDefinition, args_hash, utcnow
 from tools.registry import ToolRegistry
 from tools.validation import parse_arguments
@@ -219,56 +220,40 @@ class ToolInvoker:
         if self.guards is None:
             return None
         request = self._guard_request(trace.request, stage, text, tool, arguments_json)
-        check_now = getattr(self.guards, "check_now", None)
-        verdict = check_now(trace.request.scope, request) if check_now is not None else None
-        if verdict is None:
-            verdict = await self._offload(self.guards.check, trace.request.scope, request)
+        verdict: GuardVerdict = await check_guard(self.guards, self._offload, trace.request.scope, request)
         self._trace_verdict(trace, verdict)
         return verdict
 
-    def _check_call_now(
-        self, req: InvokeRequest, tool: ToolDefinition, args: str, guard: bool
+    def _check_call(
+        self, req: InvokeRequest, tool: ToolDefinition, args: str, guard: bool, *, at_once: bool = False
     ) -> tuple[GuardVerdict | None, Any] | None:
-        """``_check_call`` on the calling (event loop) thread when the guard and the gate can both answer
-        at once (cached embeddings and policies: see ``GuardEngine.check_now``, ``can_decide_now``);
-        None when one of them would block, and nothing was decided."""
+        """Guard the call (when ``guard``), then, unless the guard stopped it, decide the CALL_TOOL gate.
+
+        ``at_once``: only if both can answer without blocking (cached embeddings and policies: see
+        ``GuardEngine.check_now`` and ``GateEngine.can_decide_now``), as the event loop calls it; None (and
+        nothing decided) otherwise. Else it runs in one worker-thread hop for both: with a cached embedding
+        each costs about a third of a millisecond, less than a hop to the thread pool and back under load.
+        """
         needs_gate = self.gates is not None and len(req.tokens) > 0
-        if needs_gate:
+        if at_once and needs_gate:
             can_decide_now = getattr(self.gates, "can_decide_now", None)
             if can_decide_now is None or not can_decide_now(req.scope, "call_tool", req.session_id):
                 return None
         verdict = None
         if guard and self.guards is not None:
-            check_now = getattr(self.guards, "check_now", None)
             request = self._guard_request(req, Stage.TOOL_CALL, req.instruction, tool, args)
-            verdict = check_now(req.scope, request) if check_now is not None else None
-            if verdict is None:
-                return None
+            if at_once:
+                check_now = getattr(self.guards, "check_now", None)
+                verdict = check_now(req.scope, request) if check_now is not None else None
+                if verdict is None:
+                    return None
+            else:
+                verdict = self.guards.check(req.scope, request)
             if verdict.decision in (Decision.BLOCK, Decision.REVIEW):
                 return verdict, None
         gate = None
         if needs_gate:
             assert self.gates is not None
-            gate = self.gates.decide(req.scope, "call_tool", req.tokens, session_id=req.session_id)
-        return verdict, gate
-
-    def _check_call(
-        self, req: InvokeRequest, tool: ToolDefinition, args: str, guard: bool
-    ) -> tuple[GuardVerdict | None, Any]:
-        """Guard the call (when ``guard``), then, unless the guard stopped it, decide the CALL_TOOL gate.
-
-        Both run in one worker-thread hop: with a cached embedding each costs about a third of a
-        millisecond, less than a hop to the thread pool and back under load.
-        """
-        verdict = None
-        if guard and self.guards is not None:
-            verdict = self.guards.check(
-                req.scope, self._guard_request(req, Stage.TOOL_CALL, req.instruction, tool, args)
-            )
-            if verdict.decision in (Decision.BLOCK, Decision.REVIEW):
-                return verdict, None
-        gate = None
-        if self.gates is not None and len(req.tokens) > 0:
             gate = self.gates.decide(req.scope, "call_tool", req.tokens, session_id=req.session_id)
         return verdict, gate
 
@@ -319,10 +304,11 @@ class ToolInvoker:
         guard_call = req.checked_call is None and policy.guard_calls and self.guards is not None
         call_verdict, gate = None, None
         if guard_call or (self.gates is not None and len(req.tokens) > 0):
-            checked_now = self._check_call_now(req, tool, canonical_args, guard_call)
-            if checked_now is None:
-                checked_now = await self._offload(self._check_call, req, tool, canonical_args, guard_call)
-            call_verdict, gate = checked_now
+            decided = self._check_call(req, tool, canonical_args, guard_call, at_once=True)
+            if decided is None:
+                decided = await self._offload(self._check_call, req, tool, canonical_args, guard_call)
+            assert decided is not None  # only an at_once call declines
+            call_verdict, gate = decided
         if call_verdict is not None:
             self._trace_verdict(trace, call_verdict)
             if call_verdict.decision in (Decision.BLOCK, Decision.REVIEW):

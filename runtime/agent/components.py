@@ -26,7 +26,7 @@ from runtime.agent.ports import (
     ToolOutcome,
     TurnPorts,
 )
-from runtime.container import Runtime
+from runtime.container import Runtime, check_guard
 
 
 def _openai_tokens(tokens: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
@@ -54,10 +54,7 @@ class EngineGuard:
             tool_call=ToolCallInfo(*tool_call) if tool_call else None,
             available_tools=tuple(tools), metadata={"thread_id": thread_id, "source": "agent"},
         )
-        # A check whose texts are all embedded already is answered here, without a worker-thread hop.
-        v: Any = self.rt.guards.check_now(self.scope, request) if hasattr(self.rt.guards, "check_now") else None
-        if v is None:
-            v = await self.rt.offload(self.rt.guards.check, self.scope, request)
+        v = await check_guard(self.rt.guards, self.rt.offload, self.scope, request)
         reason = "; ".join(e.text or e.ref for e in getattr(v, "evidence", ())[:3])
         return GuardOutcome(str(v.decision), v.verdict_id, float(v.harm_score), float(v.entropy), reason)
 

@@ -15,7 +15,7 @@ from guards.judge import JudgeConfig, LLMJudge
 from guards.memory import MemoryParams
 from guards.pack import DEFAULT_PACK, pack_vectors
 from guards.sql import SqlGuardStore
-from runtime.container import Runtime
+from runtime.container import Runtime, check_guard
 from runtime.convert import guard as conv
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         req = conv.check_from_proto(request)
         # read-only tokens may run checks (the verdict is audited, nothing of the tenant's changes)
         scope = await self._rt.scope(request.namespace, create=True)
-        # Text seen before (cached embeddings) is judged here, without the hop to a worker thread.
-        verdict = self._guards.check_now(scope, req)
-        if verdict is None:
-            verdict = await self._rt.offload(self._guards.check, scope, req)
+        verdict = await check_guard(self._guards, self._rt.offload, scope, req)
         return conv.verdict_to_proto(verdict)
 
     async def Feedback(self, request: guard_pb2.FeedbackRequest, context: Any) -> guard_pb2.FeedbackResponse:
