@@ -277,6 +277,7 @@ class CachingEmbedder:
         self._maxsize = maxsize
         self._max_text_chars = max_text_chars
         self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._in_flight: dict[str, _InFlight] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -303,25 +304,55 @@ class CachingEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         found: dict[str, np.ndarray] = {}
+        waiting: dict[str, _InFlight] = {}
+        mine: dict[str, _InFlight] = {}
         with self._lock:
-            for text in texts:
+            for text in dict.fromkeys(texts):
                 vec = self._cache.get(text)
                 if vec is not None:
                     self._cache.move_to_end(text)
                     found[text] = vec
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            fresh = self._inner.embed(missing)
+                elif (pending := self._in_flight.get(text)) is not None:
+                    waiting[text] = pending
+                else:
+                    mine[text] = self._in_flight[text] = _InFlight()
+        self.hits += len(texts) - len(mine)
+        self.misses += len(mine)
+        if mine:
+            try:
+                fresh = self._inner.embed(list(mine))
+            except BaseException:
+                with self._lock:
+                    for text, pending in mine.items():
+                        del self._in_flight[text]
+                        pending.done.set()  # no vector: a waiter embeds the text itself
+                raise
             with self._lock:
-                for text, vec in zip(missing, fresh, strict=True):
-                    found[text] = vec
+                for (text, pending), vec in zip(mine.items(), fresh, strict=True):
+                    found[text] = pending.vector = vec
+                    del self._in_flight[text]
+                    pending.done.set()
                     if len(text) <= self._max_text_chars:
                         self._cache[text] = vec
                 while len(self._cache) > self._maxsize:
                     self._cache.popitem(last=False)
+        for text, pending in waiting.items():
+            # Another thread is embedding this text right now (an agent turn's guard check and its memory
+            # prefetch ask for the user's message at the same moment): wait for its vector rather than
+            # spend a second model pass on it.
+            pending.done.wait()
+            found[text] = pending.vector if pending.vector is not None else self._inner.embed([text])[0]
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+
+class _InFlight:
+    """A text one thread is embedding; others asking for it wait on ``done``."""
+
+    __slots__ = ("done", "vector")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.vector: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=4)

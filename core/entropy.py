@@ -4,7 +4,8 @@ Pure numpy, no imports of ours. Every entropy here is in nats unless a name says
 
 Three layers:
 
-* distributions — :func:`entropy`, :func:`normalized_entropy`, :func:`softmax`;
+* distributions — :func:`entropy` (:func:`row_entropies` for many at once), :func:`normalized_entropy`,
+  :func:`softmax`;
 * per token, from the top-k logprobs an LLM API returns — one value per generated token, vectorised
   over a padded ``(n_tokens, k)`` matrix of natural-log probabilities sorted in descending order
   (``-inf`` pads rows with fewer than k alternatives); see :data:`TOKEN_VARIANTS`;
@@ -76,6 +77,18 @@ def entropy(p: ArrayLike) -> float:
         return 0.0
     arr = arr[arr > 0] / total
     return float(-(arr * np.log(arr)).sum())
+
+
+def row_entropies(rows: np.ndarray) -> np.ndarray:
+    """:func:`entropy` of every row of a 2-D array of distributions at once (zeros ignored, each row
+    renormalised; an all-zero row has entropy 0)."""
+    arr = np.asarray(rows, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"row_entropies expects a 2-D array, got shape {arr.shape}")
+    totals = arr.sum(axis=1, keepdims=True)
+    norm = np.divide(arr, totals, out=np.zeros_like(arr), where=totals > 0)
+    logs = np.log(norm, out=np.zeros_like(norm), where=norm > 0)
+    return np.asarray(-(norm * logs).sum(axis=1))
 
 
 def normalized_entropy(p: ArrayLike) -> float:

@@ -152,6 +152,11 @@ class BM25Index:
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._slot_of
 
+    def doc_ids(self) -> list[int]:
+        """Every indexed id (snapshot)."""
+        with self._lock:
+            return list(self._slot_of)
+
     def add(self, doc_id: int, text: str | None = None, *, tokens: Sequence[str] | None = None) -> None:
         """Index ``text`` (or pre-computed ``tokens``) under ``doc_id``, replacing any earlier version."""
         terms = Counter(tokens if tokens is not None else self.tokenizer.tokens(text or ""))

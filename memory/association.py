@@ -29,12 +29,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from core.entropy import entropy
+from core.entropy import entropy, row_entropies
 from memory.index import NamespaceIndex
 from memory.model import MemoryUnit
 from memory.store import MemoryStore
@@ -43,7 +44,13 @@ log = logging.getLogger(__name__)
 
 
 # Most bytes of member vectors a namespace's model keeps between linking passes (see _Model.candidates).
-CANDIDATE_CACHE_BYTES = 128 * 1024 * 1024
+# The default fits every cluster at the largest K (64 clusters x candidate_cap 2,000 x 384 float32 =
+# 197 MB); at 128 MiB a third of the clusters were rebuilt on every pass of a 100k-unit backlog.
+CANDIDATE_CACHE_BYTES = 256 * 1024 * 1024
+# Units a linking pass links between two chances for foreground work to run (about 3 ms of work).
+PAUSE_EVERY_UNITS = 8
+# Units whose vectors a refit gathers between two chances for foreground work to run.
+GATHER_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,16 @@ class _Model:
 class AssociationManager:
     """Fits, refits and applies the per-namespace mixtures and keeps edges in the store and index."""
 
-    def __init__(self, store: MemoryStore, config: AssociationConfig | None = None):
+    def __init__(
+        self,
+        store: MemoryStore,
+        config: AssociationConfig | None = None,
+        pause: Callable[[], None] | None = None,
+    ):
         self.store = store
         self.config = config or AssociationConfig()
+        # Called every few units of a linking pass, so foreground work can run in between.
+        self._pause = pause or (lambda: None)
         self._models: dict[str, _Model] = {}
         self._lock = threading.Lock()
 
@@ -166,6 +180,7 @@ class AssociationManager:
                 model.pending = [k for k in alive if k not in model.linked]
                 model.pending.reverse()  # popped from the end
                 scanned = True
+                self._pause()
                 continue
             key = model.pending.pop()
             if key not in model.linked and index.unit(key) is not None:
@@ -221,6 +236,21 @@ class AssociationManager:
         p = np.exp(z)
         return np.asarray(p / p.sum(axis=1, keepdims=True))
 
+    def _cluster_mask(self, post: np.ndarray) -> np.ndarray:
+        """:meth:`_choose_clusters` of every row of ``post`` at once, as a boolean (units, clusters) mask."""
+        c = self.config
+        n, k = post.shape
+        order = np.argsort(-post, axis=1, kind="stable")[:, : c.max_clusters_per_unit]
+        top = np.take_along_axis(post, order, axis=1)
+        keep = top >= c.min_posterior
+        single = np.exp(row_entropies(post)) < c.multi_link_perplexity
+        keep[single] = False
+        keep[:, 0] |= ~keep.any(axis=1)  # the most likely cluster when nothing else qualifies
+        mask = np.zeros((n, k), dtype=bool)
+        rows = np.broadcast_to(np.arange(n)[:, None], order.shape)
+        mask[rows[keep], order[keep]] = True
+        return mask
+
     def _choose_clusters(self, post: np.ndarray) -> list[int]:
         c = self.config
         order = np.argsort(-post)
@@ -242,11 +272,22 @@ class AssociationManager:
         from sklearn.mixture import GaussianMixture
 
         c = self.config
+        # Gathered in chunks with a chance for foreground work in between: at 100k units one pass over
+        # every key and one np.stack of 100k vectors held the GIL for hundreds of milliseconds, and
+        # Searches arriving meanwhile waited for it (p99 over 250 ms in bench memory-latency).
         vectors_by_key: dict[int, np.ndarray] = {}
-        for key in index.unit_keys():
-            vector = index.vector(key)
-            if vector is not None:
-                vectors_by_key[key] = vector
+        all_keys = index.unit_keys()
+        parts: list[np.ndarray] = []
+        for start in range(0, len(all_keys), GATHER_CHUNK):
+            chunk: dict[int, np.ndarray] = {}
+            for key in all_keys[start : start + GATHER_CHUNK]:
+                vector = index.vector(key)
+                if vector is not None:
+                    chunk[key] = vector
+            if chunk:
+                parts.append(np.stack(list(chunk.values())).astype(np.float32))
+            vectors_by_key.update(chunk)
+            self._pause()
         keys = np.asarray(list(vectors_by_key), dtype=np.int64)
         n = len(keys)
         if n < c.min_units:
@@ -283,20 +324,11 @@ class AssociationManager:
         gmm.fit(projected)  # type: ignore[attr-defined]
         model = _Model(mean, components, gmm, k, n, pca_n)
         # Reassign every unit (vectorised, O(n)) and keep who is linked already.
-        all_vectors = np.stack([vectors_by_key[int(key)] for key in keys]).astype(np.float32)
-        post = self._posteriors(model, all_vectors)
-        top = post.argmax(axis=1)
-        p_max = post[np.arange(len(post)), top]
-        # H ≤ h(p_max) + (1 − p_max) ln(K − 1): rows whose bound is under ln(perplexity) are certainly
-        # single-cluster; only the rest go through _choose_clusters one by one.
-        q = np.clip(1.0 - p_max, 1e-12, 1.0)
-        bound = -(p_max * np.log(np.clip(p_max, 1e-12, 1.0)) + q * np.log(q)) + q * math.log(max(k - 1, 1))
-        certain = bound < math.log(c.multi_link_perplexity)
-        for cluster in np.unique(top[certain]).tolist():
-            model.members[int(cluster)] = keys[certain & (top == cluster)].tolist()
-        for row in np.flatnonzero(~certain).tolist():
-            for cluster in self._choose_clusters(post[row]):
-                model.members.setdefault(cluster, []).append(int(keys[row]))
+        all_vectors = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        membership = self._cluster_mask(self._posteriors(model, all_vectors))
+        self._pause()
+        for cluster in np.flatnonzero(membership.any(axis=0)).tolist():
+            model.members[int(cluster)] = keys[membership[:, cluster]].tolist()
         if old is not None:
             model.linked = {key for key in old.linked if key in vectors_by_key}
         else:
@@ -356,7 +388,9 @@ class AssociationManager:
         rng = np.random.default_rng(c.seed)
         edges: list[tuple[int, int, float]] = []
         candidate_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for (key, vector, unit), row in zip(present, post, strict=True):
+        for i, ((key, vector, unit), row) in enumerate(zip(present, post, strict=True)):
+            if i % PAUSE_EVERY_UNITS == PAUSE_EVERY_UNITS - 1:
+                self._pause()
             chosen = self._choose_clusters(row)
             share = max(1, math.ceil(c.links_per_unit / len(chosen)))
             own = set(unit.message_ids)
@@ -381,6 +415,7 @@ class AssociationManager:
                         else np.zeros((0, len(vector)), dtype=np.float32)
                     )
                     entry = (np.asarray(alive_keys, dtype=np.int64), matrix)
+                    self._pause()  # building a matrix (up to 2,000 lookups and a stack) is a long stretch
                     if keep_candidates and model.candidate_bytes + matrix.nbytes <= CANDIDATE_CACHE_BYTES:
                         # Kept for the next passes, within a memory budget (beyond it: rebuilt per pass).
                         model.candidates[cluster] = entry

@@ -56,10 +56,28 @@ class NamespaceIndex:
         """Remove units by key, then add (or replace) the given stored units."""
         with self._lock:
             self._remove([k for k in remove_keys if k in self._units], drop_edges=True)
-            # A replaced unit (same key) loses its old message links and vectors but keeps its edges.
-            self._remove([s.key for s in add if s.key in self._units], drop_edges=False)
-            add_by_gran: dict[Granularity, list[StoredUnit]] = {}
+            # A unit whose text, messages and vector are unchanged (consolidation changing its weight) is
+            # updated in place: re-tokenising it and re-adding its vector (an HNSW tombstone each) was
+            # most of a consolidation pass's time under the GIL.
+            changed: list[StoredUnit] = []
             for stored in {s.key: s for s in add}.values():
+                old = self._units.get(stored.key)
+                old_vector = self._vectors.get(stored.key)
+                if (
+                    old is not None
+                    and old_vector is not None
+                    and old.text == stored.unit.text
+                    and old.granularity == stored.unit.granularity
+                    and old.message_ids == stored.unit.message_ids
+                    and np.array_equal(old_vector, stored.vector)
+                ):
+                    self._units[stored.key] = stored.unit
+                else:
+                    changed.append(stored)
+            # A replaced unit (same key) loses its old message links and vectors but keeps its edges.
+            self._remove([s.key for s in changed if s.key in self._units], drop_edges=False)
+            add_by_gran: dict[Granularity, list[StoredUnit]] = {}
+            for stored in changed:
                 add_by_gran.setdefault(stored.unit.granularity, []).append(stored)
             for gran, items in add_by_gran.items():
                 dense = self._dense.get(gran)
@@ -203,6 +221,16 @@ class NamespaceIndex:
         """Every unit key (snapshot)."""
         return list(self._units)
 
+    def keys_of(self, granularity: Granularity) -> list[int]:
+        """Keys of every unit of one granularity (snapshot)."""
+        lexical = self._lexical.get(granularity)
+        return lexical.doc_ids() if lexical is not None else []
+
+    def unit_granularity(self, key: int) -> Granularity | None:
+        """The granularity of the unit under ``key`` (``None`` if it is gone)."""
+        unit = self._units.get(key)
+        return unit.granularity if unit is not None else None
+
     def units_of_message(self, message_id: str) -> set[int]:
         """Keys of the units that cover a message."""
         return set(self._by_message.get(message_id, ()))
@@ -215,6 +243,16 @@ class NamespaceIndex:
         scores, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
+
+    def dense_search_many(self, granularity: Granularity, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (keys, cosine scores) of one granularity for each row of ``queries``, in one FAISS call
+        (which releases the GIL and uses every core); rows are padded with key -1."""
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        index = self._dense.get(granularity)
+        if index is None or k <= 0 or not len(index) or not len(queries):
+            return np.full((len(queries), 0), -1, dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
+        scores, ids = index.search(queries, k)
+        return ids, scores
 
     def lexical_search(
         self, granularity: Granularity, query: str | Sequence[str], k: int

@@ -320,30 +320,65 @@ def _allowed(unit: MemoryUnit | None, query: SearchQuery) -> bool:
     return not (query.time_end and unit.time_start and unit.time_start > query.time_end)
 
 
-def search(
-    index: RetrievalIndex, query: SearchQuery, query_vector: np.ndarray, policy: Mapping[str, Any] | None = None
-) -> SearchResult:
-    """Rank and pack memory units for ``query`` (see the module docstring for the formulas)."""
+@dataclass(frozen=True)
+class LexicalStage:
+    """The part of a search that needs no query vector: the query's terms and each granularity's BM25
+    candidates. The engine computes it while the query is being embedded (the model runs without the
+    GIL on one core, this runs on the other), then hands it to :func:`search`."""
+
+    policy: RetrievalPolicy
+    terms: list[str]
+    granularities: list[Granularity]
+    candidates: dict[Granularity, np.ndarray]
+
+
+def _candidate_count(pol: RetrievalPolicy, granularity: Granularity) -> int:
+    return pol.candidates if granularity == Granularity.TURN else max(10, pol.candidates // 2)
+
+
+def lexical_stage(
+    index: RetrievalIndex, query: SearchQuery, policy: Mapping[str, Any] | RetrievalPolicy | None = None
+) -> LexicalStage:
+    """Terms and per-granularity BM25 candidates of ``query`` (the vector-free first step of search)."""
     pol = policy if isinstance(policy, RetrievalPolicy) else RetrievalPolicy.from_mapping(policy)
-    qvec = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     terms = tokenize(query.query)
     present = index.granularities()
     if query.granularities:
         present = [g for g in present if g in query.granularities]
+    candidates: dict[Granularity, np.ndarray] = {}
+    for g in present:
+        lexical = index.lexical(g)
+        candidates[g] = (
+            lexical.search_arrays(terms, _candidate_count(pol, g), max_df=pol.lexical_max_df)[0]
+            if terms and lexical is not None
+            else np.zeros(0, dtype=np.int64)
+        )
+    return LexicalStage(pol, terms, present, candidates)
+
+
+def search(
+    index: RetrievalIndex,
+    query: SearchQuery,
+    query_vector: np.ndarray,
+    policy: Mapping[str, Any] | None = None,
+    lexical: LexicalStage | None = None,
+) -> SearchResult:
+    """Rank and pack memory units for ``query`` (see the module docstring for the formulas).
+
+    ``lexical`` is :func:`lexical_stage` of the same index, query and policy when the caller ran it
+    already (while embedding the query); otherwise it is computed here.
+    """
+    stage = lexical if lexical is not None else lexical_stage(index, query, policy)
+    pol, terms, present = stage.policy, stage.terms, stage.granularities
+    qvec = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     if not present:
         return SearchResult([], RoutingDiagnostics({}, {}))
 
     scorers = {g: _Scorer(index, g, qvec, terms) for g in present}
     pools: dict[Granularity, _Pool] = {}
     for g in present:
-        k = pol.candidates if g == Granularity.TURN else max(10, pol.candidates // 2)
-        dk, _ = index.dense_search(g, qvec, k)
-        lexical = index.lexical(g)
-        lk = (
-            lexical.search_arrays(terms, k, max_df=pol.lexical_max_df)[0]
-            if terms and lexical is not None
-            else np.zeros(0, dtype=np.int64)
-        )
+        dk, _ = index.dense_search(g, qvec, _candidate_count(pol, g))
+        lk = stage.candidates[g]
         fetched = [(x, index.unit(x)) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()])]
         kept = [(x, u) for x, u in fetched if u is not None and _allowed(u, query)]
         if not kept:

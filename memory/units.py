@@ -53,6 +53,9 @@ class UnitPolicy:
     low_info_terms: int = 3
     # Weight floor of a turn without any content term.
     low_info_weight: float = 0.4
+    # Derived units (exchange, session, fact) get the word-weighted mean of their turns' vectors instead
+    # of a model pass over their text (``memory.engine.compose_vectors``); false embeds every unit's text.
+    composed_vectors: bool = True
     # Optional LLM enrichment (OpenAI-compatible chat endpoint); off while ``llm_base_url`` is empty.
     llm_base_url: str = ""
     llm_model: str = ""
@@ -210,20 +213,7 @@ def derive_units(
         return []
     texts = [turn_text(m) for m in msgs]
     token_lists = [tokenize(m.text) for m in msgs]
-    units: list[MemoryUnit] = []
-    for m, text in zip(msgs, texts, strict=True):
-        units.append(
-            MemoryUnit(
-                id=f"{session_id}/turn/{m.id}",
-                granularity=Granularity.TURN,
-                text=text,
-                message_ids=(m.id,),
-                session_id=session_id,
-                time_start=m.time,
-                time_end=m.time,
-                weight=information_weight(m.text, policy),
-            )
-        )
+    units = turn_units(session_id, msgs, policy)
     units.extend(_windows(session_id, msgs, texts, policy))
     speakers = {m.speaker for m in msgs if m.speaker}
     units.append(_digest(session_id, msgs, texts, token_lists, speakers, policy))
@@ -234,6 +224,26 @@ def derive_units(
         except Exception:  # enrichment is best effort: the extractive units stand on their own
             log.warning("unit enrichment failed for session %s", session_id, exc_info=True)
     return units
+
+
+def turn_units(
+    session_id: str, messages: Sequence[MemoryMessage], policy: UnitPolicy | None = None
+) -> list[MemoryUnit]:
+    """The turn units of ``messages`` alone (each depends on its own message only): what Write commits."""
+    policy = policy or UnitPolicy()
+    return [
+        MemoryUnit(
+            id=f"{session_id}/turn/{m.id}",
+            granularity=Granularity.TURN,
+            text=turn_text(m),
+            message_ids=(m.id,),
+            session_id=session_id,
+            time_start=m.time,
+            time_end=m.time,
+            weight=information_weight(m.text, policy),
+        )
+        for m in messages
+    ]
 
 
 def _span(msgs: Sequence[MemoryMessage]) -> tuple[Any, Any]:

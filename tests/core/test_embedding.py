@@ -91,3 +91,83 @@ def test_cache_returns_the_same_vectors_and_embeds_each_text_once() -> None:
     cache.embed(["a b"])
     assert counting.calls[-1] == ["a b"]
     assert cache.embed([]).shape == (0, 32)
+
+
+def test_cache_waits_for_a_text_another_thread_is_embedding_instead_of_embedding_it_twice() -> None:
+    import threading
+
+    class Slow(_Counting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            self.calls.append(list(texts))
+            if "shared" in texts and not self.entered.is_set():
+                self.entered.set()
+                assert self.release.wait(5)
+            return self.inner.embed(texts)
+
+    slow = Slow()
+    cache = CachingEmbedder(slow)
+    results: dict[str, np.ndarray] = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", cache.embed(["shared"])))
+    first.start()
+    assert slow.entered.wait(5)
+    second = threading.Thread(target=lambda: results.setdefault("second", cache.embed(["own", "shared"])))
+    second.start()
+    # The second caller embeds only its own text, then waits for the first caller's "shared".
+    for _ in range(500):
+        if ["own"] in slow.calls:
+            break
+        threading.Event().wait(0.01)
+    assert slow.calls == [["shared"], ["own"]]
+    assert "second" not in results
+    slow.release.set()
+    first.join(5)
+    second.join(5)
+    np.testing.assert_array_equal(results["second"][1], results["first"][0])
+    np.testing.assert_array_equal(results["second"][0], slow.inner.embed(["own"])[0])
+    assert slow.calls == [["shared"], ["own"]]
+
+
+def test_cache_waiter_embeds_for_itself_when_the_other_caller_fails() -> None:
+    import threading
+
+    class Failing(_Counting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            self.calls.append(list(texts))
+            if len(self.calls) == 1:
+                self.entered.set()
+                assert self.release.wait(5)
+                raise RuntimeError("model failed")
+            return self.inner.embed(texts)
+
+    failing = Failing()
+    cache = CachingEmbedder(failing)
+    errors: list[BaseException] = []
+    results: list[np.ndarray] = []
+
+    def first_call() -> None:
+        try:
+            cache.embed(["t"])
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=first_call)
+    first.start()
+    assert failing.entered.wait(5)
+    second = threading.Thread(target=lambda: results.append(cache.embed(["t"])))
+    second.start()
+    threading.Event().wait(0.05)
+    failing.release.set()
+    first.join(5)
+    second.join(5)
+    assert len(errors) == 1 and len(results) == 1
+    np.testing.assert_array_equal(results[0][0], failing.inner.embed(["t"])[0])

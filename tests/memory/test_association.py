@@ -166,3 +166,29 @@ def test_backlog_passes_reuse_candidates_and_follow_units_added_and_removed_mean
     assert len(neighbours) == len(units) + len(late) - 1  # every live unit linked, the late ones too
     assert all(o != gone.key for links in neighbours.values() for o, _ in links)
     assert not model.candidates and model.candidate_bytes == 0  # dropped once the backlog is done
+
+
+def test_vectorised_cluster_choice_matches_the_per_unit_rule() -> None:
+    """Refits assign every unit with ``_cluster_mask``; links use ``_choose_clusters``: they must agree."""
+    manager = AssociationManager(InMemoryStore(), AssociationConfig())
+    rng = np.random.default_rng(3)
+    rows = [rng.dirichlet(np.full(8, alpha)) for alpha in (0.05, 0.3, 1.0, 5.0) for _ in range(250)]
+    # Edge cases: one-hot, an exact two-way tie, a three-way split under min_posterior, a tie at the cut.
+    rows += [np.eye(8)[2], np.r_[0.5, 0.5, np.zeros(6)], np.full(8, 1 / 8), np.r_[0.15, 0.15, 0.7, np.zeros(5)]]
+    post = np.vstack(rows)
+    mask = manager._cluster_mask(post)
+    multi = 0
+    for row, expected in zip(mask, (manager._choose_clusters(p) for p in post), strict=True):
+        assert set(np.flatnonzero(row).tolist()) == set(expected)
+        multi += len(expected) > 1
+    assert 0 < multi < len(post)  # both branches of the rule were exercised
+
+
+def test_row_entropies_match_entropy_row_by_row() -> None:
+    from core.entropy import entropy, row_entropies
+
+    rng = np.random.default_rng(0)
+    rows = np.vstack([rng.dirichlet(np.ones(5)) for _ in range(20)] + [np.zeros(5), np.r_[2.0, 0, 0, 0, 2.0]])
+    np.testing.assert_allclose(row_entropies(rows), [entropy(r) for r in rows], atol=1e-12)
+    with pytest.raises(ValueError):
+        row_entropies(np.ones(3))

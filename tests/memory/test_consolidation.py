@@ -43,8 +43,14 @@ def test_retention_forgets_old_and_excess_messages_with_everything_derived(
     engine = make_engine(store_factory(), {"max_age_days": 30, "max_messages": 2})
     engine.write(NS, "old", [msg("m-old", "The zeppelin museum trip was in spring", days_ago=90)])
     engine.write(NS, "mid", [msg("m-mid", "Bought a kayak for the lake", days_ago=10)])
-    engine.write(NS, "new", [msg("m-new", "Kayak lessons every Sunday", days_ago=2),
-                             msg("m-newer", "The lake was frozen today", days_ago=1)])
+    engine.write(
+        NS,
+        "new",
+        [
+            msg("m-new", "Kayak lessons every Sunday", days_ago=2),
+            msg("m-newer", "The lake was frozen today", days_ago=1),
+        ],
+    )
     engine.flush()
 
     report = engine.consolidate(NS)
@@ -76,8 +82,11 @@ def test_near_duplicate_turns_merge_into_the_newest_and_unmerge_when_it_goes(
     assert weights["c4"] == pytest.approx(1.0)  # not merged across speakers
     assert report.units_reweighted >= 2
     # the database agrees with the index (a restart rebuilds from it)
-    stored = {s.unit.message_ids[0]: s.unit.weight for s in engine.store.session_units(NS, ["s1"])
-              if s.unit.granularity == Granularity.TURN}
+    stored = {
+        s.unit.message_ids[0]: s.unit.weight
+        for s in engine.store.session_units(NS, ["s1"])
+        if s.unit.granularity == Granularity.TURN
+    }
     assert stored["a1"] == pytest.approx(0.3)
 
     engine.delete(NS, message_ids=["a3"])
@@ -131,3 +140,30 @@ def test_merging_never_overwrites_a_unit_changed_elsewhere_meanwhile(store_facto
 
     (now,) = [s for s in store.session_units(NS, ["s1"]) if s.unit.granularity == Granularity.TURN]
     assert now.unit.text.endswith("(edited on another replica)")
+
+
+def test_index_updates_a_weight_only_change_in_place() -> None:
+    """Consolidation re-weights thousands of units: the index must keep their postings and vectors (no
+    re-tokenising, no HNSW tombstone) yet serve the new weight, and still fully replace a changed text."""
+    import numpy as np
+
+    from memory.index import NamespaceIndex
+    from memory.store import StoredUnit
+
+    index = NamespaceIndex(4)
+    vec = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    unit = MemoryUnit("s/turn/a", Granularity.TURN, "ann: pepper the kitten", ("a",), "s")
+    index.apply([], [StoredUnit(unit, 7, vec, "m")])
+    lexical = index.lexical(Granularity.TURN)
+    assert lexical is not None
+    before = lexical.score(["pepper"], [7])
+    assert before[0] > 0
+    index.apply([], [StoredUnit(replace(unit, weight=0.3), 7, vec.copy(), "m")])
+    reweighted = index.unit(7)
+    assert reweighted is not None and reweighted.weight == 0.3
+    np.testing.assert_array_equal(lexical.score(["pepper"], [7]), before)
+    assert index.dense_search(Granularity.TURN, vec, 1)[0].tolist() == [7]
+    # A changed text is a real replacement: the old terms are gone, the new ones are searchable.
+    index.apply([], [StoredUnit(replace(unit, text="ann: saxophone lessons"), 7, vec, "m")])
+    assert lexical.score(["pepper"], [7]).tolist() == [0.0]
+    assert lexical.search("saxophone lessons", 1)[0][0] == 7

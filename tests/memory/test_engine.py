@@ -300,3 +300,57 @@ def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
         assert MemoryEngine(InMemoryStore(), HashingEmbedder(), background=False).prefetch(["q"]) == 0
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("composed", [True, False])
+def test_derived_units_take_their_turns_vectors_without_a_model_pass(store_factory, composed: bool) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from core.embedding import HashingEmbedder
+
+    class Recording(HashingEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            self.seen.extend(texts)
+            return super().embed(texts)
+
+    embedder = Recording()
+    engine = MemoryEngine(
+        store_factory(), embedder, background=False, policy=lambda _ns: {"units": {"composed_vectors": composed}}
+    )
+    engine.load()
+    try:
+        msgs = messages()
+        engine.write(NS, "s1", msgs)
+        engine.flush()
+        index = engine.index(NS)
+        by_message = {m.id: m for m in msgs}
+        turn_vector = {}
+        derived = []
+        for m in msgs:
+            for key in index.units_of_message(m.id):
+                unit = index.unit(key)
+                assert unit is not None
+                if unit.granularity == Granularity.TURN:
+                    turn_vector[m.id] = index.vector(key)
+                else:
+                    derived.append((key, unit))
+        assert {u.granularity for _, u in derived} >= {Granularity.EXCHANGE, Granularity.SESSION}
+        for key, unit in derived:
+            stored = index.vector(key)
+            assert stored is not None
+            if composed:
+                words = [np.sqrt(len(by_message[mid].text.split()) + 1) for mid in unit.message_ids]
+                expected = sum(w * turn_vector[mid] for w, mid in zip(words, unit.message_ids, strict=True))
+                expected = expected / np.linalg.norm(expected)
+            else:
+                expected = HashingEmbedder().embed([unit.text])[0]
+            assert np.allclose(stored, expected, atol=1e-5), unit.id
+        # Composed: the model only ever saw the turns; otherwise every derived text went through it too.
+        turn_texts = {f"{m.speaker}: {m.text}" for m in msgs}
+        assert (set(embedder.seen) <= turn_texts) is composed
+    finally:
+        engine.close()
