@@ -1,7 +1,7 @@
 """memory-latency: Search p50/p99 over gRPC loopback at 100k units, and Write throughput with
 consolidation running, next to raw FAISS search, query embedding alone and an empty RPC.
 
-    python -m bench memory-latency [--units 100000] [--queries 300] [--batch 2] [--writers 1] [--quick]
+    python -m bench memory-latency [--units 100000] [--queries 300] [--batch 2] [--writers 1,4] [--quick]
 
 Set-up (what is measured is printed and written to bench/results/memory_latency.json):
 1. One namespace is seeded with ``--units`` units directly through ``SqlMemoryStore`` (no Write path:
@@ -11,7 +11,9 @@ Set-up (what is measured is printed and written to bench/results/memory_latency.
 2. A real ``agentrt serve`` subprocess starts on that data directory (start-up = index rebuild from
    the database is timed), then every LoCoMo turn (5,882) is written into the same namespace through
    gRPC ``Write`` in calls of ``--batch`` messages: Write throughput while the background worker
-   derives exchange/session/fact units, links them and refits the GMM of the 100k-unit namespace.
+   derives exchange/session/fact units, links them and refits the GMM of the 100k-unit namespace. The
+   sessions are split into one phase per ``--writers`` entry (default ``1,4``): one client writing alone,
+   then four clients writing disjoint sessions at once (as a sidecar serving several conversations sees).
 3. Search latency over gRPC (client-side wall time, query embedding included, no query cache) for
    LoCoMo questions with top_k 10 and token_budget 400, once the background work has drained.
 4. Restart: the server is stopped (a clean shutdown writes the vector index snapshots) and started
@@ -151,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--batch", type=int, default=2, help="messages per Write call")
-    parser.add_argument("--writers", type=int, default=1, help="concurrent Write clients (disjoint sessions)")
+    parser.add_argument(
+        "--writers",
+        default="1,4",
+        help="concurrent Write clients (disjoint sessions); a comma list runs one phase per entry on its "
+        "own share of the sessions",
+    )
     parser.add_argument(
         "--write-sessions", type=int, default=0, help="write only the first N LoCoMo sessions (0 = all)"
     )
@@ -238,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             client.memory.Search(memory_pb2.SearchRequest(namespace="empty", query="hello", top_k=10))
             empty_search.append(time.perf_counter() - t)
 
-        # Write throughput with consolidation running (background derive, link, GMM refit). With
-        # --writers N, N clients write disjoint sessions at once (their commits can be grouped).
-        write_lat: list[float] = []
-
-        def write_all(group: list[dict[str, Any]]) -> int:
+        # Write throughput with consolidation running (background derive, link, GMM refit). Each entry of
+        # --writers is one phase on its own share of the sessions: N clients write disjoint sessions at
+        # once (their commits are grouped, their embeddings run on both cores); one client alone is
+        # bound by its own round trips.
+        def write_all(group: list[dict[str, Any]], lat: list[float]) -> int:
             written = 0
             for s in group:
                 sid = f"{s['conv']}-s{s['session']}"
@@ -255,21 +262,37 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     t = time.perf_counter()
                     client.write(NAMESPACE, sid, msgs)
-                    write_lat.append(time.perf_counter() - t)
+                    lat.append(time.perf_counter() - t)
                     written += len(msgs)
             return written
 
-        t_write = time.perf_counter()
-        with ThreadPoolExecutor(args.writers) as pool_writers:
-            n_messages = sum(pool_writers.map(write_all, [to_write[i :: args.writers] for i in range(args.writers)]))
-        write_s = time.perf_counter() - t_write
-        drain_s = wait_drained(client)
+        writer_counts = [int(w) for w in str(args.writers).split(",") if w.strip()]
+        write_phases: dict[str, Any] = {}
+        n_messages = 0
+        for phase, writers in enumerate(writer_counts):
+            share = to_write[phase :: len(writer_counts)]
+            write_lat: list[float] = []
+            t_write = time.perf_counter()
+            with ThreadPoolExecutor(writers) as pool_writers:
+                groups = [share[i::writers] for i in range(writers)]
+                written = sum(pool_writers.map(write_all, groups, [write_lat] * writers))
+            write_s = time.perf_counter() - t_write
+            drain_s = wait_drained(client)
+            n_messages += written
+            write_phases[f"writers_{writers}"] = {
+                "messages": written,
+                "messages_per_s_acknowledged": round(written / write_s, 1),
+                "messages_per_s_end_to_end": round(written / (write_s + drain_s), 1),
+                "drain_after_last_write_s": round(drain_s, 2),
+                "latency_per_call": percentiles(write_lat),
+            }
+            print(
+                f"Write, {writers} writer(s): {written} messages in {write_s:.1f} s = {written / write_s:.0f} msg/s "
+                f"acknowledged; background derivation drained {drain_s:.1f} s later "
+                f"({written / (write_s + drain_s):.0f} msg/s end to end), call p50 "
+                f"{write_phases[f'writers_{writers}']['latency_per_call']['p50_ms']} ms"
+            )
         stats = client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))
-        print(
-            f"Write: {n_messages} messages in {write_s:.1f} s = {n_messages / write_s:.0f} msg/s acknowledged; "
-            f"background derivation drained {drain_s:.1f} s later "
-            f"({n_messages / (write_s + drain_s):.0f} msg/s end to end)"
-        )
 
         search_lat = []
         for q in picked:
@@ -304,19 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             "edges": stats.edges,
             "locomo_turns_written": n_messages,
             "write_batch": args.batch,
-            "writers": args.writers,
+            "writers": writer_counts,
             "startup_s": round(first_startup_s, 2),
             "restart": {
                 "shutdown_s": round(shutdown_s, 2),
                 "startup_from_snapshot_s": round(server.startup_s, 2),
             },
             "seed_s": round(seed_s, 2),
-            "write": {
-                "messages_per_s_acknowledged": round(n_messages / write_s, 1),
-                "messages_per_s_end_to_end": round(n_messages / (write_s + drain_s), 1),
-                "drain_after_last_write_s": round(drain_s, 2),
-                "latency_per_call": percentiles(write_lat),
-            },
+            "write": write_phases,
             "search": search,
             "baselines": {
                 "health_rpc": percentiles(empty_rpc),

@@ -763,10 +763,15 @@ class MemoryEngine:
         """
         if not hasattr(self.embedder, "is_cached"):
             return 0
-        texts = list(dict.fromkeys([q for q in queries if q.strip()] + [turn_text(m) for m in messages]))
-        if texts:
-            self.embedder.embed(texts)
-        return len(texts)
+        turns = list(dict.fromkeys(turn_text(m) for m in messages))
+        rest = [q for q in dict.fromkeys(q for q in queries if q.strip()) if q not in turns]
+        # Turns first, in their own call: the caller's guard is usually embedding the query text (the user's
+        # message) at this very moment, so the query is then a cache hit, or an in-flight wait that no
+        # longer holds the turns back.
+        for texts in (turns, rest):
+            if texts:
+                self.embedder.embed(texts)
+        return len(turns) + len(rest)
 
     def search(self, namespace: str, query: SearchQuery) -> SearchResult:
         """Ranked, budget-packed hits for ``query``; an empty namespace gives no hits, not an error."""
