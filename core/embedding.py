@@ -7,6 +7,7 @@ loaded from its local path with the hub switched off: nothing is ever downloaded
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -150,7 +151,7 @@ class _OnnxEncoder:
 
     INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
-    def __init__(self, st_model: Any, threads: int):
+    def __init__(self, st_model: Any, threads: int, split: bool = True):
         import io
 
         import onnxruntime as ort
@@ -195,10 +196,36 @@ class _OnnxEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        # One helper thread when one intra-op thread leaves a core idle (see encode()).
+        cores = os.cpu_count() or 1
+        self._split_pool = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embedding-half")
+            if split and threads == 1 and cores >= 2
+            else None
+        )
 
     def encode(self, texts: list[str], batch_size: int, tokenizer_lock: threading.Lock | None = None) -> np.ndarray:
         """Vectors of ``texts``; ``tokenizer_lock`` guards the (not thread-safe) tokenizer, the session
-        itself may run in several threads at once."""
+        itself may run in several threads at once.
+
+        With one intra-op thread on a machine with more cores, a call of several texts is split in two
+        halves run at once (one here, one on a helper thread): a guard check of a multi-sentence text or
+        a Write of two turns then takes the time of half its texts instead of all of them. The halves
+        interleave the length order, so each pads to about the same length.
+        """
+        if self._split_pool is not None and len(texts) >= 2:
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            halves = [order[0::2], order[1::2]]
+            other = self._split_pool.submit(self._encode, [texts[i] for i in halves[1]], batch_size, tokenizer_lock)
+            first = self._encode([texts[i] for i in halves[0]], batch_size, tokenizer_lock)
+            second = other.result()
+            out = np.empty((len(texts), first.shape[1]), dtype=np.float32)
+            out[halves[0]] = first
+            out[halves[1]] = second
+            return out
+        return self._encode(texts, batch_size, tokenizer_lock)
+
+    def _encode(self, texts: list[str], batch_size: int, tokenizer_lock: threading.Lock | None) -> np.ndarray:
         # Sorted by length like sentence-transformers, so a batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), 0), dtype=np.float32)

@@ -288,7 +288,6 @@ def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
     try:
         msg = MemoryMessage("t1-u", "s1", "user", "Where did Ann move last spring?", datetime.now(UTC))
         assert engine.prefetch(["where does Ann live?", "  "], [msg]) == 2
-        # The turn first (the query is usually being embedded by the guard at that moment).
         assert inner.seen == ["user: Where did Ann move last spring?", "where does Ann live?"]
         inner.seen.clear()
         engine.write("ns", "s1", [msg])
