@@ -80,13 +80,11 @@ def _locomo_turns(max_sessions: int) -> tuple[list[tuple[str, list[dict[str, str
 
 def _Server(data_dir: str) -> EmbeddedServer:
     """An in-process sidecar on its own event loop (as the tests run it)."""
-    return EmbeddedServer(
-        Settings(
-            server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
-            storage={"data_dir": str(data_dir)},
-            log={"level": "WARNING", "format": "text"},
-        )
-    )
+    return EmbeddedServer(Settings(
+        server={"port": 0, "metrics_port": -1, "shutdown_grace_s": 1.0},
+        storage={"data_dir": str(data_dir)},
+        log={"level": "WARNING", "format": "text"},
+    ))
 
 
 def _direct_baseline(base_url: str, message: str, n: int) -> list[float]:
@@ -98,24 +96,15 @@ def _direct_baseline(base_url: str, message: str, n: int) -> list[float]:
     async def run() -> list[float]:
         out = []
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-
             async def call(messages: list[dict[str, Any]], temperature: float = 0.0, with_tools: bool = True) -> Any:
-                body = {
-                    "model": "default",
-                    "messages": messages,
-                    "temperature": temperature,
-                    "logprobs": True,
-                    "top_logprobs": 5,
-                    **({"tools": tools} if with_tools else {}),
-                }
+                body = {"model": "default", "messages": messages, "temperature": temperature, "logprobs": True,
+                        "top_logprobs": 5, **({"tools": tools} if with_tools else {})}
                 return (await client.post("/chat/completions", json=body)).json()
 
             for _ in range(n):
                 t0 = time.perf_counter()
-                base = [
-                    {"role": "system", "content": "You are a helpful assistant."},
-                    {"role": "user", "content": message},
-                ]
+                base = [{"role": "system", "content": "You are a helpful assistant."},
+                        {"role": "user", "content": message}]
                 await call(base)
                 first = await call([{**base[0], "content": base[0]["content"] + "\n\nMemories:\n- x"}, base[1]])
                 call_msg = first["choices"][0]["message"]
@@ -135,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=5, help="LoCoMo conv-26 sessions written to memory first")
     args = ap.parse_args(argv)
 
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "tests.agent.openai_stub"], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
+    stub = subprocess.Popen([sys.executable, "-m", "tests.agent.openai_stub"], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
     assert stub.stdout is not None
     base_url = stub.stdout.readline().strip()
     tmp = tempfile.TemporaryDirectory(prefix="bench-agent-")
@@ -184,12 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 kinds = [e.WhichOneof("event") for e in events]
                 status = agent_pb2.TurnStatus.Name(events[-1].result.status)
-                full = (
-                    "retrieval" in kinds
-                    and kinds.count("tool_call") == 1
-                    and kinds.count("candidate") == 3
-                    and status == "TURN_STATUS_COMPLETED"
-                )
+                full = ("retrieval" in kinds and kinds.count("tool_call") == 1 and kinds.count("candidate") == 3
+                        and status == "TURN_STATUS_COMPLETED")
                 counts[status] += 1
                 if not full:
                     counts["left_out"] += 1
@@ -204,13 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                         stage_s[e.stage.name].append(e.stage.elapsed_ms / 1000)
             overhead = [t - lm for t, lm in zip(turn_s, llm_s, strict=True)]
             return {
-                "overhead": percentiles(overhead),
-                "turn": percentiles(turn_s),
-                "llm_in_turn": percentiles(llm_s),
+                "overhead": percentiles(overhead), "turn": percentiles(turn_s), "llm_in_turn": percentiles(llm_s),
                 "sidecar_cpu_per_turn": percentiles(cpu_s),
                 "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in stage_s.items()},
-                "counts": dict(counts),
-                "llm_calls_per_turn": round(counts["llm_calls"] / max(1, len(turn_s)), 2),
+                "counts": dict(counts), "llm_calls_per_turn": round(counts["llm_calls"] / max(1, len(turn_s)), 2),
             }
 
         full = measure("full")
@@ -231,12 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             async def prefetch(self, query: str, messages: Any) -> None:
                 return None
 
-        rt.extras["agent_ports"] = {
-            "guard": lambda rt, scope: AllowAllGuard(),
-            "gates": lambda rt, scope: DefaultGates(),
-            "selector": lambda rt, scope: ConfidenceSelector(),
-            "memory": lambda rt, scope: _OneMemory(),
-        }
+        rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard(),
+                                    "gates": lambda rt, scope: DefaultGates(),
+                                    "selector": lambda rt, scope: ConfidenceSelector(),
+                                    "memory": lambda rt, scope: _OneMemory()}
         graph_only = measure("graph")
         rt.extras.pop("agent_ports")
         baseline = _direct_baseline(base_url, f'[unsure] {questions[0]} [call:echo {{"q": "x"}}]', args.turns)
@@ -248,14 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.cleanup()
 
     res = {
-        "setup": {
-            "turns": args.turns,
-            "warmup": args.warmup,
-            "memory_messages": n_messages,
-            "candidates": 3,
-            "tool_calls_per_turn": 1,
-            "llm": "tests/agent/openai_stub.py (separate process)",
-        },
+        "setup": {"turns": args.turns, "warmup": args.warmup, "memory_messages": n_messages,
+                  "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
         "full": full,
         "graph_only_default_components": graph_only,
         "baseline_direct_llm_calls": percentiles(baseline),
@@ -265,10 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     m = machine()
     print(f"machine: {m['cpu_count']} CPUs, {m['platform']}, load average {res['load_average_1m_at_end']}")
-    print(
-        f"memory: {n_messages} LoCoMo messages; turns with retrieval + 1 tool call + 3 candidates "
-        f"({full['llm_calls_per_turn']} LLM calls/turn)"
-    )
+    print(f"memory: {n_messages} LoCoMo messages; turns with retrieval + 1 tool call + 3 candidates "
+          f"({full['llm_calls_per_turn']} LLM calls/turn)")
     for label, r in (("real components", full), ("built-in defaults", graph_only)):
         print(f"{label}: {r['counts']}")
         for name in ("overhead", "turn", "llm_in_turn", "sidecar_cpu_per_turn"):
@@ -277,10 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  stage p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_p50_ms"].items()))
     b = res["baseline_direct_llm_calls"]
     print(f"baseline, the same 5 LLM calls made directly: p50 {b['p50_ms']:.2f} ms")
-    print(
-        f"RunTurn overhead p50: {full['overhead']['p50_ms']:.2f} ms with the real components, "
-        f"{graph_only['overhead']['p50_ms']:.2f} ms with built-in defaults (target <= 30 ms)"
-    )
+    print(f"RunTurn overhead p50: {full['overhead']['p50_ms']:.2f} ms with the real components, "
+          f"{graph_only['overhead']['p50_ms']:.2f} ms with built-in defaults (target <= 30 ms)")
     path = write_result("agent", res)
     print(f"wrote {path}")
     return 0

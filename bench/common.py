@@ -57,12 +57,8 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write bench/results/<name>.json with the machine and a timestamp added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {
-        "benchmark": name,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
-        **payload,
-    }
+    out = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": machine(), **payload}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(out, indent=2, sort_keys=False) + "\n")
     return path

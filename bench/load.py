@@ -54,27 +54,20 @@ from runtime.process import ServerProcess as SharedServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "load"
-_TEXT = (
-    "alice moved to lisbon last spring and started a ceramics class while bob kept his job in berlin "
-    "they talk every sunday about books hiking plans and the garden project"
-)
+_TEXT = ("alice moved to lisbon last spring and started a ceramics class while bob kept his job in berlin "
+         "they talk every sunday about books hiking plans and the garden project")
 WORDS = tuple(_TEXT.split(" "))
 Call = Callable[[float], Awaitable[Any]]
 
 
 # ------------------------------------------------------------------------------------------ server
 
-
 class ServerProcess(SharedServerProcess):
     """``agentrt serve`` as a subprocess on a free port, with its RSS sampled in a thread."""
 
     def __init__(self, data_dir: Path, env: dict[str, str], database_url: str | None):
-        super().__init__(
-            data_dir,
-            database_url=database_url,
-            env={"AGENTRT_LOG__LEVEL": "WARNING", **env},
-            log_path=data_dir / "server.log",
-        )
+        super().__init__(data_dir, database_url=database_url, env={"AGENTRT_LOG__LEVEL": "WARNING", **env},
+                         log_path=data_dir / "server.log")
         self.rss_samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -121,7 +114,6 @@ def start_noop_tool() -> tuple[ThreadingHTTPServer, str]:
 
 # ------------------------------------------------------------------------------------------ workload
 
-
 def _sentence(rng: random.Random, n: int = 16) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
@@ -130,13 +122,9 @@ def _tokens(rng: random.Random, n: int = 24) -> list[common_pb2.TokenLogprob]:
     out = []
     for _ in range(n):
         top = sorted((rng.uniform(-6, 0) for _ in range(5)), reverse=True)
-        out.append(
-            common_pb2.TokenLogprob(
-                token=rng.choice(WORDS),
-                logprob=top[0],
-                top_logprobs=[common_pb2.TopLogprob(token=rng.choice(WORDS), logprob=lp) for lp in top],
-            )
-        )
+        out.append(common_pb2.TokenLogprob(
+            token=rng.choice(WORDS), logprob=top[0],
+            top_logprobs=[common_pb2.TopLogprob(token=rng.choice(WORDS), logprob=lp) for lp in top]))
     return out
 
 
@@ -152,53 +140,42 @@ def workload(channel: grpc.aio.Channel) -> dict[str, Call]:
 
     def write(timeout: float) -> Awaitable[Any]:
         n = next(counter)
-        msg = memory_pb2.Message(
-            id=f"m{n}-{uuid.uuid4().hex[:6]}", speaker=rng.choice(["alice", "bob"]), text=_sentence(rng)
-        )
-        return memory.Write(
-            memory_pb2.WriteRequest(namespace=NAMESPACE, session_id=f"s{n // 20}", messages=[msg]), timeout=timeout
-        )
+        msg = memory_pb2.Message(id=f"m{n}-{uuid.uuid4().hex[:6]}", speaker=rng.choice(["alice", "bob"]),
+                                 text=_sentence(rng))
+        return memory.Write(memory_pb2.WriteRequest(namespace=NAMESPACE, session_id=f"s{n // 20}",
+                                                    messages=[msg]), timeout=timeout)
 
     def search(timeout: float) -> Awaitable[Any]:
-        return memory.Search(
-            memory_pb2.SearchRequest(namespace=NAMESPACE, query=_sentence(rng, 6), top_k=5), timeout=timeout
-        )
+        return memory.Search(memory_pb2.SearchRequest(namespace=NAMESPACE, query=_sentence(rng, 6), top_k=5),
+                             timeout=timeout)
 
     def check(timeout: float) -> Awaitable[Any]:
-        return guard.Check(
-            guard_pb2.CheckRequest(namespace=NAMESPACE, stage=common_pb2.STAGE_INPUT, text=_sentence(rng, 12)),
-            timeout=timeout,
-        )
+        return guard.Check(guard_pb2.CheckRequest(namespace=NAMESPACE, stage=common_pb2.STAGE_INPUT,
+                                                  text=_sentence(rng, 12)), timeout=timeout)
 
     def decide(timeout: float) -> Awaitable[Any]:
-        return gate.Decide(
-            gate_pb2.DecideRequest(namespace=NAMESPACE, gate=common_pb2.GATE_RETRIEVE, tokens=_tokens(rng)),
-            timeout=timeout,
-        )
+        return gate.Decide(gate_pb2.DecideRequest(namespace=NAMESPACE, gate=common_pb2.GATE_RETRIEVE,
+                                                  tokens=_tokens(rng)), timeout=timeout)
 
     def select_(timeout: float) -> Awaitable[Any]:
-        cands = [
-            select_pb2.Candidate(agent_id=f"a{i}", answer=_sentence(rng, 8), tokens=_tokens(rng, 12)) for i in range(3)
-        ]
+        cands = [select_pb2.Candidate(agent_id=f"a{i}", answer=_sentence(rng, 8), tokens=_tokens(rng, 12))
+                 for i in range(3)]
         return select.Select(select_pb2.SelectRequest(namespace=NAMESPACE, candidates=cands), timeout=timeout)
 
     def invoke(timeout: float) -> Awaitable[Any]:
-        return tool.Invoke(
-            tool_pb2.InvokeToolRequest(namespace=NAMESPACE, name="noop", arguments_json="{}"), timeout=timeout
-        )
+        return tool.Invoke(tool_pb2.InvokeToolRequest(namespace=NAMESPACE, name="noop", arguments_json="{}"),
+                           timeout=timeout)
 
-    return {"Write": write, "Search": search, "Check": check, "Decide": decide, "Select": select_, "Invoke": invoke}
+    return {"Write": write, "Search": search, "Check": check, "Decide": decide, "Select": select_,
+            "Invoke": invoke}
 
 
 async def register_tool(channel: grpc.aio.Channel, url: str) -> str | None:
     """Register the no-op HTTP tool; returns why not where ToolService cannot."""
     stub = tool_pb2_grpc.ToolServiceStub(channel)
-    tool = tool_pb2.Tool(
-        name="noop",
-        description="does nothing (load benchmark)",
-        input_schema_json='{"type": "object"}',
-        http=tool_pb2.HttpToolExecutor(url=url, method="POST"),
-    )
+    tool = tool_pb2.Tool(name="noop", description="does nothing (load benchmark)",
+                         input_schema_json='{"type": "object"}',
+                         http=tool_pb2.HttpToolExecutor(url=url, method="POST"))
     try:
         await stub.Register(tool_pb2.RegisterToolRequest(namespace=NAMESPACE, tool=tool), timeout=30)
         return None
@@ -218,7 +195,8 @@ async def probe(calls: dict[str, Call]) -> tuple[dict[str, Call], dict[str, str]
     return kept, dropped
 
 
-async def drive(calls: dict[str, Call], concurrency: int, duration: float, timeout: float = 10.0) -> dict[str, Any]:
+async def drive(calls: dict[str, Call], concurrency: int, duration: float,
+                timeout: float = 10.0) -> dict[str, Any]:
     """``concurrency`` clients calling round-robin over ``calls`` for ``duration`` seconds."""
     loop = asyncio.get_running_loop()
     names = list(calls)
@@ -247,18 +225,12 @@ async def drive(calls: dict[str, Call], concurrency: int, duration: float, timeo
     elapsed = time.perf_counter() - t0
     per_rpc = {}
     for name in names:
-        per_rpc[name] = {
-            **percentiles(latencies[name]),
-            "ok_per_s": round(codes[name]["OK"] / elapsed, 2),
-            "codes": dict(codes[name]),
-        }
+        per_rpc[name] = {**percentiles(latencies[name]), "ok_per_s": round(codes[name]["OK"] / elapsed, 2),
+                         "codes": dict(codes[name])}
     ok = sum(c["OK"] for c in codes.values())
     total = sum(sum(c.values()) for c in codes.values())
     return {
-        "concurrency": concurrency,
-        "elapsed_s": round(elapsed, 3),
-        "calls": total,
-        "ok": ok,
+        "concurrency": concurrency, "elapsed_s": round(elapsed, 3), "calls": total, "ok": ok,
         "throughput_ok_per_s": round(ok / elapsed, 2),
         "shed_fraction": round(sum(c["RESOURCE_EXHAUSTED"] for c in codes.values()) / max(total, 1), 4),
         "shed_latency": percentiles(shed_latencies) if shed_latencies else None,
@@ -274,16 +246,15 @@ def health_call(channel: grpc.aio.Channel) -> dict[str, Call]:
 
 # ------------------------------------------------------------------------------------------ phases
 
-
-async def ramp(
-    server: ServerProcess, tool_url: str, levels: list[int], duration: float, pg: PostgresProbe | None = None
-) -> dict[str, Any]:
+async def ramp(server: ServerProcess, tool_url: str, levels: list[int], duration: float,
+               pg: PostgresProbe | None = None) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         not_registered = await register_tool(channel, tool_url)
         calls, dropped = await probe(workload(channel))
         if not_registered:
             dropped.setdefault("Invoke", not_registered)
-        print(f"mixed workload: {', '.join(calls) or 'nothing'}" + (f"; left out: {dropped}" if dropped else ""))
+        print(f"mixed workload: {', '.join(calls) or 'nothing'}"
+              + (f"; left out: {dropped}" if dropped else ""))
         rows = []
         best, flat = 0.0, 0
         for c in levels:
@@ -292,14 +263,9 @@ async def ramp(
             pg_cpu0 = PostgresProbe.cpu_seconds() if pg else 0.0
             mixed = await drive(calls, c, duration) if calls else None
             rss = server.max_rss_between(t0, time.monotonic())
-            row = {
-                "concurrency": c,
-                "baseline": base,
-                "mixed": mixed,
-                "server_max_rss_mb": round(rss / 2**20, 1),
-                # Other work on the machine skews every figure; the 1-minute load average says how much.
-                "loadavg_1m": round(os.getloadavg()[0], 2),
-            }
+            row = {"concurrency": c, "baseline": base, "mixed": mixed, "server_max_rss_mb": round(rss / 2**20, 1),
+                   # Other work on the machine skews every figure; the 1-minute load average says how much.
+                   "loadavg_1m": round(os.getloadavg()[0], 2)}
             if pg and mixed:
                 cpu = PostgresProbe.cpu_seconds() - pg_cpu0
                 row["postgres"] = {
@@ -317,34 +283,24 @@ async def ramp(
                 flat += 1
                 if flat >= 2:  # saturated: two levels in a row without 5% more throughput
                     break
-        return {
-            "levels": rows,
-            "workload": list(calls),
-            "left_out": dropped,
-            "saturated_at": rows[-1]["concurrency"] if flat >= 2 else None,
-            "best_throughput_ok_per_s": best,
-        }
+        return {"levels": rows, "workload": list(calls), "left_out": dropped, "saturated_at": rows[-1]["concurrency"]
+                if flat >= 2 else None, "best_throughput_ok_per_s": best}
 
 
-async def overload(server: ServerProcess, tool_url: str, concurrency: int, duration: float, cap: int) -> dict[str, Any]:
+async def overload(server: ServerProcess, tool_url: str, concurrency: int, duration: float,
+                   cap: int) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         await register_tool(channel, tool_url)
         calls, _ = await probe(workload(channel))
         t0 = time.monotonic()
         result = await drive(calls or health_call(channel), concurrency, duration)
         rss = server.max_rss_between(t0, time.monotonic())
-        out = {
-            "max_concurrent_rpcs": cap,
-            **result,
-            "server_max_rss_mb": round(rss / 2**20, 1),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-        }
+        out = {"max_concurrent_rpcs": cap, **result, "server_max_rss_mb": round(rss / 2**20, 1),
+               "loadavg_1m": round(os.getloadavg()[0], 2)}
         shed_p50 = (result["shed_latency"] or {}).get("p50_ms")
-        print(
-            f"\noverload: cap {cap}, {concurrency} clients: {result['calls']} calls, shed (RESOURCE_EXHAUSTED) "
-            f"{100 * result['shed_fraction']:.1f}%, ok {result['throughput_ok_per_s']}/s, shed reply p50 "
-            f"{shed_p50} ms, server RSS max {out['server_max_rss_mb']} MB"
-        )
+        print(f"\noverload: cap {cap}, {concurrency} clients: {result['calls']} calls, shed (RESOURCE_EXHAUSTED) "
+              f"{100 * result['shed_fraction']:.1f}%, ok {result['throughput_ok_per_s']}/s, shed reply p50 "
+              f"{shed_p50} ms, server RSS max {out['server_max_rss_mb']} MB")
         return out
 
 
@@ -370,9 +326,9 @@ class PostgresProbe:
                     stat = f.read()
             except OSError:
                 continue
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
             if name == "postgres" or name.startswith("postgres:"):
-                fields = stat[stat.rindex(")") + 2 :].split()
+                fields = stat[stat.rindex(")") + 2:].split()
                 total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / ticks
 
@@ -394,27 +350,21 @@ class PostgresProbe:
 
 def _print_level(row: dict[str, Any]) -> None:
     base = row["baseline"]
-    print(
-        f"\nconcurrency {row['concurrency']:>3}: baseline Health.Check {base['throughput_ok_per_s']:>8.1f}/s "
-        f"p50 {base['all']['p50_ms']:.2f} ms p99 {base['all']['p99_ms']:.2f} ms | server RSS max "
-        f"{row['server_max_rss_mb']} MB | load average {row['loadavg_1m']}"
-    )
+    print(f"\nconcurrency {row['concurrency']:>3}: baseline Health.Check {base['throughput_ok_per_s']:>8.1f}/s "
+          f"p50 {base['all']['p50_ms']:.2f} ms p99 {base['all']['p99_ms']:.2f} ms | server RSS max "
+          f"{row['server_max_rss_mb']} MB | load average {row['loadavg_1m']}")
     mixed = row["mixed"]
     if not mixed:
         return
     print(f"  mixed {mixed['throughput_ok_per_s']:>8.1f} ok/s, shed {100 * mixed['shed_fraction']:.1f}%")
     if "postgres" in row:
         pg = row["postgres"]
-        print(
-            f"  postgres: {pg['cpu_share_of_one_core']:.2f} cores busy, {pg['cpu_ms_per_ok_call']:.2f} ms CPU per "
-            f"call, {pg['max_connections_so_far']} connections max"
-        )
+        print(f"  postgres: {pg['cpu_share_of_one_core']:.2f} cores busy, {pg['cpu_ms_per_ok_call']:.2f} ms CPU per "
+              f"call, {pg['max_connections_so_far']} connections max")
     for name, r in mixed["rpcs"].items():
         errors = {k: v for k, v in r["codes"].items() if k != "OK"}
-        print(
-            f"    {name:<8} {r['ok_per_s']:>8.1f}/s  p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms"
-            + (f"  errors {errors}" if errors else "")
-        )
+        print(f"    {name:<8} {r['ok_per_s']:>8.1f}/s  p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms"
+              + (f"  errors {errors}" if errors else ""))
 
 
 def _postgres_database() -> tuple[str, Callable[[], None]]:
@@ -473,9 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                 url, drop = _postgres_database()
             server = ServerProcess(data, cap_env, url)
             try:
-                over = asyncio.run(
-                    overload(server, tool_url, args.overload_concurrency, args.duration, args.overload_cap)
-                )
+                over = asyncio.run(overload(server, tool_url, args.overload_concurrency, args.duration,
+                                            args.overload_cap))
             finally:
                 server.stop()
     finally:
@@ -483,14 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         if drop is not None:
             drop()
     payload = {
-        "config": {
-            "backend": args.backend,
-            "embedder": args.embedder,
-            "duration_s": args.duration,
-            "levels": levels,
-            "client": "grpc.aio, one channel, in the benchmark process",
-            "server": "agentrt serve subprocess, default settings (max_concurrent_rpcs 64, 8 workers)",
-        },
+        "config": {"backend": args.backend, "embedder": args.embedder, "duration_s": args.duration,
+                   "levels": levels, "client": "grpc.aio, one channel, in the benchmark process",
+                   "server": "agentrt serve subprocess, default settings (max_concurrent_rpcs 64, 8 workers)"},
         "server_idle_rss_mb": round(idle_rss / 2**20, 1),
         "ramp": ramp_result,
         "overload": over,

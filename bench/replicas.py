@@ -80,11 +80,8 @@ def measure_lag(clients: list[AgentrtClient], writes: int) -> dict[str, Any]:
             for reader in clients:
                 if reader is not writer:
                     deletes.append(_wait(lambda r=reader, t=token, m=mid: not _visible(r, t, m)))
-    return {
-        "write_to_search_same_replica": percentiles(local),
-        "write_to_search_other_replica": percentiles(remote),
-        "delete_to_gone_other_replica": percentiles(deletes),
-    }
+    return {"write_to_search_same_replica": percentiles(local), "write_to_search_other_replica": percentiles(remote),
+            "delete_to_gone_other_replica": percentiles(deletes)}
 
 
 def measure_throughput(targets: list[str], clients_n: int, duration: float) -> float:
@@ -96,11 +93,8 @@ def measure_throughput(targets: list[str], clients_n: int, duration: float) -> f
             n = 0
             while time.perf_counter() < stop:
                 try:
-                    c.write(
-                        NS,
-                        f"t{k}",
-                        [{"id": f"tp-{k}-{n}-{j}", "speaker": "bench", "text": f"load {k} {n} {j}"} for j in range(4)],
-                    )
+                    c.write(NS, f"t{k}", [{"id": f"tp-{k}-{n}-{j}", "speaker": "bench", "text": f"load {k} {n} {j}"}
+                                          for j in range(4)])
                     done[k] += 4
                 except grpc.RpcError:
                     pass
@@ -141,7 +135,8 @@ def main(argv: list[str]) -> int:
         clients.pop().close()
         down.stop()
         missed = [f"cu-{i}" for i in range(50)]
-        clients[0].write(NS, "catchup", [{"id": m, "speaker": "bench", "text": f"catchup marker {m}"} for m in missed])
+        clients[0].write(NS, "catchup", [{"id": m, "speaker": "bench", "text": f"catchup marker {m}"}
+                                         for m in missed])
         t0 = time.perf_counter()
         d = tmp / "r-restarted"
         d.mkdir()
@@ -162,13 +157,8 @@ def main(argv: list[str]) -> int:
         drop()
 
     result = {
-        "setup": {
-            "replicas": args.replicas,
-            "writes": args.writes,
-            "embedder": args.embedder,
-            "database": "PostgreSQL 127.0.0.1:5432 (one local server)",
-            "clients": args.clients,
-        },
+        "setup": {"replicas": args.replicas, "writes": args.writes, "embedder": args.embedder,
+                  "database": "PostgreSQL 127.0.0.1:5432 (one local server)", "clients": args.clients},
         "lag": lag,
         "catch_up_after_restart_s": round(catch_up_s, 3),
         "catch_up_note": "includes process start (model load, index rebuild from the database)",

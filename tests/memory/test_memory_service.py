@@ -27,6 +27,8 @@ def turns(prefix: str = "m") -> list[dict]:  # type: ignore[type-arg]
     ]
 
 
+
+
 def hit_ids(response: memory_pb2.SearchResponse) -> set[str]:
     return {mid for hit in response.hits for mid in hit.message_ids}
 
@@ -184,14 +186,8 @@ def test_consolidate_applies_the_namespace_retention_policy(make_server) -> None
     srv = make_server(embedding_model="hashing", policies=policies)
     old = datetime.now(UTC) - timedelta(days=400)
     for ns in ("kept", "other"):
-        srv.client.write(
-            ns,
-            "s1",
-            [
-                {"id": "old", "speaker": "a", "text": "the very old news", "time": old},
-                {"id": "new", "speaker": "a", "text": "fresh news", "time": datetime.now(UTC)},
-            ],
-        )
+        srv.client.write(ns, "s1", [{"id": "old", "speaker": "a", "text": "the very old news", "time": old},
+                                    {"id": "new", "speaker": "a", "text": "fresh news", "time": datetime.now(UTC)}])
     # The background worker applies the same policy after deriving the session, so the old message may
     # already be gone (and counted there) before this call: the effect is what is asserted.
     srv.client.memory.Consolidate(memory_pb2.ConsolidateRequest(namespace="kept"))
