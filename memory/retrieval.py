@@ -270,26 +270,43 @@ class _Scorer:
         self.qvec = qvec
         self.terms = terms
         self.lexical = index.lexical(granularity)
-        self._cache: dict[int, tuple[float, float]] = {}
+        self._dense: dict[int, float] = {}
+        self._lex: dict[int, float] = {}
+
+    def prime(self, keys: np.ndarray, dense: np.ndarray | None = None, lex: np.ndarray | None = None) -> None:
+        """Record scores a candidate search already computed (FAISS inner products, BM25 sums), so
+        :meth:`raw` does not compute them again."""
+        if dense is not None:
+            self._dense.update(zip(keys.tolist(), np.asarray(dense, dtype=np.float64).tolist(), strict=True))
+        if lex is not None:
+            self._lex.update(zip(keys.tolist(), np.asarray(lex, dtype=np.float64).tolist(), strict=True))
 
     def raw(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
-        if missing:
-            vectors = [self.index.vector(k) for k in missing]
+        dense_of, lex_of = self._dense, self._lex
+        distinct = list(dict.fromkeys(keys))
+        need_dense = [k for k in distinct if k not in dense_of]
+        if need_dense:
+            vectors = list(map(self.index.vector, need_dense))
             present = [i for i, v in enumerate(vectors) if v is not None]
-            dense = np.full(len(missing), -1.0)
-            if present:
+            found = [v for v in vectors if v is not None]
+            dense = np.full(len(need_dense), -1.0)
+            if found:
                 # One matrix-vector product instead of a dot per key.
-                dense[present] = np.stack([v for v in vectors if v is not None]) @ self.qvec
+                dense[present] = np.stack(found) @ self.qvec
+            dense_of.update(zip(need_dense, dense.tolist(), strict=True))
+        need_lex = [k for k in distinct if k not in lex_of]
+        if need_lex:
             lex = (
-                self.lexical.score(self.terms, missing).astype(np.float64)
+                self.lexical.score(self.terms, need_lex).astype(np.float64)
                 if self.lexical is not None and self.terms
-                else np.zeros(len(missing))
+                else np.zeros(len(need_lex))
             )
-            self._cache.update(zip(missing, zip(dense.tolist(), lex.tolist(), strict=True), strict=True))
-        pairs = [self._cache[k] for k in keys]
-        both = np.array(pairs, dtype=np.float64).reshape(-1, 2)
-        return both[:, 0].copy(), both[:, 1].copy()
+            lex_of.update(zip(need_lex, lex.tolist(), strict=True))
+        n = len(keys)
+        return (
+            np.fromiter(map(dense_of.__getitem__, keys), dtype=np.float64, count=n),
+            np.fromiter(map(lex_of.__getitem__, keys), dtype=np.float64, count=n),
+        )
 
 
 _TURN_CACHES: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
@@ -329,7 +346,8 @@ class LexicalStage:
     policy: RetrievalPolicy
     terms: list[str]
     granularities: list[Granularity]
-    candidates: dict[Granularity, np.ndarray]
+    # Per granularity: (keys, BM25 scores) of the lexical candidates, best first.
+    candidates: dict[Granularity, tuple[np.ndarray, np.ndarray]]
 
 
 def _candidate_count(pol: RetrievalPolicy, granularity: Granularity) -> int:
@@ -345,13 +363,13 @@ def lexical_stage(
     present = index.granularities()
     if query.granularities:
         present = [g for g in present if g in query.granularities]
-    candidates: dict[Granularity, np.ndarray] = {}
+    candidates: dict[Granularity, tuple[np.ndarray, np.ndarray]] = {}
     for g in present:
         lexical = index.lexical(g)
         candidates[g] = (
-            lexical.search_arrays(terms, _candidate_count(pol, g), max_df=pol.lexical_max_df)[0]
+            lexical.search_arrays(terms, _candidate_count(pol, g), max_df=pol.lexical_max_df)
             if terms and lexical is not None
-            else np.zeros(0, dtype=np.int64)
+            else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         )
     return LexicalStage(pol, terms, present, candidates)
 
@@ -377,8 +395,13 @@ def search(
     scorers = {g: _Scorer(index, g, qvec, terms) for g in present}
     pools: dict[Granularity, _Pool] = {}
     for g in present:
-        dk, _ = index.dense_search(g, qvec, _candidate_count(pol, g))
-        lk = stage.candidates[g]
+        dk, dscore = index.dense_search(g, qvec, _candidate_count(pol, g))
+        lk, lscore = stage.candidates[g]
+        # The candidate searches computed these scores already: FAISS returns exact inner products of the
+        # stored vectors, BM25 the sums over every query term (not when max_df dropped common terms).
+        scorers[g].prime(dk, dense=dscore)
+        if pol.lexical_max_df is None:
+            scorers[g].prime(lk, lex=lscore)
         fetched = [(x, index.unit(x)) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()])]
         kept = [(x, u) for x, u in fetched if u is not None and _allowed(u, query)]
         if not kept:
@@ -531,11 +554,11 @@ def _apply_cues(
 ) -> None:
     """Speaker, explicit-time and recency cues of the query."""
     lowered = set(re.findall(r"\w+", text.lower()))
-    speakers = {speaker_of(u.text) for u in candidates.values()} - {""}
-    named = [s for s in speakers if s.lower() in lowered]
+    speaker = {tk: speaker_of(u.text) for tk, u in candidates.items()}
+    named = [s for s in set(speaker.values()) - {""} if s.lower() in lowered]
     if len(named) == 1 and pol.speaker_boost:
-        for tk, unit in candidates.items():
-            if speaker_of(unit.text) == named[0]:
+        for tk, said_by in speaker.items():
+            if said_by == named[0]:
                 scores[tk] += pol.speaker_boost
     cues = time_cues(text)
     if cues and pol.time_boost:
