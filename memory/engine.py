@@ -426,8 +426,25 @@ class MemoryEngine:
             # Vectors of another model are useless to this one: re-embed and persist them.
             log.info("re-embedding units of another model", extra={"namespace": namespace, "units": len(stale)})
             # Not yielding to foreground calls: this runs under the namespace lock they may be waiting for.
-            vectors = self.embedder.embed([s.unit.text for s in stale])
-            redone = [replace(s, vector=v, model=self.embedder.name) for s, v in zip(stale, vectors, strict=True)]
+            # Turns first; derived units are then composed from the turns' new vectors like any derivation.
+            turns = [s for s in stale if s.unit.granularity == Granularity.TURN]
+            derived = [s for s in stale if s.unit.granularity != Granularity.TURN]
+            turn_vectors = self.embedder.embed([s.unit.text for s in turns])
+            redone = [replace(s, vector=v, model=self.embedder.name) for s, v in zip(turns, turn_vectors, strict=True)]
+            if derived and UnitPolicy.from_mapping(self._policy(namespace)).composed_vectors:
+                turn_of = {s.unit.message_ids[0]: s for s in units + redone if s.unit.granularity == Granularity.TURN}
+                words = {mid: len(s.unit.text.split()) for mid, s in turn_of.items()}
+                composed, derived_left = compose_vectors(
+                    [s.unit for s in derived], {mid: s.vector for mid, s in turn_of.items()}, words
+                )
+                by_id = {s.unit.id: s for s in derived}
+                redone += [replace(by_id[u.id], vector=v, model=self.embedder.name) for u, v in composed]
+                derived = [by_id[u.id] for u in derived_left]
+            if derived:
+                vectors = self.embedder.embed([s.unit.text for s in derived])
+                redone += [
+                    replace(s, vector=v, model=self.embedder.name) for s, v in zip(derived, vectors, strict=True)
+                ]
             generation = self.store.apply(namespace, Change(insert_units=redone))
             units += redone
         reused = index.load(units, snapshot.dense if snapshot is not None else {})

@@ -354,3 +354,52 @@ def test_derived_units_take_their_turns_vectors_without_a_model_pass(store_facto
         assert (set(embedder.seen) <= turn_texts) is composed
     finally:
         engine.close()
+
+
+def test_units_of_another_model_are_re_embedded_at_load_with_derived_units_composed() -> None:
+    import numpy as np
+
+    from core.embedding import HashingEmbedder
+    from memory.store import InMemoryStore
+
+    class Renamed(HashingEmbedder):
+        """Another model: different name, different vectors."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        @property
+        def name(self) -> str:
+            return "renamed-model"
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            self.seen.extend(texts)
+            return super().embed([t.upper() + " v2" for t in texts])
+
+    store = InMemoryStore()
+    first = MemoryEngine(store, HashingEmbedder(), background=False)
+    first.load()
+    first.write(NS, "s1", messages())
+    first.flush()
+    first.close()
+
+    embedder = Renamed()
+    second = MemoryEngine(store, embedder, background=False)
+    try:
+        second.load()
+        index = second.index(NS)
+        stored = {s.unit.id: s for batch in store.iter_units(NS) for s in batch}
+        assert {s.model for s in stored.values()} == {"renamed-model"}
+        turns = {s.unit.message_ids[0]: s for s in stored.values() if s.unit.granularity == Granularity.TURN}
+        # Only the turns went through the new model; windows, digests and facts were composed from them.
+        assert sorted(embedder.seen) == sorted(s.unit.text for s in turns.values())
+        derived = [s for s in stored.values() if s.unit.granularity != Granularity.TURN]
+        assert derived
+        for s in derived:
+            weights = [np.sqrt(len(turns[mid].unit.text.split())) for mid in s.unit.message_ids]
+            expected = sum(w * turns[mid].vector for w, mid in zip(weights, s.unit.message_ids, strict=True))
+            np.testing.assert_allclose(s.vector, expected / np.linalg.norm(expected), atol=1e-5)
+            np.testing.assert_allclose(index.vector(s.key), s.vector, atol=1e-6)
+    finally:
+        second.close()
