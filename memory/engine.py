@@ -5,17 +5,18 @@ Transport-neutral: it takes domain values, raises ``core.errors``, and never tou
 Write path (the database is the source of truth):
   1. validate; assign ids to messages without one; compare content hashes (same id + same content =
      unchanged, so resending is a no-op);
-  2. derive the session's units (``memory.units.derive_units``), embed the *turn* units that are new or
-     changed (outside the namespace lock), and commit messages + turn units + a "session pending" mark in
-     one transaction, shared with the other Writes queued meanwhile (group commit, ``_commit``);
+  2. derive the *turn* units of the new or changed messages (``memory.units.turn_units``), embed them
+     (outside the namespace lock), and commit messages + turn units + a "session pending" mark in one
+     transaction, shared with the other Writes queued meanwhile (group commit, ``_commit``);
   3. apply the committed change to the in-memory indexes and reply. Raw turns are searchable as soon
      as Write returns (read-your-writes);
-  4. a background worker re-derives pending sessions (exchange, session and fact units), commits them
-     together with clearing the mark, links new units into the association graph and refits the GMM
-     when the namespace has grown enough. Several writes to one session coalesce into one re-derive.
+  4. a background worker re-derives pending sessions (exchange, session and fact units, whose vectors are
+     composed from their turns' vectors: ``compose_vectors``), commits them together with clearing the
+     mark, links new units into the association graph and refits the GMM when the namespace has grown
+     enough. Several writes to one session coalesce into one re-derive.
 
-Foreground first: Write, Search and Delete go before background work, which embeds in small chunks and
-starts each chunk or association step only in a quiet moment (``_Priority``).
+Foreground first: Write, Search and Delete go before background work, which starts each chunk or
+association step only in a quiet moment and yields every few units inside one (``_Priority``).
 
 Crash safety: the index remembers the store generation it reflects; if an index update fails after
 the commit it is rebuilt from the database on the next access, and on start every index is built from
