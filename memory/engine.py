@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -183,10 +183,10 @@ class _Namespace:
 
 
 def compose_vectors(
-    units: Sequence[MemoryUnit], turn_vectors: Mapping[str, np.ndarray], words: Mapping[str, int]
+    units: Sequence[MemoryUnit], stored: Iterable[StoredUnit], model: str
 ) -> tuple[list[tuple[MemoryUnit, np.ndarray]], list[MemoryUnit]]:
-    """Vectors of derived units from the vectors of the turns they quote: ((unit, vector) pairs, units left
-    to embed).
+    """Vectors of derived units from the vectors of the turns they quote, among the ``stored`` units of
+    ``model``: ((unit, vector) pairs, units left to embed).
 
     A derived unit (exchange window, session digest, fact) quotes whole turns, whose vectors Write has
     already computed. Its vector is the normalised mean of those turn vectors weighted by the square root
@@ -199,15 +199,22 @@ def compose_vectors(
     lexical channel still reads the whole unit text. Turn units, and units whose turns have no vector under
     the current model, are left to embed.
     """
+    turn_of = {
+        s.unit.message_ids[0]: s
+        for s in stored
+        if s.unit.granularity == Granularity.TURN and s.model == model and s.unit.message_ids
+    }
     composed: list[tuple[MemoryUnit, np.ndarray]] = []
     rest: list[MemoryUnit] = []
     for unit in units:
-        parts = [turn_vectors.get(mid) for mid in unit.message_ids]
-        if unit.granularity == Granularity.TURN or not parts or any(p is None for p in parts):
+        turns = [turn_of.get(mid) for mid in unit.message_ids]
+        if unit.granularity == Granularity.TURN or not turns or any(t is None for t in turns):
             rest.append(unit)
             continue
-        weights = np.sqrt(np.asarray([max(1, words.get(mid, 1)) for mid in unit.message_ids], dtype=np.float32))
-        vector = (weights[:, None] * np.stack(parts)).sum(axis=0)  # type: ignore[arg-type]
+        found = [t for t in turns if t is not None]
+        # Words of each turn as units quote it ("<speaker>: <text>").
+        weights = np.sqrt(np.asarray([max(1, len(t.unit.text.split())) for t in found], dtype=np.float32))
+        vector = (weights[:, None] * np.stack([t.vector for t in found])).sum(axis=0)
         norm = float(np.linalg.norm(vector))
         if norm < 1e-9:
             rest.append(unit)
@@ -433,11 +440,7 @@ class MemoryEngine:
             turn_vectors = self.embedder.embed([s.unit.text for s in turns])
             redone = [replace(s, vector=v, model=self.embedder.name) for s, v in zip(turns, turn_vectors, strict=True)]
             if derived and UnitPolicy.from_mapping(self._policy(namespace)).composed_vectors:
-                turn_of = {s.unit.message_ids[0]: s for s in units + redone if s.unit.granularity == Granularity.TURN}
-                words = {mid: len(s.unit.text.split()) for mid, s in turn_of.items()}
-                composed, derived_left = compose_vectors(
-                    [s.unit for s in derived], {mid: s.vector for mid, s in turn_of.items()}, words
-                )
+                composed, derived_left = compose_vectors([s.unit for s in derived], units + redone, self.embedder.name)
                 by_id = {s.unit.id: s for s in derived}
                 redone += [replace(by_id[u.id], vector=v, model=self.embedder.name) for u, v in composed]
                 derived = [by_id[u.id] for u in derived_left]
@@ -593,13 +596,7 @@ class MemoryEngine:
             embed.append(unit)
         inserted = keep
         if embed and UnitPolicy.from_mapping(policy).composed_vectors:
-            turn_vectors = {
-                s.unit.message_ids[0]: s.vector
-                for s in stored
-                if s.unit.granularity == Granularity.TURN and s.model == self.embedder.name and s.unit.message_ids
-            }
-            words = {m.id: len(m.text.split()) + len(m.speaker.split()) for m in session}
-            composed, embed = compose_vectors(embed, turn_vectors, words)
+            composed, embed = compose_vectors(embed, stored, self.embedder.name)
             inserted = keep + [StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name) for u, v in composed]
         if embed:
             texts = [u.text for u in embed]

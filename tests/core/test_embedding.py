@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -107,23 +108,28 @@ def test_cache_returns_the_same_vectors_and_embeds_each_text_once() -> None:
     assert cache.embed([]).shape == (0, 32)
 
 
+class _Gated(_Counting):
+    """Counts calls; the call ``hold`` picks signals ``entered`` and blocks until ``release`` (then fails
+    when ``fail``), so a test can run a second caller while the first is inside the model."""
+
+    def __init__(self, hold: Callable[[list[str], int], bool], fail: bool = False) -> None:
+        super().__init__()
+        self.hold, self.fail = hold, fail
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.hold(texts, len(self.calls)):
+            self.entered.set()
+            assert self.release.wait(5)
+            if self.fail:
+                raise RuntimeError("model failed")
+        return self.inner.embed(texts)
+
+
 def test_cache_waits_for_a_text_another_thread_is_embedding_instead_of_embedding_it_twice() -> None:
-    import threading
-
-    class Slow(_Counting):
-        def __init__(self) -> None:
-            super().__init__()
-            self.entered = threading.Event()
-            self.release = threading.Event()
-
-        def embed(self, texts: list[str]) -> np.ndarray:
-            self.calls.append(list(texts))
-            if "shared" in texts and not self.entered.is_set():
-                self.entered.set()
-                assert self.release.wait(5)
-            return self.inner.embed(texts)
-
-    slow = Slow()
+    slow = _Gated(hold=lambda texts, calls: "shared" in texts and calls == 1)
     cache = CachingEmbedder(slow)
     results: dict[str, np.ndarray] = {}
     first = threading.Thread(target=lambda: results.setdefault("first", cache.embed(["shared"])))
@@ -147,23 +153,7 @@ def test_cache_waits_for_a_text_another_thread_is_embedding_instead_of_embedding
 
 
 def test_cache_waiter_embeds_for_itself_when_the_other_caller_fails() -> None:
-    import threading
-
-    class Failing(_Counting):
-        def __init__(self) -> None:
-            super().__init__()
-            self.entered = threading.Event()
-            self.release = threading.Event()
-
-        def embed(self, texts: list[str]) -> np.ndarray:
-            self.calls.append(list(texts))
-            if len(self.calls) == 1:
-                self.entered.set()
-                assert self.release.wait(5)
-                raise RuntimeError("model failed")
-            return self.inner.embed(texts)
-
-    failing = Failing()
+    failing = _Gated(hold=lambda _texts, calls: calls == 1, fail=True)
     cache = CachingEmbedder(failing)
     errors: list[BaseException] = []
     results: list[np.ndarray] = []

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.embedding import create_embedder
+from core.embedding import HashingEmbedder, create_embedder
 from core.errors import InvalidArgumentError, NotFoundError
 from memory.engine import MemoryEngine
 from memory.model import Granularity, MemoryMessage, SearchQuery
@@ -47,6 +47,18 @@ def make_engine(store_factory: Callable[[], MemoryStore]) -> Iterator[Callable[.
     yield factory
     for engine in engines:
         engine.close()
+
+
+class RecordingEmbedder(HashingEmbedder):
+    """The fake embedder, remembering every text it was asked to embed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+        self.seen.extend(texts)
+        return super().embed(texts)
 
 
 def hit_message_ids(engine: MemoryEngine, query: str, ns: str = NS, **kw) -> set[str]:  # type: ignore[no-untyped-def]
@@ -271,19 +283,10 @@ def test_sizes_report_indexed_units_for_metrics(make_engine) -> None:  # type: i
 
 
 def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
-    from core.embedding import CachingEmbedder, HashingEmbedder
+    from core.embedding import CachingEmbedder
     from memory.store import InMemoryStore
 
-    class Recording(HashingEmbedder):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seen: list[str] = []
-
-        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
-            self.seen.extend(texts)
-            return super().embed(texts)
-
-    inner = Recording()
+    inner = RecordingEmbedder()
     engine = MemoryEngine(InMemoryStore(), CachingEmbedder(inner), background=False)
     try:
         msg = MemoryMessage("t1-u", "s1", "user", "Where did Ann move last spring?", datetime.now(UTC))
@@ -306,18 +309,7 @@ def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
 def test_derived_units_take_their_turns_vectors_without_a_model_pass(store_factory, composed: bool) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from core.embedding import HashingEmbedder
-
-    class Recording(HashingEmbedder):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seen: list[str] = []
-
-        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
-            self.seen.extend(texts)
-            return super().embed(texts)
-
-    embedder = Recording()
+    embedder = RecordingEmbedder()
     engine = MemoryEngine(
         store_factory(), embedder, background=False, policy=lambda _ns: {"units": {"composed_vectors": composed}}
     )
@@ -359,15 +351,10 @@ def test_derived_units_take_their_turns_vectors_without_a_model_pass(store_facto
 def test_units_of_another_model_are_re_embedded_at_load_with_derived_units_composed() -> None:
     import numpy as np
 
-    from core.embedding import HashingEmbedder
     from memory.store import InMemoryStore
 
-    class Renamed(HashingEmbedder):
+    class Renamed(RecordingEmbedder):
         """Another model: different name, different vectors."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.seen: list[str] = []
 
         @property
         def name(self) -> str:
@@ -375,7 +362,7 @@ def test_units_of_another_model_are_re_embedded_at_load_with_derived_units_compo
 
         def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
             self.seen.extend(texts)
-            return super().embed([t.upper() + " v2" for t in texts])
+            return HashingEmbedder.embed(self, [t.upper() + " v2" for t in texts])
 
     store = InMemoryStore()
     first = MemoryEngine(store, HashingEmbedder(), background=False)
