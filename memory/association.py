@@ -275,27 +275,28 @@ class AssociationManager:
         # Gathered in chunks with a chance for foreground work in between: at 100k units one pass over
         # every key and one np.stack of 100k vectors held the GIL for hundreds of milliseconds, and
         # Searches arriving meanwhile waited for it (p99 over 250 ms in bench memory-latency).
-        vectors_by_key: dict[int, np.ndarray] = {}
         all_keys = index.unit_keys()
-        parts: list[np.ndarray] = []
+        key_parts: list[list[int]] = []
+        vector_parts: list[np.ndarray] = []
         for start in range(0, len(all_keys), GATHER_CHUNK):
-            chunk: dict[int, np.ndarray] = {}
-            for key in all_keys[start : start + GATHER_CHUNK]:
-                vector = index.vector(key)
-                if vector is not None:
-                    chunk[key] = vector
+            chunk = [
+                (key, vector)
+                for key in all_keys[start : start + GATHER_CHUNK]
+                if (vector := index.vector(key)) is not None
+            ]
             if chunk:
-                parts.append(np.stack(list(chunk.values())).astype(np.float32))
-            vectors_by_key.update(chunk)
+                key_parts.append([key for key, _ in chunk])
+                vector_parts.append(np.stack([vector for _, vector in chunk]).astype(np.float32))
             self._pause()
-        keys = np.asarray(list(vectors_by_key), dtype=np.int64)
+        keys = np.asarray([key for part in key_parts for key in part], dtype=np.int64)
         n = len(keys)
         if n < c.min_units:
             return None
+        all_vectors = np.concatenate(vector_parts)
         started = time.perf_counter()
         rng = np.random.default_rng(c.seed)
-        sample_keys = keys if n <= c.sample_cap else rng.choice(keys, c.sample_cap, replace=False)
-        sample = np.stack([vectors_by_key[int(k)] for k in sample_keys]).astype(np.float32)
+        # Same draw as choosing among the keys themselves: Generator.choice picks positions either way.
+        sample = all_vectors if n <= c.sample_cap else all_vectors[rng.choice(n, c.sample_cap, replace=False)]
         old = self._models.get(namespace)
         k = self._n_clusters(n)
         if old is not None and abs(k - old.k) <= 0.25 * old.k:
@@ -324,16 +325,16 @@ class AssociationManager:
         gmm.fit(projected)  # type: ignore[attr-defined]
         model = _Model(mean, components, gmm, k, n, pca_n)
         # Reassign every unit (vectorised, O(n)) and keep who is linked already.
-        all_vectors = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
         membership = self._cluster_mask(self._posteriors(model, all_vectors))
         self._pause()
         for cluster in np.flatnonzero(membership.any(axis=0)).tolist():
             model.members[int(cluster)] = keys[membership[:, cluster]].tolist()
+        alive = set(keys.tolist())
         if old is not None:
-            model.linked = {key for key in old.linked if key in vectors_by_key}
+            model.linked = old.linked & alive
         else:
             # After a restart the edges are loaded from the database: units that have some are linked.
-            model.linked = index.linked_keys() & set(vectors_by_key)
+            model.linked = index.linked_keys() & alive
         with self._lock:
             self._models[namespace] = model
         model.refit_seconds = time.perf_counter() - started

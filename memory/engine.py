@@ -990,7 +990,7 @@ class MemoryEngine:
             index, batch, rules, UnitPolicy.from_mapping(policy), pause=self._priority.yield_to_foreground
         )
         # Recurrence only changes when facts come or go, and those arrive with freshly derived sessions.
-        fresh_facts = any((u := index.unit(k)) is not None and u.granularity == Granularity.FACT for k in fresh)
+        fresh_facts = any(index.unit_granularity(k) == Granularity.FACT for k in fresh)
         if every_turn or fresh_facts:
             topics = self._fact_topics.setdefault(namespace, {})
             wanted.update(promoted_weights(index, facts, rules, topics, pause=self._priority.yield_to_foreground))

@@ -237,10 +237,7 @@ class NamespaceIndex:
 
     def dense_search(self, granularity: Granularity, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (keys, cosine scores) of one granularity; empty arrays when it has no units."""
-        index = self._dense.get(granularity)
-        if index is None or k <= 0 or not len(index):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
+        ids, scores = self.dense_search_many(granularity, query, k)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 
