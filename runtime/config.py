@@ -90,9 +90,13 @@ class EmbeddingSettings(BaseModel):
     # "auto": ONNX Runtime on the CPU when installed (same vectors, ~2.5x faster for single short texts), torch
     # otherwise or on a GPU; "torch" or "onnx" force one.
     backend: Literal["auto", "torch", "onnx"] = "auto"
-    # torch (and ONNX Runtime) intra-op threads for CPU inference (None = torch's default, one per core).
-    # Default 1: on a small, busy machine 1 leaves a core to the gRPC loop and SQL work.
+    # torch intra-op threads for CPU inference (None = torch's default, one per core). Default 1: torch's
+    # OpenMP threads spin, and on a busy 2-core machine two of them made a query ~9x slower.
     torch_threads: int | None = Field(1, ge=1)
+    # ONNX Runtime intra-op threads (backend "auto"/"onnx" on the CPU); None = two where there are two
+    # cores. Its idle threads sleep, so two are faster than one for a single query even on a busy machine
+    # (measured: docs/memory.md, "Embedding threads").
+    onnx_threads: int | None = Field(None, ge=1)
     # Texts whose vectors are kept (LRU): a turn embeds the same user text for the guard, memory search and
     # memory write. 0 turns the cache off.
     cache_size: int = Field(4096, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -43,6 +44,19 @@ def test_one_thread_encoder_splits_a_batch_in_halves_and_gives_the_same_vectors(
     for batch in (texts, texts[:2], texts[:1]):
         np.testing.assert_allclose(split.encode(batch, 64), whole.encode(batch, 64), atol=1e-5)
     np.testing.assert_allclose(split.encode(texts, 2), whole.encode(texts, 64), atol=1e-5)  # several chunks per half
+
+
+def test_onnx_session_threads_follow_the_setting_and_give_the_same_vectors() -> None:
+    from core.embedding import default_onnx_threads
+
+    default, one = create_embedder(), create_embedder(threads=1)
+    assert isinstance(default, SentenceTransformerEmbedder) and isinstance(one, SentenceTransformerEmbedder)
+    assert default._onnx is not None and one._onnx is not None
+    assert default._onnx.threads == default_onnx_threads() == min(2, os.cpu_count() or 1)
+    assert one._onnx.threads == 1
+    texts = ["ok", "Where did we meet last summer, and who came along with us?", "I adopted a cat " * 20]
+    for batch in (texts, texts[1:2]):
+        np.testing.assert_allclose(default.embed(batch), one.embed(batch), atol=1e-5)
 
 
 def test_concurrent_embeds_give_the_sequential_vectors() -> None:
