@@ -281,10 +281,11 @@ class _Scorer:
         if lex is not None:
             self._lex.update(zip(keys.tolist(), np.asarray(lex, dtype=np.float64).tolist(), strict=True))
 
-    def raw(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def raw(self, keys: Sequence[int], distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Dense cosines and BM25 scores of ``keys`` (``distinct``: the caller's keys hold no repeats)."""
         dense_of, lex_of = self._dense, self._lex
-        distinct = list(dict.fromkeys(keys))
-        need_dense = [k for k in distinct if k not in dense_of]
+        distinct_keys = keys if distinct else list(dict.fromkeys(keys))
+        need_dense = [k for k in distinct_keys if k not in dense_of]
         if need_dense:
             vectors = list(map(self.index.vector, need_dense))
             present = [i for i, v in enumerate(vectors) if v is not None]
@@ -294,7 +295,7 @@ class _Scorer:
                 # One matrix-vector product instead of a dot per key.
                 dense[present] = np.stack(found) @ self.qvec
             dense_of.update(zip(need_dense, dense.tolist(), strict=True))
-        need_lex = [k for k in distinct if k not in lex_of]
+        need_lex = [k for k in distinct_keys if k not in lex_of]
         if need_lex:
             lex = (
                 self.lexical.score(self.terms, need_lex).astype(np.float64)
@@ -325,6 +326,11 @@ def _turn_cache(index: RetrievalIndex) -> dict[str, int]:
         return cache
     except TypeError:  # an index type without weak references: cache per query only
         return {}
+
+
+def _filters(query: SearchQuery) -> bool:
+    """Whether the query restricts sessions or time (else every unit is allowed)."""
+    return bool(query.session_ids or query.time_start or query.time_end)
 
 
 def _allowed(unit: MemoryUnit | None, query: SearchQuery) -> bool:
@@ -394,6 +400,7 @@ def search(
 
     scorers = {g: _Scorer(index, g, qvec, terms) for g in present}
     pools: dict[Granularity, _Pool] = {}
+    filtered = _filters(query)
     for g in present:
         dk, dscore = index.dense_search(g, qvec, _candidate_count(pol, g))
         lk, lscore = stage.candidates[g]
@@ -402,14 +409,21 @@ def search(
         scorers[g].prime(dk, dense=dscore)
         if pol.lexical_max_df is None:
             scorers[g].prime(lk, lex=lscore)
-        fetched = [(x, index.unit(x)) for x in dict.fromkeys([*dk.tolist(), *lk.tolist()])]
-        kept = [(x, u) for x, u in fetched if u is not None and _allowed(u, query)]
-        if not kept:
+        keys: list[int] = []
+        weights: list[float] = []
+        for x in dict.fromkeys([*dk.tolist(), *lk.tolist()]):
+            u = index.unit(x)
+            if u is not None and (not filtered or _allowed(u, query)):
+                keys.append(x)
+                weights.append(u.weight)
+        if not keys:
             continue
-        keys = [x for x, _ in kept]
-        dense, lex = scorers[g].raw(keys)
-        weights = np.array([max(u.weight, 1e-3) for _, u in kept])
-        score = pol.dense_weight * _z(dense) + pol.lexical_weight * _z(lex) + pol.low_info_penalty * np.log(weights)
+        dense, lex = scorers[g].raw(keys, distinct=True)
+        score = (
+            pol.dense_weight * _z(dense)
+            + pol.lexical_weight * _z(lex)
+            + pol.low_info_penalty * np.log(np.maximum(weights, 1e-3))
+        )
         pools[g] = _Pool(np.asarray(keys, dtype=np.int64), score, dense, float(score.min()))
 
     top_cos = {g.value: np.sort(p.cosines)[::-1][: pol.router_candidates].tolist() for g, p in pools.items()}
@@ -493,14 +507,14 @@ def search(
 
     # routed(t) = Σ_g w_g · max over units u of g covering t of s_g(u), scored exactly for every
     # candidate (z against g's candidate pool), so a turn outside g's best units is not sent to the floor.
-    routed: dict[int, float] = {}
+    routed = dict.fromkeys(candidates, 0.0)
     for g, pool in covering_pools.items():
         w = gweight.get(g.value, 0.0)
         ckeys = list(dict.fromkeys(k for mine in covering.values() for k in mine.get(g, ())))
         best_of: dict[int, float] = {}
         if ckeys:
-            c_dense, c_lex = scorers[g].raw(ckeys)
-            p_dense, p_lex = scorers[g].raw(pool.keys.tolist())
+            c_dense, c_lex = scorers[g].raw(ckeys, distinct=True)
+            p_dense, p_lex = scorers[g].raw(pool.keys.tolist(), distinct=True)
             c_weight = np.array([max(u.weight, 1e-3) if (u := index.unit(k)) is not None else 1.0 for k in ckeys])
             c_score = (
                 pol.dense_weight * _z(c_dense, p_dense)
@@ -508,28 +522,31 @@ def search(
                 + pol.low_info_penalty * np.log(c_weight)
             )
             best_of = dict(zip(ckeys, c_score.tolist(), strict=True))
-        for tk in candidates:
-            found_scores = [best_of[k] for k in covering[tk].get(g, ())]
-            routed[tk] = routed.get(tk, 0.0) + w * (max(found_scores) if found_scores else pool.floor)
+        for tk, mine in covering.items():
+            covers = mine.get(g)
+            routed[tk] += w * (max(best_of[k] for k in covers) if covers else pool.floor)
 
     for w, by_session, floor in session_route:
         for tk, unit in candidates.items():
-            routed[tk] = routed.get(tk, 0.0) + w * by_session.get(unit.session_id, floor)
+            routed[tk] += w * by_session.get(unit.session_id, floor)
 
     every = list(dict.fromkeys([*candidates, *(k for lst in neighbours.values() for k, _ in lst)]))
-    dense, lex = scorers[Granularity.TURN].raw(every)
-    ref_dense, ref_lex = scorers[Granularity.TURN].raw(turn_pool.keys.tolist())
+    dense, lex = scorers[Granularity.TURN].raw(every, distinct=True)
+    ref_dense, ref_lex = scorers[Granularity.TURN].raw(turn_pool.keys.tolist(), distinct=True)
     base_arr = pol.dense_weight * _z(dense, ref_dense) + pol.lexical_weight * _z(lex, ref_lex)
     base = dict(zip(every, base_arr.tolist(), strict=True))
 
     keys = list(candidates)
     w_turn = gweight.get(Granularity.TURN.value, 1.0)
     scores: dict[int, float] = {}
+    near_weights, info_penalty = pol.neighbor_weights, pol.low_info_penalty
     for tk in keys:
-        smooth = base[tk] + sum(pol.neighbor_weights[d - 1] * base[n] for n, d in neighbours[tk])
-        unit = candidates[tk]
-        penalty = pol.low_info_penalty * math.log(max(unit.weight, 1e-3))
-        scores[tk] = w_turn * smooth + routed.get(tk, 0.0) + penalty
+        smooth = base[tk]
+        for n, d in neighbours[tk]:
+            smooth += near_weights[d - 1] * base[n]
+        weight = candidates[tk].weight
+        penalty = info_penalty * math.log(max(weight, 1e-3)) if weight != 1.0 else 0.0
+        scores[tk] = w_turn * smooth + routed[tk] + penalty
 
     # Session-level routing: mean of each session's best three turn scores.
     if pol.session_aggregate:
