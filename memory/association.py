@@ -143,7 +143,7 @@ class AssociationManager:
 
     def due(self, namespace: str, index: NamespaceIndex) -> bool:
         """Whether a background step (a refit, or a pass linking not-yet-linked units) is worth running."""
-        return self._needs_refit(namespace, index) or self._backlog(namespace, index) > 0
+        return self._needs_refit(namespace, index) or self.backlog(namespace, index) > 0
 
     def _needs_refit(self, namespace: str, index: NamespaceIndex) -> bool:
         n = index.size()
@@ -152,7 +152,8 @@ class AssociationManager:
             return n >= self.config.min_units
         return n >= model.fitted_n * (1 + self.config.refit_growth)
 
-    def _backlog(self, namespace: str, index: NamespaceIndex) -> int:
+    def backlog(self, namespace: str, index: NamespaceIndex) -> int:
+        """How many units of the namespace wait to be linked (0 before the first fit)."""
         model = self._models.get(namespace)
         if model is None:
             return 0
@@ -189,7 +190,7 @@ class AssociationManager:
             self._link_keys(namespace, index, model, unlinked, post_by_key=None, keep_candidates=True)
         else:
             model.fitted_n = min(model.fitted_n, index.size())
-        if not unlinked or self._backlog(namespace, index) == 0:
+        if not unlinked or self.backlog(namespace, index) == 0:
             model.candidates.clear()
             model.candidate_bytes = 0
         return len(unlinked)
@@ -201,7 +202,7 @@ class AssociationManager:
         """
         if self._needs_refit(namespace, index):
             return "refit" if self.refit(namespace, index) is not None else "idle"
-        if self._backlog(namespace, index) > 0 and self.link_backlog(namespace, index):
+        if self.backlog(namespace, index) > 0 and self.link_backlog(namespace, index):
             return "link"
         return "idle"
 

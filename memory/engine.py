@@ -145,6 +145,7 @@ class MemoryStats:
     clusters: int
     index_backends: dict[str, str] = field(default_factory=dict)
     last_refit_seconds: float = 0.0
+    pending_links: int = 0
 
 
 _STALE = "stale"
@@ -1025,6 +1026,7 @@ class MemoryEngine:
             clusters=self.association.clusters(namespace),
             index_backends=state.index.backends(),
             last_refit_seconds=self.association.last_refit_seconds(namespace),
+            pending_links=self.association.backlog(namespace, state.index),
         )
 
     def apply_remote_change(self, namespace: str, payload: Mapping[str, Any]) -> None:

@@ -128,4 +128,5 @@ def stats_to_proto(stats: MemoryStats) -> memory_pb2.StatsResponse:
         clusters=stats.clusters,
         index_backends=stats.index_backends,
         last_refit_seconds=stats.last_refit_seconds,
+        pending_links=stats.pending_links,
     )

@@ -32,13 +32,14 @@ def test_onnx_backend_gives_the_torch_vectors_in_any_batch_order() -> None:
     np.testing.assert_allclose(single, onnx_vectors, atol=1e-4)
 
 
-def test_one_thread_encoder_splits_a_batch_in_halves_and_gives_the_same_vectors() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_encoder_splits_a_batch_in_halves_and_gives_the_same_vectors(threads: int) -> None:
     from core.embedding import _OnnxEncoder
 
     emb = create_embedder()
     assert isinstance(emb, SentenceTransformerEmbedder)
-    split = _OnnxEncoder(emb._model, threads=1)
-    whole = _OnnxEncoder(emb._model, threads=1, split=False)
+    split = _OnnxEncoder(emb._model, threads=threads)
+    whole = _OnnxEncoder(emb._model, threads=threads, split=False)
     assert split._split_pool is not None and whole._split_pool is None  # this machine has >= 2 cores
     texts = ["ok", "Where did we meet last summer, and who came along with us?", "haha", "I adopted a cat " * 20, "x y"]
     for batch in (texts, texts[:2], texts[:1]):

@@ -49,10 +49,12 @@ def test_units_link_inside_their_topic_and_edges_are_persisted() -> None:
     model = manager.refit(NS, index)
     assert model is not None and manager.clusters(NS) == 3
     assert manager.due(NS, index)  # the units wait to be linked in bounded passes
+    assert manager.backlog(NS, index) == len(units)  # what Stats reports as pending_links
     passes = 0
     while manager.due(NS, index):
         assert manager.step(NS, index) == "link"
         passes += 1
+        assert manager.backlog(NS, index) == max(0, len(units) - passes * CONFIG.link_batch)
     assert passes == -(-len(units) // CONFIG.link_batch)  # ceil: each pass links at most link_batch units
     label_of = {u.key: int(lbl) for u, lbl in zip(units, labels, strict=True)}
     neighbours = index.neighbors([u.key for u in units])

@@ -68,6 +68,7 @@ def test_admin_responses() -> None:
     assert conv.delete_to_proto(DeleteResult(2, 5, 1)).deleted_units == 5
     report = conv.consolidate_to_proto(ConsolidationReport(1, 2, 3, 4, 5, True, 0.25))
     assert (report.sessions_derived, report.clusters, report.edges, report.refit) == (1, 4, 5, True)
-    stats = conv.stats_to_proto(MemoryStats(3, 1, {"turn": 3}, 2, 7, 7, 0, 2, {"turn": "flat"}, 0.1))
+    stats = conv.stats_to_proto(MemoryStats(3, 1, {"turn": 3}, 2, 7, 7, 0, 2, {"turn": "flat"}, 0.1, 42))
     assert dict(stats.units) == {"turn": 3} and dict(stats.index_backends) == {"turn": "flat"}
+    assert stats.pending_links == 42
     assert stats.generation == stats.index_generation == 7

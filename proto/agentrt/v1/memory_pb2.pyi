@@ -231,7 +231,7 @@ class StatsRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("messages", "sessions", "units", "edges", "generation", "index_generation", "pending_sessions", "clusters", "index_backends", "last_refit_seconds")
+    __slots__ = ("messages", "sessions", "units", "edges", "generation", "index_generation", "pending_sessions", "clusters", "index_backends", "last_refit_seconds", "pending_links")
     class UnitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class StatsResponse(_message.Message):
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     INDEX_BACKENDS_FIELD_NUMBER: _ClassVar[int]
     LAST_REFIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_LINKS_FIELD_NUMBER: _ClassVar[int]
     messages: int
     sessions: int
     units: _containers.ScalarMap[str, int]
@@ -266,7 +267,8 @@ class StatsResponse(_message.Message):
     clusters: int
     index_backends: _containers.ScalarMap[str, str]
     last_refit_seconds: float
-    def __init__(self, messages: _Optional[int] = ..., sessions: _Optional[int] = ..., units: _Optional[_Mapping[str, int]] = ..., edges: _Optional[int] = ..., generation: _Optional[int] = ..., index_generation: _Optional[int] = ..., pending_sessions: _Optional[int] = ..., clusters: _Optional[int] = ..., index_backends: _Optional[_Mapping[str, str]] = ..., last_refit_seconds: _Optional[float] = ...) -> None: ...
+    pending_links: int
+    def __init__(self, messages: _Optional[int] = ..., sessions: _Optional[int] = ..., units: _Optional[_Mapping[str, int]] = ..., edges: _Optional[int] = ..., generation: _Optional[int] = ..., index_generation: _Optional[int] = ..., pending_sessions: _Optional[int] = ..., clusters: _Optional[int] = ..., index_backends: _Optional[_Mapping[str, str]] = ..., last_refit_seconds: _Optional[float] = ..., pending_links: _Optional[int] = ...) -> None: ...
 
 class ReindexRequest(_message.Message):
     __slots__ = ("namespace",)
