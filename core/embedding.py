@@ -153,6 +153,10 @@ class _OnnxEncoder:
     """
 
     INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+    # With several intra-op threads, the two halves share the session's pool: that pays for small calls
+    # (two LoCoMo turns: +23% texts/s) and costs on large ones (16 texts: -10%, 256: -25%), where one call
+    # keeps both threads busy by itself. One-thread sessions split calls of any size.
+    SPLIT_MAX_TEXTS = 8
 
     def __init__(self, st_model: Any, threads: int, split: bool = True):
         import io
@@ -212,7 +216,8 @@ class _OnnxEncoder:
         """Vectors of ``texts``; ``tokenizer_lock`` guards the (not thread-safe) tokenizer, the session
         itself may run in several threads at once.
 
-        On a machine with several cores, a call of several texts is split in two halves run at once
+        On a machine with several cores, a call of several texts (at most ``SPLIT_MAX_TEXTS`` on a
+        session of several threads) is split in two halves run at once
         (one here, one on a helper thread): a guard check of a multi-sentence text or a Write of two turns
         then takes about the time of half its texts. The halves interleave the length order, so each pads
         to about the same length. Measured on the 2-core VM, two LoCoMo turns per call (p50, three
@@ -220,7 +225,11 @@ class _OnnxEncoder:
         17.5–20.5 ms, split halves on a one-thread session 19.0–22.0 ms (the intra-op threads of the
         two halves share the session's pool, so nothing oversubscribes the cores).
         """
-        if self._split_pool is not None and len(texts) >= 2:
+        if (
+            self._split_pool is not None
+            and len(texts) >= 2
+            and (self.threads == 1 or len(texts) <= self.SPLIT_MAX_TEXTS)
+        ):
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             halves = [order[0::2], order[1::2]]
             other = self._split_pool.submit(self._encode, [texts[i] for i in halves[1]], batch_size, tokenizer_lock)
