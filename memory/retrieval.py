@@ -283,11 +283,11 @@ class _Scorer:
         if lex is not None:
             self._lex.update(zip(keys.tolist(), np.asarray(lex, dtype=np.float64).tolist(), strict=True))
 
-    def raw(self, keys: Sequence[int], distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Dense cosines and BM25 scores of ``keys`` (``distinct``: the caller's keys hold no repeats)."""
+    def raw(self, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Dense cosines and BM25 scores of ``keys``, in their order. Every caller passes distinct keys, so
+        they are not de-duplicated here (a repeat would only be scored twice, with the same result)."""
         dense_of, lex_of = self._dense, self._lex
-        distinct_keys = keys if distinct else list(dict.fromkeys(keys))
-        need_dense = [k for k in distinct_keys if k not in dense_of]
+        need_dense = [k for k in keys if k not in dense_of]
         if need_dense:
             vectors = list(map(self.index.vector, need_dense))
             present = [i for i, v in enumerate(vectors) if v is not None]
@@ -297,7 +297,7 @@ class _Scorer:
                 # One matrix-vector product instead of a dot per key.
                 dense[present] = np.stack(found) @ self.qvec
             dense_of.update(zip(need_dense, dense.tolist(), strict=True))
-        need_lex = [k for k in distinct_keys if k not in lex_of]
+        need_lex = [k for k in keys if k not in lex_of]
         if need_lex:
             lex = (
                 self.lexical.score(self.terms, need_lex).astype(np.float64)
@@ -420,7 +420,7 @@ def search(
                 weights.append(u.weight)
         if not keys:
             continue
-        dense, lex = scorers[g].raw(keys, distinct=True)
+        dense, lex = scorers[g].raw(keys)
         score = (
             pol.dense_weight * _z(dense)
             + pol.lexical_weight * _z(lex)
@@ -515,8 +515,8 @@ def search(
         ckeys = list(dict.fromkeys(k for mine in covering.values() for k in mine.get(g, ())))
         best_of: dict[int, float] = {}
         if ckeys:
-            c_dense, c_lex = scorers[g].raw(ckeys, distinct=True)
-            p_dense, p_lex = scorers[g].raw(pool.keys.tolist(), distinct=True)
+            c_dense, c_lex = scorers[g].raw(ckeys)
+            p_dense, p_lex = scorers[g].raw(pool.keys.tolist())
             c_weight = np.array([max(u.weight, 1e-3) if (u := index.unit(k)) is not None else 1.0 for k in ckeys])
             c_score = (
                 pol.dense_weight * _z(c_dense, p_dense)
@@ -533,8 +533,8 @@ def search(
             routed[tk] += w * by_session.get(unit.session_id, floor)
 
     every = list(dict.fromkeys([*candidates, *(k for lst in neighbours.values() for k, _ in lst)]))
-    dense, lex = scorers[Granularity.TURN].raw(every, distinct=True)
-    ref_dense, ref_lex = scorers[Granularity.TURN].raw(turn_pool.keys.tolist(), distinct=True)
+    dense, lex = scorers[Granularity.TURN].raw(every)
+    ref_dense, ref_lex = scorers[Granularity.TURN].raw(turn_pool.keys.tolist())
     base_arr = pol.dense_weight * _z(dense, ref_dense) + pol.lexical_weight * _z(lex, ref_lex)
     base = dict(zip(every, base_arr.tolist(), strict=True))
 
