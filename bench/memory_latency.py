@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,30 +113,26 @@ class Server(ServerProcess):
         self.startup_s = time.perf_counter() - started
 
 
-def wait_drained(client: Any, timeout: float = 1800) -> float:
-    """Poll Stats until no session is pending derivation; returns seconds waited."""
+def wait_for(client: Any, done: Callable[[Any], bool], timeout: float, interval: float = 0.5) -> float:
+    """Poll the namespace's Stats until ``done(stats)``; seconds waited, NaN on timeout."""
     from agentrt.v1 import memory_pb2
 
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        stats = client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))
-        if stats.pending_sessions == 0:
+        if done(client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))):
             return time.perf_counter() - started
-        time.sleep(0.5)
+        time.sleep(interval)
     return float("nan")
+
+
+def wait_drained(client: Any, timeout: float = 1800) -> float:
+    """Until no session is pending derivation."""
+    return wait_for(client, lambda stats: stats.pending_sessions == 0, timeout)
 
 
 def wait_linked(client: Any, timeout: float) -> float:
-    """Poll Stats until the background association has linked every unit; seconds waited (NaN on timeout)."""
-    from agentrt.v1 import memory_pb2
-
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        stats = client.memory.Stats(memory_pb2.StatsRequest(namespace=NAMESPACE))
-        if stats.pending_links == 0 and stats.pending_sessions == 0:
-            return time.perf_counter() - started
-        time.sleep(1.0)
-    return float("nan")
+    """Until no session is pending and the background association has linked every unit."""
+    return wait_for(client, lambda stats: stats.pending_links == 0 and stats.pending_sessions == 0, timeout, 1.0)
 
 
 def raw_faiss(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
@@ -329,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {search['p50_ms']} ms, p99 {search['p99_ms']} ms"
         )
         caught_up_s = wait_linked(client, args.link_timeout)
-        search_idle = search_phase() if caught_up_s == caught_up_s else None  # NaN: timed out
+        search_idle = None if math.isnan(caught_up_s) else search_phase()
         if search_idle is not None:
             print(
                 f"Search after the association caught up ({caught_up_s:.0f} s later): p50 {search_idle['p50_ms']} ms, "
@@ -373,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             "search": search,
             "search_pending_links_at_start": pending_before,
             "search_after_linking": search_idle,
-            "linking_caught_up_after_s": round(caught_up_s, 1) if caught_up_s == caught_up_s else None,
+            "linking_caught_up_after_s": None if math.isnan(caught_up_s) else round(caught_up_s, 1),
             "baselines": {
                 "health_rpc": percentiles(empty_rpc),
                 "search_empty_namespace_rpc": percentiles(empty_search),
