@@ -398,6 +398,13 @@ class _InFlight:
         self.vector: np.ndarray | None = None
 
 
+def answered_from_cache(embedder: Embedder, texts: list[str]) -> bool:
+    """Whether ``embedder.embed(texts)`` would need no model call: a :class:`CachingEmbedder` holding every
+    text. False for an embedder without a cache. Callers use it to skip a hop to a worker thread."""
+    is_cached = getattr(embedder, "is_cached", None)
+    return bool(is_cached(texts)) if is_cached is not None else False
+
+
 def default_onnx_threads() -> int:
     """Intra-op threads of the ONNX session: two where there are two cores.
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.embedding import Embedder
+from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from guards import rules as rules_mod
 from guards.judge import LLMJudge
@@ -306,8 +306,7 @@ class GuardEngine:
             request = replace(request, stage=_stage(request.stage))
         if self.judge is not None and settings.get("judge"):
             return None
-        is_cached = getattr(self.embedder, "is_cached", None)
-        if is_cached is None or not is_cached(self._segments(request)):
+        if not answered_from_cache(self.embedder, self._segments(request)):
             return None
         if not mem.lock.acquire(blocking=False):
             return None

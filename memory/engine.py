@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from core.coordination import LeaseManager, LocalLeases
-from core.embedding import Embedder
+from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from memory.association import AssociationConfig, AssociationManager
 from memory.consolidation import (
@@ -86,11 +86,6 @@ DEFAULT_TOP_K = 10
 CONSOLIDATION_INTERVAL_S = 5.0
 # Granularities committed inside Write itself; the rest are derived in the background.
 SYNC_GRANULARITIES = frozenset({Granularity.TURN})
-
-
-def _is_cached(embedder: Embedder, texts: list[str]) -> bool:
-    is_cached = getattr(embedder, "is_cached", None)
-    return bool(is_cached(texts)) if is_cached is not None else False
 
 
 def _default_derive() -> DeriveFn:
@@ -825,7 +820,7 @@ class MemoryEngine:
             return SearchResult([], RoutingDiagnostics({}, {}))
         policy = self._policy(namespace)
         with self._priority.foreground():
-            if self._retrieve is not _retrieval_search or _is_cached(self.embedder, [query.query]):
+            if self._retrieve is not _retrieval_search or answered_from_cache(self.embedder, [query.query]):
                 vector = self.embedder.embed([query.query])[0]
                 return self._retrieve(index, query, vector, policy)
             # The model runs without the GIL: the BM25 half of the search runs on the other core meanwhile

@@ -108,6 +108,19 @@ class _Counting:
         return self.inner.embed(texts)
 
 
+def test_answered_from_cache_only_when_a_cache_holds_every_text() -> None:
+    from core.embedding import answered_from_cache
+
+    plain = HashingEmbedder(32)
+    plain.embed(["a b"])
+    assert not answered_from_cache(plain, ["a b"])  # no cache: always a model call
+    cache = CachingEmbedder(HashingEmbedder(32))
+    assert not answered_from_cache(cache, ["a b"])
+    cache.embed(["a b"])
+    assert answered_from_cache(cache, ["a b"])
+    assert not answered_from_cache(cache, ["a b", "c d"])
+
+
 def test_cache_returns_the_same_vectors_and_embeds_each_text_once() -> None:
     counting = _Counting()
     cache = CachingEmbedder(counting, maxsize=2)
