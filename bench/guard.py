@@ -17,6 +17,12 @@ Protocol (fixed, documented in docs/guards.md):
   texts live only in the benchmark's database; nothing is written into the package.
 - Baseline measured in the same run: whole-text 1-nearest-neighbour over the same pack exemplars (the
   SafeHarbor-style single-nearest retrieval).
+- Tool results (indirect prompt injection, ``bench/data/tool_results.json``: 240 tool outputs written for
+  this benchmark, 120 with an instruction planted for the agent, 120 ordinary, among them requests between
+  people, instructions meant for people and texts that discuss injection). Check at STAGE_TOOL_RESULT with
+  the content, the tool call and the agent's tools; injected → BLOCK, ordinary → ALLOW. Reported on the
+  pack alone per split and style, next to the injection-phrasing detector alone (same run); then
+  error-driven feedback on the dev split, measured on the test split; and Check latency on these outputs.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED, percentiles, write_result
+from guards import detectors
 from runtime.process import ServerProcess
 
 DATA = SHARED / "data" / "guard"
@@ -83,6 +90,18 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
                 "tools": tools,
             }
         )
+    return out
+
+
+TOOL_RESULTS = Path(__file__).resolve().parent / "data" / "tool_results.json"
+
+
+def load_tool_results() -> list[dict[str, Any]]:
+    """Tool outputs with ``label`` (1 = an instruction planted for the agent), ``split`` (dev/test) and ``style``."""
+    out = []
+    for i in json.loads(TOOL_RESULTS.read_text())["items"]:
+        out.append({**i, "kind": "tool_result", "category": i["style"], "prompt": i["content"],
+                    "tools": list(i["available_tools"]), "arguments_json": json.dumps(i["arguments"])})
     return out
 
 
@@ -166,12 +185,36 @@ def main(argv: list[str] | None = None) -> int:
         g = client.guard
 
         def check(ns: str, item: dict[str, Any]) -> tuple[str, str]:
-            v = g.Check(
-                guard_pb2.CheckRequest(
+            if item.get("kind") == "tool_result":
+                request = guard_pb2.CheckRequest(
+                    namespace=ns, stage=common_pb2.STAGE_TOOL_RESULT, text=item["prompt"],
+                    tool_call=common_pb2.ToolCall(name=item["tool"], arguments_json=item["arguments_json"]),
+                    available_tools=item["tools"],
+                )
+            else:
+                request = guard_pb2.CheckRequest(
                     namespace=ns, stage=common_pb2.STAGE_INPUT, text=item["prompt"], available_tools=item["tools"]
                 )
-            )
+            v = g.Check(request)
             return v.verdict_id, names.get(v.decision, "unspecified")
+
+        def feedback(ns: str, items: list[dict[str, Any]]) -> int:
+            """Error-driven feedback: correct every item whose verdict was not the expected one."""
+            given = 0
+            for item in items:
+                vid, got = check(ns, item)
+                want = "block" if item["label"] else "allow"
+                if got != want:
+                    g.Feedback(
+                        guard_pb2.FeedbackRequest(
+                            namespace=ns,
+                            verdict_id=vid,
+                            expected=common_pb2.DECISION_BLOCK if item["label"] else common_pb2.DECISION_ALLOW,
+                            note="bench",
+                        )
+                    )
+                    given += 1
+            return given
 
         def run(ns: str, items: list[dict[str, Any]]) -> dict[str, str]:
             return {i["id"]: check(ns, i)[1] for i in items}
@@ -210,20 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         curve = [{"feedback_items": 0, "feedback_given": 0, **_brief(score(ah_test, run("bench-ah", ah_test)))}]
         given = 0
         for sl in slices:
-            for idx in sl:
-                item = order[int(idx)]
-                vid, got = check("bench-ah", item)
-                want = "block" if item["label"] else "allow"
-                if got != want:
-                    g.Feedback(
-                        guard_pb2.FeedbackRequest(
-                            namespace="bench-ah",
-                            verdict_id=vid,
-                            expected=common_pb2.DECISION_BLOCK if item["label"] else common_pb2.DECISION_ALLOW,
-                            note="bench",
-                        )
-                    )
-                    given += 1
+            given += feedback("bench-ah", [order[int(idx)] for idx in sl])
             curve.append(
                 {
                     "feedback_items": int(sl[-1]) + 1,
@@ -237,21 +267,30 @@ def main(argv: list[str] | None = None) -> int:
         report["agentharm_after_feedback_train"] = score(ah_train, run("bench-ah", ah_train))
 
         # Agent-SafetyBench: one pass of error-driven feedback on the train half, measured on the test half.
-        asb_given = 0
-        for item in asb_train:
-            vid, got = check("bench-asb", item)
-            want = "block" if item["label"] else "allow"
-            if got != want:
-                g.Feedback(
-                    guard_pb2.FeedbackRequest(
-                        namespace="bench-asb",
-                        verdict_id=vid,
-                        expected=common_pb2.DECISION_BLOCK if item["label"] else common_pb2.DECISION_ALLOW,
-                        note="bench",
-                    )
-                )
-                asb_given += 1
+        asb_given = feedback("bench-asb", asb_train)
         report["asb_after_feedback_test"] = {"feedback_given": asb_given, **score(asb_test, run("bench-asb", asb_test))}
+
+        # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
+        tr = load_tool_results()
+        tr_dev = [i for i in tr if i["split"] == "dev"]
+        tr_test = [i for i in tr if i["split"] == "test"]
+        regex = {i["id"]: ("block" if detectors.injection(i["prompt"]) else "allow") for i in tr}
+        tr_samples: list[float] = []
+        pack_tr: dict[str, str] = {}
+        for item in tr:
+            t0 = time.perf_counter()
+            pack_tr[item["id"]] = check("bench-tr", item)[1]
+            tr_samples.append(time.perf_counter() - t0)
+        tr_given = feedback("bench-tr", tr_dev)
+        report["tool_results"] = {
+            "items": {"dev": len(tr_dev), "test": len(tr_test)},
+            "detector_only_test": score(tr_test, regex),
+            "pack_only_dev": score(tr_dev, pack_tr),
+            "pack_only_test": score(tr_test, pack_tr),
+            "after_feedback_test": {"feedback_given": tr_given, **score(tr_test, run("bench-tr", tr_test))},
+            "check_latency_unseen": percentiles(tr_samples),
+            "content_chars_p50": int(np.median([len(i["prompt"]) for i in tr])),
+        }
 
         # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
         # so the main figure uses requests never seen before in this run: Agent-SafetyBench cases outside the
@@ -282,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             check("bench-latency", item)
             short_samples.append(time.perf_counter() - t0)
         repeat_samples: list[float] = []
+        # Seen just before (the embedder's cache holds the last 4,096 texts, and the suites above embed more).
+        for item in ah_test:
+            check("bench-latency", item)
         for item in ah_test:
             t0 = time.perf_counter()
             check("bench-latency", item)
@@ -297,11 +339,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             rule_samples.append(time.perf_counter() - t0)
+        # Same-run baseline: the model pass alone, in this process, on the same unseen texts (one call per
+        # text, as a one-sentence Check makes): what an uncached Check cannot go below.
+        from core.embedding import create_embedder
+
+        model = create_embedder()
+        model.embed(["warm-up"])
+        embed_samples: list[float] = []
+        for item in fresh:
+            t0 = time.perf_counter()
+            model.embed([item["prompt"]])
+            embed_samples.append(time.perf_counter() - t0)
         report["latency_grpc"] = {
             "unseen_asb_instructions": percentiles(samples),
             "unseen_short_requests": percentiles(short_samples),
             "repeat_agentharm_prompts_cached": percentiles(repeat_samples),
             "rule_decided_tool_call": percentiles(rule_samples),
+            "baseline_embedding_alone_unseen_asb": percentiles(embed_samples),
         }
         client.close()
         srv.stop()
@@ -348,6 +402,14 @@ def _print(r: dict[str, Any]) -> None:
     print(_row("baseline 1-NN, ASB test", r["baseline_1nn_pack"]["asb_test"]))
     print(_row("pack only, ASB test", r["pack_only"]["asb_test"]))
     print(_row("after feedback, ASB test", r["asb_after_feedback_test"]))
+    t = r["tool_results"]
+    print(_row("injection detector only, tool results test", t["detector_only_test"]))
+    print(_row("pack only, tool results test", t["pack_only_test"]))
+    print(_row(f"after feedback ({t['after_feedback_test']['feedback_given']} fb), tool results test",
+               t["after_feedback_test"]))
+    print("per style, pack only (tool results test; harmful = injected):")
+    for c, v in t["pack_only_test"]["per_category"].items():
+        print(f"  {c:<24} injected-block {v['harmful_block']}  ordinary-allow {v['benign_allow']}  n={v['n']}")
     print("evolution curve (AgentHarm test):")
     for p in r["agentharm_curve"]:
         print(_row(f"  after {p['feedback_items']} train items ({p['feedback_given']} fb)", p))
@@ -357,6 +419,9 @@ def _print(r: dict[str, Any]) -> None:
     lat = r["latency_grpc"]
     for k, v in lat.items():
         print(f"Check over gRPC, {k}: p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms (n={v['n']})")
+    v = t["check_latency_unseen"]
+    print(f"Check over gRPC, tool results ({t['content_chars_p50']} characters p50): p50 {v['p50_ms']} ms, "
+          f"p99 {v['p99_ms']} ms (n={v['n']})")
     print(f"load average during run: {r['load_average']}")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from guards import detectors
 from guards import rules as rules_mod
 from guards.judge import LLMJudge
 from guards.memory import GuardMemory, MemoryParams, ScoreResult
@@ -68,6 +69,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# A sentence that gives an order or speaks to its reader: "please" or an imperative verb first, or "you",
+# the agent, a link or an address (what the segments of a tool's output are chosen by, not a verdict).
+_DIRECTIVE_CUE = re.compile(
+    r"(?i)^\W*(?:please|kindly|do not|don't|never|make sure|be sure)\b|"
+    r"^\W*(?:(?:now|then|first|immediately|also)\s+)?(?:send|forward|transfer|wire|pay|grant|give|"
+    r"delete|remove|run|execute|open|visit|reply|respond|post|share|upload|download|install|change|reset|set|add|"
+    r"create|update|disable|enable|approve|merge|deploy|buy|order|book|cancel|ignore|disregard|forget|decode|"
+    r"copy|paste|call|use|email|include|append|write|tell|say|export|move|invite|unlock|subscribe)\b|"
+    r"\b(?:you|your|yourself|assistant|agent|ai|llm|model|bot)\b|https?://|[\w.+-]+@[\w-]+\.\w"
+)
 
 
 @dataclass(frozen=True)
@@ -318,10 +329,23 @@ class GuardEngine:
     def _segments(self, request: GuardRequest) -> list[str]:
         """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""
         text = request.text.strip()
+        if request.stage == Stage.TOOL_RESULT:
+            # Tool output is often JSON: its string values are what the agent reads; keys, numbers and
+            # escapes would only make segments of their own.
+            text = detectors.readable_text(text).strip()
         segs: list[str] = []
         sentences = [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12] if text else []
-        if text and (self.score_whole_text or len(sentences) < 2):
+        several = len(sentences) > 1
+        if text and (self.score_whole_text or not several):
             segs.append(text[:4000])
+        if request.stage == Stage.TOOL_RESULT and several:
+            # Only the sentences that give orders or speak to the reader: an injected instruction is one of
+            # those, anywhere in the text, and under the tool-result prior (MemoryParams.harm_priors) an
+            # ordinary sentence can only block as a near-duplicate of a known injection. On the tool outputs
+            # of bench/data (dev half) this embeds a median of 2 sentences instead of 9: Check p50 34.8 ->
+            # 8.6 ms in process, 54 -> 53 of 60 injections blocked, benign 60/60 either way. The first
+            # sentence stands in when none qualifies, so the memory still sees the content.
+            sentences = [x for x in sentences if _DIRECTIVE_CUE.search(x)] or sentences[:1]
         # At TOOL_RESULT the call only says where the content came from; the content is what gets judged.
         if request.tool_call and request.tool_call.name and request.stage != Stage.TOOL_RESULT:
             args = request.tool_call.arguments_json
@@ -331,7 +355,7 @@ class GuardEngine:
             except json.JSONDecodeError:
                 flat = args
             segs.append(f"{request.tool_call.name.replace('_', ' ')}: {flat}"[:2000])
-        if len(sentences) > 1:
+        if several:
             # Intent and injected instructions hide inside long texts; each sentence is scored and one
             # speaks for the whole (see _pick), so they are not diluted.
             segs.extend(sentences[: self.max_segments])
@@ -639,8 +663,17 @@ class GuardEngine:
             for scope, records in by_scope.items():
                 try:
                     self.store.put_audit(scope, records)
-                except Exception:  # the writer must survive a failed batch; the log says what was lost
-                    log.exception("guard audit: could not store %d verdicts of %s", len(records), scope)
+                except Exception:
+                    # One record the store refuses must not take the batch with it: store them one by one,
+                    # and the log names each one that could not be stored.
+                    log.warning("guard audit: a batch of %d verdicts of %s failed; storing them one by one",
+                                len(records), scope, exc_info=True)
+                    for record in records:
+                        try:
+                            self.store.put_audit(scope, [record])
+                        except Exception:  # the writer must survive; the log says what was lost
+                            log.exception("guard audit: could not store verdict %s of %s",
+                                          record.verdict.verdict_id, scope)
             for _ in batch:
                 self._queue.task_done()
             if stop:

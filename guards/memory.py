@@ -10,6 +10,8 @@ Scoring (``GuardMemory.score``) for a query embedding q within a stage group:
   leaves, refitted when they change; harm = share·b + (1 − share)·neighbourhood harm, where the share falls
   from 1 to 0 as the nearest leaf goes from ``local_floor`` to ``local_full`` (a near-duplicate of a
   labelled leaf speaks for itself; a request unlike any leaf is placed by the boundary);
+* benign prior (tool results): harm = (1 − near)·prior + near·harm, near rising from 0 to 1 as the nearest
+  leaf goes from ``prior_floor`` to ``prior_full``: content unlike every labelled leaf counts as ordinary;
 * entropy = normalised binary entropy of (harm, 1 − harm);
 * confidence c = clip((max leaf cosine − floor)/(full − floor), 0, 1): with no similar evidence the
   memory abstains and the namespace's default decision applies.
@@ -60,6 +62,16 @@ class MemoryParams:
     boundary_groups: tuple[str, ...] = ("request",)
     local_floor: float = 0.45
     local_full: float = 0.75
+    #: Groups whose content is benign unless shown otherwise, with that prior harm. Tool output is mostly
+    #: ordinary text full of requests and imperatives ("reply STOP", "please pay by the 30th"), and every
+    #: sentence of it is scored: a harm of 0.9 from a sentence that is merely the least unlike an
+    #: injection exemplar (cosine 0.5) blocked 68% of realistic benign outputs in bench/data. There the harm
+    #: moves from the prior to the neighbourhood harm as the nearest leaf goes from ``prior_floor`` to
+    #: ``prior_full`` similar, so only text close to a known injection (pack, operator, feedback) blocks;
+    #: the injection detectors cover the rest.
+    harm_priors: tuple[tuple[str, float], ...] = (("tool_result", 0.0),)
+    prior_floor: float = 0.55
+    prior_full: float = 0.75
     #: L2 strength of the boundary (logistic regression over the group's leaves, labels balanced)...
     boundary_l2: float = 1.0
     #: ...and the factor on its logit: the regularised fit is under-confident on new text; 5-fold
@@ -378,7 +390,10 @@ class GuardMemory:
             labels[r, : len(row)] = [leaf.label == Label.HARMFUL for leaf in row]
         leaf_harm = (weights * labels).sum(axis=1)
         csims = np.take_along_axis(csims_all, order, axis=1)
-        pc = np.maximum(csims, 1e-6) ** (1.0 / p.cluster_temperature)
+        # p_i ∝ s_i^(1/T) in the log domain: in float32, max(s, 1e-6)^10 underflows to 0 for a text unlike
+        # every centroid (all cosines ≤ 0: code, another language), and 0/0 made the harm NaN.
+        logp = np.log(np.maximum(csims.astype(np.float64), 1e-6)) / p.cluster_temperature
+        pc = np.exp(logp - logp.max(axis=1, keepdims=True))
         pc /= pc.sum(axis=1, keepdims=True)
         cluster_harm = (pc * rates[order]).sum(axis=1)
         harm = p.leaf_weight * leaf_harm + (1.0 - p.leaf_weight) * cluster_harm
@@ -387,6 +402,11 @@ class GuardMemory:
             local = np.clip((sims[:, 0] - p.local_floor) / (p.local_full - p.local_floor), 0.0, 1.0)
             share = p.boundary_weight * (1.0 - local)
             harm = share * learned + (1.0 - share) * harm
+        prior = dict(p.harm_priors).get(group)
+        if prior is not None:
+            nearest = np.where(found[:, 0], sims[:, 0], 0.0)
+            near = np.clip((nearest - p.prior_floor) / (p.prior_full - p.prior_floor), 0.0, 1.0)
+            harm = (1.0 - near) * prior + near * harm
         confidence = np.clip((sims[:, 0] - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0.0, 1.0)
         out = []
         for r in range(len(queries)):

@@ -307,7 +307,12 @@ def evaluate(
             reasons.append(f"text matches {hit!r}")
             field = "text"
         if "detectors" in spec:
-            hits = [h for name in spec["detectors"] for h in detectors.run_detector(name, text_all)]
+            # The text and the arguments apart: a detector reads a JSON document (a tool's output) as its
+            # string values, which appending the arguments would turn into text that is not JSON.
+            hits = [
+                h for name in spec["detectors"] for part in (request.text, args_text) if part
+                for h in detectors.run_detector(name, part)
+            ]
             if not hits:
                 continue
             reasons.append("detected " + ", ".join(sorted({f"{h.detector}:{h.kind} ({h.masked})" for h in hits})))

@@ -214,10 +214,6 @@ async def _complete(
 async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Guard the user's message (STAGE_INPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
-    # While the guard embeds the message, the other core embeds what retrieval (the message as a query) and
-    # the memory write (the user's turn) will ask for. Wasted only when the guard stops the turn.
-    user_turn = [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])]
-    _prefetch(ctx, state["user"], user_turn if policy.write_memory else [])
     v = await ctx.ports.guard.check("input", state["user"], tools=policy.tools, thread_id=ctx.thread_id)
     runtime.stream_writer(_guard_event("input", v))
     return {"input_verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason}}
@@ -236,6 +232,12 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
     """Ask the LLM (candidate 0's spec) with the conversation, memories and tool results so far; tools are offered
     until max_tool_rounds."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    if not state.get("retrieved") and state.get("tool_round", 0) == 0:
+        # The turn's first LLM call: while the LLM answers, embed what retrieval (the message as a query) and
+        # the memory write (the user's turn) will ask for. Not during the input guard, which is on the
+        # critical path and would share the cores with it.
+        user_turn = [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])]
+        _prefetch(ctx, state["user"], user_turn if policy.write_memory else [])
     tools = None
     if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
         tools = await ctx.ports.tools.specs(policy.tools) or None
