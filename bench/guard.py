@@ -181,184 +181,190 @@ def main(argv: list[str] | None = None) -> int:
         # The sidecar in its own process, as next to an app: in-process, the benchmark's client would share
         # its GIL and bill its own Python work to Check.
         srv = ServerProcess(Path(tmp))
-        client = AgentrtClient(srv.target, timeout=120)
-        g = client.guard
+        try:
+            client = AgentrtClient(srv.target, timeout=120)
+            g = client.guard
 
-        def check(ns: str, item: dict[str, Any]) -> tuple[str, str]:
-            if item.get("kind") == "tool_result":
-                request = guard_pb2.CheckRequest(
-                    namespace=ns, stage=common_pb2.STAGE_TOOL_RESULT, text=item["prompt"],
-                    tool_call=common_pb2.ToolCall(name=item["tool"], arguments_json=item["arguments_json"]),
-                    available_tools=item["tools"],
-                )
-            else:
-                request = guard_pb2.CheckRequest(
-                    namespace=ns, stage=common_pb2.STAGE_INPUT, text=item["prompt"], available_tools=item["tools"]
-                )
-            v = g.Check(request)
-            return v.verdict_id, names.get(v.decision, "unspecified")
-
-        def feedback(ns: str, items: list[dict[str, Any]]) -> int:
-            """Error-driven feedback: correct every item whose verdict was not the expected one."""
-            given = 0
-            for item in items:
-                vid, got = check(ns, item)
-                want = "block" if item["label"] else "allow"
-                if got != want:
-                    g.Feedback(
-                        guard_pb2.FeedbackRequest(
-                            namespace=ns,
-                            verdict_id=vid,
-                            expected=common_pb2.DECISION_BLOCK if item["label"] else common_pb2.DECISION_ALLOW,
-                            note="bench",
-                        )
+            def check(ns: str, item: dict[str, Any]) -> tuple[str, str]:
+                if item.get("kind") == "tool_result":
+                    request = guard_pb2.CheckRequest(
+                        namespace=ns, stage=common_pb2.STAGE_TOOL_RESULT, text=item["prompt"],
+                        tool_call=common_pb2.ToolCall(name=item["tool"], arguments_json=item["arguments_json"]),
+                        available_tools=item["tools"],
                     )
-                    given += 1
-            return given
+                else:
+                    request = guard_pb2.CheckRequest(
+                        namespace=ns, stage=common_pb2.STAGE_INPUT, text=item["prompt"], available_tools=item["tools"]
+                    )
+                v = g.Check(request)
+                return v.verdict_id, names.get(v.decision, "unspecified")
 
-        def run(ns: str, items: list[dict[str, Any]]) -> dict[str, str]:
-            return {i["id"]: check(ns, i)[1] for i in items}
+            def feedback(ns: str, items: list[dict[str, Any]]) -> int:
+                """Error-driven feedback: correct every item whose verdict was not the expected one."""
+                given = 0
+                for item in items:
+                    vid, got = check(ns, item)
+                    want = "block" if item["label"] else "allow"
+                    if got != want:
+                        g.Feedback(
+                            guard_pb2.FeedbackRequest(
+                                namespace=ns,
+                                verdict_id=vid,
+                                expected=common_pb2.DECISION_BLOCK if item["label"] else common_pb2.DECISION_ALLOW,
+                                note="bench",
+                            )
+                        )
+                        given += 1
+                return given
 
-        report: dict[str, Any] = {"protocol": __doc__}
-        ah_train = [i for i in ah if i["base"] % 2 == 0]
-        ah_test = [i for i in ah if i["base"] % 2 == 1]
-        asb_train = [i for i in asb if i["base"] % 2 == 0]
-        asb_test = [i for i in asb if i["base"] % 2 == 1]
+            def run(ns: str, items: list[dict[str, Any]]) -> dict[str, str]:
+                return {i["id"]: check(ns, i)[1] for i in items}
 
-        print(
-            f"AgentHarm: {len(ah)} items ({len(ah_train)} train / {len(ah_test)} test); "
-            f"Agent-SafetyBench: {len(asb)} ({len(asb_train)} / {len(asb_test)})"
-        )
-        base = baseline_1nn(ah + asb)
-        report["baseline_1nn_pack"] = {
-            "agentharm_all": score(ah, base),
-            "agentharm_test": score(ah_test, base),
-            "asb_test": score(asb_test, base),
-        }
-        # Pack only, before any feedback.
-        pack_ah = run("bench-ah", ah)
-        pack_asb = run("bench-asb", asb)
-        report["pack_only"] = {
-            "agentharm_all": score(ah, pack_ah),
-            "agentharm_test": score(ah_test, pack_ah),
-            "asb_all": score(asb, pack_asb),
-            "asb_test": score(asb_test, pack_asb),
-        }
+            report: dict[str, Any] = {"protocol": __doc__}
+            ah_train = [i for i in ah if i["base"] % 2 == 0]
+            ah_test = [i for i in ah if i["base"] % 2 == 1]
+            asb_train = [i for i in asb if i["base"] % 2 == 0]
+            asb_test = [i for i in asb if i["base"] % 2 == 1]
 
-        # Evolution curve on AgentHarm: error-driven feedback on train slices, measured on test.
-        rng = random.Random(args.seed)
-        order = ah_train[:]
-        rng.shuffle(order)
-        slices = np.array_split(np.arange(len(order)), args.steps)
-        curve = [{"feedback_items": 0, "feedback_given": 0, **_brief(score(ah_test, run("bench-ah", ah_test)))}]
-        given = 0
-        for sl in slices:
-            given += feedback("bench-ah", [order[int(idx)] for idx in sl])
-            curve.append(
-                {
-                    "feedback_items": int(sl[-1]) + 1,
-                    "feedback_given": given,
-                    **_brief(score(ah_test, run("bench-ah", ah_test))),
-                }
+            print(
+                f"AgentHarm: {len(ah)} items ({len(ah_train)} train / {len(ah_test)} test); "
+                f"Agent-SafetyBench: {len(asb)} ({len(asb_train)} / {len(asb_test)})"
             )
-        final_ah = run("bench-ah", ah_test)
-        report["agentharm_curve"] = curve
-        report["agentharm_after_feedback_test"] = score(ah_test, final_ah)
-        report["agentharm_after_feedback_train"] = score(ah_train, run("bench-ah", ah_train))
-
-        # Agent-SafetyBench: one pass of error-driven feedback on the train half, measured on the test half.
-        asb_given = feedback("bench-asb", asb_train)
-        report["asb_after_feedback_test"] = {"feedback_given": asb_given, **score(asb_test, run("bench-asb", asb_test))}
-
-        # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
-        tr = load_tool_results()
-        tr_dev = [i for i in tr if i["split"] == "dev"]
-        tr_test = [i for i in tr if i["split"] == "test"]
-        regex = {i["id"]: ("block" if detectors.injection(i["prompt"]) else "allow") for i in tr}
-        tr_samples: list[float] = []
-        pack_tr: dict[str, str] = {}
-        for item in tr:
-            t0 = time.perf_counter()
-            pack_tr[item["id"]] = check("bench-tr", item)[1]
-            tr_samples.append(time.perf_counter() - t0)
-        tr_given = feedback("bench-tr", tr_dev)
-        report["tool_results"] = {
-            "items": {"dev": len(tr_dev), "test": len(tr_test)},
-            "detector_only_test": score(tr_test, regex),
-            "pack_only_dev": score(tr_dev, pack_tr),
-            "pack_only_test": score(tr_test, pack_tr),
-            "after_feedback_test": {"feedback_given": tr_given, **score(tr_test, run("bench-tr", tr_test))},
-            "check_latency_unseen": percentiles(tr_samples),
-            "content_chars_p50": int(np.median([len(i["prompt"]) for i in tr])),
-        }
-
-        # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
-        # so the main figure uses requests never seen before in this run: Agent-SafetyBench cases outside the
-        # evaluated slice, and numbered short requests; "repeat" re-sends seen texts (cache hits).
-        seen = {i["prompt"] for i in asb}
-        fresh = [i for i in load_asb(None) if i["case"] >= (args.asb_limit or 10**9) and i["prompt"] not in seen]
-        fresh = list({i["prompt"]: i for i in fresh}.values())[:150]
-        if len(fresh) < 50:
-            fresh = [{**i, "prompt": f"Request {k}: {i['prompt']}"} for k, i in enumerate(ah_test * 3)]
-        # The namespace's first Check seeds it with the pack; that one-off cost is not a Check's latency.
-        check("bench-latency", {"prompt": "warm-up", "tools": []})
-        samples: list[float] = []
-        for item in fresh:
-            t0 = time.perf_counter()
-            check("bench-latency", item)
-            samples.append(time.perf_counter() - t0)
-        places = ["Rome", "Lisbon", "Oslo", "Quito", "Nairobi", "Osaka", "Tallinn", "Lima"]
-        short = [
-            {
-                "prompt": f"Book a table for {n % 7 + 2} at {n % 5 + 6} pm near the {places[n % 8]} office, order {n}.",
-                "tools": [],
+            base = baseline_1nn(ah + asb)
+            report["baseline_1nn_pack"] = {
+                "agentharm_all": score(ah, base),
+                "agentharm_test": score(ah_test, base),
+                "asb_test": score(asb_test, base),
             }
-            for n in range(60)
-        ]
-        short_samples: list[float] = []
-        for item in short:
-            t0 = time.perf_counter()
-            check("bench-latency", item)
-            short_samples.append(time.perf_counter() - t0)
-        repeat_samples: list[float] = []
-        # Seen just before (the embedder's cache holds the last 4,096 texts, and the suites above embed more).
-        for item in ah_test:
-            check("bench-latency", item)
-        for item in ah_test:
-            t0 = time.perf_counter()
-            check("bench-latency", item)
-            repeat_samples.append(time.perf_counter() - t0)
-        rule_samples: list[float] = []
-        for _ in range(40):
-            t0 = time.perf_counter()
-            g.Check(
-                guard_pb2.CheckRequest(
-                    namespace="bench-latency",
-                    stage=common_pb2.STAGE_TOOL_CALL,
-                    tool_call=common_pb2.ToolCall(name="run_shell", arguments_json='{"command": "rm -rf /"}'),
-                )
-            )
-            rule_samples.append(time.perf_counter() - t0)
-        # Same-run baseline: the model pass alone, in this process, on the same unseen texts (one call per
-        # text, as a one-sentence Check makes): what an uncached Check cannot go below.
-        from core.embedding import create_embedder
+            # Pack only, before any feedback.
+            pack_ah = run("bench-ah", ah)
+            pack_asb = run("bench-asb", asb)
+            report["pack_only"] = {
+                "agentharm_all": score(ah, pack_ah),
+                "agentharm_test": score(ah_test, pack_ah),
+                "asb_all": score(asb, pack_asb),
+                "asb_test": score(asb_test, pack_asb),
+            }
 
-        model = create_embedder()
-        model.embed(["warm-up"])
-        embed_samples: list[float] = []
-        for item in fresh:
-            t0 = time.perf_counter()
-            model.embed([item["prompt"]])
-            embed_samples.append(time.perf_counter() - t0)
-        report["latency_grpc"] = {
-            "unseen_asb_instructions": percentiles(samples),
-            "unseen_short_requests": percentiles(short_samples),
-            "repeat_agentharm_prompts_cached": percentiles(repeat_samples),
-            "rule_decided_tool_call": percentiles(rule_samples),
-            "baseline_embedding_alone_unseen_asb": percentiles(embed_samples),
-        }
-        client.close()
-        srv.stop()
+            # Evolution curve on AgentHarm: error-driven feedback on train slices, measured on test.
+            rng = random.Random(args.seed)
+            order = ah_train[:]
+            rng.shuffle(order)
+            slices = np.array_split(np.arange(len(order)), args.steps)
+            curve = [{"feedback_items": 0, "feedback_given": 0, **_brief(score(ah_test, run("bench-ah", ah_test)))}]
+            given = 0
+            for sl in slices:
+                given += feedback("bench-ah", [order[int(idx)] for idx in sl])
+                curve.append(
+                    {
+                        "feedback_items": int(sl[-1]) + 1,
+                        "feedback_given": given,
+                        **_brief(score(ah_test, run("bench-ah", ah_test))),
+                    }
+                )
+            final_ah = run("bench-ah", ah_test)
+            report["agentharm_curve"] = curve
+            report["agentharm_after_feedback_test"] = score(ah_test, final_ah)
+            report["agentharm_after_feedback_train"] = score(ah_train, run("bench-ah", ah_train))
+
+            # Agent-SafetyBench: one pass of error-driven feedback on the train half, measured on the test half.
+            asb_given = feedback("bench-asb", asb_train)
+            report["asb_after_feedback_test"] = {
+                "feedback_given": asb_given, **score(asb_test, run("bench-asb", asb_test))
+            }
+
+            # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
+            tr = load_tool_results()
+            tr_dev = [i for i in tr if i["split"] == "dev"]
+            tr_test = [i for i in tr if i["split"] == "test"]
+            regex = {i["id"]: ("block" if detectors.injection(i["prompt"]) else "allow") for i in tr}
+            tr_samples: list[float] = []
+            pack_tr: dict[str, str] = {}
+            for item in tr:
+                t0 = time.perf_counter()
+                pack_tr[item["id"]] = check("bench-tr", item)[1]
+                tr_samples.append(time.perf_counter() - t0)
+            tr_given = feedback("bench-tr", tr_dev)
+            report["tool_results"] = {
+                "items": {"dev": len(tr_dev), "test": len(tr_test)},
+                "detector_only_test": score(tr_test, regex),
+                "pack_only_dev": score(tr_dev, pack_tr),
+                "pack_only_test": score(tr_test, pack_tr),
+                "after_feedback_test": {"feedback_given": tr_given, **score(tr_test, run("bench-tr", tr_test))},
+                "check_latency_unseen": percentiles(tr_samples),
+                "content_chars_p50": int(np.median([len(i["prompt"]) for i in tr])),
+            }
+
+            # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
+            # so the main figure uses requests never seen before in this run: Agent-SafetyBench cases outside the
+            # evaluated slice, and numbered short requests; "repeat" re-sends seen texts (cache hits).
+            seen = {i["prompt"] for i in asb}
+            fresh = [i for i in load_asb(None) if i["case"] >= (args.asb_limit or 10**9) and i["prompt"] not in seen]
+            fresh = list({i["prompt"]: i for i in fresh}.values())[:150]
+            if len(fresh) < 50:
+                fresh = [{**i, "prompt": f"Request {k}: {i['prompt']}"} for k, i in enumerate(ah_test * 3)]
+            # The namespace's first Check seeds it with the pack; that one-off cost is not a Check's latency.
+            check("bench-latency", {"prompt": "warm-up", "tools": []})
+            samples: list[float] = []
+            for item in fresh:
+                t0 = time.perf_counter()
+                check("bench-latency", item)
+                samples.append(time.perf_counter() - t0)
+            places = ["Rome", "Lisbon", "Oslo", "Quito", "Nairobi", "Osaka", "Tallinn", "Lima"]
+            short = [
+                {
+                    "prompt": f"Book a table for {n % 7 + 2} at {n % 5 + 6} pm near the {places[n % 8]} office, "
+                    f"order {n}.",
+                    "tools": [],
+                }
+                for n in range(60)
+            ]
+            short_samples: list[float] = []
+            for item in short:
+                t0 = time.perf_counter()
+                check("bench-latency", item)
+                short_samples.append(time.perf_counter() - t0)
+            repeat_samples: list[float] = []
+            # Seen just before (the embedder's cache holds the last 4,096 texts, and the suites above embed more).
+            for item in ah_test:
+                check("bench-latency", item)
+            for item in ah_test:
+                t0 = time.perf_counter()
+                check("bench-latency", item)
+                repeat_samples.append(time.perf_counter() - t0)
+            rule_samples: list[float] = []
+            for _ in range(40):
+                t0 = time.perf_counter()
+                g.Check(
+                    guard_pb2.CheckRequest(
+                        namespace="bench-latency",
+                        stage=common_pb2.STAGE_TOOL_CALL,
+                        tool_call=common_pb2.ToolCall(name="run_shell", arguments_json='{"command": "rm -rf /"}'),
+                    )
+                )
+                rule_samples.append(time.perf_counter() - t0)
+            # Same-run baseline: the model pass alone, in this process, on the same unseen texts (one call per
+            # text, as a one-sentence Check makes): what an uncached Check cannot go below.
+            from core.embedding import create_embedder
+
+            model = create_embedder()
+            model.embed(["warm-up"])
+            embed_samples: list[float] = []
+            for item in fresh:
+                t0 = time.perf_counter()
+                model.embed([item["prompt"]])
+                embed_samples.append(time.perf_counter() - t0)
+            report["latency_grpc"] = {
+                "unseen_asb_instructions": percentiles(samples),
+                "unseen_short_requests": percentiles(short_samples),
+                "repeat_agentharm_prompts_cached": percentiles(repeat_samples),
+                "rule_decided_tool_call": percentiles(rule_samples),
+                "baseline_embedding_alone_unseen_asb": percentiles(embed_samples),
+            }
+            client.close()
+        finally:
+            # Also after a failure: a sidecar left running would load the machine for the next benchmark.
+            srv.stop()
     report["load_average"] = os.getloadavg()
     report["wall_s"] = round(time.time() - started, 1)
     _print(report)

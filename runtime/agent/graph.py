@@ -31,6 +31,7 @@ the same either way. Every stage reports progress through the stream writer as p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -120,8 +121,20 @@ class TurnContext:
 
 
 def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]) -> None:
-    """Start embedding, on the other core, what a later search (``query``) or memory write will need."""
-    task = asyncio.create_task(ctx.ports.memory.prefetch(query, messages))
+    """Embed, ahead of time, what a later search (``query``) or memory write will need.
+
+    Prefetches run one after the other: two at once would only split the cores between them, and the one a
+    stage waits for would finish later. Errors stay in the task (the stage then embeds for itself).
+    """
+    previous = ctx.prefetches[-1] if ctx.prefetches else None
+
+    async def run() -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        await ctx.ports.memory.prefetch(query, messages)
+
+    task = asyncio.create_task(run())
     # A turn that ends before it needs the vectors never awaits the task: keep its error out of the log.
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
     ctx.prefetches.append(task)
@@ -236,8 +249,10 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
         # The turn's first LLM call: while the LLM answers, embed what retrieval (the message as a query) and
         # the memory write (the user's turn) will ask for. Not during the input guard, which is on the
         # critical path and would share the cores with it.
-        user_turn = [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])]
-        _prefetch(ctx, state["user"], user_turn if policy.write_memory else [])
+        # The query first: retrieval waits for it; the user's turn only for the memory write at the end.
+        _prefetch(ctx, state["user"], [])
+        if policy.write_memory:
+            _prefetch(ctx, "", [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])])
     tools = None
     if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
         tools = await ctx.ports.tools.specs(policy.tools) or None
@@ -262,7 +277,8 @@ async def retrieve_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict
 async def retrieve(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Search memory with the user's message; the memory router's weights go into the event."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
-    await _prefetched(ctx)
+    # No wait for the prefetches: the search's embedder waits for a query another thread is embedding, and
+    # the user's turn goes on embedding on the other core meanwhile.
     hits, routing = await ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget)
     memories = [{"id": h.id, "text": h.text, "score": h.score, "granularity": h.granularity} for h in hits]
     runtime.stream_writer({"type": "retrieval", "query": state["user"], "hits": memories, "routing": routing})
