@@ -239,20 +239,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         # A link that carries the reader's data out: a query string with placeholders to fill in.
         "exfiltration_url_template",
-        re.compile(r"https?://[^\s)\]\"']+\?[^\s)\]\"']*=(?:\{+\w+\}+|[A-Z][A-Z_]{3,})(?:[&)\s\"']|$)"),
-    ),
-    (
-        # Text the reader never sees (hidden element, HTML comment) that gives orders: readers of the
-        # rendered page cannot be its audience. Preheaders and conditional comments say nothing imperative.
-        "hidden_instruction",
-        re.compile(
-            r"(?is)(?:<(\w+)[^>]*style\s*=\s*[\"'][^\"']*(?:display\s*:\s*none|visibility\s*:\s*hidden|"
-            r"font-size\s*:\s*[01](?:px|pt)?\s*[;\"']|mso-hide\s*:\s*all|opacity\s*:\s*0\s*[;\"']|color\s*:\s*"
-            r"#?(?:fff|ffffff|white)\b[^\"']*background(?:-color)?\s*:\s*#?(?:fff|ffffff|white)\b)[^\"']*[\"'][^>]*>|"
-            r"<!--)(?:(?!-->|</\1>).){0,200}?\b(?:please |now |then )?(?:transfer|send|forward|delete|remove|"
-            r"run|execute|change|reset|grant|create|set|share|upload|post|disable|approve|pay|ignore|disregard|call|"
-            r"open|visit|download)\b\s+(?:the|a|an|all|every|this|your|my|\$|€|£|~?/|\w+@|rm\b)"
-        ),
+        re.compile(r"https?://[^\s)\]\"'?]{1,300}\?[^\s)\]\"'=]{0,300}=(?:\{+\w+\}+|[A-Z][A-Z_]{3,})(?:[&)\s\"']|$)"),
     ),
     (
         # Letters spelled out one at a time (d.e.l.e.t.e t.h.e ...), a way round word-based filters.
@@ -292,6 +279,38 @@ _TOOL_DIRECTIVE = re.compile(
     rf"(?i)(?:^|[.!?:;]\s+|,\s*|\n\s*|[\"'(]\s*)(?:please\s+|kindly\s+|now\s+|immediately\s+)?{_ACTION}\b"
     rf"(?=[^.!?\n]{{0,160}}\b{_SENSITIVE}\b)(?=[^.!?\n]{{0,200}}{_DESTINATION})[^.!?\n]{{0,200}}"
 )
+
+
+# Text the reader never sees (a hidden element, an HTML comment) that gives orders: the human reading the
+# rendered page cannot be its audience. Preheaders and conditional comments say nothing imperative. Found in
+# two linear steps (an opening tag, then its style; then the next 200 characters), not one pattern: a tool's
+# output is attacker-controlled, and one pattern over arbitrarily long style attributes backtracks
+# quadratically (260 KB of "color: #fff;" took 114 s).
+_OPENING_TAG = re.compile(r"<([a-zA-Z][\w-]{0,20})\b([^<>]{0,1000})>|<!--")
+_HIDDEN_STYLE = re.compile(
+    r"(?i)style\s*=\s*[\"'][^\"']{0,500}?(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01]"
+    r"(?:px|pt)?\s*(?:[;\"']|$)|mso-hide\s*:\s*all|opacity\s*:\s*0\s*(?:[;\"']|$)|(?<![-\w])color\s*:\s*#?(?:fff|ffffff|"
+    r"white)\b)"
+)
+_HIDDEN_ORDER = re.compile(
+    r"(?i)\b(?:please |now |then )?(?:transfer|send|forward|delete|remove|run|execute|change|reset|grant|create|set|"
+    r"share|upload|post|disable|approve|pay|ignore|disregard|call|open|visit|download)\b\s+(?:the|a|an|all|every|"
+    r"this|your|my|\$|€|£|~?/|\w+@|rm\b)"
+)
+
+
+def _hidden_instructions(text: str) -> list[DetectorHit]:
+    hits = []
+    for m in _OPENING_TAG.finditer(text):
+        if m.group(0) != "<!--" and not _HIDDEN_STYLE.search(m.group(2) or ""):
+            continue
+        tail = text[m.end() : m.end() + 200]
+        close = tail.find("-->" if m.group(0) == "<!--" else "</")
+        order = _HIDDEN_ORDER.search(tail if close < 0 else tail[:close])
+        if order is not None:
+            start = m.end() + order.start()
+            hits.append(DetectorHit("injection", "hidden_instruction", text[start : start + 120], start, start + 120))
+    return hits
 
 
 def readable_text(text: str) -> str:
@@ -355,7 +374,9 @@ _CLOSE_QUOTE = {"“": "”", "‘": "’", "«": "»"}
 def _is_mention(text: str, start: int) -> bool:
     """Whether the hit at ``start`` sits in a quotation, opened earlier on its line and not yet closed,
     that the words before it introduce as an example."""
-    before = text[text.rfind("\n", 0, start) + 1 : start]
+    # The line before the hit, at most 1,000 characters of it (quote parity over that window): an
+    # attacker-controlled text may be one line of 200 KB with a hit in every sentence.
+    before = text[max(text.rfind("\n", 0, start) + 1, start - 1000) : start]
     for quote in reversed(list(_OPEN_QUOTE.finditer(before, max(0, len(before) - 200)))):
         mark = quote.group(0)
         inside = before[quote.end() :]
@@ -382,6 +403,7 @@ def injection(text: str) -> list[DetectorHit]:
             start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip(" \n\"'>")))
             if not _is_mention(text, start):
                 hits.append(DetectorHit("injection", kind, span[:120], m.start(), m.end()))
+    hits.extend(_hidden_instructions(text))
     for m in _TOOL_DIRECTIVE.finditer(text):
         span = m.group(0).strip(" \n.!?:;,\"'(")
         start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip(" \n.!?:;,\"'(")))
