@@ -15,9 +15,16 @@ RESULTS = Path(__file__).parent / "results"
 SHARED = Path(os.environ.get("AGENTRT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+def embedding_precision() -> str:
+    """The embedder precision of this run: ``AGENTRT_EMBEDDING__PRECISION`` (default fp32), which the
+    sidecars a benchmark starts read too, so its in-process baselines and seeded vectors match theirs."""
+    return os.environ.get("AGENTRT_EMBEDDING__PRECISION", "fp32")
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     info: dict[str, Any] = {
+        "embedding_precision": embedding_precision(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED, percentiles, write_result
+from bench.common import SHARED, embedding_precision, percentiles, write_result
 from guards import detectors
 from runtime.process import ServerProcess
 
@@ -145,7 +145,7 @@ def baseline_1nn(items: list[dict[str, Any]]) -> dict[str, str]:
     from core.embedding import create_embedder
     from guards.pack import DEFAULT_PACK, load_pack
 
-    emb = create_embedder()
+    emb = create_embedder(precision=embedding_precision())
     pack = load_pack(str(DEFAULT_PACK))
     texts, labels = [], []
     for c in pack.clusters:
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             # text, as a one-sentence Check makes): what an uncached Check cannot go below.
             from core.embedding import create_embedder
 
-            model = create_embedder()
+            model = create_embedder(precision=embedding_precision())
             model.embed(["warm-up"])
             embed_samples: list[float] = []
             for item in fresh:

@@ -19,7 +19,7 @@ import argparse
 import time
 from typing import Any
 
-from bench.common import machine, write_result
+from bench.common import embedding_precision, machine, write_result
 from bench.memory_latency import load_locomo, pool_for_faiss
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sessions, _ = load_locomo()
     texts = [f"{spk}: {text}" for s in sessions for _, spk, text in s["turns"]][:3000]
-    pool = create_embedder().embed(texts)
+    pool = create_embedder(precision=embedding_precision()).embed(texts)
     config = AssociationConfig()
     rows: list[dict[str, Any]] = []
     baseline_alive = True

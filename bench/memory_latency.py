@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED, machine, percentiles, write_result
+from bench.common import SHARED, embedding_precision, machine, percentiles, write_result
 from runtime.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"LoCoMo: {len(sessions)} sessions, {len(texts)} turns, {len(questions)} questions")
     load_before = os.getloadavg()
 
-    embedder = create_embedder()
+    embedder = create_embedder(precision=embedding_precision())
     t = time.perf_counter()
     pool = embedder.embed(texts)
     embed_rate = len(texts) / (time.perf_counter() - t)

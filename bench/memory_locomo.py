@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED, percentiles, write_result
+from bench.common import SHARED, embedding_precision, percentiles, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 LOCOMO = SHARED / "data" / "locomo" / "locomo10_dev.json"
@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     convs = load(args.data)
     if args.conversations:
         convs = convs[: args.conversations]
-    embedder = create_embedder()
+    embedder = create_embedder(precision=embedding_precision())
     ours = Scorer(budgets)
     base: dict[str, Scorer] = {}
     search_s: list[float] = []

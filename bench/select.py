@@ -87,7 +87,9 @@ def latency(repeats: int = 50) -> dict[str, Any]:
     from runtime.selection.schema import metadata
 
     rng = np.random.default_rng(5)
-    embedder = create_embedder()
+    from bench.common import embedding_precision
+
+    embedder = create_embedder(precision=embedding_precision())
     short = [Candidate(a, tokens=token_stream(rng, 200, 0.4, 1)) for a in ["Paris", "paris", "Lyon", "Paris.", "Nice"]]
     long_texts = [
         "The meeting moved to Friday because the manager was sick.",

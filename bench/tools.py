@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, SHARED, machine, percentiles, write_result
+from bench.common import RESULTS, SHARED, embedding_precision, machine, percentiles, write_result
 from runtime.config import Settings
 from runtime.embedded import EmbeddedServer
 from runtime.process import ServerProcess
@@ -311,7 +311,7 @@ def bench_search(limit: int | None, top_k: int = 5) -> dict[str, Any]:
         ToolDefinition(name, desc, {"type": "object"}, ExecutorSpec(ExecutorKind.BUILTIN, builtin="x"))
         for name, desc in sorted(catalogue.items())
     ]
-    embedder = create_embedder()
+    embedder = create_embedder(precision=embedding_precision())
     search = ToolSearch(embedder)
     t0 = time.perf_counter()
     search.search("bench", "warm up", top_k, tools)

@@ -30,7 +30,7 @@ def open_runtime(settings: Settings) -> Runtime:
     db.migrate()
     rt = Runtime(settings=settings, db=db, executor=ThreadPoolExecutor(2))
     emb = settings.embedding
-    rt.loaded_embedder = create_embedder(emb.model, emb.device, emb.backend, emb.onnx_threads)
+    rt.loaded_embedder = create_embedder(emb.model, emb.device, emb.backend, emb.onnx_threads, emb.precision)
     memory_service.build(rt)
     return rt
 

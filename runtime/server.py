@@ -303,7 +303,9 @@ class AgentrtServer:
                 import torch
 
                 torch.set_num_threads(emb.torch_threads)
-            model = await rt.offload(create_embedder, emb.model, emb.device, emb.backend, emb.onnx_threads)
+            model = await rt.offload(
+                create_embedder, emb.model, emb.device, emb.backend, emb.onnx_threads, emb.precision
+            )
             rt.loaded_embedder = CachingEmbedder(model) if emb.cache_size > 0 else model
         for module in SERVICE_MODULES:
             await rt.offload(module.build, rt)

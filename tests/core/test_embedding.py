@@ -83,6 +83,26 @@ def test_unknown_embedding_backend_is_refused() -> None:
         SentenceTransformerEmbedder(backend="tpu")
 
 
+def test_int8_precision_gives_nearby_vectors_under_its_own_name() -> None:
+    fp32, int8 = create_embedder(), create_embedder(precision="int8")
+    assert isinstance(int8, SentenceTransformerEmbedder) and int8.precision == "int8" and int8.backend == "onnx"
+    # Another name: stored vectors of the other precision are re-embedded at start-up, never mixed.
+    assert int8.name == fp32.name + "+int8"
+    texts = ["I adopted a cat", "My new kitten", "Quarterly tax filing deadline", "Where did we meet last summer?"]
+    a, b = fp32.embed(texts), int8.embed(texts)
+    cosines = np.sum(a * b, axis=1)
+    assert cosines.min() > 0.98 and cosines.mean() > 0.99 and not np.allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert b[0] @ b[1] > b[0] @ b[2]
+
+
+def test_unknown_or_unsupported_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        SentenceTransformerEmbedder(precision="int4")
+    with pytest.raises(ValueError, match="needs the ONNX Runtime backend"):
+        SentenceTransformerEmbedder(backend="torch", precision="int8")
+
+
 def test_hashing_embedder_is_deterministic_and_word_sensitive() -> None:
     a, b = HashingEmbedder(64), HashingEmbedder(64)
     va, vb = a.embed(["red car", "red car", "blue boat"]), b.embed(["red car"])
