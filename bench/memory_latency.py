@@ -71,7 +71,9 @@ def load_locomo(path: Path = LOCOMO) -> tuple[list[dict[str, Any]], list[str]]:
     return sessions, questions
 
 
-def seed_units(db_url: str, n_units: int, texts: list[str], vectors: np.ndarray, seed: int = 0) -> float:
+def seed_units(
+    db_url: str, n_units: int, texts: list[str], vectors: np.ndarray, seed: int = 0, model: str = "all-MiniLM-L6-v2"
+) -> float:
     """Insert ``n_units`` synthetic units into the namespace; returns seconds taken."""
     from memory.model import Granularity, MemoryUnit
     from memory.store import Change, SqlMemoryStore, StoredUnit, unit_key
@@ -94,7 +96,8 @@ def seed_units(db_url: str, n_units: int, texts: list[str], vectors: np.ndarray,
         gran = grans[i % len(grans)]
         uid = f"synthetic-{i // 20}/{gran.value}/{i}"
         unit = MemoryUnit(uid, gran, text, (f"synthetic-msg-{i}",), f"synthetic-{i // 20}")
-        batch.append(StoredUnit(unit, unit_key(SCOPED, uid), vec, "all-MiniLM-L6-v2"))
+        # The name of the embedder that made ``vectors``: the sidecar re-embeds units of any other model.
+        batch.append(StoredUnit(unit, unit_key(SCOPED, uid), vec, model))
         if len(batch) == 5000:
             store.apply(SCOPED, Change(insert_units=batch))
             batch = []
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = Path(tempfile.mkdtemp(prefix="agentrt-bench-"))
     db_url = f"sqlite:///{data_dir / 'agentrt.db'}"
-    seed_s = seed_units(db_url, args.units, texts, pool)
+    seed_s = seed_units(db_url, args.units, texts, pool, model=embedder.name)
     print(f"seeded {args.units} units in {seed_s:.1f} s")
 
     # The server's query-embedding cache is switched off: every Search pays for its embedding.

@@ -304,14 +304,23 @@ def _quantize_int8(model_bytes: bytes) -> bytes:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="agentrt-onnx-") as tmp:
-        source, target = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
-        with open(source, "wb") as f:
-            f.write(model_bytes)
-        quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QUInt8)
-        with open(target, "rb") as f:
-            return f.read()
+    def not_the_preprocessing_advice(record: logging.LogRecord) -> bool:
+        # The quantiser logs a generic "consider pre-processing" warning on the root logger on every call.
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+    root = logging.getLogger()
+    root.addFilter(not_the_preprocessing_advice)
+    try:
+        with tempfile.TemporaryDirectory(prefix="agentrt-onnx-") as tmp:
+            source, target = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
+            with open(source, "wb") as f:
+                f.write(model_bytes)
+            quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], per_channel=True,
+                             weight_type=QuantType.QUInt8)
+            with open(target, "rb") as f:
+                return f.read()
+    finally:
+        root.removeFilter(not_the_preprocessing_advice)
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
