@@ -313,12 +313,12 @@ def _quantize_int8(model_bytes: bytes) -> bytes:
     try:
         with tempfile.TemporaryDirectory(prefix="agentrt-onnx-") as tmp:
             source, target = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
-            with open(source, "wb") as f:
-                f.write(model_bytes)
+            with open(source, "wb") as out:
+                out.write(model_bytes)
             quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], per_channel=True,
                              weight_type=QuantType.QUInt8)
-            with open(target, "rb") as f:
-                return f.read()
+            with open(target, "rb") as quantised:
+                return quantised.read()
     finally:
         root.removeFilter(not_the_preprocessing_advice)
 
