@@ -323,8 +323,8 @@ def readable_text(text: str) -> str:
         return text
     try:
         doc = json.loads(stripped)
-    except ValueError:
-        return text
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack (tool output
+        return text  # is attacker-controlled); read it as the plain text it then is
     out: list[str] = []
     stack: list[Any] = [doc]
     while stack:

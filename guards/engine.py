@@ -352,7 +352,7 @@ class GuardEngine:
             try:
                 parsed = json.loads(args) if args.strip() else {}
                 flat = " ".join(str(v) for v in (parsed.values() if isinstance(parsed, dict) else [parsed]))
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser's stack
                 flat = args
             segs.append(f"{request.tool_call.name.replace('_', ' ')}: {flat}"[:2000])
         if several:

@@ -285,7 +285,7 @@ def evaluate(
     if args_text.strip():
         try:
             args = json.loads(args_text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser's stack
             args = None
     text_all = request.text + ("\n" + args_text if args_text else "")
     matches: list[RuleMatch] = []

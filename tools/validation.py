@@ -105,6 +105,8 @@ def parse_arguments(arguments_json: str, field: str = "arguments_json") -> tuple
         return None, [
             FieldViolation(field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         ]
+    except RecursionError:
+        return None, [FieldViolation(field, "JSON nested too deeply to parse")]
     if not isinstance(value, dict):
         return None, [FieldViolation(field, f"must be a JSON object, got {type(value).__name__}")]
     return value, []

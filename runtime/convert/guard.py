@@ -114,6 +114,8 @@ def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> Guard
                     errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "must be a JSON object"))
             except json.JSONDecodeError as e:
                 errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", f"not valid JSON: {e.msg}"))
+            except RecursionError:
+                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "JSON nested too deeply to parse"))
         tool_call = ToolCallInfo(request.tool_call.name, args)
     if stage == Stage.TOOL_CALL and (tool_call is None or not tool_call.name):
         errors.append(FieldViolation(f"{prefix}tool_call.name", "STAGE_TOOL_CALL needs the tool call"))
@@ -200,6 +202,8 @@ def rule_from_proto(r: guard_pb2.GuardRule, where: str) -> PolicyRule:
         spec = json.loads(r.spec_json) if r.spec_json.strip() else {}
     except json.JSONDecodeError as e:
         raise InvalidArgumentError(f"{where}.spec_json", f"not valid JSON: {e.msg}") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"{where}.spec_json", "JSON nested too deeply to parse") from None
     if not isinstance(spec, dict):
         raise InvalidArgumentError(f"{where}.spec_json", "must be a JSON object")
     body: dict[str, Any] = {

@@ -77,6 +77,8 @@ def _json_field(text: str, field: str, *, required: bool) -> dict[str, Any] | No
         raise InvalidArgumentError(
             field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise InvalidArgumentError(field, "JSON nested too deeply to parse") from None
     if not isinstance(value, dict):
         raise InvalidArgumentError(field, "must be a JSON object (a JSON Schema)")
     return value

@@ -247,11 +247,22 @@ def test_invalid_requests_name_the_field(make_server) -> None:
         ),
         (guard_pb2.CheckRequest(namespace="a", stage=S.STAGE_TOOL_CALL, text="x"), "tool_call.name"),
         (guard_pb2.CheckRequest(namespace="a", stage=S.STAGE_INPUT), "text"),
+        (  # nested deeper than the JSON parser's stack: a clear error, not INTERNAL
+            guard_pb2.CheckRequest(
+                namespace="a",
+                stage=S.STAGE_TOOL_CALL,
+                tool_call=common_pb2.ToolCall(name="x", arguments_json='{"a":' * 50_000 + "1" + "}" * 50_000),
+            ),
+            "tool_call.arguments_json",
+        ),
     ]
     for req, field in cases:
         with pytest.raises(grpc.RpcError) as err:
             g.Check(req)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in bad_fields(err.value)
+    # A tool's output nested that deeply is still judged (as plain text): tool output is attacker-controlled.
+    deep = check(g, S.STAGE_TOOL_RESULT, "[" * 100_000 + "]" * 100_000, "read_file", "{}", ns="a")
+    assert deep.decision in (S.DECISION_ALLOW, S.DECISION_BLOCK, S.DECISION_REVIEW)
     with pytest.raises(grpc.RpcError) as err:
         g.Feedback(guard_pb2.FeedbackRequest(namespace="a", verdict_id="nope", expected=S.DECISION_BLOCK))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

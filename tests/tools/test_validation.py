@@ -53,7 +53,12 @@ def test_every_violation_is_reported() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object"), ('"x"', "must be a JSON object")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('"x"', "must be a JSON object"),
+        ('{"a":' * 50_000 + "1" + "}" * 50_000, "nested too deeply"),
+    ],
 )
 def test_parse_arguments_rejects_non_objects(text: str, message: str) -> None:
     value, bad = parse_arguments(text)
