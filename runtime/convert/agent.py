@@ -70,6 +70,8 @@ def _json_object(text: str, field_name: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise InvalidArgumentError(field_name, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError(field_name, "JSON nested too deeply to parse") from None
     if not isinstance(value, dict):
         raise InvalidArgumentError(field_name, "must be a JSON object")
     return value

@@ -170,6 +170,14 @@ def test_bad_ops_are_invalid_argument_naming_the_field(sidecar) -> None:
         stub.StoreBatch(not_json, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ops[0].put.value_json" in str(rpc_status.from_call(err.value).details)
+    deep_json = '{"a":' * 50_000 + "1" + "}" * 50_000  # deeper than the JSON parser's stack
+    too_deep = agent_pb2.StoreBatchRequest(namespace="app-bad", ops=[
+        agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["a"], key="k", value_json=deep_json)),
+    ])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StoreBatch(too_deep, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ops[0].put.value_json" in str(rpc_status.from_call(err.value).details)
 
 
 def test_items_survive_a_restart(make_server, db_url) -> None:
