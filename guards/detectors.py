@@ -313,6 +313,25 @@ def _hidden_instructions(text: str) -> list[DetectorHit]:
     return hits
 
 
+# See gives_orders. Broad on purpose: it chooses what the memory scores, and the patterns above (the
+# tool-directive verbs, the hidden-order verbs) are the precise subsets that decide.
+_DIRECTIVE_CUE = re.compile(
+    r"(?i)^\W*(?:please|kindly|do not|don't|never|make sure|be sure)\b|"
+    r"^\W*(?:(?:now|then|first|immediately|also)\s+)?(?:send|forward|transfer|wire|pay|grant|give|"
+    r"delete|remove|run|execute|open|visit|reply|respond|post|share|upload|download|install|change|reset|set|add|"
+    r"create|update|disable|enable|approve|merge|deploy|buy|order|book|cancel|ignore|disregard|forget|decode|"
+    r"copy|paste|call|use|email|include|append|write|tell|say|export|move|invite|unlock|subscribe)\b|"
+    r"\b(?:you|your|yourself|assistant|agent|ai|llm|model|bot)\b|https?://|[\w.+-]+@[\w-]+\.\w"
+)
+
+
+def gives_orders(sentence: str) -> bool:
+    """Whether ``sentence`` gives an order or speaks to its reader: "please" or an imperative verb first, or
+    "you", the agent, a link or an address. Chooses which sentences of a tool's output the guard memory
+    scores; it is not a verdict."""
+    return _DIRECTIVE_CUE.search(sentence) is not None
+
+
 def readable_text(text: str) -> str:
     """The text a reader of ``text`` sees: the string values of a JSON document (one per line, escapes
     decoded), else ``text`` itself. Instructions planted in JSON tool output sit inside string values,

@@ -69,16 +69,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-# A sentence that gives an order or speaks to its reader: "please" or an imperative verb first, or "you",
-# the agent, a link or an address (what the segments of a tool's output are chosen by, not a verdict).
-_DIRECTIVE_CUE = re.compile(
-    r"(?i)^\W*(?:please|kindly|do not|don't|never|make sure|be sure)\b|"
-    r"^\W*(?:(?:now|then|first|immediately|also)\s+)?(?:send|forward|transfer|wire|pay|grant|give|"
-    r"delete|remove|run|execute|open|visit|reply|respond|post|share|upload|download|install|change|reset|set|add|"
-    r"create|update|disable|enable|approve|merge|deploy|buy|order|book|cancel|ignore|disregard|forget|decode|"
-    r"copy|paste|call|use|email|include|append|write|tell|say|export|move|invite|unlock|subscribe)\b|"
-    r"\b(?:you|your|yourself|assistant|agent|ai|llm|model|bot)\b|https?://|[\w.+-]+@[\w-]+\.\w"
-)
 
 
 @dataclass(frozen=True)
@@ -345,7 +335,7 @@ class GuardEngine:
             # of bench/data (dev half) this embeds a median of 2 sentences instead of 9: Check p50 34.8 ->
             # 8.6 ms in process, 54 -> 53 of 60 injections blocked, benign 60/60 either way. The first
             # sentence stands in when none qualifies, so the memory still sees the content.
-            sentences = [x for x in sentences if _DIRECTIVE_CUE.search(x)] or sentences[:1]
+            sentences = [x for x in sentences if detectors.gives_orders(x)] or sentences[:1]
         # At TOOL_RESULT the call only says where the content came from; the content is what gets judged.
         if request.tool_call and request.tool_call.name and request.stage != Stage.TOOL_RESULT:
             args = request.tool_call.arguments_json
