@@ -6,6 +6,7 @@ Patterns are ours; they aim at high precision (the guard memory handles the fuzz
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -332,11 +333,13 @@ def gives_orders(sentence: str) -> bool:
     return _DIRECTIVE_CUE.search(sentence) is not None
 
 
+@functools.lru_cache(maxsize=16)
 def readable_text(text: str) -> str:
     """The text a reader of ``text`` sees: the string values of a JSON document (one per line, escapes
     decoded), else ``text`` itself. Instructions planted in JSON tool output sit inside string values,
     where ``\\n`` and ``\\u00e9`` escapes and the surrounding keys would hide them from line- and
-    word-based patterns."""
+    word-based patterns. Cached for the last few texts: one check reads a tool's output twice (its rules'
+    detectors and its memory segments)."""
     stripped = text.strip()
     if not stripped or stripped[0] not in "[{":
         return text

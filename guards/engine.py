@@ -322,7 +322,7 @@ class GuardEngine:
         if request.stage == Stage.TOOL_RESULT:
             # Tool output is often JSON: its string values are what the agent reads; keys, numbers and
             # escapes would only make segments of their own.
-            text = detectors.readable_text(text).strip()
+            text = detectors.readable_text(request.text).strip()  # the detectors' call: cached
         segs: list[str] = []
         sentences = [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12] if text else []
         several = len(sentences) > 1
