@@ -105,6 +105,21 @@ def load_tool_results() -> list[dict[str, Any]]:
     return out
 
 
+SENTENCES = Path(__file__).resolve().parent / "data" / "injection_sentences.json"
+
+
+def detector_on_sentences() -> list[dict[str, Any]]:
+    """The injection detector alone on ``bench/data/injection_sentences.json``, per writing round (rounds 1-3
+    shaped the detector; round 4 is held out)."""
+    out = []
+    for r in json.loads(SENTENCES.read_text())["rounds"]:
+        caught = sum(bool(detectors.injection(t)) for t in r["injected"])
+        flagged = sum(bool(detectors.injection(t)) for t in r["ordinary"])
+        out.append({"round": r["round"], "role": r["role"], "injected_blocked": f"{caught}/{len(r['injected'])}",
+                    "ordinary_flagged": f"{flagged}/{len(r['ordinary'])}"})
+    return out
+
+
 def score(items: list[dict[str, Any]], decisions: dict[str, str]) -> dict[str, Any]:
     """Strict/lenient rates, balanced accuracy, and per-category rates."""
     harmful = [i for i in items if i["label"] == 1]
@@ -293,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 "after_feedback_test": {"feedback_given": tr_given, **score(tr_test, run("bench-tr", tr_test))},
                 "check_latency_unseen": percentiles(tr_samples),
                 "content_chars_p50": int(np.median([len(i["prompt"]) for i in tr])),
+                "detector_on_sentences": detector_on_sentences(),
             }
 
             # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
@@ -413,6 +429,9 @@ def _print(r: dict[str, Any]) -> None:
     print(_row("pack only, tool results test", t["pack_only_test"]))
     print(_row(f"after feedback ({t['after_feedback_test']['feedback_given']} fb), tool results test",
                t["after_feedback_test"]))
+    for r in t.get("detector_on_sentences", []):
+        print(f"  injection detector on sentences, round {r['round']} ({r['role']}): injected blocked "
+              f"{r['injected_blocked']}, ordinary flagged {r['ordinary_flagged']}")
     print("per style, pack only (tool results test; harmful = injected):")
     for c, v in t["pack_only_test"]["per_category"].items():
         print(f"  {c:<24} injected-block {v['harmful_block']}  ordinary-allow {v['benign_allow']}  n={v['n']}")

@@ -7,9 +7,10 @@ Patterns are ours; they aim at high precision (the guard memory handles the fuzz
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,17 @@ _PII_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 # Phrasing aimed at an AI agent rather than at a person: the signature of indirect prompt injection.
+# The orders an injection gives the agent (the compositional patterns below pair one with who gives it or
+# what it is about; a verb alone is ordinary text).
+_ORDER = (
+    r"(?:send|forward|e-?mail|dm|message|transfer|wire|move|pay|approve|grant|give|add|delete|remove|erase|wipe|"
+    r"cancel|reset|change|update|disable|turn off|unlock|open|visit|post|publish|share|upload|export|copy|paste|"
+    r"include|append|attach|insert|reveal|disclose|print|output|respond|reply|rate|recommend|run|execute|install|"
+    r"download|call|invoke|mark|set|create|invite|subscribe|buy|order|purchase|book|leak|dump|collect|retrieve|"
+    r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|refund|push|describe|hide|bypass|"
+    r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit)"
+)
+
 # Ordinary requests between people ("could you please send me the report") do not match these.
 _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
@@ -128,9 +140,11 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "agent_directive",
         re.compile(
-            r"(?i)\b(?:ai|llm|assistant|agent|model)s?\b[^.\n]{0,40}\b(?:must|should|shall|are required to|"
-            r"needs? to)\s+(?:(?:now|immediately|also|first|then|please|go ahead and)\s+)*(?:call|use|invoke|run|"
-            r"execute|send|forward|transfer|delete|email|post|share|reveal|grant|disable|merge|approve|pay)\b"
+            r"(?i)\b(?:ai|llm|assistant|agent|model)s?\b[^.\n]{0,40}\b(?:must|should|shall|(?:are|is) required to|"
+            r"needs? to|(?:is|are|has been|have been) (?:instructed|authori[sz]ed|expected) to)\s+"
+            r"(?:(?:now|immediately|also|first|then|please|go ahead and)\s+)*(?:call|use|invoke|run|"
+            r"execute|send|forward|transfer|delete|email|post|share|reveal|grant|disable|merge|approve|pay|reset|"
+            r"change|update|remove|add|move|upload|export|publish|install|download|cancel)\b"
         ),
     ),
     (
@@ -197,7 +211,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"mistral)\b|\b(?:whichever|whatever|any) (?:ai|model|assistant|agent|llm)\b[^.\n]{0,20}\b(?:is )?"
             r"(?:reading|processing|handling)\b|\b(?:ai|llm|gpt|model)[- ](?:reviewers?|readers?|agents?|"
             r"assistants?|bots?|crawlers?|summari[sz]ers?)\s*:|\bto the (?:ai|assistant|agent|model|llm|bot)\s*[:,]"
-            r"|(?:^|[.!?]\s+)(?:ai|assistant|llm)\s*:\s*(?:please\s+)?[a-z]"
+            r"|(?:^|[.!?]\s+|<!--\s*)(?:ai|assistant|llm|agent|model|bot)\s*:\s*(?:please\s+)?[a-z]"
         ),
     ),
     (
@@ -206,7 +220,8 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"(?i)(?:\b(?:earlier|previous|prior|above|original|existing|user'?s?|your) (?:guidance|instructions?|"
             r"rules|directions|task|orders)\b|\b(?:instructions?|guidance|task)\b[^.\n]{0,12}\b(?:the user gave you|"
             r"you (?:were|have been) given|you received)\b)[^.\n]{0,40}\b(?:no longer appl(?:y|ies)|(?:is|are) "
-            r"(?:now )?(?:outdated|obsolete|void|cancell?ed|superseded|revoked)|must be ignored|should be ignored)|"
+            r"(?:now )?(?:outdated|out of date|obsolete|void|invalid|no longer valid|withdrawn|replaced|overridden|"
+            r"cancell?ed|superseded|revoked)|must be ignored|should be ignored)|"
             r"\b(?:ignore|disregard|forget)\b[^.\n]{0,15}\b(?:the |these |any )?(?:instructions?|rules|guidelines|"
             r"prompts?)\b[^.\n]{0,30}\b(?:given|earlier|before|previously|above|so far)\b"
         ),
@@ -247,6 +262,99 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "spelled_out_letters",
         re.compile(r"(?i)(?:\b[a-z][.\- ]){12,}"),
     ),
+    # The compositional patterns: what a message between people has no reason to say, whatever the wording.
+    (
+        # The agent's principal invoked in the third person to authorise an order: "the user has authorized
+        # you to", "the account owner wants you to", "per the user's updated request, delete", "updated
+        # instructions from the user:". Tool output speaks for its author, never for the agent's user.
+        "claims_user_authority",
+        re.compile(
+            rf"(?i)\b(?:the|your) (?:user|account owner|owner|principal|operator)\s+(?:has |have |had )?"
+            rf"(?:(?:actually|now|also|already|explicitly) )?(?:authori[sz]ed|asked|instructed|approved|requested|"
+            rf"wants|would like|needs|told|permitted|allowed|cleared)\s+(?:you|the (?:assistant|agent|ai|model|bot))"
+            rf"\s+to\s+"
+            rf"(?:(?:now|also|immediately|first) )?{_ORDER}\b|"
+            rf"\bper (?:the |your )(?:user|account owner|owner)'?s? (?:(?:updated|new|latest|revised|real|actual) )?"
+            rf"(?:request|instructions?|wish(?:es)?|orders?)\s*[,:]\s*(?:please\s+)?{_ORDER}\b|"
+            rf"\b(?:updated|new|revised|additional|latest|urgent) (?:instructions?|orders?|directions|directives?) "
+            rf"from (?:the |your )(?:user|account owner|owner|admin(?:istrator)?|operator|developers?|system)\b"
+        ),
+    ),
+    (
+        "assigns_the_real_task",
+        re.compile(
+            r"(?i)\byour (?:real|actual|true|secret|hidden) (?:job|task|goal|purpose|objective|mission|"
+            r"instructions?|priority) (?:is|are|now is|is now)\b"
+        ),
+    ),
+    (
+        # Setting aside what governs the agent: its instructions, guidelines, the user's request, its
+        # safety checks, or "what you were told", with any of the verbs of setting aside.
+        "override_generalized",
+        re.compile(
+            r"(?i)\b(?:ignore|disregard|forget|override|bypass|skip|set aside|put aside|abandon|discard|drop|"
+            r"stop following|no longer follow|circumvent|suspend)\b[^.\n]{0,30}?\b(?:(?:your|the user'?s?|"
+            r"previous|prior|earlier|above|original|all|any|these|those|existing|safety|security|current)\s+"
+            r"(?:[a-z]+\s+)?(?:instructions?|directions|directives?|guidelines|guidance|rules|orders|prompts?|"
+            r"question|request|task|checks?|safeguards|restrictions|polic(?:y|ies)|filters?)\b|what (?:you(?:'ve| "
+            r"have)? (?:were |been )?|the user )(?:told|asked|given|requested|said)\b|the task (?:you were|you've "
+            r"been|you have been) given\b)"
+        ),
+    ),
+    (
+        # Stopping the work only an agent does on this text (summarising it, translating it) to do
+        # something else.
+        "interrupts_the_task",
+        re.compile(
+            r"(?i)\b(?:stop|abandon|pause|halt|abort|interrupt|quit)\s+(?:summari[sz]ing|translating|"
+            r"analy[sz]ing|classifying|processing|answering|(?:your|the) (?:current )?(?:summary|summari[sz]ation|"
+            r"translation|task|answer|response))\b[^.\n]{0,60}?\b(?:and|instead|then|;)"
+        ),
+    ),
+    (
+        # Markers of authority that only matter to a machine reader, next to it being named: "SYSTEM
+        # OVERRIDE:", "ADMIN NOTICE - assistant is required to ...".
+        "authority_marker",
+        re.compile(
+            r"(?i)\b(?:system|admin|root|security)[ _-]override\b|\b(?:system|admin(?:istrator)?|security|root|"
+            r"developer|priority|urgent|important|critical|mandatory)[ _-]+(?:override|notice|instructions?|update|"
+            r"directive|command|alert|message|task)\s*[:\-\u2013\u2014!\]>)]"
+            r"(?=[^\n]{0,120}\b(?:assistants?|agents?|ai|models?|llms?|bots?|chatbots?)\b)"
+        ),
+    ),
+    (
+        "addresses_machine_readers_more",
+        re.compile(
+            r"(?i)\b(?:whoever|whatever|anyone|anything|any (?:system|program|tool|process|reader)) (?:is )?"
+            r"(?:process(?:es|ing)?|reads|reading|pars(?:es|ing)|handl(?:es|ing)|summari[sz](?:es|ing)|"
+            r"ingest(?:s|ing)) (?:this|these)\b|"
+            r"\bas (?:the|an?) (?:ai|assistant|agent|model|llm|bot|automated system)\b(?: [\w-]+){0,3} "
+            r"(?:handling|reading|processing|managing|summari[sz]ing|monitoring|with access)\b|"
+            r"\b(?:note|notice|message|instructions?|reminder|memo) (?:for|to) (?:the |any |all )?"
+            r"(?:summari[sz]ers?|automated (?:systems?|tools?|agents?|assistants?|readers?)|ai (?:systems?|tools?|"
+            r"models?)|language models?|crawlers?|scrapers?)\b"
+        ),
+    ),
+    (
+        # The machine reader addressed, then given an order in the same sentence: "If this content is being
+        # read by an assistant, please also send ...", "Dear model, kindly ... and write ...", "for AI tools:
+        # export ...".
+        "orders_the_machine_reader",
+        re.compile(
+            rf"(?i)\b(?:read by|for|to|dear|hey|hi|hello|attention|calling all|note to)\s+(?:the |any |all |an? |"
+            rf"every )?(?:ai|a\.i\.|assistant|agent|model|llm|bot|chatbot)s?(?:\s+(?:tools?|agents?|assistants?|"
+            rf"models?|systems?|readers?|shoppers?|crawlers?|bots?))?\s*[:,]\s*(?:[^.!?\n]{{0,60}}?\b(?:please|"
+            rf"kindly|and|then|now|also)\s+)?(?:(?:please|kindly|also|now|then|first|just)\s+){{0,2}}{_ORDER}\b"
+        ),
+    ),
+    (
+        # An order to act quietly: concealment from the person the agent works for.
+        "covert_order",
+        re.compile(
+            rf"(?i)(?:^|[.!?;:]\s+|\n\s*|,\s*)(?:quietly|silently|secretly|discreetly|covertly|stealthily)\s+"
+            rf"(?:[a-z]+\s+)?{_ORDER}\b"
+        ),
+    ),
 ]
 
 # A consequential action, a sensitive object and an outside destination in one imperative sentence: the
@@ -257,7 +365,8 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 _ACTION = (
     r"(?:transfer|wire|send|forward|email|e-mail|share|upload|post|grant|give|add|invite|change|reset|update|set|"
     r"disable|turn off|unlock|approve|pay|export|copy|paste|move|delete|remove|download and run|run|execute|install|"
-    r"reassign|publish|reply|subscribe|order|buy|purchase|create)"
+    r"reassign|publish|reply|subscribe|order|buy|purchase|create|include|append|insert|attach|leak|dm|reveal|"
+    r"disclose|call|invoke|submit|enter)"
 )
 _SENSITIVE = (
     r"(?:passwords?|passcodes?|pins?|credentials|api[ -]?keys?|tokens?|secrets?|private keys?|2fa|mfa|"
@@ -270,16 +379,56 @@ _SENSITIVE = (
     r"(?:all|every|the whole|entire) (?:of (?:the |my |your |\w+'s )?)?(?:emails?|messages?|files?|contacts?|"
     r"inbox|documents?|records?|history|accounts?|customers?|users?)|"
     r"conversation|chat history|address book|saved (?:cards?|addresses|passwords?)|"
-    r"(?:[$€£]\s?\d[\d,.]*|\d[\d,.]*\s?(?:usd|eur|gbp|dollars|euros|pounds)))"
+    r"(?:[$€£]\s?\d[\d,.]*|\d[\d,.]*\s?(?:usd|eur|gbp|dollars|euros|pounds))|"
+    r"(?:the |their |your )?(?:user|customer|owner|client)'?s?'? (?:(?:full|complete|entire|saved|private|personal|"
+    r"home|email|latest) )?(?:contacts?|contact list|address(?:es)?|address book|e-?mails?|inbox|files?|"
+    r"documents?|passwords?|card(?: details)?|bank [a-z]+|wallet|seed phrase|phone(?: number)?|location|calendar|"
+    r"ssn|social security number|passport(?: number)?|date of birth|medical [a-z]+|messages|chat history|data|"
+    r"information|details|credentials)|"
+    r"(?:personal|private|confidential|sensitive) (?:data|information|details|files|records)|seed phrase|"
+    r"passport number|\.ssh|environment variables?|\.env)"
 )
 _DESTINATION = (
     r"(?:[\w.+-]+@[\w-]+\.[\w.-]+|https?://\S+|@[a-z0-9_]{3,}|\b[a-z]+_[a-z0-9_]+\b|"
-    r"\baccount (?:no\.? |number )?[#:]?\s?[\d-]{4,}|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7})"
+    r"\baccount (?:no\.? |number )?[#:]?\s?[\d-]{4,}|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}|"
+    r"\bpublic (?:forum|channel|page|post|thread|repo(?:sitory)?)\b|\b(?:link|url|server|endpoint|form) "
+    r"(?:below|above)\b|\b(?:in|into) (?:your |the )(?:next )?(?:search query|reply|response|answer|output|url|"
+    r"request|comment)\b)"
 )
-_TOOL_DIRECTIVE = re.compile(
-    rf"(?i)(?:^|[.!?:;]\s+|,\s*|\n\s*|[\"'(]\s*)(?:please\s+|kindly\s+|now\s+|immediately\s+)?{_ACTION}\b"
-    rf"(?=[^.!?\n]{{0,160}}\b{_SENSITIVE}\b)(?=[^.!?\n]{{0,200}}{_DESTINATION})[^.!?\n]{{0,200}}"
+# A sentence, or 400 characters of one (always a match where it starts: a pattern that had to find the end
+# within 400 characters would be retried at every position of a long unpunctuated text).
+_SENTENCE_CHUNK = re.compile(r"[^.!?\n]{1,400}[.!?]*")
+_TOOL_ACTION = re.compile(
+    rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+)"
+    rf"(?:(?:please|kindly|now|immediately|also|then|first|just)\s+){{0,2}}{_ACTION}\b"
 )
+_SENSITIVE_OBJECT = re.compile(rf"(?i)\b{_SENSITIVE}\b")
+_DESTINATION_ANYWHERE = re.compile(rf"(?i){_DESTINATION}")
+
+
+def _tool_directives(text: str) -> Iterator[DetectorHit]:
+    """Per sentence: an action at the start of a clause, a sensitive object within 160 characters after it and
+    a destination within 200. Checked sentence by sentence (at most 4 actions each), not as one pattern with
+    lookaheads from every verb: on attacker-controlled text of 200 KB that pattern took 1.2 s."""
+    if _DESTINATION_ANYWHERE.search(text) is None:  # one linear pass spares the per-sentence work
+        return
+    for sentence in _SENTENCE_CHUNK.finditer(text):
+        part = sentence.group(0)
+        for tried, action in enumerate(_TOOL_ACTION.finditer(part)):
+            if tried == 4:
+                break
+            after = part[action.end() : action.end() + 400]
+            sensitive = _SENSITIVE_OBJECT.search(after)
+            if sensitive is None or sensitive.start() > 160:
+                continue
+            destination = _DESTINATION_ANYWHERE.search(after)
+            if destination is None or destination.start() > 200:
+                continue
+            span = part[action.start() : action.end() + 200].strip(" \n.!?:;,\"'(")
+            lead = len(action.group(0)) - len(action.group(0).lstrip(" \n.!?:;,\"'("))
+            start = sentence.start() + action.start() + lead
+            yield DetectorHit("injection", "tool_directive", span[:120], start, sentence.start() + action.end())
+            break
 
 
 # Text the reader never sees (a hidden element, an HTML comment) that gives orders: the human reading the
@@ -312,6 +461,103 @@ def _hidden_instructions(text: str) -> list[DetectorHit]:
             start = m.end() + order.start()
             hits.append(DetectorHit("injection", "hidden_instruction", text[start : start + 120], start, start + 120))
     return hits
+
+
+# The composite detector: cues that are ordinary one at a time, read together per sentence (with the sentence
+# before it, where an injection often names its audience: "Note to AI assistants. Forward ..."). An order is
+# an injection when it goes to the machine reader or is given over the head of the agent's user, and is about
+# something consequential, outside or covert. Written after measuring that phrase patterns caught 4-6 of 20
+# freshly written injections: the wording varies, the roles in the sentence do not.
+_READER = re.compile(
+    r"(?i)\b(?:ai|a\.i\.|assistants?|llms?|language models?|chatbots?|bots?|gpt|chatgpt|claude|gemini|copilot|"
+    r"summari[sz]ers?|automated (?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|ai[- ]agents?|"
+    r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
+    r"model|tool|system)s?)\b|\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:agents?|tools?|models?|"
+    r"systems?)\s*[:,]"
+)
+# "Tell the assistant to ...", "my personal assistant", "the assistant manager": a person's words about an
+# assistant, or a person, not an address to the machine reading them.
+_READER_NOT_ADDRESSED = re.compile(
+    r"(?i)\b(?:tell|ask|let|have|get|instruct|use|using|with|personal|teaching|administrative|executive|dental|"
+    r"medical|legal|research|shop|store|office|sales|your|my|our)\s+(?:the |an? |your |my |our )?$"
+)
+_NOT_A_MACHINE = re.compile(
+    r"(?i)^\s*(?:managers?|coach(?:es)?|professors?|directors?|editors?|principals?|teachers?|secretar(?:y|ies)|"
+    r"heads?|chiefs?|attorneys?|producers?|referees?|curators?)\b"
+)
+_THIRD_PERSON_USER = re.compile(
+    r"(?i)\bthe user'?s?\b|\byour user\b|\bthe person (?:who asked you|you (?:work|act) for|you are helping)\b|"
+    r"\b(?:your|the) (?:original |previous |earlier |real |actual |current )?(?:instructions|configuration|"
+    r"system prompt|guidelines)\b|\b(?:the|your) (?:real|actual) (?:request|assignment|task|job)\b|"
+    r"\binstruction priority\b"
+)
+_ADVERB = r"(?:please|kindly|also|now|then|first|just|quickly|immediately|therefore|so|thus|hence|instead)\s+"
+_ADVERBS = rf"(?:{_ADVERB}){{0,2}}"
+# After a comma only with an adverb ("..., quickly list the keys"): a bare comma also separates the verbs of
+# a list ("send email, move money or change access rights").
+_ADVERBS_NONE_EMPTY = rf"(?:{_ADVERB}){{1,2}}"
+_IMPERATIVE = re.compile(
+    rf"(?i)(?:(?:^|[.!?:;]\s*|\n\s*|[\"'(\]]\s*)(?:\W{{0,3}}\s*)?{_ADVERBS}|,\s+{_ADVERBS_NONE_EMPTY}){_ORDER}\b|"
+    rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{_ORDER}\b|"
+    rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?to\s+"
+    rf"{_ORDER}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b"
+)
+_MODAL_ORDER = re.compile(
+    rf"(?i)\b(?:must|should|shall|is to|are to|needs? to|ha(?:s|ve) to|(?:is|are) (?:required|expected|instructed) "
+    rf"to)\s+{_ADVERBS}{_ORDER}\b"
+)
+_CONSEQUENCE = re.compile(
+    rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|escalate|refund|"
+    r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
+    r"configuration|audit log\w*|fraud check|every|all (?:the |of )?)\b|\.env\b"
+)
+_COVERT = re.compile(
+    r"(?i)\b(?:instead|actually|changed (?:their|his|her) mind|now wants?|quietly|silently|secretly|hidden|hide|"
+    r"suppress|conceal|without (?:asking|telling|confirmation|confirming)|nothing else|before (?:you )?(?:continu|"
+    r"answer|repl|respond|summar)\w*|do not (?:summari[sz]e|tell|mention|answer))\b"
+)
+_OUTSIDE = re.compile(rf"(?i){_DESTINATION}|\bwallet\b|\b0x[0-9a-f]{{4,}}")
+_QUOTED = re.compile(r"\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)")
+
+
+def _addresses_reader(window: str) -> bool:
+    for m in _READER.finditer(window):
+        if _READER_NOT_ADDRESSED.search(window[max(0, m.start() - 24) : m.start()]):
+            continue
+        if _NOT_A_MACHINE.match(window[m.end() : m.end() + 16]):
+            continue
+        return True
+    return False
+
+
+def _agent_orders(text: str) -> Iterator[DetectorHit]:
+    """Sentences that order the agent about (see the comment above ``_READER``): an order (imperative or
+    modal) with, in the sentence or the one before, the machine reader addressed or the agent's user spoken of
+    in the third person, and something consequential, outside or covert."""
+    if _READER.search(text) is None and _THIRD_PERSON_USER.search(text) is None:
+        return
+    previous = ""
+    for m in _SENTENCE_CHUNK.finditer(text):
+        # Quoted words are someone else's (an article quoting an attack, a message quoting a request).
+        sentence = _QUOTED.sub(" ", m.group(0))
+        if not sentence.strip():
+            continue
+        window = previous + " " + sentence
+        previous = sentence
+        imperative = _IMPERATIVE.search(sentence) is not None
+        modal = _MODAL_ORDER.search(sentence) is not None
+        if not (imperative or modal):
+            continue
+        reader = _addresses_reader(window)
+        user = _THIRD_PERSON_USER.search(window) is not None
+        if not (reader or user):
+            continue
+        covert = _COVERT.search(window) is not None
+        if (reader and (_CONSEQUENCE.search(sentence) or _OUTSIDE.search(sentence) or covert)) or (
+            user and imperative and (_OUTSIDE.search(sentence) or covert)
+        ):
+            start = m.start() + len(sentence) - len(sentence.lstrip())
+            yield DetectorHit("injection", "orders_the_agent", sentence.strip()[:120], start, m.end())
 
 
 # See gives_orders. Broad on purpose: it chooses what the memory scores, and the patterns above (the
@@ -413,6 +659,11 @@ def _is_mention(text: str, start: int) -> bool:
     return False
 
 
+# Evidence enough for a verdict; a text of thousands of planted orders would otherwise spend its time building
+# thousands of hits.
+MAX_HITS_PER_KIND = 16
+
+
 def injection(text: str) -> list[DetectorHit]:
     """Instructions aimed at the AI agent (override, role change, concealment, agent directives, encoded
     orders, fake conversation turns, tool directives), in the readable text of ``text``. Quoted examples of
@@ -420,17 +671,18 @@ def injection(text: str) -> list[DetectorHit]:
     text = readable_text(text)
     hits = []
     for kind, pattern in _INJECTION_PATTERNS:
+        found = 0
         for m in pattern.finditer(text):
             span = m.group(0).strip()
             start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip(" \n\"'>")))
             if not _is_mention(text, start):
                 hits.append(DetectorHit("injection", kind, span[:120], m.start(), m.end()))
+                found += 1
+                if found == MAX_HITS_PER_KIND:
+                    break
     hits.extend(_hidden_instructions(text))
-    for m in _TOOL_DIRECTIVE.finditer(text):
-        span = m.group(0).strip(" \n.!?:;,\"'(")
-        start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip(" \n.!?:;,\"'(")))
-        if not _is_mention(text, start):
-            hits.append(DetectorHit("injection", "tool_directive", span[:120], m.start(), m.end()))
+    for finder in (_agent_orders, _tool_directives):
+        hits.extend(itertools.islice((h for h in finder(text) if not _is_mention(text, h.start)), MAX_HITS_PER_KIND))
     return hits
 
 
