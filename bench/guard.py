@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             srv.stop()
     report["load_average"] = os.getloadavg()
     report["wall_s"] = round(time.time() - started, 1)
+    path = write_result("guard", report)  # first: a figure is not lost to an error in the printout
     _print(report)
-    path = write_result("guard", report)
     print(f"wrote {path}")
     return 0
 
@@ -429,9 +429,9 @@ def _print(r: dict[str, Any]) -> None:
     print(_row("pack only, tool results test", t["pack_only_test"]))
     print(_row(f"after feedback ({t['after_feedback_test']['feedback_given']} fb), tool results test",
                t["after_feedback_test"]))
-    for r in t.get("detector_on_sentences", []):
-        print(f"  injection detector on sentences, round {r['round']} ({r['role']}): injected blocked "
-              f"{r['injected_blocked']}, ordinary flagged {r['ordinary_flagged']}")
+    for row in t.get("detector_on_sentences", []):
+        print(f"  injection detector on sentences, round {row['round']} ({row['role']}): injected blocked "
+              f"{row['injected_blocked']}, ordinary flagged {row['ordinary_flagged']}")
     print("per style, pack only (tool results test; harmful = injected):")
     for c, v in t["pack_only_test"]["per_category"].items():
         print(f"  {c:<24} injected-block {v['harmful_block']}  ordinary-allow {v['benign_allow']}  n={v['n']}")
