@@ -89,7 +89,8 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "override_instructions",
         re.compile(
-            r"(?i)\b(?:ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(?:previous|prior|above|earlier|"
+            r"(?i)(?<!not )(?<!never )(?<!n't )\b(?:ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(?:"
+            r"previous|prior|above|earlier|"
             r"original|all|your|system|safety|user'?s?)\b[^.\n]{0,25}\b(?:instructions?|prompts?|rules|"
             r"directives?|guidelines|task|requests?|constraints)"
         ),
@@ -292,11 +293,14 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         # safety checks, or "what you were told", with any of the verbs of setting aside.
         "override_generalized",
         re.compile(
-            r"(?i)\b(?:ignore|disregard|forget|override|bypass|skip|set aside|put aside|abandon|discard|drop|"
-            r"stop following|no longer follow|circumvent|suspend)\b[^.\n]{0,30}?\b(?:(?:your|the user'?s?|"
-            r"previous|prior|earlier|above|original|all|any|these|those|existing|safety|security|current)\s+"
-            r"(?:[a-z]+\s+)?(?:instructions?|directions|directives?|guidelines|guidance|rules|orders|prompts?|"
-            r"question|request|task|checks?|safeguards|restrictions|polic(?:y|ies)|filters?)\b|what (?:you(?:'ve| "
+            r"(?i)(?<!not )(?<!never )(?<!n't )\b(?:ignore|disregard|forget|override|bypass|skip|set aside|"
+            r"put aside|abandon|discard|drop|stop following|no longer follow|circumvent|suspend)\b[^.\n]{0,30}?\b(?:"
+            r"(?:your|the user'?s?|previous|prior|earlier|above|original|all|any|these|those|existing|safety|security|"
+            r"current)\s+(?:[a-z]+\s+)?(?:instructions?|directions|directives?|guidelines|guidance|rules|orders|"
+            r"prompts?|checks?|safeguards|restrictions|polic(?:y|ies)|filters?)\b|"
+            # A question, request or task is the agent's only when it is the user's ("skip the previous
+            # question" is a survey's own instruction).
+            r"the user'?s? (?:[a-z]+\s+)?(?:question|request|task)\b|what (?:you(?:'ve| "
             r"have)? (?:were |been )?|the user )(?:told|asked|given|requested|said)\b|the task (?:you were|you've "
             r"been|you have been) given\b)"
         ),
