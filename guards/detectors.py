@@ -81,7 +81,8 @@ _ORDER = (
     r"include|append|attach|insert|reveal|disclose|print|output|respond|reply|rate|recommend|run|execute|install|"
     r"download|call|invoke|mark|set|create|invite|subscribe|buy|order|purchase|book|leak|dump|collect|retrieve|"
     r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|refund|push|describe|hide|bypass|"
-    r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit)"
+    r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
+    r"decline|log in|sign in|settle|clear)"
 )
 
 # Ordinary requests between people ("could you please send me the report") do not match these.
@@ -476,8 +477,11 @@ _READER = re.compile(
     r"(?i)\b(?:ai|a\.i\.|assistants?|llms?|language models?|chatbots?|bots?|gpt|chatgpt|claude|gemini|copilot|"
     r"summari[sz]ers?|automated (?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|ai[- ]agents?|"
     r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
-    r"model|tool|system)s?)\b|\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:agents?|tools?|models?|"
-    r"systems?)\s*[:,]"
+    r"model|tool|system|ai|assistant|llm)s?|(?:coding|ai|llm|autonomous|automated|software|browsing|shopping|"
+    r"research|web|setup|deployment|triage|email|inbox|calendar) (?:agents?|assistants?|bots?))\b|"
+    r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:agents?|tools?|models?|systems?)\s*[:,]|"
+    r"\b(?:for|to) (?:the |any |all )?(?:agents?|assistants?|models?|bots?) (?:doing|running|reading|processing|"
+    r"listening|handling|performing)\b"
 )
 # "Tell the assistant to ...", "my personal assistant", "the assistant manager": a person's words about an
 # assistant, or a person, not an address to the machine reading them.
@@ -501,7 +505,9 @@ _ADVERBS = rf"(?:{_ADVERB}){{0,2}}"
 # a list ("send email, move money or change access rights").
 _ADVERBS_NONE_EMPTY = rf"(?:{_ADVERB}){{1,2}}"
 _IMPERATIVE = re.compile(
-    rf"(?i)(?:(?:^|[.!?:;]\s*|\n\s*|[\"'(\]]\s*)(?:\W{{0,3}}\s*)?{_ADVERBS}|,\s+{_ADVERBS_NONE_EMPTY}){_ORDER}\b|"
+    rf"(?i)(?:(?:^|[.!?:;]\s*|\n\s*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
+    rf"\b(?:when|after|before|once|if|for)\b[^,.!?\n]{{1,50}},\s+)(?:\W{{0,3}}\s*)?{_ADVERBS}|"
+    rf",\s+{_ADVERBS_NONE_EMPTY}){_ORDER}\b|"
     rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{_ORDER}\b|"
     rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?to\s+"
     rf"{_ORDER}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b"
@@ -513,15 +519,22 @@ _MODAL_ORDER = re.compile(
 _CONSEQUENCE = re.compile(
     rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|escalate|refund|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
-    r"configuration|audit log\w*|fraud check|every|all (?:the |of )?)\b|\.env\b"
+    r"configuration|audit log\w*|fraud check|every|all (?:the |of )?|ssh keys?|authorized_keys|firewall|"
+    r"port \d+|sudo|root|pay|purchase|buy|invoice|log ?in|locked)\b|\.env\b"
 )
 _COVERT = re.compile(
     r"(?i)\b(?:instead|actually|changed (?:their|his|her) mind|now wants?|quietly|silently|secretly|hidden|hide|"
     r"suppress|conceal|without (?:asking|telling|confirmation|confirming)|nothing else|before (?:you )?(?:continu|"
     r"answer|repl|respond|summar)\w*|do not (?:summari[sz]e|tell|mention|answer))\b"
 )
-_OUTSIDE = re.compile(rf"(?i){_DESTINATION}|\bwallet\b|\b0x[0-9a-f]{{4,}}")
-_QUOTED = re.compile(r"\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)")
+_OUTSIDE = re.compile(
+    rf"(?i){_DESTINATION}|\bwallet\b|\b0x[0-9a-f]{{4,}}|"
+    r"\b[a-z0-9-]{2,40}\.(?:com|net|org|io|co|example|xyz|info|biz|app|dev|ru|cn|site|online)\b"
+)
+_QUOTED = re.compile(
+    r"\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)|‘[^’\n]{0,300}(?:’|$)|"
+    r"(?<!\w)'[^'\n]{0,300}(?:'|$)"
+)
 
 
 def _addresses_reader(window: str) -> bool:
