@@ -109,8 +109,8 @@ SENTENCES = Path(__file__).resolve().parent / "data" / "injection_sentences.json
 
 
 def detector_on_sentences() -> list[dict[str, Any]]:
-    """The injection detector alone on ``bench/data/injection_sentences.json``, per writing round (rounds 1-3
-    shaped the detector; round 4 is held out)."""
+    """The injection detector alone on ``bench/data/injection_sentences.json``, per writing round (each round's
+    ``role`` says whether it shaped the detector; the file's ``about`` says how)."""
     out = []
     for r in json.loads(SENTENCES.read_text())["rounds"]:
         caught = sum(bool(detectors.injection(t)) for t in r["injected"])

@@ -419,9 +419,7 @@ def _tool_directives(text: str) -> Iterator[DetectorHit]:
         return
     for sentence in _SENTENCE_CHUNK.finditer(text):
         part = sentence.group(0)
-        for tried, action in enumerate(_TOOL_ACTION.finditer(part)):
-            if tried == 4:
-                break
+        for action in itertools.islice(_TOOL_ACTION.finditer(part), 4):
             after = part[action.end() : action.end() + 400]
             sensitive = _SENSITIVE_OBJECT.search(after)
             if sensitive is None or sensitive.start() > 160:
@@ -569,9 +567,10 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
         user = _THIRD_PERSON_USER.search(window) is not None
         if not (reader or user):
             continue
-        covert = _COVERT.search(window) is not None
-        if (reader and (_CONSEQUENCE.search(sentence) or _OUTSIDE.search(sentence) or covert)) or (
-            user and imperative and (_OUTSIDE.search(sentence) or covert)
+        # Addressed to the reader: something consequential, outside or covert. Only the user spoken of (the
+        # gate above): an imperative, and something outside or covert.
+        if (reader and _CONSEQUENCE.search(sentence)) or (
+            (reader or imperative) and (_COVERT.search(window) or _OUTSIDE.search(sentence))
         ):
             start = m.start() + len(sentence) - len(sentence.lstrip())
             yield DetectorHit("injection", "orders_the_agent", sentence.strip()[:120], start, m.end())
