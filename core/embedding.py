@@ -168,6 +168,11 @@ class _OnnxEncoder:
     # (two LoCoMo turns: +23% texts/s) and costs on large ones (16 texts: -10%, 256: -25%), where one call
     # keeps both threads busy by itself. One-thread sessions split calls of any size.
     SPLIT_MAX_TEXTS = 8
+    #: Texts per session run. On the CPU a large batch is slower per text, not faster: it pads every text to
+    #: the longest, and its activations leave the caches. Measured on the 2-core VM over 64 LoCoMo turns
+    #: sorted by length (2-thread session): 1 → 136 turns/s, 2 → 153, 8 → 154, 16 → 136, 32 → 116,
+    #: 64 → 63 (int8: 166 / 191 / 193 / 172 / 141 / 81); over 256 sorted turns 8 → 158, 64 → 121.
+    MAX_RUN_TEXTS = 8
 
     #: Least cosine to torch's vectors, on the probe texts, at which the session is accepted. int8 weights
     #: move vectors by design: cosine 0.987–1.000 (mean 0.994) over 200 LoCoMo turns and questions, 0.96 for
@@ -265,6 +270,7 @@ class _OnnxEncoder:
         # Sorted by length like sentence-transformers, so a batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), 0), dtype=np.float32)
+        batch_size = max(1, min(batch_size, self.MAX_RUN_TEXTS))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             with tokenizer_lock or contextlib.nullcontext():

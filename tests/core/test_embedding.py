@@ -47,6 +47,22 @@ def test_encoder_splits_a_batch_in_halves_and_gives_the_same_vectors(threads: in
     np.testing.assert_allclose(split.encode(texts, 2), whole.encode(texts, 64), atol=1e-5)  # several chunks per half
 
 
+def test_a_call_larger_than_one_session_run_comes_back_whole_and_in_order() -> None:
+    from core.embedding import _OnnxEncoder
+
+    emb = create_embedder()
+    assert isinstance(emb, SentenceTransformerEmbedder)
+    # Twenty texts of different lengths: three runs of at most eight, each padded to its own longest text.
+    texts = [
+        f"turn {i}: " + "we talked about the garden " * (i % 7) + ("ok" if i % 3 else "a trip to Paris")
+        for i in range(20)
+    ]
+    assert len(texts) > _OnnxEncoder.MAX_RUN_TEXTS * 2
+    whole = emb.embed(texts)
+    single = np.stack([emb.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(whole, single, atol=1e-4)
+
+
 def test_onnx_session_threads_follow_the_setting_and_give_the_same_vectors() -> None:
     from core.embedding import default_onnx_threads
 
