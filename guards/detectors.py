@@ -49,7 +49,12 @@ _SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"(?=[^\s'\"]*[0-9!@#$%^&*_-])[^\s'\"]{6,}"
         ),
     ),
-    ("connection_string", re.compile(r"\b[a-z][a-z0-9+]*://[^\s:/@]+:[^\s@/]{3,}@[^\s/]+")),
+    # The scheme is tried only where it can start, and bounded: from every letter of 200 KB of "a+a+..." an
+    # unbounded scheme scanned to the end (23 s).
+    (
+        "connection_string",
+        re.compile(r"(?<![a-z0-9+])[a-z][a-z0-9+]{0,30}://[^\s:/@]{1,256}:[^\s@/]{3,256}@[^\s/]+"),
+    ),
 ]
 
 
@@ -84,6 +89,9 @@ _ORDER = (
     r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
     r"decline|log in|sign in|settle|clear)"
 )
+# Verbs that are orders only when the machine reader is addressed: to a person, "use the admin console",
+# "look up the user's ticket history" and "complete the checklist" are a runbook's steps.
+_READER_ORDER = rf"(?:{_ORDER}|use|embed|encode|pass along|pass on|hand over|complete|search|look up)"
 
 # Ordinary requests between people ("could you please send me the report") do not match these.
 _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
@@ -278,6 +286,8 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             rf"(?:(?:now|also|immediately|first) )?{_ORDER}\b|"
             rf"\bper (?:the |your )(?:user|account owner|owner)'?s? (?:(?:updated|new|latest|revised|real|actual) )?"
             rf"(?:request|instructions?|wish(?:es)?|orders?)\s*[,:]\s*(?:please\s+)?{_ORDER}\b|"
+            rf"\b(?:the|your) (?:user|account owner)\s+(?:has |had )?(?:pre-?approved|pre-?authori[sz]ed)\s+"
+            rf"(?:an?|the|this|these|all|every|any)\b|"
             rf"\b(?:updated|new|revised|additional|latest|urgent) (?:instructions?|orders?|directions|directives?) "
             rf"from (?:the |your )(?:user|account owner|owner|admin(?:istrator)?|operator|developers?|system)\b"
         ),
@@ -371,7 +381,7 @@ _ACTION = (
     r"(?:transfer|wire|send|forward|email|e-mail|share|upload|post|grant|give|add|invite|change|reset|update|set|"
     r"disable|turn off|unlock|approve|pay|export|copy|paste|move|delete|remove|download and run|run|execute|install|"
     r"reassign|publish|reply|subscribe|order|buy|purchase|create|include|append|insert|attach|leak|dm|reveal|"
-    r"disclose|call|invoke|submit|enter)"
+    r"disclose|call|invoke|submit|enter|pass along|pass on|hand over|provide|supply|embed|encode)"
 )
 _SENSITIVE = (
     r"(?:passwords?|passcodes?|pins?|credentials|api[ -]?keys?|tokens?|secrets?|private keys?|2fa|mfa|"
@@ -382,19 +392,27 @@ _SENSITIVE = (
     r"(?:admin|owner|root|full|permanent|org-owner|write|edit) (?:access|rights|role|permissions?)|access|"
     r"keypad code|door|lock|alarm|"
     r"(?:all|every|the whole|entire) (?:of (?:the |my |your |\w+'s )?)?(?:emails?|messages?|files?|contacts?|"
-    r"inbox|documents?|records?|history|accounts?|customers?|users?)|"
+    r"inbox|documents?|records?|history|accounts?|customers?|users?)|mailbox|session (?:cookies?|tokens?|ids?)|"
+    r"cookies|"
+    r"(?:saved|stored|default|linked|registered|on-file) (?:card|visa|mastercard|amex|credit card|debit card|"
+    r"payment method|wallet|paypal)|"
     r"conversation|chat history|address book|saved (?:cards?|addresses|passwords?)|"
     r"(?:[$€£]\s?\d[\d,.]*|\d[\d,.]*\s?(?:usd|eur|gbp|dollars|euros|pounds))|"
     r"(?:the |their |your )?(?:user|customer|owner|client)'?s?'? (?:(?:full|complete|entire|saved|private|personal|"
     r"home|email|latest) )?(?:contacts?|contact list|address(?:es)?|address book|e-?mails?|inbox|files?|"
     r"documents?|passwords?|card(?: details)?|bank [a-z]+|wallet|seed phrase|phone(?: number)?|location|calendar|"
     r"ssn|social security number|passport(?: number)?|date of birth|medical [a-z]+|messages|chat history|data|"
-    r"information|details|credentials)|"
+    r"information|details|credentials|mailbox|(?:(?:recent|last|previous|past) (?:\w+ )?)?(?:queries|searches|"
+    r"conversations)|browsing history|cookies)|"
     r"(?:personal|private|confidential|sensitive) (?:data|information|details|files|records)|seed phrase|"
     r"passport number|\.ssh|environment variables?|\.env)"
 )
+# An e-mail address, tried only where a run of address characters starts and bounded like RFC 5321's parts:
+# "[\w.+-]+@" from every position of a 200 KB run of "a." scanned to its end each time (111 s).
+_EMAIL = r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}\.[\w.-]{1,253}"
 _DESTINATION = (
-    r"(?:[\w.+-]+@[\w-]+\.[\w.-]+|https?://\S+|@[a-z0-9_]{3,}|\b[a-z]+_[a-z0-9_]+\b|"
+    rf"(?:{_EMAIL}|(?:https?|s?ftp|s3|wss?)://\S+|\b\d{{1,3}}(?:\.\d{{1,3}}){{3}}\b|@[a-z0-9_]{{3,}}|"
+    r"(?<![/.\w-])[a-z]{1,64}_[a-z0-9_]{1,64}\b(?![./-])|"
     r"\baccount (?:no\.? |number )?[#:]?\s?[\d-]{4,}|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}|"
     r"\bpublic (?:forum|channel|page|post|thread|repo(?:sitory)?)\b|\b(?:link|url|server|endpoint|form) "
     r"(?:below|above)\b|\b(?:in|into) (?:your |the )(?:next )?(?:search query|reply|response|answer|output|url|"
@@ -402,12 +420,18 @@ _DESTINATION = (
 )
 # A sentence, or 400 characters of one (always a match where it starts: a pattern that had to find the end
 # within 400 characters would be retried at every position of a long unpunctuated text).
-_SENTENCE_CHUNK = re.compile(r"[^.!?\n]{1,400}[.!?]*")
+# A dot inside a word (a domain, a file name, "v1.2") does not end the sentence: "send it to
+# helpdesk@support-desk.co." was cut before "co." and lost its address.
+_SENTENCE_CHUNK = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?\"')\]])){1,400}[.!?]*")
 _TOOL_ACTION = re.compile(
-    rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+)"
+    rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+|"
+    rf"\b(?:use|using) (?:the |your )?[\w-]+(?: [\w-]+)? (?:tool|function|api|plugin|integration) to\s+)"
     rf"(?:(?:please|kindly|now|immediately|also|then|first|just)\s+){{0,2}}{_ACTION}\b"
 )
-_SENSITIVE_OBJECT = re.compile(rf"(?i)\b{_SENSITIVE}\b")
+# Dot files start with a non-word character, so \b cannot open them.
+_SENSITIVE_OBJECT = re.compile(
+    rf"(?i)\b{_SENSITIVE}\b|(?<![\w.])\.(?:env|ssh|aws|netrc|npmrc|pgpass|git-credentials)\b"
+)
 _DESTINATION_ANYWHERE = re.compile(rf"(?i){_DESTINATION}")
 
 
@@ -421,10 +445,17 @@ def _tool_directives(text: str) -> Iterator[DetectorHit]:
         part = sentence.group(0)
         for action in itertools.islice(_TOOL_ACTION.finditer(part), 4):
             after = part[action.end() : action.end() + 400]
-            sensitive = _SENSITIVE_OBJECT.search(after)
+            # The object is in the action's own clause: "send the config to ops@...; never include the .env
+            # file" names a secret in another one.
+            clause_end = after.find(";")
+            sensitive = _SENSITIVE_OBJECT.search(after, 0, clause_end if clause_end >= 0 else len(after))
             if sensitive is None or sensitive.start() > 160:
                 continue
             destination = _DESTINATION_ANYWHERE.search(after)
+            if destination is not None and destination.start() < 3 and "_" in destination.group(0):
+                # "Run create_api_token ...", "call send_email with to=...": the tool being called, not
+                # where something is sent; look on for an address after it.
+                destination = _DESTINATION_ANYWHERE.search(after, destination.end())
             if destination is None or destination.start() > 200:
                 continue
             span = part[action.start() : action.end() + 200].strip(" \n.!?:;,\"'(")
@@ -432,6 +463,36 @@ def _tool_directives(text: str) -> Iterator[DetectorHit]:
             start = sentence.start() + action.start() + lead
             yield DetectorHit("injection", "tool_directive", span[:120], start, sentence.start() + action.end())
             break
+
+
+# A link with a query parameter left open ("https://stats.example/?q=" plus the user's last queries): the
+# reader is to complete it with data, and fetching or rendering it sends that data out. A link for people
+# carries its values; an API's documentation names the values to fill in, not the user's secrets. One
+# linear pass for the open parameter, then a look at the sentence around it for a sensitive object.
+_OPEN_URL_PARAMETER = re.compile(r"(?i)(?:https?|s?ftp)://[^\s)\]\"'<>]{1,300}?[?&][\w-]{1,30}=(?=[\s)\]\"'`<>]|$)")
+
+
+# What the agent has and the link's reader does not: its user's data, the conversation, its secrets ("?token=
+# then your project token" in an API's documentation is the reader's own token).
+_EXFILTRATED = re.compile(
+    r"(?i)\b(?:the |their )?(?:user|customer|owner|client)'?s?'?\b|\b(?:conversation|chat|quer(?:y|ies)|messages|"
+    r"system prompt|cookies?|api[ _-]?keys?|passwords?|credentials|secrets?|private keys?|seed phrase)\b"
+)
+
+
+def _open_url_parameters(text: str) -> Iterator[DetectorHit]:
+    """Sentences that order a link with an open parameter to be filled with what the agent holds. Without the
+    order it is a report of such an attack ("the plugin sent session cookies to https://...?s=")."""
+    if _OPEN_URL_PARAMETER.search(text) is None:  # one linear pass spares the per-sentence work
+        return
+    for sentence in _SENTENCE_CHUNK.finditer(text):
+        part = sentence.group(0)
+        url = _OPEN_URL_PARAMETER.search(part)
+        if url is None or not (_SENSITIVE_OBJECT.search(part) and _EXFILTRATED.search(part)):
+            continue
+        if _IMPERATIVE_TO_READER.search(part) or _MODAL_ORDER_TO_READER.search(part):
+            start, end = sentence.start() + url.start(), sentence.start() + url.end()
+            yield DetectorHit("injection", "open_url_parameter", url.group(0)[:120], start, end)
 
 
 # Text the reader never sees (a hidden element, an HTML comment) that gives orders: the human reading the
@@ -502,18 +563,28 @@ _ADVERBS = rf"(?:{_ADVERB}){{0,2}}"
 # After a comma only with an adverb ("..., quickly list the keys"): a bare comma also separates the verbs of
 # a list ("send email, move money or change access rights").
 _ADVERBS_NONE_EMPTY = rf"(?:{_ADVERB}){{1,2}}"
-_IMPERATIVE = re.compile(
-    rf"(?i)(?:(?:^|[.!?:;]\s*|\n\s*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
-    rf"\b(?:when|after|before|once|if|for)\b[^,.!?\n]{{1,50}},\s+)(?:\W{{0,3}}\s*)?{_ADVERBS}|"
-    rf",\s+{_ADVERBS_NONE_EMPTY}){_ORDER}\b|"
-    rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{_ORDER}\b|"
-    rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?to\s+"
-    rf"{_ORDER}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b"
-)
-_MODAL_ORDER = re.compile(
-    rf"(?i)\b(?:must|should|shall|is to|are to|needs? to|ha(?:s|ve) to|(?:is|are) (?:required|expected|instructed) "
-    rf"to)\s+{_ADVERBS}{_ORDER}\b"
-)
+def _imperative(order: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(?i)(?:(?:^|[.!?:;]\s*|\n\s*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
+        rf"\b(?:when|after|before|once|if|for)\b[^,.!?\n]{{1,50}},\s+)(?:\W{{0,3}}\s*)?{_ADVERBS}|"
+        rf",\s+{_ADVERBS_NONE_EMPTY}){order}\b|"
+        rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{order}\b|"
+        rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?"
+        rf"to\s+{order}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b"
+    )
+
+
+def _modal_order(order: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(?i)\b(?:must|should|shall|is to|are to|needs? to|ha(?:s|ve) to|(?:is|are) (?:required|expected|"
+        rf"instructed) to)\s+{_ADVERBS}{order}\b"
+    )
+
+
+_IMPERATIVE = _imperative(_ORDER)
+_MODAL_ORDER = _modal_order(_ORDER)
+_IMPERATIVE_TO_READER = _imperative(_READER_ORDER)
+_MODAL_ORDER_TO_READER = _modal_order(_READER_ORDER)
 _CONSEQUENCE = re.compile(
     rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|escalate|refund|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
@@ -559,13 +630,14 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
             continue
         window = previous + " " + sentence
         previous = sentence
+        # The reader's verbs include every order, so most sentences (no order at all) cost two searches.
+        if _IMPERATIVE_TO_READER.search(sentence) is None and _MODAL_ORDER_TO_READER.search(sentence) is None:
+            continue
         imperative = _IMPERATIVE.search(sentence) is not None
         modal = _MODAL_ORDER.search(sentence) is not None
-        if not (imperative or modal):
-            continue
         reader = _addresses_reader(window)
         user = _THIRD_PERSON_USER.search(window) is not None
-        if not (reader or user):
+        if not (reader or ((imperative or modal) and user)):
             continue
         # Addressed to the reader: something consequential, outside or covert. Only the user spoken of (the
         # gate above): an imperative, and something outside or covert.
@@ -584,7 +656,7 @@ _DIRECTIVE_CUE = re.compile(
     r"delete|remove|run|execute|open|visit|reply|respond|post|share|upload|download|install|change|reset|set|add|"
     r"create|update|disable|enable|approve|merge|deploy|buy|order|book|cancel|ignore|disregard|forget|decode|"
     r"copy|paste|call|use|email|include|append|write|tell|say|export|move|invite|unlock|subscribe)\b|"
-    r"\b(?:you|your|yourself|assistant|agent|ai|llm|model|bot)\b|https?://|[\w.+-]+@[\w-]+\.\w"
+    rf"\b(?:you|your|yourself|assistant|agent|ai|llm|model|bot)\b|https?://|{_EMAIL}"
 )
 
 
@@ -697,7 +769,7 @@ def injection(text: str) -> list[DetectorHit]:
                 if found == MAX_HITS_PER_KIND:
                     break
     hits.extend(_hidden_instructions(text))
-    for finder in (_agent_orders, _tool_directives):
+    for finder in (_agent_orders, _tool_directives, _open_url_parameters):
         hits.extend(itertools.islice((h for h in finder(text) if not _is_mention(text, h.start)), MAX_HITS_PER_KIND))
     return hits
 
