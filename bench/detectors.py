@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=200_000, help="characters per adversarial text (Check's limit)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, fragment in SHAPES.items():
         for separator in (" ", "\n"):
             unit = fragment.replace(" ", separator)
