@@ -10,8 +10,9 @@ import functools
 import itertools
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -694,6 +695,44 @@ def readable_text(text: str) -> str:
     return "\n".join(out)
 
 
+# --- what an obfuscated text says ------------------------------------------------------------------------
+# Writers of injections hide the words from word patterns while keeping them readable to a model: invisible
+# characters inside words, Unicode tag characters (invisible, yet read by models as the ASCII they shadow),
+# fullwidth or mathematical letters, Cyrillic and Greek lookalikes inside Latin words, digits for letters
+# ("s3nd 7h3 p4ssw0rd5"), letters split by dots or dashes. ``deobfuscated`` undoes each, so the injection
+# patterns read the text as a model would. Ordinary text in Russian or with product codes is left alone:
+# lookalikes are folded only inside words that mix scripts, digits only where several words use them.
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+                        "\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
+_TAG_CHARS = re.compile("[\U000e0000-\U000e007f]+")
+_LOOKALIKES = str.maketrans(
+    "аеорсхуіјѕԁԛԝһӏАВЕКМНОРСТХУІЈЅαεορτυνικχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "aeopcxyijsdqwhlABEKMHOPCTXYIJSaeoptuvikxABEZHIKMNOPTYX",
+)
+_MIXED_SCRIPT_WORD = re.compile(r"\b(?=\w*[a-zA-Z])(?=\w*[\u0370-\u03ff\u0400-\u04ff\u0500-\u052f])\w+\b")
+_LEET = str.maketrans("0134578", "oieastb")
+# A word of letters and the digits that stand for letters, with at least one of each.
+_LEET_WORD = re.compile(
+    r"(?<![\w@.-])(?=[a-z0-9']{0,23}[a-z])(?=[a-z0-9']{0,23}[013457])[a-z0-9']{2,24}(?![\w@-])", re.I
+)
+_SPLIT_LETTERS = re.compile(r"\b[A-Za-z](?:[.\-_][A-Za-z]){2,}\b\.?")
+
+
+def deobfuscated(text: str) -> str | None:
+    """``text`` with its obfuscation undone (see the comment above), or None when there was none to undo."""
+    out = _TAG_CHARS.sub(lambda m: "".join(chr(ord(c) - 0xE0000) for c in m.group(0)), text)
+    out = _INVISIBLE.sub("", out)
+    if not out.isascii():
+        out = unicodedata.normalize("NFKC", out)
+        out = _MIXED_SCRIPT_WORD.sub(lambda m: m.group(0).translate(_LOOKALIKES), out)
+    leet = [m for m in itertools.islice(_LEET_WORD.finditer(out), 10_000) if not m.group(0).isdigit()]
+    # Three such words or more: "Q3", "4pm" and "SPR1NG24" alone are codes, not a sentence in digits.
+    if len(leet) >= 3:
+        out = _LEET_WORD.sub(lambda m: m.group(0).translate(_LEET) if not m.group(0).isdigit() else m.group(0), out)
+    out = _SPLIT_LETTERS.sub(lambda m: re.sub(r"[.\-_]", "", m.group(0)), out)
+    return out if out != text else None
+
+
 def secrets(text: str) -> list[DetectorHit]:
     """Credentials: cloud keys, tokens, private keys, password assignments, URLs with passwords."""
     hits = []
@@ -757,6 +796,16 @@ def injection(text: str) -> list[DetectorHit]:
     orders, fake conversation turns, tool directives), in the readable text of ``text``. Quoted examples of
     such phrasing in a text about them (see ``_is_mention``) are not hits."""
     text = readable_text(text)
+    hits = _injection_hits(text)
+    plain = deobfuscated(text)
+    if plain is not None:
+        # What the obfuscation hid; the spans are in the deobfuscated text, whose length may differ.
+        seen = {h.kind for h in hits}
+        hits.extend(replace(h, kind=f"obfuscated_{h.kind}") for h in _injection_hits(plain) if h.kind not in seen)
+    return hits
+
+
+def _injection_hits(text: str) -> list[DetectorHit]:
     hits = []
     for kind, pattern in _INJECTION_PATTERNS:
         found = 0
