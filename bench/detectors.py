@@ -58,6 +58,11 @@ SHAPES: dict[str, str] = {
     "tag characters": "\U000e0061",
     "split letters (a.a.a_)": "a.a.a_",
     "fullwidth letters": "\uff41\uff53 ",
+    # The composite in other languages.
+    "reader, no order (Asistente, )": "Asistente, ",
+    "reader and order (IA: envía )": "IA: envía ",
+    "conditional address (si tu es une )": "si tu es une ",
+    "model that reads (modelo que lea )": "modelo que lea ",
 }
 
 

@@ -649,6 +649,97 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
             yield DetectorHit("injection", "orders_the_agent", sentence.strip()[:120], start, m.end())
 
 
+# The composite in Spanish, French, German, Italian and Portuguese: the machine reader addressed, an order
+# (an imperative at the start of a clause, or "must"), and something consequential, outside or covert.
+# Human assistants ("la asistente de dirección", "l'assistente del dentista") are a role followed by whose
+# it is; "modèle"/"modelo" alone is a template, so only the language model counts.
+_READER_TRANSLATED = re.compile(
+    r"(?i)\b(?:asistente|assistant|assistent(?:en)?|assistente|agente?s?|chatbots?|bots?|robô|robots?|"
+    r"ki-\w+|sprachmodell\w*|modelo de lenguaje|modèle de langage|modello linguistico|modelo de linguagem)\b"
+    r"(?!\s+(?:de|del|della|dei|degli|delle|di|da|do|dos|das|des|du|der)\s)|"
+    r"(?-i:\b(?:IA|KI|AI|I\.A\.)\b)(?!\s+(?:de|del|della|di|da|do|dos|das|des|du|der)\s)|"
+    # "the model / system that reads this": whatever processes the text.
+    r"(?i:\b(?:modelo|mod[èe]le|modello|modell|sistema|syst[èe]me|system|programa|programme|programm)\s+"
+    r"(?:que|qui|che|der|das|die)\s+(?:procese|procesa|lea|lee|analice|lit|lise|traite|analyse|legge|elabora|"
+    r"processa|analizza|liest|verarbeitet|analysiert|leia|l[êe])\s+(?:este|esta|esto|estos|estas|ce|cet|cette|"
+    r"ces|dies\w*|questo|questa|questi|isto|esse|essa)\b)"
+)
+# "Si tu es une IA", "wenn du eine KI bist": an article, but a conditional address to the reader.
+_CONDITIONAL_ADDRESS = re.compile(
+    r"(?i)\b(?:si tu es|si vous [êe]tes|si eres|si usted es|si es|wenn du|falls du|wenn sie|falls sie|se sei|"
+    r"se [ée]s|se (?:voc[êe] )?(?:[ée]|for))\s+(?:une?|una?|eine?|um|uma)\s+$"
+)
+_READER_NOT_ADDRESSED_TRANSLATED = re.compile(
+    r"(?i)\b(?:tu|su|mi|nuestro|nuestra|votre|ton|ta|notre|mon|ma|dein|deine|ihr|ihre|unser|unsere|mein|meine|"
+    r"il tuo|la tua|il mio|la mia|seu|sua|meu|minha|nosso|nossa|un|una|une|ein|eine|um|uma)\s+$"
+)
+_ORDER_TRANSLATED = (
+    r"(?:env[ií]a|env[ií]e|reenv[ií]a|reenv[ií]e|manda|mande|transfiere|transfiera|borra|borre|elimina|elimine|"
+    r"comparte|comparta|publica|publique|cambia|cambie|paga|pague|copia|copie|descarga|descargue|sube|suba|"
+    r"otorga|otorgue|concede|a[ñn]ade|a[ñn]ada|agrega|agregue|cancela|cancele|desactiva|ejecuta|instala|revela|"
+    r"muestra|incluye|escribe|ignora|olvida|abre|visita|"
+    r"envoie|envoyez|transf[èeé]re[sz]?|transférez|transmets|transmettez|supprime[sz]?|efface[sz]?|partage[sz]?|"
+    r"publie[sz]?|change[sz]?|modifie[sz]?|paie[sz]?|payez|copiez|t[ée]l[ée]charge[sz]?|ajoute[sz]?|donne[sz]?|"
+    r"accorde[sz]?|annule[sz]?|d[ée]sactive[sz]?|ex[ée]cute[sz]?|installe[sz]?|r[ée]v[èe]le[sz]?|montre[sz]?|"
+    r"inclus|incluez|[ée]cris|[ée]crivez|ignore[sz]?|ouvre[sz]?|vire[sz]?|"
+    r"sende|sendet|senden sie|schicke?|schickt|leite|leitet|leiten sie|[üu]berweise|[üu]berweist|"
+    r"[üu]berweisen sie|l[öo]sche|l[öo]scht|l[öo]schen sie|entferne|teile|teilt|teilen sie|ver[öo]ffentliche|"
+    r"poste|[äa]ndere|[äa]ndern sie|zahle|bezahle|kopiere|lade|gib|geben sie|gew[äa]hre|f[üu]ge|storniere|"
+    r"deaktiviere|f[üu]hre|installiere|zeige|verrate|schreibe|ignoriere|[öo]ffne|besuche|"
+    r"invia|inviate|inoltra|inoltrate|trasferisci|cancella|condividi|pubblica|modifica|scarica|carica|"
+    r"aggiungi|concedi|dai|annulla|disattiva|esegui|installa|rivela|mostra|includi|scrivi|apri|"
+    r"envie|encaminhe|encaminha|transfira|apague|apaga|exclua|exclui|compartilhe|compartilha|altere|altera|"
+    r"mude|baixe|carregue|adicione|adiciona|conceda|d[êe]|desative|execute|instale|revele|mostre|inclua|"
+    r"escreva|abra|visite)"
+)
+_IMPERATIVE_TRANSLATED = re.compile(
+    rf"(?i)(?:^|[.!?:;,]\s*|\n\s*|\b(?:y|et|und|e)\s+)(?:(?:por favor|s'il (?:te|vous) pla[iî]t|bitte|per favore|"
+    rf"favor|ahora(?: mismo)?|maintenant|sofort|subito|agora|imm[ée]diatement|inmediatamente|ya)\s*,?\s+)?"
+    rf"{_ORDER_TRANSLATED}\b|"
+    rf"\b(?:debe|deben|doit|doivent|muss|m[üu]ssen|deve|devono|tem que|t[êe]m que|precisa)\s+\w+"
+)
+_CONSEQUENCE_TRANSLATED = re.compile(
+    r"(?i)\b(?:contrase[ñn]as?|mots? de passe|passw[öo]rt(?:er)?|kennw[öo]rt(?:er)?|password|senhas?|cuentas?|"
+    r"comptes?|konten|konto|conto|conta|tarjeta|carte|karte|carta|cart[ãa]o|todos|todas|tous|toutes|alle|"
+    r"tutti|tutte|archivos|fichiers|dateien|arquivos|correos|e-?mails?|mensajes|nachrichten|messaggi|mensagens|"
+    r"contactos|contacts|kontakte|contatti|contatos|historial|historique|verlauf|cronologia|hist[óo]rico|"
+    r"administrador|administrateur|administrator\w*|amministratore|propietario|propri[ée]taire|eigent[üu]mer|"
+    r"propriet[áa]rio|acceso|acc[èe]s|zugriff|accesso|acesso|euros?|d[óo]lares|dollars|dollari|transferencia|"
+    r"virement|[üu]berweisung|bonifico|transfer[êe]ncia|facturas?|factures?|rechnung\w*|fatture?|faturas?|"
+    r"direcci[óo]n|adresse|indirizzo|endere[çc]o|tel[ée]fono|t[ée]l[ée]phone|telefon\w*|telefone)\b|[€$£]"
+)
+_COVERT_TRANSLATED = re.compile(
+    r"(?i)\b(?:sin (?:decir|avisar|informar)\w*|en silencio|sans (?:le |lui |leur )?(?:dire|pr[ée]venir)|"
+    r"en silence|discr[èe]tement|ohne \w+ (?:zu )?(?:sagen|informieren|benachrichtigen)|heimlich|unauff[äa]llig|"
+    r"senza (?:dir\w*|avvisare|informare)|in silenzio|sem (?:avisar|dizer|informar)|em sil[êe]ncio|"
+    r"silenciosamente|ne (?:le |lui )?(?:dis|mentionne) (?:rien|pas)|erw[äa]hne es nicht|non dirlo|"
+    r"no lo menciones|n[ãa]o mencione|sag niemandem)\b"
+)
+
+
+def _addresses_reader_translated(window: str) -> bool:
+    for m in _READER_TRANSLATED.finditer(window):
+        before = window[max(0, m.start() - 24) : m.start()]
+        if not _READER_NOT_ADDRESSED_TRANSLATED.search(before) or _CONDITIONAL_ADDRESS.search(before):
+            return True
+    return False
+
+
+def _agent_orders_translated(text: str) -> Iterator[DetectorHit]:
+    if _READER_TRANSLATED.search(text) is None:
+        return
+    previous = ""
+    for m in _SENTENCE_CHUNK.finditer(text):
+        sentence = _QUOTED.sub(" ", m.group(0))
+        window = previous + " " + sentence
+        previous = sentence
+        if _IMPERATIVE_TRANSLATED.search(sentence) is None or not _addresses_reader_translated(window):
+            continue
+        if _CONSEQUENCE_TRANSLATED.search(sentence) or _OUTSIDE.search(sentence) or _COVERT_TRANSLATED.search(sentence):
+            start = m.start() + len(sentence) - len(sentence.lstrip())
+            yield DetectorHit("injection", "orders_the_agent_translated", sentence.strip()[:120], start, m.end())
+
+
 # See gives_orders. Broad on purpose: it chooses what the memory scores, and the patterns above (the
 # tool-directive verbs, the hidden-order verbs) are the precise subsets that decide.
 _DIRECTIVE_CUE = re.compile(
@@ -818,7 +909,7 @@ def _injection_hits(text: str) -> list[DetectorHit]:
                 if found == MAX_HITS_PER_KIND:
                     break
     hits.extend(_hidden_instructions(text))
-    for finder in (_agent_orders, _tool_directives, _open_url_parameters):
+    for finder in (_agent_orders, _agent_orders_translated, _tool_directives, _open_url_parameters):
         hits.extend(itertools.islice((h for h in finder(text) if not _is_mention(text, h.start)), MAX_HITS_PER_KIND))
     return hits
 
