@@ -816,10 +816,10 @@ def deobfuscated(text: str) -> str | None:
     if not out.isascii():
         out = unicodedata.normalize("NFKC", out)
         out = _MIXED_SCRIPT_WORD.sub(lambda m: m.group(0).translate(_LOOKALIKES), out)
-    leet = [m for m in itertools.islice(_LEET_WORD.finditer(out), 10_000) if not m.group(0).isdigit()]
-    # Three such words or more: "Q3", "4pm" and "SPR1NG24" alone are codes, not a sentence in digits.
-    if len(leet) >= 3:
-        out = _LEET_WORD.sub(lambda m: m.group(0).translate(_LEET) if not m.group(0).isdigit() else m.group(0), out)
+    # Three such words or more: "Q3", "4pm" and "SPR1NG24" alone are codes, not a sentence in digits. (A
+    # match always holds a letter, so numbers are never translated.)
+    if sum(1 for _ in itertools.islice(_LEET_WORD.finditer(out), 3)) == 3:
+        out = _LEET_WORD.sub(lambda m: m.group(0).translate(_LEET), out)
     out = _SPLIT_LETTERS.sub(lambda m: re.sub(r"[.\-_]", "", m.group(0)), out)
     return out if out != text else None
 
