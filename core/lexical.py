@@ -12,6 +12,7 @@ BM25 (Lucene variant, always-positive idf)::
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
@@ -91,8 +92,20 @@ def default_tokenizer() -> Tokenizer:
     return _DEFAULT_TOKENIZER
 
 
+# Texts up to this many characters have their terms cached: a session is re-derived after every Write to
+# it, and derivation tokenizes each of its turns (and each word of them, for keyphrases) again.
+_CACHED_TEXT_CHARS = 2_000
+
+
+@functools.lru_cache(maxsize=65_536)
+def _cached_tokens(text: str) -> tuple[str, ...]:
+    return tuple(default_tokenizer().tokens(text))
+
+
 def tokenize(text: str) -> list[str]:
     """Index terms of ``text`` with the default tokenizer."""
+    if len(text) <= _CACHED_TEXT_CHARS:
+        return list(_cached_tokens(text))
     return default_tokenizer().tokens(text)
 
 

@@ -216,8 +216,10 @@ def derive_units(
     units = turn_units(session_id, msgs, policy)
     units.extend(_windows(session_id, msgs, texts, policy))
     speakers = {m.speaker for m in msgs if m.speaker}
-    units.append(_digest(session_id, msgs, texts, token_lists, speakers, policy))
-    units.extend(_facts(session_id, msgs, texts, speakers, policy))
+    # One ranking serves both: keyphrases(texts, k) is the first k of keyphrases(texts, n) for k <= n.
+    phrases = keyphrases([m.text for m in msgs], max(policy.digest_keyphrases, policy.max_facts * 3), exclude=speakers)
+    units.append(_digest(session_id, msgs, texts, token_lists, phrases[: policy.digest_keyphrases], policy))
+    units.extend(_facts(session_id, msgs, texts, phrases[: policy.max_facts * 3], policy))
     if enricher is not None and enrich:
         try:
             units.extend(enricher.enrich(session_id, msgs))
@@ -292,13 +294,12 @@ def _digest(
     msgs: Sequence[MemoryMessage],
     texts: Sequence[str],
     token_lists: Sequence[list[str]],
-    speakers: set[str],
+    phrases: Sequence[str],
     policy: UnitPolicy,
 ) -> MemoryUnit:
     central = _centrality(token_lists)
     ranked = sorted(range(len(msgs)), key=lambda i: (-central[i], i))[: max(1, policy.digest_turns)]
     chosen = sorted(ranked)
-    phrases = keyphrases([m.text for m in msgs], policy.digest_keyphrases, exclude=speakers)
     header = " ".join(p for p in (_date_header(msgs), "Topics: " + ", ".join(phrases) if phrases else "") if p)
     start, end = _span(msgs)
     return MemoryUnit(
@@ -313,9 +314,8 @@ def _digest(
 
 
 def _facts(
-    session_id: str, msgs: Sequence[MemoryMessage], texts: Sequence[str], speakers: set[str], policy: UnitPolicy
+    session_id: str, msgs: Sequence[MemoryMessage], texts: Sequence[str], phrases: Sequence[str], policy: UnitPolicy
 ) -> list[MemoryUnit]:
-    phrases = keyphrases([m.text for m in msgs], policy.max_facts * 3, exclude=speakers)
     out: list[MemoryUnit] = []
     covered: set[tuple[str, ...]] = set()
     for phrase in phrases:

@@ -131,3 +131,16 @@ def test_score_of_given_ids_agrees_with_search_after_updates() -> None:
         scores = index.score(query, ids)
         for doc_id, score in zip(ids, scores.tolist(), strict=True):
             assert score == pytest.approx(found.get(doc_id, 0.0), rel=1e-5, abs=1e-6)
+
+
+def test_tokenize_cache_hands_out_fresh_lists_and_agrees_with_the_tokenizer() -> None:
+    # tokenize() caches the terms of short texts (sessions are re-derived after every Write); a caller that
+    # changes the list it got must not change what the next caller gets.
+    text = "Caroline's paintings of the lake were painted in June"
+    first = tokenize(text)
+    first.append("mutated")
+    second = tokenize(text)
+    assert second == Tokenizer().tokens(text)
+    assert "mutated" not in second
+    long_text = "painting by the lake " * 200  # over the cached length: tokenized every time, same result
+    assert tokenize(long_text) == Tokenizer().tokens(long_text)
