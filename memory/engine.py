@@ -318,6 +318,7 @@ class MemoryEngine:
         background: bool = True,
         settle_s: float = 0.0,
         max_delay_s: float = 2.0,
+        derive_duty: float = 0.25,
         leases: LeaseManager | None = None,
         background_embed_batch: int = 1,
         snapshots: IndexSnapshots | None = None,
@@ -348,6 +349,17 @@ class MemoryEngine:
         self._queue: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self.settle_s = settle_s
         self.max_delay_s = max_delay_s
+        # Re-deriving a session reads and derives all of it, so its cost grows with the session; an agent
+        # thread writing a turn every second into a session of a thousand messages would keep a core busy.
+        # After a derivation that took c seconds of the worker's CPU, the session is not derived again for
+        # c * (1 / derive_duty - 1) seconds: at most derive_duty of a core goes to any one session, Writes
+        # arriving meanwhile coalesce, and derived units lag by about c / derive_duty at most (raw turns are
+        # searchable at once whatever the lag). 1.0 derives at once every time.
+        if not 0.0 < derive_duty <= 1.0:
+            raise ValueError(f"derive_duty must be in (0, 1], got {derive_duty}")
+        self.derive_duty = derive_duty
+        # (namespace, session_id) -> monotonic time before which the session is not re-derived.
+        self._derive_hold: dict[tuple[str, str], float] = {}
         self._flushing = 0
         self.background_pause_s = 0.05
         self._refit_due: set[str] = set()
@@ -1073,7 +1085,7 @@ class MemoryEngine:
         """The first queued session that is ready, else None and how long until one is (lock held)."""
         wait = float("inf")
         for key, (first, last) in self._queue.items():
-            ready_at = min(last + self.settle_s, first + self.max_delay_s)
+            ready_at = max(min(last + self.settle_s, first + self.max_delay_s), self._derive_hold.get(key, 0.0))
             if self._flushing or ready_at <= now:
                 return key, 0.0
             wait = min(wait, ready_at - now)
@@ -1123,7 +1135,9 @@ class MemoryEngine:
                 ns, session_id = task
                 index = self._state(ns).index
                 if session_id is not None:
+                    cpu = time.thread_time()
                     self._derive_session(ns, session_id)
+                    self._hold_session(ns, session_id, time.thread_time() - cpu)
                 else:
                     self._priority.wait_quiet()
                     started = time.monotonic()
@@ -1150,6 +1164,16 @@ class MemoryEngine:
                 with self._cv:
                     self._busy -= 1
                     self._cv.notify_all()
+
+    def _hold_session(self, namespace: str, session_id: str, cpu_s: float) -> None:
+        """Keep the session from being re-derived until its share of the worker is back under derive_duty."""
+        if self.derive_duty >= 1.0:
+            return
+        now = time.monotonic()
+        with self._cv:
+            if len(self._derive_hold) >= 4096:  # bounded: forget the holds that are over
+                self._derive_hold = {k: t for k, t in self._derive_hold.items() if t > now}
+            self._derive_hold[(namespace, session_id)] = now + cpu_s * (1.0 / self.derive_duty - 1.0)
 
     def _derive_session(self, namespace: str, session_id: str) -> tuple[int, int]:
         """Bring one session's derived units up to date; returns (units inserted, units deleted).

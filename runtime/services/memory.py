@@ -32,8 +32,17 @@ def build(rt: Runtime) -> None:
         rt.changes.publish(conn, "memory", scope, payload)
 
     # Process-wide knobs of the background worker come from the default memory policy
-    # (``policies.defaults.memory.settle_s``: debounce of session re-derivation, 0 = derive at once).
+    # (``policies.defaults.memory.settle_s``: debounce of session re-derivation, 0 = derive at once;
+    # ``derive_duty``: the most of a core that re-deriving any one session may take, see MemoryEngine).
     defaults = rt.settings.policies.defaults.get("memory", {})
+    try:
+        derive_duty = float(defaults.get("derive_duty", 0.25))
+    except (TypeError, ValueError):
+        derive_duty = float("nan")
+    if not 0.0 < derive_duty <= 1.0:
+        raise InvalidArgumentError(
+            "policies.defaults.memory.derive_duty", f"must be a number in (0, 1], got {defaults.get('derive_duty')!r}"
+        )
     storage = rt.settings.storage
     engine = MemoryEngine(
         SqlMemoryStore(rt.db.engine, publisher=publish),
@@ -41,6 +50,7 @@ def build(rt: Runtime) -> None:
         policy=lambda scope: rt.policy("memory", scope),
         settle_s=float(defaults.get("settle_s", 0.0)),
         max_delay_s=float(defaults.get("max_delay_s", 5.0)),
+        derive_duty=derive_duty,
         leases=rt.leases,
         snapshots=IndexSnapshots(Path(storage.data_dir) / "index") if storage.index_snapshots else None,
         snapshot_interval_s=storage.index_snapshot_interval_s,

@@ -3,6 +3,8 @@ derivation, delete-everywhere, update, crash repair between commit and index upd
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -10,9 +12,10 @@ import pytest
 
 from core.embedding import HashingEmbedder, create_embedder
 from core.errors import InvalidArgumentError, NotFoundError
-from memory.engine import MemoryEngine
+from memory.engine import DeriveFn, MemoryEngine
 from memory.model import Granularity, MemoryMessage, SearchQuery
-from memory.store import MemoryStore
+from memory.store import InMemoryStore, MemoryStore
+from memory.units import derive_units
 
 NS = "acme/chat"
 T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
@@ -390,3 +393,59 @@ def test_units_of_another_model_are_re_embedded_at_load_with_derived_units_compo
             np.testing.assert_allclose(index.vector(s.key), s.vector, atol=1e-6)
     finally:
         second.close()
+
+
+def _count_derivations(cpu_s: float) -> tuple[list[int], DeriveFn]:
+    """The default derivation, its background calls counted, each spending at least ``cpu_s`` of its thread's CPU."""
+    calls = [0]
+
+    def derive(session_id, msgs, policy):  # type: ignore[no-untyped-def]
+        # Write also calls a custom derivation (for its turn units); only the worker's calls count.
+        if threading.current_thread().name == "memory-consolidation":
+            calls[0] += 1
+            start = time.thread_time()
+            while time.thread_time() - start < cpu_s:
+                pass
+        return derive_units(session_id, msgs)
+
+    return calls, derive
+
+
+@pytest.mark.parametrize("duty", [1.0, 0.02])
+def test_derive_duty_bounds_how_often_a_busy_session_is_rederived(store_factory, duty: float) -> None:  # type: ignore[no-untyped-def]
+    # Each re-derivation reads and derives the whole session. With derive_duty 0.02, a derivation that took
+    # 30 ms of CPU holds the session for ~1.5 s, so Writes every 50 ms coalesce into the next derivation;
+    # with 1.0 the worker derives after (nearly) every Write. flush() skips the hold, and either way every
+    # message ends up in the derived units.
+    calls, derive = _count_derivations(0.03)
+    engine = MemoryEngine(store_factory(), create_embedder("hashing"), derive=derive, derive_duty=duty)
+    try:
+        engine.load()
+        turns = messages()
+        engine.write(NS, "s1", turns[:2])
+        deadline = time.monotonic() + 10
+        while engine.stats(NS).pending_sessions and time.monotonic() < deadline:  # derived at once
+            time.sleep(0.01)
+        first = calls[0]
+        assert first >= 1
+        for message in turns[2:]:
+            engine.write(NS, "s1", [message])
+            time.sleep(0.05)
+        during = calls[0] - first
+        assert engine.flush()
+        if duty < 1.0:
+            assert during == 0, during
+        else:
+            assert during >= 2, during
+        windows = [s.unit for s in engine.store.session_units(NS, ["s1"]) if s.unit.granularity == Granularity.EXCHANGE]
+        derived = {mid for unit in windows for mid in unit.message_ids}
+        assert derived == {m.id for m in turns}
+        assert engine.stats(NS).pending_sessions == 0
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("duty", [0.0, -0.5, 1.5])
+def test_derive_duty_outside_zero_to_one_is_refused(duty: float) -> None:
+    with pytest.raises(ValueError, match="derive_duty"):
+        MemoryEngine(InMemoryStore(), create_embedder("hashing"), derive_duty=duty, background=False)

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from agentrt.v1 import memory_pb2
 
+from core.errors import InvalidArgumentError
 from tests.conftest import bad_fields
 
 T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
@@ -197,3 +198,10 @@ def test_consolidate_applies_the_namespace_retention_policy(make_server) -> None
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     got = srv.client.memory.Get(memory_pb2.GetRequest(namespace="other", message_ids=["old"]))
     assert [m.id for m in got.messages] == ["old"]
+
+
+@pytest.mark.parametrize("duty", [0, 2, "often"])
+def test_a_bad_derive_duty_in_the_config_stops_the_start_naming_the_setting(make_server, duty) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArgumentError) as err:
+        make_server(embedding_model="hashing", policies={"defaults": {"memory": {"derive_duty": duty}}})
+    assert "policies.defaults.memory.derive_duty" in str(err.value)
