@@ -131,10 +131,16 @@ def keyphrases(texts: Sequence[str], limit: int, exclude: set[str] | None = None
     doc_freq: Counter[str] = Counter()
     term_freq: Counter[str] = Counter()
     first_word: dict[str, str] = {}
+    # A word seen before cannot change first_word (its stem is already there, or it has none), so each
+    # distinct word is stemmed once per call: a session's texts repeat most of their words.
+    seen_words: set[str] = set()
     for text in texts:
         words = re.findall(r"[A-Za-z][A-Za-z'-]+", text)
         stems = tokenize(" ".join(words))
         for word in words:
+            if word in seen_words:
+                continue
+            seen_words.add(word)
             stem = tokenize(word)
             if stem:
                 first_word.setdefault(stem[0], word.lower())
