@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
             async def prefetch(self, query: str, messages: Any) -> None:
                 return None
+
+            def turn_in_flight(self) -> Any:
+                return contextlib.nullcontext()
 
         rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard(),
                                     "gates": lambda rt, scope: DefaultGates(),

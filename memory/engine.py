@@ -245,6 +245,9 @@ class _Priority:
         self.max_yield_s = max_yield_s
         self._foreground = 0
         self._last_foreground = 0.0
+        # Interactive work outside the engine (agent turns in flight), a subset of the foreground.
+        self._interactive = 0
+        self._last_interactive = 0.0
         self._cv = threading.Condition()
 
     @contextlib.contextmanager
@@ -259,6 +262,42 @@ class _Priority:
                 self._foreground -= 1
                 self._last_foreground = time.monotonic()
                 self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def interactive(self) -> Iterator[None]:
+        """Marks interactive work outside the engine (an agent turn) for its whole duration: a foreground
+        call to every background step, and one that session derivation also waits for (see
+        :meth:`wait_interactive`)."""
+        with self._cv:
+            self._interactive += 1
+        try:
+            with self.foreground():
+                yield
+        finally:
+            with self._cv:
+                self._interactive -= 1
+                self._last_interactive = time.monotonic()
+                self._cv.notify_all()
+
+    def wait_interactive(self) -> None:
+        """Before a session derivation: block while interactive work is in flight or ended less than
+        ``quiet_s`` ago (at most ``max_yield_s``).
+
+        Derivation (pure Python, tens of milliseconds for a long session) does not wait for Writes and
+        Searches, so that a client writing turn after turn does not starve it; but the derivation that an
+        agent turn's memory write queues would otherwise run during the next turn and share the GIL with
+        its guard checks and its search. Under a steady stream of turns a derivation still starts within
+        ``max_yield_s``, and covers every Write queued for its session meanwhile.
+        """
+        deadline = time.monotonic() + self.max_yield_s
+        with self._cv:
+            while (now := time.monotonic()) < deadline:
+                if self._interactive:
+                    self._cv.wait(deadline - now)
+                elif now - self._last_interactive < self.quiet_s:
+                    self._cv.wait(min(deadline, self._last_interactive + self.quiet_s) - now)
+                else:
+                    return
 
     def wait_quiet(self) -> None:
         """Block until no foreground call has run for ``quiet_s`` (at most ``max_yield_s``)."""
@@ -790,6 +829,14 @@ class MemoryEngine:
             ]
         return delete, insert
 
+    def interactive(self) -> contextlib.AbstractContextManager[None]:
+        """Context manager marking latency-sensitive work outside the engine (an agent turn in flight).
+
+        While it is open, background steps (session derivation, linking, refits, consolidation) wait for it
+        to end, at most ``max_yield_s`` (1 s) per step, instead of sharing the cores and the GIL with it.
+        """
+        return self._priority.interactive()
+
     def prefetch(self, queries: Sequence[str] = (), messages: Sequence[MemoryMessage] = ()) -> int:
         """Embed, ahead of time, what a coming Search (``queries``) and Write (the turn units of ``messages``)
         will ask the embedder for; returns how many texts were embedded. Nothing is stored.
@@ -1182,6 +1229,8 @@ class MemoryEngine:
         snapshot of the session; the commit re-checks the snapshot under the lock and retries if a
         write changed the session meanwhile.
         """
+        if not self._flushing:
+            self._priority.wait_interactive()
         for _ in range(5):
             snapshot = self.store.session_messages(namespace, session_id)
             messages = [s.message for s in snapshot]

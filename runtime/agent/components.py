@@ -8,6 +8,7 @@ back to the built-in default of ``ports.py``, and the gate events say so in ``fa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from core.errors import AgentrtError
@@ -103,6 +104,11 @@ class EngineMemory:
 
     async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
         await self.rt.offload(self.rt.memory.prefetch, [query], _messages("", messages))
+
+    def turn_in_flight(self) -> AbstractContextManager[None]:
+        # The derivation the previous turn's write queued waits for this one to end (at most 1 s) instead
+        # of sharing the GIL with its guard checks and search.
+        return self.rt.memory.interactive()
 
 
 def _messages(session_id: str, messages: Sequence[tuple[str, str, str]]) -> list[Any]:

@@ -7,7 +7,9 @@ component is not configured. Tests can pass fakes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -114,6 +116,10 @@ class TurnMemory(Protocol):
         """Prepare (embed) what a later ``search(query)`` and ``write(messages)`` will need; stores nothing."""
         ...
 
+    def turn_in_flight(self) -> AbstractContextManager[None]:
+        """Held for the whole run of a turn: the memory's background work waits for it where it can."""
+        ...
+
 
 class TurnSelector(Protocol):
     """Answer selection of one scope."""
@@ -215,6 +221,9 @@ class NoMemory:
 
     async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
         return None
+
+    def turn_in_flight(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 class ConfidenceSelector:

@@ -178,18 +178,20 @@ class TurnRunner:
         async def run() -> None:
             interrupted: dict[str, Any] | None = None
             try:
+                # Memory's background work (the derivation the previous turn's write queued) waits for the turn.
                 async with asyncio.timeout(remaining):
-                    async for mode, chunk in self.graph.astream(
-                        inp, config, context=ctx, stream_mode=["custom", "updates"], durability=self.durability
-                    ):
-                        if mode == "custom":
-                            queue.put_nowait(cast(Event, chunk))
-                            continue
-                        for node, update in cast(dict[str, Any], chunk).items():
-                            if node == "__interrupt__":
-                                interrupted = update[0].value
-                            elif isinstance(update, dict):
-                                values.update(update)
+                    with ports.memory.turn_in_flight():
+                        async for mode, chunk in self.graph.astream(
+                            inp, config, context=ctx, stream_mode=["custom", "updates"], durability=self.durability
+                        ):
+                            if mode == "custom":
+                                queue.put_nowait(cast(Event, chunk))
+                                continue
+                            for node, update in cast(dict[str, Any], chunk).items():
+                                if node == "__interrupt__":
+                                    interrupted = update[0].value
+                                elif isinstance(update, dict):
+                                    values.update(update)
             except TimeoutError as exc:
                 late = DeadlineExceededError(f"turn on thread {thread_id!r} ran past its deadline")
                 late.__cause__ = exc

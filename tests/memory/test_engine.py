@@ -449,3 +449,35 @@ def test_derive_duty_bounds_how_often_a_busy_session_is_rederived(store_factory,
 def test_derive_duty_outside_zero_to_one_is_refused(duty: float) -> None:
     with pytest.raises(ValueError, match="derive_duty"):
         MemoryEngine(InMemoryStore(), create_embedder("hashing"), derive_duty=duty, background=False)
+
+
+def test_session_derivation_waits_for_interactive_work_at_most_a_second(store_factory) -> None:  # type: ignore[no-untyped-def]
+    # An agent turn holds engine.interactive(): the derivation the previous turn's write queued must not
+    # share the GIL with it, but a steady stream of turns must not stop derivation either (1 s bound).
+    engine = MemoryEngine(store_factory(), create_embedder("hashing"))
+    try:
+        engine.load()
+
+        def derived_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while engine.stats(NS).pending_sessions and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return engine.stats(NS).pending_sessions == 0
+
+        with engine.interactive():
+            engine.write(NS, "s1", messages())
+            assert "m0" in hit_message_ids(engine, "kitten Pepper shelter")  # raw turns: at once
+            time.sleep(0.3)
+            assert engine.stats(NS).pending_sessions == 1  # held back while the turn runs
+        assert derived_within(5.0)  # and derived once it ended
+
+        with engine.interactive():
+            engine.write(NS, "s2", messages("s2", "n"))
+            assert derived_within(3.0)  # a turn that never ends delays it by at most ~1 s
+
+        with engine.interactive():
+            engine.write(NS, "s3", messages("s3", "k"))
+            assert engine.flush()  # flush does not wait for the turn
+            assert engine.stats(NS).pending_sessions == 0
+    finally:
+        engine.close()
