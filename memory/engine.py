@@ -251,32 +251,22 @@ class _Priority:
         self._cv = threading.Condition()
 
     @contextlib.contextmanager
-    def foreground(self) -> Iterator[None]:
-        """Marks a foreground call for its whole duration."""
+    def foreground(self, *, interactive: bool = False) -> Iterator[None]:
+        """Marks a foreground call for its whole duration. ``interactive``: work outside the engine (an agent
+        turn), which session derivation also waits for (see :meth:`wait_interactive`)."""
         with self._cv:
             self._foreground += 1
+            self._interactive += interactive
         try:
             yield
         finally:
             with self._cv:
+                now = time.monotonic()
                 self._foreground -= 1
-                self._last_foreground = time.monotonic()
-                self._cv.notify_all()
-
-    @contextlib.contextmanager
-    def interactive(self) -> Iterator[None]:
-        """Marks interactive work outside the engine (an agent turn) for its whole duration: a foreground
-        call to every background step, and one that session derivation also waits for (see
-        :meth:`wait_interactive`)."""
-        with self._cv:
-            self._interactive += 1
-        try:
-            with self.foreground():
-                yield
-        finally:
-            with self._cv:
-                self._interactive -= 1
-                self._last_interactive = time.monotonic()
+                self._last_foreground = now
+                if interactive:
+                    self._interactive -= 1
+                    self._last_interactive = now
                 self._cv.notify_all()
 
     def wait_interactive(self) -> None:
@@ -289,27 +279,11 @@ class _Priority:
         its guard checks and its search. Under a steady stream of turns a derivation still starts within
         ``max_yield_s``, and covers every Write queued for its session meanwhile.
         """
-        deadline = time.monotonic() + self.max_yield_s
-        with self._cv:
-            while (now := time.monotonic()) < deadline:
-                if self._interactive:
-                    self._cv.wait(deadline - now)
-                elif now - self._last_interactive < self.quiet_s:
-                    self._cv.wait(min(deadline, self._last_interactive + self.quiet_s) - now)
-                else:
-                    return
+        self._wait_for_quiet(interactive_only=True, quiet_s=self.quiet_s, max_wait_s=self.max_yield_s)
 
     def wait_quiet(self) -> None:
         """Block until no foreground call has run for ``quiet_s`` (at most ``max_yield_s``)."""
-        deadline = time.monotonic() + self.max_yield_s
-        with self._cv:
-            while (now := time.monotonic()) < deadline:
-                if self._foreground:
-                    self._cv.wait(deadline - now)
-                elif now - self._last_foreground < self.quiet_s:
-                    self._cv.wait(min(deadline, self._last_foreground + self.quiet_s) - now)
-                else:
-                    return
+        self._wait_for_quiet(interactive_only=False, quiet_s=self.quiet_s, max_wait_s=self.max_yield_s)
 
     def yield_to_foreground(self, quiet_s: float = 0.005, max_wait_s: float = 0.1) -> None:
         """Called between small pieces of long background work: returns at once unless a foreground call
@@ -321,13 +295,20 @@ class _Priority:
         concurrent writers left 26.7 s of derivation behind their last Write)."""
         if not self._foreground and time.monotonic() - self._last_foreground >= quiet_s:
             return  # racy reads are fine: a miss only delays the yield to the next piece
+        self._wait_for_quiet(interactive_only=False, quiet_s=quiet_s, max_wait_s=max_wait_s)
+
+    def _wait_for_quiet(self, *, interactive_only: bool, quiet_s: float, max_wait_s: float) -> None:
+        """Block while foreground (or only interactive) work runs or ended less than ``quiet_s`` ago, at most
+        ``max_wait_s``."""
         deadline = time.monotonic() + max_wait_s
         with self._cv:
             while (now := time.monotonic()) < deadline:
-                if self._foreground:
+                busy = self._interactive if interactive_only else self._foreground
+                last = self._last_interactive if interactive_only else self._last_foreground
+                if busy:
                     self._cv.wait(deadline - now)
-                elif now - self._last_foreground < quiet_s:
-                    self._cv.wait(min(deadline, self._last_foreground + quiet_s) - now)
+                elif now - last < quiet_s:
+                    self._cv.wait(min(deadline, last + quiet_s) - now)
                 else:
                     return
 
@@ -835,7 +816,7 @@ class MemoryEngine:
         While it is open, background steps (session derivation, linking, refits, consolidation) wait for it
         to end, at most ``max_yield_s`` (1 s) per step, instead of sharing the cores and the GIL with it.
         """
-        return self._priority.interactive()
+        return self._priority.foreground(interactive=True)
 
     def prefetch(self, queries: Sequence[str] = (), messages: Sequence[MemoryMessage] = ()) -> int:
         """Embed, ahead of time, what a coming Search (``queries``) and Write (the turn units of ``messages``)
