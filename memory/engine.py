@@ -84,6 +84,10 @@ MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
 # Least seconds between two background re-checks of old turns (near-duplicates) of a namespace.
 CONSOLIDATION_INTERVAL_S = 5.0
+# A session derivation waits for agent turns in flight, and its linking for foreground work (each at most
+# 1 s), only while fewer sessions than this are queued behind it: under a steady load (many busy threads,
+# writers back to back) waiting would let the backlog grow by a second or two per session.
+YIELD_MAX_QUEUED = 4
 # Granularities committed inside Write itself; the rest are derived in the background.
 SYNC_GRANULARITIES = frozenset({Granularity.TURN})
 
@@ -1210,7 +1214,7 @@ class MemoryEngine:
         snapshot of the session; the commit re-checks the snapshot under the lock and retries if a
         write changed the session meanwhile.
         """
-        if not self._flushing:
+        if not self._flushing and len(self._queue) < YIELD_MAX_QUEUED:
             self._priority.wait_interactive()
         for _ in range(5):
             snapshot = self.store.session_messages(namespace, session_id)
@@ -1232,7 +1236,8 @@ class MemoryEngine:
             session_keys = [s.key for s in insert]
             for m in messages:
                 session_keys.extend(state.index.units_of_message(m.id))
-            self._priority.wait_quiet()
+            if len(self._queue) < YIELD_MAX_QUEUED:
+                self._priority.wait_quiet()
             self.association.link(namespace, state.index, session_keys)
             with self._cv:
                 self._fresh_keys.setdefault(namespace, set()).update(session_keys)

@@ -481,3 +481,21 @@ def test_session_derivation_waits_for_interactive_work_at_most_a_second(store_fa
             assert engine.stats(NS).pending_sessions == 0
     finally:
         engine.close()
+
+
+def test_a_backlog_of_sessions_is_derived_without_waiting_for_turns(store_factory) -> None:  # type: ignore[no-untyped-def]
+    # Many busy threads: waiting up to 1 s per session would let the backlog grow a second per session, so
+    # while 4 or more sessions are queued behind it, derivation runs at once even with a turn in flight.
+    engine = MemoryEngine(store_factory(), create_embedder("hashing"))
+    try:
+        engine.load()
+        with engine.interactive():
+            for i in range(12):
+                engine.write(NS, f"s{i}", messages(f"s{i}", f"x{i}-"))
+            deadline = time.monotonic() + 2.5
+            while engine.stats(NS).pending_sessions > 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert engine.stats(NS).pending_sessions <= 4
+        assert engine.flush()
+    finally:
+        engine.close()
