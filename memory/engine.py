@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -90,6 +91,17 @@ CONSOLIDATION_INTERVAL_S = 5.0
 YIELD_MAX_QUEUED = 4
 # Granularities committed inside Write itself; the rest are derived in the background.
 SYNC_GRANULARITIES = frozenset({Granularity.TURN})
+
+
+def checked_derive_duty(value: object) -> float:
+    """``value`` as a ``derive_duty`` (see MemoryEngine): a number in (0, 1], else ValueError saying why."""
+    try:
+        duty = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        duty = math.nan
+    if not 0.0 < duty <= 1.0:
+        raise ValueError(f"derive_duty must be a number in (0, 1], got {value!r}")
+    return duty
 
 
 def _default_derive() -> DeriveFn:
@@ -379,9 +391,7 @@ class MemoryEngine:
         # c * (1 / derive_duty - 1) seconds: at most derive_duty of a core goes to any one session, Writes
         # arriving meanwhile coalesce, and derived units lag by about c / derive_duty at most (raw turns are
         # searchable at once whatever the lag). 1.0 derives at once every time.
-        if not 0.0 < derive_duty <= 1.0:
-            raise ValueError(f"derive_duty must be in (0, 1], got {derive_duty}")
-        self.derive_duty = derive_duty
+        self.derive_duty = checked_derive_duty(derive_duty)
         # (namespace, session_id) -> monotonic time before which the session is not re-derived.
         self._derive_hold: dict[tuple[str, str], float] = {}
         self._flushing = 0

@@ -10,7 +10,7 @@ import grpc
 from agentrt.v1 import memory_pb2, memory_pb2_grpc
 
 from core.errors import InvalidArgumentError
-from memory.engine import MemoryEngine
+from memory.engine import MemoryEngine, checked_derive_duty
 from memory.index import IndexSnapshots
 from memory.store import SqlMemoryStore
 from runtime import metrics
@@ -36,13 +36,9 @@ def build(rt: Runtime) -> None:
     # ``derive_duty``: the most of a core that re-deriving any one session may take, see MemoryEngine).
     defaults = rt.settings.policies.defaults.get("memory", {})
     try:
-        derive_duty = float(defaults.get("derive_duty", 0.25))
-    except (TypeError, ValueError):
-        derive_duty = float("nan")
-    if not 0.0 < derive_duty <= 1.0:
-        raise InvalidArgumentError(
-            "policies.defaults.memory.derive_duty", f"must be a number in (0, 1], got {defaults.get('derive_duty')!r}"
-        )
+        derive_duty = checked_derive_duty(defaults.get("derive_duty", 0.25))
+    except ValueError as exc:
+        raise InvalidArgumentError("policies.defaults.memory.derive_duty", str(exc)) from exc
     storage = rt.settings.storage
     engine = MemoryEngine(
         SqlMemoryStore(rt.db.engine, publisher=publish),
