@@ -72,7 +72,7 @@ from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery, Se
 from memory.retrieval import lexical_stage as _lexical_stage
 from memory.retrieval import search as _retrieval_search
 from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content_hash, unit_key
-from memory.units import UnitPolicy, derive_units, turn_text, turn_units
+from memory.units import UnitPolicy, derive_units, embedding_text, turn_embedding_text, turn_text, turn_units
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +479,7 @@ class MemoryEngine:
             # Turns first; derived units are then composed from the turns' new vectors like any derivation.
             turns = [s for s in stale if s.unit.granularity == Granularity.TURN]
             derived = [s for s in stale if s.unit.granularity != Granularity.TURN]
-            turn_vectors = self.embedder.embed([s.unit.text for s in turns])
+            turn_vectors = self.embedder.embed([embedding_text(s.unit) for s in turns])
             redone = [replace(s, vector=v, model=self.embedder.name) for s, v in zip(turns, turn_vectors, strict=True)]
             if derived and UnitPolicy.from_mapping(self._policy(namespace)).composed_vectors:
                 composed, derived_left = compose_vectors([s.unit for s in derived], units + redone, self.embedder.name)
@@ -487,7 +487,7 @@ class MemoryEngine:
                 redone += [replace(by_id[u.id], vector=v, model=self.embedder.name) for u, v in composed]
                 derived = [by_id[u.id] for u in derived_left]
             if derived:
-                vectors = self.embedder.embed([s.unit.text for s in derived])
+                vectors = self.embedder.embed([embedding_text(s.unit) for s in derived])
                 redone += [
                     replace(s, vector=v, model=self.embedder.name) for s, v in zip(derived, vectors, strict=True)
                 ]
@@ -641,7 +641,7 @@ class MemoryEngine:
             composed, embed = compose_vectors(embed, stored, self.embedder.name)
             inserted = keep + [StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name) for u, v in composed]
         if embed:
-            texts = [u.text for u in embed]
+            texts = [embedding_text(u) for u in embed]
             vectors = self._priority.embed_background(texts) if background else self.embedder.embed(texts)
             inserted = inserted + [
                 StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name)
@@ -817,7 +817,7 @@ class MemoryEngine:
             else:
                 embed.append(unit)
         if embed:
-            vectors = self.embedder.embed([u.text for u in embed])
+            vectors = self.embedder.embed([embedding_text(u) for u in embed])
             insert += [
                 StoredUnit(u, unit_key(namespace, u.id), v, self.embedder.name)
                 for u, v in zip(embed, vectors, strict=True)
@@ -843,7 +843,8 @@ class MemoryEngine:
             return 0
         # One call: the texts it has to embed run as one batch (split over both cores), and a text another
         # thread is embedding right now (the guard checking the same message) is waited for, not redone.
-        texts = list(dict.fromkeys([turn_text(m) for m in messages] + [q for q in queries if q.strip()]))
+        turns = [turn_embedding_text(turn_text(m)) for m in messages]
+        texts = list(dict.fromkeys(turns + [q for q in queries if q.strip()]))
         if texts:
             self.embedder.embed(texts)
         return len(texts)

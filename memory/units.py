@@ -75,6 +75,29 @@ def turn_text(message: MemoryMessage) -> str:
     return f"{message.speaker}: {message.text}" if message.speaker else message.text
 
 
+# Speakers that name a conversational role rather than a person. Their name carries nothing a query could
+# match, so their turns are embedded without the "<speaker>: " prefix (see embedding_text).
+ROLE_SPEAKERS = frozenset({"user", "assistant", "system", "tool"})
+
+
+def embedding_text(unit: MemoryUnit) -> str:
+    """The text a unit's vector is computed from: its text, except that a turn of a role speaker
+    (``ROLE_SPEAKERS``) drops its ``"<speaker>: "`` prefix.
+
+    A person's name is content ("What did Caroline paint?" matches Caroline's turns), a role name is not.
+    Without the prefix, an agent turn's vector is the vector of exactly the text its guard checked and its
+    retrieval searched with, so the embedder's cache serves the memory write instead of a model pass per
+    message (two of the six passes of a ``RunTurn``). The lexical channel and every hit keep the prefix.
+    """
+    return turn_embedding_text(unit.text) if unit.granularity == Granularity.TURN else unit.text
+
+
+def turn_embedding_text(text: str) -> str:
+    """:func:`embedding_text` of a turn unit's text (``"<speaker>: <text>"``)."""
+    speaker = speaker_of(text)
+    return text[len(speaker) + 2 :] if speaker.lower() in ROLE_SPEAKERS else text
+
+
 def speaker_of(unit_text: str) -> str:
     """The speaker prefix of a turn unit's text (``""`` when there is none)."""
     head, sep, _ = unit_text.partition(": ")

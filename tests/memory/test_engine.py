@@ -285,6 +285,37 @@ def test_sizes_report_indexed_units_for_metrics(make_engine) -> None:  # type: i
     assert sizes["memory_units_indexed"] == 6 and sizes["memory_namespaces_loaded"] >= 1
 
 
+def test_role_speaker_turns_are_embedded_without_prefix_and_share_the_query_vector() -> None:
+    from core.embedding import CachingEmbedder
+    from memory.store import InMemoryStore
+
+    inner = RecordingEmbedder()
+    engine = MemoryEngine(InMemoryStore(), CachingEmbedder(inner), background=False)
+    try:
+        now = datetime.now(UTC)
+        engine.write("ns", "warm", [MemoryMessage("w", "warm", "alice", "unrelated words", now)])
+        # The agent's search (or its guard) embedded the user's message as it is.
+        engine.search("ns", SearchQuery("Book me a table for two at eight", top_k=3))
+        inner.seen.clear()
+        engine.write(
+            "ns",
+            "s1",
+            [
+                MemoryMessage("u1", "s1", "user", "Book me a table for two at eight", now),
+                MemoryMessage("a1", "s1", "Assistant", "Booked: Rosa's, 8 pm, two people.", now),
+                MemoryMessage("c1", "s1", "caroline", "I paint sunsets on weekends.", now),
+            ],
+        )
+        # The user's turn came from the cache (same text as the query); the assistant's turn is embedded
+        # without its role prefix; a person's name stays part of the embedded text.
+        assert inner.seen == ["Booked: Rosa's, 8 pm, two people.", "caroline: I paint sunsets on weekends."]
+        # Hits still quote the speaker.
+        hits = engine.search("ns", SearchQuery("table for two", top_k=5, granularities=(Granularity.TURN,))).hits
+        assert "user: Book me a table for two at eight" in [h.unit.text for h in hits]
+    finally:
+        engine.close()
+
+
 def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
     from core.embedding import CachingEmbedder
     from memory.store import InMemoryStore
@@ -294,13 +325,14 @@ def test_prefetch_embeds_what_search_and_write_will_ask_for() -> None:
     try:
         msg = MemoryMessage("t1-u", "s1", "user", "Where did Ann move last spring?", datetime.now(UTC))
         assert engine.prefetch(["where does Ann live?", "  "], [msg]) == 2
-        assert inner.seen == ["user: Where did Ann move last spring?", "where does Ann live?"]
+        # A role speaker's turn is embedded without its "user: " prefix (memory.units.embedding_text).
+        assert inner.seen == ["Where did Ann move last spring?", "where does Ann live?"]
         inner.seen.clear()
         engine.write("ns", "s1", [msg])
         hits = engine.search("ns", SearchQuery("where does Ann live?", top_k=3)).hits
         # The turn unit and the query vector came from the cache: neither reached the model again.
         assert "where does Ann live?" not in inner.seen
-        assert "user: Where did Ann move last spring?" not in inner.seen
+        assert "Where did Ann move last spring?" not in inner.seen
         assert hits and hits[0].unit.message_ids == ("t1-u",)
         # Without a cache there is nothing to keep the vectors in: prefetch does nothing.
         assert MemoryEngine(InMemoryStore(), HashingEmbedder(), background=False).prefetch(["q"]) == 0
