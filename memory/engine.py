@@ -1233,8 +1233,7 @@ class MemoryEngine:
             delete, insert = self._plan_units(namespace, session_id, messages, None, background=True)
             state = self._state(namespace)
             with state.lock:
-                current = self.store.session_messages(namespace, session_id)
-                if [(s.message.id, s.content_hash) for s in current] != [
+                if self.store.session_fingerprint(namespace, session_id) != [
                     (s.message.id, s.content_hash) for s in snapshot
                 ]:
                     continue

@@ -124,6 +124,11 @@ class MemoryStore(abc.ABC):
     def session_messages(self, namespace: str, session_id: str) -> list[StoredMessage]:
         """All messages of a session in arrival order."""
 
+    def session_fingerprint(self, namespace: str, session_id: str) -> list[tuple[str, str]]:
+        """(message id, content hash) of a session's messages in arrival order: what tells whether a
+        session changed since a snapshot of it was read. A backend may answer it without reading texts."""
+        return [(s.message.id, s.content_hash) for s in self.session_messages(namespace, session_id)]
+
     @abc.abstractmethod
     def list_messages(
         self, namespace: str, *, session_id: str | None = None, after_seq: int = -1, limit: int = 100
@@ -393,6 +398,18 @@ class SqlMemoryStore(MemoryStore):
         query = sa.select(t).where(t.c.namespace == namespace, t.c.session_id == session_id).order_by(t.c.seq)
         with self._engine.connect() as conn:
             return [self._message(row) for row in conn.execute(query)]
+
+    def session_fingerprint(self, namespace: str, session_id: str) -> list[tuple[str, str]]:
+        # Two narrow columns instead of whole rows: no text, metadata JSON or time to decode (the
+        # derivation's re-check of a 600-message session read it all, about 15 ms).
+        t = schema.messages
+        query = (
+            sa.select(t.c.id, t.c.content_hash)
+            .where(t.c.namespace == namespace, t.c.session_id == session_id)
+            .order_by(t.c.seq)
+        )
+        with self._engine.connect() as conn:
+            return [(row.id, row.content_hash) for row in conn.execute(query)]
 
     def list_messages(
         self, namespace: str, *, session_id: str | None = None, after_seq: int = -1, limit: int = 100

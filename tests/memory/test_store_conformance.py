@@ -57,6 +57,10 @@ def test_replacing_a_message_keeps_its_place(store: MemoryStore) -> None:
     ordered = store.session_messages(NS, "s1")
     assert [s.message.id for s in ordered] == ["a", "b", "c", "d"]
     assert ordered[1].message.text == "TWO"
+    # The fingerprint names the same messages in the same order, with the replaced one's new hash.
+    assert store.session_fingerprint(NS, "s1") == [(s.message.id, s.content_hash) for s in ordered]
+    assert store.session_fingerprint(NS, "s1")[1] == ("b", content_hash(msg("b", "TWO")))
+    assert store.session_fingerprint(NS, "missing") == []
     assert store.generation(NS) == 2
 
 
