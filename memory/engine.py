@@ -40,7 +40,9 @@ others):
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -72,7 +74,17 @@ from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery, Se
 from memory.retrieval import lexical_stage as _lexical_stage
 from memory.retrieval import search as _retrieval_search
 from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content_hash, unit_key
-from memory.units import UnitPolicy, derive_units, embedding_text, turn_embedding_text, turn_text, turn_units
+from memory.units import (
+    UnitPolicy,
+    derive_segment,
+    derive_units,
+    embedding_text,
+    segment_digest_id,
+    session_segments,
+    turn_embedding_text,
+    turn_text,
+    turn_units,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +119,14 @@ def checked_derive_duty(value: object) -> float:
 def _default_derive() -> DeriveFn:
     """``memory.units.derive_units`` with the namespace's memory policy turned into its ``UnitPolicy``."""
     return lambda sid, msgs, policy: derive_units(sid, msgs, UnitPolicy.from_mapping(policy))
+
+
+@dataclass
+class _SegmentPrints:
+    """Segment fingerprints of a session: ``known`` from its last committed pass, ``learned`` by this one."""
+
+    known: Mapping[int, str]
+    learned: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -400,6 +420,10 @@ class MemoryEngine:
         # Consolidation bookkeeping: unit keys of sessions derived since the last pass (checked first),
         # and per namespace the last turn key a pass checked (the rest are re-checked round robin).
         self._fresh_keys: dict[str, set[int]] = {}
+        # Per long session: the segment fingerprints its last committed background derivation saw (see
+        # _changed_segments); and how many segments background passes derived or reused (diagnostics).
+        self._segment_prints: dict[tuple[str, str], dict[int, str]] = {}
+        self.segment_passes: collections.Counter[str] = collections.Counter()
         self._next_consolidation: dict[str, float] = {}
         self._turn_cursor: dict[str, int] = {}
         self._fact_topics: dict[str, dict[int, tuple[str, str]]] = {}
@@ -612,16 +636,34 @@ class MemoryEngine:
         granularities: frozenset[Granularity] | None,
         *,
         background: bool,
+        segments: _SegmentPrints | None = None,
     ) -> tuple[list[str], list[StoredUnit]]:
         """Diff the session's derived units against the stored ones: (unit ids to delete, units to insert).
 
         Only units whose text changed are embedded; a unit with the same text keeps its vector.
+        ``segments`` (background passes with the default derivation): the segment fingerprints of the last
+        pass committed for this session; segments whose fingerprint is unchanged and whose digest is stored
+        are neither derived nor diffed, and ``segments.learned`` receives every segment's fingerprint.
         """
         policy = self._policy(namespace)
-        derived = self._derive(session_id, list(session), policy) if session else []
+        stored = self.store.session_units(namespace, [session_id])
+        parts = self._changed_segments(session_id, session, policy, stored, segments)
+        if parts is None:
+            derived = self._derive(session_id, list(session), policy) if session else []
+        else:
+            unit_policy = UnitPolicy.from_mapping(policy)
+            derived = [u for k, part in parts for u in derive_segment(session_id, k, part, unit_policy)]
+            # Units of the unchanged segments stay as they are; a unit whose first message is in a derived
+            # segment, or no longer in the session (an orphan of a deleted message), is diffed.
+            owned = {m.id for _, part in parts for m in part}
+            present = {m.id for m in session}
+            stored = [
+                s
+                for s in stored
+                if not s.unit.message_ids or s.unit.message_ids[0] in owned or s.unit.message_ids[0] not in present
+            ]
         if granularities is not None:
             derived = [u for u in derived if u.granularity in granularities]
-        stored = self.store.session_units(namespace, [session_id])
         old = {s.unit.id: s for s in stored if granularities is None or s.unit.granularity in granularities}
         new_ids = {u.id for u in derived}
         delete = [uid for uid in old if uid not in new_ids]
@@ -824,6 +866,39 @@ class MemoryEngine:
             ]
         return delete, insert
 
+    def _changed_segments(
+        self,
+        session_id: str,
+        session: Sequence[MemoryMessage],
+        policy: Mapping[str, Any],
+        stored: Sequence[StoredUnit],
+        segments: _SegmentPrints | None,
+    ) -> list[tuple[int, list[MemoryMessage]]] | None:
+        """The (index, messages) of the segments to derive, or None to derive the whole session (no
+        fingerprints given, a custom derivation, or a session of one segment)."""
+        if segments is None or not self._derive_is_default:
+            return None
+        unit_policy = UnitPolicy.from_mapping(policy)
+        parts = session_segments(session, unit_policy)
+        if len(parts) < 2:
+            return None
+        stored_ids = {s.unit.id for s in stored}
+        changed: list[tuple[int, list[MemoryMessage]]] = []
+        for k, part in enumerate(parts):
+            # The policy is part of the fingerprint: a changed unit policy re-derives every segment.
+            digest = hashlib.blake2b(repr(unit_policy).encode(), digest_size=16)
+            for m in part:
+                digest.update(m.id.encode() + b"\x1f" + content_hash(m).encode() + b"\x1e")
+            print_ = f"{k}:{digest.hexdigest()}"
+            segments.learned[k] = print_
+            # A digest that is gone (the namespace was dropped, the session deleted) means the segment's units
+            # are gone too, whatever the fingerprint says.
+            if segments.known.get(k) != print_ or segment_digest_id(session_id, k) not in stored_ids:
+                changed.append((k, part))
+        self.segment_passes["reused"] += len(parts) - len(changed)
+        self.segment_passes["derived"] += len(changed)
+        return changed
+
     def interactive(self) -> contextlib.AbstractContextManager[None]:
         """Context manager marking latency-sensitive work outside the engine (an agent turn in flight).
 
@@ -956,6 +1031,8 @@ class MemoryEngine:
                 state.index, _ = self._build_index(namespace)
                 state.dirty = False
                 self.association.forget(namespace)
+                for key in [k for k in self._segment_prints if k[0] == namespace]:
+                    del self._segment_prints[key]
                 return DeleteResult(n, sum(before.units.values()), 0)
             targets: dict[str, StoredMessage] = {}
             if session_id:
@@ -976,6 +1053,8 @@ class MemoryEngine:
                 change.insert_units += insert
                 change.clear_pending.append(sid)
                 removed_units += len(delete)
+                # Re-derived in full here; the next background pass fingerprints it afresh.
+                self._segment_prints.pop((namespace, sid), None)
             self._apply(namespace, state, change)
         return DeleteResult(len(targets), removed_units, len(sessions))
 
@@ -1227,10 +1306,14 @@ class MemoryEngine:
         """
         if not self._flushing and len(self._queue) < YIELD_MAX_QUEUED:
             self._priority.wait_interactive()
+        key = (namespace, session_id)
         for _ in range(5):
             snapshot = self.store.session_messages(namespace, session_id)
             messages = [s.message for s in snapshot]
-            delete, insert = self._plan_units(namespace, session_id, messages, None, background=True)
+            segments = _SegmentPrints(self._segment_prints.get(key, {}))
+            delete, insert = self._plan_units(
+                namespace, session_id, messages, None, background=True, segments=segments
+            )
             state = self._state(namespace)
             with state.lock:
                 if self.store.session_fingerprint(namespace, session_id) != [
@@ -1242,6 +1325,10 @@ class MemoryEngine:
                 insert = [s for s in insert if s.unit.id not in stored or stored[s.unit.id].unit != s.unit]
                 change = Change(delete_units=delete, insert_units=insert, clear_pending=[session_id])
                 self._apply(namespace, state, change)
+                if segments.learned:
+                    self._segment_prints[key] = segments.learned
+                else:
+                    self._segment_prints.pop(key, None)
             # New units of the session, and its turns (committed by Write, not linked yet).
             session_keys = [s.key for s in insert]
             for m in messages:

@@ -53,6 +53,11 @@ class UnitPolicy:
     low_info_terms: int = 3
     # Weight floor of a turn without any content term.
     low_info_weight: float = 0.4
+    # A session longer than this many messages is derived in consecutive segments of that many (windows,
+    # digest and facts per segment; segment 0 keeps the id of an unsegmented digest). A segment's units
+    # depend on its messages alone, so a growing session (an agent thread) re-derives only its last
+    # segment instead of all of it (memory.engine, _derive_session). 0 = one segment, however long.
+    segment_messages: int = 100
     # Derived units (exchange, session, fact) get the word-weighted mean of their turns' vectors instead
     # of a model pass over their text (``memory.engine.compose_vectors``); false embeds every unit's text.
     composed_vectors: bool = True
@@ -237,6 +242,39 @@ def derive_units(
     if enricher is None and enrich and policy.llm_base_url:
         key = os.environ.get(policy.llm_api_key_env, "") if policy.llm_api_key_env else ""
         enricher = OpenAICompatibleEnricher(policy.llm_base_url, policy.llm_model, key)
+    units: list[MemoryUnit] = []
+    for index, part in enumerate(session_segments(messages, policy)):
+        units.extend(derive_segment(session_id, index, part, policy, enricher if enrich else None))
+    return units
+
+
+def session_segments(messages: Sequence[MemoryMessage], policy: UnitPolicy) -> list[list[MemoryMessage]]:
+    """A session's messages cut into consecutive segments of ``policy.segment_messages`` (one segment when
+    the session is no longer than that, or segmentation is off); no segment when there is no message."""
+    msgs = list(messages)
+    size = policy.segment_messages
+    if not msgs:
+        return []
+    if size <= 0 or len(msgs) <= size:
+        return [msgs]
+    return [msgs[start : start + size] for start in range(0, len(msgs), size)]
+
+
+def segment_digest_id(session_id: str, index: int) -> str:
+    """Id of the digest unit of a session's segment ``index`` (segment 0: the id of an unsegmented one)."""
+    return f"{session_id}/session" if index == 0 else f"{session_id}/session/{index}"
+
+
+def derive_segment(
+    session_id: str,
+    index: int,
+    messages: Sequence[MemoryMessage],
+    policy: UnitPolicy | None = None,
+    enricher: Enricher | None = None,
+) -> list[MemoryUnit]:
+    """The units of one segment of a session (see :func:`session_segments`): its turns, its exchange
+    windows, its digest and its facts, from its messages alone."""
+    policy = policy or UnitPolicy()
     msgs = list(messages)
     if not msgs:
         return []
@@ -247,9 +285,10 @@ def derive_units(
     speakers = {m.speaker for m in msgs if m.speaker}
     # One ranking serves both: keyphrases(texts, k) is the first k of keyphrases(texts, n) for k <= n.
     phrases = keyphrases([m.text for m in msgs], max(policy.digest_keyphrases, policy.max_facts * 3), exclude=speakers)
-    units.append(_digest(session_id, msgs, texts, token_lists, phrases[: policy.digest_keyphrases], policy))
+    digest_id = segment_digest_id(session_id, index)
+    units.append(_digest(digest_id, session_id, msgs, texts, token_lists, phrases[: policy.digest_keyphrases], policy))
     units.extend(_facts(session_id, msgs, texts, phrases[: policy.max_facts * 3], policy))
-    if enricher is not None and enrich:
+    if enricher is not None:
         try:
             units.extend(enricher.enrich(session_id, msgs))
         except Exception:  # enrichment is best effort: the extractive units stand on their own
@@ -319,6 +358,7 @@ def _date_header(msgs: Sequence[MemoryMessage]) -> str:
 
 
 def _digest(
+    unit_id: str,
     session_id: str,
     msgs: Sequence[MemoryMessage],
     texts: Sequence[str],
@@ -332,7 +372,7 @@ def _digest(
     header = " ".join(p for p in (_date_header(msgs), "Topics: " + ", ".join(phrases) if phrases else "") if p)
     start, end = _span(msgs)
     return MemoryUnit(
-        id=f"{session_id}/session",
+        id=unit_id,
         granularity=Granularity.SESSION,
         text="\n".join([header, *(texts[i] for i in chosen)]) if header else "\n".join(texts[i] for i in chosen),
         message_ids=tuple(msgs[i].id for i in chosen),
