@@ -49,11 +49,22 @@ class NamespaceIndex:
         self._lock = threading.RLock()
         # The store generation this index reflects; the engine rebuilds when it falls behind.
         self.generation = 0
+        # Bumped before and after every change of the units (not of edges): what the retriever's cache of
+        # the units covering each message is keyed by. Odd while a change is in progress.
+        self.units_version = 0
 
     # -- writes (engine only) ------------------------------------------------------------------------
 
     def apply(self, remove_keys: Iterable[int], add: Sequence[StoredUnit]) -> None:
         """Remove units by key, then add (or replace) the given stored units."""
+        with self._lock:
+            self.units_version += 1
+            try:
+                self._apply(remove_keys, add)
+            finally:
+                self.units_version += 1
+
+    def _apply(self, remove_keys: Iterable[int], add: Sequence[StoredUnit]) -> None:
         with self._lock:
             self._remove([k for k in remove_keys if k in self._units], drop_edges=True)
             # A unit whose text, messages and vector are unchanged (consolidation changing its weight) is
@@ -108,6 +119,7 @@ class NamespaceIndex:
             by_gran.setdefault(stored.unit.granularity, {})[stored.key] = stored
         reused = 0
         with self._lock:
+            self.units_version += 2  # an even step: loads happen before the index is searched
             for gran, items in by_gran.items():
                 dense = self._vector_factory(self.dim)
                 todo = list(items.values())

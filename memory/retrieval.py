@@ -330,6 +330,36 @@ def _turn_cache(index: RetrievalIndex) -> dict[str, int]:
         return {}
 
 
+@dataclass
+class _Structure:
+    """What the units covering one message say, independent of the query: every non-turn unit covering it
+    (key, unit), and its turn neighbours in conversation order as (turn key, distance) up to ``max_d``."""
+
+    covers: list[tuple[int, MemoryUnit]]
+    neighbours: list[tuple[int, int]]
+
+
+_STRUCTURE_CACHES: weakref.WeakKeyDictionary[Any, tuple[int, dict[tuple[str, int], _Structure]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _structure_cache(index: RetrievalIndex) -> tuple[int | None, dict[tuple[str, int], _Structure]]:
+    """(version, cache) of per-message structure for ``index``; the cache is only kept across queries for an
+    index that counts its changes (``units_version``, odd while one is in progress), and is emptied when
+    the count moved. Version None: do not store into the cache."""
+    version = getattr(index, "units_version", None)
+    if not isinstance(version, int) or version % 2:
+        return None, {}
+    try:
+        held = _STRUCTURE_CACHES.get(index)
+        if held is None or held[0] != version:
+            held = _STRUCTURE_CACHES[index] = (version, {})
+        return version, held[1]
+    except TypeError:  # an index type without weak references
+        return None, {}
+
+
 def _filters(query: SearchQuery) -> bool:
     """Whether the query restricts sessions or time (else every unit is allowed)."""
     return bool(query.session_ids or query.time_start or query.time_end)
@@ -485,16 +515,22 @@ def search(
     neighbours: dict[int, list[tuple[int, int]]] = {}
     covering: dict[int, dict[Granularity, list[int]]] = {}
     max_d = len(pol.neighbor_weights)
-    for tk, unit in candidates.items():
+    # The covering units and neighbours of a message change only when the index does: kept across queries
+    # (about a third of this function's time on LoCoMo-sized namespaces went into recomputing them).
+    version, structures = _structure_cache(index)
+
+    def structure(mid: str) -> _Structure:
+        cached = structures.get((mid, max_d))
+        if cached is not None:
+            return cached
         found: dict[int, int] = {}
-        mid = unit.message_ids[0]
-        mine: dict[Granularity, list[int]] = {}
+        covers: list[tuple[int, MemoryUnit]] = []
         for ck in index.units_of_message(mid):
             cover = index.unit(ck)
             if cover is None:
                 continue
-            if cover.granularity in covering_pools and _allowed(cover, query):
-                mine.setdefault(cover.granularity, []).append(ck)
+            if cover.granularity != Granularity.TURN:
+                covers.append((ck, cover))
             if cover.granularity != Granularity.EXCHANGE or mid not in cover.message_ids:
                 continue
             at = cover.message_ids.index(mid)
@@ -504,7 +540,18 @@ def search(
                     ok = turn_key(other)
                     if ok is not None and (ok not in found or found[ok] > d):
                         found[ok] = d
-        neighbours[tk] = list(found.items())
+        made = _Structure(covers, list(found.items()))
+        if version is not None and getattr(index, "units_version", None) == version:
+            structures[(mid, max_d)] = made
+        return made
+
+    for tk, unit in candidates.items():
+        shape = structure(unit.message_ids[0])
+        mine: dict[Granularity, list[int]] = {}
+        for ck, cover in shape.covers:
+            if cover.granularity in covering_pools and (not filtered or _allowed(cover, query)):
+                mine.setdefault(cover.granularity, []).append(ck)
+        neighbours[tk] = shape.neighbours
         covering[tk] = mine
 
     # routed(t) = Σ_g w_g · max over units u of g covering t of s_g(u), scored exactly for every

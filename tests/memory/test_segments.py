@@ -108,3 +108,4 @@ def test_background_passes_rederive_changed_segments_only_and_match_a_full_deriv
         assert stored_shape(engine) == shape(derive_units(SID, edited, policy))
     finally:
         engine.close()
+
