@@ -74,6 +74,43 @@ class UnitPolicy:
         fields = {f: section[f] for f in cls.__dataclass_fields__ if isinstance(section, Mapping) and f in section}
         return cls(**fields)
 
+    @classmethod
+    def problems(cls, policy: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+        """(field, why) for every value of the ``units`` section of a memory policy that derivation could not
+        use: the server checks the configured policies at start, so a typo stops it with the setting's name
+        instead of failing every background derivation later."""
+        section = (policy or {}).get("units", policy or {})
+        if not isinstance(section, Mapping):
+            return [("", "must be a mapping")]
+        out: list[tuple[str, str]] = []
+        for name, lowest in _UNIT_INT_MINIMUMS.items():
+            value = section.get(name)
+            if name in section and (not isinstance(value, int) or isinstance(value, bool) or value < lowest):
+                out.append((name, f"must be an integer >= {lowest}, got {value!r}"))
+        weight = section.get("low_info_weight")
+        if "low_info_weight" in section and (
+            not isinstance(weight, int | float) or isinstance(weight, bool) or not 0.0 <= weight <= 1.0
+        ):
+            out.append(("low_info_weight", f"must be a number in [0, 1], got {weight!r}"))
+        if "composed_vectors" in section and not isinstance(section["composed_vectors"], bool):
+            out.append(("composed_vectors", f"must be true or false, got {section['composed_vectors']!r}"))
+        for name in ("llm_base_url", "llm_model", "llm_api_key_env"):
+            if name in section and not isinstance(section[name], str):
+                out.append((name, f"must be a string, got {section[name]!r}"))
+        return out
+
+
+# Smallest value each integer field of UnitPolicy accepts.
+_UNIT_INT_MINIMUMS = {
+    "window": 1,
+    "digest_turns": 1,
+    "digest_keyphrases": 0,
+    "max_facts": 0,
+    "fact_turns": 1,
+    "low_info_terms": 0,
+    "segment_messages": 0,
+}
+
 
 def turn_text(message: MemoryMessage) -> str:
     """The text of a message as units quote it: ``"<speaker>: <text>"`` (just the text without speaker)."""

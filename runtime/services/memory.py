@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 from agentrt.v1 import memory_pb2, memory_pb2_grpc
 
-from core.errors import InvalidArgumentError
+from core.errors import FieldViolation, InvalidArgumentError
 from memory.engine import MemoryEngine, checked_derive_duty
 from memory.index import IndexSnapshots
+from memory.retrieval import RetrievalPolicy
 from memory.store import SqlMemoryStore
+from memory.units import UnitPolicy
 from runtime import metrics
 from runtime.container import Runtime
 from runtime.convert import memory as conv
@@ -39,6 +42,7 @@ def build(rt: Runtime) -> None:
         derive_duty = checked_derive_duty(defaults.get("derive_duty", 0.25))
     except ValueError as exc:
         raise InvalidArgumentError("policies.defaults.memory.derive_duty", str(exc)) from exc
+    _check_memory_policies(rt)
     storage = rt.settings.storage
     engine = MemoryEngine(
         SqlMemoryStore(rt.db.engine, publisher=publish),
@@ -55,6 +59,32 @@ def build(rt: Runtime) -> None:
     rt.memory = engine
     rt.replica_handlers["memory"] = engine.apply_remote_change
     metrics.register_size_reporter(engine.sizes)
+
+
+def _check_memory_policies(rt: Runtime) -> None:
+    """Refuse to start on a configured memory policy whose unit or retrieval settings derivation and search
+    could not use, naming every bad setting (they would otherwise fail each background pass or Search)."""
+    configured = [("policies.defaults.memory", rt.settings.policies.defaults.get("memory"))] + [
+        (f"policies.namespaces.{name}.memory", components.get("memory"))
+        for name, components in rt.settings.policies.namespaces.items()
+    ]
+    violations: list[FieldViolation] = []
+    for where, policy in configured:
+        if policy is None:
+            continue
+        if not isinstance(policy, Mapping):
+            violations.append(FieldViolation(where, "must be a mapping"))
+            continue
+        units_at = f"{where}.units" if "units" in policy else where
+        violations += [
+            FieldViolation(f"{units_at}.{name}" if name else units_at, why) for name, why in UnitPolicy.problems(policy)
+        ]
+        try:
+            RetrievalPolicy.from_mapping(policy)
+        except (TypeError, ValueError) as exc:
+            violations.append(FieldViolation(f"{where}.retrieval" if "retrieval" in policy else where, str(exc)))
+    if violations:
+        raise InvalidArgumentError(violations)
 
 
 async def stop(rt: Runtime) -> None:

@@ -205,3 +205,26 @@ def test_a_bad_derive_duty_in_the_config_stops_the_start_naming_the_setting(make
     with pytest.raises(InvalidArgumentError) as err:
         make_server(embedding_model="hashing", policies={"defaults": {"memory": {"derive_duty": duty}}})
     assert "policies.defaults.memory.derive_duty" in str(err.value)
+
+
+def test_bad_unit_and_retrieval_settings_stop_the_start_naming_each_setting(make_server) -> None:  # type: ignore[no-untyped-def]
+    policies = {
+        "defaults": {"memory": {"units": {"segment_messages": -1, "window": "3"}}},
+        "namespaces": {
+            "chat": {"memory": {"low_info_weight": 1.5, "composed_vectors": "yes"}},
+            "docs": {"memory": {"retrieval": {"temperature": 0}}},
+        },
+    }
+    with pytest.raises(InvalidArgumentError) as err:
+        make_server(embedding_model="hashing", policies=policies)
+    fields = {v.field for v in err.value.violations}
+    assert fields == {
+        "policies.defaults.memory.units.segment_messages",
+        "policies.defaults.memory.units.window",
+        "policies.namespaces.chat.memory.low_info_weight",
+        "policies.namespaces.chat.memory.composed_vectors",
+        "policies.namespaces.docs.memory.retrieval",
+    }
+    # Good values start (segmentation off is 0, not a negative number).
+    srv = make_server(embedding_model="hashing", policies={"defaults": {"memory": {"units": {"segment_messages": 0}}}})
+    assert srv.client.memory.Stats(memory_pb2.StatsRequest(namespace="chat")).messages == 0
