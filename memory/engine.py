@@ -79,6 +79,7 @@ from memory.units import (
     derive_segment,
     derive_units,
     embedding_text,
+    policy_enricher,
     segment_digest_id,
     session_segments,
     turn_embedding_text,
@@ -652,7 +653,8 @@ class MemoryEngine:
             derived = self._derive(session_id, list(session), policy) if session else []
         else:
             unit_policy = UnitPolicy.from_mapping(policy)
-            derived = [u for k, part in parts for u in derive_segment(session_id, k, part, unit_policy)]
+            enricher = policy_enricher(unit_policy)  # as derive_units would use
+            derived = [u for k, part in parts for u in derive_segment(session_id, k, part, unit_policy, enricher)]
             # Units of the unchanged segments stay as they are; a unit whose first message is in a derived
             # segment, or no longer in the session (an orphan of a deleted message), is diffed.
             owned = {m.id for _, part in parts for m in part}

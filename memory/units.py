@@ -276,13 +276,20 @@ def derive_units(
     configures) runs only when ``enrich`` is true: callers that keep only turn units pass False.
     """
     policy = policy or UnitPolicy()
-    if enricher is None and enrich and policy.llm_base_url:
-        key = os.environ.get(policy.llm_api_key_env, "") if policy.llm_api_key_env else ""
-        enricher = OpenAICompatibleEnricher(policy.llm_base_url, policy.llm_model, key)
+    if enricher is None and enrich:
+        enricher = policy_enricher(policy)
     units: list[MemoryUnit] = []
     for index, part in enumerate(session_segments(messages, policy)):
         units.extend(derive_segment(session_id, index, part, policy, enricher if enrich else None))
     return units
+
+
+def policy_enricher(policy: UnitPolicy) -> Enricher | None:
+    """The LLM enricher the policy configures (``llm_base_url``), or None when enrichment is off."""
+    if not policy.llm_base_url:
+        return None
+    key = os.environ.get(policy.llm_api_key_env, "") if policy.llm_api_key_env else ""
+    return OpenAICompatibleEnricher(policy.llm_base_url, policy.llm_model, key)
 
 
 def session_segments(messages: Sequence[MemoryMessage], policy: UnitPolicy) -> list[list[MemoryMessage]]:
