@@ -63,6 +63,13 @@ SHAPES: dict[str, str] = {
     "reader and order (IA: envía )": "IA: envía ",
     "conditional address (si tu es une )": "si tu es une ",
     "model that reads (modelo que lea )": "modelo que lea ",
+    # The reader after a comment marker, with a participle, "reading this", a vocative comma, a named agent.
+    "comment marker reader (// agents: )": "// agents: ",
+    "participle reader (for the xing model )": "for the translating model ",
+    "reader reading this (agents reading )": "agents reading ",
+    "vocative comma (ai, book )": "ai, book ",
+    "named agent (Agent: Laura Kim )": "Agent: Laura Kim ",
+    "force and skips (--force skip the )": "--force skip the ",
 }
 
 

@@ -86,7 +86,8 @@ _ORDER = (
     r"cancel|reset|change|update|disable|turn off|unlock|open|visit|post|publish|share|upload|export|copy|paste|"
     r"include|append|attach|insert|reveal|disclose|print|output|respond|reply|rate|recommend|run|execute|install|"
     r"download|call|invoke|mark|set|create|invite|subscribe|buy|order|purchase|book|leak|dump|collect|retrieve|"
-    r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|refund|push|describe|hide|bypass|"
+    r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|disregard|refund|push|describe|hide|"
+    r"bypass|"
     r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
     r"decline|log in|sign in|settle|clear)"
 )
@@ -222,7 +223,8 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"mistral)\b|\b(?:whichever|whatever|any) (?:ai|model|assistant|agent|llm)\b[^.\n]{0,20}\b(?:is )?"
             r"(?:reading|processing|handling)\b|\b(?:ai|llm|gpt|model)[- ](?:reviewers?|readers?|agents?|"
             r"assistants?|bots?|crawlers?|summari[sz]ers?)\s*:|\bto the (?:ai|assistant|agent|model|llm|bot)\s*[:,]"
-            r"|(?:^|[.!?]\s+|<!--\s*)(?:ai|assistant|llm|agent|model|bot)\s*:\s*(?:please\s+)?[a-z]"
+            r"|(?:^|[.!?]\s+|<!--\s*)(?:ai|assistant|llm|agent|model|bot)\s*:\s*(?!(?-i:[A-Z][a-z]+ [A-Z][a-z]+\b))"
+            r"(?:please\s+)?[a-z]"
         ),
     ),
     (
@@ -539,7 +541,10 @@ _READER = re.compile(
     r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
     r"model|tool|system|ai|assistant|llm)s?|(?:coding|ai|llm|autonomous|automated|software|browsing|shopping|"
     r"research|web|setup|deployment|triage|email|inbox|calendar) (?:agents?|assistants?|bots?))\b|"
-    r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:agents?|tools?|models?|systems?)\s*[:,]|"
+    r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:\w+ing )?(?:agents?|tools?|models?|systems?)\s*[:,]|"
+    r"(?:^|//|#|/\*|<!--)\s*(?:agents?|models?)\s*:|"
+    r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?) (?:reading|processing|parsing|indexing|crawling|"
+    r"scraping) (?:this|these)\b|"
     r"\b(?:for|to) (?:the |any |all )?(?:agents?|assistants?|models?|bots?) (?:doing|running|reading|processing|"
     r"listening|handling|performing)\b"
 )
@@ -570,6 +575,7 @@ def _imperative(order: str) -> re.Pattern[str]:
         rf"\b(?:when|after|before|once|if|for)\b[^,.!?\n]{{1,50}},\s+)(?:\W{{0,3}}\s*)?{_ADVERBS}|"
         rf",\s+{_ADVERBS_NONE_EMPTY}){order}\b|"
         rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{order}\b|"
+        rf"\b(?:ai|assistants?|agents?|bots?|chatbots?|models?|llms?),\s+{_ADVERBS}{order}\b|"
         rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?"
         rf"to\s+{order}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b"
     )
@@ -587,10 +593,11 @@ _MODAL_ORDER = _modal_order(_ORDER)
 _IMPERATIVE_TO_READER = _imperative(_READER_ORDER)
 _MODAL_ORDER_TO_READER = _modal_order(_READER_ORDER)
 _CONSEQUENCE = re.compile(
-    rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|escalate|refund|"
+    rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|remov(?:e|es|ed|ing)|erase|wipe|empty the trash|disable|bypass|"
+    r"escalate|refund|force[- ]?push(?:es|ed|ing)?|skip(?:ping)? (?:the )?(?:ci|checks?|tests?|reviews?|approvals?)|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
     r"configuration|audit log\w*|fraud check|every|all (?:the |of )?|ssh keys?|authorized_keys|firewall|"
-    r"port \d+|sudo|root|pay|purchase|buy|invoice|log ?in|locked)\b|\.env\b"
+    r"port \d+|sudo|root|pay|purchase|buy|invoice|log ?in|locked)\b|\.env\b|(?<!\w)--force\b"
 )
 _COVERT = re.compile(
     r"(?i)\b(?:instead|actually|changed (?:their|his|her) mind|now wants?|quietly|silently|secretly|hidden|hide|"
