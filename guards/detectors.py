@@ -593,7 +593,7 @@ _MODAL_ORDER = _modal_order(_ORDER)
 _IMPERATIVE_TO_READER = _imperative(_READER_ORDER)
 _MODAL_ORDER_TO_READER = _modal_order(_READER_ORDER)
 _CONSEQUENCE = re.compile(
-    rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|remov(?:e|es|ed|ing)|erase|wipe|empty the trash|disable|bypass|"
+    rf"(?i)\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|"
     r"escalate|refund|force[- ]?push(?:es|ed|ing)?|skip(?:ping)? (?:the )?(?:ci|checks?|tests?|reviews?|approvals?)|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
     r"configuration|audit log\w*|fraud check|every|all (?:the |of )?|ssh keys?|authorized_keys|firewall|"
