@@ -9,6 +9,7 @@ Behaviour is steered by markers in the conversation, so tests read as the scenar
 - ``[slow:<seconds>]``: the server sleeps before answering (cancellation and deadline tests).
 - model ``"no-logprobs"``: answers without a ``logprobs`` field.
 - model ``"broken"``: answers HTTP 500.
+- model ``"fixed:<text>"``: answers exactly ``<text>`` (a structured answer, e.g. JSON, for callers that parse it).
 
 The answer text is ``"<model>: <reply>"`` where reply echoes the user message, a tool result
 (``tool says <content>``) or, when the system prompt carries retrieved memories, ``remembers <first memory>``.
@@ -79,7 +80,7 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             reply = f"remembers {first}"
         else:
             reply = _MARKERS.sub("", user).strip()
-        content = f"{model}: {reply}"
+        content = model.removeprefix("fixed:") if model.startswith("fixed:") else f"{model}: {reply}"
         message["content"] = content
         finish = "stop"
     choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}

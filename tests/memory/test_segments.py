@@ -3,18 +3,16 @@ pass re-derives only the segments that changed, with the same result as deriving
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
 
 from core.embedding import create_embedder
 from memory.engine import MemoryEngine
 from memory.model import Granularity, MemoryMessage, MemoryUnit
 from memory.store import MemoryStore
 from memory.units import UnitPolicy, derive_units, segment_digest_id
+from tests.agent.openai_stub import OpenAIStub
 
 NS = "acme/thread"
 SID = "thread-1"
@@ -114,48 +112,28 @@ def test_background_passes_rederive_changed_segments_only_and_match_a_full_deriv
         engine.close()
 
 
-
-class _FactsLLM(http.server.BaseHTTPRequestHandler):
-    """A local OpenAI-compatible endpoint: every chat completion names the first two turns as a fact."""
-
-    calls: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.calls.append(body["messages"][0]["content"])
-        content = json.dumps({"facts": [{"label": "first words", "turns": [0, 1]}]})
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def enriched_ids(engine: MemoryEngine) -> set[tuple[str, ...]]:
+    return {s.unit.message_ids for s in engine.store.session_units(NS, [SID]) if "first words" in s.unit.text}
 
 
 def test_llm_enrichment_runs_per_derived_segment(store_factory: Callable[[], MemoryStore]) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FactsLLM)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _FactsLLM.calls = []
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    policy = {"units": {"llm_base_url": url}}
-    engine = MemoryEngine(store_factory(), create_embedder("hashing"), background=False, policy=lambda _ns: policy)
-    engine.load()
-    try:
-        msgs = conversation(230)
-        engine.write(NS, SID, msgs)
-        engine.flush()
-        enriched = {s.unit.message_ids for s in engine.store.session_units(NS, [SID]) if "first words" in s.unit.text}
-        # One enrichment per segment, each quoting that segment's first two turns.
-        assert enriched == {("m0", "m1"), ("m100", "m101"), ("m200", "m201")}
-        assert len(_FactsLLM.calls) == 3
-        engine.write(NS, SID, conversation(2, start=230))
-        engine.flush()
-        assert len(_FactsLLM.calls) == 4  # only the last segment asked again
-        enriched = {s.unit.message_ids for s in engine.store.session_units(NS, [SID]) if "first words" in s.unit.text}
-        assert enriched == {("m0", "m1"), ("m100", "m101"), ("m200", "m201")}
-    finally:
-        engine.close()
-        server.shutdown()
+    # The model names the first two turns of what it is shown as a fact.
+    answer = json.dumps({"facts": [{"label": "first words", "turns": [0, 1]}]})
+    with OpenAIStub() as llm:
+        policy = {"units": {"llm_base_url": llm.base_url, "llm_model": f"fixed:{answer}"}}
+        engine = MemoryEngine(store_factory(), create_embedder("hashing"), background=False, policy=lambda _ns: policy)
+        engine.load()
+        try:
+            engine.write(NS, SID, conversation(230))
+            engine.flush()
+            enriched = enriched_ids(engine)
+            # One enrichment per segment, each quoting that segment's first two turns.
+            assert enriched == {("m0", "m1"), ("m100", "m101"), ("m200", "m201")}
+            assert len(llm.requests) == 3
+            engine.write(NS, SID, conversation(2, start=230))
+            engine.flush()
+            assert len(llm.requests) == 4  # only the last segment asked again
+            enriched = enriched_ids(engine)
+            assert enriched == {("m0", "m1"), ("m100", "m101"), ("m200", "m201")}
+        finally:
+            engine.close()
