@@ -124,9 +124,11 @@ def _default_derive() -> DeriveFn:
 
 @dataclass
 class _SegmentPrints:
-    """Segment fingerprints of a session: ``known`` from its last committed pass, ``learned`` by this one."""
+    """Segment fingerprints of a session: ``known`` from its last committed pass, ``learned`` by this one;
+    ``hashes``: the stored content hash of each message of the session, in order (what they are made of)."""
 
     known: Mapping[int, str]
+    hashes: Sequence[str]
     learned: dict[int, str] = field(default_factory=dict)
 
 
@@ -886,11 +888,13 @@ class MemoryEngine:
             return None
         stored_ids = {s.unit.id for s in stored}
         changed: list[tuple[int, list[MemoryMessage]]] = []
+        start = 0
         for k, part in enumerate(parts):
             # The policy is part of the fingerprint: a changed unit policy re-derives every segment.
             digest = hashlib.blake2b(repr(unit_policy).encode(), digest_size=16)
-            for m in part:
-                digest.update(m.id.encode() + b"\x1f" + content_hash(m).encode() + b"\x1e")
+            for m, hashed in zip(part, segments.hashes[start : start + len(part)], strict=True):
+                digest.update(m.id.encode() + b"\x1f" + hashed.encode() + b"\x1e")
+            start += len(part)
             print_ = f"{k}:{digest.hexdigest()}"
             segments.learned[k] = print_
             # A digest that is gone (the namespace was dropped, the session deleted) means the segment's units
@@ -1312,7 +1316,7 @@ class MemoryEngine:
         for _ in range(5):
             snapshot = self.store.session_messages(namespace, session_id)
             messages = [s.message for s in snapshot]
-            segments = _SegmentPrints(self._segment_prints.get(key, {}))
+            segments = _SegmentPrints(self._segment_prints.get(key, {}), [s.content_hash for s in snapshot])
             delete, insert = self._plan_units(
                 namespace, session_id, messages, None, background=True, segments=segments
             )
