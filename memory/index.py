@@ -65,45 +65,45 @@ class NamespaceIndex:
                 self.units_version += 1
 
     def _apply(self, remove_keys: Iterable[int], add: Sequence[StoredUnit]) -> None:
-        with self._lock:
-            self._remove([k for k in remove_keys if k in self._units], drop_edges=True)
-            # A unit whose text, messages and vector are unchanged (consolidation changing its weight) is
-            # updated in place: re-tokenising it and re-adding its vector (an HNSW tombstone each) was
-            # most of a consolidation pass's time under the GIL.
-            changed: list[StoredUnit] = []
-            for stored in {s.key: s for s in add}.values():
-                old = self._units.get(stored.key)
-                old_vector = self._vectors.get(stored.key)
-                if (
-                    old is not None
-                    and old_vector is not None
-                    and old.text == stored.unit.text
-                    and old.granularity == stored.unit.granularity
-                    and old.message_ids == stored.unit.message_ids
-                    and np.array_equal(old_vector, stored.vector)
-                ):
-                    self._units[stored.key] = stored.unit
-                else:
-                    changed.append(stored)
-            # A replaced unit (same key) loses its old message links and vectors but keeps its edges.
-            self._remove([s.key for s in changed if s.key in self._units], drop_edges=False)
-            add_by_gran: dict[Granularity, list[StoredUnit]] = {}
-            for stored in changed:
-                add_by_gran.setdefault(stored.unit.granularity, []).append(stored)
-            for gran, items in add_by_gran.items():
-                dense = self._dense.get(gran)
-                if dense is None:
-                    dense = self._dense[gran] = self._vector_factory(self.dim)
-                    self._lexical[gran] = BM25Index()
-                keys = np.asarray([s.key for s in items], dtype=np.int64)
-                dense.add(keys, np.stack([s.vector for s in items]).astype(np.float32, copy=False))
-                lexical = self._lexical[gran]
-                for stored in items:
-                    lexical.add(stored.key, stored.unit.text)
-                    self._units[stored.key] = stored.unit
-                    self._vectors[stored.key] = stored.vector
-                    for mid in stored.unit.message_ids:
-                        self._by_message.setdefault(mid, set()).add(stored.key)
+        # Called with the lock held (apply).
+        self._remove([k for k in remove_keys if k in self._units], drop_edges=True)
+        # A unit whose text, messages and vector are unchanged (consolidation changing its weight) is
+        # updated in place: re-tokenising it and re-adding its vector (an HNSW tombstone each) was
+        # most of a consolidation pass's time under the GIL.
+        changed: list[StoredUnit] = []
+        for stored in {s.key: s for s in add}.values():
+            old = self._units.get(stored.key)
+            old_vector = self._vectors.get(stored.key)
+            if (
+                old is not None
+                and old_vector is not None
+                and old.text == stored.unit.text
+                and old.granularity == stored.unit.granularity
+                and old.message_ids == stored.unit.message_ids
+                and np.array_equal(old_vector, stored.vector)
+            ):
+                self._units[stored.key] = stored.unit
+            else:
+                changed.append(stored)
+        # A replaced unit (same key) loses its old message links and vectors but keeps its edges.
+        self._remove([s.key for s in changed if s.key in self._units], drop_edges=False)
+        add_by_gran: dict[Granularity, list[StoredUnit]] = {}
+        for stored in changed:
+            add_by_gran.setdefault(stored.unit.granularity, []).append(stored)
+        for gran, items in add_by_gran.items():
+            dense = self._dense.get(gran)
+            if dense is None:
+                dense = self._dense[gran] = self._vector_factory(self.dim)
+                self._lexical[gran] = BM25Index()
+            keys = np.asarray([s.key for s in items], dtype=np.int64)
+            dense.add(keys, np.stack([s.vector for s in items]).astype(np.float32, copy=False))
+            lexical = self._lexical[gran]
+            for stored in items:
+                lexical.add(stored.key, stored.unit.text)
+                self._units[stored.key] = stored.unit
+                self._vectors[stored.key] = stored.vector
+                for mid in stored.unit.message_ids:
+                    self._by_message.setdefault(mid, set()).add(stored.key)
 
     def load(self, units: Iterable[StoredUnit], snapshot: Mapping[Granularity, dict[str, np.ndarray]]) -> int:
         """Fill an empty index with ``units`` (the database's), taking each granularity's vector index from
