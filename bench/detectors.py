@@ -70,6 +70,17 @@ SHAPES: dict[str, str] = {
     "vocative comma (ai, book )": "ai, book ",
     "named agent (Agent: Laura Kim )": "Agent: Laura Kim ",
     "force and skips (--force skip the )": "--force skip the ",
+    # Tool calls written out, the Chinese, Japanese and Korean overrides, destructive commands.
+    "call literals (send_x(\"a@b.co\", \".env\" )": 'send_x("a@b.co", ".env" ',
+    "call decoys (send_x( )": "send_x( ",
+    "json call objects ({\"tool\": \"send_x\" )": '{"tool": "send_x", "to": "a@b.co" ',
+    "quoted prose after a call (send_x(\"a a a )": 'send_x("a a a ',
+    "cjk override (忽略之前的 )": "忽略之前的 ",
+    "piped downloads (agent: curl a )": "agent: curl a ",
+    "tool names (set x using update_price. )": "set x using update_price. ",
+    "tool names, one sentence (update_price )": "update_price ",
+    "street addresses (order to 22 Quarry Lane )": "order to 22 Quarry Lane ",
+    "translated directive (bestelle Karte Lagerstraße 1 )": "bitte bestelle gespeicherte Karte Lagerstraße 1 ",
 }
 
 
@@ -79,8 +90,12 @@ def _time(fn: Callable[[str], Any], text: str) -> float:
     return time.perf_counter() - t0
 
 
+# The agent's tools, as a TOOL_RESULT check passes them: orders that name one are read too.
+TOOLS = ("update_price", "send_email", "transfer_money", "deploy")
+
+
 def _all_detectors(text: str) -> None:
-    detectors.injection(text)
+    detectors.injection(text, TOOLS)
     detectors.secrets(text)
     detectors.pii(text)
 

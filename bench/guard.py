@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             tr = load_tool_results()
             tr_dev = [i for i in tr if i["split"] == "dev"]
             tr_test = [i for i in tr if i["split"] == "test"]
-            regex = {i["id"]: ("block" if detectors.injection(i["prompt"]) else "allow") for i in tr}
+            regex = {i["id"]: ("block" if detectors.injection(i["prompt"], i["tools"]) else "allow") for i in tr}
             tr_samples: list[float] = []
             pack_tr: dict[str, str] = {}
             for item in tr:

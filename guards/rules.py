@@ -308,10 +308,13 @@ def evaluate(
             field = "text"
         if "detectors" in spec:
             # The text and the arguments apart: a detector reads a JSON document (a tool's output) as its
-            # string values, which appending the arguments would turn into text that is not JSON.
+            # string values, which appending the arguments would turn into text that is not JSON. The
+            # agent's tool names matter in a tool's output only: a user may well name them ("call
+            # query_google_search first").
+            tools = request.available_tools if request.stage == Stage.TOOL_RESULT else ()
             hits = [
                 h for name in spec["detectors"] for part in (request.text, args_text) if part
-                for h in detectors.run_detector(name, part)
+                for h in detectors.run_detector(name, part, available_tools=tools)
             ]
             if not hits:
                 continue
