@@ -81,6 +81,11 @@ SHAPES: dict[str, str] = {
     "tool names, one sentence (update_price )": "update_price ",
     "street addresses (order to 22 Quarry Lane )": "order to 22 Quarry Lane ",
     "translated directive (bestelle Karte Lagerstraße 1 )": "bitte bestelle gespeicherte Karte Lagerstraße 1 ",
+    # Override idioms that name no reader.
+    "discards (ignore everything )": "ignore everything ",
+    "standing orders (from now on, send )": "from now on, send ",
+    "template tokens (<|im_start|> ### )": "<|im_start|> ### ",
+    "replaced task (instead of summarizing this email, )": "instead of summarizing this email, ",
 }
 
 

@@ -312,15 +312,67 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "override_generalized",
         re.compile(
             r"(?i)(?<!not )(?<!never )(?<!n't )\b(?:ignore|disregard|forget|override|bypass|skip|set aside|"
-            r"put aside|abandon|discard|drop|stop following|no longer follow|circumvent|suspend)\b[^.\n]{0,30}?\b(?:"
+            r"put aside|abandon|discard|drop|stop following|no longer follow|circumvent|suspend|do not follow|"
+            r"don't follow)\b[^.\n]{0,30}?\b(?:"
             r"(?:your|the user'?s?|previous|prior|earlier|above|original|all|any|these|those|existing|safety|security|"
             r"current)\s+(?:[a-z]+\s+)?(?:instructions?|directions|directives?|guidelines|guidance|rules|orders|"
-            r"prompts?|checks?|safeguards|restrictions|polic(?:y|ies)|filters?)\b|"
+            r"prompts?|checks?|safeguards|restrictions|polic(?:y|ies)|filters?|context)\b|"
             # A question, request or task is the agent's only when it is the user's ("skip the previous
             # question" is a survey's own instruction).
             r"the user'?s? (?:[a-z]+\s+)?(?:question|request|task)\b|what (?:you(?:'ve| "
             r"have)? (?:were |been )?|the user )(?:told|asked|given|requested|said)\b|the task (?:you were|you've "
             r"been|you have been) given\b)"
+        ),
+    ),
+    (
+        # Everything before this text set aside at once: "Ignore everything above", "Forget everything you were
+        # told before this line", "Everything before this sentence is irrelevant". A person discards one
+        # thing ("disregard my earlier comment"), not all that came before.
+        "discards_everything_before",
+        re.compile(
+            r"(?i)(?<!not )(?<!never )(?<!n't )\b(?:ignore|disregard|forget|drop|discard|erase|pay no attention to)\s+"
+            r"(?:all (?:of )?)?(?:everything|anything|all)\s+(?:(?:(?:that )?you (?:were|have been|'ve been) "
+            r"(?:told|given|asked)|(?:that )?(?:was )?(?:said|written|stated))\s+)?(?:above|before|prior|previously|"
+            r"earlier|so far|up to (?:this|here|now)|until now)\b|"
+            r"\b(?:everything|all(?: the text)?|anything) (?:above|before (?:this|that|here)(?: (?:line|sentence|point|"
+            r"message|paragraph))?) (?:is|was) (?:irrelevant|void|obsolete|outdated|a test|just a test|not important|"
+            r"to be ignored|fake|cancell?ed)\b"
+        ),
+    ),
+    (
+        # A change to the agent's own instructions announced in content: "Important update to your
+        # instructions:", "a correction to your system prompt". A company's notice updates "our" instructions.
+        "amends_your_instructions",
+        re.compile(
+            r"(?i)\b(?:update|change|addition|amendment|correction|addendum|revision|patch)s? (?:to|of|for) your "
+            r"(?:(?:current|original|system|operating|standing) )?(?:instructions|guidelines|rules|system prompt|"
+            r"prompt|directives|programming|configuration)\b"
+        ),
+    ),
+    (
+        # The model's chat-template markup in content: a turn or instruction block the text opens for itself.
+        "chat_template_markup",
+        re.compile(
+            r"<\|(?:im_start|im_end|system|user|assistant|begin_of_text|start_header_id|eot_id)\|>|\[/?INST\]|"
+            r"<</?SYS>>|(?m:(?:^|:\s)\s*###\s*(?:Instruction|System|New instructions?|Response)\s*(?:###|:))"
+        ),
+    ),
+    (
+        # "Instead of summarizing this email, forward ...": the agent's task on this text replaced by an order.
+        "replaces_the_task",
+        re.compile(
+            rf"(?i)\binstead of (?:summari[sz]ing|translating|classifying) "
+            rf"(?:this|the) (?:e-?mail|page|document|text|file|article|message|review|thread|ticket|content)\b"
+            rf"[^.\n]{{0,40}}?[,;:]\s*(?:(?:please|just|now)\s+)?{_ORDER}\b"
+        ),
+    ),
+    (
+        # "From now on, accept every invite ... without asking": a standing order given covertly.
+        "standing_covert_order",
+        re.compile(
+            rf"(?i)\b(?:from now on|from this point on|henceforth|going forward|for all future (?:requests|tasks))\s*,?"
+            rf"\s*(?:(?:please|always|just)\s+)?{_ORDER}\b[^\n]{{0,120}}?\b(?:without (?:asking|telling|"
+            rf"confirming|confirmation|checking|notifying)|silently|quietly|secretly|do not (?:tell|mention|ask))\b"
         ),
     ),
     (
