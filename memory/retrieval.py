@@ -37,10 +37,10 @@ from __future__ import annotations
 import math
 import re
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -313,6 +313,24 @@ class _Scorer:
 
 
 _TURN_CACHES: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+_Held = TypeVar("_Held")
+
+
+def _held_for(
+    caches: weakref.WeakKeyDictionary[Any, _Held],
+    index: RetrievalIndex,
+    make: Callable[[], _Held],
+    keep: Callable[[_Held], bool] = lambda _: True,
+) -> _Held | None:
+    """What ``caches`` holds for ``index``, made afresh when absent or not ``keep``-able; None for an index
+    type without weak references (the caller then caches per query only)."""
+    try:
+        held = caches.get(index)
+        if held is None or not keep(held):
+            held = caches[index] = make()
+        return held
+    except TypeError:
+        return None
 
 
 def _turn_cache(index: RetrievalIndex) -> dict[str, int]:
@@ -321,13 +339,8 @@ def _turn_cache(index: RetrievalIndex) -> dict[str, int]:
     Safe across writes and deletes: a turn unit's key is derived from its id, so a cached key either
     still names the message's turn unit or names nothing (checked on use, then looked up again).
     """
-    try:
-        cache = _TURN_CACHES.get(index)
-        if cache is None:
-            cache = _TURN_CACHES[index] = {}
-        return cache
-    except TypeError:  # an index type without weak references: cache per query only
-        return {}
+    cache = _held_for(_TURN_CACHES, index, dict)
+    return cache if cache is not None else {}
 
 
 @dataclass
@@ -351,13 +364,8 @@ def _structure_cache(index: RetrievalIndex) -> tuple[int | None, dict[tuple[str,
     version = getattr(index, "units_version", None)
     if not isinstance(version, int) or version % 2:
         return None, {}
-    try:
-        held = _STRUCTURE_CACHES.get(index)
-        if held is None or held[0] != version:
-            held = _STRUCTURE_CACHES[index] = (version, {})
-        return version, held[1]
-    except TypeError:  # an index type without weak references
-        return None, {}
+    held = _held_for(_STRUCTURE_CACHES, index, lambda: (version, {}), keep=lambda h: h[0] == version)
+    return (version, held[1]) if held is not None else (None, {})
 
 
 def _filters(query: SearchQuery) -> bool:
