@@ -144,6 +144,11 @@ class MemoryStore(abc.ABC):
         """The units derived from the given sessions."""
 
     @abc.abstractmethod
+    def units_covering(self, namespace: str, message_ids: Sequence[str]) -> list[StoredUnit]:
+        """The stored units that cover at least one of ``message_ids``, each once (in no set order). What a
+        pass over some segments of a long session diffs against, without reading all of its units."""
+
+    @abc.abstractmethod
     def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
         """The stored units among ``unit_ids``."""
 
@@ -232,6 +237,11 @@ class InMemoryStore(MemoryStore):
         wanted = set(session_ids)
         with self._lock:
             return [u for u in self._units.get(namespace, {}).values() if u.unit.session_id in wanted]
+
+    def units_covering(self, namespace: str, message_ids: Sequence[str]) -> list[StoredUnit]:
+        wanted = set(message_ids)
+        with self._lock:
+            return [u for u in self._units.get(namespace, {}).values() if wanted.intersection(u.unit.message_ids)]
 
     def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
         with self._lock:
@@ -434,6 +444,22 @@ class SqlMemoryStore(MemoryStore):
         with self._engine.connect() as conn:
             for chunk in _chunks(sorted(set(session_ids))):
                 rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.session_id.in_(chunk)))
+                out.extend(self._unit(row) for row in rows)
+        return out
+
+    def units_covering(self, namespace: str, message_ids: Sequence[str]) -> list[StoredUnit]:
+        t, um = schema.units, schema.unit_messages
+        ids: set[str] = set()
+        with self._engine.connect() as conn:
+            # The unit ids first (the unit_messages index), then each unit's row once.
+            for chunk in _chunks(list(dict.fromkeys(message_ids))):
+                rows = conn.execute(
+                    sa.select(um.c.unit_id).where(um.c.namespace == namespace, um.c.message_id.in_(chunk))
+                )
+                ids.update(row.unit_id for row in rows)
+            out: list[StoredUnit] = []
+            for chunk in _chunks(sorted(ids)):
+                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
                 out.extend(self._unit(row) for row in rows)
         return out
 

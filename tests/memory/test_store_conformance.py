@@ -90,6 +90,23 @@ def test_units_round_trip_with_vectors_and_are_replaced_and_deleted(store: Memor
     assert store.get_units(NS, [u2.unit.id]) == {}
 
 
+def test_units_covering_finds_each_unit_over_any_of_the_messages_once(store: MemoryStore) -> None:
+    turn_a, turn_b = unit("s1/turn/a", ("a",)), unit("s1/turn/b", ("b",))
+    window = unit("s1/x/a-b-c", ("a", "b", "c"), gran=Granularity.EXCHANGE)
+    other = unit("s2/turn/d", ("d",), session="s2")
+    store.apply(NS, Change(upsert_messages=[msg(i, i) for i in "abc"] + [msg("d", "d", session="s2")],
+                           insert_units=[turn_a, turn_b, window, other]))
+    covering = store.units_covering(NS, ["b", "c", "missing"])
+    assert sorted(s.unit.id for s in covering) == ["s1/turn/b", "s1/x/a-b-c"]  # the window once, not twice
+    got = {s.unit.id: s for s in covering}
+    assert got["s1/x/a-b-c"].unit == window.unit and got["s1/x/a-b-c"].key == window.key
+    np.testing.assert_array_equal(got["s1/x/a-b-c"].vector, window.vector)
+    assert store.units_covering(NS, []) == [] and store.units_covering("other/ns", ["b"]) == []
+    # A deleted unit no longer covers its messages.
+    store.apply(NS, Change(delete_units=[window.unit.id]))
+    assert [s.unit.id for s in store.units_covering(NS, ["c"])] == []
+
+
 def test_iter_units_yields_everything_in_batches(store: MemoryStore) -> None:
     units = [unit(f"s1/turn/{i:03d}", (f"{i}",)) for i in range(23)]
     store.apply(NS, Change(insert_units=units))
