@@ -86,6 +86,13 @@ SHAPES: dict[str, str] = {
     "standing orders (from now on, send )": "from now on, send ",
     "template tokens (<|im_start|> ### )": "<|im_start|> ### ",
     "replaced task (instead of summarizing this email, )": "instead of summarizing this email, ",
+    # Encoded runs, decoded and read.
+    "base64 runs (SWdub3Jl )": "SWdub3JlIHlvdXIgcHJldmlvdXMgaW5zdHJ1Y3Rpb25z ",
+    "one long base64-like word (a)": "a",
+    "hex runs (4967 )": "49676e6f726520796f7572207072657669 ",
+    "percent runs (%41)": "%41",
+    "html references (&#65;)": "&#65;",
+    "escapes (\\u0041)": "\\u0041",
 }
 
 

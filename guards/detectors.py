@@ -6,12 +6,16 @@ Patterns are ours; they aim at high precision (the guard memory handles the fuzz
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import functools
+import html
 import itertools
 import json
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -1010,6 +1014,58 @@ _LEET_WORD = re.compile(
 _SPLIT_LETTERS = re.compile(r"\b[A-Za-z](?:[.\-_][A-Za-z]){2,}\b\.?")
 
 
+# Encoded payloads: an injection hidden in base64, hex, percent-encoding, HTML character references or \\u
+# escapes reads as noise to word patterns and as an order to a model that decodes it (asked to or not). Each
+# run is decoded once (bounded: at most 64 runs of at most 4,000 characters), and only a decoding that is
+# readable text is kept; what it says is then read like any other text.
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/]{20,4000}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX_RUN = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){10,2000}(?![0-9A-Fa-f])")
+_PERCENT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2}[^%\s]{0,20}){6,2000}")
+_ENTITY_RUN = re.compile(r"(?:&#(?:[0-9]{2,7}|[xX][0-9A-Fa-f]{2,6});[^&\s]{0,20}){6,2000}")
+_ESCAPE_RUN = re.compile(r"(?:\\u[0-9A-Fa-f]{4}[^\\\s]{0,20}){6,2000}")
+_READABLE = re.compile(r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]*")
+
+
+def _readable_decoding(raw: bytes) -> str | None:
+    try:
+        out = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    # Text, not binary that happened to decode: no control characters, and words with spaces between them.
+    if not _READABLE.fullmatch(out) or out.count(" ") < 2:
+        return None
+    return out
+
+
+def decoded_payloads(text: str) -> str | None:
+    """The readable decodings of the encoded runs in ``text``, one per line, or None when there is none."""
+    out: list[str] = []
+    for m in itertools.islice(_BASE64_RUN.finditer(text), 64):
+        run = m.group(0)
+        if len(run) % 4 == 1 or run.isalpha() or run.isdigit():  # not base64, or a plain word or number
+            continue
+        try:
+            decoded = _readable_decoding(base64.b64decode(run + "=" * (-len(run) % 4), validate=True))
+        except (binascii.Error, ValueError):
+            continue
+        if decoded:
+            out.append(decoded)
+    for m in itertools.islice(_HEX_RUN.finditer(text), 64):
+        decoded = _readable_decoding(bytes.fromhex(m.group(0)))
+        if decoded:
+            out.append(decoded)
+    for pattern, decode in (
+        (_PERCENT_RUN, urllib.parse.unquote),
+        (_ENTITY_RUN, html.unescape),
+        (_ESCAPE_RUN, lambda r: re.sub(r"\\u([0-9A-Fa-f]{4})", lambda e: chr(int(e.group(1), 16)), r)),
+    ):
+        for m in itertools.islice(pattern.finditer(text), 64):
+            decoded = decode(m.group(0))
+            if decoded != m.group(0) and decoded.count(" ") >= 2:
+                out.append(decoded)
+    return "\n".join(out) if out else None
+
+
 def deobfuscated(text: str) -> str | None:
     """``text`` with its obfuscation undone (see the comment above), or None when there was none to undo."""
     out = _TAG_CHARS.sub(lambda m: "".join(chr(ord(c) - 0xE0000) for c in m.group(0)), text)
@@ -1100,6 +1156,11 @@ def injection(text: str, available_tools: Sequence[str] = ()) -> list[DetectorHi
         # What the obfuscation hid; the spans are in the deobfuscated text, whose length may differ.
         seen = {h.kind for h in hits}
         hits.extend(replace(h, kind=f"obfuscated_{h.kind}") for h in _injection_hits(plain) if h.kind not in seen)
+    payloads = decoded_payloads(text)
+    if payloads is not None:
+        # What an encoding hid; the spans are in the decoded payloads.
+        seen = {h.kind for h in hits}
+        hits.extend(replace(h, kind=f"encoded_{h.kind}") for h in _injection_hits(payloads) if h.kind not in seen)
     return hits
 
 
