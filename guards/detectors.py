@@ -94,7 +94,7 @@ _ORDER = (
     r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|disregard|refund|push|describe|hide|"
     r"bypass|"
     r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
-    r"decline|log in|sign in|settle|clear|"
+    r"decline|log in|sign in|settle|clear|schedule|type|enter|fill in|fill out|"
     # "Issue" only before what is issued ("issue a full refund"): "Issue #42 was fixed" is a noun.
     r"issue(?= (?:an?|the|full|partial|new|all|every|refunds?|credits?|vouchers?|tokens?|keys?|payments?)\b))"
 )
@@ -209,9 +209,13 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "override_instructions_translated",
         re.compile(
             r"(?i)\b(?:ignore[sz]?|oublie[sz]?|ignora(?:te)?|olvida|ignoriere|ignorieren sie|vergiss|dimentica|"
-            r"esque[cç]a|negeer|vergeet|игнорируй(?:те)?|забудь(?:те)?|не обращай(?:те)? внимания на)\b[^.\n]{0,40}"
+            r"esque[cç]a|negeer|vergeet|игнорируй(?:те)?|забудь(?:те)?|не обращай(?:те)? внимания на|zignoruj|ignoruj|"
+            r"zapomnij|ignorera|glöm|strunta i|ignorer|glem|unohda|ohita)\b[^.\n]{0,40}"
             r"\b(?:instrucciones|instru[cç][õo]es|anweisungen|istruzioni|consignes|indicaciones|vorgaben|instructies|"
-            r"opdrachten|инструкци\w*|указани\w*|(?:les|vos|tes) (?:\w+ )?instructions)\b"
+            r"opdrachten|инструкци\w*|указани\w*|instrukcj\w*|polece[ńn]\w*|instruktion\w*|instruksjon\w*|"
+            r"instruks\w*|ohje\w*|(?:les|vos|tes) (?:\w+ )?instructions)\b|"
+            # Turkish puts the verb last: "önceki talimatları yok say", "... görmezden gel".
+            r"(?i:\b(?:önceki|tüm|bütün|yukarıdaki)\s+(?:talimat|komut|kural)\w*\s+(?:yok say|görmezden gel|unut))"
         ),
     ),
     (
@@ -494,7 +498,8 @@ _SENSITIVE = (
     r"information|details|credentials|mailbox|(?:(?:recent|last|previous|past) (?:\w+ )?)?(?:queries|searches|"
     r"conversations)|browsing history|cookies)|"
     r"(?:personal|private|confidential|sensitive) (?:data|information|details|files|records)|seed phrase|"
-    r"passport number|\.ssh|environment variables?|\.env)"
+    r"passport number|\.ssh|environment variables?|\.env|"
+    r"(?:\w+'s )?(?:salary|salaries|payroll|compensation)(?: data| details)?)"
 )
 # An e-mail address, tried only where a run of address characters starts and bounded like RFC 5321's parts:
 # "[\w.+-]+@" from every position of a 200 KB run of "a." scanned to its end each time (111 s).
@@ -518,7 +523,10 @@ _SENTENCE_CHUNK = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?\"')\]])){1,400}[.!?]*
 _TOOL_ACTION = re.compile(
     rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+|"
     rf"\b(?:use|using) (?:the |your )?[\w-]+(?: [\w-]+)? (?:tool|function|api|plugin|integration) to\s+)"
-    rf"(?:(?:please|kindly|now|immediately|also|then|first|just)\s+){{0,2}}{_ACTION}\b"
+    rf"(?:(?:please|kindly|now|immediately|also|then|first|just)\s+){{0,2}}{_ACTION}\b|"
+    # "... after sending their API key to https://...": the action as the condition of another one.
+    r"\b(?:after|by|before|when|once)\s+(?:sending|forwarding|posting|uploading|sharing|emailing|e-mailing|"
+    r"pasting|submitting|entering)\b"
 )
 # Dot files start with a non-word character, so \b cannot open them.
 _SENSITIVE_OBJECT = re.compile(
@@ -691,7 +699,8 @@ _READER = re.compile(
     r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
     r"model|tool|system|ai|assistant|llm)s?|(?:coding|ai|llm|autonomous|automated|software|browsing|shopping|"
     r"research|web|setup|deployment|triage|email|inbox|calendar) (?:agents?|assistants?|bots?))\b|"
-    r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:\w+ing )?(?:agents?|tools?|models?|systems?)\s*[:,]|"
+    r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:\w+ing )?(?:agents?|tools?|models?|systems?|robots?|"
+    r"machines?)\s*[:,]|"
     r"(?:^|//|#|/\*|<!--|[.!?]\s)\s*(?:agents?|models?)\s*:|"
     r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?) (?:reading|processing|parsing|indexing|crawling|"
     r"scraping) (?:this|these)\b|"
