@@ -96,7 +96,8 @@ _ORDER = (
     r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
     r"decline|log in|sign in|settle|clear|schedule|type|enter|fill in|fill out|"
     # "Issue" only before what is issued ("issue a full refund"): "Issue #42 was fixed" is a noun.
-    r"issue(?= (?:an?|the|full|partial|new|all|every|refunds?|credits?|vouchers?|tokens?|keys?|payments?)\b))"
+    r"issue(?= (?:me|us|them|an?|the|full|partial|new|all|every|refunds?|credits?|vouchers?|tokens?|keys?|"
+    r"payments?)\b)|credit(?= (?:\d|the|my|me|us|an?)\b)|drop(?= (?:the|all|every|table|database)\b))"
 )
 # Verbs that are orders only when the machine reader is addressed: to a person, "use the admin console",
 # "look up the user's ticket history" and "complete the checklist" are a runbook's steps.
@@ -498,7 +499,7 @@ _SENSITIVE = (
     r"information|details|credentials|mailbox|(?:(?:recent|last|previous|past) (?:\w+ )?)?(?:queries|searches|"
     r"conversations)|browsing history|cookies)|"
     r"(?:personal|private|confidential|sensitive) (?:data|information|details|files|records)|seed phrase|"
-    r"passport number|\.ssh|environment variables?|\.env|"
+    r"passport number|\.ssh|environment variables?|\.env|os\.environ|process\.env|"
     r"(?:\w+'s )?(?:salary|salaries|payroll|compensation)(?: data| details)?)"
 )
 # An e-mail address, tried only where a run of address characters starts and bounded like RFC 5321's parts:
@@ -702,7 +703,8 @@ _READER = re.compile(
     r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:\w+ing )?(?:agents?|tools?|models?|systems?|robots?|"
     r"machines?)\s*[:,]|"
     r"(?:^|//|#|/\*|<!--|[.!?]\s)\s*(?:agents?|models?)\s*:|"
-    r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?) (?:reading|processing|parsing|indexing|crawling|"
+    r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?|automations?) "
+    r"(?:reading|processing|parsing|indexing|crawling|"
     r"scraping) (?:this|these)\b|"
     r"\b(?:for|to) (?:the |any |all )?(?:agents?|assistants?|models?|bots?) (?:doing|running|reading|processing|"
     r"listening|handling|performing)\b"
@@ -761,7 +763,7 @@ _CONSEQUENCE = re.compile(
     rf"(?i){_DESTRUCTIVE_COMMAND}|\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|"
     r"escalate|refund|force[- ]?push(?:es|ed|ing)?|skip(?:ping)? (?:the )?(?:ci|checks?|tests?|reviews?|approvals?)|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
-    r"configuration|audit log\w*|fraud check|every|all (?:the |of )?|ssh keys?|authorized_keys|firewall|"
+    r"configuration|audit[ _]log\w*|fraud check|every|all (?:the |of )?|ssh keys?|authorized_keys|firewall|"
     r"port \d+|sudo|root|pay|purchase|buy|invoice|log ?in|locked)\b|\.env\b|(?<!\w)--force\b"
 )
 _COVERT = re.compile(
@@ -872,7 +874,8 @@ _ORDER_TRANSLATED = (
     r"открой(?:те)?|покажи(?:те)?|раскрой(?:те)?|напиши(?:те)?|игнорируй(?:те)?|добавь(?:те)?|отмени(?:те)?|"
     r"отключи(?:те)?|предоставь(?:те)?|дай(?:те)?|"
     r"compra|compre|commande[sz]?|ach[èe]te[sz]?|bestelle|bestellen sie|kaufe|ordina|acquista|bestel|koop|"
-    r"купи(?:те)?|закажи(?:те)?)"
+    r"купи(?:те)?|закажи(?:те)?|buche|buchen sie|reserviere|r[ée]serve[sz]?|reserva|reserve|prenota|reserveer|"
+    r"boek)"
 )
 _IMPERATIVE_TRANSLATED = re.compile(
     rf"(?i)(?:^|[.!?:;,]\s*|\n\s*|\b(?:y|et|und|e)\s+)(?:(?:por favor|s'il (?:te|vous) pla[iî]t|bitte|per favore|"
@@ -882,6 +885,7 @@ _IMPERATIVE_TRANSLATED = re.compile(
 )
 _CONSEQUENCE_TRANSLATED = re.compile(
     r"(?i)\b(?:contrase[ñn]as?|mots? de passe|passw[öo]rt(?:er)?|kennw[öo]rt(?:er)?|password|senhas?|cuentas?|"
+    r"\w*karte|hinterlegte\w* \w+|carte enregistr[ée]e|tarjeta guardada|"
     r"comptes?|konten|konto|conto|conta|tarjeta|carte|karte|carta|cart[ãa]o|todos|todas|tous|toutes|alle|"
     r"tutti|tutte|archivos|fichiers|dateien|arquivos|correos|e-?mails?|mensajes|nachrichten|messaggi|mensagens|"
     r"contactos|contacts|kontakte|contatti|contatos|historial|historique|verlauf|cronologia|hist[óo]rico|"
