@@ -781,6 +781,12 @@ _QUOTED = re.compile(
 )
 
 
+def _sentence_hit(kind: str, chunk: re.Match[str], sentence: str) -> DetectorHit:
+    """A hit on a whole sentence (``chunk`` of ``_SENTENCE_CHUNK``, read as ``sentence``), from its first word."""
+    start = chunk.start() + len(sentence) - len(sentence.lstrip())
+    return DetectorHit("injection", kind, sentence.strip()[:120], start, chunk.end())
+
+
 def _addresses_reader(window: str) -> bool:
     for m in _READER.finditer(window):
         if _READER_NOT_ADDRESSED.search(window[max(0, m.start() - 24) : m.start()]):
@@ -819,8 +825,7 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
         if (reader and _CONSEQUENCE.search(sentence)) or (
             (reader or imperative) and (_COVERT.search(window) or _OUTSIDE.search(sentence))
         ):
-            start = m.start() + len(sentence) - len(sentence.lstrip())
-            yield DetectorHit("injection", "orders_the_agent", sentence.strip()[:120], start, m.end())
+            yield _sentence_hit("orders_the_agent", m, sentence)
 
 
 # The composite in Spanish, French, German, Italian and Portuguese: the machine reader addressed, an order
@@ -939,8 +944,7 @@ def _tool_directives_translated(text: str) -> Iterator[DetectorHit]:
             and _SENSITIVE_TRANSLATED.search(sentence)
             and _DESTINATION_ANYWHERE.search(sentence)
         ):
-            start = m.start() + len(sentence) - len(sentence.lstrip())
-            yield DetectorHit("injection", "tool_directive_translated", sentence.strip()[:120], start, m.end())
+            yield _sentence_hit("tool_directive_translated", m, sentence)
 
 
 def _agent_orders_translated(text: str) -> Iterator[DetectorHit]:
@@ -954,8 +958,7 @@ def _agent_orders_translated(text: str) -> Iterator[DetectorHit]:
         if _IMPERATIVE_TRANSLATED.search(sentence.lstrip()) is None or not _addresses_reader_translated(window):
             continue
         if _CONSEQUENCE_TRANSLATED.search(sentence) or _OUTSIDE.search(sentence) or _COVERT_TRANSLATED.search(sentence):
-            start = m.start() + len(sentence) - len(sentence.lstrip())
-            yield DetectorHit("injection", "orders_the_agent_translated", sentence.strip()[:120], start, m.end())
+            yield _sentence_hit("orders_the_agent_translated", m, sentence)
 
 
 # See gives_orders. Broad on purpose: it chooses what the memory scores, and the patterns above (the
@@ -1164,16 +1167,12 @@ def injection(text: str, available_tools: Sequence[str] = ()) -> list[DetectorHi
         hits.extend(_call_literals(raw))
     if available_tools:
         hits.extend(itertools.islice(_orders_naming_a_tool(text, available_tools), MAX_HITS_PER_KIND))
-    plain = deobfuscated(text)
-    if plain is not None:
-        # What the obfuscation hid; the spans are in the deobfuscated text, whose length may differ.
-        seen = {h.kind for h in hits}
-        hits.extend(replace(h, kind=f"obfuscated_{h.kind}") for h in _injection_hits(plain) if h.kind not in seen)
-    payloads = decoded_payloads(text)
-    if payloads is not None:
-        # What an encoding hid; the spans are in the decoded payloads.
-        seen = {h.kind for h in hits}
-        hits.extend(replace(h, kind=f"encoded_{h.kind}") for h in _injection_hits(payloads) if h.kind not in seen)
+    # What obfuscation or an encoding hid, under its own kinds; the spans are in the deobfuscated text or the
+    # decoded payloads, whose lengths may differ from the text's.
+    for prefix, hidden in (("obfuscated", deobfuscated(text)), ("encoded", decoded_payloads(text))):
+        if hidden is not None:
+            seen = {h.kind for h in hits}
+            hits.extend(replace(h, kind=f"{prefix}_{h.kind}") for h in _injection_hits(hidden) if h.kind not in seen)
     return hits
 
 
@@ -1203,8 +1202,7 @@ def _orders_naming_a_tool(text: str, tools: Sequence[str]) -> Iterator[DetectorH
             continue
         means = _TOOL_AS_MEANS.search(sentence, max(0, tool.start() - 30), tool.start()) is not None
         if means or _IMPERATIVE.search(sentence) or _MODAL_ORDER.search(sentence):
-            start = m.start() + len(sentence) - len(sentence.lstrip())
-            yield DetectorHit("injection", "order_naming_a_tool", sentence.strip()[:120], start, m.end())
+            yield _sentence_hit("order_naming_a_tool", m, sentence)
 
 
 def _injection_hits(text: str) -> list[DetectorHit]:
