@@ -448,7 +448,7 @@ class SqlMemoryStore(MemoryStore):
         return out
 
     def units_covering(self, namespace: str, message_ids: Sequence[str]) -> list[StoredUnit]:
-        t, um = schema.units, schema.unit_messages
+        um = schema.unit_messages
         ids: set[str] = set()
         with self._engine.connect() as conn:
             # The unit ids first (the unit_messages index), then each unit's row once.
@@ -457,11 +457,7 @@ class SqlMemoryStore(MemoryStore):
                     sa.select(um.c.unit_id).where(um.c.namespace == namespace, um.c.message_id.in_(chunk))
                 )
                 ids.update(row.unit_id for row in rows)
-            out: list[StoredUnit] = []
-            for chunk in _chunks(sorted(ids)):
-                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
-                out.extend(self._unit(row) for row in rows)
-        return out
+        return list(self.get_units(namespace, sorted(ids)).values())
 
     def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
         t = schema.units
