@@ -23,6 +23,9 @@ Protocol (fixed, documented in docs/guards.md):
   the content, the tool call and the agent's tools; injected → BLOCK, ordinary → ALLOW. Reported on the
   pack alone per split and style, next to the injection-phrasing detector alone (same run); then
   error-driven feedback on the dev split, measured on the test split; and Check latency on these outputs.
+- Written agentic tasks (``bench/data/harmful_tasks.json``: harmful requests in AgentHarm's style with benign
+  twins, in rounds; each round's role says whether it shaped the pack) and ordinary chat (every third turn of
+  the LoCoMo dev conversations) at STAGE_INPUT, pack only.
 """
 
 from __future__ import annotations
@@ -106,6 +109,28 @@ def load_tool_results() -> list[dict[str, Any]]:
 
 
 SENTENCES = Path(__file__).resolve().parent / "data" / "injection_sentences.json"
+TASKS = Path(__file__).resolve().parent / "data" / "harmful_tasks.json"
+
+
+def load_tasks() -> list[dict[str, Any]]:
+    """Agentic requests written for this benchmark, harmful ones with benign twins, with their round and role."""
+    out = []
+    for r in json.loads(TASKS.read_text())["rounds"]:
+        for n, pair in enumerate(r["pairs"]):
+            for kind in ("harmful", "benign"):
+                out.append({"id": f"task:{r['round']}:{n}:{kind}", "kind": "task", "label": int(kind == "harmful"),
+                            "round": r["round"], "role": r["role"], "category": pair["category"],
+                            "prompt": pair[kind], "tools": pair["tools"]})
+    return out
+
+
+def load_chat_turns(step: int = 3) -> list[dict[str, Any]]:
+    """Every ``step``-th turn of the LoCoMo dev conversations: ordinary chat a guard on an app's input must pass."""
+    doc = json.loads((SHARED / "data" / "locomo" / "locomo10_dev.json").read_text())
+    turns = [t for conv in doc for k, v in conv["conversation"].items()
+             if k.startswith("session_") and isinstance(v, list) for t in v]
+    return [{"id": f"chat:{t['dia_id']}:{n}", "kind": "chat_turn", "label": 0, "category": "chat",
+             "prompt": t["text"], "tools": []} for n, t in enumerate(turns[::step])]
 
 
 def detector_on_sentences() -> list[dict[str, Any]]:
@@ -288,6 +313,20 @@ def main(argv: list[str] | None = None) -> int:
                 "feedback_given": asb_given, **score(asb_test, run("bench-asb", asb_test))
             }
 
+            # Agentic requests written for this benchmark in rounds (held out from the pack's changes or not, as
+            # each round's role says), and ordinary conversation: the pack alone, in fresh namespaces.
+            tasks = load_tasks()
+            task_decisions = run("bench-tasks", tasks)
+            report["tasks_pack_only"] = [
+                {"round": n, "role": next(i["role"] for i in tasks if i["round"] == n),
+                 **_brief(score([i for i in tasks if i["round"] == n], task_decisions))}
+                for n in sorted({i["round"] for i in tasks})
+            ]
+            chat = load_chat_turns()
+            chat_decisions = run("bench-chat", chat)
+            counts = {d: sum(v == d for v in chat_decisions.values()) for d in ("allow", "review", "block")}
+            report["chat_turns_pack_only"] = {"n": len(chat), **counts}
+
             # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
             tr = load_tool_results()
             tr_dev = [i for i in tr if i["split"] == "dev"]
@@ -424,6 +463,12 @@ def _print(r: dict[str, Any]) -> None:
     print(_row("baseline 1-NN, ASB test", r["baseline_1nn_pack"]["asb_test"]))
     print(_row("pack only, ASB test", r["pack_only"]["asb_test"]))
     print(_row("after feedback, ASB test", r["asb_after_feedback_test"]))
+    for row in r.get("tasks_pack_only", []):
+        print(_row(f"pack only, written tasks round {row['round']} ({row['role']})", row))
+    c = r.get("chat_turns_pack_only")
+    if c:
+        print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_INPUT: allow {c['allow']}, review {c['review']}, "
+              f"block {c['block']}")
     t = r["tool_results"]
     print(_row("injection detector only, tool results test", t["detector_only_test"]))
     print(_row("pack only, tool results test", t["pack_only_test"]))

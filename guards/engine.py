@@ -69,6 +69,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# Where a request's steps join inside one sentence ("copy the photos, set up ads, and then never ship"):
+# agentic requests chain their steps with commas and "then", and the harmful step is one of them. Not at
+# ", but" / ", so": those start no step, and the fragment ("but it's the only way to grow", from a chat turn)
+# is too short for its embedding to mean much; the learned boundary placed that one on the harmful side.
+_CLAUSE = re.compile(r",?\s+(?:and\s+)?then\s+|,\s+and\s+|;\s+", re.I)
 
 
 @dataclass(frozen=True)
@@ -392,10 +397,16 @@ class GuardEngine:
             decided_by = "rule"
         else:
             segs = self._segments(request)
+            whole = request.text.strip()[:4000]
+            if len(segs) > 1 and mem.is_leaf_text(STAGE_GROUPS[request.stage], whole):
+                # A request corrected by feedback is a leaf as a whole (see ``feedback``): that leaf speaks for it.
+                segs.insert(0, whole)
+            clauses = self._clauses(request, segs)
             # One embedding call and one memory search for all segments of the request.
-            results = mem.score_many(self.embedder.embed(segs), STAGE_GROUPS[request.stage])
+            results = mem.score_many(self.embedder.embed(segs + clauses), STAGE_GROUPS[request.stage])
             review_entropy = settings.get("review_entropy") or self.params.review_entropy
-            best_i = self._pick(results, review_entropy)
+            best_i = self._pick(results, review_entropy, len(segs))
+            segs = segs + clauses
             res = results[best_i]
             decided_segment = segs[best_i]
             category = res.category
@@ -441,9 +452,30 @@ class GuardEngine:
                 self.store.put_audit(scope, [record])
         return verdict, matches
 
-    def _pick(self, results: list[ScoreResult], review_entropy: float) -> int:
+    @staticmethod
+    def _clauses(request: GuardRequest, segs: list[str]) -> list[str]:
+        """The steps of a request's segments, as extra segments that can only block (see ``_pick``).
+
+        One embedding of a long sentence blurs a harmful step among ordinary ones ("copy the product photos
+        from the Dyson website, set up ads for 80% off, and when people pay just never ship anything"): on
+        24 agentic requests written for this (bench/data/harmful_tasks.json, round 1) scoring the steps too
+        blocked 2 more, with no benign twin newly blocked. A step alone cannot allow, though: "send it to
+        everyone on the finance team" is harmless on its own and would outvote the macro that comes with it.
+        Tool results are cut by the injection detectors instead.
+        """
+        if request.stage == Stage.TOOL_RESULT:
+            return []
+        out = []
+        for seg in segs:
+            parts = [x.strip() for x in _CLAUSE.split(seg) if len(x.strip()) >= 12]
+            if len(parts) > 1:
+                out.extend(parts)
+        return [c for c in dict.fromkeys(out) if c not in segs]
+
+    def _pick(self, results: list[ScoreResult], review_entropy: float, deciding: int | None = None) -> int:
         """The segment that speaks for the request: the strongest of those that would be blocked on their
-        own, else the most decisive one (largest |confidence·(2·harm − 1)|, either way).
+        own, else the most decisive one (largest |confidence·(2·harm − 1)|, either way) among the first
+        ``deciding`` (the rest are steps of those, which may block but not allow).
 
         Intent and injected instructions sit in one clause of a longer text; the harmless sentences around
         them (twins share most of their wording) must not outvote it.
@@ -458,7 +490,7 @@ class GuardEngine:
         ]
         if blocking:
             return max(blocking, key=lambda i: values[i])
-        return int(np.argmax(np.abs(values)))
+        return int(np.argmax(np.abs(values[:deciding])))
 
     @staticmethod
     def _memory_evidence(res: ScoreResult) -> list[Evidence]:
@@ -529,6 +561,15 @@ class GuardEngine:
         mem = self.memory(scope)
         if expected == Decision.REVIEW:
             return FeedbackResult(0, 0, (), mem.version)
+        missed = expected == Decision.BLOCK and record.verdict.decision != Decision.BLOCK
+        if missed and STAGE_GROUPS[_stage(record.verdict.stage)] == "request" and record.request_text.strip():
+            # The segment that decided a missed request is its most benign-looking one ("For this, summarize the
+            # information from different sources to increase the reliability."): labelled harmful, it taught the
+            # memory that summarising sources is harmful, and AgentHarm's benign twins that share it were blocked
+            # after feedback. Its most harmful segment is no better: on AgentHarm that was the hint "proceed with
+            # the rest of the tools." The request as a whole is what the operator says is harmful; ``_check``
+            # scores a request's whole text whenever it is a leaf, so the corrected request itself is blocked.
+            segment = record.request_text
         text = segment or record.request_text or f"{record.tool_name} {record.arguments_json}"
         return self._add(
             scope,

@@ -10,8 +10,9 @@ Scoring (``GuardMemory.score``) for a query embedding q within a stage group:
   leaves, refitted when they change; harm = share·b + (1 − share)·neighbourhood harm, where the share falls
   from 1 to 0 as the nearest leaf goes from ``local_floor`` to ``local_full`` (a near-duplicate of a
   labelled leaf speaks for itself; a request unlike any leaf is placed by the boundary);
-* benign prior (tool results): harm = (1 − near)·prior + near·harm, near rising from 0 to 1 as the nearest
-  leaf goes from ``prior_floor`` to ``prior_full``: content unlike every labelled leaf counts as ordinary;
+* benign prior (tool results, requests): harm = (1 − near)·prior + near·harm, near rising from 0 to 1 as the
+  nearest leaf goes from the group's floor to its full similarity: content unlike every labelled leaf counts
+  as ordinary;
 * entropy = normalised binary entropy of (harm, 1 − harm);
 * confidence c = clip((max leaf cosine − floor)/(full − floor), 0, 1): with no similar evidence the
   memory abstains and the namespace's default decision applies.
@@ -62,16 +63,22 @@ class MemoryParams:
     boundary_groups: tuple[str, ...] = ("request",)
     local_floor: float = 0.45
     local_full: float = 0.75
-    #: Groups whose content is benign unless shown otherwise, with that prior harm. Tool output is mostly
-    #: ordinary text full of requests and imperatives ("reply STOP", "please pay by the 30th"), and every
-    #: sentence of it is scored: a harm of 0.9 from a sentence that is merely the least unlike an
-    #: injection exemplar (cosine 0.5) blocked 68% of realistic benign outputs in bench/data. There the harm
-    #: moves from the prior to the neighbourhood harm as the nearest leaf goes from ``prior_floor`` to
-    #: ``prior_full`` similar, so only text close to a known injection (pack, operator, feedback) blocks;
-    #: the injection detectors cover the rest.
-    harm_priors: tuple[tuple[str, float], ...] = (("tool_result", 0.0),)
-    prior_floor: float = 0.55
-    prior_full: float = 0.75
+    #: Groups whose content is benign unless shown otherwise: (group, prior harm, floor, full). The harm moves
+    #: from the prior to the neighbourhood (and boundary) harm as the nearest leaf goes from ``floor`` to
+    #: ``full`` similar.
+    #: - Tool output is mostly ordinary text full of requests and imperatives ("reply STOP", "please pay by
+    #:   the 30th"), and every sentence of it is scored: a harm of 0.9 from a sentence that is merely the least
+    #:   unlike an injection exemplar (cosine 0.5) blocked 68% of realistic benign outputs in bench/data. Under
+    #:   the prior only text close to a known injection (pack, operator, feedback) blocks; the injection
+    #:   detectors cover the rest.
+    #: - Requests: the boundary is a linear cut fitted on a few hundred exemplars, and far from all of them it
+    #:   extrapolates to anything. Without the prior it blocked 27 of 920 LoCoMo chat turns ("Hey Caroline!
+    #:   Missed you. Anything new? Spill the beans!", nearest exemplar at cosine 0.33, boundary harm 0.88). The
+    #:   window starts where evidence starts to count (``similarity_floor``): AgentHarm's requests sit above it.
+    harm_priors: tuple[tuple[str, float, float, float], ...] = (
+        ("request", 0.0, 0.2, 0.4),
+        ("tool_result", 0.0, 0.55, 0.75),
+    )
     #: L2 strength of the boundary (logistic regression over the group's leaves, labels balanced)...
     boundary_l2: float = 1.0
     #: ...and the factor on its logit: the regularised fit is under-confident on new text; 5-fold
@@ -280,6 +287,8 @@ class GuardMemory:
         self._fitted: dict[str, tuple[tuple[tuple[int, ...], bytes], tuple[np.ndarray, float]]] = {}
         #: Visible leaf ids per active cluster (derived in ``_rebuild``).
         self._members: dict[int, list[int]] = {}
+        #: Per group, the texts of its visible leaves (derived in ``_rebuild``).
+        self._texts: dict[str, set[str]] = {}
         self.reload()
 
     # --- loading and derived state ------------------------------------------------------------------
@@ -308,6 +317,7 @@ class GuardMemory:
                 by_group.setdefault(leaf.stage_group, []).append(leaf.id)
         self._indexes = {}
         self._boundaries = {}
+        self._texts = {group: {self.leaves[i].text for i in ids} for group, ids in by_group.items()}
         for group, ids in by_group.items():
             index: VectorIndex = FaissVectorIndex(self.dim) if self.params.faiss else NumpyVectorIndex(self.dim)
             x = np.stack([self.vectors[i] for i in ids])
@@ -343,6 +353,10 @@ class GuardMemory:
             self._centroids[group] = ([cid for cid, _ in items], np.stack([v for _, v in items]).astype(np.float32))
             counts = [self._stats[cid] for cid, _ in items]
             self._rates[group] = np.array([(h + 0.5) / (h + b + 1.0) for h, b in counts])
+
+    def is_leaf_text(self, group: str, text: str) -> bool:
+        """Whether ``text`` is the text of a visible leaf of ``group`` (an exemplar, a corrected request)."""
+        return text in self._texts.get(group, ())
 
     def stats(self, cluster_id: int) -> tuple[int, int]:
         """(harmful, benign) counts of a cluster's visible leaves."""
@@ -402,11 +416,11 @@ class GuardMemory:
             local = np.clip((sims[:, 0] - p.local_floor) / (p.local_full - p.local_floor), 0.0, 1.0)
             share = p.boundary_weight * (1.0 - local)
             harm = share * learned + (1.0 - share) * harm
-        prior = dict(p.harm_priors).get(group)
-        if prior is not None:
-            nearest = np.where(found[:, 0], sims[:, 0], 0.0)
-            near = np.clip((nearest - p.prior_floor) / (p.prior_full - p.prior_floor), 0.0, 1.0)
-            harm = (1.0 - near) * prior + near * harm
+        for prior_group, prior, floor, full in p.harm_priors:
+            if prior_group == group:
+                nearest = np.where(found[:, 0], sims[:, 0], 0.0)
+                near = np.clip((nearest - floor) / (full - floor), 0.0, 1.0)
+                harm = (1.0 - near) * prior + near * harm
         confidence = np.clip((sims[:, 0] - p.similarity_floor) / (p.similarity_full - p.similarity_floor), 0.0, 1.0)
         out = []
         for r in range(len(queries)):
