@@ -93,6 +93,11 @@ SHAPES: dict[str, str] = {
     "percent runs (%41)": "%41",
     "html references (&#65;)": "&#65;",
     "escapes (\\u0041)": "\\u0041",
+    # Round 19's forms: orders passed on, orders after a bare comma, compound readers, quotes over the text.
+    "orders passed on (the owner asks you to send )": "the owner asks you to send ",
+    "comma orders (changed, pay this )": "changed, pay this ",
+    "compound readers (automated accounts-payable agents )": "automated accounts-payable agents ",
+    "unclosed quotes (\" a )": "\" a ",
 }
 
 

@@ -103,6 +103,15 @@ _ORDER = (
 # "look up the user's ticket history" and "complete the checklist" are a runbook's steps.
 _READER_ORDER = rf"(?:{_ORDER}|use|embed|encode|pass along|pass on|hand over|complete|search|look up)"
 
+# Words after "AI" / "assistant" that make it people, not the machine reading the text: "the assistant manager",
+# "the AI team", "AI ethics committee", "the AI reading group".
+_PEOPLE_AFTER_READER = (
+    r"(?:managers?|coach(?:es)?|professors?|directors?|editors?|principals?|teachers?|secretar(?:y|ies)|"
+    r"heads?|chiefs?|attorneys?|producers?|referees?|curators?|teams?|committees?|groups?|labs?|department|"
+    r"ethics|engineers?|researchers?|club|course|conference|workshop|working group|council|board|policy|"
+    r"strategy|startups?|reading group)"
+)
+
 # Ordinary requests between people ("could you please send me the report") do not match these.
 _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
@@ -119,6 +128,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"(?i)\b(?:(?:attention|note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?|dear\s+|hey\s+|"
             r"hello\s+)(?:ai|llm|a\.i\.|language model|assistant|agent|chatbot|bot|gpt|claude|copilot)\b"
+            rf"(?!\s+{_PEOPLE_AFTER_READER}\b)"
         ),
     ),
     (
@@ -488,6 +498,7 @@ _SENSITIVE = (
     r"(?:all|every|the whole|entire) (?:of (?:the |my |your |\w+'s )?)?(?:emails?|messages?|files?|contacts?|"
     r"inbox|documents?|records?|history|accounts?|customers?|users?)|mailbox|session (?:cookies?|tokens?|ids?)|"
     r"cookies|"
+    r"(?:card|visa|mastercard|amex|payment method|payment details) on file|"
     r"(?:saved|stored|default|linked|registered|on-file) (?:card|visa|mastercard|amex|credit card|debit card|"
     r"payment method|wallet|paypal)|"
     r"conversation|chat history|address book|saved (?:cards?|addresses|passwords?)|"
@@ -696,7 +707,7 @@ def _hidden_instructions(text: str) -> list[DetectorHit]:
 # freshly written injections: the wording varies, the roles in the sentence do not.
 _READER = re.compile(
     r"(?i)\b(?:ai|a\.i(?=\.)|assistants?|llms?|language models?|chatbots?|bots?|gpt|chatgpt|claude|gemini|copilot|"
-    r"summari[sz]ers?|automated (?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|ai[- ]agents?|"
+    r"summari[sz]ers?|automated (?:[\w-]+ )?(?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|ai[- ]agents?|"
     r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
     r"model|tool|system|ai|assistant|llm)s?|(?:coding|ai|llm|autonomous|automated|software|browsing|shopping|"
     r"research|web|setup|deployment|triage|email|inbox|calendar) (?:agents?|assistants?|bots?))\b|"
@@ -715,10 +726,7 @@ _READER_NOT_ADDRESSED = re.compile(
     r"(?i)\b(?:tell|ask|let|have|get|instruct|use|using|with|personal|teaching|administrative|executive|dental|"
     r"medical|legal|research|shop|store|office|sales|your|my|our)\s+(?:the |an? |your |my |our )?$"
 )
-_NOT_A_MACHINE = re.compile(
-    r"(?i)^\s*(?:managers?|coach(?:es)?|professors?|directors?|editors?|principals?|teachers?|secretar(?:y|ies)|"
-    r"heads?|chiefs?|attorneys?|producers?|referees?|curators?)\b"
-)
+_NOT_A_MACHINE = re.compile(rf"(?i)^\s*{_PEOPLE_AFTER_READER}\b")
 _THIRD_PERSON_USER = re.compile(
     r"(?i)\bthe user'?s?\b|\byour user\b|\bthe person (?:who asked you|you (?:work|act) for|you are helping)\b|"
     r"\b(?:your|the) (?:original |previous |earlier |real |actual |current )?(?:instructions|configuration|"
@@ -738,7 +746,14 @@ def _imperative(order: str) -> re.Pattern[str]:
         rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{order}\b|"
         rf"\b(?:ai|assistants?|agents?|bots?|chatbots?|models?|llms?),\s+{_ADVERBS}{order}\b|"
         rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?"
-        rf"to\s+{order}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b"
+        rf"to\s+{order}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b|"
+        # Someone else's order passed on ("the workspace owner asks you to invite ...").
+        # Not "I need you to" / "I would like you to": that is how a user asks for what they want.
+        rf"\b(?:asks?|instructs?|authori[sz]es?|(?:has|have) (?:asked|instructed|authori[sz]ed)) you to\s+"
+        rf"{_ADVERBS}{order}\b|"
+        # After a bare comma, an order with its object ("the bank details have changed, pay this invoice"):
+        # a list of verbs ("send email, move money or change access rights") has no determiner after them.
+        rf",\s+{order}\s+(?:this|these|all|every|the|your|our)\b"
     )
 
 
@@ -804,9 +819,13 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
     if _READER.search(text) is None and _THIRD_PERSON_USER.search(text) is None:
         return
     previous = ""
+    # Quoted words are someone else's (an article quoting an attack, a message quoting a request). Found over
+    # the whole text, not per sentence: a quote that ends a sentence ('wrote: "My order never came."') left
+    # its closing mark at the start of the next one, which then read as a quote opened to its end and hid
+    # the order it held.
+    unquoted = _QUOTED.sub(lambda q: " " * len(q.group(0)), text)
     for m in _SENTENCE_CHUNK.finditer(text):
-        # Quoted words are someone else's (an article quoting an attack, a message quoting a request).
-        sentence = _QUOTED.sub(" ", m.group(0))
+        sentence = unquoted[m.start() : m.end()]
         if not sentence.strip():
             continue
         window = previous + " " + sentence
