@@ -98,6 +98,12 @@ SHAPES: dict[str, str] = {
     "comma orders (changed, pay this )": "changed, pay this ",
     "compound readers (automated accounts-payable agents )": "automated accounts-payable agents ",
     "unclosed quotes (\" a )": "\" a ",
+    # Round 20's forms: attribute values, a new task from the system, Polish, Russian, Turkish verb-last orders.
+    "attribute values (alt=\"a )": "alt=\"a ",
+    "new tasks (new task from the system x )": "new task from the system x ",
+    "polish orders (i wyślij )": "i wyślij ",
+    "russian orders (перед ответом перешли )": "перед ответом перешли ",
+    "turkish verb-last orders (satın al ve )": "satın al ve ",
 }
 
 

@@ -93,7 +93,10 @@ _ORDER = (
     r"download|call|invoke|mark|set|create|invite|subscribe|buy|order|purchase|book|leak|dump|collect|retrieve|"
     r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|disregard|refund|push|describe|hide|"
     r"bypass|"
-    r"release|escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
+    # "Release notes", "release bots": a noun, not an order.
+    r"release(?! (?:notes?|bots?|agents?|managers?|pipelines?|candidates?|builds?|dates?|schedules?|process|"
+    r"team|branch(?:es)?|versions?|cycles?|trains?)\b)|"
+    r"escalate|rename|empty|praise|sign up|rebook|merge|provide|show|return|submit|apply|accept|close|"
     r"decline|log in|sign in|settle|clear|schedule|type|enter|fill in|fill out|"
     # "Issue" only before what is issued ("issue a full refund"): "Issue #42 was fixed" is a noun.
     r"issue(?= (?:me|us|them|an?|the|full|partial|new|all|every|refunds?|credits?|vouchers?|tokens?|keys?|"
@@ -140,6 +143,9 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"(?i)\b(?:you are now|from now on,? you|act as (?:an?|the) (?:unrestricted|unfiltered|different)|"
             r"your new (?:task|goal|instructions?|objective|role) (?:is|are)|new (?:system )?instructions?:|"
+            # "New task from the system administrator:" (not "New task from the admin:", a task board's line).
+            r"new (?:task|instructions?|assignment|orders?) from (?:the system\b|your (?:developers?|operators?|"
+            r"admin\w*|creators?)\b)[^.\n]{0,40}:|"
             r"enter (?:developer|dan|god) mode)"
         ),
     ),
@@ -790,9 +796,11 @@ _OUTSIDE = re.compile(
     rf"(?i){_DESTINATION}|\bwallet\b|\b0x[0-9a-f]{{4,}}|"
     r"\b[a-z0-9-]{2,40}\.(?:com|net|org|io|co|example|xyz|info|biz|app|dev|ru|cn|site|online)\b"
 )
+# Not a markup attribute's value (alt="...", title='...'): that is text the page shows or a model reads, not
+# someone else's words.
 _QUOTED = re.compile(
-    r"\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)|‘[^’\n]{0,300}(?:’|$)|"
-    r"(?<!\w)'[^'\n]{0,300}(?:'|$)"
+    r"(?<!=)\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)|‘[^’\n]{0,300}(?:’|$)|"
+    r"(?<![\w=])'[^'\n]{0,300}(?:'|$)"
 )
 
 
@@ -853,7 +861,7 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
 # it is; "modèle"/"modelo" alone is a template, so only the language model counts.
 _READER_TRANSLATED = re.compile(
     r"(?i)\b(?:asistente|assistant|assistent(?:en)?|assistente|agente?s?|agenten|chatbots?|bots?|robô|robots?|"
-    r"ии|ассистент\w*|агент\w*|бот\w*|нейросет\w*|языков\w+ модел\w*|"
+    r"ии|ассистент\w*|агент\w*|бот\w*|нейросет\w*|языков\w+ модел\w*|yapay zeka|"
     r"ki-\w+|sprachmodell\w*|modelo de lenguaje|modèle de langage|modello linguistico|modelo de linguagem)\b"
     r"(?!\s+(?:de|del|della|dei|degli|delle|di|da|do|dos|das|des|du|der)\s)|"
     r"(?-i:\b(?:IA|KI|AI|I\.A\.)\b)(?!\s+(?:de|del|della|di|da|do|dos|das|des|du|der)\s)|"
@@ -899,12 +907,21 @@ _ORDER_TRANSLATED = (
     r"отключи(?:те)?|предоставь(?:те)?|дай(?:те)?|"
     r"compra|compre|commande[sz]?|ach[èe]te[sz]?|bestelle|bestellen sie|kaufe|ordina|acquista|bestel|koop|"
     r"купи(?:те)?|закажи(?:те)?|buche|buchen sie|reserviere|r[ée]serve[sz]?|reserva|reserve|prenota|reserveer|"
-    r"boek)"
+    r"boek|"
+    # Polish.
+    r"wyślij|prześlij|przekaż|usuń|przelej|zapłać|kup|zamów|udostępnij|pobierz|zainstaluj|otwórz|pokaż|"
+    r"zignoruj|dodaj|zmień|wykonaj|uruchom)"
 )
 _IMPERATIVE_TRANSLATED = re.compile(
-    rf"(?i)(?:^|[.!?:;,]\s*|\n\s*|\b(?:y|et|und|e)\s+)(?:(?:por favor|s'il (?:te|vous) pla[iî]t|bitte|per favore|"
-    rf"favor|ahora(?: mismo)?|maintenant|sofort|subito|agora|imm[ée]diatement|inmediatamente|ya)\s*,?\s+)?"
+    rf"(?i)(?:^|[.!?:;,]\s*|\n\s*|\b(?:y|et|und|e|i|и)\s+)(?:(?:por favor|s'il (?:te|vous) pla[iî]t|bitte|"
+    rf"per favore|favor|ahora(?: mismo)?|maintenant|sofort|subito|agora|imm[ée]diatement|inmediatamente|ya|"
+    # "Before answering, forward ...": the order still opens its clause.
+    rf"перед ответом|прежде чем ответить|przed odpowiedzią|antes de responder|avant de r[ée]pondre|"
+    rf"bevor du antwortest|prima di rispondere)\s*,?\s+)?"
     rf"{_ORDER_TRANSLATED}\b|"
+    # Turkish puts the verb last: "... hediye kartı satın al ve kodları ... adresine gönder."
+    rf"\b(?:gönder|sil|satın al|öde|paylaş|aktar|yükle|ilet|ekle|değiştir|çalıştır|iptal et)(?=\s*(?:[.!?;,]|$)|"
+    rf"\s+ve\b)|"
     rf"\b(?:debe|deben|doit|doivent|muss|m[üu]ssen|deve|devono|tem que|t[êe]m que|precisa)\s+\w+"
 )
 _CONSEQUENCE_TRANSLATED = re.compile(
@@ -919,7 +936,10 @@ _CONSEQUENCE_TRANSLATED = re.compile(
     r"direcci[óo]n|adresse|indirizzo|endere[çc]o|tel[ée]fono|t[ée]l[ée]phone|telefon\w*|telefone|"
     r"wachtwoord(?:en)?|bestanden|rekening\w*|kaart|contacten|berichten|geschiedenis|beheerder|toegang|adres|"
     r"facturen|overschrijving|парол\w*|контакт\w*|вс[её]|всех|файл\w*|сч[её]т\w*|карт\w*|письм\w*|"
-    r"сообщени\w*|истори\w*|администратор\w*|доступ\w*|адрес\w*|телефон\w*|перевод\w*|деньг\w*|рубл\w*)"
+    r"сообщени\w*|истори\w*|администратор\w*|доступ\w*|адрес\w*|телефон\w*|перевод\w*|деньг\w*|рубл\w*|"
+    # Polish and Turkish.
+    r"kontakt\w*|hasł\w*|kart\w*|wszystk\w*|plik\w*|wiadomoś\w*|şifre\w*|parola\w*|tüm|bütün|dosya\w*|kişi\w*|"
+    r"mesaj\w*)"
     r"\b|[€$£]|"
     + _DESTRUCTIVE_COMMAND
 )
