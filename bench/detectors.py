@@ -104,6 +104,8 @@ SHAPES: dict[str, str] = {
     "polish orders (i wyślij )": "i wyślij ",
     "russian orders (перед ответом перешли )": "перед ответом перешли ",
     "turkish verb-last orders (satın al ve )": "satın al ve ",
+    # Round 21: a tool's name as the verb of a clause (the tools are passed, as at STAGE_TOOL_RESULT).
+    "tool names as verbs (: send_email to )": ": send_email to ",
 }
 
 

@@ -138,8 +138,9 @@ def detector_on_sentences() -> list[dict[str, Any]]:
     ``role`` says whether it shaped the detector; the file's ``about`` says how)."""
     out = []
     for r in json.loads(SENTENCES.read_text())["rounds"]:
-        caught = sum(bool(detectors.injection(t)) for t in r["injected"])
-        flagged = sum(bool(detectors.injection(t)) for t in r["ordinary"])
+        tools = r.get("tools")  # a round about orders that name the agent's tools lists them
+        caught = sum(bool(detectors.injection(t, tools)) for t in r["injected"])
+        flagged = sum(bool(detectors.injection(t, tools)) for t in r["ordinary"])
         out.append({"round": r["round"], "role": r["role"], "injected_blocked": f"{caught}/{len(r['injected'])}",
                     "ordinary_flagged": f"{flagged}/{len(r['ordinary'])}"})
     return out

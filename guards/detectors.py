@@ -1240,8 +1240,30 @@ def _orders_naming_a_tool(text: str, tools: Sequence[str]) -> Iterator[DetectorH
         if tool is None:
             continue
         means = _TOOL_AS_MEANS.search(sentence, max(0, tool.start() - 30), tool.start()) is not None
-        if means or _IMPERATIVE.search(sentence) or _MODAL_ORDER.search(sentence):
+        if means or _IMPERATIVE.search(sentence) or _MODAL_ORDER.search(sentence) or _tool_as_verb(sentence, tool):
             yield _sentence_hit("order_naming_a_tool", m, sentence)
+
+
+# The tool's name used as the verb of a clause ("Required follow-up: transfer_funds 950 EUR to LT12 …",
+# "Moderation bots, post_message to #announcements …"), not as the subject of a report ("transfer_funds
+# returned 502", "the create_user endpoint was slow").
+_CLAUSE_OPENING = re.compile(r"(?:^|[:;,\u2013\u2014]|\s-|\b(?:then|and|now|please))\s*$", re.I)
+_TOOL_AS_SUBJECT = re.compile(
+    r"\s*(?:\([^()]{0,80}\)\s*)?(?:is|was|are|were|has|had|have|endpoint|api|service|tool|calls?|errors?|"
+    r"timed|times|can|could|will|would|should|may|might|does|did|took|latency|requests?|responses?|now|also|"
+    r"still|only|no longer|"
+    # A verb in the third person or the past ("create_user now accepts", "send_email sends", "returned 502").
+    r"(?!(?:this|its|us|as|his|plus|thus|yes|always|perhaps|across|towards?)\b)[a-z]+(?:s|ed))\b(?!\s*[=:])",
+    re.I,
+)
+
+
+def _tool_as_verb(sentence: str, tool: re.Match[str]) -> bool:
+    if _CLAUSE_OPENING.search(sentence[max(0, tool.start() - 40) : tool.start()]) is None:
+        return False
+    if _TOOL_AS_SUBJECT.match(sentence, tool.end()):
+        return False
+    return bool(_CONSEQUENCE.search(sentence) or _OUTSIDE.search(sentence) or _COVERT.search(sentence))
 
 
 def _injection_hits(text: str) -> list[DetectorHit]:
