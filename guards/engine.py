@@ -569,7 +569,7 @@ class GuardEngine:
             # after feedback. Its most harmful segment is no better: on AgentHarm that was the hint "proceed with
             # the rest of the tools." The request as a whole is what the operator says is harmful; ``_check``
             # scores a request's whole text whenever it is a leaf, so the corrected request itself is blocked.
-            segment = record.request_text
+            segment = record.request_text.strip()
         text = segment or record.request_text or f"{record.tool_name} {record.arguments_json}"
         return self._add(
             scope,

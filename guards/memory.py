@@ -30,12 +30,13 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from core.entropy import normalized_entropy
+from core.errors import FieldViolation, InvalidArgumentError
 from core.vector_index import FaissVectorIndex, NumpyVectorIndex, VectorIndex
 from guards.model import Cluster, EvolutionEvent, Exemplar, Label, LeafSource
 from guards.store import GuardStore
@@ -103,6 +104,37 @@ class MemoryParams:
     merge_similarity: float = 0.85
     merge_entropy: float = 0.5
     faiss: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None, path: str = "memory") -> MemoryParams:
+        """Overrides from configuration (``path`` names it in errors). Raises InvalidArgumentError naming each
+        unknown field and each ``harm_priors`` entry that is not ``[group, prior, floor, full]`` with
+        floor < full: a typo would otherwise be a TypeError at start, or a prior that silently does nothing."""
+        config = dict(config or {})
+        known = {f.name for f in fields(cls)}
+        errors = [
+            FieldViolation(f"{path}.{key}", f"unknown field; known: {', '.join(sorted(known))}")
+            for key in config
+            if key not in known
+        ]
+        priors = config.get("harm_priors")
+        if priors is not None:
+            checked = []
+            for i, entry in enumerate(priors if isinstance(priors, (list, tuple)) else [priors]):
+                try:
+                    group, prior, floor, full = entry
+                    item = (str(group), float(prior), float(floor), float(full))
+                    if not item[2] < item[3]:
+                        raise ValueError("floor must be below full")
+                    checked.append(item)
+                except (TypeError, ValueError) as exc:
+                    errors.append(
+                        FieldViolation(f"{path}.harm_priors[{i}]", f"must be [group, prior, floor, full] ({exc})")
+                    )
+            config["harm_priors"] = tuple(checked)
+        if errors:
+            raise InvalidArgumentError(errors)
+        return cls(**config)
 
 
 @dataclass

@@ -43,7 +43,7 @@ def build(rt: Runtime) -> None:
     # Embed the default pack now (before SERVING) so the first Check of a new namespace only copies rows.
     pack_vectors(str(DEFAULT_PACK), rt.embedder)
     defaults = {k: v for k, v in configured.items() if k in DEFAULT_SETTINGS}
-    params = MemoryParams(**dict(configured.get("memory") or {}))
+    params = MemoryParams.from_config(configured.get("memory"), "policies.defaults.guards.memory")
     rt.guards = GuardEngine(
         SqlGuardStore(rt.db.engine, publisher=lambda conn, scope: rt.changes.publish(conn, "guards", scope, {})),
         rt.embedder,

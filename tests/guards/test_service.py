@@ -404,3 +404,25 @@ def test_audit_query_pages_and_purge(make_server) -> None:
     assert g.PurgeAudit(guard_pb2.PurgeGuardAuditRequest(namespace="aud")).deleted == 0  # 0 = keep forever
     got = g.GetSettings(guard_pb2.GetGuardSettingsRequest(namespace="aud"))
     assert got.pack and got.default_decision == S.DECISION_ALLOW
+
+
+@pytest.mark.parametrize(
+    ("memory", "field"),
+    [
+        ({"prior_floor": 0.5}, "policies.defaults.guards.memory.prior_floor"),  # the window before 2026-11-24
+        ({"harm_priors": [["request", 0.0, 0.4, 0.2]]}, "policies.defaults.guards.memory.harm_priors[0]"),
+        ({"harm_priors": [["tool_result", 0.0]]}, "policies.defaults.guards.memory.harm_priors[0]"),
+    ],
+)
+def test_bad_guard_memory_settings_stop_the_start_naming_the_field(make_server, memory, field) -> None:
+    from core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as err:
+        make_server(embedding_model="hashing", policies={"defaults": {"guards": {"memory": memory}}})
+    assert field in str(err.value)
+
+
+def test_guard_memory_settings_from_the_config_reach_the_engine(make_server) -> None:
+    priors = [["request", 0.0, 0.3, 0.5]]
+    srv = make_server(embedding_model="hashing", policies={"defaults": {"guards": {"memory": {"harm_priors": priors}}}})
+    assert srv.rt.guards.params.harm_priors == (("request", 0.0, 0.3, 0.5),)
