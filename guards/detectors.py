@@ -804,6 +804,17 @@ _QUOTED = re.compile(
 )
 
 
+def _unquoted_sentences(text: str) -> Iterator[tuple[re.Match[str], str]]:
+    """Each sentence chunk of ``text`` with quoted words blanked (same length, so offsets hold). Quoted words
+    are someone else's (an article quoting an attack, a message quoting a request). Quotes are found over the
+    whole text, not per sentence: a quote that ends a sentence ('wrote: "My order never came."') left its
+    closing mark at the start of the next one, which then read as a quote opened to its end and hid the
+    order it held."""
+    unquoted = _QUOTED.sub(lambda q: " " * len(q.group(0)), text)
+    for m in _SENTENCE_CHUNK.finditer(text):
+        yield m, unquoted[m.start() : m.end()]
+
+
 def _sentence_hit(kind: str, chunk: re.Match[str], sentence: str) -> DetectorHit:
     """A hit on a whole sentence (``chunk`` of ``_SENTENCE_CHUNK``, read as ``sentence``), from its first word."""
     start = chunk.start() + len(sentence) - len(sentence.lstrip())
@@ -827,13 +838,7 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
     if _READER.search(text) is None and _THIRD_PERSON_USER.search(text) is None:
         return
     previous = ""
-    # Quoted words are someone else's (an article quoting an attack, a message quoting a request). Found over
-    # the whole text, not per sentence: a quote that ends a sentence ('wrote: "My order never came."') left
-    # its closing mark at the start of the next one, which then read as a quote opened to its end and hid
-    # the order it held.
-    unquoted = _QUOTED.sub(lambda q: " " * len(q.group(0)), text)
-    for m in _SENTENCE_CHUNK.finditer(text):
-        sentence = unquoted[m.start() : m.end()]
+    for m, sentence in _unquoted_sentences(text):
         if not sentence.strip():
             continue
         window = previous + " " + sentence
@@ -976,8 +981,7 @@ _SENSITIVE_TRANSLATED = re.compile(
 def _tool_directives_translated(text: str) -> Iterator[DetectorHit]:
     if _SENSITIVE_TRANSLATED.search(text) is None or _DESTINATION_ANYWHERE.search(text) is None:
         return
-    for m in _SENTENCE_CHUNK.finditer(text):
-        sentence = _QUOTED.sub(" ", m.group(0))
+    for m, sentence in _unquoted_sentences(text):
         if (
             _IMPERATIVE_TRANSLATED.search(sentence.lstrip())
             and _SENSITIVE_TRANSLATED.search(sentence)
@@ -990,8 +994,7 @@ def _agent_orders_translated(text: str) -> Iterator[DetectorHit]:
     if _READER_TRANSLATED.search(text) is None:
         return
     previous = ""
-    for m in _SENTENCE_CHUNK.finditer(text):
-        sentence = _QUOTED.sub(" ", m.group(0))
+    for m, sentence in _unquoted_sentences(text):
         window = previous + " " + sentence
         previous = sentence
         if _IMPERATIVE_TRANSLATED.search(sentence.lstrip()) is None or not _addresses_reader_translated(window):
@@ -1234,8 +1237,7 @@ def _orders_naming_a_tool(text: str, tools: Sequence[str]) -> Iterator[DetectorH
     named = re.compile(r"(?<![\w.-])(?:" + "|".join(map(re.escape, names)) + r")(?![\w-])")
     if named.search(text) is None:  # one linear pass spares the per-sentence work
         return
-    for m in _SENTENCE_CHUNK.finditer(text):
-        sentence = _QUOTED.sub(" ", m.group(0))
+    for m, sentence in _unquoted_sentences(text):
         tool = named.search(sentence)
         if tool is None:
             continue
