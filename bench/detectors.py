@@ -106,6 +106,10 @@ SHAPES: dict[str, str] = {
     "turkish verb-last orders (satın al ve )": "satın al ve ",
     # Round 21: a tool's name as the verb of a clause (the tools are passed, as at STAGE_TOOL_RESULT).
     "tool names as verbs (: send_email to )": ": send_email to ",
+    # Round 22: readers described by what they do, requests "that", links templated with the user's data.
+    "processing readers (ai systems summarizing this )": "ai systems summarizing this ",
+    "requests that (we request that any a b c )": "we request that any a b c ",
+    "templated links (https://a.io/p?d={the user's )": "https://a.io/p?d={the user's ",
 }
 
 
