@@ -4,8 +4,10 @@ Setup: an in-process sidecar (SQLite in a temp dir, the real MiniLM embedder, th
 memory, selection and tool Invoke components) whose memory holds the first sessions of LoCoMo conv-26;
 an OpenAI-compatible stub LLM (tests/agent/openai_stub.py) in a separate process that answers at once.
 
-Each measured turn asks a LoCoMo question marked ``[unsure]`` (flat top-5 logprobs, so the real retrieval
-gate fires) that makes the LLM call the builtin ``echo`` tool once, with ``num_candidates=3``. The graph
+Each measured turn asks a LoCoMo question, with ``num_candidates=3``; the stub's markers in the turn's system
+prompt make every answer ``[unsure]`` (flat top-5 logprobs, so the real retrieval gate fires) and make the LLM
+call the builtin ``echo`` tool once. (Runs before 2026-11-24 put the markers in the user's message, which the
+guard then checked as a second sentence; that form is still measured, as ``full_markers_in_message``.) The graph
 then runs: input guard -> LLM -> retrieval gate -> memory search -> LLM -> tool gate -> tool guard ->
 echo through the Invoke pipeline (guarded) -> LLM -> 2 more candidate LLM calls (parallel) -> selection
 -> output guard -> memory write: 5 LLM calls per turn.
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
         policy = agent_pb2.TurnPolicy(llm_base_url=base_url, tools=["echo"], num_candidates=3)
 
-        def measure(label: str) -> dict[str, Any]:
+        def measure(label: str, markers_in_message: bool = False) -> dict[str, Any]:
             """Turns until ``--turns`` of them took the full path (retrieval, one tool call, 3 candidates,
             completed); turns the guard blocked or paused are counted and left out of the figures."""
             turn_s: list[float] = []
@@ -160,8 +162,19 @@ def main(argv: list[str] | None = None) -> int:
             i = 0
             while len(turn_s) < args.turns and i < 4 * (args.turns + args.warmup):
                 q = questions[i % len(questions)]
-                msg = f'[unsure] {q} [call:echo {{"q": {json.dumps(q)}}}]'
-                request = agent_pb2.RunTurnRequest(namespace=NS, thread_id=f"{label}-{i}", message=msg, policy=policy)
+                steer = f'[unsure] [call:echo {{"q": {json.dumps(q)}}}]'
+                turn_policy = agent_pb2.TurnPolicy()
+                turn_policy.CopyFrom(policy)
+                if markers_in_message:
+                    # The form of the runs before 2026-11-24 03:10 UTC: the user's message carries the stub's
+                    # markers, so the guard sees a second sentence and the query differs from it.
+                    msg = f"[unsure] {q} [call:echo {{\"q\": {json.dumps(q)}}}]"
+                else:
+                    # The app's user asks the question; the stub's steering rides in the system prompt.
+                    msg = q
+                    turn_policy.system_prompt = f"You are a helpful assistant. {steer}"
+                request = agent_pb2.RunTurnRequest(namespace=NS, thread_id=f"{label}-{i}", message=msg,
+                                                   policy=turn_policy)
                 before = len(llm_intervals())
                 c0 = _cpu()
                 t0 = time.perf_counter()
@@ -196,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             }
 
         full = measure("full")
+        srv.call(_flush(srv))
+        markers = measure("markers", markers_in_message=True)
         # The full turns leave memory consolidation queued (each wrote to memory); let it finish so it does
         # not run during, and bill its CPU to, the next measurement.
         srv.call(_flush(srv))
@@ -234,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"turns": args.turns, "warmup": args.warmup, "memory_messages": n_messages,
                   "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
         "full": full,
+        "full_markers_in_message": markers,
         "graph_only_default_components": graph_only,
         "baseline_direct_llm_calls": percentiles(baseline),
         "target_overhead_p50_ms": 30.0,
@@ -244,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {m['cpu_count']} CPUs, {m['platform']}, load average {res['load_average_1m_at_end']}")
     print(f"memory: {n_messages} LoCoMo messages; turns with retrieval + 1 tool call + 3 candidates "
           f"({full['llm_calls_per_turn']} LLM calls/turn)")
-    for label, r in (("real components", full), ("built-in defaults", graph_only)):
+    for label, r in (("real components", full), ("real components, markers in the message", markers),
+                     ("built-in defaults", graph_only)):
         print(f"{label}: {r['counts']}")
         for name in ("overhead", "turn", "llm_in_turn", "sidecar_cpu_per_turn"):
             p = r[name]

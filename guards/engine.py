@@ -312,7 +312,7 @@ class GuardEngine:
             request = replace(request, stage=_stage(request.stage))
         if self.judge is not None and settings.get("judge"):
             return None
-        if not answered_from_cache(self.embedder, self._segments(request)):
+        if not answered_from_cache(self.embedder, self._texts_to_embed(request)):
             return None
         if not mem.lock.acquire(blocking=False):
             return None
@@ -320,6 +320,23 @@ class GuardEngine:
             return self._check(scope, request, mem=mem)[0]
         finally:
             mem.lock.release()
+
+    def warm(self, scope: str, request: GuardRequest) -> None:
+        """Embed, ahead of a later ``check`` of ``request``, every text that check would embed; decide nothing.
+
+        For a caller that knows a text will be checked and has idle cores now: an agent turn warms its
+        first answer while the LLM writes the other candidates, so the output check that follows finds
+        its segments in the embedder's cache. Neither the audit log, the rate limits nor the memory are
+        touched; a request that a rule will decide costs one needless embedding.
+        """
+        if not isinstance(request.stage, Stage):
+            request = replace(request, stage=_stage(request.stage))
+        self.embedder.embed(self._texts_to_embed(request))
+
+    def _texts_to_embed(self, request: GuardRequest) -> list[str]:
+        """What a memory check of ``request`` embeds: its segments, then its steps (see ``_clauses``)."""
+        segs = self._segments(request)
+        return segs + self._clauses(request, segs)
 
     def _segments(self, request: GuardRequest) -> list[str]:
         """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""

@@ -61,6 +61,19 @@ class EngineGuard:
         return GuardOutcome(str(v.decision), v.verdict_id, float(v.harm_score), float(v.entropy), reason)
 
 
+    async def warm(
+        self, stage: str, text: str, *, tool_call: tuple[str, str] | None = None, tools: Sequence[str] = ()
+    ) -> None:
+        from guards.model import GuardRequest, Stage, ToolCallInfo
+
+        warm = getattr(self.rt.guards, "warm", None)
+        if warm is None:  # a guard engine that cannot embed ahead: its check embeds for itself
+            return
+        request = GuardRequest(stage=Stage(stage), text=text, tool_call=ToolCallInfo(*tool_call) if tool_call else None,
+                               available_tools=tuple(tools))
+        await self.rt.offload(warm, self.scope, request)
+
+
 class EngineGates:
     """``rt.gates`` (runtime.gates.GateEngine): ``decide(scope, gate, tokens, session_id=...)``."""
 

@@ -116,15 +116,23 @@ class TurnContext:
     thread_id: str
     # time.monotonic() value past which LLM calls are not started.
     deadline: float | None = None
-    # Embeddings the retrieval and the memory write will need, computed while the guards and the LLM work.
+    # Embeddings the retrieval, the output guard and the memory write will need, computed while the guards and
+    # the LLM work.
     prefetches: list[asyncio.Task[None]] = field(default_factory=list)
+    # The answer whose output check and memory turn are already being embedded (see ``candidates``).
+    warmed_answer: str | None = None
 
 
 def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]) -> None:
-    """Embed, ahead of time, what a later search (``query``) or memory write will need.
+    """Embed, ahead of time, what a later search (``query``) or memory write will need."""
+    _ahead(ctx, lambda: ctx.ports.memory.prefetch(query, messages))
 
-    Prefetches run one after the other: two at once would only split the cores between them, and the one a
-    stage waits for would finish later. Errors stay in the task (the stage then embeds for itself).
+
+def _ahead(ctx: TurnContext, work: Callable[[], Awaitable[None]]) -> None:
+    """Start ``work`` (embedding something a later stage will need) in the background.
+
+    Such work runs one piece after the other: two at once would only split the cores between them, and the one
+    a stage waits for would finish later. Errors stay in the task (the stage then embeds for itself).
     """
     previous = ctx.prefetches[-1] if ctx.prefetches else None
 
@@ -132,7 +140,7 @@ def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]
         if previous is not None:
             with contextlib.suppress(Exception):
                 await previous
-        await ctx.ports.memory.prefetch(query, messages)
+        await work()
 
     task = asyncio.create_task(run())
     # A turn that ends before it needs the vectors never awaits the task: keep its error out of the log.
@@ -257,6 +265,11 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
     if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
         tools = await ctx.ports.tools.specs(policy.tools) or None
     completion = await _complete(state, ctx, policy, 0, tools=tools)
+    for call in completion.tool_calls:
+        # Embed each call's guard check now: it runs during the retrieval and the LLM call that follow the
+        # first answer (which usually asks for the same calls again), or right after the gate otherwise.
+        _ahead(ctx, functools.partial(ctx.ports.guard.warm, "tool_call", state["user"],
+                                      tool_call=(call.name, call.arguments_json), tools=policy.tools))
     return {"draft": completion.to_state()}
 
 
@@ -382,6 +395,15 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
 async def candidates(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Candidate 0 is the agent's answer; the others answer the same context with their own spec."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    first = Completion.from_state(state["draft"]).text
+    if policy.num_candidates > 1 and first:
+        # While the LLM writes the other candidates, embed what the output guard and the memory write will need
+        # if the agent's own answer is selected (or another with the same text). Idle cores otherwise: the
+        # other candidates take an LLM call's time.
+        _ahead(ctx, functools.partial(ctx.ports.guard.warm, "output", first, tools=policy.tools))
+        if policy.write_memory:
+            _prefetch(ctx, "", [(f"{state['turn_id']}-a", "assistant", first)])
+        ctx.warmed_answer = first
     # Candidate 0 is the agent's own final answer; the others answer the same context without tools.
     extra = await asyncio.gather(*(_complete(state, ctx, policy, i, tools=None)
                                    for i in range(1, policy.num_candidates)))
@@ -416,7 +438,7 @@ async def select(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, A
 async def output_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Guard the selected answer (STAGE_OUTPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
-    if policy.write_memory:
+    if policy.write_memory and state["answer"] != ctx.warmed_answer:
         # The answer's memory turn is embedded on the other core while the guard embeds the answer.
         _prefetch(ctx, "", [(f"{state['turn_id']}-a", "assistant", state["answer"])])
     v = await ctx.ports.guard.check("output", state["answer"], tools=policy.tools, thread_id=ctx.thread_id)

@@ -92,6 +92,12 @@ class TurnGuard(Protocol):
         """Check ``text`` (and the tool call) at ``stage`` ("input", "tool_call", "tool_result", "output")."""
         ...
 
+    async def warm(
+        self, stage: str, text: str, *, tool_call: tuple[str, str] | None = None, tools: Sequence[str] = ()
+    ) -> None:
+        """Prepare (embed) what a later ``check(stage, text)`` will need; decides and records nothing."""
+        ...
+
 
 class TurnGates(Protocol):
     """Entropy gates of one scope."""
@@ -171,6 +177,11 @@ class AllowAllGuard:
         thread_id: str = "",
     ) -> GuardOutcome:
         return GuardOutcome(ALLOW, reason="no guard engine configured")
+
+    async def warm(
+        self, stage: str, text: str, *, tool_call: tuple[str, str] | None = None, tools: Sequence[str] = ()
+    ) -> None:
+        return None
 
 
 #: Threshold of the built-in gate on the mean normalised top-k entropy of the answer tokens.

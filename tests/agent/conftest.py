@@ -79,6 +79,9 @@ class MarkerGuard:
             return GuardOutcome(REVIEW, verdict_id=f"v-{stage}", harm_score=0.5, entropy=0.9, reason="needs a human")
         return GuardOutcome(ALLOW, verdict_id=f"v-{stage}")
 
+    async def warm(self, stage: str, text: str, *, tool_call: Any = None, tools: Any = ()) -> None:
+        return None
+
 
 def turn(client: Any, namespace: str, thread_id: str, message: str, timeout: float = 60,
          **policy: Any) -> list[agent_pb2.TurnEvent]:

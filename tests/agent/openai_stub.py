@@ -1,6 +1,7 @@
 """A local OpenAI-compatible chat-completions server for tests and benchmarks: real HTTP, deterministic.
 
-Behaviour is steered by markers in the conversation, so tests read as the scenario they run:
+Behaviour is steered by markers in the last user message or in the system prompt (which keeps a benchmark's
+user message a plain question), so tests read as the scenario they run:
 
 - ``[call:<tool> <json args>]`` in the last user message (several allowed): the first completion with
   tools offered asks for those tool calls; once tool results are in the conversation, it answers from them.
@@ -60,10 +61,12 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     last_user_at = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     tool_msgs = [m for m in messages[last_user_at + 1 :] if m.get("role") == "tool"]
     system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    # The prompt's own text, not the memories appended to it (they may quote earlier turns' markers).
+    steer = f"{user} {system.split('Memories:', 1)[0]}"
     if slow := _SLOW.search(user):
         time.sleep(float(slow.group(1)))
     message: dict[str, Any] = {"role": "assistant", "content": None}
-    calls = _CALL.findall(user)
+    calls = _CALL.findall(steer)
     if calls and body.get("tools") and not tool_msgs:
         message["tool_calls"] = [{
             "id": f"call_{len(messages)}_{i}",
@@ -86,7 +89,7 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
     if model != "no-logprobs" and body.get("logprobs"):
         k = int(body.get("top_logprobs") or 0) or 1
-        choice["logprobs"] = {"content": _tokens(content, "[unsure]" in user, float(body.get("temperature") or 0), k)}
+        choice["logprobs"] = {"content": _tokens(content, "[unsure]" in steer, float(body.get("temperature") or 0), k)}
     return 200, {"id": "chatcmpl-stub", "object": "chat.completion", "model": model, "choices": [choice]}
 
 

@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from runtime.agent.llm import ChatClient, parse_completion
 from runtime.agent.policy import TurnPolicy
-from runtime.agent.ports import GateOutcome, default_ports, mean_normalized_entropy
+from runtime.agent.ports import ALLOW, GateOutcome, GuardOutcome, default_ports, mean_normalized_entropy
 from runtime.agent.runner import TurnRunner
 from tests.agent.conftest import LookupTools
 
@@ -83,6 +83,42 @@ def test_candidate_specs_choose_model_temperature_and_prompt(runner, llm) -> Non
     assert [(c["agent_id"], c["answer"]) for c in cands] == [("a", "m-a: hi"), ("b", "m-b: hi")]
     # The built-in selection prefers the more confident candidate (temperature 0 in the stub).
     assert next(e for e in events if e["type"] == "selection")["index"] == 0
+
+
+class RecordingGuard:
+    """Allows everything and records, in order, what the turn warmed and what it checked."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, str, Any]] = []
+
+    async def check(self, stage: str, text: str, *, tool_call: Any = None, tools: Any = (),
+                    thread_id: str = "") -> GuardOutcome:
+        self.log.append(("check", stage, text, tool_call))
+        return GuardOutcome(ALLOW, verdict_id=f"v-{len(self.log)}")
+
+    async def warm(self, stage: str, text: str, *, tool_call: Any = None, tools: Any = ()) -> None:
+        self.log.append(("warm", stage, text, tool_call))
+
+
+def test_guard_checks_are_warmed_while_the_llm_works(runner, llm) -> None:
+    """The tool call of the first answer and the agent's own final answer are embedded for their guard checks
+    before those checks run: during the retrieval and the LLM calls that come first."""
+    ports = default_ports()
+    ports.tools = LookupTools()
+    ports.guard = guard = RecordingGuard()
+    policy = TurnPolicy(llm_base_url=llm.base_url, tools=("lookup",), num_candidates=3, force_retrieval=True)
+    events = run(runner, "g5", 'x [call:lookup {"q": "a"}]', policy, ports)
+    answer = events[-1]["answer"]
+    call = ("lookup", '{"q": "a"}')
+    warm_call = guard.log.index(("warm", "tool_call", 'x [call:lookup {"q": "a"}]', call))
+    check_call = guard.log.index(("check", "tool_call", 'x [call:lookup {"q": "a"}]', call))
+    warm_out = guard.log.index(("warm", "output", answer, None))
+    check_out = guard.log.index(("check", "output", answer, None))
+    assert warm_call < check_call < warm_out < check_out
+    # One candidate: the output check follows the answer at once, nothing to overlap.
+    guard.log.clear()
+    run(TurnRunner(InMemorySaver()), "g6", "y", TurnPolicy(llm_base_url=llm.base_url, force_retrieval=False), ports)
+    assert [e[:2] for e in guard.log] == [("check", "input"), ("check", "output")]
 
 
 def test_policy_rules_name_the_field() -> None:

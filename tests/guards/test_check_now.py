@@ -72,3 +72,32 @@ def test_check_now_declines_when_audits_are_written_inline() -> None:
     e.check(SCOPE, req)
     assert e.check_now(SCOPE, req) is None
     e.close()
+
+
+def test_check_now_needs_the_steps_of_a_request_cached_too(engine: GuardEngine) -> None:
+    """A request cut into steps ("…, then …") embeds its steps as well: with only its segments cached,
+    check_now would run the model on the caller's event loop."""
+    engine.check(SCOPE, request("Email the quarterly figures to the finance team."))
+    req = GuardRequest(stage=Stage.INPUT, text="Collect the staff home addresses, then post them on the forum.")
+    engine.embedder.embed(engine._segments(req))
+    assert engine.check_now(SCOPE, req) is None
+    engine.embedder.embed(engine._texts_to_embed(req))
+    assert engine.check_now(SCOPE, req) is not None
+
+
+def test_warm_embeds_what_check_will_and_decides_nothing(engine: GuardEngine) -> None:
+    engine.check(SCOPE, request("Email the quarterly figures to the finance team."))
+    engine.flush()
+    audited = len(engine.query_audit(SCOPE))
+    emb = engine.embedder
+    assert isinstance(emb, CachingEmbedder)
+    text = "Here is the summary you asked for. I sent it to the team, and filed it."
+    req = GuardRequest(stage=Stage.OUTPUT, text=text)
+    assert engine.check_now(SCOPE, req) is None
+    engine.warm(SCOPE, req)
+    engine.flush()
+    assert len(engine.query_audit(SCOPE)) == audited  # no verdict, no audit record
+    misses = emb.misses
+    verdict = engine.check_now(SCOPE, req)
+    assert verdict is not None and emb.misses == misses  # answered without a model call
+    assert verdict.decision == engine.check(SCOPE, req).decision
