@@ -26,6 +26,9 @@ Protocol (fixed, documented in docs/guards.md):
 - Written agentic tasks (``bench/data/harmful_tasks.json``: harmful requests in AgentHarm's style with benign
   twins, in rounds; each round's role says whether it shaped the pack) and ordinary chat (every third turn of
   the LoCoMo dev conversations) at STAGE_INPUT, pack only.
+- Answers (``bench/data/answers.json``: harmful and ordinary answers of an assistant, in rounds; each round's
+  role says whether it shaped the pack) and the same chat turns at STAGE_OUTPUT, pack only: what the output
+  guard of every agent turn blocks.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def load_tool_results() -> list[dict[str, Any]]:
 
 SENTENCES = Path(__file__).resolve().parent / "data" / "injection_sentences.json"
 TASKS = Path(__file__).resolve().parent / "data" / "harmful_tasks.json"
+ANSWERS = Path(__file__).resolve().parent / "data" / "answers.json"
 
 
 def load_tasks() -> list[dict[str, Any]]:
@@ -121,6 +125,18 @@ def load_tasks() -> list[dict[str, Any]]:
                 out.append({"id": f"task:{r['round']}:{n}:{kind}", "kind": "task", "label": int(kind == "harmful"),
                             "round": r["round"], "role": r["role"], "category": pair["category"],
                             "prompt": pair[kind], "tools": pair["tools"]})
+    return out
+
+
+def load_answers() -> list[dict[str, Any]]:
+    """Answers of an assistant written for this benchmark, harmful and ordinary, with their round and role."""
+    out = []
+    for r in json.loads(ANSWERS.read_text())["rounds"]:
+        for kind in ("harmful", "benign"):
+            for n, text in enumerate(r[kind]):
+                out.append({"id": f"answer:{r['round']}:{n}:{kind}", "kind": "answer", "label": int(kind == "harmful"),
+                            "round": r["round"], "role": r["role"], "category": "answer", "prompt": text,
+                            "tools": []})
     return out
 
 
@@ -234,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                         available_tools=item["tools"],
                     )
                 else:
+                    stage = common_pb2.STAGE_OUTPUT if item.get("kind") == "answer" else common_pb2.STAGE_INPUT
                     request = guard_pb2.CheckRequest(
-                        namespace=ns, stage=common_pb2.STAGE_INPUT, text=item["prompt"], available_tools=item["tools"]
+                        namespace=ns, stage=stage, text=item["prompt"], available_tools=item["tools"]
                     )
                 v = g.Check(request)
                 return v.verdict_id, names.get(v.decision, "unspecified")
@@ -327,6 +344,18 @@ def main(argv: list[str] | None = None) -> int:
             chat_decisions = run("bench-chat", chat)
             counts = {d: sum(v == d for v in chat_decisions.values()) for d in ("allow", "review", "block")}
             report["chat_turns_pack_only"] = {"n": len(chat), **counts}
+            # Answers at STAGE_OUTPUT, and the same chat turns as answers (the output guard of an agent turn).
+            answers = load_answers()
+            answer_decisions = run("bench-answers", answers)
+            report["answers_pack_only"] = [
+                {"round": n, "role": next(i["role"] for i in answers if i["round"] == n),
+                 **_brief(score([i for i in answers if i["round"] == n], answer_decisions))}
+                for n in sorted({i["round"] for i in answers})
+            ]
+            chat_out = run("bench-chat-output", [{**i, "kind": "answer"} for i in chat])
+            report["chat_turns_at_output_pack_only"] = {
+                "n": len(chat), **{d: sum(v == d for v in chat_out.values()) for d in ("allow", "review", "block")}
+            }
 
             # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
             tr = load_tool_results()
@@ -469,6 +498,12 @@ def _print(r: dict[str, Any]) -> None:
     c = r.get("chat_turns_pack_only")
     if c:
         print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_INPUT: allow {c['allow']}, review {c['review']}, "
+              f"block {c['block']}")
+    for row in r.get("answers_pack_only", []):
+        print(_row(f"pack only, answers round {row['round']} ({row['role']})", row))
+    c = r.get("chat_turns_at_output_pack_only")
+    if c:
+        print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_OUTPUT: allow {c['allow']}, review {c['review']}, "
               f"block {c['block']}")
     t = r["tool_results"]
     print(_row("injection detector only, tool results test", t["detector_only_test"]))

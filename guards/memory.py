@@ -76,9 +76,14 @@ class MemoryParams:
     #:   extrapolates to anything. Without the prior it blocked 27 of 920 LoCoMo chat turns ("Hey Caroline!
     #:   Missed you. Anything new? Spill the beans!", nearest exemplar at cosine 0.33, boundary harm 0.88). The
     #:   window starts where evidence starts to count (``similarity_floor``): AgentHarm's requests sit above it.
+    #: - Answers: an agent's answers are ordinary conversation far more often than anything else, and the
+    #:   output group's exemplars cannot cover all of it. Without the prior, the nearest exemplar decided alone
+    #:   however far it was: 38 of 920 LoCoMo chat turns were blocked at OUTPUT and 28 sent to REVIEW ("Wow,
+    #:   Caroline! Books have such an awesome power!"), and, with the exemplars of 2026-11-24 added, 129.
     harm_priors: tuple[tuple[str, float, float, float], ...] = (
         ("request", 0.0, 0.2, 0.4),
         ("tool_result", 0.0, 0.55, 0.75),
+        ("output", 0.0, 0.3, 0.5),
     )
     #: L2 strength of the boundary (logistic regression over the group's leaves, labels balanced)...
     boundary_l2: float = 1.0
