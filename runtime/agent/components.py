@@ -149,7 +149,10 @@ class EngineSelector:
             Candidate(answer=c.answer, agent_id=c.agent_id, tokens=_token_stream(c.tokens, f"candidates[{i}].tokens"))
             for i, c in enumerate(candidates)
         ]
-        s = await self.rt.offload(self.rt.selector.select, self.scope, cands)
+        select_now = getattr(self.rt.selector, "select_now", None)
+        s = select_now(self.scope, cands) if select_now is not None else None
+        if s is None:
+            s = await self.rt.offload(self.rt.selector.select, self.scope, cands)
         return SelectionOutcome(int(s.index), float(s.confidence), str(s.method))
 
 

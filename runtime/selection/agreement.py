@@ -46,6 +46,22 @@ def normalize_answer(text: str) -> str:
     return s
 
 
+def _groups(answers: Sequence[str], min_words: int) -> tuple[list[str], list[list[int]], list[list[int]]]:
+    """Normalised answers, groups of equal ones (largest first) and those of at least ``min_words`` words."""
+    norm = [normalize_answer(a) for a in answers]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(norm):
+        groups.setdefault(key, []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+    return norm, ordered, [g for g in ordered if len(norm[g[0]].split()) >= min_words]
+
+
+def texts_to_embed(answers: Sequence[str], *, min_words: int = 4) -> list[str]:
+    """The answers :func:`cluster_answers` would embed (none when fewer than two long groups differ)."""
+    _, _, long_groups = _groups(answers, min_words)
+    return [answers[g[0]] for g in long_groups] if len(long_groups) >= 2 else []
+
+
 def cluster_answers(
     answers: Sequence[str],
     embedder: Embedder | None = None,
@@ -60,12 +76,7 @@ def cluster_answers(
     members, greedy, largest group first) is ≥ ``similarity``. Short answers never merge by embedding:
     "42" and "43" embed almost identically.
     """
-    norm = [normalize_answer(a) for a in answers]
-    groups: dict[str, list[int]] = {}
-    for i, key in enumerate(norm):
-        groups.setdefault(key, []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
-    long_groups = [g for g in ordered if len(norm[g[0]].split()) >= min_words]
+    norm, ordered, long_groups = _groups(answers, min_words)
     if embedder is None or len(long_groups) < 2:
         return ordered
     vecs = embedder.embed([answers[g[0]] for g in long_groups])

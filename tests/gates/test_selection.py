@@ -182,3 +182,26 @@ def test_learned_selector_not_activated_when_default_is_as_good(sqlite_engine: E
 def test_single_candidate(sqlite_engine: Engine) -> None:
     s = AnswerSelector(sqlite_engine, None).select(SCOPE, [Candidate("only")])
     assert (s.index, s.confidence, s.semantic_entropy, s.normalized_semantic_entropy) == (0, 1.0, 0.0, 0.0)
+
+
+def test_select_now_only_when_nothing_is_left_to_load_or_embed(sqlite_engine: Engine, embedder: Embedder) -> None:
+    """select_now decides on the calling thread only from what is in memory: the scope's learned model already
+    read, and the long answers the clustering compares already embedded."""
+    from core.embedding import CachingEmbedder
+
+    cached = CachingEmbedder(embedder)
+    learned = AnswerSelector(sqlite_engine, cached)
+    short = [Candidate(answer=a, tokens=tokens(0.2, seed=i)) for i, a in enumerate(["Paris", "Paris", "Lyon"])]
+    assert learned.select_now(SCOPE, short) is None  # the scope's model has not been read yet
+    first = learned.select(SCOPE, short)
+    now = learned.select_now(SCOPE, short)
+    assert now is not None and (now.index, now.method) == (first.index, first.method)
+    long = [Candidate(answer=a, tokens=tokens(0.2, seed=i)) for i, a in enumerate([
+        "The meeting moved to Thursday afternoon at three.",
+        "They moved the meeting to Thursday at 3 pm.",
+        "The meeting was cancelled because the room flooded.",
+    ])]
+    assert learned.select_now(SCOPE, long) is None  # two long answers would be embedded
+    cached.embed([c.answer for c in long])
+    now = learned.select_now(SCOPE, long)
+    assert now is not None and now.clusters == learned.select(SCOPE, long).clusters
