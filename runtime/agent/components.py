@@ -150,7 +150,7 @@ class EngineSelector:
             for i, c in enumerate(candidates)
         ]
         select_now = getattr(self.rt.selector, "select_now", None)
-        s = select_now(self.scope, cands) if select_now is not None else None
+        s: Any = select_now(self.scope, cands) if select_now is not None else None
         if s is None:
             s = await self.rt.offload(self.rt.selector.select, self.scope, cands)
         return SelectionOutcome(int(s.index), float(s.confidence), str(s.method))
