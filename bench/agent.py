@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--sessions", type=int, default=5, help="LoCoMo conv-26 sessions written to memory first")
+    ap.add_argument("--llm-delay-ms", type=float, default=0.0,
+                    help="the stub waits this long before each answer, as a real LLM would (default: answers at once)")
+    ap.add_argument("--no-speculative-retrieval", action="store_true",
+                    help="turn policy speculative_retrieval=false (search only after the gate fired)")
     args = ap.parse_args(argv)
 
     stub = subprocess.Popen([sys.executable, "-m", "tests.agent.openai_stub"], cwd=REPO,
@@ -150,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             return [iv for c in runner._clients.values() for iv in c.intervals]
 
         policy = agent_pb2.TurnPolicy(llm_base_url=base_url, tools=["echo"], num_candidates=3)
+        if args.no_speculative_retrieval:
+            policy.speculative_retrieval = False
+        delay = f" [slow:{args.llm_delay_ms / 1000:g}]" if args.llm_delay_ms > 0 else ""
 
         def measure(label: str, markers_in_message: bool = False) -> dict[str, Any]:
             """Turns until ``--turns`` of them took the full path (retrieval, one tool call, 3 candidates,
@@ -162,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             i = 0
             while len(turn_s) < args.turns and i < 4 * (args.turns + args.warmup):
                 q = questions[i % len(questions)]
-                steer = f'[unsure] [call:echo {{"q": {json.dumps(q)}}}]'
+                steer = f'[unsure] [call:echo {{"q": {json.dumps(q)}}}]{delay}'
                 turn_policy = agent_pb2.TurnPolicy()
                 turn_policy.CopyFrom(policy)
                 if markers_in_message:
                     # The form of the runs before 2026-11-24 03:10 UTC: the user's message carries the stub's
                     # markers, so the guard sees a second sentence and the query differs from it.
                     msg = f"[unsure] {q} [call:echo {{\"q\": {json.dumps(q)}}}]"
+                    if delay:
+                        turn_policy.system_prompt = f"You are a helpful assistant.{delay}"
                 else:
                     # The app's user asks the question; the stub's steering rides in the system prompt.
                     msg = q
@@ -237,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "memory": lambda rt, scope: _OneMemory()}
         graph_only = measure("graph")
         rt.extras.pop("agent_ports")
-        baseline = _direct_baseline(base_url, f'[unsure] {questions[0]} [call:echo {{"q": "x"}}]', args.turns)
+        baseline = _direct_baseline(base_url, f'[unsure] {questions[0]} [call:echo {{"q": "x"}}]{delay}', args.turns)
         client.close()
     finally:
         srv.stop()
@@ -247,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = {
         "setup": {"turns": args.turns, "warmup": args.warmup, "memory_messages": n_messages,
+                  "llm_delay_ms": args.llm_delay_ms, "speculative_retrieval": not args.no_speculative_retrieval,
                   "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
         "full": full,
         "full_markers_in_message": markers,
@@ -271,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline, the same 5 LLM calls made directly: p50 {b['p50_ms']:.2f} ms")
     print(f"RunTurn overhead p50: {full['overhead']['p50_ms']:.2f} ms with the real components, "
           f"{graph_only['overhead']['p50_ms']:.2f} ms with built-in defaults (target <= 30 ms)")
-    path = write_result("agent", res)
+    name = "agent" + (f"_llm{args.llm_delay_ms:g}ms" if args.llm_delay_ms > 0 else "")
+    path = write_result(name + ("_no_speculation" if args.no_speculative_retrieval else ""), res)
     print(f"wrote {path}")
     return 0
 

@@ -58,6 +58,7 @@ from runtime.agent.ports import (
     CandidateView,
     GateOutcome,
     GuardOutcome,
+    MemoryHitView,
     TurnPorts,
 )
 
@@ -121,6 +122,8 @@ class TurnContext:
     prefetches: list[asyncio.Task[None]] = field(default_factory=list)
     # The answer whose output check and memory turn are already being embedded (see ``candidates``).
     warmed_answer: str | None = None
+    # The memory search started while the LLM writes its first answer (``TurnPolicy.speculative_retrieval``).
+    speculative_search: asyncio.Task[tuple[list[MemoryHitView], dict[str, float]]] | None = None
 
 
 def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]) -> None:
@@ -261,6 +264,12 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
         _prefetch(ctx, state["user"], [])
         if policy.write_memory:
             _prefetch(ctx, "", [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])])
+        if policy.speculative_retrieval and policy.force_retrieval is not False and policy.retrieve_top_k > 0:
+            # The search only reads: if the gate then does not fire, dropping it costs CPU and nothing else.
+            task = asyncio.create_task(
+                ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            ctx.speculative_search = task
     tools = None
     if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
         tools = await ctx.ports.tools.specs(policy.tools) or None
@@ -283,6 +292,9 @@ async def retrieve_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict
         draft = Completion.from_state(state["draft"])
         g = await ctx.ports.gates.decide(RETRIEVE, draft.tokens, session_id=ctx.thread_id)
     runtime.stream_writer(_gate_event(g))
+    if not g.fire and ctx.speculative_search is not None:
+        ctx.speculative_search.cancel()
+        ctx.speculative_search = None
     return {"retrieve_fire": g.fire, "retrieved": True}
 
 
@@ -292,7 +304,16 @@ async def retrieve(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str,
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     # No wait for the prefetches: the search's embedder waits for a query another thread is embedding, and
     # the user's turn goes on embedding on the other core meanwhile.
-    hits, routing = await ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget)
+    speculative, ctx.speculative_search = ctx.speculative_search, None
+    found = None
+    if speculative is not None:
+        try:
+            found = await speculative
+        except Exception:  # search again below, so that an error, if it repeats, is the turn's
+            log.debug("speculative memory search failed", exc_info=True)
+    if found is None:
+        found = await ctx.ports.memory.search(state["user"], policy.retrieve_top_k, policy.token_budget)
+    hits, routing = found
     memories = [{"id": h.id, "text": h.text, "score": h.score, "granularity": h.granularity} for h in hits]
     runtime.stream_writer({"type": "retrieval", "query": state["user"], "hits": memories, "routing": routing})
     return {"memories": memories}

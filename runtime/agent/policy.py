@@ -45,6 +45,8 @@ class TurnPolicy:
     write_memory: bool = True
     # None: the retrieval gate decides; True/False: always/never retrieve.
     force_retrieval: bool | None = None
+    # Search memory while the LLM writes its first answer, before the gate decides (see the proto field).
+    speculative_retrieval: bool = True
     # Skip tool calls when the CALL_TOOL gate does not fire (default: the gate is advisory, reported only).
     enforce_tool_gate: bool = False
     top_logprobs: int = 5

@@ -63,7 +63,7 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
     # The prompt's own text, not the memories appended to it (they may quote earlier turns' markers).
     steer = f"{user} {system.split('Memories:', 1)[0]}"
-    if slow := _SLOW.search(user):
+    if slow := _SLOW.search(steer):
         time.sleep(float(slow.group(1)))
     message: dict[str, Any] = {"role": "assistant", "content": None}
     calls = _CALL.findall(steer)

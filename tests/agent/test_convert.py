@@ -102,3 +102,10 @@ def test_resume_decisions() -> None:
     assert conv.decision_from_proto(common_pb2.DECISION_BLOCK) == "block"
     with pytest.raises(InvalidArgumentError):
         conv.decision_from_proto(common_pb2.DECISION_REVIEW)
+
+
+def test_turn_policy_overrides_keep_only_what_the_request_set() -> None:
+    assert conv.policy_overrides(agent_pb2.TurnPolicy()) == {}
+    request = agent_pb2.TurnPolicy(model="m", speculative_retrieval=False, force_retrieval=True, tools=["echo"])
+    assert conv.policy_overrides(request) == {
+        "model": "m", "speculative_retrieval": False, "force_retrieval": True, "tools": ["echo"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -11,7 +12,14 @@ from langgraph.checkpoint.memory import InMemorySaver
 from core.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from runtime.agent.llm import ChatClient, parse_completion
 from runtime.agent.policy import TurnPolicy
-from runtime.agent.ports import ALLOW, GateOutcome, GuardOutcome, default_ports, mean_normalized_entropy
+from runtime.agent.ports import (
+    ALLOW,
+    GateOutcome,
+    GuardOutcome,
+    MemoryHitView,
+    default_ports,
+    mean_normalized_entropy,
+)
 from runtime.agent.runner import TurnRunner
 from tests.agent.conftest import LookupTools
 
@@ -119,6 +127,61 @@ def test_guard_checks_are_warmed_while_the_llm_works(runner, llm) -> None:
     guard.log.clear()
     run(TurnRunner(InMemorySaver()), "g6", "y", TurnPolicy(llm_base_url=llm.base_url, force_retrieval=False), ports)
     assert [e[:2] for e in guard.log] == [("check", "input"), ("check", "output")]
+
+
+class RecordingMemory:
+    """A memory with one hit that records when it is searched, relative to the retrieval gate's decisions."""
+
+    def __init__(self, gates: Any) -> None:
+        self.gates = gates
+        self.searches: list[int] = []  # gate decisions made before each search started
+
+    async def search(self, query: str, top_k: int, token_budget: int) -> Any:
+        self.searches.append(self.gates.decided)
+        await asyncio.sleep(0)
+        return [MemoryHitView("m1", "the answer is 42", 1.0, "turn")], {"weight.turn": 1.0}
+
+    async def write(self, session_id: str, messages: Any) -> list[str]:
+        return [m[0] for m in messages]
+
+    async def prefetch(self, query: str, messages: Any) -> None:
+        return None
+
+    def turn_in_flight(self) -> Any:
+        return contextlib.nullcontext()
+
+
+class CountingGates(FixedGates):
+    def __init__(self, **fire: bool):
+        super().__init__(**fire)
+        self.decided = 0
+
+    async def decide(self, gate: str, tokens: Any, *, session_id: str) -> GateOutcome:
+        self.decided += gate == "retrieve"
+        return await super().decide(gate, tokens, session_id=session_id)
+
+
+@pytest.mark.parametrize("fire", [True, False])
+@pytest.mark.parametrize("speculative", [True, False])
+def test_speculative_retrieval_searches_while_the_llm_answers(llm, fire: bool, speculative: bool) -> None:
+    """With speculative_retrieval the search starts with the first LLM call, before the gate decides, and a
+    firing gate uses its hits; a gate that does not fire drops them. Without it, memory is searched only after
+    the gate fired."""
+    ports = default_ports()
+    ports.gates = gates = CountingGates(retrieve=fire, call_tool=True)
+    ports.memory = memory = RecordingMemory(gates)
+    policy = TurnPolicy(llm_base_url=llm.base_url, speculative_retrieval=speculative)
+    events = run(TurnRunner(InMemorySaver()), f"spec-{fire}-{speculative}", "what is the answer?", policy, ports)
+    retrievals = [e for e in events if e["type"] == "retrieval"]
+    if speculative:
+        assert memory.searches == [0]  # one search, started before the gate's decision
+    else:
+        assert memory.searches == ([1] if fire else [])
+    if fire:
+        assert [h["id"] for h in retrievals[0]["hits"]] == ["m1"]
+        assert "remembers the answer is 42" in events[-1]["answer"]
+    else:
+        assert not retrievals and "remembers" not in events[-1]["answer"]
 
 
 def test_policy_rules_name_the_field() -> None:
