@@ -126,6 +126,10 @@ class RetrievalPolicy:
     speaker_boost: float = 1.0
     # Multiplier of ln(weight) for low-information units.
     low_info_penalty: float = 1.0
+    # Subtracted from a turn that ends with a question: a question is rarely the memory a question looks for.
+    # In LoCoMo dev 13% of such turns are evidence against 29% of the others; they match the question's words
+    # and took budget from the answers next to them (which still get their neighbour share of its score).
+    question_penalty: float = 0.8
     time_boost: float = 1.0
     recency_boost: float = 0.3
     # When set, candidate generation skips query terms in more than this share of a granularity's units
@@ -596,13 +600,15 @@ def search(
     keys = list(candidates)
     w_turn = gweight.get(Granularity.TURN.value, 1.0)
     scores: dict[int, float] = {}
-    near_weights, info_penalty = pol.neighbor_weights, pol.low_info_penalty
+    near_weights, info_penalty, question_penalty = pol.neighbor_weights, pol.low_info_penalty, pol.question_penalty
     for tk in keys:
         smooth = base[tk]
         for n, d in neighbours[tk]:
             smooth += near_weights[d - 1] * base[n]
         weight = candidates[tk].weight
         penalty = info_penalty * math.log(max(weight, 1e-3)) if weight != 1.0 else 0.0
+        if question_penalty and candidates[tk].text.rstrip().endswith("?"):
+            penalty -= question_penalty
         scores[tk] = w_turn * smooth + routed[tk] + penalty
 
     # Session-level routing: mean of each session's best three turn scores.

@@ -177,6 +177,26 @@ def test_low_information_turn_is_ranked_below_its_neighbours(hashing) -> None:
     assert ids.index(("s1:4",)) < ids.index(("s1:5",))
 
 
+def test_a_turn_that_asks_is_scored_below_one_that_tells(hashing) -> None:
+    """question_penalty comes off every turn ending with a question, and off nothing else."""
+    index, embedder = hashing
+    text = "marshmallows campfire painting"
+    vector = embedder.embed([text])[0]
+    fixed = {"session_aggregate": 0.0}  # a turn's score then depends on itself and its context only
+
+    def scores(penalty: float) -> dict[tuple[str, ...], float]:
+        result = search(index, SearchQuery(text, top_k=100), vector, fixed | {"question_penalty": penalty})
+        return {h.unit.message_ids: h.score for h in result.hits}
+
+    off, on = scores(0.0), scores(0.8)
+    asks = {(f"{sid}:{i}",) for sid, (_, turns) in SESSIONS.items()
+            for i, (_, said) in enumerate(turns) if said.endswith("?")}
+    assert ("s2:1",) in off and ("s2:1",) in asks and ("s2:2",) in off and ("s2:2",) not in asks
+    for ids, score in off.items():
+        assert on[ids] == pytest.approx(score - (0.8 if ids in asks else 0.0))
+    assert RetrievalPolicy().question_penalty > 0  # on by default
+
+
 def test_time_filter_and_time_cue(hashing) -> None:
     index, embedder = hashing
     ids = ask(index, embedder, "kids", time_start=datetime(2023, 6, 1, tzinfo=UTC))
