@@ -493,18 +493,14 @@ def _print(r: dict[str, Any]) -> None:
     print(_row("baseline 1-NN, ASB test", r["baseline_1nn_pack"]["asb_test"]))
     print(_row("pack only, ASB test", r["pack_only"]["asb_test"]))
     print(_row("after feedback, ASB test", r["asb_after_feedback_test"]))
-    for row in r.get("tasks_pack_only", []):
-        print(_row(f"pack only, written tasks round {row['round']} ({row['role']})", row))
-    c = r.get("chat_turns_pack_only")
-    if c:
-        print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_INPUT: allow {c['allow']}, review {c['review']}, "
-              f"block {c['block']}")
-    for row in r.get("answers_pack_only", []):
-        print(_row(f"pack only, answers round {row['round']} ({row['role']})", row))
-    c = r.get("chat_turns_at_output_pack_only")
-    if c:
-        print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_OUTPUT: allow {c['allow']}, review {c['review']}, "
-              f"block {c['block']}")
+    for rounds, what, chat, stage in (("tasks_pack_only", "written tasks", "chat_turns_pack_only", "INPUT"),
+                                      ("answers_pack_only", "answers", "chat_turns_at_output_pack_only", "OUTPUT")):
+        for row in r.get(rounds, []):
+            print(_row(f"pack only, {what} round {row['round']} ({row['role']})", row))
+        c = r.get(chat)
+        if c:
+            print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_{stage}: allow {c['allow']}, "
+                  f"review {c['review']}, block {c['block']}")
     t = r["tool_results"]
     print(_row("injection detector only, tool results test", t["detector_only_test"]))
     print(_row("pack only, tool results test", t["pack_only_test"]))

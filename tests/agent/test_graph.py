@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from runtime.agent.ports import (
     GateOutcome,
     GuardOutcome,
     MemoryHitView,
+    NoMemory,
     default_ports,
     mean_normalized_entropy,
 )
@@ -129,7 +129,7 @@ def test_guard_checks_are_warmed_while_the_llm_works(runner, llm) -> None:
     assert [e[:2] for e in guard.log] == [("check", "input"), ("check", "output")]
 
 
-class RecordingMemory:
+class RecordingMemory(NoMemory):
     """A memory with one hit that records when it is searched, relative to the retrieval gate's decisions."""
 
     def __init__(self, gates: Any) -> None:
@@ -140,15 +140,6 @@ class RecordingMemory:
         self.searches.append(self.gates.decided)
         await asyncio.sleep(0)
         return [MemoryHitView("m1", "the answer is 42", 1.0, "turn")], {"weight.turn": 1.0}
-
-    async def write(self, session_id: str, messages: Any) -> list[str]:
-        return [m[0] for m in messages]
-
-    async def prefetch(self, query: str, messages: Any) -> None:
-        return None
-
-    def turn_in_flight(self) -> Any:
-        return contextlib.nullcontext()
 
 
 class CountingGates(FixedGates):
