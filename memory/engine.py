@@ -736,7 +736,13 @@ class MemoryEngine:
         with self._priority.foreground():
             for attempt in itertools.count():
                 with state.lock if attempt >= 2 else contextlib.nullcontext():
-                    existing = self.store.get_messages(namespace, [m.id for m in msgs])
+                    if attempt == 0 and self._unseen(state, msgs):
+                        # New messages (an agent turn's, a conversation's next ones) skip this read: the commit
+                        # re-reads them anyway, and a message stored meanwhile (another replica's) makes the
+                        # plan stale, so the next attempt reads.
+                        existing: Mapping[str, StoredMessage] = {}
+                    else:
+                        existing = self.store.get_messages(namespace, [m.id for m in msgs])
                     changed, unchanged = self._changed_messages(session_id, msgs, existing)
                     if not changed:
                         break
@@ -751,6 +757,12 @@ class MemoryEngine:
         if changed:
             self._enqueue(namespace, session_id)
         return WriteResult([m.id for m in msgs], len(changed), unchanged)
+
+    @staticmethod
+    def _unseen(state: _Namespace, msgs: Sequence[MemoryMessage]) -> bool:
+        """Whether no message of ``msgs`` has a unit in the namespace's index (which mirrors every commit of
+        this process): then they are almost surely not stored yet."""
+        return not state.dirty and not any(state.index.units_of_message(m.id) for m in msgs)
 
     def _commit(self, namespace: str, state: _Namespace, ticket: _Commit) -> bool:
         """Commit a Write's plan together with every other Write's plan queued meanwhile: one transaction

@@ -122,3 +122,46 @@ def test_concurrent_writes_of_one_message_leave_units_matching_the_stored_text(
     assert stored in texts
     assert turn_texts(engine, "m1") == [f"alice: {stored}"]
     engine.close()
+
+
+class CountingStore:
+    """Delegates to a real store and counts reads of messages."""
+
+    def __init__(self, inner: MemoryStore):
+        self._inner = inner
+        self.message_reads = 0
+
+    def get_messages(self, namespace: str, ids):  # type: ignore[no-untyped-def]
+        self.message_reads += 1
+        return self._inner.get_messages(namespace, ids)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+
+def test_new_messages_skip_the_first_read_and_another_replicas_messages_are_still_seen(
+    store_factory: Callable[[], MemoryStore],
+) -> None:
+    """A Write of messages its index has never seen plans without reading them (the commit's re-check reads
+    them anyway). If another replica stored them meanwhile, the re-check finds the plan stale and the next
+    attempt reads: a moved id is refused and an identical resend writes nothing."""
+    import pytest
+
+    from core.errors import InvalidArgumentError
+
+    a_store, b_store = CountingStore(store_factory()), CountingStore(store_factory())
+    a = MemoryEngine(a_store, create_embedder("hashing"), background=False)  # type: ignore[arg-type]
+    b = MemoryEngine(b_store, create_embedder("hashing"), background=False)  # type: ignore[arg-type]
+    a.index(NS), b.index(NS)  # both replicas hold the (empty) namespace before anything is written
+    a.write(NS, "s1", [turn("m1", "s1", "first words")])
+    assert a_store.message_reads == 1  # the commit's re-check only
+    a.write(NS, "s1", [turn("m1", "s1", "first words")])  # a resend: the index knows m1, so it is read first
+    assert a_store.message_reads == 2
+    with pytest.raises(InvalidArgumentError) as err:
+        b.write(NS, "s2", [turn("m1", "s2", "moved")])  # b's index has not seen a's write
+    assert err.value.violations[0].field == "messages[0].id"
+    again = b.write(NS, "s1", [turn("m1", "s1", "first words")])
+    assert (again.written, again.unchanged) == (0, 1)
+    assert [m.text for m in b.get(NS, ["m1"])] == ["first words"]
+    a.close()
+    b.close()
