@@ -60,7 +60,6 @@ class EngineGuard:
         reason = "; ".join(e.text or e.ref for e in getattr(v, "evidence", ())[:3])
         return GuardOutcome(str(v.decision), v.verdict_id, float(v.harm_score), float(v.entropy), reason)
 
-
     async def warm(
         self, stage: str, text: str, *, tool_call: tuple[str, str] | None = None, tools: Sequence[str] = ()
     ) -> None:
