@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from agentrt.v1 import agent_pb2
 
 from bench.common import SHARED, machine, percentiles, write_result
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--sessions", type=int, default=5, help="LoCoMo conv-26 sessions written to memory first")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="measure the three setups this many times, interleaved; figures pool every repeat's turns")
     ap.add_argument("--llm-delay-ms", type=float, default=0.0,
                     help="the stub waits this long before each answer, as a real LLM would (default: answers at once)")
     ap.add_argument("--no-speculative-retrieval", action="store_true",
@@ -158,16 +161,24 @@ def main(argv: list[str] | None = None) -> int:
             policy.speculative_retrieval = False
         delay = f" [slow:{args.llm_delay_ms / 1000:g}]" if args.llm_delay_ms > 0 else ""
 
-        def measure(label: str, markers_in_message: bool = False) -> dict[str, Any]:
+        def measure(label: str, acc: dict[str, Any], markers_in_message: bool = False) -> float:
             """Turns until ``--turns`` of them took the full path (retrieval, one tool call, 3 candidates,
-            completed); turns the guard blocked or paused are counted and left out of the figures."""
-            turn_s: list[float] = []
-            llm_s: list[float] = []
-            cpu_s: list[float] = []
-            stage_s: dict[str, list[float]] = defaultdict(list)
-            counts: dict[str, int] = defaultdict(int)
+            completed), added to ``acc``; turns the guard blocked or paused are counted and left out of the
+            figures. Returns this measurement's overhead p50 (ms)."""
+            turn_s: list[float] = acc["turn"]
+            llm_s: list[float] = acc["llm"]
+            cpu_s: list[float] = acc["cpu"]
+            stage_s: dict[str, list[float]] = acc["stages"]
+            counts: dict[str, int] = acc["counts"]
+            first = len(turn_s)
+            # Every measurement asks the same questions, and the tool calls and answers repeat with them: without
+            # this, a later measurement would find their vectors in the embedder's cache and skip model passes
+            # the first one paid for.
+            clear = getattr(rt.embedder, "clear", None)
+            if clear is not None:
+                clear()
             i = 0
-            while len(turn_s) < args.turns and i < 4 * (args.turns + args.warmup):
+            while len(turn_s) - first < args.turns and i < 4 * (args.turns + args.warmup):
                 q = questions[i % len(questions)]
                 steer = f'[unsure] [call:echo {{"q": {json.dumps(q)}}}]{delay}'
                 turn_policy = agent_pb2.TurnPolicy()
@@ -209,20 +220,26 @@ def main(argv: list[str] | None = None) -> int:
                 for e in events:
                     if e.WhichOneof("event") == "stage" and e.stage.status == agent_pb2.STAGE_STATUS_FINISHED:
                         stage_s[e.stage.name].append(e.stage.elapsed_ms / 1000)
+            mine = [t - lm for t, lm in zip(turn_s[first:], llm_s[first:], strict=True)]
+            return float(percentiles(mine)["p50_ms"])
+
+        def summary(acc: dict[str, Any]) -> dict[str, Any]:
+            turn_s, llm_s, counts = acc["turn"], acc["llm"], acc["counts"]
             overhead = [t - lm for t, lm in zip(turn_s, llm_s, strict=True)]
+            repeats = acc["p50s"]
             return {
                 "overhead": percentiles(overhead), "turn": percentiles(turn_s), "llm_in_turn": percentiles(llm_s),
-                "sidecar_cpu_per_turn": percentiles(cpu_s),
-                "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in stage_s.items()},
+                "sidecar_cpu_per_turn": percentiles(acc["cpu"]),
+                "stages_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in acc["stages"].items()},
                 "counts": dict(counts), "llm_calls_per_turn": round(counts["llm_calls"] / max(1, len(turn_s)), 2),
+                "overhead_p50_per_repeat_ms": [round(x, 3) for x in repeats],
+                "overhead_median_of_repeat_p50s_ms": round(float(np.median(repeats)), 3),
             }
 
-        full = measure("full")
-        srv.call(_flush(srv))
-        markers = measure("markers", markers_in_message=True)
-        # The full turns leave memory consolidation queued (each wrote to memory); let it finish so it does
-        # not run during, and bill its CPU to, the next measurement.
-        srv.call(_flush(srv))
+        def new_acc() -> dict[str, Any]:
+            return {"turn": [], "llm": [], "cpu": [], "stages": defaultdict(list), "counts": defaultdict(int),
+                    "p50s": []}
+
         # The same turns with the built-in defaults instead of the guard, gate, selection and memory engines
         # (tools still go through the Invoke pipeline): what LangGraph, checkpointing and gRPC cost alone.
         from runtime.agent.ports import AllowAllGuard, ConfidenceSelector, DefaultGates, MemoryHitView
@@ -240,12 +257,22 @@ def main(argv: list[str] | None = None) -> int:
             def turn_in_flight(self) -> Any:
                 return contextlib.nullcontext()
 
-        rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard(),
-                                    "gates": lambda rt, scope: DefaultGates(),
-                                    "selector": lambda rt, scope: ConfidenceSelector(),
-                                    "memory": lambda rt, scope: _OneMemory()}
-        graph_only = measure("graph")
-        rt.extras.pop("agent_ports")
+        defaults = {"guard": lambda rt, scope: AllowAllGuard(), "gates": lambda rt, scope: DefaultGates(),
+                    "selector": lambda rt, scope: ConfidenceSelector(), "memory": lambda rt, scope: _OneMemory()}
+        accs = {"full": new_acc(), "markers": new_acc(), "graph": new_acc()}
+        # Repeats interleave the three measurements, so a change of the VM's speed (it swings by a third from one
+        # minute to the next) falls on all of them alike.
+        for r in range(args.repeats):
+            accs["full"]["p50s"].append(measure(f"full{r}", accs["full"]))
+            # Each full turn leaves memory consolidation queued (it wrote to memory); let it finish so it does
+            # not run during, and bill its CPU to, the next measurement.
+            srv.call(_flush(srv))
+            accs["markers"]["p50s"].append(measure(f"markers{r}", accs["markers"], markers_in_message=True))
+            srv.call(_flush(srv))
+            rt.extras["agent_ports"] = defaults
+            accs["graph"]["p50s"].append(measure(f"graph{r}", accs["graph"]))
+            rt.extras.pop("agent_ports")
+        full, markers, graph_only = (summary(accs[k]) for k in ("full", "markers", "graph"))
         baseline = _direct_baseline(base_url, f'[unsure] {questions[0]} [call:echo {{"q": "x"}}]{delay}', args.turns)
         client.close()
     finally:
@@ -255,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.cleanup()
 
     res = {
-        "setup": {"turns": args.turns, "warmup": args.warmup, "memory_messages": n_messages,
+        "setup": {"turns": args.turns, "warmup": args.warmup, "repeats": args.repeats, "memory_messages": n_messages,
                   "llm_delay_ms": args.llm_delay_ms, "speculative_retrieval": not args.no_speculative_retrieval,
                   "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
         "full": full,
@@ -281,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline, the same 5 LLM calls made directly: p50 {b['p50_ms']:.2f} ms")
     print(f"RunTurn overhead p50: {full['overhead']['p50_ms']:.2f} ms with the real components, "
           f"{graph_only['overhead']['p50_ms']:.2f} ms with built-in defaults (target <= 30 ms)")
+    if args.repeats > 1:
+        for label, r in (("real components", full), ("markers in the message", markers),
+                         ("built-in defaults", graph_only)):
+            print(f"  {label}: p50 per repeat {r['overhead_p50_per_repeat_ms']}, "
+                  f"median {r['overhead_median_of_repeat_p50s_ms']:.2f} ms")
     name = "agent" + (f"_llm{args.llm_delay_ms:g}ms" if args.llm_delay_ms > 0 else "")
     path = write_result(name + ("_no_speculation" if args.no_speculative_retrieval else ""), res)
     print(f"wrote {path}")

@@ -394,6 +394,11 @@ class CachingEmbedder:
         """The wrapped embedder."""
         return self._inner
 
+    def clear(self) -> None:
+        """Forget every cached vector (benchmarks that must not reuse an earlier measurement's texts)."""
+        with self._lock:
+            self._cache.clear()
+
     def is_cached(self, texts: list[str]) -> bool:
         """Whether ``embed(texts)`` would be answered from the cache alone (no model call)."""
         with self._lock:

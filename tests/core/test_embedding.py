@@ -155,6 +155,8 @@ def test_answered_from_cache_only_when_a_cache_holds_every_text() -> None:
     cache.embed(["a b"])
     assert answered_from_cache(cache, ["a b"])
     assert not answered_from_cache(cache, ["a b", "c d"])
+    cache.clear()
+    assert not answered_from_cache(cache, ["a b"])
 
 
 def test_cache_returns_the_same_vectors_and_embeds_each_text_once() -> None:
