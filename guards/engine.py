@@ -312,7 +312,7 @@ class GuardEngine:
             request = replace(request, stage=_stage(request.stage))
         if self.judge is not None and settings.get("judge"):
             return None
-        if not answered_from_cache(self.embedder, self._texts_to_embed(request)):
+        if not answered_from_cache(self.embedder, self._texts_to_embed(request, mem)):
             return None
         if not mem.lock.acquire(blocking=False):
             return None
@@ -331,12 +331,24 @@ class GuardEngine:
         """
         if not isinstance(request.stage, Stage):
             request = replace(request, stage=_stage(request.stage))
-        self.embedder.embed(self._texts_to_embed(request))
+        self.embedder.embed(self._texts_to_embed(request, self._memories.get(scope)))
 
-    def _texts_to_embed(self, request: GuardRequest) -> list[str]:
-        """What a memory check of ``request`` embeds: its segments, then its steps (see ``_clauses``)."""
+    def _texts_to_embed(self, request: GuardRequest, mem: GuardMemory | None = None) -> list[str]:
+        """What a memory check of ``request`` embeds (see ``_embedding_plan``), in one list."""
+        segs, clauses = self._embedding_plan(request, mem)
+        return segs + clauses
+
+    def _embedding_plan(self, request: GuardRequest, mem: GuardMemory | None) -> tuple[list[str], list[str]]:
+        """The segments a memory check of ``request`` scores, then the steps of those (see ``_clauses``).
+
+        A request corrected by feedback is a leaf as a whole (see ``feedback``): when ``mem`` holds its whole
+        text as a leaf, that text is segment 0 and speaks for it.
+        """
         segs = self._segments(request)
-        return segs + self._clauses(request, segs)
+        whole = request.text.strip()[:4000]
+        if mem is not None and len(segs) > 1 and mem.is_leaf_text(STAGE_GROUPS[request.stage], whole):
+            segs.insert(0, whole)
+        return segs, self._clauses(request, segs)
 
     def _segments(self, request: GuardRequest) -> list[str]:
         """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""
@@ -413,12 +425,7 @@ class GuardEngine:
             ent = 0.0
             decided_by = "rule"
         else:
-            segs = self._segments(request)
-            whole = request.text.strip()[:4000]
-            if len(segs) > 1 and mem.is_leaf_text(STAGE_GROUPS[request.stage], whole):
-                # A request corrected by feedback is a leaf as a whole (see ``feedback``): that leaf speaks for it.
-                segs.insert(0, whole)
-            clauses = self._clauses(request, segs)
+            segs, clauses = self._embedding_plan(request, mem)
             # One embedding call and one memory search for all segments of the request.
             results = mem.score_many(self.embedder.embed(segs + clauses), STAGE_GROUPS[request.stage])
             review_entropy = settings.get("review_entropy") or self.params.review_entropy
