@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -242,20 +241,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # The same turns with the built-in defaults instead of the guard, gate, selection and memory engines
         # (tools still go through the Invoke pipeline): what LangGraph, checkpointing and gRPC cost alone.
-        from runtime.agent.ports import AllowAllGuard, ConfidenceSelector, DefaultGates, MemoryHitView
+        from runtime.agent.ports import AllowAllGuard, ConfidenceSelector, DefaultGates, MemoryHitView, NoMemory
 
-        class _OneMemory:
+        class _OneMemory(NoMemory):
             async def search(self, query: str, top_k: int, token_budget: int) -> Any:
                 return [MemoryHitView("m", "a memory", 1.0, "turn")], {}
 
             async def write(self, session_id: str, messages: Any) -> list[str]:
                 return [m[0] for m in messages]
-
-            async def prefetch(self, query: str, messages: Any) -> None:
-                return None
-
-            def turn_in_flight(self) -> Any:
-                return contextlib.nullcontext()
 
         defaults = {"guard": lambda rt, scope: AllowAllGuard(), "gates": lambda rt, scope: DefaultGates(),
                     "selector": lambda rt, scope: ConfidenceSelector(), "memory": lambda rt, scope: _OneMemory()}
