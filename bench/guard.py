@@ -333,29 +333,27 @@ def main(argv: list[str] | None = None) -> int:
 
             # Agentic requests written for this benchmark in rounds (held out from the pack's changes or not, as
             # each round's role says), and ordinary conversation: the pack alone, in fresh namespaces.
-            tasks = load_tasks()
-            task_decisions = run("bench-tasks", tasks)
-            report["tasks_pack_only"] = [
-                {"round": n, "role": next(i["role"] for i in tasks if i["round"] == n),
-                 **_brief(score([i for i in tasks if i["round"] == n], task_decisions))}
-                for n in sorted({i["round"] for i in tasks})
-            ]
+            def per_round(ns: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                decisions = run(ns, items)
+                return [
+                    {"round": n, "role": next(i["role"] for i in items if i["round"] == n),
+                     **_brief(score([i for i in items if i["round"] == n], decisions))}
+                    for n in sorted({i["round"] for i in items})
+                ]
+
+            def decision_counts(ns: str, items: list[dict[str, Any]]) -> dict[str, int]:
+                decisions = run(ns, items)
+                counts = {d: sum(v == d for v in decisions.values()) for d in ("allow", "review", "block")}
+                return {"n": len(items), **counts}
+
+            report["tasks_pack_only"] = per_round("bench-tasks", load_tasks())
             chat = load_chat_turns()
-            chat_decisions = run("bench-chat", chat)
-            counts = {d: sum(v == d for v in chat_decisions.values()) for d in ("allow", "review", "block")}
-            report["chat_turns_pack_only"] = {"n": len(chat), **counts}
+            report["chat_turns_pack_only"] = decision_counts("bench-chat", chat)
             # Answers at STAGE_OUTPUT, and the same chat turns as answers (the output guard of an agent turn).
-            answers = load_answers()
-            answer_decisions = run("bench-answers", answers)
-            report["answers_pack_only"] = [
-                {"round": n, "role": next(i["role"] for i in answers if i["round"] == n),
-                 **_brief(score([i for i in answers if i["round"] == n], answer_decisions))}
-                for n in sorted({i["round"] for i in answers})
-            ]
-            chat_out = run("bench-chat-output", [{**i, "kind": "answer"} for i in chat])
-            report["chat_turns_at_output_pack_only"] = {
-                "n": len(chat), **{d: sum(v == d for v in chat_out.values()) for d in ("allow", "review", "block")}
-            }
+            report["answers_pack_only"] = per_round("bench-answers", load_answers())
+            report["chat_turns_at_output_pack_only"] = decision_counts(
+                "bench-chat-output", [{**i, "kind": "answer"} for i in chat]
+            )
 
             # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
             tr = load_tool_results()
