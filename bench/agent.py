@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the three setups this many times, interleaved; figures pool every repeat's turns")
     ap.add_argument("--llm-delay-ms", type=float, default=0.0,
                     help="the stub waits this long before each answer, as a real LLM would (default: answers at once)")
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="the client waits this long between turns, as an app's user would (default: back to back, so "
+                         "the background work each turn's memory write queues competes with the next turn)")
     ap.add_argument("--no-speculative-retrieval", action="store_true",
                     help="turn policy speculative_retrieval=false (search only after the gate fired)")
     args = ap.parse_args(argv)
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     turn_policy.system_prompt = f"You are a helpful assistant. {steer}"
                 request = agent_pb2.RunTurnRequest(namespace=NS, thread_id=f"{label}-{i}", message=msg,
                                                    policy=turn_policy)
+                if args.think_ms > 0:
+                    time.sleep(args.think_ms / 1000)
                 before = len(llm_intervals())
                 c0 = _cpu()
                 t0 = time.perf_counter()
@@ -276,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
 
     res = {
         "setup": {"turns": args.turns, "warmup": args.warmup, "repeats": args.repeats, "memory_messages": n_messages,
-                  "llm_delay_ms": args.llm_delay_ms, "speculative_retrieval": not args.no_speculative_retrieval,
+                  "llm_delay_ms": args.llm_delay_ms, "think_ms": args.think_ms,
+                  "speculative_retrieval": not args.no_speculative_retrieval,
                   "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
         "full": full,
         "full_markers_in_message": markers,
@@ -307,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label}: p50 per repeat {r['overhead_p50_per_repeat_ms']}, "
                   f"median {r['overhead_median_of_repeat_p50s_ms']:.2f} ms")
     name = "agent" + (f"_llm{args.llm_delay_ms:g}ms" if args.llm_delay_ms > 0 else "")
+    name += f"_think{args.think_ms:g}ms" if args.think_ms > 0 else ""
     path = write_result(name + ("_no_speculation" if args.no_speculative_retrieval else ""), res)
     print(f"wrote {path}")
     return 0

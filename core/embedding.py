@@ -58,6 +58,18 @@ BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "int8")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(texts: list[str]) -> list[str]:
+    """``texts`` with lone UTF-16 surrogates replaced by U+FFFD.
+
+    A gRPC string is valid UTF-8, but a JSON value inside one ("\\ud800" in a tool call's arguments) decodes to a
+    lone surrogate, which the tokenizer cannot encode: it gets the replacement character, as an invalid byte would.
+    """
+    return [t if t.isascii() or not _LONE_SURROGATE.search(t) else _LONE_SURROGATE.sub("\ufffd", t) for t in texts]
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local path, offline; CUDA when torch sees one.
 
@@ -134,6 +146,7 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
+        texts = encodable(texts)
         if self._onnx is not None:
             # ONNX Runtime sessions run concurrently: only tokenising is serialised, so a query embedding
             # is not queued behind a background batch (two calls use the two cores).
@@ -351,7 +364,7 @@ class HashingEmbedder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for row, text in enumerate(texts):
+        for row, text in enumerate(encodable(texts)):
             for word in _WORD.findall(text.lower()):
                 features = [word] + [word[i : i + 3] for i in range(max(0, len(word) - 2))]
                 for feature in features:
@@ -398,6 +411,12 @@ class CachingEmbedder:
         """Forget every cached vector (benchmarks that must not reuse an earlier measurement's texts)."""
         with self._lock:
             self._cache.clear()
+
+    def forget(self, texts: list[str]) -> None:
+        """Drop ``texts`` from the cache (deleted memory: its words must not stay behind as cache keys)."""
+        with self._lock:
+            for text in texts:
+                self._cache.pop(text, None)
 
     def is_cached(self, texts: list[str]) -> bool:
         """Whether ``embed(texts)`` would be answered from the cache alone (no model call)."""

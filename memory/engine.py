@@ -996,10 +996,10 @@ class MemoryEngine:
         """A page of messages in arrival order and the token of the next page ("" at the end)."""
         if page_size <= 0 or page_size > 1000:
             raise InvalidArgumentError("page_size", "must be between 1 and 1000")
-        try:
-            after = int(page_token) if page_token else -1
-        except ValueError:
-            raise InvalidArgumentError("page_token", "is not a token returned by List") from None
+        # A token is the decimal arrival number of the last message of the previous page, exactly as List wrote it.
+        if page_token and not (page_token.isascii() and page_token.isdigit() and len(page_token) <= 18):
+            raise InvalidArgumentError("page_token", "is not a token returned by List")
+        after = int(page_token) if page_token else -1
         rows = self.store.list_messages(namespace, session_id=session_id or None, after_seq=after, limit=page_size + 1)
         more = len(rows) > page_size
         rows = rows[:page_size]
@@ -1043,6 +1043,9 @@ class MemoryEngine:
         """
         if not (message_ids or session_id or everything):
             raise InvalidArgumentError("message_ids", "give message_ids, session_id or all")
+        if everything and (message_ids or session_id):
+            # A client that meant some ids must not lose the whole namespace to a stray flag.
+            raise InvalidArgumentError("all", "deletes the whole namespace: leave message_ids and session_id empty")
         state = self._state(namespace)
         with self._priority.foreground(), state.lock:
             if everything:
@@ -1053,6 +1056,8 @@ class MemoryEngine:
                 self.association.forget(namespace)
                 for key in [k for k in self._segment_prints if k[0] == namespace]:
                     del self._segment_prints[key]
+                # The cache does not know which namespace a text came from: empty it (a cost of speed only).
+                self._forget_texts(None)
                 return DeleteResult(n, sum(before.units.values()), 0)
             targets: dict[str, StoredMessage] = {}
             if session_id:
@@ -1075,8 +1080,24 @@ class MemoryEngine:
                 removed_units += len(delete)
                 # Re-derived in full here; the next background pass fingerprints it afresh.
                 self._segment_prints.pop((namespace, sid), None)
+            covering = self.store.units_covering(namespace, list(targets))
             self._apply(namespace, state, change)
+        # The embedder's cache holds recent texts as keys: a deleted message's words must not outlive it there.
+        self._forget_texts(
+            [s.message.text for s in targets.values()] + [embedding_text(s.unit) for s in covering]
+        )
         return DeleteResult(len(targets), removed_units, len(sessions))
+
+    def _forget_texts(self, texts: list[str] | None) -> None:
+        """Drop ``texts`` (None: everything) from the embedder's cache, where it has one."""
+        if texts is None:
+            clear = getattr(self.embedder, "clear", None)
+            if clear is not None:
+                clear()
+            return
+        forget = getattr(self.embedder, "forget", None)
+        if forget is not None:
+            forget(texts)
 
     def consolidate(self, namespace: str, *, refit: bool = True) -> ConsolidationReport:
         """Run consolidation now, in the caller's thread: re-derive pending sessions, link, refit."""

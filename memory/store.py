@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
@@ -99,6 +99,12 @@ class Change:
         )
 
 
+def _deleted_units(change: Change) -> list[str]:
+    """Unit ids the change removes for good: deleted and not inserted again (a re-derived unit keeps its edges)."""
+    inserted = {s.unit.id for s in change.insert_units}
+    return [uid for uid in dict.fromkeys(change.delete_units) if uid not in inserted]
+
+
 @dataclass(frozen=True)
 class NamespaceCounts:
     """Row counts of one namespace."""
@@ -160,7 +166,8 @@ class MemoryStore(abc.ABC):
     def apply(self, namespace: str, change: Change) -> int:
         """Commit ``change`` atomically and return the namespace's new generation.
 
-        New messages get the next arrival numbers; replaced ones keep theirs.
+        New messages get the next arrival numbers; replaced ones keep theirs. The association edges of a unit
+        the change deletes (and does not insert again under the same id) are deleted with it.
         """
 
     @abc.abstractmethod
@@ -177,11 +184,18 @@ class MemoryStore(abc.ABC):
 
     @abc.abstractmethod
     def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
-        """Replace the namespace's association edges ``(src_key, dst_key, weight)``."""
+        """Replace the namespace's association edges ``(src_key, dst_key, weight)``.
+
+        Edges with an end that is not a stored unit's key are dropped (see ``upsert_edges``).
+        """
 
     @abc.abstractmethod
     def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
-        """Insert or update some association edges, keeping the rest."""
+        """Insert or update some association edges, keeping the rest.
+
+        Edges with an end that is not a stored unit's key are dropped: linking runs in the background on what the
+        index held when it started, and a Delete may have committed since.
+        """
 
     @abc.abstractmethod
     def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
@@ -273,6 +287,11 @@ class InMemoryStore(MemoryStore):
                 units.pop(uid, None)
             for stored in change.insert_units:
                 units[stored.unit.id] = stored
+            gone = {unit_key(namespace, uid) for uid in _deleted_units(change)}
+            if gone and namespace in self._edges:
+                self._edges[namespace] = {
+                    pair: w for pair, w in self._edges[namespace].items() if not gone.intersection(pair)
+                }
             pending = (self._pending.get(namespace, set()) - set(change.clear_pending)) | set(change.mark_pending)
             self._pending[namespace] = pending
             self._messages[namespace] = msgs
@@ -297,13 +316,19 @@ class InMemoryStore(MemoryStore):
 
     def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
         with self._lock:
-            self._edges[namespace] = {(int(s), int(d)): float(w) for s, d, w in edges}
+            self._edges[namespace] = {(int(s), int(d)): float(w) for s, d, w in self._between_units(namespace, edges)}
 
     def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
         with self._lock:
             table = self._edges.setdefault(namespace, {})
-            for s, d, w in edges:
+            for s, d, w in self._between_units(namespace, edges):
                 table[(int(s), int(d))] = float(w)
+
+    def _between_units(
+        self, namespace: str, edges: Sequence[tuple[int, int, float]]
+    ) -> list[tuple[int, int, float]]:
+        keys = {s.key for s in self._units.get(namespace, {}).values()}
+        return [(s, d, w) for s, d, w in edges if int(s) in keys and int(d) in keys]
 
     def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
         with self._lock:
@@ -341,7 +366,10 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int = 500) -> Iterator[Sequence[_T]]:
     # Bounded IN lists: SQLite caps bound parameters per statement.
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -594,6 +622,12 @@ class SqlMemoryStore(MemoryStore):
             for chunk in _chunks(drop_units):
                 conn.execute(sa.delete(u).where(u.c.namespace == namespace, u.c.id.in_(chunk)))
                 conn.execute(sa.delete(um).where(um.c.namespace == namespace, um.c.unit_id.in_(chunk)))
+            e = schema.edges
+            # Two IN lists per statement: half the chunk size.
+            for keys in _chunks([unit_key(namespace, uid) for uid in _deleted_units(change)], 250):
+                conn.execute(
+                    sa.delete(e).where(e.c.namespace == namespace, sa.or_(e.c.src.in_(keys), e.c.dst.in_(keys)))
+                )
             if change.insert_units:
                 conn.execute(
                     sa.insert(u),
@@ -645,13 +679,14 @@ class SqlMemoryStore(MemoryStore):
         t = schema.edges
         with self._engine.begin() as conn:
             conn.execute(sa.delete(t).where(t.c.namespace == namespace))
-            self._insert_edges(conn, namespace, edges)
+            self._insert_edges(conn, namespace, self._between_units(conn, namespace, edges))
 
     def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
         t = schema.edges
         if not edges:
             return
         with self._engine.begin() as conn:
+            edges = self._between_units(conn, namespace, edges)
             pairs = {(int(s), int(d)) for s, d, _ in edges}
             srcs = sorted({s for s, _ in pairs})
             for start in range(0, len(srcs), 500):
@@ -663,6 +698,19 @@ class SqlMemoryStore(MemoryStore):
                 for s, d in stale:
                     conn.execute(sa.delete(t).where(t.c.namespace == namespace, t.c.src == s, t.c.dst == d))
             self._insert_edges(conn, namespace, edges)
+
+    @staticmethod
+    def _between_units(
+        conn: sa.Connection, namespace: str, edges: Sequence[tuple[int, int, float]]
+    ) -> list[tuple[int, int, float]]:
+        u = schema.units
+        ends = sorted({int(k) for s, d, _ in edges for k in (s, d)})
+        keys: set[int] = set()
+        for chunk in _chunks(ends):
+            keys.update(int(k) for k in conn.execute(
+                sa.select(u.c.key).where(u.c.namespace == namespace, u.c.key.in_(chunk))
+            ).scalars())
+        return [(s, d, w) for s, d, w in edges if int(s) in keys and int(d) in keys]
 
     @staticmethod
     def _insert_edges(conn: sa.Connection, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from core.errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
@@ -87,6 +88,8 @@ class InvokeRequest:
     scope: str
     name: str
     arguments_json: str = ""
+    arguments_field: str = "arguments_json"
+    """The request field ``arguments_json`` came from, named in violations (``tool_call.arguments_json``)."""
     instruction: str = ""
     tokens: Any = ()
     """Logprobs behind the call: a gates ``TokenStream`` or a sequence of token dicts."""
@@ -267,9 +270,13 @@ class ToolInvoker:
             self._audit(trace, Outcome.NOT_FOUND, Step.VALIDATE, str(exc))
             raise
         trace.tool_version = tool.version
-        arguments, bad = parse_arguments(req.arguments_json)
+        arguments, bad = parse_arguments(req.arguments_json, req.arguments_field)
         if not bad:
-            bad = self.registry.violations(tool, arguments)
+            try:
+                bad = self.registry.violations(tool, arguments, req.arguments_field)
+            except FailedPreconditionError as exc:
+                self._audit(trace, Outcome.INVALID_ARGUMENT, Step.VALIDATE, str(exc))
+                raise
         trace.arguments_sha256 = args_hash(arguments if arguments is not None else req.arguments_json)
         if bad:
             self._audit(trace, Outcome.INVALID_ARGUMENT, Step.VALIDATE, "; ".join(v.description for v in bad))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -12,14 +13,45 @@ from typing import Any
 
 from core.errors import FieldViolation, InvalidArgumentError
 
+# Every pattern here is used with fullmatch: "$" alone would accept a trailing newline.
 # Dots separate an MCP server's name from its tools ("files.read") and builtins ("memory.search").
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
+# An HTTP header name is an RFC 9110 token; a value is visible characters, spaces and tabs. A CR or LF
+# would let a registered tool inject headers (or a whole request) into what the sidecar sends.
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]{1,256}$")
+HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e\x80-\U0010ffff]*$")
+# The memory engine's limit on session ids (``memory.engine.MAX_ID_LEN``; a test keeps the two equal).
+MAX_SESSION_ID_LEN = 255
+MAX_TIMEOUT_S = 3600.0
 
 
 def utcnow() -> datetime:
     """Timezone-aware now; every timestamp in this package is UTC."""
     return datetime.now(UTC)
+
+
+def _has_control(text: str, allowed: str = "") -> bool:
+    """True if ``text`` holds an ASCII control character (NUL, CR, LF, ...) other than ``allowed``."""
+    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
+
+
+def _header_violations(headers: dict[str, str], field: str) -> list[FieldViolation]:
+    bad: list[FieldViolation] = []
+    for key, value in headers.items():
+        where = f"{field}[{key[:40]!r}]"
+        if not HEADER_NAME_RE.fullmatch(key):
+            bad.append(FieldViolation(where, "a header name must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"))
+        if not HEADER_VALUE_RE.fullmatch(value):
+            bad.append(FieldViolation(where, "a header value must not contain CR, LF, NUL or other control characters"))
+    return bad
+
+
+def _timeout_violation(value: float, field: str) -> FieldViolation | None:
+    # Written so NaN fails too: every comparison with NaN is false.
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        return FieldViolation(field, f"must be a finite number in (0, {MAX_TIMEOUT_S:g}], got {value}")
+    return None
 
 
 class ExecutorKind(StrEnum):
@@ -191,7 +223,7 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
     from tools.validation import schema_violations
 
     bad: list[FieldViolation] = []
-    if not TOOL_NAME_RE.match(d.name):
+    if not TOOL_NAME_RE.fullmatch(d.name):
         bad.append(FieldViolation(f"{prefix}.name", f"{d.name!r} must match {TOOL_NAME_RE.pattern}"))
     if not isinstance(d.input_schema, dict):
         bad.append(FieldViolation(f"{prefix}.input_schema_json", "must be a JSON object"))
@@ -203,8 +235,14 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
             )
     if d.output_schema is not None:
         bad += schema_violations(d.output_schema, f"{prefix}.output_schema_json")
-    if d.timeout_s <= 0 or d.timeout_s > 3600:
-        bad.append(FieldViolation(f"{prefix}.timeout_s", f"must be in (0, 3600], got {d.timeout_s}"))
+    if _has_control(d.description, "\t\n\r"):
+        bad.append(FieldViolation(f"{prefix}.description", "must not contain NUL or other control characters"))
+    for i, tag in enumerate(d.risk_tags):
+        if _has_control(tag):
+            bad.append(FieldViolation(f"{prefix}.risk_tags[{i}]", "must not contain NUL or other control characters"))
+    timeout = _timeout_violation(d.timeout_s, f"{prefix}.timeout_s")
+    if timeout is not None:
+        bad.append(timeout)
     if not 1 <= d.max_concurrency <= 1024:
         bad.append(
             FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {d.max_concurrency}")
@@ -219,6 +257,7 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
             bad.append(FieldViolation(f"{prefix}.http.url", f"must be an http(s) URL, got {ex.url!r}"))
         if ex.method.upper() not in ("POST", "PUT", "GET"):
             bad.append(FieldViolation(f"{prefix}.http.method", "must be POST, PUT or GET"))
+        bad += _header_violations(ex.headers, f"{prefix}.http.headers")
     elif ex.kind == ExecutorKind.MCP:
         if not ex.mcp_server or not ex.mcp_tool:
             bad.append(FieldViolation(f"{prefix}.mcp", "needs server and tool"))
@@ -234,10 +273,14 @@ MAX_SPEC_TEXT = 4096
 def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
     """Raise InvalidArgumentError for a malformed MCP server spec."""
     bad: list[FieldViolation] = []
-    if not SERVER_NAME_RE.match(spec.name):
+    if not SERVER_NAME_RE.fullmatch(spec.name):
         bad.append(FieldViolation(f"{prefix}.name", f"{spec.name!r} must match {SERVER_NAME_RE.pattern}"))
     if spec.transport == McpTransport.STDIO and not spec.command:
         bad.append(FieldViolation(f"{prefix}.command", "a stdio server needs a command"))
+    if spec.transport == McpTransport.STDIO and spec.url:
+        bad.append(FieldViolation(f"{prefix}.url", "a stdio server takes a command, not a url"))
+    if spec.transport == McpTransport.STREAMABLE_HTTP and spec.command:
+        bad.append(FieldViolation(f"{prefix}.command", "a streamable HTTP server takes a url, not a command"))
     if spec.transport == McpTransport.STREAMABLE_HTTP and not spec.url.startswith(("http://", "https://")):
         bad.append(
             FieldViolation(
@@ -256,8 +299,41 @@ def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
         for key, value in mapping.items():
             if len(key) > MAX_SPEC_TEXT or len(value) > MAX_SPEC_TEXT:
                 bad.append(FieldViolation(f"{prefix}.{kind}[{key[:40]!r}]", f"longer than {MAX_SPEC_TEXT} characters"))
-    if spec.timeout_s <= 0:
-        bad.append(FieldViolation(f"{prefix}.timeout_s", "must be > 0"))
+    # A NUL cannot pass to exec(), a process environment or a URL.
+    texts = [("command", spec.command), ("cwd", spec.cwd), ("url", spec.url)]
+    texts += [(f"args[{i}]", a) for i, a in enumerate(spec.args)]
+    texts += [(f"env[{k[:40]!r}]", k + v) for k, v in spec.env.items()]
+    for name, value in texts:
+        if "\x00" in value:
+            bad.append(FieldViolation(f"{prefix}.{name}", "must not contain NUL"))
+    bad += _header_violations(spec.headers, f"{prefix}.headers")
+    timeout = _timeout_violation(spec.timeout_s, f"{prefix}.timeout_s")
+    if timeout is not None:
+        bad.append(timeout)
+    if not 1 <= spec.max_concurrency <= 1024:
+        bad.append(
+            FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {spec.max_concurrency}")
+        )
+    if not 1 <= spec.max_output_bytes <= 64 * 1024 * 1024:
+        bad.append(FieldViolation(f"{prefix}.max_output_bytes", "must be in [1, 64 MiB]"))
+    if bad:
+        raise InvalidArgumentError(bad)
+
+
+def session_id_violations(session_id: str, field: str) -> list[FieldViolation]:
+    """Why memory would refuse writes to ``session_id`` (empty when it would take them)."""
+    bad: list[FieldViolation] = []
+    if len(session_id) > MAX_SESSION_ID_LEN:
+        bad.append(FieldViolation(field, f"longer than {MAX_SESSION_ID_LEN} characters"))
+    if _has_control(session_id):
+        # Postgres cannot store a NUL at all.
+        bad.append(FieldViolation(field, "must not contain NUL or other control characters"))
+    return bad
+
+
+def validate_policy(policy: ToolPolicy, *, prefix: str = "policy") -> None:
+    """Raise InvalidArgumentError for a policy whose memory writes could never succeed."""
+    bad = session_id_violations(policy.memory_session_id, f"{prefix}.memory_session_id")
     if bad:
         raise InvalidArgumentError(bad)
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from core.errors import AlreadyExistsError, FieldViolation, InvalidArgumentError
+from core.errors import AlreadyExistsError, FailedPreconditionError, FieldViolation, InvalidArgumentError
 from tools.audit import AuditLog
 from tools.executors import BuiltinExecutor, ExecResult, HttpExecutor
 from tools.mcp_client import McpConnection, McpManager, McpTool, definitions_from_mcp
@@ -25,6 +25,7 @@ from tools.model import (
     ToolDefinition,
     ToolPolicy,
     validate_definition,
+    validate_policy,
     validate_server,
 )
 from tools.runner import ConcurrencyLimiter, RunResult, run_with_policy
@@ -229,8 +230,16 @@ class ToolRegistry:
     def violations(
         tool: ToolDefinition, arguments: Any, field: str = "arguments_json"
     ) -> list[FieldViolation]:
-        """Every way ``arguments`` break the tool's input schema (empty when valid)."""
-        return argument_violations(tool.input_schema, arguments, field)
+        """Every way ``arguments`` break the tool's input schema (empty when valid).
+
+        FailedPreconditionError if the stored schema itself cannot be used (a ``$ref`` to nothing).
+        """
+        try:
+            return argument_violations(tool.input_schema, arguments, field)
+        except FailedPreconditionError as exc:
+            raise FailedPreconditionError(
+                f"tool {tool.name!r} version {tool.version}: {exc}; register a corrected version"
+            ) from None
 
     # -- execution ---------------------------------------------------------------------------------
 
@@ -276,7 +285,8 @@ class ToolRegistry:
         return cached
 
     async def set_policy(self, scope: str, policy: ToolPolicy) -> None:
-        """Replace the scope's Invoke policy."""
+        """Replace the scope's Invoke policy (InvalidArgumentError if memory could never take its writes)."""
+        validate_policy(policy)
         await self._offload(self.store.set_policy, scope, policy)
         self._policy_cache[scope] = policy
 

@@ -8,18 +8,57 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.jsonschema
 from jsonschema import validators
 from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema_specifications import REGISTRY as METASCHEMAS
+from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 
-from core.errors import FieldViolation
+from core.errors import FailedPreconditionError, FieldViolation
 
 # More than this many errors are summarised: a hostile payload must not produce a huge reply.
 MAX_VIOLATIONS = 20
+# Keywords whose string value is a reference to resolve (2020-12, 2019-09, and drafts 4-7).
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+# The published metaschemas only; a $ref to anything else must point inside the schema itself. Passed to
+# every validator: without it jsonschema fetches unknown $ref URIs with urllib, so a registered schema
+# could make the sidecar request any URL it can reach (SSRF). A bare Registry never retrieves anything.
+_REGISTRY: referencing.Registry[Any] = METASCHEMAS.combine(referencing.Registry())
+
+
+def decode_json(text: str, field: str) -> tuple[Any, list[FieldViolation]]:
+    """Parse JSON text; every way it can fail becomes one violation of ``field`` (never an exception)."""
+    try:
+        return json.loads(text), []
+    except json.JSONDecodeError as exc:
+        why = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        why = "JSON nested too deeply to parse"
+    except ValueError:
+        # The only other ValueError of json.loads: Python's cap on int("...") (CVE-2020-10735).
+        why = f"an integer literal is longer than {sys.get_int_max_str_digits()} digits"
+    return None, [FieldViolation(field, why)]
+
+
+def _has_lone_surrogate(text: str, value: Any) -> bool:
+    # Only a \uXXXX escape can produce one (gRPC strings are valid UTF-8); it cannot be encoded again,
+    # so a guard, an HTTP tool or the database would fail on it later.
+    if "\\u" not in text:
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _json_path(prefix: str, path: Iterable[Any]) -> str:
@@ -37,7 +76,7 @@ def _schema_path(path: deque[Any] | Iterable[Any]) -> str:
 def _compiled(schema_text: str) -> jsonschema.protocols.Validator:
     schema = json.loads(schema_text)
     cls = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_REGISTRY)
 
 
 def compile_schema(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
@@ -54,7 +93,41 @@ def schema_violations(schema: Any, field: str) -> list[FieldViolation]:
         cls.check_schema(schema)
     except SchemaError as exc:
         return [FieldViolation(field, f"invalid JSON Schema at {_schema_path(exc.path)}: {exc.message}")]
-    return []
+    return [FieldViolation(field, why) for why in reference_problems(schema)]
+
+
+def _ref_problem(ref: str, exc: Unresolvable) -> str:
+    if isinstance(exc, PointerToNowhere | NoSuchAnchor | InvalidAnchor):
+        return f"$ref {ref[:200]!r} points to nothing in the schema"
+    return (
+        f"$ref {ref[:200]!r} refers to a document outside the schema; remote references are never fetched "
+        "(put the definition under $defs)"
+    )
+
+
+def reference_problems(schema: dict[str, Any]) -> list[str]:
+    """Why each ``$ref`` of ``schema`` cannot be resolved (against the schema and the metaschemas only).
+
+    Walks the schema as validation would (keywords holding subschemas, ``$id`` changing the base URI),
+    without recursion: a registered schema may be nested as deeply as JSON allows.
+    """
+    root = referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)
+    stack = [(root, _REGISTRY.resolver_with_root(root))]
+    problems: list[str] = []
+    while stack and len(problems) < MAX_VIOLATIONS:
+        resource, resolver = stack.pop()
+        resolver = resolver.in_subresource(resource)
+        contents = resource.contents
+        if isinstance(contents, dict):
+            for keyword in _REF_KEYWORDS:
+                ref = contents.get(keyword)
+                if isinstance(ref, str):
+                    try:
+                        resolver.lookup(ref)
+                    except Unresolvable as exc:
+                        problems.append(_ref_problem(ref, exc))
+        stack.extend((sub, resolver) for sub in resource.subresources())
+    return problems
 
 
 def _leaf_errors(errors: Iterable[ValidationError]) -> list[ValidationError]:
@@ -72,9 +145,19 @@ def _leaf_errors(errors: Iterable[ValidationError]) -> list[ValidationError]:
 def argument_violations(
     schema: dict[str, Any], arguments: Any, field: str = "arguments_json"
 ) -> list[FieldViolation]:
-    """Every way ``arguments`` breaks ``schema``, each with the argument path and the schema rule."""
+    """Every way ``arguments`` breaks ``schema``, each with the argument path and the schema rule.
+
+    A schema that cannot be used (a ``$ref`` to nothing, stored before Register checked references or
+    imported from an MCP server) raises FailedPreconditionError: the arguments are not at fault.
+    """
     validator = compile_schema(schema)
-    errors = sorted(validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), str(e.validator)))
+    try:
+        errors = sorted(
+            validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), str(e.validator))
+        )
+    except Unresolvable as exc:
+        ref = str(getattr(exc, "ref", "?"))
+        raise FailedPreconditionError(f"the input schema cannot be used: {_ref_problem(ref, exc)}") from None
     out: list[FieldViolation] = []
     for err in _leaf_errors(errors):
         path = list(err.path)
@@ -99,14 +182,11 @@ def parse_arguments(arguments_json: str, field: str = "arguments_json") -> tuple
     """Decode the arguments' JSON text; an empty string means ``{}``."""
     if not arguments_json.strip():
         return {}, []
-    try:
-        value = json.loads(arguments_json)
-    except json.JSONDecodeError as exc:
-        return None, [
-            FieldViolation(field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-        ]
-    except RecursionError:
-        return None, [FieldViolation(field, "JSON nested too deeply to parse")]
+    value, bad = decode_json(arguments_json, field)
+    if bad:
+        return None, bad
     if not isinstance(value, dict):
         return None, [FieldViolation(field, f"must be a JSON object, got {type(value).__name__}")]
+    if _has_lone_surrogate(arguments_json, value):
+        return None, [FieldViolation(field, "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)")]
     return value, []

@@ -114,6 +114,9 @@ class EngineMemory:
         res = await self.rt.offload(self.rt.memory.write, self.scope, session_id, _messages(session_id, messages))
         return list(res.message_ids)
 
+    async def delete(self, message_ids: Sequence[str]) -> None:
+        await self.rt.offload(self.rt.memory.delete, self.scope, message_ids=list(message_ids))
+
     async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
         await self.rt.offload(self.rt.memory.prefetch, [query], _messages("", messages))
 

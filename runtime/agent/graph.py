@@ -501,12 +501,32 @@ async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
     turn = state["turn_id"]
     await _prefetched(ctx)
     # Deterministic ids: a write retried after a crash between the write and the checkpoint is a no-op.
-    ids = await ctx.ports.memory.write(ctx.thread_id, [
+    messages = [
         (f"{turn}-u", state.get("speaker") or "user", state["user"]),
         (f"{turn}-a", "assistant", state["answer"]),
-    ])
+    ]
+    write = asyncio.ensure_future(ctx.ports.memory.write(ctx.thread_id, messages))
+    try:
+        ids = await asyncio.shield(write)
+    except asyncio.CancelledError:
+        # Cancelled (client gone, deadline) while writing: the write goes on in a worker thread and may still
+        # commit, while the thread's checkpoint will not count this turn. Take it back once it is done, so a
+        # cancelled turn leaves no memory (a retry of the turn would otherwise store the exchange twice).
+        await asyncio.shield(_take_back(ctx, write, [m[0] for m in messages]))
+        raise
     runtime.stream_writer({"type": "memory_write", "message_ids": list(ids)})
     return {"memory_ids": list(ids)}
+
+
+async def _take_back(ctx: TurnContext, write: asyncio.Future[list[str]], message_ids: list[str]) -> None:
+    try:
+        await write
+    except Exception:  # the write failed: nothing was stored
+        return
+    try:
+        await ctx.ports.memory.delete(message_ids)
+    except Exception:
+        log.exception("could not take back the memory write of a cancelled turn (message ids %s)", message_ids)
 
 
 @_stage("finish")

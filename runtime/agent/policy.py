@@ -67,6 +67,8 @@ class TurnPolicy:
                                        "namespace's agent policy (policies.*.agent.llm_base_url)")
         if not self.llm_base_url.startswith(("http://", "https://")):
             raise InvalidArgumentError("policy.llm_base_url", f"{self.llm_base_url!r} must be an http(s) URL")
+        if len(self.candidates) > 16:
+            raise InvalidArgumentError("policy.candidates", f"{len(self.candidates)} candidates; at most 16")
         checks = [
             ("num_candidates", 1 <= self.num_candidates <= 16, "must be in 1..16"),
             ("max_tool_rounds", 0 <= self.max_tool_rounds <= 16, "must be in 0..16"),
@@ -75,7 +77,8 @@ class TurnPolicy:
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in 0..20"),
             ("max_tokens", self.max_tokens >= 0, "must be >= 0"),
             ("temperature", 0.0 <= self.temperature <= 2.0, "must be in 0..2"),
-            ("llm_timeout_s", self.llm_timeout_s > 0, "must be > 0"),
+            # 1 day: a finite bound that no real call reaches (inf would make the deadline arithmetic meaningless).
+            ("llm_timeout_s", 0 < self.llm_timeout_s <= 86400, "must be in (0, 86400] seconds"),
         ]
         for name, ok, rule in checks:
             if not ok:

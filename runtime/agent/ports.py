@@ -118,6 +118,10 @@ class TurnMemory(Protocol):
         """Write (id, speaker, text) messages atomically; returns their ids."""
         ...
 
+    async def delete(self, message_ids: Sequence[str]) -> None:
+        """Delete messages by id (ids that are not stored are ignored): takes back a write of a cancelled turn."""
+        ...
+
     async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
         """Prepare (embed) what a later ``search(query)`` and ``write(messages)`` will need; stores nothing."""
         ...
@@ -229,6 +233,9 @@ class NoMemory:
 
     async def write(self, session_id: str, messages: Sequence[tuple[str, str, str]]) -> list[str]:
         return []
+
+    async def delete(self, message_ids: Sequence[str]) -> None:
+        return None
 
     async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +66,12 @@ def op_to_proto(op: Op, default_index: list[str] | None) -> agent_pb2.StoreOp:
     raise TypeError(f"unknown store operation {type(op).__name__}")
 
 
+#: What a StoreBatch op's ``limit`` of 0 (proto3's unset) means: LangGraph's own defaults.
+SEARCH_LIMIT = 10
+LIST_NAMESPACES_LIMIT = 100
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _json_object(text: str, field_name: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -74,6 +81,14 @@ def _json_object(text: str, field_name: str) -> dict[str, Any]:
         raise InvalidArgumentError(field_name, "JSON nested too deeply to parse") from None
     if not isinstance(value, dict):
         raise InvalidArgumentError(field_name, "must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text):
+        # A paired escape decodes to one character; an unpaired one leaves a lone surrogate, which no database
+        # or tokenizer can encode.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            why = "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+            raise InvalidArgumentError(field_name, why) from None
     return value
 
 
@@ -90,7 +105,7 @@ def op_from_proto(op: agent_pb2.StoreOp, at: str) -> Op:
         s = op.search
         filt = _json_object(s.filter_json, f"{at}.search.filter_json") if s.filter_json else None
         return SearchOp(
-            tuple(s.path_prefix), filt, s.limit, s.offset, s.query if s.HasField("query") else None
+            tuple(s.path_prefix), filt, s.limit or SEARCH_LIMIT, s.offset, s.query if s.HasField("query") else None
         )
     if kind == "list_namespaces":
         ln = op.list_namespaces
@@ -107,7 +122,7 @@ def op_from_proto(op: agent_pb2.StoreOp, at: str) -> Op:
         return ListNamespacesOp(
             tuple(conds) or None,
             ln.max_depth if ln.HasField("max_depth") else None,
-            ln.limit,
+            ln.limit or LIST_NAMESPACES_LIMIT,
             ln.offset,
         )
     raise InvalidArgumentError(at, "exactly one of get, put, search, list_namespaces must be set")

@@ -25,6 +25,7 @@ from tools.model import (
     ToolPolicy,
 )
 from tools.search import ToolSearchResult
+from tools.validation import decode_json
 
 _DEFAULTS = ToolDefinition(
     name="", description="", input_schema={}, executor=ExecutorSpec(ExecutorKind.BUILTIN)
@@ -71,14 +72,9 @@ def _json_field(text: str, field: str, *, required: bool) -> dict[str, Any] | No
         if required:
             return {"type": "object"}
         return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(
-            field, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise InvalidArgumentError(field, "JSON nested too deeply to parse") from None
+    value, bad = decode_json(text, field)
+    if bad:
+        raise InvalidArgumentError(bad)
     if not isinstance(value, dict):
         raise InvalidArgumentError(field, "must be a JSON object (a JSON Schema)")
     return value
@@ -150,6 +146,18 @@ def server_from_proto(msg: tool_pb2.McpServer, prefix: str = "server") -> McpSer
         transport = McpTransport.STDIO
     elif msg.transport == tool_pb2.MCP_TRANSPORT_STREAMABLE_HTTP:
         transport = McpTransport.STREAMABLE_HTTP
+    elif msg.transport != tool_pb2.MCP_TRANSPORT_UNSPECIFIED:
+        raise InvalidArgumentError(
+            f"{prefix}.transport",
+            f"unknown transport {msg.transport}: use STDIO or STREAMABLE_HTTP (or leave it unset)",
+        )
+    elif msg.command and msg.url:
+        raise InvalidArgumentError(
+            [
+                FieldViolation(f"{prefix}.command", "give a command (stdio) or a url (streamable HTTP), not both"),
+                FieldViolation(f"{prefix}.url", "give a command (stdio) or a url (streamable HTTP), not both"),
+            ]
+        )
     elif msg.command:
         transport = McpTransport.STDIO
     elif msg.url:

@@ -116,7 +116,8 @@ class TokenStream:
         full: np.ndarray | None = None
         if full_entropy is not None and len(full_entropy) == n and n:
             vals = np.array([np.nan if v is None else v for v in full_entropy], dtype=np.float64)
-            present = ~np.isnan(vals)
+            # Presence from the field itself: an explicit NaN is a bad value, not an absent one.
+            present = np.array([v is not None for v in full_entropy], dtype=bool)
             for i in np.flatnonzero(present & (~np.isfinite(vals) | (vals < 0)))[:5].tolist():
                 violations.append(
                     FieldViolation(f"{field_name}[{i}].full_entropy", f"must be finite and >= 0 nats, got {vals[i]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -10,11 +11,11 @@ from typing import Any
 import grpc
 from agentrt.v1 import tool_pb2, tool_pb2_grpc
 
-from core.errors import InvalidArgumentError
+from core.errors import FieldViolation, InvalidArgumentError
 from runtime.container import Runtime
 from runtime.convert import tool as conv
 from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
-from tools.model import ToolPolicy, utcnow
+from tools.model import ToolPolicy, session_id_violations, utcnow
 from tools.registry import ToolRegistry
 from tools.search import ToolSearch
 from tools.sql_store import SqlToolStore
@@ -122,6 +123,12 @@ async def stop(rt: Runtime) -> None:
         await rt.tools.aclose()
 
 
+def _check_version(version: int) -> None:
+    """Get, Validate and Invoke read a tool version the same way: 0 is the latest, negatives are refused."""
+    if version < 0:
+        raise InvalidArgumentError("version", "must be >= 0 (0 = latest)")
+
+
 class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
     """Thin servicer: validate, convert, call the component, convert back."""
 
@@ -147,8 +154,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
 
     async def Get(self, request: tool_pb2.GetToolRequest, context: Any) -> tool_pb2.GetToolResponse:
         scope = await self._rt.scope(request.namespace)
-        if request.version < 0:
-            raise InvalidArgumentError("version", "must be >= 0 (0 = latest)")
+        _check_version(request.version)
         tool = await self._reg.get(scope, request.name, request.version)
         versions = [v.version for v in await self._reg.versions(scope, request.name)] or [tool.version]
         return tool_pb2.GetToolResponse(tool=conv.tool_to_proto(tool), versions=versions)
@@ -205,6 +211,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         self, request: tool_pb2.ValidateToolArgumentsRequest, context: Any
     ) -> tool_pb2.ValidateToolArgumentsResponse:
         scope = await self._rt.scope(request.namespace)
+        _check_version(request.version)
         tool = await self._reg.get(scope, request.name, request.version)
         arguments, bad = parse_arguments(request.arguments_json)
         if not bad:
@@ -213,13 +220,27 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
 
     async def Invoke(self, request: tool_pb2.InvokeToolRequest, context: Any) -> tool_pb2.InvokeToolResponse:
         scope = await self._rt.scope(request.namespace, write=True)
-        name, arguments_json = request.name, request.arguments_json
-        if request.HasField("tool_call") and request.tool_call.name:
+        name, arguments_json, arguments_field = request.name, request.arguments_json, "arguments_json"
+        if request.HasField("tool_call"):
+            # Two calls in one request: running either would silently drop the other.
+            both = [f for f in ("name", "arguments_json") if getattr(request, f)]
+            if both:
+                why = "set name and arguments_json, or tool_call, not both"
+                raise InvalidArgumentError([FieldViolation(f, why) for f in [*both, "tool_call"]])
             name, arguments_json = request.tool_call.name, request.tool_call.arguments_json
+            arguments_field = "tool_call.arguments_json"
         if not name:
-            raise InvalidArgumentError("name", "is required (or tool_call.name)")
-        if request.timeout_s < 0:
-            raise InvalidArgumentError("timeout_s", "must be >= 0 (0 = the tool's timeout)")
+            raise InvalidArgumentError("tool_call.name" if request.HasField("tool_call") else "name", "is required")
+        # Written so NaN fails too; +inf would mean "no timeout", which 0 already says.
+        if not (math.isfinite(request.timeout_s) and request.timeout_s >= 0):
+            raise InvalidArgumentError(
+                "timeout_s", f"must be a finite number >= 0 (0 = the tool's timeout), got {request.timeout_s}"
+            )
+        _check_version(request.version)
+        # The memory write would fail after the call ran, reported only in `reason`.
+        bad_session = session_id_violations(request.session_id, "session_id")
+        if bad_session:
+            raise InvalidArgumentError(bad_session)
         tokens: Any = ()
         if request.tokens:
             from runtime.convert.gate import tokens_from_proto
@@ -234,6 +255,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
                 scope=scope,
                 name=name,
                 arguments_json=arguments_json,
+                arguments_field=arguments_field,
                 instruction=request.instruction,
                 tokens=tokens,
                 available_tools=tuple(request.available_tools),

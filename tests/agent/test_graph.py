@@ -183,6 +183,13 @@ def test_policy_rules_name_the_field() -> None:
         TurnPolicy(llm_base_url="http://x/v1", num_candidates=0).validate()
     assert err.value.violations[0].field == "policy.num_candidates"
     with pytest.raises(InvalidArgumentError) as err:
+        TurnPolicy(llm_base_url="http://x/v1", candidates=tuple({"model": "m"} for _ in range(17))).validate()
+    assert err.value.violations[0].field == "policy.candidates"
+    for timeout in (float("inf"), float("nan"), 0.0, 86401.0):
+        with pytest.raises(InvalidArgumentError) as err:
+            TurnPolicy(llm_base_url="http://x/v1", llm_timeout_s=timeout).validate()
+        assert err.value.violations[0].field == "policy.llm_timeout_s"
+    with pytest.raises(InvalidArgumentError) as err:
         TurnPolicy.from_dict({"modle": "x"})
     assert "modle" in str(err.value)
     merged = TurnPolicy(model="a", num_candidates=2).merged({"model": "b", "temperature": None})

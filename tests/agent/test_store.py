@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import grpc
@@ -178,6 +179,43 @@ def test_bad_ops_are_invalid_argument_naming_the_field(sidecar) -> None:
         stub.StoreBatch(too_deep, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ops[0].put.value_json" in str(rpc_status.from_call(err.value).details)
+    # An unpaired surrogate escape cannot be stored or embedded; a paired one is an ordinary character. The good put
+    # before the bad one is not applied either (a batch is atomic).
+    for index_fields in ([], ["t"]):
+        lone = agent_pb2.StoreBatchRequest(namespace="app-bad", ops=[
+            agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["a"], key="ok", value_json='{"t": "fine"}')),
+            agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["a"], key="k", value_json='{"t": "x\\ud800"}',
+                                                     index_fields=index_fields)),
+        ])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.StoreBatch(lone, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ops[1].put.value_json" in str(rpc_status.from_call(err.value).details)
+    get_ok = agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=["a"], key="ok"))
+    assert not stub.StoreBatch(agent_pb2.StoreBatchRequest(namespace="app-bad", ops=[get_ok])).results[0].get.HasField(
+        "item")
+    paired = agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["a"], key="smile", value_json='{"t": "\\ud83d\\ude00"}',
+                                                      index_fields=["t"]))
+    stub.StoreBatch(agent_pb2.StoreBatchRequest(namespace="app-bad", ops=[paired]), timeout=10)
+    got = stub.StoreBatch(agent_pb2.StoreBatchRequest(namespace="app-bad", ops=[
+        agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=["a"], key="smile"))]), timeout=10)
+    assert json.loads(got.results[0].get.item.value_json) == {"t": "\U0001f600"}
+
+
+def test_limit_left_unset_means_langgraphs_default(sidecar) -> None:
+    srv, _store = sidecar
+    stub = srv.client.agent
+    puts = [agent_pb2.StoreOp(put=agent_pb2.StorePut(path=["lim", str(i)], key=f"k{i}", value_json=f'{{"i": {i}}}'))
+            for i in range(12)]
+    stub.StoreBatch(agent_pb2.StoreBatchRequest(namespace="app-limit", ops=puts), timeout=10)
+    reply = stub.StoreBatch(agent_pb2.StoreBatchRequest(namespace="app-limit", ops=[
+        agent_pb2.StoreOp(search=agent_pb2.StoreSearch(path_prefix=["lim"])),
+        agent_pb2.StoreOp(list_namespaces=agent_pb2.StoreListNamespaces()),
+        agent_pb2.StoreOp(search=agent_pb2.StoreSearch(path_prefix=["lim"], limit=3)),
+    ]), timeout=10)
+    assert len(reply.results[0].search.items) == 10
+    assert len(reply.results[1].list_namespaces.namespaces) == 12
+    assert len(reply.results[2].search.items) == 3
 
 
 def test_items_survive_a_restart(make_server, db_url) -> None:
@@ -196,8 +234,8 @@ def test_items_survive_a_restart(make_server, db_url) -> None:
     store.close()
 
 
-def test_tenants_never_share_items(make_server) -> None:
-    srv = make_server(embedding_model="hashing", tokens=[
+def test_tenants_never_share_items(make_server, db_url) -> None:
+    srv = make_server(embedding_model="hashing", db_url=db_url, tokens=[
         {"token": "tok-a", "tenant": "acme"}, {"token": "tok-b", "tenant": "globex"},
         {"token": "tok-ro", "tenant": "acme", "read_only": True},
     ])

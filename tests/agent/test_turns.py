@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
+from typing import Any
 
 import grpc
 import pytest
@@ -11,7 +14,7 @@ from agentrt.v1 import agent_pb2, common_pb2
 from grpc_status import rpc_status
 
 from runtime.agent.graph import BLOCKED_ANSWER
-from runtime.agent.ports import AllowAllGuard
+from runtime.agent.ports import AllowAllGuard, NoMemory
 from tests.agent.conftest import LookupTools, MarkerGuard, of, resume, stages, turn
 
 NS = "agent-tests"
@@ -194,18 +197,27 @@ def test_missing_endpoint_is_invalid_argument(srv) -> None:
     assert "policy.llm_base_url" in str(rpc_status.from_call(err.value).details)
 
 
+def _memory_texts(srv, words: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [h.text for h in srv.client.search(NS, words, top_k=5).hits if words.split()[0] in h.text]
+
+
 def test_deadline_propagates_and_leaves_no_memory(srv, llm) -> None:
+    before = len(llm.requests)
     with pytest.raises(grpc.RpcError) as err:
-        turn(srv.client, NS, "t12", "slow one [slow:3]", llm_base_url=llm.base_url, timeout=1.0)
+        turn(srv.client, NS, "t12", "slow one [slow:1.5]", llm_base_url=llm.base_url, timeout=0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert not [h for h in srv.client.search(NS, "slow one", top_k=5).hits if "slow" in h.text]
+    # Past the LLM's answer: had the graph run on, it would have made its next calls and written to memory by now.
+    time.sleep(1.8)
+    assert len(llm.requests) - before == 1
+    assert not _memory_texts(srv, "slow one")
     # The thread is usable again.
     events = turn(srv.client, NS, "t12", "fast", llm_base_url=llm.base_url)
     assert of(events, "result")[0].answer == "default: fast"
 
 
 def test_cancelled_turn_leaves_no_memory(srv, llm) -> None:
-    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13", message="cancel me [slow:2]",
+    before = len(llm.requests)
+    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13", message="cancel me [slow:1.5]",
                                        policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
     call = srv.client.agent.RunTurn(request, timeout=30)
     first = next(call)  # the turn is running
@@ -214,9 +226,58 @@ def test_cancelled_turn_leaves_no_memory(srv, llm) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(call)
     assert err.value.code() == grpc.StatusCode.CANCELLED
-    assert not [h for h in srv.client.search(NS, "cancel me", top_k=5).hits if "cancel" in h.text]
+    time.sleep(1.8)
+    assert len(llm.requests) - before == 1
+    assert not _memory_texts(srv, "cancel me")
     thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id="t13"), timeout=10)
     assert thread.turns == 0
+
+
+class _WriteInAThread(NoMemory):
+    """A memory whose write commits in a worker thread after ``delay`` s, as the engine's does: cancelling the
+    coroutine that awaits it does not stop it."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.stored: dict[str, str] = {}
+        self.writing = threading.Event()
+
+    async def write(self, session_id: str, messages: Any) -> list[str]:
+        def commit() -> list[str]:
+            self.writing.set()
+            time.sleep(self.delay)
+            self.stored.update({mid: text for mid, _speaker, text in messages})
+            return [mid for mid, _speaker, _text in messages]
+
+        return await asyncio.get_running_loop().run_in_executor(None, commit)
+
+    async def delete(self, message_ids: Any) -> None:
+        for mid in message_ids:
+            self.stored.pop(mid, None)
+
+
+def test_a_turn_cancelled_while_its_memory_write_runs_takes_the_write_back(srv, llm) -> None:
+    memory = _WriteInAThread(delay=0.5)
+    srv.rt.extras["agent_ports"]["memory"] = lambda rt, scope: memory
+    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13b", message="remember me",
+                                       policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
+    call = srv.client.agent.RunTurn(request, timeout=30)
+    for event in call:
+        if event.WhichOneof("event") == "stage" and event.stage.name == "write_memory":
+            break
+    assert memory.writing.wait(10)
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as err:
+        list(call)
+    assert err.value.code() == grpc.StatusCode.CANCELLED
+    time.sleep(1.0)  # past the write's commit (0.5 s after it started) and the take-back
+    assert memory.stored == {}
+    thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id="t13b"), timeout=10)
+    assert thread.turns == 0
+    # Not cancelled, the same memory keeps the turn.
+    events = turn(srv.client, NS, "t13c", "keep me", llm_base_url=llm.base_url)
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+    assert sorted(memory.stored.values()) == ["default: keep me", "keep me"]
 
 
 def test_threads_are_scoped_to_their_namespace(srv, llm) -> None:
@@ -224,3 +285,30 @@ def test_threads_are_scoped_to_their_namespace(srv, llm) -> None:
     with pytest.raises(grpc.RpcError) as err:
         srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace="elsewhere", thread_id="shared"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_namespace_agent_policy_from_the_config_drives_turns_that_set_none(make_server, llm) -> None:
+    unreachable = "http://127.0.0.1:9/v1"
+    srv = make_server(embedding_model="hashing", policies={
+        "defaults": {"agent": {"llm_base_url": unreachable}},
+        "namespaces": {"bot": {"agent": {"llm_base_url": llm.base_url, "system_prompt": "Be brief.",
+                                         "tools": ["lookup"], "approval_tools": ["lookup"]}}},
+    })
+    tools = LookupTools()
+    srv.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools, "guard": lambda rt, scope: AllowAllGuard()}
+    # "bot" runs on its own endpoint, prompt, tools and approval list; the request sets no policy at all.
+    request = agent_pb2.RunTurnRequest(namespace="bot", thread_id="p1", message='look [call:lookup {"q": "x"}]')
+    events = list(srv.client.agent.RunTurn(request, timeout=30))
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_INTERRUPTED
+    assert result.interrupt.kind == agent_pb2.INTERRUPT_KIND_TOOL_APPROVAL and tools.calls == []
+    assert llm.requests[-1]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert [t["function"]["name"] for t in llm.requests[-1]["tools"]] == ["lookup"]
+    # A field the request sets wins over the namespace's.
+    events = turn(srv.client, "bot", "p2", "hi", system_prompt="Be long.")
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+    assert llm.requests[-1]["messages"][0]["content"] == "Be long."
+    # Another namespace gets the defaults: an endpoint that is down, named in the error.
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, "elsewhere", "p3", "hi")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:9" in (err.value.details() or "")

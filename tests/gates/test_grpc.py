@@ -80,6 +80,13 @@ def test_decide_rejects_non_finite_logprobs_naming_the_field(srv: Any) -> None:
     with pytest.raises(grpc.RpcError) as err:
         srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens))
     assert bad_fields(err.value) == ["tokens[0].logprob"]
+    # An explicit NaN entropy is a bad value, not an absent one (absent is the field left unset).
+    for bad in (float("nan"), float("inf"), -1.0):
+        tokens = toks(0.5, n=5)
+        tokens[2].full_entropy = bad
+        with pytest.raises(grpc.RpcError) as err:
+            srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=common_pb2.GATE_RETRIEVE, tokens=tokens))
+        assert bad_fields(err.value) == ["tokens[2].full_entropy"]
     with pytest.raises(grpc.RpcError) as err:
         srv.client.gate.Decide(gate_pb2.DecideRequest(namespace=NS, gate=99, tokens=toks(0.5)))  # type: ignore[arg-type]
     assert bad_fields(err.value) == ["gate"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from core.embedding import create_embedder
 from memory.association import AssociationConfig, AssociationManager
 from memory.engine import MemoryEngine
 from memory.index import NamespaceIndex
-from memory.model import Granularity, MemoryMessage, MemoryUnit
+from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery
 from memory.store import Change, InMemoryStore, MemoryStore, StoredUnit, unit_key
 
 NS = "acme/chat"
@@ -143,6 +145,86 @@ def test_engine_consolidation_clusters_and_links_without_blocking_writes(backgro
         stats = engine.stats(NS)
     assert stats.clusters >= 2 and stats.edges > 0 and stats.pending_sessions == 0
     assert engine.index(NS).edge_count() == stats.edges
+    engine.close()
+
+
+class _BlockedInTheWorker:
+    """An embedder that holds the background worker inside its derivation's model pass until released."""
+
+    def __init__(self) -> None:
+        self.inner = create_embedder("hashing")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if threading.current_thread().name == "memory-consolidation":
+            self.entered.set()
+            assert self.release.wait(60)
+        return self.inner.embed(texts)
+
+
+def test_writes_and_searches_go_on_while_consolidation_is_stuck_mid_derivation(store_factory) -> None:  # type: ignore[no-untyped-def]
+    embedder = _BlockedInTheWorker()
+    # Derived units embedded by the model (not composed), so derivation makes a model pass to hold it in.
+    engine = MemoryEngine(store_factory(), embedder, background=True,
+                          policy=lambda _ns: {"units": {"composed_vectors": False}})
+    engine.load()
+    engine.write(NS, "s1", [MemoryMessage(f"m{i}", "s1", "a", f"jazz saxophone note {i}") for i in range(6)])
+    assert embedder.entered.wait(30)  # the worker is deriving s1, stuck in its model pass
+    done: list[str] = []
+
+    def more() -> None:
+        engine.write(NS, "s1", [MemoryMessage("m6", "s1", "b", "the trumpet solo was the best part")])
+        engine.write(NS, "s2", [MemoryMessage("n0", "s2", "c", "my cat Smokey sleeps on the piano")])
+        done.extend(i for h in engine.search(NS, SearchQuery("Smokey piano")).hits for i in h.unit.message_ids)
+
+    writer = threading.Thread(target=more)
+    writer.start()
+    writer.join(30)
+    # Both Writes were acknowledged and read back while the derivation was still held.
+    assert not writer.is_alive() and "n0" in done and not embedder.release.is_set()
+    embedder.release.set()
+    assert engine.flush(timeout=60)
+    stats = engine.stats(NS)
+    assert stats.messages == 8 and stats.pending_sessions == 0 and "exchange" in stats.units
+    engine.close()
+
+
+def test_delete_takes_the_association_edges_of_every_removed_unit(store_factory) -> None:  # type: ignore[no-untyped-def]
+    engine = MemoryEngine(
+        store_factory(),
+        create_embedder("hashing"),
+        association=AssociationConfig(min_units=40, units_per_cluster=30),
+        background=False,
+    )
+    topics = ["cats kittens whiskers purring", "jazz saxophone trumpet swing", "rust compiler borrow checker"]
+    for s in range(6):
+        engine.write(
+            NS,
+            f"s{s}",
+            [MemoryMessage(f"m{s}-{i}", f"s{s}", "a", f"{topics[(s + i) % 3]} note {i} {s}") for i in range(8)],
+        )
+    engine.consolidate(NS)
+    store = engine.store
+
+    def edge_keys() -> set[int]:
+        return {k for src, dst, _ in store.load_edges(NS) for k in (src, dst)}
+
+    gone = {s.key for s in store.session_units(NS, ["s0"])} | {s.key for s in store.units_covering(NS, ["m1-3"])}
+    assert gone & edge_keys()  # the units about to go are linked
+    engine.delete(NS, session_id="s0")
+    engine.delete(NS, message_ids=["m1-3"])
+    stored = {s.key for batch in store.iter_units(NS) for s in batch}
+    assert edge_keys() <= stored  # no edge left to a deleted unit
+    assert store.counts(NS).edges == engine.stats(NS).edges == engine.index(NS).edge_count() > 0
     engine.close()
 
 

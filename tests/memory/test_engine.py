@@ -531,3 +531,23 @@ def test_a_backlog_of_sessions_is_derived_without_waiting_for_turns(store_factor
         assert engine.flush()
     finally:
         engine.close()
+
+
+def test_deleted_words_do_not_stay_behind_in_the_embedders_cache(store_factory) -> None:  # type: ignore[no-untyped-def]
+    from core.embedding import CachingEmbedder
+
+    cache = CachingEmbedder(create_embedder("hashing"))
+    engine = MemoryEngine(store_factory(), cache, background=False)
+    engine.load()
+    engine.write(NS, "s1", messages())
+    engine.write(NS, "s2", messages("s2", "n", [("carol", "my grey tabby cat is called Smokey")]))
+    engine.flush()
+    gone, kept = engine.get(NS, ["m0"])[0], engine.get(NS, ["n0"])[0]
+    cache.embed([gone.text, kept.text])  # as a guard check or a search of those words would
+    assert cache.is_cached([gone.text, f"{gone.speaker}: {gone.text}"])
+    engine.delete(NS, message_ids=["m0"])
+    assert not cache.is_cached([gone.text]) and not cache.is_cached([f"{gone.speaker}: {gone.text}"])
+    assert cache.is_cached([kept.text, f"{kept.speaker}: {kept.text}"])
+    engine.delete(NS, everything=True)
+    assert not cache.is_cached([kept.text])
+    engine.close()

@@ -112,6 +112,18 @@ def test_errors_name_the_field_and_missing_ids_are_not_found(make_server) -> Non
     with pytest.raises(grpc.RpcError) as exc:
         c.write("chat", "s2", [{"id": "m0", "text": "moved"}])
     assert bad_fields(exc.value) == ["messages[0].id"]
+    for token in ("garbage", "-1", " 5 ", "99999999999999999999999", "٣"):
+        with pytest.raises(grpc.RpcError) as exc:
+            c.memory.List(memory_pb2.ListRequest(namespace="chat", page_token=token))
+        assert bad_fields(exc.value) == ["page_token"], token
+    with pytest.raises(grpc.RpcError) as exc:
+        c.memory.Delete(memory_pb2.DeleteRequest(namespace="chat", message_ids=["m1"], all=True))
+    assert bad_fields(exc.value) == ["all"]
+    with pytest.raises(grpc.RpcError) as exc:
+        c.memory.Delete(memory_pb2.DeleteRequest(namespace="chat", session_id="s1", all=True))
+    assert bad_fields(exc.value) == ["all"]
+    # nothing was lost to the refused calls
+    assert len(c.memory.List(memory_pb2.ListRequest(namespace="chat", page_size=100)).messages) == 4
     # reading a namespace that holds nothing is empty, not an error
     assert c.search("never-written", "anything").hits == []
     assert c.memory.Stats(memory_pb2.StatsRequest(namespace="never-written")).messages == 0
@@ -149,9 +161,11 @@ def test_kill_9_after_ack_loses_nothing_and_pending_derivation_resumes(spawn_ser
         assert stats.pending_sessions == 0 and stats.index_generation == stats.generation
 
 
-def test_tenants_cannot_read_each_others_memory(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_tenants_cannot_read_each_others_memory(make_server, db_url) -> None:  # type: ignore[no-untyped-def]
     srv = make_server(
-        embedding_model="hashing", tokens=[{"token": "tok-a", "tenant": "acme"}, {"token": "tok-b", "tenant": "globex"}]
+        embedding_model="hashing",
+        db_url=db_url,
+        tokens=[{"token": "tok-a", "tenant": "acme"}, {"token": "tok-b", "tenant": "globex"}],
     )
     a, b = srv.new_client(token="tok-a"), srv.new_client(token="tok-b")
     a.write("chat", "s1", turns())

@@ -126,27 +126,64 @@ def test_deleting_messages_and_pending_marks(store: MemoryStore) -> None:
     assert store.pending_sessions(NS) == ["s2"]
 
 
+def _keys(store: MemoryStore, n: int, namespace: str = NS, prefix: str = "m") -> list[int]:
+    """Store ``n`` turn units (their keys are the edge ends) and return their keys."""
+    units = [unit(f"s1/turn/{prefix}{i}", (f"{prefix}{i}",)) for i in range(n)]
+    units = [StoredUnit(u.unit, unit_key(namespace, u.unit.id), u.vector, u.model) for u in units]
+    store.apply(namespace, Change(upsert_messages=[msg(f"{prefix}{i}", f"t{i}") for i in range(n)], insert_units=units))
+    return [u.key for u in units]
+
+
 def test_edges_replace_upsert_and_load(store: MemoryStore) -> None:
-    store.replace_edges(NS, [(1, 2, 0.5), (1, 3, 0.25)])
-    assert store.load_edges(NS) == [(1, 2, 0.5), (1, 3, 0.25)]
-    store.upsert_edges(NS, [(1, 2, 0.75), (4, 5, 0.1)])
-    assert store.load_edges(NS) == [(1, 2, 0.75), (1, 3, 0.25), (4, 5, 0.1)]
-    store.replace_edges(NS, [(9, 10, 1.0)])
-    assert store.load_edges(NS) == [(9, 10, 1.0)]
+    k = sorted(_keys(store, 6))
+    store.replace_edges(NS, [(k[0], k[1], 0.5), (k[0], k[2], 0.25)])
+    assert store.load_edges(NS) == [(k[0], k[1], 0.5), (k[0], k[2], 0.25)]
+    store.upsert_edges(NS, [(k[0], k[1], 0.75), (k[3], k[4], 0.1)])
+    assert store.load_edges(NS) == [(k[0], k[1], 0.75), (k[0], k[2], 0.25), (k[3], k[4], 0.1)]
+    store.replace_edges(NS, [(k[4], k[5], 1.0)])
+    assert store.load_edges(NS) == [(k[4], k[5], 1.0)]
     assert store.counts(NS).edges == 1
+
+
+def test_edges_only_join_stored_units(store: MemoryStore) -> None:
+    # Linking runs on what the index held when it started; a unit deleted since must not get edges back.
+    k = sorted(_keys(store, 3))
+    missing = unit_key(NS, "s9/turn/never-stored")
+    store.upsert_edges(NS, [(k[0], k[1], 0.5), (k[1], missing, 0.9), (missing, k[2], 0.9)])
+    assert store.load_edges(NS) == [(k[0], k[1], 0.5)]
+    store.replace_edges(NS, [(missing, k[0], 0.9), (k[1], k[2], 0.4)])
+    assert store.load_edges(NS) == [(k[1], k[2], 0.4)]
+
+
+def test_deleting_a_unit_deletes_its_edges_and_a_re_derived_unit_keeps_them(store: MemoryStore) -> None:
+    k = _keys(store, 4)
+
+    def edge(a: int, b: int, w: float) -> tuple[int, int, float]:
+        return (min(k[a], k[b]), max(k[a], k[b]), w)
+
+    store.upsert_edges(NS, [edge(0, 1, 0.5), edge(1, 2, 0.6), edge(2, 3, 0.7), edge(0, 3, 0.8)])
+    # m1's unit deleted for good; m2's replaced under the same id (re-derived): only m1's edges go.
+    redone = unit("s1/turn/m2", ("m2",))
+    store.apply(NS, Change(delete_messages=["m1"], delete_units=["s1/turn/m1", "s1/turn/m2"], insert_units=[redone]))
+    assert store.load_edges(NS) == sorted([edge(2, 3, 0.7), edge(0, 3, 0.8)])
+    assert store.counts(NS).edges == 2
+    store.apply(NS, Change(delete_units=["s1/turn/m0", "s1/turn/m3"]))
+    assert store.load_edges(NS) == [] and store.counts(NS).edges == 0
 
 
 def test_namespaces_are_isolated(store: MemoryStore) -> None:
     other = "other/chat"
     store.apply(NS, Change(upsert_messages=[msg("m1", "mine")], insert_units=[unit("s1/turn/m1", ("m1",))]))
     store.apply(other, Change(upsert_messages=[msg("m1", "theirs")], mark_pending=["s1"]))
-    store.replace_edges(other, [(1, 2, 1.0)])
+    a, b = _keys(store, 2, other, prefix="o")
+    store.replace_edges(other, [(min(a, b), max(a, b), 1.0)])
     assert store.get_messages(NS, ["m1"])["m1"].message.text == "mine"
     assert store.get_messages(other, ["m1"])["m1"].message.text == "theirs"
-    assert store.session_units(other, ["s1"]) == []
+    assert {s.unit.id for s in store.session_units(other, ["s1"])} == {"s1/turn/o0", "s1/turn/o1"}
     assert store.pending_sessions(NS) == [] and store.load_edges(NS) == []
+    assert len(store.load_edges(other)) == 1
     assert store.namespaces() == sorted([NS, other])
-    assert store.drop_namespace(other) == 1
+    assert store.drop_namespace(other) == 3
     assert store.get_messages(other, ["m1"]) == {} and store.load_edges(other) == []
     assert store.get_messages(NS, ["m1"])["m1"].message.text == "mine"
     assert store.namespaces() == [NS]

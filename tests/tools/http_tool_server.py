@@ -14,6 +14,8 @@ class ToolHTTPServer:
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
+        self.gets: list[str] = []
+        """Paths of every GET received (a test may assert that nothing was fetched)."""
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -57,6 +59,8 @@ class ToolHTTPServer:
                 from urllib.parse import parse_qs, urlsplit
 
                 parts = urlsplit(self.path)
+                with outer._lock:
+                    outer.gets.append(parts.path)
                 if parts.path == "/redirect":
                     self._send(302, b'{"moved": true}', {"location": outer.url("/echo")})
                 else:

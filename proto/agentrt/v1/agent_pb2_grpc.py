@@ -87,7 +87,9 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StoreBatch(self, request, context):
-        """Executes LangGraph store operations (get/put/search/list namespaces) in order, in one call.
+        """Executes LangGraph store operations (get/put/search/list namespaces) in one call, one result per op in
+        order. As in LangGraph's own stores, reads (get, search, list namespaces) see the items as they were before
+        the call, and the puts are applied together at the end, atomically (the last put of a key wins).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
