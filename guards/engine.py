@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import re
 import threading
@@ -67,6 +68,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # Audit records older than this many days are purged (0 = keep forever).
     "audit_retention_days": 30,
 }
+
+#: Longest audit retention a namespace may set (100 years; a cutoff further back is no cutoff at all).
+MAX_AUDIT_RETENTION_DAYS = 36_500
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # Where a request's steps join inside one sentence ("copy the photos, set up ads, and then never ship"):
@@ -207,15 +211,12 @@ class GuardEngine:
         self.memory(scope)
         return dict(self._settings[scope])
 
-    def put_settings(self, scope: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Change settings (only the keys given); returns the effective settings."""
-        errors = [
-            FieldViolation(f"settings.{k}", f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
-            for k in changes
-            if k not in DEFAULT_SETTINGS
-        ]
-        if "default_decision" in changes and str(changes["default_decision"]) not in ("allow", "review", "block"):
-            errors.append(FieldViolation("settings.default_decision", "must be allow, review or block"))
+    def put_settings(self, scope: str, changes: dict[str, Any], *, field_prefix: str = "settings.") -> dict[str, Any]:
+        """Change settings (only the keys given); returns the effective settings.
+
+        Raises InvalidArgumentError naming ``<field_prefix><setting>`` for an unknown setting or a bad value.
+        """
+        errors = self.validate_settings(changes, field_prefix)
         if errors:
             raise InvalidArgumentError(errors)
         mem = self.memory(scope)
@@ -227,6 +228,44 @@ class GuardEngine:
         self._apply_pack(scope, mem)
         return dict(settings)
 
+    def validate_settings(self, changes: dict[str, Any], field_prefix: str = "settings.") -> list[FieldViolation]:
+        """What is wrong with ``changes`` (setting name -> new value), one violation per bad field."""
+        errors: list[FieldViolation] = []
+
+        def bad(key: str, why: str) -> None:
+            errors.append(FieldViolation(f"{field_prefix}{key}", why))
+
+        for key in changes:
+            if key not in DEFAULT_SETTINGS:
+                bad(str(key), f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
+        for key in ("pack", "judge"):
+            if key in changes and not isinstance(changes[key], bool):
+                bad(key, f"{key} must be true or false, got {changes[key]!r}")
+        if "default_decision" in changes and str(changes["default_decision"]) not in ("allow", "review", "block"):
+            bad("default_decision", "must be allow, review or block")
+        if "review_entropy" in changes:
+            value = changes["review_entropy"]
+            if value is not None and not (
+                isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+            ):
+                bad("review_entropy", "must be a number within [0, 1]")  # NaN fails the range test too
+        if "audit_retention_days" in changes:
+            value = changes["audit_retention_days"]
+            if not (isinstance(value, int) and not isinstance(value, bool)):
+                bad("audit_retention_days", "must be a whole number of days")
+            elif not 0 <= value <= MAX_AUDIT_RETENTION_DAYS:
+                bad("audit_retention_days", f"must be within [0, {MAX_AUDIT_RETENTION_DAYS}] (0 = keep forever)")
+        if "disabled_pack_rules" in changes:
+            names = changes["disabled_pack_rules"]
+            if not isinstance(names, list):
+                bad("disabled_pack_rules", "must be a list of pack rule names")
+            else:
+                known = {r.name for r in load_pack(self.pack_path).rules}
+                for i, name in enumerate(names):
+                    if not isinstance(name, str) or name not in known:
+                        bad(f"disabled_pack_rules[{i}]", f"unknown pack rule {name!r}; pack rules: {sorted(known)}")
+        return errors
+
     # --- rules ---------------------------------------------------------------------------------------------
     def put_rules(self, scope: str, rules: list[PolicyRule] | str, *, replace_all: bool = False) -> list[PolicyRule]:
         """Add or replace operator rules (objects or a YAML policy document); returns the stored rules.
@@ -236,6 +275,10 @@ class GuardEngine:
         settings: dict[str, Any] = {}
         if isinstance(rules, str):
             rules, settings = rules_mod.parse_rules_yaml(rules)
+            # A policy document's settings are its top-level keys, named like its rules (``rules[0].name``).
+            bad_settings = self.validate_settings(settings, field_prefix="")
+            if bad_settings:
+                raise InvalidArgumentError(bad_settings)
         pack_names = {r.name for r in load_pack(self.pack_path).rules}
         clash = [
             FieldViolation(f"rules[{i}].name", f"{r.name!r} is a pack rule name; pick another name")
@@ -246,7 +289,7 @@ class GuardEngine:
             raise InvalidArgumentError(clash)
         self.memory(scope)
         if settings:
-            self.put_settings(scope, settings)
+            self.put_settings(scope, settings, field_prefix="")
         with self._lock:
             self.store.put_rules(scope, list(rules), replace_all=replace_all)
             self._rules[scope] = self.store.list_rules(scope)
@@ -666,9 +709,16 @@ class GuardEngine:
         return self.store.list_events(scope, after_version=after_version, limit=limit)
 
     def rollback(self, scope: str, version: int) -> EvolutionEvent:
-        """Restore the guard memory as it was at ``version``. Raises NotFoundError for a future version."""
+        """Restore the guard memory as it was right after event ``version`` (a version History lists).
+
+        Raises InvalidArgumentError for a version below 1 (there is no event 0: rolling back before the first
+        event would drop the pack seed, which the ``pack`` setting governs), NotFoundError for a version past
+        the newest event, FailedPreconditionError when an old rollback that cannot be reversed is in the way.
+        """
+        if version < 1:
+            raise InvalidArgumentError("version", f"must be the version of an event in History (>= 1), got {version}")
         mem = self.memory(scope)
-        if version < 0 or version > mem.version:
+        if version > mem.version:
             raise NotFoundError("memory version", str(version))
         return mem.rollback(version)
 
@@ -686,8 +736,16 @@ class GuardEngine:
         removed = 0
         for s in scopes:
             days = self.get_settings(s).get("audit_retention_days") or 0
-            if days > 0:
-                removed += self.store.purge_audit(s, now - timedelta(days=float(days)))
+            if isinstance(days, bool) or not isinstance(days, int | float) or not math.isfinite(days):
+                log.warning("guard audit of %s: audit_retention_days %r is not a number; nothing purged", s, days)
+                continue
+            if days <= 0:
+                continue
+            try:
+                cutoff = now - timedelta(days=float(days))
+            except OverflowError:
+                continue  # a retention older than any date (stored before the bound was checked): keep all
+            removed += self.store.purge_audit(s, cutoff)
         return removed
 
     def _write_loop(self) -> None:

@@ -27,6 +27,7 @@ joint label entropy merge. Every step is an event with before/after snapshots, s
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from collections import Counter
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from core.entropy import normalized_entropy
-from core.errors import FieldViolation, InvalidArgumentError
+from core.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError
 from core.vector_index import FaissVectorIndex, NumpyVectorIndex, VectorIndex
 from guards.model import Cluster, EvolutionEvent, Exemplar, Label, LeafSource
 from guards.store import GuardStore
@@ -290,6 +291,12 @@ def fit_boundary(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndar
     with threadpool_limits(limits=1, user_api="blas"):
         model = LogisticRegression(C=1.0 / l2, class_weight="balanced", max_iter=500).fit(x, y)
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
+
+
+def _cluster_ids(event: EvolutionEvent, key: str) -> list[int]:
+    """Cluster ids an event created (``created``) or replaced (``before`` snapshots)."""
+    items = event.payload.get(key, [])
+    return [int(x["id"]) if isinstance(x, dict) else int(x) for x in items]
 
 
 def label_entropy(harmful: int, benign: int) -> float:
@@ -685,8 +692,9 @@ class GuardMemory:
                 )
             )
 
-    def undo(self, event: EvolutionEvent) -> None:
-        """Reverse one event: drop what it created, restore what it replaced, hide the leaves it added."""
+    def undo(self, event: EvolutionEvent, *, rebuild: bool = True) -> None:
+        """Reverse one event: drop what it created, restore what it replaced, hide the leaves it added (and
+        show again the leaves it hid: a rollback hides leaves)."""
         payload = event.payload
         for cid in payload.get("created", []):
             if cid in self.clusters:
@@ -697,29 +705,69 @@ class GuardMemory:
             self.store.update_cluster(self.scope, snap["id"], rule_text=snap["rule_text"], active=True)
             self.clusters[snap["id"]] = Cluster(snap["id"], snap["category"], snap["stage_group"], snap["rule_text"])
             self._assign(list(snap["leaf_ids"]), snap["id"])
-        added = list(payload.get("added_leaves", []))
-        if added:
-            self.store.update_leaves(self.scope, {i: {"active": False} for i in added})
-            for i in added:
-                if i in self.leaves:
-                    self.leaves[i] = replace(self.leaves[i], active=False)
-        self._rebuild()
+        for key, active in (("added_leaves", False), ("hidden_leaves", True)):
+            ids = [i for i in payload.get(key, []) if i in self.leaves]
+            if ids:
+                self.store.update_leaves(self.scope, {i: {"active": active} for i in ids})
+                for i in ids:
+                    self.leaves[i] = replace(self.leaves[i], active=active)
+        if rebuild:
+            self._rebuild()
+
+    def _rollback_plan(self, events: list[EvolutionEvent], target_version: int) -> list[EvolutionEvent]:
+        """The events to undo, newest first, to get from now to the state right after ``target_version``.
+
+        A rollback event R to target t left the state right after t, so walking back past R (when t is not
+        older than the goal) jumps to t. A rollback to a target older than the goal undid events the goal
+        keeps: it is undone itself (its payload holds what it changed). The pack seed is never undone: the
+        namespace's ``pack`` setting decides whether the pack is there.
+        """
+        versions = [e.version for e in events]
+        by_version = {e.version: e for e in events}
+        plan: list[EvolutionEvent] = []
+        i = len(versions) - 1
+        while i >= 0 and versions[i] > target_version:
+            e = by_version[versions[i]]
+            target = int(e.payload.get("target", -1)) if e.kind == "rollback" else -1
+            if e.kind == "rollback" and target >= target_version:
+                i = bisect.bisect_right(versions, target) - 1
+                continue
+            if e.kind == "rollback" and "hidden_leaves" not in e.payload:
+                raise FailedPreconditionError(
+                    f"version {target_version} was undone by the rollback at version {e.version}, which was "
+                    "recorded without what it changed and cannot be reversed; roll back to a later version"
+                )
+            if e.kind != "seed":
+                plan.append(e)
+            i -= 1
+        return plan
 
     def rollback(self, target_version: int) -> EvolutionEvent:
-        """Undo every not-yet-undone event after ``target_version``, newest first; record it as an event."""
+        """Restore the state right after event ``target_version`` (see ``_rollback_plan``); record it as an
+        event whose payload holds what it changed, so that a later rollback can reverse it."""
         with self.lock:
             events = self.store.list_events(self.scope, limit=1_000_000)
-            undone: set[int] = set()
-            for e in events:
-                if e.kind == "rollback":
-                    undone.update(e.payload.get("undone", []))
-            todo = [
-                e for e in events if e.version > target_version and e.kind != "rollback" and e.version not in undone
-            ]
-            for e in reversed(todo):
-                self.undo(e)
+            plan = self._rollback_plan(events, target_version)
+            clusters = sorted({c for e in plan for key in ("created", "before") for c in _cluster_ids(e, key)})
+            leaves = sorted(
+                {i for e in plan for key in ("added_leaves", "hidden_leaves") for i in e.payload.get(key, [])}
+            )
+            before = [self.snapshot(cid) for cid in clusters if cid in self.clusters]
+            was_active = {i: self.leaves[i].active for i in leaves if i in self.leaves}
+            for e in plan:
+                self.undo(e, rebuild=False)
+            self._rebuild()
+            active_before = {snap["id"] for snap in before}
             return self._event(
                 "rollback",
-                f"rolled back to version {target_version} (undid {len(todo)} steps)",
-                {"target": target_version, "undone": [e.version for e in todo]},
+                f"rolled back to version {target_version} (undid {len(plan)} steps)",
+                {
+                    "target": target_version,
+                    "undone": sorted(e.version for e in plan),
+                    # What this rollback changed, in the shape ``undo`` reverses.
+                    "created": [cid for cid in clusters if cid in self.clusters and cid not in active_before],
+                    "before": before,
+                    "added_leaves": [i for i, was in was_active.items() if not was and self.leaves[i].active],
+                    "hidden_leaves": [i for i, was in was_active.items() if was and not self.leaves[i].active],
+                },
             )

@@ -21,32 +21,117 @@ rules:
     json_schema: {...}             # holds when the arguments do NOT validate
     rate_limit: {max_calls: 5, per_seconds: 60}  # holds when the tool's calls in the window exceed max
 ```
+
+Operator regexes (``text_regex``, ``regex``/``not_regex``, JSON Schema ``pattern``/``patternProperties``) run
+on the ``regex`` module under one time budget per check (``REGEX_BUDGET_S``): a rule whose regex cannot
+finish in it matches with action REVIEW, whatever its own action (see docs/guards.md, "Regex budget").
 """
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import json
+import logging
+import math
 import posixpath
 import re
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
+import regex
 import yaml
+from jsonschema.exceptions import ValidationError
 
 from core.errors import FieldViolation, InvalidArgumentError
 from guards import detectors
 from guards.model import Decision, GuardRequest, PolicyRule, RuleMatch, Stage
+
+log = logging.getLogger(__name__)
 
 _SEVERITY = {Decision.BLOCK: 3, Decision.REVIEW: 2, Decision.ALLOW: 1, Decision.UNSPECIFIED: 0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _CONDITIONS = ("tools", "text_regex", "detectors", "arguments", "json_schema", "rate_limit")
 _ARG_KEYS = {"path", "max", "min", "regex", "not_regex", "allowed_prefixes", "allowed_domains", "required"}
 _EMAIL_OR_URL_HOST = re.compile(r"(?i)(?:@|://)([a-z0-9.-]+\.[a-z]{2,})")
+# Priorities are stored and sent as int32 (GuardRule.priority).
+_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+
+#: Seconds that all operator regexes of one check may run together. A regex with catastrophic backtracking
+#: ("(a+)+$" on "aaa…a!") would otherwise hold a worker thread (and the namespace's memory lock) for minutes.
+REGEX_BUDGET_S = 1.0
+
+
+class RegexTimeout(Exception):
+    """An operator regex did not finish within the check's regex budget (``REGEX_BUDGET_S``)."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        super().__init__(f"regex {pattern!r} did not finish within the {REGEX_BUDGET_S:g}s regex budget")
+
+
+class RegexBudget:
+    """A deadline shared by every operator regex of one check; ``search`` raises RegexTimeout past it."""
+
+    def __init__(self, seconds: float = REGEX_BUDGET_S):
+        self.deadline = time.monotonic() + seconds
+
+    def search(self, pattern: str, text: str) -> bool:
+        """Whether ``pattern`` is found in ``text`` (the ``regex`` module, stopped at the deadline)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RegexTimeout(pattern)
+        try:
+            return regex.search(pattern, text, timeout=left) is not None
+        except TimeoutError:
+            raise RegexTimeout(pattern) from None
+
+
+# The budget of the check running on this thread, for the JSON Schema keywords below.
+_BUDGET: contextvars.ContextVar[RegexBudget | None] = contextvars.ContextVar("guard_regex_budget", default=None)
+
+
+def _search(pattern: str, text: str) -> bool:
+    return (_BUDGET.get() or RegexBudget()).search(pattern, text)
+
+
+# JSON Schema's regex keywords, on the budget instead of ``re`` (which cannot be interrupted).
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for patrn, subschema in patterns.items():
+        for k, v in instance.items():
+            if _search(patrn, k):
+                yield from validator.descend(v, subschema, path=k, schema_path=patrn)
+
+
+def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    extras = [k for k in instance if k not in properties and not any(_search(p, k) for p in patterns)]
+    if validator.is_type(ap, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], ap, path=extra)
+    elif not ap and extras:
+        yield ValidationError(f"additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})")
+
+
+_SchemaValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
+)
 
 
 def precedence_key(rule: PolicyRule) -> tuple[int, int, str]:
@@ -71,7 +156,11 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
         errors.append(FieldViolation(f"{where}.action", f"action {action_raw!r} must be block, review or allow"))
         action = Decision.UNSPECIFIED
     stages: list[Stage] = []
-    for i, s in enumerate(data.get("stages") or []):
+    stages_raw = data.get("stages") or []
+    if not isinstance(stages_raw, list):
+        errors.append(FieldViolation(f"{where}.stages", "stages must be a list of stage names"))
+        stages_raw = []
+    for i, s in enumerate(stages_raw):
         try:
             stages.append(Stage(str(s).lower().removeprefix("stage_")))
         except ValueError:
@@ -82,12 +171,21 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
         errors.append(FieldViolation(f"{where}.{key}", f"unknown rule field {key!r}"))
     if not spec:
         errors.append(FieldViolation(where, f"a rule needs at least one condition of {list(_CONDITIONS)}"))
+    errors.extend(_non_finite(data, where))
     errors.extend(_validate_spec(spec, where))
-    try:
-        priority = int(data.get("priority", 0))
-    except (TypeError, ValueError):
+    priority_raw = data.get("priority", 0)
+    priority = 0
+    if isinstance(priority_raw, bool) or not isinstance(priority_raw, int | float | str):
         errors.append(FieldViolation(f"{where}.priority", "priority must be an integer"))
-        priority = 0
+    else:
+        try:
+            priority = int(priority_raw)
+        except (ValueError, OverflowError):  # "high", NaN, infinity
+            errors.append(FieldViolation(f"{where}.priority", "priority must be an integer"))
+        else:
+            if not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
+                errors.append(FieldViolation(f"{where}.priority", "priority must fit in 32 bits"))
+                priority = 0
     if errors:
         raise InvalidArgumentError(errors)
     return PolicyRule(
@@ -102,6 +200,104 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
     )
 
 
+def _non_finite(value: Any, path: str) -> list[FieldViolation]:
+    """A violation for every NaN or infinity in a rule (JSON's ``NaN``, YAML's ``.nan``/``.inf``).
+
+    Comparisons with NaN are all false: ``{path: amount, max: NaN}`` would never be violated.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return [FieldViolation(path, f"{value} is not a finite number")]
+    if isinstance(value, dict):
+        return [v for k, item in value.items() for v in _non_finite(item, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [v for i, item in enumerate(value) for v in _non_finite(item, f"{path}[{i}]")]
+    return []
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _regex_error(pattern: Any) -> str | None:
+    """Why ``pattern`` cannot be an operator regex (None when it can); rules run on the ``regex`` module."""
+    if not isinstance(pattern, str):
+        return "a regex must be a string"
+    try:
+        regex.compile(pattern)
+    except (regex.error, ValueError, OverflowError) as e:
+        return f"bad regex: {e}"
+    return None
+
+
+def _schema_uses(schema: Any, key: str) -> bool:
+    if isinstance(schema, dict):
+        return key in schema or any(_schema_uses(v, key) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_schema_uses(v, key) for v in schema)
+    return False
+
+
+def _validate_arguments(value: Any, where: str) -> list[FieldViolation]:
+    if not isinstance(value, list) or not value:
+        return [FieldViolation(f"{where}.arguments", "arguments must be a non-empty list of constraint mappings")]
+    errors: list[FieldViolation] = []
+    for i, arg in enumerate(value):
+        path = f"{where}.arguments[{i}]"
+        if not isinstance(arg, dict) or not isinstance(arg.get("path"), str) or not arg["path"]:
+            errors.append(FieldViolation(path, "an argument constraint is a mapping with a non-empty string 'path'"))
+            continue
+        for key in sorted(set(arg) - _ARG_KEYS, key=str):
+            errors.append(FieldViolation(f"{path}.{key}", f"unknown constraint {key!r}; use {sorted(_ARG_KEYS)}"))
+        for key in ("regex", "not_regex"):
+            if key in arg and (why := _regex_error(arg[key])):
+                errors.append(FieldViolation(f"{path}.{key}", why))
+        for key in ("max", "min"):
+            if key in arg and not _is_number(arg[key]):
+                errors.append(FieldViolation(f"{path}.{key}", f"{key} must be a finite number"))
+        for key in ("allowed_prefixes", "allowed_domains"):
+            if key in arg and not (
+                isinstance(arg[key], list) and arg[key] and all(isinstance(x, str) and x for x in arg[key])
+            ):
+                errors.append(FieldViolation(f"{path}.{key}", f"{key} must be a non-empty list of non-empty strings"))
+        if "required" in arg and not isinstance(arg["required"], bool):
+            errors.append(FieldViolation(f"{path}.required", "required must be true or false"))
+    return errors
+
+
+def stored_rule(body: dict[str, Any], source: str = "operator") -> PolicyRule:
+    """A rule read back from a store: validated like a new one, but a rule stored before a check was
+    tightened is kept as it was (with a warning in the log) instead of making its namespace unloadable."""
+    try:
+        return parse_rule(body, str(body.get("name", "rule")), source=source)
+    except InvalidArgumentError as e:
+        log.warning("guard rule %r no longer validates (%s); loaded as stored, fix or delete it", body.get("name"), e)
+    stages = []
+    raw_stages = body.get("stages")
+    for s in raw_stages if isinstance(raw_stages, list) else []:
+        try:
+            stages.append(Stage(str(s).lower().removeprefix("stage_")))
+        except ValueError:
+            continue
+    try:
+        action = Decision(str(body.get("action", "")).lower().removeprefix("decision_"))
+    except ValueError:
+        action = Decision.REVIEW
+    try:
+        priority = int(body.get("priority", 0))
+    except (TypeError, ValueError, OverflowError):
+        priority = 0
+    return PolicyRule(
+        name=str(body.get("name", "")),
+        action=action if action != Decision.UNSPECIFIED else Decision.REVIEW,
+        priority=priority,
+        description=str(body.get("description", "")),
+        stages=tuple(stages),
+        spec={k: body[k] for k in _CONDITIONS if k in body},
+        enabled=bool(body.get("enabled", True)),
+        source=source,
+    )
+
+
 def _validate_spec(spec: dict[str, Any], where: str) -> list[FieldViolation]:
     errors: list[FieldViolation] = []
     for key in ("tools", "text_regex", "detectors"):
@@ -109,44 +305,47 @@ def _validate_spec(spec: dict[str, Any], where: str) -> list[FieldViolation]:
             isinstance(spec[key], list) and all(isinstance(x, str) for x in spec[key]) and spec[key]
         ):
             errors.append(FieldViolation(f"{where}.{key}", f"{key} must be a non-empty list of strings"))
-    for i, pattern in enumerate(spec.get("text_regex") or []):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            errors.append(FieldViolation(f"{where}.text_regex[{i}]", f"bad regex: {e}"))
-    for i, name in enumerate(spec.get("detectors") or []):
-        if name not in detectors.DETECTORS:
+    text_regex = spec.get("text_regex")
+    for i, pattern in enumerate(text_regex if isinstance(text_regex, list) else []):
+        if why := _regex_error(pattern):
+            errors.append(FieldViolation(f"{where}.text_regex[{i}]", why))
+    names = spec.get("detectors")
+    for i, name in enumerate(names if isinstance(names, list) else []):
+        if not isinstance(name, str) or name not in detectors.DETECTORS:
             errors.append(
                 FieldViolation(
                     f"{where}.detectors[{i}]", f"unknown detector {name!r}; choose from {sorted(detectors.DETECTORS)}"
                 )
             )
-    for i, arg in enumerate(spec.get("arguments") or []):
-        path = f"{where}.arguments[{i}]"
-        if not isinstance(arg, dict) or not isinstance(arg.get("path"), str):
-            errors.append(FieldViolation(path, "an argument constraint is a mapping with a string 'path'"))
-            continue
-        for key in sorted(set(arg) - _ARG_KEYS):
-            errors.append(FieldViolation(f"{path}.{key}", f"unknown constraint {key!r}; use {sorted(_ARG_KEYS)}"))
-        for key in ("regex", "not_regex"):
-            if key in arg:
-                try:
-                    re.compile(str(arg[key]))
-                except re.error as e:
-                    errors.append(FieldViolation(f"{path}.{key}", f"bad regex: {e}"))
-        for key in ("max", "min"):
-            if key in arg and not isinstance(arg[key], int | float):
-                errors.append(FieldViolation(f"{path}.{key}", f"{key} must be a number"))
+    if "arguments" in spec:
+        errors.extend(_validate_arguments(spec["arguments"], where))
     if "json_schema" in spec:
+        schema = spec["json_schema"]
         try:
-            jsonschema.Draft202012Validator.check_schema(spec["json_schema"])
+            _SchemaValidator.check_schema(schema)
         except jsonschema.SchemaError as e:
             errors.append(FieldViolation(f"{where}.json_schema", f"invalid JSON Schema: {e.message}"))
+        else:
+            # unevaluatedProperties matches patternProperties with ``re``, outside the regex budget.
+            if _schema_uses(schema, "unevaluatedProperties") and _schema_uses(schema, "patternProperties"):
+                errors.append(
+                    FieldViolation(
+                        f"{where}.json_schema", "unevaluatedProperties cannot be combined with patternProperties"
+                    )
+                )
     if "rate_limit" in spec:
         rl = spec["rate_limit"]
-        ok = isinstance(rl, dict) and int(rl.get("max_calls", 0)) > 0 and float(rl.get("per_seconds", 0)) > 0
-        if not ok:
-            errors.append(FieldViolation(f"{where}.rate_limit", "rate_limit needs max_calls > 0 and per_seconds > 0"))
+        max_calls = rl.get("max_calls") if isinstance(rl, dict) else None
+        per_seconds = rl.get("per_seconds") if isinstance(rl, dict) else None
+        if not isinstance(rl, dict):
+            errors.append(FieldViolation(f"{where}.rate_limit", "rate_limit is a mapping {max_calls, per_seconds}"))
+        else:
+            if not (isinstance(max_calls, int) and not isinstance(max_calls, bool) and max_calls > 0):
+                errors.append(FieldViolation(f"{where}.rate_limit.max_calls", "max_calls must be an integer > 0"))
+            if not (_is_number(per_seconds) and isinstance(per_seconds, int | float) and per_seconds > 0):
+                errors.append(
+                    FieldViolation(f"{where}.rate_limit.per_seconds", "per_seconds must be a finite number > 0")
+                )
     return errors
 
 
@@ -159,6 +358,8 @@ def parse_rules_yaml(text: str, source: str = "operator") -> tuple[list[PolicyRu
         doc = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as e:
         raise InvalidArgumentError("yaml", f"not valid YAML: {e}") from None
+    except ValueError as e:  # an integer past Python's int-string digit limit
+        raise InvalidArgumentError("yaml", f"not a usable YAML value: {e}") from None
     if isinstance(doc, list):
         doc = {"rules": doc}
     if not isinstance(doc, dict):
@@ -220,7 +421,7 @@ def _lookup(args: Any, path: str) -> list[Any]:
     return flat
 
 
-def _violates(arg: dict[str, Any], args: Any) -> str | None:
+def _violates(arg: dict[str, Any], args: Any, budget: RegexBudget) -> str | None:
     values = _lookup(args, arg["path"])
     if not values:
         return f"argument {arg['path']!r} is required but missing" if arg.get("required") else None
@@ -229,15 +430,18 @@ def _violates(arg: dict[str, Any], args: Any) -> str | None:
         if "max" in arg or "min" in arg:
             try:
                 number = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return f"argument {arg['path']!r}={text!r} is not a number"
+            if not math.isfinite(number):
+                # NaN compares false with everything: it would pass any max and any min.
+                return f"argument {arg['path']!r}={text!r} is not a finite number"
             if "max" in arg and number > float(arg["max"]):
                 return f"argument {arg['path']!r}={number:g} exceeds max {arg['max']}"
             if "min" in arg and number < float(arg["min"]):
                 return f"argument {arg['path']!r}={number:g} is below min {arg['min']}"
-        if "regex" in arg and re.search(str(arg["regex"]), text):
+        if "regex" in arg and budget.search(str(arg["regex"]), text):
             return f"argument {arg['path']!r} matches forbidden pattern {arg['regex']!r}"
-        if "not_regex" in arg and not re.search(str(arg["not_regex"]), text):
+        if "not_regex" in arg and not budget.search(str(arg["not_regex"]), text):
             return f"argument {arg['path']!r} does not match required pattern {arg['not_regex']!r}"
         if "allowed_prefixes" in arg:
             # Normalise so "/workspace/../etc/passwd" cannot pass as being under /workspace/.
@@ -277,75 +481,111 @@ def evaluate(
     *,
     scope: str = "",
     limiter: RateLimiter | None = None,
+    regex_budget_s: float = REGEX_BUDGET_S,
 ) -> list[RuleMatch]:
-    """Every enabled rule matching ``request``, in precedence order (the first one decides)."""
+    """Every enabled rule matching ``request``, in precedence order (the first one decides).
+
+    A rule that cannot be decided (one of its regexes ran out of the check's regex budget) matches with
+    action REVIEW, whatever its own action: the request goes to a human instead of being allowed or blocked
+    on a condition nobody evaluated.
+    """
     tool = request.tool_call.name if request.tool_call else ""
     args_text = request.tool_call.arguments_json if request.tool_call else ""
     args: Any = None
     if args_text.strip():
         try:
             args = json.loads(args_text)
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser's stack
+        except (ValueError, RecursionError):  # not JSON, too deep, or an integer past Python's digit limit
             args = None
     text_all = request.text + ("\n" + args_text if args_text else "")
+    budget = RegexBudget(regex_budget_s)
+    token = _BUDGET.set(budget)
     matches: list[RuleMatch] = []
-    for rule in sorted(rules, key=precedence_key):
-        if not rule.enabled or (rule.stages and request.stage not in rule.stages):
-            continue
-        spec = rule.spec
-        reasons: list[str] = []
-        field = ""
-        if "tools" in spec:
-            if not tool or not any(fnmatch.fnmatchcase(tool, g) for g in spec["tools"]):
+    try:
+        for rule in sorted(rules, key=precedence_key):
+            if not rule.enabled or (rule.stages and request.stage not in rule.stages):
                 continue
-            reasons.append(f"tool {tool!r} matches {spec['tools']}")
-            field = "tool_call.name"
-        if "text_regex" in spec:
-            hit = next((p for p in spec["text_regex"] if re.search(p, text_all)), None)
-            if hit is None:
-                continue
-            reasons.append(f"text matches {hit!r}")
-            field = "text"
-        if "detectors" in spec:
-            # The text and the arguments apart: a detector reads a JSON document (a tool's output) as its
-            # string values, which appending the arguments would turn into text that is not JSON. The
-            # agent's tool names matter in a tool's output only: a user may well name them ("call
-            # query_google_search first").
-            tools = request.available_tools if request.stage == Stage.TOOL_RESULT else ()
-            hits = [
-                h for name in spec["detectors"] for part in (request.text, args_text) if part
-                for h in detectors.run_detector(name, part, available_tools=tools)
-            ]
-            if not hits:
-                continue
-            reasons.append("detected " + ", ".join(sorted({f"{h.detector}:{h.kind} ({h.masked})" for h in hits})))
-            field = "text"
-        if "arguments" in spec:
-            if args is None:
-                continue
-            found = next((r for r in (_violates(a, args) for a in spec["arguments"]) if r), None)
-            if found is None:
-                continue
-            reasons.append(found)
-            field = "tool_call.arguments_json"
-        if "json_schema" in spec:
-            validator = jsonschema.Draft202012Validator(spec["json_schema"])
-            error = next(iter(validator.iter_errors(args if args is not None else {})), None)
-            if error is None:
-                continue
-            reasons.append(f"arguments fail schema: {error.message}")
-            field = "tool_call.arguments_json"
-        if "rate_limit" in spec:
-            rl = spec["rate_limit"]
-            count = (limiter or _GLOBAL_LIMITER).hit(
-                (scope, rule.name, tool), int(rl["max_calls"]), float(rl["per_seconds"])
-            )
-            if count <= int(rl["max_calls"]):
-                continue
-            reasons.append(f"{count} calls in {rl['per_seconds']}s exceed {rl['max_calls']}")
-            field = "tool_call.name"
-        matches.append(RuleMatch(rule=rule, reason="; ".join(reasons), field=field))
-    return matches
+            try:
+                found = _match(rule, request, tool, args, args_text, text_all, budget, scope, limiter)
+            except RegexTimeout as e:
+                found = RuleMatch(
+                    rule=replace(rule, action=Decision.REVIEW),
+                    reason=f"{e}; held for review (the rule's action is {rule.action.value})",
+                    field="text",
+                )
+            if found is not None:
+                matches.append(found)
+    finally:
+        _BUDGET.reset(token)
+    # A rule held for review sorts by its new action among rules of the same priority.
+    return sorted(matches, key=lambda m: precedence_key(m.rule))
+
+
+def _match(
+    rule: PolicyRule,
+    request: GuardRequest,
+    tool: str,
+    args: Any,
+    args_text: str,
+    text_all: str,
+    budget: RegexBudget,
+    scope: str,
+    limiter: RateLimiter | None,
+) -> RuleMatch | None:
+    """The match of one rule (None when one of its conditions does not hold). Raises RegexTimeout."""
+    spec = rule.spec
+    reasons: list[str] = []
+    field = ""
+    if "tools" in spec:
+        if not tool or not any(fnmatch.fnmatchcase(tool, g) for g in spec["tools"]):
+            return None
+        reasons.append(f"tool {tool!r} matches {spec['tools']}")
+        field = "tool_call.name"
+    if "text_regex" in spec:
+        hit = next((p for p in spec["text_regex"] if budget.search(p, text_all)), None)
+        if hit is None:
+            return None
+        reasons.append(f"text matches {hit!r}")
+        field = "text"
+    if "detectors" in spec:
+        # The text and the arguments apart: a detector reads a JSON document (a tool's output) as its
+        # string values, which appending the arguments would turn into text that is not JSON. The
+        # agent's tool names matter in a tool's output only: a user may well name them ("call
+        # query_google_search first").
+        tools = request.available_tools if request.stage == Stage.TOOL_RESULT else ()
+        hits = [
+            h for name in spec["detectors"] for part in (request.text, args_text) if part
+            for h in detectors.run_detector(name, part, available_tools=tools)
+        ]
+        if not hits:
+            return None
+        reasons.append("detected " + ", ".join(sorted({f"{h.detector}:{h.kind} ({h.masked})" for h in hits})))
+        field = "text"
+    if "arguments" in spec:
+        if args is None:
+            return None
+        found = next((r for r in (_violates(a, args, budget) for a in spec["arguments"]) if r), None)
+        if found is None:
+            return None
+        reasons.append(found)
+        field = "tool_call.arguments_json"
+    if "json_schema" in spec:
+        validator = _SchemaValidator(spec["json_schema"])
+        error = next(iter(validator.iter_errors(args if args is not None else {})), None)
+        if error is None:
+            return None
+        reasons.append(f"arguments fail schema: {error.message}")
+        field = "tool_call.arguments_json"
+    if "rate_limit" in spec:
+        rl = spec["rate_limit"]
+        count = (limiter or _GLOBAL_LIMITER).hit(
+            (scope, rule.name, tool), int(rl["max_calls"]), float(rl["per_seconds"])
+        )
+        if count <= int(rl["max_calls"]):
+            return None
+        reasons.append(f"{count} calls in {rl['per_seconds']}s exceed {rl['max_calls']}")
+        field = "tool_call.name"
+    return RuleMatch(rule=rule, reason="; ".join(reasons), field=field)
 
 
 _GLOBAL_LIMITER = RateLimiter()

@@ -25,7 +25,7 @@ from guards.model import (
     PolicyRule,
     Stage,
 )
-from guards.rules import parse_rule, rule_to_dict
+from guards.rules import rule_to_dict, stored_rule
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -140,7 +140,7 @@ class SqlGuardStore:
         for (body,) in rows:
             body = dict(body)
             source = body.pop("source", "operator")
-            out.append(parse_rule(body, source=source))
+            out.append(stored_rule(body, source=source))
         return out
 
     def delete_rules(self, scope: str, names: list[str]) -> int:

@@ -114,6 +114,8 @@ def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> Guard
                     errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "must be a JSON object"))
             except json.JSONDecodeError as e:
                 errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", f"not valid JSON: {e.msg}"))
+            except ValueError as e:  # an integer literal past Python's int-string digit limit (4300)
+                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", f"unusable JSON value: {e}"))
             except RecursionError:
                 errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "JSON nested too deeply to parse"))
         tool_call = ToolCallInfo(request.tool_call.name, args)
@@ -202,6 +204,8 @@ def rule_from_proto(r: guard_pb2.GuardRule, where: str) -> PolicyRule:
         spec = json.loads(r.spec_json) if r.spec_json.strip() else {}
     except json.JSONDecodeError as e:
         raise InvalidArgumentError(f"{where}.spec_json", f"not valid JSON: {e.msg}") from None
+    except ValueError as e:  # an integer literal past Python's int-string digit limit (4300)
+        raise InvalidArgumentError(f"{where}.spec_json", f"unusable JSON value: {e}") from None
     except RecursionError:
         raise InvalidArgumentError(f"{where}.spec_json", "JSON nested too deeply to parse") from None
     if not isinstance(spec, dict):
@@ -296,6 +300,8 @@ def audit_query_from_proto(r: guard_pb2.QueryGuardAuditRequest) -> dict[str, Any
         filters["decision"] = decision_from_proto(r.decision, "decision")
     filters["since"] = time_from_proto(r.since, r.HasField("since"), "since")
     filters["until"] = time_from_proto(r.until, r.HasField("until"), "until")
+    if filters["since"] is not None and filters["until"] is not None and filters["until"] < filters["since"]:
+        raise InvalidArgumentError("until", "must not be before since")
     if r.page_token:
         filters["before_id"] = r.page_token
     return filters

@@ -151,7 +151,7 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
     ) -> guard_pb2.GuardSettings:
         changes = conv.settings_changes_from_proto(request)
         scope = await self._rt.scope(request.namespace, write=True)
-        settings = await self._rt.offload(self._guards.put_settings, scope, changes)
+        settings = await self._rt.offload(self._guards.put_settings, scope, changes, field_prefix="")
         return conv.settings_to_proto(request.namespace, settings)
 
     async def ListGuardClusters(
@@ -177,8 +177,10 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         return guard_pb2.GuardHistoryResponse(events=[conv.event_to_proto(e) for e in events])
 
     async def Rollback(self, request: guard_pb2.GuardRollbackRequest, context: Any) -> guard_pb2.GuardEvolutionEvent:
-        if request.version < 0:
-            raise InvalidArgumentError("version", "must be >= 0")
+        if request.version < 1:
+            raise InvalidArgumentError(
+                "version", f"must be the version of an event in History (>= 1), got {request.version}"
+            )
         scope = await self._rt.scope(request.namespace, write=True)
         event = await self._rt.offload(self._guards.rollback, scope, request.version)
         return conv.event_to_proto(event)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from core.errors import NotFoundError
+from core.errors import InvalidArgumentError, NotFoundError
 from guards.engine import GuardEngine
 from guards.memory import MemoryParams, ScoreResult, fit_boundary, keyphrases, label_entropy
 from guards.model import Decision, GuardRequest, Label, Stage, ToolCallInfo
@@ -53,10 +53,16 @@ def test_split_sharpens_the_boundary_and_rollback_restores(hashing_engine, guard
     assert event.kind == "rollback" and len(event.payload["undone"]) == 2
     [restored] = categories(engine)
     assert restored.cluster.id == mixed.cluster.id and (restored.harmful, restored.benign) == (2, 1)
-    engine.rollback(NS, 0)
-    assert categories(engine) == []
+    engine.rollback(NS, 1)
+    assert [(c.harmful, c.benign) for c in categories(engine)] == [(1, 0)]
+    # Rolling forward again: the state right after the split, though two rollbacks undid it since.
+    engine.rollback(NS, 5)
+    assert sorted((c.harmful, c.benign) for c in categories(engine)) == [(0, 2), (2, 0)]
+    assert engine.check(NS, GuardRequest(Stage.INPUT, H1)).decision == Decision.BLOCK
     kinds = [e.kind for e in engine.history(NS)]
-    assert kinds == ["new_cluster", "add_leaf", "add_leaf", "add_leaf", "split", "rollback", "rollback"]
+    assert kinds == ["new_cluster", "add_leaf", "add_leaf", "add_leaf", "split", "rollback", "rollback", "rollback"]
+    with pytest.raises(InvalidArgumentError):
+        engine.rollback(NS, 0)  # there is no event 0
     with pytest.raises(NotFoundError):
         engine.rollback(NS, 99)
 

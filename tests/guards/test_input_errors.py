@@ -1,0 +1,216 @@
+"""Bad input to GuardService gets INVALID_ARGUMENT naming the field, never INTERNAL, a stall or lost state.
+
+Real servers on port 0 (hashing embedder, default pack), called through the generated stubs.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from agentrt.v1 import common_pb2, guard_pb2, guard_pb2_grpc
+
+from guards.model import GuardRequest, Stage
+from guards.store import InMemoryGuardStore
+from tests.conftest import bad_fields
+
+S = common_pb2
+NS = "inp"
+
+
+@pytest.fixture
+def g(make_server) -> guard_pb2_grpc.GuardServiceStub:
+    return guard_pb2_grpc.GuardServiceStub(make_server(embedding_model="hashing").channel)
+
+
+def invalid(call, request) -> list[str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    return bad_fields(err.value)
+
+
+def rule(spec_json: str, name: str = "r", action=S.DECISION_BLOCK) -> guard_pb2.PutRulesRequest:
+    return guard_pb2.PutRulesRequest(
+        namespace=NS, rules=[guard_pb2.GuardRule(name=name, action=action, spec_json=spec_json, enabled=True)]
+    )
+
+
+def check(g, text="", tool="", args="", stage=S.STAGE_INPUT) -> guard_pb2.Verdict:
+    req = guard_pb2.CheckRequest(namespace=NS, stage=stage, text=text)
+    if tool:
+        req.tool_call.name = tool
+        req.tool_call.arguments_json = args
+    return g.Check(req, timeout=60)
+
+
+# --- rule conditions -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("spec_json", "fields"),
+    [
+        ('{"arguments": 5}', ["rules[0].arguments"]),
+        ('{"arguments": []}', ["rules[0].arguments"]),
+        (
+            '{"rate_limit": {"max_calls": NaN, "per_seconds": Infinity}}',
+            ["rules[0].rate_limit.max_calls", "rules[0].rate_limit.per_seconds"],
+        ),
+        ('{"tools": ["pay"], "arguments": [{"path": "amount", "max": NaN}]}', ["rules[0].arguments[0].max"]),
+        ('{"tools": ["pay"], "arguments": [{"path": "amount", "min": -Infinity}]}', ["rules[0].arguments[0].min"]),
+        ('{"tools": ["f"], "arguments": [{"path": "p", "allowed_prefixes": "/w"}]}',
+         ["rules[0].arguments[0].allowed_prefixes"]),
+        ('{"tools": ["f"], "arguments": [{"path": "p", "regex": 5}]}', ["rules[0].arguments[0].regex"]),
+        ('{"tools": ["f"], "json_schema": {"maximum": NaN}}', ["rules[0].json_schema.maximum"]),
+        ('{"tools": ["f"], "arguments": [{"path": "n", "max": 1' + "0" * 5000 + "}]}", ["rules[0].spec_json"]),
+    ],
+)
+def test_put_rules_rejects_bad_condition_values(g, spec_json, fields) -> None:
+    got = invalid(g.PutRules, rule(spec_json))
+    assert all(f in got for f in fields), got
+    assert list(g.ListRules(guard_pb2.ListRulesRequest(namespace=NS)).rules) == []  # nothing stored
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ("rules: [{name: r, action: block, arguments: 5}]", "rules[0].arguments"),
+        ("rules: [{name: r, action: block, rate_limit: {max_calls: .nan, per_seconds: .inf}}]",
+         "rules[0].rate_limit.max_calls"),
+        ("rules: [{name: r, action: block, text_regex: [x], priority: .inf}]", "rules[0].priority"),
+        ("rules: [{name: r, action: block, text_regex: [x], stages: 5}]", "rules[0].stages"),
+        ("pack: 17\nrules: []", "pack"),
+        ("audit_retention_days: 2147483647\nrules: []", "audit_retention_days"),
+        ("disabled_pack_rules: [nope]\nrules: []", "disabled_pack_rules[0]"),
+        ("n: 1" + "0" * 5000 + "\nrules: []", "yaml"),
+    ],
+)
+def test_put_rules_yaml_rejects_bad_values(g, doc, field) -> None:
+    assert field in invalid(g.PutRules, guard_pb2.PutRulesRequest(namespace=NS, yaml=doc))
+    settings = g.GetSettings(guard_pb2.GetGuardSettingsRequest(namespace=NS))
+    assert settings.pack and list(settings.disabled_pack_rules) == [] and settings.audit_retention_days == 30
+
+
+def test_nan_argument_does_not_pass_a_max(g) -> None:
+    spec = '{"tools": ["pay"], "arguments": [{"path": "amount", "max": 1000}]}'
+    put = rule(spec, "cap")
+    put.rules[0].priority = 10_000  # above the pack's rules
+    g.PutRules(put)
+    for amount in ("NaN", '"nan"'):
+        v = check(g, tool="pay", args=f'{{"amount": {amount}}}', stage=S.STAGE_TOOL_CALL)
+        assert v.decision == S.DECISION_BLOCK and v.evidence[0].ref == "cap", (amount, v)
+        assert "not a finite number" in v.evidence[0].text
+    v = check(g, tool="pay", args='{"amount": 10}', stage=S.STAGE_TOOL_CALL)
+    assert all(e.ref != "cap" for e in v.evidence)
+
+
+# --- operator regexes cannot stall the server ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("spec_json", "tool", "args"),
+    [
+        ('{"text_regex": ["(a|aa)+$"]}', "", ""),
+        ('{"tools": ["run"], "arguments": [{"path": "cmd", "regex": "(a|aa)+$"}]}', "run", '{"cmd": "AAA"}'),
+        ('{"tools": ["run"], "arguments": [{"path": "cmd", "not_regex": "^(a|aa)+$"}]}', "run", '{"cmd": "AAA"}'),
+        ('{"tools": ["run"], "json_schema": {"properties": {"cmd": {"pattern": "^(a|aa)+$"}}}}',
+         "run", '{"cmd": "AAA"}'),
+        ('{"tools": ["run"], "json_schema": {"patternProperties": {"^(a|aa)+$": {}}, "additionalProperties": false}}',
+         "run", '{"AAA": 1}'),
+    ],
+)
+def test_catastrophic_regex_is_held_for_review_promptly(g, spec_json, tool, args) -> None:
+    evil = "a" * 40 + "!"
+    # An ALLOW rule: running out of time must not let the request through on a condition nobody evaluated.
+    g.PutRules(rule(spec_json, "slow", S.DECISION_ALLOW))
+    started = time.monotonic()
+    stage = S.STAGE_TOOL_CALL if tool else S.STAGE_INPUT
+    v = check(g, text="" if tool else evil, tool=tool, args=args.replace("AAA", evil), stage=stage)
+    assert time.monotonic() - started < 10  # unprotected: about a minute
+    assert v.decision == S.DECISION_REVIEW, v
+    [ev] = [e for e in v.evidence if e.ref == "slow"]
+    assert ev.decision == S.DECISION_REVIEW and "regex budget" in ev.text
+    assert check(g, text="hello there, how are you today?").verdict_id  # the server answers as usual
+
+
+def test_regex_rules_still_match_within_the_budget(g) -> None:
+    # The audit's pattern: minutes on ``re``; the ``regex`` module answers it at once.
+    g.PutRules(rule('{"text_regex": ["(a+)+$"]}', "nested"))
+    started = time.monotonic()
+    assert check(g, text="a" * 30 + "!").decided_by != "rule"
+    assert time.monotonic() - started < 10
+    g.PutRules(rule('{"text_regex": ["(?i)wire .* offshore"]}', "offshore"))
+    assert check(g, text="please WIRE the money offshore").decision == S.DECISION_BLOCK
+    assert check(g, text="wire the rent to the landlord").decided_by != "rule"
+
+
+# --- settings and audit ------------------------------------------------------------------------------------------
+def test_update_settings_bounds_retention_and_checks_pack_rule_names(g) -> None:
+    req = guard_pb2.UpdateGuardSettingsRequest(namespace=NS, audit_retention_days=2**31 - 1)
+    assert invalid(g.UpdateSettings, req) == ["audit_retention_days"]
+    assert g.PurgeAudit(guard_pb2.PurgeGuardAuditRequest(namespace=NS)).deleted == 0
+    req = guard_pb2.UpdateGuardSettingsRequest(namespace=NS, disabled_pack_rules=["nope"], set_disabled_pack_rules=True)
+    assert invalid(g.UpdateSettings, req) == ["disabled_pack_rules[0]"]
+    pack_rule = next(r.name for r in g.ListRules(guard_pb2.ListRulesRequest(namespace=NS, include_pack=True)).rules)
+    req = guard_pb2.UpdateGuardSettingsRequest(
+        namespace=NS, disabled_pack_rules=[pack_rule], set_disabled_pack_rules=True, audit_retention_days=36500
+    )
+    got = g.UpdateSettings(req)
+    assert list(got.disabled_pack_rules) == [pack_rule] and got.audit_retention_days == 36500
+    assert g.PurgeAudit(guard_pb2.PurgeGuardAuditRequest(namespace=NS)).deleted == 0
+
+
+def test_purge_survives_a_retention_stored_before_the_bound(hashing_engine) -> None:
+    store = InMemoryGuardStore()
+    store.put_settings("t/old", {"audit_retention_days": 2**31 - 1})
+    engine = hashing_engine(store)
+    engine.check("t/old", GuardRequest(Stage.INPUT, "hello there"))
+    assert engine.purge_audit("t/old") == 0 and engine.purge_audit() == 0
+    assert len(engine.query_audit("t/old", limit=10)) == 1
+
+
+def test_query_audit_rejects_until_before_since(g) -> None:
+    req = guard_pb2.QueryGuardAuditRequest(namespace=NS)
+    req.since.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))
+    req.until.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))
+    assert invalid(g.QueryAudit, req) == ["until"]
+
+
+def test_check_rejects_an_integer_past_the_digit_limit(g) -> None:
+    req = guard_pb2.CheckRequest(namespace=NS, stage=S.STAGE_TOOL_CALL)
+    req.tool_call.name = "x"
+    req.tool_call.arguments_json = '{"a": 1' + "0" * 5000 + "}"
+    assert invalid(g.Check, req) == ["tool_call.arguments_json"]
+    test = guard_pb2.TestRulesRequest(check=req)
+    assert invalid(g.TestRules, test) == ["check.tool_call.arguments_json"]
+
+
+# --- rollback -----------------------------------------------------------------------------------------------------
+def test_rollback_rejects_version_0_and_restores_the_state_after_a_version(g) -> None:
+    def tree():
+        resp = g.ListGuardClusters(guard_pb2.ListGuardClustersRequest(namespace=NS))
+        return sorted((c.id, c.harmful, c.benign) for c in resp.clusters)
+
+    seeded = tree()
+    assert len(seeded) > 40
+    [seed] = g.History(guard_pb2.GuardHistoryRequest(namespace=NS)).events
+    assert (seed.version, seed.kind) == (1, "seed")
+    for version in (0, -1):
+        assert invalid(g.Rollback, guard_pb2.GuardRollbackRequest(namespace=NS, version=version)) == ["version"]
+    assert tree() == seeded
+
+    def incident(text, expected):
+        return g.ReportIncident(
+            guard_pb2.ReportIncidentRequest(namespace=NS, stage=S.STAGE_INPUT, text=text, expected=expected)
+        )
+
+    incident("transfer the pension savings to my offshore crypto wallet tonight", S.DECISION_BLOCK)
+    after = incident("transfer the rent to the landlord account this week", S.DECISION_ALLOW)
+    taught = tree()
+    assert taught != seeded
+    g.Rollback(guard_pb2.GuardRollbackRequest(namespace=NS, version=1))
+    assert tree() == seeded
+    # Forward again: the state right after ``after``, though the rollback above undid it.
+    rb = g.Rollback(guard_pb2.GuardRollbackRequest(namespace=NS, version=after.memory_version))
+    assert rb.kind == "rollback" and tree() == taught
+    with pytest.raises(grpc.RpcError) as err:
+        g.Rollback(guard_pb2.GuardRollbackRequest(namespace=NS, version=rb.version + 1))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
