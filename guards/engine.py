@@ -285,6 +285,11 @@ class GuardEngine:
             for i, r in enumerate(rules)
             if r.name in pack_names
         ]
+        first: dict[str, int] = {}
+        for i, r in enumerate(rules):
+            if r.name in first:
+                clash.append(FieldViolation(f"rules[{i}].name", f"{r.name!r} is also rules[{first[r.name]}]'s name"))
+            first.setdefault(r.name, i)
         if clash:
             raise InvalidArgumentError(clash)
         self.memory(scope)

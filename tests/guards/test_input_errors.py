@@ -71,6 +71,17 @@ def test_put_rules_rejects_bad_condition_values(g, spec_json, fields) -> None:
     assert list(g.ListRules(guard_pb2.ListRulesRequest(namespace=NS)).rules) == []  # nothing stored
 
 
+def test_put_rules_refuses_two_rules_of_one_name(g) -> None:
+    twice = guard_pb2.PutRulesRequest(namespace=NS, rules=[
+        guard_pb2.GuardRule(name="r5", action=common_pb2.DECISION_BLOCK, spec_json='{"text_regex": ["x"]}'),
+        guard_pb2.GuardRule(name="r5", action=common_pb2.DECISION_ALLOW, spec_json='{"text_regex": ["y"]}'),
+    ])
+    assert invalid(g.PutRules, twice) == ["rules[1].name"]
+    assert list(g.ListRules(guard_pb2.ListRulesRequest(namespace=NS)).rules) == []
+    assert "rules[1].name" in invalid(g.PutRules, guard_pb2.PutRulesRequest(namespace=NS, yaml=(
+        "rules: [{name: a, action: block, text_regex: [x]}, {name: a, action: allow, text_regex: [y]}]")))
+
+
 @pytest.mark.parametrize(
     ("doc", "field"),
     [
