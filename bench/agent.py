@@ -13,10 +13,13 @@ echo through the Invoke pipeline (guarded) -> LLM -> 2 more candidate LLM calls 
 -> output guard -> memory write: 5 LLM calls per turn.
 
 Figures (milliseconds, over ``--turns`` turns after ``--warmup``):
-- ``turn``: RunTurn wall time seen by a gRPC client, all events streamed;
+- ``turn``: RunTurn wall time seen by a gRPC client, all events streamed. The client runs in a process of its own
+  (``bench/agent_client.py``), as an app's would; ``--client-in-process`` calls from this process instead, where
+  the client's work shares the sidecar's interpreter lock (how runs before 2026-11-24 05:45 UTC measured);
 - ``llm``: time the server spent waiting on the LLM endpoint in that turn (union of call intervals);
 - ``overhead`` = turn - llm: what the sidecar adds (target p50 <= 30 ms);
-- ``sidecar_cpu_per_turn``: CPU time this process used during the turn (all threads), robust to other load;
+- ``sidecar_cpu_per_turn``: CPU time this process used during the turn (all threads; the client's too with
+  ``--client-in-process``), robust to other load;
 - baseline, same run: the same 5 LLM calls made directly by the client with httpx (what the LLM part
   costs without the sidecar), and per-stage p50 from the StageEvents.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import resource
@@ -132,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--think-ms", type=float, default=0.0,
                     help="the client waits this long between turns, as an app's user would (default: back to back, so "
                          "the background work each turn's memory write queues competes with the next turn)")
+    ap.add_argument("--client-in-process", action="store_true",
+                    help="call RunTurn from this process, beside the sidecar (the runs before 2026-11-24 05:45 UTC); "
+                         "default: from a client process of its own, as an app would")
+    ap.add_argument("--parallel-input-guard", action="store_true",
+                    help="turn policy parallel_input_guard=true (the first LLM call starts with the input guard)")
     ap.add_argument("--no-speculative-retrieval", action="store_true",
                     help="turn policy speculative_retrieval=false (search only after the gate fired)")
     args = ap.parse_args(argv)
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.client import AgentrtClient
 
         client = AgentrtClient(f"127.0.0.1:{srv.port}", timeout=60)
+        remote = None if args.client_in_process else _ClientProcess(f"127.0.0.1:{srv.port}")
         sessions, questions = _locomo_turns(args.sessions)
         n_messages = 0
         for sid, msgs in sessions:
@@ -161,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = agent_pb2.TurnPolicy(llm_base_url=base_url, tools=["echo"], num_candidates=3)
         if args.no_speculative_retrieval:
             policy.speculative_retrieval = False
+        if args.parallel_input_guard:
+            policy.parallel_input_guard = True
         delay = f" [slow:{args.llm_delay_ms / 1000:g}]" if args.llm_delay_ms > 0 else ""
 
         def measure(label: str, acc: dict[str, Any], markers_in_message: bool = False) -> float:
@@ -201,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(args.think_ms / 1000)
                 before = len(llm_intervals())
                 c0 = _cpu()
-                t0 = time.perf_counter()
-                events = list(client.agent.RunTurn(request, timeout=60))
-                elapsed = time.perf_counter() - t0
+                if remote is None:
+                    t0 = time.perf_counter()
+                    events = list(client.agent.RunTurn(request, timeout=60))
+                    elapsed = time.perf_counter() - t0
+                else:
+                    t0, elapsed, events = remote.run(request)
                 cpu = _cpu() - c0
                 i += 1
                 if i <= args.warmup:
@@ -273,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         full, markers, graph_only = (summary(accs[k]) for k in ("full", "markers", "graph"))
         baseline = _direct_baseline(base_url, f'[unsure] {questions[0]} [call:echo {{"q": "x"}}]{delay}', args.turns)
         client.close()
+        if remote is not None:
+            remote.close()
     finally:
         srv.stop()
         stub.terminate()
@@ -283,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"turns": args.turns, "warmup": args.warmup, "repeats": args.repeats, "memory_messages": n_messages,
                   "llm_delay_ms": args.llm_delay_ms, "think_ms": args.think_ms,
                   "speculative_retrieval": not args.no_speculative_retrieval,
-                  "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)"},
+                  "parallel_input_guard": args.parallel_input_guard,
+                  "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)",
+                  "client": "this process (beside the sidecar)" if args.client_in_process
+                  else "bench/agent_client.py (separate process)"},
         "full": full,
         "full_markers_in_message": markers,
         "graph_only_default_components": graph_only,
@@ -314,9 +334,36 @@ def main(argv: list[str] | None = None) -> int:
                   f"median {r['overhead_median_of_repeat_p50s_ms']:.2f} ms")
     name = "agent" + (f"_llm{args.llm_delay_ms:g}ms" if args.llm_delay_ms > 0 else "")
     name += f"_think{args.think_ms:g}ms" if args.think_ms > 0 else ""
+    name += "_parallel_input_guard" if args.parallel_input_guard else ""
+    name += "_client_in_process" if args.client_in_process else ""
     path = write_result(name + ("_no_speculation" if args.no_speculative_retrieval else ""), res)
     print(f"wrote {path}")
     return 0
+
+
+class _ClientProcess:
+    """``bench/agent_client.py``: runs each RunTurn in its own process and reports the call's bounds."""
+
+    def __init__(self, target: str):
+        self._proc = subprocess.Popen([sys.executable, "-m", "bench.agent_client", target], cwd=REPO,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, request: agent_pb2.RunTurnRequest) -> tuple[float, float, list[agent_pb2.TurnEvent]]:
+        """(start, wall seconds, events) of one RunTurn; start is on this host's perf_counter clock."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(base64.b64encode(request.SerializeToString()).decode() + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the bench's client process ended")
+        out = json.loads(line)
+        events = [agent_pb2.TurnEvent.FromString(base64.b64decode(e)) for e in out["events"]]
+        return out["t0"], out["t1"] - out["t0"], events
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait(30)
 
 
 async def _flush(srv: _Server) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from core import errors as domain
 
@@ -83,6 +83,12 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
         # a value the database refuses (Postgres: NUL characters in text, a string longer than its column)
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
         return _invalid("request", f"a value cannot be stored: {reason}")
+    if isinstance(exc, IntegrityError) or (isinstance(exc, DBAPIError) and _is_conflict(exc)):
+        # A concurrent writer got there first (a unique key taken between a read and an insert, a deadlock or a
+        # serialization failure on Postgres): nothing of this call was committed, and a retry can succeed.
+        log.warning("write conflict in %s: %s (SQLSTATE %s)", method, exc.__class__.__name__, _sqlstate(exc))
+        return RpcError(grpc.StatusCode.ABORTED, "a concurrent write conflicted with this one; nothing was "
+                        "written, retry")
     if isinstance(exc, OperationalError | DBAPIError) and _is_disk_full(exc):
         return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the data directory is full; nothing was written")
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
@@ -94,6 +100,16 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
         return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     log.error("unexpected error in %s", method, exc_info=exc)
     return RpcError(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    # 40001 serialization_failure, 40P01 deadlock_detected (Postgres).
+    return _sqlstate(exc) in ("40001", "40P01")
 
 
 def _is_disk_full(exc: BaseException) -> bool:

@@ -124,6 +124,8 @@ class TurnContext:
     warmed_answer: str | None = None
     # The memory search started while the LLM writes its first answer (``TurnPolicy.speculative_retrieval``).
     speculative_search: asyncio.Task[tuple[list[MemoryHitView], dict[str, float]]] | None = None
+    # The first answer, asked for while the input guard checks the message (``TurnPolicy.parallel_input_guard``).
+    early_answer: asyncio.Task[Completion] | None = None
 
 
 def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]) -> None:
@@ -250,13 +252,38 @@ def _speculate(ctx: TurnContext, state: TurnState, policy: TurnPolicy) -> None:
     ctx.speculative_search = task
 
 
+async def _first_tools(ctx: TurnContext, state: TurnState, policy: TurnPolicy) -> list[dict[str, Any]] | None:
+    if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
+        return await ctx.ports.tools.specs(policy.tools) or None
+    return None
+
+
 @_stage("input_guard")
 async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Guard the user's message (STAGE_INPUT)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
-    v = await ctx.ports.guard.check("input", state["user"], tools=policy.tools, thread_id=ctx.thread_id)
+    if policy.parallel_input_guard and ctx.early_answer is None:
+        async def first_answer() -> Completion:
+            return await _complete(state, ctx, policy, 0, tools=await _first_tools(ctx, state, policy))
+
+        ctx.early_answer = asyncio.create_task(first_answer())
+        ctx.early_answer.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        v = await ctx.ports.guard.check("input", state["user"], tools=policy.tools, thread_id=ctx.thread_id)
+    except BaseException:
+        _drop_early_answer(ctx)
+        raise
+    if v.decision != ALLOW:
+        # Blocked or held for review: the answer written meanwhile is never used (a resumed turn asks again).
+        _drop_early_answer(ctx)
     runtime.stream_writer(_guard_event("input", v))
     return {"input_verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason}}
+
+
+def _drop_early_answer(ctx: TurnContext) -> None:
+    if ctx.early_answer is not None:
+        ctx.early_answer.cancel()
+        ctx.early_answer = None
 
 
 async def review_input(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
@@ -281,10 +308,13 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
         if policy.write_memory:
             _prefetch(ctx, "", [(f"{state['turn_id']}-u", state.get("speaker") or "user", state["user"])])
         _speculate(ctx, state, policy)
-    tools = None
-    if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
-        tools = await ctx.ports.tools.specs(policy.tools) or None
-    completion = await _complete(state, ctx, policy, 0, tools=tools)
+    early, ctx.early_answer = ctx.early_answer, None
+    if early is not None and not state.get("retrieved") and state.get("tool_round", 0) == 0:
+        completion = await early  # asked for while the input guard checked the message
+    else:
+        if early is not None:
+            early.cancel()
+        completion = await _complete(state, ctx, policy, 0, tools=await _first_tools(ctx, state, policy))
     for call in completion.tool_calls:
         # Embed each call's guard check now: it runs during the retrieval and the LLM call that follow the
         # first answer (which usually asks for the same calls again), or right after the gate otherwise.

@@ -47,6 +47,8 @@ class TurnPolicy:
     force_retrieval: bool | None = None
     # Search memory while the LLM writes its first answer, before the gate decides (see the proto field).
     speculative_retrieval: bool = True
+    # Ask the LLM for the first answer while the input guard checks the message (see the proto field).
+    parallel_input_guard: bool = False
     # Skip tool calls when the CALL_TOOL gate does not fire (default: the gate is advisory, reported only).
     enforce_tool_gate: bool = False
     top_logprobs: int = 5

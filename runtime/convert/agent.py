@@ -256,7 +256,7 @@ def policy_overrides(policy: agent_pb2.TurnPolicy) -> dict[str, Any]:
         value = getattr(policy, name)
         if value:
             out[name] = value
-    for name in ("temperature", "write_memory", "force_retrieval", "speculative_retrieval"):
+    for name in ("temperature", "write_memory", "force_retrieval", "speculative_retrieval", "parallel_input_guard"):
         if policy.HasField(name):
             out[name] = getattr(policy, name)
     if policy.tools:

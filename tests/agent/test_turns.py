@@ -14,7 +14,7 @@ from agentrt.v1 import agent_pb2, common_pb2
 from grpc_status import rpc_status
 
 from runtime.agent.graph import BLOCKED_ANSWER
-from runtime.agent.ports import AllowAllGuard, NoMemory
+from runtime.agent.ports import ALLOW, BLOCK, AllowAllGuard, GuardOutcome, NoMemory
 from tests.agent.conftest import LookupTools, MarkerGuard, of, resume, stages, turn
 
 NS = "agent-tests"
@@ -312,3 +312,49 @@ def test_the_namespace_agent_policy_from_the_config_drives_turns_that_set_none(m
     with pytest.raises(grpc.RpcError) as err:
         turn(srv.client, "elsewhere", "p3", "hi")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:9" in (err.value.details() or "")
+
+
+class _WaitsForTheLLM(MarkerGuard):
+    """An input guard that, before it decides, waits (up to ``patience`` s) for the LLM to receive a request."""
+
+    def __init__(self, llm: Any, decision: str, patience: float) -> None:
+        self.llm, self.decision, self.patience = llm, decision, patience
+        self.before = len(llm.requests)
+        self.saw_the_llm_asked: bool | None = None
+
+    async def check(self, stage: str, text: str, *, tool_call: Any = None, tools: Any = (),
+                    thread_id: str = "") -> GuardOutcome:
+        if stage != "input":
+            return await super().check(stage, text, tool_call=tool_call, tools=tools, thread_id=thread_id)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.patience
+        while len(self.llm.requests) == self.before and loop.time() < until:
+            await asyncio.sleep(0.01)
+        self.saw_the_llm_asked = len(self.llm.requests) > self.before
+        return GuardOutcome(self.decision, verdict_id="v-input", harm_score=1.0 if self.decision == BLOCK else 0.0)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_input_guard_asks_the_llm_while_the_guard_checks(srv, llm, parallel) -> None:
+    guard = _WaitsForTheLLM(llm, ALLOW, patience=5.0 if parallel else 0.5)
+    srv.rt.extras["agent_ports"]["guard"] = lambda rt, scope: guard
+    events = turn(srv.client, NS, f"pg-{parallel}", "hello in parallel", llm_base_url=llm.base_url,
+                  parallel_input_guard=parallel)
+    assert guard.saw_the_llm_asked is parallel
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_COMPLETED and result.answer == "default: hello in parallel"
+    assert len(llm.requests) - guard.before == 1  # the early answer is the answer: no second call
+
+
+def test_parallel_input_guard_drops_the_early_answer_of_a_blocked_message(srv, llm) -> None:
+    guard = _WaitsForTheLLM(llm, BLOCK, patience=5.0)
+    srv.rt.extras["agent_ports"]["guard"] = lambda rt, scope: guard
+    msg = 'drop it [call:lookup {"q": "x"}]'
+    events = turn(srv.client, NS, "pg-block", msg, llm_base_url=llm.base_url, tools=["lookup"],
+                  parallel_input_guard=True)
+    assert guard.saw_the_llm_asked
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_BLOCKED and result.answer == BLOCKED_ANSWER
+    assert srv.tools_fake.calls == [] and not of(events, "tool_call") and not of(events, "memory_write")
+    assert stages(events)[:1] == ["input_guard"] and "agent" not in stages(events)
+    assert not _memory_texts(srv, "drop it")

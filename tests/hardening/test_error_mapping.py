@@ -8,7 +8,7 @@ import grpc
 import psycopg
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
 from runtime.errors import to_rpc_error
 
@@ -51,7 +51,17 @@ def test_a_value_the_database_refuses_is_invalid_argument_naming_the_request() -
     assert [v.field for v in bad.field_violations] == ["request"]
 
 
+def test_write_conflicts_are_aborted_without_leaking_the_statement() -> None:
+    # A unique key taken by a concurrent writer, a Postgres deadlock or serialization failure: retryable.
+    for cls, orig in ((IntegrityError, psycopg.errors.UniqueViolation("duplicate key value secret-row")),
+                      (OperationalError, psycopg.errors.DeadlockDetected("deadlock detected secret-row")),
+                      (OperationalError, psycopg.errors.SerializationFailure("could not serialize secret-row"))):
+        err = to_rpc_error(_wrap(cls, orig))
+        assert err.code == grpc.StatusCode.ABORTED, orig
+        assert "retry" in err.message and "secret-row" not in err.message and "SELECT" not in err.message
+
+
 def test_other_database_errors_stay_internal_without_leaking_the_statement() -> None:
-    err = to_rpc_error(_wrap(IntegrityError, psycopg.IntegrityError("duplicate key value secret-row")))
+    err = to_rpc_error(_wrap(ProgrammingError, psycopg.ProgrammingError("syntax error near secret-row")))
     assert err.code == grpc.StatusCode.INTERNAL
     assert "secret-row" not in err.message and "SELECT" not in err.message

@@ -71,7 +71,7 @@ class CandidateSpec(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class TurnPolicy(_message.Message):
-    __slots__ = ("llm_base_url", "model", "temperature", "system_prompt", "candidates", "num_candidates", "tools", "approval_tools", "max_tool_rounds", "retrieve_top_k", "token_budget", "write_memory", "force_retrieval", "top_logprobs", "max_tokens", "llm_timeout_s", "speculative_retrieval")
+    __slots__ = ("llm_base_url", "model", "temperature", "system_prompt", "candidates", "num_candidates", "tools", "approval_tools", "max_tool_rounds", "retrieve_top_k", "token_budget", "write_memory", "force_retrieval", "top_logprobs", "max_tokens", "llm_timeout_s", "speculative_retrieval", "parallel_input_guard")
     LLM_BASE_URL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class TurnPolicy(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LLM_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_INPUT_GUARD_FIELD_NUMBER: _ClassVar[int]
     llm_base_url: str
     model: str
     temperature: float
@@ -106,7 +107,8 @@ class TurnPolicy(_message.Message):
     max_tokens: int
     llm_timeout_s: float
     speculative_retrieval: bool
-    def __init__(self, llm_base_url: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., system_prompt: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[CandidateSpec, _Mapping]]] = ..., num_candidates: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., approval_tools: _Optional[_Iterable[str]] = ..., max_tool_rounds: _Optional[int] = ..., retrieve_top_k: _Optional[int] = ..., token_budget: _Optional[int] = ..., write_memory: _Optional[bool] = ..., force_retrieval: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., max_tokens: _Optional[int] = ..., llm_timeout_s: _Optional[float] = ..., speculative_retrieval: _Optional[bool] = ...) -> None: ...
+    parallel_input_guard: bool
+    def __init__(self, llm_base_url: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., system_prompt: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[CandidateSpec, _Mapping]]] = ..., num_candidates: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., approval_tools: _Optional[_Iterable[str]] = ..., max_tool_rounds: _Optional[int] = ..., retrieve_top_k: _Optional[int] = ..., token_budget: _Optional[int] = ..., write_memory: _Optional[bool] = ..., force_retrieval: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., max_tokens: _Optional[int] = ..., llm_timeout_s: _Optional[float] = ..., speculative_retrieval: _Optional[bool] = ..., parallel_input_guard: _Optional[bool] = ...) -> None: ...
 
 class RunTurnRequest(_message.Message):
     __slots__ = ("namespace", "thread_id", "message", "policy", "speaker")
