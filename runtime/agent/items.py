@@ -44,6 +44,7 @@ from sqlalchemy import Engine, delete, insert, or_, select, update
 
 from core.embedding import Embedder
 from core.errors import FieldViolation, InvalidArgumentError
+from core.sqlwrite import lock_for_write
 from runtime.agent import schema
 
 Path = tuple[str, ...]
@@ -191,6 +192,9 @@ class SqlItemBackend:
     def apply(self, scope: str, writes: Sequence[ItemWrite], now: float) -> None:
         t, v = schema.store_items, schema.store_vectors
         with self._engine.begin() as conn:
+            # Each put reads its item's id, then inserts or updates: writers of one namespace (other replicas
+            # included) take turns, or two of them insert the same key.
+            lock_for_write(conn, "agent-store", scope)
             for w in writes:
                 where = (t.c.scope == scope, t.c.path == join_path(w.path), t.c.key == w.key)
                 item_id = conn.execute(select(t.c.id).where(*where)).scalar()

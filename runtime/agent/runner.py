@@ -20,6 +20,7 @@ from langgraph.types import Command
 from sqlalchemy.engine import make_url
 
 from core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from core.sqlwrite import advisory_key
 from runtime.agent.graph import TurnContext, TurnState, build_graph, new_turn_id, turn_input
 from runtime.agent.llm import ChatClient
 from runtime.agent.policy import TurnPolicy
@@ -61,6 +62,51 @@ async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any]
     raise InvalidArgumentError("storage.database_url", f"no checkpointer for database {url.get_backend_name()!r}")
 
 
+class ThreadLocks:
+    """One run per thread across replicas. The in-process lock of ``TurnRunner`` covers one sidecar; replicas
+    on one Postgres database also take a session advisory lock on the thread, held on a connection of their own
+    for the whole run. Without it, two replicas running turns on one thread both fork the same checkpoint and
+    the thread keeps only one of the turns. A no-op on SQLite, which one sidecar process owns."""
+
+    def __init__(self, database_url: str | None = None, max_connections: int = 16):
+        self._pool: Any = None
+        self._conninfo = ""
+        self._max = max_connections
+        if database_url and make_url(database_url).get_backend_name() == "postgresql":
+            url = make_url(database_url)
+            self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        if not self._conninfo:
+            yield
+            return
+        if self._pool is None:
+            from psycopg_pool import AsyncConnectionPool
+
+            pool: Any = AsyncConnectionPool(self._conninfo, open=False, min_size=0, max_size=self._max,
+                                            kwargs={"autocommit": True})
+            await pool.open()
+            self._pool = pool
+        lock_id = advisory_key("agent-thread", key)
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
+            try:
+                yield
+            finally:
+                try:
+                    await asyncio.shield(conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,)))
+                except BaseException:
+                    # The session must not go back to the pool still holding the lock: ending it releases it.
+                    await conn.close()
+                    raise
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
 @dataclass
 class ThreadView:
     """A thread's state for GetThread."""
@@ -76,8 +122,9 @@ class ThreadView:
 class TurnRunner:
     """Owns the compiled graph, the checkpointer and the LLM clients of one sidecar."""
 
-    def __init__(self, checkpointer: BaseCheckpointSaver[Any]):
+    def __init__(self, checkpointer: BaseCheckpointSaver[Any], thread_locks: ThreadLocks | None = None):
         self.graph = build_graph().compile(checkpointer=checkpointer)
+        self._thread_locks = thread_locks or ThreadLocks()
         # "exit": checkpoint when the run ends or pauses on an interrupt, not after every node. A turn that
         # crashes or is cancelled mid-way then leaves no partial state; paused runs are still persisted.
         self.durability: Literal["sync", "async", "exit"] = "exit"
@@ -97,6 +144,7 @@ class TurnRunner:
         for c in self._clients.values():
             await c.aclose()
         self._clients.clear()
+        await self._thread_locks.aclose()
 
     @staticmethod
     def _config(scope: str, thread_id: str) -> RunnableConfig:
@@ -104,11 +152,12 @@ class TurnRunner:
 
     @contextlib.asynccontextmanager
     async def _lock(self, key: str) -> AsyncIterator[None]:
-        """One run per thread at a time in this process; entries are dropped when no run uses them."""
+        """One run per thread at a time, in this process and across replicas (``ThreadLocks``); entries are dropped
+        when no run uses them."""
         entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
-            async with entry[0]:
+            async with entry[0], self._thread_locks.hold(key):
                 yield
         finally:
             entry[1] -= 1

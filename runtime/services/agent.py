@@ -15,7 +15,7 @@ from core.errors import InvalidArgumentError
 from runtime.agent.components import bind_ports
 from runtime.agent.items import ItemStore, SqlItemBackend
 from runtime.agent.policy import TurnPolicy
-from runtime.agent.runner import TurnRunner, open_checkpointer
+from runtime.agent.runner import ThreadLocks, TurnRunner, open_checkpointer
 from runtime.container import Runtime
 from runtime.convert import agent as conv
 
@@ -41,7 +41,7 @@ def build(rt: Runtime) -> None:
 async def start(rt: Runtime) -> None:
     """Open the LangGraph checkpointer on the sidecar's database and compile the turn graph."""
     saver, close = await open_checkpointer(rt.db.url)
-    rt.agent.runner = TurnRunner(saver)
+    rt.agent.runner = TurnRunner(saver, ThreadLocks(rt.db.url))
     rt.agent.closers.append(close)
 
 
