@@ -32,7 +32,7 @@ def test_concurrent_turns_on_one_thread_from_two_replicas_are_all_kept(make_serv
         try:
             events = list(replicas[i % 2].client.agent.RunTurn(request, timeout=60))
             assert events[-1].result.status == agent_pb2.TURN_STATUS_COMPLETED
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=one_turn, args=(i,)) for i in range(6)]
@@ -57,7 +57,7 @@ def test_concurrent_puts_of_the_same_keys_from_two_replicas_all_succeed(make_ser
                                                         index_fields=["by"])) for j in range(5)]
         try:
             replicas[i % 2].client.agent.StoreBatch(agent_pb2.StoreBatchRequest(namespace="ns", ops=ops), timeout=60)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=put, args=(i,)) for i in range(12)]
