@@ -14,7 +14,7 @@ echo through the Invoke pipeline (guarded) -> LLM -> 2 more candidate LLM calls 
 
 Figures (milliseconds, over ``--turns`` turns after ``--warmup``):
 - ``turn``: RunTurn wall time seen by a gRPC client, all events streamed. The client runs in a process of its own
-  (``bench/agent_client.py``), as an app's would; ``--client-in-process`` calls from this process instead, where
+  (``bench/_agent_client.py``), as an app's would; ``--client-in-process`` calls from this process instead, where
   the client's work shares the sidecar's interpreter lock (how runs before 2026-11-24 05:45 UTC measured);
 - ``llm``: time the server spent waiting on the LLM endpoint in that turn (union of call intervals);
 - ``overhead`` = turn - llm: what the sidecar adds (target p50 <= 30 ms);
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                   "parallel_input_guard": args.parallel_input_guard,
                   "candidates": 3, "tool_calls_per_turn": 1, "llm": "tests/agent/openai_stub.py (separate process)",
                   "client": "this process (beside the sidecar)" if args.client_in_process
-                  else "bench/agent_client.py (separate process)"},
+                  else "bench/_agent_client.py (separate process)"},
         "full": full,
         "full_markers_in_message": markers,
         "graph_only_default_components": graph_only,
@@ -342,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _ClientProcess:
-    """``bench/agent_client.py``: runs each RunTurn in its own process and reports the call's bounds."""
+    """``bench/_agent_client.py``: runs each RunTurn in its own process and reports the call's bounds."""
 
     def __init__(self, target: str):
-        self._proc = subprocess.Popen([sys.executable, "-m", "bench.agent_client", target], cwd=REPO,
+        self._proc = subprocess.Popen([sys.executable, "-m", "bench._agent_client", target], cwd=REPO,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def run(self, request: agent_pb2.RunTurnRequest) -> tuple[float, float, list[agent_pb2.TurnEvent]]:

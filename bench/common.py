@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+# AGENTRT_BENCH_RESULTS redirects the JSON (the smoke tests run every benchmark briefly without touching the
+# committed results).
+RESULTS = Path(os.environ.get("AGENTRT_BENCH_RESULTS") or Path(__file__).parent / "results")
 SHARED = Path(os.environ.get("AGENTRT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 

@@ -2,6 +2,11 @@
 
 Transport-neutral and synchronous (the servicer runs it through ``rt.offload``). Every decision is
 stored with all of its signals, so calibration can later compare variants on the same outcomes.
+
+Several replicas may share one database: a policy change takes a per-(scope, gate) write lock, reads the
+version it builds on inside the same transaction and publishes ``{"gate", "version"}`` to the change feed;
+other replicas reload that gate's policy in ``apply_remote_change``. The policy cache only moves forward
+(a higher version replaces a lower one), so a slow read can never put an older policy back.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from core import entropy as E
 from core.errors import InvalidArgumentError, NotFoundError
+from core.sqlwrite import lock_for_write
 from runtime.gates import calibration as C
 from runtime.gates.schema import gate_decisions, gate_policies
 from runtime.gates.types import (
@@ -39,6 +45,10 @@ from runtime.write_behind import RowWriter
 #: keys that apply to every gate (``{"top_k": 10}``). ``Settings.policy("gates", scope)`` fits.
 ConfigLookup = Callable[[str], Mapping[str, Any]]
 
+#: ``publisher(connection, scope, payload)``: records a policy change for other replicas, inside the
+#: transaction that makes it (``rt.changes.publish`` with the component name bound).
+Publisher = Callable[[Connection, str, dict[str, Any]], None]
+
 # Recent decisions, labelled or not, used for the fire-rate objective.
 _RECENT_DECISIONS = 5000
 _HYSTERESIS_CACHE = 10_000
@@ -51,11 +61,17 @@ class GateEngine:
     tokens × top-20) and a cached policy lookup; the decision row is written behind (``RowWriter``), so
     no caller waits for its fsync. Reads and updates of decisions flush the queue first; ``close()``
     flushes it on shutdown. Policies set by RPC live in the database as an append-only version history
-    and take precedence over the configured ones.
+    and take precedence over the configured ones; ``publisher`` tells other replicas about new versions.
     """
 
-    def __init__(self, engine: Engine, config: ConfigLookup | Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        config: ConfigLookup | Mapping[str, Any] | None = None,
+        publisher: Publisher | None = None,
+    ):
         self._engine = engine
+        self._publisher = publisher
         if config is None:
             self._config: ConfigLookup = lambda _scope: {}
         elif callable(config):
@@ -103,16 +119,38 @@ class GateEngine:
         if cached is not None:
             return cached
         with self._engine.connect() as conn:
-            row = conn.execute(
-                select(gate_policies)
-                .where(and_(gate_policies.c.scope == scope, gate_policies.c.gate == kind.value))
-                .order_by(gate_policies.c.version.desc())
-                .limit(1)
-            ).first()
-        pv = self._row_to_version(kind, row) if row is not None else self._default_version(scope, kind)
+            pv = self._newest_version(conn, scope, kind)
+        return self._remember(scope, pv)
+
+    def apply_remote_change(self, scope: str, payload: Mapping[str, Any]) -> None:
+        """Another replica stored ``payload["version"]`` of ``payload["gate"]``'s policy: load the newest
+        version from the database (the feed row is committed with it, so it is visible)."""
+        kind = GateKind.parse(payload["gate"])
+        cached = self._policy_cache.get((scope, kind))
+        if cached is not None and cached.version >= int(payload.get("version", 0)):
+            return
+        with self._engine.connect() as conn:
+            pv = self._newest_version(conn, scope, kind)
+        self._remember(scope, pv)
+
+    def _remember(self, scope: str, pv: PolicyVersion) -> PolicyVersion:
+        """Cache ``pv`` unless a newer version is cached already; returns the version now cached."""
+        key = (scope, pv.gate)
         with self._lock:
-            self._policy_cache[(scope, kind)] = pv
-        return pv
+            cached = self._policy_cache.get(key)
+            if cached is None or cached.version <= pv.version:
+                self._policy_cache[key] = pv
+                return pv
+            return cached
+
+    def _newest_version(self, conn: Connection, scope: str, kind: GateKind) -> PolicyVersion:
+        row = conn.execute(
+            select(gate_policies)
+            .where(and_(gate_policies.c.scope == scope, gate_policies.c.gate == kind.value))
+            .order_by(gate_policies.c.version.desc())
+            .limit(1)
+        ).first()
+        return self._row_to_version(kind, row) if row is not None else self._default_version(scope, kind)
 
     def set_policy(
         self,
@@ -121,12 +159,17 @@ class GateEngine:
         policy: GatePolicy | Mapping[str, Any],
         reason: str = "set by RPC",
     ) -> PolicyVersion:
-        """Store ``policy`` as a new version (a Mapping overlays the policy in effect) and return it."""
+        """Store ``policy`` as a new version (a Mapping overlays the policy in effect) and return it.
+
+        The overlay reads the policy in effect inside the write transaction, under the gate's write lock,
+        so concurrent partial updates (here or on another replica) each keep the others' fields.
+        """
         kind = GateKind.parse(gate)
         if isinstance(policy, Mapping):
-            policy = GatePolicy.from_dict(policy, self.get_policy(scope, kind).policy)
-        policy.validate()
-        return self._append_version(scope, kind, policy, reason)
+            changes = dict(policy)
+            return self._append_version(scope, kind, lambda base: GatePolicy.from_dict(changes, base), reason)
+        fixed = policy
+        return self._append_version(scope, kind, lambda _base: fixed, reason)
 
     def list_policy_versions(self, scope: str, gate: GateKind | str) -> list[PolicyVersion]:
         """Every version, oldest first, starting with the configured default as version 0."""
@@ -148,17 +191,20 @@ class GateEngine:
         target = next((v for v in self.list_policy_versions(scope, kind) if v.version == version), None)
         if target is None:
             raise NotFoundError("gate policy version", f"{kind.value} v{version}")
-        return self._append_version(scope, kind, target.policy, f"rollback to v{version}")
+        return self._append_version(scope, kind, lambda _base: target.policy, f"rollback to v{version}")
 
-    def _append_version(self, scope: str, kind: GateKind, policy: GatePolicy, reason: str) -> PolicyVersion:
+    def _append_version(
+        self, scope: str, kind: GateKind, build: Callable[[GatePolicy], GatePolicy], reason: str
+    ) -> PolicyVersion:
+        """Store ``build(policy in effect)`` as the next version. The lock makes "read the newest version,
+        insert newest + 1" atomic against writers of this gate in every process."""
         now = time.time()
         with self._engine.begin() as conn:
-            current = conn.execute(
-                select(func.max(gate_policies.c.version)).where(
-                    and_(gate_policies.c.scope == scope, gate_policies.c.gate == kind.value)
-                )
-            ).scalar()
-            version = int(current or 0) + 1
+            lock_for_write(conn, "gate_policies", scope, kind.value)
+            current = self._newest_version(conn, scope, kind)
+            policy = build(current.policy)
+            policy.validate()
+            version = current.version + 1
             conn.execute(
                 insert(gate_policies).values(
                     scope=scope,
@@ -169,9 +215,10 @@ class GateEngine:
                     created_at=now,
                 )
             )
+            if self._publisher is not None:
+                self._publisher(conn, scope, {"gate": kind.value, "version": version})
         pv = PolicyVersion(gate=kind, version=version, policy=policy, reason=reason, created_at=now)
-        with self._lock:
-            self._policy_cache[(scope, kind)] = pv
+        self._remember(scope, pv)
         return pv
 
     def _default_version(self, scope: str, kind: GateKind) -> PolicyVersion:
@@ -476,9 +523,8 @@ class GateEngine:
                 return keep(f"logistic fit has slope b={b:.4g} <= 0 on {chosen}", auroc=aurocs, signal=chosen)
             threshold = t
         variant, _, aggregation = chosen.partition(".")
-        new_policy = GatePolicy.from_dict(
-            {"variant": variant, "aggregation": aggregation, "threshold": threshold}, current.policy
-        )
+        fitted = {"variant": variant, "aggregation": aggregation, "threshold": threshold}
+        new_policy = GatePolicy.from_dict(fitted, current.policy)
         fires = scores > threshold
         fire_rate = float(fires.mean())
         recall = float(fires[labels].mean()) if n_pos else math.nan
@@ -490,7 +536,8 @@ class GateEngine:
         if obj.dry_run:
             pv = PolicyVersion(gate=kind, version=current.version, policy=new_policy, reason="dry run: " + reason)
         else:
-            pv = self._append_version(scope, kind, new_policy, reason)
+            # Overlay the fit on the policy in effect at commit, so a concurrent change of other fields stays.
+            pv = self._append_version(scope, kind, lambda base: GatePolicy.from_dict(fitted, base), reason)
         return CalibrationResult(
             updated=not obj.dry_run,
             message=("dry run: " + reason) if obj.dry_run else reason,

@@ -4,6 +4,9 @@ Untrained default (documented, always available): agreement clusters; the larges
 between clusters — and all-singleton sets — go to the lower mean token entropy. A learned selector
 (logistic regression over label-free features, per namespace) replaces it only after it beat the
 default on held-back recorded outcomes.
+
+Replicas sharing one database: Train numbers its model under a per-scope write lock and publishes
+``{"version"}`` to the change feed; other replicas reload the scope's model in ``apply_remote_change``.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
 from core import entropy as E
 from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from core.sqlwrite import lock_for_write
 from runtime.gates.types import TokenStream
 from runtime.selection.agreement import cluster_answers, normalize_answer, texts_to_embed
 from runtime.selection.features import FEATURE_NAMES, candidate_features
@@ -31,6 +35,10 @@ from runtime.selection.types import Candidate, Selection, TrainResult
 from runtime.write_behind import RowWriter
 
 ConfigLookup = Callable[[str], Mapping[str, Any]]
+
+#: ``publisher(connection, scope, payload)``: records a new model for other replicas, inside the
+#: transaction that stores it (``rt.changes.publish`` with the component name bound).
+Publisher = Callable[[Connection, str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -77,15 +85,20 @@ class _Model:
 
 
 class AnswerSelector:
-    """Answer selection for every namespace of one process (synchronous; run it via ``rt.offload``)."""
+    """Answer selection for every namespace of one process (synchronous; run it via ``rt.offload``).
+
+    ``publisher`` tells other replicas about models trained here (see ``apply_remote_change``).
+    """
 
     def __init__(
         self,
         engine: Engine,
         embedder: Embedder | None = None,
         config: ConfigLookup | Mapping[str, Any] | None = None,
+        publisher: Publisher | None = None,
     ):
         self._engine = engine
+        self._publisher = publisher
         self._embedder = embedder
         if config is None:
             self._config: ConfigLookup = lambda _scope: {}
@@ -95,8 +108,8 @@ class AnswerSelector:
             frozen = dict(config)
             self._config = lambda _scope: frozen
         self._lock = threading.Lock()
-        # scope -> active model (None: checked, no active model).
-        self._models: dict[str, _Model | None] = {}
+        # scope -> (newest stored model version, 0 for none; the active model or None). Only moves forward.
+        self._models: dict[str, tuple[int, _Model | None]] = {}
         # Selections are records for later labelling: nobody waits for their fsync.
         self._selections = RowWriter(engine, select_selections)
 
@@ -323,6 +336,8 @@ class AnswerSelector:
             + ("learned selector active" if active else "keeping the agreement default")
         )
         with self._engine.begin() as conn:
+            # Versions are newest + 1: serialise the writers of this scope's models in every process.
+            lock_for_write(conn, "select_models", scope)
             current = conn.execute(
                 select(func.max(select_models.c.version)).where(select_models.c.scope == scope)
             ).scalar()
@@ -348,8 +363,10 @@ class AnswerSelector:
                     message=message,
                 )
             )
-        with self._lock:
-            self._models.pop(scope, None)
+            if self._publisher is not None:
+                self._publisher(conn, scope, {"version": version})
+        stored = _Model(version, mean, scale, model.coef, model.intercept) if active else None
+        self._remember_model(scope, version, stored)
         return TrainResult(
             active=active,
             message=message,
@@ -361,10 +378,32 @@ class AnswerSelector:
             model_version=version,
         )
 
+    def apply_remote_change(self, scope: str, payload: Mapping[str, Any]) -> None:
+        """Another replica stored model ``payload["version"]`` for ``scope``: load the scope's newest model
+        (committed with the feed row, so visible) unless that version or a newer one is cached already."""
+        with self._lock:
+            cached = self._models.get(scope)
+        if cached is not None and cached[0] >= int(payload.get("version", 0)):
+            return
+        self._remember_model(scope, *self._load_model(scope))
+
     def _active_model(self, scope: str) -> _Model | None:
         with self._lock:
             if scope in self._models:
-                return self._models[scope]
+                return self._models[scope][1]
+        return self._remember_model(scope, *self._load_model(scope))
+
+    def _remember_model(self, scope: str, version: int, model: _Model | None) -> _Model | None:
+        """Cache ``scope``'s model of ``version`` unless a newer one is cached; returns the one cached."""
+        with self._lock:
+            cached = self._models.get(scope)
+            if cached is None or cached[0] <= version:
+                self._models[scope] = (version, model)
+                return model
+            return cached[1]
+
+    def _load_model(self, scope: str) -> tuple[int, _Model | None]:
+        """The newest stored version for ``scope`` (0 when none) and its model if that one is active."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(select_models.c.version, select_models.c.active, select_models.c.model_json)
@@ -372,8 +411,10 @@ class AnswerSelector:
                 .order_by(select_models.c.version.desc())
                 .limit(1)
             ).first()
+        if row is None:
+            return 0, None
         model: _Model | None = None
-        if row is not None and row.active:
+        if row.active:
             data = json.loads(row.model_json)
             if tuple(data["feature_names"]) == FEATURE_NAMES:
                 model = _Model(
@@ -383,9 +424,7 @@ class AnswerSelector:
                     np.array(data["coef"]),
                     float(data["intercept"]),
                 )
-        with self._lock:
-            self._models[scope] = model
-        return model
+        return int(row.version), model
 
 
 def _stream(tokens: Any, field_name: str) -> TokenStream | None:

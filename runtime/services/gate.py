@@ -31,8 +31,17 @@ def gate_config(rt: Runtime, scope: str) -> dict[str, Any]:
 
 
 def build(rt: Runtime) -> None:
-    """Attach the GateEngine (``rt.gates``); configured policies come from ``policies.*.gates``."""
-    rt.gates = GateEngine(rt.db.engine, lambda scope: gate_config(rt, scope))
+    """Attach the GateEngine (``rt.gates``); configured policies come from ``policies.*.gates``.
+
+    Policy versions stored here are announced on the change feed; other replicas reload that gate's
+    policy (``GateEngine.apply_remote_change``) so GetPolicy, Decide and the next SetPolicy build on them.
+    """
+
+    def publish(conn: Any, scope: str, payload: dict[str, Any]) -> None:
+        rt.changes.publish(conn, "gates", scope, payload)
+
+    rt.gates = GateEngine(rt.db.engine, lambda scope: gate_config(rt, scope), publisher=publish)
+    rt.replica_handlers["gates"] = rt.gates.apply_remote_change
     # Fail the start on a bad gate policy in the configuration, not on the first Decide.
     rt.gates.validate_config(["_/_", *rt.settings.policies.namespaces])
 

@@ -18,8 +18,19 @@ MAX_CANDIDATES = 64
 
 
 def build(rt: Runtime) -> None:
-    """Attach the AnswerSelector (``rt.selector``); settings come from ``policies.*.select``."""
-    rt.selector = AnswerSelector(rt.db.engine, rt.embedder, lambda scope: rt.policy("select", scope))
+    """Attach the AnswerSelector (``rt.selector``); settings come from ``policies.*.select``.
+
+    Models trained here are announced on the change feed; other replicas reload that namespace's model
+    (``AnswerSelector.apply_remote_change``).
+    """
+
+    def publish(conn: Any, scope: str, payload: dict[str, Any]) -> None:
+        rt.changes.publish(conn, "select", scope, payload)
+
+    rt.selector = AnswerSelector(
+        rt.db.engine, rt.embedder, lambda scope: rt.policy("select", scope), publisher=publish
+    )
+    rt.replica_handlers["select"] = rt.selector.apply_remote_change
     for scope in ["_/_", *rt.settings.policies.namespaces]:
         rt.selector.config(scope)  # a bad key fails the start, not the first Select
 
