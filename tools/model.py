@@ -213,6 +213,25 @@ class ToolPolicy:
     memory_session_id: str = "tool-calls"
 
 
+@dataclass(frozen=True)
+class ToolPolicyPatch:
+    """A partial ToolPolicy update: fields left None keep the stored (or default) value.
+
+    Applied inside the store's write (``ToolRegistry.update_policy``), so two concurrent patches of
+    different fields both survive.
+    """
+
+    guard_calls: bool | None = None
+    guard_results: bool | None = None
+    memory_write: bool | None = None
+    memory_session_id: str | None = None
+
+    def apply(self, base: ToolPolicy) -> ToolPolicy:
+        """``base`` with every field this patch sets replaced."""
+        changes = {k: v for k, v in self.__dict__.items() if v is not None}
+        return replace(base, **changes)
+
+
 def args_hash(arguments: Any) -> str:
     """Stable SHA-256 of the arguments (canonical JSON), so audits never store argument values."""
     return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

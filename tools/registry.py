@@ -9,11 +9,18 @@ is refused).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from core.errors import AlreadyExistsError, FailedPreconditionError, FieldViolation, InvalidArgumentError
+from core.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from tools.audit import AuditLog
 from tools.executors import BuiltinExecutor, ExecResult, HttpExecutor
 from tools.mcp_client import McpConnection, McpManager, McpTool, definitions_from_mcp
@@ -24,6 +31,7 @@ from tools.model import (
     McpServerStatus,
     ToolDefinition,
     ToolPolicy,
+    ToolPolicyPatch,
     validate_definition,
     validate_policy,
     validate_server,
@@ -69,15 +77,25 @@ class ToolRegistry:
         # this object, so they are cached here and dropped on every change.
         self._tool_cache: dict[tuple[str, str], ToolDefinition] = {}
         self._policy_cache: dict[str, ToolPolicy] = {}
+        # Bumped on every change of a scope's policy (tools). A read or write of the database that overlapped
+        # a change does not know whether its value is still the newest, so it leaves the cache alone.
+        self._policy_epoch: dict[str, int] = {}
+        self._tool_epoch: dict[str, int] = {}
 
     def invalidate(self, scope: str) -> None:
         """Drop everything cached for ``scope`` (another replica changed its tools or policy)."""
         self._changed(scope)
+        self._policy_changed(scope)
+
+    def _policy_changed(self, scope: str) -> None:
+        self._policy_epoch[scope] = self._policy_epoch.get(scope, 0) + 1
         self._policy_cache.pop(scope, None)
 
     def _changed(self, scope: str) -> None:
+        self._tool_epoch[scope] = self._tool_epoch.get(scope, 0) + 1
         self.search_index.invalidate(scope)
-        for key in [k for k in self._tool_cache if k[0] == scope]:
+        # list(): the replication tailer calls this from its own thread.
+        for key in [k for k in list(self._tool_cache) if k[0] == scope]:
             self._tool_cache.pop(key, None)
 
     # -- definitions -----------------------------------------------------------------------------
@@ -106,8 +124,9 @@ class ToolRegistry:
             cached = self._tool_cache.get((scope, name))
             if cached is not None:
                 return cached
+        epoch = self._tool_epoch.get(scope, 0)
         result: ToolDefinition = await self._offload(self.store.get_tool, scope, name, version)
-        if version == 0:
+        if version == 0 and self._tool_epoch.get(scope, 0) == epoch:
             self._tool_cache[(scope, name)] = result
         return result
 
@@ -143,22 +162,9 @@ class ToolRegistry:
 
     async def _sync_mcp_tools(self, scope: str, spec: McpServerSpec, tools: list[McpTool]) -> None:
         """Make the registry hold exactly the server's current tools (new versions for changed ones)."""
-        wanted = {d.name: d for d in definitions_from_mcp(spec, tools)}
-        changed = False
-        for d in wanted.values():
-            _, created = await self._offload(self.store.put_tool, scope, d)
-            changed |= created
-        prefix = f"{spec.name}."
-        for existing in await self._offload(self.store.list_tools, scope):
-            if (
-                existing.executor.kind == ExecutorKind.MCP
-                and existing.executor.mcp_server == spec.name
-                and existing.name.startswith(prefix)
-                and existing.name not in wanted
-            ):
-                await self._offload(self.store.delete_tool, scope, existing.name)
-                changed = True
-        if changed:
+        wanted = list({d.name: d for d in definitions_from_mcp(spec, tools)}.values())
+        result = await self._offload(self.store.sync_server_tools, scope, spec.name, wanted)
+        if result.changed:
             self._changed(scope)
             log.info("MCP server %s (%s): tool list now %d tools", spec.name, scope, len(wanted))
 
@@ -189,7 +195,9 @@ class ToolRegistry:
         await self.mcp.disconnect(scope, name)
         removed = [t.name for t in await self._server_tools(scope, name)]
         for tool_name in removed:
-            await self._offload(self.store.delete_tool, scope, tool_name)
+            # Unregistered meanwhile (a concurrent RemoveMcp or Unregister) is gone either way.
+            with contextlib.suppress(NotFoundError):
+                await self._offload(self.store.delete_tool, scope, tool_name)
         await self._offload(self.store.delete_server, scope, name)
         self._changed(scope)
         return removed
@@ -280,15 +288,38 @@ class ToolRegistry:
         """The scope's Invoke policy: set by RPC, else the configured default."""
         cached = self._policy_cache.get(scope)
         if cached is None:
+            epoch = self._policy_epoch.get(scope, 0)
             cached = await self._offload(self.store.get_policy, scope) or self.default_policy(scope)
-            self._policy_cache[scope] = cached
+            if self._policy_epoch.get(scope, 0) == epoch:
+                self._policy_cache[scope] = cached
         return cached
+
+    async def update_policy(self, scope: str, patch: ToolPolicyPatch) -> ToolPolicy:
+        """Apply ``patch`` to the stored policy (else the configured default) inside the write; returns the
+        policy committed. InvalidArgumentError, with nothing stored, if memory could never take its writes."""
+
+        def change(stored: ToolPolicy | None) -> ToolPolicy:
+            policy = patch.apply(stored or self.default_policy(scope))
+            validate_policy(policy)
+            return policy
+
+        return await self._store_policy(scope, change)
 
     async def set_policy(self, scope: str, policy: ToolPolicy) -> None:
         """Replace the scope's Invoke policy (InvalidArgumentError if memory could never take its writes)."""
         validate_policy(policy)
-        await self._offload(self.store.set_policy, scope, policy)
-        self._policy_cache[scope] = policy
+        await self._store_policy(scope, lambda _stored: policy)
+
+    async def _store_policy(self, scope: str, change: Callable[[ToolPolicy | None], ToolPolicy]) -> ToolPolicy:
+        epoch = self._policy_epoch.get(scope, 0)
+        committed: ToolPolicy = await self._offload(self.store.update_policy, scope, change)
+        # Cache what was committed only when no other change of this scope finished meanwhile: that one may
+        # have committed after this one.
+        overlapped = self._policy_epoch.get(scope, 0) != epoch
+        self._policy_changed(scope)
+        if not overlapped:
+            self._policy_cache[scope] = committed
+        return committed
 
     async def aclose(self) -> None:
         """Flush audits, close MCP connections and the HTTP pool."""

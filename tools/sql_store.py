@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from core.errors import NotFoundError
+from core.sqlwrite import lock_for_write
 from tools.model import (
     AuditRecord,
     McpServerSpec,
@@ -26,7 +26,7 @@ from tools.model import (
     utcnow,
 )
 from tools.schema import tool_audit, tool_mcp_servers, tool_policies, tool_versions
-from tools.store import ToolStore
+from tools.store import ServerToolsSync, ToolStore, is_server_tool
 
 
 def _utc(value: datetime) -> datetime:
@@ -65,45 +65,45 @@ class SqlToolStore(ToolStore):
         return dataclasses.replace(d, version=row.version, created_at=_utc(row.created_at))
 
     def put_tool(self, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
+        with self._engine.begin() as conn:
+            lock_for_write(conn, "tools", scope, definition.name)
+            stored, created = self._put_locked(conn, scope, definition)
+            if created:
+                self._announce(conn, scope)
+            return stored, created
+
+    def _put_locked(self, conn: Connection, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
+        # The caller holds the name's write lock, so "latest + 1" is this name's next free version.
         key = definition.content_key()
-        # Two writers may race for the same next version; the unique constraint makes one retry.
-        for attempt in range(3):
-            try:
-                with self._engine.begin() as conn:
-                    latest = conn.execute(
-                        select(tool_versions)
-                        .where(tool_versions.c.scope == scope, tool_versions.c.name == definition.name)
-                        .order_by(tool_versions.c.version.desc())
-                        .limit(1)
-                    ).first()
-                    if latest is not None and not latest.deleted and latest.content_key == key:
-                        return self._row_to_def(latest), False
-                    version = (latest.version if latest is not None else 0) + 1
-                    now = utcnow()
-                    body = definition_to_dict(dataclasses.replace(definition, version=0, created_at=None))
-                    conn.execute(
-                        insert(tool_versions).values(
-                            scope=scope,
-                            name=definition.name,
-                            version=version,
-                            content_key=key,
-                            definition=json.dumps(body, sort_keys=True),
-                            deleted=False,
-                            created_at=now,
-                        )
-                    )
-                    # A new version revives a name that was unregistered.
-                    conn.execute(
-                        update(tool_versions)
-                        .where(tool_versions.c.scope == scope, tool_versions.c.name == definition.name)
-                        .values(deleted=False)
-                    )
-                    self._announce(conn, scope)
-                    return dataclasses.replace(definition, version=version, created_at=now), True
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        latest = conn.execute(
+            select(tool_versions)
+            .where(tool_versions.c.scope == scope, tool_versions.c.name == definition.name)
+            .order_by(tool_versions.c.version.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and not latest.deleted and latest.content_key == key:
+            return self._row_to_def(latest), False
+        version = (latest.version if latest is not None else 0) + 1
+        now = utcnow()
+        body = definition_to_dict(dataclasses.replace(definition, version=0, created_at=None))
+        conn.execute(
+            insert(tool_versions).values(
+                scope=scope,
+                name=definition.name,
+                version=version,
+                content_key=key,
+                definition=json.dumps(body, sort_keys=True),
+                deleted=False,
+                created_at=now,
+            )
+        )
+        # A new version revives a name that was unregistered.
+        conn.execute(
+            update(tool_versions)
+            .where(tool_versions.c.scope == scope, tool_versions.c.name == definition.name)
+            .values(deleted=False)
+        )
+        return dataclasses.replace(definition, version=version, created_at=now), True
 
     def get_tool(self, scope: str, name: str, version: int = 0) -> ToolDefinition:
         q = select(tool_versions).where(tool_versions.c.scope == scope, tool_versions.c.name == name)
@@ -144,22 +144,71 @@ class SqlToolStore(ToolStore):
 
     def delete_tool(self, scope: str, name: str) -> int:
         with self._engine.begin() as conn:
-            last = conn.execute(
-                select(func.max(tool_versions.c.version)).where(
-                    tool_versions.c.scope == scope,
-                    tool_versions.c.name == name,
-                    tool_versions.c.deleted.is_(False),
-                )
-            ).scalar()
+            lock_for_write(conn, "tools", scope, name)
+            last = self._delete_locked(conn, scope, name)
             if last is None:
                 raise NotFoundError("tool", name)
-            conn.execute(
-                update(tool_versions)
-                .where(tool_versions.c.scope == scope, tool_versions.c.name == name)
-                .values(deleted=True)
-            )
             self._announce(conn, scope)
-            return int(last)
+            return last
+
+    def _delete_locked(self, conn: Connection, scope: str, name: str) -> int | None:
+        """Mark ``name`` unregistered (the caller holds its write lock); its last version, None if not live."""
+        last = conn.execute(
+            select(func.max(tool_versions.c.version)).where(
+                tool_versions.c.scope == scope,
+                tool_versions.c.name == name,
+                tool_versions.c.deleted.is_(False),
+            )
+        ).scalar()
+        if last is None:
+            return None
+        conn.execute(
+            update(tool_versions)
+            .where(tool_versions.c.scope == scope, tool_versions.c.name == name)
+            .values(deleted=True)
+        )
+        return int(last)
+
+    def sync_server_tools(
+        self, scope: str, server: str, definitions: Sequence[ToolDefinition]
+    ) -> ServerToolsSync:
+        wanted = {d.name: d for d in definitions}
+        with self._engine.begin() as conn:
+            # One sync of a server at a time, then its names in sorted order. Names of different servers
+            # never overlap (``<server>.``, and a server name has no dot), so two syncs cannot deadlock.
+            lock_for_write(conn, "tool_mcp_servers", scope, server)
+            held = sorted(set(wanted) | set(self._server_tool_names(conn, scope, server)))
+            for name in held:
+                lock_for_write(conn, "tools", scope, name)
+            created = sorted(name for name, d in wanted.items() if self._put_locked(conn, scope, d)[1])
+            removed = []
+            # Read again under the locks: a name registered after the first read is not held, so it stays.
+            for name in sorted(self._server_tool_names(conn, scope, server)):
+                if name not in wanted and name in held and self._delete_locked(conn, scope, name) is not None:
+                    removed.append(name)
+            result = ServerToolsSync(created, removed)
+            if result.changed:
+                self._announce(conn, scope)
+            return result
+
+    def _server_tool_names(self, conn: Connection, scope: str, server: str) -> list[str]:
+        """Live tools of ``scope`` that importing ``server`` made."""
+        latest = (
+            select(tool_versions.c.name, func.max(tool_versions.c.version).label("v"))
+            .where(
+                tool_versions.c.scope == scope,
+                tool_versions.c.deleted.is_(False),
+                tool_versions.c.name.startswith(f"{server}.", autoescape=True),
+            )
+            .group_by(tool_versions.c.name)
+            .subquery()
+        )
+        rows = conn.execute(
+            select(tool_versions)
+            .join(latest, and_(tool_versions.c.name == latest.c.name, tool_versions.c.version == latest.c.v))
+            .where(tool_versions.c.scope == scope)
+        )
+        return [r.name for r in rows if is_server_tool(self._row_to_def(r), server)]
 
     def put_server(self, scope: str, spec: McpServerSpec) -> None:
         with self._engine.begin() as conn:
@@ -263,8 +312,16 @@ class SqlToolStore(ToolStore):
             return None
         return ToolPolicy(**json.loads(row.policy))
 
-    def set_policy(self, scope: str, policy: ToolPolicy) -> None:
+    def update_policy(self, scope: str, change: Callable[[ToolPolicy | None], ToolPolicy]) -> ToolPolicy:
         with self._engine.begin() as conn:
-            conn.execute(delete(tool_policies).where(tool_policies.c.scope == scope))
-            conn.execute(insert(tool_policies).values(scope=scope, policy=json.dumps(dataclasses.asdict(policy))))
+            lock_for_write(conn, "tool_policies", scope)
+            row = conn.execute(select(tool_policies.c.policy).where(tool_policies.c.scope == scope)).first()
+            policy = change(None if row is None else ToolPolicy(**json.loads(row.policy)))
+            body = json.dumps(dataclasses.asdict(policy))
+            # Under the lock nobody else inserts this scope's row between the read and the write.
+            if row is None:
+                conn.execute(insert(tool_policies).values(scope=scope, policy=body))
+            else:
+                conn.execute(update(tool_policies).where(tool_policies.c.scope == scope).values(policy=body))
             self._announce(conn, scope)
+            return policy

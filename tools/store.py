@@ -9,10 +9,35 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 from core.errors import NotFoundError
-from tools.model import AuditRecord, McpServerSpec, ToolDefinition, ToolPolicy, utcnow
+from tools.model import AuditRecord, ExecutorKind, McpServerSpec, ToolDefinition, ToolPolicy, utcnow
+
+
+class ServerToolsSync(NamedTuple):
+    """What ``ToolStore.sync_server_tools`` changed."""
+
+    created: list[str]
+    """Names that got a new version (new tools and changed ones), sorted."""
+    removed: list[str]
+    """Names unregistered because the server no longer lists them, sorted."""
+
+    @property
+    def changed(self) -> bool:
+        """Whether the scope's tools are different now."""
+        return bool(self.created or self.removed)
+
+
+def is_server_tool(definition: ToolDefinition, server: str) -> bool:
+    """Whether ``definition`` is one that importing MCP server ``server`` made (and a re-list may remove)."""
+    return (
+        definition.executor.kind == ExecutorKind.MCP
+        and definition.executor.mcp_server == server
+        and definition.name.startswith(f"{server}.")
+    )
 
 
 class ToolStore(ABC):
@@ -20,6 +45,10 @@ class ToolStore(ABC):
 
     Error contract: ``get_tool``/``delete_tool``/``get_server``/``delete_server`` raise NotFoundError
     for a name this scope does not hold.
+
+    Every write is one atomic read-modify-write, also against writers in other processes sharing the
+    database (sidecar replicas): concurrent ``put_tool`` calls of one name get distinct, contiguous versions,
+    and ``update_policy`` merges into what is stored at the moment it writes.
     """
 
     @abstractmethod
@@ -45,6 +74,16 @@ class ToolStore(ABC):
     @abstractmethod
     def delete_tool(self, scope: str, name: str) -> int:
         """Unregister ``name``; its versions stay for the audit trail. Returns the last version."""
+
+    @abstractmethod
+    def sync_server_tools(
+        self, scope: str, server: str, definitions: Sequence[ToolDefinition]
+    ) -> ServerToolsSync:
+        """Make MCP server ``server``'s imported tools exactly ``definitions``, in one transaction.
+
+        Each definition is put as by ``put_tool``; every live tool for which ``is_server_tool(tool, server)``
+        holds and whose name is not among ``definitions`` is unregistered.
+        """
 
     @abstractmethod
     def put_server(self, scope: str, spec: McpServerSpec) -> None:
@@ -80,8 +119,16 @@ class ToolStore(ABC):
         """The scope's Invoke policy, or None when never set."""
 
     @abstractmethod
+    def update_policy(self, scope: str, change: Callable[[ToolPolicy | None], ToolPolicy]) -> ToolPolicy:
+        """Store ``change(stored policy or None)`` as the scope's Invoke policy and return it.
+
+        ``change`` runs inside the write, on what is stored at that moment (no other writer of the scope's
+        policy runs between its read and the commit); whatever it raises aborts the write and propagates.
+        """
+
     def set_policy(self, scope: str, policy: ToolPolicy) -> None:
         """Replace the scope's Invoke policy."""
+        self.update_policy(scope, lambda _stored: policy)
 
 
 class InMemoryToolStore(ToolStore):
@@ -96,19 +143,23 @@ class InMemoryToolStore(ToolStore):
         self._policies: dict[str, ToolPolicy] = {}
 
     def put_tool(self, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
-        key = (scope, definition.name)
         with self._lock:
-            versions = self._versions.setdefault(key, [])
-            if (
-                versions
-                and key not in self._deleted
-                and versions[-1].content_key() == definition.content_key()
-            ):
-                return versions[-1], False
-            stored = replace(definition, version=len(versions) + 1, created_at=utcnow())
-            versions.append(stored)
-            self._deleted.discard(key)
-            return stored, True
+            return self._put_tool(scope, definition)
+
+    def _put_tool(self, scope: str, definition: ToolDefinition) -> tuple[ToolDefinition, bool]:
+        # Callers hold self._lock.
+        key = (scope, definition.name)
+        versions = self._versions.setdefault(key, [])
+        if (
+            versions
+            and key not in self._deleted
+            and versions[-1].content_key() == definition.content_key()
+        ):
+            return versions[-1], False
+        stored = replace(definition, version=len(versions) + 1, created_at=utcnow())
+        versions.append(stored)
+        self._deleted.discard(key)
+        return stored, True
 
     def get_tool(self, scope: str, name: str, version: int = 0) -> ToolDefinition:
         key = (scope, name)
@@ -145,6 +196,23 @@ class InMemoryToolStore(ToolStore):
                 raise NotFoundError("tool", name)
             self._deleted.add(key)
             return versions[-1].version
+
+    def sync_server_tools(
+        self, scope: str, server: str, definitions: Sequence[ToolDefinition]
+    ) -> ServerToolsSync:
+        wanted = {d.name for d in definitions}
+        with self._lock:
+            created = sorted(d.name for d in definitions if self._put_tool(scope, d)[1])
+            removed = sorted(
+                name
+                for (s, name), versions in self._versions.items()
+                if s == scope
+                and (s, name) not in self._deleted
+                and name not in wanted
+                and is_server_tool(versions[-1], server)
+            )
+            self._deleted.update((scope, name) for name in removed)
+        return ServerToolsSync(created, removed)
 
     def put_server(self, scope: str, spec: McpServerSpec) -> None:
         with self._lock:
@@ -184,6 +252,8 @@ class InMemoryToolStore(ToolStore):
         with self._lock:
             return self._policies.get(scope)
 
-    def set_policy(self, scope: str, policy: ToolPolicy) -> None:
+    def update_policy(self, scope: str, change: Callable[[ToolPolicy | None], ToolPolicy]) -> ToolPolicy:
         with self._lock:
+            policy = change(self._policies.get(scope))
             self._policies[scope] = policy
+            return policy

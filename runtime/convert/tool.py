@@ -23,6 +23,7 @@ from tools.model import (
     Step,
     ToolDefinition,
     ToolPolicy,
+    ToolPolicyPatch,
 )
 from tools.search import ToolSearchResult
 from tools.validation import decode_json
@@ -317,13 +318,13 @@ def policy_to_proto(p: ToolPolicy) -> tool_pb2.ToolPolicy:
     )
 
 
-def policy_from_proto(msg: tool_pb2.ToolPolicy, base: ToolPolicy) -> ToolPolicy:
-    """Fields left unset keep ``base``'s value."""
-    return ToolPolicy(
-        guard_calls=msg.guard_calls if msg.HasField("guard_calls") else base.guard_calls,
-        guard_results=msg.guard_results if msg.HasField("guard_results") else base.guard_results,
-        memory_write=msg.memory_write if msg.HasField("memory_write") else base.memory_write,
-        memory_session_id=msg.memory_session_id or base.memory_session_id,
+def policy_patch_from_proto(msg: tool_pb2.ToolPolicy) -> ToolPolicyPatch:
+    """The fields ``msg`` sets (an empty memory_session_id is unset); the rest keep the stored value."""
+    return ToolPolicyPatch(
+        guard_calls=msg.guard_calls if msg.HasField("guard_calls") else None,
+        guard_results=msg.guard_results if msg.HasField("guard_results") else None,
+        memory_write=msg.memory_write if msg.HasField("memory_write") else None,
+        memory_session_id=msg.memory_session_id or None,
     )
 
 

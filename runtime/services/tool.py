@@ -281,8 +281,8 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
 
     async def SetPolicy(self, request: tool_pb2.SetToolPolicyRequest, context: Any) -> tool_pb2.ToolPolicy:
         scope = await self._rt.scope(request.namespace, write=True)
-        policy = conv.policy_from_proto(request.policy, await self._reg.policy(scope))
-        await self._reg.set_policy(scope, policy)
+        # Merged into what the database holds inside the write: a concurrent update of another field survives.
+        policy = await self._reg.update_policy(scope, conv.policy_patch_from_proto(request.policy))
         return conv.policy_to_proto(policy)
 
 

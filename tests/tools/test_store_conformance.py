@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tools.model import (
     Step,
     ToolDefinition,
     ToolPolicy,
+    ToolPolicyPatch,
     utcnow,
 )
 from tools.schema import metadata
@@ -154,6 +156,74 @@ def test_servers_round_trip_and_replace(store: ToolStore) -> None:
     assert store.list_servers(B) == [(B, h)]
     store.delete_server(A, "files")
     assert store.list_servers(A) == []
+
+
+def mcp_tool(name: str, server: str = "lab", description: str = "d") -> ToolDefinition:
+    executor = ExecutorSpec(ExecutorKind.MCP, mcp_server=server, mcp_tool=name)
+    return replace(tool(name, description), executor=executor)
+
+
+def test_sync_server_tools_puts_changed_and_unregisters_unlisted_ones(store: ToolStore) -> None:
+    first = store.sync_server_tools(A, "lab", [mcp_tool("lab.add"), mcp_tool("lab.mul")])
+    assert (first.created, first.removed, first.changed) == (["lab.add", "lab.mul"], [], True)
+    # Another server's tool, a user's MCP tool without the prefix and a non-MCP "lab." tool are not the server's.
+    store.put_tool(A, mcp_tool("other.add", server="other"))
+    store.put_tool(A, mcp_tool("adder"))
+    store.put_tool(A, tool("lab.http"))
+
+    again = store.sync_server_tools(A, "lab", [mcp_tool("lab.add"), mcp_tool("lab.mul")])
+    assert (again.created, again.removed, again.changed) == ([], [], False)
+    second = store.sync_server_tools(A, "lab", [mcp_tool("lab.add", description="new"), mcp_tool("lab.sub")])
+    assert (second.created, second.removed) == (["lab.add", "lab.sub"], ["lab.mul"])
+
+    assert [t.name for t in store.list_tools(A)] == ["adder", "lab.add", "lab.http", "lab.sub", "other.add"]
+    assert store.get_tool(A, "lab.add").version == 2
+    assert store.sync_server_tools(B, "lab", []) == ([], [])
+
+
+def test_update_policy_merges_into_what_is_stored(store: ToolStore) -> None:
+    seen: list[ToolPolicy | None] = []
+
+    def patch(p: ToolPolicyPatch) -> Callable[[ToolPolicy | None], ToolPolicy]:
+        def change(stored: ToolPolicy | None) -> ToolPolicy:
+            seen.append(stored)
+            return p.apply(stored or ToolPolicy())
+
+        return change
+
+    assert store.update_policy(A, patch(ToolPolicyPatch(guard_calls=False))) == ToolPolicy(guard_calls=False)
+    merged = store.update_policy(A, patch(ToolPolicyPatch(memory_session_id="s")))
+    assert merged == ToolPolicy(guard_calls=False, memory_session_id="s") == store.get_policy(A)
+    assert seen == [None, ToolPolicy(guard_calls=False)]
+    assert store.get_policy(B) is None
+
+
+def test_update_policy_stores_nothing_when_the_change_raises(store: ToolStore) -> None:
+    store.set_policy(A, ToolPolicy(memory_write=True))
+
+    def refuse(stored: ToolPolicy | None) -> ToolPolicy:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        store.update_policy(A, refuse)
+    assert store.get_policy(A) == ToolPolicy(memory_write=True)
+
+
+def test_concurrent_puts_of_one_name_get_distinct_contiguous_versions(store: ToolStore) -> None:
+    n = 12
+    barrier = threading.Barrier(n)
+    versions: list[int] = []
+
+    def put(i: int) -> None:
+        barrier.wait()
+        versions.append(store.put_tool(A, tool(description=f"variant {i}"))[0].version)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(versions) == list(range(1, n + 1))
 
 
 def _audit(i: int, name: str = "weather") -> AuditRecord:
