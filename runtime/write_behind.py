@@ -14,11 +14,36 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, insert
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+#: How long a lookup of a written-behind row waits for another replica's writer before NOT_FOUND.
+REMOTE_ROW_WAIT_S = 2.0
+
+
+def find_row(engine: Engine, attempt: Callable[[], T | None], wait_s: float = REMOTE_ROW_WAIT_S) -> T | None:
+    """``attempt()`` (a lookup of a written-behind row by the id a client was given), retried for up to ``wait_s``
+    on a database that replicas share.
+
+    This process's own rows are stored once its writer is flushed. A replica behind a load balancer may be asked
+    about an id another replica handed out a moment ago, whose row is still in that replica's queue (``linger_s``
+    plus a commit): it waits for it rather than answer NOT_FOUND. SQLite has a single writer process: no wait.
+    """
+    found = attempt()
+    if found is not None or engine.dialect.name == "sqlite":
+        return found
+    until = time.monotonic() + wait_s
+    while found is None and time.monotonic() < until:
+        time.sleep(0.05)
+        found = attempt()
+    return found
 
 
 class RowWriter:

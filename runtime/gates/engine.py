@@ -39,7 +39,7 @@ from runtime.gates.types import (
     TokenLike,
     TokenStream,
 )
-from runtime.write_behind import RowWriter
+from runtime.write_behind import RowWriter, find_row
 
 #: Configured policy for a scope: ``{"retrieve": {...}, "escalate": {...}}`` plus optional top-level
 #: keys that apply to every gate (``{"top_k": 10}``). ``Settings.policy("gates", scope)`` fits.
@@ -390,14 +390,18 @@ class GateEngine:
         now = time.time()
         if decision_id:
             self._decisions.flush()  # the decision may still be queued
-            with self._engine.begin() as conn:
-                result = conn.execute(
-                    update(gate_decisions)
-                    .where(and_(gate_decisions.c.decision_id == decision_id, gate_decisions.c.scope == scope))
-                    .values(label=bool(needed), labelled_at=now)
-                )
-                if result.rowcount == 0:
-                    raise NotFoundError("decision", decision_id)
+
+            def label() -> bool | None:
+                with self._engine.begin() as conn:
+                    result = conn.execute(
+                        update(gate_decisions)
+                        .where(and_(gate_decisions.c.decision_id == decision_id, gate_decisions.c.scope == scope))
+                        .values(label=bool(needed), labelled_at=now)
+                    )
+                    return True if result.rowcount else None
+
+            if find_row(self._engine, label) is None:
+                raise NotFoundError("decision", decision_id)
             return decision_id
         if not signals:
             raise InvalidArgumentError("decision_id", "give a decision_id or the signals of the decision")

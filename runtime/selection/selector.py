@@ -32,7 +32,7 @@ from runtime.selection.agreement import cluster_answers, normalize_answer, texts
 from runtime.selection.features import FEATURE_NAMES, candidate_features
 from runtime.selection.schema import select_models, select_selections
 from runtime.selection.types import Candidate, Selection, TrainResult
-from runtime.write_behind import RowWriter
+from runtime.write_behind import RowWriter, find_row
 
 ConfigLookup = Callable[[str], Mapping[str, Any]]
 
@@ -230,12 +230,16 @@ class AnswerSelector:
         Raises NotFoundError for an unknown selection id in this scope.
         """
         self._selections.flush()  # the selection may still be queued
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                select(select_selections.c.n_candidates, select_selections.c.answers_json).where(
-                    and_(select_selections.c.selection_id == selection_id, select_selections.c.scope == scope)
-                )
-            ).first()
+
+        def lookup() -> Any:
+            with self._engine.connect() as conn:
+                return conn.execute(
+                    select(select_selections.c.n_candidates, select_selections.c.answers_json).where(
+                        and_(select_selections.c.selection_id == selection_id, select_selections.c.scope == scope)
+                    )
+                ).first()
+
+        row = find_row(self._engine, lookup)
         if row is None:
             raise NotFoundError("selection", selection_id)
         n = int(row.n_candidates)

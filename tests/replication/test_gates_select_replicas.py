@@ -102,3 +102,19 @@ def test_concurrent_policy_updates_on_both_replicas_keep_every_field(pair: tuple
         for server in replicas:
             assert wait_for(lambda server=server, done=done: _policy(server).version == done, timeout=10)
             assert policy_fields(_policy(server).policy, values) == expected
+
+
+def test_an_outcome_recorded_on_the_other_replica_finds_a_decision_and_a_selection_made_a_moment_ago(
+    pair: tuple[Any, Any],
+) -> None:
+    # Decisions and selections are written behind (runtime/write_behind.py): right after A hands out an id, its
+    # row may still be in A's queue. B, asked about it at once (a load balancer's next pick), waits for it.
+    a, b = pair
+    for i in range(5):
+        d = a.client.gate.Decide(gate_pb2.DecideRequest(**KEY, tokens=toks(0.5, seed=i)), timeout=10)
+        b.client.gate.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace=NS, decision_id=d.decision_id,
+                                                                  needed=True), timeout=10)
+        candidates = [select_pb2.Candidate(answer=x, tokens=toks(0.2, seed=i)) for x in ("yes", "yes", "no")]
+        s = a.client.select_service.Select(select_pb2.SelectRequest(namespace=NS, candidates=candidates), timeout=10)
+        b.client.select_service.RecordOutcome(select_pb2.RecordSelectionOutcomeRequest(
+            namespace=NS, selection_id=s.selection_id, correct_answer="yes"), timeout=10)
