@@ -136,6 +136,8 @@ class GuardEngine:
         self._settings: dict[str, dict[str, Any]] = {}
         self._rules: dict[str, list[PolicyRule]] = {}
         self._config_rules: dict[str, list[PolicyRule]] = {}
+        #: Scopes another replica changed since they were cached: ``memory`` loads them again.
+        self._changed: set[str] = set()
         self._lock = threading.RLock()
         # Recent verdicts (and the segment that decided them) so Feedback does not wait on the writer.
         self._recent: OrderedDict[str, tuple[str, AuditRecord, str]] = OrderedDict()
@@ -153,32 +155,53 @@ class GuardEngine:
 
     # --- namespaces -------------------------------------------------------------------------------------
     def memory(self, scope: str) -> GuardMemory:
-        """The scope's guard memory, initialising the namespace (settings, pack seed) on first use."""
+        """The scope's guard memory, initialising the namespace (settings, pack seed) on first use, and
+        loading it again when another replica changed it (see ``reload``)."""
         with self._lock:
             mem = self._memories.get(scope)
-            if mem is not None:
-                return mem
+            if mem is None or scope in self._changed:
+                self._changed.discard(scope)
+                try:
+                    mem = self._load_scope(scope, mem)
+                except BaseException:
+                    self._changed.add(scope)  # try again on the next call
+                    raise
+        # Outside the engine's lock: it waits for a step of this process in flight, so that it reloads what
+        # that step commits too (this replica hears of other replicas' commits only, not of its own).
+        mem.refresh()
+        return mem
+
+    def _load_scope(self, scope: str, mem: GuardMemory | None) -> GuardMemory:
+        """(Re)load the scope's settings and rules into the caches, its memory when there is none yet, and
+        apply its ``pack`` setting (call it holding ``_lock``)."""
+        with self.store.transaction(scope):
             stored = self.store.get_settings(scope)
             if stored is None:
                 # Only what is set by RPC is stored; defaults and configured policy stay live.
                 stored = {}
                 self.store.put_settings(scope, stored)
+        if mem is None:
             mem = GuardMemory(scope, self.store, self.embedder.dim, self.params)
-            self._settings[scope] = {**self.defaults, **self._configured(scope), **stored}
-            self._rules[scope] = self.store.list_rules(scope)
-            self._config_rules[scope] = self._parse_config_rules(scope)
-            self._memories[scope] = mem
-            self._apply_pack(scope, mem)
-            return mem
+        self._settings[scope] = {**self.defaults, **self._configured(scope), **stored}
+        self._rules[scope] = self.store.list_rules(scope)
+        self._config_rules[scope] = self._parse_config_rules(scope)
+        self._memories[scope] = mem
+        self._apply_pack(scope, mem)
+        return mem
 
     def reload(self, scope: str) -> None:
         """Forget what is cached for ``scope``; the next call loads it again from the store.
 
-        Used when another replica changed the scope (feedback, evolution, rollback, rules, settings).
+        Used when another replica changed the scope (feedback, evolution, rollback, rules, settings). The
+        caches are replaced then, never emptied (a check that read the memory a moment ago still finds the
+        scope's rules), and the scope's ``GuardMemory`` stays (marked stale): one object per scope, so that a
+        step in flight on it and the reload after it are ordered by its lock.
         """
         with self._lock:
-            for cache in (self._memories, self._settings, self._rules, self._config_rules):
-                cache.pop(scope, None)
+            self._changed.add(scope)
+            mem = self._memories.get(scope)
+        if mem is not None:
+            mem.mark_stale()
 
     def _parse_config_rules(self, scope: str) -> list[PolicyRule]:
         raw = (self.policy(scope) or {}).get("rules") if self.policy is not None else None
@@ -194,12 +217,16 @@ class GuardEngine:
 
     def _apply_pack(self, scope: str, mem: GuardMemory) -> None:
         want = bool(self._settings[scope]["pack"])
-        has_pack = any(leaf.source == LeafSource.PACK for leaf in mem.leaves.values())
+        has_pack = any(leaf.source == LeafSource.PACK for leaf in list(mem.leaves.values()))
         if want and not has_pack:
             items, layout = pack_seed(self.pack_path, self.embedder)
             pack = load_pack(self.pack_path)
             mem.seed(
-                items, layout, "seed", f"default pack v{pack.version}: {len(items)} exemplars, {len(layout)} clusters"
+                items,
+                layout,
+                "seed",
+                f"default pack v{pack.version}: {len(items)} exemplars, {len(layout)} clusters",
+                unless_source=LeafSource.PACK,  # another replica may have seeded it meanwhile
             )
         with mem.lock:
             if mem.include_pack != want:
@@ -220,13 +247,24 @@ class GuardEngine:
         if errors:
             raise InvalidArgumentError(errors)
         mem = self.memory(scope)
-        with self._lock:
-            stored = {**(self.store.get_settings(scope) or {}), **changes}
-            self.store.put_settings(scope, stored)
-            settings = {**self.defaults, **self._configured(scope), **stored}
-            self._settings[scope] = settings
+        with self.store.transaction(scope):
+            self._store_settings(scope, changes)
+        settings = self._cache_settings(scope)
         self._apply_pack(scope, mem)
         return dict(settings)
+
+    def _store_settings(self, scope: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the stored settings; call it inside ``store.transaction(scope)``, which
+        makes the read and the write one step against the other writers of the scope (other replicas)."""
+        self.store.put_settings(scope, {**(self.store.get_settings(scope) or {}), **changes})
+
+    def _cache_settings(self, scope: str) -> dict[str, Any]:
+        """Load the effective settings from the store into the cache (after a commit: what it reads is at
+        least as new as that commit, so a slower thread of this process cannot cache an older state)."""
+        with self._lock:
+            settings = {**self.defaults, **self._configured(scope), **(self.store.get_settings(scope) or {})}
+            self._settings[scope] = settings
+            return settings
 
     def validate_settings(self, changes: dict[str, Any], field_prefix: str = "settings.") -> list[FieldViolation]:
         """What is wrong with ``changes`` (setting name -> new value), one violation per bad field."""
@@ -292,11 +330,16 @@ class GuardEngine:
             first.setdefault(r.name, i)
         if clash:
             raise InvalidArgumentError(clash)
-        self.memory(scope)
-        if settings:
-            self.put_settings(scope, settings, field_prefix="")
-        with self._lock:
+        mem = self.memory(scope)
+        # The document's settings and rules: one transaction, so no replica ever sees one without the other.
+        with self.store.transaction(scope):
+            if settings:
+                self._store_settings(scope, settings)
             self.store.put_rules(scope, list(rules), replace_all=replace_all)
+        if settings:
+            self._cache_settings(scope)
+            self._apply_pack(scope, mem)
+        with self._lock:
             self._rules[scope] = self.store.list_rules(scope)
             return list(self._rules[scope])
 
@@ -354,7 +397,7 @@ class GuardEngine:
         """
         mem = self._memories.get(scope)
         settings = self._settings.get(scope)
-        if mem is None or settings is None or not self._audit_async:
+        if mem is None or mem.stale or settings is None or scope in self._changed or not self._audit_async:
             return None
         if not isinstance(request.stage, Stage):
             request = replace(request, stage=_stage(request.stage))

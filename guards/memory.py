@@ -28,9 +28,12 @@ joint label entropy merge. Every step is an event with before/after snapshots, s
 from __future__ import annotations
 
 import bisect
+import contextlib
+import logging
 import re
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -42,6 +45,7 @@ from core.vector_index import FaissVectorIndex, NumpyVectorIndex, VectorIndex
 from guards.model import Cluster, EvolutionEvent, Exemplar, Label, LeafSource
 from guards.store import GuardStore
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MemoryParams:
@@ -307,7 +311,12 @@ def label_entropy(harmful: int, benign: int) -> float:
 class GuardMemory:
     """In-process view of one scope's tree, rebuilt from the store, with FAISS indexes per stage group.
 
-    Writes go to the store first, then to this view; a per-scope lock serialises evolution.
+    Each evolution step (a seed, placing a leaf with the splits and merges it causes, a rollback) is one
+    store transaction, serialised against the other steps of the scope in this process (``lock``) and in
+    every replica sharing the store (``GuardStore.transaction``). It decides on the current tree: when
+    the store's newest event is not the one this view was built from, another replica evolved the scope,
+    and the view is reloaded inside the transaction first. Writes go to the store, then to this view; a
+    failed step reloads the view from the store, which holds none of it.
     """
 
     def __init__(self, scope: str, store: GuardStore, dim: int, params: MemoryParams | None = None):
@@ -320,7 +329,11 @@ class GuardMemory:
         self.vectors: dict[int, np.ndarray] = {}
         self.clusters: dict[int, Cluster] = {}
         self.include_pack = True
+        #: Version of the newest event this view has seen (the one it was built from, or its own last step).
         self.version = 0
+        #: Set when another replica changed the scope (``mark_stale``); the next ``refresh`` reloads.
+        self.stale = False
+        self._depth = 0  # nesting of ``_step`` on the thread holding ``lock``
         self._indexes: dict[str, VectorIndex] = {}
         self._centroids: dict[str, tuple[list[int], np.ndarray]] = {}
         #: Per group, aligned with its centroid matrix: each cluster's smoothed harmful share (h + ½)/(n + 1).
@@ -339,13 +352,52 @@ class GuardMemory:
     def reload(self) -> None:
         """Rebuild everything from the store (the store is the source of truth)."""
         with self.lock:
+            self.stale = False
+            # The version first: a step committing meanwhile makes the rows newer than it, never older, and
+            # the next step then reloads again (inside a step the store's write lock keeps them equal).
+            self.version = self.store.latest_version(self.scope)
             leaves, vectors = self.store.load_leaves(self.scope)
+            clusters = self.store.load_clusters(self.scope)
             self.leaves = {leaf.id: leaf for leaf in leaves}
             self.vectors = {leaf.id: vectors[i] for i, leaf in enumerate(leaves)}
-            self.clusters = {c.id: c for c, active in self.store.load_clusters(self.scope) if active}
-            events = self.store.list_events(self.scope, limit=1_000_000)
-            self.version = events[-1].version if events else 0
+            self.clusters = {c.id: c for c, active in clusters if active}
             self._rebuild()
+
+    def mark_stale(self) -> None:
+        """Another replica changed the scope: the next ``refresh`` (or evolution step) reloads the view."""
+        self.stale = True
+
+    def refresh(self) -> None:
+        """Reload the view if it was marked stale (after any step of this process in flight has committed)."""
+        if self.stale:
+            with self.lock:
+                if self.stale:
+                    self.reload()
+
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        """One evolution step: a store transaction holding the scope's write lock, on an up-to-date view."""
+        with self.lock:
+            if self._depth:
+                yield  # a step within a step (a split after a placement): the same transaction
+                return
+            self._depth += 1
+            try:
+                with self.store.transaction(self.scope):
+                    # Only a stale view pays for a reload: one version read when nothing else wrote.
+                    if self.stale or self.store.latest_version(self.scope) != self.version:
+                        self.reload()
+                    yield
+            except BaseException:
+                # The view may hold what the rolled-back transaction wrote.
+                try:
+                    self.reload()
+                except Exception:
+                    log.warning("guard memory of %s: reload after a failed step failed", self.scope, exc_info=True)
+                    self.stale = True
+                raise
+            finally:
+                self._depth -= 1
 
     def _visible(self, leaf: Exemplar) -> bool:
         return leaf.active and (self.include_pack or leaf.source != LeafSource.PACK)
@@ -527,9 +579,16 @@ class GuardMemory:
         clusters: list[tuple[str, str, str, list[int]]],
         kind: str = "seed",
         summary: str = "",
-    ) -> EvolutionEvent:
-        """Insert a batch of leaves grouped into given clusters (category, group, rule_text, item indexes)."""
-        with self.lock:
+        unless_source: LeafSource | None = None,
+    ) -> EvolutionEvent | None:
+        """Insert a batch of leaves grouped into given clusters (category, group, rule_text, item indexes).
+
+        With ``unless_source``, nothing is inserted (None is returned) when the scope already has a leaf of
+        that source: decided inside the step, so two replicas seeding a new scope at once seed it once.
+        """
+        with self._step():
+            if unless_source is not None and any(leaf.source == unless_source for leaf in self.leaves.values()):
+                return None
             ids = self.store.add_leaves(self.scope, [e for e, _ in items], np.stack([v for _, v in items]))
             for (leaf, vec), new_id in zip(items, ids, strict=True):
                 self.leaves[new_id] = replace(leaf, id=new_id)
@@ -548,7 +607,7 @@ class GuardMemory:
     ) -> tuple[int, int, list[EvolutionEvent]]:
         """Place a new exemplar, then split/merge as needed. Returns (leaf id, cluster id, events)."""
         p = self.params
-        with self.lock:
+        with self._step():
             group = leaf.stage_group
             cids, matrix = self._centroids.get(group, ([], np.zeros((0, self.dim), np.float32)))
             sims = matrix @ vector.astype(np.float32) if len(cids) else np.zeros(0)
@@ -604,6 +663,10 @@ class GuardMemory:
 
     def maybe_split(self, cluster_id: int) -> EvolutionEvent | None:
         """Split a cluster whose label entropy is too high into two purer ones (2-means seeded by label)."""
+        with self._step():
+            return self._split(cluster_id)
+
+    def _split(self, cluster_id: int) -> EvolutionEvent | None:
         p = self.params
         harmful, benign = self.stats(cluster_id)
         if min(harmful, benign) < p.split_min_per_label or label_entropy(harmful, benign) <= p.split_entropy:
@@ -656,6 +719,10 @@ class GuardMemory:
 
     def maybe_merge(self, category: str, group: str) -> list[EvolutionEvent]:
         """Merge sibling clusters that are close, agree on the majority label and stay pure together."""
+        with self._step():
+            return self._merge(category, group)
+
+    def _merge(self, category: str, group: str) -> list[EvolutionEvent]:
         p = self.params
         events: list[EvolutionEvent] = []
         while True:
@@ -695,24 +762,27 @@ class GuardMemory:
     def undo(self, event: EvolutionEvent, *, rebuild: bool = True) -> None:
         """Reverse one event: drop what it created, restore what it replaced, hide the leaves it added (and
         show again the leaves it hid: a rollback hides leaves)."""
-        payload = event.payload
-        for cid in payload.get("created", []):
-            if cid in self.clusters:
-                self._deactivate_cluster(cid)
-            else:
-                self.store.update_cluster(self.scope, cid, active=False)
-        for snap in payload.get("before", []):
-            self.store.update_cluster(self.scope, snap["id"], rule_text=snap["rule_text"], active=True)
-            self.clusters[snap["id"]] = Cluster(snap["id"], snap["category"], snap["stage_group"], snap["rule_text"])
-            self._assign(list(snap["leaf_ids"]), snap["id"])
-        for key, active in (("added_leaves", False), ("hidden_leaves", True)):
-            ids = [i for i in payload.get(key, []) if i in self.leaves]
-            if ids:
-                self.store.update_leaves(self.scope, {i: {"active": active} for i in ids})
-                for i in ids:
-                    self.leaves[i] = replace(self.leaves[i], active=active)
-        if rebuild:
-            self._rebuild()
+        with self._step():
+            payload = event.payload
+            for cid in payload.get("created", []):
+                if cid in self.clusters:
+                    self._deactivate_cluster(cid)
+                else:
+                    self.store.update_cluster(self.scope, cid, active=False)
+            for snap in payload.get("before", []):
+                self.store.update_cluster(self.scope, snap["id"], rule_text=snap["rule_text"], active=True)
+                self.clusters[snap["id"]] = Cluster(
+                    snap["id"], snap["category"], snap["stage_group"], snap["rule_text"]
+                )
+                self._assign(list(snap["leaf_ids"]), snap["id"])
+            for key, active in (("added_leaves", False), ("hidden_leaves", True)):
+                ids = [i for i in payload.get(key, []) if i in self.leaves]
+                if ids:
+                    self.store.update_leaves(self.scope, {i: {"active": active} for i in ids})
+                    for i in ids:
+                        self.leaves[i] = replace(self.leaves[i], active=active)
+            if rebuild:
+                self._rebuild()
 
     def _rollback_plan(self, events: list[EvolutionEvent], target_version: int) -> list[EvolutionEvent]:
         """The events to undo, newest first, to get from now to the state right after ``target_version``.
@@ -745,7 +815,7 @@ class GuardMemory:
     def rollback(self, target_version: int) -> EvolutionEvent:
         """Restore the state right after event ``target_version`` (see ``_rollback_plan``); record it as an
         event whose payload holds what it changed, so that a later rollback can reverse it."""
-        with self.lock:
+        with self._step():
             events = self.store.list_events(self.scope, limit=1_000_000)
             plan = self._rollback_plan(events, target_version)
             clusters = sorted({c for e in plan for key in ("created", "before") for c in _cluster_ids(e, key)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from core.errors import NotFoundError
+from core.sqlwrite import lock_for_write
 from guards import schema as t
 from guards.model import (
     AuditRecord,
@@ -63,12 +65,25 @@ def _evidence_from_json(items: list[dict[str, Any]]) -> tuple[Evidence, ...]:
     )
 
 
+class _Transaction:
+    """The write transaction open on this thread (see ``SqlGuardStore.transaction``)."""
+
+    def __init__(self, scope: str, conn: Connection):
+        self.scope = scope
+        self.conn = conn
+        self.wrote = False
+
+
 class SqlGuardStore:
     """``GuardStore`` on an injected SQLAlchemy engine; creates its tables if missing.
 
     ``publisher(connection, scope)`` is called inside every transaction that changes a scope's rules,
     settings or guard memory (not its audit log), so replicas sharing the database learn of the change
     exactly when it commits — never before, and never not at all.
+
+    Every such transaction first takes the scope's write lock (``core.sqlwrite.lock_for_write``): writers
+    of one scope, in this process or another replica, run one after the other. ``transaction(scope)`` makes
+    the calls of a block on this thread one transaction (reads included, so they see its writes).
     """
 
     def __init__(
@@ -80,20 +95,63 @@ class SqlGuardStore:
     ):
         self.engine = engine
         self._publisher = publisher
+        self._local = threading.local()
         if create_tables:
             t.metadata.create_all(engine)
 
+    def _open(self) -> _Transaction | None:
+        tx: _Transaction | None = getattr(self._local, "tx", None)
+        return tx
+
+    @contextlib.contextmanager
+    def transaction(self, scope: str) -> Iterator[None]:
+        tx = self._open()
+        if tx is not None:
+            if tx.scope != scope:
+                raise RuntimeError(f"a guard transaction on {tx.scope!r} is open; {scope!r} cannot join it")
+            yield
+            return
+        with self.engine.begin() as conn:
+            lock_for_write(conn, "guards", scope)
+            tx = _Transaction(scope, conn)
+            self._local.tx = tx
+            try:
+                yield
+            finally:
+                self._local.tx = None
+            if tx.wrote and self._publisher is not None:
+                self._publisher(conn, scope)
+
     @contextlib.contextmanager
     def _changing(self, scope: str) -> Iterator[Connection]:
-        """A write transaction on ``scope``'s cached state that announces itself in the same commit."""
-        with self.engine.begin() as conn:
+        """A write on ``scope``'s cached state: in the open transaction, else in one of its own that takes the
+        scope's write lock and announces itself in the same commit."""
+        tx = self._open()
+        if tx is None:
+            with self.transaction(scope):
+                tx = self._open()
+                assert tx is not None
+                tx.wrote = True
+                yield tx.conn
+            return
+        if tx.scope != scope:
+            raise RuntimeError(f"a guard transaction on {tx.scope!r} is open; cannot write to {scope!r} in it")
+        tx.wrote = True
+        yield tx.conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """The open transaction's connection (its reads see its writes), else a connection of the pool."""
+        tx = self._open()
+        if tx is not None:
+            yield tx.conn
+            return
+        with self.engine.connect() as conn:
             yield conn
-            if self._publisher is not None:
-                self._publisher(conn, scope)
 
     # --- settings -----------------------------------------------------------------------------------------
     def get_settings(self, scope: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(select(t.guard_settings.c.settings).where(t.guard_settings.c.scope == scope)).first()
         return dict(row[0]) if row else None
 
@@ -132,7 +190,7 @@ class SqlGuardStore:
                 )
 
     def list_rules(self, scope: str) -> list[PolicyRule]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(
                 select(t.guard_rules.c.body).where(t.guard_rules.c.scope == scope).order_by(t.guard_rules.c.name)
             ).all()
@@ -182,7 +240,7 @@ class SqlGuardStore:
 
     def load_leaves(self, scope: str) -> tuple[list[Exemplar], np.ndarray]:
         c = t.guard_leaves.c
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(select(t.guard_leaves).where(c.scope == scope).order_by(c.id)).mappings().all()
         if not rows:
             return [], np.zeros((0, 0), dtype=np.float32)
@@ -246,13 +304,18 @@ class SqlGuardStore:
 
     def load_clusters(self, scope: str) -> list[tuple[Cluster, bool]]:
         c = t.guard_clusters.c
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(select(t.guard_clusters).where(c.scope == scope).order_by(c.id)).mappings().all()
         return [
             (Cluster(int(r["id"]), r["category"], r["stage_group"], r["rule_text"]), bool(r["active"])) for r in rows
         ]
 
     # --- events -------------------------------------------------------------------------------------------------
+    def latest_version(self, scope: str) -> int:
+        c = t.guard_events.c
+        with self._reading() as conn:
+            return int(conn.execute(select(func.max(c.version)).where(c.scope == scope)).scalar() or 0)
+
     def append_event(self, scope: str, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
         c = t.guard_events.c
         now = datetime.now(UTC)
@@ -268,7 +331,7 @@ class SqlGuardStore:
 
     def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
         c = t.guard_events.c
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = (
                 conn.execute(
                     select(t.guard_events)

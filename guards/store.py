@@ -6,8 +6,10 @@ rows of another scope. ``guards/sql.py`` is the SQL backend; both pass ``tests/g
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,7 +21,19 @@ from guards.model import AuditRecord, Cluster, Decision, EvolutionEvent, Exempla
 
 
 class GuardStore(Protocol):
-    """Source of truth of rules, guard-memory leaves and clusters, evolution history and the audit log."""
+    """Source of truth of rules, guard-memory leaves and clusters, evolution history and the audit log.
+
+    Each write of a scope's settings, rules or guard memory is atomic and runs alone among the writers of
+    that scope (several replicas may share the store). ``transaction`` widens that to a block of calls.
+    """
+
+    # --- transactions ---------------------------------------------------------------------------------
+    def transaction(self, scope: str) -> contextlib.AbstractContextManager[None]:
+        """Make the calls on ``scope`` that this thread makes inside the block one write transaction: it
+        waits for the other writers of ``scope`` (in any process) before it starts, its reads see its own
+        writes, and an exception leaves nothing of it. Nests (an inner block on the same scope joins);
+        another scope's writes, and the audit log, cannot join it."""
+        ...
 
     # --- namespace settings -------------------------------------------------------------------------
     def get_settings(self, scope: str) -> dict[str, Any] | None:
@@ -71,6 +85,10 @@ class GuardStore(Protocol):
         ...
 
     # --- evolution history ------------------------------------------------------------------------------
+    def latest_version(self, scope: str) -> int:
+        """The version of the scope's newest event (0 when it has none)."""
+        ...
+
     def append_event(self, scope: str, kind: str, summary: str, payload: dict[str, Any]) -> EvolutionEvent:
         """Append an event with the next version number (1, 2, ...) of the scope."""
         ...
@@ -123,6 +141,33 @@ class InMemoryGuardStore:
         self._events: dict[str, list[EvolutionEvent]] = {}
         self._audit: dict[str, dict[str, AuditRecord]] = {}
         self._next_id = 1
+        self._tx_scope: str | None = None
+
+    @contextlib.contextmanager
+    def transaction(self, scope: str) -> Iterator[None]:
+        # The store's one lock is held throughout (it serialises every writer, not only the scope's); on an
+        # exception the scope's tables go back to what they were. Ids handed out meanwhile are not reused.
+        with self._lock:
+            if self._tx_scope is not None:
+                if self._tx_scope != scope:
+                    raise RuntimeError(f"a guard transaction on {self._tx_scope!r} is open; {scope!r} cannot join it")
+                yield
+                return
+            tables: tuple[dict[str, Any], ...] = (
+                self._settings, self._rules, self._leaves, self._clusters, self._events
+            )
+            saved = [(table, scope in table, copy.copy(table.get(scope))) for table in tables]
+            self._tx_scope = scope
+            try:
+                yield
+            except BaseException:
+                for table, present, value in saved:
+                    table.pop(scope, None)
+                    if present:
+                        table[scope] = value
+                raise
+            finally:
+                self._tx_scope = None
 
     def _id(self) -> int:
         self._next_id += 1
@@ -214,6 +259,11 @@ class InMemoryGuardStore:
             )
             events.append(event)
             return event
+
+    def latest_version(self, scope: str) -> int:
+        with self._lock:
+            events = self._events.get(scope, [])
+            return events[-1].version if events else 0
 
     def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
         with self._lock:

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from core.embedding import create_embedder
 from core.errors import InvalidArgumentError, NotFoundError
 from guards.engine import GuardEngine
-from guards.memory import MemoryParams, ScoreResult, fit_boundary, keyphrases, label_entropy
-from guards.model import Decision, GuardRequest, Label, Stage, ToolCallInfo
+from guards.memory import GuardMemory, MemoryParams, ScoreResult, fit_boundary, keyphrases, label_entropy
+from guards.model import Decision, EvolutionEvent, Exemplar, GuardRequest, Label, LeafSource, Stage, ToolCallInfo
 from guards.store import GuardStore
 
 NS = "t/evo"
@@ -84,6 +85,52 @@ def test_far_leaf_opens_cluster_and_close_siblings_merge(hashing_engine) -> None
     assert {s["id"] for s in b.events[1].payload["before"]} == {a.cluster_id, b.events[0].payload["created"][0]}
     merging.rollback(NS, b.memory_version - 2)
     assert len(categories(merging, "x")) == 1
+
+
+def test_a_step_on_a_view_another_replica_outdated_decides_on_the_current_tree(guard_store: GuardStore) -> None:
+    # Two views of one scope on one store stand for two replicas; neither hears of the other's writes.
+    embedder = create_embedder("hashing")
+    params = MemoryParams(merge_similarity=0.3)
+
+    def add(mem: GuardMemory, text: str) -> tuple[int, int, list[EvolutionEvent]]:
+        leaf = Exemplar(0, "x", text, Label.HARMFUL, "request", LeafSource.INCIDENT)
+        return mem.add_leaf(leaf, embedder.embed([text])[0], "x")
+
+    a = GuardMemory(NS, guard_store, embedder.dim, params)
+    first, cluster, _ = add(a, "alpha beta gamma delta epsilon")
+    b = GuardMemory(NS, guard_store, embedder.dim, params)
+    joined, joined_cluster, _ = add(a, "alpha beta gamma delta epsilon zeta")  # b does not know of it
+    assert joined_cluster == cluster
+    # b's leaf opens a cluster that merges with the first one: decided on a view without the joined leaf,
+    # the merge would leave that leaf behind in the cluster it deactivates.
+    second, _, events = add(b, "alpha beta omega sigma kappa")
+    assert [e.kind for e in events] == ["new_cluster", "merge"]
+    fresh = GuardMemory(NS, guard_store, embedder.dim, params)
+    listed = {leaf.id for cid in fresh.clusters for leaf in fresh.members(cid)}
+    assert listed == {first, joined, second}
+    assert {leaf.id for cid in b.clusters for leaf in b.members(cid)} == listed
+    events = guard_store.list_events(NS)
+    assert [e.version for e in events] == list(range(1, len(events) + 1)) and b.version == events[-1].version
+
+
+def test_a_failed_step_leaves_neither_rows_nor_view_behind(guard_store: GuardStore) -> None:
+    embedder = create_embedder("hashing")
+    mem = GuardMemory(NS, guard_store, embedder.dim)
+    text = "alpha beta gamma delta epsilon"
+    leaf = Exemplar(0, "x", text, Label.HARMFUL, "request", LeafSource.INCIDENT)
+    append_event = guard_store.append_event
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("event store down")
+
+    guard_store.append_event = refuse  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="event store down"):
+            mem.add_leaf(leaf, embedder.embed([text])[0], "x")
+    finally:
+        guard_store.append_event = append_event  # type: ignore[method-assign]
+    assert guard_store.load_leaves(NS)[0] == [] and guard_store.load_clusters(NS) == []
+    assert mem.leaves == {} and mem.clusters == {} and mem.version == 0
 
 
 def test_feedback_turns_a_verdict_and_is_recorded(hashing_engine, guard_store: GuardStore) -> None:

@@ -105,6 +105,32 @@ def test_events_are_versioned_per_scope(guard_store: GuardStore) -> None:
     assert [e.kind for e in events] == ["seed", "split"]
     assert events[1].payload == {"created": [2, 3], "before": [{"id": 1, "leaf_ids": [4]}]}
     assert [e.version for e in guard_store.list_events(A, after_version=1)] == [2]
+    assert [guard_store.latest_version(s) for s in (A, B, "t/c")] == [2, 1, 0]
+
+
+def test_a_transaction_sees_its_writes_and_an_exception_leaves_nothing(guard_store: GuardStore) -> None:
+    leaf = Exemplar(id=0, category="c", text="x", label=Label.HARMFUL, stage_group="request")
+    with guard_store.transaction(A):
+        guard_store.put_settings(A, {"pack": False})
+        [leaf_id] = guard_store.add_leaves(A, [leaf], np.ones((1, 4), dtype=np.float32))
+        with guard_store.transaction(A):  # an inner block joins
+            guard_store.append_event(A, "seed", "s", {"added_leaves": [leaf_id]})
+        assert guard_store.get_settings(A) == {"pack": False}
+        assert guard_store.latest_version(A) == 1
+        assert [x.id for x in guard_store.load_leaves(A)[0]] == [leaf_id]
+    with pytest.raises(RuntimeError, match="boom"), guard_store.transaction(A):
+        guard_store.put_settings(A, {"pack": True})
+        guard_store.add_leaves(A, [leaf], np.ones((1, 4), dtype=np.float32))
+        guard_store.add_cluster(A, Cluster(0, "c", "request", "r"))
+        guard_store.put_rules(A, [PolicyRule("r1", Decision.BLOCK, spec={"tools": ["x"]})])
+        guard_store.append_event(A, "add_leaf", "a", {})
+        raise RuntimeError("boom")
+    assert guard_store.get_settings(A) == {"pack": False}
+    assert [x.id for x in guard_store.load_leaves(A)[0]] == [leaf_id]
+    assert guard_store.load_clusters(A) == [] and guard_store.list_rules(A) == []
+    assert guard_store.latest_version(A) == 1
+    with pytest.raises(RuntimeError), guard_store.transaction(A), guard_store.transaction(B):
+        pass  # one scope per transaction
 
 
 def test_audit_put_get_query_feedback_purge(guard_store: GuardStore) -> None:
