@@ -54,6 +54,21 @@ def _timeout_violation(value: float, field: str) -> FieldViolation | None:
     return None
 
 
+def _limit_violations(
+    timeout_s: float, max_concurrency: int, max_output_bytes: int, prefix: str
+) -> list[FieldViolation]:
+    """The bounds a tool and an MCP server share: call timeout, concurrent calls, output size."""
+    bad: list[FieldViolation] = []
+    timeout = _timeout_violation(timeout_s, f"{prefix}.timeout_s")
+    if timeout is not None:
+        bad.append(timeout)
+    if not 1 <= max_concurrency <= 1024:
+        bad.append(FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {max_concurrency}"))
+    if not 1 <= max_output_bytes <= 64 * 1024 * 1024:
+        bad.append(FieldViolation(f"{prefix}.max_output_bytes", "must be in [1, 64 MiB]"))
+    return bad
+
+
 class ExecutorKind(StrEnum):
     """How a tool is executed."""
 
@@ -259,15 +274,7 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
     for i, tag in enumerate(d.risk_tags):
         if _has_control(tag):
             bad.append(FieldViolation(f"{prefix}.risk_tags[{i}]", "must not contain NUL or other control characters"))
-    timeout = _timeout_violation(d.timeout_s, f"{prefix}.timeout_s")
-    if timeout is not None:
-        bad.append(timeout)
-    if not 1 <= d.max_concurrency <= 1024:
-        bad.append(
-            FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {d.max_concurrency}")
-        )
-    if not 1 <= d.max_output_bytes <= 64 * 1024 * 1024:
-        bad.append(FieldViolation(f"{prefix}.max_output_bytes", "must be in [1, 64 MiB]"))
+    bad += _limit_violations(d.timeout_s, d.max_concurrency, d.max_output_bytes, prefix)
     if not 0 <= d.max_retries <= 10:
         bad.append(FieldViolation(f"{prefix}.max_retries", f"must be in [0, 10], got {d.max_retries}"))
     ex = d.executor
@@ -326,15 +333,7 @@ def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
         if "\x00" in value:
             bad.append(FieldViolation(f"{prefix}.{name}", "must not contain NUL"))
     bad += _header_violations(spec.headers, f"{prefix}.headers")
-    timeout = _timeout_violation(spec.timeout_s, f"{prefix}.timeout_s")
-    if timeout is not None:
-        bad.append(timeout)
-    if not 1 <= spec.max_concurrency <= 1024:
-        bad.append(
-            FieldViolation(f"{prefix}.max_concurrency", f"must be in [1, 1024], got {spec.max_concurrency}")
-        )
-    if not 1 <= spec.max_output_bytes <= 64 * 1024 * 1024:
-        bad.append(FieldViolation(f"{prefix}.max_output_bytes", "must be in [1, 64 MiB]"))
+    bad += _limit_violations(spec.timeout_s, spec.max_concurrency, spec.max_output_bytes, prefix)
     if bad:
         raise InvalidArgumentError(bad)
 

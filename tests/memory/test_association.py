@@ -120,6 +120,17 @@ def test_too_small_a_namespace_is_not_clustered() -> None:
     assert manager.link(NS, index, index.unit_keys()) == 0
 
 
+def _write_three_topics(engine: MemoryEngine) -> None:
+    """Six sessions of eight turns over three topics: enough units for the mixture to fit and link."""
+    topics = ["cats kittens whiskers purring", "jazz saxophone trumpet swing", "rust compiler borrow checker"]
+    for s in range(6):
+        engine.write(
+            NS,
+            f"s{s}",
+            [MemoryMessage(f"m{s}-{i}", f"s{s}", "a", f"{topics[(s + i) % 3]} note {i} {s}") for i in range(8)],
+        )
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_engine_consolidation_clusters_and_links_without_blocking_writes(background: bool) -> None:
     store = InMemoryStore()
@@ -129,13 +140,7 @@ def test_engine_consolidation_clusters_and_links_without_blocking_writes(backgro
         association=AssociationConfig(min_units=40, units_per_cluster=30),
         background=background,
     )
-    topics = ["cats kittens whiskers purring", "jazz saxophone trumpet swing", "rust compiler borrow checker"]
-    for s in range(6):
-        engine.write(
-            NS,
-            f"s{s}",
-            [MemoryMessage(f"m{s}-{i}", f"s{s}", "a", f"{topics[(s + i) % 3]} note {i} {s}") for i in range(8)],
-        )
+    _write_three_topics(engine)
     if background:
         assert engine.flush(timeout=120)
         stats = engine.stats(NS)
@@ -205,13 +210,7 @@ def test_delete_takes_the_association_edges_of_every_removed_unit(store_factory)
         association=AssociationConfig(min_units=40, units_per_cluster=30),
         background=False,
     )
-    topics = ["cats kittens whiskers purring", "jazz saxophone trumpet swing", "rust compiler borrow checker"]
-    for s in range(6):
-        engine.write(
-            NS,
-            f"s{s}",
-            [MemoryMessage(f"m{s}-{i}", f"s{s}", "a", f"{topics[(s + i) % 3]} note {i} {s}") for i in range(8)],
-        )
+    _write_three_topics(engine)
     engine.consolidate(NS)
     store = engine.store
 

@@ -4,12 +4,21 @@ concurrent StoreBatch puts of the same keys all succeed."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from agentrt.v1 import agent_pb2
 
 from runtime.agent.ports import AllowAllGuard
 from tests.agent.openai_stub import OpenAIStub
+
+
+def _all_at_once(call: Callable[[int], None], n: int) -> None:
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
 
 
 @pytest.fixture
@@ -35,11 +44,7 @@ def test_concurrent_turns_on_one_thread_from_two_replicas_are_all_kept(make_serv
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=one_turn, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    _all_at_once(one_turn, 6)
     assert not failures, failures
     for srv in replicas:
         thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace="ns", thread_id="shared"))
@@ -60,11 +65,7 @@ def test_concurrent_puts_of_the_same_keys_from_two_replicas_all_succeed(make_ser
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    _all_at_once(put, 12)
     assert not failures, failures
     gets = [agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=["shared"], key=f"k{j}")) for j in range(5)]
     for srv in replicas:
