@@ -367,7 +367,10 @@ async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
     draft = Completion.from_state(state["draft"])
     g = await ctx.ports.gates.decide(CALL_TOOL, draft.tokens, session_id=ctx.thread_id)
     runtime.stream_writer(_gate_event(g))
-    calls = [dict(c) for c in state["draft"]["tool_calls"]]
+    # Only the tools this round offered may run: an LLM can name any tool (a prompt injection in a tool result or
+    # a memory can make it), and the tool pipeline would run whatever it is asked for.
+    offered = {s.get("function", {}).get("name") for s in (await _first_tools(ctx, state, policy) or [])}
+    calls = [{**c, "not_offered": c["name"] not in offered} for c in state["draft"]["tool_calls"]]
     if policy.enforce_tool_gate and not g.fire:
         # Confident enough to answer without the tools it asked for: ask again with tools switched off.
         return {"pending_calls": [], "tool_round": policy.max_tool_rounds}
@@ -380,6 +383,10 @@ async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
 
     async def check(call: dict[str, Any]) -> dict[str, Any]:
+        if call.get("not_offered"):
+            return {**call, "verdict": {"decision": BLOCK, "verdict_id": "", "harm_score": 0.0,
+                                        "reason": "not one of the tools offered in this turn"},
+                    "needs_approval": False, "approved": False}
         v = await ctx.ports.guard.check("tool_call", state["user"], tool_call=(call["name"], call["arguments_json"]),
                                         tools=policy.tools, thread_id=ctx.thread_id)
         runtime.stream_writer(_guard_event("tool_call", v))
@@ -418,7 +425,10 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
                "arguments_json": call["arguments_json"]})
         if not call.get("approved"):
             decision = call.get("verdict", {}).get("decision")
-            error = "blocked by the guard" if decision == BLOCK else "refused at review"
+            if call.get("not_offered"):
+                error = f"tool {call['name']!r} was not offered in this turn"
+            else:
+                error = "blocked by the guard" if decision == BLOCK else "refused at review"
             write({"type": "tool_result", "call_id": call["id"], "name": call["name"], "result_json": "",
                    "error": error})
             return json.dumps({"error": error})
@@ -535,6 +545,9 @@ async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
         (f"{turn}-u", state.get("speaker") or "user", state["user"]),
         (f"{turn}-a", "assistant", state["answer"]),
     ]
+    # An LLM may end a turn with no text (only tool calls past max_tool_rounds, or an empty answer): memory keeps
+    # the user's message and nothing for the answer (memory refuses empty messages).
+    messages = [m for m in messages if m[2].strip()]
     write = asyncio.ensure_future(ctx.ports.memory.write(ctx.thread_id, messages))
     try:
         ids = await asyncio.shield(write)
@@ -627,7 +640,14 @@ async def after_agent(state: TurnState) -> str:
     policy = TurnPolicy.from_dict(state["policy"])
     if not state.get("retrieved") and state.get("tool_round", 0) == 0 and policy.force_retrieval is not False:
         return "retrieve_gate"
-    return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
+    return "tool_gate" if _runs_tools(state, policy) else "candidates"
+
+
+def _runs_tools(state: TurnState, policy: TurnPolicy) -> bool:
+    """Whether the draft's tool calls go to the tools. Past max_tool_rounds no tools are offered; an LLM that asks
+    for them anyway gets its answer taken as final (otherwise it could keep a turn calling tools until the
+    deadline)."""
+    return bool(state["draft"].get("tool_calls")) and state.get("tool_round", 0) < policy.max_tool_rounds
 
 
 async def after_retrieval(state: TurnState) -> str:
@@ -635,7 +655,7 @@ async def after_retrieval(state: TurnState) -> str:
     with the first answer."""
     if state.get("memories"):
         return "agent"  # ask again, now with the memories
-    return "tool_gate" if state["draft"].get("tool_calls") else "candidates"
+    return "tool_gate" if _runs_tools(state, TurnPolicy.from_dict(state["policy"])) else "candidates"
 
 
 async def after_tool_checks(state: TurnState) -> str:

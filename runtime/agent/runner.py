@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -167,7 +167,7 @@ class TurnRunner:
     async def run_turn(
         self, scope: str, thread_id: str, message: str, speaker: str, policy: TurnPolicy, ports: TurnPorts,
         *, deadline: float | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run one turn, yielding event dicts; the last one has ``type == "result"``.
 
         Raises FailedPreconditionError if the thread is paused on an interrupt (Resume it first).
@@ -186,7 +186,7 @@ class TurnRunner:
     async def resume(
         self, scope: str, thread_id: str, decision: str, note: str, ports: TurnPorts,
         *, deadline: float | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Continue a thread paused on an interrupt with ``decision`` ("allow" or "block").
 
         Raises NotFoundError (no such thread), FailedPreconditionError (not paused).
@@ -208,7 +208,7 @@ class TurnRunner:
     async def _stream(
         self, inp: TurnState | Command[Any], values: dict[str, Any], config: RunnableConfig, thread_id: str,
         policy: TurnPolicy, ports: TurnPorts, deadline: float | None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run the graph from ``inp`` and yield its events, then the turn's result.
 
         ``values`` is the state the run starts from (the turn input, or the paused state on resume); the

@@ -3,8 +3,9 @@ store behind ``runtime.store.SidecarStore`` (StoreBatch)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +91,15 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
         return base.merged(conv.policy_overrides(request_policy)).validate()
 
     async def _events(
-        self, thread_id: str, events: AsyncIterator[dict[str, Any]]
+        self, thread_id: str, events: AsyncGenerator[dict[str, Any], None]
     ) -> AsyncIterator[agent_pb2.TurnEvent]:
         seq = 0
-        async for ev in events:
-            yield conv.event_to_proto(ev, thread_id, seq)
-            seq += 1
+        # Closed on every exit (an error converting an event, a client gone): the run holds its thread's lock
+        # until its generator is closed, and an abandoned one is closed only when the garbage collector gets to it.
+        async with contextlib.aclosing(events):
+            async for ev in events:
+                yield conv.event_to_proto(ev, thread_id, seq)
+                seq += 1
 
     async def RunTurn(self, request: agent_pb2.RunTurnRequest, context: Any) -> AsyncIterator[agent_pb2.TurnEvent]:
         thread_id = _thread_id(request.thread_id)

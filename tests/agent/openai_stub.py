@@ -11,6 +11,8 @@ user message a plain question), so tests read as the scenario they run:
 - model ``"no-logprobs"``: answers without a ``logprobs`` field.
 - model ``"broken"``: answers HTTP 500.
 - model ``"fixed:<text>"``: answers exactly ``<text>`` (a structured answer, e.g. JSON, for callers that parse it).
+- model ``"always-tools"``: asks for the ``[call:...]`` tool calls in every completion, whether or not tools are
+  offered and after their results too (an LLM that ignores the protocol, or one an injection talked into a tool).
 
 The answer text is ``"<model>: <reply>"`` where reply echoes the user message, a tool result
 (``tool says <content>``) or, when the system prompt carries retrieved memories, ``remembers <first memory>``.
@@ -67,7 +69,7 @@ def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         time.sleep(float(slow.group(1)))
     message: dict[str, Any] = {"role": "assistant", "content": None}
     calls = _CALL.findall(steer)
-    if calls and body.get("tools") and not tool_msgs:
+    if calls and ((body.get("tools") and not tool_msgs) or model == "always-tools"):
         message["tool_calls"] = [{
             "id": f"call_{len(messages)}_{i}",
             "type": "function",

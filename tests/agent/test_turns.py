@@ -358,3 +358,39 @@ def test_parallel_input_guard_drops_the_early_answer_of_a_blocked_message(srv, l
     assert srv.tools_fake.calls == [] and not of(events, "tool_call") and not of(events, "memory_write")
     assert stages(events)[:1] == ["input_guard"] and "agent" not in stages(events)
     assert not _memory_texts(srv, "drop it")
+
+
+def test_a_tool_the_turn_did_not_offer_is_never_run(srv, llm) -> None:
+    # The policy offers no tools; the LLM asks for one anyway (as an injected instruction could make it).
+    events = turn(srv.client, NS, "not-offered", 'hi [call:lookup {"q": "x"}]', llm_base_url=llm.base_url,
+                  model="always-tools", max_tool_rounds=1)
+    assert srv.tools_fake.calls == []
+    [result] = of(events, "tool_result")
+    assert "not offered" in result.error
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+def test_max_tool_rounds_ends_an_llm_that_keeps_asking_for_tools(srv, llm) -> None:
+    events = turn(srv.client, NS, "tool-loop", 'loop [call:lookup {"q": "x"}]', llm_base_url=llm.base_url,
+                  model="always-tools", tools=["lookup"], max_tool_rounds=2, timeout=20)
+    assert srv.tools_fake.calls == [("lookup", '{"q": "x"}')] * 2
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+class _MalformedVerdicts(MarkerGuard):
+    """A guard port whose verdict id is not a string: the event carrying it cannot be converted."""
+
+    async def check(self, stage: str, text: str, *, tool_call: Any = None, tools: Any = (),
+                    thread_id: str = "") -> GuardOutcome:
+        return GuardOutcome(ALLOW, verdict_id=12345)  # type: ignore[arg-type]
+
+
+def test_a_turn_that_fails_mid_stream_releases_its_thread(srv, llm) -> None:
+    srv.rt.extras["agent_ports"]["guard"] = lambda rt, scope: _MalformedVerdicts()
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, NS, "fails-mid-stream", "first", llm_base_url=llm.base_url, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    srv.rt.extras["agent_ports"]["guard"] = lambda rt, scope: AllowAllGuard()
+    # The thread's lock was released with the failed run (not whenever the garbage collector gets to it).
+    events = turn(srv.client, NS, "fails-mid-stream", "second", llm_base_url=llm.base_url, timeout=10)
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
