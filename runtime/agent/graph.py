@@ -46,7 +46,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from core.errors import DeadlineExceededError
+from core.errors import AgentrtError, DeadlineExceededError
 from runtime.agent.llm import ChatClient, Completion
 from runtime.agent.policy import TurnPolicy
 from runtime.agent.ports import (
@@ -478,15 +478,25 @@ async def candidates(state: TurnState, runtime: Runtime[TurnContext]) -> dict[st
         ctx.warmed_answer = first
     # Candidate 0 is the agent's own final answer; the others answer the same context without tools.
     extra = await asyncio.gather(*(_complete(state, ctx, policy, i, tools=None)
-                                   for i in range(1, policy.num_candidates)))
-    completions = [Completion.from_state(state["draft"]), *extra]
+                                   for i in range(1, policy.num_candidates)), return_exceptions=True)
+    answered: list[tuple[str, Completion]] = [(policy.candidate(0).agent_id, Completion.from_state(state["draft"]))]
+    for i, result in enumerate(extra, start=1):
+        agent_id = policy.candidate(i).agent_id
+        if isinstance(result, Completion):
+            answered.append((agent_id, result))
+        elif isinstance(result, AgentrtError):
+            # An extra candidate whose endpoint failed (down, slow, malformed answer) is left out: the turn already
+            # has the agent's answer, and selection picks among those that answered. The proto has no event for it.
+            log.warning("turn on thread %r: candidate %d (%s) left out: %s", ctx.thread_id, i, agent_id, result)
+        else:
+            raise result  # a bug, cancellation or exit: not the endpoint's failure
     out = []
-    for i, c in enumerate(completions):
-        spec = policy.candidate(i)
+    # Indexes count the candidates that answered, so that the selection's index names one of these events.
+    for i, (agent_id, c) in enumerate(answered):
         mean_lp = sum(t.logprob for t in c.tokens) / len(c.tokens) if c.tokens else 0.0
-        runtime.stream_writer({"type": "candidate", "index": i, "agent_id": spec.agent_id, "answer": c.text,
+        runtime.stream_writer({"type": "candidate", "index": i, "agent_id": agent_id, "answer": c.text,
                                "mean_logprob": mean_lp, "num_tokens": len(c.tokens)})
-        out.append({"agent_id": spec.agent_id, "completion": c.to_state()})
+        out.append({"agent_id": agent_id, "completion": c.to_state()})
     return {"candidates": out}
 
 

@@ -1,13 +1,19 @@
 """Chat completions from an OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama, OpenAI), with logprobs.
 
 Every call asks for ``logprobs`` and ``top_logprobs`` because the gates and answer selection read them.
-An endpoint that is down raises ``UnavailableError`` naming the URL; one that answers without logprobs
-returns a ``Completion`` whose ``tokens`` is empty, and callers fall back to their documented defaults.
+Every error names the endpoint's URL: ``UnavailableError`` when it is down (or answers 5xx/429),
+``DeadlineExceededError`` when no complete answer arrives within the call's timeout, ``FailedPreconditionError``
+when it rejects the request, redirects it, or answers something that is not a chat completion (not UTF-8 JSON,
+wrong types, an oversized body or answer). An answer without usable logprobs (none sent, or values that are not
+log-probabilities) is a ``Completion`` whose ``tokens`` is empty, and callers fall back to their documented defaults.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,6 +22,8 @@ from typing import Any
 import httpx
 
 from core.errors import DeadlineExceededError, FailedPreconditionError, UnavailableError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,37 +84,169 @@ class Completion:
         )
 
 
-def parse_completion(body: dict[str, Any]) -> Completion:
-    """The first choice of an OpenAI ``chat.completion`` response body."""
-    choices = body.get("choices") or []
-    if not choices:
-        raise FailedPreconditionError("LLM endpoint returned no choices")
-    choice = choices[0]
-    msg = choice.get("message") or {}
+#: Largest response body read from an endpoint (bytes, after any content decoding). A chat completion with logprobs
+#: for a few thousand tokens is a few hundred kilobytes; a body past this is an endpoint gone wrong, and reading it
+#: would hold the turn (and the sidecar's memory) for nothing.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Longest answer text taken from an endpoint: what memory keeps of one message (``memory.engine.MAX_TEXT_CHARS``).
+#: A longer answer is refused when it arrives, not at the memory write that ends the turn.
+MAX_ANSWER_CHARS = 100_000
+#: Positive logprobs up to this are rounding (APIs round log(1) to a tiny positive number) and read as 0.
+_ROUNDING = 1e-4
+
+
+class _Malformed(FailedPreconditionError):
+    """The endpoint answered 200 with a body that is not a chat completion."""
+
+    def __init__(self, endpoint: str, what: str):
+        super().__init__(f"LLM endpoint {endpoint} answered a malformed chat completion: {what}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number, else None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(content: Any, endpoint: str) -> str:
+    """The message's text: a string, or OpenAI's list of content parts (``{"type": "text", "text": ...}``)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            text = part.get("text") if isinstance(part, dict) and part.get("type", "text") == "text" else None
+            if not isinstance(text, str):
+                raise _Malformed(endpoint, f"message.content[{i}] is not a text part ({_kind(part)} "
+                                           f"{str(part)[:80]!r})")
+            parts.append(text)
+        return "".join(parts)
+    raise _Malformed(endpoint, f"message.content is a {_kind(content)}, not a string or a list of text parts")
+
+
+def _tool_calls(raw: Any, endpoint: str) -> tuple[LlmToolCall, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _Malformed(endpoint, f"message.tool_calls is a {_kind(raw)}, not a list")
     calls = []
-    for i, c in enumerate(msg.get("tool_calls") or []):
+    for i, c in enumerate(raw):
+        at = f"message.tool_calls[{i}]"
+        if not isinstance(c, dict):
+            raise _Malformed(endpoint, f"{at} is a {_kind(c)}, not an object")
         fn = c.get("function") or {}
+        if not isinstance(fn, dict):
+            raise _Malformed(endpoint, f"{at}.function is a {_kind(fn)}, not an object")
+        name, call_id = fn.get("name") or "", c.get("id") or f"call_{i}"
+        if not isinstance(name, str) or not isinstance(call_id, str):
+            raise _Malformed(endpoint, f"{at}: the function name and the id must be strings")
         args = fn.get("arguments") or "{}"
         if not isinstance(args, str):  # some servers (Ollama) send an object
             args = json.dumps(args)
-        calls.append(LlmToolCall(id=c.get("id") or f"call_{i}", name=fn.get("name", ""), arguments_json=args))
-    lp = choice.get("logprobs") or {}
-    content = lp.get("content") if isinstance(lp, dict) else None
-    tokens = tuple(
-        TokenLogprob(
-            token=t.get("token", ""),
-            logprob=float(t.get("logprob", 0.0)),
-            top_logprobs=tuple((a.get("token", ""), float(a.get("logprob", 0.0))) for a in t.get("top_logprobs") or []),
-        )
-        for t in content or []
-    )
+        calls.append(LlmToolCall(id=call_id, name=name, arguments_json=args))
+    return tuple(calls)
+
+
+def _token_logprobs(raw: Any, endpoint: str) -> tuple[list[tuple[str, float, list[tuple[str, float]]]], bool]:
+    """``choice.logprobs`` as (token, logprob, alternatives) rows, and whether the endpoint sent any."""
+    if raw is None:
+        return [], False
+    if not isinstance(raw, dict):
+        raise _Malformed(endpoint, f"logprobs is a {_kind(raw)}, not an object")
+    content = raw.get("content")
+    if content is None:
+        return [], False
+    if not isinstance(content, list):
+        raise _Malformed(endpoint, f"logprobs.content is a {_kind(content)}, not a list")
+    rows = []
+    for i, t in enumerate(content):
+        at = f"logprobs.content[{i}]"
+        if not isinstance(t, dict):
+            raise _Malformed(endpoint, f"{at} is a {_kind(t)}, not an object")
+        token, lp, top = t.get("token", ""), _number(t.get("logprob")), t.get("top_logprobs") or []
+        if not isinstance(token, str) or lp is None:
+            raise _Malformed(endpoint, f"{at} needs a string token and a numeric logprob "
+                                       f"(got {_kind(token)} and {_kind(t.get('logprob'))})")
+        if not isinstance(top, list):
+            raise _Malformed(endpoint, f"{at}.top_logprobs is a {_kind(top)}, not a list")
+        alts = []
+        for j, a in enumerate(top):
+            alt = a.get("token", "") if isinstance(a, dict) else None
+            alp = _number(a.get("logprob")) if isinstance(a, dict) else None
+            if not isinstance(alt, str) or alp is None:
+                raise _Malformed(endpoint, f"{at}.top_logprobs[{j}] is not a {{token, logprob}} object")
+            alts.append((alt, alp))
+        rows.append((token, lp, alts))
+    return rows, True
+
+
+def _usable(rows: list[tuple[str, float, list[tuple[str, float]]]]) -> tuple[tuple[TokenLogprob, ...], str]:
+    """The token logprobs the gates and selection can read, or none and the reason.
+
+    A logprob is ln p <= 0. Small positive values are rounding and read as 0. An alternative at -inf (servers send it
+    for a token a grammar or logit bias made impossible) has probability 0 and is left out. Anything else that is
+    not a finite number <= 0 (NaN, +inf, a sampled token at -inf, a clearly positive value) means the endpoint's
+    numbers cannot be trusted: the whole answer then counts as one without logprobs.
+    """
+    tokens = []
+    for i, (token, lp, alts) in enumerate(rows):
+        if not (math.isfinite(lp) and lp <= _ROUNDING):
+            return (), f"logprobs.content[{i}].logprob is {lp!r}"
+        kept = []
+        for j, (alt, alp) in enumerate(alts):
+            if alp == -math.inf:
+                continue
+            if not (math.isfinite(alp) and alp <= _ROUNDING):
+                return (), f"logprobs.content[{i}].top_logprobs[{j}].logprob is {alp!r}"
+            kept.append((alt, min(alp, 0.0)))
+        tokens.append(TokenLogprob(token, min(lp, 0.0), tuple(kept)))
+    return tuple(tokens), ""
+
+
+def parse_completion(body: Any, endpoint: str = "(unnamed)") -> Completion:
+    """The first choice of an OpenAI ``chat.completion`` response body.
+
+    Raises FailedPreconditionError naming ``endpoint`` (the URL the body came from) and what is wrong when the body
+    is not a chat completion, or when its answer is longer than ``MAX_ANSWER_CHARS``. Logprobs that are not valid
+    log-probabilities (see ``_usable``) are dropped with a warning: the completion then has no logprobs, and the
+    gates and selection use their documented fallbacks.
+    """
+    if not isinstance(body, dict):
+        raise _Malformed(endpoint, f"the body is a JSON {_kind(body)}, not an object")
+    choices = body.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise _Malformed(endpoint, f"choices is a {_kind(choices)}, not a list")
+    if not choices:
+        raise FailedPreconditionError(f"LLM endpoint {endpoint} returned no choices")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise _Malformed(endpoint, f"choices[0] is a {_kind(choice)}, not an object")
+    msg = choice.get("message") or {}
+    if not isinstance(msg, dict):
+        raise _Malformed(endpoint, f"message is a {_kind(msg)}, not an object")
+    text = _text(msg.get("content"), endpoint)
+    if len(text) > MAX_ANSWER_CHARS:
+        raise FailedPreconditionError(
+            f"LLM endpoint {endpoint} answered {len(text)} characters; an answer is at most {MAX_ANSWER_CHARS} "
+            "(what memory keeps of one message): bound it with policy.max_tokens")
+    rows, sent = _token_logprobs(choice.get("logprobs"), endpoint)
+    tokens, unusable = _usable(rows)
+    if unusable:
+        log.warning("LLM endpoint %s sent unusable logprobs (%s): the answer counts as one without logprobs",
+                    endpoint, unusable)
+    model, finish = body.get("model") or "", choice.get("finish_reason") or ""
     return Completion(
-        text=msg.get("content") or "",
-        tool_calls=tuple(calls),
+        text=text,
+        tool_calls=_tool_calls(msg.get("tool_calls"), endpoint),
         tokens=tokens,
-        model=body.get("model", ""),
-        finish_reason=choice.get("finish_reason") or "",
-        has_logprobs=content is not None,
+        model=model if isinstance(model, str) else str(model),
+        finish_reason=finish if isinstance(finish, str) else str(finish),
+        has_logprobs=sent and not unusable,
     )
 
 
@@ -117,8 +257,12 @@ class ChatClient:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"LLM base URL {base_url!r} must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        # Redirects are not followed (httpx's default, kept explicit): a base URL that redirects is misconfigured,
+        # and following one would send the request body and the API key to wherever it points.
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s,
+                                       follow_redirects=False)
         # Calls and seconds spent waiting on the endpoint, and the last (start, end) perf_counter intervals:
         # benchmarks subtract LLM wall time (the union of the intervals) from turn time.
         self.calls = 0
@@ -136,8 +280,10 @@ class ChatClient:
         max_tokens: int = 0,
         timeout_s: float | None = None,
     ) -> Completion:
-        """One chat completion. Raises UnavailableError (endpoint down or 5xx), DeadlineExceededError
-        (timeout) or FailedPreconditionError (the endpoint rejected the request)."""
+        """One chat completion. Raises UnavailableError (endpoint down, 5xx or 429), DeadlineExceededError (no
+        complete answer within ``timeout_s``, the client's timeout by default: a limit on the whole call, however
+        the endpoint spreads its bytes) or FailedPreconditionError (the endpoint rejected the request, redirected
+        it, or answered something that is not a chat completion; see ``parse_completion``)."""
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -150,11 +296,17 @@ class ChatClient:
         if max_tokens > 0:
             body["max_tokens"] = max_tokens
         url = f"{self.base_url}/chat/completions"
+        limit = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            resp = await self._http.post("/chat/completions", json=body, timeout=timeout_s or httpx.USE_CLIENT_DEFAULT)
+            # httpx's timeout bounds each read: an endpoint sending a byte now and then would never trip it.
+            async with asyncio.timeout(limit):
+                status, location, raw = await self._post(body, url, limit)
+        except TimeoutError as exc:
+            raise DeadlineExceededError(f"LLM endpoint {url} timed out: no complete answer within {limit:g} s") from exc
         except httpx.TimeoutException as exc:
-            raise DeadlineExceededError(f"LLM endpoint {url} timed out: {exc}") from exc
+            raise DeadlineExceededError(f"LLM endpoint {url} timed out: no complete answer within {limit:g} s "
+                                        f"({exc.__class__.__name__})") from exc
         except httpx.HTTPError as exc:
             raise UnavailableError(f"LLM endpoint {url} is unreachable: {exc}") from exc
         finally:
@@ -162,16 +314,47 @@ class ChatClient:
             self.calls += 1
             self.seconds += ended - started
             self.intervals.append((started, ended))
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise UnavailableError(f"LLM endpoint {url} answered {resp.status_code}: {resp.text[:300]}")
-        if resp.status_code >= 400:
-            raise FailedPreconditionError(f"LLM endpoint {url} rejected the request ({resp.status_code}): "
-                                          f"{resp.text[:300]}")
+        excerpt = raw[:300].decode("utf-8", "replace")
+        if status >= 500 or status == 429:
+            raise UnavailableError(f"LLM endpoint {url} answered {status}: {excerpt}")
+        if status >= 400:
+            raise FailedPreconditionError(f"LLM endpoint {url} rejected the request ({status}): {excerpt}")
+        if 300 <= status < 400:
+            raise FailedPreconditionError(f"LLM endpoint {url} answered a redirect ({status}, Location: "
+                                          f"{location or 'none'}); redirects are not followed: set the base URL "
+                                          "the endpoint really serves")
+        if not 200 <= status < 300:
+            raise FailedPreconditionError(f"LLM endpoint {url} answered {status}: {excerpt}")
         try:
-            data = resp.json()
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise FailedPreconditionError(f"LLM endpoint {url} answered a body that is not UTF-8 ({exc.reason} at "
+                                          f"byte {exc.start})") from exc
         except ValueError as exc:
-            raise UnavailableError(f"LLM endpoint {url} answered non-JSON: {resp.text[:200]}") from exc
-        return parse_completion(data)
+            raise FailedPreconditionError(f"LLM endpoint {url} answered non-JSON ({exc}): {excerpt[:200]}") from exc
+        return parse_completion(data, url)
+
+    async def _post(self, body: dict[str, Any], url: str, limit: float) -> tuple[int, str, bytes]:
+        """POST ``body``; the status, the Location header and the body, read up to ``MAX_BODY_BYTES``.
+
+        A successful answer past the cap raises FailedPreconditionError; an error answer is cut there (only its
+        start goes into the error message).
+        """
+        too_big = FailedPreconditionError(f"LLM endpoint {url} answered more than {MAX_BODY_BYTES} bytes; a chat "
+                                          "completion is far smaller (bound the answer with policy.max_tokens)")
+        async with self._http.stream("POST", "/chat/completions", json=body, timeout=limit) as resp:
+            status, location = resp.status_code, resp.headers.get("location", "")
+            declared = resp.headers.get("content-length", "")
+            if 200 <= status < 300 and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                raise too_big
+            raw = bytearray()
+            async for chunk in resp.aiter_bytes():
+                raw += chunk
+                if len(raw) > MAX_BODY_BYTES:
+                    if 200 <= status < 300:
+                        raise too_big
+                    break
+            return status, location, bytes(raw)
 
     async def aclose(self) -> None:
         """Close pooled connections."""

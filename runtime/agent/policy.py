@@ -86,9 +86,15 @@ class TurnPolicy:
             if not ok:
                 raise InvalidArgumentError(f"policy.{name}", f"{getattr(self, name)!r} {rule}")
         for i, c in enumerate(self.candidates):
+            if not isinstance(c, dict):
+                raise InvalidArgumentError(f"policy.candidates[{i}]", f"{c!r} must be a mapping of candidate fields")
             t = c.get("temperature")
-            if t is not None and not 0.0 <= float(t) <= 2.0:
+            if t is not None and not (isinstance(t, int | float) and 0.0 <= float(t) <= 2.0):
                 raise InvalidArgumentError(f"policy.candidates[{i}].temperature", f"{t!r} must be in 0..2")
+            # Checked here, not when the candidate's LLM call starts: the turn fails before any work, naming the field.
+            url = c.get("base_url")
+            if url and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+                raise InvalidArgumentError(f"policy.candidates[{i}].base_url", f"{url!r} must be an http(s) URL")
         return self
 
     def candidate(self, index: int) -> CandidateSpec:

@@ -241,6 +241,10 @@ class TurnRunner:
                                     interrupted = update[0].value
                                 elif isinstance(update, dict):
                                     values.update(update)
+            except DeadlineExceededError as exc:
+                # Already says what ran late (an LLM call names its endpoint): keep it, not the generic message below.
+                queue.put_nowait(exc)
+                return
             except TimeoutError as exc:
                 late = DeadlineExceededError(f"turn on thread {thread_id!r} ran past its deadline")
                 late.__cause__ = exc
