@@ -73,7 +73,16 @@ from memory.index import IndexSnapshot, IndexSnapshots, NamespaceIndex, Snapshot
 from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery, SearchResult
 from memory.retrieval import lexical_stage as _lexical_stage
 from memory.retrieval import search as _retrieval_search
-from memory.store import Change, MemoryStore, StoredMessage, StoredUnit, content_hash, unit_key
+from memory.store import (
+    Change,
+    MemoryStore,
+    MessageState,
+    StaleChange,
+    StoredMessage,
+    StoredUnit,
+    content_hash,
+    unit_key,
+)
 from memory.units import (
     UnitPolicy,
     derive_segment,
@@ -102,6 +111,9 @@ CONSOLIDATION_INTERVAL_S = 5.0
 # 1 s), only while fewer sessions than this are queued behind it: under a steady load (many busy threads,
 # writers back to back) waiting would let the backlog grow by a second or two per session.
 YIELD_MAX_QUEUED = 4
+# How long Consolidate waits for the association lease held elsewhere (the worker's step, another replica's
+# Consolidate) before leaving refit and linking to its holder.
+CONSOLIDATE_LEASE_WAIT_S = 30.0
 # Granularities committed inside Write itself; the rest are derived in the background.
 SYNC_GRANULARITIES = frozenset({Granularity.TURN})
 
@@ -185,7 +197,7 @@ class MemoryStats:
 _STALE = "stale"
 
 # What a Write's plan assumed about one of its messages: (session id, content hash), None = not stored.
-Fingerprint = tuple[str, str] | None
+Fingerprint = MessageState
 
 
 def _fingerprint(stored: StoredMessage | None) -> Fingerprint:
@@ -518,8 +530,13 @@ class MemoryEngine:
                 redone += [
                     replace(s, vector=v, model=self.embedder.name) for s, v in zip(derived, vectors, strict=True)
                 ]
-            generation = self.store.apply(namespace, Change(insert_units=redone))
-            units += redone
+            change = self._rewrite(namespace, redone)
+            try:
+                generation = self.store.apply(namespace, change)
+            except StaleChange:
+                # A message was deleted meanwhile (another replica): read the units again.
+                return self._build_index(namespace, snapshot)
+            units += change.insert_units
         reused = index.load(units, snapshot.dense if snapshot is not None else {})
         index.set_edges(self.store.load_edges(namespace))
         index.generation = generation
@@ -697,10 +714,21 @@ class MemoryEngine:
             ]
         return delete, inserted
 
+    def _rewrite(self, namespace: str, units: Sequence[StoredUnit]) -> Change:
+        """A change writing stored ``units`` again (a new weight, a new vector) that the store refuses once a
+        message they cover is deleted (another replica's Delete); units over a message already gone are left
+        out (the Delete removed them)."""
+        ids = list(dict.fromkeys(mid for s in units for mid in s.unit.message_ids))
+        found = self.store.get_messages(namespace, ids)
+        kept = [s for s in units if all(mid in found for mid in s.unit.message_ids)]
+        return Change(insert_units=kept, expect_messages={mid: _fingerprint(found[mid]) for mid in ids if mid in found})
+
     def _apply(self, namespace: str, state: _Namespace, change: Change) -> int:
-        """Commit ``change`` and mirror it in the index (caller holds the namespace lock)."""
-        removed_keys = [unit_key(namespace, uid) for uid in change.delete_units]
+        """Commit ``change`` and mirror it in the index (caller holds the namespace lock); raises StaleChange,
+        committing nothing, when the store finds the plan stale."""
         generation = self.store.apply(namespace, change)
+        # After the commit: the store adds the units that still covered a deleted message.
+        removed_keys = [unit_key(namespace, uid) for uid in change.delete_units]
         try:
             if state.dirty or state.index.generation != generation - 1:
                 # Someone else (another replica) changed the namespace, or an earlier update failed.
@@ -785,7 +813,8 @@ class MemoryEngine:
         """Commit the queued plans that are still valid, in one change (caller holds the namespace lock).
 
         A plan is valid if none of its messages changed since it was read (checked against the database,
-        so changes of other replicas count too) and no other plan of the group writes the same message.
+        so changes of other replicas count too, and checked again by the store inside the commit) and no
+        other plan of the group writes the same message.
         """
         with state.queue_lock:
             group, state.queued = state.queued, []
@@ -807,8 +836,16 @@ class MemoryEngine:
                         delete_units=[u for t in group for u in t.change.delete_units],
                         insert_units=[u for t in group for u in t.change.insert_units],
                         mark_pending=sorted({sid for t in group for sid in t.change.mark_pending}),
+                        # Checked again inside the commit: another replica may commit after the read above.
+                        expect_messages={m: fp for t in group for m, fp in t.seen.items()},
                     ),
                 )
+        except StaleChange:
+            # Another replica wrote one of the messages between the check above and the commit (the same
+            # id resent to both, say): the whole group plans again, and an identical resend is "unchanged".
+            for t in group:
+                t.outcome = _STALE
+            return
         except BaseException as exc:
             for t in group:
                 if t.outcome is None:
@@ -1059,29 +1096,40 @@ class MemoryEngine:
                 # The cache does not know which namespace a text came from: empty it (a cost of speed only).
                 self._forget_texts(None)
                 return DeleteResult(n, sum(before.units.values()), 0)
-            targets: dict[str, StoredMessage] = {}
-            if session_id:
-                targets.update({s.message.id: s for s in self.store.session_messages(namespace, session_id)})
-            if message_ids:
-                targets.update(self.store.get_messages(namespace, list(message_ids)))
-            if not targets:
-                return DeleteResult(0, 0, 0)
-            change = Change(delete_messages=list(targets))
-            sessions = sorted({s.message.session_id for s in targets.values()})
-            removed_units = 0
-            for sid in sessions:
-                remaining = [
-                    s.message for s in self.store.session_messages(namespace, sid) if s.message.id not in targets
-                ]
-                delete, insert = self._plan_units(namespace, sid, remaining, None, background=False)
-                change.delete_units += delete
-                change.insert_units += insert
-                change.clear_pending.append(sid)
-                removed_units += len(delete)
-                # Re-derived in full here; the next background pass fingerprints it afresh.
-                self._segment_prints.pop((namespace, sid), None)
-            covering = self.store.units_covering(namespace, list(targets))
-            self._apply(namespace, state, change)
+            # The namespace lock keeps this process's Writes out; another replica's Write to one of the sessions
+            # committed after the reads below makes the plan stale, and it is made again.
+            while True:
+                targets: dict[str, StoredMessage] = {}
+                if session_id:
+                    targets.update({s.message.id: s for s in self.store.session_messages(namespace, session_id)})
+                if message_ids:
+                    targets.update(self.store.get_messages(namespace, list(message_ids)))
+                if not targets:
+                    return DeleteResult(0, 0, 0)
+                change = Change(delete_messages=list(targets))
+                sessions = sorted({s.message.session_id for s in targets.values()})
+                removed_units = 0
+                for sid in sessions:
+                    session = self.store.session_messages(namespace, sid)
+                    change.expect_sessions[sid] = [(s.message.id, s.content_hash) for s in session]
+                    remaining = [s.message for s in session if s.message.id not in targets]
+                    delete, insert = self._plan_units(namespace, sid, remaining, None, background=False)
+                    change.delete_units += delete
+                    change.insert_units += insert
+                    change.clear_pending.append(sid)
+                    removed_units += len(delete)
+                covering = self.store.units_covering(namespace, list(targets))
+                planned = len(change.delete_units)
+                try:
+                    self._apply(namespace, state, change)
+                except StaleChange:
+                    continue
+                # Units another replica derived over the deleted messages after the plan read them.
+                removed_units += len(change.delete_units) - planned
+                for sid in sessions:
+                    # Re-derived in full here; the next background pass fingerprints it afresh.
+                    self._segment_prints.pop((namespace, sid), None)
+                break
         # The embedder's cache holds recent texts as keys: a deleted message's words must not outlive it there.
         self._forget_texts(
             [s.message.text for s in targets.values()] + [embedding_text(s.unit) for s in covering]
@@ -1108,10 +1156,17 @@ class MemoryEngine:
             a, r = self._derive_session(namespace, sid)
             added += a
             removed += r
-        forgotten, reweighted = self._consolidate_units(namespace, every_turn=True)
         index = self._state(namespace).index
-        fit = self.association.refit(namespace, index) if refit else None
-        self.association.link_backlog(namespace, index)
+        forgotten = reweighted = 0
+        fit = None
+        # Like the background worker, under the namespace's association lease: two replicas refitting and
+        # linking one namespace at once wrote the same edges (a unique violation) and overwrote each other.
+        with self._association_lease(namespace, CONSOLIDATE_LEASE_WAIT_S) as held:
+            if held:
+                forgotten, reweighted = self._consolidate_units(namespace, every_turn=True)
+                index = self._state(namespace).index
+                fit = self.association.refit(namespace, index) if refit else None
+                self.association.link_backlog(namespace, index)
         return ConsolidationReport(
             sessions_derived=len(sessions),
             units_added=added,
@@ -1123,6 +1178,18 @@ class MemoryEngine:
             messages_forgotten=forgotten,
             units_reweighted=reweighted,
         )
+
+    @contextlib.contextmanager
+    def _association_lease(self, namespace: str, wait_s: float) -> Iterator[bool]:
+        """Hold the namespace's association lease, waiting up to ``wait_s`` for its holder (this process's
+        worker, another replica) to let it go; yields whether it is held."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._leases.hold(f"memory-association:{namespace}") as held:
+                if held or time.monotonic() >= deadline:
+                    yield held
+                    return
+            time.sleep(0.05)
 
     def _consolidate_units(self, namespace: str, *, every_turn: bool = False) -> tuple[int, int]:
         """Forgetting, fact promotion and near-duplicate merging (``memory/consolidation.py``).
@@ -1178,7 +1245,13 @@ class MemoryEngine:
                 if u.id in stored and replace(stored[u.id].unit, weight=u.weight) == u
             ]
             if insert:
-                self._apply(namespace, state, Change(insert_units=insert))
+                change = self._rewrite(namespace, insert)
+                insert = change.insert_units
+                try:
+                    self._apply(namespace, state, change)
+                except StaleChange:
+                    # A message of one of them was deleted since (another replica): the next pass decides.
+                    return len(forget), 0
         return len(forget), len(insert)
 
     def stats(self, namespace: str) -> MemoryStats:
@@ -1304,7 +1377,7 @@ class MemoryEngine:
                 else:
                     self._priority.wait_quiet()
                     started = time.monotonic()
-                    with self._leases.hold(f"memory-association:{ns}") as held:
+                    with self._association_lease(ns, 0.0) as held:
                         if held:
                             self.association.step(ns, index)
                             # The re-check of old turns is slow maintenance: while a backlog is being
@@ -1342,8 +1415,8 @@ class MemoryEngine:
         """Bring one session's derived units up to date; returns (units inserted, units deleted).
 
         Derivation and embedding run without the namespace lock (they are the expensive part), on a
-        snapshot of the session; the commit re-checks the snapshot under the lock and retries if a
-        write changed the session meanwhile.
+        snapshot of the session; the commit checks the snapshot (in the store's transaction, against every
+        replica) and it retries if a write changed the session meanwhile.
         """
         if not self._flushing and len(self._queue) < YIELD_MAX_QUEUED:
             self._priority.wait_interactive()
@@ -1357,15 +1430,22 @@ class MemoryEngine:
             )
             state = self._state(namespace)
             with state.lock:
-                if self.store.session_fingerprint(namespace, session_id) != [
-                    (s.message.id, s.content_hash) for s in snapshot
-                ]:
-                    continue
                 # Units may have been changed by the sync path meanwhile: drop what is already there.
                 stored = self.store.get_units(namespace, [s.unit.id for s in insert])
                 insert = [s for s in insert if s.unit.id not in stored or stored[s.unit.id].unit != s.unit]
-                change = Change(delete_units=delete, insert_units=insert, clear_pending=[session_id])
-                self._apply(namespace, state, change)
+                # The store commits only if the session is still the snapshot: checked in the commit, since a
+                # Delete or Write of another replica can commit at any time (the namespace lock is this
+                # process's); derived from a stale snapshot, the units would cover deleted messages.
+                change = Change(
+                    delete_units=delete,
+                    insert_units=insert,
+                    clear_pending=[session_id],
+                    expect_sessions={session_id: [(s.message.id, s.content_hash) for s in snapshot]},
+                )
+                try:
+                    self._apply(namespace, state, change)
+                except StaleChange:
+                    continue
                 if segments.learned:
                     self._segment_prints[key] = segments.learned
                 else:

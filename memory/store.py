@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
+from core.sqlwrite import lock_for_write
 from memory import schema
 from memory.model import Granularity, MemoryMessage, MemoryUnit
 
@@ -71,6 +73,16 @@ class StoredMessage:
     content_hash: str
 
 
+# What a plan assumed about one message: (session id, content hash), None = not stored.
+MessageState = tuple[str, str] | None
+
+
+class StaleChange(RuntimeError):
+    """A change's plan no longer holds: a message it was planned from changed, or a unit it inserts would
+    cover a message that is gone (another Write, a Delete, another replica committed first). Nothing was
+    applied; read again and plan again."""
+
+
 @dataclass
 class Change:
     """One atomic change to a namespace; ``MemoryStore.apply`` commits all of it or none of it."""
@@ -87,6 +99,10 @@ class Change:
     """Sessions whose derived units must be rebuilt later (survives a crash)."""
     clear_pending: list[str] = field(default_factory=list)
     """Sessions whose derived units this change brings up to date."""
+    expect_messages: dict[str, MessageState] = field(default_factory=dict)
+    """Message id -> the state the change was planned from; ``apply`` raises StaleChange if one differs."""
+    expect_sessions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    """Session id -> its ``session_fingerprint`` the change was planned from; StaleChange if it differs."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -97,6 +113,33 @@ class Change:
             or self.mark_pending
             or self.clear_pending
         )
+
+
+def _check_plan(
+    change: Change, stored: dict[str, tuple[str, str]], sessions: dict[str, list[tuple[str, str]]]
+) -> None:
+    """Raise StaleChange unless ``change`` still holds on the state read in its transaction, under the
+    namespace's write lock: ``stored`` (id -> (session, hash)) of at least ``expect_messages``, ``sessions``
+    the fingerprints of ``expect_sessions``. Checked in the commit itself, so a Delete that another replica
+    committed after the plan was read cannot be undone by it."""
+    for sid, want in change.expect_sessions.items():
+        if sessions.get(sid, []) != list(want):
+            raise StaleChange(f"session {sid!r} changed since the change was planned")
+    for mid, state in change.expect_messages.items():
+        if stored.get(mid) != state:
+            raise StaleChange(f"message {mid!r} changed since the change was planned")
+    deleted = set(change.delete_messages) - {m.id for m in change.upsert_messages}
+    for s in change.insert_units:
+        if deleted.intersection(s.unit.message_ids):
+            raise StaleChange(f"unit {s.unit.id!r} covers a message the change deletes")
+
+
+def _cascade(change: Change, covering: Iterable[str]) -> None:
+    """Add to ``change.delete_units`` the units ``covering`` a deleted message that it neither deletes nor
+    inserts: a plan read the session's units before committing, and another replica may have derived more
+    over the same messages since."""
+    listed = set(change.delete_units) | {s.unit.id for s in change.insert_units}
+    change.delete_units.extend(uid for uid in dict.fromkeys(covering) if uid not in listed)
 
 
 def _deleted_units(change: Change) -> list[str]:
@@ -168,6 +211,12 @@ class MemoryStore(abc.ABC):
 
         New messages get the next arrival numbers; replaced ones keep theirs. The association edges of a unit
         the change deletes (and does not insert again under the same id) are deleted with it.
+
+        Serialised with every other write of the namespace, in any process, and checked inside that: raises
+        StaleChange, applying nothing, when ``expect_messages`` or ``expect_sessions`` differ from what is
+        stored, or when an inserted unit covers a message the change deletes. A stored unit still covering a
+        deleted message is deleted too, and its id appended to ``change.delete_units`` (so the caller mirrors
+        what was really committed). A change that inserts units over messages it read must expect them.
         """
 
     @abc.abstractmethod
@@ -270,8 +319,28 @@ class InMemoryStore(MemoryStore):
 
     def apply(self, namespace: str, change: Change) -> int:
         with self._lock:
+            stored_msgs = self._messages.get(namespace, {})
+            sessions = {
+                sid: [(m.message.id, m.content_hash) for m in self.session_messages(namespace, sid)]
+                for sid in change.expect_sessions
+            }
+            _check_plan(
+                change,
+                {mid: (m.message.session_id, m.content_hash) for mid, m in stored_msgs.items()},
+                sessions,
+            )
+            if change.delete_messages:
+                deleted = set(change.delete_messages)
+                _cascade(
+                    change,
+                    [
+                        uid
+                        for uid, s in self._units.get(namespace, {}).items()
+                        if deleted.intersection(s.unit.message_ids)
+                    ],
+                )
             # Build the new state on copies so a failure half-way leaves nothing applied.
-            msgs = dict(self._messages.get(namespace, {}))
+            msgs = dict(stored_msgs)
             units = dict(self._units.get(namespace, {}))
             seq = self._next_seq.get(namespace, 0)
             for mid in change.delete_messages:
@@ -557,8 +626,8 @@ class SqlMemoryStore(MemoryStore):
     def _bump(self, conn: sa.Connection, namespace: str, new_messages: int) -> tuple[int, int]:
         """Advance the namespace's generation and reserve ``new_messages`` arrival numbers.
 
-        Returns (new generation, first reserved seq). The UPDATE takes the row lock on Postgres, so
-        concurrent writers of one namespace serialise here instead of colliding on seq.
+        Returns (new generation, first reserved seq). Callers hold the namespace lock (``_lock``); the
+        UPDATE's row lock on Postgres also keeps any other writer of the row from colliding on seq.
         """
         t = schema.namespace_state
         now = datetime.now(UTC)
@@ -568,28 +637,67 @@ class SqlMemoryStore(MemoryStore):
             .values(generation=t.c.generation + 1, next_seq=t.c.next_seq + new_messages, updated_at=now)
         )
         if updated.rowcount == 0:
+            # The namespace's first write: insert its row unless a writer that did not take the namespace
+            # lock got there first, then advance it like any other (a plain INSERT was a unique violation).
+            values = {
+                "namespace": namespace,
+                "generation": 0,
+                "next_seq": 0,
+                "consolidated_generation": 0,
+                "clusters": 0,
+                "updated_at": now,
+            }
+            insert = postgresql.insert(t) if conn.dialect.name == "postgresql" else sqlite.insert(t)
+            conn.execute(insert.values(**values).on_conflict_do_nothing(index_elements=[t.c.namespace]))
             conn.execute(
-                sa.insert(t).values(
-                    namespace=namespace,
-                    generation=1,
-                    next_seq=new_messages,
-                    consolidated_generation=0,
-                    clusters=0,
-                    updated_at=now,
-                )
+                sa.update(t)
+                .where(t.c.namespace == namespace)
+                .values(generation=t.c.generation + 1, next_seq=t.c.next_seq + new_messages, updated_at=now)
             )
-            return 1, 0
         row = conn.execute(sa.select(t.c.generation, t.c.next_seq).where(t.c.namespace == namespace)).one()
         return int(row.generation), int(row.next_seq) - new_messages
+
+    @staticmethod
+    def _lock(conn: sa.Connection, namespace: str) -> None:
+        """Serialise this transaction with every other write of the namespace (first thing in it)."""
+        lock_for_write(conn, "memory", namespace)
 
     def apply(self, namespace: str, change: Change) -> int:
         m, u, um = schema.messages, schema.units, schema.unit_messages
         with self._engine.begin() as conn:
+            # Lock first, then read: what the checks below read cannot change before the commit.
+            self._lock(conn, namespace)
+            sessions: dict[str, list[tuple[str, str]]] = {sid: [] for sid in change.expect_sessions}
+            for chunk in _chunks(sorted(sessions)):
+                rows = conn.execute(
+                    sa.select(m.c.session_id, m.c.id, m.c.content_hash)
+                    .where(m.c.namespace == namespace, m.c.session_id.in_(chunk))
+                    .order_by(m.c.seq)
+                )
+                for row in rows:
+                    sessions[row.session_id].append((row.id, row.content_hash))
             upsert_ids = [msg.id for msg in change.upsert_messages]
             existing: dict[str, int] = {}
-            for chunk in _chunks(upsert_ids):
-                rows = conn.execute(sa.select(m.c.id, m.c.seq).where(m.c.namespace == namespace, m.c.id.in_(chunk)))
-                existing.update({row.id: int(row.seq) for row in rows})
+            stored: dict[str, tuple[str, str]] = {}
+            # One read serves both the arrival numbers of replaced messages and the plan's checks.
+            for chunk in _chunks(list(dict.fromkeys(upsert_ids + list(change.expect_messages)))):
+                rows = conn.execute(
+                    sa.select(m.c.id, m.c.seq, m.c.session_id, m.c.content_hash).where(
+                        m.c.namespace == namespace, m.c.id.in_(chunk)
+                    )
+                )
+                for row in rows:
+                    stored[row.id] = (row.session_id, row.content_hash)
+                    existing[row.id] = int(row.seq)
+            _check_plan(change, stored, sessions)
+            existing = {i: existing[i] for i in upsert_ids if i in existing}
+            if change.delete_messages:
+                covering: list[str] = []
+                for chunk in _chunks(list(dict.fromkeys(change.delete_messages))):
+                    covering += conn.execute(
+                        sa.select(um.c.unit_id).where(um.c.namespace == namespace, um.c.message_id.in_(chunk))
+                    ).scalars()
+                _cascade(change, covering)
             fresh = sum(1 for i in dict.fromkeys(upsert_ids) if i not in existing)
             generation, seq = self._bump(conn, namespace, fresh)
 
@@ -678,6 +786,7 @@ class SqlMemoryStore(MemoryStore):
     def replace_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
         t = schema.edges
         with self._engine.begin() as conn:
+            self._lock(conn, namespace)
             conn.execute(sa.delete(t).where(t.c.namespace == namespace))
             self._insert_edges(conn, namespace, self._between_units(conn, namespace, edges))
 
@@ -686,6 +795,9 @@ class SqlMemoryStore(MemoryStore):
         if not edges:
             return
         with self._engine.begin() as conn:
+            # Under the namespace lock: two replicas upserting one edge (delete, then insert) would both
+            # insert it, and a unit deleted meanwhile would keep an edge.
+            self._lock(conn, namespace)
             edges = self._between_units(conn, namespace, edges)
             pairs = {(int(s), int(d)) for s, d, _ in edges}
             srcs = sorted({s for s, _ in pairs})
@@ -723,6 +835,8 @@ class SqlMemoryStore(MemoryStore):
 
     def drop_namespace(self, namespace: str) -> int:
         with self._engine.begin() as conn:
+            # The lock before deleting any row, like every other writer (else a deadlock against apply).
+            self._lock(conn, namespace)
             n = conn.execute(
                 sa.select(sa.func.count()).select_from(schema.messages).where(schema.messages.c.namespace == namespace)
             ).scalar()

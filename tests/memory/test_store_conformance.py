@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 
 from memory.model import Granularity, MemoryMessage, MemoryUnit
-from memory.store import Change, MemoryStore, StoredUnit, content_hash, unit_key
+from memory.store import Change, MemoryStore, StaleChange, StoredUnit, content_hash, unit_key
 
 NS = "acme/chat"
 T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
@@ -215,3 +217,111 @@ def test_large_changes_respect_parameter_limits(store: MemoryStore, n: int) -> N
     assert len(store.get_messages(NS, [m.id for m in messages])) == n
     store.apply(NS, Change(delete_messages=[m.id for m in messages], delete_units=[u.unit.id for u in units]))
     assert store.counts(NS).messages == 0 and store.counts(NS).units == {}
+
+
+# -- plans checked inside the commit (replicas on one database) -------------------------------------------
+
+
+def _fingerprint(store: MemoryStore, session: str = "s1") -> list[tuple[str, str]]:
+    return store.session_fingerprint(NS, session)
+
+
+def test_a_change_planned_from_a_session_that_changed_since_is_refused(store: MemoryStore) -> None:
+    store.apply(NS, Change(upsert_messages=[msg("a", "one"), msg("b", "two")]))
+    planned = _fingerprint(store)
+    store.apply(NS, Change(delete_messages=["b"]))  # another replica's Delete commits first
+    generation = store.generation(NS)
+    window = unit("s1/x/a-b", ("a", "b"), gran=Granularity.EXCHANGE)
+    stale = Change(insert_units=[window], expect_sessions={"s1": planned})
+    with pytest.raises(StaleChange):
+        store.apply(NS, stale)
+    assert store.generation(NS) == generation and store.units_covering(NS, ["a", "b"]) == []
+    fresh = Change(insert_units=[unit("s1/turn/a", ("a",))], expect_sessions={"s1": _fingerprint(store)})
+    assert store.apply(NS, fresh) == generation + 1
+
+
+def test_a_change_expecting_a_message_state_is_refused_when_it_differs(store: MemoryStore) -> None:
+    m = msg("a", "one")
+    store.apply(NS, Change(upsert_messages=[m]))  # stored by another replica after this plan read "absent"
+    with pytest.raises(StaleChange):
+        store.apply(NS, Change(upsert_messages=[m], expect_messages={"a": None}))
+    with pytest.raises(StaleChange):
+        store.apply(NS, Change(upsert_messages=[msg("a", "two")], expect_messages={"a": ("s1", "other hash")}))
+    assert store.generation(NS) == 1
+    store.apply(NS, Change(upsert_messages=[msg("a", "two")], expect_messages={"a": ("s1", content_hash(m))}))
+    assert store.get_messages(NS, ["a"])["a"].message.text == "two"
+
+
+def test_deleting_a_message_deletes_every_unit_still_covering_it(store: MemoryStore) -> None:
+    """A Delete plans from the units it read; units another replica derived over the same messages since
+    go with the message too, and are reported in the change so indexes drop them."""
+    store.apply(NS, Change(upsert_messages=[msg("a", "x"), msg("b", "y")], insert_units=[unit("s1/turn/a", ("a",))]))
+    late = unit("s1/x/a-b", ("a", "b"), gran=Granularity.EXCHANGE)
+    store.apply(NS, Change(insert_units=[late, unit("s1/turn/b", ("b",))]))
+    change = Change(delete_messages=["a"], delete_units=["s1/turn/a"])
+    store.apply(NS, change)
+    assert sorted(change.delete_units) == ["s1/turn/a", "s1/x/a-b"]
+    assert store.units_covering(NS, ["a"]) == []
+    assert [s.unit.id for s in store.units_covering(NS, ["b"])] == ["s1/turn/b"]
+
+
+def test_a_unit_over_a_message_the_change_deletes_is_refused(store: MemoryStore) -> None:
+    store.apply(NS, Change(upsert_messages=[msg("a", "x"), msg("b", "y")]))
+    with pytest.raises(StaleChange):
+        store.apply(NS, Change(delete_messages=["a"], insert_units=[unit("s1/turn/a", ("a",))]))
+    assert store.generation(NS) == 1
+
+
+def _at_once(*calls: Callable[[], object], rounds: int = 1) -> list[BaseException]:
+    """Run ``calls`` in threads released together, ``rounds`` times; the exceptions they raised."""
+    errors: list[BaseException] = []
+
+    def run(barrier: threading.Barrier, call: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(rounds):
+        barrier = threading.Barrier(len(calls))
+        threads = [threading.Thread(target=run, args=(barrier, c)) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    return errors
+
+
+def test_first_writes_of_a_namespace_from_two_stores_at_once_both_commit(
+    store_factory: Callable[[], MemoryStore],
+) -> None:
+    a, b = store_factory(), store_factory()
+    for r in range(15):
+        ns = f"acme/new{r}"
+        errors = _at_once(
+            lambda ns=ns: a.apply(ns, Change(upsert_messages=[msg("a", "from a")])),  # type: ignore[misc]
+            lambda ns=ns: b.apply(ns, Change(upsert_messages=[msg("b", "from b")])),  # type: ignore[misc]
+        )
+        assert errors == []
+        assert a.generation(ns) == 2
+        assert sorted(s.seq for s in a.list_messages(ns)) == [0, 1]
+
+
+def test_a_namespace_drop_and_writes_from_another_store_at_once_all_commit(
+    store_factory: Callable[[], MemoryStore],
+) -> None:
+    a, b = store_factory(), store_factory()
+    write = Change(upsert_messages=[msg("a", "x")], insert_units=[unit("s1/turn/a", ("a",))])
+    b.apply(NS, write)
+    errors = _at_once(lambda: a.drop_namespace(NS), lambda: b.apply(NS, write), rounds=15)
+    assert errors == []
+
+
+def test_edges_upserted_from_two_stores_at_once_all_commit(store_factory: Callable[[], MemoryStore]) -> None:
+    a, b = store_factory(), store_factory()
+    keys = _keys(a, 6)
+    edges = [(keys[i], keys[j], 0.5) for i in range(6) for j in range(i + 1, 6)]
+    errors = _at_once(lambda: a.upsert_edges(NS, edges), lambda: b.upsert_edges(NS, edges), rounds=15)
+    assert errors == []
+    assert len(a.load_edges(NS)) == len(edges)
