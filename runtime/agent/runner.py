@@ -64,47 +64,64 @@ async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any]
 
 class ThreadLocks:
     """One run per thread across replicas. The in-process lock of ``TurnRunner`` covers one sidecar; replicas
-    on one Postgres database also take a session advisory lock on the thread, held on a connection of their own
-    for the whole run. Without it, two replicas running turns on one thread both fork the same checkpoint and
-    the thread keeps only one of the turns. A no-op on SQLite, which one sidecar process owns."""
+    on one Postgres database also hold a session advisory lock on the thread for the whole run. Without it, two
+    replicas running turns on one thread both fork the same checkpoint and the thread keeps only one of the turns.
+    A no-op on SQLite, which one sidecar process owns.
 
-    def __init__(self, database_url: str | None = None, max_connections: int = 16):
-        self._pool: Any = None
+    All of a replica's thread locks live on ONE connection of their own (a session may hold any number of advisory
+    locks), so the number of concurrent turns is not bounded by connections. The in-process lock already makes
+    one run per thread at a time here; a lock another replica holds is polled with ``pg_try_advisory_lock``
+    (every ``POLL_S``) rather than waited for, since a blocking wait would hold the shared connection. If that
+    connection is lost, its locks go with it (and the next turn opens a new one): the worst case is the race this
+    guards against, never a stuck thread.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, database_url: str | None = None):
+        self._conn: Any = None
         self._conninfo = ""
-        self._max = max_connections
+        self._open_lock = asyncio.Lock()
         if database_url and make_url(database_url).get_backend_name() == "postgresql":
             url = make_url(database_url)
             self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def _connection(self) -> Any:
+        async with self._open_lock:
+            if self._conn is None or self._conn.closed:
+                import psycopg
+
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            return self._conn
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
         if not self._conninfo:
             yield
             return
-        if self._pool is None:
-            from psycopg_pool import AsyncConnectionPool
-
-            pool: Any = AsyncConnectionPool(self._conninfo, open=False, min_size=0, max_size=self._max,
-                                            kwargs={"autocommit": True})
-            await pool.open()
-            self._pool = pool
         lock_id = advisory_key("agent-thread", key)
-        async with self._pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (lock_id,))
-            try:
-                yield
-            finally:
+        while True:
+            conn = await self._connection()
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,))).fetchone()
+            if row and row[0]:
+                break
+            await asyncio.sleep(self.POLL_S)  # another replica runs a turn of this thread
+        try:
+            yield
+        finally:
+            if not conn.closed:
                 try:
                     await asyncio.shield(conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,)))
                 except BaseException:
-                    # The session must not go back to the pool still holding the lock: ending it releases it.
+                    # A lock that could not be released must not outlive the turn: ending the session releases
+                    # it (and the other locks of this replica's running turns, whose guard is then lost).
                     await conn.close()
                     raise
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
 @dataclass
