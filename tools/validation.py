@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +21,7 @@ from jsonschema_specifications import REGISTRY as METASCHEMAS
 from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 
 from core.errors import FailedPreconditionError, FieldViolation
+from core.jsontext import decode_json, has_lone_surrogate
 
 # More than this many errors are summarised: a hostile payload must not produce a huge reply.
 MAX_VIOLATIONS = 20
@@ -33,32 +33,6 @@ _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 # every validator: without it jsonschema fetches unknown $ref URIs with urllib, so a registered schema
 # could make the sidecar request any URL it can reach (SSRF). A bare Registry never retrieves anything.
 _REGISTRY: referencing.Registry[Any] = METASCHEMAS.combine(referencing.Registry())
-
-
-def decode_json(text: str, field: str) -> tuple[Any, list[FieldViolation]]:
-    """Parse JSON text; every way it can fail becomes one violation of ``field`` (never an exception)."""
-    try:
-        return json.loads(text), []
-    except json.JSONDecodeError as exc:
-        why = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-    except RecursionError:
-        why = "JSON nested too deeply to parse"
-    except ValueError:
-        # The only other ValueError of json.loads: Python's cap on int("...") (CVE-2020-10735).
-        why = f"an integer literal is longer than {sys.get_int_max_str_digits()} digits"
-    return None, [FieldViolation(field, why)]
-
-
-def _has_lone_surrogate(text: str, value: Any) -> bool:
-    # Only a \uXXXX escape can produce one (gRPC strings are valid UTF-8); it cannot be encoded again,
-    # so a guard, an HTTP tool or the database would fail on it later.
-    if "\\u" not in text:
-        return False
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _json_path(prefix: str, path: Iterable[Any]) -> str:
@@ -187,6 +161,6 @@ def parse_arguments(arguments_json: str, field: str = "arguments_json") -> tuple
         return None, bad
     if not isinstance(value, dict):
         return None, [FieldViolation(field, f"must be a JSON object, got {type(value).__name__}")]
-    if _has_lone_surrogate(arguments_json, value):
+    if has_lone_surrogate(arguments_json, value):
         return None, [FieldViolation(field, "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)")]
     return value, []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +27,7 @@ from langgraph.store.base import (
 )
 
 from core.errors import InvalidArgumentError
+from core.jsontext import decode_json, has_lone_surrogate
 
 # ------------------------------------------------------------------------------------------------
 # Store: ops
@@ -69,26 +69,14 @@ def op_to_proto(op: Op, default_index: list[str] | None) -> agent_pb2.StoreOp:
 #: What a StoreBatch op's ``limit`` of 0 (proto3's unset) means: LangGraph's own defaults.
 SEARCH_LIMIT = 10
 LIST_NAMESPACES_LIMIT = 100
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
 def _json_object(text: str, field_name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidArgumentError(field_name, f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidArgumentError(field_name, "JSON nested too deeply to parse") from None
+    value, bad = decode_json(text, field_name)
+    if bad:
+        raise InvalidArgumentError(bad)
     if not isinstance(value, dict):
         raise InvalidArgumentError(field_name, "must be a JSON object")
-    if _SURROGATE_ESCAPE.search(text):
-        # A paired escape decodes to one character; an unpaired one leaves a lone surrogate, which no database
-        # or tokenizer can encode.
-        try:
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            why = "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
-            raise InvalidArgumentError(field_name, why) from None
+    if has_lone_surrogate(text, value):
+        raise InvalidArgumentError(field_name, "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
     return value
 
 

@@ -10,6 +10,7 @@ from agentrt.v1 import common_pb2, guard_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.jsontext import decode_json
 from guards.engine import ClusterInfo
 from guards.model import (
     AuditRecord,
@@ -108,16 +109,10 @@ def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> Guard
                 FieldViolation(f"{prefix}tool_call.arguments_json", f"at most {MAX_ARGUMENTS_CHARS} characters")
             )
         elif args.strip():
-            try:
-                parsed = json.loads(args)
-                if not isinstance(parsed, dict):
-                    errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "must be a JSON object"))
-            except json.JSONDecodeError as e:
-                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", f"not valid JSON: {e.msg}"))
-            except ValueError as e:  # an integer literal past Python's int-string digit limit (4300)
-                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", f"unusable JSON value: {e}"))
-            except RecursionError:
-                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "JSON nested too deeply to parse"))
+            parsed, bad = decode_json(args, f"{prefix}tool_call.arguments_json")
+            errors += bad
+            if not bad and not isinstance(parsed, dict):
+                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "must be a JSON object"))
         tool_call = ToolCallInfo(request.tool_call.name, args)
     if stage == Stage.TOOL_CALL and (tool_call is None or not tool_call.name):
         errors.append(FieldViolation(f"{prefix}tool_call.name", "STAGE_TOOL_CALL needs the tool call"))
@@ -200,14 +195,9 @@ def rule_to_proto(r: PolicyRule) -> guard_pb2.GuardRule:
 
 def rule_from_proto(r: guard_pb2.GuardRule, where: str) -> PolicyRule:
     """Validate and convert a rule; errors name ``rules[i].<field>``."""
-    try:
-        spec = json.loads(r.spec_json) if r.spec_json.strip() else {}
-    except json.JSONDecodeError as e:
-        raise InvalidArgumentError(f"{where}.spec_json", f"not valid JSON: {e.msg}") from None
-    except ValueError as e:  # an integer literal past Python's int-string digit limit (4300)
-        raise InvalidArgumentError(f"{where}.spec_json", f"unusable JSON value: {e}") from None
-    except RecursionError:
-        raise InvalidArgumentError(f"{where}.spec_json", "JSON nested too deeply to parse") from None
+    spec, bad = decode_json(r.spec_json, f"{where}.spec_json") if r.spec_json.strip() else ({}, [])
+    if bad:
+        raise InvalidArgumentError(bad)
     if not isinstance(spec, dict):
         raise InvalidArgumentError(f"{where}.spec_json", "must be a JSON object")
     body: dict[str, Any] = {

@@ -10,6 +10,7 @@ from agentrt.v1 import common_pb2, guard_pb2, tool_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.jsontext import decode_json
 from guards.model import Decision, GuardVerdict
 from runtime.tool_invoke import InvokeResult
 from tools.model import (
@@ -26,7 +27,6 @@ from tools.model import (
     ToolPolicyPatch,
 )
 from tools.search import ToolSearchResult
-from tools.validation import decode_json
 
 _DEFAULTS = ToolDefinition(
     name="", description="", input_schema={}, executor=ExecutorSpec(ExecutorKind.BUILTIN)

@@ -1,0 +1,39 @@
+"""JSON text carried in request fields (tool arguments, schemas, rule specs, store values): one decoder whose every
+failure is a field violation, never an exception that would reach the client as INTERNAL."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from core.errors import FieldViolation
+
+
+def decode_json(text: str, field: str) -> tuple[Any, list[FieldViolation]]:
+    """Parse JSON text; every way it can fail becomes one violation of ``field``."""
+    try:
+        return json.loads(text), []
+    except json.JSONDecodeError as exc:
+        why = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        why = "JSON nested too deeply to parse"
+    except ValueError:
+        # The only other ValueError of json.loads: Python's cap on int("...") (CVE-2020-10735).
+        why = f"an integer literal is longer than {sys.get_int_max_str_digits()} digits"
+    return None, [FieldViolation(field, why)]
+
+
+def has_lone_surrogate(text: str, value: Any) -> bool:
+    """Whether ``value`` (decoded from ``text``) holds a lone UTF-16 surrogate.
+
+    Only a ``\\uXXXX`` escape can produce one (gRPC strings are valid UTF-8). A paired escape decodes to one
+    character; an unpaired one cannot be encoded again, so a database, a tokenizer or an HTTP tool fails on it later.
+    """
+    if "\\u" not in text:
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
