@@ -252,7 +252,8 @@ def _speculate(ctx: TurnContext, state: TurnState, policy: TurnPolicy) -> None:
     ctx.speculative_search = task
 
 
-async def _first_tools(ctx: TurnContext, state: TurnState, policy: TurnPolicy) -> list[dict[str, Any]] | None:
+async def _offered_tools(ctx: TurnContext, state: TurnState, policy: TurnPolicy) -> list[dict[str, Any]] | None:
+    """The tool specs the LLM is offered in this round (none past max_tool_rounds)."""
     if policy.tools and state.get("tool_round", 0) < policy.max_tool_rounds:
         return await ctx.ports.tools.specs(policy.tools) or None
     return None
@@ -264,7 +265,7 @@ async def input_guard(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
     if policy.parallel_input_guard and ctx.early_answer is None:
         async def first_answer() -> Completion:
-            return await _complete(state, ctx, policy, 0, tools=await _first_tools(ctx, state, policy))
+            return await _complete(state, ctx, policy, 0, tools=await _offered_tools(ctx, state, policy))
 
         ctx.early_answer = asyncio.create_task(first_answer())
         ctx.early_answer.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -314,7 +315,7 @@ async def agent(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, An
     else:
         if early is not None:
             early.cancel()
-        completion = await _complete(state, ctx, policy, 0, tools=await _first_tools(ctx, state, policy))
+        completion = await _complete(state, ctx, policy, 0, tools=await _offered_tools(ctx, state, policy))
     for call in completion.tool_calls:
         # Embed each call's guard check now: it runs during the retrieval and the LLM call that follow the
         # first answer (which usually asks for the same calls again), or right after the gate otherwise.
@@ -369,7 +370,7 @@ async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
     runtime.stream_writer(_gate_event(g))
     # Only the tools this round offered may run: an LLM can name any tool (a prompt injection in a tool result or
     # a memory can make it), and the tool pipeline would run whatever it is asked for.
-    offered = {s.get("function", {}).get("name") for s in (await _first_tools(ctx, state, policy) or [])}
+    offered = {s.get("function", {}).get("name") for s in (await _offered_tools(ctx, state, policy) or [])}
     calls = [{**c, "not_offered": c["name"] not in offered} for c in state["draft"]["tool_calls"]]
     if policy.enforce_tool_gate and not g.fire:
         # Confident enough to answer without the tools it asked for: ask again with tools switched off.
