@@ -207,6 +207,18 @@ def _z(values: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
     return (values.astype(np.float64) - mean) / std
 
 
+def hybrid_scores(
+    dense: np.ndarray, lexical: np.ndarray, *, dense_weight: float = 1.0, lexical_weight: float = 1.0
+) -> np.ndarray:
+    """The retriever's fusion of one candidate pool: ``dense_weight · z(cosine) + lexical_weight · z(bm25)``.
+
+    z-scores over the pool put both channels on one scale whatever their ranges (BM25 is unbounded and
+    grows with query length); a channel that cannot tell the candidates apart (all BM25 zero: no query
+    term in any of them) contributes nothing, so the other one ranks alone.
+    """
+    return dense_weight * _z(np.asarray(dense)) + lexical_weight * _z(np.asarray(lexical))
+
+
 @dataclass
 class _Pool:
     """Scored candidates of one granularity."""
@@ -464,8 +476,7 @@ def search(
             continue
         dense, lex = scorers[g].raw(keys)
         score = (
-            pol.dense_weight * _z(dense)
-            + pol.lexical_weight * _z(lex)
+            hybrid_scores(dense, lex, dense_weight=pol.dense_weight, lexical_weight=pol.lexical_weight)
             + pol.low_info_penalty * np.log(np.maximum(weights, 1e-3))
         )
         pools[g] = _Pool(np.asarray(keys, dtype=np.int64), score, dense, float(score.min()))

@@ -4,9 +4,11 @@ Each ``batch``/``abatch`` call sends all its ops in ONE ``AgentService.StoreBatc
 namespace tuple (``("users", "42", "prefs")``) lives inside one agentrt namespace (the ``namespace``
 argument, scoped to the caller's tenant by the sidecar), so several apps or tenants never share items.
 ``search(query=...)`` is ranked by the sidecar's embedder (all-MiniLM-L6-v2 by default) over the item
-fields named by ``index``; filters run in the sidecar too.
+fields named by ``index``; filters run in the sidecar too. By default the ranking and scores are those of
+LangGraph's ``InMemoryStore`` (cosine similarity); ``index={"ranking": "hybrid"}`` ranks through the memory
+retriever's dense + lexical fusion instead, so exact names, ids and codes in a query count.
 
-    store = SidecarStore("127.0.0.1:50051", namespace="my-app", index={"fields": ["text"]})
+    store = SidecarStore("127.0.0.1:50051", namespace="my-app", index={"fields": ["text"], "ranking": "hybrid"})
     store.put(("docs",), "a", {"text": "Python tutorial"})
     store.search(("docs",), query="programming in python")
 """
@@ -43,11 +45,17 @@ class SidecarStore(BaseStore):
 
         ``index``: ``{"fields": ["text", "tags[*]"]}`` (JSON paths embedded for search), ``None`` for the
         whole value (``["$"]``), ``False`` to index nothing (``search(query=...)`` then keeps insertion
-        order). ``dims``/``embed`` keys are accepted and ignored: the sidecar embeds.
+        order). ``dims``/``embed`` keys are accepted and ignored: the sidecar embeds. ``"ranking"``:
+        ``"dense"`` (default: cosine, as ``InMemoryStore``) or ``"hybrid"`` (z(cosine) + z(BM25) over the
+        matching items, the memory retriever's fusion; scores are then fused values, not cosines).
         """
         if target is None and channel is None and aio_channel is None:
             raise ValueError("SidecarStore needs a target 'host:port' or a channel")
         self.namespace = namespace
+        ranking = index.get("ranking", "dense") if isinstance(index, Mapping) else "dense"
+        if ranking not in ("dense", "hybrid"):
+            raise ValueError(f"index ranking must be 'dense' or 'hybrid', not {ranking!r}")
+        self.hybrid = ranking == "hybrid"
         if index is False:
             self.index_fields: list[str] | None = None
         elif index is None or index is True:
@@ -62,7 +70,7 @@ class SidecarStore(BaseStore):
         self._owned: list[Any] = []
 
     def _request(self, ops: Iterable[Op]) -> tuple[agent_pb2.StoreBatchRequest, int]:
-        protos = [convert.op_to_proto(op, self.index_fields) for op in ops]
+        protos = [convert.op_to_proto(op, self.index_fields, hybrid=self.hybrid) for op in ops]
         return agent_pb2.StoreBatchRequest(namespace=self.namespace, ops=protos), len(protos)
 
     @staticmethod

@@ -10,6 +10,10 @@ LangGraph app sees no difference:
   $lt $lte``), then either keeps insertion order or, with ``query``, ranks by cosine similarity of the
   query embedding to each indexed field of the item (max over fields); items without vectors fill the
   tail of a ranked page;
+- a search the caller marks ``hybrid`` (not a LangGraph notion: ``SidecarStore(index={"ranking":
+  "hybrid"})``) ranks the same items by the memory retriever's fusion instead, z(cosine) + z(BM25 over the
+  indexed fields' words) across the matching items (``memory.retrieval.hybrid_scores``), and its
+  ``score`` is that fused value. Exact words the embedding blurs (names, ids, codes) then count;
 - ``list_namespaces`` lists namespaces holding items, matched by prefix/suffix patterns with ``"*"``
   wildcards, truncated to ``max_depth``, sorted, then paged.
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -44,7 +48,9 @@ from sqlalchemy import Engine, delete, insert, or_, select, update
 
 from core.embedding import Embedder
 from core.errors import FieldViolation, InvalidArgumentError
+from core.lexical import BM25Index
 from core.sqlwrite import lock_for_write
+from memory.retrieval import hybrid_scores
 from runtime.agent import schema
 
 Path = tuple[str, ...]
@@ -362,6 +368,46 @@ def _search_item(rec: ItemRecord, score: float | None) -> SearchItem:
     )
 
 
+def _indexed_words(rec: ItemRecord) -> str:
+    """The words of the fields ``rec`` was embedded from (its vectors' keys), for the lexical channel.
+
+    A key is an index path whose text was found once (``"text"``, ``"meta.title"``) or a path and the position
+    of one of several texts it found (``"tags[*].1"``); ``"$"`` (the whole value) contributes every string in
+    the value rather than its JSON, so keys and punctuation are not words.
+    """
+    parts: list[str] = []
+    for key in rec.vectors:
+        if key == "$":
+            parts.extend(_strings(rec.value))
+            continue
+        found = get_text_at_path(rec.value, tokenize_path(key))
+        if not found:
+            base, _, pos = key.rpartition(".")
+            if base and pos.isdigit():
+                texts = get_text_at_path(rec.value, base if base == "$" else tokenize_path(base))
+                found = texts[int(pos) : int(pos) + 1]
+        parts.extend(found)
+    return "\n".join(parts)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _lexical_scores(query: str, recs: Sequence[ItemRecord]) -> np.ndarray:
+    """BM25 of ``query`` against each record's indexed words, its statistics (idf, average length) taken over
+    ``recs``: the items the search matched, the store's analogue of the retriever's candidate pool."""
+    index = BM25Index()
+    index.add_many((i, _indexed_words(r)) for i, r in enumerate(recs))
+    return np.asarray(index.score(query, range(len(recs))), dtype=np.float64)
+
+
 def _group_by_namespace(recs: list[ItemRecord]) -> list[ItemRecord]:
     # Namespaces in order of their oldest item, items in insertion order: LangGraph's InMemoryStore order.
     groups: dict[Path, list[ItemRecord]] = {}
@@ -377,9 +423,10 @@ class ItemStore:
         self.backend = backend
         self.embedder = embedder
 
-    def batch(self, scope: str, ops: Sequence[Op]) -> list[Result]:
+    def batch(self, scope: str, ops: Sequence[Op], *, hybrid: Collection[int] = ()) -> list[Result]:
         """Run ``ops`` in order and return one result per op (None for puts).
 
+        ``hybrid``: positions of the search ops whose query ranks by dense + lexical fusion (module docstring).
         Raises InvalidArgumentError for malformed ops (before anything is written).
         """
         ops = list(ops)
@@ -388,12 +435,12 @@ class ItemStore:
         query_vecs = dict(zip(queries, self._embed(queries), strict=True)) if queries else {}
         results: list[Result] = []
         puts: dict[tuple[Path, str], PutOp] = {}
-        for op in ops:
+        for i, op in enumerate(ops):
             if isinstance(op, GetOp):
                 rec = self.backend.get(scope, tuple(op.namespace), op.key)
                 results.append(_item(rec) if rec else None)
             elif isinstance(op, SearchOp):
-                results.append(self._search(scope, op, query_vecs))
+                results.append(self._search(scope, op, query_vecs, hybrid=i in hybrid))
             elif isinstance(op, ListNamespacesOp):
                 results.append(self._list_namespaces(scope, op))
             else:
@@ -433,7 +480,9 @@ class ItemStore:
             for i, op in enumerate(puts)
         ]
 
-    def _search(self, scope: str, op: SearchOp, query_vecs: dict[str, np.ndarray]) -> list[SearchItem]:
+    def _search(
+        self, scope: str, op: SearchOp, query_vecs: dict[str, np.ndarray], *, hybrid: bool = False
+    ) -> list[SearchItem]:
         ranked = bool(op.query) and self.embedder is not None
         recs = self.backend.scan(scope, tuple(op.namespace_prefix), with_vectors=ranked)
         if op.filter:
@@ -455,6 +504,8 @@ class ItemStore:
             norms[norms == 0] = np.inf
             best = np.full(len(indexed), -np.inf)
             np.maximum.at(best, owner, mat @ q / (norms * qn))
+            if hybrid:
+                best = hybrid_scores(best, _lexical_scores(op.query or "", indexed))
             # Stable sort: equal scores keep the namespace-grouped insertion order.
             order = np.argsort(-best, kind="stable")[op.offset : op.offset + op.limit]
             page = [_search_item(indexed[i], float(best[i])) for i in order]

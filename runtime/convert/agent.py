@@ -34,8 +34,9 @@ from core.jsontext import decode_json, has_lone_surrogate
 from runtime.convert.common import time_from_proto, timestamp
 
 
-def op_to_proto(op: Op, default_index: list[str] | None) -> agent_pb2.StoreOp:
-    """One LangGraph op as a ``StoreOp``. ``default_index`` resolves ``PutOp.index=None``."""
+def op_to_proto(op: Op, default_index: list[str] | None, *, hybrid: bool = False) -> agent_pb2.StoreOp:
+    """One LangGraph op as a ``StoreOp``. ``default_index`` resolves ``PutOp.index=None``; ``hybrid`` asks a
+    search to rank by dense + lexical fusion."""
     if isinstance(op, GetOp):
         return agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=list(op.namespace), key=op.key))
     if isinstance(op, PutOp):
@@ -54,6 +55,8 @@ def op_to_proto(op: Op, default_index: list[str] | None) -> agent_pb2.StoreOp:
         )
         if op.query:
             search.query = op.query
+        if hybrid:
+            search.ranking = agent_pb2.STORE_RANKING_HYBRID
         return agent_pb2.StoreOp(search=search)
     if isinstance(op, ListNamespacesOp):
         ln = agent_pb2.StoreListNamespaces(limit=op.limit, offset=op.offset)
@@ -119,6 +122,23 @@ def op_from_proto(op: agent_pb2.StoreOp, at: str) -> Op:
 def ops_from_request(request: agent_pb2.StoreBatchRequest) -> list[Op]:
     """Every op of a StoreBatch request."""
     return [op_from_proto(op, f"ops[{i}]") for i, op in enumerate(request.ops)]
+
+
+_RANKINGS = (agent_pb2.STORE_RANKING_UNSPECIFIED, agent_pb2.STORE_RANKING_DENSE, agent_pb2.STORE_RANKING_HYBRID)
+
+
+def hybrid_searches(request: agent_pb2.StoreBatchRequest) -> frozenset[int]:
+    """Positions of the search ops that rank by dense + lexical fusion (``ItemStore.batch(hybrid=...)``)."""
+    out = set()
+    for i, op in enumerate(request.ops):
+        if op.WhichOneof("op") != "search":
+            continue
+        ranking = op.search.ranking
+        if ranking not in _RANKINGS:
+            raise InvalidArgumentError(f"ops[{i}].search.ranking", f"unknown ranking {ranking}: DENSE or HYBRID")
+        if ranking == agent_pb2.STORE_RANKING_HYBRID:
+            out.add(i)
+    return frozenset(out)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -136,9 +136,10 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
         if len(request.ops) > MAX_STORE_OPS:
             raise InvalidArgumentError("ops", f"at most {MAX_STORE_OPS} operations per batch, got {len(request.ops)}")
         ops = conv.ops_from_request(request)
+        hybrid = conv.hybrid_searches(request)
         writes = any(op.WhichOneof("op") == "put" for op in request.ops)
         scope = await self._rt.scope(request.namespace, write=writes)
-        results = await self._rt.offload(self._agent.items.batch, scope, ops)
+        results = await self._rt.offload(self._agent.items.batch, scope, ops, hybrid=hybrid)
         return conv.results_to_response(ops, results)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from langgraph.store.base import GetOp, ListNamespacesOp, MatchCondition, PutOp, SearchOp
 
@@ -11,20 +12,55 @@ from core.embedding import create_embedder
 from core.errors import InvalidArgumentError
 from runtime.agent import schema
 from runtime.agent.items import InMemoryItemBackend, ItemStore, SqlItemBackend
+from tests.conftest import _skip_or_fail_postgres, create_pg_database, postgres_available
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ItemStore]:
-    emb = create_embedder("hashing")
-    if request.param == "memory":
-        yield ItemStore(InMemoryItemBackend(), emb)
+def _backend(kind: str, tmp_path) -> Iterator[InMemoryItemBackend | SqlItemBackend]:
+    if kind == "memory":
+        yield InMemoryItemBackend()
         return
     from runtime.db import create_db_engine
 
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'items.db'}")
-    schema.metadata.create_all(engine)
-    yield ItemStore(SqlItemBackend(engine), emb)
-    engine.dispose()
+    drop = None
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'items.db'}"
+    else:
+        reason = postgres_available()
+        if reason:
+            _skip_or_fail_postgres(reason)
+        url, drop = create_pg_database()
+    engine = create_db_engine(url)
+    try:
+        schema.metadata.create_all(engine)
+        yield SqlItemBackend(engine)
+    finally:
+        engine.dispose()
+        if drop is not None:
+            drop()
+
+
+BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ItemStore]:
+    for backend in _backend(request.param, tmp_path):
+        yield ItemStore(backend, create_embedder("hashing"))
+
+
+class _SameVector:
+    """Every text gets one vector: cosine cannot tell items apart, so whatever ranks them is the lexical channel."""
+
+    dim, name = 8, "same-vector"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.tile(np.eye(1, self.dim, dtype=np.float32), (len(texts), 1))
+
+
+@pytest.fixture(params=BACKENDS)
+def flat_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ItemStore]:
+    for backend in _backend(request.param, tmp_path):
+        yield ItemStore(backend, _SameVector())
 
 
 def put(ns, key, value, index=("$",)):
@@ -83,6 +119,32 @@ def test_search_with_query_ranks_by_similarity(store: ItemStore) -> None:
     assert found[1].key == "cook" and found[1].score < found[0].score
     # Unindexed items fill the end of a short page, unscored.
     assert found[2].key == "raw" and found[2].score is None
+
+
+def test_hybrid_search_ranks_by_the_words_of_indexed_fields(flat_store: ItemStore) -> None:
+    store, scope = flat_store, "t/a"
+    store.batch(scope, [
+        put(("d",), "body", {"title": "weekly notes", "body": "zebra zebra zebra"}, ["title"]),
+        put(("d",), "tag", {"title": "weekly notes", "tags": ["travel", "zebra"]}, ["title", "tags[*]"]),
+        put(("d",), "meta", {"meta": {"topic": "zebra crossing"}, "title": "misc"}, ["meta.topic"]),
+        put(("d",), "whole", {"zebra": "stripes", "note": "horses"}),  # "$": strings, not keys
+        put(("d",), "raw", {"title": "zebra"}, None),  # not indexed: no score, fills the tail
+    ])
+
+    def ranked(query: str, *, hybrid: bool = True, **kw) -> list[tuple[str, float | None]]:
+        [hits] = store.batch(scope, [SearchOp(("d",), query=query, **kw)], hybrid={0} if hybrid else ())
+        return [(h.key, h.score) for h in hits]
+
+    # The same vector everywhere: cosine keeps insertion order, with equal scores.
+    assert [k for k, _ in ranked("zebra", hybrid=False)] == ["body", "tag", "meta", "whole", "raw"]
+    got = ranked("zebra")
+    assert {k for k, _ in got[:2]} == {"tag", "meta"} and min(got[0][1], got[1][1]) > 0
+    # The unindexed body, the "$" item's JSON key and the unindexed item hold the word but score nothing for it.
+    assert got[2][1] == got[3][1] < 0 and got[4] == ("raw", None)
+    assert ranked("horses")[0][0] == "whole" and ranked("crossing")[0][0] == "meta"
+    # Filters and paging act as for the dense ranking.
+    assert [k for k, _ in ranked("zebra", filter={"title": "weekly notes"})] == ["tag", "body"]
+    assert [k for k, _ in ranked("zebra", limit=1, offset=1)] == [got[1][0]]
 
 
 def test_list_namespaces(store: ItemStore) -> None:

@@ -69,3 +69,37 @@ def test_store_search_is_semantic_on_minilm(real_server) -> None:
     hits = store.search(("docs",), query="baking at home", limit=1)
     assert [h.key for h in hits] == ["bread"]
     store.close()
+
+
+def test_store_hybrid_ranking_finds_exact_ids_that_minilm_blurs(real_server) -> None:
+    """Ten tickets, four of them about the printer: asked for a ticket by its number, cosine alone ranks a
+    topically closer ticket first for some numbers; the retriever's dense + lexical fusion finds every one."""
+    from runtime.store import SidecarStore
+
+    issues = ["the printer jams on every page", "the VPN drops every few minutes", "the laptop will not charge",
+              "the printer prints blank pages", "email attachments fail to open", "the monitor flickers",
+              "the printer is offline for the whole floor", "password reset link expired", "the VPN is very slow",
+              "the printer queue is stuck"]
+    numbers = [4100 + 37 * n for n in range(len(issues))]
+    dense = SidecarStore(real_server.target, namespace="real-tickets", index={"fields": ["text"]})
+    hybrid = SidecarStore(real_server.target, namespace="real-tickets", index={"fields": ["text"], "ranking": "hybrid"})
+    for n, (number, issue) in enumerate(zip(numbers, issues, strict=True)):
+        dense.put(("tickets",), f"t{n}", {"text": f"Ticket {number}: {issue}", "open": n % 2 == 0})
+    found = {"dense": 0, "hybrid": 0}
+    for n, number in enumerate(numbers):
+        query = f"what is the status of ticket {number}?"
+        for name, store in (("dense", dense), ("hybrid", hybrid)):
+            hits = store.search(("tickets",), query=query, limit=3)
+            found[name] += hits[0].key == f"t{n}"
+        # Scores are descending, and fused (not cosines) only when asked for.
+        fused = [h.score for h in hybrid.search(("tickets",), query=query, limit=10)]
+        assert fused == sorted(fused, reverse=True) and max(fused) > 1.0
+        assert all(-1.0 <= (h.score or 0.0) <= 1.0 for h in dense.search(("tickets",), query=query))
+    assert found["hybrid"] == len(numbers)
+    assert found["dense"] < len(numbers)  # what the lexical channel is for
+    # Filters and paging apply before and after the fused ranking, as for the dense one.
+    hits = hybrid.search(("tickets",), query=f"ticket {numbers[3]}", filter={"open": False}, limit=2)
+    assert hits[0].key == "t3" and all(not h.value["open"] for h in hits) and len(hits) == 2
+    assert hybrid.search(("tickets",), query=f"ticket {numbers[3]}", filter={"open": False}, offset=1)[0].key != "t3"
+    dense.close()
+    hybrid.close()

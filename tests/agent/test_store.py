@@ -202,6 +202,35 @@ def test_bad_ops_are_invalid_argument_naming_the_field(sidecar) -> None:
     assert json.loads(got.results[0].get.item.value_json) == {"t": "\U0001f600"}
 
 
+def test_hybrid_ranking_is_validated(sidecar) -> None:
+    srv, _store = sidecar
+    with pytest.raises(ValueError, match="ranking"):
+        SidecarStore(srv.target, namespace="app-x", index={"fields": ["text"], "ranking": "bm25"})
+    unknown = agent_pb2.StoreBatchRequest(namespace="app-rank", ops=[
+        agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=["a"], key="k")),
+        agent_pb2.StoreOp(search=agent_pb2.StoreSearch(path_prefix=["a"], query="q", ranking=7)),
+    ])
+    with pytest.raises(grpc.RpcError) as err:
+        srv.client.agent.StoreBatch(unknown, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ops[1].search.ranking" in str(rpc_status.from_call(err.value).details)
+
+
+def test_hybrid_ranking_weighs_the_words_of_the_indexed_fields_only(sidecar) -> None:
+    srv, _store = sidecar
+    index = {"fields": ["title", "tags[*]"], "ranking": "hybrid"}
+    store = SidecarStore(srv.target, namespace="app-hybrid", index=index)
+    # Same indexed fields, so the same vector; only the unindexed body differs. A tie keeps insertion order.
+    store.put(("d",), "b", {"title": "quarterly report", "tags": ["finance", "q3"], "body": "nothing here"})
+    store.put(("d",), "a", {"title": "quarterly report", "tags": ["finance", "q3"], "body": "zebra zebra"})
+    store.put(("d",), "c", {"title": "holiday plans", "tags": ["travel", "zebra"], "body": ""})
+    for query in ("quarterly report zebra", "zebra"):
+        hits = {h.key: (i, h.score) for i, h in enumerate(store.search(("d",), query=query))}
+        assert hits["a"][1] == hits["b"][1] and hits["b"][0] < hits["a"][0]
+        assert hits["c"][0] == 0 if query == "zebra" else hits["c"][1] != hits["a"][1]
+    store.close()
+
+
 def test_limit_left_unset_means_langgraphs_default(sidecar) -> None:
     srv, _store = sidecar
     stub = srv.client.agent

@@ -36,6 +36,12 @@ class ThreadStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     THREAD_STATUS_IDLE: _ClassVar[ThreadStatus]
     THREAD_STATUS_INTERRUPTED: _ClassVar[ThreadStatus]
 
+class StoreRanking(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STORE_RANKING_UNSPECIFIED: _ClassVar[StoreRanking]
+    STORE_RANKING_DENSE: _ClassVar[StoreRanking]
+    STORE_RANKING_HYBRID: _ClassVar[StoreRanking]
+
 class MatchType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MATCH_TYPE_UNSPECIFIED: _ClassVar[MatchType]
@@ -54,6 +60,9 @@ TURN_STATUS_BLOCKED: TurnStatus
 THREAD_STATUS_UNSPECIFIED: ThreadStatus
 THREAD_STATUS_IDLE: ThreadStatus
 THREAD_STATUS_INTERRUPTED: ThreadStatus
+STORE_RANKING_UNSPECIFIED: StoreRanking
+STORE_RANKING_DENSE: StoreRanking
+STORE_RANKING_HYBRID: StoreRanking
 MATCH_TYPE_UNSPECIFIED: MatchType
 MATCH_TYPE_PREFIX: MatchType
 MATCH_TYPE_SUFFIX: MatchType
@@ -393,18 +402,20 @@ class StorePut(_message.Message):
     def __init__(self, path: _Optional[_Iterable[str]] = ..., key: _Optional[str] = ..., value_json: _Optional[str] = ..., index_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StoreSearch(_message.Message):
-    __slots__ = ("path_prefix", "filter_json", "limit", "offset", "query")
+    __slots__ = ("path_prefix", "filter_json", "limit", "offset", "query", "ranking")
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
     path_prefix: _containers.RepeatedScalarFieldContainer[str]
     filter_json: str
     limit: int
     offset: int
     query: str
-    def __init__(self, path_prefix: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., query: _Optional[str] = ...) -> None: ...
+    ranking: StoreRanking
+    def __init__(self, path_prefix: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., query: _Optional[str] = ..., ranking: _Optional[_Union[StoreRanking, str]] = ...) -> None: ...
 
 class StoreMatchCondition(_message.Message):
     __slots__ = ("match_type", "path")
