@@ -481,23 +481,29 @@ async def candidates(state: TurnState, runtime: Runtime[TurnContext]) -> dict[st
     extra = await asyncio.gather(*(_complete(state, ctx, policy, i, tools=None)
                                    for i in range(1, policy.num_candidates)), return_exceptions=True)
     answered: list[tuple[str, Completion]] = [(policy.candidate(0).agent_id, Completion.from_state(state["draft"]))]
+    left_out: list[tuple[str, str]] = []
     for i, result in enumerate(extra, start=1):
         agent_id = policy.candidate(i).agent_id
         if isinstance(result, Completion):
             answered.append((agent_id, result))
         elif isinstance(result, AgentrtError):
             # An extra candidate whose endpoint failed (down, slow, malformed answer) is left out: the turn already
-            # has the agent's answer, and selection picks among those that answered. The proto has no event for it.
+            # has the agent's answer, and selection picks among those that answered.
             log.warning("turn on thread %r: candidate %d (%s) left out: %s", ctx.thread_id, i, agent_id, result)
+            left_out.append((agent_id, str(result)))
         else:
             raise result  # a bug, cancellation or exit: not the endpoint's failure
     out = []
-    # Indexes count the candidates that answered, so that the selection's index names one of these events.
+    # Indexes count the candidates that answered, so that the selection's index names one of these events (and
+    # their position in the stream's candidate events: those left out come after them, with index -1).
     for i, (agent_id, c) in enumerate(answered):
         mean_lp = sum(t.logprob for t in c.tokens) / len(c.tokens) if c.tokens else 0.0
         runtime.stream_writer({"type": "candidate", "index": i, "agent_id": agent_id, "answer": c.text,
                                "mean_logprob": mean_lp, "num_tokens": len(c.tokens)})
         out.append({"agent_id": agent_id, "completion": c.to_state()})
+    for agent_id, why in left_out:
+        runtime.stream_writer({"type": "candidate", "index": -1, "agent_id": agent_id, "answer": "",
+                               "mean_logprob": 0.0, "num_tokens": 0, "error": why})
     return {"candidates": out}
 
 

@@ -339,7 +339,7 @@ def event_to_proto(event: dict[str, Any], thread_id: str, seq: int) -> agent_pb2
     elif kind == "candidate":
         msg.candidate.CopyFrom(agent_pb2.CandidateEvent(
             index=event["index"], agent_id=event["agent_id"], answer=event["answer"],
-            mean_logprob=event["mean_logprob"], num_tokens=event["num_tokens"],
+            mean_logprob=event["mean_logprob"], num_tokens=event["num_tokens"], error=event.get("error", ""),
         ))
     elif kind == "selection":
         msg.selection.CopyFrom(agent_pb2.SelectionEvent(

@@ -394,11 +394,14 @@ def test_a_failing_extra_candidate_is_left_out(srv, faulty, bad) -> None:
     assert time.monotonic() - t0 < 6.0
     [result] = of(events, "result")
     assert result.status == agent_pb2.TURN_STATUS_COMPLETED and result.answer == "ok: three of us"
-    answered = [(c.index, c.agent_id) for c in of(events, "candidate")]
+    answered = [(c.index, c.agent_id) for c in of(events, "candidate") if not c.error]
+    left_out = [(c.index, c.agent_id, c.answer) for c in of(events, "candidate") if c.error]
     if bad == "lp:nan":  # it answered, without usable logprobs: kept, and selection falls back
-        assert answered == [(0, "a0"), (1, "bad"), (2, "a2")]
+        assert answered == [(0, "a0"), (1, "bad"), (2, "a2")] and not left_out
     else:
-        assert answered == [(0, "a0"), (1, "a2")]
+        assert answered == [(0, "a0"), (1, "a2")] and left_out == [(-1, "bad", "")]
+        # The stream says why, naming the endpoint; answered candidates come first.
+        assert faulty.base_url in of(events, "candidate")[-1].error
     [sel] = of(events, "selection")
     assert of(events, "candidate")[sel.index].answer == result.answer
     assert of(events, "memory_write")
@@ -408,7 +411,7 @@ def test_the_same_fault_in_candidate_zero_still_fails_the_turn(srv, faulty) -> N
     extra_fails = [agent_pb2.CandidateSpec(agent_id="a0"), agent_pb2.CandidateSpec(agent_id="a1", model="status:500")]
     events = turn(srv.client, NS, "cand0", "probe candzeroword", llm_base_url=faulty.base_url, model="ok",
                   candidates=extra_fails)
-    assert [c.agent_id for c in of(events, "candidate")] == ["a0"]
+    assert [(c.agent_id, bool(c.error)) for c in of(events, "candidate")] == [("a0", False), ("a1", True)]
     zero_fails = [agent_pb2.CandidateSpec(agent_id="a0"), agent_pb2.CandidateSpec(agent_id="a1", model="ok")]
     err = _failed_turn(srv, "cand0-fails", "probe candzerofails", llm_base_url=faulty.base_url, model="status:500",
                        candidates=zero_fails)
@@ -426,7 +429,8 @@ def test_candidate_endpoints_from_the_namespace_policy(make_server, faulty) -> N
     }})
     server.rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard()}
     events = turn(server.client, "down", "t", "who answers")
-    assert [c.agent_id for c in of(events, "candidate")] == ["a0", "a2"]
+    assert [(c.index, c.agent_id) for c in of(events, "candidate")] == [(0, "a0"), (1, "a2"), (-1, "a1")]
+    assert refused in of(events, "candidate")[-1].error
     assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
     with pytest.raises(grpc.RpcError) as err:
         turn(server.client, "bad", "t", "who answers")

@@ -254,18 +254,20 @@ class ToolResultEvent(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., name: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class CandidateEvent(_message.Message):
-    __slots__ = ("index", "agent_id", "answer", "mean_logprob", "num_tokens")
+    __slots__ = ("index", "agent_id", "answer", "mean_logprob", "num_tokens", "error")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     index: int
     agent_id: str
     answer: str
     mean_logprob: float
     num_tokens: int
-    def __init__(self, index: _Optional[int] = ..., agent_id: _Optional[str] = ..., answer: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., num_tokens: _Optional[int] = ...) -> None: ...
+    error: str
+    def __init__(self, index: _Optional[int] = ..., agent_id: _Optional[str] = ..., answer: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., num_tokens: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class SelectionEvent(_message.Message):
     __slots__ = ("index", "answer", "confidence", "method")
