@@ -9,7 +9,6 @@ is refused).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,7 +18,6 @@ from core.errors import (
     FailedPreconditionError,
     FieldViolation,
     InvalidArgumentError,
-    NotFoundError,
 )
 from tools.audit import AuditLog
 from tools.executors import BuiltinExecutor, ExecResult, HttpExecutor
@@ -193,12 +191,8 @@ class ToolRegistry:
         """Disconnect a server, forget it and unregister its tools; returns their names."""
         await self._offload(self.store.get_server, scope, name)  # NotFoundError when unknown
         await self.mcp.disconnect(scope, name)
-        removed = [t.name for t in await self._server_tools(scope, name)]
-        for tool_name in removed:
-            # Unregistered meanwhile (a concurrent RemoveMcp or Unregister) is gone either way.
-            with contextlib.suppress(NotFoundError):
-                await self._offload(self.store.delete_tool, scope, tool_name)
-        await self._offload(self.store.delete_server, scope, name)
+        # One transaction: no crash or concurrent replica sees the server without its tools or vice versa.
+        removed: list[str] = await self._offload(self.store.remove_server, scope, name)
         self._changed(scope)
         return removed
 

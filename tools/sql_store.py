@@ -26,7 +26,7 @@ from tools.model import (
     utcnow,
 )
 from tools.schema import tool_audit, tool_mcp_servers, tool_policies, tool_versions
-from tools.store import ServerToolsSync, ToolStore, is_server_tool
+from tools.store import ServerToolsSync, ToolStore, is_server_tool, runs_on_server
 
 
 def _utc(value: datetime) -> datetime:
@@ -118,6 +118,10 @@ class SqlToolStore(ToolStore):
         return self._row_to_def(row)
 
     def list_tools(self, scope: str) -> list[ToolDefinition]:
+        with self._engine.connect() as conn:
+            return self._live_tools(conn, scope)
+
+    def _live_tools(self, conn: Connection, scope: str) -> list[ToolDefinition]:
         latest = (
             select(tool_versions.c.name, func.max(tool_versions.c.version).label("v"))
             .where(tool_versions.c.scope == scope, tool_versions.c.deleted.is_(False))
@@ -130,8 +134,7 @@ class SqlToolStore(ToolStore):
             .where(tool_versions.c.scope == scope)
             .order_by(tool_versions.c.name)
         )
-        with self._engine.connect() as conn:
-            return [self._row_to_def(r) for r in conn.execute(q)]
+        return [self._row_to_def(r) for r in conn.execute(q)]
 
     def list_versions(self, scope: str, name: str) -> list[ToolDefinition]:
         q = (
@@ -240,15 +243,28 @@ class SqlToolStore(ToolStore):
         with self._engine.connect() as conn:
             return [(r.scope, server_from_dict(json.loads(r.spec))) for r in conn.execute(q)]
 
-    def delete_server(self, scope: str, name: str) -> None:
+    def remove_server(self, scope: str, name: str) -> list[str]:
         with self._engine.begin() as conn:
+            # The server's lock (as sync_server_tools takes it), then its tools' names as delete_tool does.
+            lock_for_write(conn, "tool_mcp_servers", scope, name)
             n = conn.execute(
                 delete(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == name)
             ).rowcount
-            if n:
-                self._announce(conn, scope)
-        if not n:
-            raise NotFoundError("mcp server", name)
+            if not n:
+                raise NotFoundError("mcp server", name)  # rolls back: nothing was changed
+            held: set[str] = set()
+            while True:
+                # Read again under the locks until no live tool of the server is left unlocked (one pass on
+                # SQLite, where the whole transaction already runs alone).
+                names = {d.name for d in self._live_tools(conn, scope) if runs_on_server(d, name)}
+                if names <= held:
+                    break
+                for tool in sorted(names - held):
+                    lock_for_write(conn, "tools", scope, tool)
+                    held.add(tool)
+            removed = sorted(tool for tool in names if self._delete_locked(conn, scope, tool) is not None)
+            self._announce(conn, scope)
+            return removed
 
     def append_audit(self, scope: str, record: AuditRecord) -> None:
         self.append_audits([(scope, record)])

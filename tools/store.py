@@ -40,10 +40,15 @@ def is_server_tool(definition: ToolDefinition, server: str) -> bool:
     )
 
 
+def runs_on_server(definition: ToolDefinition, server: str) -> bool:
+    """Whether ``definition`` executes on MCP server ``server`` (imported or registered by hand)."""
+    return definition.executor.kind == ExecutorKind.MCP and definition.executor.mcp_server == server
+
+
 class ToolStore(ABC):
     """Persistence of versioned tool definitions, MCP servers, audit records and policies.
 
-    Error contract: ``get_tool``/``delete_tool``/``get_server``/``delete_server`` raise NotFoundError
+    Error contract: ``get_tool``/``delete_tool``/``get_server``/``remove_server`` raise NotFoundError
     for a name this scope does not hold.
 
     Every write is one atomic read-modify-write, also against writers in other processes sharing the
@@ -98,8 +103,10 @@ class ToolStore(ABC):
         """``(scope, spec)`` pairs of one scope, or of every scope when ``scope`` is None (for restart)."""
 
     @abstractmethod
-    def delete_server(self, scope: str, name: str) -> None:
-        """Remove an MCP server spec."""
+    def remove_server(self, scope: str, name: str) -> list[str]:
+        """Remove MCP server ``name`` and unregister every live tool that ``runs_on_server`` it, in one
+        transaction (as by ``delete_tool``: their versions stay). Returns the unregistered names, sorted.
+        """
 
     @abstractmethod
     def append_audit(self, scope: str, record: AuditRecord) -> None:
@@ -232,10 +239,17 @@ class InMemoryToolStore(ToolStore):
                 key=lambda p: (p[0], p[1].name),
             )
 
-    def delete_server(self, scope: str, name: str) -> None:
+    def remove_server(self, scope: str, name: str) -> list[str]:
         with self._lock:
             if self._servers.pop((scope, name), None) is None:
                 raise NotFoundError("mcp server", name)
+            removed = sorted(
+                tool
+                for (s, tool), versions in self._versions.items()
+                if s == scope and versions and (s, tool) not in self._deleted and runs_on_server(versions[-1], name)
+            )
+            self._deleted.update((scope, tool) for tool in removed)
+            return removed
 
     def append_audit(self, scope: str, record: AuditRecord) -> None:
         with self._lock:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, Engine, select
 
 from core.errors import NotFoundError
 from runtime.db import create_db_engine
@@ -25,20 +27,17 @@ from tools.model import (
     ToolPolicyPatch,
     utcnow,
 )
-from tools.schema import metadata
+from tools.schema import metadata, tool_mcp_servers
 from tools.sql_store import SqlToolStore
 from tools.store import InMemoryToolStore, ToolStore
 
 A, B = "t1/ns", "t2/ns"
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ToolStore]:
-    if request.param == "memory":
-        yield InMemoryToolStore()
-        return
+@contextmanager
+def _engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
     drop = None
-    if request.param == "sqlite":
+    if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'tools.db'}"
     else:
         reason = postgres_available()
@@ -48,11 +47,27 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ToolStore]
     engine = create_db_engine(url)
     metadata.create_all(engine)
     try:
-        yield SqlToolStore(engine)
+        yield engine
     finally:
         engine.dispose()
         if drop is not None:
             drop()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ToolStore]:
+    if request.param == "memory":
+        yield InMemoryToolStore()
+        return
+    with _engine(request.param, tmp_path) as engine:
+        yield SqlToolStore(engine)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database with the tool tables, for SQL-only cases (a store with a publisher)."""
+    with _engine(request.param, tmp_path) as engine:
+        yield engine
 
 
 def tool(name: str = "weather", description: str = "Get the weather", **kw: object) -> ToolDefinition:
@@ -139,7 +154,7 @@ def test_unknown_names_raise_not_found(store: ToolStore) -> None:
     with pytest.raises(NotFoundError):
         store.get_tool(A, "nope", 3)
     with pytest.raises(NotFoundError):
-        store.delete_server(A, "nope")
+        store.remove_server(A, "nope")
     assert store.list_versions(A, "nope") == []
 
 
@@ -154,7 +169,7 @@ def test_servers_round_trip_and_replace(store: ToolStore) -> None:
     store.put_server(B, h)
     assert [(sc, sp.name) for sc, sp in store.list_servers()] == [(A, "files"), (B, "web")]
     assert store.list_servers(B) == [(B, h)]
-    store.delete_server(A, "files")
+    assert store.remove_server(A, "files") == []
     assert store.list_servers(A) == []
 
 
@@ -179,6 +194,95 @@ def test_sync_server_tools_puts_changed_and_unregisters_unlisted_ones(store: Too
     assert [t.name for t in store.list_tools(A)] == ["adder", "lab.add", "lab.http", "lab.sub", "other.add"]
     assert store.get_tool(A, "lab.add").version == 2
     assert store.sync_server_tools(B, "lab", []) == ([], [])
+
+
+def _lab_with_neighbours(store: ToolStore) -> None:
+    """Server "lab" (two imported tools, one by hand) next to server "other", a plain HTTP tool and scope B."""
+    for scope in (A, B):
+        store.put_server(scope, McpServerSpec("lab", McpTransport.STDIO, command="x"))
+        store.sync_server_tools(scope, "lab", [mcp_tool("lab.add"), mcp_tool("lab.mul")])
+    store.put_tool(A, mcp_tool("lab.add", description="v2"))  # a second version: all of them go
+    store.put_tool(A, mcp_tool("adder"))  # registered by hand, but runs on lab
+    store.put_server(A, McpServerSpec("other", McpTransport.STDIO, command="y"))
+    store.sync_server_tools(A, "other", [mcp_tool("other.add", server="other")])
+    store.put_tool(A, tool("lab.http"))  # named like lab's, but HTTP
+
+
+def test_remove_server_unregisters_exactly_its_tools(store: ToolStore) -> None:
+    _lab_with_neighbours(store)
+    assert store.remove_server(A, "lab") == ["adder", "lab.add", "lab.mul"]
+
+    assert [name for _, s in store.list_servers(A) for name in [s.name]] == ["other"]
+    with pytest.raises(NotFoundError):
+        store.get_server(A, "lab")
+    assert [t.name for t in store.list_tools(A)] == ["lab.http", "other.add"]
+    # Unregistered as by delete_tool: every version is kept but none is live, and a new one counts on.
+    assert [v.version for v in store.list_versions(A, "lab.add")] == [1, 2]
+    with pytest.raises(NotFoundError):
+        store.delete_tool(A, "lab.add")
+    assert store.put_tool(A, mcp_tool("lab.add"))[0].version == 3
+    # Scope B's server of the same name is untouched.
+    assert store.get_server(B, "lab").name == "lab"
+    assert [t.name for t in store.list_tools(B)] == ["lab.add", "lab.mul"]
+
+    with pytest.raises(NotFoundError):
+        store.remove_server(A, "lab")
+    with pytest.raises(NotFoundError):
+        store.remove_server(A, "nope")
+    assert [t.name for t in store.list_tools(A)] == ["lab.add", "lab.http", "other.add"]
+
+
+def test_concurrent_removes_of_one_server_remove_it_once(store: ToolStore) -> None:
+    _lab_with_neighbours(store)
+    n = 6
+    barrier = threading.Barrier(n)
+    results: list[list[str] | str] = []
+
+    def remove() -> None:
+        barrier.wait()
+        try:
+            results.append(store.remove_server(A, "lab"))
+        except NotFoundError:
+            results.append("not found")
+
+    threads = [threading.Thread(target=remove) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == [["adder", "lab.add", "lab.mul"]] + ["not found"] * (n - 1)
+    assert [t.name for t in store.list_tools(A)] == ["lab.http", "other.add"]
+
+
+def test_remove_server_is_one_transaction(sql_engine: Engine) -> None:
+    """A failure once the server row is gone (the change-feed publisher, called inside the write, fails when
+    its transaction no longer sees the server) leaves the server and all its tools in place; a success
+    announces the change once."""
+    announced: list[str] = []
+    fail = True
+
+    def publisher(conn: Connection, scope: str) -> None:
+        lab = select(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == "lab")
+        gone = conn.execute(lab).first() is None
+        if fail and gone:
+            raise RuntimeError("feed insert failed")
+        announced.append(scope)
+
+    _lab_with_neighbours(SqlToolStore(sql_engine))
+    store = SqlToolStore(sql_engine, publisher=publisher)
+    before = ([t.name for t in store.list_tools(A)], store.list_servers(A), store.list_versions(A, "lab.add"))
+    with pytest.raises(RuntimeError, match="feed insert failed"):
+        store.remove_server(A, "lab")
+    assert ([t.name for t in store.list_tools(A)], store.list_servers(A), store.list_versions(A, "lab.add")) == before
+    assert store.get_server(A, "lab").name == "lab"
+
+    fail = False
+    announced.clear()
+    assert store.remove_server(A, "lab") == ["adder", "lab.add", "lab.mul"]
+    assert announced == [A]
+    with pytest.raises(NotFoundError):
+        store.remove_server(A, "lab")
+    assert announced == [A]  # an unknown server changes (and announces) nothing
 
 
 def test_update_policy_merges_into_what_is_stored(store: ToolStore) -> None:
