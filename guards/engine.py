@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.embedding import Embedder, answered_from_cache
-from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from core.errors import FailedPreconditionError, FieldViolation, InvalidArgumentError, NotFoundError
 from guards import detectors
 from guards import rules as rules_mod
 from guards.judge import LLMJudge
@@ -88,6 +88,10 @@ class ClusterInfo:
     harmful: int
     benign: int
     label_entropy: float
+
+
+class _FeedbackTaken(Exception):
+    """Raised inside a feedback's evolution step to undo it: the verdict got feedback from another call."""
 
 
 def _stage(value: Any) -> Stage:
@@ -660,22 +664,34 @@ class GuardEngine:
     def feedback(self, scope: str, verdict_id: str, expected: Decision, note: str = "") -> FeedbackResult:
         """Record what the verdict should have been; ALLOW/BLOCK add a leaf (REVIEW only records).
 
-        Raises NotFoundError for an unknown verdict, InvalidArgumentError for an unspecified decision.
+        Atomic: the feedback on the verdict, the leaf and the evolution it causes (splits, merges) are one
+        transaction, and the result is stored with them. Idempotent per verdict: a verdict takes one feedback;
+        the same call again (same ``expected``; the note is not compared) answers the stored result and
+        changes nothing, so a client may retry a call whose answer it lost.
+
+        Raises NotFoundError for an unknown verdict, InvalidArgumentError for an unspecified decision,
+        FailedPreconditionError naming ``expected`` when the verdict already has feedback with another decision.
         """
         if expected == Decision.UNSPECIFIED:
             raise InvalidArgumentError("expected", "expected must be ALLOW, BLOCK or REVIEW")
         with self._recent_lock:
             hit = self._recent.get(verdict_id)
+        self.flush()
+        # What the store holds decides: whether it has feedback already (a retry), and NotFoundError for a
+        # verdict of another scope, or one the audit writer could not store.
+        stored = self.store.get_audit(scope, verdict_id)
+        if stored.feedback != Decision.UNSPECIFIED:
+            return self._earlier_feedback(scope, stored, expected)
         if hit is not None and hit[0] == scope:
             record, segment = hit[1], hit[2]
         else:
-            record = self.store.get_audit(scope, verdict_id)
-            segment = record.request_text
-        self.flush()
-        self.store.set_feedback(scope, verdict_id, expected, note)
+            record, segment = stored, stored.request_text
         mem = self.memory(scope)
         if expected == Decision.REVIEW:
-            return FeedbackResult(0, 0, (), mem.version)
+            result = FeedbackResult(0, 0, (), mem.version)
+            if self.store.set_feedback(scope, verdict_id, expected, note, result):
+                return result
+            return self._earlier_feedback(scope, self.store.get_audit(scope, verdict_id), expected)
         missed = expected == Decision.BLOCK and record.verdict.decision != Decision.BLOCK
         if missed and STAGE_GROUPS[_stage(record.verdict.stage)] == "request" and record.request_text.strip():
             # The segment that decided a missed request is its most benign-looking one ("For this, summarize the
@@ -686,15 +702,40 @@ class GuardEngine:
             # scores a request's whole text whenever it is a leaf, so the corrected request itself is blocked.
             segment = record.request_text.strip()
         text = segment or record.request_text or f"{record.tool_name} {record.arguments_json}"
-        return self._add(
-            scope,
-            text,
-            expected,
-            record.verdict.stage,
-            LeafSource.FEEDBACK,
-            record.verdict.category,
-            note or f"feedback on {verdict_id}",
-        )
+        try:
+            return self._add(
+                scope,
+                text,
+                expected,
+                record.verdict.stage,
+                LeafSource.FEEDBACK,
+                record.verdict.category,
+                note or f"feedback on {verdict_id}",
+                on_verdict=(verdict_id, note),
+            )
+        except _FeedbackTaken:
+            # Another call gave this verdict feedback while this one placed its leaf: that step was undone.
+            return self._earlier_feedback(scope, self.store.get_audit(scope, verdict_id), expected)
+
+    def _earlier_feedback(self, scope: str, record: AuditRecord, expected: Decision) -> FeedbackResult:
+        """The answer to Feedback on a verdict that has feedback already: its stored result when ``expected`` is
+        the same decision, else FailedPreconditionError."""
+        earlier = record.feedback
+        if earlier != expected:
+            taught = (
+                "" if earlier == Decision.REVIEW else " (the leaf it added has shaped the guard memory since; "
+                "Rollback undoes that leaf)"
+            )
+            raise FailedPreconditionError(
+                f"expected: verdict {record.verdict.verdict_id!r} already has feedback {earlier.value.upper()}, "
+                f"this call says {expected.value.upper()}; a verdict takes one feedback{taught}. To teach the "
+                "guard memory otherwise, use ReportIncident"
+            )
+        if record.feedback_result is not None:
+            return record.feedback_result
+        # Feedback recorded before its result was stored with it (schema before migration 0002): which leaf it
+        # added is not known. Nothing is added again.
+        return FeedbackResult(0, 0, (), self.memory(scope).version)
 
     def report_incident(
         self, scope: str, request: GuardRequest, expected: Decision = Decision.BLOCK, category: str = "", note: str = ""
@@ -724,14 +765,36 @@ class GuardEngine:
         return out
 
     def _add(
-        self, scope: str, text: str, expected: Decision, stage: Stage, source: LeafSource, category: str, note: str
+        self,
+        scope: str,
+        text: str,
+        expected: Decision,
+        stage: Stage,
+        source: LeafSource,
+        category: str,
+        note: str,
+        *,
+        on_verdict: tuple[str, str] | None = None,
     ) -> FeedbackResult:
+        """Add a leaf. With ``on_verdict`` (verdict id, feedback note), the verdict's feedback and the result are
+        written in the leaf's transaction; _FeedbackTaken (the step undone) when the verdict has feedback by then.
+        """
         mem = self.memory(scope)
         label = Label.HARMFUL if expected == Decision.BLOCK else Label.BENIGN
         vector = self.embedder.embed([text[:4000]])[0]
         leaf = Exemplar(0, category, text[:4000], label, STAGE_GROUPS[stage], source, datetime.now(UTC), note=note)
-        leaf_id, cluster_id, events = mem.add_leaf(leaf, vector, category or None)
-        return FeedbackResult(leaf_id, cluster_id, tuple(events), mem.version)
+        results: list[FeedbackResult] = []
+
+        def record(leaf_id: int, cluster_id: int, events: list[EvolutionEvent]) -> None:
+            # Inside the step: mem.version is the version of its last event.
+            results.append(FeedbackResult(leaf_id, cluster_id, tuple(events), mem.version))
+            if on_verdict is not None and not self.store.set_feedback(
+                scope, on_verdict[0], expected, on_verdict[1], results[-1]
+            ):
+                raise _FeedbackTaken(on_verdict[0])
+
+        mem.add_leaf(leaf, vector, category or None, before_commit=record)
+        return results[-1]
 
     # --- tree, history, rollback ---------------------------------------------------------------------------
     def clusters(self, scope: str, *, category: str = "") -> list[ClusterInfo]:

@@ -33,7 +33,7 @@ import logging
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -603,9 +603,19 @@ class GuardMemory:
             return event
 
     def add_leaf(
-        self, leaf: Exemplar, vector: np.ndarray, category: str | None = None
+        self,
+        leaf: Exemplar,
+        vector: np.ndarray,
+        category: str | None = None,
+        *,
+        before_commit: Callable[[int, int, list[EvolutionEvent]], None] | None = None,
     ) -> tuple[int, int, list[EvolutionEvent]]:
-        """Place a new exemplar, then split/merge as needed. Returns (leaf id, cluster id, events)."""
+        """Place a new exemplar, then split/merge as needed. Returns (leaf id, cluster id, events).
+
+        ``before_commit(leaf id, cluster id, events)`` runs last inside the step's transaction (the view is at
+        ``version`` then): what it writes to the store commits with the leaf, and an exception from it undoes
+        the whole step. Feedback records itself on its verdict there.
+        """
         p = self.params
         with self._step():
             group = leaf.stage_group
@@ -659,7 +669,10 @@ class GuardMemory:
             if split is not None:
                 events.append(split)
             events.extend(self.maybe_merge(category, group))
-            return leaf_id, self.leaves[leaf_id].cluster_id, events
+            placed = self.leaves[leaf_id].cluster_id
+            if before_commit is not None:
+                before_commit(leaf_id, placed, events)
+            return leaf_id, placed, events
 
     def maybe_split(self, cluster_id: int) -> EvolutionEvent | None:
         """Split a cluster whose label entropy is too high into two purer ones (2-means seeded by label)."""

@@ -199,9 +199,13 @@ class AuditRecord:
     tool_name: str = ""
     arguments_json: str = ""
     created_at: datetime | None = None
-    #: Decision given by feedback (UNSPECIFIED when none).
+    #: Decision given by feedback (UNSPECIFIED when none). A verdict takes one feedback (see
+    #: ``GuardEngine.feedback``).
     feedback: Decision = Decision.UNSPECIFIED
     feedback_note: str = ""
+    #: What that feedback changed in the guard memory, stored with it in one transaction: a repeated Feedback
+    #: answers it again. None when there is no feedback, or it was recorded before results were stored.
+    feedback_result: FeedbackResult | None = None
 
 
 @dataclass(frozen=True)

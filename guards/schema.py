@@ -103,5 +103,9 @@ guard_verdicts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("feedback", String(16), nullable=False, default="unspecified"),
     Column("feedback_note", Text, nullable=False, default=""),
+    # What the feedback changed in the guard memory (leaf, cluster, events, memory version), committed with
+    # the leaf: a repeated Feedback answers it again. NULL without feedback (and for feedback recorded
+    # before migration 0002).
+    Column("feedback_result", JSON, nullable=True),
     Index("ix_guard_verdicts_scope_time", "scope", "created_at"),
 )

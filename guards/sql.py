@@ -21,6 +21,7 @@ from guards.model import (
     Evidence,
     EvolutionEvent,
     Exemplar,
+    FeedbackResult,
     GuardVerdict,
     Label,
     LeafSource,
@@ -62,6 +63,46 @@ def _evidence_from_json(items: list[dict[str, Any]]) -> tuple[Evidence, ...]:
             dict(i.get("detail", {})),
         )
         for i in items
+    )
+
+
+def _feedback_to_json(result: FeedbackResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "leaf_id": result.leaf_id,
+        "cluster_id": result.cluster_id,
+        "memory_version": result.memory_version,
+        "events": [
+            {
+                "version": e.version,
+                "kind": e.kind,
+                "summary": e.summary,
+                "created_at": e.created_at.isoformat() if e.created_at else None,
+                "payload": e.payload,
+            }
+            for e in result.events
+        ],
+    }
+
+
+def _feedback_from_json(value: dict[str, Any] | None) -> FeedbackResult | None:
+    if value is None:
+        return None
+    return FeedbackResult(
+        int(value["leaf_id"]),
+        int(value["cluster_id"]),
+        tuple(
+            EvolutionEvent(
+                int(e["version"]),
+                e["kind"],
+                e["summary"],
+                _utc(datetime.fromisoformat(e["created_at"])) if e.get("created_at") else None,
+                dict(e.get("payload") or {}),
+            )
+            for e in value.get("events", [])
+        ),
+        int(value["memory_version"]),
     )
 
 
@@ -138,6 +179,19 @@ class SqlGuardStore:
             raise RuntimeError(f"a guard transaction on {tx.scope!r} is open; cannot write to {scope!r} in it")
         tx.wrote = True
         yield tx.conn
+
+    @contextlib.contextmanager
+    def _joining(self, scope: str) -> Iterator[Connection]:
+        """An audit-log write: in the scope's open transaction (it commits or rolls back with it), else in one
+        of its own. Neither takes the scope's write lock nor announces a change (no replica caches verdicts)."""
+        tx = self._open()
+        if tx is not None:
+            if tx.scope != scope:
+                raise RuntimeError(f"a guard transaction on {tx.scope!r} is open; cannot write to {scope!r} in it")
+            yield tx.conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -373,6 +427,7 @@ class SqlGuardStore:
                     "created_at": r.created_at or datetime.now(UTC),
                     "feedback": r.feedback.value,
                     "feedback_note": r.feedback_note,
+                    "feedback_result": _feedback_to_json(r.feedback_result),
                 }
                 for r in records
                 if r.verdict.verdict_id not in existing
@@ -401,6 +456,7 @@ class SqlGuardStore:
             _utc(r["created_at"]),
             Decision(r["feedback"]),
             r["feedback_note"],
+            _feedback_from_json(r["feedback_result"]),
         )
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
@@ -415,16 +471,26 @@ class SqlGuardStore:
             raise NotFoundError("verdict", verdict_id)
         return self._record(row)
 
-    def set_feedback(self, scope: str, verdict_id: str, expected: Decision, note: str) -> None:
+    def set_feedback(
+        self, scope: str, verdict_id: str, expected: Decision, note: str, result: FeedbackResult | None = None
+    ) -> bool:
         c = t.guard_verdicts.c
-        with self.engine.begin() as conn:
+        with self._joining(scope) as conn:
+            # Only a verdict without feedback takes it: of two calls racing, the second updates nothing (on
+            # Postgres it waits for the first one's row lock, then sees its feedback).
             n = conn.execute(
                 update(t.guard_verdicts)
-                .where(c.scope == scope, c.verdict_id == verdict_id)
-                .values(feedback=expected.value, feedback_note=note)
+                .where(
+                    c.scope == scope, c.verdict_id == verdict_id, c.feedback == Decision.UNSPECIFIED.value
+                )
+                .values(feedback=expected.value, feedback_note=note, feedback_result=_feedback_to_json(result))
             ).rowcount
-        if not n:
+            if n:
+                return True
+            found = conn.execute(select(c.verdict_id).where(c.scope == scope, c.verdict_id == verdict_id)).first()
+        if found is None:
             raise NotFoundError("verdict", verdict_id)
+        return False
 
     def query_audit(
         self,

@@ -17,7 +17,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.errors import NotFoundError
-from guards.model import AuditRecord, Cluster, Decision, EvolutionEvent, Exemplar, PolicyRule, Stage
+from guards.model import (
+    AuditRecord,
+    Cluster,
+    Decision,
+    EvolutionEvent,
+    Exemplar,
+    FeedbackResult,
+    PolicyRule,
+    Stage,
+)
 
 
 class GuardStore(Protocol):
@@ -32,7 +41,8 @@ class GuardStore(Protocol):
         """Make the calls on ``scope`` that this thread makes inside the block one write transaction: it
         waits for the other writers of ``scope`` (in any process) before it starts, its reads see its own
         writes, and an exception leaves nothing of it. Nests (an inner block on the same scope joins);
-        another scope's writes, and the audit log, cannot join it."""
+        another scope's writes cannot join it. Of the audit log only ``set_feedback`` joins it (the feedback
+        on a verdict commits with the leaf it taught); storing and purging verdicts never do."""
         ...
 
     # --- namespace settings -------------------------------------------------------------------------
@@ -106,8 +116,13 @@ class GuardStore(Protocol):
         """One verdict. Raises NotFoundError when it is not in this scope."""
         ...
 
-    def set_feedback(self, scope: str, verdict_id: str, expected: Decision, note: str) -> None:
-        """Attach feedback to a verdict. Raises NotFoundError when it is not in this scope."""
+    def set_feedback(
+        self, scope: str, verdict_id: str, expected: Decision, note: str, result: FeedbackResult | None = None
+    ) -> bool:
+        """Attach feedback (and ``result``, what it changed in the guard memory) to a verdict that has none yet;
+        returns False, changing nothing, when the verdict already has feedback (a verdict takes one). Inside
+        ``transaction(scope)`` the write is part of that transaction. Raises NotFoundError when the verdict is
+        not in this scope."""
         ...
 
     def query_audit(
@@ -153,8 +168,9 @@ class InMemoryGuardStore:
                     raise RuntimeError(f"a guard transaction on {self._tx_scope!r} is open; {scope!r} cannot join it")
                 yield
                 return
+            # The audit log too: ``set_feedback`` joins the transaction (nothing else writes it inside one).
             tables: tuple[dict[str, Any], ...] = (
-                self._settings, self._rules, self._leaves, self._clusters, self._events
+                self._settings, self._rules, self._leaves, self._clusters, self._events, self._audit
             )
             saved = [(table, scope in table, copy.copy(table.get(scope))) for table in tables]
             self._tx_scope = scope
@@ -282,10 +298,17 @@ class InMemoryGuardStore:
             except KeyError:
                 raise NotFoundError("verdict", verdict_id) from None
 
-    def set_feedback(self, scope: str, verdict_id: str, expected: Decision, note: str) -> None:
+    def set_feedback(
+        self, scope: str, verdict_id: str, expected: Decision, note: str, result: FeedbackResult | None = None
+    ) -> bool:
         with self._lock:
             record = self.get_audit(scope, verdict_id)
-            self._audit[scope][verdict_id] = replace(record, feedback=expected, feedback_note=note)
+            if record.feedback != Decision.UNSPECIFIED:
+                return False
+            self._audit[scope][verdict_id] = replace(
+                record, feedback=expected, feedback_note=note, feedback_result=result
+            )
+            return True
 
     def query_audit(
         self,

@@ -399,6 +399,99 @@ def test_feedback_split_merge_history_rollback(make_server, db_url) -> None:
     assert record.feedback == S.DECISION_BLOCK and record.request_text == H1
 
 
+def _refuse_splits(db_url: str, on: bool) -> None:
+    """A trigger in the server's database that rejects every ``split`` evolution event (a constraint the
+    database enforces, so the refusal comes from inside the evolution step, not from our code)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text(
+                "CREATE TRIGGER refuse_split BEFORE INSERT ON guard_events WHEN NEW.kind = 'split' "
+                "BEGIN SELECT RAISE(ABORT, 'split refused'); END"
+                if on else "DROP TRIGGER refuse_split"
+            ))
+        elif on:
+            conn.execute(text(
+                "CREATE FUNCTION refuse_split() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'split refused' USING ERRCODE = 'check_violation'; END $$"
+            ))
+            conn.execute(text(
+                "CREATE TRIGGER refuse_split BEFORE INSERT ON guard_events FOR EACH ROW "
+                "WHEN (NEW.kind = 'split') EXECUTE FUNCTION refuse_split()"
+            ))
+        else:
+            conn.execute(text("DROP TRIGGER refuse_split ON guard_events"))
+    engine.dispose()
+
+
+def test_feedback_is_one_transaction_and_idempotent_per_verdict(make_server, db_url) -> None:
+    policies = {"defaults": {"guards": {"pack": False}}}
+    srv = make_server(embedding_model="hashing", db_url=db_url, policies=policies)
+    g = stub(srv)
+    ns = "fb"
+    for text, expected in ((H1, S.DECISION_BLOCK), (H2, S.DECISION_BLOCK), (B1, S.DECISION_ALLOW)):
+        g.ReportIncident(guard_pb2.ReportIncidentRequest(
+            namespace=ns, stage=S.STAGE_INPUT, text=text, expected=expected, category="payments"))
+    verdict = check(g, S.STAGE_INPUT, B2, ns=ns)
+    request = guard_pb2.FeedbackRequest(
+        namespace=ns, verdict_id=verdict.verdict_id, expected=S.DECISION_ALLOW, note="rent is fine")
+
+    def state():
+        return (
+            g.History(guard_pb2.GuardHistoryRequest(namespace=ns)),
+            g.ListGuardClusters(guard_pb2.ListGuardClustersRequest(namespace=ns)),
+        )
+
+    def verdict_feedback():
+        record = g.GetVerdict(guard_pb2.GetVerdictRequest(namespace=ns, verdict_id=verdict.verdict_id))
+        return record.feedback, record.feedback_note
+
+    # The leaf's split fails in the database: nothing of the call stays, the verdict has no feedback either.
+    before = state()
+    _refuse_splits(db_url, True)
+    with pytest.raises(grpc.RpcError) as err:
+        g.Feedback(request)
+    assert err.value.code() == grpc.StatusCode.ABORTED and "nothing was written" in err.value.details()
+    assert state() == before and verdict_feedback() == (S.DECISION_UNSPECIFIED, "")
+    # So a retry does the whole thing.
+    _refuse_splits(db_url, False)
+    first = g.Feedback(request)
+    assert first.leaf_id > 0 and [e.kind for e in first.events] == ["add_leaf", "split"]
+    assert verdict_feedback() == (S.DECISION_ALLOW, "rent is fine")
+    after = state()
+    assert after != before and after[0].events[-1].version == first.memory_version
+
+    # A retry of a call whose answer was lost: the same answer, no second leaf, the tree as it was.
+    assert g.Feedback(request) == first
+    assert state() == after
+    # Another decision for the same verdict is refused, naming the field and the decision it has.
+    conflicting = guard_pb2.FeedbackRequest(namespace=ns, verdict_id=verdict.verdict_id, expected=S.DECISION_BLOCK)
+    with pytest.raises(grpc.RpcError) as err:
+        g.Feedback(conflicting)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details().startswith("expected: ") and "already has feedback ALLOW" in err.value.details()
+    assert state() == after and verdict_feedback() == (S.DECISION_ALLOW, "rent is fine")
+
+    # REVIEW only records, once: repeated it answers the same; ALLOW after it is refused.
+    other = check(g, S.STAGE_INPUT, "pay the cleaning company's invoice", ns=ns)
+    review = guard_pb2.FeedbackRequest(namespace=ns, verdict_id=other.verdict_id, expected=S.DECISION_REVIEW)
+    recorded = g.Feedback(review)
+    assert (recorded.leaf_id, recorded.memory_version) == (0, first.memory_version)
+    assert g.Feedback(review) == recorded
+    with pytest.raises(grpc.RpcError) as err:
+        g.Feedback(guard_pb2.FeedbackRequest(namespace=ns, verdict_id=other.verdict_id, expected=S.DECISION_ALLOW))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "feedback REVIEW" in err.value.details()
+    assert state() == after
+
+    # The stored answer outlives the process.
+    data_dir = srv.settings.storage.data_dir
+    srv.stop()
+    again = make_server(embedding_model="hashing", db_url=db_url, policies=policies, data_dir=data_dir)
+    assert stub(again).Feedback(request) == first
+
+
 # --- audit -----------------------------------------------------------------------------------------------------
 def test_audit_query_pages_and_purge(make_server) -> None:
     srv = make_server(embedding_model="hashing")

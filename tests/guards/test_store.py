@@ -13,7 +13,9 @@ from guards.model import (
     Cluster,
     Decision,
     Evidence,
+    EvolutionEvent,
     Exemplar,
+    FeedbackResult,
     GuardVerdict,
     Label,
     LeafSource,
@@ -169,3 +171,39 @@ def test_audit_put_get_query_feedback_purge(guard_store: GuardStore) -> None:
     assert [r.verdict.verdict_id for r in guard_store.query_audit(A)] == ["v4", "v3", "v2"]
     assert len(guard_store.query_audit(B)) == 1
     assert guard_store.purge_audit(None, t0 + timedelta(days=1)) == 4
+
+
+def test_feedback_is_taken_once_with_its_result_and_joins_the_transaction(guard_store: GuardStore) -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    guard_store.put_audit(A, [_record("v0", t0), _record("v1", t0), _record("v2", t0)])
+    leaf = Exemplar(id=0, category="c", text="x", label=Label.HARMFUL, stage_group="request")
+    # Inside a transaction that fails, the verdict's feedback goes with the leaf and the event.
+    with pytest.raises(RuntimeError, match="boom"), guard_store.transaction(A):
+        [leaf_id] = guard_store.add_leaves(A, [leaf], np.ones((1, 4), dtype=np.float32))
+        event = guard_store.append_event(A, "new_cluster", "n", {"created": [7], "added_leaves": [leaf_id]})
+        assert guard_store.set_feedback(A, "v0", Decision.BLOCK, "n", FeedbackResult(leaf_id, 7, (event,), 1))
+        raise RuntimeError("boom")
+    assert guard_store.get_audit(A, "v0").feedback == Decision.UNSPECIFIED
+    assert guard_store.get_audit(A, "v0").feedback_result is None
+    assert guard_store.load_leaves(A)[0] == [] and guard_store.latest_version(A) == 0
+    # Committed, it is stored with its result (events included).
+    with guard_store.transaction(A):
+        [leaf_id] = guard_store.add_leaves(A, [leaf], np.ones((1, 4), dtype=np.float32))
+        event = guard_store.append_event(A, "new_cluster", "n", {"created": [7], "before": [{"id": 3}]})
+        result = FeedbackResult(leaf_id, 7, (event,), event.version)
+        assert guard_store.set_feedback(A, "v0", Decision.BLOCK, "missed", result)
+    got = guard_store.get_audit(A, "v0")
+    assert (got.feedback, got.feedback_note, got.feedback_result) == (Decision.BLOCK, "missed", result)
+    [stored] = guard_store.query_audit(A, limit=3, before_id="v1")  # every read path carries it
+    assert stored.verdict.verdict_id == "v0" and stored.feedback_result == result
+    assert isinstance(result.events[0], EvolutionEvent) and result.events[0].created_at is not None
+    # A verdict takes one feedback: a second one, same or not, changes nothing.
+    assert not guard_store.set_feedback(A, "v0", Decision.BLOCK, "again", FeedbackResult(99, 9, (), 9))
+    assert not guard_store.set_feedback(A, "v0", Decision.ALLOW, "other")
+    assert guard_store.get_audit(A, "v0") == got
+    # Outside a transaction it is a write of its own; without a result, REVIEW style.
+    assert guard_store.set_feedback(A, "v1", Decision.REVIEW, "")
+    assert guard_store.get_audit(A, "v1").feedback == Decision.REVIEW
+    assert guard_store.get_audit(A, "v1").feedback_result is None
+    with pytest.raises(NotFoundError):
+        guard_store.set_feedback(B, "v2", Decision.BLOCK, "")
