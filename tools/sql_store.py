@@ -215,6 +215,8 @@ class SqlToolStore(ToolStore):
 
     def put_server(self, scope: str, spec: McpServerSpec) -> None:
         with self._engine.begin() as conn:
+            # Delete-then-insert: two imports of one name at once (replicas) would both insert without the lock.
+            lock_for_write(conn, "tool_mcp_servers", scope, spec.name)
             conn.execute(
                 delete(tool_mcp_servers).where(tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == spec.name)
             )

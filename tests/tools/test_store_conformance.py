@@ -254,6 +254,28 @@ def test_concurrent_removes_of_one_server_remove_it_once(store: ToolStore) -> No
     assert [t.name for t in store.list_tools(A)] == ["lab.http", "other.add"]
 
 
+def test_concurrent_puts_of_one_server_all_succeed_and_one_wins(store: ToolStore) -> None:
+    n = 6
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def put(i: int) -> None:
+        barrier.wait()
+        try:
+            store.put_server(A, McpServerSpec("lab", McpTransport.STDIO, command=f"server-{i}"))
+        except BaseException as exc:  # an IntegrityError from two inserts of one name, before the lock
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [(scope, spec.name) for scope, spec in store.list_servers(A)] == [(A, "lab")]
+    assert store.get_server(A, "lab").command in {f"server-{i}" for i in range(n)}
+
+
 def test_remove_server_is_one_transaction(sql_engine: Engine) -> None:
     """A failure once the server row is gone (the change-feed publisher, called inside the write, fails when
     its transaction no longer sees the server) leaves the server and all its tools in place; a success
