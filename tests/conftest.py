@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -71,11 +72,12 @@ def create_pg_database() -> tuple[str, Callable[[], None]]:
     return f"postgresql+psycopg://{_pg_user()}@{PG_HOST}:{PG_PORT}/{name}", drop
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database of each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'agentrt.db'}"
+@contextlib.contextmanager
+def backend_url(backend: str, directory: Path, filename: str = "agentrt.db") -> Iterator[str]:
+    """The SQLAlchemy URL of a fresh, empty database: SQLite (``directory / filename``) or Postgres (created, and
+    dropped on exit; skipped, or failed where required, when Postgres is unreachable)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / filename}"
         return
     reason = postgres_available()
     if reason:
@@ -85,6 +87,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         drop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each backend."""
+    with backend_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,13 +11,7 @@ from agentrt.v1 import agent_pb2
 
 from runtime.agent.ports import ALLOW, REVIEW, GuardOutcome, ToolOutcome
 from tests.agent.openai_stub import OpenAIStub
-from tests.conftest import (
-    RunningServer,
-    _skip_or_fail_postgres,
-    create_pg_database,
-    make_settings,
-    postgres_available,
-)
+from tests.conftest import RunningServer, backend_url, make_settings
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -25,21 +19,12 @@ def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     """One server per backend for a whole test module (tests use their own threads and words);
     starting one per test would triple the run time of this area."""
     data_dir = tmp_path_factory.mktemp("agent-server")
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{data_dir / 'agentrt.db'}"
-    else:
-        reason = postgres_available()
-        if reason:
-            _skip_or_fail_postgres(reason)
-        url, drop = create_pg_database()
-    server = RunningServer(make_settings(data_dir=data_dir, db_url=url, embedding_model="hashing"))
-    try:
-        yield server
-    finally:
-        server.stop()
-        if drop is not None:
-            drop()
+    with backend_url(request.param, data_dir) as url:
+        server = RunningServer(make_settings(data_dir=data_dir, db_url=url, embedding_model="hashing"))
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from core.embedding import create_embedder
 from core.errors import InvalidArgumentError
 from runtime.agent import schema
 from runtime.agent.items import InMemoryItemBackend, ItemStore, SqlItemBackend
-from tests.conftest import _skip_or_fail_postgres, create_pg_database, postgres_available
+from tests.conftest import backend_url
 
 
 def _backend(kind: str, tmp_path) -> Iterator[InMemoryItemBackend | SqlItemBackend]:
@@ -21,22 +21,13 @@ def _backend(kind: str, tmp_path) -> Iterator[InMemoryItemBackend | SqlItemBacke
         return
     from runtime.db import create_db_engine
 
-    drop = None
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'items.db'}"
-    else:
-        reason = postgres_available()
-        if reason:
-            _skip_or_fail_postgres(reason)
-        url, drop = create_pg_database()
-    engine = create_db_engine(url)
-    try:
-        schema.metadata.create_all(engine)
-        yield SqlItemBackend(engine)
-    finally:
-        engine.dispose()
-        if drop is not None:
-            drop()
+    with backend_url(kind, tmp_path, "items.db") as url:
+        engine = create_db_engine(url)
+        try:
+            schema.metadata.create_all(engine)
+            yield SqlItemBackend(engine)
+        finally:
+            engine.dispose()
 
 
 BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

@@ -12,7 +12,7 @@ from core.embedding import create_embedder
 from guards.engine import GuardEngine
 from guards.sql import SqlGuardStore
 from guards.store import GuardStore, InMemoryGuardStore
-from tests.conftest import _skip_or_fail_postgres, create_pg_database, postgres_available
+from tests.conftest import backend_url
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -21,21 +21,12 @@ def guard_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Guar
     if request.param == "memory":
         yield InMemoryGuardStore()
         return
-    if request.param == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path / 'guards.db'}")
-        yield SqlGuardStore(engine)
-        engine.dispose()
-        return
-    reason = postgres_available()
-    if reason:
-        _skip_or_fail_postgres(reason)
-    url, drop = create_pg_database()
-    engine = create_engine(url)
-    try:
-        yield SqlGuardStore(engine)
-    finally:
-        engine.dispose()
-        drop()
+    with backend_url(request.param, tmp_path, "guards.db") as url:
+        engine = create_engine(url)
+        try:
+            yield SqlGuardStore(engine)
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, select
 
 from core.errors import NotFoundError
 from runtime.db import create_db_engine
-from tests.conftest import _skip_or_fail_postgres, create_pg_database, postgres_available
+from tests.conftest import backend_url
 from tools.model import (
     AuditRecord,
     ExecutorKind,
@@ -36,22 +36,13 @@ A, B = "t1/ns", "t2/ns"
 
 @contextmanager
 def _engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
-    drop = None
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'tools.db'}"
-    else:
-        reason = postgres_available()
-        if reason:
-            _skip_or_fail_postgres(reason)
-        url, drop = create_pg_database()
-    engine = create_db_engine(url)
-    metadata.create_all(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        if drop is not None:
-            drop()
+    with backend_url(backend, tmp_path, "tools.db") as url:
+        engine = create_db_engine(url)
+        metadata.create_all(engine)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
