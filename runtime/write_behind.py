@@ -49,7 +49,12 @@ def find_row(engine: Engine, attempt: Callable[[], T | None], wait_s: float = RE
 class RowWriter:
     """Queue of rows for one table, inserted in batches by a background thread."""
 
-    def __init__(self, engine: Engine, table: Table, *, max_batch: int = 512, linger_s: float = 0.02):
+    def __init__(
+        self, engine: Engine, table: Table, *, max_batch: int = 512, linger_s: float = 0.02, durable: bool = False
+    ):
+        # durable: ``add`` inserts the row in its caller's thread and returns once it is committed (raising
+        # what the insert raised): for deployments where every id handed out must survive a kill -9.
+        self._durable = durable
         self._engine = engine
         self._table = table
         self._max_batch = max_batch
@@ -65,7 +70,14 @@ class RowWriter:
         self._thread: threading.Thread | None = None
 
     def add(self, row: dict[str, Any]) -> None:
-        """Queue one row (column -> value). Raises RuntimeError after ``close``."""
+        """Queue one row (column -> value), or store it now on a durable writer. Raises RuntimeError after
+        ``close``."""
+        if self._durable:
+            if self._closed:
+                raise RuntimeError(f"the {self._table.name} writer is closed")
+            with self._engine.begin() as conn:
+                conn.execute(insert(self._table), [row])
+            return
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"the {self._table.name} writer is closed")

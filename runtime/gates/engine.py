@@ -69,7 +69,10 @@ class GateEngine:
         engine: Engine,
         config: ConfigLookup | Mapping[str, Any] | None = None,
         publisher: Publisher | None = None,
+        *,
+        durable_records: bool = False,
     ):
+        """``durable_records``: store each decision before ``decide`` returns (``storage.durable_records``)."""
         self._engine = engine
         self._publisher = publisher
         if config is None:
@@ -83,7 +86,7 @@ class GateEngine:
         self._policy_cache: dict[tuple[str, GateKind], PolicyVersion] = {}
         # Last fire per (scope, gate, session) for hysteresis; falls back to the database on a miss.
         self._last_fire: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
-        self._decisions = RowWriter(engine, gate_decisions)
+        self._decisions = RowWriter(engine, gate_decisions, durable=durable_records)
 
     def flush(self) -> None:
         """Wait until every decision made so far is stored."""

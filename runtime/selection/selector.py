@@ -96,7 +96,10 @@ class AnswerSelector:
         embedder: Embedder | None = None,
         config: ConfigLookup | Mapping[str, Any] | None = None,
         publisher: Publisher | None = None,
+        *,
+        durable_records: bool = False,
     ):
+        """``durable_records``: store each selection before ``select`` returns (``storage.durable_records``)."""
         self._engine = engine
         self._publisher = publisher
         self._embedder = embedder
@@ -110,8 +113,8 @@ class AnswerSelector:
         self._lock = threading.Lock()
         # scope -> (newest stored model version, 0 for none; the active model or None). Only moves forward.
         self._models: dict[str, tuple[int, _Model | None]] = {}
-        # Selections are records for later labelling: nobody waits for their fsync.
-        self._selections = RowWriter(engine, select_selections)
+        # Selections are records for later labelling: nobody waits for their fsync (unless durable_records).
+        self._selections = RowWriter(engine, select_selections, durable=durable_records)
 
     def flush(self) -> None:
         """Wait until every selection made so far is stored."""

@@ -40,7 +40,8 @@ def build(rt: Runtime) -> None:
     def publish(conn: Any, scope: str, payload: dict[str, Any]) -> None:
         rt.changes.publish(conn, "gates", scope, payload)
 
-    rt.gates = GateEngine(rt.db.engine, lambda scope: gate_config(rt, scope), publisher=publish)
+    rt.gates = GateEngine(rt.db.engine, lambda scope: gate_config(rt, scope), publisher=publish,
+                          durable_records=rt.settings.storage.durable_records)
     rt.replica_handlers["gates"] = rt.gates.apply_remote_change
     # Fail the start on a bad gate policy in the configuration, not on the first Decide.
     rt.gates.validate_config(["_/_", *rt.settings.policies.namespaces])

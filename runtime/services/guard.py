@@ -51,6 +51,8 @@ def build(rt: Runtime) -> None:
         defaults=defaults,
         policy=lambda scope: rt.policy("guards", scope),
         judge=_judge_from_env(),
+        # Verdicts are written behind unless every verdict id must survive a kill -9 (storage.durable_records).
+        audit_async=not rt.settings.storage.durable_records,
     )
     # Another replica's feedback, evolution, rollback or rule change: reload that scope from the database.
     rt.replica_handlers["guards"] = lambda scope, _payload: rt.guards.reload(scope)

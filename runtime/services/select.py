@@ -28,7 +28,8 @@ def build(rt: Runtime) -> None:
         rt.changes.publish(conn, "select", scope, payload)
 
     rt.selector = AnswerSelector(
-        rt.db.engine, rt.embedder, lambda scope: rt.policy("select", scope), publisher=publish
+        rt.db.engine, rt.embedder, lambda scope: rt.policy("select", scope), publisher=publish,
+        durable_records=rt.settings.storage.durable_records,
     )
     rt.replica_handlers["select"] = rt.selector.apply_remote_change
     for scope in ["_/_", *rt.settings.policies.namespaces]:

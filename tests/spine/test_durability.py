@@ -119,3 +119,43 @@ def test_sigterm_drains_an_in_flight_call(spawn_server, tmp_path: Path) -> None:
     again = spawn_server(data_dir=data)
     with AgentrtClient(again.target) as c:
         assert len(_all_ids(c)) == 1000
+
+
+def test_durable_records_survive_kill9(spawn_server, db_url: str, tmp_path: Path) -> None:
+    """With ``storage.durable_records`` every id a call hands out (guard verdict, gate decision, selection) is stored
+    before the call answers: the labelling calls that name them work after a kill -9 right after the last answer.
+    (Written behind, the default, the last ones are still in the writers' queues then.)"""
+    from agentrt.v1 import common_pb2, gate_pb2, guard_pb2, select_pb2
+
+    data = tmp_path / "d"
+    env = {"AGENTRT_EMBEDDING__MODEL": "hashing", "AGENTRT_STORAGE__DURABLE_RECORDS": "true"}
+    srv = spawn_server(data_dir=data, db_url=db_url, env=env)
+
+    def tokens(n: int) -> list[common_pb2.TokenLogprob]:
+        top = [common_pb2.TopLogprob(token=f"a{j}", logprob=-1.0 - j) for j in range(3)]
+        return [common_pb2.TokenLogprob(token="t", logprob=-1.0, top_logprobs=top) for _ in range(n)]
+
+    verdicts, decisions, selections = [], [], []
+    with AgentrtClient(srv.target) as c:
+        for i in range(5):
+            verdicts.append(c.guard.Check(guard_pb2.CheckRequest(
+                namespace="ns", stage=common_pb2.STAGE_INPUT, text=f"please summarise report {i}")).verdict_id)
+            decisions.append(c.gate.Decide(gate_pb2.DecideRequest(
+                namespace="ns", gate=common_pb2.GATE_RETRIEVE, tokens=tokens(4))).decision_id)
+            selections.append(c.select_service.Select(select_pb2.SelectRequest(namespace="ns", candidates=[
+                select_pb2.Candidate(agent_id="a", answer=f"Paris {i}", tokens=tokens(3)),
+                select_pb2.Candidate(agent_id="b", answer="Lyon", tokens=tokens(3)),
+            ])).selection_id)
+    srv.kill9()
+    assert all(verdicts) and all(decisions) and all(selections)
+
+    again = spawn_server(data_dir=data, db_url=db_url, env=env)
+    with AgentrtClient(again.target) as c:
+        for vid in verdicts:
+            c.guard.Feedback(guard_pb2.FeedbackRequest(namespace="ns", verdict_id=vid,
+                                                       expected=common_pb2.DECISION_REVIEW))
+        for did in decisions:
+            c.gate.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace="ns", decision_id=did, needed=True))
+        for sid in selections:
+            c.select_service.RecordOutcome(select_pb2.RecordSelectionOutcomeRequest(
+                namespace="ns", selection_id=sid, correct_answer="Lyon"))
