@@ -73,10 +73,10 @@ class StorageSettings(BaseModel):
     index_snapshots: bool = True
     # Seconds between snapshots of a namespace that changed (0 = only on clean shutdown).
     index_snapshot_interval_s: float = Field(300.0, ge=0)
-    # Store the records a call hands out an id for (guard verdicts, gate decisions, answer selections) before
-    # answering it. Default: written behind in batches (within ~20 ms), which a kill -9 of the process can lose
-    # (a later Feedback / RecordOutcome on such an id is NOT_FOUND); true costs a commit (an fsync on SQLite)
-    # per call instead.
+    # Store the records a call hands out an id for (guard verdicts, gate decisions, answer selections, tool
+    # audit records) before answering it. Default: written behind in batches (within ~20 ms), which a kill -9
+    # of the process can lose (a later Feedback / RecordOutcome on such an id is NOT_FOUND); true costs a commit
+    # (an fsync on SQLite) per call instead.
     durable_records: bool = False
 
     def resolved_url(self) -> str:

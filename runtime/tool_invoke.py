@@ -154,7 +154,11 @@ class ToolInvoker:
         guards: GuardChecker | None = None,
         gates: GateDecider | None = None,
         memory: MemoryPort | None = None,
+        durable_records: bool = False,
     ):
+        """``durable_records``: an Invoke answers (or fails) only once its audit record is stored
+        (``storage.durable_records``; by default records are written behind)."""
+        self.durable_records = durable_records
         self.registry = registry
         self._offload = offload
         self.guards = guards
@@ -262,6 +266,14 @@ class ToolInvoker:
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
         """Run the pipeline; see the module docstring for the order and the error contract."""
+        try:
+            return await self._invoke(req)
+        finally:
+            if self.durable_records:
+                # The audit record (its id is the response's invocation_id) is stored before the caller hears back.
+                await self.registry.audit_log.flush()
+
+    async def _invoke(self, req: InvokeRequest) -> InvokeResult:
         trace = _Trace(req)
         # 1. The tool and its arguments.
         try:

@@ -38,6 +38,8 @@ class AuditLog:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None
+        # Set by a flush: the writer stops lingering (a caller is waiting for the records to be stored).
+        self._urgent: asyncio.Event | None = None
 
     def record(self, scope: str, record: AuditRecord) -> None:
         """Queue one record (call on the event loop); the writer task is started on first use."""
@@ -45,17 +47,22 @@ class AuditLog:
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._idle = asyncio.Event()
+            self._urgent = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tool-audit")
         assert self._wakeup is not None and self._idle is not None
         self._idle.clear()
         self._wakeup.set()
 
     async def _run(self) -> None:
-        assert self._wakeup is not None and self._idle is not None
+        assert self._wakeup is not None and self._idle is not None and self._urgent is not None
         while True:
             await self._wakeup.wait()
-            # Let a burst of invocations pile up so one transaction (one fsync) stores them all.
-            await asyncio.sleep(self._linger_s)
+            # Let a burst of invocations pile up so one transaction (one fsync) stores them all, unless someone
+            # waits for them.
+            if not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._linger_s)
+            self._urgent.clear()
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
@@ -70,6 +77,8 @@ class AuditLog:
         """Wait until every queued record is stored."""
         if self._task is None or self._idle is None or not (self._pending or not self._idle.is_set()):
             return
+        if self._urgent is not None:
+            self._urgent.set()
         await self._idle.wait()
 
     async def aclose(self) -> None:

@@ -82,7 +82,7 @@ def build(rt: Runtime) -> None:
     rt.replica_handlers["tools"] = lambda scope, _payload: registry.invalidate(scope)
     # Guards and gates are read from rt at call time: they may be absent (a sidecar without them simply
     # skips those steps) and are built by their own service modules.
-    rt.extras["tool_invoker"] = ToolInvoker(registry, rt.offload)
+    rt.extras["tool_invoker"] = ToolInvoker(registry, rt.offload, durable_records=rt.settings.storage.durable_records)
 
 
 def _invoker(rt: Runtime) -> ToolInvoker:

@@ -122,10 +122,10 @@ def test_sigterm_drains_an_in_flight_call(spawn_server, tmp_path: Path) -> None:
 
 
 def test_durable_records_survive_kill9(spawn_server, db_url: str, tmp_path: Path) -> None:
-    """With ``storage.durable_records`` every id a call hands out (guard verdict, gate decision, selection) is stored
-    before the call answers: the labelling calls that name them work after a kill -9 right after the last answer.
-    (Written behind, the default, the last ones are still in the writers' queues then.)"""
-    from agentrt.v1 import common_pb2, gate_pb2, guard_pb2, select_pb2
+    """With ``storage.durable_records`` every id a call hands out (guard verdict, gate decision, selection, tool
+    invocation) is stored before the call answers: the calls that name them work after a kill -9 right after the
+    last answer. (Written behind, the default, the last ones are still in the writers' queues then.)"""
+    from agentrt.v1 import common_pb2, gate_pb2, guard_pb2, select_pb2, tool_pb2
 
     data = tmp_path / "d"
     env = {"AGENTRT_EMBEDDING__MODEL": "hashing", "AGENTRT_STORAGE__DURABLE_RECORDS": "true"}
@@ -135,9 +135,11 @@ def test_durable_records_survive_kill9(spawn_server, db_url: str, tmp_path: Path
         top = [common_pb2.TopLogprob(token=f"a{j}", logprob=-1.0 - j) for j in range(3)]
         return [common_pb2.TokenLogprob(token="t", logprob=-1.0, top_logprobs=top) for _ in range(n)]
 
-    verdicts, decisions, selections = [], [], []
+    verdicts, decisions, selections, invocations = [], [], [], []
     with AgentrtClient(srv.target) as c:
         for i in range(5):
+            invocations.append(c.tool.Invoke(tool_pb2.InvokeToolRequest(
+                namespace="ns", name="echo", arguments_json=f'{{"n": {i}}}')).invocation_id)
             verdicts.append(c.guard.Check(guard_pb2.CheckRequest(
                 namespace="ns", stage=common_pb2.STAGE_INPUT, text=f"please summarise report {i}")).verdict_id)
             decisions.append(c.gate.Decide(gate_pb2.DecideRequest(
@@ -147,7 +149,7 @@ def test_durable_records_survive_kill9(spawn_server, db_url: str, tmp_path: Path
                 select_pb2.Candidate(agent_id="b", answer="Lyon", tokens=tokens(3)),
             ])).selection_id)
     srv.kill9()
-    assert all(verdicts) and all(decisions) and all(selections)
+    assert all(verdicts) and all(decisions) and all(selections) and all(invocations)
 
     again = spawn_server(data_dir=data, db_url=db_url, env=env)
     with AgentrtClient(again.target) as c:
@@ -159,3 +161,5 @@ def test_durable_records_survive_kill9(spawn_server, db_url: str, tmp_path: Path
         for sid in selections:
             c.select_service.RecordOutcome(select_pb2.RecordSelectionOutcomeRequest(
                 namespace="ns", selection_id=sid, correct_answer="Lyon"))
+        audit = c.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace="ns", tool_name="echo")).records
+        assert set(invocations) <= {r.id for r in audit}
