@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,16 +130,22 @@ def _text(content: Any, endpoint: str) -> str:
     raise _Malformed(endpoint, f"message.content is a {_kind(content)}, not a string or a list of text parts")
 
 
+def _objects(raw: Any, where: str, endpoint: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(position, path, item) of a JSON list of objects at ``where``; _Malformed naming the path otherwise."""
+    if not isinstance(raw, list):
+        raise _Malformed(endpoint, f"{where} is a {_kind(raw)}, not a list")
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise _Malformed(endpoint, f"{at} is a {_kind(item)}, not an object")
+        yield i, at, item
+
+
 def _tool_calls(raw: Any, endpoint: str) -> tuple[LlmToolCall, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list):
-        raise _Malformed(endpoint, f"message.tool_calls is a {_kind(raw)}, not a list")
     calls = []
-    for i, c in enumerate(raw):
-        at = f"message.tool_calls[{i}]"
-        if not isinstance(c, dict):
-            raise _Malformed(endpoint, f"{at} is a {_kind(c)}, not an object")
+    for i, at, c in _objects(raw, "message.tool_calls", endpoint):
         fn = c.get("function") or {}
         if not isinstance(fn, dict):
             raise _Malformed(endpoint, f"{at}.function is a {_kind(fn)}, not an object")
@@ -161,13 +168,8 @@ def _token_logprobs(raw: Any, endpoint: str) -> tuple[list[tuple[str, float, lis
     content = raw.get("content")
     if content is None:
         return [], False
-    if not isinstance(content, list):
-        raise _Malformed(endpoint, f"logprobs.content is a {_kind(content)}, not a list")
     rows = []
-    for i, t in enumerate(content):
-        at = f"logprobs.content[{i}]"
-        if not isinstance(t, dict):
-            raise _Malformed(endpoint, f"{at} is a {_kind(t)}, not an object")
+    for _, at, t in _objects(content, "logprobs.content", endpoint):
         token, lp, top = t.get("token", ""), _number(t.get("logprob")), t.get("top_logprobs") or []
         if not isinstance(token, str) or lp is None:
             raise _Malformed(endpoint, f"{at} needs a string token and a numeric logprob "
