@@ -24,6 +24,19 @@ def decode_json(text: str, field: str) -> tuple[Any, list[FieldViolation]]:
     return None, [FieldViolation(field, why)]
 
 
+def decode_json_object(text: str, field: str) -> tuple[dict[str, Any] | None, list[FieldViolation]]:
+    """Parse JSON text that must be an object whose strings can be stored and sent on: the object, or None and the
+    one violation of ``field`` (not JSON, not an object, a lone surrogate escape)."""
+    value, bad = decode_json(text, field)
+    if bad:
+        return None, bad
+    if not isinstance(value, dict):
+        return None, [FieldViolation(field, f"must be a JSON object, got {type(value).__name__}")]
+    if has_lone_surrogate(text, value):
+        return None, [FieldViolation(field, "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")]
+    return value, []
+
+
 def has_lone_surrogate(text: str, value: Any) -> bool:
     """Whether ``value`` (decoded from ``text``) holds a lone UTF-16 surrogate.
 

@@ -21,7 +21,7 @@ from jsonschema_specifications import REGISTRY as METASCHEMAS
 from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 
 from core.errors import FailedPreconditionError, FieldViolation
-from core.jsontext import decode_json, has_lone_surrogate
+from core.jsontext import decode_json_object
 
 # More than this many errors are summarised: a hostile payload must not produce a huge reply.
 MAX_VIOLATIONS = 20
@@ -156,11 +156,4 @@ def parse_arguments(arguments_json: str, field: str = "arguments_json") -> tuple
     """Decode the arguments' JSON text; an empty string means ``{}``."""
     if not arguments_json.strip():
         return {}, []
-    value, bad = decode_json(arguments_json, field)
-    if bad:
-        return None, bad
-    if not isinstance(value, dict):
-        return None, [FieldViolation(field, f"must be a JSON object, got {type(value).__name__}")]
-    if has_lone_surrogate(arguments_json, value):
-        return None, [FieldViolation(field, "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)")]
-    return value, []
+    return decode_json_object(arguments_json, field)

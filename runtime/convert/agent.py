@@ -27,7 +27,7 @@ from langgraph.store.base import (
 )
 
 from core.errors import InvalidArgumentError
-from core.jsontext import decode_json, has_lone_surrogate
+from core.jsontext import decode_json_object
 
 # ------------------------------------------------------------------------------------------------
 # Store: ops
@@ -73,13 +73,9 @@ def op_to_proto(op: Op, default_index: list[str] | None, *, hybrid: bool = False
 SEARCH_LIMIT = 10
 LIST_NAMESPACES_LIMIT = 100
 def _json_object(text: str, field_name: str) -> dict[str, Any]:
-    value, bad = decode_json(text, field_name)
-    if bad:
+    value, bad = decode_json_object(text, field_name)
+    if value is None:
         raise InvalidArgumentError(bad)
-    if not isinstance(value, dict):
-        raise InvalidArgumentError(field_name, "must be a JSON object")
-    if has_lone_surrogate(text, value):
-        raise InvalidArgumentError(field_name, "holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
     return value
 
 
