@@ -196,11 +196,7 @@ class MemoryStats:
 
 _STALE = "stale"
 
-# What a Write's plan assumed about one of its messages: (session id, content hash), None = not stored.
-Fingerprint = MessageState
-
-
-def _fingerprint(stored: StoredMessage | None) -> Fingerprint:
+def _fingerprint(stored: StoredMessage | None) -> MessageState:
     return None if stored is None else (stored.message.session_id, stored.content_hash)
 
 
@@ -209,7 +205,7 @@ class _Commit:
     """One Write's planned change, queued for the namespace's next (group) commit."""
 
     change: Change
-    seen: dict[str, Fingerprint]
+    seen: dict[str, MessageState]
     """The stored state of each of its messages when it was planned; the plan is stale once one differs."""
     outcome: bool | str | BaseException | None = None
     """None while queued; True once committed, ``_STALE`` to plan again, or the exception of the commit."""

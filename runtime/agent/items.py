@@ -384,7 +384,7 @@ def _indexed_words(rec: ItemRecord) -> str:
         if not found:
             base, _, pos = key.rpartition(".")
             if base and pos.isdigit():
-                texts = get_text_at_path(rec.value, base if base == "$" else tokenize_path(base))
+                texts = get_text_at_path(rec.value, tokenize_path(base))
                 found = texts[int(pos) : int(pos) + 1]
         parts.extend(found)
     return "\n".join(parts)
