@@ -223,45 +223,48 @@ def test_remove_server_unregisters_exactly_its_tools(store: ToolStore) -> None:
     assert [t.name for t in store.list_tools(A)] == ["lab.add", "lab.http", "other.add"]
 
 
+def _all_at_once(n: int, call: Callable[[int], None]) -> None:
+    """``call(0)`` ... ``call(n - 1)`` in n threads released together, and wait for them."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        call(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_concurrent_removes_of_one_server_remove_it_once(store: ToolStore) -> None:
     _lab_with_neighbours(store)
     n = 6
-    barrier = threading.Barrier(n)
     results: list[list[str] | str] = []
 
-    def remove() -> None:
-        barrier.wait()
+    def remove(_: int) -> None:
         try:
             results.append(store.remove_server(A, "lab"))
         except NotFoundError:
             results.append("not found")
 
-    threads = [threading.Thread(target=remove) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _all_at_once(n, remove)
     assert sorted(results, key=str) == [["adder", "lab.add", "lab.mul"]] + ["not found"] * (n - 1)
     assert [t.name for t in store.list_tools(A)] == ["lab.http", "other.add"]
 
 
 def test_concurrent_puts_of_one_server_all_succeed_and_one_wins(store: ToolStore) -> None:
     n = 6
-    barrier = threading.Barrier(n)
     errors: list[BaseException] = []
 
     def put(i: int) -> None:
-        barrier.wait()
         try:
             store.put_server(A, McpServerSpec("lab", McpTransport.STDIO, command=f"server-{i}"))
         except BaseException as exc:  # an IntegrityError from two inserts of one name, before the lock
             errors.append(exc)
 
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _all_at_once(n, put)
     assert errors == []
     assert [(scope, spec.name) for scope, spec in store.list_servers(A)] == [(A, "lab")]
     assert store.get_server(A, "lab").command in {f"server-{i}" for i in range(n)}
@@ -328,18 +331,12 @@ def test_update_policy_stores_nothing_when_the_change_raises(store: ToolStore) -
 
 def test_concurrent_puts_of_one_name_get_distinct_contiguous_versions(store: ToolStore) -> None:
     n = 12
-    barrier = threading.Barrier(n)
     versions: list[int] = []
 
     def put(i: int) -> None:
-        barrier.wait()
         versions.append(store.put_tool(A, tool(description=f"variant {i}"))[0].version)
 
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _all_at_once(n, put)
     assert sorted(versions) == list(range(1, n + 1))
 
 
