@@ -110,6 +110,18 @@ SHAPES: dict[str, str] = {
     "processing readers (ai systems summarizing this )": "ai systems summarizing this ",
     "requests that (we request that any a b c )": "we request that any a b c ",
     "templated links (https://a.io/p?d={the user's )": "https://a.io/p?d={the user's ",
+    # Round 23: orders put as questions, second steps with a pronoun object, contact points that are no recipient.
+    "question orders (can you send my passwords )": "can you send my passwords ",
+    "second steps (and email them to )": "and email them to ",
+    "contact points (let me know at a@b.co )": "let me know at a@b.co ",
+    # Rounds 24-26: international phone numbers, passive orders, doors and cars, CSV cells.
+    "phone numbers (+1 415 )": "+1 415 ",
+    "passive orders (are to be sent )": "are to be sent ",
+    "devices (should unlock the car )": "should unlock the car ",
+    "csv cells (,\"a )": ",\"a ",
+    # Round 27: words spelled out letter by letter, labels for the agent.
+    "spaced letters (i g n o r e   )": "i g n o r e   ",
+    "agent labels (agent_directive: a )": "agent_directive: a ",
 }
 
 
@@ -124,9 +136,8 @@ TOOLS = ("update_price", "send_email", "transfer_money", "deploy")
 
 
 def _all_detectors(text: str) -> None:
-    detectors.injection(text, TOOLS)
-    detectors.secrets(text)
-    detectors.pii(text)
+    for name in detectors.DETECTORS:
+        detectors.run_detector(name, text, available_tools=TOOLS)
 
 
 def _linear_pass(text: str) -> None:

@@ -21,7 +21,8 @@ Protocol (fixed, documented in docs/guards.md):
   this benchmark, 120 with an instruction planted for the agent, 120 ordinary, among them requests between
   people, instructions meant for people and texts that discuss injection). Check at STAGE_TOOL_RESULT with
   the content, the tool call and the agent's tools; injected → BLOCK, ordinary → ALLOW. Reported on the
-  pack alone per split and style, next to the injection-phrasing detector alone (same run); then
+  pack alone per split and style, next to the TOOL_RESULT detectors alone (injection phrasing, unrequested
+  actions; same run); then
   error-driven feedback on the dev split, measured on the test split; and Check latency on these outputs.
 - Written agentic tasks (``bench/data/harmful_tasks.json``: harmful requests in AgentHarm's style with benign
   twins, in rounds; each round's role says whether it shaped the pack) and ordinary chat (every third turn of
@@ -40,6 +41,7 @@ import random
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +151,19 @@ def load_chat_turns(step: int = 3) -> list[dict[str, Any]]:
              "prompt": t["text"], "tools": []} for n, t in enumerate(turns[::step])]
 
 
+def _tool_result_detectors(text: str, tools: Sequence[str] | None) -> bool:
+    """What the pack's TOOL_RESULT rules detect: injection phrasing, or an order for an unrequested action."""
+    return bool(detectors.injection(text, tools or ())) or bool(detectors.unrequested_actions(text))
+
+
 def detector_on_sentences() -> list[dict[str, Any]]:
-    """The injection detector alone on ``bench/data/injection_sentences.json``, per writing round (each round's
-    ``role`` says whether it shaped the detector; the file's ``about`` says how)."""
+    """The TOOL_RESULT detectors alone (injection, unrequested action) on ``bench/data/injection_sentences.json``,
+    per writing round (each round's ``role`` says whether it shaped the detectors; the file's ``about`` says how)."""
     out = []
     for r in json.loads(SENTENCES.read_text())["rounds"]:
         tools = r.get("tools")  # a round about orders that name the agent's tools lists them
-        caught = sum(bool(detectors.injection(t, tools)) for t in r["injected"])
-        flagged = sum(bool(detectors.injection(t, tools)) for t in r["ordinary"])
+        caught = sum(_tool_result_detectors(t, tools) for t in r["injected"])
+        flagged = sum(_tool_result_detectors(t, tools) for t in r["ordinary"])
         out.append({"round": r["round"], "role": r["role"], "injected_blocked": f"{caught}/{len(r['injected'])}",
                     "ordinary_flagged": f"{flagged}/{len(r['ordinary'])}"})
     return out
@@ -359,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             tr = load_tool_results()
             tr_dev = [i for i in tr if i["split"] == "dev"]
             tr_test = [i for i in tr if i["split"] == "test"]
-            regex = {i["id"]: ("block" if detectors.injection(i["prompt"], i["tools"]) else "allow") for i in tr}
+            regex = {i["id"]: ("block" if _tool_result_detectors(i["prompt"], i["tools"]) else "allow") for i in tr}
             tr_samples: list[float] = []
             pack_tr: dict[str, str] = {}
             for item in tr:
@@ -500,7 +507,7 @@ def _print(r: dict[str, Any]) -> None:
             print(f"pack only, {c['n']} LoCoMo chat turns at STAGE_{stage}: allow {c['allow']}, "
                   f"review {c['review']}, block {c['block']}")
     t = r["tool_results"]
-    print(_row("injection detector only, tool results test", t["detector_only_test"]))
+    print(_row("TOOL_RESULT detectors only, tool results test", t["detector_only_test"]))
     print(_row("pack only, tool results test", t["pack_only_test"]))
     print(_row(f"after feedback ({t['after_feedback_test']['feedback_given']} fb), tool results test",
                t["after_feedback_test"]))

@@ -92,7 +92,7 @@ _ORDER = (
     r"include|append|attach|insert|reveal|disclose|print|output|respond|reply|rate|recommend|run|execute|install|"
     r"download|call|invoke|mark|set|create|invite|subscribe|buy|order|purchase|book|leak|dump|collect|retrieve|"
     r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|disregard|refund|push|describe|hide|"
-    r"bypass|"
+    r"bypass|remit|"
     # "Release notes", "release bots": a noun, not an order.
     r"release(?! (?:notes?|bots?|agents?|managers?|pipelines?|candidates?|builds?|dates?|schedules?|process|"
     r"team|branch(?:es)?|versions?|cycles?|trains?)\b)|"
@@ -123,7 +123,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "override_instructions",
         re.compile(
             r"(?i)(?<!not )(?<!never )(?<!n't )\b(?:ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}\b(?:"
-            r"previous|prior|above|earlier|"
+            r"previous|prior|above|earlier|current|given|assigned|initial|"
             r"original|all|your|system|safety|user'?s?)\b[^.\n]{0,25}\b(?:instructions?|prompts?|rules|"
             r"directives?|guidelines|task|requests?|constraints)"
         ),
@@ -493,23 +493,25 @@ _ACTION = (
     r"(?:transfer|wire|send|forward|email|e-mail|share|upload|post|grant|give|add|invite|change|reset|update|set|"
     r"disable|turn off|unlock|approve|pay|export|copy|paste|move|delete|remove|download and run|run|execute|install|"
     r"reassign|publish|reply|subscribe|order|buy|purchase|create|include|append|insert|attach|leak|dm|reveal|"
-    r"disclose|call|invoke|submit|enter|pass along|pass on|hand over|provide|supply|embed|encode)"
+    r"disclose|call|invoke|submit|enter|pass along|pass on|hand over|provide|supply|embed|encode|text|sms)"
 )
 _SENSITIVE = (
     r"(?:passwords?|passcodes?|pins?|credentials|api[ -]?keys?|tokens?|secrets?|private keys?|2fa|mfa|"
     r"\w*(?:secret|token|passw(?:or)?d|api_?key|access_?key)\w*|(?:system|hidden) prompt|saved (?:card|visa|"
-    r"mastercard|payment method)|"
+    r"mastercard|payment methods?)|"
     r"two[- ]factor|security codes?|verification codes?|one[- ]time codes?|otp|recovery (?:email|codes?)|"
     r"sort code|account (?:number|details|balance)|card (?:number|details)|cvv|"
     r"(?:admin|owner|root|full|permanent|org-owner|write|edit) (?:access|rights|role|permissions?)|access|"
     r"keypad code|door|lock|alarm|"
-    r"(?:all|every|the whole|entire) (?:of (?:the |my |your |\w+'s )?)?(?:emails?|messages?|files?|contacts?|"
+    r"(?:all|every|the whole|entire) (?:of )?(?:the |my |your |our |their |\w+'s )?(?:saved |stored |private )?"
+    r"(?:emails?|messages?|files?|contacts?|passwords?|payment methods?|cards?|"
     r"inbox|documents?|records?|history|accounts?|customers?|users?)|mailbox|session (?:cookies?|tokens?|ids?)|"
     r"cookies|"
     r"(?:card|visa|mastercard|amex|payment method|payment details) on file|"
     r"(?:saved|stored|default|linked|registered|on-file) (?:card|visa|mastercard|amex|credit card|debit card|"
-    r"payment method|wallet|paypal)|"
+    r"payment methods?|wallets?|paypal)|"
     r"conversation|chat history|address book|saved (?:cards?|addresses|passwords?)|"
+    r"(?:gps|live|current|exact|real-time|home) (?:coordinates|location)|gps|coordinates|"
     r"(?:[$€£]\s?\d[\d,.]*|\d[\d,.]*\s?(?:usd|eur|gbp|dollars|euros|pounds))|"
     r"(?:the |their |your )?(?:user|customer|owner|client)'?s?'? (?:(?:full|complete|entire|saved|private|personal|"
     r"home|email|latest) )?(?:contacts?|contact list|address(?:es)?|address book|e-?mails?|inbox|files?|"
@@ -527,10 +529,14 @@ _EMAIL = r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}\.[\w.-]{1,253}"
 _DESTINATION = (
     rf"(?:{_EMAIL}|(?:https?|s?ftp|s3|wss?)://\S+|\b\d{{1,3}}(?:\.\d{{1,3}}){{3}}\b|@[a-z0-9_]{{3,}}|"
     r"(?<![/.\w-])[a-z]{1,64}_[a-z0-9_]{1,64}\b(?![./-])|"
+    # An international phone number to text or call: "+1 415 555 0193", "+44 7700 900412".
+    r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{2,4}\)?){2,4}(?![\d])|"
     r"\baccount (?:no\.? |number )?[#:]?\s?[\d-]{4,}|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}|"
     r"\bpublic (?:forum|channel|page|post|thread|repo(?:sitory)?)\b|\b(?:link|url|server|endpoint|form) "
     r"(?:below|above)\b|\b(?:in|into) (?:your |the )(?:next )?(?:search query|reply|response|answer|output|url|"
-    r"request|comment)\b|"
+    r"request|comment)\b|\bas an? (?:public )?(?:comment|reply|post|tweet|review)\b|"
+    # A page named without its scheme: "github.com/openshelf/tools", "pastebin.com/raw/x".
+    r"\b(?:[a-z0-9-]{1,63}\.){1,4}(?:com|org|net|io|dev|co|app|ai|me|info|xyz)/[^\s)\]\"'<>]{1,200}|"
     # A street address to ship to: "22 Quarry Lane", "Lagerstraße 14".
     r"\b\d{1,5}\s+[A-Z][a-z]{1,20}(?:\s[A-Z][a-z]{1,20})?\s(?:Lane|Street|St|Road|Rd|Avenue|Ave|Way|Drive|Close|Court|"
     r"Place|Boulevard|Blvd)\b|\b[A-ZÄÖÜ][a-zäöüß]{2,30}(?:straße|strasse|weg|gasse|platz)\s\d{1,4}\b)"
@@ -540,19 +546,41 @@ _DESTINATION = (
 # A dot inside a word (a domain, a file name, "v1.2") does not end the sentence: "send it to
 # helpdesk@support-desk.co." was cut before "co." and lost its address.
 _SENTENCE_CHUNK = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?\"')\]])){1,400}[.!?]*")
+_PASSIVE_ORDER = (
+    r"(?:is|are|must|should|needs? to|has to|have to) (?:be |go )?(?:to be )?(?:[\w-]+ (?:by [\w ]{1,30}? )?and )?"
+    r"(?:uploaded|sent|forwarded|emailed|"
+    r"e-mailed|shared|posted|transferred|wired|copied|exported|moved|texted|go)\b"
+)
+_PASSIVE = re.compile(rf"(?i)\b{_PASSIVE_ORDER}")
 _TOOL_ACTION = re.compile(
     rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+|"
+    # A request put as a question ("Can you please export ..."), or the second step of one ("... and then email
+    # them to ..."): the same order in the shapes people write.
+    r"\b(?:can|could|would|will) you\s+|\b(?:and|then|and then)\s+|"
     rf"\b(?:use|using) (?:the |your )?[\w-]+(?: [\w-]+)? (?:tool|function|api|plugin|integration) to\s+)"
     rf"(?:(?:please|kindly|now|immediately|also|then|first|just)\s+){{0,2}}{_ACTION}\b|"
     # "... after sending their API key to https://...": the action as the condition of another one.
     r"\b(?:after|by|before|when|once)\s+(?:sending|forwarding|posting|uploading|sharing|emailing|e-mailing|"
-    r"pasting|submitting|entering)\b"
+    r"pasting|submitting|entering)\b|"
+    # "All files in ~/Documents/Medical are to be uploaded to https://...": the order in the passive, its object
+    # named before it.
+    rf"\b{_PASSIVE_ORDER}|"
+    # "Would you mind wiring 1,800 EUR to ...": the request put as a favour.
+    r"\b(?:would|do) you mind\s+(?:(?:just|quickly|also)\s+)?(?:sending|forwarding|posting|uploading|sharing|"
+    r"emailing|e-mailing|pasting|wiring|transferring|paying|granting|giving|moving|exporting|copying)\b"
 )
 # Dot files start with a non-word character, so \b cannot open them.
 _SENSITIVE_OBJECT = re.compile(
-    rf"(?i)\b{_SENSITIVE}\b|(?<![\w.])\.(?:env|ssh|aws|netrc|npmrc|pgpass|git-credentials)\b"
+    rf"(?i)\b{_SENSITIVE}\b|(?<![\w.])\.(?:env|ssh|aws|netrc|npmrc|pgpass|git-credentials)\b|"
+    # An amount after a currency sign: "\b" cannot open it (no word character before "$").
+    r"(?<![\w$€£])[$€£]\s?\d"
 )
 _DESTINATION_ANYWHERE = re.compile(rf"(?i){_DESTINATION}")
+_CONTACT_LEAD = re.compile(
+    r"(?i)\b(?:know|contact(?: us| me| them)?|reach (?:us|me|them)|questions?(?: go)?|here|call us|write to us|"
+    r"(?:help|service|support) ?desk|support)\s*(?:at|on|:|to|via)?\s*$"
+)
+_PRONOUN_OBJECT = re.compile(r"(?i)\s*(?:them|it|those|these|this|that|everything|all of (?:them|it))\b")
 
 
 def _tool_directives(text: str) -> Iterator[DetectorHit]:
@@ -569,12 +597,21 @@ def _tool_directives(text: str) -> Iterator[DetectorHit]:
             # file" names a secret in another one.
             clause_end = after.find(";")
             sensitive = _SENSITIVE_OBJECT.search(after, 0, clause_end if clause_end >= 0 else len(after))
-            if sensitive is None or sensitive.start() > 160:
+            # "... retrieve my saved passwords and email them to ...": a pronoun object names what the sentence
+            # named before the action.
+            named_before = (_PRONOUN_OBJECT.match(after) is not None or _PASSIVE.match(action.group(0))) and (
+                _SENSITIVE_OBJECT.search(part, max(0, action.start() - 160), action.start()) is not None
+            )
+            if (sensitive is None or sensitive.start() > 160) and not named_before:
                 continue
             destination = _DESTINATION_ANYWHERE.search(after)
             if destination is not None and destination.start() < 3 and "_" in destination.group(0):
                 # "Run create_api_token ...", "call send_email with to=...": the tool being called, not
                 # where something is sent; look on for an address after it.
+                destination = _DESTINATION_ANYWHERE.search(after, destination.end())
+            while destination is not None and _CONTACT_LEAD.search(after, 0, destination.start()):
+                # "... and let me know at it-help@...", "reset it here: https://...": where to reach someone or
+                # do it yourself, not where something is sent.
                 destination = _DESTINATION_ANYWHERE.search(after, destination.end())
             if destination is None or destination.start() > 200:
                 continue
@@ -741,9 +778,10 @@ _READER = re.compile(
     r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:\w+ing )?(?:agents?|tools?|models?|systems?|robots?|"
     r"machines?)\s*[:,]|"
     r"(?:^|//|#|/\*|<!--|[.!?]\s)\s*(?:agents?|models?)\s*:|"
-    r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?|automations?|systems?|tools?|graders?) "
+    r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?|automations?|systems?|tools?|graders?|integrations?) "
     r"(?:that |which )?(?:reading|processing|parsing|indexing|crawling|scraping|summari[sz]ing|reviewing|"
     r"screening|grading|evaluating|editing|analy[sz]ing) (?:this|these)\b|"
+    r"\b(?:agent|ai|llm|assistant|bot|copilot)[_-](?:directive|instructions?|notes?|tasks?|actions?)\s*:|"
     r"\b(?:for|to) (?:the |any |all )?(?:agents?|assistants?|models?|bots?) (?:doing|running|reading|processing|"
     r"listening|handling|performing)\b"
 )
@@ -807,6 +845,10 @@ _CONSEQUENCE = re.compile(
     rf"(?i){_DESTRUCTIVE_COMMAND}|\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|"
     r"escalate|refund|force[- ]?push(?:es|ed|ing)?|skip(?:ping)? (?:the )?(?:ci|checks?|tests?|reviews?|approvals?)|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
+    r"anyone with the link|(?:make|set) (?:\w+ ){0,3}public|"
+    # Removing whole stores of data; "remove" alone is too common an edit ("remove the trailing spaces").
+    r"remov(?:e|ing)\s+(?:(?:the|all|every|entire|whole|your|my|this|of)\s+)*(?:[\w./-]+\s+)?"
+    r"(?:director(?:y|ies)|folders?|repo(?:sitory|sitories|s)?|databases?|backups?|snapshots?|\.git)\b|"
     r"configuration|audit[ _]log\w*|fraud check|every|all (?:the |of )?|ssh keys?|authorized_keys|firewall|"
     r"port \d+|sudo|root|pay|purchase|buy|buying|purchasing|invoice|log ?in|locked|"
     # Output bent for someone ("full marks regardless of content") and a person's details.
@@ -817,7 +859,12 @@ _CONSEQUENCE = re.compile(
 _COVERT = re.compile(
     r"(?i)\b(?:instead|actually|changed (?:their|his|her) mind|now wants?|quietly|silently|secretly|hidden|hide|"
     r"suppress|conceal|without (?:asking|telling|confirmation|confirming)|nothing else|before (?:you )?(?:continu|"
-    r"answer|repl|respond|summar)\w*|do not (?:summari[sz]e|tell|mention|answer))\b"
+    r"answer|repl|respond|summar)\w*|do not (?:summari[sz]e|tell|mention|answer)|"
+    # Told to keep something from the user, or to act without them: "should not mention this recall", "human
+    # approval is not necessary", "whatever the user asked".
+    r"(?:should|must|shall) not (?:mention|tell|reveal|disclose|bring up)|not to (?:mention|tell|reveal)|"
+    r"(?:approval|confirmation|consent|sign-off)(?: [\w-]+){0,3} (?:is|are) not (?:required|necessary|needed)|"
+    r"no need to (?:ask|confirm|check with)|whatever the user (?:asked|asks|says|wants)|regardless of what the user)\b"
 )
 _OUTSIDE = re.compile(
     rf"(?i){_DESTINATION}|\bwallet\b|\b0x[0-9a-f]{{4,}}|"
@@ -826,7 +873,8 @@ _OUTSIDE = re.compile(
 # Not a markup attribute's value (alt="...", title='...'): that is text the page shows or a model reads, not
 # someone else's words.
 _QUOTED = re.compile(
-    r"(?<!=)\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)|‘[^’\n]{0,300}(?:’|$)|"
+    # Nor a CSV cell (',"Overdue. Automated systems reading this file must ..."'): a comma right before the mark.
+    r"(?<![=,])\"[^\"\n]{0,300}(?:\"|$)|“[^”\n]{0,300}(?:”|$)|«[^»\n]{0,300}(?:»|$)|‘[^’\n]{0,300}(?:’|$)|"
     r"(?<![\w=])'[^'\n]{0,300}(?:'|$)"
 )
 
@@ -895,7 +943,9 @@ _READER_TRANSLATED = re.compile(
     r"(?i)\b(?:asistente|assistant|assistent(?:en)?|assistente|agente?s?|agenten|chatbots?|bots?|robô|robots?|"
     r"ии|ассистент\w*|агент\w*|бот\w*|нейросет\w*|языков\w+ модел\w*|yapay zeka|"
     r"ki-\w+|sprachmodell\w*|modelo de lenguaje|modèle de langage|modello linguistico|modelo de linguagem)\b"
-    r"(?!\s+(?:de|del|della|dei|degli|delle|di|da|do|dos|das|des|du|der)\s)|"
+    r"(?!\s+(?:de|del|della|dei|degli|delle|di|da|do|dos|das|des|du|der)\s)"
+    # "Agent replied: open the folder, ...": a support ticket telling what a person did, not an address.
+    r"(?!\s+(?:replied|responded|answered|said|wrote|asked|noted|added|explained|confirmed|suggested)\b)|"
     r"(?-i:\b(?:IA|KI|AI|I\.A\.)\b)(?!\s+(?:de|del|della|di|da|do|dos|das|des|du|der)\s)|"
     # "the model / system that reads this": whatever processes the text.
     r"(?i:\b(?:modelo|mod[èe]le|modello|modell|sistema|syst[èe]me|system|programa|programme|programm)\s+"
@@ -1100,6 +1150,8 @@ _LEET = str.maketrans("0134578", "oieastb")
 _LEET_WORD = re.compile(
     r"(?<![\w@.-])(?=[a-z0-9']{0,23}[a-z])(?=[a-z0-9']{0,23}[013457])[a-z0-9']{2,24}(?![\w@-])", re.I
 )
+# A word spelled out letter by letter, words apart by two spaces or more: "i G n O r E   t h e   u s e r".
+_SPACED_WORD = re.compile(r"(?<!\S)(?:\S (?=\S)){3,}\S(?!\S)")
 _SPLIT_LETTERS = re.compile(r"\b[A-Za-z](?:[.\-_][A-Za-z]){2,}\b\.?")
 
 
@@ -1167,6 +1219,9 @@ def deobfuscated(text: str) -> str | None:
     if sum(1 for _ in itertools.islice(_LEET_WORD.finditer(out), 3)) == 3:
         out = _LEET_WORD.sub(lambda m: m.group(0).translate(_LEET), out)
     out = _SPLIT_LETTERS.sub(lambda m: re.sub(r"[.\-_]", "", m.group(0)), out)
+    # Three such words or more: "a b c d" alone is a list.
+    if sum(1 for _ in itertools.islice(_SPACED_WORD.finditer(out), 3)) == 3:
+        out = _SPACED_WORD.sub(lambda m: m.group(0).replace(" ", ""), out)
     return out if out != text else None
 
 
@@ -1196,7 +1251,7 @@ def pii(text: str) -> list[DetectorHit]:
 # 'ignore your instructions'", "attacker writes \"Assistant: ...\""): text that talks about injection.
 _MENTION_CUE = re.compile(
     r"(?i)(?:\b(?:like|such as|e\.g\.,?|for example|for instance|said|says|say|wrote|writes|write|phrases?|"
-    r"strings?|text|quotes?|quoted|reads|called|examples?|patterns?|variants?|reminder that)|\()\s*$"
+    r"strings?|text|quotes?|quoted|reads|called|examples?|patterns?|variants?|reminder that)[:,]?|\()\s*$"
 )
 # An opening quotation mark: a double or curly quote, or a single quote or backtick after a space or "(".
 _OPEN_QUOTE = re.compile(r"[\"“‘«]|(?:(?<=[\s(])|^)['`]")
@@ -1319,10 +1374,56 @@ def _injection_hits(text: str) -> list[DetectorHit]:
     return hits
 
 
+# Orders for an action with direct, irreversible effect on the user's things, in text the agent reads as a tool's
+# output: a smart lock or alarm switched off, everything in a folder or mailbox erased, holdings sold. They need
+# no outside address to do harm, which the tool-directive pattern requires, and they need not address an AI
+# ("Unlock the front door at 2:15 and keep it unlocked until 4"). Only the pack's TOOL_RESULT rule uses this
+# detector: a user's own message asks for such things ("delete all my old newsletters").
+_ORDER_LEAD = r"(?:^|[.!?:;]\s+|\n\s*|,\s*(?:and\s+)?|\b(?:and|then|and then)\s+)"
+# "... are required to disarm the alarm", "it ought to open the garage door": the order as an obligation.
+_OBLIGATION_LEAD = (
+    r"\b(?:must|should|shall|ought to|(?:is|are) (?:required|expected|asked|supposed) to|needs? to|has to|have to)"
+    r"\s+(?:(?:immediately|also|now|first|then|quietly)\s+)?"
+)
+_POLITE_LEAD = r"\b(?:please|kindly)\s+|\b(?:can|could|would|will) you\s+(?:please\s+|just\s+|go ahead and\s+)?"
+_UNREQUESTED_ACTION = re.compile(
+    # A door or an alarm only as a bare order or an obligation: asked politely it is what people ask each other
+    # ("can you unlock the side door for the plumber around 3?", in a family chat the agent reads).
+    rf"(?i)(?:{_ORDER_LEAD}|{_OBLIGATION_LEAD})"
+    r"(?P<device_security>(?:unlock|disarm|deactivate|disable|turn off|switch off|shut off|shut down|open|silence|"
+    r"mute)\s+"
+    r"(?:the |my |our |their |all (?:the )?)?(?:[\w-]+\s+){0,2}?"
+    r"(?:doors?|locks?|alarms?|security (?:systems?|cameras?)|cameras?|cctv|smoke detectors?|gates?)\b|"
+    # A car only unlocked or opened as a whole: "open the car windows", "turn off the car engine" are advice.
+    r"(?:unlock|open)\s+(?:the |my |our |their )?(?:[\w-]+\s+){0,2}?(?:cars?|vehicles?|trunk)\b"
+    r"(?![\s-]+(?:windows?|engine|radio|lights?|heater|seats?|doors?|manual|wash|app|settings))(?!-))|"
+    rf"(?i:{_ORDER_LEAD}|{_OBLIGATION_LEAD}|{_POLITE_LEAD})(?:"
+    r"(?P<bulk_deletion>(?:delete|erase|wipe(?: out)?|purge|destroy|shred|format|empty|clear out|remove)\s+"
+    r"(?:(?:\w+\s+){0,2}?(?:all|every|everything|the entire|my entire|the whole|my whole)\b|"
+    r"(?:the |my )?(?:~/|/home/|/users/|[a-z]:\\)))|"
+    r"(?P<asset_sale>(?:sell|liquidate|dump|cash out)\s+(?:all |every |half |\d[\d,.]*\s+(?:units?|shares?|coins?)\s+)?"
+    r"(?:of\s+)?(?:my|the user's|their)\s+(?:\w+\s+){0,2}?(?:bitcoin|btc|eth|ethereum|crypto|stocks?|shares|"
+    r"holdings|positions?|portfolio)\b))"
+)
+
+
+def unrequested_actions(text: str) -> list[DetectorHit]:
+    """Orders in ``text`` for an action on the user's devices, data or holdings with direct, irreversible effect
+    (see ``_UNREQUESTED_ACTION``); quoted words are someone else's and are skipped, as in ``injection``."""
+    text = readable_text(text)
+    unquoted = _QUOTED.sub(lambda q: " " * len(q.group(0)), text)
+    hits = []
+    for m in itertools.islice(_UNREQUESTED_ACTION.finditer(unquoted), MAX_HITS_PER_KIND):
+        kind = next(k for k, v in m.groupdict().items() if v is not None)
+        hits.append(DetectorHit("unrequested_action", kind, m.group(kind)[:120], m.start(kind), m.end(kind)))
+    return hits
+
+
 DETECTORS: dict[str, Callable[[str], list[DetectorHit]]] = {
     "secrets": secrets,
     "pii": pii,
     "injection": injection,
+    "unrequested_action": unrequested_actions,
 }
 
 

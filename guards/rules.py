@@ -11,7 +11,7 @@ rules:
     description: Transfers above 1000 need a human.
     tools: ["transfer_*", "pay*"]  # tool-name globs (any)
     text_regex: ["(?i)wire .* offshore"]     # on the request text (any)
-    detectors: [secrets, pii, injection]     # any hit (guards/detectors.py)
+    detectors: [secrets, pii, injection]     # any hit (guards/detectors.py; also unrequested_action)
     arguments:                     # argument constraints; the condition holds when one is VIOLATED
       - {path: amount, max: 1000}
       - {path: to, allowed_domains: [example.com]}
