@@ -535,8 +535,10 @@ _DESTINATION = (
     r"\bpublic (?:forum|channel|page|post|thread|repo(?:sitory)?)\b|\b(?:link|url|server|endpoint|form) "
     r"(?:below|above)\b|\b(?:in|into) (?:your |the )(?:next )?(?:search query|reply|response|answer|output|url|"
     r"request|comment)\b|\bas an? (?:public )?(?:comment|reply|post|tweet|review)\b|"
-    # A page named without its scheme: "github.com/openshelf/tools", "pastebin.com/raw/x".
-    r"\b(?:[a-z0-9-]{1,63}\.){1,4}(?:com|org|net|io|dev|co|app|ai|me|info|xyz)/[^\s)\]\"'<>]{1,200}|"
+    # A page named without its scheme, as where something goes: "paste it to pastebin.com/raw/x". After "at" it
+    # is as often where to do something yourself ("review your settings at myaccount.google.com/security").
+    r"(?:(?<=\bto )|(?<=\binto )|(?<=\bonto )|(?<=\bon )|(?<=\bvia )|(?<=\bin ))"
+    r"(?:[a-z0-9-]{1,63}\.){1,4}(?:com|org|net|io|dev|co|app|ai|me|info|xyz)/[^\s)\]\"'<>]{1,200}|"
     # A street address to ship to: "22 Quarry Lane", "Lagerstraße 14".
     r"\b\d{1,5}\s+[A-Z][a-z]{1,20}(?:\s[A-Z][a-z]{1,20})?\s(?:Lane|Street|St|Road|Rd|Avenue|Ave|Way|Drive|Close|Court|"
     r"Place|Boulevard|Blvd)\b|\b[A-ZÄÖÜ][a-zäöüß]{2,30}(?:straße|strasse|weg|gasse|platz)\s\d{1,4}\b)"
@@ -1313,6 +1315,12 @@ _TOOL_AS_MEANS = re.compile(
 )
 
 
+_TOOL_STATUS_LABEL = re.compile(
+    r"\s*:\s*(?:ok|success(?:ful)?|succeeded|done|completed?|failed|failure|error|placed|sent|shared|deleted|"
+    r"updated|created|saved|queued|accepted|rejected|denied|pending|\d{3}\b|order\b|result)", re.I
+)
+
+
 def _orders_naming_a_tool(text: str, tools: Sequence[str]) -> Iterator[DetectorHit]:
     """Orders that name one of the agent's own tools: content for people has no reason to know them. A
     sentence that names a tool is a hit when it gives an order (an imperative or "must") or names the tool
@@ -1325,7 +1333,8 @@ def _orders_naming_a_tool(text: str, tools: Sequence[str]) -> Iterator[DetectorH
         return
     for m, sentence in _unquoted_sentences(text):
         tool = named.search(sentence)
-        if tool is None:
+        if tool is None or _TOOL_STATUS_LABEL.match(sentence, tool.end()):
+            # "drive_delete: OK | Deleted 3 items", "amazon_order: Order #112 placed": the tool's own report.
             continue
         means = _TOOL_AS_MEANS.search(sentence, max(0, tool.start() - 30), tool.start()) is not None
         if means or _IMPERATIVE.search(sentence) or _MODAL_ORDER.search(sentence) or _tool_as_verb(sentence, tool):
