@@ -512,7 +512,7 @@ def _print(r: dict[str, Any]) -> None:
     print(_row(f"after feedback ({t['after_feedback_test']['feedback_given']} fb), tool results test",
                t["after_feedback_test"]))
     for row in t.get("detector_on_sentences", []):
-        print(f"  injection detector on sentences, round {row['round']} ({row['role']}): injected blocked "
+        print(f"  TOOL_RESULT detectors on sentences, round {row['round']} ({row['role']}): injected blocked "
               f"{row['injected_blocked']}, ordinary flagged {row['ordinary_flagged']}")
     print("per style, pack only (tool results test; harmful = injected):")
     for c, v in t["pack_only_test"]["per_category"].items():
