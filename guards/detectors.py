@@ -511,7 +511,7 @@ _SENSITIVE = (
     r"(?:saved|stored|default|linked|registered|on-file) (?:card|visa|mastercard|amex|credit card|debit card|"
     r"payment methods?|wallets?|paypal)|"
     r"conversation|chat history|address book|saved (?:cards?|addresses|passwords?)|"
-    r"(?:gps|live|current|exact|real-time|home) (?:coordinates|location)|gps|coordinates|"
+    r"(?:gps|live|current|exact|real-time|home) (?:coordinates|location)|"
     r"(?:[$€£]\s?\d[\d,.]*|\d[\d,.]*\s?(?:usd|eur|gbp|dollars|euros|pounds))|"
     r"(?:the |their |your )?(?:user|customer|owner|client)'?s?'? (?:(?:full|complete|entire|saved|private|personal|"
     r"home|email|latest) )?(?:contacts?|contact list|address(?:es)?|address book|e-?mails?|inbox|files?|"
