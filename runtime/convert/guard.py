@@ -10,7 +10,7 @@ from agentrt.v1 import common_pb2, guard_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
-from core.jsontext import decode_json
+from core.jsontext import decode_json_object
 from guards.engine import ClusterInfo
 from guards.model import (
     AuditRecord,
@@ -109,10 +109,7 @@ def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> Guard
                 FieldViolation(f"{prefix}tool_call.arguments_json", f"at most {MAX_ARGUMENTS_CHARS} characters")
             )
         elif args.strip():
-            parsed, bad = decode_json(args, f"{prefix}tool_call.arguments_json")
-            errors += bad
-            if not bad and not isinstance(parsed, dict):
-                errors.append(FieldViolation(f"{prefix}tool_call.arguments_json", "must be a JSON object"))
+            errors += decode_json_object(args, f"{prefix}tool_call.arguments_json")[1]
         tool_call = ToolCallInfo(request.tool_call.name, args)
     if stage == Stage.TOOL_CALL and (tool_call is None or not tool_call.name):
         errors.append(FieldViolation(f"{prefix}tool_call.name", "STAGE_TOOL_CALL needs the tool call"))
@@ -195,11 +192,9 @@ def rule_to_proto(r: PolicyRule) -> guard_pb2.GuardRule:
 
 def rule_from_proto(r: guard_pb2.GuardRule, where: str) -> PolicyRule:
     """Validate and convert a rule; errors name ``rules[i].<field>``."""
-    spec, bad = decode_json(r.spec_json, f"{where}.spec_json") if r.spec_json.strip() else ({}, [])
-    if bad:
+    spec, bad = decode_json_object(r.spec_json, f"{where}.spec_json") if r.spec_json.strip() else ({}, [])
+    if spec is None:
         raise InvalidArgumentError(bad)
-    if not isinstance(spec, dict):
-        raise InvalidArgumentError(f"{where}.spec_json", "must be a JSON object")
     body: dict[str, Any] = {
         **spec,
         "name": r.name,

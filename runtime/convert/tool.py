@@ -10,7 +10,7 @@ from agentrt.v1 import common_pb2, guard_pb2, tool_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import FieldViolation, InvalidArgumentError
-from core.jsontext import decode_json
+from core.jsontext import decode_json_object
 from guards.model import Decision, GuardVerdict
 from runtime.tool_invoke import InvokeResult
 from tools.model import (
@@ -73,11 +73,9 @@ def _json_field(text: str, field: str, *, required: bool) -> dict[str, Any] | No
         if required:
             return {"type": "object"}
         return None
-    value, bad = decode_json(text, field)
-    if bad:
+    value, bad = decode_json_object(text, field)
+    if value is None:
         raise InvalidArgumentError(bad)
-    if not isinstance(value, dict):
-        raise InvalidArgumentError(field, "must be a JSON object (a JSON Schema)")
     return value
 
 

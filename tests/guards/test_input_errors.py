@@ -194,6 +194,18 @@ def test_check_rejects_an_integer_past_the_digit_limit(g) -> None:
     assert invalid(g.TestRules, test) == ["check.tool_call.arguments_json"]
 
 
+def test_lone_surrogate_escapes_are_refused_where_tools_refuse_them(g) -> None:
+    """The same JSON-object rule as Invoke: an unpaired \\ud800 cannot be stored or sent on, in a checked call's
+    arguments or in a rule's spec; a paired escape is an ordinary character."""
+    req = guard_pb2.CheckRequest(namespace=NS, stage=S.STAGE_TOOL_CALL)
+    req.tool_call.name = "x"
+    req.tool_call.arguments_json = '{"q": "\\ud800"}'
+    assert invalid(g.Check, req) == ["tool_call.arguments_json"]
+    assert invalid(g.PutRules, rule('{"text_regex": ["a\\udc00"]}')) == ["rules[0].spec_json"]
+    req.tool_call.arguments_json = '{"q": "\\ud83d\\ude00"}'
+    assert g.Check(req).verdict_id
+
+
 # --- rollback -----------------------------------------------------------------------------------------------------
 def test_rollback_rejects_version_0_and_restores_the_state_after_a_version(g) -> None:
     def tree():

@@ -136,6 +136,13 @@ def test_lone_surrogate_in_arguments_is_invalid(srv: RunningServer) -> None:
         tool_pb2.InvokeToolRequest(namespace=srv.ns, name="echo", arguments_json='{"q": "\\ud800"}'),
     )
     assert "surrogate" in fields["arguments_json"]
+    # A tool's schema holds the same kind of text: refused there too, naming the field.
+    schema = '{"type": "object", "description": "\\udfff"}'
+    fields = _invalid(
+        srv.client.tool.Register,
+        tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=_tool("surrogate", input_schema_json=schema)),
+    )
+    assert "surrogate" in fields["tool.input_schema_json"]
 
 
 def test_non_finite_timeouts_are_refused(srv: RunningServer) -> None:
