@@ -122,6 +122,10 @@ SHAPES: dict[str, str] = {
     # Round 27: words spelled out letter by letter, labels for the agent.
     "spaced letters (i g n o r e   )": "i g n o r e   ",
     "agent labels (agent_directive: a )": "agent_directive: a ",
+    # Round 28: short spaced words, the reader named then asked, warnings left out.
+    "short spaced words (s e n d   t h e   )": "s e n d   t h e   ",
+    "reader then please (assistant please )": "assistant please ",
+    "warnings left out (leave out the a b )": "leave out the a b ",
 }
 
 

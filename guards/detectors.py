@@ -92,7 +92,7 @@ _ORDER = (
     r"include|append|attach|insert|reveal|disclose|print|output|respond|reply|rate|recommend|run|execute|install|"
     r"download|call|invoke|mark|set|create|invite|subscribe|buy|order|purchase|book|leak|dump|collect|retrieve|"
     r"fetch|read out|list|write|tell|say|follow|obey|comply|stop|skip|ignore|disregard|refund|push|describe|hide|"
-    r"bypass|remit|"
+    r"bypass|remit|text|place (?:an |the )?orders?|"
     # "Release notes", "release bots": a noun, not an order.
     r"release(?! (?:notes?|bots?|agents?|managers?|pipelines?|candidates?|builds?|dates?|schedules?|process|"
     r"team|branch(?:es)?|versions?|cycles?|trains?)\b)|"
@@ -556,6 +556,8 @@ _PASSIVE_ORDER = (
 _PASSIVE = re.compile(rf"(?i)\b{_PASSIVE_ORDER}")
 _TOOL_ACTION = re.compile(
     rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+|"
+    # "REF ASSISTANT PLEASE SEND 500 USD ...": the reader named, then asked.
+    r"\b(?:assistant|ai|agent|bot|model|llm)s?,?\s+(?=please\b)|"
     # A request put as a question ("Can you please export ..."), or the second step of one ("... and then email
     # them to ..."): the same order in the shapes people write.
     r"\b(?:can|could|would|will) you\s+|\b(?:and|then|and then)\s+|"
@@ -776,14 +778,16 @@ _READER = re.compile(
     r"summari[sz]ers?|automated (?:[\w-]+ )?(?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|ai[- ]agents?|"
     r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
     r"model|tool|system|ai|assistant|llm)s?|(?:coding|ai|llm|autonomous|automated|software|browsing|shopping|"
-    r"research|web|setup|deployment|triage|email|inbox|calendar) (?:agents?|assistants?|bots?))\b|"
+    r"research|web|setup|deployment|triage|email|inbox|calendar|controller|cleanup|clean-up|device|home|billing|"
+    r"payment|checkout|booking|travel|finance) (?:agents?|assistants?|bots?))\b|"
     r"\b(?:for|to|dear|hey|attention) (?:the |any |all |every )?(?:\w+ing )?(?:agents?|tools?|models?|systems?|robots?|"
     r"machines?)\s*[:,]|"
     r"(?:^|//|#|/\*|<!--|[.!?]\s)\s*(?:agents?|models?)\s*:|"
     r"\b(?:agents?|models?|bots?|crawlers?|assistants?|scrapers?|automations?|systems?|tools?|graders?|integrations?) "
     r"(?:that |which )?(?:reading|processing|parsing|indexing|crawling|scraping|summari[sz]ing|reviewing|"
     r"screening|grading|evaluating|editing|analy[sz]ing) (?:this|these)\b|"
-    r"\b(?:agent|ai|llm|assistant|bot|copilot)[_-](?:directive|instructions?|notes?|tasks?|actions?)\s*:|"
+    r"\b(?:agent|ai|llm|assistant|bot|copilot)[_-](?:directive|instructions?|notes?|tasks?|actions?)"
+    r"(?:\s*:|[\"']\s+content=)|"
     r"\b(?:for|to) (?:the |any |all )?(?:agents?|assistants?|models?|bots?) (?:doing|running|reading|processing|"
     r"listening|handling|performing)\b"
 )
@@ -865,6 +869,10 @@ _COVERT = re.compile(
     # Told to keep something from the user, or to act without them: "should not mention this recall", "human
     # approval is not necessary", "whatever the user asked".
     r"(?:should|must|shall) not (?:mention|tell|reveal|disclose|bring up)|not to (?:mention|tell|reveal)|"
+    r"(?:do not|don't|never) (?:report|inform|notify|disclose|reveal)|"
+    # The user misled: a warning left out of what the agent tells them ("leave out the recall notice").
+    r"(?:leave out|omit|skip over|hide|suppress|drop) (?:the |any |all )?(?:[\w-]+ ){0,2}(?:recall|warnings?|"
+    r"safety notices?|complaints?|negative reviews?)|"
     r"(?:approval|confirmation|consent|sign-off)(?: [\w-]+){0,3} (?:is|are) not (?:required|necessary|needed)|"
     r"no need to (?:ask|confirm|check with)|whatever the user (?:asked|asks|says|wants)|regardless of what the user)\b"
 )
@@ -1036,7 +1044,8 @@ _COVERT_TRANSLATED = re.compile(
     r"en silence|discr[èe]tement|ohne \w+ (?:zu )?(?:sagen|informieren|benachrichtigen)|heimlich|unauff[äa]llig|"
     r"senza (?:dir\w*|avvisare|informare)|in silenzio|sem (?:avisar|dizer|informar)|em sil[êe]ncio|"
     r"silenciosamente|ne (?:le |lui )?(?:dis|mentionne) (?:rien|pas)|erw[äa]hne es nicht|non dirlo|"
-    r"no lo menciones|n[ãa]o mencione|sag niemandem|zonder (?:te vragen|het te zeggen|\w+ te informeren)|"
+    r"no lo menciones|no menciones|no le digas|n[ãa]o mencione|sag niemandem|"
+    r"zonder (?:te vragen|het te zeggen|\w+ te informeren)|"
     r"stilletjes|ongemerkt|тайно|незаметно|молча|не сообщая|не говоря|без ведома)\b"
 )
 
@@ -1152,8 +1161,10 @@ _LEET = str.maketrans("0134578", "oieastb")
 _LEET_WORD = re.compile(
     r"(?<![\w@.-])(?=[a-z0-9']{0,23}[a-z])(?=[a-z0-9']{0,23}[013457])[a-z0-9']{2,24}(?![\w@-])", re.I
 )
-# A word spelled out letter by letter, words apart by two spaces or more: "i G n O r E   t h e   u s e r".
+# A word spelled out letter by letter, words apart by two spaces or more: "i G n O r E   t h e   u s e r". Three
+# such words of four letters or more show the technique; then shorter ones ("t h e", "A I") are joined too.
 _SPACED_WORD = re.compile(r"(?<!\S)(?:\S (?=\S)){3,}\S(?!\S)")
+_SPACED_SHORT_WORD = re.compile(r"(?<!\S)(?:\S (?=\S)){1,}\S(?!\S)")
 _SPLIT_LETTERS = re.compile(r"\b[A-Za-z](?:[.\-_][A-Za-z]){2,}\b\.?")
 
 
@@ -1223,7 +1234,8 @@ def deobfuscated(text: str) -> str | None:
     out = _SPLIT_LETTERS.sub(lambda m: re.sub(r"[.\-_]", "", m.group(0)), out)
     # Three such words or more: "a b c d" alone is a list.
     if sum(1 for _ in itertools.islice(_SPACED_WORD.finditer(out), 3)) == 3:
-        out = _SPACED_WORD.sub(lambda m: m.group(0).replace(" ", ""), out)
+        out = _SPACED_SHORT_WORD.sub(lambda m: m.group(0).replace(" ", ""), out)
+        out = re.sub(r"(?<=\S) {2,}(?=\S)", " ", out)  # the wide gaps were the word breaks
     return out if out != text else None
 
 
