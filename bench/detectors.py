@@ -126,6 +126,17 @@ SHAPES: dict[str, str] = {
     "short spaced words (s e n d   t h e   )": "s e n d   t h e   ",
     "reader then please (assistant please )": "assistant please ",
     "warnings left out (leave out the a b )": "leave out the a b ",
+    # Round 29: the obligation put impersonally, folders made public, passwords set to a value, Swedish orders.
+    "impersonal obligations (it is expected that any a b )": "it is expected that any a b ",
+    "made public (make a a a a )": "make a a a a ",
+    "passwords set (set the password to 1 )": "set the password to 1 ",
+    "swedish orders (till AI: skicka alla )": "till AI: skicka alla ",
+    # Round 30: bot handles, the reader's plan, the reader asked, left out of a summary, attribute values.
+    "bot handles (@a-bot wants you to )": "@a-bot wants you to ",
+    "reader plans (the reading system will now )": "the reading system will now ",
+    "reader asked (would the a assistant kindly )": "would the a assistant kindly ",
+    "left out (leave a out of the summary )": "leave a out of the summary ",
+    "attribute values then quotes (a=\"b\" \" )": "a=\"b\" \" ",
 }
 
 
