@@ -137,6 +137,10 @@ SHAPES: dict[str, str] = {
     "reader asked (would the a assistant kindly )": "would the a assistant kindly ",
     "left out (leave a out of the summary )": "leave a out of the summary ",
     "attribute values then quotes (a=\"b\" \" )": "a=\"b\" \" ",
+    # Rounds 31-32: oversight skipped, permission-style orders, CJK orders.
+    "oversight skipped (pay a; no need to check back )": "pay a; no need to check back ",
+    "leave given (may send $1 without further review )": "may send $1 without further review ",
+    "cjk orders (AIアシスタント 共有してください)": "AIアシスタント 共有してください",
 }
 
 

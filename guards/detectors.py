@@ -100,6 +100,8 @@ _ORDER = (
     r"decline|log in|sign in|settle|clear|schedule|type|enter|fill in|fill out|"
     # What a reader is told to make of the text: "award full marks", "replace the payment account".
     r"replace|overwrite|award|grade|rank|score|state|mention|claim|answer(?= that\b)|"
+    # "Resolve by adding j.morales to the Domain Admins group".
+    r"resolve(?= (?:this |it |the [\w-]+ )?by (?:adding|granting|removing|deleting|disabling|resetting|changing))|"
     # "Make this folder and every sibling folder public": "make" alone is any sentence.
     r"make(?= (?:[\w'-]+ ){0,8}?(?:public|world-readable|visible to (?:all|everyone|anyone)|"
     r"accessible to (?:all|everyone|anyone))\b)|"
@@ -781,7 +783,11 @@ def _hidden_instructions(text: str) -> list[DetectorHit]:
 # freshly written injections: the wording varies, the roles in the sentence do not.
 _READER = re.compile(
     r"(?i)\b(?:ai|a\.i(?=\.)|assistants?|llms?|language models?|chatbots?|bots?|gpt|chatgpt|claude|gemini|copilot|"
-    r"summari[sz]ers?|automated (?:[\w-]+ )?(?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|ai[- ]agents?|"
+    r"summari[sz]ers?|automated (?:[\w-]+ ){0,2}(?:systems?|tools?|agents?|assistants?|readers?|reviewers?)|"
+    r"ai[- ]agents?|"
+    # Tools named by their job ("evaluation tools should score ..."), generators of summaries, automation.
+    r"(?:evaluation|scoring|screening|comparison|procurement|analytics|analysis|reporting|triage|review) "
+    r"(?:tools?|systems?|engines?)|(?:summary|report|answer)[- ]generators?|"
     r"agents? (?:that|which|who) (?:read|index|process|browse|crawl)\w*|(?:whatever|whichever|any) (?:bot|agent|"
     r"model|tool|system|ai|assistant|llm)s?|(?:coding|code|ai|llm|autonomous|automated|software|browsing|shopping|"
     r"research|web|setup|deployment|triage|email|inbox|calendar|controller|cleanup|clean-up|device|home|billing|"
@@ -805,13 +811,18 @@ _READER = re.compile(
     r"crawling|scanning) (?:system|model|agent|assistant|tool|ai|bot|engine)s?\b|"
     # A stage of an automated pipeline: "Screening rubric (automated stage):", "Note for the lead-routing step:".
     r"\bautomated (?:stages?|steps?|screen(?:ing|ers?)|review(?:ers?)?|processing)\b|"
+    r"\b(?:helpdesk |it |support |ops )?automation\s*(?:[:\u2013\u2014]|\s-\s)|"
+    r"\bwhoever (?:manages|handles|reads|processes|runs) (?:her|his|their|the user's|this) (?:inbox|email|mail|"
+    r"calendar|messages|account)\b|"
     r"\b(?:for|to) the (?:next |following )?(?:[\w-]+ )?(?:step|stage)(?: (?:of|in) the (?:pipeline|workflow))?\s*:"
 )
 # "Tell the assistant to ...", "my personal assistant", "the assistant manager": a person's words about an
 # assistant, or a person, not an address to the machine reading them.
 _READER_NOT_ADDRESSED = re.compile(
     r"(?i)\b(?:tell|ask|let|have|get|instruct|use|using|with|personal|teaching|administrative|executive|dental|"
-    r"medical|legal|research|shop|store|office|sales|your|my|our)\s+(?:the |an? |your |my |our )?$"
+    r"medical|legal|research|shop|store|office|sales|your|my|our)\s+(?:the |an? |your |my |our )?"
+    # One more word, as in "our issue bot", "my email assistant"; not "your AI assistant".
+    r"(?:(?!(?:ai|llm|gpt|a\.i)\b)[\w-]+\s+)?$"
 )
 _NOT_A_MACHINE = re.compile(rf"(?i)^\s*{_PEOPLE_AFTER_READER}\b")
 _THIRD_PERSON_USER = re.compile(
@@ -827,13 +838,15 @@ _ADVERBS = rf"(?:{_ADVERB}){{0,2}}"
 _ADVERBS_NONE_EMPTY = rf"(?:{_ADVERB}){{1,2}}"
 def _imperative(order: str) -> re.Pattern[str]:
     return re.compile(
-        rf"(?i)(?:(?:^|[.!?:;|]\s*|\n\s*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
-        rf"\b(?:when|whenever|after|before|once|if|for|in any|in every|in all|in your)\b[^,.!?\n]{{1,50}},\s+)"
+        rf"(?i)(?:(?:^|[.!?:;|>]\s*|\n\s*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
+        rf"\b(?:when|whenever|after|before|once|if|for|in any|in every|in all|in your|per|as per|under|"
+        rf"following)\b[^,.!?\n]{{1,50}},\s+)"
         rf"(?:\W{{0,3}}\s*)?{_ADVERBS}|"
         rf",\s+{_ADVERBS_NONE_EMPTY}){order}\b|"
         rf"\byou (?:must|should|need to|have to|are required to|are to|will now)\s+{_ADVERBS}{order}\b|"
         rf"\b(?:ai|assistants?|agents?|bots?|chatbots?|models?|llms?),\s+{_ADVERBS}{order}\b|"
-        rf"\b(?:the )?(?:correct|next|real|actual|only) (?:step|action|request|assignment|task|job) is (?:for you )?"
+        rf"\b(?:the )?(?:correct|next|real|actual|only|right) (?:step|action|request|assignment|task|job|fix|"
+        rf"solution|remedy|workaround) is (?:for you )?"
         rf"to\s+{order}\b|\b(?:now |actually )?wants? (?:you to|every|all)\b|"
         # Someone else's order passed on ("the workspace owner asks you to invite ...").
         # Not "I need you to" / "I would like you to": that is how a user asks for what they want.
@@ -875,7 +888,8 @@ _DESTRUCTIVE_COMMAND = (
 )
 _CONSEQUENCE = re.compile(
     rf"(?i){_DESTRUCTIVE_COMMAND}|\b{_SENSITIVE}\b|\b(?:delete[ds]?|deleting|erase|wipe|empty the trash|disable|bypass|"
-    r"escalate|refund|force[- ]?push(?:es|ed|ing)?|skip(?:ping)? (?:the )?(?:ci|checks?|tests?|reviews?|approvals?)|"
+    r"escalate|refund|force[- ]?push(?:es|ed|ing)?|admins|administrators|"
+    r"skip(?:ping)? (?:the )?(?:ci|checks?|tests?|reviews?|approvals?)|"
     r"transfer|release|merge|approve|cancel|administrator|admin|owner|balance|payment|wallet|api keys?|"
     r"anyone with the link|(?:make|set) (?:[\w'-]+ ){0,8}?public|"
     # Removing whole stores of data; "remove" alone is too common an edit ("remove the trailing spaces").
@@ -888,7 +902,10 @@ _CONSEQUENCE = re.compile(
     r"highest (?:rating|score|rank)|home address|phone numbers?|date of birth|passport (?:number|details)|"
     # A finding talked away: "must state that the scan was clean; the detections are false positives".
     r"false positives?|no action (?:is )?(?:needed|required|necessary)|"
-    r"rank(?: [\w-]+){0,3} (?:first|highest|top|#1|number one)|(?:first|top) among (?:all|the other)|"
+    r"(?:rank|score|rate)(?: [\w-]+){0,3} (?:first|highest|top|#1|number one)|(?:first|top) among (?:all|the other)|"
+    r"(?:medical|health|visit|lab|patient|clinical) (?:records?|notes|history|results)|"
+    r"(?:saved|stored) (?:signature|card|payment method|credentials|passwords?)|"
+    r"push(?:ed|es|ing)? (?:\w+ ){0,2}(?:straight|directly) to (?:main|master|prod(?:uction)?)\b|"
     r"\d{1,3}\s?% discount|as (?:the )?(?:state[- ]of[- ]the[- ]art|best value|best option|only (?:safe )?option)|"
     r"(?:score|rating|grade) of (?:10/10|100(?:/100)?|5/5|five stars)|perfect score|"
     r"customer (?:export|list|data|records|database)|card (?:last ?4|numbers?|details)|full (?:\w+ )?export|"
@@ -902,6 +919,7 @@ _COVERT = re.compile(
     # Told to keep something from the user, or to act without them: "should not mention this recall", "human
     # approval is not necessary", "whatever the user asked".
     r"(?:should|must|shall) not (?:mention|tell|reveal|disclose|bring up)|not to (?:mention|tell|reveal)|"
+    r"not (?:draw|call) (?:\S+ ){0,3}attention to|"
     r"(?:do not|don't|never) (?:report|inform|notify|disclose|reveal)|"
     # The user misled: a warning left out of what the agent tells them ("leave out the recall notice").
     r"(?:leave out|omit|skip over|hide|suppress|drop) (?:the |any |all )?(?:[\w-]+ ){0,2}(?:recall|warnings?|"
@@ -913,7 +931,8 @@ _COVERT = re.compile(
 )
 _OUTSIDE = re.compile(
     rf"(?i){_DESTINATION}|\bwallet\b|\b0x[0-9a-f]{{4,}}|"
-    r"\b[a-z0-9-]{2,40}\.(?:com|net|org|io|co|example|xyz|info|biz|app|dev|ru|cn|site|online)\b"
+    r"\b[a-z0-9-]{2,40}\.(?:com|net|org|io|co|example|xyz|info|biz|app|dev|ru|cn|site|online|shop|store|link|live|"
+    r"top|club|tech|cloud|page|gg|ly|uk|de|fr|jp|nl|cz|se|es|au|ca|eu)\b"
 )
 # Not a markup attribute's value (alt="...", title='...'): that is text the page shows or a model reads, not
 # someone else's words.
@@ -995,12 +1014,15 @@ def _agent_orders(text: str) -> Iterator[DetectorHit]:
 # that moves money or data ("No need to reply").
 _OVERSIGHT_SKIPPED = re.compile(
     # Not "no need to confirm" or "without asking" alone: "no need to confirm receipt", "take one without asking".
-    r"(?i)\b(?:(?:no need|not necessary|unnecessary) (?:for you )?to (?:check back|ask (?:the user|them|him|her|"
+    r"(?i)\b(?:(?:no need|not necessary|unnecessary) (?:for you )?to (?:raise (?:this|it) with|loop (?:\w+ ){0,2}in|"
+    r"check back|ask (?:the user|them|him|her|"
     r"anyone|first)|(?:confirm|check) with|tell (?:the user|them|him|her|anyone)|inform|notify|wait for|"
     r"open (?:a )?ticket|get (?:an? )?(?:approval|sign-off))|"
     r"without (?:asking|telling|checking with|confirming with|notifying|informing) (?:the user|them|him|her|anyone|"
     r"the customer|the owner|the client)|"
-    r"without (?:approval|human review|opening (?:a )?ticket|(?:a |any )?ticket|sign-off|(?:their|the user's) "
+    r"without (?:looping (?:\w+ ){0,2}in|involving (?:her|him|them|the user|the client|the customer))|"
+    r"without (?:further |any |additional )?(?:approval|review|human review|opening (?:a )?ticket|(?:a |any )?ticket|"
+    r"sign-off|(?:their|the user's) "
     r"(?:consent|approval|confirmation))|"
     r"(?:approval|sign-off|review|confirmation|verification)(?: [\w-]+){0,2} (?:is|are|has been|have been) "
     r"(?:waived|skipped|not required|not needed|unnecessary)|"
@@ -1026,6 +1048,14 @@ _PASSIVE_CHANGE = re.compile(
 )
 
 
+# Leave given rather than an order ("the assistant may apply the user's saved signature ... without further
+# review"): an order only beside a cue that oversight is skipped.
+_PERMITTED_ORDER = re.compile(
+    rf"(?i)\b(?:may|can|(?:is|are) (?:authori[sz]ed|permitted|cleared|free) to)\s+{_ADVERBS}{_ORDER}\b"
+)
+_MONEY = re.compile(r"[$€£]\s?\d|\b\d[\d,.]*\s?(?:usd|eur|gbp|dollars|euros)\b", re.I)
+
+
 def _orders_skipping_oversight(text: str) -> Iterator[DetectorHit]:
     """An order (imperative, modal or passive) with something consequential or outside, within a sentence of
     a cue that human oversight is to be skipped (``_OVERSIGHT_SKIPPED``). No reader need be addressed."""
@@ -1034,9 +1064,10 @@ def _orders_skipping_oversight(text: str) -> Iterator[DetectorHit]:
     for m, sentence in _unquoted_sentences(text):
         if not sentence.strip():
             continue
-        if not (_IMPERATIVE.search(sentence) or _MODAL_ORDER.search(sentence) or _PASSIVE_CHANGE.search(sentence)):
+        if not (_IMPERATIVE.search(sentence) or _MODAL_ORDER.search(sentence) or _PASSIVE_CHANGE.search(sentence)
+                or _PERMITTED_ORDER.search(sentence)):
             continue
-        if not (_CONSEQUENCE.search(sentence) or _OUTSIDE.search(sentence)):
+        if not (_CONSEQUENCE.search(sentence) or _OUTSIDE.search(sentence) or _MONEY.search(sentence)):
             continue
         # The cue in the sentence itself or in the one before or after it (about 300 characters either way).
         if _OVERSIGHT_SKIPPED.search(text, max(0, m.start() - 300), min(len(text), m.end() + 300)):
@@ -1054,7 +1085,8 @@ _READER_TRANSLATED = re.compile(
     # Polish, Swedish, Danish and Norwegian.
     r"sztuczn\w+ inteligencj\w*|czatbot\w*|model\w* językow\w*|språkmodell\w*|sprogmodel\w*|chatbott\w*|"
     # Czech, Indonesian, Vietnamese.
-    r"jazykov\w+ model\w*|uměl\w+ inteligenc\w*|asisten AI|kecerdasan buatan|model bahasa|trợ lý (?:AI|ảo)|"
+    r"jazykov\w+ model\w*|uměl\w+ inteligenc\w*|automatick\w+ zpracován\w*|asisten AI|asisten (?:digital|virtual)|"
+    r"kecerdasan buatan|model bahasa|trợ lý (?:AI|ảo)|"
     r"mô hình ngôn ngữ)\b"
     r"(?!\s+(?:de|del|della|dei|degli|delle|di|da|do|dos|das|des|du|der)\s"
     # ... unless whose it is names the machine: "asistente de inteligencia artificial", "assistant d'IA".
@@ -1140,7 +1172,7 @@ _IMPERATIVE_TRANSLATED = re.compile(
     rf"\b(?:gönder|sil|satın al|öde|paylaş|aktar|yükle|ilet|ekle|değiştir|çalıştır|iptal et)(?=\s*(?:[.!?;,]|$)|"
     rf"\s+ve\b)|"
     rf"\b(?:debe|deben|debería|deberían|doit|doivent|devrait|devraient|muss|m[üu]ssen|soll|sollen|sollte|"
-    rf"sollten|deve|devono|dovrebbe|tem que|t[êe]m que|precisa|moet|moeten)\s+\w+"
+    rf"sollten|deve|devono|dovrebbe|tem que|t[êe]m que|precisa|moet|moeten|diminta|wajib|harus)\s+\w+"
 )
 _CONSEQUENCE_TRANSLATED = re.compile(
     r"(?i)\b(?:contrase[ñn]as?|mots? de passe|passw[öo]rt(?:er)?|kennw[öo]rt(?:er)?|password|senhas?|cuentas?|"
@@ -1221,6 +1253,35 @@ def _tool_directives_translated(text: str) -> Iterator[DetectorHit]:
             and _DESTINATION_ANYWHERE.search(sentence)
         ):
             yield _sentence_hit("tool_directive_translated", m, sentence)
+
+
+# The composite in Chinese, Japanese and Korean, line by line (no spaces between words, so no word patterns):
+# the machine reader named ("本メールを処理するAIアシスタント", "이 게시물을 수집하는 분석 도구"), an order
+# ("してください", "할 것", "请") and something consequential or an outside address.
+_READER_CJK = re.compile(
+    r"(?:AI|ＡＩ|人工智能|인공지능)\s*(?:アシスタント|エージェント|ツール|助手|助理|代理|智能体|智能體|模型|工具|어시스턴트|비서|"
+    r"에이전트|도구|모델)|アシスタント|エージェント|智能体|智能體|(?:분석|자동화|수집)\s?(?:도구|시스템|프로그램)|"
+    r"(?:処理|解析|分析|収集|要約)する(?:AI|ツール|システム|プログラム)|(?:自动|自動)(?:处理|處理|化)?(?:系统|系統|工具|程序)"
+)
+_ORDER_CJK = re.compile(
+    r"してください|して下さい|すること|せよ|しなさい|请|請|务必|務必|할\s?것|하세요|해\s?주세요|하십시오|하라|해라"
+)
+_CONSEQUENCE_CJK = re.compile(
+    r"全部|所有|すべて|全て|모두|전부|密码|密碼|パスワード|비밀번호|送金|转账|轉帳|振込|転送|转发|轉發|共有|分享|削除|删除|"
+    r"刪除|삭제|공유|전송|송금|連絡先|联系人|聯絡人|연락처|予定表|日程|카드|カード|银行卡|信用卡|クレジット|부정|否定|ネガティブ"
+)
+
+
+def _agent_orders_cjk(text: str) -> Iterator[DetectorHit]:
+    if _READER_CJK.search(text) is None:
+        return
+    start = 0
+    for line in text.split("\n"):
+        if (_READER_CJK.search(line) and _ORDER_CJK.search(line)
+                and (_CONSEQUENCE_CJK.search(line) or _OUTSIDE.search(line))):
+            lead = len(line) - len(line.lstrip())
+            yield DetectorHit("injection", "orders_the_agent_cjk", line.strip()[:120], start + lead, start + len(line))
+        start += len(line) + 1
 
 
 def _agent_orders_translated(text: str) -> Iterator[DetectorHit]:
@@ -1533,7 +1594,8 @@ def _injection_hits(text: str) -> list[DetectorHit]:
                 if found == MAX_HITS_PER_KIND:
                     break
     hits.extend(_hidden_instructions(text))
-    for finder in (_agent_orders, _agent_orders_translated, _orders_skipping_oversight, _tool_directives,
+    for finder in (_agent_orders, _agent_orders_translated, _agent_orders_cjk, _orders_skipping_oversight,
+                   _tool_directives,
                    _tool_directives_translated, _call_literals,
                    _open_url_parameters, _templated_url_parameters):
         hits.extend(itertools.islice((h for h in finder(text) if not _is_mention(text, h.start)), MAX_HITS_PER_KIND))
