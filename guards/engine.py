@@ -65,6 +65,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "review_entropy": None,
     # Ask the LLM judge (if the engine has one) on REVIEW.
     "judge": False,
+    # Also ask it about tool output that would be allowed but gives orders or speaks to its reader: planted
+    # instructions written as ordinary business text (bench/data/injection_sentences.json, rounds 31-33) get
+    # past the phrase patterns and the memory, which is what a model that reads meaning is for.
+    "judge_tool_results": False,
     # Audit records older than this many days are purged (0 = keep forever).
     "audit_retention_days": 30,
 }
@@ -280,7 +284,7 @@ class GuardEngine:
         for key in changes:
             if key not in DEFAULT_SETTINGS:
                 bad(str(key), f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
-        for key in ("pack", "judge"):
+        for key in ("pack", "judge", "judge_tool_results"):
             if key in changes and not isinstance(changes[key], bool):
                 bad(key, f"{key} must be true or false, got {changes[key]!r}")
         if "default_decision" in changes and str(changes["default_decision"]) not in ("allow", "review", "block"):
@@ -405,7 +409,9 @@ class GuardEngine:
             return None
         if not isinstance(request.stage, Stage):
             request = replace(request, stage=_stage(request.stage))
-        if self.judge is not None and settings.get("judge"):
+        if self.judge is not None and (
+            settings.get("judge") or (settings.get("judge_tool_results") and request.stage == Stage.TOOL_RESULT)
+        ):
             return None
         if not answered_from_cache(self.embedder, self._texts_to_embed(request, mem)):
             return None
@@ -444,6 +450,12 @@ class GuardEngine:
         if mem is not None and len(segs) > 1 and mem.is_leaf_text(STAGE_GROUPS[request.stage], whole):
             segs.insert(0, whole)
         return segs, self._clauses(request, segs)
+
+    @staticmethod
+    def _gives_orders(request: GuardRequest) -> bool:
+        """Whether some sentence of the request's text gives an order or speaks to its reader."""
+        text = detectors.readable_text(request.text) if request.stage == Stage.TOOL_RESULT else request.text
+        return any(detectors.gives_orders(s) for s in _SENTENCE.split(text) if s.strip())
 
     def _segments(self, request: GuardRequest) -> list[str]:
         """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""
@@ -548,6 +560,19 @@ class GuardEngine:
                 judged = self.judge.judge(request, [e.text for e in evidence])
                 evidence.insert(0, Evidence("judge", "llm", f"judge answered {judged.value}", judged, 1.0))
                 if judged != Decision.REVIEW:
+                    decision, decided_by = judged, "judge"
+            elif (
+                decision == Decision.ALLOW
+                and request.stage == Stage.TOOL_RESULT
+                and self.judge is not None
+                and settings.get("judge_tool_results")
+                and self._gives_orders(request)
+            ):
+                # Only a BLOCK answer changes the verdict: the judge answers REVIEW when it is unreachable,
+                # and an unreachable judge must not hold up every tool output that says "please".
+                judged = self.judge.judge(request, [e.text for e in evidence])
+                evidence.insert(0, Evidence("judge", "llm", f"judge answered {judged.value}", judged, 1.0))
+                if judged == Decision.BLOCK:
                     decision, decided_by = judged, "judge"
         verdict = GuardVerdict(
             verdict_id=uuid.uuid4().hex,

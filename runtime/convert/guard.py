@@ -222,6 +222,7 @@ def settings_to_proto(namespace: str, s: dict[str, Any]) -> guard_pb2.GuardSetti
         review_entropy=float(s.get("review_entropy") or 0.0),
         judge=bool(s.get("judge")),
         audit_retention_days=int(s.get("audit_retention_days") or 0),
+        judge_tool_results=bool(s.get("judge_tool_results")),
     )
 
 
@@ -240,6 +241,8 @@ def settings_changes_from_proto(r: guard_pb2.UpdateGuardSettingsRequest) -> dict
         changes["review_entropy"] = r.review_entropy or None
     if r.HasField("judge"):
         changes["judge"] = r.judge
+    if r.HasField("judge_tool_results"):
+        changes["judge_tool_results"] = r.judge_tool_results
     if r.HasField("audit_retention_days"):
         if r.audit_retention_days < 0:
             raise InvalidArgumentError("audit_retention_days", "must be >= 0")

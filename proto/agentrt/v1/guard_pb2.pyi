@@ -233,7 +233,7 @@ class GetGuardSettingsRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class GuardSettings(_message.Message):
-    __slots__ = ("namespace", "pack", "disabled_pack_rules", "default_decision", "review_entropy", "judge", "audit_retention_days")
+    __slots__ = ("namespace", "pack", "disabled_pack_rules", "default_decision", "review_entropy", "judge", "audit_retention_days", "judge_tool_results")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PACK_FIELD_NUMBER: _ClassVar[int]
     DISABLED_PACK_RULES_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class GuardSettings(_message.Message):
     REVIEW_ENTROPY_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_TOOL_RESULTS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     pack: bool
     disabled_pack_rules: _containers.RepeatedScalarFieldContainer[str]
@@ -248,10 +249,11 @@ class GuardSettings(_message.Message):
     review_entropy: float
     judge: bool
     audit_retention_days: int
-    def __init__(self, namespace: _Optional[str] = ..., pack: _Optional[bool] = ..., disabled_pack_rules: _Optional[_Iterable[str]] = ..., default_decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., review_entropy: _Optional[float] = ..., judge: _Optional[bool] = ..., audit_retention_days: _Optional[int] = ...) -> None: ...
+    judge_tool_results: bool
+    def __init__(self, namespace: _Optional[str] = ..., pack: _Optional[bool] = ..., disabled_pack_rules: _Optional[_Iterable[str]] = ..., default_decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., review_entropy: _Optional[float] = ..., judge: _Optional[bool] = ..., audit_retention_days: _Optional[int] = ..., judge_tool_results: _Optional[bool] = ...) -> None: ...
 
 class UpdateGuardSettingsRequest(_message.Message):
-    __slots__ = ("namespace", "pack", "disabled_pack_rules", "set_disabled_pack_rules", "default_decision", "review_entropy", "judge", "audit_retention_days")
+    __slots__ = ("namespace", "pack", "disabled_pack_rules", "set_disabled_pack_rules", "default_decision", "review_entropy", "judge", "audit_retention_days", "judge_tool_results")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PACK_FIELD_NUMBER: _ClassVar[int]
     DISABLED_PACK_RULES_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +262,7 @@ class UpdateGuardSettingsRequest(_message.Message):
     REVIEW_ENTROPY_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_TOOL_RESULTS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     pack: bool
     disabled_pack_rules: _containers.RepeatedScalarFieldContainer[str]
@@ -268,7 +271,8 @@ class UpdateGuardSettingsRequest(_message.Message):
     review_entropy: float
     judge: bool
     audit_retention_days: int
-    def __init__(self, namespace: _Optional[str] = ..., pack: _Optional[bool] = ..., disabled_pack_rules: _Optional[_Iterable[str]] = ..., set_disabled_pack_rules: _Optional[bool] = ..., default_decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., review_entropy: _Optional[float] = ..., judge: _Optional[bool] = ..., audit_retention_days: _Optional[int] = ...) -> None: ...
+    judge_tool_results: bool
+    def __init__(self, namespace: _Optional[str] = ..., pack: _Optional[bool] = ..., disabled_pack_rules: _Optional[_Iterable[str]] = ..., set_disabled_pack_rules: _Optional[bool] = ..., default_decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., review_entropy: _Optional[float] = ..., judge: _Optional[bool] = ..., audit_retention_days: _Optional[int] = ..., judge_tool_results: _Optional[bool] = ...) -> None: ...
 
 class GuardCluster(_message.Message):
     __slots__ = ("id", "category", "stage_group", "rule_text", "harmful", "benign", "label_entropy", "leaf_ids")
