@@ -452,18 +452,20 @@ class GuardEngine:
         return segs, self._clauses(request, segs)
 
     @staticmethod
-    def _gives_orders(request: GuardRequest) -> bool:
+    def _content(request: GuardRequest) -> str:
+        """The text a check reads. Tool output is often JSON: its string values are what the agent reads; keys,
+        numbers and escapes would only make segments of their own."""
+        if request.stage == Stage.TOOL_RESULT:
+            return detectors.readable_text(request.text).strip()  # the detectors' call: cached
+        return request.text.strip()
+
+    def _gives_orders(self, request: GuardRequest) -> bool:
         """Whether some sentence of the request's text gives an order or speaks to its reader."""
-        text = detectors.readable_text(request.text) if request.stage == Stage.TOOL_RESULT else request.text
-        return any(detectors.gives_orders(s) for s in _SENTENCE.split(text) if s.strip())
+        return any(detectors.gives_orders(s) for s in _SENTENCE.split(self._content(request)) if s.strip())
 
     def _segments(self, request: GuardRequest) -> list[str]:
         """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""
-        text = request.text.strip()
-        if request.stage == Stage.TOOL_RESULT:
-            # Tool output is often JSON: its string values are what the agent reads; keys, numbers and
-            # escapes would only make segments of their own.
-            text = detectors.readable_text(request.text).strip()  # the detectors' call: cached
+        text = self._content(request)
         segs: list[str] = []
         sentences = [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12] if text else []
         several = len(sentences) > 1
