@@ -20,7 +20,7 @@ Figures (milliseconds, over ``--turns`` turns after ``--warmup``):
 - ``overhead`` = turn - llm: what the sidecar adds (target p50 <= 30 ms);
 - ``sidecar_cpu_per_turn``: CPU time this process used during the turn (all threads; the client's too with
   ``--client-in-process``), robust to other load;
-- baseline, same run: the same 5 LLM calls made directly by the client with httpx (what the LLM part
+- baseline, same run: the same 5 LLM calls made directly by a client with aiohttp, as the sidecar's (what the LLM part
   costs without the sidecar), and per-stage p50 from the StageEvents.
 
     python -m bench agent [--turns 40] [--warmup 5]
@@ -42,7 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 from agentrt.v1 import agent_pb2
 
@@ -102,11 +102,13 @@ def _direct_baseline(base_url: str, message: str, n: int) -> list[float]:
 
     async def run() -> list[float]:
         out = []
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        # aiohttp, as the sidecar's own LLM client (the faster of the two on loopback).
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
             async def call(messages: list[dict[str, Any]], temperature: float = 0.0, with_tools: bool = True) -> Any:
                 body = {"model": "default", "messages": messages, "temperature": temperature, "logprobs": True,
                         "top_logprobs": 5, **({"tools": tools} if with_tools else {})}
-                return (await client.post("/chat/completions", json=body)).json()
+                async with client.post(f"{base_url}/chat/completions", json=body) as resp:
+                    return await resp.json()
 
             for _ in range(n):
                 t0 = time.perf_counter()
