@@ -224,3 +224,16 @@ def test_parse_completion_reads_tool_calls_and_logprobs() -> None:
     flat = parse_completion({"choices": [{"message": {"content": "a"}, "logprobs": {"content": [
         {"token": "a", "logprob": -1.386, "top_logprobs": [{"token": t, "logprob": -1.386} for t in "abcd"]}]}}]})
     assert mean_normalized_entropy(flat.tokens) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_one_llm_client_serves_successive_event_loops(llm) -> None:
+    """The runner keeps one client per endpoint for the sidecar's life; tests and embedding apps call it from
+    several loops in turn, and an aiohttp session works only on the loop it was opened on."""
+    client = ChatClient(llm.base_url)
+
+    async def ask() -> str:
+        return (await client.complete([{"role": "user", "content": "hello there"}], model="m")).text
+
+    first = asyncio.run(ask())
+    second = asyncio.run(ask())
+    assert first and second == first
