@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from core.errors import DeadlineExceededError, FailedPreconditionError, UnavailableError
+from core.http import SessionPerLoop
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +266,8 @@ class ChatClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         # aiohttp rather than httpx: on loopback a call's client work is 0.21 ms of CPU against httpx's 0.73-0.91
         # (measured here against the stub LLM), and a turn makes five calls while its guard checks, search and
-        # warming want the same two cores. One pooled session per event loop (a session belongs to the loop
-        # it was opened on) keeps connections alive between calls.
-        self._sessions: dict[int, aiohttp.ClientSession] = {}
+        # warming want the same two cores.
+        self._sessions = SessionPerLoop()
         # Calls and seconds spent waiting on the endpoint, and the last (start, end) perf_counter intervals:
         # benchmarks subtract LLM wall time (the union of the intervals) from turn time.
         self.calls = 0
@@ -348,7 +348,7 @@ class ChatClient:
         timeout = aiohttp.ClientTimeout(total=limit)
         # Redirects are not followed: a base URL that redirects is misconfigured, and following one would send the
         # request body and the API key to wherever it points.
-        async with self._session().post(url, data=json.dumps(body).encode(), headers=self._headers,
+        async with self._sessions.get().post(url, data=json.dumps(body).encode(), headers=self._headers,
                                         timeout=timeout, allow_redirects=False) as resp:
             status, location = resp.status, resp.headers.get("location", "")
             declared = resp.headers.get("content-length", "")
@@ -366,17 +366,6 @@ class ChatClient:
                     break
             return status, location, bytes(raw)
 
-    def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(id(loop))
-        if session is None or session.closed:
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30.0),
-                                            trust_env=False)
-            self._sessions[id(loop)] = session
-        return session
-
     async def aclose(self) -> None:
         """Close the pooled connections of the running loop."""
-        session = self._sessions.pop(id(asyncio.get_running_loop()), None)
-        if session is not None:
-            await session.close()
+        await self._sessions.aclose()
