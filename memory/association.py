@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,9 +44,10 @@ from memory.store import MemoryStore
 log = logging.getLogger(__name__)
 
 
-# Most bytes of member vectors a namespace's model keeps between linking passes (see _Model.candidates).
-# The default fits every cluster at the largest K (64 clusters x candidate_cap 2,000 x 384 float32 =
-# 197 MB); at 128 MiB a third of the clusters were rebuilt on every pass of a 100k-unit backlog.
+# Most bytes of member vectors the candidate cache keeps, over all namespaces (see ``_CandidateCache``).
+# The default holds every cluster of one 100k-unit namespace at the largest K (64 clusters x candidate_cap
+# 2,000 x 384 float32 = 197 MB at most); at 128 MiB a third of the clusters were rebuilt on every pass of a
+# 100k-unit backlog.
 CANDIDATE_CACHE_BYTES = 256 * 1024 * 1024
 # Units a linking pass links between two chances for foreground work to run (about 3 ms of work).
 PAUSE_EVERY_UNITS = 8
@@ -96,16 +98,123 @@ class _Model:
     members: dict[int, list[int]] = field(default_factory=dict)
     linked: set[int] = field(default_factory=set)
     refit_seconds: float = 0.0
-    #: Per cluster, the sampled candidate keys and their stacked vectors, kept across the passes that link
-    #: a backlog. Building them is most of a pass (a dict lookup and a copy per member vector), and a
-    #: backlog of 100k units would otherwise rebuild them a thousand times. Dropped when the backlog is
-    #: done, on refit, and per cluster when ``link`` adds members.
-    candidates: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    candidate_bytes: int = 0
     #: Units ``link`` added after the fit (not part of ``fitted_n``).
     linked_since_fit: int = 0
     #: Keys the last scan found unlinked and no pass has taken yet (taken from the end).
     pending: list[int] = field(default_factory=list)
+
+
+class _Candidates:
+    """The sampled members of one cluster and their vectors, in buffers that grow by appending."""
+
+    __slots__ = ("counted", "dead", "keys", "matrix", "n")
+
+    def __init__(self, keys: np.ndarray, matrix: np.ndarray):
+        self.keys = keys
+        self.matrix = matrix
+        self.n = len(keys)
+        #: Times a ranked candidate turned out removed from the index (rebuilt once past a tenth of ``n``).
+        self.dead = 0
+        #: Bytes the cache counts for this entry (its buffers may grow before the cache hears of it).
+        self.counted = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes + self.keys.nbytes)
+
+    def add(self, key: int, vector: np.ndarray, members: int, cap: int, rng: np.random.Generator) -> int:
+        """Take a new member of the cluster, which now has ``members`` members; returns the bytes added.
+
+        Below ``cap`` every member is a candidate; beyond it, reservoir sampling keeps the candidates a
+        uniform sample of the members (the new one replaces a random candidate with probability
+        cap / members), as a rebuild would draw.
+        """
+        if self.n < cap:
+            grown = 0
+            if self.n == len(self.keys):
+                capacity = min(cap, max(16, self.n + self.n // 2))
+                before = self.nbytes
+                matrix = np.empty((capacity, self.matrix.shape[1]), dtype=np.float32)
+                matrix[: self.n] = self.matrix[: self.n]
+                keys = np.empty(capacity, dtype=np.int64)
+                keys[: self.n] = self.keys[: self.n]
+                self.matrix, self.keys = matrix, keys
+                grown = self.nbytes - before
+            self.keys[self.n] = key
+            self.matrix[self.n] = vector
+            self.n += 1
+            return grown
+        if rng.random() < cap / max(members, 1):
+            slot = int(rng.integers(self.n))
+            self.keys[slot] = key
+            self.matrix[slot] = vector
+        return 0
+
+
+class _CandidateCache:
+    """Per (namespace, cluster), the candidates a new unit is compared against, least recently used
+    dropped first beyond a byte budget shared by all namespaces.
+
+    Building a cluster's candidates (a dict lookup and a copy per member vector, up to ``candidate_cap``)
+    was most of the linking cost: rebuilt on every call, linking the 10 new units of a Write into a
+    100k-unit namespace took 54 ms, 48 of them rebuilding the ~13 clusters it touched. Entries are kept
+    across calls and passes, take new members as they are linked, and are dropped when the namespace is
+    refitted (clusters are renumbered) or forgotten. A removed unit's stale row is skipped when ranked; a
+    unit whose vector changed is ranked by its old vector but weighted by its current one.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[str, int], _Candidates] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, namespace: str, cluster: int) -> _Candidates | None:
+        with self._lock:
+            entry = self._entries.get((namespace, cluster))
+            if entry is not None:
+                self._entries.move_to_end((namespace, cluster))
+            return entry
+
+    def put(self, namespace: str, cluster: int, entry: _Candidates) -> None:
+        with self._lock:
+            self._drop((namespace, cluster))
+            if entry.nbytes > self.budget_bytes:
+                return
+            self._entries[(namespace, cluster)] = entry
+            entry.counted = entry.nbytes
+            self.nbytes += entry.counted
+            self._evict()
+
+    def grew(self, namespace: str, cluster: int, entry: _Candidates, nbytes: int) -> None:
+        """``entry``'s buffers grew by ``nbytes`` (counted only while it is the cached entry)."""
+        with self._lock:
+            if self._entries.get((namespace, cluster)) is entry:
+                entry.counted += nbytes
+                self.nbytes += nbytes
+                self._evict()
+
+    def drop(self, namespace: str, cluster: int | None = None) -> None:
+        """Drop one cluster's entry, or every entry of the namespace."""
+        with self._lock:
+            if cluster is not None:
+                self._drop((namespace, cluster))
+                return
+            for key in [k for k in self._entries if k[0] == namespace]:
+                self._drop(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.counted
+
+    def _evict(self) -> None:
+        while self.nbytes > self.budget_bytes and self._entries:
+            _, entry = self._entries.popitem(last=False)
+            self.nbytes -= entry.counted
 
 
 class AssociationManager:
@@ -116,6 +225,7 @@ class AssociationManager:
         store: MemoryStore,
         config: AssociationConfig | None = None,
         pause: Callable[[], None] | None = None,
+        candidate_cache_bytes: int = CANDIDATE_CACHE_BYTES,
     ):
         self.store = store
         self.config = config or AssociationConfig()
@@ -123,6 +233,8 @@ class AssociationManager:
         self._pause = pause or (lambda: None)
         self._models: dict[str, _Model] = {}
         self._lock = threading.Lock()
+        self._candidates = _CandidateCache(candidate_cache_bytes)
+        self._rng = np.random.default_rng(self.config.seed)
 
     # -- introspection -------------------------------------------------------------------------------
 
@@ -140,6 +252,7 @@ class AssociationManager:
         """Drop the namespace's model (its data was deleted)."""
         with self._lock:
             self._models.pop(namespace, None)
+        self._candidates.drop(namespace)
 
     def due(self, namespace: str, index: NamespaceIndex) -> bool:
         """Whether a background step (a refit, or a pass linking not-yet-linked units) is worth running."""
@@ -187,12 +300,9 @@ class AssociationManager:
             if key not in model.linked and index.unit(key) is not None:
                 unlinked.append(key)
         if unlinked:
-            self._link_keys(namespace, index, model, unlinked, post_by_key=None, keep_candidates=True)
+            self._link_keys(namespace, index, model, unlinked)
         else:
             model.fitted_n = min(model.fitted_n, index.size())
-        if not unlinked or self.backlog(namespace, index) == 0:
-            model.candidates.clear()
-            model.candidate_bytes = 0
         return len(unlinked)
 
     def step(self, namespace: str, index: NamespaceIndex) -> str:
@@ -205,6 +315,31 @@ class AssociationManager:
         if self.backlog(namespace, index) > 0 and self.link_backlog(namespace, index):
             return "link"
         return "idle"
+
+    def _cluster_candidates(self, namespace: str, index: NamespaceIndex, model: _Model, cluster: int) -> _Candidates:
+        """The cluster's candidates from the cache, or built from its members (sampled to candidate_cap)."""
+        entry = self._candidates.get(namespace, cluster)
+        if entry is not None:
+            return entry
+        pool = np.asarray(model.members.get(cluster, []), dtype=np.int64)
+        if len(pool) > self.config.candidate_cap:
+            pool = self._rng.choice(pool, self.config.candidate_cap, replace=False)
+        alive_keys: list[int] = []
+        alive_vectors: list[np.ndarray] = []
+        for member in pool.tolist():
+            member_vector = index.vector(member)
+            if member_vector is not None:
+                alive_keys.append(member)
+                alive_vectors.append(member_vector)
+        matrix = (
+            np.stack(alive_vectors).astype(np.float32)
+            if alive_vectors
+            else np.zeros((0, index.dim), dtype=np.float32)
+        )
+        entry = _Candidates(np.asarray(alive_keys, dtype=np.int64), matrix)
+        self._pause()  # building a matrix (up to 2,000 lookups and a stack) is a long stretch
+        self._candidates.put(namespace, cluster, entry)
+        return entry
 
     # -- math ----------------------------------------------------------------------------------------
 
@@ -338,6 +473,7 @@ class AssociationManager:
             model.linked = index.linked_keys() & alive
         with self._lock:
             self._models[namespace] = model
+        self._candidates.drop(namespace)  # the clusters were renumbered
         model.refit_seconds = time.perf_counter() - started
         log.info(
             "association refit",
@@ -363,7 +499,7 @@ class AssociationManager:
         if model is None or not keys:
             return 0
         model.linked_since_fit += len(keys)
-        return self._link_keys(namespace, index, model, keys, post_by_key=None, add_members=True)
+        return self._link_keys(namespace, index, model, keys, add_members=True)
 
     def _link_keys(
         self,
@@ -371,9 +507,7 @@ class AssociationManager:
         index: NamespaceIndex,
         model: _Model,
         keys: list[int],
-        post_by_key: dict[int, np.ndarray] | None,
         add_members: bool = False,
-        keep_candidates: bool = False,
     ) -> int:
         c = self.config
         # Every requested key counts as handled, even one removed meanwhile, so backlogs always drain.
@@ -387,9 +521,7 @@ class AssociationManager:
             return 0
         vectors = np.stack([v for _, v, _ in present]).astype(np.float32)
         post = self._posteriors(model, vectors)
-        rng = np.random.default_rng(c.seed)
         edges: list[tuple[int, int, float]] = []
-        candidate_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for i, ((key, vector, unit), row) in enumerate(zip(present, post, strict=True)):
             if i % PAUSE_EVERY_UNITS == PAUSE_EVERY_UNITS - 1:
                 self._pause()
@@ -397,59 +529,38 @@ class AssociationManager:
             share = max(1, math.ceil(c.links_per_unit / len(chosen)))
             own = set(unit.message_ids)
             for cluster in chosen:
-                entry = candidate_cache.get(cluster)
-                if entry is None and keep_candidates:
-                    entry = model.candidates.get(cluster)
-                if entry is None:
-                    pool = np.asarray(model.members.get(cluster, []), dtype=np.int64)
-                    if len(pool) > c.candidate_cap:
-                        pool = rng.choice(pool, c.candidate_cap, replace=False)
-                    alive_keys: list[int] = []
-                    alive_vectors: list[np.ndarray] = []
-                    for member in pool.tolist():
-                        member_vector = index.vector(member)
-                        if member_vector is not None:
-                            alive_keys.append(member)
-                            alive_vectors.append(member_vector)
-                    matrix = (
-                        np.stack(alive_vectors).astype(np.float32)
-                        if alive_vectors
-                        else np.zeros((0, len(vector)), dtype=np.float32)
-                    )
-                    entry = (np.asarray(alive_keys, dtype=np.int64), matrix)
-                    self._pause()  # building a matrix (up to 2,000 lookups and a stack) is a long stretch
-                    if keep_candidates and model.candidate_bytes + matrix.nbytes <= CANDIDATE_CACHE_BYTES:
-                        # Kept for the next passes, within a memory budget (beyond it: rebuilt per pass).
-                        model.candidates[cluster] = entry
-                        model.candidate_bytes += matrix.nbytes
-                candidate_cache[cluster] = entry
-                members, matrix = entry
-                if not len(members):
-                    continue
-                sims = matrix @ vector
-                taken = 0
-                top = share * 4 + 1
-                if len(sims) > top:
-                    best = np.argpartition(-sims, top)[:top]
-                    order = best[np.argsort(-sims[best])]
-                else:
-                    order = np.argsort(-sims)
-                for j in order[: share * 4]:
-                    other = int(members[j])
-                    if other == key:
-                        continue
-                    other_unit = index.unit(other)
-                    if other_unit is None or own.intersection(other_unit.message_ids):
-                        continue
-                    edges.append((min(key, other), max(key, other), float(sims[j])))
-                    taken += 1
-                    if taken >= share:
-                        break
+                entry = self._cluster_candidates(namespace, index, model, cluster)
+                if entry.n:
+                    sims = entry.matrix[: entry.n] @ vector
+                    taken = 0
+                    top = share * 4 + 1
+                    if len(sims) > top:
+                        best = np.argpartition(-sims, top)[:top]
+                        order = best[np.argsort(-sims[best])]
+                    else:
+                        order = np.argsort(-sims)
+                    for j in order[: share * 4]:
+                        other = int(entry.keys[j])
+                        if other == key:
+                            continue
+                        other_unit, other_vector = index.unit(other), index.vector(other)
+                        if other_unit is None or other_vector is None:
+                            entry.dead += 1
+                            if entry.dead * 10 > entry.n:
+                                self._candidates.drop(namespace, cluster)  # rebuilt on next use
+                            continue
+                        if own.intersection(other_unit.message_ids):
+                            continue
+                        edges.append((min(key, other), max(key, other), float(other_vector @ vector)))
+                        taken += 1
+                        if taken >= share:
+                            break
                 if add_members:
-                    model.members.setdefault(cluster, []).append(key)
-                    dropped = model.candidates.pop(cluster, None)
-                    if dropped is not None:
-                        model.candidate_bytes -= dropped[1].nbytes
+                    members = model.members.setdefault(cluster, [])
+                    members.append(key)
+                    grown = entry.add(key, vector, len(members), c.candidate_cap, self._rng)
+                    if grown:
+                        self._candidates.grew(namespace, cluster, entry, grown)
             model.linked.add(key)
         if edges:
             self.store.upsert_edges(namespace, edges)

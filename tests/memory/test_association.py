@@ -235,7 +235,8 @@ def test_backlog_passes_reuse_candidates_and_follow_units_added_and_removed_mean
     model = manager.refit(NS, index)
     assert model is not None
     manager.step(NS, index)
-    assert model.candidates and model.candidate_bytes > 0  # kept for the next passes
+    cached = len(manager._candidates)
+    assert cached and manager._candidates.nbytes > 0  # kept for the next passes
     # Meanwhile one unit goes and new ones come (as Delete and Write do between passes).
     gone = units[50]
     index.apply([gone.key], ())
@@ -248,7 +249,64 @@ def test_backlog_passes_reuse_candidates_and_follow_units_added_and_removed_mean
     neighbours = index.neighbors([u.key for u in units + late if u.key != gone.key])
     assert len(neighbours) == len(units) + len(late) - 1  # every live unit linked, the late ones too
     assert all(o != gone.key for links in neighbours.values() for o, _ in links)
-    assert not model.candidates and model.candidate_bytes == 0  # dropped once the backlog is done
+    # Kept once the backlog is done too: the Writes that follow link against them.
+    assert len(manager._candidates) >= cached
+
+
+def _write_batches(vectors: np.ndarray, start: int, size: int) -> list[list[StoredUnit]]:
+    return [[stored(start + i + j, vectors[i + j]) for j in range(min(size, len(vectors) - i))]
+            for i in range(0, len(vectors), size)]
+
+
+def test_cached_candidates_take_new_members_as_a_rebuild_would() -> None:
+    """Linking Writes against the kept candidates (appended to as units are linked) gives the same edges as
+    rebuilding every cluster's candidates from its members on every call (a zero cache budget)."""
+    vectors, _, _ = topic_vectors(60)
+    edges = []
+    for budget in (64 * 1024 * 1024, 0):
+        store = InMemoryStore()
+        index, _ = build(store, vectors[:90])
+        manager = AssociationManager(store, CONFIG, candidate_cache_bytes=budget)
+        manager.refit(NS, index)
+        while manager.step(NS, index) != "idle":
+            pass
+        for batch in _write_batches(vectors[90:], 1000, 5):
+            store.apply(NS, Change(insert_units=batch))
+            index.apply((), batch)
+            manager.link(NS, index, [u.key for u in batch])
+        edges.append(sorted(store.load_edges(NS)))
+        assert (len(manager._candidates) > 0) == (budget > 0)
+        assert manager._candidates.nbytes <= budget
+    assert edges[0] == edges[1]
+    # The later Writes' units linked to each other, not only to the fitted ones.
+    late = {unit_key(NS, f"s/turn/{i}") for i in range(1000, 1090)}
+    assert any(a in late and b in late for a, b, _ in edges[0])
+
+
+def test_candidate_cache_stays_within_its_budget_and_samples_beyond_the_cap() -> None:
+    vectors, _, _ = topic_vectors(100)
+    store = InMemoryStore()
+    index, _ = build(store, vectors[:150])
+    config = AssociationConfig(**{**CONFIG.__dict__, "candidate_cap": 20})
+    one_cluster = 20 * DIM * 4 + 20 * 8
+    manager = AssociationManager(store, config, candidate_cache_bytes=2 * one_cluster)
+    manager.refit(NS, index)
+    while manager.step(NS, index) != "idle":
+        assert manager._candidates.nbytes <= 2 * one_cluster
+    assert 0 < len(manager._candidates) <= 2
+    for batch in _write_batches(vectors[150:], 2000, 10):
+        store.apply(NS, Change(insert_units=batch))
+        index.apply((), batch)
+        manager.link(NS, index, [u.key for u in batch])
+        assert manager._candidates.nbytes <= 2 * one_cluster
+        for entry in manager._candidates._entries.values():
+            assert entry.n == 20  # a full cluster keeps a sample of cap members
+            assert len(set(entry.keys[: entry.n].tolist())) == 20
+    # Later members made it into the samples (reservoir replacement), and a refit drops the namespace's.
+    sampled = {k for e in manager._candidates._entries.values() for k in e.keys[: e.n].tolist()}
+    assert sampled & {unit_key(NS, f"s/turn/{i}") for i in range(2000, 2150)}
+    manager.refit(NS, index)
+    assert len(manager._candidates) == 0 and manager._candidates.nbytes == 0
 
 
 def test_vectorised_cluster_choice_matches_the_per_unit_rule() -> None:
