@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from core.errors import NotFoundError
+from core.sqlread import reading
 from core.sqlwrite import lock_for_write
 from guards import schema as t
 from guards.model import (
@@ -200,7 +201,7 @@ class SqlGuardStore:
         if tx is not None:
             yield tx.conn
             return
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             yield conn
 
     # --- settings -----------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ class SqlGuardStore:
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
         c = t.guard_verdicts.c
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = (
                 conn.execute(select(t.guard_verdicts).where(c.scope == scope, c.verdict_id == verdict_id))
                 .mappings()
@@ -513,7 +514,7 @@ class SqlGuardStore:
             cond.append(c.created_at >= since)
         if until is not None:
             cond.append(c.created_at < until)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             if before_id is not None:
                 anchor = conn.execute(select(c.created_at).where(c.scope == scope, c.verdict_id == before_id)).first()
                 if anchor is None:

@@ -24,6 +24,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.sqlread import reading
 from core.sqlwrite import lock_for_write
 from memory import schema
 from memory.model import Granularity, MemoryMessage, MemoryUnit
@@ -494,7 +495,7 @@ class SqlMemoryStore(MemoryStore):
     def get_messages(self, namespace: str, ids: Sequence[str]) -> dict[str, StoredMessage]:
         t = schema.messages
         out: dict[str, StoredMessage] = {}
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             for chunk in _chunks(list(dict.fromkeys(ids))):
                 rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
                 out.update({row.id: self._message(row) for row in rows})
@@ -503,7 +504,7 @@ class SqlMemoryStore(MemoryStore):
     def session_messages(self, namespace: str, session_id: str) -> list[StoredMessage]:
         t = schema.messages
         query = sa.select(t).where(t.c.namespace == namespace, t.c.session_id == session_id).order_by(t.c.seq)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [self._message(row) for row in conn.execute(query)]
 
     def session_fingerprint(self, namespace: str, session_id: str) -> list[tuple[str, str]]:
@@ -515,7 +516,7 @@ class SqlMemoryStore(MemoryStore):
             .where(t.c.namespace == namespace, t.c.session_id == session_id)
             .order_by(t.c.seq)
         )
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [(row.id, row.content_hash) for row in conn.execute(query)]
 
     def list_messages(
@@ -526,19 +527,19 @@ class SqlMemoryStore(MemoryStore):
         if session_id is not None:
             query = query.where(t.c.session_id == session_id)
         query = query.order_by(t.c.seq).limit(limit)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [self._message(row) for row in conn.execute(query)]
 
     def list_sessions(self, namespace: str) -> list[str]:
         t = schema.messages
         query = sa.select(t.c.session_id).where(t.c.namespace == namespace).distinct().order_by(t.c.session_id)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [row[0] for row in conn.execute(query)]
 
     def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
         t = schema.units
         out: list[StoredUnit] = []
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             for chunk in _chunks(sorted(set(session_ids))):
                 rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.session_id.in_(chunk)))
                 out.extend(self._unit(row) for row in rows)
@@ -547,7 +548,7 @@ class SqlMemoryStore(MemoryStore):
     def units_covering(self, namespace: str, message_ids: Sequence[str]) -> list[StoredUnit]:
         um = schema.unit_messages
         ids: set[str] = set()
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             # The unit ids first (the unit_messages index), then each unit's row once.
             for chunk in _chunks(list(dict.fromkeys(message_ids))):
                 rows = conn.execute(
@@ -559,7 +560,7 @@ class SqlMemoryStore(MemoryStore):
     def get_units(self, namespace: str, unit_ids: Sequence[str]) -> dict[str, StoredUnit]:
         t = schema.units
         out: dict[str, StoredUnit] = {}
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             for chunk in _chunks(list(dict.fromkeys(unit_ids))):
                 rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
                 out.update({row.id: self._unit(row) for row in rows})
@@ -571,7 +572,7 @@ class SqlMemoryStore(MemoryStore):
         while True:
             # Keyset pagination: no long-lived cursor, no OFFSET scans.
             query = sa.select(t).where(t.c.namespace == namespace, t.c.id > last).order_by(t.c.id).limit(batch_size)
-            with self._engine.connect() as conn:
+            with reading(self._engine) as conn:
                 batch = [self._unit(row) for row in conn.execute(query)]
             if not batch:
                 return
@@ -581,30 +582,30 @@ class SqlMemoryStore(MemoryStore):
     def pending_sessions(self, namespace: str) -> list[str]:
         t = schema.pending_sessions
         query = sa.select(t.c.session_id).where(t.c.namespace == namespace).order_by(t.c.session_id)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [row[0] for row in conn.execute(query)]
 
     def generation(self, namespace: str) -> int:
         t = schema.namespace_state
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             value = conn.execute(sa.select(t.c.generation).where(t.c.namespace == namespace)).scalar()
         return int(value or 0)
 
     def namespaces(self) -> list[str]:
         m, u = schema.messages, schema.units
         query = sa.union(sa.select(m.c.namespace).distinct(), sa.select(u.c.namespace).distinct())
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return sorted({row[0] for row in conn.execute(query)})
 
     def load_edges(self, namespace: str) -> list[tuple[int, int, float]]:
         t = schema.edges
         query = sa.select(t.c.src, t.c.dst, t.c.weight).where(t.c.namespace == namespace).order_by(t.c.src, t.c.dst)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [(int(s), int(d), float(w)) for s, d, w in conn.execute(query)]
 
     def counts(self, namespace: str) -> NamespaceCounts:
         m, u, e = schema.messages, schema.units, schema.edges
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             n_msgs = conn.execute(sa.select(sa.func.count()).select_from(m).where(m.c.namespace == namespace)).scalar()
             n_sessions = conn.execute(
                 sa.select(sa.func.count(sa.distinct(m.c.session_id))).where(m.c.namespace == namespace)

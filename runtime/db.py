@@ -2,7 +2,8 @@
 
 SQLite runs in WAL mode with ``synchronous=FULL`` so that a commit acknowledged to a client survives
 ``kill -9`` and power loss; every transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers queue
-on the busy timeout instead of failing on a stale read snapshot.
+on the busy timeout instead of failing on a stale read snapshot, except read-only ones (``core.sqlread``),
+which begin deferred and wait for no writer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from core.sqlread import READ_ONLY_OPTION, reading
 from runtime import schema
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only connections (core.sqlread.reading) take a WAL snapshot and wait for no writer.
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
@@ -116,7 +120,7 @@ class Database:
 
     def list_namespaces(self, tenant: str) -> list[str]:
         """Names of the tenant's namespaces."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             rows = conn.execute(
                 select(schema.namespaces.c.name)
                 .where(schema.namespaces.c.tenant == tenant)

@@ -30,6 +30,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, func, insert, select, text
 
+from core.sqlread import reading
 from runtime.db import Database
 from runtime.schema import change_feed
 
@@ -67,12 +68,12 @@ class ChangeFeed:
 
     def head(self) -> int:
         """The newest sequence number (0 when the feed is empty)."""
-        with self.db.engine.connect() as conn:
+        with reading(self.db.engine) as conn:
             return int(conn.execute(select(func.coalesce(func.max(change_feed.c.seq), 0))).scalar_one())
 
     def read_after(self, seq: int, limit: int = 1000) -> list[Any]:
         """Rows with ``seq > seq`` in order, at most ``limit``."""
-        with self.db.engine.connect() as conn:
+        with reading(self.db.engine) as conn:
             return list(conn.execute(
                 select(change_feed).where(change_feed.c.seq > seq).order_by(change_feed.c.seq).limit(limit)))
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from core.errors import NotFoundError
+from core.sqlread import reading
 from core.sqlwrite import lock_for_write
 from tools.model import (
     AuditRecord,
@@ -111,14 +112,14 @@ class SqlToolStore(ToolStore):
             q = q.where(tool_versions.c.version == version)
         else:
             q = q.where(tool_versions.c.deleted.is_(False)).order_by(tool_versions.c.version.desc()).limit(1)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(q).first()
         if row is None:
             raise NotFoundError("tool", f"{name}@{version}" if version else name)
         return self._row_to_def(row)
 
     def list_tools(self, scope: str) -> list[ToolDefinition]:
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return self._live_tools(conn, scope)
 
     def _live_tools(self, conn: Connection, scope: str) -> list[ToolDefinition]:
@@ -142,7 +143,7 @@ class SqlToolStore(ToolStore):
             .where(tool_versions.c.scope == scope, tool_versions.c.name == name)
             .order_by(tool_versions.c.version)
         )
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [self._row_to_def(r) for r in conn.execute(q)]
 
     def delete_tool(self, scope: str, name: str) -> int:
@@ -228,7 +229,7 @@ class SqlToolStore(ToolStore):
             self._announce(conn, scope)
 
     def get_server(self, scope: str, name: str) -> McpServerSpec:
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(
                 select(tool_mcp_servers.c.spec).where(
                     tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == name
@@ -242,7 +243,7 @@ class SqlToolStore(ToolStore):
         q = select(tool_mcp_servers).order_by(tool_mcp_servers.c.scope, tool_mcp_servers.c.name)
         if scope is not None:
             q = q.where(tool_mcp_servers.c.scope == scope)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [(r.scope, server_from_dict(json.loads(r.spec))) for r in conn.execute(q)]
 
     def remove_server(self, scope: str, name: str) -> list[str]:
@@ -302,7 +303,7 @@ class SqlToolStore(ToolStore):
         if tool_name:
             q = q.where(tool_audit.c.tool_name == tool_name)
         q = q.order_by(tool_audit.c.seq.desc()).limit(limit)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(q).all()
         return [
             AuditRecord(
@@ -324,7 +325,7 @@ class SqlToolStore(ToolStore):
         ]
 
     def get_policy(self, scope: str) -> ToolPolicy | None:
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(select(tool_policies.c.policy).where(tool_policies.c.scope == scope)).first()
         if row is None:
             return None

@@ -49,6 +49,7 @@ from sqlalchemy import Engine, delete, insert, or_, select, update
 from core.embedding import Embedder
 from core.errors import FieldViolation, InvalidArgumentError
 from core.lexical import BM25Index
+from core.sqlread import reading
 from core.sqlwrite import lock_for_write
 from memory.retrieval import hybrid_scores
 from runtime.agent import schema
@@ -163,7 +164,7 @@ class SqlItemBackend:
 
     def get(self, scope: str, path: Path, key: str) -> ItemRecord | None:
         t = schema.store_items
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(
                 select(t).where(t.c.scope == scope, t.c.path == join_path(path), t.c.key == key)
             ).first()
@@ -176,7 +177,7 @@ class SqlItemBackend:
             text = join_path(prefix)
             stmt = stmt.where(or_(t.c.path == text, t.c.path.like(_escape_like(text) + ".%", escape="\\")))
         stmt = stmt.order_by(t.c.id)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             recs = [_record(row) for row in conn.execute(stmt)]
             if with_vectors and recs:
                 by_id = {r.seq: r for r in recs}
@@ -238,7 +239,7 @@ class SqlItemBackend:
 
     def paths(self, scope: str) -> list[Path]:
         t = schema.store_items
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(select(t.c.path).where(t.c.scope == scope).distinct())
             return [split_path(r[0]) for r in rows]
 

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from core import entropy as E
 from core.errors import InvalidArgumentError, NotFoundError
+from core.sqlread import reading
 from core.sqlwrite import lock_for_write
 from runtime.gates import calibration as C
 from runtime.gates.schema import gate_decisions, gate_policies
@@ -121,7 +122,7 @@ class GateEngine:
         cached = self._policy_cache.get((scope, kind))
         if cached is not None:
             return cached
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             pv = self._newest_version(conn, scope, kind)
         return self._remember(scope, pv)
 
@@ -132,7 +133,7 @@ class GateEngine:
         cached = self._policy_cache.get((scope, kind))
         if cached is not None and cached.version >= int(payload.get("version", 0)):
             return
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             pv = self._newest_version(conn, scope, kind)
         self._remember(scope, pv)
 
@@ -177,7 +178,7 @@ class GateEngine:
     def list_policy_versions(self, scope: str, gate: GateKind | str) -> list[PolicyVersion]:
         """Every version, oldest first, starting with the configured default as version 0."""
         kind = GateKind.parse(gate)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(gate_policies)
                 .where(and_(gate_policies.c.scope == scope, gate_policies.c.gate == kind.value))
@@ -349,7 +350,7 @@ class GateEngine:
             if key in self._last_fire:
                 return self._last_fire[key]
         # No flush: a decision still queued for this key is in _last_fire (remembered when it was made).
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(
                 select(gate_decisions.c.fire)
                 .where(
@@ -450,7 +451,7 @@ class GateEngine:
         obj = (objective or CalibrationObjective()).validate()
         current = self.get_policy(scope, kind)
         self._decisions.flush()
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             labelled = conn.execute(
                 select(gate_decisions.c.signals_json, gate_decisions.c.label)
                 .where(
@@ -561,7 +562,7 @@ class GateEngine:
 
     def _recent_scores(self, scope: str, kind: GateKind, signal: str) -> np.ndarray:
         self._decisions.flush()
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(gate_decisions.c.signals_json)
                 .where(and_(gate_decisions.c.scope == scope, gate_decisions.c.gate == kind.value))

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from core import entropy as E
 from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from core.sqlread import reading
 from core.sqlwrite import lock_for_write
 from runtime.gates.types import TokenStream
 from runtime.selection.agreement import cluster_answers, normalize_answer, texts_to_embed
@@ -235,7 +236,7 @@ class AnswerSelector:
         self._selections.flush()  # the selection may still be queued
 
         def lookup() -> Any:
-            with self._engine.connect() as conn:
+            with reading(self._engine) as conn:
                 return conn.execute(
                     select(select_selections.c.n_candidates, select_selections.c.answers_json).where(
                         and_(select_selections.c.selection_id == selection_id, select_selections.c.scope == scope)
@@ -268,7 +269,7 @@ class AnswerSelector:
             )
         cfg = self.config(scope)
         if cfg.retrain_every > 0:
-            with self._engine.connect() as conn:
+            with reading(self._engine) as conn:
                 count = conn.execute(
                     select(func.count())
                     .select_from(select_selections)
@@ -286,7 +287,7 @@ class AnswerSelector:
         from sklearn.linear_model import LogisticRegression
 
         cfg = self.config(scope)
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(
                     select_selections.c.features_json,
@@ -411,7 +412,7 @@ class AnswerSelector:
 
     def _load_model(self, scope: str) -> tuple[int, _Model | None]:
         """The newest stored version for ``scope`` (0 when none) and its model if that one is active."""
-        with self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(
                 select(select_models.c.version, select_models.c.active, select_models.c.model_json)
                 .where(select_models.c.scope == scope)
