@@ -341,6 +341,46 @@ class AssociationManager:
         self._candidates.put(namespace, cluster, entry)
         return entry
 
+    def _links_into(
+        self,
+        namespace: str,
+        cluster: int,
+        entry: _Candidates,
+        index: NamespaceIndex,
+        key: int,
+        vector: np.ndarray,
+        own: set[str],
+        share: int,
+    ) -> list[tuple[int, int, float]]:
+        """Edges from ``key`` to its ``share`` most similar live candidates of one cluster, skipping units that
+        cover one of its messages (``own``)."""
+        if not entry.n:
+            return []
+        sims = entry.matrix[: entry.n] @ vector
+        top = share * 4 + 1
+        if len(sims) > top:
+            best = np.argpartition(-sims, top)[:top]
+            order = best[np.argsort(-sims[best])]
+        else:
+            order = np.argsort(-sims)
+        edges: list[tuple[int, int, float]] = []
+        for j in order[: share * 4]:
+            other = int(entry.keys[j])
+            if other == key:
+                continue
+            other_unit, other_vector = index.unit(other), index.vector(other)
+            if other_unit is None or other_vector is None:
+                entry.dead += 1
+                if entry.dead * 10 > entry.n:
+                    self._candidates.drop(namespace, cluster)  # rebuilt on next use
+                continue
+            if own.intersection(other_unit.message_ids):
+                continue
+            edges.append((min(key, other), max(key, other), float(other_vector @ vector)))
+            if len(edges) >= share:
+                break
+        return edges
+
     # -- math ----------------------------------------------------------------------------------------
 
     def _n_clusters(self, n: int) -> int:
@@ -530,31 +570,7 @@ class AssociationManager:
             own = set(unit.message_ids)
             for cluster in chosen:
                 entry = self._cluster_candidates(namespace, index, model, cluster)
-                if entry.n:
-                    sims = entry.matrix[: entry.n] @ vector
-                    taken = 0
-                    top = share * 4 + 1
-                    if len(sims) > top:
-                        best = np.argpartition(-sims, top)[:top]
-                        order = best[np.argsort(-sims[best])]
-                    else:
-                        order = np.argsort(-sims)
-                    for j in order[: share * 4]:
-                        other = int(entry.keys[j])
-                        if other == key:
-                            continue
-                        other_unit, other_vector = index.unit(other), index.vector(other)
-                        if other_unit is None or other_vector is None:
-                            entry.dead += 1
-                            if entry.dead * 10 > entry.n:
-                                self._candidates.drop(namespace, cluster)  # rebuilt on next use
-                            continue
-                        if own.intersection(other_unit.message_ids):
-                            continue
-                        edges.append((min(key, other), max(key, other), float(other_vector @ vector)))
-                        taken += 1
-                        if taken >= share:
-                            break
+                edges += self._links_into(namespace, cluster, entry, index, key, vector, own, share)
                 if add_members:
                     members = model.members.setdefault(cluster, [])
                     members.append(key)
