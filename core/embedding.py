@@ -9,8 +9,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -89,6 +89,7 @@ class SentenceTransformerEmbedder:
         backend: str = "auto",
         threads: int | None = None,
         precision: str = "fp32",
+        cache_dir: str | os.PathLike[str] | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"embedding backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -96,23 +97,15 @@ class SentenceTransformerEmbedder:
             raise ValueError(f"embedding precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Loading weights" bars in a server's structured log
-
         path = default_model_path() if model == DEFAULT_MODEL else model
         if not os.path.isdir(path):
             raise ValueError(
                 f"embedding model {model!r}: {path!r} is not a local directory; models are never "
                 "downloaded at run time, give the path of a sentence-transformers model on disk"
             )
+        self._path = path
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = SentenceTransformer(path, device=device, local_files_only=True)
-        getter = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self._dim = int(getter() or 0)
+            device = _default_device()
         # Another precision gives other vectors: stored units of the other name are re-embedded at load.
         base_name = model if model != DEFAULT_MODEL else "all-MiniLM-L6-v2"
         self._name = base_name + ("+int8" if precision == "int8" else "")
@@ -120,20 +113,50 @@ class SentenceTransformerEmbedder:
         self.device = device
         # The tokenizer is not safe to share across threads (nor is torch's encode): serialised by this lock.
         self._lock = threading.Lock()
+        self._model: Any = None
+        self._dim = 0
         self._onnx: _OnnxEncoder | None = None
+        #: Whether the ONNX encoder came from ``cache_dir`` (no export, torch never imported).
+        self.loaded_from_cache = False
+        threads = threads or default_onnx_threads()
+        cache = _EncoderCache(cache_dir, path, precision) if cache_dir is not None else None
         if backend == "onnx" or (backend == "auto" and device == "cpu"):
-            try:
-                self._onnx = _OnnxEncoder(self._model, threads or default_onnx_threads(), precision=precision)
-                self._onnx.check_against(self._encode_torch)
-            except Exception as exc:
-                if backend == "onnx" or precision != "fp32":
-                    raise ValueError(f"embedding backend 'onnx' is unavailable for {model!r}: {exc}") from exc
-                log.info("ONNX Runtime not used for the embedder (%s); using torch", exc)
-                self._onnx = None
+            if cache is not None:
+                # A start after the first: the exported transformer and its tokenizer from the cache, without
+                # loading torch, transformers or sentence-transformers (4-5 s of a start on the 2-core VM).
+                self._onnx = cache.load(threads)
+                self.loaded_from_cache = self._onnx is not None
+            if self._onnx is None:
+                try:
+                    self._onnx = _OnnxEncoder.export(self._st_model(), threads, precision=precision)
+                    self._onnx.check_against(self._encode_torch)
+                except Exception as exc:
+                    if backend == "onnx" or precision != "fp32":
+                        raise ValueError(f"embedding backend 'onnx' is unavailable for {model!r}: {exc}") from exc
+                    log.info("ONNX Runtime not used for the embedder (%s); using torch", exc)
+                    self._onnx = None
+                if self._onnx is not None and cache is not None:
+                    cache.save(self._onnx)
         if precision != "fp32" and self._onnx is None:
             raise ValueError(f"embedding precision {precision!r} needs the ONNX Runtime backend on the CPU")
+        self._dim = self._onnx.dim if self._onnx is not None else self._st_dim()
         self.backend = "onnx" if self._onnx is not None else "torch"
         self.precision = precision
+
+    def _st_model(self) -> Any:
+        """The sentence-transformers model, loaded on first use (torch backend, export, checks)."""
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no "Loading weights" bars in a server's structured log
+            self._model = SentenceTransformer(self._path, device=self.device, local_files_only=True)
+        return self._model
+
+    def _st_dim(self) -> int:
+        model = self._st_model()
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter() or 0)
 
     @property
     def dim(self) -> int:
@@ -158,7 +181,7 @@ class SentenceTransformerEmbedder:
 
     def _encode_torch(self, texts: list[str]) -> np.ndarray:
         return np.asarray(
-            self._model.encode(
+            self._st_model().encode(
                 texts,
                 batch_size=self._batch_size,
                 normalize_embeddings=True,
@@ -172,8 +195,9 @@ class _OnnxEncoder:
     """The transformer of a (Transformer → mean Pooling → Normalize) sentence-transformers model in ONNX Runtime.
 
     Tokenisation, pooling and normalisation stay in Python/numpy exactly as sentence-transformers does them;
-    only the transformer forward moves. The export happens in memory at load (about a second for MiniLM), so
-    there is no file to cache, go stale or be corrupted.
+    only the transformer forward moves. The export happens in memory at load (about a second for MiniLM, plus
+    the seconds of importing torch and transformers); a server keeps the result in its data directory
+    (``_EncoderCache``) and later starts open it from there.
     """
 
     INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -192,49 +216,23 @@ class _OnnxEncoder:
     #: a bare "ok" (the fewer the tokens, the less the rounding averages out).
     MIN_AGREEMENT: ClassVar[dict[str, float]] = {"fp32": 0.999, "int8": 0.95}
 
-    def __init__(self, st_model: Any, threads: int, split: bool = True, precision: str = "fp32"):
-        import io
-
+    def __init__(
+        self,
+        model_bytes: bytes,
+        tokenizer: _FastTokenizer,
+        dim: int,
+        threads: int,
+        split: bool = True,
+        precision: str = "fp32",
+    ):
         import onnxruntime as ort
-        import torch
 
-        modules = [type(m).__name__ for m in st_model]
-        if modules[:2] != ["Transformer", "Pooling"] or modules[2:] not in ([], ["Normalize"]):
-            raise ValueError(f"unsupported module chain {modules}")
-        if st_model[1].get_config_dict().get("pooling_mode") != "mean":
-            raise ValueError("only mean pooling is exported")
-        self._tokenizer = st_model.tokenizer
-        self._max_length = int(st_model.max_seq_length)
-        transformer = st_model[0].auto_model.eval()
-
-        class _LastHidden(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-                return out.last_hidden_state
-
-        sample = self._tokenizer(["a sample sentence"], return_tensors="pt")
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(
-                _LastHidden(transformer),
-                tuple(sample[k] for k in self.INPUTS),
-                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
-                input_names=list(self.INPUTS),
-                output_names=["last_hidden_state"],
-                dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*self.INPUTS, "last_hidden_state")},
-                opset_version=17,
-                dynamo=False,
-            )
-        model_bytes = buffer.getvalue()
-        if precision == "int8":
-            model_bytes = _quantize_int8(model_bytes)
+        self._tokenizer = tokenizer
+        self.dim = dim
         self.precision = precision
         self.threads = threads
+        #: The serialised model, kept until the embedder has written it to its cache (``release_model_bytes``).
+        self.model_bytes = model_bytes
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -249,6 +247,59 @@ class _OnnxEncoder:
             if split and cores >= 2
             else None
         )
+
+    @classmethod
+    def export(cls, st_model: Any, threads: int, split: bool = True, precision: str = "fp32") -> _OnnxEncoder:
+        """Export the transformer of ``st_model`` (in memory) and open a session on it."""
+        import io
+
+        import torch
+
+        modules = [type(m).__name__ for m in st_model]
+        if modules[:2] != ["Transformer", "Pooling"] or modules[2:] not in ([], ["Normalize"]):
+            raise ValueError(f"unsupported module chain {modules}")
+        if st_model[1].get_config_dict().get("pooling_mode") != "mean":
+            raise ValueError("only mean pooling is exported")
+        hf_tokenizer = st_model.tokenizer
+        tokenizer = _FastTokenizer(
+            hf_tokenizer.backend_tokenizer.to_str(),
+            int(st_model.max_seq_length),
+            int(hf_tokenizer.pad_token_id),
+            str(hf_tokenizer.pad_token),
+        )
+        transformer = st_model[0].auto_model.eval()
+
+        class _LastHidden(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+                out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                return out.last_hidden_state
+
+        sample = hf_tokenizer(["a sample sentence"], return_tensors="pt")
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(
+                _LastHidden(transformer),
+                tuple(sample[k] for k in cls.INPUTS),
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects too
+                input_names=list(cls.INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*cls.INPUTS, "last_hidden_state")},
+                opset_version=17,
+                dynamo=False,
+            )
+        model_bytes = buffer.getvalue()
+        if precision == "int8":
+            model_bytes = _quantize_int8(model_bytes)
+        getter = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
+        return cls(model_bytes, tokenizer, int(getter() or 0), threads, split=split, precision=precision)
+
+    def release_model_bytes(self) -> None:
+        self.model_bytes = b""
 
     def encode(self, texts: list[str], batch_size: int, tokenizer_lock: threading.Lock | None = None) -> np.ndarray:
         """Vectors of ``texts``; ``tokenizer_lock`` guards the (not thread-safe) tokenizer, the session
@@ -287,14 +338,7 @@ class _OnnxEncoder:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             with tokenizer_lock or contextlib.nullcontext():
-                batch = self._tokenizer(
-                    [texts[i] for i in chunk],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._max_length,
-                    return_tensors="np",
-                )
-            feeds = {k: batch[k].astype(np.int64) for k in self.INPUTS}
+                feeds = self._tokenizer([texts[i] for i in chunk])
             hidden = self._session.run(None, feeds)[0]
             mask = feeds["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
@@ -310,6 +354,168 @@ class _OnnxEncoder:
         agreement = float(np.min(np.sum(self.encode(probe, 8) * reference(probe), axis=1)))
         if agreement < self.MIN_AGREEMENT[self.precision]:
             raise ValueError(f"ONNX export ({self.precision}) disagrees with torch (min cosine {agreement:.4f})")
+
+
+class _FastTokenizer:
+    """The model's tokenizer run by the ``tokenizers`` library, set up once as sentence-transformers calls it:
+    truncation at the model's ``max_seq_length``, padding to the longest text of each call.
+
+    The same ids as the ``transformers`` tokenizer (tested), without importing ``transformers`` (seconds of a
+    start), and serialisable, so the encoder cache can store it. ``__call__`` gives the session's feeds.
+    """
+
+    def __init__(self, spec: str, max_length: int, pad_id: int, pad_token: str):
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.pad_token = pad_token
+        self._tokenizer = Tokenizer.from_str(spec)
+        self._tokenizer.enable_truncation(max_length=max_length)
+        self._tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest of the call
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self._tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+
+class _EncoderCache:
+    """The exported (and, for int8, quantised) ONNX transformer and its tokenizer kept on disk, so a start
+    after the first opens a session on them instead of loading the model with torch and exporting it again.
+
+    One directory per key, ``<cache_dir>/onnx-<key>``: the key is a SHA-256 of every file of the model
+    directory (their contents, so swapped weights are a miss), the precision and the versions of the libraries
+    the export and the session depend on. It holds ``model.onnx``, ``tokenizer.json`` and ``meta.json`` (the
+    tokenizer's settings, the dimension, probe texts and the vectors the exported session gave for them). A
+    load runs the probe texts through the loaded session and accepts it only if it reproduces those vectors;
+    anything else (a missing, unreadable or disagreeing file) is logged and the embedder exports again, then
+    replaces the entry. Entries are written to a temporary directory, fsynced and renamed into place, so a crash
+    leaves no partial entry under the real name.
+    """
+
+    FORMAT = 1
+    PROBE = ("The quick brown fox jumps over the lazy dog.", "ok", "Where did we meet last summer, and who came?",
+             "naïve café — 東京で会いましょう 🙂")
+    #: Least cosine between the probe vectors of a loaded entry and those stored with it (same session and
+    #: tokenizer: they agree to the last bits).
+    MIN_AGREEMENT = 0.9999
+    LIBRARIES = ("onnxruntime", "tokenizers", "torch", "transformers", "sentence-transformers", "numpy")
+
+    def __init__(self, cache_dir: str | os.PathLike[str], model_path: str, precision: str):
+        self.directory = os.path.join(os.fspath(cache_dir), f"onnx-{self._key(model_path, precision)}")
+        self.precision = precision
+
+    @classmethod
+    def _key(cls, model_path: str, precision: str) -> str:
+        import importlib.metadata
+
+        digest = hashlib.sha256(f"format {cls.FORMAT}\nprecision {precision}\n".encode())
+        for library in cls.LIBRARIES:
+            try:
+                version = importlib.metadata.version(library)
+            except importlib.metadata.PackageNotFoundError:
+                version = "-"
+            digest.update(f"{library} {version}\n".encode())
+        for root, dirs, files in os.walk(model_path):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                digest.update(f"{os.path.relpath(path, model_path)}\n".encode())
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+        return digest.hexdigest()[:32]
+
+    def load(self, threads: int) -> _OnnxEncoder | None:
+        meta_path = os.path.join(self.directory, "meta.json")
+        if not os.path.exists(meta_path):
+            return None
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if meta.get("format") != self.FORMAT or meta.get("precision") != self.precision:
+                raise ValueError("another format or precision")
+            with open(os.path.join(self.directory, "tokenizer.json")) as f:
+                spec = f.read()
+            tokenizer = _FastTokenizer(spec, int(meta["max_length"]), int(meta["pad_id"]), str(meta["pad_token"]))
+            with open(os.path.join(self.directory, "model.onnx"), "rb") as f:
+                model_bytes = f.read()
+            encoder = _OnnxEncoder(model_bytes, tokenizer, int(meta["dim"]), threads, precision=self.precision)
+            encoder.release_model_bytes()
+            expected = np.asarray(meta["probe_vectors"], dtype=np.float32)
+            agreement = float(np.min(np.sum(encoder.encode(list(self.PROBE), 8) * expected, axis=1)))
+            if agreement < self.MIN_AGREEMENT:
+                raise ValueError(f"probe vectors disagree (min cosine {agreement:.6f})")
+        except Exception as exc:  # a cache never stops a start: export again instead
+            log.warning("embedding encoder cache %s not used (%s); exporting the model again", self.directory, exc)
+            return None
+        log.info("embedding encoder loaded from its cache", extra={"path": self.directory})
+        return encoder
+
+    def save(self, encoder: _OnnxEncoder) -> None:
+        """Write ``encoder``'s entry (replacing a rejected one) and release its model bytes."""
+        import shutil
+        import tempfile
+
+        model_bytes = encoder.model_bytes
+        encoder.release_model_bytes()
+        if not model_bytes:
+            return
+        parent = os.path.dirname(self.directory)
+        tmp = ""
+        try:
+            os.makedirs(parent, exist_ok=True)
+            if shutil.disk_usage(parent).free < (64 << 20) + 2 * len(model_bytes):
+                log.warning("embedding encoder cache not written: disk nearly full")
+                return
+            tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
+            meta = {
+                "format": self.FORMAT,
+                "precision": self.precision,
+                "dim": encoder.dim,
+                "max_length": encoder._tokenizer.max_length,
+                "pad_id": encoder._tokenizer.pad_id,
+                "pad_token": encoder._tokenizer.pad_token,
+                "probe_vectors": encoder.encode(list(self.PROBE), 8).tolist(),
+            }
+            for name, data in (
+                ("model.onnx", model_bytes),
+                ("tokenizer.json", encoder._tokenizer.spec.encode()),
+                ("meta.json", json.dumps(meta).encode()),  # last: an entry without it is never read
+            ):
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            if os.path.exists(self.directory):
+                shutil.rmtree(self.directory, ignore_errors=True)  # a rejected entry
+            os.replace(tmp, self.directory)
+            tmp = ""
+        except OSError as exc:
+            log.warning("embedding encoder cache not written (%s)", exc)
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_device() -> str:
+    """"cuda" when torch sees a GPU, else "cpu". A CPU build of torch (its version ends in "+cpu") cannot see one,
+    so there it answers without importing torch (a second of a start)."""
+    import importlib.metadata
+
+    try:
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return "cpu"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _quantize_int8(model_bytes: bytes) -> bytes:
@@ -495,19 +701,35 @@ def default_onnx_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-@functools.lru_cache(maxsize=4)
+_LOADED: collections.OrderedDict[tuple[str, str | None, str, int | None, str], Embedder] = collections.OrderedDict()
+_LOADED_LOCK = threading.Lock()
+
+
 def create_embedder(
     model: str = DEFAULT_MODEL,
     device: str | None = None,
     backend: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Embedder:
     """Build the embedder named in configuration: the bundled model, ``hashing`` (tests), or a local path.
 
-    Cached per process: several servers in one test process share one loaded model.
+    Cached per process: several servers in one test process share one loaded model (the last four
+    configurations). ``cache_dir``: where the exported encoder is kept between starts (see ``_EncoderCache``);
+    it is used when this call loads the model, and is not part of what is shared.
     """
     if model == "hashing" or model.startswith("hashing-"):
         dim = int(model.split("-", 1)[1]) if "-" in model else 384
         return HashingEmbedder(dim)
-    return SentenceTransformerEmbedder(model, device=device, backend=backend, threads=threads, precision=precision)
+    key = (model, device, backend, threads, precision)
+    with _LOADED_LOCK:  # held while loading: two servers starting at once load the model once
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            loaded = SentenceTransformerEmbedder(
+                model, device=device, backend=backend, threads=threads, precision=precision, cache_dir=cache_dir
+            )
+            _LOADED[key] = loaded
+            while len(_LOADED) > 4:
+                _LOADED.popitem(last=False)
+        return loaded

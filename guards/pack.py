@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from core.embedding import Embedder
+from core.vector_cache import cached_vectors
 from guards.model import Exemplar, Label, LeafSource, PolicyRule
 from guards.rules import parse_rule
 
@@ -61,14 +62,17 @@ _VECTORS: dict[tuple[str, str], np.ndarray] = {}
 _VECTORS_LOCK = threading.Lock()
 
 
-def pack_vectors(pack_path: str, embedder: Embedder) -> np.ndarray:
-    """Embeddings of every pack exemplar in file order, computed once per process and embedder."""
+def pack_vectors(pack_path: str, embedder: Embedder, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Embeddings of every pack exemplar in file order, computed once per process and embedder.
+
+    With ``cache_dir`` they are also kept in a file there (``core.vector_cache``), so the next start reads
+    them instead of embedding the whole pack again (3-5 s of a start on the 2-core VM)."""
     key = (pack_path, embedder.name)
     with _VECTORS_LOCK:
         if key not in _VECTORS:
             pack = load_pack(pack_path)
             texts = [e for c in pack.clusters for e in c.examples]
-            _VECTORS[key] = embedder.embed(texts)
+            _VECTORS[key] = cached_vectors(cache_dir, "guard-pack", embedder, texts)
         return _VECTORS[key]
 
 

@@ -151,6 +151,17 @@ class _Candidates:
         return 0
 
 
+@dataclass(frozen=True)
+class CandidateCacheStats:
+    """What the linking candidate cache holds (:meth:`AssociationManager.candidate_cache`): its entries, the
+    bytes they take against the budget, and each (namespace, cluster) entry's unit keys in slot order."""
+
+    entries: int
+    nbytes: int
+    budget_bytes: int
+    samples: dict[tuple[str, int], tuple[int, ...]]
+
+
 class _CandidateCache:
     """Per (namespace, cluster), the candidates a new unit is compared against, least recently used
     dropped first beyond a byte budget shared by all namespaces.
@@ -206,6 +217,11 @@ class _CandidateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def snapshot(self) -> CandidateCacheStats:
+        with self._lock:
+            samples = {key: tuple(e.keys[: e.n].tolist()) for key, e in self._entries.items()}
+            return CandidateCacheStats(len(samples), self.nbytes, self.budget_bytes, samples)
+
     def _drop(self, key: tuple[str, int]) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
@@ -242,6 +258,10 @@ class AssociationManager:
         """Number of mixture components of the namespace's current model (0 before the first fit)."""
         model = self._models.get(namespace)
         return model.k if model else 0
+
+    def candidate_cache(self) -> CandidateCacheStats:
+        """A copy of what the linking candidate cache holds now (diagnostics and tests)."""
+        return self._candidates.snapshot()
 
     def last_refit_seconds(self, namespace: str) -> float:
         """Wall time of the namespace's last refit."""

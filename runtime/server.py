@@ -9,10 +9,12 @@ import hmac
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -299,13 +301,21 @@ class AgentrtServer:
             rt.loaded_embedder = self._embedder_override
         else:
             emb = self.settings.embedding
-            if emb.torch_threads:
+            model = await rt.offload(
+                create_embedder,
+                emb.model,
+                emb.device,
+                emb.backend,
+                emb.onnx_threads,
+                emb.precision,
+                Path(self.settings.storage.data_dir) / "cache",
+            )
+            if emb.torch_threads and "torch" in sys.modules:
+                # Only where torch was loaded (the torch backend, or the first start's export): a start that
+                # opened the cached ONNX encoder runs no torch at all and need not import it for this.
                 import torch
 
                 torch.set_num_threads(emb.torch_threads)
-            model = await rt.offload(
-                create_embedder, emb.model, emb.device, emb.backend, emb.onnx_threads, emb.precision
-            )
             rt.loaded_embedder = CachingEmbedder(model) if emb.cache_size > 0 else model
         for module in SERVICE_MODULES:
             await rt.offload(module.build, rt)

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(
       "--link-timeout", "10"], "memory_latency_quick.json", ["units_total", "writers"]),
     (["memory-gmm", "--sizes", "1000", "--baseline-cap-s", "5"], "memory_gmm.json", ["rows", "summary"]),
     (["agent", "--turns", "2", "--warmup", "1"], "agent.json", ["full", "graph_only_default_components"]),
-], ids=["memory-locomo", "memory-latency", "memory-gmm", "agent"])
+    (["startup", "--rounds", "1"], "startup.json", ["rounds", "summary"]),
+], ids=["memory-locomo", "memory-latency", "memory-gmm", "agent", "startup"])
 def test_benchmark_runs_with_its_one_command(tmp_path: Path, args: list[str], result: str, keys: list[str]) -> None:
     env = {**os.environ, "AGENTRT_BENCH_RESULTS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,8 +39,8 @@ def test_encoder_splits_a_batch_in_halves_and_gives_the_same_vectors(threads: in
 
     emb = create_embedder()
     assert isinstance(emb, SentenceTransformerEmbedder)
-    split = _OnnxEncoder(emb._model, threads=threads)
-    whole = _OnnxEncoder(emb._model, threads=threads, split=False)
+    split = _OnnxEncoder.export(emb._st_model(), threads=threads)
+    whole = _OnnxEncoder.export(emb._st_model(), threads=threads, split=False)
     assert split._split_pool is not None and whole._split_pool is None  # this machine has >= 2 cores
     texts = ["ok", "Where did we meet last summer, and who came along with us?", "haha", "I adopted a cat " * 20, "x y"]
     for batch in (texts, texts[:2], texts[:1]):
@@ -241,3 +242,98 @@ def test_cache_waiter_embeds_for_itself_when_the_other_caller_fails() -> None:
     second.join(5)
     assert len(errors) == 1 and len(results) == 1
     np.testing.assert_array_equal(results[0][0], failing.inner.embed(["t"])[0])
+
+
+# -- the ONNX encoder's tokenizer and its cache between starts ---------------------------------------------------
+
+TOKENIZER_TEXTS = [
+    "",
+    "ok",
+    "  spaces   and\ttabs\nnewlines  ",
+    "naïve café — 東京で会いましょう 🙂 ﬁne",
+    "URLs: https://example.com/a?b=c&d=e, emails: a.b@example.org, numbers 3.14159 and 1,000,000",
+    "\ufffd replacement and Ünïcödé ÀÉÎÕÜ",
+    "word " * 400,  # beyond max_seq_length: truncated
+    "Where did we meet last summer, and who came along with us?",
+]
+
+
+def test_fast_tokenizer_gives_the_transformers_tokenizer_ids() -> None:
+    """The encoder tokenises with the ``tokenizers`` library directly; its feeds must be what sentence-transformers'
+    tokenizer call gives (padding to the longest, truncation at max_seq_length), text by text and in a batch."""
+    emb = create_embedder()
+    assert isinstance(emb, SentenceTransformerEmbedder)
+    st = emb._st_model()
+    assert emb._onnx is not None
+    ours = emb._onnx._tokenizer
+    assert ours.max_length == st.max_seq_length == 256
+    for batch in [TOKENIZER_TEXTS, *([t] for t in TOKENIZER_TEXTS)]:
+        theirs = st.tokenizer(batch, padding=True, truncation=True, max_length=st.max_seq_length, return_tensors="np")
+        feeds = ours(batch)
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(feeds[name], theirs[name])
+    assert ours([TOKENIZER_TEXTS[6]])["input_ids"].shape == (1, 256)
+
+
+def test_encoder_cache_reopens_the_export_without_torch_and_gives_the_same_vectors(tmp_path: Path) -> None:
+    first = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    assert first.backend == "onnx" and not first.loaded_from_cache
+    [entry] = list(tmp_path.glob("onnx-*"))
+    assert {p.name for p in entry.iterdir()} == {"model.onnx", "tokenizer.json", "meta.json"}
+    assert not list(tmp_path.glob(".onnx-*"))  # no temporary directory left behind
+
+    second = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    assert second.loaded_from_cache and second._model is None  # no sentence-transformers model loaded
+    assert second.dim == first.dim == 384 and second.name == first.name
+    np.testing.assert_allclose(second.embed(TOKENIZER_TEXTS), first.embed(TOKENIZER_TEXTS), atol=1e-5)
+    # Against torch itself, not only against the first export.
+    np.testing.assert_allclose(np.sum(second.embed(TOKENIZER_TEXTS[:4]) * first._encode_torch(TOKENIZER_TEXTS[:4]),
+                                      axis=1), 1.0, atol=1e-4)
+
+
+def test_encoder_cache_entries_differ_by_precision(tmp_path: Path) -> None:
+    SentenceTransformerEmbedder(cache_dir=tmp_path)
+    int8 = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
+    assert not int8.loaded_from_cache and len(list(tmp_path.glob("onnx-*"))) == 2
+    again = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
+    assert again.loaded_from_cache and again.precision == "int8" and again.name.endswith("+int8")
+    np.testing.assert_allclose(again.embed(["I adopted a cat"]), int8.embed(["I adopted a cat"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["truncate model", "other probe vectors", "garbled meta", "missing tokenizer"])
+def test_a_damaged_encoder_cache_entry_is_exported_again_and_replaced(tmp_path: Path, damage: str) -> None:
+    import json
+
+    reference = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    [entry] = list(tmp_path.glob("onnx-*"))
+    if damage == "truncate model":
+        data = (entry / "model.onnx").read_bytes()
+        (entry / "model.onnx").write_bytes(data[: len(data) // 2])
+    elif damage == "other probe vectors":
+        meta = json.loads((entry / "meta.json").read_text())
+        meta["probe_vectors"] = (-np.asarray(meta["probe_vectors"])).tolist()
+        (entry / "meta.json").write_text(json.dumps(meta))
+    elif damage == "garbled meta":
+        (entry / "meta.json").write_text("{not json")
+    else:
+        (entry / "tokenizer.json").unlink()
+    redone = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    assert not redone.loaded_from_cache  # rejected: exported again
+    np.testing.assert_allclose(redone.embed(TOKENIZER_TEXTS), reference.embed(TOKENIZER_TEXTS), atol=1e-5)
+    healed = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    assert healed.loaded_from_cache  # the rejected entry was replaced by a good one
+
+
+def test_encoder_cache_key_follows_the_model_files(tmp_path: Path) -> None:
+    import shutil
+
+    from core.embedding import _EncoderCache, default_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    before = _EncoderCache(tmp_path / "cache", str(model), "fp32").directory
+    assert before == _EncoderCache(tmp_path / "cache", str(model), "fp32").directory
+    with open(model / "config.json", "a") as f:
+        f.write("\n")  # any byte of any file of the model changes the key
+    assert _EncoderCache(tmp_path / "cache", str(model), "fp32").directory != before
+    assert _EncoderCache(tmp_path / "cache", str(model), "int8").directory != before

@@ -235,8 +235,8 @@ def test_backlog_passes_reuse_candidates_and_follow_units_added_and_removed_mean
     model = manager.refit(NS, index)
     assert model is not None
     manager.step(NS, index)
-    cached = len(manager._candidates)
-    assert cached and manager._candidates.nbytes > 0  # kept for the next passes
+    cached = manager.candidate_cache().entries
+    assert cached and manager.candidate_cache().nbytes > 0  # kept for the next passes
     # Meanwhile one unit goes and new ones come (as Delete and Write do between passes).
     gone = units[50]
     index.apply([gone.key], ())
@@ -250,7 +250,7 @@ def test_backlog_passes_reuse_candidates_and_follow_units_added_and_removed_mean
     assert len(neighbours) == len(units) + len(late) - 1  # every live unit linked, the late ones too
     assert all(o != gone.key for links in neighbours.values() for o, _ in links)
     # Kept once the backlog is done too: the Writes that follow link against them.
-    assert len(manager._candidates) >= cached
+    assert manager.candidate_cache().entries >= cached
 
 
 def _write_batches(vectors: np.ndarray, start: int, size: int) -> list[list[StoredUnit]]:
@@ -275,8 +275,9 @@ def test_cached_candidates_take_new_members_as_a_rebuild_would() -> None:
             index.apply((), batch)
             manager.link(NS, index, [u.key for u in batch])
         edges.append(sorted(store.load_edges(NS)))
-        assert (len(manager._candidates) > 0) == (budget > 0)
-        assert manager._candidates.nbytes <= budget
+        cache = manager.candidate_cache()
+        assert (cache.entries > 0) == (budget > 0)
+        assert cache.nbytes <= cache.budget_bytes == budget
     assert edges[0] == edges[1]
     # The later Writes' units linked to each other, not only to the fitted ones.
     late = {unit_key(NS, f"s/turn/{i}") for i in range(1000, 1090)}
@@ -292,21 +293,21 @@ def test_candidate_cache_stays_within_its_budget_and_samples_beyond_the_cap() ->
     manager = AssociationManager(store, config, candidate_cache_bytes=2 * one_cluster)
     manager.refit(NS, index)
     while manager.step(NS, index) != "idle":
-        assert manager._candidates.nbytes <= 2 * one_cluster
-    assert 0 < len(manager._candidates) <= 2
+        assert manager.candidate_cache().nbytes <= 2 * one_cluster
+    assert 0 < manager.candidate_cache().entries <= 2
     for batch in _write_batches(vectors[150:], 2000, 10):
         store.apply(NS, Change(insert_units=batch))
         index.apply((), batch)
         manager.link(NS, index, [u.key for u in batch])
-        assert manager._candidates.nbytes <= 2 * one_cluster
-        for entry in manager._candidates._entries.values():
-            assert entry.n == 20  # a full cluster keeps a sample of cap members
-            assert len(set(entry.keys[: entry.n].tolist())) == 20
+        cache = manager.candidate_cache()
+        assert cache.nbytes <= 2 * one_cluster
+        for sample in cache.samples.values():
+            assert len(sample) == len(set(sample)) == 20  # a full cluster keeps a sample of cap distinct members
     # Later members made it into the samples (reservoir replacement), and a refit drops the namespace's.
-    sampled = {k for e in manager._candidates._entries.values() for k in e.keys[: e.n].tolist()}
+    sampled = {k for sample in manager.candidate_cache().samples.values() for k in sample}
     assert sampled & {unit_key(NS, f"s/turn/{i}") for i in range(2000, 2150)}
     manager.refit(NS, index)
-    assert len(manager._candidates) == 0 and manager._candidates.nbytes == 0
+    assert manager.candidate_cache().entries == 0 and manager.candidate_cache().nbytes == 0
 
 
 def test_vectorised_cluster_choice_matches_the_per_unit_rule() -> None:
