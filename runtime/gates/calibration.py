@@ -9,7 +9,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, tied values sharing the mean of their ranks (``scipy.stats.rankdata``'s
+    default). Written out because importing ``scipy.stats`` for this one function was 0.8 s of every
+    sidecar start (a third of the import time of ``runtime.server``)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(v, kind="mergesort")
+    ordered = v[order]
+    # Each run of equal values gets the mean of the positions it covers: (first + last) / 2, 1-based.
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], v.size]
+    group = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    ranks = np.empty(v.size, dtype=np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[group]
+    return ranks
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -20,7 +35,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     n_neg = int(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks = rankdata(s)
+    ranks = average_ranks(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
