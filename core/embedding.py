@@ -135,8 +135,10 @@ class SentenceTransformerEmbedder:
                         raise ValueError(f"embedding backend 'onnx' is unavailable for {model!r}: {exc}") from exc
                     log.info("ONNX Runtime not used for the embedder (%s); using torch", exc)
                     self._onnx = None
-                if self._onnx is not None and cache is not None:
-                    cache.save(self._onnx)
+                if self._onnx is not None:
+                    if cache is not None:
+                        cache.save(self._onnx)
+                    self._onnx.release_model_bytes()  # the session holds its own copy; ~87 MB for MiniLM
         if precision != "fp32" and self._onnx is None:
             raise ValueError(f"embedding precision {precision!r} needs the ONNX Runtime backend on the CPU")
         self._dim = self._onnx.dim if self._onnx is not None else self._st_dim()

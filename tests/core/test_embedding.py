@@ -337,3 +337,11 @@ def test_encoder_cache_key_follows_the_model_files(tmp_path: Path) -> None:
         f.write("\n")  # any byte of any file of the model changes the key
     assert _EncoderCache(tmp_path / "cache", str(model), "fp32").directory != before
     assert _EncoderCache(tmp_path / "cache", str(model), "int8").directory != before
+
+
+def test_the_serialised_model_is_not_kept_after_load(tmp_path: Path) -> None:
+    """The session holds its own copy of the weights: the exported bytes (87 MB for MiniLM) are dropped once the
+    cache has them, and at once without a cache."""
+    for emb in (SentenceTransformerEmbedder(), SentenceTransformerEmbedder(cache_dir=tmp_path),
+                SentenceTransformerEmbedder(cache_dir=tmp_path)):
+        assert emb._onnx is not None and emb._onnx.model_bytes == b""
