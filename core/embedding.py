@@ -119,8 +119,8 @@ class SentenceTransformerEmbedder:
         #: Whether the ONNX encoder came from ``cache_dir`` (no export, torch never imported).
         self.loaded_from_cache = False
         threads = threads or default_onnx_threads()
-        cache = _EncoderCache(cache_dir, path, precision) if cache_dir is not None else None
         if backend == "onnx" or (backend == "auto" and device == "cpu"):
+            cache = _EncoderCache(cache_dir, path, precision) if cache_dir is not None else None
             if cache is not None:
                 # A start after the first: the exported transformer and its tokenizer from the cache, without
                 # loading torch, transformers or sentence-transformers (4-5 s of a start on the 2-core VM).
@@ -303,6 +303,11 @@ class _OnnxEncoder:
     def release_model_bytes(self) -> None:
         self.model_bytes = b""
 
+    def close(self) -> None:
+        """Stop the helper thread of split calls (an encoder that will not be used)."""
+        if self._split_pool is not None:
+            self._split_pool.shutdown(wait=False)
+
     def encode(self, texts: list[str], batch_size: int, tokenizer_lock: threading.Lock | None = None) -> np.ndarray:
         """Vectors of ``texts``; ``tokenizer_lock`` guards the (not thread-safe) tokenizer, the session
         itself may run in several threads at once.
@@ -452,6 +457,7 @@ class _EncoderCache:
             expected = np.asarray(meta["probe_vectors"], dtype=np.float32)
             agreement = float(np.min(np.sum(encoder.encode(list(self.PROBE), 8) * expected, axis=1)))
             if agreement < self.MIN_AGREEMENT:
+                encoder.close()
                 raise ValueError(f"probe vectors disagree (min cosine {agreement:.6f})")
         except Exception as exc:  # a cache never stops a start: export again instead
             log.warning("embedding encoder cache %s not used (%s); exporting the model again", self.directory, exc)
