@@ -44,5 +44,8 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "sentence_transformers", "alembic.runtime.migration"):
+    # Libraries that log their own start-up at INFO (faiss: which CPU build it loaded, four lines; alembic: one
+    # line per plugin): nothing an operator acts on, and a dozen lines ahead of "listening" on every start.
+    for noisy in ("httpx", "httpcore", "sentence_transformers", "alembic.runtime.migration", "alembic.runtime.plugins",
+                  "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
