@@ -429,6 +429,9 @@ class InMemoryStore(MemoryStore):
             return n
 
 
+_GRANULARITIES = {g.value: g for g in Granularity}
+
+
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes even for timezone=True columns; everything we store is UTC.
     if value is None:
@@ -477,18 +480,29 @@ class SqlMemoryStore(MemoryStore):
         return StoredMessage(message, int(row.seq), row.content_hash)
 
     @staticmethod
-    def _unit(row: sa.Row) -> StoredUnit:
+    def _unit_columns() -> tuple[sa.ColumnElement[Any], ...]:
+        """The columns ``_unit`` reads, in the order it unpacks them."""
+        t = schema.units
+        return (t.c.id, t.c.granularity, t.c.text, t.c.message_ids_json, t.c.session_id, t.c.time_start,
+                t.c.time_end, t.c.weight, t.c.key, t.c.vector, t.c.model)
+
+    @staticmethod
+    def _unit(row: Sequence[Any]) -> StoredUnit:
+        # Unpacked by position and the granularity looked up in a dict: a start reads every unit of every
+        # namespace, and named access on each row plus an Enum call per unit were half of the 1.6 s that
+        # 100k units took to read on the 2-core VM (1.0-1.1 s now).
+        uid, granularity, text, message_ids_json, session_id, time_start, time_end, weight, key, vector, model = row
         unit = MemoryUnit(
-            id=row.id,
-            granularity=Granularity(row.granularity),
-            text=row.text,
-            message_ids=tuple(json.loads(row.message_ids_json)),
-            session_id=row.session_id,
-            time_start=_aware(row.time_start),
-            time_end=_aware(row.time_end),
-            weight=float(row.weight),
+            id=uid,
+            granularity=_GRANULARITIES[granularity],
+            text=text,
+            message_ids=tuple(json.loads(message_ids_json)),
+            session_id=session_id,
+            time_start=_aware(time_start),
+            time_end=_aware(time_end),
+            weight=float(weight),
         )
-        return StoredUnit(unit, int(row.key), np.frombuffer(row.vector, dtype=np.float32), row.model)
+        return StoredUnit(unit, int(key), np.frombuffer(vector, dtype=np.float32), model)
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -541,7 +555,9 @@ class SqlMemoryStore(MemoryStore):
         out: list[StoredUnit] = []
         with reading(self._engine) as conn:
             for chunk in _chunks(sorted(set(session_ids))):
-                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.session_id.in_(chunk)))
+                rows = conn.execute(
+                    sa.select(*self._unit_columns()).where(t.c.namespace == namespace, t.c.session_id.in_(chunk))
+                )
                 out.extend(self._unit(row) for row in rows)
         return out
 
@@ -562,8 +578,11 @@ class SqlMemoryStore(MemoryStore):
         out: dict[str, StoredUnit] = {}
         with reading(self._engine) as conn:
             for chunk in _chunks(list(dict.fromkeys(unit_ids))):
-                rows = conn.execute(sa.select(t).where(t.c.namespace == namespace, t.c.id.in_(chunk)))
-                out.update({row.id: self._unit(row) for row in rows})
+                rows = conn.execute(
+                    sa.select(*self._unit_columns()).where(t.c.namespace == namespace, t.c.id.in_(chunk))
+                )
+                units = [self._unit(row) for row in rows]
+                out.update({s.unit.id: s for s in units})
         return out
 
     def iter_units(self, namespace: str, batch_size: int = 5000) -> Iterator[list[StoredUnit]]:
@@ -571,7 +590,12 @@ class SqlMemoryStore(MemoryStore):
         last = ""
         while True:
             # Keyset pagination: no long-lived cursor, no OFFSET scans.
-            query = sa.select(t).where(t.c.namespace == namespace, t.c.id > last).order_by(t.c.id).limit(batch_size)
+            query = (
+                sa.select(*self._unit_columns())
+                .where(t.c.namespace == namespace, t.c.id > last)
+                .order_by(t.c.id)
+                .limit(batch_size)
+            )
             with reading(self._engine) as conn:
                 batch = [self._unit(row) for row in conn.execute(query)]
             if not batch:
