@@ -470,6 +470,8 @@ class _EncoderCache:
         import shutil
         import tempfile
 
+        from core.vector_cache import MIN_FREE_BYTES  # here: that module imports this one
+
         model_bytes = encoder.model_bytes
         encoder.release_model_bytes()
         if not model_bytes:
@@ -478,7 +480,7 @@ class _EncoderCache:
         tmp = ""
         try:
             os.makedirs(parent, exist_ok=True)
-            if shutil.disk_usage(parent).free < (64 << 20) + 2 * len(model_bytes):
+            if shutil.disk_usage(parent).free < MIN_FREE_BYTES + 2 * len(model_bytes):
                 log.warning("embedding encoder cache not written: disk nearly full")
                 return
             tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)

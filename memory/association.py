@@ -214,9 +214,6 @@ class _CandidateCache:
             for key in [k for k in self._entries if k[0] == namespace]:
                 self._drop(key)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def snapshot(self) -> CandidateCacheStats:
         with self._lock:
             samples = {key: tuple(e.keys[: e.n].tolist()) for key, e in self._entries.items()}

@@ -430,6 +430,12 @@ class InMemoryStore(MemoryStore):
 
 
 _GRANULARITIES = {g.value: g for g in Granularity}
+#: The columns ``SqlMemoryStore._unit`` reads, in the order it unpacks them.
+_UNIT_COLUMNS = tuple(
+    schema.units.c[name]
+    for name in ("id", "granularity", "text", "message_ids_json", "session_id", "time_start", "time_end", "weight",
+                 "key", "vector", "model")
+)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -478,13 +484,6 @@ class SqlMemoryStore(MemoryStore):
             metadata=json.loads(row.metadata_json or "{}"),
         )
         return StoredMessage(message, int(row.seq), row.content_hash)
-
-    @staticmethod
-    def _unit_columns() -> tuple[sa.ColumnElement[Any], ...]:
-        """The columns ``_unit`` reads, in the order it unpacks them."""
-        t = schema.units
-        return (t.c.id, t.c.granularity, t.c.text, t.c.message_ids_json, t.c.session_id, t.c.time_start,
-                t.c.time_end, t.c.weight, t.c.key, t.c.vector, t.c.model)
 
     @staticmethod
     def _unit(row: Sequence[Any]) -> StoredUnit:
@@ -556,7 +555,7 @@ class SqlMemoryStore(MemoryStore):
         with reading(self._engine) as conn:
             for chunk in _chunks(sorted(set(session_ids))):
                 rows = conn.execute(
-                    sa.select(*self._unit_columns()).where(t.c.namespace == namespace, t.c.session_id.in_(chunk))
+                    sa.select(*_UNIT_COLUMNS).where(t.c.namespace == namespace, t.c.session_id.in_(chunk))
                 )
                 out.extend(self._unit(row) for row in rows)
         return out
@@ -579,10 +578,9 @@ class SqlMemoryStore(MemoryStore):
         with reading(self._engine) as conn:
             for chunk in _chunks(list(dict.fromkeys(unit_ids))):
                 rows = conn.execute(
-                    sa.select(*self._unit_columns()).where(t.c.namespace == namespace, t.c.id.in_(chunk))
+                    sa.select(*_UNIT_COLUMNS).where(t.c.namespace == namespace, t.c.id.in_(chunk))
                 )
-                units = [self._unit(row) for row in rows]
-                out.update({s.unit.id: s for s in units})
+                out.update((unit.unit.id, unit) for unit in map(self._unit, rows))
         return out
 
     def iter_units(self, namespace: str, batch_size: int = 5000) -> Iterator[list[StoredUnit]]:
@@ -591,7 +589,7 @@ class SqlMemoryStore(MemoryStore):
         while True:
             # Keyset pagination: no long-lived cursor, no OFFSET scans.
             query = (
-                sa.select(*self._unit_columns())
+                sa.select(*_UNIT_COLUMNS)
                 .where(t.c.namespace == namespace, t.c.id > last)
                 .order_by(t.c.id)
                 .limit(batch_size)

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from core.embedding import create_embedder
@@ -32,7 +31,7 @@ def open_runtime(settings: Settings) -> Runtime:
     rt = Runtime(settings=settings, db=db, executor=ThreadPoolExecutor(2))
     emb = settings.embedding
     rt.loaded_embedder = create_embedder(
-        emb.model, emb.device, emb.backend, emb.onnx_threads, emb.precision, Path(settings.storage.data_dir) / "cache"
+        emb.model, emb.device, emb.backend, emb.onnx_threads, emb.precision, settings.storage.cache_dir()
     )
     memory_service.build(rt)
     return rt

@@ -84,6 +84,11 @@ class StorageSettings(BaseModel):
             return self.database_url
         return f"sqlite:///{Path(self.data_dir).resolve() / 'agentrt.db'}"
 
+    def cache_dir(self) -> Path:
+        """``<data_dir>/cache``: what a start computes and later starts read back (the exported encoder, the guard
+        pack's vectors); checked on load and safe to delete."""
+        return Path(self.data_dir) / "cache"
+
 
 class EmbeddingSettings(BaseModel):
     """The one embedder shared by memory, guards and tool search."""

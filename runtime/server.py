@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -308,7 +307,7 @@ class AgentrtServer:
                 emb.backend,
                 emb.onnx_threads,
                 emb.precision,
-                Path(self.settings.storage.data_dir) / "cache",
+                self.settings.storage.cache_dir(),
             )
             if emb.torch_threads and "torch" in sys.modules:
                 # Only where torch was loaded (the torch backend, or the first start's export): a start that

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,7 +42,7 @@ def build(rt: Runtime) -> None:
     configured = dict(rt.policy("guards", "")) if hasattr(rt, "policy") else {}
     # Embed the default pack now (before SERVING) so the first Check of a new namespace only copies rows; the
     # vectors are kept under <data_dir>/cache, so later starts read them instead.
-    pack_vectors(str(DEFAULT_PACK), rt.embedder, Path(rt.settings.storage.data_dir) / "cache")
+    pack_vectors(str(DEFAULT_PACK), rt.embedder, rt.settings.storage.cache_dir())
     defaults = {k: v for k, v in configured.items() if k in DEFAULT_SETTINGS}
     params = MemoryParams.from_config(configured.get("memory"), "policies.defaults.guards.memory")
     rt.guards = GuardEngine(
