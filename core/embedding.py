@@ -470,7 +470,7 @@ class _EncoderCache:
         import shutil
         import tempfile
 
-        from core.vector_cache import MIN_FREE_BYTES  # here: that module imports this one
+        from core.cachefiles import has_room, replace_directory, write_synced
 
         model_bytes = encoder.model_bytes
         encoder.release_model_bytes()
@@ -480,7 +480,7 @@ class _EncoderCache:
         tmp = ""
         try:
             os.makedirs(parent, exist_ok=True)
-            if shutil.disk_usage(parent).free < MIN_FREE_BYTES + 2 * len(model_bytes):
+            if not has_room(parent, len(model_bytes)):
                 log.warning("embedding encoder cache not written: disk nearly full")
                 return
             tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
@@ -498,13 +498,8 @@ class _EncoderCache:
                 ("tokenizer.json", encoder._tokenizer.spec.encode()),
                 ("meta.json", json.dumps(meta).encode()),  # last: an entry without it is never read
             ):
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            if os.path.exists(self.directory):
-                shutil.rmtree(self.directory, ignore_errors=True)  # a rejected entry
-            os.replace(tmp, self.directory)
+                write_synced(os.path.join(tmp, name), data)
+            replace_directory(tmp, self.directory)
             tmp = ""
         except OSError as exc:
             log.warning("embedding encoder cache not written (%s)", exc)

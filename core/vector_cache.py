@@ -15,15 +15,13 @@ read-only or full disk) is logged and the vectors are still returned.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from core.cachefiles import MIN_FREE_BYTES, has_room, write_atomic
 from core.embedding import Embedder
 
 log = logging.getLogger(__name__)
@@ -31,8 +29,7 @@ log = logging.getLogger(__name__)
 #: Least cosine between a cached vector and the embedder's vector for the same text. Vectors of one embedder
 #: differ only in the last bits between calls (batching, padding), far above this.
 MIN_AGREEMENT = 0.999
-#: Free disk space a cache file never eats into (the database needs it more).
-MIN_FREE_BYTES = 64 << 20
+__all__ = ["MIN_AGREEMENT", "MIN_FREE_BYTES", "cache_path", "cached_vectors"]
 
 
 def cache_path(directory: str | Path, label: str, embedder: Embedder, texts: list[str]) -> Path:
@@ -92,19 +89,12 @@ def _problem(vectors: np.ndarray, embedder: Embedder, texts: list[str]) -> str |
 
 
 def _save(path: Path, vectors: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing a directory never mix files
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(path.parent).free < MIN_FREE_BYTES + 2 * vectors.nbytes:
+        if not has_room(path.parent, vectors.nbytes):
             log.warning("vector cache %s not written: disk nearly full", path.name)
             return
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        array = np.ascontiguousarray(vectors, dtype=np.float32)
+        write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
     except OSError as exc:
         log.warning("vector cache %s not written (%s)", path.name, exc)
-    finally:
-        with contextlib.suppress(OSError):  # nothing to remove, or no directory to remove it from
-            tmp.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cachefiles import MIN_FREE_BYTES, has_room, write_atomic
 from core.lexical import BM25Index
 from core.vector_index import VectorIndex, create_vector_index, dumped_items
 from memory.model import Granularity, MemoryUnit
@@ -324,7 +324,7 @@ class IndexSnapshots:
 
     FORMAT = 1
 
-    def __init__(self, directory: str | Path, *, min_free_bytes: int = 64 << 20):
+    def __init__(self, directory: str | Path, *, min_free_bytes: int = MIN_FREE_BYTES):
         self.directory = Path(directory)
         self.min_free_bytes = min_free_bytes
 
@@ -340,12 +340,6 @@ class IndexSnapshots:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    @staticmethod
-    def _replace(tmp: Path, path: Path) -> None:
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
     def save(self, namespace: str, generation: int, model: str, dim: int, dense: DenseStates) -> bool:
         """Write the snapshot of ``namespace`` (replacing the previous one); False when skipped for space.
 
@@ -357,23 +351,17 @@ class IndexSnapshots:
         data, manifest = self._paths(namespace)
         arrays = {f"{gran.value}.{name}": array for gran, state in dense.items() for name, array in state.items()}
         size = sum(int(np.asarray(a).nbytes) for a in arrays.values())
-        free = shutil.disk_usage(self.directory).free
-        if free < self.min_free_bytes + 2 * size:
+        if not has_room(self.directory, size, min_free=self.min_free_bytes):
             log.warning(
                 "index snapshot skipped: %d MiB free, the snapshot needs %d MiB plus %d MiB kept free",
-                free >> 20,
+                shutil.disk_usage(self.directory).free >> 20,
                 size >> 20,
                 self.min_free_bytes >> 20,
                 extra={"namespace": namespace},
             )
             return False
-        tmp = data.with_suffix(f".npz.{os.getpid()}.tmp")  # processes sharing a data_dir never mix their files
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub wants a bool for allow_pickle here
-            self._replace(tmp, data)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # numpy's stub wants a bool for allow_pickle in savez's keywords
+        write_atomic(data, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         meta = {
             "format": self.FORMAT,
             "namespace": namespace,
@@ -382,12 +370,7 @@ class IndexSnapshots:
             "dim": dim,
             "sha256": self._digest(data),
         }
-        tmp = manifest.with_suffix(f".json.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(meta))
-            self._replace(tmp, manifest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(manifest, json.dumps(meta).encode())
         return True
 
     def load(self, namespace: str, model: str, dim: int) -> IndexSnapshot | None:

@@ -123,8 +123,9 @@ class FuzzTarget:
             changed = self.watch.changed_since(before)
             if changed:
                 # Background work started by earlier calls (consolidation, training) may have written in
-                # between. Wait for the database to go quiet and replay the rejected call once: a real
-                # violation repeats, a coincidence does not.
+                # between. Drain it, wait for the database to go quiet and replay the rejected call once: a
+                # real violation repeats, a coincidence does not.
+                self.drain_background()
                 self.watch.wait_quiet()
                 before = self.watch.before()
                 code, details, replies = self.call(rpc, payload)
@@ -132,6 +133,18 @@ class FuzzTarget:
             if changed:
                 raise Violation(f"{where} was rejected ({code.name}: {details}) but changed stored data:\n{changed}")
         return code
+
+    def drain_background(self) -> None:
+        """Let the components finish what earlier calls queued. The memory's derivation of a large session
+        yields to foreground calls and can commit seconds later, after the database looked quiet for a while
+        (the long campaign on Postgres saw its units and edges land during a rejected RecordOutcome)."""
+        rt = self.server.rt
+        if rt.memory is not None:
+            rt.memory.flush(timeout=60)
+        for component in (rt.guards, rt.gates, rt.selector):
+            flush = getattr(component, "flush", None)
+            if flush is not None:
+                flush()
 
     def assert_serving(self) -> None:
         stub = health_pb2_grpc.HealthStub(self.server.channel)
