@@ -266,10 +266,13 @@ def compose_vectors(
     return composed, rest
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, field: str = "time") -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # an aware time at the edge of year 1 or 9999 whose UTC value is outside both
+        raise InvalidArgumentError(field, "is outside the years 1-9999 in UTC") from None
 
 
 class _Priority:
@@ -614,6 +617,8 @@ class MemoryEngine:
         violations: list[FieldViolation] = []
         if len(session_id) > MAX_ID_LEN:
             violations.append(FieldViolation("session_id", f"longer than {MAX_ID_LEN} characters"))
+        elif session_id != session_id.strip() or any(ord(c) < 32 for c in session_id):
+            violations.append(FieldViolation("session_id", "must not contain control characters or edge spaces"))
         if not messages:
             violations.append(FieldViolation("messages", "at least one message is required"))
         out: list[MemoryMessage] = []
@@ -635,9 +640,24 @@ class MemoryEngine:
                 violations.append(FieldViolation(f"messages[{i}].text", "must not be empty"))
             elif len(m.text) > MAX_TEXT_CHARS:
                 violations.append(FieldViolation(f"messages[{i}].text", f"longer than {MAX_TEXT_CHARS} characters"))
+            elif "\x00" in m.text:
+                # Postgres text cannot hold NUL; refused on every backend so a namespace can move between them.
+                violations.append(FieldViolation(f"messages[{i}].text", "must not contain NUL characters"))
             if len(m.speaker) > MAX_ID_LEN:
                 violations.append(FieldViolation(f"messages[{i}].speaker", f"longer than {MAX_ID_LEN} characters"))
-            out.append(replace(m, id=mid, session_id=session_id, time=_utc(m.time), metadata=dict(m.metadata)))
+            elif "\x00" in m.speaker:
+                violations.append(FieldViolation(f"messages[{i}].speaker", "must not contain NUL characters"))
+            for key, value in m.metadata.items():
+                if "\x00" in key or "\x00" in value:
+                    violations.append(
+                        FieldViolation(f"messages[{i}].metadata[{key!r}]", "must not contain NUL characters")
+                    )
+            try:
+                when = _utc(m.time, f"messages[{i}].time")
+            except InvalidArgumentError as exc:
+                violations.extend(exc.violations)
+                when = None
+            out.append(replace(m, id=mid, session_id=session_id, time=when, metadata=dict(m.metadata)))
         if violations:
             raise InvalidArgumentError(violations)
         return out
@@ -750,6 +770,13 @@ class MemoryEngine:
         Raises InvalidArgumentError naming the field (``messages[2].id``) for malformed input, or when
         a message id is already stored in another session.
         """
+        return self._write(namespace, session_id, messages)
+
+    def _write(
+        self, namespace: str, session_id: str, messages: Sequence[MemoryMessage], *, must_exist: bool = False
+    ) -> WriteResult:
+        """``write``; with ``must_exist`` (Update) every message must be stored when the plan is made and still be
+        when it commits, so a Delete that commits in between makes it NotFoundError instead of a new message."""
         session_id = session_id or "default"
         msgs = self._validate_messages(session_id, messages)
         state = self._state(namespace)
@@ -760,13 +787,15 @@ class MemoryEngine:
         with self._priority.foreground():
             for attempt in itertools.count():
                 with state.lock if attempt >= 2 else contextlib.nullcontext():
-                    if attempt == 0 and self._unseen(state, msgs):
+                    if attempt == 0 and not must_exist and self._unseen(state, msgs):
                         # New messages (an agent turn's, a conversation's next ones) skip this read: the commit
                         # re-reads them anyway, and a message stored meanwhile (another replica's) makes the
                         # plan stale, so the next attempt reads.
                         existing: Mapping[str, StoredMessage] = {}
                     else:
                         existing = self.store.get_messages(namespace, [m.id for m in msgs])
+                    if must_exist and (gone := [m.id for m in msgs if m.id not in existing]):
+                        raise NotFoundError("message", gone[0])
                     changed, unchanged = self._changed_messages(session_id, msgs, existing)
                     if not changed:
                         break
@@ -842,11 +871,26 @@ class MemoryEngine:
             for t in group:
                 t.outcome = _STALE
             return
-        except BaseException as exc:
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].outcome = exc
+                return
+            # One plan the store refuses (a value the database cannot hold) must not fail the Writes that
+            # happened to be queued with it: each plan is committed on its own, and only the failing one raises.
+            for t in group:
+                try:
+                    self._apply(namespace, state, replace(t.change, expect_messages=dict(t.seen)))
+                    t.outcome = True
+                except StaleChange:
+                    t.outcome = _STALE
+                except Exception as alone:
+                    t.outcome = alone
+            return
+        except BaseException as exc:  # interrupted: nothing of the group is known to be committed
             for t in group:
                 if t.outcome is None:
                     t.outcome = exc
-            return
+            raise
         for t in group:
             t.outcome = True
 
@@ -986,16 +1030,12 @@ class MemoryEngine:
             violations.append(FieldViolation("top_k", f"must be between 0 and {MAX_TOP_K}"))
         if query.token_budget < 0:
             violations.append(FieldViolation("token_budget", "must be >= 0"))
-        if query.time_start and query.time_end and _utc(query.time_start) > _utc(query.time_end):  # type: ignore[operator]
+        start, end = _utc(query.time_start, "time_start"), _utc(query.time_end, "time_end")
+        if start and end and start > end:
             violations.append(FieldViolation("time_end", "is before time_start"))
         if violations:
             raise InvalidArgumentError(violations)
-        query = replace(
-            query,
-            top_k=query.top_k or DEFAULT_TOP_K,
-            time_start=_utc(query.time_start),
-            time_end=_utc(query.time_end),
-        )
+        query = replace(query, top_k=query.top_k or DEFAULT_TOP_K, time_start=start, time_end=end)
         index = self._state(namespace).index
         if index.size() == 0:
             from memory.model import RoutingDiagnostics
@@ -1054,7 +1094,7 @@ class MemoryEngine:
             raise NotFoundError("message", message.id)
         session_id = found[message.id].message.session_id
         try:
-            return self.write(namespace, session_id, [message])
+            return self._write(namespace, session_id, [message], must_exist=True)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(
                 [FieldViolation(v.field.replace("messages[0]", "message"), v.description) for v in exc.violations]

@@ -34,6 +34,7 @@ Pipeline (every step touches only candidates, never every unit):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import weakref
@@ -394,9 +395,15 @@ def _allowed(unit: MemoryUnit | None, query: SearchQuery) -> bool:
         return False
     if query.session_ids and unit.session_id not in query.session_ids:
         return False
-    if query.time_start and unit.time_end and unit.time_end < query.time_start:
+    if not (query.time_start or query.time_end):
+        return True
+    # A unit of messages without a time has no range that could overlap the window.
+    start, end = unit.time_start or unit.time_end, unit.time_end or unit.time_start
+    if start is None or end is None:
         return False
-    return not (query.time_end and unit.time_start and unit.time_start > query.time_end)
+    if query.time_start and end < query.time_start:
+        return False
+    return not (query.time_end and start > query.time_end)
 
 
 @dataclass(frozen=True)
@@ -412,8 +419,33 @@ class LexicalStage:
     candidates: dict[Granularity, tuple[np.ndarray, np.ndarray]]
 
 
-def _candidate_count(pol: RetrievalPolicy, granularity: Granularity) -> int:
-    return pol.candidates if granularity == Granularity.TURN else max(10, pol.candidates // 2)
+def _candidate_count(pol: RetrievalPolicy, granularity: Granularity, query: SearchQuery | None = None) -> int:
+    count = pol.candidates
+    if query is not None and not query.token_budget and query.top_k > count:
+        # Hits come from the candidates: a caller asking for more hits than the pool holds (and no word budget to
+        # stop at) gets a pool that large, or top_k 300 would return ~130 hits.
+        count = query.top_k
+    return count if granularity == Granularity.TURN else max(10, count // 2)
+
+
+#: How far a filtered search widens its candidate searches (times the usual count) to find enough candidates
+#: that pass the filters: each step multiplies the count by 4 until enough pass or the granularity runs out.
+MAX_FILTER_WIDENING = 64
+
+
+def _widened(
+    search_k: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    k: int,
+    allowed: Callable[[int], bool],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``search_k(k)``, asked again for 4x, 16x, ... as many while fewer than ``k`` of its results pass
+    ``allowed`` and it still returned all it was asked for (so more exist)."""
+    want = k
+    while True:
+        keys, scores = search_k(want)
+        if len(keys) < want or want >= k * MAX_FILTER_WIDENING or sum(map(allowed, keys.tolist())) >= k:
+            return keys, scores
+        want *= 4
 
 
 def lexical_stage(
@@ -426,12 +458,20 @@ def lexical_stage(
     if query.granularities:
         present = [g for g in present if g in query.granularities]
     candidates: dict[Granularity, tuple[np.ndarray, np.ndarray]] = {}
+    filtered = _filters(query)
     for g in present:
         lexical = index.lexical(g)
+        if not terms or lexical is None:
+            candidates[g] = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+            continue
+        k = _candidate_count(pol, g, query)
+        search_k = functools.partial(lexical.search_arrays, terms, max_df=pol.lexical_max_df)
         candidates[g] = (
-            lexical.search_arrays(terms, _candidate_count(pol, g), max_df=pol.lexical_max_df)
-            if terms and lexical is not None
-            else (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+            # The filters apply to candidates: without widening, units of a small session or a time window
+            # outside the namespace-wide top k were never found.
+            _widened(search_k, k, lambda key: _allowed(index.unit(key), query))
+            if filtered
+            else search_k(k)
         )
     return LexicalStage(pol, terms, present, candidates)
 
@@ -458,7 +498,13 @@ def search(
     pools: dict[Granularity, _Pool] = {}
     filtered = _filters(query)
     for g in present:
-        dk, dscore = index.dense_search(g, qvec, _candidate_count(pol, g))
+        k = _candidate_count(pol, g, query)
+        if filtered:
+            dk, dscore = _widened(
+                functools.partial(index.dense_search, g, qvec), k, lambda key: _allowed(index.unit(key), query)
+            )
+        else:
+            dk, dscore = index.dense_search(g, qvec, k)
         lk, lscore = stage.candidates[g]
         # The candidate searches computed these scores already: FAISS returns exact inner products of the
         # stored vectors, BM25 the sums over every query term (not when max_df dropped common terms).

@@ -157,10 +157,31 @@ def information_weight(text: str, policy: UnitPolicy = UnitPolicy()) -> float:
     return policy.low_info_weight + (1.0 - policy.low_info_weight) * distinct / policy.low_info_terms
 
 
+#: Longest session or message id kept as it is inside a unit id; a longer one is hashed, so that a unit id fits
+#: the store's 255-character id column whatever the lengths of the two ids it is made of (each up to 255).
+ID_PART_CHARS = 100
+
+
+def id_part(value: str) -> str:
+    """A session or message id as one part of a unit id: ``/`` separates the parts, so it is escaped (and ``%``,
+    the escape character, first), which keeps unit ids one-to-one with (session, kind, message): unescaped,
+    session ``a`` with message ``b/turn/c`` and session ``a/turn/b`` with message ``c`` shared one turn unit id.
+    Ids over ``ID_PART_CHARS`` after escaping become ``%h`` + a 128-bit hash, a form no escaped id can take."""
+    escaped = value.replace("%", "%25").replace("/", "%2F")
+    if len(escaped) <= ID_PART_CHARS:
+        return escaped
+    return "%h" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+
+
+def turn_unit_id(session_id: str, message_id: str) -> str:
+    """Id of the turn unit of a message."""
+    return f"{id_part(session_id)}/turn/{id_part(message_id)}"
+
+
 def _unit_id(session_id: str, kind: str, parts: Sequence[str]) -> str:
     # Deterministic and bounded: the same messages give the same id on every re-derive.
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
-    return f"{session_id}/{kind}/{digest}"
+    return f"{id_part(session_id)}/{kind}/{digest}"
 
 
 _DATE = re.compile(
@@ -306,7 +327,7 @@ def session_segments(messages: Sequence[MemoryMessage], policy: UnitPolicy) -> l
 
 def segment_digest_id(session_id: str, index: int) -> str:
     """Id of the digest unit of a session's segment ``index`` (segment 0: the id of an unsegmented one)."""
-    return f"{session_id}/session" if index == 0 else f"{session_id}/session/{index}"
+    return f"{id_part(session_id)}/session" if index == 0 else f"{id_part(session_id)}/session/{index}"
 
 
 def derive_segment(
@@ -347,7 +368,7 @@ def turn_units(
     policy = policy or UnitPolicy()
     return [
         MemoryUnit(
-            id=f"{session_id}/turn/{m.id}",
+            id=turn_unit_id(session_id, m.id),
             granularity=Granularity.TURN,
             text=turn_text(m),
             message_ids=(m.id,),

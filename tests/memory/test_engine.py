@@ -551,3 +551,136 @@ def test_deleted_words_do_not_stay_behind_in_the_embedders_cache(store_factory) 
     engine.delete(NS, everything=True)
     assert not cache.is_cached([kept.text])
     engine.close()
+
+
+def test_unit_ids_stay_distinct_when_ids_contain_slashes(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """Session ``a`` with message ``b/turn/c`` and session ``a/turn/b`` with message ``c`` once shared the turn unit
+    id ``a/turn/b/turn/c``: the second Write replaced the first message's turn unit."""
+    engine = make_engine()
+    engine.write(NS, "a", [MemoryMessage("b/turn/c", "", "alice", "my axolotl lives in a cold aquarium")])
+    engine.write(NS, "a/turn/b", [MemoryMessage("c", "", "bob", "an axolotl aquarium needs a chiller")])
+    engine.flush()
+    index = engine.index(NS)
+    for mid in ("b/turn/c", "c"):
+        turns = [u for k in index.units_of_message(mid) if (u := index.unit(k)) and u.granularity == Granularity.TURN]
+        assert [u.message_ids for u in turns] == [(mid,)]
+    assert hit_message_ids(engine, "axolotl aquarium") == {"b/turn/c", "c"}
+    engine.delete(NS, session_id="a/turn/b")
+    assert hit_message_ids(engine, "axolotl aquarium") == {"b/turn/c"}
+
+
+def test_ids_of_the_longest_allowed_length_fit_every_derived_unit(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """A 255-character session id and message ids make unit ids within the store's 255-character column
+    (Postgres refused the derived units' longer ids, so the session stayed pending for ever)."""
+    engine = make_engine()
+    session = "s" * 255
+    long_ids = [f"{i}" + "m" * 254 for i in range(3)]
+    engine.write(NS, session, [MemoryMessage(mid, "", "alice", f"note {i} about the harbour")
+                               for i, mid in enumerate(long_ids)])
+    assert engine.flush()
+    stats = engine.stats(NS)
+    assert stats.pending_sessions == 0
+    assert {"turn", "exchange", "session"} <= set(stats.units)
+    units = [s.unit for batch in engine.store.iter_units(NS) for s in batch]
+    assert all(len(u.id) <= 255 for u in units)
+    assert len({u.id for u in units if u.granularity == Granularity.TURN}) == 3
+    assert hit_message_ids(engine, "harbour") >= set(long_ids)
+
+
+def test_nul_characters_and_control_characters_in_session_ids_are_refused(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    bad = [
+        MemoryMessage("a", "", "x", "a NUL \x00 inside"),
+        MemoryMessage("b", "", "x\x00", "fine"),
+        MemoryMessage("c", "", "x", "fine", metadata={"k": "v\x00"}),
+    ]
+    with pytest.raises(InvalidArgumentError) as exc:
+        engine.write(NS, "s1", bad)
+    assert [v.field for v in exc.value.violations] == [
+        "messages[0].text", "messages[1].speaker", "messages[2].metadata['k']"]
+    for session in ("tab\there", " edge"):
+        with pytest.raises(InvalidArgumentError) as exc:
+            engine.write(NS, session, messages()[:1])
+        assert [v.field for v in exc.value.violations] == ["session_id"]
+    assert engine.stats(NS).messages == 0
+
+
+class DeleteOnFirstRead:
+    """Delegates to a real store; when armed, the next ``get_messages`` runs ``hook`` right after it returns (a
+    Delete of another client landing between Update's check and its commit)."""
+
+    def __init__(self, inner: MemoryStore):
+        self._inner = inner
+        self.hook: Callable[[], object] | None = None
+
+    def get_messages(self, namespace: str, ids: list[str]):  # type: ignore[no-untyped-def]
+        found = self._inner.get_messages(namespace, ids)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return found
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+
+def test_an_update_racing_a_delete_does_not_bring_the_message_back(store_factory) -> None:  # type: ignore[no-untyped-def]
+    store = DeleteOnFirstRead(store_factory())
+    engine = MemoryEngine(store, create_embedder("hashing"), background=False)  # type: ignore[arg-type]
+    engine.load()
+    engine.write(NS, "s1", messages()[:2])
+    store.hook = lambda: engine.delete(NS, message_ids=["m0"])
+    with pytest.raises(NotFoundError):
+        engine.update(NS, MemoryMessage("m0", "", "alice", "my secret is 5678"))
+    assert [m.id for m in engine.list_messages(NS)[0]] == ["m1"]
+    result = engine.search(NS, SearchQuery("secret 5678", top_k=50))
+    assert not any("secret" in hit.unit.text for hit in result.hits)
+    engine.close()
+
+
+def test_filters_reach_units_outside_the_namespace_wide_candidates(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """Filters used to apply to the top 80 candidates of the whole namespace: a small session's turn that ranks
+    below them was never returned, however it matched the filter. Now a filtered search widens its candidates."""
+    engine = make_engine()
+    for k in range(60):
+        engine.write(NS, f"big{k}", [MemoryMessage(f"b{k}_{i}", "", "alice", f"my cat Pepper likes fish, note {k} {i}",
+                                                   T0 + timedelta(minutes=k)) for i in range(2)])
+    engine.write(NS, "small", [MemoryMessage("s0", "", "bob", "I also have a cat, her name is Luna",
+                                             T0 + timedelta(days=30))])
+    engine.flush()
+    query = "cat Pepper fish"
+    assert "s0" not in hit_message_ids(engine, query)  # outranked by the 120 others
+    assert hit_message_ids(engine, query, session_ids=("small",)) == {"s0"}
+    assert hit_message_ids(engine, query, time_start=T0 + timedelta(days=20)) == {"s0"}
+
+
+def test_top_k_beyond_the_candidate_count_returns_that_many_hits(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", [MemoryMessage(f"m{i}", "", "alice", f"harbour note number {i}") for i in range(150)])
+    for top_k in (50, 120):
+        hits = engine.search(NS, SearchQuery("harbour note", top_k=top_k, granularities=(Granularity.TURN,))).hits
+        assert len(hits) == top_k
+
+
+def test_a_time_filter_leaves_out_messages_without_a_time(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine()
+    engine.write(NS, "s1", [MemoryMessage("timed", "", "alice", "the ferry leaves at noon", T0)])
+    engine.write(NS, "s2", [MemoryMessage("untimed", "", "alice", "the ferry leaves at dawn")])
+    engine.flush()
+    assert hit_message_ids(engine, "ferry leaves") == {"timed", "untimed"}
+    assert hit_message_ids(engine, "ferry leaves", time_start=T0 - timedelta(days=1)) == {"timed"}
+    assert hit_message_ids(engine, "ferry leaves", time_end=T0 + timedelta(days=1)) == {"timed"}
+
+
+def test_times_whose_utc_value_is_out_of_range_are_invalid_arguments(make_engine) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timezone
+
+    engine = make_engine()
+    edge = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=5)))  # year 0 in UTC
+    with pytest.raises(InvalidArgumentError) as exc:
+        engine.write(NS, "s1", [MemoryMessage("a", "", "x", "fine", edge), MemoryMessage("b", "", "x", " ")])
+    assert [v.field for v in exc.value.violations] == ["messages[0].time", "messages[1].text"]
+    engine.write(NS, "s1", messages()[:1])
+    with pytest.raises(InvalidArgumentError) as exc:
+        engine.search(NS, SearchQuery("kitten", time_start=edge))
+    assert [v.field for v in exc.value.violations] == ["time_start"]

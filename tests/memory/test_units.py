@@ -111,3 +111,15 @@ def test_llm_enrichment_hook_quotes_turns_and_survives_failure() -> None:
         "http://llm.local/v1", "m", client=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
     )
     assert len(derive_units("s1", messages(), enricher=failing)) == len(derive_units("s1", messages()))
+
+
+def test_unit_id_parts_are_one_to_one_and_bounded() -> None:
+    from memory.units import ID_PART_CHARS, id_part, turn_unit_id
+
+    assert id_part("conv-26") == "conv-26"  # ordinary ids read as they are
+    assert turn_unit_id("a", "b/turn/c") != turn_unit_id("a/turn/b", "c")
+    assert len({id_part(x) for x in ("a/b", "a%2Fb", "a%252Fb", "%h" + "0" * 32)}) == 4
+    long = "x" * 255
+    assert id_part(long).startswith("%h") and len(id_part(long)) <= ID_PART_CHARS
+    assert id_part(long) != id_part(long[:-1] + "y")
+    assert len(turn_unit_id(long, long)) <= 255

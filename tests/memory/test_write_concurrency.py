@@ -165,3 +165,55 @@ def test_new_messages_skip_the_first_read_and_another_replicas_messages_are_stil
     assert [m.text for m in b.get(NS, ["m1"])] == ["first words"]
     a.close()
     b.close()
+
+
+class StoreRefusal(Exception):
+    """What a database raises for a value it cannot hold (Postgres: DataError)."""
+
+
+class RefusingGatedStore(GatedStore):
+    """``GatedStore`` that also refuses any change holding a message whose text contains ``REFUSE``."""
+
+    def apply(self, namespace: str, change: Change) -> int:
+        # Past the gated first commit, a change holding the marked text is refused as a whole.
+        if self.message_commits and any("REFUSE" in m.text for m in change.upsert_messages):
+            self.message_commits.append(-len(change.upsert_messages))
+            raise StoreRefusal("value cannot be stored")
+        return super().apply(namespace, change)
+
+
+def test_a_refused_write_does_not_fail_the_writes_queued_with_it(store_factory: Callable[[], MemoryStore]) -> None:
+    store = RefusingGatedStore(store_factory())
+    engine = MemoryEngine(store, create_embedder("hashing"), background=False)  # type: ignore[arg-type]
+    engine.load()
+    first = threading.Thread(target=engine.write, args=(NS, "s0", [turn("m0", "s0", "the first write")]))
+    first.start()
+    assert store.entered.wait(30)
+    results: dict[str, object] = {}
+
+    def write(name: str, text: str) -> None:
+        try:
+            results[name] = engine.write(NS, f"s-{name}", [turn(f"{name}-m", f"s-{name}", text)])
+        except Exception as exc:  # the outcome each client sees
+            results[name] = exc
+
+    writers = [threading.Thread(target=write, args=(name, text)) for name, text in
+               (("good", "a perfectly fine note"), ("bad", "please REFUSE this one"), ("also", "another fine note"))]
+    for t in writers:
+        t.start()
+    for _ in range(3000):
+        if sum(len(state.queued) for state in engine._namespaces.values()) == len(writers):
+            break
+        threading.Event().wait(0.01)
+    else:
+        raise AssertionError("the concurrent Writes never queued their plans")
+    store.release.set()
+    for t in [first, *writers]:
+        t.join(30)
+    assert isinstance(results["bad"], StoreRefusal)
+    assert results["good"].written == 1 and results["also"].written == 1  # type: ignore[union-attr]
+    assert store.message_commits[:2] == [1, -3]  # the group of three was refused as a whole, then split
+    assert sorted(m.id for m in engine.list_messages(NS)[0]) == ["also-m", "good-m", "m0"]
+    assert turn_texts(engine, "good-m") == ["alice: a perfectly fine note"]
+    assert not turn_texts(engine, "bad-m")
+    engine.close()
