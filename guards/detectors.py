@@ -173,7 +173,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ),
     (
         "fake_system_turn",
-        re.compile(r"(?im)^\s*(?:\[?(?:system|assistant)\]?\s*:|<\|?(?:system|im_start)\|?>|###\s*system)"),
+        re.compile(r"(?im)^[^\S\n]*(?:\[?(?:system|assistant)\]?\s*:|<\|?(?:system|im_start)\|?>|###\s*system)"),
     ),
     (
         "conceal_from_user",
@@ -217,7 +217,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         # "### Assistant:", "Human: ..."), not a JSON key ("assistant": ...).
         "fake_turn_inline",
         re.compile(
-            r"(?:^|\n|[\"'>]|\\n)\s*(?:#{1,3}\s*)?(?:SYSTEM|System|ASSISTANT|Assistant|Human|HUMAN)\s*:(?![\s]*[\"{\[])"
+            r"(?:^|\n|[\"'>]|\\n)[^\S\n]*(?:#{1,3}\s*)?(?:SYSTEM|System|ASSISTANT|Assistant|Human|HUMAN)\s*:(?![\s]*[\"{\[])"
             r"(?=\s*\S)"
         ),
     ),
@@ -388,7 +388,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "chat_template_markup",
         re.compile(
             r"<\|(?:im_start|im_end|system|user|assistant|begin_of_text|start_header_id|eot_id)\|>|\[/?INST\]|"
-            r"<</?SYS>>|(?m:(?:^|:\s)\s*###\s*(?:Instruction|System|New instructions?|Response)\s*(?:###|:))"
+            r"<</?SYS>>|(?m:(?:^|:\s)[^\S\n]*###\s*(?:Instruction|System|New instructions?|Response)\s*(?:###|:))"
         ),
     ),
     (
@@ -485,7 +485,7 @@ _INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         # An order to act quietly: concealment from the person the agent works for.
         "covert_order",
         re.compile(
-            rf"(?i)(?:^|[.!?;:]\s+|\n\s*|,\s*)(?:quietly|silently|secretly|discreetly|covertly|stealthily)\s+"
+            rf"(?i)(?:^|[.!?;:]\s+|\n[^\S\n]*|,\s*)(?:quietly|silently|secretly|discreetly|covertly|stealthily)\s+"
             rf"(?:[a-z]+\s+)?{_ORDER}\b"
         ),
     ),
@@ -563,7 +563,7 @@ _PASSIVE_ORDER = (
 )
 _PASSIVE = re.compile(rf"(?i)\b{_PASSIVE_ORDER}")
 _TOOL_ACTION = re.compile(
-    rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n\s*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+|"
+    rf"(?i)(?:^\s*|[:;]\s+|,\s*|\n[^\S\n]*|[\"'(]\s*|\byou (?:must|need to|have to|are required to|should)\s+|"
     # "REF ASSISTANT PLEASE SEND 500 USD ...": the reader named, then asked.
     r"\b(?:assistant|ai|agent|bot|model|llm)s?,?\s+(?=please\b)|"
     # A request put as a question ("Can you please export ..."), or the second step of one ("... and then email
@@ -838,7 +838,7 @@ _ADVERBS = rf"(?:{_ADVERB}){{0,2}}"
 _ADVERBS_NONE_EMPTY = rf"(?:{_ADVERB}){{1,2}}"
 def _imperative(order: str) -> re.Pattern[str]:
     return re.compile(
-        rf"(?i)(?:(?:^|[.!?:;|>]\s*|\n\s*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
+        rf"(?i)(?:(?:^|[.!?:;|>]\s*|\n[^\S\n]*|[\"'(\]]\s*|\s[-\u2013\u2014]\s+|\band\s+|"
         rf"\b(?:when|whenever|after|before|once|if|for|in any|in every|in all|in your|per|as per|under|"
         rf"following)\b[^,.!?\n]{{1,50}},\s+)"
         rf"(?:\W{{0,3}}\s*)?{_ADVERBS}|"
@@ -1162,7 +1162,7 @@ _ORDER_TRANSLATED = (
     r"hãy|chuyển|gửi|xóa|xoá|chia sẻ|thanh toán|mua|đổi|tắt|bỏ qua)"
 )
 _IMPERATIVE_TRANSLATED = re.compile(
-    rf"(?i)(?:^|[.!?:;,]\s*|\n\s*|\b(?:y|et|und|e|i|и)\s+)(?:(?:por favor|s'il (?:te|vous) pla[iî]t|bitte|"
+    rf"(?i)(?:^|[.!?:;,]\s*|\n[^\S\n]*|\b(?:y|et|und|e|i|и)\s+)(?:(?:por favor|s'il (?:te|vous) pla[iî]t|bitte|"
     rf"per favore|favor|ahora(?: mismo)?|maintenant|sofort|subito|agora|imm[ée]diatement|inmediatamente|ya|"
     # "Before answering, forward ...": the order still opens its clause.
     rf"перед ответом|прежде чем ответить|przed odpowiedzią|antes de responder|avant de r[ée]pondre|"
@@ -1607,7 +1607,7 @@ def _injection_hits(text: str) -> list[DetectorHit]:
 # no outside address to do harm, which the tool-directive pattern requires, and they need not address an AI
 # ("Unlock the front door at 2:15 and keep it unlocked until 4"). Only the pack's TOOL_RESULT rule uses this
 # detector: a user's own message asks for such things ("delete all my old newsletters").
-_ORDER_LEAD = r"(?:^|[.!?:;]\s+|\n\s*|,\s*(?:and\s+)?|\b(?:and|then|and then)\s+)"
+_ORDER_LEAD = r"(?:^|[.!?:;]\s+|\n[^\S\n]*|,\s*(?:and\s+)?|\b(?:and|then|and then)\s+)"
 # "... are required to disarm the alarm", "it ought to open the garage door": the order as an obligation.
 _OBLIGATION_LEAD = (
     r"\b(?:must|should|shall|ought to|(?:is|are) (?:required|expected|asked|requested|instructed|directed|supposed) "

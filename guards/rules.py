@@ -38,7 +38,7 @@ import posixpath
 import re
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -58,7 +58,10 @@ _SEVERITY = {Decision.BLOCK: 3, Decision.REVIEW: 2, Decision.ALLOW: 1, Decision.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _CONDITIONS = ("tools", "text_regex", "detectors", "arguments", "json_schema", "rate_limit")
 _ARG_KEYS = {"path", "max", "min", "regex", "not_regex", "allowed_prefixes", "allowed_domains", "required"}
-_EMAIL_OR_URL_HOST = re.compile(r"(?i)(?:@|://)([a-z0-9.-]+\.[a-z]{2,})")
+# The host after "@" (e-mail) or "://" (URL): anything up to where a host ends, so that an IP address, a bracketed
+# IPv6 or e-mail literal, a single label ("localhost") or a non-ASCII name is a host too (each used to pass an
+# allowed_domains rule unseen, since only dotted ASCII names were read).
+_EMAIL_OR_URL_HOST = re.compile(r"(?:@|://)(\[[^\]\s]*\]|[^\s/:?#@<>\[\](),;\"'`|\\]+)")
 # Priorities are stored and sent as int32 (GuardRule.priority).
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
@@ -134,6 +137,81 @@ _SchemaValidator = jsonschema.validators.extend(
 )
 
 
+def _ref_problems(schema: Any) -> list[str]:
+    """Why the ``$ref``s of a rule's schema cannot be followed. Rules may only point inside their own schema
+    (``#``, ``#/json/pointer`` or ``#anchor``): nothing is fetched, and a reference to nothing would make every
+    check of the tool raise instead of deciding."""
+    refs: list[str] = []
+    anchors: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            if isinstance(node.get("$anchor"), str):
+                anchors.add(node["$anchor"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    problems = []
+    for ref in dict.fromkeys(refs):
+        if not ref.startswith("#"):
+            problems.append(f"$ref {ref[:200]!r} points outside the rule (only #, #/pointer and #anchor are allowed)")
+            continue
+        fragment = ref[1:]
+        if fragment and not fragment.startswith("/"):
+            if fragment not in anchors:
+                problems.append(f"$ref {ref[:200]!r} names no $anchor of the schema")
+            continue
+        node: Any = schema
+        for token in fragment.split("/")[1:] if fragment else []:
+            token = token.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and token in node:
+                node = node[token]
+            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+                node = node[int(token)]
+            else:
+                problems.append(f"$ref {ref[:200]!r} points to nothing in the schema")
+                break
+    return problems
+
+
+class SchemaUndecided(Exception):
+    """A rule's JSON Schema could not be evaluated on these arguments (recursion too deep, a reference that
+    cannot be followed in a rule stored before such rules were refused)."""
+
+
+def _schema_error(schema: Any, args: Any) -> ValidationError | None:
+    try:
+        return next(iter(_SchemaValidator(schema).iter_errors(args)), None)
+    except RecursionError:
+        raise SchemaUndecided("its JSON Schema recursed too deeply on these arguments") from None
+    except jsonschema.exceptions.SchemaError as exc:
+        raise SchemaUndecided(f"its JSON Schema cannot be used ({exc.message[:200]})") from None
+    except Exception as exc:  # referencing's Unresolvable, wrapped by jsonschema in a private class
+        if "referencing" in type(exc).__module__ or "Referencing" in type(exc).__name__:
+            raise SchemaUndecided(f"its JSON Schema has a reference that cannot be followed ({exc})") from None
+        raise
+
+
+def _non_finite_in(value: Any) -> bool:
+    """Whether a decoded JSON value holds NaN or an infinity (JSON has neither; Python's parser takes them)."""
+    stack = [value]  # iterative: arguments may be nested deeper than Python's stack
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def precedence_key(rule: PolicyRule) -> tuple[int, int, str]:
     """Sort key: higher priority first, then the stricter action, then name for determinism."""
     return (-rule.priority, -_SEVERITY[rule.action], rule.name)
@@ -171,8 +249,22 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
         errors.append(FieldViolation(f"{where}.{key}", f"unknown rule field {key!r}"))
     if not spec:
         errors.append(FieldViolation(where, f"a rule needs at least one condition of {list(_CONDITIONS)}"))
-    errors.extend(_non_finite(data, where))
-    errors.extend(_validate_spec(spec, where))
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        # bool("false") is True: a quoted "false" would have switched the rule on.
+        errors.append(FieldViolation(f"{where}.enabled", "enabled must be true or false"))
+    try:
+        errors.extend(_non_finite(data, where))
+        errors.extend(_validate_spec(spec, where))
+    except RecursionError:
+        errors.append(FieldViolation(where, "the rule is nested too deeply"))
+    try:
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        # YAML reads 2024-01-01 as a date and !!binary as bytes: the store keeps rules as JSON.
+        errors.append(FieldViolation(where, f"a rule's conditions must be plain JSON values ({exc})"))
+    except RecursionError:
+        errors.append(FieldViolation(where, "the rule is nested too deeply"))
     priority_raw = data.get("priority", 0)
     priority = 0
     if isinstance(priority_raw, bool) or not isinstance(priority_raw, int | float | str):
@@ -195,7 +287,7 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
         description=str(data.get("description", "")),
         stages=tuple(stages),
         spec=spec,
-        enabled=bool(data.get("enabled", True)),
+        enabled=enabled,
         source=source,
     )
 
@@ -323,9 +415,13 @@ def _validate_spec(spec: dict[str, Any], where: str) -> list[FieldViolation]:
         schema = spec["json_schema"]
         try:
             _SchemaValidator.check_schema(schema)
+            problems = _ref_problems(schema)
         except jsonschema.SchemaError as e:
             errors.append(FieldViolation(f"{where}.json_schema", f"invalid JSON Schema: {e.message}"))
+        except RecursionError:
+            errors.append(FieldViolation(f"{where}.json_schema", "the JSON Schema is nested too deeply"))
         else:
+            errors.extend(FieldViolation(f"{where}.json_schema", why) for why in problems)
             # unevaluatedProperties matches patternProperties with ``re``, outside the regex budget.
             if _schema_uses(schema, "unevaluatedProperties") and _schema_uses(schema, "patternProperties"):
                 errors.append(
@@ -360,6 +456,8 @@ def parse_rules_yaml(text: str, source: str = "operator") -> tuple[list[PolicyRu
         raise InvalidArgumentError("yaml", f"not valid YAML: {e}") from None
     except ValueError as e:  # an integer past Python's int-string digit limit
         raise InvalidArgumentError("yaml", f"not a usable YAML value: {e}") from None
+    except RecursionError:
+        raise InvalidArgumentError("yaml", "nested too deeply") from None
     if isinstance(doc, list):
         doc = {"rules": doc}
     if not isinstance(doc, dict):
@@ -450,29 +548,58 @@ def _violates(arg: dict[str, Any], args: Any, budget: RegexBudget) -> str | None
                 return f"argument {arg['path']!r} path {norm!r} is outside {arg['allowed_prefixes']}"
         if "allowed_domains" in arg:
             allowed = [d.lower().lstrip("@") for d in arg["allowed_domains"]]
-            for host in _EMAIL_OR_URL_HOST.findall(text):
-                host = host.lower()
+            for raw in _EMAIL_OR_URL_HOST.findall(text):
+                host = _host_name(raw)
                 if not any(host == d or host.endswith("." + d) for d in allowed):
                     return f"argument {arg['path']!r} names domain {host!r}, not in {allowed}"
     return None
+
+
+def _host_name(raw: str) -> str:
+    """A host as compared with allowed domains: lower case, no trailing dot, international names in their ASCII
+    (IDNA) form, so "bücher.de" is compared as "xn--bcher-kva.de" and a look-alike cannot pass as a listed name."""
+    host = raw.lower().rstrip(".")
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:  # not a valid international name: compared as written (and so not allowed)
+        return host
 
 
 class RateLimiter:
     """Sliding-window call counters per (scope, rule, tool); in-process (one sidecar is one limiter)."""
 
     def __init__(self) -> None:
-        self._calls: dict[tuple[str, str, str], deque[float]] = defaultdict(deque)
+        self._calls: dict[tuple[str, str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
     def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
         """Record a call and return how many fall in the window (including this one)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            window = self._calls[key]
+            window = self._calls.setdefault(key, deque())
             while window and window[0] <= now - per_seconds:
                 window.popleft()
             window.append(now)
             return len(window)
+
+    def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        """How many calls the window would hold with one more, recording nothing."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            window = self._calls.get(key, ())
+            return sum(t > now - per_seconds for t in window) + 1
+
+    def dry(self) -> RateLimiter:
+        """This limiter as a dry run (TestRules) sees it: the live counts, none of them changed."""
+        return _PeekingLimiter(self)
+
+
+class _PeekingLimiter(RateLimiter):
+    def __init__(self, live: RateLimiter):
+        self._calls, self._lock = live._calls, live._lock
+
+    def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        return self.peek(key, max_calls, per_seconds, now)
 
 
 def evaluate(
@@ -507,11 +634,11 @@ def evaluate(
                 continue
             try:
                 found = _match(rule, request, tool, args, args_text, text_all, budget, scope, limiter)
-            except RegexTimeout as e:
+            except (RegexTimeout, SchemaUndecided) as e:
                 found = RuleMatch(
                     rule=replace(rule, action=Decision.REVIEW),
                     reason=f"{e}; held for review (the rule's action is {rule.action.value})",
-                    field="text",
+                    field="tool_call.arguments_json" if isinstance(e, SchemaUndecided) else "text",
                 )
             if found is not None:
                 matches.append(found)
@@ -570,11 +697,15 @@ def _match(
         reasons.append(found)
         field = "tool_call.arguments_json"
     if "json_schema" in spec:
-        validator = _SchemaValidator(spec["json_schema"])
-        error = next(iter(validator.iter_errors(args if args is not None else {})), None)
-        if error is None:
-            return None
-        reasons.append(f"arguments fail schema: {error.message}")
+        value = args if args is not None else {}
+        if _non_finite_in(value):
+            # NaN passes minimum and maximum (every comparison with it is false), so it never fails a schema.
+            reasons.append("arguments hold NaN or an infinity, which no JSON Schema bound can check")
+        else:
+            error = _schema_error(spec["json_schema"], value)
+            if error is None:
+                return None
+            reasons.append(f"arguments fail schema: {error.message}")
         field = "tool_call.arguments_json"
     if "rate_limit" in spec:
         rl = spec["rate_limit"]

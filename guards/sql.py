@@ -510,10 +510,11 @@ class SqlGuardStore:
             cond.append(c.stage == stage.value)
         if decision is not None:
             cond.append(c.decision == decision.value)
+        # SQLite compares stored times as text, where 19:00+05:00 sorts after 14:00+00:00 (the same instant).
         if since is not None:
-            cond.append(c.created_at >= since)
+            cond.append(c.created_at >= _utc(since))
         if until is not None:
-            cond.append(c.created_at < until)
+            cond.append(c.created_at < _utc(until))
         with reading(self.engine) as conn:
             if before_id is not None:
                 anchor = conn.execute(select(c.created_at).where(c.scope == scope, c.verdict_id == before_id)).first()
@@ -534,7 +535,7 @@ class SqlGuardStore:
 
     def purge_audit(self, scope: str | None, before: datetime) -> int:
         c = t.guard_verdicts.c
-        cond = [c.created_at < before]
+        cond = [c.created_at < _utc(before)]
         if scope is not None:
             cond.append(c.scope == scope)
         with self.engine.begin() as conn:

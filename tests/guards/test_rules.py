@@ -688,3 +688,100 @@ def test_deobfuscation_undoes_each_technique_and_leaves_ordinary_text_alone() ->
     for text in ["Привет! Встреча перенесена на пятницу, 15:00.", "Order #A7X3-99K2 shipped, code SPR1NG24, Q3.",
                  "Commit 3f5e1a9c fixes the parser.", "Meet at 9 am on the 3rd; bring 2 copies."]:
         assert detectors.deobfuscated(text) is None, text
+
+
+def test_schema_rules_only_follow_references_inside_the_rule() -> None:
+    for ref, why in (("#/$defs/missing", "points to nothing"), ("https://example.com/s.json", "points outside"),
+                     ("other.json", "points outside"), ("#nowhere", "names no $anchor")):
+        with pytest.raises(InvalidArgumentError) as exc:
+            parse_rules_yaml(json.dumps({"rules": [{"name": "s", "action": "block", "tools": ["pay"],
+                                                    "json_schema": {"$ref": ref}}]}))
+        assert [v.field for v in exc.value.violations] == ["rules[0].json_schema"]
+        assert why in exc.value.violations[0].description
+    ok = {"$defs": {"amt": {"type": "number", "maximum": 10}}, "properties": {"a": {"$ref": "#/$defs/amt"},
+          "b": {"$ref": "#pos"}}, "$anchor": "pos"}
+    [rule], _ = parse_rules_yaml(json.dumps({"rules": [{"name": "s", "action": "block", "tools": ["pay"],
+                                                        "json_schema": ok}]}))
+    assert names([rule], call("pay", '{"a": 50}')) == ["s"]
+    assert names([rule], call("pay", '{"a": 5}')) == []
+
+
+def test_a_schema_that_cannot_be_evaluated_holds_the_call_for_review() -> None:
+    [rule], _ = parse_rules_yaml(json.dumps({"rules": [{"name": "tree", "action": "block", "tools": ["t"],
+                                                        "json_schema": {"properties": {"a": {"$ref": "#"}}}}]}))
+    deep = "1"
+    for _ in range(600):
+        deep = '{"a": ' + deep + "}"
+    [match] = evaluate([rule], call("t", deep))
+    assert match.rule.action.value == "review" and "recursed too deeply" in match.reason
+    assert match.field == "tool_call.arguments_json"
+
+
+def test_nan_fails_a_schema_bound() -> None:
+    [rule], _ = parse_rules_yaml(
+        "rules: [{name: cap, action: block, tools: [pay], json_schema: {properties: {amount: {maximum: 1000}}}}]"
+    )
+    assert names([rule], call("pay", '{"amount": 5}')) == []
+    for amount in ("5000", "NaN", "-Infinity", "Infinity"):
+        assert names([rule], call("pay", f'{{"amount": {amount}}}')) == ["cap"], amount
+
+
+def test_allowed_domains_read_every_host() -> None:
+    [rule], _ = parse_rules_yaml(
+        "rules: [{name: mail, action: block, tools: [send], arguments: [{path: to, allowed_domains: [example.com]}]}]"
+    )
+    for ok in ("bob@example.com", "Bob <bob@mail.example.com>", "https://example.com/x", "bob@EXAMPLE.com."):
+        assert names([rule], call("send", json.dumps({"to": ok}))) == [], ok
+    for bad in ("bob@évil.com", "bob@bücher.de", "bob@[203.0.113.7]", "bob@203.0.113.7", "root@localhost",
+                "http://169.254.169.254/latest", "https://[2001:db8::1]/x", "bob@example.com.evil.io",
+                "https://user:pw@evil.com/"):
+        assert names([rule], call("send", json.dumps({"to": bad}))) == ["mail"], bad
+
+
+def test_rule_fields_must_be_plain_json_and_enabled_a_boolean() -> None:
+    cases = {
+        "rules: [{name: d, action: block, tools: [x], json_schema: {properties: {day: {const: 2024-01-01}}}}]":
+            "rules[0]",
+        "rules: [{name: e, action: block, tools: [x], enabled: 'false'}]": "rules[0].enabled",
+        "rules: [{name: e, action: block, tools: [x], enabled: 0}]": "rules[0].enabled",
+    }
+    for text, field in cases.items():
+        with pytest.raises(InvalidArgumentError) as exc:
+            parse_rules_yaml(text)
+        assert [v.field for v in exc.value.violations] == [field], text
+    [rule], _ = parse_rules_yaml("rules: [{name: e, action: block, tools: [x], enabled: false}]")
+    assert rule.enabled is False
+
+
+def test_deeply_nested_rules_are_invalid_arguments() -> None:
+    with pytest.raises(InvalidArgumentError) as exc:
+        parse_rules_yaml("rules: " + "[" * 5000 + "]" * 5000)
+    assert [v.field for v in exc.value.violations] == ["yaml"]
+    schema: dict = {"type": "object"}
+    for _ in range(900):
+        schema = {"not": schema}
+    rule = {"name": "n", "action": "block", "tools": ["x"], "json_schema": schema}
+    with pytest.raises(InvalidArgumentError):  # "yaml" (the parser's stack) or the rule's field, never a crash
+        parse_rules_yaml(json.dumps({"rules": [rule]}))
+
+
+def test_a_dry_run_sees_the_live_rate_counts_and_changes_none() -> None:
+    [rule], _ = parse_rules_yaml(
+        "rules: [{name: rl, action: block, tools: ['*'], rate_limit: {max_calls: 2, per_seconds: 60}}]"
+    )
+    limiter = RateLimiter()
+    dry = limiter.dry()
+    assert [names([rule], call("search", "{}"), scope="t/a", limiter=dry) for _ in range(4)] == [[]] * 4
+    assert [names([rule], call("search", "{}"), scope="t/a", limiter=limiter) for _ in range(2)] == [[], []]
+    assert names([rule], call("search", "{}"), scope="t/a", limiter=dry) == ["rl"]  # a third call would be over
+    assert names([rule], call("search", "{}"), scope="t/a", limiter=limiter) == ["rl"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("unit", ["\n", "\r\n", "\n "])
+def test_detectors_read_long_runs_of_line_breaks_in_linear_time(unit: str) -> None:
+    """Patterns that let ``\\s*`` run on from every line start took quadratic time on a run of line breaks: 10,000
+    took 20-50 s per check, 100 KB about an hour. Linear, 200,000 characters take about a second."""
+    text = "hi" + unit * (200_000 // len(unit)) + "ok"
+    assert detectors.injection(text) == []
+    assert detectors.unrequested_actions(text) == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -162,12 +162,20 @@ def test_audit_put_get_query_feedback_purge(guard_store: GuardStore) -> None:
         for r in guard_store.query_audit(A, since=t0 + timedelta(minutes=1), until=t0 + timedelta(minutes=3))
     ] == ["v2", "v1"]
     assert guard_store.query_audit(B) == []
+    # The same instants in another offset select the same records (SQLite compared the times as text).
+    plus5 = timezone(timedelta(hours=5))
+    assert [
+        r.verdict.verdict_id
+        for r in guard_store.query_audit(
+            A, since=(t0 + timedelta(minutes=1)).astimezone(plus5), until=(t0 + timedelta(minutes=3)).astimezone(plus5)
+        )
+    ] == ["v2", "v1"]
     guard_store.set_feedback(A, "v2", Decision.BLOCK, "missed")
     assert guard_store.get_audit(A, "v2").feedback == Decision.BLOCK
     with pytest.raises(NotFoundError):
         guard_store.set_feedback(B, "v2", Decision.BLOCK, "")
     guard_store.put_audit(B, [_record("w0", t0)])
-    assert guard_store.purge_audit(A, t0 + timedelta(minutes=2)) == 2
+    assert guard_store.purge_audit(A, (t0 + timedelta(minutes=2)).astimezone(timezone(timedelta(hours=5)))) == 2
     assert [r.verdict.verdict_id for r in guard_store.query_audit(A)] == ["v4", "v3", "v2"]
     assert len(guard_store.query_audit(B)) == 1
     assert guard_store.purge_audit(None, t0 + timedelta(days=1)) == 4
