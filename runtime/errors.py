@@ -8,6 +8,7 @@ never in the reply.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import grpc
@@ -18,6 +19,9 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from core import errors as domain
 
 log = logging.getLogger(__name__)
+
+# Longest retry advice sent to a client (a day); a domain error may carry any float.
+MAX_RETRY_DELAY_S = 86400.0
 
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (domain.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -67,7 +71,9 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
             grpc.StatusCode.INVALID_ARGUMENT, msg, [packed]))
     if isinstance(exc, domain.UnavailableError) and exc.retry_after_s is not None:
         info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+        # Clamped: a Duration holds at most about 10,000 years, and int(inf) or int(nan) raises here.
+        delay = exc.retry_after_s if math.isfinite(exc.retry_after_s) else MAX_RETRY_DELAY_S
+        info.retry_delay.FromNanoseconds(int(min(max(delay, 0.0), MAX_RETRY_DELAY_S) * 1e9))
         packed = any_pb2.Any()
         packed.Pack(info)
         msg = str(exc)

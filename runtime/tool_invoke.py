@@ -23,13 +23,23 @@ from typing import Any, Protocol
 from core.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
+    FieldViolation,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
 from guards.model import Decision, GuardRequest, GuardVerdict, Stage, ToolCallInfo
 from runtime.container import check_guard
-from tools.model import AuditRecord, ExecutorKind, Outcome, Step, ToolDefinition, args_hash, utcnow
+from tools.model import (
+    MAX_SESSION_ID_LEN,
+    AuditRecord,
+    ExecutorKind,
+    Outcome,
+    Step,
+    ToolDefinition,
+    args_hash,
+    utcnow,
+)
 from tools.registry import ToolRegistry
 from tools.validation import parse_arguments
 
@@ -134,6 +144,20 @@ class _Trace:
     tool_version: int = 0
     arguments_sha256: str = ""
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _execute_outcome(exc: Exception) -> Outcome:
+    """The audited outcome of a call whose execution raised ``exc`` (Invoke raises it on)."""
+    if isinstance(exc, UnavailableError):
+        return Outcome.UNAVAILABLE
+    if isinstance(exc, DeadlineExceededError):
+        return Outcome.DEADLINE_EXCEEDED
+    if isinstance(exc, InvalidArgumentError):
+        return Outcome.INVALID_ARGUMENT
+    if isinstance(exc, NotFoundError):
+        return Outcome.NOT_FOUND  # an MCP tool whose server was never imported, a builtin no longer there
+    # A builtin's handler (or an executor) failed unexpectedly: the tool did not give an answer.
+    return Outcome.TOOL_ERROR
 
 
 def _verdict_reason(stage: str, v: GuardVerdict) -> str:
@@ -285,7 +309,7 @@ class ToolInvoker:
         arguments, bad = parse_arguments(req.arguments_json, req.arguments_field)
         if not bad:
             try:
-                bad = self.registry.violations(tool, arguments, req.arguments_field)
+                bad = await self.registry.check_arguments(tool, arguments, req.arguments_field)
             except FailedPreconditionError as exc:
                 self._audit(trace, Outcome.INVALID_ARGUMENT, Step.VALIDATE, str(exc))
                 raise
@@ -360,11 +384,13 @@ class ToolInvoker:
             budget = req.deadline_s if budget is None else min(budget, req.deadline_s)
         try:
             run = await self.registry.execute(req.scope, tool, arguments, deadline_s=budget)
-        except UnavailableError as exc:
-            self._audit(trace, Outcome.UNAVAILABLE, Step.EXECUTE, str(exc))
-            raise
-        except DeadlineExceededError as exc:
-            self._audit(trace, Outcome.DEADLINE_EXCEEDED, Step.EXECUTE, str(exc))
+        except Exception as exc:
+            self._audit(trace, _execute_outcome(exc), Step.EXECUTE, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, InvalidArgumentError) and tool.executor.kind == ExecutorKind.BUILTIN:
+                # A builtin's handler names its own argument ("session_id"); the caller sent it in arguments_json.
+                raise InvalidArgumentError(
+                    [FieldViolation(f"{req.arguments_field}.{v.field}", v.description) for v in exc.violations]
+                ) from exc
             raise
 
         # 5. Guard the output: a tool result is untrusted text (indirect prompt injection).
@@ -488,8 +514,17 @@ def add_builtins(registry: ToolRegistry, memory: Callable[[], MemoryPort | None]
             "type": "object",
             "properties": {
                 "text": {"type": "string", "minLength": 1, "description": "the text to remember"},
-                "speaker": {"type": "string", "description": "who said it (default 'agent')"},
-                "session_id": {"type": "string", "description": "memory session (default 'agent-notes')"},
+                # Memory refuses longer speakers and session ids (its MAX_ID_LEN): refused here, the field is named.
+                "speaker": {
+                    "type": "string",
+                    "maxLength": MAX_SESSION_ID_LEN,
+                    "description": "who said it (default 'agent')",
+                },
+                "session_id": {
+                    "type": "string",
+                    "maxLength": MAX_SESSION_ID_LEN,
+                    "description": "memory session (default 'agent-notes')",
+                },
             },
             "required": ["text"],
             "additionalProperties": False,

@@ -8,6 +8,7 @@ than 429/502/503/504, MCP ``isError``) is a result with ``is_error`` set, never 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,8 @@ from tools.model import ExecutorKind, ExecutorSpec, ToolDefinition
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 # Longest wait for a TCP connection to a tool endpoint (within the call's own deadline).
 CONNECT_TIMEOUT_S = 5.0
+# Longest Retry-After advice passed on from an endpoint (a day).
+MAX_RETRY_AFTER_S = 86400.0
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,11 @@ class Executor(Protocol):
 def _retry_after(headers: Mapping[str, str], default: float) -> float:
     raw = headers.get("retry-after", "")
     try:
-        return max(0.0, float(raw))
+        seconds = float(raw)
     except ValueError:
         return default
+    # "inf", "nan" or "1e300" from an endpoint is no advice a client can act on (nor encode as a Duration).
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else default
 
 
 class HttpExecutor:
@@ -74,13 +79,20 @@ class HttpExecutor:
         """Send the call; transport errors become UnavailableError, a timeout DeadlineExceededError."""
         ex = tool.executor
         method = ex.method.upper()
-        headers = {"accept": "application/json", **ex.headers}
+        defaults = {"accept": "application/json"}
+        if method != "GET":
+            defaults["content-type"] = "application/json"
+        # Header names are case-insensitive: a registered "Content-Type" or "Accept" replaces the default.
+        registered = {name.lower() for name in ex.headers}
+        headers = {**{k: v for k, v in defaults.items() if k not in registered}, **ex.headers}
         kwargs: dict[str, Any] = {}
+        # allow_nan=False: NaN and Infinity are not JSON (decode_json refuses them in arguments already).
         if method == "GET":
-            kwargs["params"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
+            kwargs["params"] = {
+                k: v if isinstance(v, str) else json.dumps(v, allow_nan=False) for k, v in arguments.items()
+            }
         else:
-            kwargs["data"] = json.dumps(arguments).encode()
-            headers.setdefault("content-type", "application/json")
+            kwargs["data"] = json.dumps(arguments, allow_nan=False).encode()
         cap = tool.max_output_bytes
         # The connect phase gets its own (shorter) limit so an unreachable host reads as UNAVAILABLE, not as
         # a tool that was too slow to answer.
@@ -103,7 +115,8 @@ class HttpExecutor:
                     chunks.append(chunk)
                     size += len(chunk)
                 body = b"".join(chunks)
-                declared = resp.headers.get("content-length", "")
+                # Under a Content-Encoding (gzip) Content-Length counts the compressed bytes, not the output's.
+                declared = "" if "content-encoding" in resp.headers else resp.headers.get("content-length", "")
                 total = int(declared) if declared.isdigit() else -1
                 return ExecResult(
                     output=body,

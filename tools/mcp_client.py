@@ -95,6 +95,8 @@ class McpConnection:
         self.tools: list[McpTool] = []
         self.restarts = 0
         self.last_error = ""
+        self.skipped_tools = ""
+        """Why listed tools were not imported (set by the registry at each sync; reported with last_error)."""
         self.last_refresh: datetime | None = None
 
     def status(self) -> McpServerStatus:
@@ -104,7 +106,7 @@ class McpConnection:
             connected=self._usable(),
             tool_count=len(self.tools),
             restarts=self.restarts,
-            last_error=self.last_error,
+            last_error="; ".join(e for e in (self.last_error, self.skipped_tools) if e),
             last_refresh=self.last_refresh,
         )
 

@@ -37,7 +37,7 @@ from tools.model import (
 from tools.runner import ConcurrencyLimiter, RunResult, run_with_policy
 from tools.search import ToolSearch, ToolSearchResult
 from tools.store import ToolStore
-from tools.validation import argument_violations
+from tools.validation import argument_violations, may_backtrack
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -159,8 +159,36 @@ class ToolRegistry:
         return on_change
 
     async def _sync_mcp_tools(self, scope: str, spec: McpServerSpec, tools: list[McpTool]) -> None:
-        """Make the registry hold exactly the server's current tools (new versions for changed ones)."""
-        wanted = list({d.name: d for d in definitions_from_mcp(spec, tools)}.values())
+        """Make the registry hold exactly the server's current tools (new versions for changed ones).
+
+        A tool Register would refuse (a name that is no tool name, an invalid input schema) is skipped, and why is
+        reported in the server's status: stored, it would fail every Invoke and Validate with an unclear error.
+        """
+
+        def importable() -> tuple[list[ToolDefinition], list[str]]:
+            wanted: list[ToolDefinition] = []
+            skipped: list[str] = []
+            for d in {d.name: d for d in definitions_from_mcp(spec, tools)}.values():
+                try:
+                    validate_definition(d)
+                except InvalidArgumentError as exc:
+                    skipped.append(f"{d.name[:100]!r} ({str(exc)[:300]})")
+                    continue
+                if self.builtins.get(d.name) is not None:
+                    skipped.append(f"{d.name!r} (the name of a builtin)")
+                    continue
+                wanted.append(d)
+            return wanted, skipped
+
+        # Checking schemas against their metaschema is CPU work (milliseconds per tool): off the event loop.
+        wanted, skipped = await self._offload(importable)
+        conn = self.mcp.get(scope, spec.name)
+        if conn is not None:
+            conn.skipped_tools = (
+                f"skipped {len(skipped)} of {len(tools)} listed tools: {'; '.join(skipped)[:2000]}" if skipped else ""
+            )
+        if skipped:
+            log.warning("MCP server %s (%s): skipped %d invalid tools: %s", spec.name, scope, len(skipped), skipped)
         result = await self._offload(self.store.sync_server_tools, scope, spec.name, wanted)
         if result.changed:
             self._changed(scope)
@@ -222,9 +250,10 @@ class ToolRegistry:
 
     async def search(self, scope: str, query: str, top_k: int = 5) -> ToolSearchResult:
         """Hybrid semantic + lexical search over the scope's tools (builtins included)."""
+        epoch = self.search_index.epoch(scope)
         catalogue = await self.list_tools(scope)
         result: ToolSearchResult = await self._offload(
-            self.search_index.search, scope, query, top_k, catalogue
+            self.search_index.search, scope, query, top_k, catalogue, epoch=epoch
         )
         return result
 
@@ -242,6 +271,16 @@ class ToolRegistry:
             raise FailedPreconditionError(
                 f"tool {tool.name!r} version {tool.version}: {exc}; register a corrected version"
             ) from None
+
+    async def check_arguments(
+        self, tool: ToolDefinition, arguments: Any, field: str = "arguments_json"
+    ) -> list[FieldViolation]:
+        """``violations``, run through ``offload`` when the schema has regular expressions: one that
+        backtracks would otherwise stall every request on the event loop while it runs."""
+        if may_backtrack(tool.input_schema):
+            result: list[FieldViolation] = await self._offload(self.violations, tool, arguments, field)
+            return result
+        return self.violations(tool, arguments, field)
 
     # -- execution ---------------------------------------------------------------------------------
 

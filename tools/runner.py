@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,18 +46,25 @@ def cap_output(body: bytes, cap: int, total: int | None = None) -> tuple[str, bo
 
 
 class ConcurrencyLimiter:
-    """One semaphore per (scope, tool, version): max_concurrency calls at once, others queue."""
+    """One semaphore per (scope, tool, version) and event loop: max_concurrency calls at once, others queue.
+
+    A semaphore belongs to the first loop that waits on it, and a registry may be used from several loops in
+    turn (as ``core.http.SessionPerLoop`` allows): each loop gets its own, dropped when the loop is collected.
+    """
 
     def __init__(self) -> None:
-        self._sems: dict[tuple[str, str, int], tuple[int, asyncio.Semaphore]] = {}
+        self._sems: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, str, int], tuple[int, asyncio.Semaphore]]
+        ] = weakref.WeakKeyDictionary()
 
     def get(self, scope: str, tool: ToolDefinition) -> asyncio.Semaphore:
-        """The semaphore for this tool version (recreated when its limit changed)."""
+        """The running loop's semaphore for this tool version (recreated when its limit changed)."""
+        sems = self._sems.setdefault(asyncio.get_running_loop(), {})
         key = (scope, tool.name, tool.version)
-        entry = self._sems.get(key)
+        entry = sems.get(key)
         if entry is None or entry[0] != tool.max_concurrency:
             entry = (tool.max_concurrency, asyncio.Semaphore(tool.max_concurrency))
-            self._sems[key] = entry
+            sems[key] = entry
         return entry[1]
 
 

@@ -68,13 +68,22 @@ class ToolSearch:
         self._lock = threading.Lock()
         self._indexes: dict[str, _ScopeIndex] = {}
         self._vectors: dict[str, np.ndarray] = {}
+        # Bumped by every invalidate: an index built from a catalogue read before a change must not be cached
+        # after it (the registry's definition cache does the same).
+        self._epochs: dict[str, int] = {}
 
     def invalidate(self, scope: str) -> None:
         """Forget a scope's index; the next search rebuilds it from the given catalogue."""
         with self._lock:
+            self._epochs[scope] = self._epochs.get(scope, 0) + 1
             self._indexes.pop(scope, None)
 
-    def _index(self, scope: str, catalogue: list[ToolDefinition]) -> _ScopeIndex:
+    def epoch(self, scope: str) -> int:
+        """How many times ``scope`` was invalidated: read it before reading the catalogue passed to ``search``."""
+        with self._lock:
+            return self._epochs.get(scope, 0)
+
+    def _index(self, scope: str, catalogue: list[ToolDefinition], epoch: int | None) -> _ScopeIndex:
         with self._lock:
             idx = self._indexes.get(scope)
             if idx is not None:
@@ -94,7 +103,8 @@ class ToolSearch:
         bm25.add_many((i, search_words(t)) for i, t in enumerate(texts))
         idx = _ScopeIndex(list(catalogue), matrix, bm25)
         with self._lock:
-            self._indexes[scope] = idx
+            if epoch is None or self._epochs.get(scope, 0) == epoch:
+                self._indexes[scope] = idx
         return idx
 
     def search(
@@ -106,12 +116,15 @@ class ToolSearch:
         *,
         dense_weight: float | None = None,
         query_vector: np.ndarray | None = None,
+        epoch: int | None = None,
     ) -> ToolSearchResult:
         """Rank ``catalogue`` (the scope's live tools; used to build the index when none is cached).
 
-        ``query_vector`` skips embedding the query (callers that embed many queries in one batch).
+        ``query_vector`` skips embedding the query (callers that embed many queries in one batch). ``epoch``:
+        ``self.epoch(scope)`` from before the catalogue was read; an index built from it is cached only if the
+        scope was not invalidated since (None: always cached).
         """
-        idx = self._index(scope, catalogue)
+        idx = self._index(scope, catalogue, epoch)
         if not idx.tools or top_k <= 0:
             return ToolSearchResult([], 0.0, 0.0)
         w = self.dense_weight if dense_weight is None else dense_weight

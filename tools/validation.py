@@ -6,23 +6,29 @@ rule it broke (``properties.items.items.properties.qty.minimum``), so an agent c
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
+import re
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jsonschema
 import referencing
 import referencing.jsonschema
+import regex
 from jsonschema import validators
-from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.exceptions import SchemaError, UnknownType, ValidationError
 from jsonschema_specifications import REGISTRY as METASCHEMAS
 from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere, Unresolvable
 
 from core.errors import FailedPreconditionError, FieldViolation
 from core.jsontext import decode_json_object
 
+# Seconds that all regex matches (pattern, patternProperties) of one argument check may take together.
+PATTERN_BUDGET_S = 1.0
 # More than this many errors are summarised: a hostile payload must not produce a huge reply.
 MAX_VIOLATIONS = 20
 # Keywords whose string value is a reference to resolve (2020-12, 2019-09, and drafts 4-7).
@@ -46,11 +52,84 @@ def _schema_path(path: deque[Any] | Iterable[Any]) -> str:
     return ".".join(str(p) for p in path) or "(root)"
 
 
+class _PatternTimeout(Exception):
+    """A ``pattern`` / ``patternProperties`` regex did not finish within the check's budget."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        super().__init__(pattern)
+
+
+# When the running check's regex budget ends (time.monotonic()); None outside argument_violations.
+_PATTERN_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("pattern_deadline", default=None)
+
+
+def _search(pattern: str, text: str) -> bool:
+    """``re.search`` on the ``regex`` module, stopped at the check's deadline: ``re`` can backtrack for minutes
+    (``^(a|aa)+$`` on 35 characters takes seconds) and holds the GIL, which stalls the event loop even from a worker
+    thread; ``regex`` releases the GIL while it matches a str and takes a timeout."""
+    deadline = _PATTERN_DEADLINE.get()
+    left = PATTERN_BUDGET_S if deadline is None else deadline - time.monotonic()
+    if left <= 0:
+        raise _PatternTimeout(pattern)
+    try:
+        return regex.search(pattern, text, timeout=left) is not None
+    except TimeoutError:
+        raise _PatternTimeout(pattern) from None
+
+
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for patrn, subschema in patterns.items():
+        for k, v in instance.items():
+            if _search(patrn, k):
+                yield from validator.descend(v, subschema, path=k, schema_path=patrn)
+
+
+def _additional_properties(original: Any) -> Any:
+    """``additionalProperties``, matching ``patternProperties`` on the budget (jsonschema's own otherwise)."""
+
+    def check(validator: Any, ap: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        patterns = schema.get("patternProperties")
+        if not isinstance(patterns, dict) or not validator.is_type(instance, "object"):
+            yield from original(validator, ap, instance, schema)
+            return
+        properties = schema.get("properties", {})
+        extras = [k for k in instance if k not in properties and not any(_search(p, k) for p in patterns)]
+        if validator.is_type(ap, "object"):
+            for extra in extras:
+                yield from validator.descend(instance[extra], ap, path=extra)
+        elif not ap and extras:
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            verb = "does" if len(extras) == 1 else "do"
+            yield ValidationError(
+                f"{joined} {verb} not match any of the regexes: {', '.join(map(repr, sorted(patterns)))}"
+            )
+
+    return check
+
+
+@functools.lru_cache(maxsize=16)
+def _on_budget(cls: Any) -> Any:
+    """``cls`` with its regex keywords on ``_search`` (``unevaluatedProperties`` still uses ``re``)."""
+    keywords = {"pattern": _pattern, "patternProperties": _pattern_properties}
+    if "additionalProperties" in cls.VALIDATORS:
+        keywords["additionalProperties"] = _additional_properties(cls.VALIDATORS["additionalProperties"])
+    return validators.extend(cls, {k: v for k, v in keywords.items() if k in cls.VALIDATORS})
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(schema_text: str) -> jsonschema.protocols.Validator:
     schema = json.loads(schema_text)
-    cls = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_REGISTRY)
+    cls = _on_budget(validators.validator_for(schema, default=jsonschema.Draft202012Validator))
+    validator: jsonschema.protocols.Validator = cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_REGISTRY)
+    return validator
 
 
 def compile_schema(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
@@ -62,11 +141,16 @@ def schema_violations(schema: Any, field: str) -> list[FieldViolation]:
     """Violations if ``schema`` itself is not a valid JSON Schema (checked against its metaschema)."""
     if not isinstance(schema, dict):
         return [FieldViolation(field, "a JSON Schema must be a JSON object")]
+    if "$schema" in schema and not isinstance(schema["$schema"], str):
+        # validator_for looks the value up in a dict: a list or an object would raise TypeError.
+        return [FieldViolation(field, f"$schema must be a URI string, got {type(schema['$schema']).__name__}")]
     cls = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
     except SchemaError as exc:
         return [FieldViolation(field, f"invalid JSON Schema at {_schema_path(exc.path)}: {exc.message}")]
+    except RecursionError:
+        return [FieldViolation(field, "the JSON Schema is nested too deeply to check")]
     return [FieldViolation(field, why) for why in reference_problems(schema)]
 
 
@@ -88,6 +172,7 @@ def reference_problems(schema: dict[str, Any]) -> list[str]:
     root = referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)
     stack = [(root, _REGISTRY.resolver_with_root(root))]
     problems: list[str] = []
+    loops: dict[int, bool] = {}
     while stack and len(problems) < MAX_VIOLATIONS:
         resource, resolver = stack.pop()
         resolver = resolver.in_subresource(resource)
@@ -100,8 +185,38 @@ def reference_problems(schema: dict[str, Any]) -> list[str]:
                         resolver.lookup(ref)
                     except Unresolvable as exc:
                         problems.append(_ref_problem(ref, exc))
+                    else:
+                        loop = f"$ref {ref[:200]!r} never ends: following it leads through $refs in a loop"
+                        if keyword == "$ref" and _ref_loops(contents, resolver, loops) and loop not in problems:
+                            problems.append(loop)
         stack.extend((sub, resolver) for sub in resource.subresources())
     return problems
+
+
+def _ref_loops(contents: dict[str, Any], resolver: Any, known: dict[int, bool]) -> bool:
+    """Whether following the ``$ref`` of ``contents`` from schema to schema comes back to one already seen.
+
+    A subschema's ``$ref`` applies to the same value (siblings or not), so such a loop never reaches a rule that
+    consumes anything and validation recurses until Python's limit, whatever the arguments. ``known`` keeps the
+    answer for every subschema walked (by id), so a long chain is walked once, not once per $ref in it.
+    """
+    seen: set[int] = set()
+    answer = False
+    while isinstance(contents, dict) and isinstance(contents.get("$ref"), str):
+        if id(contents) in known:
+            answer = known[id(contents)]
+            break
+        if id(contents) in seen:
+            answer = True
+            break
+        seen.add(id(contents))
+        try:
+            resolved = resolver.lookup(contents["$ref"])
+        except Unresolvable:
+            break  # reported by reference_problems where that $ref is written
+        contents, resolver = resolved.contents, resolved.resolver
+    known.update(dict.fromkeys(seen, answer))
+    return answer
 
 
 def _leaf_errors(errors: Iterable[ValidationError]) -> list[ValidationError]:
@@ -116,22 +231,53 @@ def _leaf_errors(errors: Iterable[ValidationError]) -> list[ValidationError]:
     return out
 
 
+def may_backtrack(schema: dict[str, Any]) -> bool:
+    """Whether checking arguments against ``schema`` can take long: its ``pattern`` or ``patternProperties``
+    regular expressions (``^(a|aa)+$`` takes seconds on 35 characters). A false alarm (a property named
+    "pattern") costs only a thread hop."""
+    return '"pattern' in json.dumps(schema)
+
+
 def argument_violations(
     schema: dict[str, Any], arguments: Any, field: str = "arguments_json"
 ) -> list[FieldViolation]:
     """Every way ``arguments`` breaks ``schema``, each with the argument path and the schema rule.
 
     A schema that cannot be used (a ``$ref`` to nothing, stored before Register checked references or
-    imported from an MCP server) raises FailedPreconditionError: the arguments are not at fault.
+    imported from an MCP server) raises FailedPreconditionError: the arguments are not at fault. So does
+    validation that recurses past Python's limit (a ``$ref`` loop Register cannot see, or a recursive schema
+    given arguments nested hundreds of levels deep).
     """
-    validator = compile_schema(schema)
+    try:
+        validator = compile_schema(schema)
+    except TypeError:  # a "$schema" that is not a string, stored before Register refused it
+        raise FailedPreconditionError("the input schema cannot be used: its $schema is not a string") from None
+    token = _PATTERN_DEADLINE.set(time.monotonic() + PATTERN_BUDGET_S)
     try:
         errors = sorted(
             validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), str(e.validator))
         )
+    except _PatternTimeout as exc:
+        raise FailedPreconditionError(
+            f"the input schema cannot be checked: its regex {exc.pattern[:200]!r} did not finish within "
+            f"{PATTERN_BUDGET_S:g}s on these arguments (catastrophic backtracking; simplify the pattern)"
+        ) from None
     except Unresolvable as exc:
         ref = str(getattr(exc, "ref", "?"))
         raise FailedPreconditionError(f"the input schema cannot be used: {_ref_problem(ref, exc)}") from None
+    except RecursionError:
+        # A $ref loop (through allOf, anyOf, ... as well as $ref alone), or a recursive schema following
+        # arguments nested deeper than Python's stack allows.
+        raise FailedPreconditionError(
+            "the input schema cannot be checked: validation recursed too deeply (a $ref loop in the schema, "
+            "or arguments nested deeper than the schema can follow)"
+        ) from None
+    except (SchemaError, UnknownType, re.error, regex.error) as exc:
+        # Schemas stored before Register checked them, or imported from an MCP server before imports were.
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise FailedPreconditionError(f"the input schema cannot be used: {why}") from None
+    finally:
+        _PATTERN_DEADLINE.reset(token)
     out: list[FieldViolation] = []
     for err in _leaf_errors(errors):
         path = list(err.path)
@@ -156,4 +302,5 @@ def parse_arguments(arguments_json: str, field: str = "arguments_json") -> tuple
     """Decode the arguments' JSON text; an empty string means ``{}``."""
     if not arguments_json.strip():
         return {}, []
-    return decode_json_object(arguments_json, field)
+    # Standard JSON only: a NaN passes minimum/maximum and a tool endpoint cannot parse it.
+    return decode_json_object(arguments_json, field, finite=True)

@@ -73,7 +73,8 @@ def _json_field(text: str, field: str, *, required: bool) -> dict[str, Any] | No
         if required:
             return {"type": "object"}
         return None
-    value, bad = decode_json_object(text, field)
+    # A NaN bound ("maximum": NaN) in a schema would never fail.
+    value, bad = decode_json_object(text, field, finite=True)
     if value is None:
         raise InvalidArgumentError(bad)
     return value

@@ -215,7 +215,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         tool = await self._reg.get(scope, request.name, request.version)
         arguments, bad = parse_arguments(request.arguments_json)
         if not bad:
-            bad = self._reg.violations(tool, arguments)
+            bad = await self._reg.check_arguments(tool, arguments)
         return conv.violations_to_proto(bad)
 
     async def Invoke(self, request: tool_pb2.InvokeToolRequest, context: Any) -> tool_pb2.InvokeToolResponse:

@@ -255,3 +255,67 @@ def test_register_refuses_header_injection_and_control_characters(srv: RunningSe
     # A plain header and a multi-line description still register.
     good = _tool("h", description="line one\nline two", http=http(url="http://127.0.0.1:1/x", headers={"X-Key": "v 1"}))
     assert _register(srv, good).created
+
+
+def test_register_refuses_schemas_that_could_never_check_arguments(srv: RunningServer) -> None:
+    loop = {"type": "object", "$defs": {"a": {"$ref": "#/$defs/a"}}, "properties": {"x": {"$ref": "#/$defs/a"}}}
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(400):
+        deep = {"type": "object", "properties": {"a": deep}}
+    for schema, why in (
+        ({"type": "object", "$schema": [1]}, "$schema must be a URI string"),  # was INTERNAL (unhashable list)
+        (loop, "loop"),
+        (deep, "nested too deeply"),  # was INTERNAL (RecursionError)
+        ({"type": "object", "properties": {"n": {"maximum": float("nan")}}}, "NaN or Infinity"),  # never fails
+    ):
+        tool = _tool("bad", input_schema_json=json.dumps(schema))
+        request = tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=tool)
+        fields = _invalid(srv.client.tool.Register, request)
+        assert set(fields) == {"tool.input_schema_json"} and why in fields["tool.input_schema_json"]
+
+
+def test_a_stored_ref_loop_is_a_failed_precondition_and_audited(srv: RunningServer) -> None:
+    scope = f"{naming.DEFAULT_TENANT}/{srv.ns}"
+    loop = {"type": "object", "$defs": {"a": {"$ref": "#/$defs/a"}}, "properties": {"x": {"$ref": "#/$defs/a"}}}
+    echo = ExecutorSpec(ExecutorKind.BUILTIN, builtin="echo")
+    srv.rt.tools.store.put_tool(scope, ToolDefinition("loopy", "d", loop, echo))
+    call_with = {"namespace": srv.ns, "name": "loopy", "arguments_json": '{"x": 1}'}
+    for call, request in (
+        (srv.client.tool.Validate, tool_pb2.ValidateToolArgumentsRequest(**call_with)),
+        (srv.client.tool.Invoke, tool_pb2.InvokeToolRequest(**call_with)),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=30)
+        # Not INVALID_ARGUMENT "request nested too deeply": the caller's arguments are fine.
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+        assert "loopy" in err.value.details()
+    records = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=srv.ns, tool_name="loopy")).records
+    assert [r.outcome for r in records] == [tool_pb2.INVOKE_OUTCOME_INVALID_ARGUMENT]
+
+
+def test_non_finite_numbers_in_arguments_name_the_field(srv: RunningServer) -> None:
+    schema = '{"type": "object", "properties": {"n": {"type": "number", "maximum": 10}}}'
+    _register(srv, _tool(input_schema_json=schema))
+    for args in ('{"n": NaN}', '{"n": -Infinity}', '{"n": 1e400}'):
+        for call, request in (
+            (srv.client.tool.Invoke, tool_pb2.InvokeToolRequest(namespace=srv.ns, name="myecho", arguments_json=args)),
+            (
+                srv.client.tool.Invoke,
+                tool_pb2.InvokeToolRequest(
+                    namespace=srv.ns, tool_call=common_pb2.ToolCall(name="myecho", arguments_json=args)
+                ),
+            ),
+        ):
+            fields = _invalid(call, request)
+            [(field, why)] = fields.items()
+            assert field.endswith("arguments_json") and "NaN or Infinity" in why
+
+
+def test_memory_write_names_the_argument_memory_would_refuse(srv: RunningServer) -> None:
+    for field in ("session_id", "speaker"):
+        args = json.dumps({"text": "hello", field: "s" * 300})
+        request = tool_pb2.InvokeToolRequest(namespace=srv.ns, name="memory.write", arguments_json=args)
+        assert set(_invalid(srv.client.tool.Invoke, request)) == {f"arguments_json.{field}"}
+    audit = tool_pb2.ListToolAuditRequest(namespace=srv.ns, tool_name="memory.write")
+    records = srv.client.tool.ListAudit(audit).records
+    assert [r.outcome for r in records] == [tool_pb2.INVOKE_OUTCOME_INVALID_ARGUMENT] * 2

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import pytest
 
 from core.embedding import create_embedder
-from core.errors import InvalidArgumentError, NotFoundError
+from core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from guards.model import Decision, Evidence, GuardRequest, GuardVerdict, Stage
 from runtime.db import create_db_engine
 from runtime.gates.engine import GateEngine
@@ -22,6 +25,7 @@ from tools.search import ToolSearch
 from tools.store import InMemoryToolStore
 
 SCOPE = "t/ns"
+ECHO = ExecutorSpec(ExecutorKind.BUILTIN, builtin="echo")
 CONFIDENT = [{"token": "call", "logprob": -0.01, "top_logprobs": [{"token": "call", "logprob": -0.01}]}] * 4
 UNSURE = [{"token": "x", "logprob": -2.3, "top_logprobs": [{"token": t, "logprob": -2.3} for t in ("x", "y", "z")]}] * 4
 
@@ -189,3 +193,99 @@ async def test_builtin_names_are_reserved(setup: tuple[ToolInvoker, KeywordGuard
             SCOPE,
             ToolDefinition("memory.search", "", {"type": "object"}, ExecutorSpec(ExecutorKind.HTTP, url="http://x/")),
         )
+
+
+async def test_every_failure_of_the_execute_step_is_audited(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory],
+) -> None:
+    invoker, _, _ = setup
+    registry = invoker.registry
+
+    async def refuses(scope: str, args: dict[str, Any]) -> Any:
+        raise InvalidArgumentError("session_id", "memory refused it")  # what a memory engine raises
+
+    async def crashes(scope: str, args: dict[str, Any]) -> Any:
+        return {"k": args["missing"]}
+
+    registry.builtins.add("refuses", "raises", {"type": "object"}, refuses)
+    registry.builtins.add("crashes", "raises", {"type": "object"}, crashes)
+    # An MCP tool of a server that was never imported: Register accepts it, the call finds no server.
+    nowhere = ExecutorSpec(ExecutorKind.MCP, mcp_server="nosuch", mcp_tool="x")
+    ghost = ToolDefinition("ghost", "d", {"type": "object"}, nowhere)
+    await registry.register(SCOPE, ghost)
+    with pytest.raises(InvalidArgumentError) as err:
+        await invoker.invoke(InvokeRequest(SCOPE, "refuses", "{}", arguments_field="tool_call.arguments_json"))
+    # The handler named its own argument; the caller sent it inside the arguments field.
+    assert [v.field for v in err.value.violations] == ["tool_call.arguments_json.session_id"]
+    with pytest.raises(KeyError):
+        await invoker.invoke(InvokeRequest(SCOPE, "crashes", "{}"))
+    with pytest.raises(NotFoundError):
+        await invoker.invoke(InvokeRequest(SCOPE, "ghost", "{}"))
+    audits = {a.tool_name: a for a in await registry.audits(SCOPE)}
+    assert {name: (a.outcome, a.stopped_at) for name, a in audits.items()} == {
+        "refuses": (Outcome.INVALID_ARGUMENT, Step.EXECUTE),
+        "crashes": (Outcome.TOOL_ERROR, Step.EXECUTE),
+        "ghost": (Outcome.NOT_FOUND, Step.EXECUTE),
+    }
+    assert "KeyError" in audits["crashes"].reason and "nosuch" in audits["ghost"].reason
+
+
+@pytest.mark.parametrize("field", ["session_id", "speaker"])
+async def test_memory_write_refuses_what_memory_would_with_the_field(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory], field: str
+) -> None:
+    invoker, _, memory = setup
+    with pytest.raises(InvalidArgumentError) as err:
+        await invoker.invoke(InvokeRequest(SCOPE, "memory.write", json.dumps({"text": "hi", field: "s" * 256})))
+    assert [v.field for v in err.value.violations] == [f"arguments_json.{field}"]
+    assert memory.writes == []
+    await invoker.invoke(InvokeRequest(SCOPE, "memory.write", json.dumps({"text": "hi", field: "s" * 255})))
+    assert len(memory.writes) == 1
+
+
+async def test_a_stored_schema_whose_refs_loop_is_a_failed_precondition_and_audited(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory],
+) -> None:
+    invoker, guard, _ = setup
+    # Stored before Register refused $ref loops: every call used to raise RecursionError, unaudited.
+    loop = {"type": "object", "$defs": {"a": {"$ref": "#/$defs/a"}}, "properties": {"x": {"$ref": "#/$defs/a"}}}
+    invoker.registry.store.put_tool(SCOPE, ToolDefinition("loopy", "d", loop, ECHO))
+    with pytest.raises(FailedPreconditionError) as err:
+        await invoker.invoke(InvokeRequest(SCOPE, "loopy", '{"x": 1}'))
+    assert "'loopy' version 1" in str(err.value) and "register a corrected version" in str(err.value)
+    [audit] = await invoker.registry.audits(SCOPE)
+    assert (audit.outcome, audit.stopped_at) == (Outcome.INVALID_ARGUMENT, Step.VALIDATE)
+    assert guard.requests == []
+
+
+@pytest.mark.parametrize("arguments", ['{"q": NaN}', '{"q": "a", "n": Infinity}', '{"q": "a", "n": 1e400}'])
+async def test_non_finite_numbers_in_arguments_are_invalid(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory], arguments: str
+) -> None:
+    invoker, guard, _ = setup
+    with pytest.raises(InvalidArgumentError) as err:
+        await invoker.invoke(InvokeRequest(SCOPE, "lookup", arguments))
+    assert [v.field for v in err.value.violations] == ["arguments_json"]
+    assert "NaN or Infinity" in err.value.violations[0].description and guard.requests == []
+
+
+async def test_a_backtracking_pattern_does_not_stall_the_event_loop(
+    setup: tuple[ToolInvoker, KeywordGuard, FakeMemory],
+) -> None:
+    invoker, _, _ = setup
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a|aa)+$"}}}
+    await invoker.registry.register(SCOPE, ToolDefinition("pat", "d", schema, ECHO))
+    stamps: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            stamps.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    with pytest.raises(FailedPreconditionError) as err:
+        await invoker.invoke(InvokeRequest(SCOPE, "pat", json.dumps({"s": "a" * 40 + "b"})))
+    ticker.cancel()
+    assert "did not finish" in str(err.value)
+    assert max(b - a for a, b in itertools.pairwise(stamps)) < 0.5

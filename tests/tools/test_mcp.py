@@ -20,6 +20,7 @@ from tools.search import ToolSearch
 from tools.store import InMemoryToolStore
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
+RAW_SERVER = str(Path(__file__).with_name("raw_mcp_server.py"))
 SCOPE = "t/ns"
 
 
@@ -141,3 +142,24 @@ async def test_streamable_http_server(registry: ToolRegistry, http_mcp_url: str)
     add = await registry.get(SCOPE, "web.add")
     assert json.loads((await registry.execute(SCOPE, add, {"a": 3, "b": 4})).output) == {"result": 7}
     await registry.mcp.disconnect(SCOPE, "web")
+
+
+async def test_listed_tools_register_would_refuse_are_skipped_and_reported(registry: ToolRegistry) -> None:
+    listed = [
+        {"name": "good", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}},
+        {"name": "badtype", "inputSchema": {"type": "object", "properties": {"x": {"type": "strnig"}}}},
+        {"name": "badregex", "inputSchema": {"type": "object", "properties": {"x": {"pattern": "("}}}},
+        {"name": "has space", "inputSchema": {"type": "object"}},
+        {"name": "n" * 300, "inputSchema": {"type": "object"}},
+    ]
+    raw = McpServerSpec(
+        "raw", McpTransport.STDIO, command=sys.executable, args=(RAW_SERVER, json.dumps(listed)), timeout_s=20
+    )
+    status, tools = await registry.import_mcp(SCOPE, raw)
+    assert [t.name for t in tools] == ["raw.good"]
+    assert [t.name for t in await registry.list_tools(SCOPE, include_builtins=False)] == ["raw.good"]
+    assert status.connected and "skipped 4 of 5 listed tools" in status.last_error
+    for why in ("'raw.badtype'", "strnig", "'raw.badregex'", "'raw.has space'", "tool.name"):
+        assert why in status.last_error
+    run = await registry.execute(SCOPE, tools[0], {"x": "a"})
+    assert json.loads(run.output) == {"x": "a"}

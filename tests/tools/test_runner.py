@@ -96,3 +96,20 @@ def test_cap_output_marks_truncation_on_a_utf8_boundary() -> None:
     assert cap_output(b"short", 5) == ("short", False, 5)
     text, truncated, _ = cap_output(b"x" * 7, 5, total=-1)
     assert truncated and "more than 5" in text
+
+
+def test_the_limiter_serves_calls_from_one_event_loop_after_another() -> None:
+    # A semaphore belongs to the first loop that waited on it; the next loop used to get RuntimeError once calls
+    # queued for a slot.
+    limiter = ConcurrencyLimiter()
+    t = tool(max_concurrency=2)
+
+    async def call(timeout_s: float) -> ExecResult:
+        await asyncio.sleep(0.01)
+        return ExecResult(b"{}")
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(*(run_with_policy(t, call, limiter, "s") for _ in range(5)), return_exceptions=True)
+
+    for _ in range(2):
+        assert [type(r).__name__ for r in asyncio.run(burst())] == ["RunResult"] * 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -88,3 +90,41 @@ async def test_lexical_part_matches_tool_names(registry: ToolRegistry) -> None:
 
 def test_search_words_split_identifiers() -> None:
     assert search_words("sendEmail to_user.v2") == "send Email to user v2"
+
+
+class _SlowListStore(InMemoryToolStore):
+    """``list_tools`` returns its catalogue only once told to (once): a slow database read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = False
+        self.read_done = threading.Event()
+        self.go = threading.Event()
+
+    def list_tools(self, scope: str) -> list[ToolDefinition]:
+        tools = super().list_tools(scope)
+        if self.slow:
+            self.slow = False
+            self.read_done.set()
+            self.go.wait(10)
+        return tools
+
+
+async def test_an_index_built_from_a_catalogue_read_before_a_change_is_not_kept() -> None:
+    store = _SlowListStore()
+    reg = ToolRegistry(store, ToolSearch(create_embedder("hashing")))
+    try:
+        for name in ("get_weather", "send_email"):
+            await reg.register("t/a", _tool(name, CATALOGUE[name]))
+        store.slow = True
+        search = asyncio.create_task(reg.search("t/a", "weather forecast", top_k=5))
+        assert await asyncio.to_thread(store.read_done.wait, 10)  # the catalogue still holds get_weather ...
+        await reg.unregister("t/a", "get_weather")  # ... which is removed before the index is built from it
+        store.go.set()
+        await search
+        for _ in range(2):
+            later = await reg.search("t/a", "weather forecast", top_k=5)
+            assert [h.tool.name for h in later.hits] == ["send_email"]
+    finally:
+        store.go.set()
+        await reg.aclose()
