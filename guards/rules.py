@@ -29,7 +29,6 @@ finish in it matches with action REVIEW, whatever its own action (see docs/guard
 
 from __future__ import annotations
 
-import contextvars
 import fnmatch
 import json
 import logging
@@ -39,7 +38,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -49,6 +48,7 @@ import yaml
 from jsonschema.exceptions import ValidationError
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.regex_budget import REGEX_BUDGET_S, RegexBudget, RegexTimeout, on_budget, regex_budget
 from guards import detectors
 from guards.model import Decision, GuardRequest, PolicyRule, RuleMatch, Stage
 
@@ -65,76 +65,10 @@ _EMAIL_OR_URL_HOST = re.compile(r"(?:@|://)(\[[^\]\s]*\]|[^\s/:?#@<>\[\](),;\"'`
 # Priorities are stored and sent as int32 (GuardRule.priority).
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
-#: Seconds that all operator regexes of one check may run together. A regex with catastrophic backtracking
-#: ("(a+)+$" on "aaa…a!") would otherwise hold a worker thread (and the namespace's memory lock) for minutes.
-REGEX_BUDGET_S = 1.0
-
-
-class RegexTimeout(Exception):
-    """An operator regex did not finish within the check's regex budget (``REGEX_BUDGET_S``)."""
-
-    def __init__(self, pattern: str):
-        self.pattern = pattern
-        super().__init__(f"regex {pattern!r} did not finish within the {REGEX_BUDGET_S:g}s regex budget")
-
-
-class RegexBudget:
-    """A deadline shared by every operator regex of one check; ``search`` raises RegexTimeout past it."""
-
-    def __init__(self, seconds: float = REGEX_BUDGET_S):
-        self.deadline = time.monotonic() + seconds
-
-    def search(self, pattern: str, text: str) -> bool:
-        """Whether ``pattern`` is found in ``text`` (the ``regex`` module, stopped at the deadline)."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise RegexTimeout(pattern)
-        try:
-            return regex.search(pattern, text, timeout=left) is not None
-        except TimeoutError:
-            raise RegexTimeout(pattern) from None
-
-
-# The budget of the check running on this thread, for the JSON Schema keywords below.
-_BUDGET: contextvars.ContextVar[RegexBudget | None] = contextvars.ContextVar("guard_regex_budget", default=None)
-
-
-def _search(pattern: str, text: str) -> bool:
-    return (_BUDGET.get() or RegexBudget()).search(pattern, text)
-
-
-# JSON Schema's regex keywords, on the budget instead of ``re`` (which cannot be interrupted).
-def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _search(patrn, instance):
-        yield ValidationError(f"{instance!r} does not match {patrn!r}")
-
-
-def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
-    if not validator.is_type(instance, "object"):
-        return
-    for patrn, subschema in patterns.items():
-        for k, v in instance.items():
-            if _search(patrn, k):
-                yield from validator.descend(v, subschema, path=k, schema_path=patrn)
-
-
-def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    if not validator.is_type(instance, "object"):
-        return
-    properties = schema.get("properties", {})
-    patterns = list(schema.get("patternProperties", {}))
-    extras = [k for k in instance if k not in properties and not any(_search(p, k) for p in patterns)]
-    if validator.is_type(ap, "object"):
-        for extra in extras:
-            yield from validator.descend(instance[extra], ap, path=extra)
-    elif not ap and extras:
-        yield ValidationError(f"additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})")
-
-
-_SchemaValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
-)
+# Operator regexes and the JSON Schema regex keywords run on one budget per check (core.regex_budget): a regex
+# with catastrophic backtracking ("(a+)+$" on "aaa…a!") would otherwise hold a worker thread (and the namespace's
+# memory lock) for minutes.
+_SchemaValidator = on_budget(jsonschema.Draft202012Validator)
 
 
 def _ref_problems(schema: Any) -> list[str]:
@@ -625,10 +559,8 @@ def evaluate(
         except (ValueError, RecursionError):  # not JSON, too deep, or an integer past Python's digit limit
             args = None
     text_all = request.text + ("\n" + args_text if args_text else "")
-    budget = RegexBudget(regex_budget_s)
-    token = _BUDGET.set(budget)
     matches: list[RuleMatch] = []
-    try:
+    with regex_budget(regex_budget_s) as budget:
         for rule in sorted(rules, key=precedence_key):
             if not rule.enabled or (rule.stages and request.stage not in rule.stages):
                 continue
@@ -642,8 +574,6 @@ def evaluate(
                 )
             if found is not None:
                 matches.append(found)
-    finally:
-        _BUDGET.reset(token)
     # A rule held for review sorts by its new action among rules of the same priority.
     return sorted(matches, key=lambda m: precedence_key(m.rule))
 

@@ -6,13 +6,11 @@ rule it broke (``properties.items.items.properties.qty.minimum``), so an agent c
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import json
 import re
-import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
@@ -26,6 +24,7 @@ from referencing.exceptions import InvalidAnchor, NoSuchAnchor, PointerToNowhere
 
 from core.errors import FailedPreconditionError, FieldViolation
 from core.jsontext import decode_json_object
+from core.regex_budget import RegexTimeout, on_budget, regex_budget
 
 # Seconds that all regex matches (pattern, patternProperties) of one argument check may take together.
 PATTERN_BUDGET_S = 1.0
@@ -52,82 +51,10 @@ def _schema_path(path: deque[Any] | Iterable[Any]) -> str:
     return ".".join(str(p) for p in path) or "(root)"
 
 
-class _PatternTimeout(Exception):
-    """A ``pattern`` / ``patternProperties`` regex did not finish within the check's budget."""
-
-    def __init__(self, pattern: str):
-        self.pattern = pattern
-        super().__init__(pattern)
-
-
-# When the running check's regex budget ends (time.monotonic()); None outside argument_violations.
-_PATTERN_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("pattern_deadline", default=None)
-
-
-def _search(pattern: str, text: str) -> bool:
-    """``re.search`` on the ``regex`` module, stopped at the check's deadline: ``re`` can backtrack for minutes
-    (``^(a|aa)+$`` on 35 characters takes seconds) and holds the GIL, which stalls the event loop even from a worker
-    thread; ``regex`` releases the GIL while it matches a str and takes a timeout."""
-    deadline = _PATTERN_DEADLINE.get()
-    left = PATTERN_BUDGET_S if deadline is None else deadline - time.monotonic()
-    if left <= 0:
-        raise _PatternTimeout(pattern)
-    try:
-        return regex.search(pattern, text, timeout=left) is not None
-    except TimeoutError:
-        raise _PatternTimeout(pattern) from None
-
-
-def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _search(patrn, instance):
-        yield ValidationError(f"{instance!r} does not match {patrn!r}")
-
-
-def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Iterator[Any]:
-    if not validator.is_type(instance, "object"):
-        return
-    for patrn, subschema in patterns.items():
-        for k, v in instance.items():
-            if _search(patrn, k):
-                yield from validator.descend(v, subschema, path=k, schema_path=patrn)
-
-
-def _additional_properties(original: Any) -> Any:
-    """``additionalProperties``, matching ``patternProperties`` on the budget (jsonschema's own otherwise)."""
-
-    def check(validator: Any, ap: Any, instance: Any, schema: Any) -> Iterator[Any]:
-        patterns = schema.get("patternProperties")
-        if not isinstance(patterns, dict) or not validator.is_type(instance, "object"):
-            yield from original(validator, ap, instance, schema)
-            return
-        properties = schema.get("properties", {})
-        extras = [k for k in instance if k not in properties and not any(_search(p, k) for p in patterns)]
-        if validator.is_type(ap, "object"):
-            for extra in extras:
-                yield from validator.descend(instance[extra], ap, path=extra)
-        elif not ap and extras:
-            joined = ", ".join(repr(each) for each in sorted(extras))
-            verb = "does" if len(extras) == 1 else "do"
-            yield ValidationError(
-                f"{joined} {verb} not match any of the regexes: {', '.join(map(repr, sorted(patterns)))}"
-            )
-
-    return check
-
-
-@functools.lru_cache(maxsize=16)
-def _on_budget(cls: Any) -> Any:
-    """``cls`` with its regex keywords on ``_search`` (``unevaluatedProperties`` still uses ``re``)."""
-    keywords = {"pattern": _pattern, "patternProperties": _pattern_properties}
-    if "additionalProperties" in cls.VALIDATORS:
-        keywords["additionalProperties"] = _additional_properties(cls.VALIDATORS["additionalProperties"])
-    return validators.extend(cls, {k: v for k, v in keywords.items() if k in cls.VALIDATORS})
-
-
 @functools.lru_cache(maxsize=1024)
 def _compiled(schema_text: str) -> jsonschema.protocols.Validator:
     schema = json.loads(schema_text)
-    cls = _on_budget(validators.validator_for(schema, default=jsonschema.Draft202012Validator))
+    cls = on_budget(validators.validator_for(schema, default=jsonschema.Draft202012Validator))
     validator: jsonschema.protocols.Validator = cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_REGISTRY)
     return validator
 
@@ -252,12 +179,12 @@ def argument_violations(
         validator = compile_schema(schema)
     except TypeError:  # a "$schema" that is not a string, stored before Register refused it
         raise FailedPreconditionError("the input schema cannot be used: its $schema is not a string") from None
-    token = _PATTERN_DEADLINE.set(time.monotonic() + PATTERN_BUDGET_S)
     try:
-        errors = sorted(
-            validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), str(e.validator))
-        )
-    except _PatternTimeout as exc:
+        with regex_budget(PATTERN_BUDGET_S):
+            errors = sorted(
+                validator.iter_errors(arguments), key=lambda e: (list(map(str, e.path)), str(e.validator))
+            )
+    except RegexTimeout as exc:
         raise FailedPreconditionError(
             f"the input schema cannot be checked: its regex {exc.pattern[:200]!r} did not finish within "
             f"{PATTERN_BUDGET_S:g}s on these arguments (catastrophic backtracking; simplify the pattern)"
@@ -276,8 +203,6 @@ def argument_violations(
         # Schemas stored before Register checked them, or imported from an MCP server before imports were.
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise FailedPreconditionError(f"the input schema cannot be used: {why}") from None
-    finally:
-        _PATTERN_DEADLINE.reset(token)
     out: list[FieldViolation] = []
     for err in _leaf_errors(errors):
         path = list(err.path)
