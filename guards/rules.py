@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 import jsonschema
@@ -449,8 +450,25 @@ def _lookup(args: Any, path: str) -> list[Any]:
         current = nxt
     flat: list[Any] = []
     for value in current:
-        flat.extend(value if isinstance(value, list) else [value])
+        # A list stands for its items; an empty one stays as it is, a value that is not a number (a bound must
+        # not let `"amount": []` through where `"amount": [5000]` is refused).
+        flat.extend(value if isinstance(value, list) and value else [value])
     return flat
+
+
+def _exact_number(value: Any) -> Decimal | None:
+    """``value`` as an exact number (None when it is not one): a float holds integers only up to 2**53, so
+    9007199254740993 compared as a float passed a max of 9007199254740992."""
+    if isinstance(value, bool | int):
+        return Decimal(int(value))
+    if isinstance(value, float):
+        return Decimal(value) if math.isfinite(value) else Decimal("NaN")
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except ArithmeticError:  # decimal.InvalidOperation: not a number
+            return None
+    return None
 
 
 def _violates(arg: dict[str, Any], args: Any, budget: RegexBudget) -> str | None:
@@ -460,17 +478,17 @@ def _violates(arg: dict[str, Any], args: Any, budget: RegexBudget) -> str | None
     for value in values:
         text = value if isinstance(value, str) else json.dumps(value)
         if "max" in arg or "min" in arg:
-            try:
-                number = float(value)
-            except (TypeError, ValueError, OverflowError):
+            number = _exact_number(value)
+            if number is None:
                 return f"argument {arg['path']!r}={text!r} is not a number"
-            if not math.isfinite(number):
+            if not number.is_finite():
                 # NaN compares false with everything: it would pass any max and any min.
                 return f"argument {arg['path']!r}={text!r} is not a finite number"
-            if "max" in arg and number > float(arg["max"]):
-                return f"argument {arg['path']!r}={number:g} exceeds max {arg['max']}"
-            if "min" in arg and number < float(arg["min"]):
-                return f"argument {arg['path']!r}={number:g} is below min {arg['min']}"
+            high, low = _exact_number(arg.get("max")), _exact_number(arg.get("min"))
+            if high is not None and number > high:
+                return f"argument {arg['path']!r}={text} exceeds max {arg['max']}"
+            if low is not None and number < low:
+                return f"argument {arg['path']!r}={text} is below min {arg['min']}"
         if "regex" in arg and budget.search(str(arg["regex"]), text):
             return f"argument {arg['path']!r} matches forbidden pattern {arg['regex']!r}"
         if "not_regex" in arg and not budget.search(str(arg["not_regex"]), text):
@@ -504,17 +522,33 @@ class RateLimiter:
 
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str, str], deque[float]] = {}
+        self._spans: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
+
+    #: Keys kept before windows that have emptied are swept (one per scope, rule and tool name ever called).
+    SWEEP_AT = 4096
 
     def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
         """Record a call and return how many fall in the window (including this one)."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            if key not in self._calls and len(self._calls) >= self.SWEEP_AT:
+                self._sweep(now)
             window = self._calls.setdefault(key, deque())
             while window and window[0] <= now - per_seconds:
                 window.popleft()
             window.append(now)
+            self._spans[key] = per_seconds
             return len(window)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the keys whose last call is out of their window (lock held); the sweep threshold doubles when
+        most keys are still live, so a busy limiter does not sweep on every new key."""
+        for key in [k for k, w in self._calls.items() if not w or w[-1] <= now - self._spans.get(k, 0.0)]:
+            del self._calls[key]
+            self._spans.pop(key, None)
+        if len(self._calls) >= self.SWEEP_AT // 2:
+            self.SWEEP_AT = 2 * len(self._calls)
 
     def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
         """How many calls the window would hold with one more, recording nothing."""
@@ -530,7 +564,7 @@ class RateLimiter:
 
 class _PeekingLimiter(RateLimiter):
     def __init__(self, live: RateLimiter):
-        self._calls, self._lock = live._calls, live._lock
+        self._calls, self._spans, self._lock = live._calls, live._spans, live._lock
 
     def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
         return self.peek(key, max_calls, per_seconds, now)

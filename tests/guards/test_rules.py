@@ -785,3 +785,21 @@ def test_detectors_read_long_runs_of_line_breaks_in_linear_time(unit: str) -> No
     text = "hi" + unit * (200_000 // len(unit)) + "ok"
     assert detectors.injection(text) == []
     assert detectors.unrequested_actions(text) == []
+
+
+def test_bounds_compare_exactly_and_an_empty_list_is_not_a_number() -> None:
+    [rule], _ = parse_rules_yaml(
+        "rules: [{name: cap, action: block, tools: [pay], arguments: [{path: amount, max: 9007199254740992}]}]"
+    )
+    assert names([rule], call("pay", '{"amount": 9007199254740992}')) == []
+    for amount in ("9007199254740993", '"9007199254740993"', "[]", "{}", "[5, 9007199254740993]", '"NaN"'):
+        assert names([rule], call("pay", f'{{"amount": {amount}}}')) == ["cap"], amount
+    assert names([rule], call("pay", '{"amount": [1, "2", 3.5]}')) == []
+
+
+def test_the_rate_limiter_forgets_keys_whose_window_is_over() -> None:
+    limiter = RateLimiter()
+    for i in range(RateLimiter.SWEEP_AT + 10):
+        limiter.hit(("t/a", "rl", f"tool{i}"), 1, 1.0, now=float(i))
+    assert len(limiter._calls) < RateLimiter.SWEEP_AT  # the tools called more than a second ago are gone
+    assert limiter.hit(("t/a", "rl", f"tool{RateLimiter.SWEEP_AT + 9}"), 1, 1.0, now=RateLimiter.SWEEP_AT + 9.5) == 2
