@@ -20,9 +20,15 @@ from typing import Any
 
 import grpc
 from agentrt.v1 import agent_pb2, agent_pb2_grpc
-from langgraph.store.base import BaseStore, Op, Result
+from langgraph.store.base import BaseStore, ListNamespacesOp, Op, Result, SearchOp
 
 from runtime.convert import agent as convert
+
+
+def _answered_here(op: Op) -> bool:
+    """A search or namespace listing with ``limit=0`` asks for nothing (``InMemoryStore`` answers ``[]``); on the
+    wire 0 is proto3's "unset", which the sidecar reads as LangGraph's default page, so it is answered here."""
+    return isinstance(op, SearchOp | ListNamespacesOp) and op.limit == 0
 
 
 class SidecarStore(BaseStore):
@@ -69,40 +75,46 @@ class SidecarStore(BaseStore):
         self._aio_channel = aio_channel
         self._owned: list[Any] = []
 
-    def _request(self, ops: Iterable[Op]) -> tuple[agent_pb2.StoreBatchRequest, int]:
-        protos = [convert.op_to_proto(op, self.index_fields, hybrid=self.hybrid) for op in ops]
-        return agent_pb2.StoreBatchRequest(namespace=self.namespace, ops=protos), len(protos)
+    def _request(self, ops: Iterable[Op]) -> tuple[agent_pb2.StoreBatchRequest, list[Op]]:
+        """The RPC for the ops the sidecar must answer (see ``_answered_here``), and all the ops in order."""
+        ops = list(ops)
+        protos = [convert.op_to_proto(op, self.index_fields, hybrid=self.hybrid)
+                  for op in ops if not _answered_here(op)]
+        return agent_pb2.StoreBatchRequest(namespace=self.namespace, ops=protos), ops
 
     @staticmethod
-    def _results(response: agent_pb2.StoreBatchResponse, n: int) -> list[Result]:
-        if len(response.results) != n:
-            raise RuntimeError(f"sidecar answered {len(response.results)} results for {n} store operations")
-        return [convert.result_from_proto(r) for r in response.results]
+    def _results(response: agent_pb2.StoreBatchResponse | None, ops: list[Op]) -> list[Result]:
+        sent = sum(not _answered_here(op) for op in ops)
+        got = list(response.results) if response is not None else []
+        if len(got) != sent:
+            raise RuntimeError(f"sidecar answered {len(got)} results for {sent} store operations")
+        answers = iter(convert.result_from_proto(r) for r in got)
+        return [[] if _answered_here(op) else next(answers) for op in ops]
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """Execute ``ops`` in one RPC (blocking)."""
-        request, n = self._request(ops)
-        if n == 0:
-            return []
+        request, all_ops = self._request(ops)
+        if not request.ops:
+            return self._results(None, all_ops)
         if self._channel is None:
             assert self._target is not None
             self._channel = grpc.insecure_channel(self._target)
             self._owned.append(self._channel)
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
-        return self._results(stub.StoreBatch(request, timeout=self._timeout, metadata=self._metadata), n)
+        return self._results(stub.StoreBatch(request, timeout=self._timeout, metadata=self._metadata), all_ops)
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """Execute ``ops`` in one RPC (asyncio)."""
-        request, n = self._request(ops)
-        if n == 0:
-            return []
+        request, all_ops = self._request(ops)
+        if not request.ops:
+            return self._results(None, all_ops)
         if self._aio_channel is None:
             assert self._target is not None
             self._aio_channel = grpc.aio.insecure_channel(self._target)
             self._owned.append(self._aio_channel)
         stub = agent_pb2_grpc.AgentServiceStub(self._aio_channel)
         response = await stub.StoreBatch(request, timeout=self._timeout, metadata=self._metadata)
-        return self._results(response, n)
+        return self._results(response, all_ops)
 
     def close(self) -> None:
         """Close channels this store opened itself (the sync one; use ``aclose`` for the asyncio one)."""

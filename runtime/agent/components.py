@@ -26,6 +26,7 @@ from runtime.agent.ports import (
     SelectionOutcome,
     ToolOutcome,
     TurnPorts,
+    function_name,
 )
 from runtime.container import Runtime, check_guard
 from runtime.gates.types import TokenStream
@@ -158,11 +159,6 @@ class EngineSelector:
         return SelectionOutcome(int(s.index), float(s.confidence), str(s.method))
 
 
-def _function_name(tool_name: str) -> str:
-    # OpenAI function names allow [a-zA-Z0-9_-] only; our builtins are dotted ("memory.search").
-    return tool_name.replace(".", "__")
-
-
 class PipelineTools:
     """The tool Invoke pipeline (``runtime.tool_invoke.ToolInvoker`` on ``rt.extras["tool_invoker"]``).
 
@@ -185,7 +181,7 @@ class PipelineTools:
                 tool = await self.rt.tools.get(self.scope, name)
             except AgentrtError:
                 continue  # an unknown tool is simply not offered
-            fn = _function_name(tool.name)
+            fn = function_name(tool.name)
             self._names[fn] = tool.name
             out.append({"type": "function", "function": {
                 "name": fn, "description": tool.description, "parameters": tool.input_schema}})
@@ -204,7 +200,8 @@ class PipelineTools:
             prior = CheckedCall(checked.verdict_id, decision, checked.harm_score,
                                 approved=decision == Decision.REVIEW)
         request = InvokeRequest(
-            scope=self.scope, name=self._names.get(name, name.replace("__", ".")), arguments_json=arguments_json,
+            # ``name`` is the tool's own name (the turn maps the LLM's function names back to the offered tools).
+            scope=self.scope, name=self._names.get(name, name), arguments_json=arguments_json,
             instruction=instruction, tokens=_token_stream(tokens) if tokens else (), caller="agent",
             session_id=session_id, checked_call=prior,
         )

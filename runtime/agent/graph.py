@@ -60,6 +60,7 @@ from runtime.agent.ports import (
     GuardOutcome,
     MemoryHitView,
     TurnPorts,
+    function_name,
 )
 
 log = logging.getLogger(__name__)
@@ -371,11 +372,22 @@ async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
     # Only the tools this round offered may run: an LLM can name any tool (a prompt injection in a tool result or
     # a memory can make it), and the tool pipeline would run whatever it is asked for.
     offered = {s.get("function", {}).get("name") for s in (await _offered_tools(ctx, state, policy) or [])}
-    calls = [{**c, "not_offered": c["name"] not in offered} for c in state["draft"]["tool_calls"]]
+    # "tool" is the registered name behind the LLM's function name ("memory__search" is memory.search): the
+    # guard, the approval list and the pipeline all speak of tools by their own names.
+    tool_of = {function_name(t): t for t in policy.tools}
+    calls = [{**c, "not_offered": c["name"] not in offered, "tool": tool_of.get(c["name"], c["name"])}
+             for c in state["draft"]["tool_calls"]]
     if policy.enforce_tool_gate and not g.fire:
         # Confident enough to answer without the tools it asked for: ask again with tools switched off.
         return {"pending_calls": [], "tool_round": policy.max_tool_rounds}
     return {"pending_calls": calls}
+
+
+def _tool_name(call: dict[str, Any], policy: TurnPolicy) -> str:
+    """The registered tool behind a call (calls checkpointed before "tool" was kept: mapped from the policy)."""
+    if call.get("tool"):
+        return str(call["tool"])
+    return {function_name(t): t for t in policy.tools}.get(call["name"], call["name"])
 
 
 @_stage("check_tools")
@@ -388,10 +400,11 @@ async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
             return {**call, "verdict": {"decision": BLOCK, "verdict_id": "", "harm_score": 0.0,
                                         "reason": "not one of the tools offered in this turn"},
                     "needs_approval": False, "approved": False}
-        v = await ctx.ports.guard.check("tool_call", state["user"], tool_call=(call["name"], call["arguments_json"]),
+        tool = _tool_name(call, policy)
+        v = await ctx.ports.guard.check("tool_call", state["user"], tool_call=(tool, call["arguments_json"]),
                                         tools=policy.tools, thread_id=ctx.thread_id)
         runtime.stream_writer(_guard_event("tool_call", v))
-        needs = v.decision == REVIEW or call["name"] in policy.approval_tools
+        needs = v.decision == REVIEW or tool in policy.approval_tools or call["name"] in policy.approval_tools
         return {**call, "verdict": {"decision": v.decision, "verdict_id": v.verdict_id, "reason": v.reason,
                                     "harm_score": v.harm_score},
                 "needs_approval": needs and v.decision != BLOCK,
@@ -402,13 +415,15 @@ async def check_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
 
 async def approve_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Pause once per tool call that needs approval (policy or a REVIEW verdict)."""
+    policy = TurnPolicy.from_dict(state["policy"])
     calls = []
     for call in state["pending_calls"]:
         if call.get("needs_approval"):
             v = call["verdict"]
             kind = "review" if v["decision"] == REVIEW else "tool_approval"
             answer = interrupt({"kind": kind, "stage": "tool_call", "text": state["user"],
-                                "tool_call": {"name": call["name"], "arguments_json": call["arguments_json"]},
+                                "tool_call": {"name": _tool_name(call, policy),
+                                              "arguments_json": call["arguments_json"]},
                                 "verdict_id": v.get("verdict_id", ""), "reason": v.get("reason", "")})
             call = {**call, "needs_approval": False, "approved": _resume_decision(answer) == ALLOW}
         calls.append(call)
@@ -436,12 +451,13 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
         v = call.get("verdict", {})
         checked = GuardOutcome(v.get("decision", ALLOW), v.get("verdict_id", ""), v.get("harm_score", 0.0),
                                reason=v.get("reason", ""))
-        out = await ctx.ports.tools.invoke(call["name"], call["arguments_json"], call_id=call["id"],
+        out = await ctx.ports.tools.invoke(_tool_name(call, policy), call["arguments_json"], call_id=call["id"],
                                            instruction=state["user"], session_id=ctx.thread_id, checked=checked)
         result, error = out.result_json, out.error
         # The tool Invoke pipeline guards results itself; other tool ports get the check here.
         if not error and not getattr(ctx.ports.tools, "guards_results", False):
-            v = await ctx.ports.guard.check("tool_result", result, tool_call=(call["name"], call["arguments_json"]),
+            v = await ctx.ports.guard.check("tool_result", result,
+                                            tool_call=(_tool_name(call, policy), call["arguments_json"]),
                                             tools=policy.tools, thread_id=ctx.thread_id)
             write(_guard_event("tool_result", v))
             if v.decision != ALLOW:

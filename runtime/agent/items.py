@@ -179,6 +179,10 @@ class SqlItemBackend:
         stmt = stmt.order_by(t.c.id)
         with reading(self._engine) as conn:
             recs = [_record(row) for row in conn.execute(stmt)]
+            if prefix:
+                # SQLite's LIKE ignores ASCII case: ("users",) matched ("USERS", "a") too. The SQL narrows, the
+                # exact label comparison decides.
+                recs = [r for r in recs if r.path[: len(prefix)] == tuple(prefix)]
             if with_vectors and recs:
                 by_id = {r.seq: r for r in recs}
                 vstmt = (

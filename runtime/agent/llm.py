@@ -335,6 +335,10 @@ class ChatClient:
                                           f"byte {exc.start})") from exc
         except ValueError as exc:
             raise FailedPreconditionError(f"LLM endpoint {url} answered non-JSON ({exc}): {excerpt[:200]}") from exc
+        except RecursionError:
+            # Not the caller's fault (the error mapping would blame "the request"), and an extra candidate whose
+            # endpoint answers this must be left out like any other endpoint failure.
+            raise FailedPreconditionError(f"LLM endpoint {url} answered JSON nested too deeply") from None
         return parse_completion(data, url)
 
     async def _post(self, body: dict[str, Any], url: str, limit: float) -> tuple[int, str, bytes]:

@@ -7,12 +7,76 @@ under the policy it started with. Configuration keys (``policies.defaults.agent`
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import InvalidArgumentError
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
+
+
+_STRINGS = {"llm_base_url", "model", "system_prompt", "api_key"}
+_INTEGERS = {"num_candidates", "max_tool_rounds", "retrieve_top_k", "token_budget", "top_logprobs", "max_tokens"}
+_NUMBERS = {"temperature", "llm_timeout_s", "temperature_spread"}
+_BOOLEANS = {"write_memory", "speculative_retrieval", "parallel_input_guard", "enforce_tool_gate"}
+_CANDIDATE_KEYS = {"agent_id", "model", "temperature", "system_prompt", "base_url"}
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _from_text(key: str, value: Any) -> Any:
+    """A number or boolean written as text (environment variables are text) read as one; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if key in _BOOLEANS or key == "force_retrieval":
+        return True if text in _TRUE else False if text in _FALSE else value
+    try:
+        if key in _INTEGERS:
+            return int(text)
+        if key in _NUMBERS:
+            return float(text)
+    except ValueError:
+        return value
+    return value
+
+
+def _type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the policy field ``key`` (None when it can). Configured policies come from YAML and
+    the environment untyped: "3" candidates raised TypeError mid-turn (INTERNAL), "false" was truthy, and a
+    string for a tool list became a tuple of its letters."""
+    if key in _STRINGS:
+        return None if isinstance(value, str) else "must be a string"
+    if key in _INTEGERS:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if key in _NUMBERS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return "must be a finite number"
+        return "must be >= 0" if key == "temperature_spread" and value < 0 else None
+    if key in _BOOLEANS:
+        return None if isinstance(value, bool) else "must be true or false"
+    if key == "force_retrieval":
+        return None if value is None or isinstance(value, bool) else "must be true, false or unset"
+    if key in ("tools", "approval_tools"):
+        ok = isinstance(value, list | tuple) and all(isinstance(x, str) for x in value)
+        return None if ok else "must be a list of tool names"
+    if key == "candidates":
+        if not isinstance(value, list | tuple):
+            return "must be a list of candidate mappings"
+        for i, c in enumerate(value):
+            if not isinstance(c, dict):
+                return f"candidates[{i}] must be a mapping of candidate fields"
+            if unknown := sorted(set(c) - _CANDIDATE_KEYS):
+                return f"candidates[{i}] has unknown keys {unknown}; known: {sorted(_CANDIDATE_KEYS)}"
+            for k, v in c.items():
+                if k == "temperature":
+                    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                        return f"candidates[{i}].temperature must be a number"
+                elif v is not None and not isinstance(v, str):
+                    return f"candidates[{i}].{k} must be a string"
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,7 +171,7 @@ class TurnPolicy:
             agent_id=c.get("agent_id") or f"agent-{index}",
             base_url=c.get("base_url") or self.llm_base_url,
             model=c.get("model") or self.model,
-            temperature=min(2.0, float(temperature)),
+            temperature=min(2.0, max(0.0, float(temperature))),
             system_prompt=c.get("system_prompt") or self.system_prompt,
         )
 
@@ -126,7 +190,10 @@ class TurnPolicy:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidArgumentError("policy", f"unknown agent policy keys {unknown}; known: {sorted(known)}")
-        d = dict(data)
+        d = {key: _from_text(key, value) for key, value in data.items()}
+        for key, value in d.items():
+            if why := _type_problem(key, value):
+                raise InvalidArgumentError(f"policy.{key}", f"{value!r}: {why}")
         for key in ("candidates", "tools", "approval_tools"):
             if key in d:
                 d[key] = tuple(d[key])

@@ -139,6 +139,12 @@ class TurnSelector(Protocol):
         ...
 
 
+def function_name(tool_name: str) -> str:
+    """The name a tool is offered to the LLM under: OpenAI function names allow [a-zA-Z0-9_-] only, and our
+    builtins and MCP tools are dotted ("memory.search")."""
+    return tool_name.replace(".", "__")
+
+
 class TurnTools(Protocol):
     """Tools of one scope."""
 

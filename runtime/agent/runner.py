@@ -62,6 +62,14 @@ async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any]
     raise InvalidArgumentError("storage.database_url", f"no checkpointer for database {url.get_backend_name()!r}")
 
 
+
+def checkpoint_thread_key(scope: str, thread_id: str) -> str:
+    """The checkpointer's thread key of ``thread_id`` in ``scope``: one-to-one, so no thread of one namespace can
+    be named from another. Namespaces and thread ids may both hold ":", which ``scope:thread`` let collide
+    (namespace ``a`` with thread ``b:c`` read the threads of namespace ``a:b``); the scope's ":" and "%" are
+    escaped, so the first ":" always ends it. Keys of scopes without either read as before."""
+    return scope.replace("%", "%25").replace(":", "%3A") + ":" + thread_id
+
 class ThreadLocks:
     """One run per thread across replicas. The in-process lock of ``TurnRunner`` covers one sidecar; replicas
     on one Postgres database also hold a session advisory lock on the thread for the whole run. Without it, two
@@ -165,7 +173,7 @@ class TurnRunner:
 
     @staticmethod
     def _config(scope: str, thread_id: str) -> RunnableConfig:
-        return {"configurable": {"thread_id": f"{scope}:{thread_id}"}}
+        return {"configurable": {"thread_id": checkpoint_thread_key(scope, thread_id)}}
 
     @contextlib.asynccontextmanager
     async def _lock(self, key: str) -> AsyncIterator[None]:

@@ -237,3 +237,26 @@ def test_one_llm_client_serves_successive_event_loops(llm) -> None:
     first = asyncio.run(ask())
     second = asyncio.run(ask())
     assert first and second == first
+
+
+@pytest.mark.parametrize("key, value", [
+    ("num_candidates", "three"), ("temperature", None), ("tools", "search"), ("approval_tools", None),
+    ("write_memory", "maybe"), ("temperature_spread", -1), ("temperature_spread", float("nan")),
+    ("llm_base_url", 5), ("candidates", {"model": "m"}), ("candidates", [{"modle": "m"}]),
+    ("candidates", [{"model": 5}]),
+])
+def test_configured_policy_values_of_the_wrong_type_name_their_field(key: str, value: Any) -> None:
+    """Configured agent policies come from YAML and the environment untyped: "3" candidates raised TypeError in the
+    middle of a turn (INTERNAL), "false" was truthy, and a string tool list became a tuple of its letters."""
+    with pytest.raises(InvalidArgumentError) as exc:
+        TurnPolicy.from_dict({key: value})
+    assert exc.value.violations[0].field == f"policy.{key}"
+
+
+def test_numbers_and_booleans_written_as_text_are_read_as_such() -> None:
+    policy = TurnPolicy.from_dict({"num_candidates": "3", "temperature": "0.5", "write_memory": "false",
+                                   "force_retrieval": "true"})
+    assert (policy.num_candidates, policy.temperature, policy.write_memory, policy.force_retrieval) == (3, 0.5, False,
+                                                                                                      True)
+    spread = TurnPolicy.from_dict({"temperature": 1.9, "temperature_spread": 0.3, "num_candidates": 3})
+    assert [spread.candidate(i).temperature for i in range(3)] == [1.9, 2.0, 2.0]

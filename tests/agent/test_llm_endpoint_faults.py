@@ -170,6 +170,8 @@ class FaultyLLM:
             return self._send(h, 200, b"<html>hello</html>")
         if kind == "non-utf8":
             return self._send(h, 200, b'{"choices": [{"message": {"content": "\xff\xfe bad"}}]}')
+        if kind == "deep-json":  # nested past Python's parser stack
+            return self._send(h, 200, b"[" * 100_000 + b"]" * 100_000)
         if kind == "long":
             return self._send(h, 200, json.dumps(_completion("L" * int(arg), logprobs="missing")).encode())
         if kind in ("huge", "huge-chunked"):
@@ -267,7 +269,8 @@ def test_a_redirect_is_an_error_naming_status_and_location_and_is_not_followed(f
     assert len(elsewhere.requests) == before
 
 
-@pytest.mark.parametrize("model, what", [("non-json", "non-JSON"), ("non-utf8", "not UTF-8")])
+@pytest.mark.parametrize("model, what", [("non-json", "non-JSON"), ("non-utf8", "not UTF-8"),
+                                         ("deep-json", "nested too deeply")])
 def test_a_200_body_that_is_not_utf8_json_is_failed_precondition(faulty, model, what) -> None:
     with pytest.raises(FailedPreconditionError, match=what) as err:
         _complete(faulty, model)

@@ -282,3 +282,24 @@ def test_tenants_never_share_items(make_server, db_url) -> None:
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     for s in (a, b, ro):
         s.close()
+
+
+def test_a_limit_of_zero_asks_for_nothing_as_in_langgraphs_store(sidecar) -> None:
+    _srv, store = sidecar
+    reference = reference_store()
+    for s in (store, reference):
+        s.put(("lim0", "a"), "k", {"text": "hello"})
+    for s in (store, reference):
+        assert s.search(("lim0",), limit=0) == []
+        assert s.search(("lim0",), query="hello", limit=0) == []
+        assert s.list_namespaces(limit=0) == []
+    assert len(store.search(("lim0",), limit=1)) == 1
+
+
+def test_a_namespace_prefix_is_matched_with_its_case(sidecar) -> None:
+    """SQLite's LIKE ignores ASCII case: ("users",) found the items of ("USERS", "a") too."""
+    _srv, store = sidecar
+    store.put(("users", "a"), "k1", {"text": "lower"})
+    store.put(("USERS", "a"), "k2", {"text": "upper"})
+    assert [(i.namespace, i.key) for i in store.search(("users",))] == [(("users", "a"), "k1")]
+    assert [(i.namespace, i.key) for i in store.search(("USERS",), query="upper")] == [(("USERS", "a"), "k2")]

@@ -394,3 +394,39 @@ def test_a_turn_that_fails_mid_stream_releases_its_thread(srv, llm) -> None:
     # The thread's lock was released with the failed run (not whenever the garbage collector gets to it).
     events = turn(srv.client, NS, "fails-mid-stream", "second", llm_base_url=llm.base_url, timeout=10)
     assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+@pytest.fixture
+def real_tools_srv(shared_server):
+    """The module's server with its real tool pipeline (builtins such as ``memory.search``) and an allow-all
+    guard."""
+    shared_server.rt.extras["agent_ports"] = {"guard": lambda rt, scope: AllowAllGuard()}
+    yield shared_server
+    shared_server.rt.extras.pop("agent_ports", None)
+
+
+def test_a_dotted_tool_on_the_approval_list_pauses_and_runs_under_its_own_name(real_tools_srv, llm) -> None:
+    """The LLM calls ``memory__search`` (function names cannot hold dots): the approval list, the guard and the
+    pipeline must still see ``memory.search``. It ran unapproved, and after a Resume it was invoked as
+    ``memory.search`` only by luck of the name (``my__tool`` became ``my.tool``)."""
+    srv = real_tools_srv
+    msg = 'find it [call:memory__search {"query": "harbour"}]'
+    events = turn(srv.client, NS, "t-dotted", msg, llm_base_url=llm.base_url, tools=["memory.search"],
+                  approval_tools=["memory.search"])
+    [result] = of(events, "result")
+    assert result.status == agent_pb2.TURN_STATUS_INTERRUPTED
+    assert result.interrupt.kind == agent_pb2.INTERRUPT_KIND_TOOL_APPROVAL
+    assert result.interrupt.tool_call.name == "memory.search"
+    assert not of(events, "tool_result")
+    events = resume(srv.client, NS, "t-dotted", common_pb2.DECISION_ALLOW)
+    [res] = of(events, "tool_result")
+    assert not res.error, res.error
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+def test_thread_keys_of_different_namespaces_never_meet() -> None:
+    from runtime.agent.runner import checkpoint_thread_key
+
+    assert checkpoint_thread_key("t/a", "b:c") != checkpoint_thread_key("t/a:b", "c")
+    assert checkpoint_thread_key("t/a%3Ab", "c") != checkpoint_thread_key("t/a:b", "c")
+    assert checkpoint_thread_key("default/agent-tests", "t1") == "default/agent-tests:t1"  # stored keys still read
