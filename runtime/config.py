@@ -23,6 +23,22 @@ from pydantic_settings import (
 
 from core.embedding import DEFAULT_MODEL
 
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def setting_boolean(value: Any) -> bool | None:
+    """A policy value as a boolean, None when it is not one. Values from AGENTRT_* environment variables (and
+    quoted YAML) arrive as text, and ``bool("false")`` is True: booleans are parsed, never cast."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str | int):
+        word = str(value).strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    return None
 
 class TlsSettings(BaseModel):
     """TLS for non-loopback binding; ``client_ca_file`` turns on mutual TLS."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from core.errors import InvalidArgumentError
+from runtime.config import setting_boolean
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
 
@@ -23,16 +24,14 @@ _BOOLEANS = {"write_memory", "speculative_retrieval", "parallel_input_guard", "e
 _CANDIDATE_KEYS = {"agent_id", "model", "temperature", "system_prompt", "base_url"}
 
 
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-
-
 def _from_text(key: str, value: Any) -> Any:
     """A number or boolean written as text (environment variables are text) read as one; anything else as it is."""
     if not isinstance(value, str):
         return value
     text = value.strip().lower()
     if key in _BOOLEANS or key == "force_retrieval":
-        return True if text in _TRUE else False if text in _FALSE else value
+        parsed = setting_boolean(text)
+        return value if parsed is None else parsed
     try:
         if key in _INTEGERS:
             return int(text)

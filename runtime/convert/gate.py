@@ -122,8 +122,12 @@ def _proto_token_dict(t: common_pb2.TokenLogprob) -> dict[str, Any]:
 
 
 def span_from_proto(msg: Any, has: bool, field_name: str) -> tuple[int, int] | None:
-    """(start, end) of a TokenSpan when the field is set; validates 0 <= start <= end."""
-    if not has:
+    """(start, end) of a TokenSpan when the field is set; validates 0 <= start <= end.
+
+    An all-zero span counts as unset (the whole generation): proto3 clients that always send the message
+    send [0, 0). The domain checks the span against the number of tokens.
+    """
+    if not has or (msg.start == 0 and msg.end == 0):
         return None
     if not 0 <= msg.start <= msg.end:
         raise InvalidArgumentError(field_name, f"need 0 <= start <= end, got [{msg.start}, {msg.end})")

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from core.errors import FieldViolation, InvalidArgumentError
 from core.jsontext import decode_json_object
 from guards.model import Decision, GuardVerdict
+from runtime.config import setting_boolean
 from runtime.tool_invoke import InvokeResult
 from tools.model import (
     AuditRecord,
@@ -328,11 +329,25 @@ def policy_patch_from_proto(msg: tool_pb2.ToolPolicy) -> ToolPolicyPatch:
 
 
 def policy_from_config(values: dict[str, Any]) -> ToolPolicy:
-    """ToolPolicy from the ``tools`` section of a namespace's configured policy (unknown keys ignored)."""
+    """ToolPolicy from the ``tools`` section of a namespace's configured policy (unknown keys ignored).
+
+    A boolean that is not one raises InvalidArgumentError naming ``policies.tools.<key>``.
+    """
     base = ToolPolicy()
     return ToolPolicy(
-        guard_calls=bool(values.get("guard_calls", base.guard_calls)),
-        guard_results=bool(values.get("guard_results", base.guard_results)),
-        memory_write=bool(values.get("memory_write", base.memory_write)),
+        guard_calls=_config_bool(values, "guard_calls", base.guard_calls),
+        guard_results=_config_bool(values, "guard_results", base.guard_results),
+        memory_write=_config_bool(values, "memory_write", base.memory_write),
         memory_session_id=str(values.get("memory_session_id", base.memory_session_id)),
     )
+
+
+def _config_bool(values: dict[str, Any], key: str, default: bool) -> bool:
+    """``values[key]`` as a boolean (see ``runtime.config.setting_boolean``)."""
+    value = values.get(key, default)
+    parsed = setting_boolean(value)
+    if parsed is None:
+        raise InvalidArgumentError(
+            f"policies.tools.{key}", f"must be a boolean (true/false, yes/no, 1/0), got {value!r}"
+        )
+    return parsed

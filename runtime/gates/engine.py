@@ -39,6 +39,7 @@ from runtime.gates.types import (
     PolicyVersion,
     TokenLike,
     TokenStream,
+    check_span,
 )
 from runtime.write_behind import RowWriter, find_row
 
@@ -296,8 +297,7 @@ class GateEngine:
         stream = tokens if isinstance(tokens, TokenStream) else TokenStream.from_tokens(tokens)
         if len(stream) == 0:
             raise InvalidArgumentError("tokens", "at least one token is required")
-        if span is not None and not 0 <= span[0] <= span[1]:
-            raise InvalidArgumentError("answer_span", f"need 0 <= start <= end, got {span}")
+        check_span(span, len(stream), "answer_span")
         pv = self.get_policy(scope, kind)
         policy = pv.policy
         signals = self.signals(stream, policy, span)
@@ -319,8 +319,10 @@ class GateEngine:
         )
         if persist:
             self._store_decision(scope, decision, session_id)
-        if session_id:
-            self._remember_fire(scope, kind, session_id, fire)
+            # Only a stored decision moves the session's hysteresis: a dry run (or a read-only caller's
+            # Decide) must not switch the gate on or off for the session's later real decisions.
+            if session_id:
+                self._remember_fire(scope, kind, session_id, fire)
         return decision
 
     def _store_decision(self, scope: str, d: GateDecision, session_id: str) -> None:
@@ -389,23 +391,37 @@ class GateEngine:
 
         ``needed``: the action was in fact needed (retrieval/tool/escalation would have helped, or the
         answer given without it was wrong). Relabelling overwrites. Raises NotFoundError for an unknown
-        decision id in this scope, InvalidArgumentError when neither a decision id nor signals are given.
+        decision id in this scope, InvalidArgumentError when neither a decision id nor signals are given,
+        when a decision id comes with signals (the stored decision has its own), when ``gate`` is not the
+        gate of that decision, or when a signal name is not ``"<variant>.<aggregation>"``.
         """
         now = time.time()
         if decision_id:
+            if signals:
+                raise InvalidArgumentError(
+                    "signals", "give signals only without a decision_id (a stored decision keeps its own signals)"
+                )
+            expected = GateKind.parse(gate) if gate is not None else None
             self._decisions.flush()  # the decision may still be queued
 
-            def label() -> bool | None:
+            def label() -> str | None:
                 with self._engine.begin() as conn:
-                    result = conn.execute(
-                        update(gate_decisions)
-                        .where(and_(gate_decisions.c.decision_id == decision_id, gate_decisions.c.scope == scope))
-                        .values(label=bool(needed), labelled_at=now)
-                    )
-                    return True if result.rowcount else None
+                    where = and_(gate_decisions.c.decision_id == decision_id, gate_decisions.c.scope == scope)
+                    row = conn.execute(select(gate_decisions.c.gate).where(where)).first()
+                    if row is None:
+                        return None
+                    # Check before writing: a label meant for another gate must not land on this decision.
+                    if expected is None or row.gate == expected.value:
+                        conn.execute(update(gate_decisions).where(where).values(label=bool(needed), labelled_at=now))
+                    return str(row.gate)
 
-            if find_row(self._engine, label) is None:
+            stored_gate = find_row(self._engine, label)
+            if stored_gate is None:
                 raise NotFoundError("decision", decision_id)
+            if expected is not None and stored_gate != expected.value:
+                raise InvalidArgumentError(
+                    "gate", f"decision {decision_id} is a {stored_gate} decision, not {expected.value}"
+                )
             return decision_id
         if not signals:
             raise InvalidArgumentError("decision_id", "give a decision_id or the signals of the decision")
@@ -413,6 +429,13 @@ class GateEngine:
             raise InvalidArgumentError("gate", "required when recording bare signals")
         kind = GateKind.parse(gate)
         for name, value in signals.items():
+            if not is_signal_name(name):
+                # Calibrate turns the chosen name back into a policy's variant and aggregation.
+                raise InvalidArgumentError(
+                    f"signals[{name}]",
+                    f"not a signal name: use \"<variant>.<aggregation>\" with a variant of {list(E.TOKEN_VARIANTS)} "
+                    f"and an aggregation of {list(E.AGGREGATIONS)}",
+                )
             if not math.isfinite(value):
                 raise InvalidArgumentError(f"signals[{name}]", f"must be finite, got {value}")
         pv = self.get_policy(scope, kind)
@@ -483,7 +506,8 @@ class GateEngine:
                 f"only {n} labelled outcomes ({n_pos} needed, {n - n_pos} not needed); calibration needs "
                 f"at least {obj.min_outcomes} with at least {obj.min_per_class} of each label"
             )
-        common = set(sigs[0])
+        # Names that are no policy's signal (stored before RecordOutcome checked them) cannot be calibrated.
+        common = {name for name in sigs[0] if is_signal_name(name)}
         for s in sigs[1:]:
             common &= set(s)
         aurocs: dict[str, float] = {}
@@ -495,7 +519,7 @@ class GateEngine:
         if obj.signal:
             if obj.signal not in common:
                 raise InvalidArgumentError(
-                    "objective.signal", f"{obj.signal!r} is not among the recorded signals {sorted(common)}"
+                    "signal", f"{obj.signal!r} is not among the recorded signals {sorted(common)}"
                 )
             chosen = obj.signal
         else:
@@ -571,6 +595,12 @@ class GateEngine:
             ).all()
         vals = [json.loads(r.signals_json).get(signal) for r in rows]
         return np.array([v for v in vals if v is not None], dtype=np.float64)
+
+
+def is_signal_name(name: str) -> bool:
+    """Whether ``name`` is ``"<variant>.<aggregation>"`` of a known variant and aggregation."""
+    variant, dot, aggregation = name.partition(".")
+    return bool(dot) and variant in E.TOKEN_VARIANTS and aggregation in E.AGGREGATIONS
 
 
 def _finite_or_none(x: float) -> float | None:

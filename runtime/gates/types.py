@@ -236,6 +236,20 @@ def _why(value: float) -> str:
     return f"logprob {value} > 0; must be a natural-log probability <= 0"
 
 
+def check_span(span: tuple[int, int] | None, n_tokens: int, field_name: str) -> None:
+    """Raise InvalidArgumentError unless ``span`` is None or a non-empty [start, end) inside the tokens.
+
+    A span past the end, or an empty one, would make ``span_mean`` a silent 0.
+    """
+    if span is None:
+        return
+    start, end = span
+    if not 0 <= start < end <= n_tokens:
+        raise InvalidArgumentError(
+            field_name, f"need 0 <= start < end <= {n_tokens} (the number of tokens), got [{start}, {end})"
+        )
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     """How one gate turns token logprobs into a decision: ``fire ⇔ aggregation(variant) > threshold``.
@@ -389,21 +403,25 @@ class CalibrationObjective:
 
     KINDS = ("fire_rate", "recall", "logistic")
 
-    def validate(self, field_name: str = "objective") -> CalibrationObjective:
-        """Raise InvalidArgumentError naming each bad field; return self."""
+    def validate(self) -> CalibrationObjective:
+        """Raise InvalidArgumentError naming each bad field as CalibrateRequest names it; return self.
+
+        The request has these as top-level fields (``alpha``, not ``objective.alpha``); ``kind`` is its
+        ``objective`` enum.
+        """
         v: list[FieldViolation] = []
         if self.kind not in self.KINDS:
-            v.append(FieldViolation(f"{field_name}.kind", f"unknown {self.kind!r}; choose from {list(self.KINDS)}"))
+            v.append(FieldViolation("objective", f"unknown {self.kind!r}; choose from {list(self.KINDS)}"))
         if not 0.0 < self.target_fire_rate < 1.0:
-            v.append(FieldViolation(f"{field_name}.target_fire_rate", "must be in (0, 1)"))
+            v.append(FieldViolation("target_fire_rate", "must be in (0, 1)"))
         if not 0.0 < self.alpha < 1.0:
-            v.append(FieldViolation(f"{field_name}.alpha", "must be in (0, 1)"))
+            v.append(FieldViolation("alpha", "must be in (0, 1)"))
         if not 0.0 < self.probability_cutoff < 1.0:
-            v.append(FieldViolation(f"{field_name}.probability_cutoff", "must be in (0, 1)"))
+            v.append(FieldViolation("probability_cutoff", "must be in (0, 1)"))
         if self.min_outcomes < 2:
-            v.append(FieldViolation(f"{field_name}.min_outcomes", "must be >= 2"))
+            v.append(FieldViolation("min_outcomes", "must be >= 2"))
         if self.min_per_class < 1:
-            v.append(FieldViolation(f"{field_name}.min_per_class", "must be >= 1"))
+            v.append(FieldViolation("min_per_class", "must be >= 1"))
         if v:
             raise InvalidArgumentError(v)
         return self

@@ -12,6 +12,7 @@ Replicas sharing one database: Train numbers its model under a per-scope write l
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -28,12 +29,15 @@ from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.sqlread import reading
 from core.sqlwrite import lock_for_write
-from runtime.gates.types import TokenStream
+from runtime.config import setting_boolean
+from runtime.gates.types import TokenStream, check_span
 from runtime.selection.agreement import cluster_answers, normalize_answer, texts_to_embed
 from runtime.selection.features import FEATURE_NAMES, candidate_features
 from runtime.selection.schema import select_models, select_selections
 from runtime.selection.types import Candidate, Selection, TrainResult
 from runtime.write_behind import RowWriter, find_row
+
+log = logging.getLogger(__name__)
 
 ConfigLookup = Callable[[str], Mapping[str, Any]]
 
@@ -61,7 +65,8 @@ class SelectorConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SelectorConfig:
-        """Overlay a config mapping on the defaults; unknown keys are an error."""
+        """Overlay a config mapping on the defaults; unknown keys, values of the wrong type and values
+        out of range raise InvalidArgumentError naming ``policies.select.<key>``."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -69,7 +74,48 @@ class SelectorConfig:
                 f"policies.select.{unknown[0]}", f"unknown key; choose from {sorted(known)}"
             )
         base = cls()
-        return cls(**{k: type(getattr(base, k))(v) for k, v in data.items()})
+        typed = {k: _typed(f"policies.select.{k}", getattr(base, k), v) for k, v in data.items()}
+        return cls(**typed).validate()
+
+    def validate(self) -> SelectorConfig:
+        """Raise InvalidArgumentError naming each key out of range; return self."""
+        v: list[FieldViolation] = []
+        if not 0.0 < self.similarity <= 1.0:
+            v.append(FieldViolation("policies.select.similarity", "a cosine similarity; must be in (0, 1]"))
+        if self.min_words < 0:
+            v.append(FieldViolation("policies.select.min_words", "must be >= 0"))
+        # Training needs at least one selection to fit on and one held back to compare on.
+        if self.min_train_sets < 2:
+            v.append(FieldViolation("policies.select.min_train_sets", "must be >= 2"))
+        if not 0.0 < self.heldout_fraction < 1.0:
+            v.append(FieldViolation("policies.select.heldout_fraction", "must be in (0, 1)"))
+        if self.retrain_every < 0:
+            v.append(FieldViolation("policies.select.retrain_every", "must be >= 0 (0 = only on Train)"))
+        if v:
+            raise InvalidArgumentError(v)
+        return self
+
+
+def _typed(field_name: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of ``default``. Settings from AGENTRT_* environment variables arrive as strings,
+    and ``bool("false")`` is True, so booleans are parsed, never cast."""
+    if isinstance(default, bool):
+        parsed = setting_boolean(value)
+        if parsed is None:
+            raise InvalidArgumentError(field_name, f"must be a boolean (true/false, yes/no, 1/0), got {value!r}")
+        return parsed
+    kind = "a number" if isinstance(default, float) else "an integer"
+    try:
+        if isinstance(value, bool):
+            raise TypeError  # int(True) is 1: a boolean where a number belongs is a mistake
+        out = float(value) if isinstance(default, float) else int(value)
+        if isinstance(default, int) and isinstance(value, float) and value != out:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidArgumentError(field_name, f"must be {kind}, got {value!r}") from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise InvalidArgumentError(field_name, f"must be finite, got {value!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -161,11 +207,8 @@ class AnswerSelector:
             for i, c in enumerate(candidates)
         ]
         spans = [c.answer_span for c in candidates]
-        for i, span in enumerate(spans):
-            if span is not None and not 0 <= span[0] <= span[1]:
-                raise InvalidArgumentError(
-                    f"candidates[{i}].answer_span", f"need 0 <= start <= end, got {span}"
-                )
+        for i, (span, stream) in enumerate(zip(spans, streams, strict=True)):
+            check_span(span, len(stream) if stream is not None else 0, f"candidates[{i}].answer_span")
         clusters = cluster_answers(
             answers, self._embedder, similarity=cfg.similarity, min_words=cfg.min_words
         )
@@ -231,8 +274,12 @@ class AnswerSelector:
         """Label a selection: which candidates were right (by index, or by matching the correct answer's
         normalised text). Returns the per-candidate labels. May refit the namespace's model.
 
-        Raises NotFoundError for an unknown selection id in this scope.
+        Raises NotFoundError for an unknown selection id in this scope, InvalidArgumentError when both or
+        neither of ``correct_indices`` and ``correct_answer`` are given.
         """
+        if correct_indices and correct_answer is not None and correct_answer.strip():
+            # Two labellings that may disagree: using one silently would store a label the caller did not mean.
+            raise InvalidArgumentError("correct_answer", "set correct_indices or correct_answer, not both")
         self._selections.flush()  # the selection may still be queued
 
         def lookup() -> Any:
@@ -278,7 +325,12 @@ class AnswerSelector:
                     )
                 ).scalar_one()
             if count >= cfg.min_train_sets and count % cfg.retrain_every == 0:
-                self.train(scope)
+                # The label is committed: a failed refit must not turn this call into an error (the caller
+                # would retry a write that took place). The next refit, or Train, tries again.
+                try:
+                    self.train(scope)
+                except Exception:
+                    log.exception("automatic retrain of the answer selector for %s failed", scope)
         return labels
 
     def train(self, scope: str, *, seed: int = 0) -> TrainResult:
@@ -320,6 +372,15 @@ class AnswerSelector:
         order = rng.permutation(n_sets)
         n_held = max(1, round(cfg.heldout_fraction * n_sets))
         held, train = order[:n_held], order[n_held:]
+        if len(train) == 0:
+            return TrainResult(
+                active=False,
+                message=(
+                    f"not enough data: {n_sets} labelled selections all held back "
+                    f"(heldout_fraction {cfg.heldout_fraction}); keeping the default"
+                ),
+                n_sets=n_sets,
+            )
         x = np.concatenate([sets[i][0] for i in train])
         y = np.concatenate([sets[i][1] for i in train]).astype(int)
         if len(set(y.tolist())) < 2:

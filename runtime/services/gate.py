@@ -94,7 +94,8 @@ class GateServiceServicer(gate_pb2_grpc.GateServiceServicer):
         scope = await self._rt.scope(request.namespace, write=True)
         needed = conv.outcome_from_proto(request)
         signals = conv.signals_from_proto(request.signals)
-        gate = conv.gate_from_proto(request.gate) if not request.decision_id else None
+        # With a decision_id the gate is optional (the decision has one); a gate given must match it.
+        gate = conv.gate_from_proto(request.gate) if not request.decision_id or request.gate else None
         decision_id = await self._rt.offload(
             self._gates.record_outcome,
             scope,

@@ -96,12 +96,23 @@ def _invoker(rt: Runtime) -> ToolInvoker:
 async def start(rt: Runtime) -> None:
     """Import the MCP servers named in the configuration (``policies.namespaces.<ns>.tools.mcp_servers``).
 
-    A server that fails to start is logged and stays registered; ListMcpServers shows its error and
-    the first call retries the connection.
+    A server is a process and a connection, started once into one scope: a bare key (``agent1``) means
+    that namespace of the default tenant, ``<tenant>/<ns>`` names another tenant (unlike the other
+    policies, where a bare key applies to that namespace in every tenant). ``policies.defaults.tools.
+    mcp_servers`` is not imported (it would start one server per namespace): a warning says so.
+
+    A server that fails to start is logged and not registered (the start goes on); import it again
+    with ImportMcpServer once it is fixed.
     """
     from runtime import naming
 
     registry: ToolRegistry = rt.tools
+    if (rt.settings.policies.defaults.get("tools") or {}).get("mcp_servers"):
+        log.warning(
+            "policies.defaults.tools.mcp_servers is not imported: MCP servers are configured per namespace, "
+            "under policies.namespaces.<ns>.tools.mcp_servers (a bare <ns> is the default tenant's, "
+            "<tenant>/<ns> another tenant's)"
+        )
     for ns_key, components in rt.settings.policies.namespaces.items():
         servers = (components.get("tools") or {}).get("mcp_servers") or []
         tenant, _, ns = ns_key.rpartition("/")

@@ -277,3 +277,23 @@ def test_can_decide_now_only_when_nothing_is_read_from_the_database(engine: Engi
     assert g.can_decide_now(SCOPE, "escalate", "s1") and not g.can_decide_now(SCOPE, "escalate", "s2")
     assert not g.can_decide_now("default/other", "escalate")
     g.close()
+
+
+def test_calibrate_skips_stored_names_that_are_no_signal(engine: Engine) -> None:
+    # Rows stored before RecordOutcome checked names: calibration must still work on the real signals.
+    from sqlalchemy import update
+
+    from runtime.gates.schema import gate_decisions
+
+    g = GateEngine(engine)
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        s = float(rng.uniform(0, 2))
+        g.record_outcome(SCOPE, gate="retrieve", signals={"missing_mass.mean": s}, needed=s > 1)
+    with engine.begin() as conn:
+        conn.execute(update(gate_decisions).values(signals_json='{"missing_mass.mean": 1.5, "my_score": 9.0}'))
+    r = g.calibrate(SCOPE, "retrieve", CalibrationObjective(dry_run=True))
+    assert "my_score" not in r.auroc and r.signal in ("", "missing_mass.mean")
+    with pytest.raises(InvalidArgumentError) as err:
+        g.record_outcome(SCOPE, gate="retrieve", signals={"my_score": 1.0}, needed=True)
+    assert err.value.violations[0].field == "signals[my_score]"

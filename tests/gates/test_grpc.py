@@ -358,3 +358,116 @@ def test_concurrent_training_numbers_models_one_after_another(make_server: Any, 
     replies = at_once([lambda: s.Train(select_pb2.TrainSelectorRequest(namespace=NS), timeout=120)] * 8)
     assert sorted(r.model_version for r in replies) == list(range(1, 9))
     assert all(r.active for r in replies), replies[0].message
+
+
+def test_dry_run_and_read_only_decisions_leave_hysteresis_alone(make_server: Any) -> None:
+    srv = make_server(
+        embedding_model="hashing",
+        tokens=[{"token": "rw", "tenant": "acme"}, {"token": "ro", "tenant": "acme", "read_only": True}],
+        token="rw",
+    )
+    g, ro = srv.client.gate, srv.new_client("ro")
+    g.SetPolicy(
+        gate_pb2.SetGatePolicyRequest(
+            namespace=NS,
+            policy=gate_pb2.GatePolicy(variant="surprisal", aggregation="mean", threshold=1.0, hysteresis=0.8),
+        )
+    )
+
+    def req(logprob: float, dry_run: bool = False) -> gate_pb2.DecideRequest:
+        return gate_pb2.DecideRequest(
+            namespace=NS, session_id="s1", dry_run=dry_run, tokens=[common_pb2.TokenLogprob(logprob=logprob)]
+        )
+
+    assert g.Decide(req(-2.0)).fire  # the session's gate is on: threshold 1.0 - 0.8 from now
+    # Neither stores a decision, so neither may switch the session's gate off.
+    assert not ro.gate.Decide(req(0.0)).fire
+    assert not g.Decide(req(0.0, dry_run=True)).fire
+    d = g.Decide(req(-0.5))
+    assert d.threshold == pytest.approx(0.2) and d.fire
+    ro.close()
+
+
+def test_calibrate_errors_name_the_request_fields(srv: Any) -> None:
+    g = srv.client.gate
+    cases = [
+        ({"alpha": -0.5}, ["alpha"]),
+        ({"target_fire_rate": 2.0, "objective": gate_pb2.CALIBRATION_OBJECTIVE_FIRE_RATE}, ["target_fire_rate"]),
+        ({"min_outcomes": 1}, ["min_outcomes"]),
+    ]
+    for kw, fields in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            g.Calibrate(gate_pb2.CalibrateRequest(namespace=NS, **kw))
+        assert bad_fields(err.value) == fields
+    for i in range(40):
+        g.RecordOutcome(
+            gate_pb2.RecordOutcomeRequest(
+                namespace=NS, gate=common_pb2.GATE_RETRIEVE, signals={"missing_mass.mean": i / 40}, needed=i >= 20
+            )
+        )
+    with pytest.raises(grpc.RpcError) as err:
+        g.Calibrate(gate_pb2.CalibrateRequest(namespace=NS, signal="nope"))
+    assert bad_fields(err.value) == ["signal"]
+
+
+def test_bare_signals_must_be_signal_names(srv: Any) -> None:
+    g = srv.client.gate
+    with pytest.raises(grpc.RpcError) as err:
+        g.RecordOutcome(
+            gate_pb2.RecordOutcomeRequest(
+                namespace=NS, gate=common_pb2.GATE_RETRIEVE, signals={"my_score": 1.0}, needed=True
+            )
+        )
+    assert bad_fields(err.value) == ["signals[my_score]"]
+
+
+def test_answer_span_must_lie_inside_the_tokens(srv: Any) -> None:
+    g, s = srv.client.gate, srv.client.select_service
+    three = toks(0.5, n=3)
+    for start, end in [(10, 20), (1, 1), (2, 4)]:
+        span = common_pb2.TokenSpan(start=start, end=end)
+        with pytest.raises(grpc.RpcError) as err:
+            g.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=three, answer_span=span))
+        assert bad_fields(err.value) == ["answer_span"]
+    ok = g.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=three, answer_span=common_pb2.TokenSpan(start=1, end=3)))
+    assert "renorm.span_mean" in ok.signals
+    # An all-zero span is what a proto3 client sends for "unset": the whole generation, no span signal.
+    unset = g.Decide(gate_pb2.DecideRequest(namespace=NS, tokens=three, answer_span=common_pb2.TokenSpan()))
+    assert "renorm.span_mean" not in unset.signals
+    cands = [
+        select_pb2.Candidate(answer="a", tokens=toks(0.1, n=2)),
+        select_pb2.Candidate(answer="b", tokens=toks(0.1, n=2), answer_span=common_pb2.TokenSpan(start=5, end=7)),
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        s.Select(select_pb2.SelectRequest(namespace=NS, candidates=cands))
+    assert bad_fields(err.value) == ["candidates[1].answer_span"]
+
+
+def test_contradictory_outcome_fields_are_rejected(srv: Any) -> None:
+    g = srv.client.gate
+    d = decide(srv, 0.5)
+    contradictions = [({"gate": common_pb2.GATE_ESCALATE}, "gate"), ({"signals": {"renorm.mean": 1.0}}, "signals")]
+    for kw, field in contradictions:
+        with pytest.raises(grpc.RpcError) as err:
+            g.RecordOutcome(gate_pb2.RecordOutcomeRequest(namespace=NS, decision_id=d.decision_id, needed=True, **kw))
+        assert bad_fields(err.value) == [field]
+    # The matching gate (or none) labels the decision.
+    r = g.RecordOutcome(
+        gate_pb2.RecordOutcomeRequest(
+            namespace=NS, decision_id=d.decision_id, gate=common_pb2.GATE_RETRIEVE, needed=True
+        )
+    )
+    assert r.decision_id == d.decision_id
+    s = srv.client.select_service
+    sel = s.Select(
+        select_pb2.SelectRequest(
+            namespace=NS, candidates=[select_pb2.Candidate(answer="Paris"), select_pb2.Candidate(answer="Lyon")]
+        )
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        s.RecordOutcome(
+            select_pb2.RecordSelectionOutcomeRequest(
+                namespace=NS, selection_id=sel.selection_id, correct_indices=[1], correct_answer="Paris"
+            )
+        )
+    assert bad_fields(err.value) == ["correct_answer"]

@@ -205,3 +205,54 @@ def test_select_now_only_when_nothing_is_left_to_load_or_embed(sqlite_engine: En
     cached.embed([c.answer for c in long])
     now = learned.select_now(SCOPE, long)
     assert now is not None and now.clusters == learned.select(SCOPE, long).clusters
+
+
+def test_config_values_are_parsed_and_checked_naming_the_key() -> None:
+    from runtime.selection.selector import SelectorConfig
+
+    # AGENTRT_* environment variables give strings; bool("false") would be True.
+    assert SelectorConfig.from_mapping({"learned": "false"}).learned is False
+    assert SelectorConfig.from_mapping({"learned": "Yes", "min_train_sets": "12"}).min_train_sets == 12
+    for data, field in [
+        ({"learned": "maybe"}, "policies.select.learned"),
+        ({"similarity": "high"}, "policies.select.similarity"),
+        ({"similarity": 7}, "policies.select.similarity"),
+        ({"heldout_fraction": 1.0}, "policies.select.heldout_fraction"),
+        ({"min_train_sets": 1}, "policies.select.min_train_sets"),
+        ({"retrain_every": -1}, "policies.select.retrain_every"),
+    ]:
+        with pytest.raises(InvalidArgumentError) as err:
+            SelectorConfig.from_mapping(data)
+        assert [v.field for v in err.value.violations] == [field]
+
+
+def test_training_with_an_empty_train_split_keeps_the_default(sqlite_engine: Engine) -> None:
+    sel = AnswerSelector(sqlite_engine, None, {"min_train_sets": 2, "heldout_fraction": 0.9, "retrain_every": 0})
+    for _ in range(2):
+        s = sel.select(SCOPE, [Candidate("a"), Candidate("b")])
+        sel.record_outcome(SCOPE, s.selection_id, correct_indices=[0])
+    r = sel.train(SCOPE)
+    assert not r.active and "not enough data" in r.message
+
+
+def test_a_failed_automatic_retrain_does_not_fail_record_outcome(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sel = AnswerSelector(sqlite_engine, None, {"min_train_sets": 2, "retrain_every": 1})
+
+    def broken(scope: str, *, seed: int = 0) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sel, "train", broken)
+    for i in range(3):
+        s = sel.select(SCOPE, [Candidate("a"), Candidate("b")])
+        # The label is committed before the refit: the call reports it, not the refit's failure.
+        assert sel.record_outcome(SCOPE, s.selection_id, correct_indices=[i % 2]) == [i % 2 == 0, i % 2 == 1]
+
+
+def test_outcome_by_both_index_and_answer_is_rejected(sqlite_engine: Engine) -> None:
+    sel = AnswerSelector(sqlite_engine, None)
+    s = sel.select(SCOPE, [Candidate("Paris"), Candidate("Lyon")])
+    with pytest.raises(InvalidArgumentError) as err:
+        sel.record_outcome(SCOPE, s.selection_id, correct_indices=[1], correct_answer="Paris")
+    assert err.value.violations[0].field == "correct_answer"

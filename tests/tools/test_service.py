@@ -390,3 +390,16 @@ def test_mcp_server_from_config_is_imported_at_start(make_server: Callable[..., 
     assert "lab.add" in names
     assert not s.client.tool.GetPolicy(tool_pb2.GetToolPolicyRequest(namespace="configured")).guard_calls
     assert json.loads(invoke(s, "lab.add", {"a": 5, "b": 5}, instruction="add 5 and 5").output) == {"result": 10}
+
+
+def test_configured_policy_booleans_given_as_strings_are_parsed() -> None:
+    from core.errors import InvalidArgumentError
+    from runtime.convert.tool import policy_from_config
+
+    # AGENTRT_* environment variables give strings; bool("false") would be True.
+    p = policy_from_config({"guard_calls": "false", "guard_results": "No", "memory_write": "0"})
+    assert (p.guard_calls, p.guard_results, p.memory_write) == (False, False, False)
+    assert policy_from_config({"guard_calls": "TRUE"}).guard_calls is True
+    with pytest.raises(InvalidArgumentError) as err:
+        policy_from_config({"memory_write": "sometimes"})
+    assert err.value.violations[0].field == "policies.tools.memory_write"
