@@ -98,10 +98,6 @@ class _FeedbackTaken(Exception):
     """Raised inside a feedback's evolution step to undo it: the verdict got feedback from another call."""
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _stage(value: Any) -> Stage:
     return value if isinstance(value, Stage) else Stage(str(value))
 
@@ -870,15 +866,12 @@ class GuardEngine:
     def query_audit(self, scope: str, **filters: Any) -> list[AuditRecord]:
         """Stored verdicts, newest first (filters: stage, decision, since, until, limit, before_id)."""
         self.flush()
-        for key in ("since", "until"):  # compared as instants by every store: naive times are UTC
-            if isinstance(filters.get(key), datetime):
-                filters[key] = _as_utc(filters[key])
         return self.store.query_audit(scope, **filters)
 
     def purge_audit(self, scope: str | None = None, now: datetime | None = None) -> int:
         """Delete audit records past their namespace's retention (all known namespaces when scope is None)."""
         self.flush()
-        now = _as_utc(now) if now is not None else datetime.now(UTC)
+        now = now or datetime.now(UTC)
         scopes = [scope] if scope is not None else list(self._settings)
         removed = 0
         for s in scopes:

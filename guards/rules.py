@@ -47,6 +47,7 @@ import jsonschema
 import regex
 import yaml
 from jsonschema.exceptions import ValidationError
+from referencing.exceptions import Unresolvable
 
 from core.errors import FieldViolation, InvalidArgumentError
 from core.regex_budget import REGEX_BUDGET_S, RegexBudget, RegexTimeout, on_budget, regex_budget
@@ -127,10 +128,8 @@ def _schema_error(schema: Any, args: Any) -> ValidationError | None:
         raise SchemaUndecided("its JSON Schema recursed too deeply on these arguments") from None
     except jsonschema.exceptions.SchemaError as exc:
         raise SchemaUndecided(f"its JSON Schema cannot be used ({exc.message[:200]})") from None
-    except Exception as exc:  # referencing's Unresolvable, wrapped by jsonschema in a private class
-        if "referencing" in type(exc).__module__ or "Referencing" in type(exc).__name__:
-            raise SchemaUndecided(f"its JSON Schema has a reference that cannot be followed ({exc})") from None
-        raise
+    except Unresolvable as exc:  # jsonschema raises it wrapped in a private subclass
+        raise SchemaUndecided(f"its JSON Schema has a reference that cannot be followed ({exc})") from None
 
 
 def _non_finite_in(value: Any) -> bool:

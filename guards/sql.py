@@ -30,13 +30,12 @@ from guards.model import (
     Stage,
 )
 from guards.rules import rule_to_dict, stored_rule
+from guards.store import as_utc
 
 
 def _utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return None if value is None else as_utc(value)
 
 
 def _evidence_to_json(evidence: tuple[Evidence, ...]) -> list[dict[str, Any]]:
@@ -510,7 +509,7 @@ class SqlGuardStore:
             cond.append(c.stage == stage.value)
         if decision is not None:
             cond.append(c.decision == decision.value)
-        # SQLite compares stored times as text, where 19:00+05:00 sorts after 14:00+00:00 (the same instant).
+        # SQLite compares stored times as text (see guards.store.as_utc).
         if since is not None:
             cond.append(c.created_at >= _utc(since))
         if until is not None:

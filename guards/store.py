@@ -29,6 +29,12 @@ from guards.model import (
 )
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive one is taken as UTC. Audit time filters are compared as instants by every store
+    (SQLite compares stored times as text, where 19:00+05:00 sorts after 14:00+00:00, the same instant)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class GuardStore(Protocol):
     """Source of truth of rules, guard-memory leaves and clusters, evolution history and the audit log.
 
@@ -136,11 +142,11 @@ class GuardStore(Protocol):
         limit: int = 100,
         before_id: str | None = None,
     ) -> list[AuditRecord]:
-        """Newest first; ``before_id`` pages on (records older than that verdict)."""
+        """Newest first; ``before_id`` pages on (records older than that verdict). Naive times are UTC."""
         ...
 
     def purge_audit(self, scope: str | None, before: datetime) -> int:
-        """Delete verdicts created before ``before`` (all scopes when None); returns how many."""
+        """Delete verdicts created before ``before`` (all scopes when None; naive: UTC); returns how many."""
         ...
 
 
@@ -321,6 +327,8 @@ class InMemoryGuardStore:
         limit: int = 100,
         before_id: str | None = None,
     ) -> list[AuditRecord]:
+        since = as_utc(since) if since is not None else None
+        until = as_utc(until) if until is not None else None
         with self._lock:
             rows = list(self._audit.get(scope, {}).values())
         rows.sort(key=lambda r: (r.created_at or _EPOCH, r.verdict.verdict_id), reverse=True)
@@ -346,6 +354,7 @@ class InMemoryGuardStore:
         return out
 
     def purge_audit(self, scope: str | None, before: datetime) -> int:
+        before = as_utc(before)
         with self._lock:
             scopes = [scope] if scope is not None else list(self._audit)
             removed = 0

@@ -170,6 +170,8 @@ def test_audit_put_get_query_feedback_purge(guard_store: GuardStore) -> None:
             A, since=(t0 + timedelta(minutes=1)).astimezone(plus5), until=(t0 + timedelta(minutes=3)).astimezone(plus5)
         )
     ] == ["v2", "v1"]
+    naive = [t.replace(tzinfo=None) for t in (t0 + timedelta(minutes=1), t0 + timedelta(minutes=3))]  # taken as UTC
+    assert [r.verdict.verdict_id for r in guard_store.query_audit(A, since=naive[0], until=naive[1])] == ["v2", "v1"]
     guard_store.set_feedback(A, "v2", Decision.BLOCK, "missed")
     assert guard_store.get_audit(A, "v2").feedback == Decision.BLOCK
     with pytest.raises(NotFoundError):
