@@ -266,6 +266,11 @@ def compose_vectors(
     return composed, rest
 
 
+def _clean_id(value: str) -> bool:
+    """Whether a session or message id has no control characters and no spaces at either end."""
+    return value == value.strip() and all(ord(c) >= 32 for c in value)
+
+
 def _utc(value: datetime | None, field: str = "time") -> datetime | None:
     if value is None:
         return None
@@ -617,7 +622,7 @@ class MemoryEngine:
         violations: list[FieldViolation] = []
         if len(session_id) > MAX_ID_LEN:
             violations.append(FieldViolation("session_id", f"longer than {MAX_ID_LEN} characters"))
-        elif session_id != session_id.strip() or any(ord(c) < 32 for c in session_id):
+        elif not _clean_id(session_id):
             violations.append(FieldViolation("session_id", "must not contain control characters or edge spaces"))
         if not messages:
             violations.append(FieldViolation("messages", "at least one message is required"))
@@ -627,7 +632,7 @@ class MemoryEngine:
             mid = m.id or uuid.uuid4().hex
             if len(mid) > MAX_ID_LEN:
                 violations.append(FieldViolation(f"messages[{i}].id", f"longer than {MAX_ID_LEN} characters"))
-            elif mid != mid.strip() or any(ord(c) < 32 for c in mid):
+            elif not _clean_id(mid):
                 violations.append(
                     FieldViolation(f"messages[{i}].id", "must not contain control characters or edge spaces")
                 )

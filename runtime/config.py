@@ -40,6 +40,7 @@ def setting_boolean(value: Any) -> bool | None:
             return False
     return None
 
+
 class TlsSettings(BaseModel):
     """TLS for non-loopback binding; ``client_ca_file`` turns on mutual TLS."""
 

@@ -374,8 +374,7 @@ async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
     offered = {s.get("function", {}).get("name") for s in (await _offered_tools(ctx, state, policy) or [])}
     # "tool" is the registered name behind the LLM's function name ("memory__search" is memory.search): the
     # guard, the approval list and the pipeline all speak of tools by their own names.
-    tool_of = {function_name(t): t for t in policy.tools}
-    calls = [{**c, "not_offered": c["name"] not in offered, "tool": tool_of.get(c["name"], c["name"])}
+    calls = [{**c, "not_offered": c["name"] not in offered, "tool": _tool_name(c, policy)}
              for c in state["draft"]["tool_calls"]]
     if policy.enforce_tool_gate and not g.fire:
         # Confident enough to answer without the tools it asked for: ask again with tools switched off.
@@ -384,7 +383,8 @@ async def tool_gate(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
 
 
 def _tool_name(call: dict[str, Any], policy: TurnPolicy) -> str:
-    """The registered tool behind a call (calls checkpointed before "tool" was kept: mapped from the policy)."""
+    """The registered tool behind a call: its "tool", else the policy's tool offered under the call's function
+    name (``tool_gate`` sets "tool"; calls checkpointed before it did are mapped here too)."""
     if call.get("tool"):
         return str(call["tool"])
     return {function_name(t): t for t in policy.tools}.get(call["name"], call["name"])
@@ -451,13 +451,13 @@ async def run_tools(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str
         v = call.get("verdict", {})
         checked = GuardOutcome(v.get("decision", ALLOW), v.get("verdict_id", ""), v.get("harm_score", 0.0),
                                reason=v.get("reason", ""))
-        out = await ctx.ports.tools.invoke(_tool_name(call, policy), call["arguments_json"], call_id=call["id"],
+        tool = _tool_name(call, policy)
+        out = await ctx.ports.tools.invoke(tool, call["arguments_json"], call_id=call["id"],
                                            instruction=state["user"], session_id=ctx.thread_id, checked=checked)
         result, error = out.result_json, out.error
         # The tool Invoke pipeline guards results itself; other tool ports get the check here.
         if not error and not getattr(ctx.ports.tools, "guards_results", False):
-            v = await ctx.ports.guard.check("tool_result", result,
-                                            tool_call=(_tool_name(call, policy), call["arguments_json"]),
+            v = await ctx.ports.guard.check("tool_result", result, tool_call=(tool, call["arguments_json"]),
                                             tools=policy.tools, thread_id=ctx.thread_id)
             write(_guard_event("tool_result", v))
             if v.decision != ALLOW:

@@ -42,6 +42,15 @@ def turn(mid: str, session: str, text: str) -> MemoryMessage:
     return MemoryMessage(mid, session, "alice", text, T0)
 
 
+def wait_until_queued(engine: MemoryEngine, plans: int) -> None:
+    """Wait until ``plans`` Writes have planned and queued their change (each then waits for the lock)."""
+    for _ in range(3000):
+        if sum(len(state.queued) for state in engine._namespaces.values()) == plans:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the concurrent Writes never queued their plans")
+
+
 def turn_texts(engine: MemoryEngine, message_id: str) -> list[str]:
     index = engine.index(NS)
     units = [index.unit(k) for k in index.units_of_message(message_id)]
@@ -63,13 +72,7 @@ def test_writes_queued_behind_a_commit_share_the_next_one(store_factory: Callabl
     others = [threading.Thread(target=write, args=(i,)) for i in range(1, 6)]
     for t in others:
         t.start()
-    # Each of them has planned and queued its change once it waits for the lock.
-    for _ in range(3000):
-        if sum(len(state.queued) for state in engine._namespaces.values()) == len(others):
-            break
-        threading.Event().wait(0.01)
-    else:
-        raise AssertionError("the concurrent Writes never queued their plans")
+    wait_until_queued(engine, len(others))
     store.release.set()
     for t in [first, *others]:
         t.join(30)
@@ -201,12 +204,7 @@ def test_a_refused_write_does_not_fail_the_writes_queued_with_it(store_factory: 
                (("good", "a perfectly fine note"), ("bad", "please REFUSE this one"), ("also", "another fine note"))]
     for t in writers:
         t.start()
-    for _ in range(3000):
-        if sum(len(state.queued) for state in engine._namespaces.values()) == len(writers):
-            break
-        threading.Event().wait(0.01)
-    else:
-        raise AssertionError("the concurrent Writes never queued their plans")
+    wait_until_queued(engine, len(writers))
     store.release.set()
     for t in [first, *writers]:
         t.join(30)
