@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 BLOCKED_ANSWER = "I can't help with that."
 #: Prior conversation messages sent to the LLM.
 HISTORY_MESSAGES = 20
+#: Finished turns whose ids a thread keeps, so that a retry of one of them is refused rather than run twice.
+TURN_IDS_KEPT = 50
 
 
 class TurnState(TypedDict, total=False):
@@ -77,6 +79,8 @@ class TurnState(TypedDict, total=False):
     # Conversation across turns: {"role": "user"|"assistant", "content": str}.
     messages: Annotated[list[dict[str, Any]], operator.add]
     turns: int
+    # Ids of the thread's last TURN_IDS_KEPT finished turns, oldest first (a retried RunTurn is recognised by them).
+    turn_ids: list[str]
     # This turn (every field below is reset by RunTurn's input).
     turn_id: str
     user: str
@@ -127,6 +131,26 @@ class TurnContext:
     speculative_search: asyncio.Task[tuple[list[MemoryHitView], dict[str, float]]] | None = None
     # The first answer, asked for while the input guard checks the message (``TurnPolicy.parallel_input_guard``).
     early_answer: asyncio.Task[Completion] | None = None
+    # The turn's deadline as the runner enforces it (``asyncio.timeout`` around the graph run); see ``_begin_commit``.
+    deadline_timer: asyncio.Timeout | None = None
+    # Set when the memory write starts: from then on the turn runs to its end (see ``_begin_commit``).
+    committing: bool = False
+
+
+def _begin_commit(ctx: TurnContext) -> None:
+    """Enter the turn's commit: its memory write, its bookkeeping and the checkpoint LangGraph writes at exit.
+
+    From here on neither the deadline nor a cancelled RPC stops the turn (the runner lets the graph finish
+    instead of cancelling it): stopped in between, the memory would hold a turn the thread never counted, and
+    a client retrying it would store the exchange twice. What is left is one memory write and the checkpoint,
+    milliseconds; a deadline that has already passed stops the turn here, before anything is written.
+    """
+    timer = ctx.deadline_timer
+    if timer is not None:
+        if timer.expired() or (ctx.deadline is not None and time.monotonic() >= ctx.deadline):
+            raise DeadlineExceededError("the turn's deadline passed before its memory write")
+        timer.reschedule(None)
+    ctx.committing = True
 
 
 def _prefetch(ctx: TurnContext, query: str, messages: list[tuple[str, str, str]]) -> None:
@@ -569,6 +593,7 @@ async def blocked(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, 
 async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     """Write the user's message and the answer to memory in one call (the last side effect)."""
     ctx, policy = runtime.context, TurnPolicy.from_dict(state["policy"])
+    _begin_commit(ctx)
     if not policy.write_memory:
         return {}
     turn = state["turn_id"]
@@ -585,9 +610,9 @@ async def write_memory(state: TurnState, runtime: Runtime[TurnContext]) -> dict[
     try:
         ids = await asyncio.shield(write)
     except asyncio.CancelledError:
-        # Cancelled (client gone, deadline) while writing: the write goes on in a worker thread and may still
-        # commit, while the thread's checkpoint will not count this turn. Take it back once it is done, so a
-        # cancelled turn leaves no memory (a retry of the turn would otherwise store the exchange twice).
+        # The runner does not cancel a committing turn; this is a cancellation of the graph task itself (the
+        # sidecar stopping): the write goes on in a worker thread and may still commit, while the thread's
+        # checkpoint will not count this turn. Take it back once it is done, so the turn leaves no memory.
         await asyncio.shield(_take_back(ctx, write, [m[0] for m in messages]))
         raise
     runtime.stream_writer({"type": "memory_write", "message_ids": list(ids)})
@@ -613,6 +638,7 @@ async def finish(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, A
         "status": status,
         "messages": [{"role": "user", "content": state["user"]}, {"role": "assistant", "content": state["answer"]}],
         "turns": state.get("turns", 0) + 1,
+        "turn_ids": [*state.get("turn_ids", [])[-(TURN_IDS_KEPT - 1):], state["turn_id"]],
     }
 
 

@@ -19,7 +19,13 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 from sqlalchemy.engine import make_url
 
-from core.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from core.errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from core.sqlwrite import advisory_key
 from runtime.agent.graph import TurnContext, TurnState, build_graph, new_turn_id, turn_input
 from runtime.agent.llm import ChatClient
@@ -144,6 +150,30 @@ class ThreadView:
     turns: int = 0
 
 
+def _finished_turn(
+    values: dict[str, Any], pending: tuple[str, ...], thread_id: str, turn_id: str, message: str
+) -> Event | None:
+    """The result to answer again for a retried turn ``turn_id``, None when it never finished on this thread.
+
+    Raises AlreadyExistsError when the id belongs to an earlier turn, or to the latest with another message.
+    """
+    latest = values.get("turn_id") == turn_id and not pending and values.get("status") in ("completed", "blocked")
+    if latest:
+        if values.get("user") != message:
+            raise AlreadyExistsError(
+                f"turn {turn_id!r} already ran on thread {thread_id!r} with another message; a retry sends the same "
+                "message, a new turn a new turn_id"
+            )
+        return {"type": "result", "status": values["status"], "answer": values.get("answer", ""),
+                "turn_id": turn_id, "replayed": True}
+    if turn_id in values.get("turn_ids", []):
+        raise AlreadyExistsError(
+            f"turn {turn_id!r} already ran on thread {thread_id!r} and is not its latest turn (its exchange is in "
+            "GetThread's messages); a new turn needs a new turn_id"
+        )
+    return None
+
+
 class TurnRunner:
     """Owns the compiled graph, the checkpointer and the LLM clients of one sidecar."""
 
@@ -191,11 +221,15 @@ class TurnRunner:
 
     async def run_turn(
         self, scope: str, thread_id: str, message: str, speaker: str, policy: TurnPolicy, ports: TurnPorts,
-        *, deadline: float | None = None,
+        *, deadline: float | None = None, turn_id: str = "",
     ) -> AsyncGenerator[Event, None]:
         """Run one turn, yielding event dicts; the last one has ``type == "result"``.
 
-        Raises FailedPreconditionError if the thread is paused on an interrupt (Resume it first).
+        ``turn_id`` (optional, the client's) makes a retry safe: when it is the thread's latest finished turn,
+        that turn's result is answered again (``replayed``) and nothing runs.
+
+        Raises FailedPreconditionError if the thread is paused on an interrupt (Resume it first),
+        AlreadyExistsError if ``turn_id`` is an earlier turn of the thread or its latest with another message.
         """
         config = self._config(scope, thread_id)
         async with self._lock(config["configurable"]["thread_id"]):
@@ -204,7 +238,12 @@ class TurnRunner:
                 raise FailedPreconditionError(
                     f"thread {thread_id!r} is paused on an interrupt; call Resume before a new turn"
                 )
-            inp = cast(TurnState, turn_input(new_turn_id(), message, speaker or "user", policy))
+            if turn_id:
+                done = _finished_turn(snap.values, snap.next, thread_id, turn_id, message)
+                if done is not None:
+                    yield done
+                    return
+            inp = cast(TurnState, turn_input(turn_id or new_turn_id(), message, speaker or "user", policy))
             async for ev in self._stream(inp, dict(inp), config, thread_id, policy, ports, deadline):
                 yield ev
 
@@ -253,7 +292,8 @@ class TurnRunner:
             interrupted: dict[str, Any] | None = None
             try:
                 # Memory's background work (the derivation the previous turn's write queued) waits for the turn.
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining) as timer:
+                    ctx.deadline_timer = timer  # lifted when the turn commits (graph._begin_commit)
                     with ports.memory.turn_in_flight():
                         async for mode, chunk in self.graph.astream(
                             inp, config, context=ctx, stream_mode=["custom", "updates"], durability=self.durability
@@ -280,12 +320,14 @@ class TurnRunner:
                 if not isinstance(exc, Exception):
                     raise  # cancellation (or exit) of the graph task itself
                 return
+            turn = values.get("turn_id", "")
             if interrupted is not None:
                 queue.put_nowait({"type": "interrupt", **interrupted})
-                queue.put_nowait({"type": "result", "status": "interrupted", "answer": "", "interrupt": interrupted})
+                queue.put_nowait({"type": "result", "status": "interrupted", "answer": "", "interrupt": interrupted,
+                                  "turn_id": turn})
             else:
                 queue.put_nowait({"type": "result", "status": values.get("status", "completed"),
-                                  "answer": values.get("answer", "")})
+                                  "answer": values.get("answer", ""), "turn_id": turn})
             queue.put_nowait(None)
 
         task = asyncio.create_task(run(), name=f"turn {thread_id}")
@@ -295,6 +337,11 @@ class TurnRunner:
                     raise item
                 yield item
         finally:
+            if ctx.committing and not task.done():
+                # The turn is writing its memory: it runs to its end (milliseconds) so that memory and thread agree
+                # (graph._begin_commit). Cancelled again while waiting, it is stopped below all the same.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
             # The caller stopped early (cancelled RPC, error): the graph stops too, before any later node.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

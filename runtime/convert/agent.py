@@ -348,7 +348,8 @@ def event_to_proto(event: dict[str, Any], thread_id: str, seq: int) -> agent_pb2
         msg.memory_write.CopyFrom(agent_pb2.MemoryWriteEvent(message_ids=event["message_ids"]))
     elif kind == "result":
         result = agent_pb2.TurnResult(
-            status=_TURN_STATUS.get(event["status"], agent_pb2.TURN_STATUS_UNSPECIFIED), answer=event.get("answer", "")
+            status=_TURN_STATUS.get(event["status"], agent_pb2.TURN_STATUS_UNSPECIFIED), answer=event.get("answer", ""),
+            turn_id=event.get("turn_id", ""), replayed=bool(event.get("replayed", False)),
         )
         if event.get("interrupt"):
             result.interrupt.CopyFrom(interrupt_to_proto(event["interrupt"]))

@@ -22,6 +22,8 @@ from runtime.convert import agent as conv
 
 MAX_STORE_OPS = 1000
 MAX_MESSAGE_CHARS = 100_000
+#: A client turn id names the memory messages "<turn_id>-u" and "<turn_id>-a".
+MAX_TURN_ID_CHARS = 100
 _THREAD_RULE = "1-200 characters, no control characters"
 
 
@@ -61,6 +63,16 @@ async def stop(rt: Runtime) -> None:
 def _thread_id(value: str) -> str:
     if not value or len(value) > 200 or any(ord(ch) < 32 for ch in value):
         raise InvalidArgumentError("thread_id", f"{value[:40]!r} is not a valid thread id: {_THREAD_RULE}")
+    return value
+
+
+def _turn_id(value: str) -> str:
+    """A client's turn id (empty: the sidecar picks one). It names memory messages, so it follows their rules."""
+    if value and (len(value) > MAX_TURN_ID_CHARS or value != value.strip() or any(ord(ch) < 32 for ch in value)):
+        raise InvalidArgumentError(
+            "turn_id", f"{value[:40]!r} is not a valid turn id: at most {MAX_TURN_ID_CHARS} characters, no control "
+            "characters, no leading or trailing spaces"
+        )
     return value
 
 
@@ -111,7 +123,7 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
         policy = self._policy(scope, request.policy)
         ports = bind_ports(self._rt, scope, self._rt.extras.get("agent_ports"))
         events = self._runner.run_turn(scope, thread_id, request.message, request.speaker, policy, ports,
-                                       deadline=_deadline(context))
+                                       deadline=_deadline(context), turn_id=_turn_id(request.turn_id))
         async for ev in self._events(thread_id, events):
             yield ev
 

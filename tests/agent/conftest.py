@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from agentrt.v1 import agent_pb2
 
-from runtime.agent.ports import ALLOW, REVIEW, GuardOutcome, ToolOutcome
+from runtime.agent.ports import ALLOW, REVIEW, GuardOutcome, NoMemory, ToolOutcome
 from tests.agent.openai_stub import OpenAIStub
 from tests.conftest import RunningServer, backend_url, make_settings
 
@@ -92,3 +95,29 @@ def of(events: list[agent_pb2.TurnEvent], kind: str) -> list[Any]:
 def stages(events: list[agent_pb2.TurnEvent]) -> list[str]:
     """Names of the stages that finished, in order."""
     return [s.name for s in of(events, "stage") if s.status == agent_pb2.STAGE_STATUS_FINISHED]
+
+
+class WriteInAThread(NoMemory):
+    """A memory whose write commits in a worker thread after ``delay`` s (or once ``release`` is set), as the
+    engine's does: cancelling the coroutine that awaits it does not stop it."""
+
+    def __init__(self, delay: float, release: threading.Event | None = None) -> None:
+        self.delay = delay
+        self.release = release
+        self.stored: dict[str, str] = {}
+        self.writing = threading.Event()
+
+    async def write(self, session_id: str, messages: Any) -> list[str]:
+        def commit() -> list[str]:
+            self.writing.set()
+            if self.release is not None:
+                assert self.release.wait(30)
+            time.sleep(self.delay)
+            self.stored.update({mid: text for mid, _speaker, text in messages})
+            return [mid for mid, _speaker, _text in messages]
+
+        return await asyncio.get_running_loop().run_in_executor(None, commit)
+
+    async def delete(self, message_ids: Any) -> None:
+        for mid in message_ids:
+            self.stored.pop(mid, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from runtime.agent.ports import (
     mean_normalized_entropy,
 )
 from runtime.agent.runner import TurnRunner
-from tests.agent.conftest import LookupTools
+from tests.agent.conftest import LookupTools, WriteInAThread
 
 
 class FixedGates:
@@ -54,7 +55,9 @@ def test_enforced_tool_gate_drops_calls_and_reasks_without_tools(runner, llm) ->
     events = run(runner, "g1", 'x [call:lookup {"q": "a"}]', policy, ports)
     assert tools.calls == []
     assert "tools" not in llm.requests[-1]
-    assert events[-1] == {"type": "result", "status": "completed", "answer": "default: x"}
+    assert events[-1] == {"type": "result", "status": "completed", "answer": "default: x",
+                          "turn_id": events[-1]["turn_id"]}
+    assert len(events[-1]["turn_id"]) == 32
 
 
 def test_advisory_tool_gate_still_runs_the_call(runner, llm) -> None:
@@ -260,3 +263,36 @@ def test_numbers_and_booleans_written_as_text_are_read_as_such() -> None:
                                                                                                       True)
     spread = TurnPolicy.from_dict({"temperature": 1.9, "temperature_spread": 0.3, "num_candidates": 3})
     assert [spread.candidate(i).temperature for i in range(3)] == [1.9, 2.0, 2.0]
+
+
+def test_a_committing_turn_whose_graph_task_is_cancelled_takes_its_memory_write_back(runner, llm) -> None:
+    """The runner waits for a committing turn instead of cancelling it; a second cancel (or the sidecar stopping)
+    does cancel the graph, and then the memory write, which goes on in its worker thread, is taken back."""
+    release = threading.Event()
+    ports = default_ports()
+    ports.memory = memory = WriteInAThread(delay=0.0, release=release)
+    policy = TurnPolicy(llm_base_url=llm.base_url, force_retrieval=False)
+
+    async def go() -> bool:
+        entered = asyncio.Event()
+
+        async def consume() -> None:
+            async for ev in runner.run_turn("t/ns", "g9", "remember me", "user", policy, ports):
+                if ev["type"] == "stage" and ev["name"] == "write_memory":
+                    entered.set()
+
+        consumer = asyncio.create_task(consume())
+        await entered.wait()
+        assert await asyncio.to_thread(memory.writing.wait, 10)
+        consumer.cancel()
+        await asyncio.sleep(0.1)
+        waited_for_commit = not consumer.done()
+        consumer.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        return waited_for_commit
+
+    assert asyncio.run(go())
+    assert memory.stored == {}
+    assert asyncio.run(runner.get_thread("t/ns", "g9")).turns == 0

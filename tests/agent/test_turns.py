@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -10,12 +11,12 @@ from typing import Any
 
 import grpc
 import pytest
-from agentrt.v1 import agent_pb2, common_pb2
+from agentrt.v1 import agent_pb2, common_pb2, memory_pb2
 from grpc_status import rpc_status
 
 from runtime.agent.graph import BLOCKED_ANSWER
-from runtime.agent.ports import ALLOW, BLOCK, AllowAllGuard, GuardOutcome, NoMemory
-from tests.agent.conftest import LookupTools, MarkerGuard, of, resume, stages, turn
+from runtime.agent.ports import ALLOW, BLOCK, AllowAllGuard, GuardOutcome
+from tests.agent.conftest import LookupTools, MarkerGuard, WriteInAThread, of, resume, stages, turn
 
 NS = "agent-tests"
 
@@ -233,51 +234,122 @@ def test_cancelled_turn_leaves_no_memory(srv, llm) -> None:
     assert thread.turns == 0
 
 
-class _WriteInAThread(NoMemory):
-    """A memory whose write commits in a worker thread after ``delay`` s, as the engine's does: cancelling the
-    coroutine that awaits it does not stop it."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.stored: dict[str, str] = {}
-        self.writing = threading.Event()
-
-    async def write(self, session_id: str, messages: Any) -> list[str]:
-        def commit() -> list[str]:
-            self.writing.set()
-            time.sleep(self.delay)
-            self.stored.update({mid: text for mid, _speaker, text in messages})
-            return [mid for mid, _speaker, _text in messages]
-
-        return await asyncio.get_running_loop().run_in_executor(None, commit)
-
-    async def delete(self, message_ids: Any) -> None:
-        for mid in message_ids:
-            self.stored.pop(mid, None)
-
-
-def test_a_turn_cancelled_while_its_memory_write_runs_takes_the_write_back(srv, llm) -> None:
-    memory = _WriteInAThread(delay=0.5)
+def _run_until_memory_write(srv, memory, llm_base_url: str, thread_id: str, message: str, *,  # type: ignore[no-untyped-def]
+                            timeout: float = 30, turn_id: str = ""):
+    """Start a turn and return its call once its memory write has begun (in the worker thread)."""
     srv.rt.extras["agent_ports"]["memory"] = lambda rt, scope: memory
-    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13b", message="remember me",
-                                       policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
-    call = srv.client.agent.RunTurn(request, timeout=30)
+    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id=thread_id, message=message, turn_id=turn_id,
+                                       policy=agent_pb2.TurnPolicy(llm_base_url=llm_base_url))
+    call = srv.client.agent.RunTurn(request, timeout=timeout)
     for event in call:
         if event.WhichOneof("event") == "stage" and event.stage.name == "write_memory":
             break
     assert memory.writing.wait(10)
+    return call
+
+
+def _thread(srv, thread_id: str):  # type: ignore[no-untyped-def]
+    return srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id=thread_id), timeout=10)
+
+
+def _wait_for_turns(srv, thread_id: str, turns: int) -> None:  # type: ignore[no-untyped-def]
+    """Wait (at most 10 s) until the thread counts ``turns``: a turn the client gave up on finishes on its own."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(grpc.RpcError):  # NOT_FOUND until the first checkpoint
+            if _thread(srv, thread_id).turns >= turns:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"thread {thread_id} did not reach {turns} turns")
+
+
+def test_a_turn_cancelled_while_its_memory_write_runs_finishes_whole(srv, llm) -> None:
+    """Past the start of its memory write a turn is committing: cancelling the call no longer stops it halfway
+    (memory written, thread not counting the turn), it runs to its end, memory and thread in agreement."""
+    memory = WriteInAThread(delay=0.5)
+    call = _run_until_memory_write(srv, memory, llm.base_url, "t13b", "remember me")
     call.cancel()
     with pytest.raises(grpc.RpcError) as err:
         list(call)
     assert err.value.code() == grpc.StatusCode.CANCELLED
-    time.sleep(1.0)  # past the write's commit (0.5 s after it started) and the take-back
-    assert memory.stored == {}
-    thread = srv.client.agent.GetThread(agent_pb2.GetThreadRequest(namespace=NS, thread_id="t13b"), timeout=10)
-    assert thread.turns == 0
-    # Not cancelled, the same memory keeps the turn.
-    events = turn(srv.client, NS, "t13c", "keep me", llm_base_url=llm.base_url)
-    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
-    assert sorted(memory.stored.values()) == ["default: keep me", "keep me"]
+    _wait_for_turns(srv, "t13b", 1)
+    assert sorted(memory.stored.values()) == ["default: remember me", "remember me"]
+    thread = _thread(srv, "t13b")
+    assert thread.turns == 1
+    assert [m.text for m in thread.messages] == ["remember me", "default: remember me"]
+
+
+def test_a_deadline_passing_during_the_memory_write_leaves_a_whole_turn_that_a_retry_replays(srv, llm) -> None:
+    release = threading.Event()
+    memory = WriteInAThread(delay=0.0, release=release)
+    call = _run_until_memory_write(srv, memory, llm.base_url, "t13d", "late one", timeout=2.0, turn_id="client-turn-1")
+    with pytest.raises(grpc.RpcError) as err:
+        list(call)  # the write is held until the deadline has passed
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    release.set()
+    _wait_for_turns(srv, "t13d", 1)
+    assert sorted(memory.stored) == ["client-turn-1-a", "client-turn-1-u"]
+    assert _thread(srv, "t13d").turns == 1
+    # The client saw DEADLINE_EXCEEDED and retries with the same turn id: the finished turn is answered again.
+    before = len(llm.requests)
+    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13d", message="late one", turn_id="client-turn-1",
+                                       policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
+    events = list(srv.client.agent.RunTurn(request, timeout=30))
+    result = of(events, "result")[0]
+    assert (result.replayed, result.turn_id, result.answer) == (True, "client-turn-1", "default: late one")
+    assert len(events) == 1 and len(llm.requests) == before
+    assert _thread(srv, "t13d").turns == 1
+
+
+def test_a_deadline_that_passes_before_the_memory_write_stops_the_turn_before_it(srv, llm) -> None:
+    memory = WriteInAThread(delay=0.0)
+    srv.rt.extras["agent_ports"]["memory"] = lambda rt, scope: memory
+    with pytest.raises(grpc.RpcError) as err:
+        turn(srv.client, NS, "t13e", "slow [slow:1.0]", llm_base_url=llm.base_url, timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.5)
+    assert memory.stored == {} and not memory.writing.is_set()
+
+
+def test_turn_ids_make_retries_safe(srv, llm) -> None:
+    def run_turn(message: str, turn_id: str) -> list[agent_pb2.TurnEvent]:
+        request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13f", message=message, turn_id=turn_id,
+                                           policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
+        return list(srv.client.agent.RunTurn(request, timeout=30))
+
+    first = of(run_turn("one", "a1"), "result")[0]
+    assert (first.turn_id, first.replayed, first.answer) == ("a1", False, "default: one")
+    stored = srv.client.memory.Get(memory_pb2.GetRequest(namespace=NS, message_ids=["a1-u", "a1-a"]), timeout=10)
+    assert sorted(m.text for m in stored.messages) == ["default: one", "one"]
+    again = of(run_turn("one", "a1"), "result")[0]
+    assert (again.turn_id, again.replayed, again.answer) == ("a1", True, "default: one")
+    # The same id with another message is a client bug, not a retry.
+    with pytest.raises(grpc.RpcError) as err:
+        run_turn("two", "a1")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "another message" in err.value.details()
+    second = of(run_turn("two", "a2"), "result")[0]
+    assert (second.turn_id, second.replayed) == ("a2", False)
+    # An earlier turn's id is refused, not run a second time.
+    with pytest.raises(grpc.RpcError) as err:
+        run_turn("one", "a1")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "not its latest turn" in err.value.details()
+    assert _thread(srv, "t13f").turns == 2
+    # Without an id the sidecar picks a fresh one per turn.
+    picked = [of(run_turn("three", ""), "result")[0].turn_id for _ in range(2)]
+    assert len(set(picked)) == 2 and all(len(t) == 32 for t in picked)
+    assert _thread(srv, "t13f").turns == 4
+
+
+@pytest.mark.parametrize("bad", [" x", "x ", "a\nb", "x" * 101])
+def test_a_bad_turn_id_is_refused_naming_the_field(srv, llm, bad: str) -> None:
+    request = agent_pb2.RunTurnRequest(namespace=NS, thread_id="t13g", message="hi", turn_id=bad,
+                                       policy=agent_pb2.TurnPolicy(llm_base_url=llm.base_url))
+    with pytest.raises(grpc.RpcError) as err:
+        list(srv.client.agent.RunTurn(request, timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "turn_id" in str(rpc_status.from_call(err.value).details)
 
 
 def test_threads_are_scoped_to_their_namespace(srv, llm) -> None:

@@ -120,18 +120,20 @@ class TurnPolicy(_message.Message):
     def __init__(self, llm_base_url: _Optional[str] = ..., model: _Optional[str] = ..., temperature: _Optional[float] = ..., system_prompt: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[CandidateSpec, _Mapping]]] = ..., num_candidates: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., approval_tools: _Optional[_Iterable[str]] = ..., max_tool_rounds: _Optional[int] = ..., retrieve_top_k: _Optional[int] = ..., token_budget: _Optional[int] = ..., write_memory: _Optional[bool] = ..., force_retrieval: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., max_tokens: _Optional[int] = ..., llm_timeout_s: _Optional[float] = ..., speculative_retrieval: _Optional[bool] = ..., parallel_input_guard: _Optional[bool] = ...) -> None: ...
 
 class RunTurnRequest(_message.Message):
-    __slots__ = ("namespace", "thread_id", "message", "policy", "speaker")
+    __slots__ = ("namespace", "thread_id", "message", "policy", "speaker", "turn_id")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     thread_id: str
     message: str
     policy: TurnPolicy
     speaker: str
-    def __init__(self, namespace: _Optional[str] = ..., thread_id: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[TurnPolicy, _Mapping]] = ..., speaker: _Optional[str] = ...) -> None: ...
+    turn_id: str
+    def __init__(self, namespace: _Optional[str] = ..., thread_id: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[TurnPolicy, _Mapping]] = ..., speaker: _Optional[str] = ..., turn_id: _Optional[str] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
     __slots__ = ("namespace", "thread_id", "decision", "note")
@@ -304,14 +306,18 @@ class MemoryWriteEvent(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TurnResult(_message.Message):
-    __slots__ = ("status", "answer", "interrupt")
+    __slots__ = ("status", "answer", "interrupt", "turn_id", "replayed")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     status: TurnStatus
     answer: str
     interrupt: InterruptEvent
-    def __init__(self, status: _Optional[_Union[TurnStatus, str]] = ..., answer: _Optional[str] = ..., interrupt: _Optional[_Union[InterruptEvent, _Mapping]] = ...) -> None: ...
+    turn_id: str
+    replayed: bool
+    def __init__(self, status: _Optional[_Union[TurnStatus, str]] = ..., answer: _Optional[str] = ..., interrupt: _Optional[_Union[InterruptEvent, _Mapping]] = ..., turn_id: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class TurnEvent(_message.Message):
     __slots__ = ("thread_id", "seq", "stage", "guard", "gate", "retrieval", "tool_call", "tool_result", "candidate", "selection", "interrupt", "memory_write", "result")
