@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from runtime.agent.policy import TurnPolicy
 from runtime.agent.ports import ALLOW, BLOCK, TurnPorts
 
 Event = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any], Callable[[], Any]]:
@@ -96,6 +99,8 @@ class ThreadLocks:
         self._conn: Any = None
         self._conninfo = ""
         self._open_lock = asyncio.Lock()
+        # Releases of locks taken by try-locks whose turn was cancelled meanwhile (see ``hold``).
+        self._giving_back: set[asyncio.Future[None]] = set()
         if database_url and make_url(database_url).get_backend_name() == "postgresql":
             url = make_url(database_url)
             self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -115,9 +120,17 @@ class ThreadLocks:
             return
         lock_id = advisory_key("agent-thread", key)
         while True:
-            conn = await self._connection()
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,))).fetchone()
-            if row and row[0]:
+            attempt = asyncio.ensure_future(self._try_lock(lock_id))
+            try:
+                conn, taken = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # Cancelled (client gone, deadline) while the try-lock ran: Postgres may have taken the lock all
+                # the same. Left on the shared session it would outlive the turn, and every other replica would
+                # wait for this thread for ever; give it back once the attempt ends.
+                self._giving_back.add(task := asyncio.ensure_future(self._give_back(attempt, lock_id)))
+                task.add_done_callback(self._giving_back.discard)
+                raise
+            if taken:
                 break
             await asyncio.sleep(self.POLL_S)  # another replica runs a turn of this thread
         try:
@@ -132,7 +145,24 @@ class ThreadLocks:
                     await conn.close()
                     raise
 
+    async def _try_lock(self, lock_id: int) -> tuple[Any, bool]:
+        conn = await self._connection()
+        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,))).fetchone()
+        return conn, bool(row and row[0])
+
+    @staticmethod
+    async def _give_back(attempt: asyncio.Future[tuple[Any, bool]], lock_id: int) -> None:
+        """Release the lock a cancelled ``_try_lock`` took, if it took it."""
+        try:
+            conn, taken = await attempt
+            if taken and not conn.closed:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+        except Exception:
+            log.warning("could not give back thread lock %s after a cancelled turn", lock_id, exc_info=True)
+
     async def aclose(self) -> None:
+        if self._giving_back:
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
