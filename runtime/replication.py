@@ -85,7 +85,17 @@ class ChangeFeed:
 
 
 class FeedTailer:
-    """Background thread applying other replicas' changes to this replica's caches."""
+    """Background thread applying other replicas' changes to this replica's caches.
+
+    A handler that fails (the database briefly unreachable while it reloads a policy or a model) is retried,
+    with the rows after it, after a back-off that doubles from ``poll_interval_s`` up to ``MAX_BACKOFF_S``; had
+    the tailer moved past it, that replica would serve the stale policy or model until the next change of that
+    scope. A change that still fails after ``MAX_ATTEMPTS`` is given up (logged and counted), so that one
+    poisoned row cannot stop every later change.
+    """
+
+    MAX_ATTEMPTS = 8
+    MAX_BACKOFF_S = 30.0
 
     def __init__(self, feed: ChangeFeed, handlers: dict[str, Handler], start_seq: int, *,
                  poll_interval_s: float = 1.0):
@@ -93,6 +103,8 @@ class FeedTailer:
         self.handlers = handlers
         self.last_seq = start_seq
         self.poll_interval_s = poll_interval_s
+        # (seq, failed attempts) of the row being retried.
+        self._failing: tuple[int, int] = (0, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replication-tailer", daemon=True)
         self._listen_conn: Any = None
@@ -114,6 +126,8 @@ class FeedTailer:
         An empty payload means "reload this scope" (guards, tools): one guard feedback commits several
         such rows, and within a batch only the last of each (component, scope) needs applying. Rows with a
         payload (memory deltas) are applied one by one, in order.
+        When a handler fails it stops there: ``last_seq`` stays just before that row, ``retry_pending`` is true,
+        and the tailer's thread tries again after a back-off.
         """
         total = 0
         while True:
@@ -121,27 +135,44 @@ class FeedTailer:
             foreign = [row for row in rows if row.origin != self.feed.replica_id]
             last_reload = {(row.component, row.scope): i for i, row in enumerate(foreign) if row.payload in ("{}", "")}
             for i, row in enumerate(foreign):
-                if last_reload.get((row.component, row.scope), i) == i or row.payload not in ("{}", ""):
-                    self._apply(row)
+                wanted = last_reload.get((row.component, row.scope), i) == i or row.payload not in ("{}", "")
+                if wanted and not self._apply(row):
+                    # Handlers are idempotent: rows before this one that are read again apply harmlessly.
+                    self.last_seq = int(row.seq) - 1
+                    return total
             if rows:
                 self.last_seq = int(rows[-1].seq)
             total += len(rows)
             if len(rows) < 1000:
                 return total
 
-    def _apply(self, row: Any) -> None:
+    @property
+    def retry_pending(self) -> bool:
+        """Whether a change failed and waits to be applied again."""
+        return self._failing[1] > 0
+
+    def _apply(self, row: Any) -> bool:
+        """Apply one row; False when its handler failed and it is to be retried."""
         handler = self.handlers.get(row.component)
         if handler is None:
-            return
+            return True
+        seq = int(row.seq)
         try:
             handler(row.scope, json.loads(row.payload))
             FEED_APPLIED.labels(row.component).inc()
         except Exception:
             FEED_ERRORS.labels(row.component).inc()
-            log.exception("applying a replicated change failed", extra={"component": row.component,
-                                                                        "scope": row.scope, "seq": int(row.seq)})
+            attempts = (self._failing[1] if self._failing[0] == seq else 0) + 1
+            where = {"component": row.component, "scope": row.scope, "seq": seq, "attempts": attempts}
+            if attempts < self.MAX_ATTEMPTS:
+                self._failing = (seq, attempts)
+                log.warning("applying a replicated change failed; retrying it", exc_info=True, extra=where)
+                return False
+            log.exception("applying a replicated change failed %d times; giving it up", attempts, extra=where)
+        self._failing = (0, 0)
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         FEED_LAG.observe(max(0.0, (datetime.now(UTC) - created).total_seconds()))
+        return True
 
     def _listen(self) -> Any:
         import psycopg
@@ -173,6 +204,9 @@ class FeedTailer:
         while not self._stop.is_set():
             try:
                 self.apply_available()
+                if self.retry_pending:
+                    self._stop.wait(min(self.MAX_BACKOFF_S, self.poll_interval_s * 2 ** (self._failing[1] - 1)))
+                    continue
                 self.caught_up.set()
             except Exception as exc:
                 log.warning("change feed read failed: %s", exc.__class__.__name__)

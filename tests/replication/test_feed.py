@@ -129,3 +129,56 @@ def test_scope_reloads_coalesce_within_a_batch_while_deltas_apply_in_order(pg_ur
         assert tailer.last_seq == reader.head()
     finally:
         db.dispose()
+
+
+def test_a_change_whose_handler_fails_is_retried_before_the_changes_after_it(pg_url: str) -> None:
+    """A handler that fails once (the database briefly gone while a gate reloads its policy) used to lose the
+    change for good: the tailer moved past it and the replica kept the stale policy."""
+    db = _db(pg_url)
+    writer, reader = ChangeFeed(db, "writer"), ChangeFeed(db, "reader")
+    applied: list[int] = []
+    failures = {1: 1}  # change 1 fails once
+
+    def handler(_scope: str, payload: dict) -> None:
+        if failures.get(payload["i"], 0) > 0:
+            failures[payload["i"]] -= 1
+            raise RuntimeError("database unreachable")
+        applied.append(payload["i"])
+
+    tailer = FeedTailer(reader, {"gates": handler}, reader.head())
+    try:
+        for i in range(3):
+            with db.engine.begin() as conn:
+                writer.publish(conn, "gates", "t/a", {"i": i})
+        tailer.apply_available()
+        assert applied == [0] and tailer.retry_pending
+        tailer.apply_available()
+        assert applied == [0, 1, 2] and not tailer.retry_pending
+        assert tailer.last_seq == reader.head()
+    finally:
+        db.dispose()
+
+
+def test_a_change_that_keeps_failing_is_given_up_so_later_changes_still_apply(pg_url: str) -> None:
+    db = _db(pg_url)
+    writer, reader = ChangeFeed(db, "writer"), ChangeFeed(db, "reader")
+    applied: list[int] = []
+
+    def handler(_scope: str, payload: dict) -> None:
+        if payload["i"] == 0:
+            raise ValueError("a payload this replica cannot apply")
+        applied.append(payload["i"])
+
+    tailer = FeedTailer(reader, {"memory": handler}, reader.head())
+    try:
+        for i in range(2):
+            with db.engine.begin() as conn:
+                writer.publish(conn, "memory", "t/a", {"i": i})
+        for _ in range(FeedTailer.MAX_ATTEMPTS - 1):
+            tailer.apply_available()
+            assert applied == [] and tailer.retry_pending
+        tailer.apply_available()
+        assert applied == [1] and not tailer.retry_pending
+        assert tailer.last_seq == reader.head()
+    finally:
+        db.dispose()
