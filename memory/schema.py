@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-# Scoped keys are "<tenant>/<namespace>"; both parts are bounded by runtime/naming.py.
-_NS = 255
+# Scoped keys are "<tenant>/<namespace>"; both parts are bounded by runtime/naming.py (257 characters at most).
+_NS = 300  # a 128-character tenant, "/" and a 128-character namespace; 300 as in every other component
 _ID = 255
 
 messages = sa.Table(
