@@ -15,7 +15,8 @@ def test_the_longest_tenant_and_namespace_names_work_on_every_backend(make_serve
     assert "1-128 characters" in NAME_RULE
     srv = make_server(embedding_model="hashing", db_url=db_url, tokens=[{"token": "tok", "tenant": TENANT}])
     client = srv.new_client("tok")
-    assert client.write(NAMESPACE, "s1", [{"id": "m1", "speaker": "user", "text": "the launch is on friday"}]).written == 1
+    written = client.write(NAMESPACE, "s1", [{"id": "m1", "speaker": "user", "text": "the launch is on friday"}])
+    assert written.written == 1
     hits = client.search(NAMESPACE, "when is the launch", top_k=3).hits
     assert [list(h.message_ids) for h in hits][:1] == [["m1"]]
     verdict = client.check(NAMESPACE, common_pb2.STAGE_INPUT, "hello there")
