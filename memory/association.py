@@ -25,12 +25,13 @@ most ``link_batch`` not-yet-linked units. Everything runs on the background work
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ CANDIDATE_CACHE_BYTES = 256 * 1024 * 1024
 PAUSE_EVERY_UNITS = 8
 # Units whose vectors a refit gathers between two chances for foreground work to run.
 GATHER_CHUNK = 10_000
+# Serial numbers of fitted models: what tags the candidate cache's entries with the model they came from.
+_MODEL_SERIALS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -102,17 +105,21 @@ class _Model:
     linked_since_fit: int = 0
     #: Keys the last scan found unlinked and no pass has taken yet (taken from the end).
     pending: list[int] = field(default_factory=list)
+    #: Which fit this is (cluster numbers mean something else in every fit; see ``_CandidateCache``).
+    serial: int = field(default_factory=lambda: next(_MODEL_SERIALS))
 
 
 class _Candidates:
     """The sampled members of one cluster and their vectors, in buffers that grow by appending."""
 
-    __slots__ = ("counted", "dead", "keys", "matrix", "n")
+    __slots__ = ("counted", "dead", "keys", "matrix", "n", "serial")
 
-    def __init__(self, keys: np.ndarray, matrix: np.ndarray):
+    def __init__(self, keys: np.ndarray, matrix: np.ndarray, serial: int = 0):
         self.keys = keys
         self.matrix = matrix
         self.n = len(keys)
+        #: The serial of the model whose cluster this is.
+        self.serial = serial
         #: Times a ranked candidate turned out removed from the index (rebuilt once past a tenth of ``n``).
         self.dead = 0
         #: Bytes the cache counts for this entry (its buffers may grow before the cache hears of it).
@@ -178,17 +185,33 @@ class _CandidateCache:
         self.budget_bytes = budget_bytes
         self.nbytes = 0
         self._entries: OrderedDict[tuple[str, int], _Candidates] = OrderedDict()
+        # Per namespace, the serial of its newest model: entries of older models are refused. A linking pass
+        # builds an entry from the model it started with; a refit landing before the entry is put renumbers the
+        # clusters, and the entry put then would hold one cluster's members under another cluster's number.
+        self._serials: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, namespace: str, cluster: int) -> _Candidates | None:
+    def get(self, namespace: str, cluster: int, serial: int) -> _Candidates | None:
+        """The entry of ``cluster`` of the model numbered ``serial`` (None if the cached one is another's)."""
         with self._lock:
             entry = self._entries.get((namespace, cluster))
-            if entry is not None:
-                self._entries.move_to_end((namespace, cluster))
+            if entry is None or entry.serial != serial:
+                return None
+            self._entries.move_to_end((namespace, cluster))
             return entry
+
+    def reset(self, namespace: str, serial: int) -> None:
+        """The namespace's clusters are now those of the model numbered ``serial``: drop every entry, and
+        refuse entries of older models from now on."""
+        with self._lock:
+            self._serials[namespace] = max(serial, self._serials.get(namespace, 0))
+            for key in [k for k in self._entries if k[0] == namespace]:
+                self._drop(key)
 
     def put(self, namespace: str, cluster: int, entry: _Candidates) -> None:
         with self._lock:
+            if entry.serial < self._serials.get(namespace, 0):
+                return
             self._drop((namespace, cluster))
             if entry.nbytes > self.budget_bytes:
                 return
@@ -245,6 +268,10 @@ class AssociationManager:
         # Called every few units of a linking pass, so foreground work can run in between.
         self._pause = pause or (lambda: None)
         self._models: dict[str, _Model] = {}
+        # Bumped by ``forget`` (the namespace's data was dropped): a refit or linking pass that started before
+        # stores nothing, else it put back a model and edges of the data just deleted. Guarded by ``_lock``,
+        # which also guards ``_models`` and the ``linked`` set of a stored model against concurrent pruning.
+        self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._candidates = _CandidateCache(candidate_cache_bytes)
         self._rng = np.random.default_rng(self.config.seed)
@@ -266,20 +293,49 @@ class AssociationManager:
         return model.refit_seconds if model else 0.0
 
     def forget(self, namespace: str) -> None:
-        """Drop the namespace's model (its data was deleted)."""
+        """Drop the namespace's model (its data was deleted); passes running meanwhile store nothing."""
         with self._lock:
             self._models.pop(namespace, None)
+            self._epochs[namespace] = self._epochs.get(namespace, 0) + 1
         self._candidates.drop(namespace)
+
+    def units_removed(self, namespace: str, keys: Iterable[int]) -> None:
+        """Units left the namespace's index (a Delete, a re-derivation): they no longer count as linked.
+
+        Without this the backlog (fitted units + units linked since, minus linked ones) counted deleted
+        keys as linked, so ``pending_links`` read 0 and the worker stopped while live units were unlinked.
+        """
+        with self._lock:
+            model = self._models.get(namespace)
+            if model is not None:
+                model.linked.difference_update(keys)
+
+    def units_kept(self, namespace: str, keys: set[int]) -> None:
+        """The namespace's index was rebuilt and holds exactly ``keys``: forget linked units outside them."""
+        with self._lock:
+            model = self._models.get(namespace)
+            if model is not None:
+                model.linked.intersection_update(keys)
+
+    def _current(self, namespace: str) -> tuple[_Model | None, int]:
+        """The namespace's model and its epoch, read together."""
+        with self._lock:
+            return self._models.get(namespace), self._epochs.get(namespace, 0)
 
     def due(self, namespace: str, index: NamespaceIndex) -> bool:
         """Whether a background step (a refit, or a pass linking not-yet-linked units) is worth running."""
         return self._needs_refit(namespace, index) or self.backlog(namespace, index) > 0
 
+    @property
+    def _min_units(self) -> int:
+        # A projection needs two points (one unit left PCA with zero components, which raised on every pass).
+        return max(2, self.config.min_units)
+
     def _needs_refit(self, namespace: str, index: NamespaceIndex) -> bool:
         n = index.size()
         model = self._models.get(namespace)
         if model is None:
-            return n >= self.config.min_units
+            return n >= self._min_units
         return n >= model.fitted_n * (1 + self.config.refit_growth)
 
     def backlog(self, namespace: str, index: NamespaceIndex) -> int:
@@ -293,7 +349,7 @@ class AssociationManager:
 
     def link_backlog(self, namespace: str, index: NamespaceIndex, limit: int | None = None) -> int:
         """Link up to ``limit`` (default ``link_batch``) units not linked yet; returns how many were handled."""
-        model = self._models.get(namespace)
+        model, epoch = self._current(namespace)
         if model is None:
             return 0
         batch = limit or self.config.link_batch
@@ -317,7 +373,7 @@ class AssociationManager:
             if key not in model.linked and index.unit(key) is not None:
                 unlinked.append(key)
         if unlinked:
-            self._link_keys(namespace, index, model, unlinked)
+            self._link_keys(namespace, index, model, epoch, unlinked)
         else:
             model.fitted_n = min(model.fitted_n, index.size())
         return len(unlinked)
@@ -335,7 +391,7 @@ class AssociationManager:
 
     def _cluster_candidates(self, namespace: str, index: NamespaceIndex, model: _Model, cluster: int) -> _Candidates:
         """The cluster's candidates from the cache, or built from its members (sampled to candidate_cap)."""
-        entry = self._candidates.get(namespace, cluster)
+        entry = self._candidates.get(namespace, cluster, model.serial)
         if entry is not None:
             return entry
         pool = np.asarray(model.members.get(cluster, []), dtype=np.int64)
@@ -353,7 +409,7 @@ class AssociationManager:
             if alive_vectors
             else np.zeros((0, index.dim), dtype=np.float32)
         )
-        entry = _Candidates(np.asarray(alive_keys, dtype=np.int64), matrix)
+        entry = _Candidates(np.asarray(alive_keys, dtype=np.int64), matrix, model.serial)
         self._pause()  # building a matrix (up to 2,000 lookups and a stack) is a long stretch
         self._candidates.put(namespace, cluster, entry)
         return entry
@@ -465,6 +521,7 @@ class AssociationManager:
         from sklearn.mixture import GaussianMixture
 
         c = self.config
+        old, epoch = self._current(namespace)
         # Gathered in chunks with a chance for foreground work in between: at 100k units one pass over
         # every key and one np.stack of 100k vectors held the GIL for hundreds of milliseconds, and
         # Searches arriving meanwhile waited for it (p99 over 250 ms in bench memory-latency).
@@ -483,18 +540,18 @@ class AssociationManager:
             self._pause()
         keys = np.asarray([key for part in key_parts for key in part], dtype=np.int64)
         n = len(keys)
-        if n < c.min_units:
+        if n < self._min_units:
             return None
         all_vectors = np.concatenate(vector_parts)
         started = time.perf_counter()
         rng = np.random.default_rng(c.seed)
         # Same draw as choosing among the keys themselves: Generator.choice picks positions either way.
         sample = all_vectors if n <= c.sample_cap else all_vectors[rng.choice(n, c.sample_cap, replace=False)]
-        old = self._models.get(namespace)
         k = self._n_clusters(n)
         if old is not None and abs(k - old.k) <= 0.25 * old.k:
             # Keep K (and so the warm start) until the target drifts by more than a quarter.
             k = old.k
+        k = min(k, len(sample))  # a mixture has at most one component per point
         dims = min(c.pca_dims, sample.shape[1], len(sample) - 1)
         if old is not None and n < 4 * old.pca_n and old.components.shape[0] == dims:
             mean, components, pca_n = old.mean, old.components, old.pca_n
@@ -522,15 +579,18 @@ class AssociationManager:
         self._pause()
         for cluster in np.flatnonzero(membership.any(axis=0)).tolist():
             model.members[int(cluster)] = keys[membership[:, cluster]].tolist()
-        alive = set(keys.tolist())
-        if old is not None:
-            model.linked = old.linked & alive
-        else:
-            # After a restart the edges are loaded from the database: units that have some are linked.
-            model.linked = index.linked_keys() & alive
         with self._lock:
+            if self._epochs.get(namespace, 0) != epoch:
+                return None  # the namespace was dropped meanwhile: this model is of data that is gone
+            # Units deleted during the fit were pruned from the old model's linked set, and are not in the index.
+            alive = set(index.unit_keys())
+            if old is not None:
+                model.linked = old.linked & alive
+            else:
+                # After a restart the edges are loaded from the database: units that have some are linked.
+                model.linked = index.linked_keys() & alive
             self._models[namespace] = model
-        self._candidates.drop(namespace)  # the clusters were renumbered
+        self._candidates.reset(namespace, model.serial)  # the clusters were renumbered
         model.refit_seconds = time.perf_counter() - started
         log.info(
             "association refit",
@@ -551,30 +611,35 @@ class AssociationManager:
 
         Before the first fit this does nothing: the first refit links everything.
         """
-        model = self._models.get(namespace)
+        model, epoch = self._current(namespace)
         keys = [k for k in dict.fromkeys(keys) if model is not None and k not in model.linked]
         if model is None or not keys:
             return 0
         model.linked_since_fit += len(keys)
-        return self._link_keys(namespace, index, model, keys, add_members=True)
+        return self._link_keys(namespace, index, model, epoch, keys, add_members=True)
 
     def _link_keys(
         self,
         namespace: str,
         index: NamespaceIndex,
         model: _Model,
+        epoch: int,
         keys: list[int],
         add_members: bool = False,
     ) -> int:
+        """Link ``keys`` into ``model`` (the namespace's model at ``epoch``); returns the edges written.
+
+        The keys count as linked only once their edges are committed: marked before, a batch whose
+        ``upsert_edges`` raised (a database hiccup) counted as linked with no edge, and was never linked.
+        """
         c = self.config
-        # Every requested key counts as handled, even one removed meanwhile, so backlogs always drain.
-        model.linked.update(keys)
         present: list[tuple[int, np.ndarray, MemoryUnit]] = []
         for key in keys:
             vector, unit = index.vector(key), index.unit(key)
             if vector is not None and unit is not None:
                 present.append((key, vector, unit))
         if not present:
+            self._mark_linked(namespace, index, model, epoch, keys)
             return 0
         vectors = np.stack([v for _, v, _ in present]).astype(np.float32)
         post = self._posteriors(model, vectors)
@@ -594,8 +659,27 @@ class AssociationManager:
                     grown = entry.add(key, vector, len(members), c.candidate_cap, self._rng)
                     if grown:
                         self._candidates.grew(namespace, cluster, entry, grown)
-            model.linked.add(key)
         if edges:
+            if self._current(namespace)[1] != epoch:
+                return 0  # the namespace was dropped meanwhile (its units are gone from the store too)
             self.store.upsert_edges(namespace, edges)
             index.set_edges(edges, replace=False)
+        # Every requested key counts as handled, even one removed meanwhile, so backlogs always drain.
+        self._mark_linked(namespace, index, model, epoch, keys)
         return len(edges)
+
+    def _mark_linked(
+        self, namespace: str, index: NamespaceIndex, model: _Model, epoch: int, keys: list[int]
+    ) -> None:
+        """Count ``keys`` as linked in ``model`` and in the namespace's current model (a refit may have replaced
+        it meanwhile), unless the namespace was dropped since ``epoch``. A key already removed from the index
+        is left out: a Delete pruned it (``units_removed``), and counting it again would hide a live unit from
+        the backlog."""
+        with self._lock:
+            if self._epochs.get(namespace, 0) != epoch:
+                return
+            live = [k for k in keys if index.unit(k) is not None]
+            model.linked.update(live)
+            current = self._models.get(namespace)
+            if current is not None and current is not model:
+                current.linked.update(live)

@@ -24,6 +24,7 @@ Cost is bounded: one pass checks at most ``batch`` turns (new ones first) with o
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -31,11 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import FieldViolation, InvalidArgumentError
 from core.lexical import tokenize
 from memory.index import NamespaceIndex
 from memory.model import Granularity, MemoryUnit
 from memory.store import MemoryStore
 from memory.units import UnitPolicy, information_weight, speaker_of
+
+# Most messages one retention pass deletes; the rest go in the next passes (see MemoryEngine).
+RETENTION_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -60,39 +65,86 @@ class ConsolidationPolicy:
     """Nearest turns looked at per checked turn."""
 
     @classmethod
-    def from_mapping(cls, policy: Mapping[str, Any] | None) -> ConsolidationPolicy:
+    def problems(cls, policy: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+        """(field, why) for every value of the ``consolidation`` section of a memory policy that a pass could
+        not use ("" names the section itself). The server checks the configured policies at start: a value
+        cast blindly failed every background pass later (``max_age_days: 1000000`` overflowed the cutoff,
+        ``max_messages: "lots"``), or did something else than meant (``max_messages: true`` kept one message)."""
         section = (policy or {}).get("consolidation") or {}
         if not isinstance(section, Mapping):
-            raise ValueError("memory policy 'consolidation' must be a mapping")
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in section.items() if k in cls.__dataclass_fields__})
+            return [("", f"must be a mapping, got {section!r}")]
+        out: list[tuple[str, str]] = []
+        for name, value in section.items():
+            rule = _RULES.get(name)
+            if rule is None:
+                continue
+            whole, low, low_open, high = rule
+            number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if whole and not (number and float(value).is_integer() and value >= low):
+                out.append((name, f"must be a whole number >= {low}, got {value!r}"))
+            elif not whole and not (number and (value > low if low_open else value >= low) and value <= high):
+                span = (
+                    f"a finite number {'>' if low_open else '>='} {low:g}"
+                    if math.isinf(high)
+                    else f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+                )
+                out.append((name, f"must be {span}, got {value!r}"))
+        return out
+
+    @classmethod
+    def from_mapping(cls, policy: Mapping[str, Any] | None) -> ConsolidationPolicy:
+        """The policy of a memory policy's ``consolidation`` section; raises InvalidArgumentError naming every
+        bad value (see :meth:`problems`)."""
+        bad = cls.problems(policy)
+        if bad:
+            raise InvalidArgumentError(
+                [FieldViolation(f"consolidation.{name}" if name else "consolidation", why) for name, why in bad]
+            )
+        section = (policy or {}).get("consolidation") or {}
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in section.items() if k in _RULES})
+
+
+# Most days ``max_age_days`` may say: 10,000 years, far inside what ``timedelta`` holds. A cutoff before year 1
+# (anything over ~740,000 days today) keeps every message, see ``retention_cutoff``.
+MAX_AGE_DAYS = 3_650_000.0
+# Per field of ConsolidationPolicy: (whole number, lowest, lowest excluded, highest).
+_RULES: dict[str, tuple[bool, float, bool, float]] = {
+    "max_age_days": (False, 0.0, False, MAX_AGE_DAYS),
+    "max_messages": (True, 0, False, math.inf),
+    "duplicate_cosine": (False, 0.0, False, 1.0),
+    "duplicate_weight": (False, 0.0, True, 1.0),
+    "batch": (True, 1, False, math.inf),
+    "promote_min_sessions": (True, 0, False, math.inf),
+    "promote_weight": (False, 0.0, True, math.inf),
+    "neighbours": (True, 1, False, math.inf),
+}
+
+
+def retention_cutoff(policy: ConsolidationPolicy, now: datetime | None = None) -> datetime | None:
+    """Messages whose time is before this are forgotten by age; None when age keeps everything (no limit, or
+    a limit reaching back before year 1, which ``datetime`` cannot say)."""
+    if policy.max_age_days <= 0:
+        return None
+    try:
+        return (now or datetime.now(UTC)) - timedelta(days=min(policy.max_age_days, MAX_AGE_DAYS))
+    except OverflowError:
+        return None
 
 
 def messages_to_forget(
-    store: MemoryStore, namespace: str, policy: ConsolidationPolicy, now: datetime | None = None
+    store: MemoryStore,
+    namespace: str,
+    policy: ConsolidationPolicy,
+    now: datetime | None = None,
+    limit: int = RETENTION_BATCH,
 ) -> list[str]:
-    """Ids of the messages the retention policy removes now (empty when it keeps everything)."""
-    if policy.max_age_days <= 0 and policy.max_messages <= 0:
+    """Ids of (at most ``limit``) the messages the retention policy removes now, oldest arrivals first;
+    empty when it keeps everything. The store selects them (``MemoryStore.retention_candidates``): listing
+    every message of the namespace on every background pass cost a read of the whole namespace each time."""
+    cutoff = retention_cutoff(policy, now)
+    if cutoff is None and policy.max_messages <= 0:
         return []
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=policy.max_age_days) if policy.max_age_days > 0 else None
-    arrivals: list[str] = []
-    expired: list[str] = []
-    after = -1
-    while True:
-        page = store.list_messages(namespace, session_id=None, after_seq=after, limit=1000)
-        for stored in page:
-            arrivals.append(stored.message.id)
-            when = stored.message.time
-            if cutoff is not None and when is not None and when < cutoff:
-                expired.append(stored.message.id)
-        if len(page) < 1000:
-            break
-        after = page[-1].seq
-    forget = dict.fromkeys(expired)
-    if policy.max_messages > 0:
-        survivors = [mid for mid in arrivals if mid not in forget]
-        for mid in survivors[: max(0, len(survivors) - policy.max_messages)]:
-            forget[mid] = None
-    return list(forget)
+    return store.retention_candidates(namespace, older_than=cutoff, keep_newest=policy.max_messages, limit=limit)
 
 
 def base_weight(unit: MemoryUnit, units_policy: UnitPolicy) -> float:

@@ -63,6 +63,7 @@ from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from memory.association import AssociationConfig, AssociationManager
 from memory.consolidation import (
+    RETENTION_BATCH,
     ConsolidationPolicy,
     merged_weights,
     messages_to_forget,
@@ -107,6 +108,17 @@ MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
 # Least seconds between two background re-checks of old turns (near-duplicates) of a namespace.
 CONSOLIDATION_INTERVAL_S = 5.0
+# Least seconds between two background retention passes of a namespace (forgetting by age and count). Its
+# query reads the namespace's messages in the database (to find the expired ones and the count limit's
+# threshold), so it does not run with every consolidation pass; a pass that hit RETENTION_BATCH runs again
+# at once.
+RETENTION_INTERVAL_S = 60.0
+# Seconds a namespace whose background association step failed waits before the next try, doubling with each
+# failure in a row up to the most.
+ASSOCIATION_RETRY_S = 0.5
+ASSOCIATION_RETRY_MAX_S = 30.0
+# Most seconds the admin Consolidate spends linking the backlog (the rest is left to the background worker).
+CONSOLIDATE_LINK_BUDGET_S = 60.0
 # A session derivation waits for agent turns in flight, and its linking for foreground work (each at most
 # 1 s), only while fewer sessions than this are queued behind it: under a steady load (many busy threads,
 # writers back to back) waiting would let the backlog grow by a second or two per session.
@@ -444,6 +456,13 @@ class MemoryEngine:
         self._segment_prints: dict[tuple[str, str], dict[int, str]] = {}
         self.segment_passes: collections.Counter[str] = collections.Counter()
         self._next_consolidation: dict[str, float] = {}
+        self._next_retention: dict[str, float] = {}
+        # Namespaces where units were deleted since the last consolidation pass: fact promotion is re-decided
+        # (a Delete may leave a topic in fewer sessions than promote_min_sessions).
+        self._facts_changed: set[str] = set()
+        # Namespaces whose association step failed: failures in a row, and when the next try may start.
+        self._association_failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         self._turn_cursor: dict[str, int] = {}
         self._fact_topics: dict[str, dict[int, tuple[str, str]]] = {}
         self._cv = threading.Condition()
@@ -544,6 +563,9 @@ class MemoryEngine:
         reused = index.load(units, snapshot.dense if snapshot is not None else {})
         index.set_edges(self.store.load_edges(namespace))
         index.generation = generation
+        # Units deleted by a change this replica did not mirror no longer count as linked, and may have been facts.
+        self.association.units_kept(namespace, set(index.unit_keys()))
+        self._units_deleted(namespace)
         return index, reused
 
     def snapshot(self, namespace: str) -> bool:
@@ -757,11 +779,24 @@ class MemoryEngine:
             else:
                 self._mirror(state.index, removed_keys, change.insert_units)
                 state.index.generation = generation
+                self._units_gone(namespace, removed_keys, change.insert_units)
         except Exception:
             # The commit stands; the index is a cache and is rebuilt from the database on next use.
             state.dirty = True
             log.exception("index update failed after commit; rebuilding on next access")
         return generation
+
+    def _units_gone(self, namespace: str, removed_keys: Sequence[int], inserted: Sequence[StoredUnit]) -> None:
+        """After a mirrored change: units it removed for good (not stored again under their key) leave the
+        association's linked set, and the next consolidation pass re-decides fact promotion."""
+        gone = set(removed_keys).difference(s.key for s in inserted)
+        if gone:
+            self.association.units_removed(namespace, gone)
+            self._units_deleted(namespace)
+
+    def _units_deleted(self, namespace: str) -> None:
+        with self._cv:
+            self._facts_changed.add(namespace)
 
     def _mirror(self, index: NamespaceIndex, removed_keys: list[int], inserted: list[StoredUnit]) -> None:
         """Apply a committed unit change to an index (separate so tests can simulate a crash here)."""
@@ -1119,13 +1154,26 @@ class MemoryEngine:
         indexes drop the removed units: nothing derived from a deleted message stays searchable.
         Deleting ids that do not exist is not an error (deletes are idempotent).
         """
+        return self._delete(namespace, message_ids=message_ids, session_id=session_id, everything=everything)
+
+    def _delete(
+        self,
+        namespace: str,
+        *,
+        message_ids: Sequence[str] = (),
+        session_id: str = "",
+        everything: bool = False,
+        foreground: bool = True,
+    ) -> DeleteResult:
+        """``delete``; ``foreground=False`` (retention, on the background worker) does not count as a foreground
+        call, so the background work that follows it does not wait for itself."""
         if not (message_ids or session_id or everything):
             raise InvalidArgumentError("message_ids", "give message_ids, session_id or all")
         if everything and (message_ids or session_id):
             # A client that meant some ids must not lose the whole namespace to a stray flag.
             raise InvalidArgumentError("all", "deletes the whole namespace: leave message_ids and session_id empty")
         state = self._state(namespace)
-        with self._priority.foreground(), state.lock:
+        with self._priority.foreground() if foreground else contextlib.nullcontext(), state.lock:
             if everything:
                 before = self.store.counts(namespace)
                 n = self.store.drop_namespace(namespace)
@@ -1207,7 +1255,11 @@ class MemoryEngine:
                 forgotten, reweighted = self._consolidate_units(namespace, every_turn=True)
                 index = self._state(namespace).index
                 fit = self.association.refit(namespace, index) if refit else None
-                self.association.link_backlog(namespace, index)
+                # The whole backlog, not one background-sized batch (which left "link" undone on any namespace
+                # of more than link_batch new units), within a time budget; the worker links what is left.
+                deadline = time.monotonic() + CONSOLIDATE_LINK_BUDGET_S
+                while self.association.link_backlog(namespace, index) and time.monotonic() < deadline:
+                    pass
         return ConsolidationReport(
             sessions_derived=len(sessions),
             units_added=added,
@@ -1242,13 +1294,17 @@ class MemoryEngine:
         """
         policy = self._policy(namespace)
         rules = ConsolidationPolicy.from_mapping(policy)
-        forget = messages_to_forget(self.store, namespace, rules)
-        if forget:
-            self.delete(namespace, message_ids=forget)
-        state = self._state(namespace)
-        index = state.index
         with self._cv:
             fresh = self._fresh_keys.pop(namespace, set())
+            facts_changed = namespace in self._facts_changed
+            self._facts_changed.discard(namespace)
+        forgotten = self._forget_by_policy(namespace, rules, every=every_turn)
+        with self._cv:
+            # Retention's own Deletes: promotion is re-decided in this pass.
+            self._facts_changed.discard(namespace)
+        facts_changed = facts_changed or forgotten > 0
+        state = self._state(namespace)
+        index = state.index
         # Per-granularity key lists and a numpy sort: a pass at 100k units used to spend ~270 ms of GIL
         # looking at every unit in Python, more than the checks themselves.
         turns = index.keys_of(Granularity.TURN)
@@ -1269,13 +1325,14 @@ class MemoryEngine:
             index, batch, rules, UnitPolicy.from_mapping(policy), pause=self._priority.yield_to_foreground
         )
         # Recurrence only changes when facts come or go, and those arrive with freshly derived sessions.
+        # A Delete (or retention) may leave a topic in fewer sessions: facts_changed re-decides promotion too.
         fresh_facts = any(index.unit_granularity(k) == Granularity.FACT for k in fresh)
-        if every_turn or fresh_facts:
+        if every_turn or fresh_facts or facts_changed:
             topics = self._fact_topics.setdefault(namespace, {})
             wanted.update(promoted_weights(index, facts, rules, topics, pause=self._priority.yield_to_foreground))
         changes = weight_changes(index, wanted)
         if not changes:
-            return len(forget), 0
+            return forgotten, 0
         with state.lock:
             stored = self.store.get_units(namespace, [u.id for _, u in changes])
             # Only the weight may change here: a unit re-derived or deleted since the plan was made (a
@@ -1292,8 +1349,39 @@ class MemoryEngine:
                     self._apply(namespace, state, change)
                 except StaleChange:
                     # A message of one of them was deleted since (another replica): the next pass decides.
-                    return len(forget), 0
-        return len(forget), len(insert)
+                    return forgotten, 0
+        return forgotten, len(insert)
+
+    def _forget_by_policy(self, namespace: str, rules: ConsolidationPolicy, *, every: bool) -> int:
+        """Retention: delete the messages the policy no longer keeps; returns how many were deleted.
+
+        In the background it runs every RETENTION_INTERVAL_S (its query reads the namespace's messages in the
+        database) and deletes at most RETENTION_BATCH messages a pass; ``every`` (the admin Consolidate) runs
+        it now, until nothing is left to forget. Messages are deleted one session at a time, each its own
+        Delete, with a chance for foreground work in between: one Delete of every expired message re-derived
+        every affected session under the namespace lock, and Writes to unrelated sessions waited for all of it.
+        """
+        if rules.max_age_days <= 0 and rules.max_messages <= 0:
+            return 0
+        if not every and time.monotonic() < self._next_retention.get(namespace, 0.0):
+            return 0
+        forgotten = 0
+        while True:
+            ids = messages_to_forget(self.store, namespace, rules, limit=RETENTION_BATCH)
+            by_session: dict[str, list[str]] = {}
+            for mid, stored in self.store.get_messages(namespace, ids).items():
+                by_session.setdefault(stored.message.session_id, []).append(mid)
+            round_forgotten = 0
+            for session_ids in by_session.values():
+                self._priority.yield_to_foreground()
+                round_forgotten += self._delete(namespace, message_ids=session_ids, foreground=False).messages
+            forgotten += round_forgotten
+            if len(ids) < RETENTION_BATCH or not every or not round_forgotten:
+                break
+        # A full batch may leave more to forget: the next pass runs again at once.
+        more = len(ids) >= RETENTION_BATCH
+        self._next_retention[namespace] = 0.0 if more else time.monotonic() + RETENTION_INTERVAL_S
+        return forgotten
 
     def stats(self, namespace: str) -> MemoryStats:
         """Counts, index state and association state of a namespace."""
@@ -1322,6 +1410,14 @@ class MemoryEngine:
         state = self._namespaces.get(namespace)
         if state is None:
             return
+        if "edges" in payload:
+            # Association edges another replica linked (they change no unit, so carry no generation). A dirty
+            # index is rebuilt from the database, edges included; an edge to a unit this index lacks is skipped.
+            with state.lock:
+                if not state.dirty:
+                    edges = [(int(s), int(d), float(w)) for s, d, w in payload["edges"]]
+                    state.index.set_edges(edges, replace=bool(payload.get("replace")))
+            return
         with state.lock:
             generation = int(payload.get("generation", 0))
             if state.dirty or generation <= state.index.generation:
@@ -1335,6 +1431,7 @@ class MemoryEngine:
             try:
                 self._mirror(state.index, removed, inserted)
                 state.index.generation = generation
+                self._units_gone(namespace, removed, inserted)
             except Exception:
                 state.dirty = True
                 log.exception("applying a remote memory change failed; rebuilding on next access")
@@ -1401,46 +1498,89 @@ class MemoryEngine:
                     self._busy += 1
                     return key
                 if self._refit_due:
-                    self._busy += 1
-                    return self._refit_due.pop(), None
+                    now = time.monotonic()
+                    ready = next((ns for ns in self._refit_due if self._retry_at.get(ns, 0.0) <= now), None)
+                    if ready is not None:
+                        self._refit_due.discard(ready)
+                        self._busy += 1
+                        return ready, None
+                    # Every due namespace is backing off after a failed step.
+                    wait = min(wait, min(self._retry_at[ns] for ns in self._refit_due) - now)
                 self._cv.wait(None if wait == float("inf") else wait)
             return None
 
     def _run_worker(self) -> None:
         while (task := self._next_task()) is not None:
+            ns, session_id = task
+            failed = False
             try:
-                ns, session_id = task
-                index = self._state(ns).index
                 if session_id is not None:
                     cpu = time.thread_time()
                     self._derive_session(ns, session_id)
                     self._hold_session(ns, session_id, time.thread_time() - cpu)
                 else:
-                    self._priority.wait_quiet()
-                    started = time.monotonic()
-                    with self._association_lease(ns, 0.0) as held:
-                        if held:
-                            self.association.step(ns, index)
-                            # The re-check of old turns is slow maintenance: while a backlog is being
-                            # linked it runs every few seconds, not after every linking pass; freshly
-                            # derived sessions are checked at once.
-                            if self._fresh_keys.get(ns) or time.monotonic() >= self._next_consolidation.get(ns, 0.0):
-                                self._priority.wait_quiet()
-                                self._consolidate_units(ns)
-                                self._next_consolidation[ns] = time.monotonic() + CONSOLIDATION_INTERVAL_S
-                    # Association work is the lowest priority: pause as long as the step ran (at most
-                    # half of a core, and the GIL, go to it) so Writes and Searches keep their share.
-                    with self._cv:
-                        self._cv.wait(max(self.background_pause_s, time.monotonic() - started))
-                if self.association.due(ns, self._state(ns).index) or self._fresh_keys.get(ns):
-                    with self._cv:
-                        self._refit_due.add(ns)
+                    failed = self._association_task(ns)
             except Exception:
-                log.exception("background consolidation failed", extra={"namespace": task[0]})
+                failed = session_id is None
+                log.exception("background consolidation failed", extra={"namespace": ns})
             finally:
-                with self._cv:
-                    self._busy -= 1
-                    self._cv.notify_all()
+                # Whatever happened, a namespace with work left stays queued: re-queued only on success, one
+                # failed step (a database hiccup) left its linking backlog waiting for the next Write.
+                self._requeue(ns, failed, association_task=session_id is None)
+
+    def _association_task(self, ns: str) -> bool:
+        """One background association step of a namespace, then its consolidation pass when one is due;
+        returns whether the association step failed. A failing consolidation pass (a retention Delete that
+        raised, a policy changed to a bad value) is logged and does not stop linking, nor the reverse."""
+        self._priority.wait_quiet()
+        started = time.monotonic()
+        failed = False
+        with self._association_lease(ns, 0.0) as held:
+            if held:
+                try:
+                    self.association.step(ns, self._state(ns).index)
+                except Exception:
+                    failed = True
+                    log.exception("background association step failed", extra={"namespace": ns})
+                # The re-check of old turns is slow maintenance: while a backlog is being linked it runs
+                # every few seconds, not after every linking pass; freshly derived sessions are checked at once.
+                if self._fresh_keys.get(ns) or time.monotonic() >= self._next_consolidation.get(ns, 0.0):
+                    try:
+                        self._priority.wait_quiet()
+                        self._consolidate_units(ns)
+                    except Exception:
+                        log.exception("background consolidation pass failed", extra={"namespace": ns})
+                        with self._cv:
+                            # Re-checked by the round robin of later passes; kept, they re-queued it forever.
+                            self._fresh_keys.pop(ns, None)
+                    finally:
+                        self._next_consolidation[ns] = time.monotonic() + CONSOLIDATION_INTERVAL_S
+        # Association work is the lowest priority: pause as long as the step ran (at most half of a core, and
+        # the GIL, go to it) so Writes and Searches keep their share.
+        with self._cv:
+            self._cv.wait(max(self.background_pause_s, time.monotonic() - started))
+        return failed
+
+    def _requeue(self, ns: str, failed: bool, *, association_task: bool) -> None:
+        """After a background task of ``ns``: queue its association work again while some is left (after a
+        failed step, once its back-off is over), and release the worker's busy mark."""
+        try:
+            due = failed or self.association.due(ns, self._state(ns).index) or bool(self._fresh_keys.get(ns))
+        except Exception:
+            log.exception("background consolidation failed", extra={"namespace": ns})
+            due = failed = True
+        with self._cv:
+            if failed:
+                tries = self._association_failures[ns] = self._association_failures.get(ns, 0) + 1
+                delay = min(ASSOCIATION_RETRY_MAX_S, ASSOCIATION_RETRY_S * 2 ** (tries - 1))
+                self._retry_at[ns] = time.monotonic() + delay
+            elif association_task:
+                self._association_failures.pop(ns, None)
+                self._retry_at.pop(ns, None)
+            if due:
+                self._refit_due.add(ns)
+            self._busy -= 1
+            self._cv.notify_all()
 
     def _hold_session(self, namespace: str, session_id: str, cpu_s: float) -> None:
         """Keep the session from being re-derived until its share of the worker is back under derive_duty."""

@@ -190,6 +190,15 @@ class MemoryStore(abc.ABC):
         """Ids of the sessions that hold at least one message, sorted."""
 
     @abc.abstractmethod
+    def retention_candidates(
+        self, namespace: str, *, older_than: datetime | None, keep_newest: int, limit: int
+    ) -> list[str]:
+        """Ids of the messages a retention policy forgets, oldest arrivals first, at most ``limit``: those whose
+        time is before ``older_than`` (None: no age limit; a message without a time never expires), and of the
+        others all but the ``keep_newest`` latest arrivals (0: no count limit). Only those ids are read, not
+        every message of the namespace."""
+
+    @abc.abstractmethod
     def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
         """The units derived from the given sessions."""
 
@@ -296,6 +305,19 @@ class InMemoryStore(MemoryStore):
     def list_sessions(self, namespace: str) -> list[str]:
         with self._lock:
             return sorted({m.message.session_id for m in self._messages.get(namespace, {}).values()})
+
+    def retention_candidates(
+        self, namespace: str, *, older_than: datetime | None, keep_newest: int, limit: int
+    ) -> list[str]:
+        with self._lock:
+            rows = sorted(self._messages.get(namespace, {}).values(), key=lambda m: m.seq)
+
+        def expired(m: StoredMessage) -> bool:
+            return older_than is not None and m.message.time is not None and m.message.time < older_than
+
+        survivors = [m.seq for m in rows if not expired(m)]
+        threshold = survivors[-keep_newest] if 0 < keep_newest <= len(survivors) else -1
+        return [m.message.id for m in rows if expired(m) or m.seq < threshold][: max(0, limit)]
 
     def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
         wanted = set(session_ids)
@@ -547,6 +569,36 @@ class SqlMemoryStore(MemoryStore):
         t = schema.messages
         query = sa.select(t.c.session_id).where(t.c.namespace == namespace).distinct().order_by(t.c.session_id)
         with reading(self._engine) as conn:
+            return [row[0] for row in conn.execute(query)]
+
+    def retention_candidates(
+        self, namespace: str, *, older_than: datetime | None, keep_newest: int, limit: int
+    ) -> list[str]:
+        t = schema.messages
+        forget: list[sa.ColumnElement[bool]] = []
+        survives: list[sa.ColumnElement[bool]] = []
+        if older_than is not None:
+            forget.append(sa.and_(t.c.time.is_not(None), t.c.time < older_than))
+            survives.append(sa.or_(t.c.time.is_(None), t.c.time >= older_than))
+        if limit <= 0:
+            return []
+        with reading(self._engine) as conn:
+            if keep_newest > 0:
+                # The arrival number of the keep_newest-th latest survivor: every survivor before it goes.
+                threshold = conn.execute(
+                    sa.select(t.c.seq)
+                    .where(t.c.namespace == namespace, *survives)
+                    .order_by(t.c.seq.desc())
+                    .offset(keep_newest - 1)
+                    .limit(1)
+                ).scalar()
+                if threshold is not None:
+                    forget.append(t.c.seq < threshold)
+            if not forget:
+                return []
+            query = (
+                sa.select(t.c.id).where(t.c.namespace == namespace, sa.or_(*forget)).order_by(t.c.seq).limit(limit)
+            )
             return [row[0] for row in conn.execute(query)]
 
     def session_units(self, namespace: str, session_ids: Iterable[str]) -> list[StoredUnit]:
@@ -811,7 +863,9 @@ class SqlMemoryStore(MemoryStore):
         with self._engine.begin() as conn:
             self._lock(conn, namespace)
             conn.execute(sa.delete(t).where(t.c.namespace == namespace))
-            self._insert_edges(conn, namespace, self._between_units(conn, namespace, edges))
+            edges = self._between_units(conn, namespace, edges)
+            self._insert_edges(conn, namespace, edges)
+            self._publish_edges(conn, namespace, edges, replace=True)
 
     def upsert_edges(self, namespace: str, edges: Sequence[tuple[int, int, float]]) -> None:
         t = schema.edges
@@ -833,6 +887,18 @@ class SqlMemoryStore(MemoryStore):
                 for s, d in stale:
                     conn.execute(sa.delete(t).where(t.c.namespace == namespace, t.c.src == s, t.c.dst == d))
             self._insert_edges(conn, namespace, edges)
+            if edges:
+                self._publish_edges(conn, namespace, edges, replace=False)
+
+    def _publish_edges(
+        self, conn: sa.Connection, namespace: str, edges: Sequence[tuple[int, int, float]], *, replace: bool
+    ) -> None:
+        # Other replicas mirror the edges from the change feed (MemoryEngine.apply_remote_change): association
+        # work runs on the one replica holding the namespace's lease, and without this the others served only
+        # the edges they loaded at start. Edges do not bump the generation: they change no unit.
+        if self._publisher is not None:
+            payload = {"edges": [[int(s), int(d), float(w)] for s, d, w in edges], "replace": replace}
+            self._publisher(conn, namespace, payload)
 
     @staticmethod
     def _between_units(

@@ -11,6 +11,7 @@ import grpc
 from agentrt.v1 import memory_pb2, memory_pb2_grpc
 
 from core.errors import FieldViolation, InvalidArgumentError
+from memory.consolidation import ConsolidationPolicy
 from memory.engine import MemoryEngine, checked_derive_duty
 from memory.index import IndexSnapshots
 from memory.retrieval import RetrievalPolicy
@@ -62,8 +63,9 @@ def build(rt: Runtime) -> None:
 
 
 def _check_memory_policies(rt: Runtime) -> None:
-    """Refuse to start on a configured memory policy whose unit or retrieval settings derivation and search
-    could not use, naming every bad setting (they would otherwise fail each background pass or Search)."""
+    """Refuse to start on a configured memory policy whose unit, retrieval or consolidation settings derivation,
+    search and background consolidation could not use, naming every bad setting (they would otherwise fail
+    each background pass or Search)."""
     configured = [("policies.defaults.memory", rt.settings.policies.defaults.get("memory"))] + [
         (f"policies.namespaces.{name}.memory", components.get("memory"))
         for name, components in rt.settings.policies.namespaces.items()
@@ -83,6 +85,10 @@ def _check_memory_policies(rt: Runtime) -> None:
             RetrievalPolicy.from_mapping(policy)
         except (TypeError, ValueError) as exc:
             violations.append(FieldViolation(f"{where}.retrieval" if "retrieval" in policy else where, str(exc)))
+        violations += [
+            FieldViolation(f"{where}.consolidation.{name}" if name else f"{where}.consolidation", why)
+            for name, why in ConsolidationPolicy.problems(policy)
+        ]
     if violations:
         raise InvalidArgumentError(violations)
 

@@ -334,3 +334,208 @@ def test_row_entropies_match_entropy_row_by_row() -> None:
     np.testing.assert_allclose(row_entropies(rows), [entropy(r) for r in rows], atol=1e-12)
     with pytest.raises(ValueError):
         row_entropies(np.ones(3))
+
+
+# -- background robustness (failures, Deletes and refits landing mid-pass) ---------------------------------------
+
+
+class _FlakyEdges(InMemoryStore):
+    """A store whose first non-empty ``upsert_edges`` raises, as a database hiccup would; records the source
+    keys of the edges of that failed call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_sources: set[int] = set()
+
+    def upsert_edges(self, namespace: str, edges):  # type: ignore[no-untyped-def]
+        if not self.failed_sources and edges:
+            self.failed_sources = {int(s) for s, _, _ in edges} | {int(d) for _, d, _ in edges}
+            raise OSError("database is locked")
+        return super().upsert_edges(namespace, edges)
+
+
+def test_a_batch_whose_edges_failed_to_commit_is_linked_by_the_next_pass() -> None:
+    store = _FlakyEdges()
+    vectors, _, _ = topic_vectors(40)
+    index, units = build(store, vectors)
+    manager = AssociationManager(store, CONFIG)
+    manager.refit(NS, index)
+    with pytest.raises(OSError):
+        manager.step(NS, index)
+    # Counted as linked before the commit, the batch stayed linked with no edge and the backlog shrank anyway.
+    assert manager.backlog(NS, index) == len(units)
+    while manager.step(NS, index) != "idle":
+        pass
+    assert manager.backlog(NS, index) == 0
+    assert len(index.neighbors([u.key for u in units])) == len(units)
+
+
+def _write_sessions(engine: MemoryEngine, sessions: int = 10, turns: int = 30) -> None:
+    topics = ["cats kittens whiskers purring", "jazz saxophone trumpet swing", "rust compiler borrow checker",
+              "tomato basil garden soil"]
+    for s in range(sessions):
+        engine.write(
+            NS,
+            f"s{s}",
+            [MemoryMessage(f"m{s}-{i}", f"s{s}", "a", f"{topics[(s + i) % 4]} note {i} {s} {i * s}")
+             for i in range(turns)],
+        )
+
+
+def test_one_failed_background_step_does_not_stop_the_backlog() -> None:
+    store = _FlakyEdges()
+    engine = MemoryEngine(store, create_embedder("hashing"), background=True)
+    _write_sessions(engine)
+    # flush() returns once the worker has no namespace queued: before, the failed step's namespace was never
+    # queued again, and its backlog waited for the next Write.
+    assert engine.flush(timeout=120)
+    stats = engine.stats(NS)
+    assert store.failed_sources and stats.clusters >= 2
+    assert stats.pending_links == 0
+    linked = engine.index(NS).linked_keys()
+    assert store.failed_sources & set(engine.index(NS).unit_keys()) <= linked
+    engine.close()
+
+
+def test_a_consolidation_policy_that_fails_every_pass_does_not_stop_linking() -> None:
+    # Refused at start-up, but a policy can still go bad at run time; linking is separate work.
+    engine = MemoryEngine(
+        InMemoryStore(), create_embedder("hashing"), policy=lambda _ns: {"consolidation": {"max_messages": "lots"}},
+        background=True,
+    )
+    _write_sessions(engine)
+    assert engine.flush(timeout=120)
+    stats = engine.stats(NS)
+    assert stats.clusters >= 2 and stats.edges > 0 and stats.pending_links == 0
+    engine.close()
+
+
+def test_units_deleted_after_linking_leave_the_backlog_count() -> None:
+    engine = MemoryEngine(InMemoryStore(), create_embedder("hashing"), background=False)
+    _write_sessions(engine)
+    engine.flush()
+    index = engine.index(NS)
+    assert engine.association.refit(NS, index) is not None
+    for _ in range(5):
+        engine.association.link_backlog(NS, index)  # 500 of 660 units linked, sessions s0.. first
+
+    def unlinked() -> int:  # units no pass has linked yet (a linked unit may have no edge left after a Delete)
+        linked = engine.association._models[NS].linked
+        return sum(1 for k in engine.index(NS).unit_keys() if k not in linked)
+
+    for s in ("s0", "s1", "s2", "s3"):
+        engine.delete(NS, session_id=s)
+    assert unlinked() > 0
+    # The deleted units were still counted as linked: pending_links read 0 and the worker stopped.
+    assert engine.stats(NS).pending_links == unlinked()
+    index = engine.index(NS)
+    while engine.association.step(NS, index) != "idle":
+        pass
+    assert unlinked() == 0 and engine.stats(NS).pending_links == 0
+
+
+def test_a_delete_of_everything_during_a_refit_leaves_no_model_of_the_dropped_data() -> None:
+    engine = MemoryEngine(InMemoryStore(), create_embedder("hashing"), background=False)
+    _write_sessions(engine)
+    engine.flush()
+    pause = engine.association._pause
+    fired: list[bool] = []
+
+    def delete_all_once() -> None:
+        if not fired:
+            fired.append(True)
+            engine.delete(NS, everything=True)  # a client's Delete(all) lands while Consolidate refits
+        pause()
+
+    engine.association._pause = delete_all_once
+    engine.consolidate(NS)
+    engine.association._pause = pause
+    assert fired
+    stats = engine.stats(NS)
+    assert (stats.messages, stats.clusters, stats.pending_links, stats.edges) == (0, 0, 0, 0)
+    # The same conversation again: same unit keys, which the stale model counted as linked already.
+    _write_sessions(engine)
+    engine.flush()
+    engine.consolidate(NS)
+    index = engine.index(NS)
+    assert engine.stats(NS).pending_links == 0
+    assert all(k in index.linked_keys() for k in index.unit_keys())
+    engine.close()
+
+
+def test_a_refit_during_linking_caches_no_candidates_under_the_new_cluster_numbers() -> None:
+    store = InMemoryStore()
+    vectors, _, _ = topic_vectors(60, n_topics=6)
+    first = [stored(i, v) for i, v in enumerate(vectors[:180])]  # topics 0-2
+    store.apply(NS, Change(insert_units=first))
+    index = NamespaceIndex(DIM)
+    index.apply((), first)
+    armed: list[bool] = []
+    manager = AssociationManager(store, CONFIG, pause=lambda: refit_once())
+
+    def refit_once() -> None:
+        if armed:
+            armed.clear()
+            manager.refit(NS, index)  # the worker's (or Consolidate's) refit lands mid-link
+
+    manager.refit(NS, index)
+    while manager.link_backlog(NS, index):
+        pass
+    second = [stored(1000 + i, v) for i, v in enumerate(vectors[180:])]  # topics 3-5
+    store.apply(NS, Change(insert_units=second))
+    index.apply((), second)
+    manager._candidates.drop(NS)  # cold: link builds the candidates it needs (as after any refit)
+    armed.append(True)
+    manager.link(NS, index, [s.key for s in second[:8]])  # a derived session's units
+    assert not armed  # the refit ran between building a cluster's candidates and caching them
+    model = manager._models[NS]
+    for (_, cluster), keys in manager.candidate_cache().samples.items():
+        assert set(keys) <= set(model.members.get(cluster, ())), cluster
+
+
+def test_consolidate_links_the_whole_backlog() -> None:
+    engine = MemoryEngine(InMemoryStore(), create_embedder("hashing"), background=False)
+    _write_sessions(engine)  # 660 units: more than one background pass (link_batch 100) links
+    report = engine.consolidate(NS)
+    assert report.refit and engine.stats(NS).pending_links == 0
+    engine.close()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_too_few_units_to_project_are_not_clustered_whatever_min_units(n: int) -> None:
+    store = InMemoryStore()
+    vectors, _, _ = topic_vectors(1, n_topics=2)
+    index, _ = build(store, vectors[:n])
+    manager = AssociationManager(store, AssociationConfig(min_units=1))
+    # One unit left PCA with no component to fit, and the step raised on every background pass.
+    assert manager.step(NS, index) == ("idle" if n == 1 else "refit")
+    assert manager.due(NS, index) == (n == 2)  # nothing left to do with one unit: the worker does not spin
+
+
+def test_other_replicas_receive_association_edges_through_the_change_feed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typing import Any
+
+    from memory.store import SqlMemoryStore
+    from tests.memory.conftest import sqlite_engine
+
+    db = sqlite_engine(tmp_path / "memory.db")
+    feed: list[tuple[str, dict[str, Any]]] = []
+    embedder = create_embedder("hashing")
+    linker = MemoryEngine(
+        SqlMemoryStore(db, publisher=lambda _conn, ns, payload: feed.append((ns, payload))), embedder, background=False
+    )
+    replica = MemoryEngine(SqlMemoryStore(db), embedder, background=False)
+    replica.index(NS)  # loaded before anything was written: it learns everything from the feed
+    _write_sessions(linker, sessions=6, turns=12)
+    linker.flush()
+    linker.consolidate(NS)
+    for ns, payload in feed:  # what the runtime's FeedTailer does with each row
+        replica.apply_remote_change(ns, payload)
+    edges = linker.index(NS).edge_count()
+    assert edges > 0 and replica.index(NS).size() == linker.index(NS).size()
+    assert replica.index(NS).edge_count() == edges
+    unit = linker.index(NS).unit_keys()[0]
+    assert replica.index(NS).neighbors([unit]) == linker.index(NS).neighbors([unit])
+    linker.close()
+    replica.close()
+    db.dispose()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from core.embedding import create_embedder
-from memory.consolidation import ConsolidationPolicy, fact_topic
+from core.errors import InvalidArgumentError
+from memory.consolidation import MAX_AGE_DAYS, ConsolidationPolicy, fact_topic, retention_cutoff
 from memory.engine import MemoryEngine
 from memory.model import Granularity, MemoryMessage, MemoryUnit, SearchQuery
 from memory.store import Change, MemoryStore
@@ -117,10 +118,139 @@ def test_fact_topic_reads_the_phrase_line() -> None:
 
 
 def test_consolidation_policy_reads_its_section_and_refuses_a_non_mapping() -> None:
-    policy = ConsolidationPolicy.from_mapping({"consolidation": {"max_age_days": "7", "unknown": 1}})
-    assert policy.max_age_days == 7.0 and policy.max_messages == 0
+    policy = ConsolidationPolicy.from_mapping({"consolidation": {"max_age_days": 7, "max_messages": 2.0, "unknown": 1}})
+    assert policy.max_age_days == 7.0 and policy.max_messages == 2 and isinstance(policy.max_messages, int)
     with pytest.raises(ValueError, match="consolidation"):
         ConsolidationPolicy.from_mapping({"consolidation": [1, 2]})
+
+
+def test_consolidation_policy_names_every_value_a_pass_could_not_use() -> None:
+    bad = {
+        "max_age_days": float("nan"),
+        "max_messages": True,  # YAML "yes": kept one message
+        "batch": "lots",
+        "neighbours": 0,
+        "promote_min_sessions": 2.9,
+        "duplicate_cosine": 7,
+        "duplicate_weight": -1,
+        "promote_weight": 0,
+    }
+    problems = dict(ConsolidationPolicy.problems({"consolidation": bad}))
+    assert set(problems) == set(bad)
+    assert "True" in problems["max_messages"] and "whole number" in problems["max_messages"]
+    with pytest.raises(InvalidArgumentError) as err:
+        ConsolidationPolicy.from_mapping({"consolidation": bad})
+    assert {v.field for v in err.value.violations} == {f"consolidation.{name}" for name in bad}
+    assert ConsolidationPolicy.problems({"consolidation": [1]}) == [("", "must be a mapping, got [1]")]
+    good = {"max_age_days": 1_000_000, "max_messages": 0, "duplicate_cosine": 0, "duplicate_weight": 1, "batch": 1}
+    assert ConsolidationPolicy.problems({"consolidation": good}) == []
+    assert ConsolidationPolicy.problems({"consolidation": {"max_age_days": MAX_AGE_DAYS * 2}})
+
+
+def test_an_age_limit_reaching_before_year_one_keeps_every_message(store_factory: Callable[[], MemoryStore]) -> None:
+    # now - 1,000,000 days is before year 1: the cutoff overflowed and every Consolidate failed (INTERNAL).
+    engine = MemoryEngine(
+        store_factory(), create_embedder("hashing"), policy=lambda _ns: {"consolidation": {"max_age_days": 1_000_000}},
+        background=False,
+    )
+    engine.write(NS, "s", [msg("ancient", "the first note", days_ago=700_000), msg("new", "a new note", days_ago=1)])
+    engine.flush()
+    assert engine.consolidate(NS).messages_forgotten == 0
+    assert engine.stats(NS).messages == 2
+    assert retention_cutoff(ConsolidationPolicy(max_age_days=1_000_000)) is None
+    engine.close()
+
+
+def _hashing_engine(store: MemoryStore, consolidation: dict[str, Any]) -> MemoryEngine:
+    return MemoryEngine(
+        store, create_embedder("hashing"), policy=lambda _ns: {"consolidation": consolidation}, background=False
+    )
+
+
+def test_a_background_pass_reads_only_the_messages_retention_forgets(
+    store_factory: Callable[[], MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_factory()
+    engine = _hashing_engine(store, {"max_messages": 1_000_000, "max_age_days": 365, "batch": 10})
+    for s in range(4):
+        engine.write(NS, f"s{s}", [msg(f"m{s}-{i}", f"note {i} of session {s}", days_ago=1) for i in range(50)])
+    engine.flush()
+    listed: list[int] = []
+    asked: list[int] = []
+    list_messages, candidates = store.list_messages, store.retention_candidates
+
+    def counting_list(*args: Any, **kwargs: Any) -> Any:
+        page = list_messages(*args, **kwargs)
+        listed.append(len(page))
+        return page
+
+    def counting_candidates(*args: Any, **kwargs: Any) -> Any:
+        asked.append(1)
+        return candidates(*args, **kwargs)
+
+    monkeypatch.setattr(store, "list_messages", counting_list)
+    monkeypatch.setattr(store, "retention_candidates", counting_candidates)
+
+    assert engine._consolidate_units(NS)[0] == 0  # the worker's pass: nothing to forget
+    # Every message of the namespace was listed on every pass before (200 rows here, 100k in production).
+    assert sum(listed) == 0 and len(asked) == 1
+    engine._consolidate_units(NS)  # the next pass, seconds later: retention waits for its own interval
+    assert len(asked) == 1
+    engine.close()
+
+
+def test_retention_deletes_one_session_at_a_time(store_factory: Callable[[], MemoryStore]) -> None:
+    store = store_factory()
+    engine = _hashing_engine(store, {"max_age_days": 30})
+    for s in range(3):
+        engine.write(
+            NS,
+            f"s{s}",
+            [msg(f"old{s}-{i}", f"old remark {i} in {s}", days_ago=90) for i in range(3)]
+            + [msg(f"new{s}", f"recent remark in {s}", days_ago=1)],
+        )
+    engine.flush()
+    committed: list[set[str]] = []
+    apply = store.apply
+
+    def recording_apply(namespace: str, change: Change) -> int:
+        generation = apply(namespace, change)
+        if change.delete_messages:
+            committed.append({mid.split("-")[0] for mid in change.delete_messages})
+        return generation
+
+    store.apply = recording_apply  # type: ignore[method-assign]
+    forgotten, _ = engine._consolidate_units(NS)
+    # One Delete (one commit, its sessions re-derived under the namespace lock) per session: a Write to
+    # another session waits for one session's re-derivation at most, not for all of them.
+    assert forgotten == 9
+    assert sorted(committed, key=sorted) == [{"old0"}, {"old1"}, {"old2"}]
+    assert {m.id for m in engine.list_messages(NS)[0]} == {"new0", "new1", "new2"}
+    engine.close()
+
+
+def test_a_background_pass_revokes_a_promotion_after_a_delete(store_factory: Callable[[], MemoryStore]) -> None:
+    engine = _hashing_engine(store_factory(), {"promote_min_sessions": 3, "promote_weight": 1.5})
+    pepper_news = ["My cat Pepper caught a mouse", "Bought Pepper a scratching post", "We think Pepper opens doors"]
+    one_offs = ["Watched a documentary about volcanoes", "Baked sourdough bread twice", "Fixed the bicycle chain"]
+    for i, (a, b) in enumerate(zip(pepper_news, one_offs, strict=True)):
+        engine.write(NS, f"s{i}", [msg(f"p{i}", a, days_ago=10 - i), msg(f"q{i}", b, days_ago=10 - i)])
+    engine.flush()
+    engine.consolidate(NS)
+
+    def pepper() -> dict[str, float]:
+        index = engine.index(NS)
+        return {
+            u.session_id: u.weight
+            for k in index.unit_keys()
+            if (u := index.unit(k)) is not None and u.granularity == Granularity.FACT and fact_topic(u) == "pepper"
+        }
+
+    assert pepper() == {"s0": 1.5, "s1": 1.5, "s2": 1.5}
+    engine.delete(NS, session_id="s2")
+    engine._consolidate_units(NS)  # a background pass (no freshly derived facts)
+    assert pepper() == {"s0": 1.0, "s1": 1.0}  # two sessions are below promote_min_sessions
+    engine.close()
 
 
 def test_merging_never_overwrites_a_unit_changed_elsewhere_meanwhile(store_factory: Callable[[], MemoryStore]) -> None:

@@ -242,3 +242,24 @@ def test_bad_unit_and_retrieval_settings_stop_the_start_naming_each_setting(make
     # Good values start (segmentation off is 0, not a negative number).
     srv = make_server(embedding_model="hashing", policies={"defaults": {"memory": {"units": {"segment_messages": 0}}}})
     assert srv.client.memory.Stats(memory_pb2.StatsRequest(namespace="chat")).messages == 0
+
+
+def test_bad_consolidation_settings_stop_the_start_naming_each_setting(make_server) -> None:  # type: ignore[no-untyped-def]
+    # Accepted before: each then failed every background pass (and Consolidate with INTERNAL), or did something
+    # else than meant (max_messages: true kept one message).
+    policies = {
+        "defaults": {"memory": {"consolidation": {"max_messages": True, "duplicate_weight": -1}}},
+        "namespaces": {
+            "chat": {"memory": {"consolidation": {"max_age_days": 1e9, "batch": "lots"}}},
+            "docs": {"memory": {"consolidation": [1]}},
+        },
+    }
+    with pytest.raises(InvalidArgumentError) as err:
+        make_server(embedding_model="hashing", policies=policies)
+    assert {v.field for v in err.value.violations} == {
+        "policies.defaults.memory.consolidation.max_messages",
+        "policies.defaults.memory.consolidation.duplicate_weight",
+        "policies.namespaces.chat.memory.consolidation.max_age_days",
+        "policies.namespaces.chat.memory.consolidation.batch",
+        "policies.namespaces.docs.memory.consolidation",
+    }

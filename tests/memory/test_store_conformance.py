@@ -76,6 +76,28 @@ def test_list_pages_by_seq_and_filters_by_session(store: MemoryStore) -> None:
     assert store.list_sessions(NS) == ["s0", "s1"]
 
 
+def test_retention_candidates_are_the_expired_and_the_oldest_beyond_the_count(store: MemoryStore) -> None:
+    # m0..m5 one minute apart, m6 without a time (never expires), m2 replaced later (keeps its place).
+    store.apply(NS, Change(upsert_messages=[msg(f"m{i}", f"t{i}", session=f"s{i % 2}", minutes=i) for i in range(6)]))
+    store.apply(NS, Change(upsert_messages=[MemoryMessage("m6", "s0", "alice", "no time", None, {})]))
+    store.apply(NS, Change(upsert_messages=[msg("m2", "edited", session="s0", minutes=2)]))
+    cutoff = T0 + timedelta(minutes=2)
+
+    def candidates(older_than: datetime | None, keep_newest: int, limit: int = 100) -> list[str]:
+        return store.retention_candidates(NS, older_than=older_than, keep_newest=keep_newest, limit=limit)
+
+    assert candidates(None, 0) == []
+    assert candidates(cutoff, 0) == ["m0", "m1"]  # time strictly before the cutoff
+    assert candidates(None, 3) == ["m0", "m1", "m2", "m3"]  # all but the 3 latest arrivals
+    # Both: the count applies to the messages age keeps (m2..m6), so m2 and m3 go too.
+    assert candidates(cutoff, 3) == ["m0", "m1", "m2", "m3"]
+    assert candidates(cutoff, 4) == ["m0", "m1", "m2"]
+    assert candidates(cutoff, 100) == ["m0", "m1"]
+    assert candidates(None, 3, limit=2) == ["m0", "m1"]  # oldest arrivals first
+    assert candidates(T0 + timedelta(days=1), 0) == [f"m{i}" for i in range(6)]
+    assert store.retention_candidates("other", older_than=cutoff, keep_newest=1, limit=10) == []
+
+
 def test_units_round_trip_with_vectors_and_are_replaced_and_deleted(store: MemoryStore) -> None:
     u1, u2 = unit("s1/turn/a", ("a",)), unit("s1/x/a-b", ("a", "b"), gran=Granularity.EXCHANGE)
     store.apply(NS, Change(upsert_messages=[msg("a", "x"), msg("b", "y")], insert_units=[u1, u2]))
