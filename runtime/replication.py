@@ -11,6 +11,8 @@ component's ``apply_remote_change(scope, payload)``, which applies just that del
   also poll every ``poll_interval_s`` in case a notification is lost (e.g. across a reconnect).
 - Start-up: a replica records the feed head before rebuilding its caches from the database and replays
   everything after it, so nothing committed during the rebuild is missed (handlers are idempotent).
+- Failures and growth: a handler that fails is retried before the rows after it (``FeedTailer``); rows older
+  than ``FeedTailer.RETENTION`` (7 days) are pruned hourly by one replica at a time.
 - Leases: ``PgLeases.hold(name)`` is ``pg_try_advisory_lock`` on a dedicated connection: background work
   runs on one replica per name, and the lease is released by Postgres if that replica dies.
 """
@@ -96,6 +98,11 @@ class FeedTailer:
 
     MAX_ATTEMPTS = 8
     MAX_BACKOFF_S = 30.0
+    #: Rows older than this are deleted (by one replica at a time, every PRUNE_EVERY_S): every replica reads
+    #: the feed within seconds, and one that starts rebuilds its caches from the tables, not from the feed.
+    #: Without it the table grew by a row per change for ever.
+    RETENTION = timedelta(days=7)
+    PRUNE_EVERY_S = 3600.0
 
     def __init__(self, feed: ChangeFeed, handlers: dict[str, Handler], start_seq: int, *,
                  poll_interval_s: float = 1.0):
@@ -105,6 +112,7 @@ class FeedTailer:
         self.poll_interval_s = poll_interval_s
         # (seq, failed attempts) of the row being retried.
         self._failing: tuple[int, int] = (0, 0)
+        self._next_prune = time.monotonic() + self.PRUNE_EVERY_S
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replication-tailer", daemon=True)
         self._listen_conn: Any = None
@@ -200,8 +208,22 @@ class FeedTailer:
             self._listen_conn = None
             self._stop.wait(self.poll_interval_s)
 
+    def prune(self) -> int:
+        """Delete feed rows older than ``RETENTION`` unless another replica holds the pruning lease; returns how
+        many rows were deleted."""
+        with PgLeases(self.feed.db).hold("change-feed-prune") as held:
+            return self.feed.prune(self.RETENTION) if held else 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + self.PRUNE_EVERY_S
+                try:
+                    pruned = self.prune()
+                    if pruned:
+                        log.info("change feed pruned", extra={"rows": pruned})
+                except Exception as exc:
+                    log.warning("change feed prune failed: %s", exc.__class__.__name__)
             try:
                 self.apply_available()
                 if self.retry_pending:

@@ -182,3 +182,24 @@ def test_a_change_that_keeps_failing_is_given_up_so_later_changes_still_apply(pg
         assert tailer.last_seq == reader.head()
     finally:
         db.dispose()
+
+
+def test_old_feed_rows_are_pruned_by_one_replica_at_a_time(pg_url: str) -> None:
+    db = _db(pg_url)
+    writer, reader = ChangeFeed(db, "writer"), ChangeFeed(db, "reader")
+    tailer = FeedTailer(reader, {}, reader.head())
+    try:
+        for i in range(3):
+            with db.engine.begin() as conn:
+                writer.publish(conn, "memory", "t/a", {"i": i})
+        with db.engine.begin() as conn:  # the first two are eight days old
+            conn.execute(text("UPDATE change_feed SET created_at = created_at - interval '8 days' WHERE seq <= "
+                              "(SELECT min(seq) + 1 FROM change_feed)"))
+        # Another replica prunes right now: this one leaves it to that replica.
+        with PgLeases(db).hold("change-feed-prune") as held:
+            assert held
+            assert tailer.prune() == 0
+        assert tailer.prune() == 2
+        assert [r.payload for r in reader.read_after(0)] == ['{"i":2}']
+    finally:
+        db.dispose()
