@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from agentrt.v1 import agent_pb2, common_pb2
@@ -71,8 +72,10 @@ def main() -> int:
         with AgentrtClient(args.target, token=args.token, timeout=120) as client:
             for text in args.messages:
                 print(f"user: {text}")
+                # A turn id of our own: were the call to fail without an answer (deadline, lost connection), the
+                # same request sent again would get the finished turn's result instead of running it twice.
                 request = agent_pb2.RunTurnRequest(namespace=args.namespace, thread_id=args.thread, message=text,
-                                                   policy=policy)
+                                                   policy=policy, turn_id=uuid.uuid4().hex)
                 events = client.agent.RunTurn(request, timeout=120)
                 while True:
                     result = None
