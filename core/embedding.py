@@ -106,9 +106,11 @@ class SentenceTransformerEmbedder:
         self._path = path
         if device is None:
             device = _default_device()
+        use_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
+        cache = _EncoderCache(cache_dir, path, precision) if cache_dir is not None and use_onnx else None
+        self._name = _model_name(model, path, cache.content_hash if cache is not None else None)
         # Another precision gives other vectors: stored units of the other name are re-embedded at load.
-        base_name = model if model != DEFAULT_MODEL else "all-MiniLM-L6-v2"
-        self._name = base_name + ("+int8" if precision == "int8" else "")
+        self._name += "+int8" if precision == "int8" else ""
         self._batch_size = batch_size
         self.device = device
         # The tokenizer is not safe to share across threads (nor is torch's encode): serialised by this lock.
@@ -119,8 +121,7 @@ class SentenceTransformerEmbedder:
         #: Whether the ONNX encoder came from ``cache_dir`` (no export, torch never imported).
         self.loaded_from_cache = False
         threads = threads or default_onnx_threads()
-        if backend == "onnx" or (backend == "auto" and device == "cpu"):
-            cache = _EncoderCache(cache_dir, path, precision) if cache_dir is not None else None
+        if use_onnx:
             if cache is not None:
                 # A start after the first: the exported transformer and its tokenizer from the cache, without
                 # loading torch, transformers or sentence-transformers (4-5 s of a start on the 2-core VM).
@@ -414,11 +415,15 @@ class _EncoderCache:
     LIBRARIES = ("onnxruntime", "tokenizers", "torch", "transformers", "sentence-transformers", "numpy")
 
     def __init__(self, cache_dir: str | os.PathLike[str], model_path: str, precision: str):
-        self.directory = os.path.join(os.fspath(cache_dir), f"onnx-{self._key(model_path, precision)}")
+        key, content_hash = self._key(model_path, precision)
+        self.directory = os.path.join(os.fspath(cache_dir), f"onnx-{key}")
         self.precision = precision
+        #: SHA-256 of the model's files alone (see ``_model_name``), computed in the same read as the key.
+        self.content_hash = content_hash
 
     @classmethod
-    def _key(cls, model_path: str, precision: str) -> str:
+    def _key(cls, model_path: str, precision: str) -> tuple[str, str]:
+        """(the entry's key, the hash of the model's files)."""
         import importlib.metadata
 
         digest = hashlib.sha256(f"format {cls.FORMAT}\nprecision {precision}\n".encode())
@@ -428,15 +433,8 @@ class _EncoderCache:
             except importlib.metadata.PackageNotFoundError:
                 version = "-"
             digest.update(f"{library} {version}\n".encode())
-        for root, dirs, files in os.walk(model_path):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                digest.update(f"{os.path.relpath(path, model_path)}\n".encode())
-                with open(path, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
-        return digest.hexdigest()[:32]
+        content_hash = _hash_model_files(model_path, digest)
+        return digest.hexdigest()[:32], content_hash
 
     def load(self, threads: int) -> _OnnxEncoder | None:
         meta_path = os.path.join(self.directory, "meta.json")
@@ -506,6 +504,51 @@ class _EncoderCache:
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _model_name(model: str, path: str, content_hash: str | None = None) -> str:
+    """The embedder's ``name`` for ``model`` (as configured) found at ``path``.
+
+    Memory re-embeds stored units only when this name changes, and index snapshots and vector caches are keyed
+    by it. A local model directory is named by its path *and* a hash of its files, so new weights deployed to
+    the same path (a model fine-tuned again) are a new name, not vectors silently mixed with the old model's.
+    The bundled model keeps its plain name: its files change only with its package version, and a new name
+    would re-embed every existing deployment's memory. ``content_hash``: the files' hash where the caller has
+    it already (the encoder cache computes it).
+    """
+    if model == DEFAULT_MODEL:
+        return "all-MiniLM-L6-v2"
+    if _is_bundled_model(path):
+        return model  # the bundled package's directory given as a path: named as it always was
+    if content_hash is None:
+        content_hash = _hash_model_files(path)
+    return f"{model}@{content_hash[:12]}"
+
+
+def _is_bundled_model(path: str) -> bool:
+    try:
+        bundled = default_model_path()
+    except ImportError:
+        return False
+    return os.path.realpath(path) == os.path.realpath(bundled)
+
+
+def _hash_model_files(model_path: str, *also: Any) -> str:
+    """SHA-256 (hex) of every file of ``model_path``, names relative to it and contents; each hash object in
+    ``also`` is fed the same bytes (one read of the weights for two digests)."""
+    digest = hashlib.sha256()
+    feeds = (digest, *also)
+    for root, dirs, files in os.walk(model_path):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            for feed in feeds:
+                feed.update(f"{os.path.relpath(path, model_path)}\n".encode())
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    for feed in feeds:
+                        feed.update(chunk)
+    return digest.hexdigest()
 
 
 def _default_device() -> str:
@@ -650,8 +693,9 @@ class CachingEmbedder:
                     waiting[text] = pending
                 else:
                     mine[text] = self._in_flight[text] = _InFlight()
-        self.hits += len(texts) - len(mine)
-        self.misses += len(mine)
+            # Under the lock: ``+=`` on an attribute is a read and a write, which concurrent calls interleave.
+            self.hits += len(texts) - len(mine)
+            self.misses += len(mine)
         if mine:
             try:
                 fresh = self._inner.embed(list(mine))
@@ -662,7 +706,10 @@ class CachingEmbedder:
                         pending.done.set()  # no vector: a waiter embeds the text itself
                 raise
             with self._lock:
-                for (text, pending), vec in zip(mine.items(), fresh, strict=True):
+                for (text, pending), row in zip(mine.items(), fresh, strict=True):
+                    # A copy: a row of ``fresh`` is a view that would keep the whole batch array alive for as
+                    # long as the cache holds it (a background batch of 500 texts for one cached row).
+                    vec = row.copy()
                     found[text] = pending.vector = vec
                     del self._in_flight[text]
                     pending.done.set()

@@ -61,7 +61,7 @@ def _load(path: Path, embedder: Embedder, texts: list[str]) -> np.ndarray | None
         return None
     try:
         vectors = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file (numpy finds no header at all)
         log.warning("vector cache %s unreadable (%s): embedding again", path.name, exc)
         return None
     problem = _problem(vectors, embedder, texts)

@@ -6,8 +6,9 @@ Indexes are caches: the database is the source of truth and every index can be r
 
 from __future__ import annotations
 
+import itertools
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +41,11 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
 
+#: Most results a FAISS GPU index gives per query (its k-selection limit; a larger k raises there). A GPU
+#: ``TombstoneFaissIndex`` fetches at most this many slots, so a query asking for more gets fewer results.
+GPU_MAX_K = 2048
+
+
 def _kind(state: dict[str, np.ndarray]) -> str:
     return str(state["kind"]) if "kind" in state else ""
 
@@ -47,6 +53,23 @@ def _kind(state: dict[str, np.ndarray]) -> str:
 def _check_dim(dim: int, vectors: np.ndarray) -> None:
     if vectors.ndim != 2 or (len(vectors) and vectors.shape[1] != dim):
         raise ValueError(f"snapshot holds vectors of shape {vectors.shape}, the index has dimension {dim}")
+
+
+def _check_ids(ids: np.ndarray, vectors: np.ndarray) -> None:
+    if ids.ndim != 1 or len(ids) != len(vectors):
+        raise ValueError(f"snapshot holds {len(vectors)} vectors for ids of shape {ids.shape}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("snapshot lists an id twice")
+
+
+def _last_per_id(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` and ``vectors`` keeping only the last row of an id repeated in one ``add``: insert-or-replace
+    means the later row replaces the earlier, as two single adds would."""
+    unique, first_from_end = np.unique(ids[::-1], return_index=True)
+    if len(unique) == len(ids):
+        return ids, vectors
+    rows = np.sort(len(ids) - 1 - first_from_end)
+    return ids[rows], vectors[rows]
 
 
 class NumpyVectorIndex:
@@ -61,6 +84,7 @@ class NumpyVectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        ids, vectors = _last_per_id(ids, vectors)
         with self._lock:
             keep = ~np.isin(self._ids, ids)
             self._ids = np.concatenate([self._ids[keep], ids])
@@ -98,10 +122,12 @@ class NumpyVectorIndex:
         if _kind(state) != "numpy":
             raise ValueError(f"not a numpy index snapshot: {_kind(state)!r}")
         vectors = np.asarray(state["vectors"], dtype=np.float32)
+        ids = np.asarray(state["ids"], dtype=np.int64)
         _check_dim(self.dim, vectors)
+        _check_ids(ids, vectors)
         with self._lock:
-            self._ids = np.asarray(state["ids"], dtype=np.int64).copy()
-            self._vectors = vectors.reshape(len(self._ids), self.dim).copy()
+            self._ids = ids.copy()
+            self._vectors = vectors.reshape(len(ids), self.dim).copy()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -121,6 +147,7 @@ class FaissVectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        ids, vectors = _last_per_id(ids, vectors)
         with self._lock:
             self._index.remove_ids(ids)  # type: ignore[arg-type]  # SWIG accepts an id array
             self._index.add_with_ids(vectors, ids)
@@ -160,10 +187,12 @@ class FaissVectorIndex:
         if _kind(state) != "flat":
             raise ValueError(f"not a flat index snapshot: {_kind(state)!r}")
         vectors = np.ascontiguousarray(state["vectors"], dtype=np.float32)
+        ids = np.ascontiguousarray(state["ids"], dtype=np.int64)
         _check_dim(self.dim, vectors)
+        _check_ids(ids, vectors)  # FAISS would assert (AssertionError) on a length mismatch
         index = self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dim))
         if len(vectors):
-            index.add_with_ids(vectors, np.ascontiguousarray(state["ids"], dtype=np.int64))
+            index.add_with_ids(vectors, ids)
         with self._lock:
             self._index = index
 
@@ -174,8 +203,16 @@ class FaissVectorIndex:
 class TombstoneFaissIndex:
     """A FAISS index that cannot remove vectors (HNSW, any GPU index) made mutable with tombstones.
 
-    Vectors live in append-only *slots*; ``add`` of a known id tombstones its old slot, ``remove``
-    tombstones it, and ``search`` over-fetches and drops dead slots. Once dead slots exceed
+    Vectors live in append-only *slots*, one slot per distinct vector: ids whose vectors are identical
+    (chat memory holds many "ok", "haha", boilerplate) share one slot, which lists them, and a search
+    expands a slot into its ids (they tie, so all of them are a right answer). HNSW needs this: a cluster
+    of identical points takes up the neighbour lists of the nodes around it (they are all at distance 0
+    from one another, and the neighbour heuristic prunes every other direction), so greedy search gets
+    stuck there and distinct units next to it become unreachable: 2,000 copies of three vectors among
+    3,000 distinct ones hid 680 of those from their own top-10.
+
+    ``add`` of a known id moves it out of its slot, ``remove`` does too; a slot whose last id goes is
+    tombstoned, and ``search`` over-fetches and drops dead slots. Once dead slots exceed
     ``compact_ratio`` of all slots the index is rebuilt from the live vectors (kept here as a float32
     copy, which also lets a CPU HNSW be moved to a GPU flat index and back).
     """
@@ -209,8 +246,12 @@ class TombstoneFaissIndex:
         # Append-only slot buffers grown by doubling: an add must not copy every vector held.
         self._n = 0
         self._vec_buf = np.zeros((1024, dim), dtype=np.float32)
-        self._ids_buf = np.full((1024,), -1, dtype=np.int64)  # slot -> id, -1 = tombstone
-        self._slot_of: dict[int, int] = {}
+        self._ids_buf = np.full((1024,), -1, dtype=np.int64)  # slot -> one of its ids, -1 = tombstone
+        self._slot_of: dict[int, int] = {}  # id -> slot
+        # Slots holding more than one id -> their ids, in arrival order (the one in _ids_buf among them).
+        self._shared: dict[int, dict[int, None]] = {}
+        # hash of a live slot's vector bytes -> the slot, to find the slot an identical vector joins.
+        self._slot_by_hash: dict[int, int] = {}
         self._dead = 0
         self._index = self._new_index()
 
@@ -231,6 +272,16 @@ class TombstoneFaissIndex:
         """Dead slots not yet compacted away."""
         return self._dead
 
+    @property
+    def slots(self) -> int:
+        """Slots in the FAISS index, live or dead (fewer than ``len`` when ids share a vector)."""
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        """Slots the float32 copy has room for before it grows (compaction shrinks it to twice the live slots)."""
+        return len(self._ids_buf)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
@@ -238,17 +289,66 @@ class TombstoneFaissIndex:
             return
         with self._lock:
             # Later duplicates in one call win, as with repeated single adds.
-            last = {int(i): row for row, i in enumerate(ids)}
-            rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
-            ids, vectors = ids[rows], vectors[rows]
-            for i in last:
-                self._kill(i)
-            start = self._n
-            self._index.add(vectors)
-            self._append(ids, vectors)
-            for offset, i in enumerate(ids.tolist()):
-                self._slot_of[i] = start + offset
+            last = {int(i): row for row, i in enumerate(ids.tolist())}
+            new_rows: list[int] = []  # rows of ``vectors`` that open a slot, in slot order from self._n
+            new_ids: list[int] = []  # the first id of each of those slots
+            new_by_hash: dict[int, int] = {}  # hash -> position in new_rows
+            for doc_id, row in last.items():
+                vector = vectors[row]
+                old = self._slot_of.get(doc_id)
+                if old is not None and np.array_equal(self._vec_buf[old], vector):
+                    continue  # unchanged: nothing to tombstone
+                self._detach(doc_id)
+                key = hash(vector.tobytes())
+                slot = self._slot_by_hash.get(key)
+                if slot is not None and np.array_equal(self._vec_buf[slot], vector):
+                    self._join(slot, doc_id, int(self._ids_buf[slot]))
+                    continue
+                pending = new_by_hash.get(key)
+                if pending is not None and np.array_equal(vectors[new_rows[pending]], vector):
+                    self._join(self._n + pending, doc_id, new_ids[pending])
+                    continue
+                if pending is None:  # (a hash collision of two distinct vectors keeps the first's entry)
+                    new_by_hash[key] = len(new_rows)
+                self._slot_of[doc_id] = self._n + len(new_rows)
+                new_rows.append(row)
+                new_ids.append(doc_id)
+            if new_rows:
+                fresh = np.ascontiguousarray(vectors[new_rows])
+                start = self._n
+                self._index.add(fresh)
+                self._append(np.asarray(new_ids, dtype=np.int64), fresh)
+                for key, position in new_by_hash.items():
+                    self._slot_by_hash.setdefault(key, start + position)
             self._maybe_compact()
+
+    def _join(self, slot: int, doc_id: int, first: int) -> None:
+        """Add ``doc_id`` to ``slot``, whose vector equals its own (``first``: an id already there)."""
+        members = self._shared.get(slot)
+        if members is None:
+            members = self._shared[slot] = {first: None}
+        members[doc_id] = None
+        self._slot_of[doc_id] = slot
+
+    def _detach(self, doc_id: int) -> bool:
+        """Take ``doc_id`` out of its slot; the slot is tombstoned when it was the last id there."""
+        slot = self._slot_of.pop(doc_id, None)
+        if slot is None:
+            return False
+        members = self._shared.get(slot)
+        if members is not None:
+            del members[doc_id]
+            if self._ids_buf[slot] == doc_id:
+                self._ids_buf[slot] = next(iter(members))
+            if len(members) == 1:
+                del self._shared[slot]
+            return True
+        self._ids_buf[slot] = -1
+        self._dead += 1
+        key = hash(self._vec_buf[slot].tobytes())
+        if self._slot_by_hash.get(key) == slot:
+            del self._slot_by_hash[key]
+        return True
 
     @property
     def _vectors(self) -> np.ndarray:
@@ -271,69 +371,150 @@ class TombstoneFaissIndex:
         self._ids_buf[self._n : need] = ids
         self._n = need
 
-    def _kill(self, doc_id: int) -> bool:
-        slot = self._slot_of.pop(doc_id, None)
-        if slot is None:
-            return False
-        self._slot_ids[slot] = -1
-        self._dead += 1
-        return True
+    def _install(self, index: Any, vectors: np.ndarray, slot_ids: np.ndarray, shared: dict[int, list[int]]) -> int:
+        """Replace the whole state: ``index`` holds ``vectors`` (one per slot, ``slot_ids`` their first ids, -1
+        dead), ``shared`` every id of the slots that hold several. Returns how many live slots repeat the
+        vector of an earlier live slot (a snapshot written before slots were shared)."""
+        n = len(slot_ids)
+        # Sized to what is live, not to the largest the index ever was: compaction after mass deletes
+        # gives the memory back.
+        capacity = max(1024, 2 * n)
+        vec_buf = np.zeros((capacity, self.dim), dtype=np.float32)
+        ids_buf = np.full((capacity,), -1, dtype=np.int64)
+        vec_buf[:n] = vectors
+        ids_buf[:n] = slot_ids
+        live = np.flatnonzero(slot_ids >= 0).tolist()
+        slot_of = dict(zip(slot_ids[live].tolist(), live, strict=True))
+        for slot, members in shared.items():
+            for doc_id in members:
+                slot_of[doc_id] = slot
+        by_hash: dict[int, int] = {}
+        repeats = 0
+        for slot in live:
+            key = hash(vec_buf[slot].tobytes())
+            other = by_hash.setdefault(key, slot)
+            if other != slot and np.array_equal(vec_buf[other], vec_buf[slot]):
+                repeats += 1
+        with self._lock:
+            self._index = index
+            self._n = n
+            self._vec_buf, self._ids_buf = vec_buf, ids_buf
+            self._slot_of = slot_of
+            self._shared = {slot: dict.fromkeys(members) for slot, members in shared.items()}
+            self._slot_by_hash = by_hash
+            self._dead = n - len(live)
+        return repeats
+
+    def _build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the content by ``ids`` and ``vectors`` (ids unique), identical vectors sharing a slot."""
+        rows: list[int] = []
+        slot_ids: list[int] = []
+        shared: dict[int, list[int]] = {}
+        by_hash: dict[int, int] = {}
+        for row, doc_id in enumerate(ids.tolist()):
+            key = hash(vectors[row].tobytes())
+            slot = by_hash.get(key)
+            if slot is not None and np.array_equal(vectors[rows[slot]], vectors[row]):
+                shared.setdefault(slot, [slot_ids[slot]]).append(doc_id)
+                continue
+            by_hash.setdefault(key, len(rows))
+            rows.append(row)
+            slot_ids.append(doc_id)
+        distinct = np.ascontiguousarray(vectors[rows], dtype=np.float32).reshape(len(rows), self.dim)
+        index = self._new_index()
+        if len(rows):
+            index.add(distinct)
+        self._install(index, distinct, np.asarray(slot_ids, dtype=np.int64), shared)
 
     def remove(self, ids: np.ndarray) -> int:
         with self._lock:
-            removed = sum(self._kill(int(i)) for i in np.asarray(ids, dtype=np.int64).tolist())
+            removed = sum(self._detach(int(i)) for i in np.asarray(ids, dtype=np.int64).tolist())
             self._maybe_compact()
             return removed
 
     def _maybe_compact(self) -> None:
-        total = len(self._slot_ids)
+        total = self._n
         if total and self._dead > self._compact_ratio * total:
             self.compact()
 
     def compact(self) -> None:
-        """Rebuild the FAISS index from the live vectors only (drops every tombstone)."""
+        """Rebuild the FAISS index from the live slots only (drops every tombstone)."""
         with self._lock:
-            live = self._slot_ids >= 0
-            vectors, ids = self._vectors[live].copy(), self._slot_ids[live].copy()
-            self._index = self._new_index()
-            if len(ids):
-                self._index.add(np.ascontiguousarray(vectors))
-            self._n = 0
-            self._append(ids, vectors)
-            self._slot_of = {int(i): s for s, i in enumerate(ids.tolist())}
-            self._dead = 0
+            live = np.flatnonzero(self._slot_ids >= 0)
+            new_slot = {int(old): new for new, old in enumerate(live.tolist())}
+            shared = {new_slot[slot]: list(members) for slot, members in self._shared.items()}
+            vectors, slot_ids = self._vec_buf[live].copy(), self._ids_buf[live].copy()
+            index = self._new_index()
+            if len(live):
+                index.add(vectors)
+            self._install(index, vectors, slot_ids, shared)
+
+    def _expand(self, slots: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``k`` live ids (and scores) of one row of slot results, shared slots expanded."""
+        slot_ids = np.where(slots >= 0, self._ids_buf[np.maximum(slots, 0)], -1)
+        live = slot_ids >= 0
+        ids, scores = slot_ids[live], scores[live]
+        if self._shared:
+            live_slots = slots[live].tolist()
+            if any(slot in self._shared for slot in live_slots):
+                out_ids: list[int] = []
+                out_scores: list[float] = []
+                for slot, doc_id, score in zip(live_slots, ids.tolist(), scores.tolist(), strict=True):
+                    members = self._shared.get(slot)
+                    taken = [doc_id] if members is None else list(itertools.islice(members, k - len(out_ids)))
+                    out_ids += taken
+                    out_scores += [score] * len(taken)
+                    if len(out_ids) >= k:
+                        break
+                return np.asarray(out_ids, dtype=np.int64), np.asarray(out_scores, dtype=np.float32)
+        return ids[:k], scores[:k]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         out_scores = np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
         with self._lock:
-            total = len(self._slot_ids)
-            if k <= 0 or total == self._dead:
+            live_ids = len(self._slot_of)
+            if k <= 0 or live_ids == 0:
                 return out_scores, out_ids
+            # A GPU index refuses k above its selection limit: past it a query gets fewer results.
+            limit = min(self._n, GPU_MAX_K) if self.gpu else self._n
+            want = min(k, live_ids)
             # Over-fetch by the share of dead slots; retried wider in the rare case it was not enough.
-            fetch = min(total, k + min(self._dead, 4 * k))
+            fetch = min(limit, k + min(self._dead, 4 * k))
             while True:
                 if self.kind == "hnsw":
                     self._index.hnsw.efSearch = max(self._ef_search, fetch)
                 scores, slots = self._index.search(queries, fetch)
-                slot_ids = np.where(slots >= 0, self._slot_ids[np.maximum(slots, 0)], -1)
-                enough = (slot_ids >= 0).sum(axis=1) >= min(k, total - self._dead)
-                if enough.all() or fetch >= total:
+                rows = [self._expand(slots[row], scores[row], k) for row in range(len(queries))]
+                if fetch >= limit or all(len(ids) >= want for ids, _ in rows):
                     break
-                fetch = min(total, fetch * 4)
-        for row in range(len(queries)):
-            live = slot_ids[row] >= 0
-            take = min(k, int(live.sum()))
-            out_ids[row, :take] = slot_ids[row][live][:take]
-            out_scores[row, :take] = scores[row][live][:take]
+                fetch = min(limit, fetch * 4)
+        for row, (ids, row_scores) in enumerate(rows):
+            out_ids[row, : len(ids)] = ids
+            out_scores[row, : len(ids)] = row_scores
         return out_scores, out_ids
+
+    def _members(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, slots) of every id of a shared slot other than the one in ``_ids_buf``."""
+        ids: list[int] = []
+        slots: list[int] = []
+        for slot, members in self._shared.items():
+            first = int(self._ids_buf[slot])
+            for doc_id in members:
+                if doc_id != first:
+                    ids.append(doc_id)
+                    slots.append(slot)
+        return np.asarray(ids, dtype=np.int64), np.asarray(slots, dtype=np.int64)
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live entry (for moving the index elsewhere)."""
         with self._lock:
             live = self._slot_ids >= 0
-            return self._slot_ids[live].copy(), self._vectors[live].copy()
+            member_ids, member_slots = self._members()
+            ids = np.concatenate([self._slot_ids[live], member_ids])
+            vectors = np.concatenate([self._vectors[live], self._vec_buf[member_slots]])
+            return ids, vectors
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live entry; same as :meth:`vectors`."""
@@ -341,10 +522,14 @@ class TombstoneFaissIndex:
 
     def dump(self) -> dict[str, np.ndarray]:
         with self._lock:
+            member_ids, member_slots = self._members()
             state = {
                 "kind": np.array(f"tombstone-{self.kind}"),
                 "slot_ids": self._slot_ids.copy(),
                 "vectors": self._vectors.copy(),
+                # The other ids of shared slots (``dumped_items`` lists them too).
+                "member_ids": member_ids,
+                "member_slots": member_slots,
             }
             if self.kind == "hnsw":
                 # The HNSW graph is what is slow to build (tens of seconds at 100k); a flat index is
@@ -355,15 +540,35 @@ class TombstoneFaissIndex:
     def restore(self, state: dict[str, np.ndarray]) -> None:
         if _kind(state) != f"tombstone-{self.kind}":
             raise ValueError(f"not a {self.kind} tombstone index snapshot: {_kind(state)!r}")
-        slot_ids = np.asarray(state["slot_ids"], dtype=np.int64)
+        slot_ids = np.asarray(state["slot_ids"], dtype=np.int64).reshape(-1)
         vectors = np.ascontiguousarray(state["vectors"], dtype=np.float32)
         _check_dim(self.dim, vectors)
         if len(vectors) != len(slot_ids):
             raise ValueError(f"snapshot holds {len(vectors)} vectors for {len(slot_ids)} slots")
+        vectors = vectors.reshape(len(slot_ids), self.dim)
+        member_ids = np.asarray(state.get("member_ids", np.zeros(0)), dtype=np.int64).reshape(-1)
+        member_slots = np.asarray(state.get("member_slots", np.zeros(0)), dtype=np.int64).reshape(-1)
+        if len(member_ids) != len(member_slots):
+            raise ValueError(f"snapshot lists {len(member_ids)} shared-slot ids for {len(member_slots)} slots")
+        if len(member_slots) and (
+            member_slots.min() < 0 or member_slots.max() >= len(slot_ids) or (slot_ids[member_slots] < 0).any()
+        ):
+            raise ValueError("snapshot lists shared-slot ids of dead or missing slots")
+        every_id = np.concatenate([slot_ids[slot_ids >= 0], member_ids])
+        if len(np.unique(every_id)) != len(every_id):
+            raise ValueError("snapshot lists an id twice")
+        shared: dict[int, list[int]] = {}
+        for doc_id, slot in zip(member_ids.tolist(), member_slots.tolist(), strict=True):
+            shared.setdefault(slot, [int(slot_ids[slot])]).append(doc_id)
         if self.kind == "hnsw":
-            # read_index (under deserialize_index) already returns the concrete class; wrapping it again in
-            # downcast_index would leave a second owner of the same C++ object.
-            index = self._faiss.deserialize_index(np.asarray(state["faiss"], np.uint8))
+            try:
+                # read_index (under deserialize_index) already returns the concrete class; wrapping it
+                # again in downcast_index would leave a second owner of the same C++ object.
+                index = self._faiss.deserialize_index(np.asarray(state["faiss"], np.uint8))
+            except RuntimeError as exc:
+                # FAISS raises RuntimeError on a blob it cannot read (another FAISS version, damage the
+                # checksum cannot see): the snapshot is unusable, which callers handle as ValueError.
+                raise ValueError(f"FAISS cannot read the snapshot's HNSW index: {str(exc).splitlines()[0]}") from None
             if not isinstance(index, self._faiss.IndexHNSWFlat) or index.ntotal != len(slot_ids) or index.d != self.dim:
                 raise ValueError(
                     f"snapshot's HNSW index holds {index.ntotal} vectors of dim {index.d}, expected "
@@ -374,15 +579,10 @@ class TombstoneFaissIndex:
             index = self._new_index()
             if len(vectors):
                 index.add(vectors)
-        with self._lock:
-            self._index = index
-            self._n = 0
-            self._append(slot_ids, vectors)
-            live = slot_ids >= 0
-            self._slot_of = {
-                int(i): int(s) for s, i in zip(np.flatnonzero(live).tolist(), slot_ids[live].tolist(), strict=True)
-            }
-            self._dead = int((~live).sum())
+        if self._install(index, vectors, slot_ids, shared):
+            # Written before identical vectors shared a slot: its graph has the clusters that hide their
+            # neighbours, so it is rebuilt once (the database would be the other way to rebuild it).
+            self._build(*self.items())
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -426,7 +626,11 @@ class AutoVectorIndex:
         """``flat``, ``hnsw`` or ``gpu-flat``: what serves searches now."""
         if isinstance(self._index, FaissVectorIndex):
             return "flat"
-        return "gpu-flat" if self._index.gpu else "hnsw"
+        if self._index.gpu:
+            return "gpu-flat"
+        # A CPU tombstone flat index is a brute-force scan like FaissVectorIndex: "flat", so _migrate moves it
+        # to HNSW past the threshold.
+        return "hnsw" if self._index.kind == "hnsw" else "flat"
 
     def _migrate(self) -> None:
         n = len(self._index)
@@ -470,6 +674,12 @@ class AutoVectorIndex:
         else:
             raise ValueError(f"not a snapshot of an auto index: {kind!r}")
         target.restore(state)
+        if isinstance(target, TombstoneFaissIndex) and target.kind == "flat" and not target.gpu:
+            # A GPU host's snapshot on a host without one: an exact flat index with real deletes, which
+            # _migrate below turns into HNSW when it is past the threshold, as any flat index.
+            flat = FaissVectorIndex(self.dim)
+            flat.add(*target.items())
+            target = flat
         with self._lock:
             self._index = target
             # The thresholds (or the GPU) may differ from the process that wrote the snapshot.
@@ -482,8 +692,16 @@ class AutoVectorIndex:
 def dumped_items(state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of the live entries of a ``dump`` of any index type here."""
     if "slot_ids" in state:
-        live = np.asarray(state["slot_ids"]) >= 0
-        return np.asarray(state["slot_ids"], dtype=np.int64)[live], np.asarray(state["vectors"])[live]
+        slot_ids = np.asarray(state["slot_ids"], dtype=np.int64)
+        vectors = np.asarray(state["vectors"])
+        live = slot_ids >= 0
+        ids, live_vectors = slot_ids[live], vectors[live]
+        if "member_ids" in state and len(state["member_ids"]):
+            # The other ids of slots that several ids share (identical vectors).
+            slots = np.asarray(state["member_slots"], dtype=np.int64)
+            ids = np.concatenate([ids, np.asarray(state["member_ids"], dtype=np.int64)])
+            live_vectors = np.concatenate([live_vectors, vectors[slots]])
+        return ids, live_vectors
     return np.asarray(state["ids"], dtype=np.int64), np.asarray(state["vectors"])
 
 

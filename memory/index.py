@@ -111,8 +111,8 @@ class NamespaceIndex:
         snapshot entries the database no longer has are removed, and entries it lacks or holds with another
         vector are added. Returns how many vectors came from the snapshot unchanged.
 
-        A snapshot state the index type refuses (another backend configured) is ignored: that granularity
-        is built from ``units``.
+        A snapshot state the index cannot be restored from (another backend configured, a FAISS blob this
+        FAISS cannot read, inconsistent arrays) is ignored: that granularity is built from ``units``.
         """
         by_gran: dict[Granularity, dict[int, StoredUnit]] = {}
         for stored in units:
@@ -131,8 +131,11 @@ class NamespaceIndex:
                         if gone:
                             dense.remove(np.asarray(gone, dtype=np.int64))
                         reused += kept
-                    except (ValueError, KeyError) as exc:
-                        log.warning("vector index snapshot of %s not usable (%s); building it", gran.value, exc)
+                    except Exception as exc:
+                        # Any failure, not only the ValueError the indexes raise for a state they refuse: a
+                        # snapshot is a cache, and one that cannot be read must not stop every start (FAISS
+                        # raises RuntimeError, numpy IndexError, on content the checksum cannot vouch for).
+                        log.warning("vector index snapshot of %s not usable (%r); building it", gran.value, exc)
                         dense = self._vector_factory(self.dim)
                         todo = list(items.values())
                 if todo:
@@ -306,6 +309,12 @@ class IndexSnapshot:
     dense: DenseStates
 
 
+def _faiss_version() -> str:
+    import faiss  # imported by the vector indexes already; here lazily like there
+
+    return str(faiss.__version__)
+
+
 class SnapshotRejected(ValueError):
     """A snapshot file exists but cannot be used (corrupt, truncated, another model or format)."""
 
@@ -317,9 +326,9 @@ class IndexSnapshots:
     source of truth and a snapshot is only a head start: ``NamespaceIndex.load`` brings it up to date with
     the database, unit by unit. Per namespace there are two files, named by a hash of the namespace key:
     ``<h>.npz`` (every granularity's ``VectorIndex.dump``) and ``<h>.json``, the manifest (namespace,
-    generation, model, dimension, format and the SHA-256 of the ``.npz``). Both are written to a temporary
-    name, fsynced and renamed, the manifest last; a crash between the two leaves a checksum mismatch, which
-    ``load`` reports like any corruption.
+    generation, model, dimension, format, FAISS version and the SHA-256 of the ``.npz``). Both are written to a
+    temporary name, fsynced and renamed, the manifest last; a crash between the two leaves a checksum mismatch,
+    which ``load`` reports like any corruption.
     """
 
     FORMAT = 1
@@ -368,6 +377,7 @@ class IndexSnapshots:
             "generation": generation,
             "model": model,
             "dim": dim,
+            "faiss": _faiss_version(),
             "sha256": self._digest(data),
         }
         write_atomic(manifest, json.dumps(meta).encode())
@@ -386,7 +396,15 @@ class IndexSnapshots:
             meta = json.loads(manifest.read_text())
         except (OSError, ValueError) as exc:
             raise SnapshotRejected(f"unreadable manifest {manifest.name}: {exc}") from None
-        expected = {"format": self.FORMAT, "namespace": namespace, "model": model, "dim": dim}
+        # A serialised HNSW graph is FAISS's own format: another FAISS version may not read it (or read it
+        # differently), so a snapshot is only used by the FAISS version that wrote it.
+        expected = {
+            "format": self.FORMAT,
+            "namespace": namespace,
+            "model": model,
+            "dim": dim,
+            "faiss": _faiss_version(),
+        }
         for key, value in expected.items():
             if meta.get(key) != value:
                 raise SnapshotRejected(f"snapshot {key} is {meta.get(key)!r}, expected {value!r}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -345,3 +347,72 @@ def test_the_serialised_model_is_not_kept_after_load(tmp_path: Path) -> None:
     for emb in (SentenceTransformerEmbedder(), SentenceTransformerEmbedder(cache_dir=tmp_path),
                 SentenceTransformerEmbedder(cache_dir=tmp_path)):
         assert emb._onnx is not None and emb._onnx.model_bytes == b""
+
+
+class _Batches(HashingEmbedder):
+    """The fake, remembering (weakly) every batch array it returned."""
+
+    def __init__(self) -> None:
+        super().__init__(32)
+        self.batches: list[weakref.ref[np.ndarray]] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = super().embed(texts)
+        self.batches.append(weakref.ref(out))
+        return out
+
+
+def test_cached_vectors_do_not_keep_the_batch_they_came_from_alive() -> None:
+    """A cached row must own its memory: a row view kept a background batch of 500 texts alive for one cached
+    text (73 MiB held by 100 cached entries of 384 floats)."""
+    inner = _Batches()
+    cache = CachingEmbedder(inner, maxsize=100, max_text_chars=50)
+    long_text = "words " * 20  # over max_text_chars: not cached
+    for b in range(5):
+        cache.embed([f"short text {b}"] + [f"{long_text} {b} {i}" for i in range(50)])
+    gc.collect()
+    assert len(inner.batches) == 5 and all(batch() is None for batch in inner.batches)
+    np.testing.assert_array_equal(cache.embed(["short text 3"]), HashingEmbedder(32).embed(["short text 3"]))
+
+
+def test_cache_counts_hits_and_misses() -> None:
+    cache = CachingEmbedder(HashingEmbedder(32))
+    cache.embed(["a", "b", "a"])
+    cache.embed(["a", "c"])
+    assert (cache.hits, cache.misses) == (2, 3)
+
+
+def _perturbed_weights(model: Path) -> None:
+    """Replace the model's weights in place by slightly different ones (a model fine-tuned again)."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(model / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    for key, value in weights.items():
+        if value.dtype == np.float32 and value.ndim == 2:
+            weights[key] = value + rng.standard_normal(value.shape).astype(np.float32) * 0.05
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_new_weights_at_the_same_model_path_are_a_new_embedder_name(tmp_path: Path) -> None:
+    """Memory re-embeds only when the name changes, so a local model's name follows its files; the bundled
+    model's name stays as it was (a new one would re-embed every existing deployment)."""
+    import shutil
+
+    from core.embedding import default_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    before = SentenceTransformerEmbedder(str(model), backend="torch", device="cpu")
+    assert before.name.startswith(f"{model}@") and before.name != str(model)
+    assert SentenceTransformerEmbedder(str(model), backend="torch", device="cpu").name == before.name
+    _perturbed_weights(model)
+    after = SentenceTransformerEmbedder(str(model), backend="torch", device="cpu")
+    assert after.name != before.name and after.name.startswith(f"{model}@")
+    assert float(after.embed(["where did we go?"])[0] @ before.embed(["where did we go?"])[0]) < 0.9
+    # The encoder cache computes the same name in the same read of the files.
+    cached = SentenceTransformerEmbedder(str(model), backend="onnx", cache_dir=tmp_path / "cache", precision="int8")
+    assert cached.name == after.name + "+int8"
+    # The bundled model: by its package name, or by its directory as it was always named.
+    assert SentenceTransformerEmbedder(backend="torch", device="cpu").name == "all-MiniLM-L6-v2"
+    assert SentenceTransformerEmbedder(default_model_path(), backend="torch", device="cpu").name == default_model_path()

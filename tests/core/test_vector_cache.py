@@ -48,12 +48,16 @@ def test_other_texts_or_another_embedder_name_use_another_file(tmp_path: Path) -
     assert cache_path(tmp_path, "other", emb, TEXTS) != base
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong shape", "not unit length", "other model"])
+@pytest.mark.parametrize(
+    "damage", ["empty", "truncated", "garbage", "wrong shape", "not unit length", "other model"]
+)
 def test_a_bad_file_is_embedded_again_and_replaced(tmp_path: Path, damage: str) -> None:
     emb = CountingEmbedder()
     expected = cached_vectors(tmp_path, "pack", emb, TEXTS)
     path = cache_path(tmp_path, "pack", emb, TEXTS)
-    if damage == "truncated":
+    if damage == "empty":
+        path.write_bytes(b"")  # a crash before any byte was written: numpy raises EOFError, not ValueError
+    elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "garbage":
         path.write_bytes(b"\x00" * 512)
