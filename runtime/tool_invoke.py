@@ -13,7 +13,10 @@ needs their call shapes; ``runtime/services/tool.py`` wires the real ones from t
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.errors import (
+    AgentrtError,
     DeadlineExceededError,
     FailedPreconditionError,
     FieldViolation,
@@ -43,8 +47,12 @@ from tools.model import (
 from tools.registry import ToolRegistry
 from tools.validation import parse_arguments
 
+log = logging.getLogger(__name__)
+
 # A memory write of a tool result keeps at most this many characters (the audit keeps none).
 MEMORY_RESULT_CHARS = 4000
+# Retry advice when the guard or gate backend failed (a database or model hiccup is usually brief).
+BACKEND_RETRY_S = 1.0
 
 
 class GuardChecker(Protocol):
@@ -109,7 +117,13 @@ class InvokeRequest:
     version: int = 0
     session_id: str = ""
     deadline_s: float | None = None
-    """What is left of the RPC's own deadline, if it has one."""
+    """What is left of the caller's deadline when Invoke starts (in-process callers); see ``deadline_at``."""
+    deadline_at: float | None = None
+    """The caller's deadline on the ``time.monotonic()`` clock (the RPC's, less a margin for the reply).
+
+    Absolute, so the execute budget is what is left right before the tool is called, after validation and
+    the call guard spent their share: a budget read when the request arrived would let the tool run past
+    the RPC deadline, and the call would end cancelled instead of DEADLINE_EXCEEDED with its audit."""
     checked_call: CheckedCall | None = None
     """The call's verdict from an in-process caller (see ``CheckedCall``); None: Invoke guards the call."""
 
@@ -144,6 +158,50 @@ class _Trace:
     tool_version: int = 0
     arguments_sha256: str = ""
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+    step: Step = Step.VALIDATE
+    """The step running now: a failure or cancellation is audited as stopped there."""
+    audited: bool = False
+    attempts: int = 0
+    truncated: bool = False
+
+
+# Steps at or after which the tool has been contacted (a cancellation there is worth saying so).
+_AFTER_CONTACT = frozenset({Step.EXECUTE.value, Step.GUARD_RESULT.value, Step.MEMORY.value})
+
+
+class StepUnavailableError(UnavailableError):
+    """A guard or gate backend failed (raised, not decided): UNAVAILABLE, audited at ``step``."""
+
+    def __init__(self, message: str, step: Step):
+        self.step = step
+        super().__init__(message, retry_after_s=BACKEND_RETRY_S)
+
+
+def _backend_failure(what: str, step: Step, exc: Exception, after: str = "") -> Exception:
+    """A guard or gate that raised instead of deciding, as the error Invoke raises on.
+
+    Domain errors (a request the guard refuses to check, its own UnavailableError) pass unchanged; anything
+    else is the backend failing (its database, its model): UNAVAILABLE with retry advice rather than INTERNAL,
+    as a retry is likely to succeed. The message names the exception type only; the details go to the log."""
+    if isinstance(exc, AgentrtError):
+        return exc
+    log.warning("%s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+    return StepUnavailableError(f"{what} failed ({type(exc).__name__}){after}; retry later", step)
+
+
+def _failure_outcome(exc: BaseException) -> Outcome:
+    """The audited outcome of an Invoke that raised ``exc`` outside the execute step."""
+    if isinstance(exc, UnavailableError):
+        return Outcome.UNAVAILABLE
+    if isinstance(exc, DeadlineExceededError):
+        return Outcome.DEADLINE_EXCEEDED
+    if isinstance(exc, InvalidArgumentError):
+        return Outcome.INVALID_ARGUMENT
+    if isinstance(exc, NotFoundError):
+        return Outcome.NOT_FOUND
+    if isinstance(exc, FailedPreconditionError):
+        return Outcome.FAILED_PRECONDITION
+    return Outcome.INTERNAL
 
 
 def _execute_outcome(exc: Exception) -> Outcome:
@@ -156,6 +214,8 @@ def _execute_outcome(exc: Exception) -> Outcome:
         return Outcome.INVALID_ARGUMENT
     if isinstance(exc, NotFoundError):
         return Outcome.NOT_FOUND  # an MCP tool whose server was never imported, a builtin no longer there
+    if isinstance(exc, FailedPreconditionError):
+        return Outcome.FAILED_PRECONDITION  # an MCP server refused the call (a tool it no longer lists)
     # A builtin's handler (or an executor) failed unexpectedly: the tool did not give an answer.
     return Outcome.TOOL_ERROR
 
@@ -200,6 +260,7 @@ class ToolInvoker:
         truncated: bool = False,
     ) -> tuple[str, float]:
         req = trace.request
+        trace.audited = True
         record_id = uuid.uuid4().hex
         duration_ms = (time.perf_counter() - trace.started) * 1000
         tenant = req.scope.partition("/")[0]
@@ -251,7 +312,11 @@ class ToolInvoker:
         if self.guards is None:
             return None
         request = self._guard_request(trace.request, stage, text, tool, arguments_json)
-        verdict: GuardVerdict = await check_guard(self.guards, self._offload, trace.request.scope, request)
+        try:
+            verdict: GuardVerdict = await check_guard(self.guards, self._offload, trace.request.scope, request)
+        except Exception as exc:
+            after = "; the tool ran and its output is withheld" if stage == Stage.TOOL_RESULT else ""
+            raise _backend_failure(f"guard check at {stage.value}", trace.step, exc, after) from exc
         self._trace_verdict(trace, verdict)
         return verdict
 
@@ -273,46 +338,82 @@ class ToolInvoker:
         verdict = None
         if guard and self.guards is not None:
             request = self._guard_request(req, Stage.TOOL_CALL, req.instruction, tool, args)
-            if at_once:
-                check_now = getattr(self.guards, "check_now", None)
-                verdict = check_now(req.scope, request) if check_now is not None else None
-                if verdict is None:
-                    return None
-            else:
-                verdict = self.guards.check(req.scope, request)
+            try:
+                if at_once:
+                    check_now = getattr(self.guards, "check_now", None)
+                    verdict = check_now(req.scope, request) if check_now is not None else None
+                    if verdict is None:
+                        return None
+                else:
+                    verdict = self.guards.check(req.scope, request)
+            except Exception as exc:
+                raise _backend_failure("guard check at tool_call", Step.GUARD_CALL, exc) from exc
             if verdict.decision in (Decision.BLOCK, Decision.REVIEW):
                 return verdict, None
         gate = None
         if needs_gate:
             assert self.gates is not None
-            gate = self.gates.decide(req.scope, "call_tool", req.tokens, session_id=req.session_id)
+            try:
+                gate = self.gates.decide(req.scope, "call_tool", req.tokens, session_id=req.session_id)
+            except Exception as exc:
+                raise _backend_failure("CALL_TOOL gate", Step.GATE, exc) from exc
         return verdict, gate
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
         """Run the pipeline; see the module docstring for the order and the error contract."""
+        if req.deadline_at is None and req.deadline_s is not None:
+            req = dataclasses.replace(req, deadline_at=time.monotonic() + req.deadline_s)
+        trace = _Trace(req)
         try:
-            return await self._invoke(req)
+            return await self._invoke(trace)
+        except asyncio.CancelledError:
+            # The caller went away (gRPC cancel) or its deadline passed (the RPC's, or the server's default as
+            # an asyncio timeout): the tool may already have been contacted, so this call is audited as well.
+            # ``_audit`` only queues the record (no await), so the cancellation cannot interrupt it.
+            if not trace.audited:
+                passed = req.deadline_at is not None and time.monotonic() >= req.deadline_at
+                outcome = Outcome.DEADLINE_EXCEEDED if passed else Outcome.CANCELLED
+                why = "the caller's deadline passed" if passed else "the caller cancelled the call"
+                contacted = " (the tool may already have run)" if trace.step.value in _AFTER_CONTACT else ""
+                self._audit(
+                    trace,
+                    outcome,
+                    trace.step,
+                    f"{why} during {trace.step.value}{contacted}",
+                    attempts=trace.attempts,
+                    truncated=trace.truncated,
+                )
+            raise
+        except Exception as exc:
+            # One place audits every failure the steps did not audit themselves (a guard or gate backend that
+            # raised, a policy that could not be read), stopped at the step that was running.
+            if not trace.audited:
+                step = exc.step if isinstance(exc, StepUnavailableError) else trace.step
+                self._audit(
+                    trace,
+                    _failure_outcome(exc),
+                    step,
+                    f"{type(exc).__name__}: {exc}",
+                    attempts=trace.attempts,
+                    truncated=trace.truncated,
+                )
+            raise
         finally:
             if self.durable_records:
-                # The audit record (its id is the response's invocation_id) is stored before the caller hears back.
-                await self.registry.audit_log.flush()
+                # The audit record (its id is the response's invocation_id) is stored before the caller hears
+                # back. Shielded: on a cancelled call the flush still completes (and a second cancel does not
+                # lose the record).
+                await asyncio.shield(self.registry.audit_log.flush())
 
-    async def _invoke(self, req: InvokeRequest) -> InvokeResult:
-        trace = _Trace(req)
+    async def _invoke(self, trace: _Trace) -> InvokeResult:
+        req = trace.request
         # 1. The tool and its arguments.
-        try:
-            tool = await self.registry.get(req.scope, req.name, req.version)
-        except NotFoundError as exc:
-            self._audit(trace, Outcome.NOT_FOUND, Step.VALIDATE, str(exc))
-            raise
+        tool = await self.registry.get(req.scope, req.name, req.version)
         trace.tool_version = tool.version
         arguments, bad = parse_arguments(req.arguments_json, req.arguments_field)
         if not bad:
-            try:
-                bad = await self.registry.check_arguments(tool, arguments, req.arguments_field)
-            except FailedPreconditionError as exc:
-                self._audit(trace, Outcome.INVALID_ARGUMENT, Step.VALIDATE, str(exc))
-                raise
+            # A stored schema that cannot be used is FAILED_PRECONDITION, raised and audited alike.
+            bad = await self.registry.check_arguments(tool, arguments, req.arguments_field)
         trace.arguments_sha256 = args_hash(arguments if arguments is not None else req.arguments_json)
         if bad:
             self._audit(trace, Outcome.INVALID_ARGUMENT, Step.VALIDATE, "; ".join(v.description for v in bad))
@@ -320,6 +421,7 @@ class ToolInvoker:
         assert isinstance(arguments, dict)
         canonical_args = json.dumps(arguments, sort_keys=True)
         policy = await self.registry.policy(req.scope)
+        trace.step = Step.GUARD_CALL
 
         def stop(outcome: Outcome, step: Step, reason: str, **extra: Any) -> InvokeResult:
             record_id, duration_ms = self._audit(trace, outcome, step, reason)
@@ -378,11 +480,19 @@ class ToolInvoker:
                 )
                 return stop(Outcome.GATE_STOPPED, Step.GATE, reason, call_verdict=call_verdict, gate=gate)
 
-        # 4. Execute under the tool's deadline, concurrency limit, retry rule and output cap.
+        # 4. Execute under the tool's deadline, concurrency limit, retry rule and output cap. The caller's
+        #    deadline is read now: validation and the call guard have already spent part of it.
+        trace.step = Step.EXECUTE
         budget = req.timeout_s if req.timeout_s > 0 else None
-        if req.deadline_s is not None:
-            budget = req.deadline_s if budget is None else min(budget, req.deadline_s)
         try:
+            if req.deadline_at is not None:
+                left = req.deadline_at - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceededError(
+                        f"the caller's deadline passed before tool {tool.name!r} was called "
+                        "(spent in validation and the call guard)"
+                    )
+                budget = left if budget is None else min(budget, left)
             run = await self.registry.execute(req.scope, tool, arguments, deadline_s=budget)
         except Exception as exc:
             self._audit(trace, _execute_outcome(exc), Step.EXECUTE, f"{type(exc).__name__}: {exc}")
@@ -393,7 +503,9 @@ class ToolInvoker:
                 ) from exc
             raise
 
+        trace.attempts, trace.truncated = run.attempts, run.truncated
         # 5. Guard the output: a tool result is untrusted text (indirect prompt injection).
+        trace.step = Step.GUARD_RESULT
         result_verdict = None
         if policy.guard_results:
             result_verdict = await self._guard(trace, Stage.TOOL_RESULT, run.output, tool, canonical_args)
@@ -426,6 +538,7 @@ class ToolInvoker:
 
         # 6. Remember the call and its result when the namespace asks for it. The memory builtins are
         #    skipped: writing "memory.write(...)" into memory would only echo what they stored.
+        trace.step = Step.MEMORY
         memory_ids: list[str] = []
         reason = ""
         is_memory_tool = tool.executor.kind == ExecutorKind.BUILTIN and tool.name.startswith("memory.")

@@ -12,8 +12,10 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from core.errors import DeadlineExceededError, NotFoundError, UnavailableError
 from core.http import SessionPerLoop
@@ -56,6 +58,38 @@ def _retry_after(headers: Mapping[str, str], default: float) -> float:
         return default
     # "inf", "nan" or "1e300" from an endpoint is no advice a client can act on (nor encode as a Duration).
     return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if math.isfinite(seconds) else default
+
+
+def endpoint_label(url: str) -> str:
+    """``scheme://host:port`` of ``url``: what error messages and audit reasons may name.
+
+    The path, the query string and any ``user:password@`` may carry credentials (``?api_key=...``); errors
+    reach the caller and the audit trail, which read-only tokens can list."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port
+    except ValueError:
+        return "the tool's endpoint"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an aiohttp exception's message, which may quote the whole URL) with the URL replaced."""
+    label = endpoint_label(url)
+    for secret in {url, url.split("#", 1)[0], str(URL(url)) if url else ""} - {""}:
+        text = text.replace(secret, label)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    # Pieces aiohttp may quote on their own (a URL it normalised, a query it re-encoded).
+    for secret in (parts.query, parts.password or "", parts.username or "", parts.path):
+        if len(secret) > 1:
+            text = text.replace(secret, "***")
+    return text
 
 
 class HttpExecutor:
@@ -124,15 +158,21 @@ class HttpExecutor:
                     content_type=resp.headers.get("content-type", ""),
                     total_bytes=total if size > cap else None,
                 )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UnavailableError(f"tool {tool.name!r}: connect to {ex.url} timed out", 1.0) from exc
+        # Messages name only scheme://host:port of the endpoint, and aiohttp's own text is scrubbed of the URL:
+        # they reach the caller and the audit reason, and a URL may carry a credential.
+        except aiohttp.ConnectionTimeoutError:
+            raise UnavailableError(
+                f"tool {tool.name!r}: connect to {endpoint_label(ex.url)} timed out", 1.0
+            ) from None
         except TimeoutError as exc:  # aiohttp's read and total timeouts are TimeoutError subclasses
             raise DeadlineExceededError(f"tool {tool.name!r} did not answer within {timeout_s:.3g}s") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            # ``from None``: the chained exception would carry the URL into tracebacks that get logged.
             raise UnavailableError(
-                f"tool {tool.name!r}: endpoint {ex.url} unreachable ({type(exc).__name__}: {exc})",
+                f"tool {tool.name!r}: endpoint {endpoint_label(ex.url)} unreachable "
+                f"({type(exc).__name__}: {_scrub(str(exc), ex.url)})",
                 retry_after_s=1.0,
-            ) from exc
+            ) from None
 
 
 BuiltinHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.errors import DeadlineExceededError, UnavailableError
+from core.errors import DeadlineExceededError, FailedPreconditionError, UnavailableError
 from tools.executors import ExecResult
 from tools.model import McpServerSpec, McpServerStatus, McpTransport, ToolDefinition, utcnow
 
@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 
 PING_INTERVAL_S = 2.0
 MAX_BACKOFF_S = 5.0
+# Longest wait for one connection to close. Closing a streamable-HTTP connection ends its session with a
+# DELETE and a server that accepts the TCP connection but never answers (frozen, overloaded) would hold
+# RemoveMcp and the sidecar's shutdown until the HTTP client's read timeout; past this the close is abandoned.
+CLOSE_TIMEOUT_S = 5.0
+# Connect/write/pool limit of the streamable-HTTP client (the read limit is the SDK's: its GET stream
+# stays open between server messages, and a call's own deadline bounds each tool call anyway).
+HTTP_CONNECT_TIMEOUT_S = 30.0
+# Supervisors whose close was abandoned: referenced until they finish, so they are not collected while pending.
+_abandoned: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,8 @@ class McpConnection:
         self._on_tools_changed = on_tools_changed
         self._session: Any = None
         self._task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop running the supervisor (another thread schedules work for this connection on it)."""
         self._connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._lost = False
@@ -117,7 +128,8 @@ class McpConnection:
     async def start(self, timeout_s: float | None = None) -> None:
         """Start the supervisor and wait for the first connection (UnavailableError if it fails)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._supervise(), name=f"mcp:{self.spec.name}")
+            self.loop = asyncio.get_running_loop()
+            self._task = self.loop.create_task(self._supervise(), name=f"mcp:{self.spec.name}")
         await self.wait_connected(timeout_s or self.spec.timeout_s)
 
     async def wait_connected(self, timeout_s: float) -> None:
@@ -136,16 +148,27 @@ class McpConnection:
                 retry_after_s=1.0,
             )
 
-    async def close(self) -> None:
-        """Stop the supervisor and close the connection (terminates a stdio server)."""
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop the supervisor and close the connection (terminates a stdio server), waiting at most
+        ``timeout_s``: a server that does not answer the session's closing request is abandoned (logged)."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
         self._session = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # asyncio.wait neither raises the supervisor's CancelledError nor swallows the caller's own: a caller
+        # cancelled while waiting here is cancelled (the supervisor goes on winding down on its own).
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+        if not done:
+            log.warning(
+                "MCP server %s (%s) did not close within %.3gs; abandoned", self.spec.name, self.scope, timeout_s
+            )
+            _abandoned.add(task)
+            task.add_done_callback(_abandoned.discard)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("MCP server %s (%s) failed while closing: %r", self.spec.name, self.scope, task.exception())
 
     async def refresh(self) -> list[McpTool]:
         """Re-list the server's tools now (and tell the registry about any change)."""
@@ -200,11 +223,18 @@ class McpConnection:
             errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
             read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
         else:
-            http_client = None
-            if spec.headers:
-                import httpx2
+            import httpx2
+            from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, create_mcp_http_client
 
-                http_client = await stack.enter_async_context(httpx2.AsyncClient(headers=dict(spec.headers)))
+            # Always our own client with finite limits: a bare httpx2.AsyncClient would apply its 5 s default to
+            # every read (cutting off longer tool calls), and none at all would let a dead server hang the stack.
+            timeout = httpx2.Timeout(
+                min(spec.timeout_s, HTTP_CONNECT_TIMEOUT_S),
+                read=max(spec.timeout_s, MCP_DEFAULT_SSE_READ_TIMEOUT),
+            )
+            http_client = await stack.enter_async_context(
+                create_mcp_http_client(headers=dict(spec.headers) or None, timeout=timeout)
+            )
             read, write = await stack.enter_async_context(streamable_http_client(spec.url, http_client=http_client))
         session = await stack.enter_async_context(ClientSession(read, write, message_handler=self._on_message))
         await asyncio.wait_for(session.initialize(), spec.timeout_s)
@@ -273,19 +303,44 @@ class McpConnection:
             ) from None
         except Exception as exc:
             import anyio
+            import httpx2
             from mcp import MCPError
 
-            transport_errors = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
-            closed = isinstance(exc, transport_errors) or (isinstance(exc, MCPError) and "closed" in str(exc).lower())
-            if closed:
+            transport_errors = (
+                anyio.ClosedResourceError,
+                anyio.BrokenResourceError,
+                anyio.EndOfStream,
+                OSError,
+                httpx2.TransportError,
+            )
+            if isinstance(exc, MCPError) and exc.code in _REFUSED_CALL_CODES:
+                # The server is fine and refused this call (a tool it no longer has, arguments it rejects):
+                # the tool never ran, and restarting the server would not help.
+                raise FailedPreconditionError(
+                    f"MCP server {self.spec.name!r} refused the call of {tool!r} ({exc.code}: {exc.message}); "
+                    "RefreshMcp re-lists its tools"
+                ) from exc
+            if isinstance(exc, (MCPError, *transport_errors)):
+                # Any other JSON-RPC error is the protocol, not the tool: a session the server no longer knows
+                # (it restarted: "Session not found"/"Session terminated"), a closed connection, an HTTP error
+                # the transport turned into an error reply. Only CallToolResult.isError is the tool's own answer.
                 self._mark_lost(f"connection lost during call of {tool!r}: {type(exc).__name__}: {exc}")
                 raise UnavailableError(
-                    f"MCP server {self.spec.name!r} crashed during the call; it is being restarted "
-                    f"(restart #{self.restarts + 1})",
+                    f"MCP server {self.spec.name!r} crashed or restarted during the call; it is being "
+                    f"reconnected (restart #{self.restarts + 1})",
                     retry_after_s=1.0,
                 ) from exc
             return ExecResult(output=json.dumps({"error": str(exc)}).encode(), is_error=True)
         return ExecResult(output=_result_bytes(result), is_error=bool(getattr(result, "is_error", False)))
+
+
+def _refused_call_codes() -> frozenset[int]:
+    from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
+
+    return frozenset({INVALID_PARAMS, METHOD_NOT_FOUND})
+
+
+_REFUSED_CALL_CODES = _refused_call_codes()
 
 
 class McpManager:
@@ -322,9 +377,16 @@ class McpManager:
             await conn.close()
 
     async def aclose(self) -> None:
-        """Close every connection (sidecar shutdown)."""
-        for key in list(self._conns):
-            await self.disconnect(*key)
+        """Close every connection (sidecar shutdown), all at once: each close is bounded by
+        ``CLOSE_TIMEOUT_S``, so shutdown waits at most about that long however many servers hang."""
+        conns = list(self._conns.values())
+        self._conns.clear()
+        if conns:
+            await asyncio.gather(*(c.close() for c in conns))
+
+    def connections(self, scope: str) -> list[McpConnection]:
+        """The open connections of one scope (safe to call from any thread)."""
+        return [c for (s, _), c in list(self._conns.items()) if s == scope]
 
     def statuses(self, scope: str) -> list[McpServerStatus]:
         """Status of every open connection of one scope."""

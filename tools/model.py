@@ -183,6 +183,12 @@ class Outcome(StrEnum):
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     NOT_FOUND = "not_found"
+    FAILED_PRECONDITION = "failed_precondition"
+    """The stored tool cannot be used as it is (a schema that cannot check arguments)."""
+    CANCELLED = "cancelled"
+    """The caller cancelled the call (the tool may already have run)."""
+    INTERNAL = "internal"
+    """An unexpected failure of the pipeline itself."""
 
 
 class Step(StrEnum):

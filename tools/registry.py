@@ -9,6 +9,7 @@ is refused).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from tools.model import (
     ToolDefinition,
     ToolPolicy,
     ToolPolicyPatch,
+    server_to_dict,
     validate_definition,
     validate_policy,
     validate_server,
@@ -79,11 +81,66 @@ class ToolRegistry:
         # a change does not know whether its value is still the newest, so it leaves the cache alone.
         self._policy_epoch: dict[str, int] = {}
         self._tool_epoch: dict[str, int] = {}
+        # MCP imports running now, per (scope, server): their connection is newer than the stored spec.
+        self._importing: dict[tuple[str, str], int] = {}
+        self._rechecking: set[str] = set()
+        self._recheck_again: set[str] = set()
+        self._recheck_tasks: set[asyncio.Task[None]] = set()
 
     def invalidate(self, scope: str) -> None:
-        """Drop everything cached for ``scope`` (another replica changed its tools or policy)."""
+        """Drop everything cached for ``scope`` (another replica changed its tools or policy), and check this
+        replica's MCP connections of ``scope`` against the stored specs. Safe to call from any thread."""
         self._changed(scope)
         self._policy_changed(scope)
+        self._recheck_mcp_soon(scope)
+
+    def _recheck_mcp_soon(self, scope: str) -> None:
+        """Schedule ``_recheck_mcp(scope)`` on the loop of each of the scope's connections (from any thread)."""
+        loops = {c.loop for c in self.mcp.connections(scope) if c.loop is not None and not c.loop.is_closed()}
+        for loop in loops:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+                loop.call_soon_threadsafe(self._start_recheck, scope)
+
+    def _start_recheck(self, scope: str) -> None:
+        # One recheck per scope at a time; a change arriving during one makes it read the specs again.
+        if scope in self._rechecking:
+            self._recheck_again.add(scope)
+            return
+        self._rechecking.add(scope)
+        task = asyncio.get_running_loop().create_task(self._recheck_mcp(scope), name=f"mcp-recheck:{scope}")
+        self._recheck_tasks.add(task)
+        task.add_done_callback(self._recheck_tasks.discard)
+
+    async def _recheck_mcp(self, scope: str) -> None:
+        """Make this replica's connections of ``scope`` follow the stored specs: the change feed only says the
+        scope changed, and a connection kept with an old spec (a re-import elsewhere with a new command, env,
+        url or token) or to a removed server would go on serving calls and syncing tools."""
+        try:
+            while True:
+                self._recheck_again.discard(scope)
+                pairs: list[tuple[str, McpServerSpec]] = await self._offload(self.store.list_servers, scope)
+                stored = {spec.name: spec for _, spec in pairs}
+                for conn in self.mcp.connections(scope):
+                    name = conn.spec.name
+                    # An import in progress here connects before it stores its spec: leave it alone.
+                    if self._importing.get((scope, name)) or self.mcp.get(scope, name) is not conn:
+                        continue
+                    spec = stored.get(name)
+                    if spec is None:
+                        log.info("MCP server %s (%s) was removed by another replica: disconnecting", name, scope)
+                        await self.mcp.disconnect(scope, name)
+                    elif server_to_dict(spec) != server_to_dict(conn.spec):
+                        log.info("MCP server %s (%s) was re-imported with a new spec: reconnecting", name, scope)
+                        try:
+                            await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
+                        except Exception as exc:  # the supervisor keeps retrying with the new spec
+                            log.warning("MCP server %s (%s): reconnect with the new spec: %s", name, scope, exc)
+                if scope not in self._recheck_again:
+                    return
+        except Exception:
+            log.exception("checking the MCP connections of %s against the stored specs failed", scope)
+        finally:
+            self._rechecking.discard(scope)
 
     def _policy_changed(self, scope: str) -> None:
         self._policy_epoch[scope] = self._policy_epoch.get(scope, 0) + 1
@@ -189,7 +246,15 @@ class ToolRegistry:
             )
         if skipped:
             log.warning("MCP server %s (%s): skipped %d invalid tools: %s", spec.name, scope, len(skipped), skipped)
-        result = await self._offload(self.store.sync_server_tools, scope, spec.name, wanted)
+        try:
+            # With the connection's spec: the store refuses the sync if the server was removed or re-imported
+            # with another spec meanwhile (a stale connection must not bring back tools the current one lacks).
+            result = await self._offload(self.store.sync_server_tools, scope, spec.name, wanted, spec=spec)
+        except FailedPreconditionError as exc:
+            if not self._importing.get((scope, spec.name)):  # an import syncs itself once its spec is stored
+                log.warning("MCP server %s (%s): %s", spec.name, scope, exc)
+                self._recheck_mcp_soon(scope)
+            return
         if result.changed:
             self._changed(scope)
             log.info("MCP server %s (%s): tool list now %d tools", spec.name, scope, len(wanted))
@@ -199,14 +264,23 @@ class ToolRegistry:
     ) -> tuple[McpServerStatus, list[ToolDefinition]]:
         """Register an MCP server, connect, and import every tool it lists (kept in sync after)."""
         validate_server(spec)
+        key = (scope, spec.name)
+        self._importing[key] = self._importing.get(key, 0) + 1
         try:
-            conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
-        except Exception:
-            # A server that never came up is not stored: no restart loop for a typo in a command line, and a
-            # rejected import leaves the registry (and the replicas' change feed) untouched.
-            await self.mcp.disconnect(scope, spec.name)
-            raise
-        await self._offload(self.store.put_server, scope, spec)
+            try:
+                conn = await self.mcp.connect(scope, spec, self._sync_callback(scope, spec))
+            except Exception:
+                # A server that never came up is not stored: no restart loop for a typo in a command line, and a
+                # rejected import leaves the registry (and the replicas' change feed) untouched.
+                await self.mcp.disconnect(scope, spec.name)
+                raise
+            await self._offload(self.store.put_server, scope, spec)
+            # The connection's own sync was refused while the stored spec was missing or older: sync now.
+            await self._sync_mcp_tools(scope, spec, conn.tools)
+        finally:
+            self._importing[key] -= 1
+            if not self._importing[key]:
+                del self._importing[key]
         return conn.status(), await self._server_tools(scope, spec.name)
 
     async def refresh_mcp(self, scope: str, name: str) -> tuple[McpServerStatus, list[ToolDefinition]]:
@@ -356,6 +430,8 @@ class ToolRegistry:
 
     async def aclose(self) -> None:
         """Flush audits, close MCP connections and the HTTP pool."""
+        for task in list(self._recheck_tasks):
+            task.cancel()
         await self.audit_log.aclose()
         await self.mcp.aclose()
         await self.http.aclose()

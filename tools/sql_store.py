@@ -27,7 +27,7 @@ from tools.model import (
     utcnow,
 )
 from tools.schema import tool_audit, tool_mcp_servers, tool_policies, tool_versions
-from tools.store import ServerToolsSync, ToolStore, is_server_tool, runs_on_server
+from tools.store import ServerToolsSync, ToolStore, check_server_spec, is_server_tool, runs_on_server
 
 
 def _utc(value: datetime) -> datetime:
@@ -174,13 +174,27 @@ class SqlToolStore(ToolStore):
         return int(last)
 
     def sync_server_tools(
-        self, scope: str, server: str, definitions: Sequence[ToolDefinition]
+        self,
+        scope: str,
+        server: str,
+        definitions: Sequence[ToolDefinition],
+        *,
+        spec: McpServerSpec | None = None,
     ) -> ServerToolsSync:
         wanted = {d.name: d for d in definitions}
         with self._engine.begin() as conn:
             # One sync of a server at a time, then its names in sorted order. Names of different servers
             # never overlap (``<server>.``, and a server name has no dot), so two syncs cannot deadlock.
             lock_for_write(conn, "tool_mcp_servers", scope, server)
+            if spec is not None:
+                # Read under the lock put_server and remove_server take: a removal or re-import either
+                # committed before this check or waits for this sync.
+                row = conn.execute(
+                    select(tool_mcp_servers.c.spec).where(
+                        tool_mcp_servers.c.scope == scope, tool_mcp_servers.c.name == server
+                    )
+                ).first()
+                check_server_spec(server, server_from_dict(json.loads(row.spec)) if row else None, spec)
             held = sorted(set(wanted) | set(self._server_tool_names(conn, scope, server)))
             for name in held:
                 lock_for_write(conn, "tools", scope, name)

@@ -13,8 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-from core.errors import NotFoundError
-from tools.model import AuditRecord, ExecutorKind, McpServerSpec, ToolDefinition, ToolPolicy, utcnow
+from core.errors import FailedPreconditionError, NotFoundError
+from tools.model import (
+    AuditRecord,
+    ExecutorKind,
+    McpServerSpec,
+    ToolDefinition,
+    ToolPolicy,
+    server_to_dict,
+    utcnow,
+)
 
 
 class ServerToolsSync(NamedTuple):
@@ -29,6 +37,16 @@ class ServerToolsSync(NamedTuple):
     def changed(self) -> bool:
         """Whether the scope's tools are different now."""
         return bool(self.created or self.removed)
+
+
+def check_server_spec(server: str, stored: McpServerSpec | None, spec: McpServerSpec) -> None:
+    """FailedPreconditionError unless ``stored`` (None: no row) is ``spec`` (see ``sync_server_tools``)."""
+    if stored is None:
+        raise FailedPreconditionError(f"mcp server {server!r} is no longer registered; its tools are not synced")
+    if server_to_dict(stored) != server_to_dict(spec):
+        raise FailedPreconditionError(
+            f"mcp server {server!r} was re-imported with another spec; this connection's tools are not synced"
+        )
 
 
 def is_server_tool(definition: ToolDefinition, server: str) -> bool:
@@ -82,12 +100,22 @@ class ToolStore(ABC):
 
     @abstractmethod
     def sync_server_tools(
-        self, scope: str, server: str, definitions: Sequence[ToolDefinition]
+        self,
+        scope: str,
+        server: str,
+        definitions: Sequence[ToolDefinition],
+        *,
+        spec: McpServerSpec | None = None,
     ) -> ServerToolsSync:
         """Make MCP server ``server``'s imported tools exactly ``definitions``, in one transaction.
 
         Each definition is put as by ``put_tool``; every live tool for which ``is_server_tool(tool, server)``
         holds and whose name is not among ``definitions`` is unregistered.
+
+        ``spec``: the spec of the connection that listed ``definitions``. Then, under the server's write lock,
+        the stored server must exist and equal it, else FailedPreconditionError and nothing changes: a replica
+        still connected with an old spec, or to a server another replica removed, must not bring back tools
+        the current one does not list.
         """
 
     @abstractmethod
@@ -205,10 +233,17 @@ class InMemoryToolStore(ToolStore):
             return versions[-1].version
 
     def sync_server_tools(
-        self, scope: str, server: str, definitions: Sequence[ToolDefinition]
+        self,
+        scope: str,
+        server: str,
+        definitions: Sequence[ToolDefinition],
+        *,
+        spec: McpServerSpec | None = None,
     ) -> ServerToolsSync:
         wanted = {d.name for d in definitions}
         with self._lock:
+            if spec is not None:
+                check_server_spec(server, self._servers.get((scope, server)), spec)
             created = sorted(d.name for d in definitions if self._put_tool(scope, d)[1])
             removed = sorted(
                 name

@@ -29,6 +29,9 @@ from tools.model import (
 )
 from tools.search import ToolSearchResult
 
+# What a secret-bearing value (header, environment variable) reads as in a reply.
+REDACTED = "***"
+
 _DEFAULTS = ToolDefinition(
     name="", description="", input_schema={}, executor=ExecutorSpec(ExecutorKind.BUILTIN)
 )
@@ -43,6 +46,9 @@ OUTCOME_TO_PROTO = {
     Outcome.UNAVAILABLE: tool_pb2.INVOKE_OUTCOME_UNAVAILABLE,
     Outcome.DEADLINE_EXCEEDED: tool_pb2.INVOKE_OUTCOME_DEADLINE_EXCEEDED,
     Outcome.NOT_FOUND: tool_pb2.INVOKE_OUTCOME_NOT_FOUND,
+    Outcome.FAILED_PRECONDITION: tool_pb2.INVOKE_OUTCOME_FAILED_PRECONDITION,
+    Outcome.CANCELLED: tool_pb2.INVOKE_OUTCOME_CANCELLED,
+    Outcome.INTERNAL: tool_pb2.INVOKE_OUTCOME_INTERNAL,
 }
 STEP_TO_PROTO = {
     Step.NONE: tool_pb2.INVOKE_STEP_UNSPECIFIED,
@@ -133,7 +139,11 @@ def tool_to_proto(d: ToolDefinition) -> tool_pb2.Tool:
     )
     ex = d.executor
     if ex.kind == ExecutorKind.HTTP:
-        msg.http.CopyFrom(tool_pb2.HttpToolExecutor(url=ex.url, method=ex.method, headers=ex.headers))
+        # Header values are not echoed back (any caller that may read the namespace would see an Authorization
+        # token), as MCP server headers are not; the names stay so a caller can see which are set.
+        msg.http.CopyFrom(
+            tool_pb2.HttpToolExecutor(url=ex.url, method=ex.method, headers={k: REDACTED for k in ex.headers})
+        )
     elif ex.kind == ExecutorKind.MCP:
         msg.mcp.CopyFrom(tool_pb2.McpToolExecutor(server=ex.mcp_server, tool=ex.mcp_tool))
     else:
@@ -190,10 +200,10 @@ def server_to_proto(s: McpServerSpec) -> tool_pb2.McpServer:
         else tool_pb2.MCP_TRANSPORT_STREAMABLE_HTTP,
         command=s.command,
         args=list(s.args),
-        env={k: "***" for k in s.env},
+        env={k: REDACTED for k in s.env},
         cwd=s.cwd,
         url=s.url,
-        headers={k: "***" for k in s.headers},
+        headers={k: REDACTED for k in s.headers},
         risk_tags=list(s.risk_tags),
         timeout_s=s.timeout_s,
         max_concurrency=s.max_concurrency,

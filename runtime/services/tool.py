@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -230,6 +231,12 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
         return conv.violations_to_proto(bad)
 
     async def Invoke(self, request: tool_pb2.InvokeToolRequest, context: Any) -> tool_pb2.InvokeToolResponse:
+        # The deadline is fixed here, as an absolute time: the invoker computes the tool's budget from it right
+        # before execute, so the scope lookup, validation and the call guard count against it.
+        remaining = context.time_remaining()
+        if remaining is None:
+            remaining = self._rt.settings.server.default_deadline_s
+        deadline_at = time.monotonic() + max(0.001, remaining - DEADLINE_MARGIN_S) if remaining is not None else None
         scope = await self._rt.scope(request.namespace, write=True)
         name, arguments_json, arguments_field = request.name, request.arguments_json, "arguments_json"
         if request.HasField("tool_call"):
@@ -257,10 +264,6 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
             from runtime.convert.gate import tokens_from_proto
 
             tokens = tokens_from_proto(request.tokens)
-        remaining = context.time_remaining()
-        if remaining is None:
-            remaining = self._rt.settings.server.default_deadline_s
-        deadline = max(0.001, remaining - DEADLINE_MARGIN_S) if remaining is not None else None
         result = await _invoker(self._rt).invoke(
             InvokeRequest(
                 scope=scope,
@@ -274,7 +277,7 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
                 timeout_s=request.timeout_s,
                 version=request.version,
                 session_id=request.session_id,
-                deadline_s=deadline,
+                deadline_at=deadline_at,
             )
         )
         return conv.invoke_to_proto(result)

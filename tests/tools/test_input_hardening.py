@@ -290,7 +290,10 @@ def test_a_stored_ref_loop_is_a_failed_precondition_and_audited(srv: RunningServ
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
         assert "loopy" in err.value.details()
     records = srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=srv.ns, tool_name="loopy")).records
-    assert [r.outcome for r in records] == [tool_pb2.INVOKE_OUTCOME_INVALID_ARGUMENT]
+    # Audited as answered (it used to be audited INVALID_ARGUMENT while the caller got FAILED_PRECONDITION).
+    assert [(r.outcome, r.reason.split(":")[0]) for r in records] == [
+        (tool_pb2.INVOKE_OUTCOME_FAILED_PRECONDITION, "FailedPreconditionError")
+    ]
 
 
 def test_non_finite_numbers_in_arguments_name_the_field(srv: RunningServer) -> None:

@@ -254,7 +254,8 @@ async def test_a_stored_schema_whose_refs_loop_is_a_failed_precondition_and_audi
         await invoker.invoke(InvokeRequest(SCOPE, "loopy", '{"x": 1}'))
     assert "'loopy' version 1" in str(err.value) and "register a corrected version" in str(err.value)
     [audit] = await invoker.registry.audits(SCOPE)
-    assert (audit.outcome, audit.stopped_at) == (Outcome.INVALID_ARGUMENT, Step.VALIDATE)
+    # Audited as answered (it used to be audited INVALID_ARGUMENT while the caller got FAILED_PRECONDITION).
+    assert (audit.outcome, audit.stopped_at) == (Outcome.FAILED_PRECONDITION, Step.VALIDATE)
     assert guard.requests == []
 
 

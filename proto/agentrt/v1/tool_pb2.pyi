@@ -31,6 +31,9 @@ class InvokeOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVOKE_OUTCOME_UNAVAILABLE: _ClassVar[InvokeOutcome]
     INVOKE_OUTCOME_DEADLINE_EXCEEDED: _ClassVar[InvokeOutcome]
     INVOKE_OUTCOME_NOT_FOUND: _ClassVar[InvokeOutcome]
+    INVOKE_OUTCOME_FAILED_PRECONDITION: _ClassVar[InvokeOutcome]
+    INVOKE_OUTCOME_CANCELLED: _ClassVar[InvokeOutcome]
+    INVOKE_OUTCOME_INTERNAL: _ClassVar[InvokeOutcome]
 
 class InvokeStep(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +57,9 @@ INVOKE_OUTCOME_INVALID_ARGUMENT: InvokeOutcome
 INVOKE_OUTCOME_UNAVAILABLE: InvokeOutcome
 INVOKE_OUTCOME_DEADLINE_EXCEEDED: InvokeOutcome
 INVOKE_OUTCOME_NOT_FOUND: InvokeOutcome
+INVOKE_OUTCOME_FAILED_PRECONDITION: InvokeOutcome
+INVOKE_OUTCOME_CANCELLED: InvokeOutcome
+INVOKE_OUTCOME_INTERNAL: InvokeOutcome
 INVOKE_STEP_UNSPECIFIED: InvokeStep
 INVOKE_STEP_VALIDATE: InvokeStep
 INVOKE_STEP_GUARD_CALL: InvokeStep
