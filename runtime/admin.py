@@ -15,19 +15,37 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from core.embedding import create_embedder
+from core.errors import InvalidArgumentError
 from memory.model import MemoryMessage
 from runtime import naming
 from runtime.config import Settings
 from runtime.container import Runtime
-from runtime.db import Database
+from runtime.db import Database, DatabaseError
+
+
+def open_database(settings: Settings) -> Database:
+    """The configured database, brought to the newest revision; DatabaseError where it does not exist or has no
+    agentrt schema. These commands work on a database the server (or ``agentrt migrate``) made: a mistyped
+    ``--data-dir`` must fail, not create an empty database and export nothing with exit code 0."""
+    db = Database(settings.storage.resolved_url(), create=False)
+    try:
+        if not db.is_migrated():
+            raise DatabaseError(
+                f"{db!r} has no agentrt schema (check --data-dir / --database-url; a new database is made by "
+                "`agentrt migrate` or `agentrt serve`)"
+            )
+        db.migrate()  # an older revision is upgraded, as the server would on start
+    except BaseException:
+        db.dispose()
+        raise
+    return db
 
 
 def open_runtime(settings: Settings) -> Runtime:
-    """A Runtime with the database migrated, the embedder loaded and the memory component built."""
+    """A Runtime on an existing database (``open_database``), the embedder loaded and the memory component built."""
     from runtime.services import memory as memory_service
 
-    db = Database(settings.storage.resolved_url())
-    db.migrate()
+    db = open_database(settings)
     rt = Runtime(settings=settings, db=db, executor=ThreadPoolExecutor(2))
     emb = settings.embedding
     rt.loaded_embedder = create_embedder(
@@ -46,9 +64,24 @@ def close_runtime(rt: Runtime) -> None:
 
 
 def _scope(tenant: str, namespace: str) -> str:
-    naming.validate_name(tenant, "--tenant")
-    naming.validate_name(namespace, "--namespace")
+    try:
+        naming.validate_name(tenant, "--tenant")
+        naming.validate_name(namespace, "--namespace")
+    except InvalidArgumentError as exc:
+        raise SystemExit(f"agentrt: {exc}") from None
     return f"{tenant}/{namespace}"
+
+
+def _existing_scope(rt: Runtime, tenant: str, namespace: str) -> str:
+    """``tenant/namespace``, which must exist: a mistyped name is an error, not an empty result with exit 0."""
+    scope = _scope(tenant, namespace)
+    known = rt.db.list_namespaces(tenant)
+    if namespace not in known:
+        raise SystemExit(
+            f"agentrt: namespace {namespace!r} of tenant {tenant!r} does not exist in {rt.db!r}"
+            f" (it has: {', '.join(known) or 'none'})"
+        )
+    return scope
 
 
 def export_messages(rt: Runtime, scope: str) -> Iterator[dict[str, Any]]:
@@ -88,13 +121,18 @@ def import_messages(rt: Runtime, scope: str, lines: TextIO) -> int:
             continue
         try:
             row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError(f"a JSON object is expected, not a {type(row).__name__}")
+            metadata = row.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise TypeError(f"metadata must be a JSON object, not a {type(metadata).__name__}")
             msg = MemoryMessage(
                 id=str(row["id"]),
                 session_id=str(row["session_id"]),
                 speaker=str(row.get("speaker", "")),
                 text=str(row["text"]),
                 time=datetime.fromisoformat(row["time"]) if row.get("time") else None,
-                metadata={str(k): str(v) for k, v in (row.get("metadata") or {}).items()},
+                metadata={str(k): str(v) for k, v in metadata.items()},
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"line {number}: not an exported message ({exc})") from None
@@ -107,27 +145,40 @@ def import_messages(rt: Runtime, scope: str, lines: TextIO) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Dispatch ``agentrt admin <command>``."""
-    rt = open_runtime(settings)
+    """Dispatch ``agentrt admin <command>``. Bad input (an unknown namespace, an unreadable file, a malformed
+    line) ends in SystemExit with one line; a missing database in DatabaseError (``open_database``)."""
+    if args.admin_command not in ("reindex", "export", "import"):
+        raise SystemExit(f"unknown admin command {args.admin_command!r}")
+    if getattr(args, "namespace", None):
+        _scope(args.tenant, args.namespace)  # a malformed name fails before the model loads
+    source: TextIO | None = None
+    if args.admin_command == "import":
+        try:
+            source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise SystemExit(f"agentrt: cannot read {args.file}: {exc.strerror or exc}") from None
     try:
-        if args.admin_command == "reindex":
-            scopes = [_scope(args.tenant, args.namespace)] if args.namespace else rt.memory.store.namespaces()
-            for scope in scopes:
-                print(json.dumps({"namespace": scope, "units_indexed": rt.memory.rebuild(scope)}))
-            return 0
-        if args.admin_command == "export":
-            for row in export_messages(rt, _scope(args.tenant, args.namespace)):
-                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            return 0
-        if args.admin_command == "import":
+        rt = open_runtime(settings)
+        try:
+            if args.admin_command == "reindex":
+                if args.namespace:
+                    scopes = [_existing_scope(rt, args.tenant, args.namespace)]
+                else:
+                    scopes = rt.memory.store.namespaces()
+                for scope in scopes:
+                    print(json.dumps({"namespace": scope, "units_indexed": rt.memory.rebuild(scope)}))
+                return 0
+            if args.admin_command == "export":
+                for row in export_messages(rt, _existing_scope(rt, args.tenant, args.namespace)):
+                    sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                return 0
+            assert source is not None
             scope = _scope(args.tenant, args.namespace)
-            if args.file == "-":
-                written = import_messages(rt, scope, sys.stdin)
-            else:
-                with open(args.file, encoding="utf-8") as f:
-                    written = import_messages(rt, scope, f)
+            written = import_messages(rt, scope, source)
             print(json.dumps({"namespace": scope, "written": written}))
             return 0
-        raise SystemExit(f"unknown admin command {args.admin_command!r}")
+        finally:
+            close_runtime(rt)
     finally:
-        close_runtime(rt)
+        if source is not None and source is not sys.stdin:
+            source.close()

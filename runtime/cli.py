@@ -8,7 +8,9 @@ import json
 import sys
 from typing import Any
 
-from runtime.config import Settings, load_settings
+from pydantic import ValidationError
+
+from runtime.config import ConfigError, Settings, describe_validation_error, load_settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -18,7 +20,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
+    """Settings from the file, the environment and the flags. Flags are merged key by key into their sections
+    and validated like every other source (``--port 70000`` is refused, not bound modulo 65536)."""
     storage: dict[str, Any] = {}
     if args.data_dir:
         storage["data_dir"] = args.data_dir
@@ -31,13 +34,33 @@ def _settings(args: argparse.Namespace) -> Settings:
             server[key] = value
     if getattr(args, "insecure", False):
         server["insecure"] = True
-    base = load_settings(args.config)
-    # Flags override file and environment key by key (not whole sections).
+    overrides: dict[str, Any] = {}
     if storage:
-        overrides["storage"] = base.storage.model_copy(update=storage)
+        overrides["storage"] = storage
     if server:
-        overrides["server"] = base.server.model_copy(update=server)
-    return base.model_copy(update=overrides)
+        overrides["server"] = server
+    return load_settings(args.config, **overrides)
+
+
+def _config_problem(args: argparse.Namespace, exc: Exception) -> str:
+    """One line for a configuration that cannot be loaded (no traceback: the user's input is wrong, not us)."""
+    if isinstance(exc, ValidationError):
+        import os
+
+        return describe_validation_error(exc, args.config or os.environ.get("AGENTRT_CONFIG"))
+    return str(exc)
+
+
+def _database_problem(url: str, exc: Exception) -> str:
+    """One line for a database that cannot be opened or migrated (unreachable, unknown driver, bad path)."""
+    from runtime.db import _redact
+
+    try:
+        shown = _redact(url)
+    except Exception:
+        shown = "(unparsable URL)"
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"cannot use the database {shown}: {exc.__class__.__name__}: {detail[0] if detail else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("file", help="JSON-lines file, or - for stdin")
 
     args = parser.parse_args(argv)
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except (ConfigError, ValidationError, OSError) as exc:
+        print(f"agentrt: {_config_problem(args, exc)}", file=sys.stderr)
+        return 2
     from runtime.logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
@@ -98,17 +125,30 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    if args.command == "migrate":
-        from runtime.db import Database
+    from sqlalchemy.exc import SQLAlchemyError
 
-        db = Database(settings.storage.resolved_url())
-        db.migrate()
-        db.dispose()
-        print(json.dumps({"migrated": repr(db)}))
-        return 0
-    from runtime import admin as admin_ops
+    from runtime.db import DatabaseError
 
-    return admin_ops.run(args, settings)
+    url = settings.storage.resolved_url()
+    try:
+        if args.command == "migrate":
+            from runtime.db import Database
+
+            db = Database(url)
+            db.migrate()
+            db.dispose()
+            print(json.dumps({"migrated": repr(db)}))
+            return 0
+        from runtime import admin as admin_ops
+
+        return admin_ops.run(args, settings)
+    except DatabaseError as exc:
+        print(f"agentrt: {exc}", file=sys.stderr)
+        return 2
+    except (SQLAlchemyError, ImportError, OSError) as exc:
+        # ImportError: a URL whose driver is not installed (mysql://); OSError: a data dir that is a file.
+        print(f"agentrt: {_database_problem(url, exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

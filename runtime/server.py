@@ -257,22 +257,36 @@ class AgentrtServer:
             from grpc_reflection.v1alpha import reflection
 
             reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        address = f"{s.host}:{s.port}"
-        if s.tls.enabled:
-            creds = _server_credentials(self.settings)
-            self.port = server.add_secure_port(address, creds)
-        else:
-            self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise StartupError(f"could not bind {address}")
-        for name in ["", *names]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
+        address = grpc_address(s.host, s.port)
+        try:
+            # Metrics first: once the gRPC server has started, a failure here would leave it serving health
+            # with nothing behind it, and an event loop torn down under it ("Event loop is closed").
+            if s.metrics_port >= 0:
+                try:
+                    self._metrics_httpd, self.metrics_port = metrics.start_metrics_server(
+                        s.metrics_host, s.metrics_port)
+                except OSError as exc:
+                    raise StartupError(
+                        f"could not serve metrics on {grpc_address(s.metrics_host, s.metrics_port)}: "
+                        f"{exc.strerror or exc} (server.metrics_port; -1 turns metrics off)"
+                    ) from None
+            creds = _server_credentials(self.settings) if s.tls.enabled else None
+            try:
+                self.port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+            except RuntimeError:  # grpc raises (rather than returning 0) when the address is taken
+                self.port = 0
+            if self.port == 0:
+                raise StartupError(f"could not bind {address}: the port is in use or the address is not local")
+            for name in ["", *names]:
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.start()
+        except BaseException:
+            await server.stop(0)
+            self._stop_metrics()
+            raise
         self._server = server
-        if s.metrics_port >= 0:
-            self._metrics_httpd, self.metrics_port = metrics.start_metrics_server(s.metrics_host, s.metrics_port)
         self._build_task = asyncio.create_task(self._build(names))
-        log.info("listening", extra={"address": f"{s.host}:{self.port}", "tls": s.tls.enabled,
+        log.info("listening", extra={"address": grpc_address(s.host, self.port), "tls": s.tls.enabled,
                                      "metrics_port": self.metrics_port})
         return self.port
 
@@ -368,23 +382,37 @@ class AgentrtServer:
         self.rt.ready = False
         self.rt.executor.shutdown(wait=True)
         self.rt.db.dispose()
+        self._stop_metrics()
+        log.info("stopped")
+
+    def _stop_metrics(self) -> None:
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
-        log.info("stopped")
+            self._metrics_httpd = None
+
+
+def grpc_address(host: str, port: int) -> str:
+    """``host:port`` for gRPC, an IPv6 literal in brackets (``[::1]:50051``; ``::1:50051`` does not parse)."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def _read_tls_file(setting: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise StartupError(f"cannot read {setting} {path!r}: {exc.strerror or exc}") from None
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
     tls = settings.server.tls
     assert tls.cert_file and tls.key_file
-    with open(tls.key_file, "rb") as f:
-        key = f.read()
-    with open(tls.cert_file, "rb") as f:
-        cert = f.read()
-    ca = None
-    if tls.client_ca_file:
-        with open(tls.client_ca_file, "rb") as f:
-            ca = f.read()
+    key = _read_tls_file("server.tls.key_file", tls.key_file)
+    cert = _read_tls_file("server.tls.cert_file", tls.cert_file)
+    ca = _read_tls_file("server.tls.client_ca_file", tls.client_ca_file) if tls.client_ca_file else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
@@ -394,7 +422,11 @@ async def serve(settings: Settings, port_file: str | None = None) -> int:
     ``port_file`` receives the bound port once listening (useful with ``--port 0``).
     """
     server = AgentrtServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except StartupError:
+        await server.stop(0)  # the database pool and worker threads made by the constructor
+        raise
     if port_file:
         tmp = f"{port_file}.tmp"
         with open(tmp, "w") as f:

@@ -5,7 +5,13 @@ audit record that the caller does not need stored before it gets its answer. ``R
 rows, and one daemon thread inserts what piled up within ``linger_s`` of the first in one transaction.
 ``flush()`` waits until every row queued so far is stored — code that reads or updates those rows
 calls it first, so a client always sees its own records — and ``close()`` (called on shutdown) flushes
-and stops the thread. A batch that fails is logged and dropped; it never blocks the callers.
+and stops the thread.
+
+A batch holds rows of unrelated calls, each already acknowledged to its caller, so one bad row must not cost
+the others: a batch the database refuses is split in halves and retried until the refused row stands alone,
+and only that row is dropped (logged with its id). A transient error (a lost connection, a lock timeout, a
+Postgres restart or serialization failure: ``OperationalError``) is retried with bounded backoff before the
+batch is given up. Neither ever blocks the callers; ``flush`` waits for the retries.
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, insert
+from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
+
+#: Pauses before the retries of a batch that failed with a transient error (about 3 s in all, then dropped).
+RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 1.5)
 
 #: How long a lookup of a written-behind row waits for another replica's writer before NOT_FOUND.
 REMOTE_ROW_WAIT_S = 2.0
@@ -46,11 +56,24 @@ def find_row(engine: Engine, attempt: Callable[[], T | None], wait_s: float = RE
     return found
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's message of a database error without SQLAlchemy's statement and parameters."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
 class RowWriter:
     """Queue of rows for one table, inserted in batches by a background thread."""
 
     def __init__(
-        self, engine: Engine, table: Table, *, max_batch: int = 512, linger_s: float = 0.02, durable: bool = False
+        self,
+        engine: Engine,
+        table: Table,
+        *,
+        max_batch: int = 512,
+        linger_s: float = 0.02,
+        durable: bool = False,
+        retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
     ):
         # durable: ``add`` inserts the row in its caller's thread and returns once it is committed (raising
         # what the insert raised): for deployments where every id handed out must survive a kill -9.
@@ -59,6 +82,7 @@ class RowWriter:
         self._table = table
         self._max_batch = max_batch
         self._linger_s = linger_s
+        self._retry_delays_s = tuple(retry_delays_s)
         # Threads inside flush(): the writer stops lingering for them.
         self._waiting = 0
         self._rows: deque[dict[str, Any]] = deque()
@@ -109,13 +133,44 @@ class RowWriter:
                 n = min(len(self._rows), self._max_batch)
                 batch = [self._rows.popleft() for _ in range(n)]
             try:
-                with self._engine.begin() as conn:
-                    conn.execute(insert(self._table), batch)
-            except Exception:
+                self._store(batch)
+            except Exception:  # never let the thread die: later rows and flush() depend on it
                 log.exception("could not write %d %s rows", len(batch), self._table.name)
             with self._cond:
                 self._done += len(batch)
                 self._cond.notify_all()
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """One transaction for ``rows``, retried after a transient error; raises what the last attempt raised."""
+        for delay in (*self._retry_delays_s, None):
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(self._table), rows)
+                return
+            except OperationalError as exc:
+                if delay is None:
+                    raise
+                log.warning("writing %d %s rows failed (%s); retrying in %.2f s", len(rows), self._table.name,
+                            _first_line(exc), delay)
+                time.sleep(delay)
+
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        """Store ``rows``; where the database refuses the batch, store every row it accepts and drop (and log)
+        only the ones it refuses, found by halving. A transient error that outlasts the retries drops the
+        batch, halving would only repeat it."""
+        try:
+            self._insert(rows)
+        except OperationalError:
+            log.exception("dropped %d %s rows: the database stayed unavailable", len(rows), self._table.name)
+        except Exception as exc:
+            if len(rows) == 1:
+                # The key only: the row's other values are caller data and may be large.
+                key = {col.name: rows[0].get(col.name) for col in self._table.primary_key.columns}
+                log.error("dropped a %s row the database refused (%s): %s", self._table.name, key, _first_line(exc))
+                return
+            middle = len(rows) // 2
+            self._store(rows[:middle])
+            self._store(rows[middle:])
 
     def flush(self) -> None:
         """Wait until every row queued before this call is stored (or its batch failed)."""

@@ -7,10 +7,16 @@ from typing import Any
 import grpc
 from agentrt.v1 import gate_pb2, gate_pb2_grpc
 
+from core import errors as domain
 from runtime import naming
 from runtime.container import Runtime
 from runtime.convert import gate as conv
 from runtime.gates import GateEngine
+from runtime.gates.schema import gate_decisions
+
+#: Longest ``session_id`` a decision can be stored with (the column's length). Checked before answering: the
+#: decision is written behind, where an over-long value would only fail after its id was handed out.
+MAX_SESSION_ID = int(gate_decisions.c.session_id.type.length or 0)  # type: ignore[attr-defined]
 
 
 def gate_config(rt: Runtime, scope: str) -> dict[str, Any]:
@@ -74,6 +80,10 @@ class GateServiceServicer(gate_pb2_grpc.GateServiceServicer):
 
     async def Decide(self, request: gate_pb2.DecideRequest, context: Any) -> gate_pb2.GateDecision:
         kind = conv.gate_from_proto(request.gate)
+        if len(request.session_id) > MAX_SESSION_ID:
+            raise domain.InvalidArgumentError(
+                "session_id", f"at most {MAX_SESSION_ID} characters, got {len(request.session_id)}"
+            )
         scope, writable = await _scope_for_record(self._rt, request.namespace)
         span = conv.span_from_proto(request.answer_span, request.HasField("answer_span"), "answer_span")
         persist = writable and not request.dry_run

@@ -81,3 +81,39 @@ def test_reindex_rebuilds_every_namespace_from_the_database(make_server, db_url:
     again = make_server(data_dir=data, db_url=db_url, embedding_model="hashing")
     assert "a1" in {i for h in again.client.search("ns-a", "cat named Miso", top_k=3).hits for i in h.message_ids}
     assert "b1" in {i for h in again.client.search("ns-b", "tram harbour", top_k=3).hits for i in h.message_ids}
+
+
+def test_admin_commands_refuse_a_database_that_is_not_there(tmp_path: Path) -> None:
+    """A mistyped --data-dir used to create an empty database, export nothing and exit 0."""
+    typo = tmp_path / "typo"
+    for args in (["export", "--namespace", "ns"], ["reindex"], ["import", "--namespace", "ns", "-"]):
+        done = _cli("admin", *args, "--data-dir", str(typo), stdin="")
+        assert done.returncode != 0 and "no database at" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert not typo.exists()
+    # A database file without the agentrt schema (some other SQLite file) is refused, not migrated.
+    other = tmp_path / "other"
+    other.mkdir()
+    import sqlite3
+
+    sqlite3.connect(other / "agentrt.db").close()
+    done = _cli("admin", "export", "--data-dir", str(other), "--namespace", "ns")
+    assert done.returncode != 0 and "has no agentrt schema" in done.stderr, done.stderr
+
+
+def test_admin_reports_bad_input_in_one_line_and_non_zero(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    assert _cli("migrate", "--data-dir", data).returncode == 0
+    cases = [
+        (["reindex", "--namespace", "nosuch"], None, "namespace 'nosuch' of tenant 'default' does not exist"),
+        (["export", "--namespace", "nosuch"], None, "does not exist"),
+        (["export", "--namespace", "bad name!"], None, "is not a valid name"),
+        (["import", "--namespace", "ns", str(tmp_path / "nope.jsonl")], None, "cannot read"),
+        (["import", "--namespace", "ns", "-"], '{"id": "a", "session_id": "s", "text": "hi", "metadata": ["x"]}\n',
+         "line 1: not an exported message (metadata must be a JSON object, not a list)"),
+        (["import", "--namespace", "ns", "-"], "[1, 2]\n", "line 1: not an exported message"),
+    ]
+    for args, stdin, expected in cases:
+        done = _cli("admin", *args, "--data-dir", data, stdin=stdin)
+        assert done.returncode != 0, (args, done.stdout)
+        assert expected in done.stderr and done.stderr.count("\n") == 1, (args, done.stderr)
