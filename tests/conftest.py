@@ -145,8 +145,10 @@ class RunningServer(EmbeddedServer):
         return AgentrtClient(self.target, token=token)
 
     def stop(self, grace: float = 0.0) -> None:
-        if not self._stopped:
-            self.client.close()
+        # A server whose start failed is stopped from EmbeddedServer.__init__, before it has a client.
+        client = getattr(self, "client", None)
+        if client is not None and not self._stopped:
+            client.close()
         super().stop(grace)
 
 

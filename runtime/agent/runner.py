@@ -66,7 +66,19 @@ async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any]
         )
         await pool.open()
         pg = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-        await pg.setup()
+        # Replicas starting together on a fresh database both ran LangGraph's migrations, and one failed its
+        # start (a duplicate key in checkpoint_migrations): one replica at a time, as for our own migrations.
+        # Polled, not waited for: a replica blocked in pg_advisory_lock holds a snapshot, and the holder's
+        # CREATE INDEX CONCURRENTLY waits for every older snapshot to end, so both would wait for ever.
+        key = advisory_key("agent-checkpointer", "setup")
+        async with pool.connection() as conn:
+            while not (await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (key,))).fetchone() or
+                       {}).get("taken"):
+                await asyncio.sleep(0.05)
+            try:
+                await pg.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
         return pg, pool.close
     raise InvalidArgumentError("storage.database_url", f"no checkpointer for database {url.get_backend_name()!r}")
 

@@ -77,3 +77,22 @@ def test_a_thread_held_by_one_replica_waits_for_it_on_another(pg_url: str) -> No
         return order
 
     assert asyncio.run(main()) == ["a in", "a out", "b in", "b out"]
+
+
+def test_replicas_opening_the_checkpointer_of_a_fresh_database_at_once_all_succeed(pg_url: str) -> None:
+    """LangGraph's own migrations ran unlocked: of replicas starting together, one failed (a duplicate key in
+    ``checkpoint_migrations``)."""
+    from runtime.agent.runner import open_checkpointer
+
+    async def main() -> list[BaseException | None]:
+        async def start() -> BaseException | None:
+            try:
+                _saver, close = await open_checkpointer(pg_url)
+            except Exception as exc:
+                return exc
+            await close()
+            return None
+
+        return list(await asyncio.gather(*(start() for _ in range(4))))
+
+    assert asyncio.run(main()) == [None] * 4
