@@ -46,7 +46,7 @@ from guards.model import (
     Stage,
 )
 from guards.pack import DEFAULT_PACK, load_pack, pack_seed
-from guards.store import GuardStore
+from guards.store import MAX_CATEGORY_CHARS, GuardStore, SegmentedAuditRecord, decided_text, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,20 @@ def _stage(value: Any) -> Stage:
     return value if isinstance(value, Stage) else Stage(str(value))
 
 
+def category_violations(category: str, field: str = "category") -> list[FieldViolation]:
+    """What is wrong with a category an incident or exemplar gives (empty when nothing).
+
+    The same on every backend: Postgres refused a category past its column's 100 characters, or with NUL, with
+    an error that named no field, while SQLite and the in-memory store kept it.
+    """
+    out = []
+    if len(category) > MAX_CATEGORY_CHARS:
+        out.append(FieldViolation(field, f"at most {MAX_CATEGORY_CHARS} characters, got {len(category)}"))
+    if "\x00" in category:
+        out.append(FieldViolation(field, "must not contain NUL characters"))
+    return out
+
+
 class GuardEngine:
     """Policy rules plus a self-evolving guard memory per namespace (scope), with an audit log."""
 
@@ -147,8 +161,9 @@ class GuardEngine:
         #: Scopes another replica changed since they were cached: ``memory`` loads them again.
         self._changed: set[str] = set()
         self._lock = threading.RLock()
-        # Recent verdicts (and the segment that decided them) so Feedback does not wait on the writer.
-        self._recent: OrderedDict[str, tuple[str, AuditRecord, str]] = OrderedDict()
+        # Recent verdicts, for GetVerdict on one the audit writer has not stored yet. Feedback reads the store only:
+        # the record there carries the segment that decided it, so it labels the same text on every replica.
+        self._recent: OrderedDict[str, tuple[str, AuditRecord]] = OrderedDict()
         # Its own lock: _lock is held while a namespace is first loaded and seeded (a few hundred ms).
         self._recent_lock = threading.Lock()
         self._recent_max = 20_000
@@ -592,8 +607,17 @@ class GuardEngine:
         if not dry_run:
             tool = request.tool_call.name if request.tool_call else ""
             args = request.tool_call.arguments_json if request.tool_call else ""
-            record = AuditRecord(verdict, request.text, tool, args, datetime.now(UTC))
-            self._remember(scope, record, decided_segment or request.text)
+            # The decided segment is stored with the verdict (None: the request text itself), so Feedback labels
+            # it whichever process answers (see ``feedback``).
+            record = SegmentedAuditRecord(
+                verdict,
+                request.text,
+                tool,
+                args,
+                datetime.now(UTC),
+                decided_segment=decided_segment if decided_segment and decided_segment != request.text else None,
+            )
+            self._remember(scope, record)
             if self._audit_async:
                 self._queue.put((scope, record))
             else:
@@ -673,9 +697,9 @@ class GuardEngine:
         return out
 
     # --- feedback and incidents ---------------------------------------------------------------------------
-    def _remember(self, scope: str, record: AuditRecord, segment: str) -> None:
+    def _remember(self, scope: str, record: AuditRecord) -> None:
         with self._recent_lock:
-            self._recent[record.verdict.verdict_id] = (scope, record, segment)
+            self._recent[record.verdict.verdict_id] = (scope, record)
             while len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
 
@@ -703,18 +727,16 @@ class GuardEngine:
         """
         if expected == Decision.UNSPECIFIED:
             raise InvalidArgumentError("expected", "expected must be ALLOW, BLOCK or REVIEW")
-        with self._recent_lock:
-            hit = self._recent.get(verdict_id)
         self.flush()
         # What the store holds decides: whether it has feedback already (a retry), and NotFoundError for a
         # verdict of another scope, or one the audit writer could not store.
         stored = self.store.get_audit(scope, verdict_id)
         if stored.feedback != Decision.UNSPECIFIED:
             return self._earlier_feedback(scope, stored, expected)
-        if hit is not None and hit[0] == scope:
-            record, segment = hit[1], hit[2]
-        else:
-            record, segment = stored, stored.request_text
+        # The stored record, never this process's cache: the segment that decided it is stored with it, so a
+        # restart, another replica or an evicted cache entry label the same text (they labelled the whole
+        # request, and an ALLOW on a multi-sentence false BLOCK changed nothing).
+        record, segment = stored, decided_text(stored)
         mem = self.memory(scope)
         if expected == Decision.REVIEW:
             result = FeedbackResult(0, 0, (), mem.version)
@@ -769,7 +791,11 @@ class GuardEngine:
     def report_incident(
         self, scope: str, request: GuardRequest, expected: Decision = Decision.BLOCK, category: str = "", note: str = ""
     ) -> FeedbackResult:
-        """Teach the memory from a case that never went through Check (or went wrong elsewhere)."""
+        """Teach the memory from a case that never went through Check (or went wrong elsewhere).
+
+        Raises InvalidArgumentError naming ``expected`` (not ALLOW or BLOCK), ``request.text`` (nothing to learn)
+        or ``category`` (longer than 100 characters, or with NUL; see ``category_violations``).
+        """
         if expected not in (Decision.ALLOW, Decision.BLOCK):
             raise InvalidArgumentError("expected", "an incident's expected decision must be ALLOW or BLOCK")
         text = request.text.strip()
@@ -808,6 +834,12 @@ class GuardEngine:
         """Add a leaf. With ``on_verdict`` (verdict id, feedback note), the verdict's feedback and the result are
         written in the leaf's transaction; _FeedbackTaken (the step undone) when the verdict has feedback by then.
         """
+        bad = category_violations(category)
+        if bad:
+            raise InvalidArgumentError(bad)
+        # The leaf as every store keeps it (NUL as U+FFFD, see guards.store.storable_text), so the memory's view
+        # and a reload from the store agree; Postgres refused the leaf (and the incident) before.
+        text, note = storable_text(text), storable_text(note)
         mem = self.memory(scope)
         label = Label.HARMFUL if expected == Decision.BLOCK else Label.BENIGN
         vector = self.embedder.embed([text[:4000]])[0]

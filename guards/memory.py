@@ -5,7 +5,8 @@ Scoring (``GuardMemory.score``) for a query embedding q within a stage group:
 * leaves: FAISS top-k by cosine s_j, weights w = softmax(s / T_leaf), leaf harm = Σ w_j·y_j (y = 1 harmful);
 * clusters: top-k centroids by cosine s_i, p_i ∝ max(s_i, ε)^(1/T) (SafeHarbor, T = 0.1); each cluster's
   smoothed harmful share r_i = (h_i + ½)/(n_i + 1); cluster harm = Σ p_i·r_i;
-* neighbourhood harm = ½(leaf harm + cluster harm);
+* neighbourhood harm = ½(leaf harm + cluster harm), the leaf share rising to 1 for a near-duplicate of a leaf
+  (nearest cosine from ``duplicate_floor`` 0.85 to ``duplicate_full`` 0.95: a corrected verdict speaks for itself);
 * learned boundary (request group): b = σ(k·(q·w + β)), a label-balanced logistic regression over the group's
   leaves, refitted when they change; harm = share·b + (1 − share)·neighbourhood harm, where the share falls
   from 1 to 0 as the nearest leaf goes from ``local_floor`` to ``local_full`` (a near-duplicate of a
@@ -52,8 +53,15 @@ class MemoryParams:
     """Tunable constants of scoring and evolution (documented in docs/guards.md)."""
 
     leaf_k: int = 8
-    #: Share of the leaf-level harm in the final harm (the rest comes from the cluster level).
+    #: Share of the leaf-level harm in the final harm (the rest comes from the cluster level)...
     leaf_weight: float = 0.5
+    #: ...rising to 1 as the nearest leaf goes from ``duplicate_floor`` to ``duplicate_full`` similar: a
+    #: near-duplicate of a labelled leaf (above all a corrected verdict) is judged by the leaves, not diluted
+    #: by its cluster's share. Feedback places a leaf in the nearest cluster whatever its labels, so one
+    #: harmful correction in a cluster of 112 benign exemplars scored ½·1 + ½·0.01: the very text an operator
+    #: had just marked BLOCK came back as REVIEW (requests) or, at TOOL_RESULT, ALLOW.
+    duplicate_floor: float = 0.85
+    duplicate_full: float = 0.95
     cluster_k: int = 3
     #: Softmax temperature over leaf cosines (small = the nearest leaves dominate).
     leaf_temperature: float = 0.05
@@ -506,7 +514,12 @@ class GuardMemory:
         pc = np.exp(logp - logp.max(axis=1, keepdims=True))
         pc /= pc.sum(axis=1, keepdims=True)
         cluster_harm = (pc * rates[order]).sum(axis=1)
-        harm = p.leaf_weight * leaf_harm + (1.0 - p.leaf_weight) * cluster_harm
+        nearest_leaf = np.where(found[:, 0], sims[:, 0], 0.0)
+        duplicate = np.clip(
+            (nearest_leaf - p.duplicate_floor) / max(p.duplicate_full - p.duplicate_floor, 1e-6), 0.0, 1.0
+        )
+        leaf_share = p.leaf_weight + (1.0 - p.leaf_weight) * duplicate
+        harm = leaf_share * leaf_harm + (1.0 - leaf_share) * cluster_harm
         if boundary is not None:
             learned = 1.0 / (1.0 + np.exp(-p.boundary_sharpness * (queries @ boundary[0] + boundary[1])))
             local = np.clip((sims[:, 0] - p.local_floor) / (p.local_full - p.local_floor), 0.0, 1.0)

@@ -30,7 +30,18 @@ from guards.model import (
     Stage,
 )
 from guards.rules import rule_to_dict, stored_rule
-from guards.store import as_utc
+from guards.store import (
+    SegmentedAuditRecord,
+    as_utc,
+    storable_leaf,
+    storable_record,
+    storable_text,
+    storable_verdict_id,
+)
+
+# The largest value of an ``Integer`` column (guard_events.version): Postgres refuses a larger parameter in a
+# comparison ("integer out of range") where SQLite compares it.
+_MAX_INT32 = 2**31 - 1
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -271,7 +282,8 @@ class SqlGuardStore:
         ids = []
         with self._changing(scope) as conn:
             # One INSERT ... RETURNING per row keeps ids in order on both SQLite and Postgres.
-            for leaf, vec in zip(leaves, vectors, strict=True):
+            for given, vec in zip(leaves, vectors, strict=True):
+                leaf = storable_leaf(given)
                 row = conn.execute(
                     insert(t.guard_leaves)
                     .values(
@@ -331,9 +343,9 @@ class SqlGuardStore:
                     insert(t.guard_clusters)
                     .values(
                         scope=scope,
-                        category=cluster.category,
+                        category=storable_text(cluster.category),
                         stage_group=cluster.stage_group,
-                        rule_text=cluster.rule_text,
+                        rule_text=storable_text(cluster.rule_text),
                         active=True,
                     )
                     .returning(t.guard_clusters.c.id)
@@ -346,7 +358,7 @@ class SqlGuardStore:
         c = t.guard_clusters.c
         values: dict[str, Any] = {}
         if rule_text is not None:
-            values["rule_text"] = rule_text
+            values["rule_text"] = storable_text(rule_text)
         if active is not None:
             values["active"] = active
         with self._changing(scope) as conn:
@@ -385,6 +397,8 @@ class SqlGuardStore:
 
     def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
         c = t.guard_events.c
+        # No scope has 2**31 events: past that, History is empty on every backend (Postgres refused the value).
+        after_version = min(after_version, _MAX_INT32)
         with self._reading() as conn:
             rows = (
                 conn.execute(
@@ -406,6 +420,7 @@ class SqlGuardStore:
         if not records:
             return
         c = t.guard_verdicts.c
+        records = [storable_record(r) for r in records]
         ids = [r.verdict.verdict_id for r in records]
         with self.engine.begin() as conn:
             existing = set(conn.execute(select(c.verdict_id).where(c.verdict_id.in_(ids))).scalars())
@@ -428,6 +443,7 @@ class SqlGuardStore:
                     "feedback": r.feedback.value,
                     "feedback_note": r.feedback_note,
                     "feedback_result": _feedback_to_json(r.feedback_result),
+                    "decided_segment": r.decided_segment if isinstance(r, SegmentedAuditRecord) else None,
                 }
                 for r in records
                 if r.verdict.verdict_id not in existing
@@ -436,7 +452,7 @@ class SqlGuardStore:
                 conn.execute(insert(t.guard_verdicts), rows)
 
     @staticmethod
-    def _record(r: Any) -> AuditRecord:
+    def _record(r: Any) -> SegmentedAuditRecord:
         verdict = GuardVerdict(
             verdict_id=r["verdict_id"],
             decision=Decision(r["decision"]),
@@ -448,7 +464,7 @@ class SqlGuardStore:
             decided_by=r["decided_by"],
             memory_version=int(r["memory_version"]),
         )
-        return AuditRecord(
+        return SegmentedAuditRecord(
             verdict,
             r["request_text"],
             r["tool_name"],
@@ -457,10 +473,13 @@ class SqlGuardStore:
             Decision(r["feedback"]),
             r["feedback_note"],
             _feedback_from_json(r["feedback_result"]),
+            r["decided_segment"],
         )
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
         c = t.guard_verdicts.c
+        if not storable_verdict_id(verdict_id):
+            raise NotFoundError("verdict", verdict_id)
         with reading(self.engine) as conn:
             row = (
                 conn.execute(select(t.guard_verdicts).where(c.scope == scope, c.verdict_id == verdict_id))
@@ -475,6 +494,8 @@ class SqlGuardStore:
         self, scope: str, verdict_id: str, expected: Decision, note: str, result: FeedbackResult | None = None
     ) -> bool:
         c = t.guard_verdicts.c
+        if not storable_verdict_id(verdict_id):
+            raise NotFoundError("verdict", verdict_id)
         with self._joining(scope) as conn:
             # Only a verdict without feedback takes it: of two calls racing, the second updates nothing (on
             # Postgres it waits for the first one's row lock, then sees its feedback).
@@ -483,7 +504,11 @@ class SqlGuardStore:
                 .where(
                     c.scope == scope, c.verdict_id == verdict_id, c.feedback == Decision.UNSPECIFIED.value
                 )
-                .values(feedback=expected.value, feedback_note=note, feedback_result=_feedback_to_json(result))
+                .values(
+                    feedback=expected.value,
+                    feedback_note=storable_text(note),
+                    feedback_result=_feedback_to_json(result),
+                )
             ).rowcount
             if n:
                 return True
@@ -514,6 +539,8 @@ class SqlGuardStore:
             cond.append(c.created_at >= _utc(since))
         if until is not None:
             cond.append(c.created_at < _utc(until))
+        if before_id is not None and not storable_verdict_id(before_id):
+            raise NotFoundError("verdict", before_id)
         with reading(self.engine) as conn:
             if before_id is not None:
                 anchor = conn.execute(select(c.created_at).where(c.scope == scope, c.verdict_id == before_id)).first()

@@ -10,7 +10,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from guards.model import (
     AuditRecord,
     Cluster,
     Decision,
+    Evidence,
     EvolutionEvent,
     Exemplar,
     FeedbackResult,
@@ -33,6 +34,87 @@ def as_utc(value: datetime) -> datetime:
     """``value`` in UTC; a naive one is taken as UTC. Audit time filters are compared as instants by every store
     (SQLite compares stored times as text, where 19:00+05:00 sorts after 14:00+00:00, the same instant)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: Longest category a leaf, cluster or verdict can store (the SQL columns are ``String(100)``).
+MAX_CATEGORY_CHARS = 100
+#: Longest tool name a verdict can store (``guard_verdicts.tool_name`` is ``String(200)``).
+MAX_TOOL_NAME_CHARS = 200
+
+
+def storable_text(value: str) -> str:
+    """``value`` with every NUL replaced by U+FFFD, on every backend.
+
+    Postgres text cannot hold NUL ("PostgreSQL text fields cannot contain NUL (0x00) bytes"): a verdict on a text
+    with one was answered but never audited, so one ``\\x00`` in an attacker-written tool output kept that check
+    out of the audit log, and GetVerdict and Feedback on it were NOT_FOUND. SQLite and the in-memory store could
+    keep it; replacing it everywhere makes every backend store, and answer, the same text.
+    """
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def storable_verdict_id(verdict_id: str) -> bool:
+    """Whether a verdict id could be stored at all: one with NUL never was (ids are uuid hex), so a lookup of
+    it is NotFoundError on every backend instead of a database error on Postgres."""
+    return "\x00" not in verdict_id
+
+
+@dataclass(frozen=True)
+class SegmentedAuditRecord(AuditRecord):
+    """An ``AuditRecord`` with the segment of the request that decided its verdict (``GuardEngine._check``).
+
+    Feedback labels that segment, not the whole request: an ALLOW on a multi-sentence false BLOCK must teach
+    the memory that the sentence that blocked is benign, or the same request blocks again. It was kept only
+    in the engine's in-process cache of recent verdicts, so Feedback after a restart, on another replica or
+    after the cache evicted the verdict labelled the whole request instead, and the correction did nothing.
+    Every store keeps it (SQL: ``guard_verdicts.decided_segment``, migration 0004).
+    """
+
+    #: The segment (sentence, step or tool call) that spoke for the verdict; None when it is the request text
+    #: itself (a rule decided, a single-segment request) or the verdict was stored before migration 0004.
+    decided_segment: str | None = None
+
+
+def decided_text(record: AuditRecord) -> str:
+    """The text a feedback on ``record`` labels: its decided segment, else its request text."""
+    segment = record.decided_segment if isinstance(record, SegmentedAuditRecord) else None
+    return segment if segment else record.request_text
+
+
+def storable_record(record: AuditRecord) -> AuditRecord:
+    """``record`` as every store keeps it: NUL replaced in its texts (``storable_text``) and its tool name cut to
+    the column's length, so that no record is refused (the audit writer would drop it)."""
+
+    def evidence(e: Evidence) -> Evidence:
+        return replace(
+            e,
+            kind=storable_text(e.kind),
+            ref=storable_text(e.ref),
+            text=storable_text(e.text),
+            detail={storable_text(k): storable_text(v) for k, v in e.detail.items()},
+        )
+
+    changes: dict[str, object] = {
+        "verdict": replace(
+            record.verdict,
+            evidence=tuple(evidence(e) for e in record.verdict.evidence),
+            category=storable_text(record.verdict.category)[:MAX_CATEGORY_CHARS],
+        ),
+        "request_text": storable_text(record.request_text),
+        "tool_name": storable_text(record.tool_name)[:MAX_TOOL_NAME_CHARS],
+        "arguments_json": storable_text(record.arguments_json),
+        "feedback_note": storable_text(record.feedback_note),
+    }
+    if isinstance(record, SegmentedAuditRecord) and record.decided_segment is not None:
+        changes["decided_segment"] = storable_text(record.decided_segment)
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def storable_leaf(leaf: Exemplar) -> Exemplar:
+    """``leaf`` with NUL replaced in its text, category and note (see ``storable_text``)."""
+    return replace(
+        leaf, text=storable_text(leaf.text), category=storable_text(leaf.category), note=storable_text(leaf.note)
+    )
 
 
 class GuardStore(Protocol):
@@ -75,7 +157,8 @@ class GuardStore(Protocol):
 
     # --- guard memory -----------------------------------------------------------------------------------
     def add_leaves(self, scope: str, leaves: list[Exemplar], vectors: np.ndarray) -> list[int]:
-        """Store leaves (their ``id`` is ignored) with float32 embeddings; returns the new ids in order."""
+        """Store leaves (their ``id`` is ignored) with float32 embeddings; returns the new ids in order. NUL in a
+        leaf's text, category or note is stored as U+FFFD (``storable_leaf``)."""
         ...
 
     def load_leaves(self, scope: str) -> tuple[list[Exemplar], np.ndarray]:
@@ -87,7 +170,8 @@ class GuardStore(Protocol):
         ...
 
     def add_cluster(self, scope: str, cluster: Cluster) -> int:
-        """Store a new active cluster (``id`` ignored, ``leaf_ids`` ignored); returns its id."""
+        """Store a new active cluster (``id`` ignored, ``leaf_ids`` ignored); returns its id. NUL in its category or
+        rule text is stored as U+FFFD."""
         ...
 
     def update_cluster(
@@ -110,16 +194,20 @@ class GuardStore(Protocol):
         ...
 
     def list_events(self, scope: str, *, after_version: int = 0, limit: int = 1000) -> list[EvolutionEvent]:
-        """Events with version > after_version, oldest first."""
+        """Events with version > after_version, oldest first (none for any ``after_version`` past the newest
+        event, however large)."""
         ...
 
     # --- audit log ----------------------------------------------------------------------------------------
     def put_audit(self, scope: str, records: list[AuditRecord]) -> None:
-        """Store verdicts (idempotent by verdict id)."""
+        """Store verdicts (idempotent by verdict id) as ``storable_record`` makes them: NUL in their texts as
+        U+FFFD, so no verdict is refused. A ``SegmentedAuditRecord``'s decided segment is stored with it, and
+        ``get_audit`` answers a ``SegmentedAuditRecord`` again."""
         ...
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
-        """One verdict. Raises NotFoundError when it is not in this scope."""
+        """One verdict. Raises NotFoundError when it is not in this scope (and for an id with NUL, which no
+        stored verdict has)."""
         ...
 
     def set_feedback(
@@ -127,8 +215,8 @@ class GuardStore(Protocol):
     ) -> bool:
         """Attach feedback (and ``result``, what it changed in the guard memory) to a verdict that has none yet;
         returns False, changing nothing, when the verdict already has feedback (a verdict takes one). Inside
-        ``transaction(scope)`` the write is part of that transaction. Raises NotFoundError when the verdict is
-        not in this scope."""
+        ``transaction(scope)`` the write is part of that transaction. NUL in ``note`` is stored as U+FFFD. Raises
+        NotFoundError when the verdict is not in this scope."""
         ...
 
     def query_audit(
@@ -226,7 +314,7 @@ class InMemoryGuardStore:
             table = self._leaves.setdefault(scope, {})
             ids = []
             for leaf, vec in zip(leaves, np.asarray(vectors, dtype=np.float32), strict=True):
-                new = replace(leaf, id=self._id())
+                new = replace(storable_leaf(leaf), id=self._id())
                 table[new.id] = (new, vec.copy())
                 ids.append(new.id)
             return ids
@@ -249,7 +337,13 @@ class InMemoryGuardStore:
 
     def add_cluster(self, scope: str, cluster: Cluster) -> int:
         with self._lock:
-            new = replace(cluster, id=self._id(), leaf_ids=())
+            new = replace(
+                cluster,
+                id=self._id(),
+                leaf_ids=(),
+                category=storable_text(cluster.category),
+                rule_text=storable_text(cluster.rule_text),
+            )
             self._clusters.setdefault(scope, {})[new.id] = (new, True)
             return new.id
 
@@ -262,7 +356,7 @@ class InMemoryGuardStore:
                 raise NotFoundError("cluster", str(cluster_id))
             cluster, was_active = table[cluster_id]
             if rule_text is not None:
-                cluster = replace(cluster, rule_text=rule_text)
+                cluster = replace(cluster, rule_text=storable_text(rule_text))
             table[cluster_id] = (cluster, was_active if active is None else active)
 
     def load_clusters(self, scope: str) -> list[tuple[Cluster, bool]]:
@@ -295,7 +389,7 @@ class InMemoryGuardStore:
         with self._lock:
             table = self._audit.setdefault(scope, {})
             for record in records:
-                table.setdefault(record.verdict.verdict_id, record)
+                table.setdefault(record.verdict.verdict_id, storable_record(record))
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:
         with self._lock:
@@ -312,7 +406,7 @@ class InMemoryGuardStore:
             if record.feedback != Decision.UNSPECIFIED:
                 return False
             self._audit[scope][verdict_id] = replace(
-                record, feedback=expected, feedback_note=note, feedback_result=result
+                record, feedback=expected, feedback_note=storable_text(note), feedback_result=result
             )
             return True
 

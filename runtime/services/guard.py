@@ -10,7 +10,7 @@ import grpc
 from agentrt.v1 import common_pb2, guard_pb2, guard_pb2_grpc
 
 from core.errors import InvalidArgumentError, NotFoundError
-from guards.engine import DEFAULT_SETTINGS, GuardEngine
+from guards.engine import DEFAULT_SETTINGS, GuardEngine, category_violations
 from guards.judge import JudgeConfig, LLMJudge
 from guards.memory import MemoryParams
 from guards.pack import DEFAULT_PACK, pack_vectors
@@ -99,6 +99,11 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         if request.HasField("tool_call"):
             check.tool_call.CopyFrom(request.tool_call)
         req = conv.check_from_proto(check)
+        # Here, not in the store: Postgres refused a category past its column (or with NUL) as "request: a value
+        # cannot be stored", naming no field, where SQLite kept it.
+        bad = category_violations(request.category)
+        if bad:
+            raise InvalidArgumentError(bad)
         expected = conv.decision_from_proto(request.expected)
         if request.expected == common_pb2.DECISION_UNSPECIFIED:
             expected = conv.decision_from_proto(common_pb2.DECISION_BLOCK)
