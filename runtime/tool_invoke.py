@@ -205,19 +205,12 @@ def _failure_outcome(exc: BaseException) -> Outcome:
 
 
 def _execute_outcome(exc: Exception) -> Outcome:
-    """The audited outcome of a call whose execution raised ``exc`` (Invoke raises it on)."""
-    if isinstance(exc, UnavailableError):
-        return Outcome.UNAVAILABLE
-    if isinstance(exc, DeadlineExceededError):
-        return Outcome.DEADLINE_EXCEEDED
-    if isinstance(exc, InvalidArgumentError):
-        return Outcome.INVALID_ARGUMENT
-    if isinstance(exc, NotFoundError):
-        return Outcome.NOT_FOUND  # an MCP tool whose server was never imported, a builtin no longer there
-    if isinstance(exc, FailedPreconditionError):
-        return Outcome.FAILED_PRECONDITION  # an MCP server refused the call (a tool it no longer lists)
-    # A builtin's handler (or an executor) failed unexpectedly: the tool did not give an answer.
-    return Outcome.TOOL_ERROR
+    """The audited outcome of a call whose execution raised ``exc`` (Invoke raises it on): as outside execute
+    (NOT_FOUND: an MCP tool whose server was never imported; FAILED_PRECONDITION: an MCP server refused the
+    call), except that an unexpected failure of a builtin's handler or an executor is the tool's error: the
+    tool gave no answer."""
+    outcome = _failure_outcome(exc)
+    return Outcome.TOOL_ERROR if outcome == Outcome.INTERNAL else outcome
 
 
 def _verdict_reason(stage: str, v: GuardVerdict) -> str:
