@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from agentrt.v1 import common_pb2, guard_pb2, tool_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -31,6 +32,24 @@ from tools.search import ToolSearchResult
 
 # What a secret-bearing value (header, environment variable) reads as in a reply.
 REDACTED = "***"
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as replies show it: a password in it and the values of its query string replaced by ``***``.
+
+    Endpoints often carry their credential there (``?api_key=...``, ``user:token@``), and Get/List answer any
+    token that may read the namespace, read-only ones included; the keys stay, so it is clear what is set.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
+        pairs = (pair.partition("=") for pair in parts.query.split("&")) if parts.query else ()
+        query = "&".join(f"{key}={REDACTED}" if sep else key for key, sep, _value in pairs)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return REDACTED
 
 _DEFAULTS = ToolDefinition(
     name="", description="", input_schema={}, executor=ExecutorSpec(ExecutorKind.BUILTIN)
@@ -142,7 +161,8 @@ def tool_to_proto(d: ToolDefinition) -> tool_pb2.Tool:
         # Header values are not echoed back (any caller that may read the namespace would see an Authorization
         # token), as MCP server headers are not; the names stay so a caller can see which are set.
         msg.http.CopyFrom(
-            tool_pb2.HttpToolExecutor(url=ex.url, method=ex.method, headers={k: REDACTED for k in ex.headers})
+            tool_pb2.HttpToolExecutor(url=redacted_url(ex.url), method=ex.method,
+                                      headers={k: REDACTED for k in ex.headers})
         )
     elif ex.kind == ExecutorKind.MCP:
         msg.mcp.CopyFrom(tool_pb2.McpToolExecutor(server=ex.mcp_server, tool=ex.mcp_tool))
@@ -202,7 +222,7 @@ def server_to_proto(s: McpServerSpec) -> tool_pb2.McpServer:
         args=list(s.args),
         env={k: REDACTED for k in s.env},
         cwd=s.cwd,
-        url=s.url,
+        url=redacted_url(s.url) if s.url else "",
         headers={k: REDACTED for k in s.headers},
         risk_tags=list(s.risk_tags),
         timeout_s=s.timeout_s,

@@ -242,3 +242,8 @@ def test_http_tool_credentials_are_not_returned_or_leaked(server: RunningServer,
     for tool in (got, listed):
         assert dict(tool.http.headers) == {"Authorization": "***"}
     assert "HDRSECRET1" not in json.dumps([str(got), str(listed)])
+    # The same for a credential in the URL: the password and the query's values are masked, the keys stay.
+    got = server.client.tool.Get(tool_pb2.GetToolRequest(namespace=ns, name="wx")).tool
+    listed = {t.name: t for t in server.client.tool.List(tool_pb2.ListToolsRequest(namespace=ns)).tools}["wx"]
+    for tool in (got, listed):
+        assert tool.http.url == f"http://user:***@127.0.0.1:{port}/w?api_key=***"
