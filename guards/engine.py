@@ -46,7 +46,7 @@ from guards.model import (
     Stage,
 )
 from guards.pack import DEFAULT_PACK, load_pack, pack_seed
-from guards.store import MAX_CATEGORY_CHARS, GuardStore, SegmentedAuditRecord, decided_text, storable_text
+from guards.store import MAX_CATEGORY_CHARS, GuardStore, decided_text, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -609,7 +609,7 @@ class GuardEngine:
             args = request.tool_call.arguments_json if request.tool_call else ""
             # The decided segment is stored with the verdict (None: the request text itself), so Feedback labels
             # it whichever process answers (see ``feedback``).
-            record = SegmentedAuditRecord(
+            record = AuditRecord(
                 verdict,
                 request.text,
                 tool,

@@ -206,6 +206,13 @@ class AuditRecord:
     #: What that feedback changed in the guard memory, stored with it in one transaction: a repeated Feedback
     #: answers it again. None when there is no feedback, or it was recorded before results were stored.
     feedback_result: FeedbackResult | None = None
+    #: The segment (sentence, step or tool call) that spoke for the verdict (``GuardEngine._check``); None when
+    #: it is the request text itself (a rule decided, a single-segment request) or the verdict was stored before
+    #: migration 0004. Feedback labels it, not the whole request: an ALLOW on a multi-sentence false BLOCK must
+    #: teach the memory that the sentence that blocked is benign. It was kept only in the engine's in-process
+    #: cache of recent verdicts, so Feedback after a restart, on another replica or after the cache evicted the
+    #: verdict labelled the whole request instead, and the correction did nothing.
+    decided_segment: str | None = None
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ guard_verdicts = Table(
     # before migration 0002).
     Column("feedback_result", JSON, nullable=True),
     # The segment of the request (sentence, step, tool call) that decided the verdict, which Feedback labels
-    # (guards.store.SegmentedAuditRecord). NULL when that is the request text itself, and for verdicts stored
+    # (guards.model.AuditRecord.decided_segment). NULL when that is the request text itself, and for verdicts stored
     # before migration 0004 (their feedback labels the request text, as it did then).
     Column("decided_segment", Text, nullable=True),
     Index("ix_guard_verdicts_scope_time", "scope", "created_at"),

@@ -31,7 +31,6 @@ from guards.model import (
 )
 from guards.rules import rule_to_dict, stored_rule
 from guards.store import (
-    SegmentedAuditRecord,
     as_utc,
     storable_leaf,
     storable_record,
@@ -443,7 +442,7 @@ class SqlGuardStore:
                     "feedback": r.feedback.value,
                     "feedback_note": r.feedback_note,
                     "feedback_result": _feedback_to_json(r.feedback_result),
-                    "decided_segment": r.decided_segment if isinstance(r, SegmentedAuditRecord) else None,
+                    "decided_segment": r.decided_segment,
                 }
                 for r in records
                 if r.verdict.verdict_id not in existing
@@ -452,7 +451,7 @@ class SqlGuardStore:
                 conn.execute(insert(t.guard_verdicts), rows)
 
     @staticmethod
-    def _record(r: Any) -> SegmentedAuditRecord:
+    def _record(r: Any) -> AuditRecord:
         verdict = GuardVerdict(
             verdict_id=r["verdict_id"],
             decision=Decision(r["decision"]),
@@ -464,7 +463,7 @@ class SqlGuardStore:
             decided_by=r["decided_by"],
             memory_version=int(r["memory_version"]),
         )
-        return SegmentedAuditRecord(
+        return AuditRecord(
             verdict,
             r["request_text"],
             r["tool_name"],

@@ -10,7 +10,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -59,26 +59,9 @@ def storable_verdict_id(verdict_id: str) -> bool:
     return "\x00" not in verdict_id
 
 
-@dataclass(frozen=True)
-class SegmentedAuditRecord(AuditRecord):
-    """An ``AuditRecord`` with the segment of the request that decided its verdict (``GuardEngine._check``).
-
-    Feedback labels that segment, not the whole request: an ALLOW on a multi-sentence false BLOCK must teach
-    the memory that the sentence that blocked is benign, or the same request blocks again. It was kept only
-    in the engine's in-process cache of recent verdicts, so Feedback after a restart, on another replica or
-    after the cache evicted the verdict labelled the whole request instead, and the correction did nothing.
-    Every store keeps it (SQL: ``guard_verdicts.decided_segment``, migration 0004).
-    """
-
-    #: The segment (sentence, step or tool call) that spoke for the verdict; None when it is the request text
-    #: itself (a rule decided, a single-segment request) or the verdict was stored before migration 0004.
-    decided_segment: str | None = None
-
-
 def decided_text(record: AuditRecord) -> str:
     """The text a feedback on ``record`` labels: its decided segment, else its request text."""
-    segment = record.decided_segment if isinstance(record, SegmentedAuditRecord) else None
-    return segment if segment else record.request_text
+    return record.decided_segment or record.request_text
 
 
 def storable_record(record: AuditRecord) -> AuditRecord:
@@ -105,7 +88,7 @@ def storable_record(record: AuditRecord) -> AuditRecord:
         "arguments_json": storable_text(record.arguments_json),
         "feedback_note": storable_text(record.feedback_note),
     }
-    if isinstance(record, SegmentedAuditRecord) and record.decided_segment is not None:
+    if record.decided_segment is not None:
         changes["decided_segment"] = storable_text(record.decided_segment)
     return replace(record, **changes)  # type: ignore[arg-type]
 
@@ -201,8 +184,7 @@ class GuardStore(Protocol):
     # --- audit log ----------------------------------------------------------------------------------------
     def put_audit(self, scope: str, records: list[AuditRecord]) -> None:
         """Store verdicts (idempotent by verdict id) as ``storable_record`` makes them: NUL in their texts as
-        U+FFFD, so no verdict is refused. A ``SegmentedAuditRecord``'s decided segment is stored with it, and
-        ``get_audit`` answers a ``SegmentedAuditRecord`` again."""
+        U+FFFD, so no verdict is refused; the decided segment is stored with it."""
         ...
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:

@@ -25,7 +25,7 @@ from core.errors import InvalidArgumentError
 from guards import schema as t
 from guards.engine import GuardEngine
 from guards.model import AuditRecord, Decision, GuardRequest, GuardVerdict, Stage
-from guards.store import GuardStore, SegmentedAuditRecord
+from guards.store import GuardStore
 from tests.conftest import RunningServer, bad_fields
 
 S = common_pb2
@@ -71,12 +71,12 @@ def test_every_store_keeps_the_decided_segment_and_replaces_nul(guard_store: Gua
     guard_store.put_audit(
         "s",
         [
-            SegmentedAuditRecord(verdict, "a\x00b. c", "to\x00ol", '{"k": "v\x00"}', decided_segment="c\x00"),
+            AuditRecord(verdict, "a\x00b. c", "to\x00ol", '{"k": "v\x00"}', decided_segment="c\x00"),
             AuditRecord(GuardVerdict("v2", Decision.ALLOW, 0.1, 0.1), "plain"),
         ],
     )
     got = guard_store.get_audit("s", "v1")
-    assert isinstance(got, SegmentedAuditRecord) and got.decided_segment == "c\ufffd"
+    assert isinstance(got, AuditRecord) and got.decided_segment == "c\ufffd"
     assert (got.request_text, got.tool_name, got.arguments_json) == ("a\ufffdb. c", "to\ufffdol", '{"k": "v\ufffd"}')
     assert got.verdict.category == "fr\ufffdaud"
     assert getattr(guard_store.get_audit("s", "v2"), "decided_segment", None) is None
