@@ -72,9 +72,13 @@ async def open_checkpointer(database_url: str) -> tuple[BaseCheckpointSaver[Any]
         # CREATE INDEX CONCURRENTLY waits for every older snapshot to end, so both would wait for ever.
         key = advisory_key("agent-checkpointer", "setup")
         async with pool.connection() as conn:
-            while not (await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (key,))).fetchone() or
-                       {}).get("taken"):
-                await asyncio.sleep(0.05)
+
+            async def taken() -> bool:
+                row = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (key,))).fetchone()
+                return bool(row and row["taken"])
+
+            while not await taken():
+                await asyncio.sleep(ThreadLocks.POLL_S)
             try:
                 await pg.setup()
             finally:

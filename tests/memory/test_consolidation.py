@@ -97,14 +97,19 @@ def test_near_duplicate_turns_merge_into_the_newest_and_unmerge_when_it_goes(
     assert weights["a1"] == pytest.approx(0.3)
 
 
-def test_facts_whose_topic_recurs_across_sessions_are_promoted(store_factory: Callable[[], MemoryStore]) -> None:
-    engine = make_engine(store_factory(), {"promote_min_sessions": 3, "promote_weight": 1.5})
+def _write_pepper_sessions(engine: MemoryEngine) -> None:
+    """Three sessions, each with a turn about the cat Pepper (a recurring topic) and a one-off, consolidated."""
     pepper_news = ["My cat Pepper caught a mouse", "Bought Pepper a scratching post", "We think Pepper opens doors"]
     one_offs = ["Watched a documentary about volcanoes", "Baked sourdough bread twice", "Fixed the bicycle chain"]
     for i, (a, b) in enumerate(zip(pepper_news, one_offs, strict=True)):
         engine.write(NS, f"s{i}", [msg(f"p{i}", a, days_ago=10 - i), msg(f"q{i}", b, days_ago=10 - i)])
     engine.flush()
     engine.consolidate(NS)
+
+
+def test_facts_whose_topic_recurs_across_sessions_are_promoted(store_factory: Callable[[], MemoryStore]) -> None:
+    engine = make_engine(store_factory(), {"promote_min_sessions": 3, "promote_weight": 1.5})
+    _write_pepper_sessions(engine)
     index = engine.index(NS)
     facts = [u for k in index.unit_keys() if (u := index.unit(k)) is not None and u.granularity == Granularity.FACT]
     pepper = [u for u in facts if fact_topic(u) == "pepper"]
@@ -231,12 +236,7 @@ def test_retention_deletes_one_session_at_a_time(store_factory: Callable[[], Mem
 
 def test_a_background_pass_revokes_a_promotion_after_a_delete(store_factory: Callable[[], MemoryStore]) -> None:
     engine = _hashing_engine(store_factory(), {"promote_min_sessions": 3, "promote_weight": 1.5})
-    pepper_news = ["My cat Pepper caught a mouse", "Bought Pepper a scratching post", "We think Pepper opens doors"]
-    one_offs = ["Watched a documentary about volcanoes", "Baked sourdough bread twice", "Fixed the bicycle chain"]
-    for i, (a, b) in enumerate(zip(pepper_news, one_offs, strict=True)):
-        engine.write(NS, f"s{i}", [msg(f"p{i}", a, days_ago=10 - i), msg(f"q{i}", b, days_ago=10 - i)])
-    engine.flush()
-    engine.consolidate(NS)
+    _write_pepper_sessions(engine)
 
     def pepper() -> dict[str, float]:
         index = engine.index(NS)
