@@ -23,6 +23,8 @@ HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]{1,256}$")
 HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e\x80-\U0010ffff]*$")
 # The memory engine's limit on session ids (``memory.engine.MAX_ID_LEN``; a test keeps the two equal).
 MAX_SESSION_ID_LEN = 255
+# The audit stores "<tenant>:<caller>" in 300 characters; a tenant name has at most 128.
+MAX_CALLER_LEN = 128
 MAX_TIMEOUT_S = 3600.0
 
 
@@ -351,6 +353,16 @@ def session_id_violations(session_id: str, field: str) -> list[FieldViolation]:
         bad.append(FieldViolation(field, f"longer than {MAX_SESSION_ID_LEN} characters"))
     if _has_control(session_id):
         # Postgres cannot store a NUL at all.
+        bad.append(FieldViolation(field, "must not contain NUL or other control characters"))
+    return bad
+
+
+def caller_violations(caller: str, field: str) -> list[FieldViolation]:
+    """Why the audit could not store ``caller`` (empty when it can)."""
+    bad: list[FieldViolation] = []
+    if len(caller) > MAX_CALLER_LEN:
+        bad.append(FieldViolation(field, f"longer than {MAX_CALLER_LEN} characters"))
+    if _has_control(caller):
         bad.append(FieldViolation(field, "must not contain NUL or other control characters"))
     return bad
 

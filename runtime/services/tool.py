@@ -16,7 +16,7 @@ from core.errors import FieldViolation, InvalidArgumentError
 from runtime.container import Runtime
 from runtime.convert import tool as conv
 from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
-from tools.model import ToolPolicy, session_id_violations, utcnow
+from tools.model import ToolPolicy, caller_violations, session_id_violations, utcnow
 from tools.registry import ToolRegistry
 from tools.search import ToolSearch
 from tools.sql_store import SqlToolStore
@@ -256,9 +256,9 @@ class ToolServiceServicer(tool_pb2_grpc.ToolServiceServicer):
             )
         _check_version(request.version)
         # The memory write would fail after the call ran, reported only in `reason`.
-        bad_session = session_id_violations(request.session_id, "session_id")
-        if bad_session:
-            raise InvalidArgumentError(bad_session)
+        bad = session_id_violations(request.session_id, "session_id") + caller_violations(request.caller, "caller")
+        if bad:
+            raise InvalidArgumentError(bad)
         tokens: Any = ()
         if request.tokens:
             from runtime.convert.gate import tokens_from_proto

@@ -215,6 +215,16 @@ def test_invoke_refuses_a_session_id_memory_would_refuse(srv: RunningServer) -> 
         assert set(_invalid(srv.client.tool.Invoke, request)) == {"session_id"}
 
 
+def test_invoke_refuses_a_caller_the_audit_could_not_store(srv: RunningServer) -> None:
+    # The audit column holds "<tenant>:<caller>" in 300 characters (Postgres refuses more, SQLite would not).
+    for caller in ("agent\x00x", "a\nb", "c" * 129):
+        request = tool_pb2.InvokeToolRequest(namespace=srv.ns, name="echo", arguments_json="{}", caller=caller)
+        assert set(_invalid(srv.client.tool.Invoke, request)) == {"caller"}
+    assert srv.client.tool.ListAudit(tool_pb2.ListToolAuditRequest(namespace=srv.ns)).records == []
+    ok = tool_pb2.InvokeToolRequest(namespace=srv.ns, name="echo", arguments_json="{}", caller="c" * 128)
+    srv.client.tool.Invoke(ok, timeout=30)
+
+
 def test_session_id_limit_is_memorys() -> None:
     from memory.engine import MAX_ID_LEN
     from tools.model import MAX_SESSION_ID_LEN
