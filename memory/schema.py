@@ -30,6 +30,10 @@ messages = sa.Table(
     # sha256 of the content fields: resending the same id with the same content is a no-op.
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Index("ix_memory_messages_session", "namespace", "session_id", "seq"),
+    # Retention's two cuts (keep the newest N by arrival; forget what is older than a date) and namespace-wide
+    # listing in arrival order: without them each retention pass scanned and sorted the whole namespace.
+    sa.Index("ix_memory_messages_seq", "namespace", "seq"),
+    sa.Index("ix_memory_messages_time", "namespace", "time"),
 )
 
 units = sa.Table(
