@@ -515,7 +515,8 @@ class MemoryEngine:
             state.index, reused = self._build_index(namespace, snapshot)
             state.dirty = False
             if snapshot is not None:
-                state.snapshot_generation = snapshot.generation
+                # A snapshot with a part this process could not use is written again at the next snapshot pass.
+                state.snapshot_generation = -1 if state.index.unrestored else snapshot.generation
                 source = f"snapshot of generation {snapshot.generation} ({reused} vectors reused)"
             state.source = source
         log.info("memory index loaded", extra={"namespace": namespace, "units": state.index.size(), "source": source})

@@ -49,6 +49,9 @@ class NamespaceIndex:
         self._lock = threading.RLock()
         # The store generation this index reflects; the engine rebuilds when it falls behind.
         self.generation = 0
+        # Granularities whose snapshot state ``load`` could not use: the snapshot must be written again, or
+        # every start would rebuild them anew (an HNSW build is the slow part of a start).
+        self.unrestored: set[Granularity] = set()
         # Bumped before and after every change of the units (not of edges): what the retriever's cache of
         # the units covering each message is keyed by. Odd while a change is in progress.
         self.units_version = 0
@@ -136,6 +139,7 @@ class NamespaceIndex:
                         # snapshot is a cache, and one that cannot be read must not stop every start (FAISS
                         # raises RuntimeError, numpy IndexError, on content the checksum cannot vouch for).
                         log.warning("vector index snapshot of %s not usable (%r); building it", gran.value, exc)
+                        self.unrestored.add(gran)
                         dense = self._vector_factory(self.dim)
                         todo = list(items.values())
                 if todo:

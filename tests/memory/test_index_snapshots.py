@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from core.embedding import create_embedder
-from core.vector_index import AutoVectorIndex
+from core.vector_index import AutoVectorIndex, NumpyVectorIndex
 from memory.engine import MemoryEngine
 from memory.index import IndexSnapshots, NamespaceIndex
 from memory.model import Granularity, MemoryMessage
@@ -41,13 +42,13 @@ def make_engine(store_factory: Callable[[], MemoryStore], tmp_path: Path) -> Ite
     """Engines over one database and one snapshot directory; each call is a new "process"."""
     engines: list[MemoryEngine] = []
 
-    def factory(*, snapshots: bool = True) -> MemoryEngine:
+    def factory(*, snapshots: bool = True, vector_factory: Callable[[int], Any] | None = None) -> MemoryEngine:
         engine = MemoryEngine(
             store_factory(),
             create_embedder("hashing"),
             background=False,
             # A tiny threshold, so the snapshot holds HNSW graphs as well as flat indexes.
-            vector_factory=lambda dim: AutoVectorIndex(dim, hnsw_threshold=8, use_gpu=False),
+            vector_factory=vector_factory or (lambda dim: AutoVectorIndex(dim, hnsw_threshold=8, use_gpu=False)),
             snapshots=IndexSnapshots(tmp_path / "index") if snapshots else None,
             snapshot_interval_s=0,
         )
@@ -135,6 +136,22 @@ def test_a_corrupt_snapshot_is_detected_and_rebuilt_from_the_database(  # type: 
     assert not data.exists()  # the bad file is gone, not re-checked at every start
     second.close()  # and the next clean shutdown writes a good one
     assert make_engine().index_source(NS).startswith("snapshot of generation")
+
+
+def test_a_snapshot_this_process_cannot_use_is_written_again(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot that passes its checks but holds index states this configuration cannot restore (here FAISS
+    states where the index is numpy's) is rebuilt from the database, and then replaced at the next snapshot
+    pass even though nothing changed: it used to stay, and every start rebuilt the indexes again."""
+    first = make_engine()
+    populate(first)
+    first.close()
+    second = make_engine(vector_factory=NumpyVectorIndex)
+    assert second.index_source(NS).endswith("(0 vectors reused)")
+    same_content(second.index(NS), make_engine(snapshots=False).index(NS))
+    assert second.snapshot(NS)  # nothing changed, and still written
+    third = make_engine(vector_factory=NumpyVectorIndex)
+    assert f"({third.index(NS).size()} vectors reused)" in third.index_source(NS)
+    assert not third.snapshot(NS)  # a snapshot it could use is not written again
 
 
 def test_a_truncated_snapshot_or_one_of_another_model_is_rejected(  # type: ignore[no-untyped-def]
