@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.errors import FieldViolation, InvalidArgumentError
 
@@ -260,6 +261,15 @@ def args_hash(arguments: Any) -> str:
     return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries ``user[:password]@`` before its host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.username is not None or parts.password is not None
+
+
 def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
     """Raise InvalidArgumentError naming every bad field of a definition before it is stored."""
     from tools.validation import schema_violations
@@ -292,6 +302,14 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
         if ex.method.upper() not in ("POST", "PUT", "GET"):
             bad.append(FieldViolation(f"{prefix}.http.method", "must be POST, PUT or GET"))
         bad += _header_violations(ex.headers, f"{prefix}.http.headers")
+        if _has_userinfo(ex.url) and any(k.lower() == "authorization" for k in ex.headers):
+            # Two credentials for one request: the HTTP client refuses to send it, so every call would fail.
+            bad.append(
+                FieldViolation(
+                    f"{prefix}.http.url",
+                    "carries user:password credentials and headers set Authorization as well; use one of them",
+                )
+            )
     elif ex.kind == ExecutorKind.MCP:
         if not ex.mcp_server or not ex.mcp_tool:
             bad.append(FieldViolation(f"{prefix}.mcp", "needs server and tool"))

@@ -267,6 +267,19 @@ def test_register_refuses_header_injection_and_control_characters(srv: RunningSe
     assert _register(srv, good).created
 
 
+def test_register_refuses_two_credentials_for_one_http_tool(srv: RunningServer, http_tools: ToolHTTPServer) -> None:
+    # The HTTP client will not send user:password from the URL and an Authorization header together: such a
+    # tool failed every call with TOOL_ERROR; it is refused when registered.
+    http = tool_pb2.HttpToolExecutor
+    url = http_tools.url("/echo").replace("http://", "http://user:secret@")
+    both = _tool("both", http=http(url=url, headers={"authorization": "Bearer t"}))
+    assert set(_invalid(srv.client.tool.Register, tool_pb2.RegisterToolRequest(namespace=srv.ns, tool=both))) == {
+        "tool.http.url"
+    }
+    assert _register(srv, _tool("userinfo", http=http(url=url))).created
+    assert _register(srv, _tool("header", http=http(url=http_tools.url("/echo"), headers={"Authorization": "t"}))).created
+
+
 def test_register_refuses_schemas_that_could_never_check_arguments(srv: RunningServer) -> None:
     loop = {"type": "object", "$defs": {"a": {"$ref": "#/$defs/a"}}, "properties": {"x": {"$ref": "#/$defs/a"}}}
     deep: dict[str, Any] = {"type": "object"}
