@@ -277,7 +277,8 @@ def test_register_refuses_two_credentials_for_one_http_tool(srv: RunningServer, 
         "tool.http.url"
     }
     assert _register(srv, _tool("userinfo", http=http(url=url))).created
-    assert _register(srv, _tool("header", http=http(url=http_tools.url("/echo"), headers={"Authorization": "t"}))).created
+    header = _tool("header", http=http(url=http_tools.url("/echo"), headers={"Authorization": "t"}))
+    assert _register(srv, header).created
 
 
 def test_register_refuses_schemas_that_could_never_check_arguments(srv: RunningServer) -> None:
