@@ -668,13 +668,15 @@ class GuardMemory:
                 )
             else:
                 cid = best_id
-                before = self.snapshot(cid)
                 self._assign([leaf_id], cid)
+                # No "before" snapshot: joining changes nothing of the cluster but its leaf list, and undoing the
+                # event hides the leaf (events are undone newest first, so the rest of the list is as it was).
+                # A snapshot listed every leaf of the cluster: storage grew with the square of the feedback.
                 events.append(
                     self._event(
                         "add_leaf",
                         f"leaf {leaf_id} joined cluster {cid} (cosine {best_s:.2f})",
-                        {"created": [], "before": [before], "added_leaves": [leaf_id]},
+                        {"created": [], "before": [], "added_leaves": [leaf_id], "cluster": cid},
                     )
                 )
             self._rebuild()
@@ -729,7 +731,10 @@ class GuardMemory:
             side_harm = sum(1 for i in sides[k] if self.leaves[i].label == Label.HARMFUL)
             majority = "block" if side_harm * 2 >= len(sides[k]) else "allow"
             phrases = ", ".join(keyphrases(texts[k], texts[1 - k]))
-            text = f"{parent.rule_text} [{majority}: {phrases}]" if parent.rule_text else f"{majority}: {phrases}"
+            # The parent's own rule (operator-written or the first keyphrases) plus this split's side only: each
+            # split appending to the parent's whole text made rule text grow with every generation.
+            base = parent.rule_text.split(" [", 1)[0] if parent.rule_text else ""
+            text = f"{base} [{majority}: {phrases}]" if base else f"{majority}: {phrases}"
             created.append(self._new_cluster(parent.category, parent.stage_group, text, sides[k]))
         # Leaves of the parent that are hidden (pack switched off) follow the harmful side.
         hidden = [leaf.id for leaf in self.leaves.values() if leaf.cluster_id == cluster_id]

@@ -68,6 +68,22 @@ def test_split_sharpens_the_boundary_and_rollback_restores(hashing_engine, guard
         engine.rollback(NS, 99)
 
 
+
+def test_joining_a_cluster_stores_no_copy_of_its_leaves(hashing_engine, guard_store: GuardStore) -> None:
+    """An add_leaf event once held a snapshot listing every leaf of the cluster, so feedback into one cluster
+    stored a quadratic amount of event data; undoing the joins must still restore the cluster."""
+    engine = hashing_engine(guard_store, defaults={"pack": False})
+    first = incident(engine, H1, Decision.BLOCK)
+    for _ in range(40):
+        assert incident(engine, H2, Decision.BLOCK).cluster_id == first.cluster_id
+    joins = [e for e in engine.history(NS) if e.kind == "add_leaf"]
+    assert len(joins) == 40
+    assert max(len(json.dumps(e.payload)) for e in joins) < 120
+    engine.rollback(NS, first.memory_version)
+    assert [(c.cluster.id, c.harmful, c.benign) for c in categories(engine)] == [(first.cluster_id, 1, 0)]
+    engine.rollback(NS, joins[-1].version)  # and forward again
+    assert [(c.harmful, c.benign) for c in categories(engine)] == [(41, 0)]
+
 def test_far_leaf_opens_cluster_and_close_siblings_merge(hashing_engine) -> None:
     engine = hashing_engine(defaults={"pack": False})
     a = incident(engine, "alpha beta gamma delta epsilon", Decision.BLOCK, "x")
