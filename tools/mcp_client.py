@@ -37,6 +37,44 @@ CLOSE_TIMEOUT_S = 5.0
 HTTP_CONNECT_TIMEOUT_S = 30.0
 # Supervisors whose close was abandoned: referenced until they finish, so they are not collected while pending.
 _abandoned: set[asyncio.Task[None]] = set()
+# How much of a stdio server's stderr is kept: its tail explains a server that fails to start ("No module
+# named 'mcp'") better than the SDK's "unhandled errors in a TaskGroup". Past twice this it is emptied.
+STDERR_TAIL_CHARS = 2000
+
+
+class _StderrTail:
+    """A stdio server's stderr, kept in an unlinked temporary file opened for appending (the child writes at
+    the end whatever this process truncates), read back as its last ``STDERR_TAIL_CHARS`` characters."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="agentrt-mcp-stderr-")
+        try:
+            self.file = open(path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    def tail(self) -> str:
+        try:
+            self.file.flush()
+            size = os.fstat(self.file.fileno()).st_size
+            with open(os.dup(self.file.fileno()), "rb") as raw:
+                raw.seek(max(0, size - 4 * STDERR_TAIL_CHARS))
+                text = raw.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+        return " ".join(text.split())[-STDERR_TAIL_CHARS:]
+
+    def trim(self) -> None:
+        """Empty the file once it holds much more than the tail (a server that logs to stderr for days)."""
+        with contextlib.suppress(OSError, ValueError):
+            if os.fstat(self.file.fileno()).st_size > 32 * STDERR_TAIL_CHARS:
+                os.ftruncate(self.file.fileno(), 0)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass(frozen=True)
@@ -210,7 +248,7 @@ class McpConnection:
         if self._on_tools_changed is not None:
             await self._on_tools_changed(tools)
 
-    async def _open(self, stack: AsyncExitStack) -> Any:
+    async def _open(self, stack: AsyncExitStack, stderr: _StderrTail | None = None) -> Any:
         from mcp import ClientSession, StdioServerParameters, stdio_client
         from mcp.client.streamable_http import streamable_http_client
 
@@ -219,8 +257,8 @@ class McpConnection:
             params = StdioServerParameters(
                 command=spec.command, args=list(spec.args), env=dict(spec.env) or None, cwd=spec.cwd or None
             )
-            # The server's stderr goes to the sidecar's stderr would mix logs; discard it.
-            errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+            # Not the sidecar's stderr (it would mix into its logs): a file whose tail explains a failed start.
+            errlog = stderr.file if stderr is not None else stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
             read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
         else:
             import httpx2
@@ -244,24 +282,31 @@ class McpConnection:
         backoff = 0.1
         while not self._closing:
             self._lost = False
+            stderr = _StderrTail() if self.spec.transport == McpTransport.STDIO else None
             try:
                 async with AsyncExitStack() as stack:
-                    session = await self._open(stack)
+                    session = await self._open(stack, stderr)
                     await asyncio.wait_for(self._list_tools(session), self.spec.timeout_s)
                     self._session = session
                     self._connected.set()
                     self._first_attempt.set()
                     self.last_error = "" if self.restarts == 0 else self.last_error
                     backoff = 0.1
-                    await self._watch(session)
+                    await self._watch(session, stderr)
+                if self._lost and stderr is not None and (tail := stderr.tail()):
+                    self.last_error = f"{self.last_error}; server stderr: {tail}"
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if stderr is not None and (tail := stderr.tail()):
+                    self.last_error += f"; server stderr: {tail}"
                 log.warning("MCP server %s (%s): %s", self.spec.name, self.scope, self.last_error)
             finally:
+                if stderr is not None:
+                    stderr.close()
                 self._session = None
                 self._connected.clear()
                 self._first_attempt.set()
@@ -272,11 +317,13 @@ class McpConnection:
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
 
-    async def _watch(self, session: Any) -> None:
+    async def _watch(self, session: Any, stderr: _StderrTail | None = None) -> None:
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), PING_INTERVAL_S)
             self._wake.clear()
+            if stderr is not None:
+                stderr.trim()
             if self._lost or self._closing:
                 return
             if self._refresh_wanted:

@@ -6,6 +6,7 @@ Tools: add, echo_text, slow, crash (kills the process), grow (adds a tool and se
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -37,6 +38,8 @@ def wipe_directory(path: str) -> str:
 
 @server.tool(description="Crash the server process (for fault tests).")
 def crash() -> str:
+    sys.stderr.write("crash requested by the test\n")
+    sys.stderr.flush()
     os._exit(3)
 
 

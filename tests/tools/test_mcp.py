@@ -108,6 +108,30 @@ async def test_server_that_cannot_start_is_unavailable(registry: ToolRegistry) -
     assert await registry.mcp_servers(SCOPE) == []
 
 
+async def test_a_server_that_cannot_start_says_why_from_its_stderr(registry: ToolRegistry) -> None:
+    # The SDK's own error is "unhandled errors in a TaskGroup": the cause (a README user's "python" without
+    # the mcp package) is only on the server's stderr, whose tail the error now carries.
+    script = "import sys; sys.stderr.write('ModuleNotFoundError: No module named ' + repr('mcp') + chr(10)); sys.exit(1)"
+    bad = McpServerSpec("broken", McpTransport.STDIO, command=sys.executable, args=("-c", script), timeout_s=5)
+    with pytest.raises(UnavailableError, match="server stderr: ModuleNotFoundError: No module named 'mcp'"):
+        await registry.import_mcp(SCOPE, bad)
+
+
+async def test_a_crashed_servers_stderr_is_in_its_status(registry: ToolRegistry) -> None:
+    await registry.import_mcp(SCOPE, spec())
+    crash = await registry.get(SCOPE, "demo.crash")
+    with pytest.raises(UnavailableError):
+        await registry.execute(SCOPE, crash, {})
+
+    async def restarted() -> bool:
+        [(_, status)] = await registry.mcp_servers(SCOPE)
+        return status.restarts >= 1
+
+    await _wait_for(restarted)
+    [(_, status)] = await registry.mcp_servers(SCOPE)
+    assert "server stderr: crash requested by the test" in status.last_error, status.last_error
+
+
 @pytest.fixture
 def http_mcp_url() -> Iterator[str]:
     """The same MCP server over streamable HTTP (uvicorn in a thread, port 0)."""
