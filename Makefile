@@ -33,11 +33,15 @@ $(BUF):
 	  || echo "buf $(BUF_VERSION) not fetched (npm unavailable): the buf curl README test will be skipped"; \
 	  rm -rf "$$tmp"
 
+# The venv's bin first on PATH: a stdio MCP server configured as `python …` (as in the README) runs with the
+# interpreter that has this project's packages, not whatever `python` the shell would find.
+VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
 serve: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/agentrt serve $(ARGS)
+	$(VENV_PATH) HF_HUB_OFFLINE=1 $(VENV)/bin/agentrt serve $(ARGS)
 
 test: setup proto-check $(BUF)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV_PATH) HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -3,9 +3,10 @@
 streaming what happens; a paused turn (tool approval) is resumed after asking the user.
 
 Start the sidecar (``make serve``) and point ``--llm`` at any OpenAI-compatible endpoint (vLLM, llama.cpp
-server, Ollama: http://127.0.0.1:11434/v1). ``--stub`` starts the deterministic test LLM instead.
+server, Ollama: http://127.0.0.1:11434/v1). ``--stub`` starts the deterministic test LLM instead. Run it with
+the interpreter ``make serve`` set up (``.venv/bin/python``; it has the client's packages):
 
-    python examples/agent_turn.py --stub "Hello!" '[call:echo {"text": "hi"}] echo this please'
+    .venv/bin/python examples/agent_turn.py --stub "Hello!" '[call:echo {"text": "hi"}] echo this please'
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ def _parse(args: list[str]) -> tuple[str, list[str]]:
             i += 1
     address, *rest = positional
     assert address == README_ADDRESS, f"README examples use {README_ADDRESS}"
-    # The README starts the MCP example server with `python <relative path>`: this interpreter, this checkout.
-    data = data.replace('"command": "python"', f'"command": {sys.executable!r}'.replace("'", '"'))
+    # The README starts the MCP example server with `python <relative path>` from the checkout: `python` is
+    # found on PATH as `make serve` sets it (see the `venv_first_on_path` fixture); only the path is made absolute.
     data = data.replace('"examples/', f'"{REPO}/examples/')
     return data, rest
 
@@ -149,6 +149,20 @@ def test_readme_has_the_commands_this_test_runs() -> None:
     assert "list" in methods
     for method in ("MemoryService/Write", "MemoryService/Search", "ToolService/ImportMcp", "ToolService/Invoke"):
         assert f"agentrt.v1.{method}" in methods
+
+
+@pytest.fixture(autouse=True)
+def venv_first_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH as ``make serve`` gives the sidecar: this interpreter's bin directory first. The README's
+    ``"command": "python"`` then runs an interpreter with the mcp package, as it does for a user; with the
+    shell's PATH it ran the system python and ImportMcp failed."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def test_make_serve_puts_the_venv_first_on_path() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert 'VENV_PATH := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"' in makefile
+    assert "$(VENV_PATH) HF_HUB_OFFLINE=1 $(VENV)/bin/agentrt serve" in makefile
 
 
 def test_every_readme_grpcurl_command_works_over_reflection(make_server, tmp_path: Path) -> None:
