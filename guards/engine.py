@@ -84,6 +84,47 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _CLAUSE = re.compile(r",?\s+(?:and\s+)?then\s+|,\s+and\s+|;\s+", re.I)
 
 
+def settings_violations(
+    changes: dict[str, Any], field_prefix: str = "settings.", pack_path: str = str(DEFAULT_PACK)
+) -> list[FieldViolation]:
+    """What is wrong with ``changes`` (namespace setting name -> new value), one violation per bad field."""
+    errors: list[FieldViolation] = []
+
+    def bad(key: str, why: str) -> None:
+        errors.append(FieldViolation(f"{field_prefix}{key}", why))
+
+    for key in changes:
+        if key not in DEFAULT_SETTINGS:
+            bad(str(key), f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
+    for key in ("pack", "judge", "judge_tool_results"):
+        if key in changes and not isinstance(changes[key], bool):
+            bad(key, f"{key} must be true or false, got {changes[key]!r}")
+    if "default_decision" in changes and str(changes["default_decision"]) not in ("allow", "review", "block"):
+        bad("default_decision", "must be allow, review or block")
+    if "review_entropy" in changes:
+        value = changes["review_entropy"]
+        if value is not None and not (
+            isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+        ):
+            bad("review_entropy", "must be a number within [0, 1]")  # NaN fails the range test too
+    if "audit_retention_days" in changes:
+        value = changes["audit_retention_days"]
+        if not (isinstance(value, int) and not isinstance(value, bool)):
+            bad("audit_retention_days", "must be a whole number of days")
+        elif not 0 <= value <= MAX_AUDIT_RETENTION_DAYS:
+            bad("audit_retention_days", f"must be within [0, {MAX_AUDIT_RETENTION_DAYS}] (0 = keep forever)")
+    if "disabled_pack_rules" in changes:
+        names = changes["disabled_pack_rules"]
+        if not isinstance(names, list):
+            bad("disabled_pack_rules", "must be a list of pack rule names")
+        else:
+            known = {r.name for r in load_pack(pack_path).rules}
+            for i, name in enumerate(names):
+                if not isinstance(name, str) or name not in known:
+                    bad(f"disabled_pack_rules[{i}]", f"unknown pack rule {name!r}; pack rules: {sorted(known)}")
+    return errors
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     """A cluster with its derived facts, for listing the tree."""
@@ -291,41 +332,7 @@ class GuardEngine:
 
     def validate_settings(self, changes: dict[str, Any], field_prefix: str = "settings.") -> list[FieldViolation]:
         """What is wrong with ``changes`` (setting name -> new value), one violation per bad field."""
-        errors: list[FieldViolation] = []
-
-        def bad(key: str, why: str) -> None:
-            errors.append(FieldViolation(f"{field_prefix}{key}", why))
-
-        for key in changes:
-            if key not in DEFAULT_SETTINGS:
-                bad(str(key), f"unknown guard setting; known: {sorted(DEFAULT_SETTINGS)}")
-        for key in ("pack", "judge", "judge_tool_results"):
-            if key in changes and not isinstance(changes[key], bool):
-                bad(key, f"{key} must be true or false, got {changes[key]!r}")
-        if "default_decision" in changes and str(changes["default_decision"]) not in ("allow", "review", "block"):
-            bad("default_decision", "must be allow, review or block")
-        if "review_entropy" in changes:
-            value = changes["review_entropy"]
-            if value is not None and not (
-                isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-            ):
-                bad("review_entropy", "must be a number within [0, 1]")  # NaN fails the range test too
-        if "audit_retention_days" in changes:
-            value = changes["audit_retention_days"]
-            if not (isinstance(value, int) and not isinstance(value, bool)):
-                bad("audit_retention_days", "must be a whole number of days")
-            elif not 0 <= value <= MAX_AUDIT_RETENTION_DAYS:
-                bad("audit_retention_days", f"must be within [0, {MAX_AUDIT_RETENTION_DAYS}] (0 = keep forever)")
-        if "disabled_pack_rules" in changes:
-            names = changes["disabled_pack_rules"]
-            if not isinstance(names, list):
-                bad("disabled_pack_rules", "must be a list of pack rule names")
-            else:
-                known = {r.name for r in load_pack(self.pack_path).rules}
-                for i, name in enumerate(names):
-                    if not isinstance(name, str) or name not in known:
-                        bad(f"disabled_pack_rules[{i}]", f"unknown pack rule {name!r}; pack rules: {sorted(known)}")
-        return errors
+        return settings_violations(changes, field_prefix, self.pack_path)
 
     # --- rules ---------------------------------------------------------------------------------------------
     def put_rules(self, scope: str, rules: list[PolicyRule] | str, *, replace_all: bool = False) -> list[PolicyRule]:

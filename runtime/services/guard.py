@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import grpc
 from agentrt.v1 import common_pb2, guard_pb2, guard_pb2_grpc
 
-from core.errors import InvalidArgumentError, NotFoundError
-from guards.engine import DEFAULT_SETTINGS, GuardEngine, category_violations
+from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from guards.engine import DEFAULT_SETTINGS, GuardEngine, category_violations, settings_violations
 from guards.judge import JudgeConfig, LLMJudge
 from guards.memory import MemoryParams
 from guards.pack import DEFAULT_PACK, pack_vectors
@@ -44,6 +45,7 @@ def build(rt: Runtime) -> None:
     # vectors are kept under <data_dir>/cache, so later starts read them instead.
     pack_vectors(str(DEFAULT_PACK), rt.embedder, rt.settings.storage.cache_dir())
     defaults = {k: v for k, v in configured.items() if k in DEFAULT_SETTINGS}
+    _check_guard_policies(rt)
     params = MemoryParams.from_config(configured.get("memory"), "policies.defaults.guards.memory")
     rt.guards = GuardEngine(
         SqlGuardStore(rt.db.engine, publisher=lambda conn, scope: rt.changes.publish(conn, "guards", scope, {})),
@@ -57,6 +59,50 @@ def build(rt: Runtime) -> None:
     )
     # Another replica's feedback, evolution, rollback or rule change: reload that scope from the database.
     rt.replica_handlers["guards"] = lambda scope, _payload: rt.guards.reload(scope)
+
+
+# Keys of a configured guards policy besides the namespace settings (DEFAULT_SETTINGS).
+_POLICY_KEYS = {"rules": "operator rules, as in a PutRules YAML document", "memory": "guard memory parameters"}
+
+
+def _check_guard_policies(rt: Runtime) -> None:
+    """Refuse to start on a configured guards policy the engine could not use, naming every bad key: a setting
+    like ``default_decision: blok`` was stored as given and made every Check of the namespace INTERNAL, and a
+    misspelled key was dropped without a word."""
+    from guards import rules as rules_mod
+
+    configured = [("policies.defaults.guards", rt.settings.policies.defaults.get("guards"))] + [
+        (f"policies.namespaces.{name}.guards", components.get("guards"))
+        for name, components in rt.settings.policies.namespaces.items()
+    ]
+    violations: list[FieldViolation] = []
+    for where, policy in configured:
+        if policy is None:
+            continue
+        if not isinstance(policy, dict):
+            violations.append(FieldViolation(where, "must be a mapping"))
+            continue
+        for key in policy:
+            if key not in DEFAULT_SETTINGS and key not in _POLICY_KEYS:
+                known = sorted([*DEFAULT_SETTINGS, *_POLICY_KEYS])
+                violations.append(FieldViolation(f"{where}.{key}", f"unknown guards policy key; known: {known}"))
+        if "memory" in policy and where.startswith("policies.namespaces."):
+            violations.append(
+                FieldViolation(
+                    f"{where}.memory", "guard memory parameters are process-wide: set policies.defaults.guards.memory"
+                )
+            )
+        settings = {k: v for k, v in policy.items() if k in DEFAULT_SETTINGS}
+        violations += settings_violations(settings, field_prefix=f"{where}.")
+        if policy.get("rules"):
+            try:
+                rules_mod.parse_rules_yaml(json.dumps({"rules": policy["rules"]}), source="config")
+            except InvalidArgumentError as exc:
+                violations += [FieldViolation(f"{where}.{v.field}", v.description) for v in exc.violations]
+            except (TypeError, ValueError) as exc:
+                violations.append(FieldViolation(f"{where}.rules", str(exc)))
+    if violations:
+        raise InvalidArgumentError(violations)
 
 
 async def stop(rt: Runtime) -> None:

@@ -549,6 +549,37 @@ def test_bad_guard_memory_settings_stop_the_start_naming_the_field(make_server, 
     assert field in str(err.value)
 
 
+def test_bad_guard_settings_in_the_config_stop_the_start_naming_each_key(make_server) -> None:
+    """Accepted before: ``default_decision: blok`` made every Check and GetSettings of the namespace INTERNAL,
+    ``judge: maybe`` read as true, out-of-range numbers were kept and misspelled keys were dropped silently."""
+    from core.errors import InvalidArgumentError
+
+    policies = {
+        "defaults": {"guards": {"default_decision": "blok", "defualt_decision": "block", "judge": "maybe"}},
+        "namespaces": {
+            "chat": {"guards": {"review_entropy": 7, "audit_retention_days": -5, "memory": {}}},
+            "docs": {"guards": {"rules": [{"name": "r1", "stage": "nowhere"}]}},
+        },
+    }
+    with pytest.raises(InvalidArgumentError) as err:
+        make_server(embedding_model="hashing", policies=policies)
+    fields = {v.field for v in err.value.violations}
+    assert {
+        "policies.defaults.guards.default_decision",
+        "policies.defaults.guards.defualt_decision",
+        "policies.defaults.guards.judge",
+        "policies.namespaces.chat.guards.review_entropy",
+        "policies.namespaces.chat.guards.audit_retention_days",
+        "policies.namespaces.chat.guards.memory",
+    } <= fields, fields
+    assert any(f.startswith("policies.namespaces.docs.guards.rules") for f in fields), fields
+    # The same settings with good values start, and reach the namespace.
+    good = {"defaults": {"guards": {"default_decision": "review"}}, "namespaces": {"chat": {"guards": {"judge": False}}}}
+    srv = make_server(embedding_model="hashing", policies=good)
+    got = srv.client.guard.GetSettings(guard_pb2.GetGuardSettingsRequest(namespace="chat"))
+    assert got.default_decision == S.DECISION_REVIEW
+
+
 def test_guard_memory_settings_from_the_config_reach_the_engine(make_server) -> None:
     priors = [["request", 0.0, 0.3, 0.5]]
     srv = make_server(embedding_model="hashing", policies={"defaults": {"guards": {"memory": {"harm_priors": priors}}}})
