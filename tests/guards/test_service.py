@@ -574,7 +574,10 @@ def test_bad_guard_settings_in_the_config_stop_the_start_naming_each_key(make_se
     } <= fields, fields
     assert any(f.startswith("policies.namespaces.docs.guards.rules") for f in fields), fields
     # The same settings with good values start, and reach the namespace.
-    good = {"defaults": {"guards": {"default_decision": "review"}}, "namespaces": {"chat": {"guards": {"judge": False}}}}
+    good = {
+        "defaults": {"guards": {"default_decision": "review"}},
+        "namespaces": {"chat": {"guards": {"judge": False}}},
+    }
     srv = make_server(embedding_model="hashing", policies=good)
     got = srv.client.guard.GetSettings(guard_pb2.GetGuardSettingsRequest(namespace="chat"))
     assert got.default_decision == S.DECISION_REVIEW

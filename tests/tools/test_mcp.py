@@ -111,7 +111,8 @@ async def test_server_that_cannot_start_is_unavailable(registry: ToolRegistry) -
 async def test_a_server_that_cannot_start_says_why_from_its_stderr(registry: ToolRegistry) -> None:
     # The SDK's own error is "unhandled errors in a TaskGroup": the cause (a README user's "python" without
     # the mcp package) is only on the server's stderr, whose tail the error now carries.
-    script = "import sys; sys.stderr.write('ModuleNotFoundError: No module named ' + repr('mcp') + chr(10)); sys.exit(1)"
+    script = "import sys; sys.stderr.write('ModuleNotFoundError: No module named ' + repr('mcp') + chr(10))"
+    script += "; sys.exit(1)"
     bad = McpServerSpec("broken", McpTransport.STDIO, command=sys.executable, args=("-c", script), timeout_s=5)
     with pytest.raises(UnavailableError, match="server stderr: ModuleNotFoundError: No module named 'mcp'"):
         await registry.import_mcp(SCOPE, bad)
