@@ -84,6 +84,13 @@ def test_tool_call_stage_rules_and_memory(real) -> None:
     v = check(g, S.STAGE_TOOL_CALL, "clean up", "run_shell", json.dumps({"command": "rm -rf / --no-preserve-root"}))
     assert v.decision == S.DECISION_BLOCK and v.decided_by == "rule"
     assert v.evidence[0].ref == "pack.destructive-shell" and v.harm_score == 1.0
+    # The README's example, and other targets that end the JSON string: the rule wanted a space after them.
+    for command in ("rm -rf /", "sudo rm -rf /home", "rm -r -f ~", "rm --recursive --force /etc/"):
+        v = check(g, S.STAGE_TOOL_CALL, "clean up the server", "shell.exec", json.dumps({"cmd": command}))
+        assert (v.decision, v.decided_by) == (S.DECISION_BLOCK, "rule"), command
+        assert v.evidence[0].ref == "pack.destructive-shell", command
+    v = check(g, S.STAGE_TOOL_CALL, "clean the build", "shell.exec", json.dumps({"cmd": "rm -rf ./build"}))
+    assert all(e.ref != "pack.destructive-shell" for e in v.evidence)
     v = check(
         g,
         S.STAGE_TOOL_CALL,
