@@ -7,15 +7,18 @@ LangGraph app sees no difference:
 - reads in a batch see the state before the batch's writes; puts to one (namespace, key) collapse to
   the last one; a put with ``value=None`` deletes;
 - search filters by namespace prefix and by ``filter`` (exact matches, nested dicts, ``$eq $ne $gt $gte
-  $lt $lte``), then either keeps insertion order or, with ``query``, ranks by cosine similarity of the
-  query embedding to each indexed field of the item (max over fields); items without vectors fill the
-  tail of a ranked page;
+  $lt $lte``; see ``apply_operator`` for what the ordering operators compare), then either keeps insertion
+  order or, with ``query``, ranks by cosine similarity of the query embedding to each indexed field of the
+  item (max over fields); items without vectors fill the tail of a ranked page;
 - a search the caller marks ``hybrid`` (not a LangGraph notion: ``SidecarStore(index={"ranking":
   "hybrid"})``) ranks the same items by the memory retriever's fusion instead, z(cosine) + z(BM25 over the
   indexed fields' words) across the matching items (``memory.retrieval.hybrid_scores``), and its
   ``score`` is that fused value. Exact words the embedding blurs (names, ids, codes) then count;
 - ``list_namespaces`` lists namespaces holding items, matched by prefix/suffix patterns with ``"*"``
-  wildcards, truncated to ``max_depth``, sorted, then paged.
+  wildcards, truncated to ``max_depth`` (0 truncates every namespace to the root, ``()``), sorted, then paged;
+- a put whose key or namespace path (labels joined by ".") is longer than 1,000 characters, or holds a NUL
+  character, is refused on every backend (Postgres could not store it); a get or search of such a key or
+  namespace finds nothing, as nothing can be stored there.
 
 Storage is behind ``ItemBackend`` (an in-memory reference and an SQL backend on ``schema.py``); the
 query semantics above live once, here, on top of it.
@@ -263,7 +266,9 @@ def _record(row: Any) -> ItemRecord:
 # Semantics shared by every backend
 
 
-def _validate_path(path: Sequence[str], where: str, *, allow_empty: bool, wildcard: bool = False) -> None:
+def _validate_path(path: Sequence[str], where: str, *, allow_empty: bool, stored: bool = False) -> None:
+    """Labels are non-empty strings without periods ("." joins them in the path column). ``stored``: the path of a
+    put, which must also fit the column and hold no NUL (Postgres text cannot)."""
     if not path and not allow_empty:
         raise InvalidArgumentError(where, "namespace cannot be empty")
     for i, label in enumerate(path):
@@ -271,40 +276,103 @@ def _validate_path(path: Sequence[str], where: str, *, allow_empty: bool, wildca
             raise InvalidArgumentError(f"{where}[{i}]", f"namespace label {label!r} must be a non-empty string")
         if "." in label:
             raise InvalidArgumentError(f"{where}[{i}]", f"namespace label {label!r} cannot contain periods")
-        if label == "*" and not wildcard:
-            raise InvalidArgumentError(f"{where}[{i}]", "namespace label '*' is only allowed in match conditions")
+        if stored and "\x00" in label:
+            raise InvalidArgumentError(f"{where}[{i}]", "namespace labels cannot contain NUL characters")
+    if stored and len(join_path(tuple(path))) > schema.PATH_CHARS:
+        raise InvalidArgumentError(
+            where, f"the namespace is {len(join_path(tuple(path)))} characters with its labels joined by '.'; at "
+            f"most {schema.PATH_CHARS}"
+        )
 
 
-def validate_ops(ops: Sequence[Op], field_name: str = "ops") -> None:
-    """Raise InvalidArgumentError naming the first bad op field (``ops[2].put.path[0]``)."""
+def _validate_page(limit: int, offset: int, at: str) -> None:
+    # InMemoryStore slices with them, so a negative one means "all but the last n": nothing an app asks for.
+    if limit < 0:
+        raise InvalidArgumentError(f"{at}.limit", f"limit must be >= 0, got {limit}")
+    if offset < 0:
+        raise InvalidArgumentError(f"{at}.offset", f"offset must be >= 0, got {offset}")
+
+
+def storable(path: Path, key: str = "") -> bool:
+    """Whether an item could be stored at ``path``/``key`` (the limits ``validate_ops`` puts on a put's path and
+    key): a read of anything else finds nothing, and is answered without asking a backend that may refuse it."""
+    return (
+        len(key) <= schema.KEY_CHARS
+        and "\x00" not in key
+        and not any("\x00" in label for label in path)
+        and len(join_path(path)) <= schema.PATH_CHARS
+    )
+
+
+def validate_ops(ops: Sequence[Op], field_name: str = "ops", *, max_value_bytes: int | None = None) -> None:
+    """Raise InvalidArgumentError naming the first bad op field (``ops[2].put.path[0]``).
+
+    ``max_value_bytes``: the largest value a put may store, as UTF-8 JSON (what a reply can carry back).
+    """
     for i, op in enumerate(ops):
         at = f"{field_name}[{i}]"
         if isinstance(op, GetOp):
             _validate_path(op.namespace, f"{at}.get.path", allow_empty=True)
         elif isinstance(op, PutOp):
-            _validate_path(op.namespace, f"{at}.put.path", allow_empty=False)
-            if op.namespace[0] == "langgraph":
-                raise InvalidArgumentError(f"{at}.put.path[0]", "the root label 'langgraph' is reserved")
-            if not op.key:
-                raise InvalidArgumentError(f"{at}.put.key", "key cannot be empty")
-            if op.value is not None and not isinstance(op.value, Mapping):
-                raise InvalidArgumentError(f"{at}.put.value_json", "value must be a JSON object")
+            _validate_put(op, at, max_value_bytes)
         elif isinstance(op, SearchOp):
             _validate_path(op.namespace_prefix, f"{at}.search.path_prefix", allow_empty=True)
-            if op.limit < 0 or op.offset < 0:
-                raise InvalidArgumentError(f"{at}.search.limit", "limit and offset must be >= 0")
+            _validate_page(op.limit, op.offset, f"{at}.search")
             if op.filter is not None and not isinstance(op.filter, Mapping):
                 raise InvalidArgumentError(f"{at}.search.filter_json", "filter must be a JSON object")
+            # Checked here, not only when an item is compared: a search of an empty prefix refuses it all the same.
+            _validate_filter(op.filter, f"{at}.search.filter_json")
         elif isinstance(op, ListNamespacesOp):
             for j, cond in enumerate(op.match_conditions or ()):
-                _validate_path(cond.path, f"{at}.list_namespaces.match_conditions[{j}].path",
-                               allow_empty=True, wildcard=True)
-            if op.limit < 0 or op.offset < 0:
-                raise InvalidArgumentError(f"{at}.list_namespaces.limit", "limit and offset must be >= 0")
-            if op.max_depth is not None and op.max_depth < 1:
-                raise InvalidArgumentError(f"{at}.list_namespaces.max_depth", "max_depth must be >= 1")
+                _validate_path(cond.path, f"{at}.list_namespaces.match_conditions[{j}].path", allow_empty=True)
+            _validate_page(op.limit, op.offset, f"{at}.list_namespaces")
+            if op.max_depth is not None and op.max_depth < 0:
+                raise InvalidArgumentError(
+                    f"{at}.list_namespaces.max_depth", f"max_depth must be >= 0, got {op.max_depth}"
+                )
         else:
             raise InvalidArgumentError(FieldViolation(at, f"unknown operation type {type(op).__name__}"))
+
+
+OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
+
+
+def _validate_filter(value: Any, at: str) -> None:
+    """Every ``$`` key of a filter is an operator ``compare_values`` knows, and sits in an object of operators."""
+    if isinstance(value, Mapping):
+        if any(isinstance(k, str) and k.startswith("$") for k in value):
+            bad = [k for k in value if k not in OPERATORS]
+            if bad:
+                raise InvalidArgumentError(at, f"unsupported filter operator {bad[0]!r}; use {' '.join(OPERATORS)}")
+            return
+        for v in value.values():
+            _validate_filter(v, at)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _validate_filter(v, at)
+
+
+def _validate_put(op: PutOp, at: str, max_value_bytes: int | None) -> None:
+    _validate_path(op.namespace, f"{at}.put.path", allow_empty=False, stored=True)
+    if op.namespace[0] == "langgraph":
+        raise InvalidArgumentError(f"{at}.put.path[0]", "the root label 'langgraph' is reserved")
+    # An empty key is a key like any other (InMemoryStore keeps it); "*" is an ordinary label outside match conditions.
+    if len(op.key) > schema.KEY_CHARS:
+        raise InvalidArgumentError(f"{at}.put.key", f"the key is {len(op.key)} characters; at most {schema.KEY_CHARS}")
+    if "\x00" in op.key:
+        raise InvalidArgumentError(f"{at}.put.key", "keys cannot contain NUL characters")
+    if op.value is None:
+        return
+    if not isinstance(op.value, Mapping):
+        raise InvalidArgumentError(f"{at}.put.value_json", "value must be a JSON object")
+    if max_value_bytes is not None:
+        # Measured as the backend will store it (and a reply will carry it), not as the client happened to send it.
+        size = len(json.dumps(op.value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size > max_value_bytes:
+            raise InvalidArgumentError(
+                f"{at}.put.value_json",
+                f"the value is {size} bytes as JSON; at most {max_value_bytes}, so that a reply can carry it back",
+            )
 
 
 def compare_values(item_value: Any, filter_value: Any) -> bool:
@@ -324,21 +392,35 @@ def compare_values(item_value: Any, filter_value: Any) -> bool:
     return bool(item_value == filter_value)
 
 
+def _ordered(value: Any, operand: Any) -> tuple[Any, Any] | None:
+    """The pair an ordering operator compares, or None when the two have no order.
+
+    Two strings compare as strings, by code point (LangGraph's PostgresStore compares the text of the field; its
+    InMemoryStore raises on a string that is not a number). Otherwise both are read as numbers, as InMemoryStore
+    reads them (so a numeric string against a number compares as a number, and true is 1); anything that is not
+    a number (a word against a number, null, a missing field, a list, an object) has no order and never matches.
+    """
+    if isinstance(value, str) and isinstance(operand, str):
+        return value, operand
+    try:
+        return float(value), float(operand)
+    except (TypeError, ValueError):
+        return None
+
+
 def apply_operator(value: Any, operator: str, operand: Any) -> bool:
-    """One comparison operator, as PostgreSQL compares JSONB (missing fields never match ordering ops)."""
+    """One comparison operator. ``$eq``/``$ne`` compare JSON values; ``$gt $gte $lt $lte`` see ``_ordered``."""
     if operator == "$eq":
         return bool(value == operand)
     if operator == "$ne":
         return bool(value != operand)
     if operator in ("$gt", "$gte", "$lt", "$lte"):
-        try:
-            a, b = float(value), float(operand)
-        except (TypeError, ValueError):
+        pair = _ordered(value, operand)
+        if pair is None:
             return False
-        return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[operator]
-    raise InvalidArgumentError(
-        "filter_json", f"unsupported filter operator {operator!r}; use $eq $ne $gt $gte $lt $lte"
-    )
+        a, b = pair
+        return bool({"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[operator])
+    raise InvalidArgumentError("filter_json", f"unsupported filter operator {operator!r}; use {' '.join(OPERATORS)}")
 
 
 def matches(condition: MatchCondition, path: Path) -> bool:
@@ -424,9 +506,12 @@ def _group_by_namespace(recs: list[ItemRecord]) -> list[ItemRecord]:
 class ItemStore:
     """Executes batches of LangGraph store operations for one scope on a backend, embedding as needed."""
 
-    def __init__(self, backend: ItemBackend, embedder: Embedder | None):
+    def __init__(self, backend: ItemBackend, embedder: Embedder | None, *, max_value_bytes: int | None = None):
+        """``max_value_bytes``: the largest value a put may store, as UTF-8 JSON; the server sets it so that any
+        stored value fits in a reply (``runtime.convert.agent.max_value_bytes``). None: no limit."""
         self.backend = backend
         self.embedder = embedder
+        self.max_value_bytes = max_value_bytes
 
     def batch(self, scope: str, ops: Sequence[Op], *, hybrid: Collection[int] = ()) -> list[Result]:
         """Run ``ops`` in order and return one result per op (None for puts).
@@ -435,14 +520,15 @@ class ItemStore:
         Raises InvalidArgumentError for malformed ops (before anything is written).
         """
         ops = list(ops)
-        validate_ops(ops)
+        validate_ops(ops, max_value_bytes=self.max_value_bytes)
         queries = sorted({op.query for op in ops if isinstance(op, SearchOp) and op.query})
         query_vecs = dict(zip(queries, self._embed(queries), strict=True)) if queries else {}
         results: list[Result] = []
         puts: dict[tuple[Path, str], PutOp] = {}
         for i, op in enumerate(ops):
             if isinstance(op, GetOp):
-                rec = self.backend.get(scope, tuple(op.namespace), op.key)
+                path = tuple(op.namespace)
+                rec = self.backend.get(scope, path, op.key) if storable(path, op.key) else None
                 results.append(_item(rec) if rec else None)
             elif isinstance(op, SearchOp):
                 results.append(self._search(scope, op, query_vecs, hybrid=i in hybrid))
@@ -488,6 +574,8 @@ class ItemStore:
     def _search(
         self, scope: str, op: SearchOp, query_vecs: dict[str, np.ndarray], *, hybrid: bool = False
     ) -> list[SearchItem]:
+        if not storable(tuple(op.namespace_prefix)):
+            return []
         ranked = bool(op.query) and self.embedder is not None
         recs = self.backend.scan(scope, tuple(op.namespace_prefix), with_vectors=ranked)
         if op.filter:

@@ -22,6 +22,11 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+#: Longest key, and longest namespace path (labels joined by "."), an item can have: the sizes of the columns below.
+#: Postgres enforces them; the item store checks them itself so that every backend refuses the same puts.
+KEY_CHARS = 1000
+PATH_CHARS = 1000
+
 store_items = Table(
     "agent_store_items",
     metadata,
@@ -30,8 +35,8 @@ store_items = Table(
     # "<tenant>/<namespace>" from rt.scope(); one scope never sees another's rows.
     Column("scope", String(300), nullable=False),
     # LangGraph namespace labels joined by "." (labels cannot contain periods).
-    Column("path", String(1000), nullable=False),
-    Column("key", String(1000), nullable=False),
+    Column("path", String(PATH_CHARS), nullable=False),
+    Column("key", String(KEY_CHARS), nullable=False),
     Column("value_json", Text, nullable=False),
     # Unix seconds; portable across SQLite and Postgres without time zone surprises.
     Column("created_at", Float, nullable=False),

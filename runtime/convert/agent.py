@@ -28,15 +28,30 @@ from langgraph.store.base import (
 
 from core.errors import InvalidArgumentError
 from core.jsontext import decode_json_object
+from runtime.convert.common import time_from_proto, timestamp
 
 # ------------------------------------------------------------------------------------------------
 # Store: ops
-from runtime.convert.common import time_from_proto, timestamp
+
+#: Most operations one StoreBatch call carries; ``SidecarStore`` sends a larger batch as several calls.
+MAX_STORE_OPS = 1000
+#: Room a reply needs around one item's value: its path and key (at most 1,000 characters each, up to 4 bytes per
+#: character), two timestamps, a score and the framing of the messages, with a wide margin.
+REPLY_OVERHEAD_BYTES = 16 * 1024
+#: Counts on the wire are int32; a larger limit, offset or max_depth asks for "everything" all the same.
+INT32_MAX = 2**31 - 1
+
+
+def max_value_bytes(max_message_bytes: int) -> int:
+    """The largest item value (UTF-8 JSON text) whose ``get`` reply still fits in ``max_message_bytes``: a larger
+    one could be stored but never read back."""
+    return max(max_message_bytes - REPLY_OVERHEAD_BYTES, 0)
 
 
 def op_to_proto(op: Op, default_index: list[str] | None, *, hybrid: bool = False) -> agent_pb2.StoreOp:
     """One LangGraph op as a ``StoreOp``. ``default_index`` resolves ``PutOp.index=None``; ``hybrid`` asks a
-    search to rank by dense + lexical fusion."""
+    search to rank by dense + lexical fusion. Counts past int32 are sent as ``INT32_MAX`` (no store holds that many
+    items, so the answer is the same); negative ones are the caller's to refuse."""
     if isinstance(op, GetOp):
         return agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=list(op.namespace), key=op.key))
     if isinstance(op, PutOp):
@@ -50,8 +65,8 @@ def op_to_proto(op: Op, default_index: list[str] | None, *, hybrid: bool = False
         search = agent_pb2.StoreSearch(
             path_prefix=list(op.namespace_prefix),
             filter_json=json.dumps(dict(op.filter)) if op.filter else "",
-            limit=op.limit,
-            offset=op.offset,
+            limit=min(op.limit, INT32_MAX),
+            offset=min(op.offset, INT32_MAX),
         )
         if op.query:
             search.query = op.query
@@ -59,9 +74,9 @@ def op_to_proto(op: Op, default_index: list[str] | None, *, hybrid: bool = False
             search.ranking = agent_pb2.STORE_RANKING_HYBRID
         return agent_pb2.StoreOp(search=search)
     if isinstance(op, ListNamespacesOp):
-        ln = agent_pb2.StoreListNamespaces(limit=op.limit, offset=op.offset)
+        ln = agent_pb2.StoreListNamespaces(limit=min(op.limit, INT32_MAX), offset=min(op.offset, INT32_MAX))
         if op.max_depth is not None:
-            ln.max_depth = op.max_depth
+            ln.max_depth = min(op.max_depth, INT32_MAX)
         for c in op.match_conditions or ():
             mt = agent_pb2.MATCH_TYPE_PREFIX if c.match_type == "prefix" else agent_pb2.MATCH_TYPE_SUFFIX
             ln.match_conditions.append(agent_pb2.StoreMatchCondition(match_type=mt, path=list(c.path)))
@@ -72,6 +87,8 @@ def op_to_proto(op: Op, default_index: list[str] | None, *, hybrid: bool = False
 #: What a StoreBatch op's ``limit`` of 0 (proto3's unset) means: LangGraph's own defaults.
 SEARCH_LIMIT = 10
 LIST_NAMESPACES_LIMIT = 100
+
+
 def _json_object(text: str, field_name: str) -> dict[str, Any]:
     value, bad = decode_json_object(text, field_name)
     if value is None:

@@ -20,7 +20,7 @@ from runtime.agent.runner import ThreadLocks, TurnRunner, open_checkpointer
 from runtime.container import Runtime
 from runtime.convert import agent as conv
 
-MAX_STORE_OPS = 1000
+MAX_STORE_OPS = conv.MAX_STORE_OPS
 MAX_MESSAGE_CHARS = 100_000
 #: A client turn id names the memory messages "<turn_id>-u" and "<turn_id>-a".
 MAX_TURN_ID_CHARS = 100
@@ -38,7 +38,9 @@ class AgentComponent:
 
 def build(rt: Runtime) -> None:
     """Attach the item store; the turn runner needs the event loop and is opened in ``start``."""
-    rt.agent = AgentComponent(items=ItemStore(SqlItemBackend(rt.db.engine), rt.embedder))
+    # A value is refused at put when the reply to its get would not fit in a message: stored, it could never be read.
+    max_value = conv.max_value_bytes(rt.settings.server.max_message_bytes)
+    rt.agent = AgentComponent(items=ItemStore(SqlItemBackend(rt.db.engine), rt.embedder, max_value_bytes=max_value))
 
 
 async def start(rt: Runtime) -> None:
@@ -146,7 +148,10 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def StoreBatch(self, request: agent_pb2.StoreBatchRequest, context: Any) -> agent_pb2.StoreBatchResponse:
         if len(request.ops) > MAX_STORE_OPS:
-            raise InvalidArgumentError("ops", f"at most {MAX_STORE_OPS} operations per batch, got {len(request.ops)}")
+            raise InvalidArgumentError(
+                "ops", f"at most {MAX_STORE_OPS} operations per StoreBatch call, got {len(request.ops)} (SidecarStore "
+                "sends a larger batch as several calls)"
+            )
         ops = conv.ops_from_request(request)
         hybrid = conv.hybrid_searches(request)
         writes = any(op.WhichOneof("op") == "put" for op in request.ops)

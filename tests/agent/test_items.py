@@ -159,9 +159,15 @@ def test_list_namespaces(store: ItemStore) -> None:
     [
         (PutOp((), "k", {}), "ops[0].put.path"),
         (PutOp(("a.b",), "k", {}), "ops[0].put.path[0]"),
-        (PutOp(("a",), "", {}), "ops[0].put.key"),
+        (PutOp(("a",), "k" * 1001, {}), "ops[0].put.key"),
+        (PutOp(("a",), "k\x00", {}), "ops[0].put.key"),
+        (PutOp(("a" * 600, "b" * 400), "k", {}), "ops[0].put.path"),
+        (PutOp(("a\x00",), "k", {}), "ops[0].put.path[0]"),
         (PutOp(("langgraph",), "k", {}), "ops[0].put.path[0]"),
         (SearchOp(("a",), limit=-1), "ops[0].search.limit"),
+        (SearchOp(("a",), offset=-1), "ops[0].search.offset"),
+        (SearchOp(("a",), {"n": {"$in": [1]}}), "ops[0].search.filter_json"),
+        (ListNamespacesOp(max_depth=-1), "ops[0].list_namespaces.max_depth"),
     ],
 )
 def test_invalid_ops_name_the_field(store: ItemStore, op, field: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import grpc
 import pytest
 from agentrt.v1 import agent_pb2
 from grpc_status import rpc_status
-from langgraph.store.base import BaseStore, GetOp, Item, PutOp, SearchOp
+from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, Item, PutOp, SearchOp
 from langgraph.store.memory import InMemoryStore
 
 from core.embedding import create_embedder
@@ -303,3 +304,139 @@ def test_a_namespace_prefix_is_matched_with_its_case(sidecar) -> None:
     store.put(("USERS", "a"), "k2", {"text": "upper"})
     assert [(i.namespace, i.key) for i in store.search(("users",))] == [(("users", "a"), "k1")]
     assert [(i.namespace, i.key) for i in store.search(("USERS",), query="upper")] == [(("USERS", "a"), "k2")]
+
+
+def test_keys_and_labels_inmemorystore_accepts_are_accepted(sidecar) -> None:
+    """An empty key and a "*" label outside match conditions are ordinary (both were refused)."""
+    _srv, store = sidecar
+
+    def steps(s: BaseStore) -> list[Any]:
+        s.put(("odd",), "", {"text": "empty key"})
+        s.put(("*",), "k", {"text": "star"})
+        s.put(("odd", "*"), "k", {"text": "star below"})
+        return [s.get(("odd",), ""), s.get(("*",), "k"), s.search(("*",)), s.search(("odd",)),
+                s.list_namespaces(prefix=("odd",)), s.list_namespaces(prefix=("*",)), s.get(("a", "*"), "k")]
+
+    assert [_norm(r) for r in steps(store)] == [_norm(r) for r in steps(reference_store())]
+
+
+def test_keys_and_namespaces_no_backend_can_store_are_refused_alike_and_never_found(sidecar) -> None:
+    """Postgres refused a key or path over its 1,000-character columns, or a NUL, with a database error, on reads
+    too; now every backend refuses such a put naming the field, and a read of one finds nothing."""
+    _srv, store = sidecar
+    reference = reference_store()
+    for s in (store, reference):
+        s.put(("k",), "x" * 1000, {"text": "longest key"})
+        s.put(("l" * 999,), "k", {"text": "longest path"})
+    assert store.get(("k",), "x" * 1000) is not None and store.get(("l" * 999,), "k") is not None
+    for s in (store, reference):
+        assert s.get(("k",), "x" * 5000) is None
+        assert s.get(("k",), "k\x00z") is None
+        assert s.get(("y" * 2000,), "k") is None
+        assert s.search(("y" * 2000,)) == []
+        # LangGraph's own get/search refuse a NUL in a label before any batch; a batch reads nothing there.
+        assert s.batch([GetOp(("k\x00",), "k"), SearchOp(("k\x00",))]) == [None, []]
+    for key, field in (("x" * 1001, "ops[0].put.key"), ("k\x00z", "ops[0].put.key")):
+        with pytest.raises(ValueError, match=r"ops\[0\]\.put\.key") as err:
+            store.put(("k",), key, {"v": 1})
+        assert err.value.field_violations[0][0] == field  # type: ignore[attr-defined]
+    with pytest.raises(InvalidNamespaceError, match=r"ops\[0\]\.put\.path: the namespace is 2000 characters"):
+        store.put(("y" * 2000,), "k", {"v": 1})
+    with pytest.raises(InvalidNamespaceError, match=r"ops\[0\]\.put\.path\[1\]"):
+        store.batch([PutOp(("k", "a\x00"), "k", {"v": 1})])
+    # A batch is atomic: the good put beside the refused one is not applied either.
+    with pytest.raises(ValueError, match=r"ops\[1\]\.put\.key"):
+        store.batch([PutOp(("k",), "good", {"v": 1}), PutOp(("k",), "y" * 1001, {"v": 1})])
+    assert store.get(("k",), "good") is None
+
+
+def test_ordering_filters_compare_strings_as_strings(sidecar) -> None:
+    """$gt/$gte/$lt/$lte on strings matched nothing; strings now compare by code point (as PostgresStore compares
+    the field's text), numbers and numeric strings as numbers (as InMemoryStore), other mixes never match."""
+    _srv, store = sidecar
+    docs = [("a", {"s": "apple", "n": 1}), ("b", {"s": "banana", "n": "3"}), ("c", {"s": "cherry", "n": 2.5}),
+            ("d", {"s": "Zebra", "n": "x"}), ("e", {"n": None, "s": 5})]
+    for key, value in docs:
+        store.put(("f",), key, value)
+
+    def keys(flt: dict[str, Any]) -> list[str]:
+        return [i.key for i in store.search(("f",), filter=flt)]
+
+    assert keys({"s": {"$gt": "b"}}) == ["b", "c"]
+    assert keys({"s": {"$gte": "banana"}}) == ["b", "c"]
+    assert keys({"s": {"$lt": "b"}}) == ["a", "d"]  # "Z" < "a" by code point
+    assert keys({"s": {"$lte": "apple", "$gt": "A"}}) == ["a", "d"]
+    assert keys({"s": {"$gt": 1}}) == ["e"]  # a word against a number has no order
+    # Numbers keep InMemoryStore's reading, numeric strings included.
+    reference = reference_store()
+    for key, value in docs[:3]:
+        reference.put(("f",), key, value)
+    for flt in ({"n": {"$gt": 1}}, {"n": {"$lte": 2.5}}, {"n": {"$gte": 2, "$lt": 3}}):
+        assert keys(flt) == [i.key for i in reference.search(("f",), filter=flt)]
+    with pytest.raises(ValueError, match=r"ops\[0\]\.search\.filter_json: unsupported filter operator '\$in'"):
+        store.search(("nothing-here",), filter={"n": {"$in": [1]}})
+
+
+def test_counts_follow_inmemorystore_where_meaningful_and_are_refused_where_not(sidecar) -> None:
+    _srv, store = sidecar
+    reference = reference_store()
+    for s in (store, reference):
+        s.put(("c", "a"), "k1", {"text": "one"})
+        s.put(("c", "b"), "k2", {"text": "two"})
+    for s in (store, reference):
+        # max_depth=0 truncates every namespace to the root, as InMemoryStore does (it was refused).
+        assert s.list_namespaces(max_depth=0) == [()]
+        assert s.list_namespaces(prefix=("none",), max_depth=0) == []
+    # Past int32 (the wire's counts) is "all" (it raised a bare ValueError while encoding).
+    for kwargs in ({"limit": 2**31}, {"limit": 2**40, "offset": 1}, {"offset": 2**31}):
+        assert _norm(store.search(("c",), **kwargs)) == _norm(reference.search(("c",), **kwargs))
+        assert store.list_namespaces(**kwargs) == reference.list_namespaces(**kwargs)
+    assert store.list_namespaces(max_depth=2**31) == reference.list_namespaces(max_depth=2**31)
+    # Negative counts slice InMemoryStore's lists from the end, which no app means: a ValueError naming the argument.
+    for call, field in (
+        (lambda: store.search(("c",), limit=-1), "ops[0].search.limit"),
+        (lambda: store.search(("c",), offset=-1), "ops[0].search.offset"),
+        (lambda: store.list_namespaces(limit=-1), "ops[0].list_namespaces.limit"),
+        (lambda: store.list_namespaces(offset=-2), "ops[0].list_namespaces.offset"),
+        (lambda: store.list_namespaces(max_depth=-1), "ops[0].list_namespaces.max_depth"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{re.escape(field)}: \w+ must be >= 0, got -\d") as err:
+            call()
+        assert err.value.field_violations[0][0] == field  # type: ignore[attr-defined]
+
+
+def test_a_batch_larger_than_one_call_is_split_keeping_its_semantics(sidecar) -> None:
+    """The sidecar takes 1,000 ops per call; a larger batch failed with INVALID_ARGUMENT."""
+    srv, store = sidecar
+    calls: list[int] = []
+
+    class Counting(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            calls.append(len(request.ops))
+            return continuation(details, request)
+
+    counted = SidecarStore(namespace=store.namespace, channel=grpc.intercept_channel(
+        grpc.insecure_channel(srv.target), Counting()), index={"fields": FIELDS})
+    reference = reference_store()
+
+    def big(s: BaseStore) -> list[Any]:
+        s.put(("big",), "k0", {"text": "old"})
+        ops: list[Any] = [GetOp(("big",), f"k{i % 7}") for i in range(1500)]
+        ops += [PutOp(("big",), f"k{i % 900}", {"text": f"new {i}"}) for i in range(1200)]
+        ops.append(SearchOp(("big",), limit=3))
+        # Reads see the state before the batch's writes, however many calls carry them.
+        return [*s.batch(ops), s.get(("big",), "k0"), s.get(("big",), "k899"), len(s.search(("big",), limit=2000))]
+
+    calls.clear()
+    assert _norm(big(counted)) == _norm(big(reference))
+    assert calls[:4] == [1, 1000, 501, 900]  # the put, the reads in two calls, the 900 distinct writes in one
+    # Writes are applied in one call, all or none: more than 1,000 distinct keys is a clear error, nothing sent.
+    calls.clear()
+    with pytest.raises(ValueError, match=r"writes 1001 items.*split them into several batches"):
+        counted.batch([PutOp(("big",), f"w{i}", {"v": i}) for i in range(1001)])
+    assert calls == []
+    # Over the wire, the sidecar's cap names itself.
+    with pytest.raises(grpc.RpcError, match="at most 1000 operations per StoreBatch call"):
+        srv.client.agent.StoreBatch(agent_pb2.StoreBatchRequest(namespace="app-cap", ops=[
+            agent_pb2.StoreOp(get=agent_pb2.StoreGet(path=["a"], key="k"))] * 1001), timeout=10)
+    counted.close()
