@@ -5,7 +5,7 @@ operations is one ``AgentService.StoreBatch`` RPC, items are persisted in the si
 ``search(query=...)`` is ranked by the sidecar's embedder.
 
     make serve   # in another terminal
-    python examples/langgraph_store.py
+    .venv/bin/python examples/langgraph_store.py   # the interpreter make serve set up (it has langgraph)
 """
 
 from __future__ import annotations
