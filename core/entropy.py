@@ -8,7 +8,8 @@ Three layers:
   :func:`softmax`;
 * per token, from the top-k logprobs an LLM API returns — one value per generated token, vectorised
   over a padded ``(n_tokens, k)`` matrix of natural-log probabilities sorted in descending order
-  (``-inf`` pads rows with fewer than k alternatives); see :data:`TOKEN_VARIANTS`;
+  (``-inf`` pads rows with fewer than k alternatives; a row of only ``-inf`` is a token the client sent
+  without alternatives); see :data:`TOKEN_VARIANTS`;
 * over a span of tokens — :func:`aggregate` turns a per-token series into one number; see
   :data:`AGGREGATIONS`. :func:`span_signals` computes every (variant, aggregation) pair at once.
 
@@ -38,6 +39,13 @@ LN2 = math.log(2.0)
 #:   surprisal     −ln p(sampled token)
 #:   one_minus_p   1 − p(sampled token); its max over a span is FLARE's rule (fire when any p < θ)
 #:   margin        1 − (p₁ − p₂), one minus the top-1/top-2 probability margin
+#:
+#: A token without alternatives (its row all −inf) has no distribution to take an entropy of. Its
+#: ``missing_mass`` and ``epr`` are then its surprisal −ln p: for a sampled token E[−ln p(x)] = H, so the
+#: surprisal is an unbiased one-sample estimate of the entropy (the sampled token as the only alternative
+#: made both near 0 for p → 1 *and* p → 0, so a very unlikely token read as confident). ``renorm`` is 0
+#: there (one known outcome renormalises to certainty: it carries no information for such tokens), and
+#: ``margin`` takes p₁ = p(sampled), p₂ = 0.
 TOKEN_VARIANTS: tuple[str, ...] = (
     "renorm",
     "missing_mass",
@@ -220,7 +228,8 @@ def token_signals(
     """Every per-token variant (see :data:`TOKEN_VARIANTS`) as a mapping name → array of shape (n,).
 
     ``full`` is present only when ``full_entropy`` is given with no NaN. ``k`` truncates the top-k first.
-    ``variants`` restricts the computation to those names (unknown names raise ValueError).
+    ``variants`` restricts the computation to those names (unknown names raise ValueError). A row of only
+    −inf (a token without alternatives) is scored as described under :data:`TOKEN_VARIANTS`.
     """
     wanted = TOKEN_VARIANTS if variants is None else tuple(variants)
     unknown = [v for v in wanted if v not in TOKEN_VARIANTS]
@@ -231,6 +240,9 @@ def token_signals(
     out: dict[str, np.ndarray] = {}
     need_p = {"renorm", "missing_mass", "epr", "margin"} & set(wanted)
     p = np.zeros((0, 0))
+    surprisal = -np.minimum(sampled, 0.0)
+    # Tokens sent without alternatives: sorted descending, so an unknown first entry means an empty row.
+    bare = ~np.isfinite(top[:, 0]) if top.shape[1] else np.ones(sampled.shape[0], dtype=bool)
     if need_p:
         # One exp for everything; −p ln p straight from the logprobs (no log call). −inf pads become
         # −1000, whose exp is exactly 0, so padding contributes 0 instead of 0·∞ = NaN.
@@ -238,11 +250,11 @@ def token_signals(
         p = np.exp(logp)
         raw = -(p * logp).sum(axis=1)
         if "epr" in wanted:
-            out["epr"] = raw
+            out["epr"] = np.where(bare, surprisal, raw)
         if "missing_mass" in wanted or "renorm" in wanted:
             total = p.sum(axis=1)
         if "missing_mass" in wanted:
-            out["missing_mass"] = raw + _plogp(np.clip(1.0 - total, 0.0, 1.0))
+            out["missing_mass"] = np.where(bare, surprisal, raw + _plogp(np.clip(1.0 - total, 0.0, 1.0)))
         if "renorm" in wanted:
             # H(p/S) = (−Σ p ln p)/S + ln S  for S = Σp.
             safe = np.where(total > 0, total, 1.0)
@@ -252,11 +264,12 @@ def token_signals(
         if full.size == sampled.size and not np.isnan(full).any():
             out["full"] = full
     if "surprisal" in wanted:
-        out["surprisal"] = -np.minimum(sampled, 0.0)
+        out["surprisal"] = surprisal
     if "one_minus_p" in wanted:
         out["one_minus_p"] = 1.0 - sampled_probability(sampled)
     if "margin" in wanted:
-        out["margin"] = 1.0 - (p[:, 0] - p[:, 1] if p.shape[1] > 1 else p[:, 0])
+        p1 = np.where(bare, sampled_probability(sampled), p[:, 0])
+        out["margin"] = 1.0 - (p1 - p[:, 1] if p.shape[1] > 1 else p1)
     return out
 
 

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import InvalidArgumentError
 from runtime.gates.types import (
+    MAX_PADDED_VALUES,
     CalibrationObjective,
     CalibrationResult,
     GateDecision,
@@ -19,6 +20,8 @@ from runtime.gates.types import (
     GatePolicy,
     PolicyVersion,
     TokenStream,
+    check_padded_size,
+    check_widths,
 )
 
 _GATE_FROM_PROTO = {
@@ -70,14 +73,29 @@ def gate_to_proto(kind: GateKind) -> common_pb2.Gate.ValueType:
     return _GATE_TO_PROTO[kind]
 
 
-def tokens_from_proto(tokens: Sequence[common_pb2.TokenLogprob], field_name: str = "tokens") -> TokenStream:
-    """Validated arrays from TokenLogprob messages; bad values raise InvalidArgumentError naming the field
-    (``tokens[3].top_logprobs[1].logprob``)."""
+def tokens_from_proto(
+    tokens: Sequence[common_pb2.TokenLogprob],
+    field_name: str = "tokens",
+    *,
+    top_k: int | None = None,
+    max_values: int = MAX_PADDED_VALUES,
+) -> TokenStream:
+    """Validated arrays from TokenLogprob messages, each token keeping its ``top_k`` most likely alternatives
+    (None: all); bad values raise InvalidArgumentError naming the field (``tokens[3].top_logprobs[1].logprob``,
+    ``tokens[0].top_logprobs`` for more than MAX_TOP_LOGPROBS alternatives)."""
+    # Sizes first: a token with 300k alternatives, or a million tokens padded to a wide row, is refused
+    # before any value is read.
+    widths = [len(t.top_logprobs) for t in tokens]
+    check_widths(widths, field_name)
+    widest = max(widths, default=0)
+    check_padded_size(len(widths), max(min(widest, top_k) if top_k else widest, 1), max_values, field_name)
     sampled = [t.logprob for t in tokens]
     rows = [[a.logprob for a in t.top_logprobs] for t in tokens]
     full = [t.full_entropy if t.HasField("full_entropy") else None for t in tokens]
     has_full = any(f is not None for f in full)
-    return TokenStream.from_lists(sampled, rows, full if has_full else None, field_name=field_name)
+    return TokenStream.from_lists(
+        sampled, rows, full if has_full else None, field_name=field_name, top_k=top_k, max_values=max_values
+    )
 
 
 def stream_from_proto(
@@ -86,8 +104,12 @@ def stream_from_proto(
     has_packed: bool,
     field_name: str = "tokens",
     packed_field: str = "packed_tokens",
+    *,
+    top_k: int | None = None,
+    max_values: int = MAX_PADDED_VALUES,
 ) -> TokenStream:
-    """Token arrays from either ``tokens`` or ``packed_tokens`` (setting both is INVALID_ARGUMENT)."""
+    """Token arrays from either ``tokens`` or ``packed_tokens`` (setting both is INVALID_ARGUMENT), each
+    token keeping its ``top_k`` most likely alternatives (None: all), padded to at most ``max_values``."""
     if has_packed:
         if len(tokens):
             raise InvalidArgumentError(packed_field, f"set {field_name} or {packed_field}, not both")
@@ -98,14 +120,19 @@ def stream_from_proto(
             packed.top_k,
             np.asarray(packed.full_entropy, dtype=np.float64),
             field_name=packed_field,
+            keep_k=top_k,
+            max_values=max_values,
         )
-    return tokens_from_proto(tokens, field_name)
+    return tokens_from_proto(tokens, field_name, top_k=top_k, max_values=max_values)
 
 
 def pack_tokens(tokens: Sequence[Any], top_k: int | None = None) -> common_pb2.PackedTokens:
-    """Client-side helper: PackedTokens from TokenLogprob messages or OpenAI-style dicts."""
-    stream = TokenStream.from_tokens([t if isinstance(t, Mapping) else _proto_token_dict(t) for t in tokens])
-    top = stream.top if top_k is None else stream.top[:, :top_k]
+    """Client-side helper: PackedTokens from TokenLogprob messages or OpenAI-style dicts (a token without
+    alternatives becomes a row of −inf padding, as the server reads it)."""
+    stream = TokenStream.from_tokens(
+        [t if isinstance(t, Mapping) else _proto_token_dict(t) for t in tokens], top_k=top_k
+    )
+    top = stream.top
     msg = common_pb2.PackedTokens(
         logprobs=stream.sampled.tolist(), top_k=int(top.shape[1]), top_logprobs=top.reshape(-1).tolist()
     )
@@ -162,7 +189,11 @@ def policy_from_proto(msg: gate_pb2.GatePolicy) -> dict[str, Any]:
 def version_to_proto(v: PolicyVersion) -> gate_pb2.GatePolicyVersion:
     """GatePolicyVersion message (created_at unset for version 0, the configured default)."""
     msg = gate_pb2.GatePolicyVersion(
-        gate=gate_to_proto(v.gate), version=v.version, policy=policy_to_proto(v.policy), reason=v.reason
+        gate=gate_to_proto(v.gate),
+        version=v.version,
+        policy=policy_to_proto(v.policy),
+        reason=v.reason,
+        follows_config=v.follows_config,
     )
     if v.created_at:
         ts = Timestamp()

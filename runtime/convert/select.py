@@ -7,25 +7,36 @@ import math
 from agentrt.v1 import select_pb2
 
 from runtime.convert.gate import span_from_proto, stream_from_proto, tokens_from_proto
+from runtime.gates.types import MAX_PADDED_VALUES
 from runtime.selection.types import Candidate, Selection, TrainResult
 
 
 def candidates_from_proto(req: select_pb2.SelectRequest) -> list[Candidate]:
-    """Domain candidates with validated token arrays (bad logprobs name ``candidates[i].tokens[j]...``)."""
+    """Domain candidates with validated token arrays (bad logprobs name ``candidates[i].tokens[j]...``).
+
+    All candidates' padded token matrices share one budget of MAX_PADDED_VALUES values: each is checked
+    against what the earlier ones left before it is allocated (INVALID_ARGUMENT naming the field).
+    """
     out = []
+    budget = MAX_PADDED_VALUES
     for i, c in enumerate(req.candidates):
+        tokens = stream_from_proto(
+            c.tokens,
+            c.packed_tokens,
+            c.HasField("packed_tokens"),
+            f"candidates[{i}].tokens",
+            f"candidates[{i}].packed_tokens",
+            max_values=budget,
+        )
+        budget -= tokens.top.size
+        first = tokens_from_proto(c.first_round_tokens, f"candidates[{i}].first_round_tokens", max_values=budget)
+        budget -= first.top.size
         out.append(
             Candidate(
                 answer=c.answer,
                 agent_id=c.agent_id,
-                tokens=stream_from_proto(
-                    c.tokens,
-                    c.packed_tokens,
-                    c.HasField("packed_tokens"),
-                    f"candidates[{i}].tokens",
-                    f"candidates[{i}].packed_tokens",
-                ),
-                first_round_tokens=tokens_from_proto(c.first_round_tokens, f"candidates[{i}].first_round_tokens"),
+                tokens=tokens,
+                first_round_tokens=first,
                 answer_span=span_from_proto(c.answer_span, c.HasField("answer_span"), f"candidates[{i}].answer_span"),
             )
         )

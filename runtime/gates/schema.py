@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, false
 
 metadata = MetaData()
 
@@ -18,6 +18,8 @@ gate_policies = Table(
     Column("reason", Text, nullable=False, default=""),
     # Unix seconds; float keeps ordering simple on both SQLite and Postgres.
     Column("created_at", Float, nullable=False),
+    # True: this version follows the configuration (ResetPolicy); policy_json only records what it said then.
+    Column("follows_config", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 #: One row per Decide (and per RecordOutcome given bare signals), with every computed signal so that
@@ -38,6 +40,10 @@ gate_decisions = Table(
     Column("fire", Boolean, nullable=True),
     Column("n_tokens", Integer, nullable=False, default=0),
     Column("signals_json", Text, nullable=False),
+    # GatePolicy.signal_params of the policy the signals were computed under (top_k and the aggregation
+    # parameters); calibration fits only on rows matching the policy it writes into. NULL: stored before
+    # the fingerprint existed (migration 0006).
+    Column("signal_params", String(128), nullable=True),
     # True: the action was needed (retrieval/tool/escalation would have helped, or the answer was wrong).
     Column("label", Boolean, nullable=True),
     Column("labelled_at", Float, nullable=True),

@@ -12,6 +12,21 @@ import numpy as np
 
 from core import entropy as E
 from core.errors import FieldViolation, InvalidArgumentError
+from runtime.config import setting_boolean
+
+#: Lowest logprob accepted (natural log). exp(−745) is already 0 in float64, and APIs mark "probability 0"
+#: with far less (OpenAI and vLLM send −9999); below this, sums and squares over a long answer overflow to
+#: inf/NaN, and a NaN score would read as "do not fire".
+MIN_LOGPROB = -1e5
+#: Highest full-vocabulary entropy accepted, in nats: ln |V| is ~12 for the largest vocabularies in use,
+#: so anything near this is another unit or a bug, and far larger values overflow the aggregations.
+MAX_FULL_ENTROPY = 1e3
+#: Most alternatives one token may carry. APIs give at most 20 (OpenAI) or a configured handful (vLLM);
+#: every token's row is padded to the widest one, so one very wide row costs memory for every token.
+MAX_TOP_LOGPROBS = 100
+#: Most values the padded ``(tokens, alternatives)`` matrices of one request may hold (32 MiB of float64):
+#: many bare tokens plus one wide row would otherwise ask for gigabytes within the message size limit.
+MAX_PADDED_VALUES = 1 << 22
 
 
 class GateKind(StrEnum):
@@ -66,9 +81,9 @@ TokenLike = Token | Mapping[str, Any]
 class TokenStream:
     """Validated token logprobs as arrays: what the entropy math consumes.
 
-    ``top`` is ``(n, k)`` natural-log probabilities sorted descending, padded with −inf; a token without
-    alternatives gets its own sampled logprob as the only entry. ``full_entropy`` is None unless every
-    token carried one.
+    ``top`` is ``(n, k)`` natural-log probabilities sorted descending, padded with −inf; the row of a token
+    sent without alternatives is all −inf (``core.entropy.token_signals`` then estimates its entropy by
+    its surprisal). ``full_entropy`` is None unless every token carried one.
     """
 
     sampled: np.ndarray
@@ -86,22 +101,33 @@ class TokenStream:
         full_entropy: Sequence[float | None] | None = None,
         *,
         field_name: str = "tokens",
+        top_k: int | None = None,
+        max_values: int = MAX_PADDED_VALUES,
     ) -> TokenStream:
-        """Build from parallel lists, rejecting NaN/inf/positive logprobs with the exact field path."""
+        """Build from parallel lists, rejecting bad logprobs with the exact field path.
+
+        Each row keeps its ``top_k`` most likely alternatives (None or 0: all) before rows are padded to a
+        matrix. Raises InvalidArgumentError for NaN/inf/positive logprobs or ones below
+        :data:`MIN_LOGPROB`, full entropies outside [0, :data:`MAX_FULL_ENTROPY`], a row of more than
+        :data:`MAX_TOP_LOGPROBS` alternatives (``<field_name>[i].top_logprobs``), and a padded matrix of
+        more than ``max_values`` values (``<field_name>``).
+        """
         sampled_arr = np.asarray(sampled, dtype=np.float64).reshape(-1)
         n = sampled_arr.shape[0]
         if len(top_rows) != n:
             raise InvalidArgumentError(field_name, f"{len(top_rows)} top_logprobs rows for {n} tokens")
+        lengths = np.fromiter((len(r) for r in top_rows), dtype=np.int64, count=n)
+        check_widths(lengths, field_name)
         violations: list[FieldViolation] = []
         bad = np.flatnonzero(~_valid_logprob(sampled_arr))
         for i in bad[:5].tolist():
             violations.append(FieldViolation(f"{field_name}[{i}].logprob", _why(float(sampled_arr[i]))))
-        lengths = np.fromiter((len(r) for r in top_rows), dtype=np.int64, count=n)
         flat = (
             np.fromiter((v for r in top_rows for v in r), dtype=np.float64, count=int(lengths.sum()))
             if n
             else np.zeros(0)
         )
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n else np.zeros(0, dtype=np.int64)
         bad_flat = np.flatnonzero(~_valid_logprob(flat))
         if bad_flat.size:
             offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -118,25 +144,31 @@ class TokenStream:
             vals = np.array([np.nan if v is None else v for v in full_entropy], dtype=np.float64)
             # Presence from the field itself: an explicit NaN is a bad value, not an absent one.
             present = np.array([v is not None for v in full_entropy], dtype=bool)
-            for i in np.flatnonzero(present & (~np.isfinite(vals) | (vals < 0)))[:5].tolist():
-                violations.append(
-                    FieldViolation(f"{field_name}[{i}].full_entropy", f"must be finite and >= 0 nats, got {vals[i]}")
-                )
+            for i in np.flatnonzero(present & ~_valid_full_entropy(vals))[:5].tolist():
+                violations.append(FieldViolation(f"{field_name}[{i}].full_entropy", _why_full(float(vals[i]))))
             if present.all():
                 full = vals
         if violations:
             raise InvalidArgumentError(violations)
-        width = int(lengths.max()) if n and lengths.max() > 0 else 1
-        top = np.full((n, width), -np.inf)
-        if flat.size:
-            # Scatter the ragged rows into the padded matrix without a Python loop per value.
-            rows = np.repeat(np.arange(n), lengths)
-            cols = np.arange(flat.size) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        widest = int(lengths.max()) if n else 0
+        width = max(min(widest, top_k) if top_k else widest, 1)
+        check_padded_size(n, width, max_values, field_name)
+        if not flat.size:
+            return cls(sampled=sampled_arr, top=np.full((n, width), -np.inf), full_entropy=full)
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(flat.size) - starts[rows]
+        if n * widest <= max_values:
+            # The common case: pad every row to the widest, sort the matrix, keep the first ``width`` columns.
+            top = np.full((n, max(widest, 1)), -np.inf)
             top[rows, cols] = flat
-            top = -np.sort(-top, axis=1)
-        empty = lengths == 0
-        if empty.any():
-            top[empty, 0] = sampled_arr[empty]
+            top = np.ascontiguousarray((-np.sort(-top, axis=1))[:, :width])
+        else:
+            # Rows wider than top_k among many tokens: sort each ragged row in one pass (row first, then
+            # −value) and scatter only its first ``width`` values, never allocating the wider matrix.
+            order = np.lexsort((-flat, rows))
+            keep = cols < width
+            top = np.full((n, width), -np.inf)
+            top[rows[keep], cols[keep]] = flat[order][keep]
         return cls(sampled=sampled_arr, top=top, full_entropy=full)
 
     @classmethod
@@ -148,17 +180,24 @@ class TokenStream:
         full_entropy: Sequence[float] | np.ndarray | None = None,
         *,
         field_name: str = "packed_tokens",
+        keep_k: int | None = None,
+        max_values: int = MAX_PADDED_VALUES,
     ) -> TokenStream:
         """Build from flat arrays: ``top_flat`` is n × top_k row-major, −inf pads short rows.
 
-        Bad values raise InvalidArgumentError naming ``<field_name>.logprobs[i]`` or
-        ``<field_name>.top_logprobs[j]``.
+        ``keep_k`` keeps each row's most likely alternatives only (None or 0: all). Bad values raise
+        InvalidArgumentError naming ``<field_name>.logprobs[i]``, ``<field_name>.top_logprobs[j]`` or
+        ``<field_name>.top_k`` (more than :data:`MAX_TOP_LOGPROBS`).
         """
         s = np.asarray(sampled, dtype=np.float64).reshape(-1)
         flat = np.asarray(top_flat, dtype=np.float64).reshape(-1)
         n = s.shape[0]
         if top_k < 0:
             raise InvalidArgumentError(f"{field_name}.top_k", "must be >= 0")
+        if top_k > MAX_TOP_LOGPROBS:
+            raise InvalidArgumentError(
+                f"{field_name}.top_k", f"at most {MAX_TOP_LOGPROBS} alternatives per token, got {top_k}"
+            )
         if flat.size != n * top_k:
             raise InvalidArgumentError(
                 f"{field_name}.top_logprobs",
@@ -168,7 +207,7 @@ class TokenStream:
             FieldViolation(f"{field_name}.logprobs[{i}]", _why(float(s[i])))
             for i in np.flatnonzero(~_valid_logprob(s))[:5].tolist()
         ]
-        # −inf is padding (probability 0) here; NaN, +inf and positive values are not.
+        # −inf is padding (probability 0) here; NaN, +inf, positive and too negative values are not.
         bad = np.flatnonzero(~(np.isneginf(flat) | _valid_logprob(flat)))
         violations += [
             FieldViolation(f"{field_name}.top_logprobs[{j}]", _why(float(flat[j]))) for j in bad[:5].tolist()
@@ -182,22 +221,23 @@ class TokenStream:
                 )
             else:
                 violations += [
-                    FieldViolation(f"{field_name}.full_entropy[{i}]", f"must be finite and >= 0 nats, got {full[i]}")
-                    for i in np.flatnonzero(~np.isfinite(full) | (full < 0))[:5].tolist()
+                    FieldViolation(f"{field_name}.full_entropy[{i}]", _why_full(float(full[i])))
+                    for i in np.flatnonzero(~_valid_full_entropy(full))[:5].tolist()
                 ]
         if violations:
             raise InvalidArgumentError(violations)
+        width = max(min(top_k, keep_k) if keep_k else top_k, 1)
+        check_padded_size(n, width, max_values, field_name)
         if top_k == 0:
-            return cls(sampled=s, top=s[:, None].copy(), full_entropy=full)
+            return cls(sampled=s, top=np.full((n, 1), -np.inf), full_entropy=full)
         top = -np.sort(-flat.reshape(n, top_k), axis=1)
-        empty = np.isneginf(top[:, 0])
-        if empty.any():
-            top[empty, 0] = s[empty]
-        return cls(sampled=s, top=top, full_entropy=full)
+        return cls(sampled=s, top=np.ascontiguousarray(top[:, :width]), full_entropy=full)
 
     @classmethod
-    def from_tokens(cls, tokens: Sequence[TokenLike], *, field_name: str = "tokens") -> TokenStream:
-        """Build from :class:`Token` objects or OpenAI-shaped dicts."""
+    def from_tokens(
+        cls, tokens: Sequence[TokenLike], *, field_name: str = "tokens", top_k: int | None = None
+    ) -> TokenStream:
+        """Build from :class:`Token` objects or OpenAI-shaped dicts (see :meth:`from_lists`)."""
         sampled: list[float] = []
         rows: list[list[float]] = []
         fulls: list[float | None] = []
@@ -212,7 +252,34 @@ class TokenStream:
                 rows.append([_alt_logprob(a) for a in tok.top_logprobs])
                 fulls.append(tok.full_entropy)
         has_full = any(f is not None for f in fulls)
-        return cls.from_lists(sampled, rows, fulls if has_full else None, field_name=field_name)
+        return cls.from_lists(sampled, rows, fulls if has_full else None, field_name=field_name, top_k=top_k)
+
+
+def check_widths(lengths: Sequence[int] | np.ndarray, field_name: str) -> None:
+    """Raise InvalidArgumentError naming ``<field_name>[i].top_logprobs`` for each row of more than
+    :data:`MAX_TOP_LOGPROBS` alternatives. Cheap: callers run it before reading any value."""
+    arr = np.asarray(lengths, dtype=np.int64)
+    wide = np.flatnonzero(arr > MAX_TOP_LOGPROBS)
+    if wide.size:
+        raise InvalidArgumentError(
+            [
+                FieldViolation(
+                    f"{field_name}[{i}].top_logprobs",
+                    f"at most {MAX_TOP_LOGPROBS} alternatives per token, got {int(arr[i])}",
+                )
+                for i in wide[:5].tolist()
+            ]
+        )
+
+
+def check_padded_size(n_tokens: int, width: int, max_values: int, field_name: str) -> None:
+    """Raise InvalidArgumentError naming ``field_name`` when ``n_tokens`` rows of ``width`` exceed the budget."""
+    if n_tokens * width > max_values:
+        raise InvalidArgumentError(
+            field_name,
+            f"{n_tokens} tokens padded to {width} alternatives each are {n_tokens * width} values; a request may "
+            f"hold at most {max_values} (send fewer tokens, or fewer alternatives per token)",
+        )
 
 
 def _alt_logprob(alt: Any) -> float:
@@ -225,7 +292,7 @@ def _alt_logprob(alt: Any) -> float:
 
 def _valid_logprob(x: np.ndarray) -> np.ndarray:
     # APIs round; a logprob of +1e-6 is a probability of 1, not an error.
-    return np.isfinite(x) & (x <= 1e-4)
+    return np.isfinite(x) & (x <= 1e-4) & (x >= MIN_LOGPROB)
 
 
 def _why(value: float) -> str:
@@ -233,7 +300,45 @@ def _why(value: float) -> str:
         return "logprob is NaN; must be a finite natural-log probability <= 0"
     if math.isinf(value):
         return f"logprob is {value}; must be a finite natural-log probability <= 0"
+    if value < MIN_LOGPROB:
+        return f"logprob {value:g} < {MIN_LOGPROB:g}; must be >= {MIN_LOGPROB:g} (APIs send -9999 for probability 0)"
     return f"logprob {value} > 0; must be a natural-log probability <= 0"
+
+
+def _valid_full_entropy(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x) & (x >= 0) & (x <= MAX_FULL_ENTROPY)
+
+
+def _why_full(value: float) -> str:
+    return f"must be finite, >= 0 and <= {MAX_FULL_ENTROPY:g} nats, got {value}"
+
+
+def typed_setting(field_name: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of ``default`` (str, bool, int or float), or InvalidArgumentError naming
+    ``field_name``. Never a silent cast: ``int(2.7)`` is 2 and ``int(True)`` is 1, so booleans where a number
+    belongs and fractional integers are refused. Settings from AGENTRT_* environment variables arrive as
+    strings, so numeric strings are parsed, and booleans are parsed, never cast (``bool("false")`` is True)."""
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise InvalidArgumentError(field_name, f"must be a string, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        parsed = setting_boolean(value)
+        if parsed is None:
+            raise InvalidArgumentError(field_name, f"must be a boolean (true/false, yes/no, 1/0), got {value!r}")
+        return parsed
+    kind = "a number" if isinstance(default, float) else "an integer"
+    try:
+        if isinstance(value, bool):
+            raise TypeError  # int(True) is 1: a boolean where a number belongs is a mistake
+        out = float(value) if isinstance(default, float) else int(value)
+        if isinstance(default, int) and isinstance(value, float) and value != out:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidArgumentError(field_name, f"must be {kind}, got {value!r}") from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise InvalidArgumentError(field_name, f"must be finite, got {value!r}")
+    return out
 
 
 def check_span(span: tuple[int, int] | None, n_tokens: int, field_name: str) -> None:
@@ -278,6 +383,15 @@ class GatePolicy:
     def signal(self) -> str:
         """The key of the score in the decision's ``signals`` map."""
         return E.signal_name(self.variant, self.aggregation)
+
+    @property
+    def signal_params(self) -> str:
+        """Fingerprint of what the signals of a decision depend on besides the tokens: ``top_k`` and the
+        aggregation parameters (not the variant, aggregation or threshold: every decision stores every
+        signal). Calibration fits only on decisions whose fingerprint matches the policy it writes into."""
+        return (
+            f"k={self.top_k};q={self.q!r};w={self.window};d={self.d_min};l={self.level!r};f={self.first_k}"
+        )
 
     def params(self, span: tuple[int, int] | None = None) -> E.AggregationParams:
         """The aggregation parameters, with an optional answer span."""
@@ -326,19 +440,30 @@ class GatePolicy:
 
     @classmethod
     def from_dict(
-        cls, data: Mapping[str, Any], base: GatePolicy | None = None, field_name: str = "policy"
+        cls,
+        data: Mapping[str, Any],
+        base: GatePolicy | None = None,
+        field_name: str = "policy",
+        *,
+        validate: bool = True,
     ) -> GatePolicy:
-        """Overlay ``data`` on ``base`` (default: the class defaults); unknown keys are an error."""
+        """Overlay ``data`` on ``base`` (default: the class defaults).
+
+        Unknown keys and values of the wrong type (a boolean or a fractional number where an integer
+        belongs, a non-number where a number belongs) raise InvalidArgumentError naming
+        ``<field_name>.<key>``; values are never cast silently. ``validate=False`` skips the range checks
+        (for a configuration overlaid in several layers, checked once at the end).
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidArgumentError(field_name, f"must be a mapping of policy keys, got {data!r}")
         base = base or cls()
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise InvalidArgumentError(f"{field_name}.{unknown[0]}", f"unknown policy key; choose from {sorted(names)}")
-        try:
-            typed = {k: type(getattr(base, k))(val) for k, val in data.items()}
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(field_name, str(exc)) from None
-        return replace(base, **typed).validate(field_name)
+        typed = {k: typed_setting(f"{field_name}.{k}", getattr(base, k), val) for k, val in data.items()}
+        policy = replace(base, **typed)
+        return policy.validate(field_name) if validate else policy
 
 
 #: Starting points until a namespace is calibrated. RETRIEVE follows L-RAG's τ = 0.5 on mean predictive
@@ -352,13 +477,16 @@ DEFAULT_POLICIES: dict[GateKind, GatePolicy] = {
 
 @dataclass(frozen=True)
 class PolicyVersion:
-    """One stored version of a gate's policy. Version 0 is the configured default (never stored)."""
+    """One version of a gate's policy. Version 0 is the configured default (never stored)."""
 
     gate: GateKind
     version: int
     policy: GatePolicy
     reason: str = ""
     created_at: float = 0.0
+    #: The policy is the configuration's, read when it is used (version 0, and versions stored by
+    #: ``reset_policy``), so a changed configuration applies after a restart; otherwise a stored snapshot.
+    follows_config: bool = False
 
 
 @dataclass(frozen=True)
@@ -422,6 +550,15 @@ class CalibrationObjective:
             v.append(FieldViolation("min_outcomes", "must be >= 2"))
         if self.min_per_class < 1:
             v.append(FieldViolation("min_per_class", "must be >= 1"))
+        if self.signal and not is_signal_name(self.signal):
+            # Checked here, not once enough outcomes exist: a typo should fail the first call, not the 30th.
+            v.append(
+                FieldViolation(
+                    "signal",
+                    f"{self.signal!r} is not a signal name: use \"<variant>.<aggregation>\" with a variant of "
+                    f"{list(E.TOKEN_VARIANTS)} and an aggregation of {list(E.AGGREGATIONS)}",
+                )
+            )
         if v:
             raise InvalidArgumentError(v)
         return self
@@ -447,3 +584,9 @@ class CalibrationResult:
     #: Logistic fit (objective ``logistic`` only).
     logistic_a: float = math.nan
     logistic_b: float = math.nan
+
+
+def is_signal_name(name: str) -> bool:
+    """Whether ``name`` is ``"<variant>.<aggregation>"`` of a known variant and aggregation."""
+    variant, dot, aggregation = name.partition(".")
+    return bool(dot) and variant in E.TOKEN_VARIANTS and aggregation in E.AGGREGATIONS

@@ -29,9 +29,8 @@ from core.embedding import Embedder, answered_from_cache
 from core.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from core.sqlread import reading
 from core.sqlwrite import lock_for_write
-from runtime.config import setting_boolean
-from runtime.gates.types import TokenStream, check_span
-from runtime.selection.agreement import cluster_answers, normalize_answer, texts_to_embed
+from runtime.gates.types import TokenStream, check_span, typed_setting
+from runtime.selection.agreement import cluster_answers, is_empty_answer, normalize_answer, texts_to_embed
 from runtime.selection.features import FEATURE_NAMES, candidate_features
 from runtime.selection.schema import select_models, select_selections
 from runtime.selection.types import Candidate, Selection, TrainResult
@@ -40,6 +39,11 @@ from runtime.write_behind import RowWriter, find_row
 log = logging.getLogger(__name__)
 
 ConfigLookup = Callable[[str], Mapping[str, Any]]
+
+#: Largest magnitude of a stored feature that training uses. Logprobs are at least MIN_LOGPROB (−1e5), so
+#: no feature computed now comes near; rows stored before that floor existed can hold 1e308, which turns
+#: the standardisation into inf/NaN and made every later Train fail.
+_FEATURE_LIMIT = 1e6
 
 #: ``publisher(connection, scope, payload)``: records a new model for other replicas, inside the
 #: transaction that stores it (``rt.changes.publish`` with the component name bound).
@@ -74,7 +78,7 @@ class SelectorConfig:
                 f"policies.select.{unknown[0]}", f"unknown key; choose from {sorted(known)}"
             )
         base = cls()
-        typed = {k: _typed(f"policies.select.{k}", getattr(base, k), v) for k, v in data.items()}
+        typed = {k: typed_setting(f"policies.select.{k}", getattr(base, k), v) for k, v in data.items()}
         return cls(**typed).validate()
 
     def validate(self) -> SelectorConfig:
@@ -94,28 +98,6 @@ class SelectorConfig:
         if v:
             raise InvalidArgumentError(v)
         return self
-
-
-def _typed(field_name: str, default: Any, value: Any) -> Any:
-    """``value`` as the type of ``default``. Settings from AGENTRT_* environment variables arrive as strings,
-    and ``bool("false")`` is True, so booleans are parsed, never cast."""
-    if isinstance(default, bool):
-        parsed = setting_boolean(value)
-        if parsed is None:
-            raise InvalidArgumentError(field_name, f"must be a boolean (true/false, yes/no, 1/0), got {value!r}")
-        return parsed
-    kind = "a number" if isinstance(default, float) else "an integer"
-    try:
-        if isinstance(value, bool):
-            raise TypeError  # int(True) is 1: a boolean where a number belongs is a mistake
-        out = float(value) if isinstance(default, float) else int(value)
-        if isinstance(default, int) and isinstance(value, float) and value != out:
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidArgumentError(field_name, f"must be {kind}, got {value!r}") from None
-    if isinstance(out, float) and not math.isfinite(out):
-        raise InvalidArgumentError(field_name, f"must be finite, got {value!r}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -217,7 +199,8 @@ class AnswerSelector:
         sizes = [len(c) for c in clusters]
         sem = E.discrete_entropy(sizes)
         norm_sem = sem / math.log(n) if n > 1 else 0.0
-        default_index, default_scores = _agreement_choice(clusters, mean_entropy, n)
+        empty = [is_empty_answer(a) for a in answers]
+        default_index, default_scores = _agreement_choice(clusters, mean_entropy, n, empty)
         method, index, scores = "agreement", default_index, default_scores
         confidence = default_scores[default_index]
         model = self._active_model(scope) if cfg.learned else None
@@ -225,7 +208,8 @@ class AnswerSelector:
             # Argmax on the logit: probabilities can saturate to equal 1.0.
             logits = model.logit(features)
             probs = 1.0 / (1.0 + np.exp(-logits))
-            index = int(np.argmax(logits))
+            # An empty answer is chosen only when every answer is empty, whatever the model thinks of it.
+            index = int(np.argmax(np.where(empty, -np.inf, logits))) if not all(empty) else int(np.argmax(logits))
             method, scores, confidence = "learned", [float(p) for p in probs], float(probs[index])
         selection = Selection(
             selection_id=uuid.uuid4().hex,
@@ -352,7 +336,7 @@ class AnswerSelector:
                 )
                 .order_by(select_selections.c.labelled_at)
             ).all()
-        sets = [
+        recorded = [
             (
                 np.array(json.loads(r.features_json), dtype=np.float64),
                 np.array(json.loads(r.correct_json)),
@@ -361,11 +345,18 @@ class AnswerSelector:
             for r in rows
             if tuple(json.loads(r.feature_names_json)) == FEATURE_NAMES
         ]
+        # A set whose features are not finite or absurdly large (stored before logprobs had a floor) would
+        # make the standardisation NaN, and scikit-learn refuse every fit from then on: leave it out.
+        sets = [st for st in recorded if np.all(np.abs(st[0]) <= _FEATURE_LIMIT)]
         n_sets = len(sets)
+        dropped = len(recorded) - n_sets
+        skipped = f" ({dropped} with non-finite or out-of-range features left out)" if dropped else ""
         if n_sets < cfg.min_train_sets:
             return TrainResult(
                 active=False,
-                message=f"only {n_sets} labelled selections, need {cfg.min_train_sets}; keeping the default",
+                message=(
+                    f"only {n_sets} labelled selections{skipped}, need {cfg.min_train_sets}; keeping the default"
+                ),
                 n_sets=n_sets,
             )
         rng = np.random.default_rng(seed)
@@ -403,6 +394,7 @@ class AnswerSelector:
         message = (
             f"held-back accuracy on {n_held} selections: learned {l_acc:.3f} vs default {d_acc:.3f}; "
             + ("learned selector active" if active else "keeping the agreement default")
+            + skipped
         )
         with self._engine.begin() as conn:
             # Versions are newest + 1: serialise the writers of this scope's models in every process.
@@ -505,20 +497,21 @@ def _stream(tokens: Any, field_name: str) -> TokenStream | None:
 
 
 def _agreement_choice(
-    clusters: list[list[int]], mean_entropy: list[float], n: int
+    clusters: list[list[int]], mean_entropy: list[float], n: int, empty: Sequence[bool]
 ) -> tuple[int, list[float]]:
     """The untrained default: largest cluster; ties (and all singletons) → lower mean token entropy.
 
-    Candidates without tokens count as maximally uncertain in a tie; remaining ties go to the earliest.
-    Inside the winning cluster the candidate with the lowest mean entropy is returned.
+    Empty answers (``empty``: nothing left after normalisation) lose to every other answer. Candidates
+    without tokens count as maximally uncertain in a tie; remaining ties go to the earliest. Inside the
+    winning cluster the candidate with the lowest mean entropy is returned.
     """
 
     def ent(i: int) -> float:
         v = mean_entropy[i]
         return math.inf if math.isnan(v) else v
 
-    def cluster_key(c: list[int]) -> tuple[float, float, int]:
-        return (-len(c), float(np.mean([ent(i) for i in c])), min(c))
+    def cluster_key(c: list[int]) -> tuple[bool, float, float, int]:
+        return (all(empty[i] for i in c), -len(c), float(np.mean([ent(i) for i in c])), min(c))
 
     best = min(clusters, key=cluster_key)
     index = min(best, key=lambda i: (ent(i), i))

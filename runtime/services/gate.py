@@ -19,21 +19,21 @@ from runtime.gates.schema import gate_decisions
 MAX_SESSION_ID = int(gate_decisions.c.session_id.type.length or 0)  # type: ignore[attr-defined]
 
 
-def gate_config(rt: Runtime, scope: str) -> dict[str, Any]:
-    """``policies.defaults.gates`` overlaid by ``policies.namespaces.<ns>.gates`` two levels deep, so a
-    namespace can change one key of one gate (``retrieve: {threshold: 0.3}``) and keep the rest."""
+def gate_config(rt: Runtime, scope: str) -> list[dict[str, Any]]:
+    """The configuration levels of ``scope``'s gates, lowest precedence first: ``policies.defaults.gates``,
+    then ``policies.namespaces.<ns>.gates`` by bare name, then by ``tenant/ns``.
+
+    Kept apart rather than merged: the engine applies each level's common keys and then its per-gate keys
+    before the next level, so a namespace's ``threshold: 0.3`` beats the defaults' ``retrieve: {threshold:
+    0.5}`` (merged, the per-gate key of any level won over every common key). A namespace still changes one
+    key of one gate (``retrieve: {threshold: 0.3}``) and keeps the rest.
+    """
     policies = rt.settings.policies
-    merged: dict[str, Any] = {
-        k: dict(v) if isinstance(v, dict) else v for k, v in policies.defaults.get("gates", {}).items()
-    }
+    levels = [policies.defaults.get("gates", {})]
     bare = scope.split("/", 1)[-1]
     for key in dict.fromkeys((bare, scope)):
-        for name, value in policies.namespaces.get(key, {}).get("gates", {}).items():
-            if isinstance(value, dict) and isinstance(merged.get(name), dict):
-                merged[name] = {**merged[name], **value}
-            else:
-                merged[name] = value
-    return merged
+        levels.append(policies.namespaces.get(key, {}).get("gates", {}))
+    return levels
 
 
 def build(rt: Runtime) -> None:
@@ -89,10 +89,19 @@ class GateServiceServicer(gate_pb2_grpc.GateServiceServicer):
         persist = writable and not request.dry_run
 
         def run() -> gate_pb2.GateDecision:
+            # The policy first: each token keeps only the policy's top_k alternatives when it is converted.
+            policy = self._gates.get_policy(scope, kind)
             # Conversion of up to thousands of logprobs is CPU work too: keep it off the event loop.
-            stream = conv.stream_from_proto(request.tokens, request.packed_tokens, request.HasField("packed_tokens"))
+            has_packed = request.HasField("packed_tokens")
+            stream = conv.stream_from_proto(
+                request.tokens, request.packed_tokens, has_packed, top_k=policy.policy.top_k or None
+            )
+            if len(stream) == 0:
+                raise domain.InvalidArgumentError(
+                    "packed_tokens" if has_packed else "tokens", "at least one token is required"
+                )
             decision = self._gates.decide(
-                scope, kind, stream, session_id=request.session_id, span=span, persist=persist
+                scope, kind, stream, session_id=request.session_id, span=span, persist=persist, policy=policy
             )
             return conv.decision_to_proto(decision, stored=persist)
 
@@ -149,6 +158,12 @@ class GateServiceServicer(gate_pb2_grpc.GateServiceServicer):
         kind = conv.gate_from_proto(request.gate)
         scope = await self._rt.scope(request.namespace, write=True)
         return conv.version_to_proto(await self._rt.offload(self._gates.rollback, scope, kind, request.version))
+
+    async def ResetPolicy(self, request: gate_pb2.ResetGatePolicyRequest, context: Any) -> gate_pb2.GatePolicyVersion:
+        kind = conv.gate_from_proto(request.gate)
+        scope = await self._rt.scope(request.namespace, write=True)
+        reason = request.reason or "reset to the configured policy"
+        return conv.version_to_proto(await self._rt.offload(self._gates.reset_policy, scope, kind, reason))
 
 
 def register(server: grpc.aio.Server, rt: Runtime) -> None:

@@ -135,3 +135,14 @@ def test_aggregation_params_validate() -> None:
         E.AggregationParams(window=0).validate()
     with pytest.raises(ValueError, match="q must"):
         E.AggregationParams(q=1.5).validate()
+
+
+def test_a_token_without_alternatives_is_estimated_by_its_surprisal() -> None:
+    # Row 0 has alternatives; row 1 (all −inf) had none sent: its entropy estimate is −ln p.
+    top = np.array([[math.log(0.5), math.log(0.5)], [-np.inf, -np.inf]])
+    sig = E.token_signals(top, [math.log(0.5), math.log(1e-6)])
+    assert sig["missing_mass"] == pytest.approx([math.log(2), -math.log(1e-6)])
+    assert sig["epr"] == pytest.approx([math.log(2), -math.log(1e-6)])
+    assert sig["renorm"] == pytest.approx([math.log(2), 0.0])
+    assert sig["margin"] == pytest.approx([1.0, 1.0 - 1e-6])
+    assert sig["margin"][1] == pytest.approx(sig["one_minus_p"][1])

@@ -94,18 +94,20 @@ class GatePolicy(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., aggregation: _Optional[str] = ..., threshold: _Optional[float] = ..., hysteresis: _Optional[float] = ..., top_k: _Optional[int] = ..., q: _Optional[float] = ..., window: _Optional[int] = ..., d_min: _Optional[int] = ..., level: _Optional[float] = ..., first_k: _Optional[int] = ...) -> None: ...
 
 class GatePolicyVersion(_message.Message):
-    __slots__ = ("gate", "version", "policy", "reason", "created_at")
+    __slots__ = ("gate", "version", "policy", "reason", "created_at", "follows_config")
     GATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_CONFIG_FIELD_NUMBER: _ClassVar[int]
     gate: _common_pb2.Gate
     version: int
     policy: GatePolicy
     reason: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, gate: _Optional[_Union[_common_pb2.Gate, str]] = ..., version: _Optional[int] = ..., policy: _Optional[_Union[GatePolicy, _Mapping]] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    follows_config: bool
+    def __init__(self, gate: _Optional[_Union[_common_pb2.Gate, str]] = ..., version: _Optional[int] = ..., policy: _Optional[_Union[GatePolicy, _Mapping]] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., follows_config: _Optional[bool] = ...) -> None: ...
 
 class RecordOutcomeRequest(_message.Message):
     __slots__ = ("namespace", "decision_id", "gate", "signals", "needed", "answer_correct")
@@ -236,3 +238,13 @@ class RollbackGatePolicyRequest(_message.Message):
     gate: _common_pb2.Gate
     version: int
     def __init__(self, namespace: _Optional[str] = ..., gate: _Optional[_Union[_common_pb2.Gate, str]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ResetGatePolicyRequest(_message.Message):
+    __slots__ = ("namespace", "gate", "reason")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    gate: _common_pb2.Gate
+    reason: str
+    def __init__(self, namespace: _Optional[str] = ..., gate: _Optional[_Union[_common_pb2.Gate, str]] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -72,6 +72,11 @@ class GateServiceStub:
                 request_serializer=agentrt_dot_v1_dot_gate__pb2.RollbackGatePolicyRequest.SerializeToString,
                 response_deserializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
                 _registered_method=True)
+        self.ResetPolicy = channel.unary_unary(
+                '/agentrt.v1.GateService/ResetPolicy',
+                request_serializer=agentrt_dot_v1_dot_gate__pb2.ResetGatePolicyRequest.SerializeToString,
+                response_deserializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+                _registered_method=True)
 
 
 class GateServiceServicer:
@@ -120,7 +125,16 @@ class GateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RollbackPolicy(self, request, context):
-        """Make an older version current again (appends a copy; history is never rewritten).
+        """Make an older version current again (appends a copy; history is never rewritten). Rolling back to
+        version 0 (or to a version stored by ResetPolicy) is a ResetPolicy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPolicy(self, request, context):
+        """Follow the configuration again: appends a version whose policy is what policies.*.gates says, read when
+        used (so a changed configuration applies after a restart) until the next SetPolicy/Calibrate/rollback.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,6 +176,11 @@ def add_GateServiceServicer_to_server(servicer, server):
             'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.RollbackPolicy,
                     request_deserializer=agentrt_dot_v1_dot_gate__pb2.RollbackGatePolicyRequest.FromString,
+                    response_serializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.SerializeToString,
+            ),
+            'ResetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPolicy,
+                    request_deserializer=agentrt_dot_v1_dot_gate__pb2.ResetGatePolicyRequest.FromString,
                     response_serializer=agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.SerializeToString,
             ),
     }
@@ -356,6 +375,33 @@ class GateService:
             target,
             '/agentrt.v1.GateService/RollbackPolicy',
             agentrt_dot_v1_dot_gate__pb2.RollbackGatePolicyRequest.SerializeToString,
+            agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.v1.GateService/ResetPolicy',
+            agentrt_dot_v1_dot_gate__pb2.ResetGatePolicyRequest.SerializeToString,
             agentrt_dot_v1_dot_gate__pb2.GatePolicyVersion.FromString,
             options,
             channel_credentials,
