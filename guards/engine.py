@@ -335,31 +335,15 @@ class GuardEngine:
         return settings_violations(changes, field_prefix, self.pack_path)
 
     # --- rules ---------------------------------------------------------------------------------------------
-    def put_rules(self, scope: str, rules: list[PolicyRule] | str, *, replace_all: bool = False) -> list[PolicyRule]:
-        """Add or replace operator rules (objects or a YAML policy document); returns the stored rules.
+    def put_rules(
+        self, scope: str, rules: list[PolicyRule] | list[dict[str, Any]] | str, *, replace_all: bool = False
+    ) -> list[PolicyRule]:
+        """Add or replace operator rules (objects, rule mappings or a YAML policy document); returns the stored rules.
 
-        A YAML document may also carry settings (``default_decision``, ``pack``...), applied too.
+        A YAML document may also carry settings (``default_decision``, ``pack``...), applied too. Raises
+        InvalidArgumentError naming every bad rule field and setting at once (see ``candidate_rules``).
         """
-        settings: dict[str, Any] = {}
-        if isinstance(rules, str):
-            rules, settings = rules_mod.parse_rules_yaml(rules)
-            # A policy document's settings are its top-level keys, named like its rules (``rules[0].name``).
-            bad_settings = self.validate_settings(settings, field_prefix="")
-            if bad_settings:
-                raise InvalidArgumentError(bad_settings)
-        pack_names = {r.name for r in load_pack(self.pack_path).rules}
-        clash = [
-            FieldViolation(f"rules[{i}].name", f"{r.name!r} is a pack rule name; pick another name")
-            for i, r in enumerate(rules)
-            if r.name in pack_names
-        ]
-        first: dict[str, int] = {}
-        for i, r in enumerate(rules):
-            if r.name in first:
-                clash.append(FieldViolation(f"rules[{i}].name", f"{r.name!r} is also rules[{first[r.name]}]'s name"))
-            first.setdefault(r.name, i)
-        if clash:
-            raise InvalidArgumentError(clash)
+        rules, settings = self.candidate_rules(scope, rules)
         mem = self.memory(scope)
         # The document's settings and rules: one transaction, so no replica ever sees one without the other.
         with self.store.transaction(scope):
@@ -372,6 +356,57 @@ class GuardEngine:
         with self._lock:
             self._rules[scope] = self.store.list_rules(scope)
             return list(self._rules[scope])
+
+    def candidate_rules(
+        self, scope: str, rules: list[PolicyRule] | list[dict[str, Any]] | str
+    ) -> tuple[list[PolicyRule], dict[str, Any]]:
+        """Validate rules for ``scope`` as PutRules stores them: the rules and the document's settings.
+
+        Raises InvalidArgumentError naming every bad field in one answer: rule fields (``rules[2].action``),
+        document settings (``default_decision``), and a name that is taken (by a pack rule, a rule of the
+        configuration file, or another rule of the call). Compiles the rules' regexes: call it off the event loop.
+        """
+        settings: dict[str, Any] = {}
+        errors: list[FieldViolation] = []
+        indexed: list[tuple[int, PolicyRule]]
+        if isinstance(rules, str):
+            items, settings = rules_mod.read_policy_document(rules)
+            # A policy document's settings are its top-level keys, named like its rules (``rules[0].name``).
+            errors += self.validate_settings(settings, field_prefix="")
+            indexed, bad = rules_mod.parse_rules(items)
+            errors += bad
+        elif all(isinstance(r, PolicyRule) for r in rules):
+            indexed = list(enumerate(r for r in rules if isinstance(r, PolicyRule)))
+            errors += self._duplicate_names(indexed)
+        else:
+            indexed, bad = rules_mod.parse_rules(list(rules))
+            errors += bad
+        self.memory(scope)
+        pack_names = {r.name for r in load_pack(self.pack_path).rules}
+        config_names = {r.name for r in self._config_rules.get(scope, [])}
+        for i, r in indexed:
+            if r.name in pack_names:
+                errors.append(FieldViolation(f"rules[{i}].name", f"{r.name!r} is a pack rule name; pick another name"))
+            elif r.name in config_names:
+                errors.append(
+                    FieldViolation(
+                        f"rules[{i}].name",
+                        f"{r.name!r} is the name of a rule of the configuration file (read-only); pick another name",
+                    )
+                )
+        if errors:
+            raise InvalidArgumentError(errors)
+        return [r for _, r in indexed], settings
+
+    @staticmethod
+    def _duplicate_names(indexed: list[tuple[int, PolicyRule]]) -> list[FieldViolation]:
+        first: dict[str, int] = {}
+        out = []
+        for i, r in indexed:
+            if r.name in first:
+                out.append(FieldViolation(f"rules[{i}].name", f"{r.name!r} is also rules[{first[r.name]}]'s name"))
+            first.setdefault(r.name, i)
+        return out
 
     def list_rules(self, scope: str, *, include_pack: bool = True) -> list[PolicyRule]:
         """Operator rules, then the active pack rules, each group in precedence order."""
@@ -393,8 +428,8 @@ class GuardEngine:
             self._rules[scope] = self.store.list_rules(scope)
             return count
 
-    def _pack_rules(self, scope: str) -> list[PolicyRule]:
-        settings = self._settings[scope]
+    def _pack_rules(self, scope: str, settings: dict[str, Any] | None = None) -> list[PolicyRule]:
+        settings = self._settings[scope] if settings is None else settings
         if not settings["pack"]:
             return []
         off = set(settings.get("disabled_pack_rules") or [])
@@ -403,12 +438,19 @@ class GuardEngine:
     def test_rules(
         self, scope: str, request: GuardRequest, rules_yaml: str | None = None
     ) -> tuple[list[RuleMatch], GuardVerdict]:
-        """Dry run: the matches and the verdict ``request`` would get, optionally under candidate rules
-        (which replace the operator rules for this call only). Nothing is stored."""
+        """Dry run: the matches and the verdict ``request`` would get, optionally under a candidate policy document
+        (its rules replace the operator rules, its settings the namespace's, for this call only). Nothing is stored.
+
+        The candidate is validated as PutRules validates it (InvalidArgumentError naming every bad field). Its
+        ``pack: false`` drops the pack's rules; the pack's exemplars stay in the guard memory of the dry run.
+        """
         candidate = None
+        settings = None
         if rules_yaml is not None:
-            candidate, _ = rules_mod.parse_rules_yaml(rules_yaml)
-        verdict, matches = self._check(scope, request, dry_run=True, operator_rules=candidate)
+            candidate, changes = self.candidate_rules(scope, rules_yaml)
+            self.memory(scope)
+            settings = {**self._settings[scope], **changes}
+        verdict, matches = self._check(scope, request, dry_run=True, operator_rules=candidate, settings=settings)
         return matches, verdict
 
     # --- check -------------------------------------------------------------------------------------------
@@ -420,8 +462,9 @@ class GuardEngine:
     def check_now(self, scope: str, request: GuardRequest) -> GuardVerdict | None:
         """``check`` if it can finish at once on the calling thread, else None (then call ``check`` in a worker).
 
-        At once means: the namespace is loaded, verdicts are audited behind, no LLM judge may be asked,
-        every text it would embed is in the embedder's cache, and no evolution holds the memory. Such a
+        At once means: the namespace is loaded, verdicts are audited behind, no LLM judge may be asked, no
+        operator rule that may be slow applies (a regex, JSON Schema or detectors: ``rules.may_be_slow``), every
+        text it would embed is in the embedder's cache, and no evolution holds the memory. Such a
         check is a few hundred microseconds of numpy; an event loop saves the hop to a worker thread and
         back, which costs more than that on a busy 2-core machine.
         """
@@ -434,6 +477,11 @@ class GuardEngine:
         if self.judge is not None and (
             settings.get("judge") or (settings.get("judge_tool_results") and request.stage == Stage.TOOL_RESULT)
         ):
+            return None
+        operator_rules = self._rules.get(scope, []) + self._config_rules.get(scope, [])
+        if any(rules_mod.may_be_slow(r, request) for r in operator_rules):
+            # An operator regex may take its whole budget (1 s), a schema or the detectors long on a large request:
+            # on the event loop every other call of the server would wait for it.
             return None
         if not answered_from_cache(self.embedder, self._texts_to_embed(request, mem)):
             return None
@@ -525,14 +573,16 @@ class GuardEngine:
         dry_run: bool = False,
         operator_rules: list[PolicyRule] | None = None,
         mem: GuardMemory | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> tuple[GuardVerdict, list[RuleMatch]]:
         if not isinstance(request.stage, Stage):
             request = replace(request, stage=_stage(request.stage))
         if mem is None:
             mem = self.memory(scope)
-        settings = self._settings[scope]
+        if settings is None:
+            settings = self._settings[scope]
         rules = (self._rules[scope] if operator_rules is None else operator_rules) + self._config_rules[scope]
-        rules += self._pack_rules(scope)
+        rules += self._pack_rules(scope, settings)
         # A dry run (TestRules) sees the live rate-limit counts and records no call.
         limiter = self.limiter.dry() if dry_run else self.limiter
         matches = rules_mod.evaluate(rules, request, scope=scope, limiter=limiter)
@@ -585,7 +635,10 @@ class GuardEngine:
             if decision == Decision.REVIEW and self.judge is not None and settings.get("judge"):
                 judged = self.judge.judge(request, [e.text for e in evidence])
                 evidence.insert(0, Evidence("judge", "llm", f"judge answered {judged.value}", judged, 1.0))
-                if judged != Decision.REVIEW:
+                # A REVIEW a rule holds (its action, or a BLOCK rule that ran out of its budget) is a floor the
+                # operator set: the judge may raise it to BLOCK, never lower it to ALLOW (a prompt-injected
+                # request could talk the judge into that).
+                if judged == Decision.BLOCK or (judged == Decision.ALLOW and top is None):
                     decision, decided_by = judged, "judge"
             elif (
                 decision == Decision.ALLOW
@@ -623,6 +676,7 @@ class GuardEngine:
                 args,
                 datetime.now(UTC),
                 decided_segment=decided_segment if decided_segment and decided_segment != request.text else None,
+                metadata=dict(request.metadata),
             )
             self._remember(scope, record)
             if self._audit_async:

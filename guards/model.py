@@ -213,6 +213,9 @@ class AuditRecord:
     #: cache of recent verdicts, so Feedback after a restart, on another replica or after the cache evicted the
     #: verdict labelled the whole request instead, and the correction did nothing.
     decided_segment: str | None = None
+    #: The request's caller context (``GuardRequest.metadata``: thread id, tool id...). Empty for verdicts stored
+    #: before migration 0007, which dropped it.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

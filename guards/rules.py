@@ -29,6 +29,7 @@ finish in it matches with action REVIEW, whatever its own action (see docs/guard
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import json
 import logging
@@ -46,6 +47,7 @@ from typing import Any
 import jsonschema
 import regex
 import yaml
+from jsonschema import validators as schema_validators
 from jsonschema.exceptions import ValidationError
 from referencing.exceptions import Unresolvable
 
@@ -60,6 +62,7 @@ _SEVERITY = {Decision.BLOCK: 3, Decision.REVIEW: 2, Decision.ALLOW: 1, Decision.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _CONDITIONS = ("tools", "text_regex", "detectors", "arguments", "json_schema", "rate_limit")
 _ARG_KEYS = {"path", "max", "min", "regex", "not_regex", "allowed_prefixes", "allowed_domains", "required"}
+_REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 # The host after "@" (e-mail) or "://" (URL): anything up to where a host ends, so that an IP address, a bracketed
 # IPv6 or e-mail literal, a single label ("localhost") or a non-ASCII name is a host too (each used to pass an
 # allowed_domains rule unseen, since only dotted ASCII names were read).
@@ -67,25 +70,104 @@ _EMAIL_OR_URL_HOST = re.compile(r"(?:@|://)(\[[^\]\s]*\]|[^\s/:?#@<>\[\](),;\"'`
 # Priorities are stored and sent as int32 (GuardRule.priority).
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
+#: Longest operator regex (text_regex, regex/not_regex, JSON Schema pattern and patternProperties).
+MAX_REGEX_CHARS = 2000
+#: Largest product of nested counted repeats in one regex: ``(?:a{3000}){3000}`` is 9,000,000 and took 2.4 GB
+#: and seconds to compile (the ``regex`` module expands a repeated group), before any time budget applies.
+MAX_REGEX_REPEAT = 10_000
+#: Largest size of a regex once its counted repeats are expanded (one unit per literal, class or escape).
+MAX_REGEX_SIZE = 100_000
+# A counted repeat; whitespace is allowed where verbose mode ((?x)) would ignore it, so it cannot hide one.
+_COUNTED = re.compile(r"\s*\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+# Values the JSON Schema keeps as data, not as schemas: a "pattern" key inside them is no regex.
+_SCHEMA_DATA_KEYS = ("enum", "const", "default", "examples")
+
+# The budget of the schema validation running in this context: every keyword checks it before it runs.
+_SCHEMA_BUDGET: contextvars.ContextVar[RegexBudget | None] = contextvars.ContextVar("schema_budget", default=None)
+
+
+class SchemaUndecided(Exception):
+    """A rule's JSON Schema could not be evaluated on these arguments (recursion too deep, a reference that
+    cannot be followed in a rule stored before such rules were refused, or out of the check's time budget)."""
+
+
+def _on_deadline(keyword: Any) -> Any:
+    """``keyword`` (a jsonschema keyword function), refusing to start past the running check's deadline.
+
+    Validation is plain Python that cannot be interrupted; checked at every keyword, a schema on large
+    arguments (200,000 characters) stops within about one keyword's work of the budget instead of running on.
+    """
+
+    def check(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        budget = _SCHEMA_BUDGET.get()
+        if budget is not None and time.monotonic() > budget.deadline:
+            raise SchemaUndecided(f"its JSON Schema did not finish within the {budget.seconds:g}s budget")
+        yield from keyword(validator, value, instance, schema) or ()
+
+    return check
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable key equal for values JSON Schema calls equal (1 == 1.0, but true != 1, key order ignored)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("d", frozenset((k, _canonical(v)) for k, v in value.items()))
+    return ("o", repr(value))
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Any:
+    """``uniqueItems`` in linear time: jsonschema compares every pair of unhashable items (8,000 objects took
+    157 s, all in one keyword, so no deadline could stop it)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for item in instance:
+        key = _canonical(item)
+        if key in seen:
+            yield ValidationError("the array has non-unique elements")
+            return
+        seen.add(key)
+
+
+def _bounded(cls: Any) -> Any:
+    """The jsonschema validator class ``cls`` with every keyword on the check's deadline (see ``_on_deadline``)."""
+    keywords = {name: _on_deadline(fn) for name, fn in cls.VALIDATORS.items()}
+    keywords["uniqueItems"] = _on_deadline(_unique_items)
+    return schema_validators.extend(cls, keywords)
+
+
 # Operator regexes and the JSON Schema regex keywords run on one budget per check (core.regex_budget): a regex
 # with catastrophic backtracking ("(a+)+$" on "aaa…a!") would otherwise hold a worker thread (and the namespace's
-# memory lock) for minutes.
-_SchemaValidator = on_budget(jsonschema.Draft202012Validator)
+# memory lock) for minutes. The other schema keywords run against the same deadline (``_bounded``).
+_SchemaValidator = _bounded(on_budget(jsonschema.Draft202012Validator))
+
+
+def _shown(value: Any, limit: int = 100) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error texts must not repeat unbounded input (a long name made
+    the status details exceed gRPC's metadata limit, answered RESOURCE_EXHAUSTED instead of the error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _ref_problems(schema: Any) -> list[str]:
     """Why the ``$ref``s of a rule's schema cannot be followed. Rules may only point inside their own schema
     (``#``, ``#/json/pointer`` or ``#anchor``): nothing is fetched, and a reference to nothing would make every
     check of the tool raise instead of deciding."""
-    refs: list[str] = []
+    refs: list[tuple[str, str]] = []
     anchors: set[str] = set()
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if isinstance(node.get("$ref"), str):
-                refs.append(node["$ref"])
-            if isinstance(node.get("$anchor"), str):
-                anchors.add(node["$anchor"])
+            # $dynamicRef and $recursiveRef are followed like $ref (to another document too): the same checks.
+            refs.extend((key, node[key]) for key in _REF_KEYS if isinstance(node.get(key), str))
+            anchors.update(node[key] for key in ("$anchor", "$dynamicAnchor") if isinstance(node.get(key), str))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -94,14 +176,14 @@ def _ref_problems(schema: Any) -> list[str]:
 
     walk(schema)
     problems = []
-    for ref in dict.fromkeys(refs):
+    for key, ref in dict.fromkeys(refs):
         if not ref.startswith("#"):
-            problems.append(f"$ref {ref[:200]!r} points outside the rule (only #, #/pointer and #anchor are allowed)")
+            problems.append(f"{key} {ref[:200]!r} points outside the rule (only #, #/pointer and #anchor are allowed)")
             continue
         fragment = ref[1:]
         if fragment and not fragment.startswith("/"):
             if fragment not in anchors:
-                problems.append(f"$ref {ref[:200]!r} names no $anchor of the schema")
+                problems.append(f"{key} {ref[:200]!r} names no $anchor of the schema")
             continue
         node: Any = schema
         for token in fragment.split("/")[1:] if fragment else []:
@@ -111,17 +193,13 @@ def _ref_problems(schema: Any) -> list[str]:
             elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
                 node = node[int(token)]
             else:
-                problems.append(f"$ref {ref[:200]!r} points to nothing in the schema")
+                problems.append(f"{key} {ref[:200]!r} points to nothing in the schema")
                 break
     return problems
 
 
-class SchemaUndecided(Exception):
-    """A rule's JSON Schema could not be evaluated on these arguments (recursion too deep, a reference that
-    cannot be followed in a rule stored before such rules were refused)."""
-
-
-def _schema_error(schema: Any, args: Any) -> ValidationError | None:
+def _schema_error(schema: Any, args: Any, budget: RegexBudget | None = None) -> ValidationError | None:
+    token = _SCHEMA_BUDGET.set(budget)
     try:
         return next(iter(_SchemaValidator(schema).iter_errors(args)), None)
     except RecursionError:
@@ -130,6 +208,8 @@ def _schema_error(schema: Any, args: Any) -> ValidationError | None:
         raise SchemaUndecided(f"its JSON Schema cannot be used ({exc.message[:200]})") from None
     except Unresolvable as exc:  # jsonschema raises it wrapped in a private subclass
         raise SchemaUndecided(f"its JSON Schema has a reference that cannot be followed ({exc})") from None
+    finally:
+        _SCHEMA_BUDGET.reset(token)
 
 
 def _non_finite_in(value: Any) -> bool:
@@ -158,14 +238,16 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
     errors: list[FieldViolation] = []
     name = str(data.get("name", ""))
     if not _NAME.match(name):
-        errors.append(FieldViolation(f"{where}.name", f"invalid rule name {name!r}: use 1-128 of [A-Za-z0-9_.:-]"))
+        errors.append(
+            FieldViolation(f"{where}.name", f"invalid rule name {_shown(name)}: use 1-128 of [A-Za-z0-9_.:-]")
+        )
     action_raw = str(data.get("action", "")).lower().removeprefix("decision_")
     try:
         action = Decision(action_raw)
         if action == Decision.UNSPECIFIED:
             raise ValueError
     except ValueError:
-        errors.append(FieldViolation(f"{where}.action", f"action {action_raw!r} must be block, review or allow"))
+        errors.append(FieldViolation(f"{where}.action", f"action {_shown(action_raw)} must be block, review or allow"))
         action = Decision.UNSPECIFIED
     stages: list[Stage] = []
     stages_raw = data.get("stages") or []
@@ -176,11 +258,11 @@ def parse_rule(data: Any, where: str = "rules[0]", source: str = "operator") -> 
         try:
             stages.append(Stage(str(s).lower().removeprefix("stage_")))
         except ValueError:
-            errors.append(FieldViolation(f"{where}.stages[{i}]", f"unknown stage {s!r}"))
+            errors.append(FieldViolation(f"{where}.stages[{i}]", f"unknown stage {_shown(s)}"))
     spec = {k: data[k] for k in _CONDITIONS if k in data}
     unknown = set(data) - set(_CONDITIONS) - {"name", "action", "priority", "stages", "description", "enabled"}
     for key in sorted(unknown):
-        errors.append(FieldViolation(f"{where}.{key}", f"unknown rule field {key!r}"))
+        errors.append(FieldViolation(f"{where}.{str(key)[:100]}", f"unknown rule field {_shown(key)}"))
     if not spec:
         errors.append(FieldViolation(where, f"a rule needs at least one condition of {list(_CONDITIONS)}"))
     enabled = data.get("enabled", True)
@@ -244,15 +326,115 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _regex_cost_problem(pattern: str) -> str | None:
+    """Why compiling ``pattern`` could take too much memory or time (None when it cannot).
+
+    The ``regex`` module expands a repeated group when it compiles: ``(?:a{3000}){3000}``, 17 characters, took
+    2.4 GB and seconds before any match budget applied. This scans the pattern for counted repeats (``{m}``,
+    ``{m,n}``, ``{m,}``, ``{,n}``) and the groups they repeat, and estimates the expanded size. Where the scan
+    cannot know the syntax (verbose-mode comments, nested V1 sets) it counts more than there is, never less:
+    a character class ends at its first unescaped ``]``, the earliest it can.
+    """
+    if len(pattern) > MAX_REGEX_CHARS:
+        return f"a regex may have at most {MAX_REGEX_CHARS} characters, got {len(pattern)}"
+    # One frame per open group: [expanded size of its content, largest product of counted repeats inside it].
+    stack: list[list[int]] = [[0, 1]]
+    last: tuple[int, int] | None = None  # (size, product) of the atom a following repeat would repeat
+    i, n = 0, len(pattern)
+    while i < n:
+        counted = _COUNTED.match(pattern, i) if last is not None else None
+        if counted is not None and last is not None and any(counted.groups()):
+            digits = [d for d in counted.groups() if d]
+            if any(len(d) > 9 for d in digits):
+                return f"a counted repeat may be at most {MAX_REGEX_REPEAT}"
+            bound = max(1, *(int(d) for d in digits))
+            size, product = last[0] * bound, last[1] * bound
+            if product > MAX_REGEX_REPEAT:
+                return (
+                    f"counted repeats (nested ones multiply) may repeat at most {MAX_REGEX_REPEAT} times, "
+                    f"this one {product}"
+                )
+            stack[-1][0] += size - last[0]
+            stack[-1][1] = max(stack[-1][1], product)
+            last = (size, product)
+            i = counted.end()
+            continue
+        c = pattern[i]
+        if c == "\\":
+            end = i + 2
+            if pattern[i + 1 : i + 2] in ("p", "P", "N", "x", "g", "L") and pattern[end : end + 1] in ("{", "<"):
+                close = pattern.find("}" if pattern[end] == "{" else ">", end)
+                end = n if close < 0 else close + 1
+            i, last = end, (1, 1)
+            stack[-1][0] += 1
+        elif c == "[":
+            end = i + 1
+            end += pattern[end : end + 1] == "^"
+            end += pattern[end : end + 1] == "]"
+            while end < n and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            i, last = end + 1, (1, 1)
+            stack[-1][0] += 1
+        elif c == "(" and pattern.startswith("(?#", i):
+            close = pattern.find(")", i)
+            i = n if close < 0 else close + 1
+        elif c == "(":
+            stack.append([0, 1])
+            i, last = i + 1, None
+        elif c == ")" and len(stack) > 1:
+            size, product = stack.pop()
+            stack[-1][0] += size
+            stack[-1][1] = max(stack[-1][1], product)
+            i, last = i + 1, (size, product)
+        elif c == "|":
+            i, last = i + 1, None
+        elif c in "*+?" or c.isspace():
+            i += 1  # no expansion; a lazy or possessive mark, or verbose-mode space, keeps the atom before it
+        else:
+            i, last = i + 1, (1, 1)
+            stack[-1][0] += 1
+    size = sum(frame[0] for frame in stack)
+    if size > MAX_REGEX_SIZE:
+        return f"the regex expands to {size} elements once its repeats are counted; at most {MAX_REGEX_SIZE}"
+    return None
+
+
 def _regex_error(pattern: Any) -> str | None:
-    """Why ``pattern`` cannot be an operator regex (None when it can); rules run on the ``regex`` module."""
+    """Why ``pattern`` cannot be an operator regex (None when it can); rules run on the ``regex`` module.
+
+    Compiling takes a moment (call it off the event loop); ``_regex_cost_problem`` refuses first what would not.
+    """
     if not isinstance(pattern, str):
         return "a regex must be a string"
+    if why := _regex_cost_problem(pattern):
+        return why
     try:
         regex.compile(pattern)
     except (regex.error, ValueError, OverflowError) as e:
-        return f"bad regex: {e}"
+        return f"bad regex: {str(e)[:200]}"
     return None
+
+
+def _schema_regex_problems(schema: Any) -> list[str]:
+    """Why the ``pattern`` and ``patternProperties`` regexes of a rule's schema cannot be used: they are compiled by
+    the ``regex`` module at check time, so a compile bomb there would cost its memory on every check."""
+    problems: list[str] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        patterns = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        if isinstance(node.get("patternProperties"), dict):
+            patterns.extend(node["patternProperties"])
+        for pattern in patterns:
+            if why := _regex_error(pattern):
+                problems.append(f"pattern {_shown(pattern)}: {why}")
+        stack.extend(v for k, v in node.items() if k not in _SCHEMA_DATA_KEYS)
+    return problems
 
 
 def _schema_uses(schema: Any, key: str) -> bool:
@@ -273,7 +455,8 @@ def _validate_arguments(value: Any, where: str) -> list[FieldViolation]:
             errors.append(FieldViolation(path, "an argument constraint is a mapping with a non-empty string 'path'"))
             continue
         for key in sorted(set(arg) - _ARG_KEYS, key=str):
-            errors.append(FieldViolation(f"{path}.{key}", f"unknown constraint {key!r}; use {sorted(_ARG_KEYS)}"))
+            unknown = f"unknown constraint {_shown(key)}; use {sorted(_ARG_KEYS)}"
+            errors.append(FieldViolation(f"{path}.{str(key)[:100]}", unknown))
         for key in ("regex", "not_regex"):
             if key in arg and (why := _regex_error(arg[key])):
                 errors.append(FieldViolation(f"{path}.{key}", why))
@@ -285,6 +468,12 @@ def _validate_arguments(value: Any, where: str) -> list[FieldViolation]:
                 isinstance(arg[key], list) and arg[key] and all(isinstance(x, str) and x for x in arg[key])
             ):
                 errors.append(FieldViolation(f"{path}.{key}", f"{key} must be a non-empty list of non-empty strings"))
+        domains = arg.get("allowed_domains")
+        for j, domain in enumerate(domains if isinstance(domains, list) else []):
+            if isinstance(domain, str) and domain and _allowed_domain(domain) is None:
+                errors.append(
+                    FieldViolation(f"{path}.allowed_domains[{j}]", f"{_shown(domain)} is not a valid domain name")
+                )
         if "required" in arg and not isinstance(arg["required"], bool):
             errors.append(FieldViolation(f"{path}.required", "required must be true or false"))
     return errors
@@ -340,7 +529,8 @@ def _validate_spec(spec: dict[str, Any], where: str) -> list[FieldViolation]:
         if not isinstance(name, str) or name not in detectors.DETECTORS:
             errors.append(
                 FieldViolation(
-                    f"{where}.detectors[{i}]", f"unknown detector {name!r}; choose from {sorted(detectors.DETECTORS)}"
+                    f"{where}.detectors[{i}]",
+                    f"unknown detector {_shown(name)}; choose from {sorted(detectors.DETECTORS)}",
                 )
             )
     if "arguments" in spec:
@@ -356,6 +546,7 @@ def _validate_spec(spec: dict[str, Any], where: str) -> list[FieldViolation]:
             errors.append(FieldViolation(f"{where}.json_schema", "the JSON Schema is nested too deeply"))
         else:
             errors.extend(FieldViolation(f"{where}.json_schema", why) for why in problems)
+            errors.extend(FieldViolation(f"{where}.json_schema", why) for why in _schema_regex_problems(schema))
             # unevaluatedProperties matches patternProperties with ``re``, outside the regex budget.
             if _schema_uses(schema, "unevaluatedProperties") and _schema_uses(schema, "patternProperties"):
                 errors.append(
@@ -379,17 +570,18 @@ def _validate_spec(spec: dict[str, Any], where: str) -> list[FieldViolation]:
     return errors
 
 
-def parse_rules_yaml(text: str, source: str = "operator") -> tuple[list[PolicyRule], dict[str, Any]]:
-    """Parse a policy document: ``{rules: [...], default_decision: allow, pack: true}``.
+def read_policy_document(text: str) -> tuple[list[Any], dict[str, Any]]:
+    """A policy document's rule mappings (unvalidated; see ``parse_rules``) and its settings (its other keys).
 
-    Returns the rules and the remaining namespace settings. A bare list is read as the rules.
+    ``{rules: [...], default_decision: allow, pack: true}``; a bare list is read as the rules. Raises
+    InvalidArgumentError naming ``yaml`` when the text is no such document.
     """
     try:
         doc = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as e:
-        raise InvalidArgumentError("yaml", f"not valid YAML: {e}") from None
+        raise InvalidArgumentError("yaml", f"not valid YAML: {str(e)[:500]}") from None
     except ValueError as e:  # an integer past Python's int-string digit limit
-        raise InvalidArgumentError("yaml", f"not a usable YAML value: {e}") from None
+        raise InvalidArgumentError("yaml", f"not a usable YAML value: {str(e)[:200]}") from None
     except RecursionError:
         raise InvalidArgumentError("yaml", "nested too deeply") from None
     if isinstance(doc, list):
@@ -399,23 +591,40 @@ def parse_rules_yaml(text: str, source: str = "operator") -> tuple[list[PolicyRu
     rules_raw = doc.get("rules") or []
     if not isinstance(rules_raw, list):
         raise InvalidArgumentError("yaml", "'rules' must be a list")
-    rules: list[PolicyRule] = []
+    return rules_raw, {k: v for k, v in doc.items() if k != "rules"}
+
+
+def parse_rules(
+    items: list[Any], source: str = "operator"
+) -> tuple[list[tuple[int, PolicyRule]], list[FieldViolation]]:
+    """Every valid rule of ``items`` with its index, and the violations of the others (``rules[i].<field>``), so
+    that one answer names every mistake of a document."""
+    rules: list[tuple[int, PolicyRule]] = []
     errors: list[FieldViolation] = []
-    seen: set[str] = set()
-    for i, item in enumerate(rules_raw):
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
         name = item.get("name") if isinstance(item, dict) else None
         if isinstance(name, str):
-            if name in seen:
-                errors.append(FieldViolation(f"rules[{i}].name", f"duplicate rule name {name!r}"))
-            seen.add(name)
+            if name in first:
+                errors.append(FieldViolation(f"rules[{i}].name", f"{_shown(name)} is also rules[{first[name]}]'s name"))
+            first.setdefault(name, i)
         try:
-            rules.append(parse_rule(item, f"rules[{i}]", source=source))
+            rules.append((i, parse_rule(item, f"rules[{i}]", source=source)))
         except InvalidArgumentError as e:
             errors.extend(e.violations)
+    return rules, errors
+
+
+def parse_rules_yaml(text: str, source: str = "operator") -> tuple[list[PolicyRule], dict[str, Any]]:
+    """Parse a policy document (see ``read_policy_document``): its rules and its namespace settings.
+
+    Raises InvalidArgumentError naming every bad rule field (the settings are not validated here).
+    """
+    items, settings = read_policy_document(text)
+    rules, errors = parse_rules(items, source)
     if errors:
         raise InvalidArgumentError(errors)
-    settings = {k: v for k, v in doc.items() if k != "rules"}
-    return rules, settings
+    return [rule for _, rule in rules], settings
 
 
 def rule_to_dict(rule: PolicyRule) -> dict[str, Any]:
@@ -498,12 +707,24 @@ def _violates(arg: dict[str, Any], args: Any, budget: RegexBudget) -> str | None
             if not any(norm == p.rstrip("/") or norm.startswith(p.rstrip("/") + "/") for p in arg["allowed_prefixes"]):
                 return f"argument {arg['path']!r} path {norm!r} is outside {arg['allowed_prefixes']}"
         if "allowed_domains" in arg:
-            allowed = [d.lower().lstrip("@") for d in arg["allowed_domains"]]
+            allowed = [d for d in (_allowed_domain(str(x)) for x in arg["allowed_domains"]) if d]
             for raw in _EMAIL_OR_URL_HOST.findall(text):
                 host = _host_name(raw)
                 if not any(host == d or host.endswith("." + d) for d in allowed):
                     return f"argument {arg['path']!r} names domain {host!r}, not in {allowed}"
     return None
+
+
+def _allowed_domain(entry: str) -> str | None:
+    """An ``allowed_domains`` entry as hosts are compared with it (``_host_name``), None when it is no domain name.
+
+    Entries were compared as written while hosts were IDNA-encoded: "bücher.de" refused mail to bücher.de itself.
+    """
+    name = entry.lower().lstrip("@").rstrip(".")
+    try:
+        return name.encode("idna").decode("ascii") if name else None
+    except UnicodeError:
+        return None
 
 
 def _host_name(raw: str) -> str:
@@ -569,6 +790,37 @@ class _PeekingLimiter(RateLimiter):
         return self.peek(key, max_calls, per_seconds, now)
 
 
+def applies(rule: PolicyRule, stage: Stage) -> bool:
+    """Whether ``rule`` is checked at ``stage``: enabled, and one of its stages (every stage when it names none,
+    except a rate limit: it counts calls, at TOOL_CALL, and counted the TOOL_RESULT check of a call again)."""
+    if not rule.enabled:
+        return False
+    if rule.stages:
+        return stage in rule.stages
+    return stage == Stage.TOOL_CALL if "rate_limit" in rule.spec else True
+
+
+def may_be_slow(rule: PolicyRule, request: GuardRequest) -> bool:
+    """Whether checking ``rule`` on ``request`` may take more than a moment: an operator or configured rule that
+    applies to it and runs a regex, a JSON Schema or detectors. Such a check must not run on an event loop: a
+    regex may use its whole budget (1 s), and every other call of the server would wait for it.
+
+    The pack's rules are exempt: their regexes and detectors are ours, linear, and measured on every check.
+    """
+    if rule.source == "pack" or not applies(rule, request.stage):
+        return False
+    spec = rule.spec
+    if "tools" in spec:
+        tool = request.tool_call.name if request.tool_call else ""
+        if not tool or not any(fnmatch.fnmatchcase(tool, str(g)) for g in spec["tools"] or ()):
+            return False  # decided by the tool name alone, before any regex runs
+    arguments = spec.get("arguments")
+    constraints = arguments if isinstance(arguments, list) else []
+    return any(k in spec for k in ("text_regex", "detectors", "json_schema")) or any(
+        isinstance(a, dict) and ("regex" in a or "not_regex" in a) for a in constraints
+    )
+
+
 def evaluate(
     rules: Iterable[PolicyRule],
     request: GuardRequest,
@@ -591,11 +843,15 @@ def evaluate(
             args = json.loads(args_text)
         except (ValueError, RecursionError):  # not JSON, too deep, or an integer past Python's digit limit
             args = None
+    elif request.tool_call is not None and request.tool_call.name:
+        # A call without arguments has none of them: `required: true` must hold it, as json_schema's
+        # `required` does (empty arguments skipped every argument constraint).
+        args = {}
     text_all = request.text + ("\n" + args_text if args_text else "")
     matches: list[RuleMatch] = []
     with regex_budget(regex_budget_s) as budget:
         for rule in sorted(rules, key=precedence_key):
-            if not rule.enabled or (rule.stages and request.stage not in rule.stages):
+            if not applies(rule, request.stage):
                 continue
             try:
                 found = _match(rule, request, tool, args, args_text, text_all, budget, scope, limiter)
@@ -665,10 +921,10 @@ def _match(
             # NaN passes minimum and maximum (every comparison with it is false), so it never fails a schema.
             reasons.append("arguments hold NaN or an infinity, which no JSON Schema bound can check")
         else:
-            error = _schema_error(spec["json_schema"], value)
+            error = _schema_error(spec["json_schema"], value, budget)
             if error is None:
                 return None
-            reasons.append(f"arguments fail schema: {error.message}")
+            reasons.append(f"arguments fail schema: {error.message[:300]}")
         field = "tool_call.arguments_json"
     if "rate_limit" in spec:
         rl = spec["rate_limit"]

@@ -111,5 +111,8 @@ guard_verdicts = Table(
     # (guards.model.AuditRecord.decided_segment). NULL when that is the request text itself, and for verdicts stored
     # before migration 0004 (their feedback labels the request text, as it did then).
     Column("decided_segment", Text, nullable=True),
+    # The CheckRequest's metadata (caller context: thread id, tool id...), at most 32 short entries (the servicer
+    # bounds them). NULL when there was none, and for verdicts stored before migration 0007.
+    Column("metadata", JSON, nullable=True),
     Index("ix_guard_verdicts_scope_time", "scope", "created_at"),
 )

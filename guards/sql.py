@@ -443,6 +443,7 @@ class SqlGuardStore:
                     "feedback_note": r.feedback_note,
                     "feedback_result": _feedback_to_json(r.feedback_result),
                     "decided_segment": r.decided_segment,
+                    "metadata": r.metadata or None,
                 }
                 for r in records
                 if r.verdict.verdict_id not in existing
@@ -473,6 +474,7 @@ class SqlGuardStore:
             r["feedback_note"],
             _feedback_from_json(r["feedback_result"]),
             r["decided_segment"],
+            dict(r["metadata"] or {}),
         )
 
     def get_audit(self, scope: str, verdict_id: str) -> AuditRecord:

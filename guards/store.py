@@ -87,6 +87,7 @@ def storable_record(record: AuditRecord) -> AuditRecord:
         "tool_name": storable_text(record.tool_name)[:MAX_TOOL_NAME_CHARS],
         "arguments_json": storable_text(record.arguments_json),
         "feedback_note": storable_text(record.feedback_note),
+        "metadata": {storable_text(k): storable_text(v) for k, v in record.metadata.items()},
     }
     if record.decided_segment is not None:
         changes["decided_segment"] = storable_text(record.decided_segment)

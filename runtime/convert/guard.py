@@ -31,6 +31,15 @@ from runtime.convert.common import time_from_proto
 MAX_TEXT_CHARS = 200_000
 MAX_ARGUMENTS_CHARS = 200_000
 MAX_TOOLS = 1000
+#: Longest tool name (a call's, or one of ``available_tools``): a 3 MB name was read, matched and audited.
+MAX_TOOL_NAME_CHARS = 256
+#: CheckRequest.metadata, stored with the verdict: entries, characters per key, characters per value.
+MAX_METADATA_KEYS = 32
+MAX_METADATA_KEY_CHARS = 256
+MAX_METADATA_VALUE_CHARS = 4096
+#: Longest verdict id a request may name: ids are 32 hex digits, the column holds 64. Longer ones were looked up,
+#: and the NOT_FOUND that repeated them outgrew gRPC's metadata limit (RESOURCE_EXHAUSTED).
+MAX_VERDICT_ID_CHARS = 64
 
 _STAGES = {
     common_pb2.STAGE_UNSPECIFIED: Stage.UNSPECIFIED,
@@ -83,6 +92,30 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
+def verdict_id_violations(verdict_id: str, field: str = "verdict_id", *, required: bool = True) -> list[FieldViolation]:
+    """What is wrong with a verdict id a request names (empty when nothing)."""
+    if not verdict_id:
+        return [FieldViolation(field, "is required")] if required else []
+    if len(verdict_id) > MAX_VERDICT_ID_CHARS:
+        return [FieldViolation(field, f"at most {MAX_VERDICT_ID_CHARS} characters (verdict ids are 32), "
+                                      f"got {len(verdict_id)}")]
+    return []
+
+
+def _metadata_violations(metadata: Any, prefix: str) -> list[FieldViolation]:
+    """Bounds of CheckRequest.metadata, which every verdict stores in the audit log."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        return [FieldViolation(f"{prefix}metadata", f"at most {MAX_METADATA_KEYS} entries, got {len(metadata)}")]
+    errors = []
+    for key, value in metadata.items():
+        field = f"{prefix}metadata[{key[:100]!r}]"
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            errors.append(FieldViolation(field, f"keys have at most {MAX_METADATA_KEY_CHARS} characters"))
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            errors.append(
+                FieldViolation(field, f"values have at most {MAX_METADATA_VALUE_CHARS} characters, got {len(value)}")
+            )
+    return errors
 
 
 def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> GuardRequest:
@@ -110,6 +143,13 @@ def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> Guard
             )
         elif args.strip():
             errors += decode_json_object(args, f"{prefix}tool_call.arguments_json")[1]
+        if len(request.tool_call.name) > MAX_TOOL_NAME_CHARS:
+            errors.append(
+                FieldViolation(
+                    f"{prefix}tool_call.name",
+                    f"at most {MAX_TOOL_NAME_CHARS} characters, got {len(request.tool_call.name)}",
+                )
+            )
         tool_call = ToolCallInfo(request.tool_call.name, args)
     if stage == Stage.TOOL_CALL and (tool_call is None or not tool_call.name):
         errors.append(FieldViolation(f"{prefix}tool_call.name", "STAGE_TOOL_CALL needs the tool call"))
@@ -117,6 +157,13 @@ def check_from_proto(request: guard_pb2.CheckRequest, prefix: str = "") -> Guard
         errors.append(FieldViolation(f"{prefix}text", "text is required for this stage"))
     if len(request.available_tools) > MAX_TOOLS:
         errors.append(FieldViolation(f"{prefix}available_tools", f"at most {MAX_TOOLS} tools"))
+    else:
+        errors += [
+            FieldViolation(f"{prefix}available_tools[{i}]", f"at most {MAX_TOOL_NAME_CHARS} characters, got {len(t)}")
+            for i, t in enumerate(request.available_tools)
+            if len(t) > MAX_TOOL_NAME_CHARS
+        ]
+    errors += _metadata_violations(request.metadata, prefix)
     if errors:
         raise InvalidArgumentError(errors)
     return GuardRequest(
@@ -190,20 +237,42 @@ def rule_to_proto(r: PolicyRule) -> guard_pb2.GuardRule:
     )
 
 
-def rule_from_proto(r: guard_pb2.GuardRule, where: str) -> PolicyRule:
-    """Validate and convert a rule; errors name ``rules[i].<field>``."""
+def rule_body_from_proto(r: guard_pb2.GuardRule, where: str) -> tuple[dict[str, Any] | None, list[FieldViolation]]:
+    """A rule's mapping for ``guards.rules.parse_rule`` (validated there, off the event loop: it compiles the
+    rule's regexes), or None and what makes it unreadable; errors name ``rules[i].<field>``."""
     spec, bad = decode_json_object(r.spec_json, f"{where}.spec_json") if r.spec_json.strip() else ({}, [])
-    if spec is None:
-        raise InvalidArgumentError(bad)
+    errors = list(bad)
+    action = Decision.UNSPECIFIED
+    try:
+        action = decision_from_proto(r.action, f"{where}.action")
+    except InvalidArgumentError as e:
+        errors += e.violations
+    stages = []
+    for i, value in enumerate(r.stages):
+        try:
+            stages.append(stage_from_proto(value, f"{where}.stages[{i}]").value)
+        except InvalidArgumentError as e:
+            errors += e.violations
+    if spec is None or errors:
+        return None, errors
     body: dict[str, Any] = {
         **spec,
         "name": r.name,
-        "action": decision_from_proto(r.action, f"{where}.action").value,
+        "action": action.value,
         "priority": r.priority,
         "description": r.description,
-        "stages": [stage_from_proto(s, f"{where}.stages").value for s in r.stages],
-        "enabled": r.enabled,
+        "stages": stages,
+        # Unset is enabled: proto3's default false stored every rule sent without the field switched off.
+        "enabled": r.enabled if r.HasField("enabled") else True,
     }
+    return body, []
+
+
+def rule_from_proto(r: guard_pb2.GuardRule, where: str) -> PolicyRule:
+    """Validate and convert a rule; errors name ``rules[i].<field>``."""
+    body, errors = rule_body_from_proto(r, where)
+    if body is None:
+        raise InvalidArgumentError(errors)
     return parse_rule(body, where)
 
 
@@ -274,6 +343,7 @@ def audit_to_proto(r: AuditRecord) -> guard_pb2.GuardAuditRecord:
         created_at=_ts(r.created_at),
         feedback=decision_to_proto(r.feedback),
         feedback_note=r.feedback_note,
+        metadata=r.metadata,
     )
 
 
@@ -291,5 +361,8 @@ def audit_query_from_proto(r: guard_pb2.QueryGuardAuditRequest) -> dict[str, Any
     if filters["since"] is not None and filters["until"] is not None and filters["until"] < filters["since"]:
         raise InvalidArgumentError("until", "must not be before since")
     if r.page_token:
+        bad = verdict_id_violations(r.page_token, "page_token")
+        if bad:
+            raise InvalidArgumentError(bad)
         filters["before_id"] = r.page_token
     return filters

@@ -129,8 +129,9 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         return conv.verdict_to_proto(verdict)
 
     async def Feedback(self, request: guard_pb2.FeedbackRequest, context: Any) -> guard_pb2.FeedbackResponse:
-        if not request.verdict_id:
-            raise InvalidArgumentError("verdict_id", "is required")
+        bad = conv.verdict_id_violations(request.verdict_id)
+        if bad:
+            raise InvalidArgumentError(bad)
         expected = conv.decision_from_proto(request.expected)
         if expected.value == "unspecified":
             raise InvalidArgumentError("expected", "must be DECISION_ALLOW, DECISION_BLOCK or DECISION_REVIEW")
@@ -166,11 +167,15 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
             raise InvalidArgumentError("yaml", f"at most {MAX_YAML_CHARS} characters")
         if len(request.rules) > MAX_RULES_PER_PUT:
             raise InvalidArgumentError("rules", f"at most {MAX_RULES_PER_PUT} rules per call")
-        rules: Any = (
-            request.yaml
-            if request.yaml
-            else [conv.rule_from_proto(r, f"rules[{i}]") for i, r in enumerate(request.rules)]
-        )
+        rules: Any = request.yaml
+        if not request.yaml:
+            # Only read here: the engine validates the rules (compiling their regexes, which takes a moment and
+            # must not stall the event loop), and names every bad field of every rule in one answer.
+            read = [conv.rule_body_from_proto(r, f"rules[{i}]") for i, r in enumerate(request.rules)]
+            unreadable = [v for _, violations in read for v in violations]
+            if unreadable:
+                raise InvalidArgumentError(unreadable)
+            rules = [body for body, _ in read]
         scope = await self._rt.scope(request.namespace, write=True)
         stored = await self._rt.offload(self._guards.put_rules, scope, rules, replace_all=request.replace)
         return guard_pb2.PutRulesResponse(rules=[conv.rule_to_proto(r) for r in stored])
@@ -240,8 +245,9 @@ class GuardServiceServicer(guard_pb2_grpc.GuardServiceServicer):
         return conv.event_to_proto(event)
 
     async def GetVerdict(self, request: guard_pb2.GetVerdictRequest, context: Any) -> guard_pb2.GuardAuditRecord:
-        if not request.verdict_id:
-            raise InvalidArgumentError("verdict_id", "is required")
+        bad = conv.verdict_id_violations(request.verdict_id)
+        if bad:
+            raise InvalidArgumentError(bad)
         scope = await self._rt.scope(request.namespace)
 
         def run() -> guard_pb2.GuardAuditRecord:

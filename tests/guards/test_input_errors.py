@@ -237,3 +237,76 @@ def test_rollback_rejects_version_0_and_restores_the_state_after_a_version(g) ->
     with pytest.raises(grpc.RpcError) as err:
         g.Rollback(guard_pb2.GuardRollbackRequest(namespace=NS, version=rb.version + 1))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- bounds on what a request names, and what the audit keeps -----------------------------------------------------
+def test_ids_longer_than_any_verdict_id_are_refused_naming_the_field(g) -> None:
+    long_id = "a" * 10_000  # its NOT_FOUND repeated it and outgrew gRPC's metadata limit (RESOURCE_EXHAUSTED)
+    assert invalid(g.Feedback, guard_pb2.FeedbackRequest(
+        namespace=NS, verdict_id=long_id, expected=S.DECISION_BLOCK)) == ["verdict_id"]
+    assert invalid(g.GetVerdict, guard_pb2.GetVerdictRequest(namespace=NS, verdict_id=long_id)) == ["verdict_id"]
+    assert invalid(g.QueryAudit, guard_pb2.QueryGuardAuditRequest(namespace=NS, page_token=long_id)) == ["page_token"]
+
+
+def test_check_bounds_tool_names_and_metadata(g) -> None:
+    def req(**kw) -> guard_pb2.CheckRequest:
+        return guard_pb2.CheckRequest(namespace=NS, stage=S.STAGE_TOOL_RESULT, text="ok", **kw)
+
+    call = common_pb2.ToolCall(name="t" * 1_000_000, arguments_json="{}")
+    assert invalid(g.Check, req(tool_call=call)) == ["tool_call.name"]
+    assert invalid(g.Check, req(available_tools=["ok", "t" * 300])) == ["available_tools[1]"]
+    assert invalid(g.Check, req(metadata={"k": "v" * 5000})) == ["metadata['k']"]
+    assert invalid(g.Check, req(metadata={"k" * 300: "v"})) == [f"metadata[{'k' * 100!r}]"]
+    assert invalid(g.Check, req(metadata={f"k{i}": "v" for i in range(33)})) == ["metadata"]
+
+
+def test_check_metadata_is_stored_with_the_verdict(g) -> None:
+    meta = {"thread_id": "th-42", "tool_id": "call-7", "nul": "a\x00b"}
+    verdict = g.Check(guard_pb2.CheckRequest(namespace=NS, stage=S.STAGE_INPUT, text="hello there", metadata=meta))
+    record = g.GetVerdict(guard_pb2.GetVerdictRequest(namespace=NS, verdict_id=verdict.verdict_id))
+    assert dict(record.metadata) == {**meta, "nul": "a\ufffdb"}  # NUL as every store keeps it
+    [listed] = g.QueryAudit(guard_pb2.QueryGuardAuditRequest(namespace=NS)).records
+    assert listed.metadata["thread_id"] == "th-42"
+
+
+def test_a_rule_sent_without_enabled_is_enabled(g) -> None:
+    sent = guard_pb2.GuardRule(name="no-rm", action=S.DECISION_BLOCK, stages=[S.STAGE_TOOL_CALL],
+                               spec_json='{"tools": ["rm"]}')
+    assert not sent.HasField("enabled")
+    [stored] = g.PutRules(guard_pb2.PutRulesRequest(namespace=NS, rules=[sent])).rules
+    assert stored.enabled
+    assert check(g, tool="rm", args="{}", stage=S.STAGE_TOOL_CALL).decision == S.DECISION_BLOCK
+    off = guard_pb2.GuardRule(name="no-rm", action=S.DECISION_BLOCK, spec_json='{"tools": ["rm"]}', enabled=False)
+    [stored] = g.PutRules(guard_pb2.PutRulesRequest(namespace=NS, rules=[off])).rules
+    assert stored.HasField("enabled") and not stored.enabled
+
+
+def test_put_rules_refuses_a_regex_compile_bomb_naming_the_rule_field(g) -> None:
+    bomb = rule('{"text_regex": ["ok", "(?:a{300}){300}"]}')
+    assert invalid(g.PutRules, bomb) == ["rules[0].text_regex[1]"]
+    # Every rule's mistakes in one answer, unreadable ones included.
+    two = guard_pb2.PutRulesRequest(namespace=NS, rules=[
+        guard_pb2.GuardRule(name="a", action=S.DECISION_BLOCK, stages=[99], spec_json='{"tools": ["x"]}'),
+        guard_pb2.GuardRule(name="b", action=S.DECISION_BLOCK, spec_json="[1]"),
+    ])
+    assert invalid(g.PutRules, two) == ["rules[0].stages[0]", "rules[1].spec_json"]
+
+
+def test_a_slow_operator_regex_does_not_stall_other_calls(g) -> None:
+    """A check whose embeddings are cached ran its rules on the event loop: a regex using its 1 s budget froze
+    every other call of the server for that second."""
+    g.PutRules(guard_pb2.PutRulesRequest(namespace=NS, yaml=(
+        "pack: false\nrules: [{name: evil-re, action: block, stages: [input], text_regex: ['(a|aa)+$']}]")))
+    req = guard_pb2.CheckRequest(namespace=NS, stage=S.STAGE_INPUT, text="a" * 60 + "!")
+    assert g.Check(req, timeout=60).decision == S.DECISION_REVIEW  # embeds: the memory's texts are now cached
+    g.GetSettings(guard_pb2.GetGuardSettingsRequest(namespace="other"))
+    futures = [g.Check.future(req, timeout=60) for _ in range(4)]
+    time.sleep(0.2)  # the checks are running
+    latencies = []
+    while not all(f.done() for f in futures):
+        started = time.monotonic()
+        g.GetSettings(guard_pb2.GetGuardSettingsRequest(namespace="other"), timeout=60)
+        latencies.append(time.monotonic() - started)
+    assert all(f.result().decision == S.DECISION_REVIEW for f in futures)
+    # On the event loop, the four checks held every other call for about 4 s in all.
+    assert latencies and max(latencies) < 0.9, latencies

@@ -217,3 +217,14 @@ def test_feedback_is_taken_once_with_its_result_and_joins_the_transaction(guard_
     assert guard_store.get_audit(A, "v1").feedback_result is None
     with pytest.raises(NotFoundError):
         guard_store.set_feedback(B, "v2", Decision.BLOCK, "")
+
+
+def test_audit_keeps_the_requests_metadata(guard_store: GuardStore) -> None:
+    from dataclasses import replace
+
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    meta = {"thread_id": "th-42", "tool_id": "call\x007"}
+    guard_store.put_audit(A, [replace(_record("m1", t0), metadata=meta), _record("m2", t0)])
+    assert guard_store.get_audit(A, "m1").metadata == {"thread_id": "th-42", "tool_id": "call\ufffd7"}
+    assert guard_store.get_audit(A, "m2").metadata == {}
+    assert sorted(r.metadata.get("thread_id", "") for r in guard_store.query_audit(A)) == ["", "th-42"]

@@ -335,7 +335,14 @@ class GuardRollbackRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class GuardAuditRecord(_message.Message):
-    __slots__ = ("verdict", "request_text", "tool_name", "arguments_json", "created_at", "feedback", "feedback_note")
+    __slots__ = ("verdict", "request_text", "tool_name", "arguments_json", "created_at", "feedback", "feedback_note", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TEXT_FIELD_NUMBER: _ClassVar[int]
     TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +350,7 @@ class GuardAuditRecord(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_NOTE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     request_text: str
     tool_name: str
@@ -350,7 +358,8 @@ class GuardAuditRecord(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     feedback: _common_pb2.Decision
     feedback_note: str
-    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., request_text: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.Decision, str]] = ..., feedback_note: _Optional[str] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., request_text: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feedback: _Optional[_Union[_common_pb2.Decision, str]] = ..., feedback_note: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetVerdictRequest(_message.Message):
     __slots__ = ("namespace", "verdict_id")
