@@ -641,7 +641,9 @@ class MemoryEngine:
 
     # -- validation ----------------------------------------------------------------------------------
 
-    def _validate_messages(self, session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryMessage]:
+    def validate_messages(self, session_id: str, messages: Sequence[MemoryMessage]) -> list[MemoryMessage]:
+        """``messages`` as Write would store them (ids filled in, times in UTC); raises InvalidArgumentError naming
+        every field Write would refuse. Stores nothing (the admin import checks a whole file with it first)."""
         violations: list[FieldViolation] = []
         if len(session_id) > MAX_ID_LEN:
             violations.append(FieldViolation("session_id", f"longer than {MAX_ID_LEN} characters"))
@@ -819,7 +821,7 @@ class MemoryEngine:
         """``write``; with ``must_exist`` (Update) every message must be stored when the plan is made and still be
         when it commits, so a Delete that commits in between makes it NotFoundError instead of a new message."""
         session_id = session_id or "default"
-        msgs = self._validate_messages(session_id, messages)
+        msgs = self.validate_messages(session_id, messages)
         state = self._state(namespace)
         # Reading and embedding run without the namespace lock, so a background commit is not held up by
         # an embedding Write, nor a Write by a background commit, and concurrent Writes embed while

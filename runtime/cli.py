@@ -63,6 +63,28 @@ def _database_problem(url: str, exc: Exception) -> str:
     return f"cannot use the database {shown}: {exc.__class__.__name__}: {detail[0] if detail else ''}"
 
 
+def _serve(settings: Settings, port_file: str | None) -> int:
+    """Run the server; the exit code. A server that cannot start prints one line and gives 2, as a bad
+    configuration does: StartupError says why, and what is left (a database URL whose driver is missing, a data
+    dir that cannot be made, a file that cannot be written) is named here rather than left to a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from runtime.db import DatabaseError
+    from runtime.server import StartupError
+    from runtime.server import serve as run_serve
+
+    try:
+        return asyncio.run(run_serve(settings, port_file=port_file))
+    except (StartupError, DatabaseError) as exc:
+        problem = str(exc)
+    except SQLAlchemyError as exc:
+        problem = _database_problem(settings.storage.resolved_url(), exc)
+    except (ImportError, OSError) as exc:  # a package missing (a database driver), a path that cannot be used
+        problem = f"cannot start: {exc.__class__.__name__}: {exc}"
+    print(f"agentrt: {problem}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``agentrt`` console script."""
     parser = argparse.ArgumentParser(prog="agentrt", description=__doc__)
@@ -80,17 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     migrate = sub.add_parser("migrate", help="bring the database schema to the newest revision")
     _common(migrate)
 
-    admin = sub.add_parser("admin", help="maintenance: reindex, export, import")
+    admin = sub.add_parser(
+        "admin", help="maintenance: reindex, export, import",
+        description="Maintenance of an existing database. Export and import carry a namespace's memory messages "
+                    "only (not guard rules or guard memory, tools, gate/select/tool policies). On SQLite, import "
+                    "and reindex refuse to run while a server has the database open (use its Write / Reindex "
+                    "RPCs); on Postgres, running replicas receive what import writes. Errors: one line, exit 2.")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
-    reindex = admin_sub.add_parser("reindex", help="rebuild indexes from the database")
+    reindex = admin_sub.add_parser("reindex", help="rebuild indexes (and their snapshots) from the database")
     _common(reindex)
-    reindex.add_argument("--tenant", default="default")
-    reindex.add_argument("--namespace", help="only this namespace (default: all)")
-    export = admin_sub.add_parser("export", help="write a namespace's messages as JSON lines to stdout")
+    reindex.add_argument("--tenant", help="only this tenant's namespaces (default: every tenant's)")
+    reindex.add_argument("--namespace", help="only this namespace (of --tenant, default 'default')")
+    export = admin_sub.add_parser(
+        "export", help="write a namespace's memory messages as JSON lines to stdout (messages only)")
     _common(export)
     export.add_argument("--tenant", default="default")
     export.add_argument("--namespace", required=True)
-    imp = admin_sub.add_parser("import", help="read JSON lines (from export) into a namespace")
+    imp = admin_sub.add_parser(
+        "import", help="read memory messages (JSON lines from export) into a namespace",
+        description="Every line is checked before anything is written: a bad line names itself and writes "
+                    "nothing. Importing the same file again writes nothing new (re-run it to finish an import "
+                    "a database failure interrupted).")
     _common(imp)
     imp.add_argument("--tenant", default="default")
     imp.add_argument("--namespace", required=True)
@@ -107,14 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log.level, settings.log.format)
 
     if args.command == "serve":
-        from runtime.server import StartupError
-        from runtime.server import serve as run_serve
-
-        try:
-            code = asyncio.run(run_serve(settings, port_file=args.port_file))
-        except StartupError as exc:
-            print(f"agentrt: {exc}", file=sys.stderr)
-            return 2
+        code = _serve(settings, args.port_file)
         # Everything acknowledged is committed and background work left unfinished is marked pending in the
         # database. Exit now rather than let interpreter teardown race daemon threads still inside torch or
         # FAISS (that aborts the process with "terminate called without an active exception").
@@ -127,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(code)
     from sqlalchemy.exc import SQLAlchemyError
 
+    from runtime.admin import AdminError
     from runtime.db import DatabaseError
 
     url = settings.storage.resolved_url()
@@ -142,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         from runtime import admin as admin_ops
 
         return admin_ops.run(args, settings)
-    except DatabaseError as exc:
+    except (DatabaseError, AdminError) as exc:
         print(f"agentrt: {exc}", file=sys.stderr)
         return 2
     except (SQLAlchemyError, ImportError, OSError) as exc:

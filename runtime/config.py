@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,6 +62,13 @@ class TlsSettings(StrictModel):
     cert_file: str | None = None
     key_file: str | None = None
     client_ca_file: str | None = None
+
+    @field_validator("cert_file", "key_file", "client_ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # ``AGENTRT_SERVER__TLS__CERT_FILE=`` or ``cert_file: ""`` (a template whose variable was unset) means no
+        # file; as a path it would be ignored by some checks and not others (a plaintext server came up).
+        return None if value == "" else value
 
     @property
     def enabled(self) -> bool:
@@ -158,6 +166,23 @@ class TokenSettings(StrictModel):
     # A read-only token may call Search/Get/List/Check/Decide/Select but not change stored data.
     read_only: bool = False
 
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr) -> SecretStr:
+        # An empty token (``token: "${AGENTRT_TOKEN}"`` with the variable unset) matched ``Bearer `` and let anyone
+        # in; one with a newline read from a file never matched. Neither is ever meant: refuse them (the message
+        # never shows the value).
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise PydanticCustomError("empty_token", "must not be empty")
+        if secret != secret.strip():
+            raise PydanticCustomError(
+                "token_whitespace",
+                "has leading or trailing whitespace (a newline read from a file?); a presented token is stripped, "
+                "so it could never match",
+            )
+        return value
+
     @field_validator("tenant")
     @classmethod
     def _tenant_name(cls, value: str) -> str:
@@ -170,6 +195,22 @@ class AuthSettings(StrictModel):
     """Bearer-token authentication. With no tokens the server only binds to loopback."""
 
     tokens: list[TokenSettings] = []
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> AuthSettings:
+        # The first entry would win and the others never apply: a token meant for tenant B would act as tenant A.
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.tokens):
+            secret = entry.token.get_secret_value()
+            if secret in seen:
+                raise PydanticCustomError(
+                    "duplicate_token",
+                    "auth.tokens[{first}] and auth.tokens[{again}] have the same token; each token must be distinct "
+                    "(it alone decides the tenant)",
+                    {"first": seen[secret], "again": i},
+                )
+            seen[secret] = i
+        return self
 
 
 class LogSettings(StrictModel):
@@ -188,6 +229,10 @@ class LogSettings(StrictModel):
         return value.strip().upper() if info.field_name == "level" else value.strip().lower()
 
 
+# The components that read ``policies.*.<component>`` (each service module asks for its own by this name).
+POLICY_COMPONENTS = ("memory", "gates", "select", "guards", "tools", "agent")
+
+
 class PolicySettings(StrictModel):
     """Per-namespace policies.
 
@@ -198,11 +243,29 @@ class PolicySettings(StrictModel):
     defaults: dict[str, dict[str, Any]] = {}
     namespaces: dict[str, dict[str, dict[str, Any]]] = {}
 
+    @model_validator(mode="after")
+    def _known_components(self) -> PolicySettings:
+        # No component asks for a misspelled one (``memroy``), so it would be ignored without a word.
+        levels = [("policies.defaults", self.defaults)]
+        levels += [(f"policies.namespaces.{name}", components) for name, components in self.namespaces.items()]
+        for where, components in levels:
+            for component in components:
+                if component not in POLICY_COMPONENTS:
+                    raise PydanticCustomError(
+                        "unknown_policy_component",
+                        "{key} is not a policy component (misspelled? components: {known})",
+                        {"key": f"{where}.{component}", "known": ", ".join(POLICY_COMPONENTS)},
+                    )
+        return self
+
 
 class Settings(BaseSettings):
     """Everything configurable about one sidecar process."""
 
-    model_config = SettingsConfigDict(env_prefix="AGENTRT_", env_nested_delimiter="__", extra="forbid")
+    # hide_input_in_errors: the text of a ValidationError would otherwise show the input of every bad setting,
+    # a bearer token included (``describe_validation_error`` shows the inputs that are not secrets).
+    model_config = SettingsConfigDict(env_prefix="AGENTRT_", env_nested_delimiter="__", extra="forbid",
+                                      hide_input_in_errors=True)
 
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -276,6 +339,10 @@ def _check_environment() -> None:
             )
 
 
+# Settings whose values are secrets: their value is never part of an error message.
+_SECRET_KEYS = frozenset({"token"})
+
+
 def describe_validation_error(exc: ValidationError, config_file: str | None = None) -> str:
     """One line per problem of ``exc`` (``server.port: …``), saying where settings come from."""
     problems = []
@@ -286,7 +353,9 @@ def describe_validation_error(exc: ValidationError, config_file: str | None = No
             problems.append(f"{loc}: unknown setting (misspelled? set in the config file or as {env})")
         else:
             value = err.get("input")
-            shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+            # Never echo a secret (a token with a stray newline is still the token).
+            secret = any(part in _SECRET_KEYS for part in err["loc"])
+            shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and not secret else ""
             problems.append(f"{loc}: {err['msg']}{shown}")
     source = f"config file {config_file!r} and AGENTRT_* environment" if config_file else "AGENTRT_* environment"
     return f"invalid configuration ({source}): " + "; ".join(problems)
@@ -305,6 +374,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         path = str(path)
         if not path:
             raise ConfigError("AGENTRT_CONFIG is set but empty: name a YAML file, or unset it for the defaults")
+        if os.path.isdir(path):
+            raise ConfigError(f"config file {path!r} is a directory: name a YAML file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} does not exist")
         _check_yaml_file(path)

@@ -1,8 +1,9 @@
 """The one place that maps domain errors to gRPC status codes.
 
 Field errors carry a ``google.rpc.BadRequest`` detail naming each bad field (read it on the client with
-``grpc_status.rpc_status.from_call``). Anything unexpected becomes INTERNAL with the traceback in the log,
-never in the reply.
+``grpc_status.rpc_status.from_call``); UNAVAILABLE and RESOURCE_EXHAUSTED carry a ``google.rpc.RetryInfo`` when
+the error says how long to wait. Anything unexpected becomes INTERNAL with the traceback in the log, never in the
+reply; the reply's ``agentrt-request-id`` trailer is the ``request_id`` of that log line.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from core import errors as domain
+from runtime import logs
 
 log = logging.getLogger(__name__)
 
 # Longest retry advice sent to a client (a day); a domain error may carry any float.
 MAX_RETRY_DELAY_S = 86400.0
+# Retry advice when every pooled database connection is busy: they are held for one statement or transaction.
+POOL_RETRY_DELAY_S = 1.0
+# Trailing metadata of an INTERNAL status: the request id of the server's log line with the traceback.
+REQUEST_ID_KEY = "agentrt-request-id"
 
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (domain.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -43,9 +50,16 @@ class RpcError:
     code: grpc.StatusCode
     message: str
     details: bytes | None = None
+    # Sent as ``agentrt-request-id`` (INTERNAL only): finds the traceback "see the server log" points to.
+    request_id: str = ""
 
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        return (("grpc-status-details-bin", self.details),) if self.details else ()
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        out: list[tuple[str, str | bytes]] = []
+        if self.details:
+            out.append(("grpc-status-details-bin", self.details))
+        if self.request_id:
+            out.append((REQUEST_ID_KEY, self.request_id))
+        return tuple(out)
 
 
 def _status_details(code: grpc.StatusCode, message: str, details: list[any_pb2.Any]) -> bytes:
@@ -69,16 +83,11 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
         msg = str(exc)
         return RpcError(grpc.StatusCode.INVALID_ARGUMENT, msg, _status_details(
             grpc.StatusCode.INVALID_ARGUMENT, msg, [packed]))
-    if isinstance(exc, domain.UnavailableError) and exc.retry_after_s is not None:
-        info = error_details_pb2.RetryInfo()
-        # Clamped: a Duration holds at most about 10,000 years, and int(inf) or int(nan) raises here.
-        delay = exc.retry_after_s if math.isfinite(exc.retry_after_s) else MAX_RETRY_DELAY_S
-        info.retry_delay.FromNanoseconds(int(min(max(delay, 0.0), MAX_RETRY_DELAY_S) * 1e9))
-        packed = any_pb2.Any()
-        packed.Pack(info)
-        msg = str(exc)
-        return RpcError(grpc.StatusCode.UNAVAILABLE, msg, _status_details(
-            grpc.StatusCode.UNAVAILABLE, msg, [packed]))
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if isinstance(exc, domain.UnavailableError | domain.ResourceExhaustedError) and retry_after_s is not None:
+        code = grpc.StatusCode.UNAVAILABLE if isinstance(exc, domain.UnavailableError) else \
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        return _retryable(code, str(exc), retry_after_s)
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return RpcError(code, str(exc))
@@ -97,6 +106,11 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
                         "written, retry")
     if isinstance(exc, OperationalError | DBAPIError) and _is_disk_full(exc):
         return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the data directory is full; nothing was written")
+    if isinstance(exc, PoolTimeoutError):
+        # Every pooled connection stayed busy for the pool's timeout: load, not a bug; a later retry gets one.
+        log.warning("database connection pool exhausted in %s", method)
+        return _retryable(grpc.StatusCode.UNAVAILABLE, "every database connection is busy; retry later",
+                          POOL_RETRY_DELAY_S)
     if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
         log.warning("database unavailable in %s: %s", method, exc.__class__.__name__)
         return RpcError(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later")
@@ -105,7 +119,18 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
     if isinstance(exc, TimeoutError):
         return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     log.error("unexpected error in %s", method, exc_info=exc)
-    return RpcError(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+    return RpcError(grpc.StatusCode.INTERNAL, "internal error (see the server log)", request_id=logs.request_id.get())
+
+
+def _retryable(code: grpc.StatusCode, message: str, retry_after_s: float) -> RpcError:
+    """``code`` with a ``google.rpc.RetryInfo`` detail advising a delay of ``retry_after_s``."""
+    info = error_details_pb2.RetryInfo()
+    # Clamped: a Duration holds at most about 10,000 years, and int(inf) or int(nan) raises here.
+    delay = retry_after_s if math.isfinite(retry_after_s) else MAX_RETRY_DELAY_S
+    info.retry_delay.FromNanoseconds(int(min(max(delay, 0.0), MAX_RETRY_DELAY_S) * 1e9))
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    return RpcError(code, message, _status_details(code, message, [packed]))
 
 
 def _sqlstate(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """Chat completions from an OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama, OpenAI), with logprobs.
 
 Every call asks for ``logprobs`` and ``top_logprobs`` because the gates and answer selection read them.
-Every error names the endpoint's URL: ``UnavailableError`` when it is down (or answers 5xx/429),
+Every error names the endpoint's URL (its password and query values masked, ``redacted_url``: errors reach the
+caller and the log): ``UnavailableError`` when it is down (or answers 5xx/429),
 ``DeadlineExceededError`` when no complete answer arrives within the call's timeout, ``FailedPreconditionError``
 when it rejects the request, redirects it, or answers something that is not a chat completion (not UTF-8 JSON,
 wrong types, an oversized body or answer). An answer without usable logprobs (none sent, or values that are not
@@ -24,6 +25,8 @@ import aiohttp
 
 from core.errors import DeadlineExceededError, FailedPreconditionError, UnavailableError
 from core.http import SessionPerLoop
+from runtime.gates.types import MAX_TOP_LOGPROBS, MIN_LOGPROB
+from runtime.logs import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +205,16 @@ def _usable(rows: list[tuple[str, float, list[tuple[str, float]]]]) -> tuple[tup
             return (), f"logprobs.content[{i}].logprob is {lp!r}"
         kept = []
         for j, (alt, alp) in enumerate(alts):
-            if alp == -math.inf:
-                continue
+            if alp == -math.inf or (math.isfinite(alp) and alp < MIN_LOGPROB):
+                continue  # probability 0 (some servers mark it with -1e30 or float32's lowest instead of -inf)
             if not (math.isfinite(alp) and alp <= _ROUNDING):
                 return (), f"logprobs.content[{i}].top_logprobs[{j}].logprob is {alp!r}"
             kept.append((alt, min(alp, 0.0)))
-        tokens.append(TokenLogprob(token, min(lp, 0.0), tuple(kept)))
+        # The gates refuse logprobs below MIN_LOGPROB (sums over an answer would overflow): a sampled token
+        # that far down is probability 0 for every signal, and reads as the floor. More alternatives than the
+        # gates take (an endpoint ignoring top_logprobs) are cut to the most likely ones.
+        kept = sorted(kept, key=lambda a: -a[1])[:MAX_TOP_LOGPROBS]
+        tokens.append(TokenLogprob(token, min(max(lp, MIN_LOGPROB), 0.0), tuple(kept)))
     return tuple(tokens), ""
 
 
@@ -258,7 +265,7 @@ class ChatClient:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 60.0):
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"LLM base URL {base_url!r} must start with http:// or https://")
+            raise ValueError(f"LLM base URL {redacted_url(base_url)!r} must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._headers = {"content-type": "application/json"}
@@ -301,6 +308,7 @@ class ChatClient:
         if max_tokens > 0:
             body["max_tokens"] = max_tokens
         url = f"{self.base_url}/chat/completions"
+        shown = redacted_url(url)  # what messages name: the URL may carry the endpoint's key (?api_key=, user:key@)
         limit = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
@@ -309,9 +317,11 @@ class ChatClient:
             async with asyncio.timeout(limit):
                 status, location, raw = await self._post(body, url, limit)
         except TimeoutError as exc:
-            raise DeadlineExceededError(f"LLM endpoint {url} timed out: no complete answer within {limit:g} s") from exc
+            raise DeadlineExceededError(
+                f"LLM endpoint {shown} timed out: no complete answer within {limit:g} s") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UnavailableError(f"LLM endpoint {url} is unreachable: {exc.__class__.__name__}: {exc}") from exc
+            reason = str(exc).replace(url, shown)  # some aiohttp errors quote the whole URL
+            raise UnavailableError(f"LLM endpoint {shown} is unreachable: {exc.__class__.__name__}: {reason}") from exc
         finally:
             ended = time.perf_counter()
             self.calls += 1
@@ -319,27 +329,27 @@ class ChatClient:
             self.intervals.append((started, ended))
         excerpt = raw[:300].decode("utf-8", "replace")
         if status >= 500 or status == 429:
-            raise UnavailableError(f"LLM endpoint {url} answered {status}: {excerpt}")
+            raise UnavailableError(f"LLM endpoint {shown} answered {status}: {excerpt}")
         if status >= 400:
-            raise FailedPreconditionError(f"LLM endpoint {url} rejected the request ({status}): {excerpt}")
+            raise FailedPreconditionError(f"LLM endpoint {shown} rejected the request ({status}): {excerpt}")
         if 300 <= status < 400:
-            raise FailedPreconditionError(f"LLM endpoint {url} answered a redirect ({status}, Location: "
-                                          f"{location or 'none'}); redirects are not followed: set the base URL "
-                                          "the endpoint really serves")
+            where = redacted_url(location) if location else "none"
+            raise FailedPreconditionError(f"LLM endpoint {shown} answered a redirect ({status}, Location: {where}); "
+                                          "redirects are not followed: set the base URL the endpoint really serves")
         if not 200 <= status < 300:
-            raise FailedPreconditionError(f"LLM endpoint {url} answered {status}: {excerpt}")
+            raise FailedPreconditionError(f"LLM endpoint {shown} answered {status}: {excerpt}")
         try:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise FailedPreconditionError(f"LLM endpoint {url} answered a body that is not UTF-8 ({exc.reason} at "
+            raise FailedPreconditionError(f"LLM endpoint {shown} answered a body that is not UTF-8 ({exc.reason} at "
                                           f"byte {exc.start})") from exc
         except ValueError as exc:
-            raise FailedPreconditionError(f"LLM endpoint {url} answered non-JSON ({exc}): {excerpt[:200]}") from exc
+            raise FailedPreconditionError(f"LLM endpoint {shown} answered non-JSON ({exc}): {excerpt[:200]}") from exc
         except RecursionError:
             # Not the caller's fault (the error mapping would blame "the request"), and an extra candidate whose
             # endpoint answers this must be left out like any other endpoint failure.
-            raise FailedPreconditionError(f"LLM endpoint {url} answered JSON nested too deeply") from None
-        return parse_completion(data, url)
+            raise FailedPreconditionError(f"LLM endpoint {shown} answered JSON nested too deeply") from None
+        return parse_completion(data, shown)
 
     async def _post(self, body: dict[str, Any], url: str, limit: float) -> tuple[int, str, bytes]:
         """POST ``body``; the status, the Location header and the body, read up to ``MAX_BODY_BYTES``.
@@ -347,8 +357,9 @@ class ChatClient:
         A successful answer past the cap raises FailedPreconditionError; an error answer is cut there (only its
         start goes into the error message).
         """
-        too_big = FailedPreconditionError(f"LLM endpoint {url} answered more than {MAX_BODY_BYTES} bytes; a chat "
-                                          "completion is far smaller (bound the answer with policy.max_tokens)")
+        too_big = FailedPreconditionError(f"LLM endpoint {redacted_url(url)} answered more than {MAX_BODY_BYTES} "
+                                          "bytes; a chat completion is far smaller (bound the answer with "
+                                          "policy.max_tokens)")
         timeout = aiohttp.ClientTimeout(total=limit)
         # Redirects are not followed: a base URL that redirects is misconfigured, and following one would send the
         # request body and the API key to wherever it points.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from agentrt.v1 import common_pb2, guard_pb2, tool_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,6 +13,7 @@ from core.errors import FieldViolation, InvalidArgumentError
 from core.jsontext import decode_json_object
 from guards.model import Decision, GuardVerdict
 from runtime.config import setting_boolean
+from runtime.logs import REDACTED, redacted_url
 from runtime.tool_invoke import InvokeResult
 from tools.model import (
     AuditRecord,
@@ -30,26 +30,8 @@ from tools.model import (
 )
 from tools.search import ToolSearchResult
 
-# What a secret-bearing value (header, environment variable) reads as in a reply.
-REDACTED = "***"
-
-
-def redacted_url(url: str) -> str:
-    """``url`` as replies show it: a password in it and the values of its query string replaced by ``***``.
-
-    Endpoints often carry their credential there (``?api_key=...``, ``user:token@``), and Get/List answer any
-    token that may read the namespace, read-only ones included; the keys stay, so it is clear what is set.
-    """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
-        pairs = (pair.partition("=") for pair in parts.query.split("&")) if parts.query else ()
-        query = "&".join(f"{key}={REDACTED}" if sep else key for key, sep, _value in pairs)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return REDACTED
+# REDACTED is what a secret-bearing value (header, environment variable, URL password) reads as in a reply; the
+# logs mask URLs with the same redacted_url (in runtime.logs, which imports nothing of ours).
 
 _DEFAULTS = ToolDefinition(
     name="", description="", input_schema={}, executor=ExecutorSpec(ExecutorKind.BUILTIN)

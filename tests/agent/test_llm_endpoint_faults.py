@@ -143,7 +143,7 @@ class FaultyLLM:
         if kind == "lp":
             text = f"{arg} answer"
             lp, alt = {"nan": (math.nan, -5.0), "neginf": (-math.inf, -5.0), "pos": (0.5, -5.0),
-                       "alt-neginf": (-0.01, -math.inf)}[arg]
+                       "alt-neginf": (-0.01, -math.inf), "alt-tiny": (-0.01, -1e30), "tiny": (-1e30, -5.0)}[arg]
             return self._send(h, 200, json.dumps(_completion(text, {"content": _tokens(text, lp, alt)})).encode())
         if kind == "parts":
             parts = [{"type": "text", "text": "part one,"}, {"type": "text", "text": " part two"}]
@@ -351,6 +351,26 @@ def test_impossible_alternatives_do_not_stop_the_gates(srv, faulty) -> None:
     [gate] = of(events, "gate")
     assert not gate.fallback_reason and not gate.fire  # confident tokens, read from their logprobs
     assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+
+
+@pytest.mark.parametrize("kind", ["alt-tiny", "tiny"])
+def test_logprobs_past_the_gates_floor_are_read_as_probability_zero(srv, faulty, kind) -> None:
+    # Some servers mark probability 0 with -1e30 (or float32's lowest) instead of -inf. The gates refuse
+    # logprobs below MIN_LOGPROB from a client; from the turn's own LLM they must not fail the turn.
+    events = turn(srv.client, NS, f"lp-{kind}", f"floor probe {kind}", llm_base_url=faulty.base_url, model=f"lp:{kind}")
+    assert of(events, "result")[0].status == agent_pb2.TURN_STATUS_COMPLETED
+    [gate] = of(events, "gate")
+    assert not gate.fallback_reason  # read from the logprobs, not the no-logprobs default
+
+
+def test_a_parsed_answer_keeps_within_what_the_gates_take() -> None:
+    from runtime.gates.types import MAX_TOP_LOGPROBS, MIN_LOGPROB
+
+    alternatives = [{"token": f"t{i}", "logprob": -0.01 * i} for i in range(150)] + [{"token": "z", "logprob": -1e30}]
+    body = _completion("a", {"content": [{"token": "a", "logprob": -1e30, "top_logprobs": alternatives}]})
+    [token] = parse_completion(body, URL).tokens
+    assert token.logprob == MIN_LOGPROB
+    assert len(token.top_logprobs) == MAX_TOP_LOGPROBS and token.top_logprobs[0] == ("t0", 0.0)
 
 
 def test_a_trickling_endpoint_fails_the_turn_at_llm_timeout_naming_it(srv, faulty) -> None:

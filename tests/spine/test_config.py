@@ -70,6 +70,12 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
 
 
+def test_a_directory_as_config_file_is_named_as_such(tmp_path: Path) -> None:
+    # It said "does not exist" of a directory that does.
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(str(tmp_path))
+
+
 def test_unknown_and_invalid_keys_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="sever"):
         load_settings(_yaml(tmp_path, "sever:\n  port: 1\n"))
