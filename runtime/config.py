@@ -243,6 +243,14 @@ class PolicySettings(StrictModel):
     defaults: dict[str, dict[str, Any]] = {}
     namespaces: dict[str, dict[str, dict[str, Any]]] = {}
 
+    def configured(self, component: str) -> list[tuple[str, Any]]:
+        """Where ``component`` is configured and what: ``("policies.defaults.<component>", value)`` then one pair
+        per namespace that configures it (value None where a level leaves it out), for checks that name the key."""
+        return [(f"policies.defaults.{component}", self.defaults.get(component))] + [
+            (f"policies.namespaces.{name}.{component}", components.get(component))
+            for name, components in self.namespaces.items()
+        ]
+
     @model_validator(mode="after")
     def _known_components(self) -> PolicySettings:
         # No component asks for a misspelled one (``memroy``), so it would be ignored without a word.

@@ -364,25 +364,24 @@ def validate_server(spec: McpServerSpec, *, prefix: str = "server") -> None:
         raise InvalidArgumentError(bad)
 
 
-def session_id_violations(session_id: str, field: str) -> list[FieldViolation]:
-    """Why memory would refuse writes to ``session_id`` (empty when it would take them)."""
+def _stored_text_violations(value: str, field: str, max_len: int) -> list[FieldViolation]:
+    """Why a column of ``max_len`` characters could not hold ``value`` (Postgres cannot store a NUL at all)."""
     bad: list[FieldViolation] = []
-    if len(session_id) > MAX_SESSION_ID_LEN:
-        bad.append(FieldViolation(field, f"longer than {MAX_SESSION_ID_LEN} characters"))
-    if _has_control(session_id):
-        # Postgres cannot store a NUL at all.
+    if len(value) > max_len:
+        bad.append(FieldViolation(field, f"longer than {max_len} characters"))
+    if _has_control(value):
         bad.append(FieldViolation(field, "must not contain NUL or other control characters"))
     return bad
+
+
+def session_id_violations(session_id: str, field: str) -> list[FieldViolation]:
+    """Why memory would refuse writes to ``session_id`` (empty when it would take them)."""
+    return _stored_text_violations(session_id, field, MAX_SESSION_ID_LEN)
 
 
 def caller_violations(caller: str, field: str) -> list[FieldViolation]:
     """Why the audit could not store ``caller`` (empty when it can)."""
-    bad: list[FieldViolation] = []
-    if len(caller) > MAX_CALLER_LEN:
-        bad.append(FieldViolation(field, f"longer than {MAX_CALLER_LEN} characters"))
-    if _has_control(caller):
-        bad.append(FieldViolation(field, "must not contain NUL or other control characters"))
-    return bad
+    return _stored_text_violations(caller, field, MAX_CALLER_LEN)
 
 
 def validate_policy(policy: ToolPolicy, *, prefix: str = "policy") -> None:

@@ -71,10 +71,7 @@ def _check_guard_policies(rt: Runtime) -> None:
     misspelled key was dropped without a word."""
     from guards import rules as rules_mod
 
-    configured = [("policies.defaults.guards", rt.settings.policies.defaults.get("guards"))] + [
-        (f"policies.namespaces.{name}.guards", components.get("guards"))
-        for name, components in rt.settings.policies.namespaces.items()
-    ]
+    configured = rt.settings.policies.configured("guards")
     violations: list[FieldViolation] = []
     for where, policy in configured:
         if policy is None:

@@ -66,10 +66,7 @@ def _check_memory_policies(rt: Runtime) -> None:
     """Refuse to start on a configured memory policy whose unit, retrieval or consolidation settings derivation,
     search and background consolidation could not use, naming every bad setting (they would otherwise fail
     each background pass or Search)."""
-    configured = [("policies.defaults.memory", rt.settings.policies.defaults.get("memory"))] + [
-        (f"policies.namespaces.{name}.memory", components.get("memory"))
-        for name, components in rt.settings.policies.namespaces.items()
-    ]
+    configured = rt.settings.policies.configured("memory")
     violations: list[FieldViolation] = []
     for where, policy in configured:
         if policy is None:

@@ -132,17 +132,21 @@ def test_async_scenario_matches(sidecar) -> None:
     assert [_norm(r) for r in got] == [_norm(r) for r in ref]
 
 
-def test_one_rpc_per_batch_and_namespaces_are_isolated(sidecar) -> None:
-    srv, store = sidecar
-    calls: list[int] = []
+def counting_channel(target: str, calls: list[int]) -> grpc.Channel:
+    """A channel to ``target`` that appends each StoreBatch call's op count to ``calls``."""
 
     class Counting(grpc.UnaryUnaryClientInterceptor):
-        def intercept_unary_unary(self, continuation, details, request):
+        def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
             calls.append(len(request.ops))
             return continuation(details, request)
 
-    channel = grpc.intercept_channel(grpc.insecure_channel(srv.target), Counting())
-    counted = SidecarStore(namespace=store.namespace, channel=channel)
+    return grpc.intercept_channel(grpc.insecure_channel(target), Counting())
+
+
+def test_one_rpc_per_batch_and_namespaces_are_isolated(sidecar) -> None:
+    srv, store = sidecar
+    calls: list[int] = []
+    counted = SidecarStore(namespace=store.namespace, channel=counting_channel(srv.target, calls))
     counted.batch([PutOp(("a",), "k", {"text": "x"}), PutOp(("a",), "j", {"text": "y"}), GetOp(("a",), "k")])
     assert calls == [3]
     other = SidecarStore(srv.target, namespace="other-app")
@@ -409,14 +413,8 @@ def test_a_batch_larger_than_one_call_is_split_keeping_its_semantics(sidecar) ->
     """The sidecar takes 1,000 ops per call; a larger batch failed with INVALID_ARGUMENT."""
     srv, store = sidecar
     calls: list[int] = []
-
-    class Counting(grpc.UnaryUnaryClientInterceptor):
-        def intercept_unary_unary(self, continuation, details, request):
-            calls.append(len(request.ops))
-            return continuation(details, request)
-
-    counted = SidecarStore(namespace=store.namespace, channel=grpc.intercept_channel(
-        grpc.insecure_channel(srv.target), Counting()), index={"fields": FIELDS})
+    channel = counting_channel(srv.target, calls)
+    counted = SidecarStore(namespace=store.namespace, channel=channel, index={"fields": FIELDS})
     reference = reference_store()
 
     def big(s: BaseStore) -> list[Any]:
