@@ -41,6 +41,12 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
+        import faiss
+
+        info["faiss"] = {"version": faiss.__version__, "gpus": int(faiss.get_num_gpus())}
+    except Exception:
+        info["faiss"] = None
+    try:
         import torch
 
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -9,7 +9,7 @@ Set-up (what is measured is printed and written to bench/results/memory_latency.
    realistic: each mixes two real LoCoMo turns (text: the first turn plus a fragment of the second;
    vector: the normalised blend of their real MiniLM embeddings), spread over the four granularities.
 2. A real ``agentrt serve`` subprocess starts on that data directory (start-up = index rebuild from
-   the database is timed), then every LoCoMo turn (5,882) is written into the same namespace through
+   the database is timed), then every LoCoMo dev turn (2,760) is written into the same namespace through
    gRPC ``Write`` in calls of ``--batch`` messages: Write throughput while the background worker
    derives exchange/session/fact units, links them and refits the GMM of the 100k-unit namespace. The
    sessions are split into one phase per ``--writers`` entry (default ``1,4``): one client writing alone,
@@ -152,7 +152,14 @@ def raw_faiss(vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     hnsw.add(vectors)
     out["hnsw_build_s"] = round(time.perf_counter() - t, 2)
     hnsw.hnsw.efSearch = 64
-    for name, index in (("flat", flat), ("hnsw", hnsw)):
+    indexes = [("flat", flat), ("hnsw", hnsw)]
+    if faiss.get_num_gpus() > 0:
+        # What the sidecar serves past gpu_threshold on a GPU host: exact flat on the GPU.
+        indexes.append(("gpu_flat", faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(vectors.shape[1]))))
+        indexes[-1][1].add(vectors)
+        for q in queries[:10]:  # warm-up: CUDA context, cuBLAS handles, scratch memory
+            indexes[-1][1].search(q.reshape(1, -1), 50)
+    for name, index in indexes:
         samples = []
         for q in queries:
             t = time.perf_counter()
@@ -223,13 +230,24 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(0)
     picked = rng.sample(questions, min(args.queries, len(questions)))
-    q_samples = []
-    for q in picked[:50]:
-        t = time.perf_counter()
-        embedder.embed([q])
-        q_samples.append(time.perf_counter() - t)
-    query_embedding = percentiles(q_samples)
+
+    def time_queries(model: Any) -> dict[str, float]:
+        for q in picked[-5:]:  # warm-up (a GPU's first calls load kernels)
+            model.embed([q])
+        samples = []
+        for q in picked[:50]:
+            t = time.perf_counter()
+            model.embed([q])
+            samples.append(time.perf_counter() - t)
+        return percentiles(samples)
+
+    query_embedding = time_queries(embedder)
     print(f"query embedding alone (in-process): p50 {query_embedding['p50_ms']} ms, p99 {query_embedding['p99_ms']} ms")
+    query_embedding_cpu = None
+    if getattr(embedder, "device", "cpu") != "cpu":
+        # On a GPU host the server embeds with torch on the GPU; the CPU encoder it would use otherwise, beside it.
+        query_embedding_cpu = time_queries(create_embedder(device="cpu", precision=embedding_precision()))
+        print(f"the same on the CPU (ONNX Runtime): p50 {query_embedding_cpu['p50_ms']} ms")
 
     data_dir = Path(tempfile.mkdtemp(prefix="agentrt-bench-"))
     db_url = f"sqlite:///{data_dir / 'agentrt.db'}"
@@ -353,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"raw FAISS over {units_total} vectors: flat p50 {raw['flat']['p50_ms']} ms, "
             f"HNSW p50 {raw['hnsw']['p50_ms']} ms"
+            + (f", GPU flat p50 {raw['gpu_flat']['p50_ms']} ms" if "gpu_flat" in raw else "")
         )
         result = {
             "units_seeded": args.units,
@@ -379,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
                 "health_rpc": percentiles(empty_rpc),
                 "search_empty_namespace_rpc": percentiles(empty_search),
                 "query_embedding_in_process": query_embedding,
+                "query_embedding_in_process_cpu": query_embedding_cpu,
                 "raw_faiss": raw,
                 "embedding_batched_texts_per_s": round(embed_rate, 1),
             },
             "targets": {"search_p50_ms": 15, "search_p99_ms": 40, "write_messages_per_s": 150},
+            "embedding": {"backend": getattr(embedder, "backend", None), "device": getattr(embedder, "device", None)},
             "threads": args.threads or "library default",
             "settle_s": args.settle,
             "write_sessions": len(to_write),
@@ -394,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
     name = "memory_latency_quick" if args.quick else "memory_latency"
+    if result.get("index_backends") and "gpu-flat" in result["index_backends"].values():
+        name += "_gpu"  # a GPU host's figures sit beside the CPU ones, not over them
     path = write_result(name, result)
     print(f"machine: {machine()['cpu_count']} CPUs, {machine()['platform']}; load avg before {load_before}")
     print(f"wrote {path}")

