@@ -161,6 +161,8 @@ class _Trace:
     step: Step = Step.VALIDATE
     """The step running now: a failure or cancellation is audited as stopped there."""
     audited: bool = False
+    stored: asyncio.Future[None] | None = None
+    """Done once the audit record is stored (or holding why it could not be)."""
     attempts: int = 0
     truncated: bool = False
 
@@ -257,7 +259,7 @@ class ToolInvoker:
         record_id = uuid.uuid4().hex
         duration_ms = (time.perf_counter() - trace.started) * 1000
         tenant = req.scope.partition("/")[0]
-        self.registry.audit(
+        trace.stored = self.registry.audit(
             req.scope,
             AuditRecord(
                 id=record_id,
@@ -358,7 +360,7 @@ class ToolInvoker:
             req = dataclasses.replace(req, deadline_at=time.monotonic() + req.deadline_s)
         trace = _Trace(req)
         try:
-            return await self._invoke(trace)
+            result = await self._invoke(trace)
         except asyncio.CancelledError:
             # The caller went away (gRPC cancel) or its deadline passed (the RPC's, or the server's default as
             # an asyncio timeout): the tool may already have been contacted, so this call is audited as well.
@@ -397,6 +399,16 @@ class ToolInvoker:
                 # back. Shielded: on a cancelled call the flush still completes (and a second cancel does not
                 # lose the record).
                 await asyncio.shield(self.registry.audit_log.flush())
+        if self.durable_records and trace.stored is not None and trace.stored.done():
+            error = trace.stored.exception()
+            if error is not None:
+                # The answer names a record that is not stored: say so rather than hand out its id. The tool has
+                # run, so this is not an error to retry blindly.
+                raise FailedPreconditionError(
+                    f"the invocation of {req.name!r} completed but its audit record could not be stored "
+                    f"({type(error).__name__}); the tool has run, do not retry without checking its effect"
+                )
+        return result
 
     async def _invoke(self, trace: _Trace) -> InvokeResult:
         req = trace.request

@@ -381,9 +381,9 @@ class ToolRegistry:
 
     # -- audit and policy --------------------------------------------------------------------------
 
-    def audit(self, scope: str, record: AuditRecord) -> None:
-        """Queue an audit record (written in the background, in batches)."""
-        self.audit_log.record(scope, record)
+    def audit(self, scope: str, record: AuditRecord) -> asyncio.Future[None]:
+        """Queue an audit record (written in the background, in batches); the future says when it is stored."""
+        return self.audit_log.record(scope, record)
 
     async def audits(self, scope: str, tool_name: str = "", limit: int = 100) -> list[AuditRecord]:
         """Audit records, newest first (everything queued so far is written first)."""

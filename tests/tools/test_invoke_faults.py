@@ -9,6 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ import pytest
 from agentrt.v1 import tool_pb2
 
 from core.embedding import create_embedder
-from core.errors import UnavailableError
+from core.errors import FailedPreconditionError, UnavailableError
 from guards.model import Decision, GuardRequest, GuardVerdict, Stage
 from runtime.tool_invoke import InvokeRequest, ToolInvoker, add_builtins
 from tests.conftest import RunningServer, make_settings
@@ -247,3 +248,59 @@ def test_http_tool_credentials_are_not_returned_or_leaked(server: RunningServer,
     listed = {t.name: t for t in server.client.tool.List(tool_pb2.ListToolsRequest(namespace=ns)).tools}["wx"]
     for tool in (got, listed):
         assert tool.http.url == f"http://user:***@127.0.0.1:{port}/w?api_key=***"
+
+
+# -- audit records that cannot be stored ---------------------------------------------------------------------
+
+
+async def test_a_failed_audit_batch_is_written_again_record_by_record(tmp_path: Path) -> None:
+    """Two records under one id in one batch: the batch's transaction fails, the records are then written one
+    at a time, so the good ones are stored and only the duplicate fails (before, the whole batch was dropped)."""
+    from runtime.db import create_db_engine
+    from tools.audit import AuditLog
+    from tools.model import AuditRecord
+    from tools.schema import metadata as tool_metadata
+    from tools.sql_store import SqlToolStore
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+    tool_metadata.create_all(engine)
+    store = SqlToolStore(engine)
+    log = AuditLog(store, asyncio.to_thread, linger_s=0.5)  # one batch for the four records
+
+    def record(record_id: str, name: str) -> AuditRecord:
+        return AuditRecord(record_id, name, 1, "t", "", Outcome.OK, Step.NONE, "", 1.0, 1)
+
+    records = (("a", "one"), ("b", "two"), ("a", "dup"), ("c", "three"))
+    futures = [log.record(SCOPE, record(rid, name)) for rid, name in records]
+    await log.flush()
+    assert [f.exception() is None for f in futures] == [True, True, False, True]
+    assert sorted(r.tool_name for r in store.list_audit(SCOPE)) == ["one", "three", "two"]
+    await log.aclose()
+    engine.dispose()
+
+
+async def test_a_durable_invoke_whose_audit_cannot_be_stored_says_so(
+    registry: tuple[ToolRegistry, list[dict[str, Any]]],
+) -> None:
+    reg, ran = registry
+    calls = []
+    real = reg.store.append_audits
+
+    def flaky(items: list[Any]) -> None:
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise OSError("database busy")  # transient: the record-by-record second try stores it
+        real(items)
+
+    reg.store.append_audits = flaky  # type: ignore[method-assign]
+    invoker = ToolInvoker(reg, reg._offload, durable_records=True)
+    result = await invoker.invoke(InvokeRequest(SCOPE, "pay", '{"amount": 1}'))
+    assert [a.id for a in await reg.audits(SCOPE)] == [result.invocation_id] and calls == [1, 1]
+
+    def broken(items: list[Any]) -> None:
+        raise OSError("disk gone")
+
+    reg.store.append_audits = broken  # type: ignore[method-assign]
+    with pytest.raises(FailedPreconditionError, match=r"audit record could not be stored.*the tool has run"):
+        await invoker.invoke(InvokeRequest(SCOPE, "pay", '{"amount": 2}'))
+    assert [r["amount"] for r in ran] == [1, 2]
