@@ -94,7 +94,7 @@ def to_rpc_error(exc: BaseException, method: str = "") -> RpcError:
     if isinstance(exc, RecursionError):
         # json.loads of a hostile document nested thousands of levels deep
         return _invalid("request", "a JSON value in the request is nested too deeply")
-    if isinstance(exc, DataError):
+    if isinstance(exc, DataError) or _is_psycopg_data_error(exc):
         # a value the database refuses (Postgres: NUL characters in text, a string longer than its column)
         reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
         return _invalid("request", f"a value cannot be stored: {reason}")
@@ -131,6 +131,18 @@ def _retryable(code: grpc.StatusCode, message: str, retry_after_s: float) -> Rpc
     packed = any_pb2.Any()
     packed.Pack(info)
     return RpcError(code, message, _status_details(code, message, [packed]))
+
+
+def _is_psycopg_data_error(exc: BaseException) -> bool:
+    """A ``psycopg.errors.DataError`` raised outside SQLAlchemy (LangGraph's Postgres checkpointer uses psycopg
+    directly): the same refused value as SQLAlchemy's ``DataError``, not an INTERNAL error."""
+    if not type(exc).__module__.startswith("psycopg"):
+        return False
+    try:
+        from psycopg.errors import DataError as PsycopgDataError
+    except ImportError:  # pragma: no cover - psycopg is installed wherever Postgres is used
+        return False
+    return isinstance(exc, PsycopgDataError)
 
 
 def _sqlstate(exc: BaseException) -> str:

@@ -669,7 +669,8 @@ def check_policies(rt: Runtime) -> None:
         "gates": lambda scope: gates.validate_config([scope]),
         "select": lambda scope: SelectorConfig.from_mapping(settings.policy("select", scope)),
         "tools": lambda scope: policy_from_config(settings.policy("tools", scope)),
-        "agent": lambda scope: TurnPolicy.from_dict(settings.policy("agent", scope)),
+        # The ranges too, not only the types: a temperature of 5 passed here, then failed every turn blaming the client.
+        "agent": lambda scope: TurnPolicy.from_dict(settings.policy("agent", scope)).validate(configured=True),
     }
     levels = [("_/_", "policies.defaults"), *((name, f"policies.namespaces.{name}") for name in policies.namespaces)]
     for component, check in per_scope.items():

@@ -121,6 +121,10 @@ class EngineMemory:
     async def prefetch(self, query: str, messages: Sequence[tuple[str, str, str]]) -> None:
         await self.rt.offload(self.rt.memory.prefetch, [query], _messages("", messages))
 
+    async def existing(self, message_ids: Sequence[str]) -> set[str]:
+        found = await self.rt.offload(self.rt.memory.store.get_messages, self.scope, list(message_ids))
+        return set(found)
+
     def turn_in_flight(self) -> AbstractContextManager[None]:
         # The derivation the previous turn's write queued waits for this one to end (at most 1 s) instead
         # of sharing the GIL with its guard checks and search.

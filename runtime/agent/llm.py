@@ -244,6 +244,11 @@ def parse_completion(body: Any, endpoint: str = "(unnamed)") -> Completion:
         raise FailedPreconditionError(
             f"LLM endpoint {endpoint} answered {len(text)} characters; an answer is at most {MAX_ANSWER_CHARS} "
             "(what memory keeps of one message): bound it with policy.max_tokens")
+    if "\x00" in text:
+        # Not the client's fault: memory (Postgres text) refuses the character, and the turn failed at its memory
+        # write as INVALID_ARGUMENT, blaming the request.
+        raise FailedPreconditionError(f"LLM endpoint {endpoint} answered text holding a NUL character, which an "
+                                      "answer cannot hold")
     rows, sent = _token_logprobs(choice.get("logprobs"), endpoint)
     tokens, unusable = _usable(rows)
     if unusable:
@@ -280,6 +285,8 @@ class ChatClient:
         self.calls = 0
         self.seconds = 0.0
         self.intervals: deque[tuple[float, float]] = deque(maxlen=4096)
+        # Calls under way (the runner closes an evicted client only once none is).
+        self.in_flight = 0
 
     async def complete(
         self,
@@ -311,6 +318,7 @@ class ChatClient:
         shown = redacted_url(url)  # what messages name: the URL may carry the endpoint's key (?api_key=, user:key@)
         limit = timeout_s or self.timeout_s
         started = time.perf_counter()
+        self.in_flight += 1
         try:
             # A limit on the whole call: a per-read timeout would never trip on an endpoint sending a byte now
             # and then. aiohttp's own timeouts (connect included) are TimeoutError subclasses too.
@@ -319,10 +327,14 @@ class ChatClient:
         except TimeoutError as exc:
             raise DeadlineExceededError(
                 f"LLM endpoint {shown} timed out: no complete answer within {limit:g} s") from exc
+        except aiohttp.InvalidURL as exc:
+            # A malformed base URL (policies check them; a client of this class may not have): retrying cannot help.
+            raise FailedPreconditionError(f"LLM endpoint {shown} is not a valid URL: {exc}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             reason = str(exc).replace(url, shown)  # some aiohttp errors quote the whole URL
             raise UnavailableError(f"LLM endpoint {shown} is unreachable: {exc.__class__.__name__}: {reason}") from exc
         finally:
+            self.in_flight -= 1
             ended = time.perf_counter()
             self.calls += 1
             self.seconds += ended - started

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
-from core.errors import InvalidArgumentError
+from core.errors import FieldViolation, InvalidArgumentError
 from runtime.config import setting_boolean
+from runtime.logs import redacted_url
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly."
 
@@ -40,6 +42,50 @@ def _from_text(key: str, value: Any) -> Any:
     except ValueError:
         return value
     return value
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an LLM base URL (None when it can): an http(s) URL with a host, a valid port and no
+    whitespace. Checked when the turn starts: a malformed URL failed only at the first LLM call, as UNAVAILABLE
+    (which a client retries) or INTERNAL."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return "must not contain whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http(s) URL"
+    if not parts.hostname:
+        return "must name a host"
+    return None
+
+
+def _shown(url: str) -> str:
+    return repr(redacted_url(url))  # the URL may carry a password or a key
+
+
+def _normal_url(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class LlmKey:
+    """The namespace's configured LLM API key and the configured URLs it may be sent to.
+
+    Never part of a turn's policy or graph state (checkpoints would hold it in plain text): resolved from the
+    current configuration on every RunTurn and Resume and handed to the runner. A URL the request names that is
+    not one the configuration names (``llm_base_url`` or a configured candidate's ``base_url``) gets no key:
+    otherwise any client could have the namespace's key sent to a server of its own.
+    """
+
+    api_key: str = field(default="", repr=False)
+    urls: frozenset[str] = frozenset()
+
+    def for_url(self, base_url: str) -> str:
+        """The key to send to ``base_url`` ("" for none)."""
+        return self.api_key if self.api_key and _normal_url(base_url) in self.urls else ""
 
 
 def _type_problem(key: str, value: Any) -> str | None:
@@ -125,16 +171,47 @@ class TurnPolicy:
         if self.candidates and self.num_candidates != len(self.candidates):
             object.__setattr__(self, "num_candidates", len(self.candidates))
 
-    def validate(self) -> TurnPolicy:
-        """Raise InvalidArgumentError naming the bad ``policy.*`` field."""
+    def validate(self, *, configured: bool = False) -> TurnPolicy:
+        """Raise InvalidArgumentError naming every bad ``policy.*`` field (all of them, in one error).
+
+        ``configured``: a namespace's configured policy, checked at start-up; it may leave the endpoint to the
+        request, but every value it sets must be in range (else every turn failed, blaming the client).
+        """
+        found: list[FieldViolation] = []
+
+        def bad(name: str, why: str) -> None:
+            found.append(FieldViolation(f"policy.{name}", why))
+
         if not self.llm_base_url:
-            raise InvalidArgumentError("policy.llm_base_url", "no LLM endpoint: set it in the request or in the "
-                                       "namespace's agent policy (policies.*.agent.llm_base_url)")
-        if not self.llm_base_url.startswith(("http://", "https://")):
-            raise InvalidArgumentError("policy.llm_base_url", f"{self.llm_base_url!r} must be an http(s) URL")
+            if not configured:
+                bad("llm_base_url", "no LLM endpoint: set it in the request or in the namespace's agent "
+                    "policy (policies.*.agent.llm_base_url)")
+        elif why := url_problem(self.llm_base_url):
+            bad("llm_base_url", f"{_shown(self.llm_base_url)} {why}")
         if len(self.candidates) > 16:
-            raise InvalidArgumentError("policy.candidates", f"{len(self.candidates)} candidates; at most 16")
-        checks = [
+            bad("candidates", f"{len(self.candidates)} candidates; at most 16")
+        for name, ok, rule in self._range_checks():
+            if not ok:
+                bad(name, f"{getattr(self, name)!r} {rule}")
+        for i, c in enumerate(self.candidates):
+            if not isinstance(c, dict):
+                bad(f"candidates[{i}]", f"{c!r} must be a mapping of candidate fields")
+                continue
+            t = c.get("temperature")
+            if t is not None and not (isinstance(t, int | float) and 0.0 <= float(t) <= 2.0):
+                bad(f"candidates[{i}].temperature", f"{t!r} must be in 0..2")
+            # Checked here, not when the candidate's LLM call starts: the turn fails before any work, naming the field.
+            url = c.get("base_url")
+            if url:
+                why = url_problem(url) if isinstance(url, str) else "must be a string"
+                if why:
+                    bad(f"candidates[{i}].base_url", f"{_shown(url) if isinstance(url, str) else repr(url)} {why}")
+        if found:
+            raise InvalidArgumentError(found)
+        return self
+
+    def _range_checks(self) -> list[tuple[str, bool, str]]:
+        return [
             ("num_candidates", 1 <= self.num_candidates <= 16, "must be in 1..16"),
             ("max_tool_rounds", 0 <= self.max_tool_rounds <= 16, "must be in 0..16"),
             ("retrieve_top_k", 0 <= self.retrieve_top_k <= 100, "must be in 0..100"),
@@ -145,20 +222,13 @@ class TurnPolicy:
             # 1 day: a finite bound that no real call reaches (inf would make the deadline arithmetic meaningless).
             ("llm_timeout_s", 0 < self.llm_timeout_s <= 86400, "must be in (0, 86400] seconds"),
         ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise InvalidArgumentError(f"policy.{name}", f"{getattr(self, name)!r} {rule}")
-        for i, c in enumerate(self.candidates):
-            if not isinstance(c, dict):
-                raise InvalidArgumentError(f"policy.candidates[{i}]", f"{c!r} must be a mapping of candidate fields")
-            t = c.get("temperature")
-            if t is not None and not (isinstance(t, int | float) and 0.0 <= float(t) <= 2.0):
-                raise InvalidArgumentError(f"policy.candidates[{i}].temperature", f"{t!r} must be in 0..2")
-            # Checked here, not when the candidate's LLM call starts: the turn fails before any work, naming the field.
-            url = c.get("base_url")
-            if url and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-                raise InvalidArgumentError(f"policy.candidates[{i}].base_url", f"{url!r} must be an http(s) URL")
-        return self
+
+    def llm_key(self) -> LlmKey:
+        """This (configured) policy's API key and the URLs it is for (see ``LlmKey``)."""
+        urls = {_normal_url(self.llm_base_url)} if self.llm_base_url else set()
+        urls |= {_normal_url(c["base_url"]) for c in self.candidates
+                 if isinstance(c, dict) and isinstance(c.get("base_url"), str) and c["base_url"]}
+        return LlmKey(self.api_key, frozenset(urls))
 
     def candidate(self, index: int) -> CandidateSpec:
         """The resolved spec of candidate ``index`` (0 is the agent that also calls tools)."""
@@ -175,8 +245,9 @@ class TurnPolicy:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form kept in the graph state."""
+        """JSON form kept in the graph state, without ``api_key`` (see ``LlmKey``)."""
         d = asdict(self)
+        del d["api_key"]
         d["candidates"] = [dict(c) for c in self.candidates]
         d["tools"] = list(self.tools)
         d["approval_tools"] = list(self.approval_tools)

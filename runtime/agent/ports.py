@@ -130,6 +130,10 @@ class TurnMemory(Protocol):
         """Held for the whole run of a turn: the memory's background work waits for it where it can."""
         ...
 
+    async def existing(self, message_ids: Sequence[str]) -> set[str]:
+        """Which of ``message_ids`` are stored (a client's turn id must not name another turn's messages)."""
+        ...
+
 
 class TurnSelector(Protocol):
     """Answer selection of one scope."""
@@ -248,6 +252,9 @@ class NoMemory:
 
     def turn_in_flight(self) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    async def existing(self, message_ids: Sequence[str]) -> set[str]:
+        return set()
 
 
 class ConfidenceSelector:

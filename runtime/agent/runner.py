@@ -8,6 +8,7 @@ scoped (``"<tenant>/<namespace>:<thread>"``) so one namespace never sees another
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -17,7 +18,7 @@ from typing import Any, Literal, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.types import Command
+from langgraph.types import Command, StateSnapshot
 from sqlalchemy.engine import make_url
 
 from core.errors import (
@@ -30,7 +31,7 @@ from core.errors import (
 from core.sqlwrite import advisory_key
 from runtime.agent.graph import TurnContext, TurnState, build_graph, new_turn_id, turn_input
 from runtime.agent.llm import ChatClient
-from runtime.agent.policy import TurnPolicy
+from runtime.agent.policy import LlmKey, TurnPolicy
 from runtime.agent.ports import ALLOW, BLOCK, TurnPorts
 
 Event = dict[str, Any]
@@ -220,6 +221,20 @@ def _finished_turn(
     return None
 
 
+async def _check_turn_id_unused(ports: TurnPorts, thread_id: str, turn_id: str) -> None:
+    """AlreadyExistsError when memory holds the messages of turn ``turn_id`` (``<turn_id>-u``/``-a``): the id is
+    taken in the namespace, by a turn of another thread or one of this thread older than its kept turn ids. Run,
+    the turn failed at its memory write (another thread's), or overwrote the old exchange (this thread's)."""
+    existing = getattr(ports.memory, "existing", None)  # a memory port written before the method was added
+    if existing is None:
+        return
+    if await existing([f"{turn_id}-u", f"{turn_id}-a"]):
+        raise AlreadyExistsError(
+            f"turn_id {turn_id!r} is already used in this namespace (its memory messages exist, from a turn of "
+            f"another thread or an older turn of thread {thread_id!r}); a new turn needs a new turn_id"
+        )
+
+
 class TurnRunner:
     """Owns the compiled graph, the checkpointer and the LLM clients of one sidecar."""
 
@@ -229,22 +244,48 @@ class TurnRunner:
         # "exit": checkpoint when the run ends or pauses on an interrupt, not after every node. A turn that
         # crashes or is cancelled mid-way then leaves no partial state; paused runs are still persisted.
         self.durability: Literal["sync", "async", "exit"] = "exit"
-        self._clients: dict[tuple[str, str], ChatClient] = {}
+        # Least recently used last out: clients are made per (base URL, key), and base URLs come from requests.
+        self._clients: collections.OrderedDict[tuple[str, str], ChatClient] = collections.OrderedDict()
+        # Evicted clients being closed (kept so the tasks are not collected before they end).
+        self._closing: set[asyncio.Task[None]] = set()
         self._locks: dict[str, list[Any]] = {}
 
+    #: LLM clients kept (each holds a connection pool); the least recently used is closed past this.
+    MAX_CLIENTS = 32
+
     def llm(self, base_url: str, api_key: str = "") -> ChatClient:
-        """The shared client of one endpoint (connections are kept alive across turns)."""
+        """The shared client of one endpoint (connections are kept alive across turns).
+
+        At most ``MAX_CLIENTS`` are kept: every distinct base URL a request names made one, and none was ever
+        closed. An evicted client is closed in the background; a turn still using it opens a new session.
+        """
         key = (base_url, api_key)
         client = self._clients.get(key)
-        if client is None:
-            client = self._clients[key] = ChatClient(base_url, api_key=api_key or None)
+        if client is not None:
+            self._clients.move_to_end(key)
+            return client
+        client = self._clients[key] = ChatClient(base_url, api_key=api_key or None)
+        while len(self._clients) > self.MAX_CLIENTS:
+            _, evicted = self._clients.popitem(last=False)
+            task = asyncio.ensure_future(self._close_when_idle(evicted))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         return client
+
+    @staticmethod
+    async def _close_when_idle(client: ChatClient) -> None:
+        """Close an evicted client once the calls it is making have ended (closing cuts them off)."""
+        while client.in_flight:
+            await asyncio.sleep(0.05)
+        await client.aclose()
 
     async def aclose(self) -> None:
         """Close LLM clients."""
         for c in self._clients.values():
             await c.aclose()
         self._clients.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self._thread_locks.aclose()
 
     @staticmethod
@@ -267,7 +308,7 @@ class TurnRunner:
 
     async def run_turn(
         self, scope: str, thread_id: str, message: str, speaker: str, policy: TurnPolicy, ports: TurnPorts,
-        *, deadline: float | None = None, turn_id: str = "",
+        *, deadline: float | None = None, turn_id: str = "", llm_key: LlmKey | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Run one turn, yielding event dicts; the last one has ``type == "result"``.
 
@@ -279,8 +320,8 @@ class TurnRunner:
         """
         config = self._config(scope, thread_id)
         async with self._lock(config["configurable"]["thread_id"]):
-            snap = await self.graph.aget_state(config)
-            if snap.interrupts:
+            snap, paused = await self._paused(config)
+            if paused is not None:
                 raise FailedPreconditionError(
                     f"thread {thread_id!r} is paused on an interrupt; call Resume before a new turn"
                 )
@@ -289,35 +330,46 @@ class TurnRunner:
                 if done is not None:
                     yield done
                     return
+                await _check_turn_id_unused(ports, thread_id, turn_id)
             inp = cast(TurnState, turn_input(turn_id or new_turn_id(), message, speaker or "user", policy))
-            async for ev in self._stream(inp, dict(inp), config, thread_id, policy, ports, deadline):
+            async for ev in self._stream(inp, dict(inp), config, thread_id, llm_key or LlmKey(), ports, deadline):
                 yield ev
 
     async def resume(
         self, scope: str, thread_id: str, decision: str, note: str, ports: TurnPorts,
-        *, deadline: float | None = None,
+        *, deadline: float | None = None, llm_key: LlmKey | None = None, interrupt_id: str = "",
     ) -> AsyncGenerator[Event, None]:
         """Continue a thread paused on an interrupt with ``decision`` ("allow" or "block").
 
-        Raises NotFoundError (no such thread), FailedPreconditionError (not paused).
+        ``interrupt_id`` (optional): the interrupt the decision answers. Raises NotFoundError (no such thread),
+        FailedPreconditionError (not paused, or paused on another interrupt than ``interrupt_id``).
         """
         if decision not in (ALLOW, BLOCK):
             raise InvalidArgumentError("decision", "must be DECISION_ALLOW or DECISION_BLOCK")
         config = self._config(scope, thread_id)
         async with self._lock(config["configurable"]["thread_id"]):
-            snap = await self.graph.aget_state(config)
+            snap, paused = await self._paused(config)
             if not snap.values:
                 raise NotFoundError("thread", thread_id)
-            if not snap.interrupts:
+            if paused is None:
                 raise FailedPreconditionError(f"thread {thread_id!r} is not paused on an interrupt")
-            policy = TurnPolicy.from_dict(snap.values["policy"])
+            pending = paused.interrupts[0].id
+            if interrupt_id and interrupt_id != pending:
+                # Checked under the thread's lock: of two Resumes answering one interrupt, the second is refused
+                # here rather than answering the next interrupt, which nobody was shown.
+                raise FailedPreconditionError(
+                    f"interrupt_id {interrupt_id!r} is not the interrupt thread {thread_id!r} is paused on (it was "
+                    "answered already); read the pending one with GetThread"
+                )
             cmd: Command[Any] = Command(resume={"decision": decision, "note": note})
-            async for ev in self._stream(cmd, dict(snap.values), config, thread_id, policy, ports, deadline):
+            # From the paused checkpoint itself (``_paused``): a Resume that failed part-way left a later one.
+            async for ev in self._stream(cmd, dict(paused.values), paused.config, thread_id, llm_key or LlmKey(),
+                                         ports, deadline):
                 yield ev
 
     async def _stream(
         self, inp: TurnState | Command[Any], values: dict[str, Any], config: RunnableConfig, thread_id: str,
-        policy: TurnPolicy, ports: TurnPorts, deadline: float | None,
+        llm_key: LlmKey, ports: TurnPorts, deadline: float | None,
     ) -> AsyncGenerator[Event, None]:
         """Run the graph from ``inp`` and yield its events, then the turn's result.
 
@@ -328,7 +380,8 @@ class TurnRunner:
         deadline and cancellation of the caller all reach the graph task and the caller alike.
         """
         ctx = TurnContext(
-            ports=ports, llm=lambda base_url: self.llm(base_url, policy.api_key), thread_id=thread_id,
+            # The key of the configuration in force, and only for a URL it names (``LlmKey``).
+            ports=ports, llm=lambda base_url: self.llm(base_url, llm_key.for_url(base_url)), thread_id=thread_id,
             deadline=deadline,
         )
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -349,7 +402,7 @@ class TurnRunner:
                                 continue
                             for node, update in cast(dict[str, Any], chunk).items():
                                 if node == "__interrupt__":
-                                    interrupted = update[0].value
+                                    interrupted = {**update[0].value, "interrupt_id": update[0].id}
                                 elif isinstance(update, dict):
                                     values.update(update)
             except DeadlineExceededError as exc:
@@ -393,10 +446,35 @@ class TurnRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _paused(self, config: RunnableConfig) -> tuple[StateSnapshot, StateSnapshot | None]:
+        """The thread's latest snapshot, and the snapshot its unfinished turn is paused at (None: not paused).
+
+        Usually the latest itself. A Resume that failed after its first step (the LLM down, the client's deadline)
+        leaves an exit checkpoint without the interrupt: the turn is unfinished but no longer looks paused, and
+        it could never be resumed again. The pause is then the newest earlier snapshot of the same turn that has
+        an interrupt, and a Resume continues from it (an approved tool that already ran then runs again: tools
+        run at least once, not exactly once).
+        """
+        snap = await self.graph.aget_state(config)
+        if snap.interrupts:
+            return snap, snap
+        values = snap.values or {}
+        if values.get("status") != "running" or not values.get("turn_id"):
+            return snap, None
+        async for earlier in self.graph.aget_state_history(config, limit=self.PAUSE_LOOKBACK):
+            if (earlier.values or {}).get("turn_id") != values["turn_id"]:
+                break  # an earlier turn's: this turn never paused
+            if earlier.interrupts:
+                return snap, earlier
+        return snap, None
+
+    #: Checkpoints of one unfinished turn searched for its pause (each run writes one or two at exit).
+    PAUSE_LOOKBACK = 50
+
     async def get_thread(self, scope: str, thread_id: str, history_limit: int = 20) -> ThreadView:
         """A thread's conversation, pending interrupt and newest checkpoints. Raises NotFoundError."""
         config = self._config(scope, thread_id)
-        snap = await self.graph.aget_state(config)
+        snap, paused = await self._paused(config)
         if not snap.values:
             raise NotFoundError("thread", thread_id)
         history = []
@@ -407,8 +485,11 @@ class TurnRunner:
                 "next": list(h.next),
                 "created_at": h.created_at or "",
             })
-        pending = snap.interrupts[0].value if snap.interrupts else None
+        pending = None
+        if paused is not None:
+            first = paused.interrupts[0]
+            pending = {**first.value, "interrupt_id": first.id}
         return ThreadView(
-            thread_id=thread_id, interrupted=bool(snap.interrupts), messages=list(snap.values.get("messages", [])),
+            thread_id=thread_id, interrupted=paused is not None, messages=list(snap.values.get("messages", [])),
             pending_interrupt=pending, history=history, turns=int(snap.values.get("turns", 0)),
         )

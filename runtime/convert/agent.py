@@ -304,6 +304,7 @@ def interrupt_to_proto(value: dict[str, Any]) -> agent_pb2.InterruptEvent:
         text=value.get("text", ""),
         verdict_id=value.get("verdict_id", ""),
         reason=value.get("reason", ""),
+        interrupt_id=value.get("interrupt_id", ""),
     )
     if tc := value.get("tool_call"):
         msg.tool_call.CopyFrom(common_pb2.ToolCall(name=tc["name"], arguments_json=tc["arguments_json"]))

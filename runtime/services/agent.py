@@ -13,9 +13,10 @@ import grpc
 from agentrt.v1 import agent_pb2, agent_pb2_grpc
 
 from core.errors import InvalidArgumentError
+from runtime import naming
 from runtime.agent.components import bind_ports
 from runtime.agent.items import ItemStore, SqlItemBackend
-from runtime.agent.policy import TurnPolicy
+from runtime.agent.policy import LlmKey, TurnPolicy
 from runtime.agent.runner import ThreadLocks, TurnRunner, open_checkpointer
 from runtime.container import Runtime
 from runtime.convert import agent as conv
@@ -24,7 +25,9 @@ MAX_STORE_OPS = conv.MAX_STORE_OPS
 MAX_MESSAGE_CHARS = 100_000
 #: A client turn id names the memory messages "<turn_id>-u" and "<turn_id>-a".
 MAX_TURN_ID_CHARS = 100
-_THREAD_RULE = "1-200 characters, no control characters"
+#: What memory keeps of a speaker's name.
+MAX_SPEAKER_CHARS = 255
+_THREAD_RULE = "1-200 characters, no control characters, no leading or trailing spaces"
 
 
 @dataclass
@@ -62,9 +65,25 @@ async def stop(rt: Runtime) -> None:
     component.closers.clear()
 
 
+def _control(value: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+
+
 def _thread_id(value: str) -> str:
-    if not value or len(value) > 200 or any(ord(ch) < 32 for ch in value):
+    # The thread id is also the memory session id, which refuses what this refuses: checked before the turn runs,
+    # not at its memory write after every LLM call and tool.
+    if not value or len(value) > 200 or _control(value) or value != value.strip():
         raise InvalidArgumentError("thread_id", f"{value[:40]!r} is not a valid thread id: {_THREAD_RULE}")
+    return value
+
+
+def _speaker(value: str) -> str:
+    """The speaker memory writes for the user's message (empty: "user"); memory's rules, checked up front."""
+    if len(value) > MAX_SPEAKER_CHARS or _control(value):
+        raise InvalidArgumentError(
+            "speaker", f"{value[:40]!r} is not a valid speaker: at most {MAX_SPEAKER_CHARS} characters, no control "
+            "characters"
+        )
     return value
 
 
@@ -99,10 +118,14 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
         assert runner is not None, "AgentService started without its runner"
         return runner
 
-    def _policy(self, scope: str, request_policy: agent_pb2.TurnPolicy) -> TurnPolicy:
+    def _configured(self, scope: str) -> TurnPolicy:
         configured = self._rt.policy("agent", scope) if hasattr(self._rt, "policy") else {}
-        base = TurnPolicy.from_dict(dict(configured or {}))
-        return base.merged(conv.policy_overrides(request_policy)).validate()
+        return TurnPolicy.from_dict(dict(configured or {}))
+
+    def _policy(self, scope: str, request_policy: agent_pb2.TurnPolicy) -> tuple[TurnPolicy, LlmKey]:
+        """The turn's policy (without the API key) and the configured key with the URLs it may go to."""
+        base = self._configured(scope)
+        return base.merged(conv.policy_overrides(request_policy)).validate(), base.llm_key()
 
     async def _events(
         self, thread_id: str, events: AsyncGenerator[dict[str, Any], None]
@@ -121,20 +144,27 @@ class AgentServiceServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgumentError("message", "must not be empty")
         if len(request.message) > MAX_MESSAGE_CHARS:
             raise InvalidArgumentError("message", f"at most {MAX_MESSAGE_CHARS} characters")
+        if "\x00" in request.message:
+            raise InvalidArgumentError("message", "must not hold NUL characters (memory cannot store them)")
+        speaker, turn_id = _speaker(request.speaker), _turn_id(request.turn_id)
         scope = await self._rt.scope(request.namespace, write=True)
-        policy = self._policy(scope, request.policy)
+        policy, key = self._policy(scope, request.policy)
         ports = bind_ports(self._rt, scope, self._rt.extras.get("agent_ports"))
-        events = self._runner.run_turn(scope, thread_id, request.message, request.speaker, policy, ports,
-                                       deadline=_deadline(context), turn_id=_turn_id(request.turn_id))
+        events = self._runner.run_turn(scope, thread_id, request.message, speaker, policy, ports,
+                                       deadline=_deadline(context), turn_id=turn_id, llm_key=key)
         async for ev in self._events(thread_id, events):
             yield ev
 
     async def Resume(self, request: agent_pb2.ResumeRequest, context: Any) -> AsyncIterator[agent_pb2.TurnEvent]:
         thread_id = _thread_id(request.thread_id)
         decision = conv.decision_from_proto(request.decision)
-        scope = await self._rt.scope(request.namespace, write=True)
+        # Write permission checked, but the namespace not created: a Resume of a thread that cannot exist there
+        # (a mistyped namespace) answers NOT_FOUND and leaves nothing behind.
+        scope = naming.scoped_namespace(request.namespace, write=True, field_name="namespace")
         ports = bind_ports(self._rt, scope, self._rt.extras.get("agent_ports"))
-        events = self._runner.resume(scope, thread_id, decision, request.note, ports, deadline=_deadline(context))
+        # The key of the configuration in force now: a paused turn never carries one (see ``LlmKey``).
+        events = self._runner.resume(scope, thread_id, decision, request.note, ports, deadline=_deadline(context),
+                                     llm_key=self._configured(scope).llm_key(), interrupt_id=request.interrupt_id)
         async for ev in self._events(thread_id, events):
             yield ev
 

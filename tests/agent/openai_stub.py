@@ -16,7 +16,7 @@ user message a plain question), so tests read as the scenario they run:
 
 The answer text is ``"<model>: <reply>"`` where reply echoes the user message, a tool result
 (``tool says <content>``) or, when the system prompt carries retrieved memories, ``remembers <first memory>``.
-Every request body is recorded in ``requests``.
+Every request body is recorded in ``requests`` (and its Authorization header in ``authorizations``).
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class OpenAIStub:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        # The Authorization header of each recorded request (None when absent), in the order of ``requests``.
+        self.authorizations: list[str | None] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,6 +116,7 @@ class OpenAIStub:
                     status, reply = 404, {"error": {"message": f"no route {self.path}"}}
                 else:
                     stub.requests.append(body)
+                    stub.authorizations.append(self.headers.get("Authorization"))
                     status, reply = respond(body)
                 data = json.dumps(reply).encode()
                 try:

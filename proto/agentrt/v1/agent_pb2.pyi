@@ -136,16 +136,18 @@ class RunTurnRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., thread_id: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[TurnPolicy, _Mapping]] = ..., speaker: _Optional[str] = ..., turn_id: _Optional[str] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
-    __slots__ = ("namespace", "thread_id", "decision", "note")
+    __slots__ = ("namespace", "thread_id", "decision", "note", "interrupt_id")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     THREAD_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_ID_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     thread_id: str
     decision: _common_pb2.Decision
     note: str
-    def __init__(self, namespace: _Optional[str] = ..., thread_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., note: _Optional[str] = ...) -> None: ...
+    interrupt_id: str
+    def __init__(self, namespace: _Optional[str] = ..., thread_id: _Optional[str] = ..., decision: _Optional[_Union[_common_pb2.Decision, str]] = ..., note: _Optional[str] = ..., interrupt_id: _Optional[str] = ...) -> None: ...
 
 class GetThreadRequest(_message.Message):
     __slots__ = ("namespace", "thread_id", "history_limit")
@@ -284,20 +286,22 @@ class SelectionEvent(_message.Message):
     def __init__(self, index: _Optional[int] = ..., answer: _Optional[str] = ..., confidence: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
 
 class InterruptEvent(_message.Message):
-    __slots__ = ("kind", "stage", "text", "tool_call", "verdict_id", "reason")
+    __slots__ = ("kind", "stage", "text", "tool_call", "verdict_id", "reason", "interrupt_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     VERDICT_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_ID_FIELD_NUMBER: _ClassVar[int]
     kind: InterruptKind
     stage: _common_pb2.Stage
     text: str
     tool_call: _common_pb2.ToolCall
     verdict_id: str
     reason: str
-    def __init__(self, kind: _Optional[_Union[InterruptKind, str]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., text: _Optional[str] = ..., tool_call: _Optional[_Union[_common_pb2.ToolCall, _Mapping]] = ..., verdict_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    interrupt_id: str
+    def __init__(self, kind: _Optional[_Union[InterruptKind, str]] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., text: _Optional[str] = ..., tool_call: _Optional[_Union[_common_pb2.ToolCall, _Mapping]] = ..., verdict_id: _Optional[str] = ..., reason: _Optional[str] = ..., interrupt_id: _Optional[str] = ...) -> None: ...
 
 class MemoryWriteEvent(_message.Message):
     __slots__ = ("message_ids",)
