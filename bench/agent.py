@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         rt = srv.server.rt
 
         def llm_intervals() -> list[tuple[float, float]]:
-            return [iv for c in runner._clients.values() for iv in c.intervals]
+            # tuple(deque) copies in one step (a generator over it could see the server's thread append).
+            return [iv for c in list(runner._clients.values()) for iv in tuple(c.intervals)]
 
         policy = agent_pb2.TurnPolicy(llm_base_url=base_url, tools=["echo"], num_candidates=3)
         if args.no_speculative_retrieval:
@@ -213,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
                                                    policy=turn_policy)
                 if args.think_ms > 0:
                     time.sleep(args.think_ms / 1000)
-                before = len(llm_intervals())
                 c0 = _cpu()
                 if remote is None:
                     t0 = time.perf_counter()
@@ -233,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not full:
                     counts["left_out"] += 1
                     continue
-                ivs = [iv for iv in llm_intervals()[before:] if iv[0] >= t0 - 1e-3]
+                # The turn's LLM calls by time window, not by position: each client keeps only its last 4,096
+                # intervals (a bounded deque), so an index taken before the turn stops pointing at its calls.
+                # perf_counter is the system's monotonic clock, shared with the client process.
+                ivs = [iv for iv in llm_intervals() if t0 - 1e-3 <= iv[0] <= t0 + elapsed]
                 turn_s.append(elapsed)
                 llm_s.append(_union(ivs))
                 cpu_s.append(cpu)

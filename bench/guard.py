@@ -30,6 +30,11 @@ Protocol (fixed, documented in docs/guards.md):
 - Answers (``bench/data/answers.json``: harmful and ordinary answers of an assistant, in rounds; each round's
   role says whether it shaped the pack) and the same chat turns at STAGE_OUTPUT, pack only: what the output
   guard of every agent turn blocks.
+- Check latency on unseen Agent-SafetyBench instructions: 150 instruction groups (seeded; first from outside
+  ``--asb-limit``, else from the evaluated cases, which stay in the evaluation), each one none of whose
+  sentences occurs anywhere else in the run, get one Check each in their own namespace before any suite runs,
+  so no part of them is an embedder-cache hit (checks change no guard memory: the evaluation is unaffected).
+  The model pass alone on the same texts in the bench process is the same-run baseline.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -99,6 +105,55 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+LATENCY_SET = 150
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")  # the guard's sentence split (guards/engine.py)
+
+
+def _sentences(text: str) -> set[str]:
+    """The whole text and its sentences, lower-cased with collapsed spaces: what a Check could find cached."""
+    parts = [s for s in _SENTENCE.split(text) if len(s.strip()) >= 12]
+    return {" ".join(x.lower().split()) for x in [text, *parts]}
+
+
+def reserve_latency_set(
+    asb_all: list[dict[str, Any]], limit: int, seed: int, other_texts: Sequence[str], n: int = LATENCY_SET
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split Agent-SafetyBench into the evaluated cases and a latency set of ``n`` held-out instructions.
+
+    The latency set is one case of each of ``n`` instruction groups (``base``: identical instruction text),
+    drawn (seeded) first from groups outside the evaluated slice (``--asb-limit``), then, when those are too
+    few (always with the default ``--asb-limit 0``), from the evaluated slice (which keeps them: the latency
+    Checks run before every suite, so their texts are unseen then).
+    A group qualifies only if none of its sentences occurs in another group
+    or in ``other_texts`` (everything else the run checks): its texts are never checked before in the run,
+    so no part of a latency request can be an embedder-cache hit.
+    Returns (evaluated cases, latency items).
+    """
+    evaluated = asb_all[: limit or None]
+    in_eval = {i["base"] for i in evaluated}
+    by_group: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    owners: dict[str, set[int]] = defaultdict(set)
+    for i in asb_all:
+        by_group[i["base"]].append(i)
+        for x in _sentences(i["prompt"]):
+            owners[x].add(i["base"])
+    other: set[str] = set()
+    for t in other_texts:
+        other |= _sentences(t)
+
+    def clean(g: int) -> bool:
+        return all(owners[x] == {g} and x not in other for i in by_group[g] for x in _sentences(i["prompt"]))
+
+    rng = random.Random(seed)
+    outside = sorted(g for g in by_group if g not in in_eval)
+    inside = sorted(in_eval)
+    rng.shuffle(outside)
+    rng.shuffle(inside)
+    chosen = [g for g in outside + inside if clean(g)][:n]
+    latency = [min(by_group[g], key=lambda i: i["case"]) for g in chosen]
+    return evaluated, latency
 
 
 TOOL_RESULTS = Path(__file__).resolve().parent / "data" / "tool_results.json"
@@ -239,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         common_pb2.DECISION_REVIEW: "review",
     }
     ah = load_agentharm()
-    asb = load_asb(args.asb_limit or None)
+    tasks, answers, chat, tr = load_tasks(), load_answers(), load_chat_turns(), load_tool_results()
+    # Held-out instructions for the Check latency, reserved before anything is checked (see reserve_latency_set).
+    asb, fresh = reserve_latency_set(
+        load_asb(None), args.asb_limit, args.seed, [i["prompt"] for i in ah + tasks + answers + chat + tr]
+    )
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         # The sidecar in its own process, as next to an app: in-process, the benchmark's client would share
@@ -285,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             def run(ns: str, items: list[dict[str, Any]]) -> dict[str, str]:
                 return {i["id"]: check(ns, i)[1] for i in items}
 
+            # Latency on the held-out instructions first, while no part of them has been embedded in this run.
+            # The namespace's first Check seeds it with the pack; that one-off cost is not a Check's latency.
+            check("bench-latency", {"prompt": "warm-up", "tools": []})
+            samples: list[float] = []
+            for item in fresh:
+                t0 = time.perf_counter()
+                check("bench-latency", item)
+                samples.append(time.perf_counter() - t0)
+
             report: dict[str, Any] = {"protocol": __doc__}
             ah_train = [i for i in ah if i["base"] % 2 == 0]
             ah_test = [i for i in ah if i["base"] % 2 == 1]
@@ -293,8 +361,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print(
                 f"AgentHarm: {len(ah)} items ({len(ah_train)} train / {len(ah_test)} test); "
-                f"Agent-SafetyBench: {len(asb)} ({len(asb_train)} / {len(asb_test)})"
+                f"Agent-SafetyBench: {len(asb)} ({len(asb_train)} / {len(asb_test)}); "
+                f"{len(fresh)} held-out instructions for the latency"
             )
+            report["asb_latency_set"] = {
+                "instructions": len(fresh),
+                "cases_evaluated": len(asb),
+                "note": "instruction groups checked once each before any suite (unseen then); they stay evaluated",
+            }
             base = baseline_1nn(ah + asb)
             report["baseline_1nn_pack"] = {
                 "agentharm_all": score(ah, base),
@@ -353,17 +427,15 @@ def main(argv: list[str] | None = None) -> int:
                 counts = {d: sum(v == d for v in decisions.values()) for d in ("allow", "review", "block")}
                 return {"n": len(items), **counts}
 
-            report["tasks_pack_only"] = per_round("bench-tasks", load_tasks())
-            chat = load_chat_turns()
+            report["tasks_pack_only"] = per_round("bench-tasks", tasks)
             report["chat_turns_pack_only"] = decision_counts("bench-chat", chat)
             # Answers at STAGE_OUTPUT, and the same chat turns as answers (the output guard of an agent turn).
-            report["answers_pack_only"] = per_round("bench-answers", load_answers())
+            report["answers_pack_only"] = per_round("bench-answers", answers)
             report["chat_turns_at_output_pack_only"] = decision_counts(
                 "bench-chat-output", [{**i, "kind": "answer"} for i in chat]
             )
 
             # Tool results: indirect prompt injection at STAGE_TOOL_RESULT.
-            tr = load_tool_results()
             tr_dev = [i for i in tr if i["split"] == "dev"]
             tr_test = [i for i in tr if i["split"] == "test"]
             regex = {i["id"]: ("block" if _tool_result_detectors(i["prompt"], i["tools"]) else "allow") for i in tr}
@@ -386,20 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             }
 
             # Latency of Check over gRPC (sequential, one client). The runtime's embedder caches texts it has seen,
-            # so the main figure uses requests never seen before in this run: Agent-SafetyBench cases outside the
-            # evaluated slice, and numbered short requests; "repeat" re-sends seen texts (cache hits).
-            seen = {i["prompt"] for i in asb}
-            fresh = [i for i in load_asb(None) if i["case"] >= (args.asb_limit or 10**9) and i["prompt"] not in seen]
-            fresh = list({i["prompt"]: i for i in fresh}.values())[:150]
-            if len(fresh) < 50:
-                fresh = [{**i, "prompt": f"Request {k}: {i['prompt']}"} for k, i in enumerate(ah_test * 3)]
-            # The namespace's first Check seeds it with the pack; that one-off cost is not a Check's latency.
-            check("bench-latency", {"prompt": "warm-up", "tools": []})
-            samples: list[float] = []
-            for item in fresh:
-                t0 = time.perf_counter()
-                check("bench-latency", item)
-                samples.append(time.perf_counter() - t0)
+            # so the main figure uses requests never seen before in this run: the held-out Agent-SafetyBench
+            # instructions reserved above (no sentence of them was checked before), and numbered short requests;
+            # "repeat" re-sends seen texts (cache hits).
+            # (The held-out instructions were timed before the suites, above.)
             places = ["Rome", "Lisbon", "Oslo", "Quito", "Nairobi", "Osaka", "Tallinn", "Lima"]
             short = [
                 {

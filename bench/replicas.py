@@ -3,10 +3,12 @@
     .venv/bin/python -m bench replicas [--replicas 3] [--writes 150] [--duration 8] [--embedder minilm|hashing]
 
 Starts N ``agentrt serve`` processes on one fresh Postgres database (127.0.0.1:5432) and measures:
-- propagation lag: a Write acknowledged by replica i, then Search on every other replica polled (every
-  2 ms) until the new message id is in its hits; p50/p99 over all (write, reader) pairs — plus the same
-  for Delete (until the id is gone), and, as the baseline measured in the same run, the lag to be
-  searchable on the replica that took the write (read-your-writes: should be ~0);
+- propagation lag: a Write acknowledged by replica i, then Search on every replica polled together (one
+  thread each, every 2 ms) until the new message id is in its hits; each lag is timed from the Write's
+  acknowledgement (the moment the RPC returned) to the end of the first Search that saw it; p50/p99 over
+  all (write, other reader) pairs — plus the same for Delete (until the id is gone), and, as the baseline
+  measured in the same run, the lag to be searchable on the replica that took the write (read-your-writes:
+  ~ one Search);
 - catch-up: one replica is stopped, writes go on elsewhere, the replica restarts; time until it serves
   all of them;
 - write throughput with the same number of concurrent clients on one replica vs spread over all of them.
@@ -62,24 +64,55 @@ def _wait(pred: Any, timeout: float = 30.0) -> float:
     raise TimeoutError("change never became visible")
 
 
+def _poll_from(acked: float, readers: list[Any], pred: Any, timeout: float = 30.0) -> list[float]:
+    """Poll every reader at once (one thread each, every 2 ms) until ``pred(reader)`` holds; for each reader,
+    the seconds from ``acked`` (the moment the Write/Delete RPC returned) to the end of the first Search that
+    saw the change. One clock for all readers, so a slow reader does not delay the next one's timing."""
+    seen: list[float | None] = [None] * len(readers)
+    errors: list[BaseException] = []
+
+    def poll(k: int) -> None:
+        try:
+            while time.perf_counter() - acked < timeout:
+                if pred(readers[k]):
+                    seen[k] = time.perf_counter() - acked
+                    return
+                time.sleep(0.002)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=poll, args=(k,), daemon=True) for k in range(len(readers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 30)
+    if errors:
+        raise errors[0]
+    if any(v is None for v in seen):
+        raise TimeoutError("change never became visible")
+    return [float(v) for v in seen if v is not None]
+
+
 def measure_lag(clients: list[AgentrtClient], writes: int) -> dict[str, Any]:
+    """Lag from the acknowledgement: ``acked`` is taken right after the Write (Delete) RPC returns, then the
+    writer and every other replica are polled together and each records ``first_seen - acked``."""
     local: list[float] = []
     remote: list[float] = []
     deletes: list[float] = []
     for i in range(writes):
         writer = clients[i % len(clients)]
+        others = [c for c in clients if c is not writer]
         token = f"zq{uuid.uuid4().hex[:10]}"
         mid = f"m-{token}"
         writer.write(NS, f"s{i % 5}", [{"id": mid, "speaker": "bench", "text": f"marker {token} was written"}])
-        local.append(_wait(lambda w=writer, t=token, m=mid: _visible(w, t, m)))
-        for reader in clients:
-            if reader is not writer:
-                remote.append(_wait(lambda r=reader, t=token, m=mid: _visible(r, t, m)))
+        acked = time.perf_counter()
+        lags = _poll_from(acked, [writer, *others], lambda r, t=token, m=mid: _visible(r, t, m))
+        local.append(lags[0])
+        remote.extend(lags[1:])
         if i % 5 == 0:
             writer.memory.Delete(memory_pb2.DeleteRequest(namespace=NS, message_ids=[mid]), timeout=30)
-            for reader in clients:
-                if reader is not writer:
-                    deletes.append(_wait(lambda r=reader, t=token, m=mid: not _visible(r, t, m)))
+            acked = time.perf_counter()
+            deletes.extend(_poll_from(acked, others, lambda r, t=token, m=mid: not _visible(r, t, m)))
     return {"write_to_search_same_replica": percentiles(local), "write_to_search_other_replica": percentiles(remote),
             "delete_to_gone_other_replica": percentiles(deletes)}
 
