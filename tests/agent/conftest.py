@@ -121,3 +121,18 @@ class WriteInAThread(NoMemory):
     async def delete(self, message_ids: Any) -> None:
         for mid in message_ids:
             self.stored.pop(mid, None)
+
+
+@pytest.fixture
+def srv(shared_server: RunningServer) -> Iterator[RunningServer]:
+    """The module's server with a fresh fake tool pipeline (``srv.tools_fake``), an allow-all guard (the real
+    guard engine on the hashing embedder has no meaningful verdicts; see test_real_components.py) and the real
+    other components. A module may define its own ``srv`` instead."""
+    from runtime.agent.ports import AllowAllGuard
+
+    tools = LookupTools()
+    shared_server.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools,
+                                              "guard": lambda rt, scope: AllowAllGuard()}
+    shared_server.tools_fake = tools  # type: ignore[attr-defined]
+    yield shared_server
+    shared_server.rt.extras.pop("agent_ports", None)

@@ -7,20 +7,10 @@ import grpc
 import pytest
 from agentrt.v1 import agent_pb2, common_pb2
 
-from runtime.agent.ports import AllowAllGuard
-from tests.agent.conftest import LookupTools, of, resume, turn
+from tests.agent.conftest import of, resume, turn
 
 NS = "agent-resume"
 
-
-@pytest.fixture
-def srv(shared_server):
-    tools = LookupTools()
-    shared_server.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools,
-                                              "guard": lambda rt, scope: AllowAllGuard()}
-    shared_server.tools_fake = tools
-    yield shared_server
-    shared_server.rt.extras.pop("agent_ports", None)
 
 
 def _thread(srv, thread_id: str) -> agent_pb2.Thread:  # type: ignore[no-untyped-def]

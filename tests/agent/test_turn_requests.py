@@ -14,22 +14,12 @@ from grpc_status import rpc_status
 
 from core.errors import FailedPreconditionError
 from runtime.agent.llm import ChatClient
-from runtime.agent.ports import AllowAllGuard
 from runtime.errors import to_rpc_error
 from runtime.server import PolicyError
-from tests.agent.conftest import LookupTools, of, resume, turn
+from tests.agent.conftest import of, resume, turn
 
 NS = "agent-requests"
 
-
-@pytest.fixture
-def srv(shared_server):
-    tools = LookupTools()
-    shared_server.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools,
-                                              "guard": lambda rt, scope: AllowAllGuard()}
-    shared_server.tools_fake = tools
-    yield shared_server
-    shared_server.rt.extras.pop("agent_ports", None)
 
 
 def _violations(err: grpc.RpcError) -> dict[str, str]:

@@ -21,17 +21,6 @@ from tests.agent.conftest import LookupTools, MarkerGuard, WriteInAThread, of, r
 NS = "agent-tests"
 
 
-@pytest.fixture
-def srv(shared_server):
-    """The module's server with a fresh fake tool pipeline, an allow-all guard (the real guard engine on the
-    hashing embedder has no meaningful verdicts; see test_real_components.py) and the real other components."""
-    tools = LookupTools()
-    shared_server.rt.extras["agent_ports"] = {"tools": lambda rt, scope: tools,
-                                              "guard": lambda rt, scope: AllowAllGuard()}
-    shared_server.tools_fake = tools
-    yield shared_server
-    shared_server.rt.extras.pop("agent_ports", None)
-
 
 def test_plain_turn_streams_every_stage_and_is_remembered(srv, llm) -> None:
     events = turn(srv.client, NS, "t1", "hello there", llm_base_url=llm.base_url)
