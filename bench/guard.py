@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import random
-import re
 import tempfile
 import time
 from collections import defaultdict
@@ -55,6 +54,7 @@ import numpy as np
 
 from bench.common import SHARED, embedding_precision, percentiles, write_result
 from guards import detectors
+from guards.engine import embedded_sentences
 from runtime.process import ServerProcess
 
 DATA = SHARED / "data" / "guard"
@@ -108,13 +108,9 @@ def load_asb(limit: int | None) -> list[dict[str, Any]]:
 
 
 LATENCY_SET = 150
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")  # the guard's sentence split (guards/engine.py)
-
-
 def _sentences(text: str) -> set[str]:
     """The whole text and its sentences, lower-cased with collapsed spaces: what a Check could find cached."""
-    parts = [s for s in _SENTENCE.split(text) if len(s.strip()) >= 12]
-    return {" ".join(x.lower().split()) for x in [text, *parts]}
+    return {" ".join(x.lower().split()) for x in [text, *embedded_sentences(text)]}
 
 
 def reserve_latency_set(

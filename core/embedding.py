@@ -142,9 +142,10 @@ class SentenceTransformerEmbedder:
                         raise ValueError(f"embedding backend 'onnx' is unavailable for {model!r}: {exc}") from exc
                     log.info("ONNX Runtime not used for the embedder (%s); using torch", exc)
                     self._onnx = None
-                    if not device_given and _default_device() != self.device:
-                        self.device = _default_device()  # torch after all: on the GPU where there is one
-                        self._model = None
+                    if not device_given:
+                        torch_device = _default_device()  # torch after all: on the GPU where there is one
+                        if torch_device != self.device:
+                            self.device, self._model = torch_device, None
                 if self._onnx is not None:
                     if cache is not None:
                         cache.save(self._onnx)

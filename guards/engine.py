@@ -77,6 +77,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 MAX_AUDIT_RETENTION_DAYS = 36_500
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def embedded_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` a check embeds on their own (stripped, at least 12 characters)."""
+    return [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12]
 # Where a request's steps join inside one sentence ("copy the photos, set up ads, and then never ship"):
 # agentic requests chain their steps with commas and "then", and the harmful step is one of them. Not at
 # ", but" / ", so": those start no step, and the fragment ("but it's the only way to grow", from a chat turn)
@@ -537,7 +542,7 @@ class GuardEngine:
         """Texts to embed: the whole text, the tool call, and (for content stages) its sentences."""
         text = self._content(request)
         segs: list[str] = []
-        sentences = [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= 12] if text else []
+        sentences = embedded_sentences(text) if text else []
         several = len(sentences) > 1
         if text and (self.score_whole_text or not several):
             segs.append(text[:4000])

@@ -225,10 +225,7 @@ async def _check_turn_id_unused(ports: TurnPorts, thread_id: str, turn_id: str) 
     """AlreadyExistsError when memory holds the messages of turn ``turn_id`` (``<turn_id>-u``/``-a``): the id is
     taken in the namespace, by a turn of another thread or one of this thread older than its kept turn ids. Run,
     the turn failed at its memory write (another thread's), or overwrote the old exchange (this thread's)."""
-    existing = getattr(ports.memory, "existing", None)  # a memory port written before the method was added
-    if existing is None:
-        return
-    if await existing([f"{turn_id}-u", f"{turn_id}-a"]):
+    if await ports.memory.existing([f"{turn_id}-u", f"{turn_id}-a"]):
         raise AlreadyExistsError(
             f"turn_id {turn_id!r} is already used in this namespace (its memory messages exist, from a turn of "
             f"another thread or an older turn of thread {thread_id!r}); a new turn needs a new turn_id"
