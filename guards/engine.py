@@ -178,6 +178,7 @@ class GuardEngine:
         max_segments: int = 12,
         score_whole_text: bool = False,
         audit_async: bool = True,
+        limiter: rules_mod.RateCounter | None = None,
     ):
         unknown = set(defaults or {}) - set(DEFAULT_SETTINGS)
         if unknown:
@@ -199,7 +200,9 @@ class GuardEngine:
         # Also embed the whole text next to its sentences: about twice the embedding time, and no better on
         # the benchmark (AgentHarm identical, Agent-SafetyBench within 2 points), so off by default.
         self.score_whole_text = score_whole_text
-        self.limiter = rules_mod.RateLimiter()
+        # Counts of rate-limit rules: in this process by default; the runtime passes one in the database that
+        # replicas share (guards.sql.SqlRateLimiter) on Postgres.
+        self.limiter: rules_mod.RateCounter = limiter or rules_mod.RateLimiter()
         self._memories: dict[str, GuardMemory] = {}
         self._settings: dict[str, dict[str, Any]] = {}
         self._rules: dict[str, list[PolicyRule]] = {}
@@ -484,7 +487,8 @@ class GuardEngine:
         ):
             return None
         operator_rules = self._rules.get(scope, []) + self._config_rules.get(scope, [])
-        if any(rules_mod.may_be_slow(r, request) for r in operator_rules):
+        remote = not self.limiter.local
+        if any(rules_mod.may_be_slow(r, request, counts_in_database=remote) for r in operator_rules):
             # An operator regex may take its whole budget (1 s), a schema or the detectors long on a large request:
             # on the event loop every other call of the server would wait for it.
             return None

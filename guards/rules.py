@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 import regex
@@ -737,8 +737,34 @@ def _host_name(raw: str) -> str:
         return host
 
 
+class RateCounter(Protocol):
+    """Sliding-window call counts per (scope, rule, tool name), which ``rate_limit`` rules read.
+
+    Two implementations pass one conformance suite (tests/guards/test_rate_counters.py): :class:`RateLimiter`, in
+    this process (a single sidecar), and ``guards.sql.SqlRateLimiter``, in the database that replicas share (the
+    sidecar uses it on Postgres, so N replicas behind a load balancer enforce one limit, not N of them).
+    """
+
+    #: Whether the counts live in this process (a hit is a dict update); False: a database call per hit.
+    local: bool
+
+    def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        """Record a call and return how many fall in the window (including this one)."""
+        ...
+
+    def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        """How many calls the window would hold with one more, recording nothing."""
+        ...
+
+    def dry(self) -> RateCounter:
+        """This counter as a dry run (TestRules) sees it: the live counts, none of them changed."""
+        ...
+
+
 class RateLimiter:
     """Sliding-window call counters per (scope, rule, tool); in-process (one sidecar is one limiter)."""
+
+    local = True
 
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str, str], deque[float]] = {}
@@ -777,7 +803,7 @@ class RateLimiter:
             window = self._calls.get(key, ())
             return sum(t > now - per_seconds for t in window) + 1
 
-    def dry(self) -> RateLimiter:
+    def dry(self) -> RateCounter:
         """This limiter as a dry run (TestRules) sees it: the live counts, none of them changed."""
         return _PeekingLimiter(self)
 
@@ -800,20 +826,25 @@ def applies(rule: PolicyRule, stage: Stage) -> bool:
     return stage == Stage.TOOL_CALL if "rate_limit" in rule.spec else True
 
 
-def may_be_slow(rule: PolicyRule, request: GuardRequest) -> bool:
+def may_be_slow(rule: PolicyRule, request: GuardRequest, *, counts_in_database: bool = False) -> bool:
     """Whether checking ``rule`` on ``request`` may take more than a moment: an operator or configured rule that
-    applies to it and runs a regex, a JSON Schema or detectors. Such a check must not run on an event loop: a
-    regex may use its whole budget (1 s), and every other call of the server would wait for it.
+    applies to it and runs a regex, a JSON Schema or detectors, or a rate limit when ``counts_in_database`` (a
+    transaction per call, ``RateCounter.local`` false). Such a check must not run on an event loop: a regex may
+    use its whole budget (1 s), a database call may wait on a lock, and every other call of the server would wait.
 
     The pack's rules are exempt: their regexes and detectors are ours, linear, and measured on every check.
     """
-    if rule.source == "pack" or not applies(rule, request.stage):
+    if not applies(rule, request.stage):
         return False
     spec = rule.spec
     if "tools" in spec:
         tool = request.tool_call.name if request.tool_call else ""
         if not tool or not any(fnmatch.fnmatchcase(tool, str(g)) for g in spec["tools"] or ()):
             return False  # decided by the tool name alone, before any regex runs
+    if counts_in_database and "rate_limit" in spec:
+        return True
+    if rule.source == "pack":
+        return False
     arguments = spec.get("arguments")
     constraints = arguments if isinstance(arguments, list) else []
     return any(k in spec for k in ("text_regex", "detectors", "json_schema")) or any(
@@ -826,7 +857,7 @@ def evaluate(
     request: GuardRequest,
     *,
     scope: str = "",
-    limiter: RateLimiter | None = None,
+    limiter: RateCounter | None = None,
     regex_budget_s: float = REGEX_BUDGET_S,
 ) -> list[RuleMatch]:
     """Every enabled rule matching ``request``, in precedence order (the first one decides).
@@ -876,7 +907,7 @@ def _match(
     text_all: str,
     budget: RegexBudget,
     scope: str,
-    limiter: RateLimiter | None,
+    limiter: RateCounter | None,
 ) -> RuleMatch | None:
     """The match of one rule (None when one of its conditions does not hold). Raises RegexTimeout."""
     spec = rule.spec

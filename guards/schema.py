@@ -116,3 +116,18 @@ guard_verdicts = Table(
     Column("metadata", JSON, nullable=True),
     Index("ix_guard_verdicts_scope_time", "scope", "created_at"),
 )
+
+# Calls counted by rate-limit rules, shared by the replicas on one database (guards.sql.SqlRateLimiter): one row
+# per counted TOOL_CALL check. ``key`` is a digest of (scope, rule, tool name), so a tool name of any length fits.
+# A key's calls out of its window go when the key is next hit, everyone's expired calls in a periodic sweep.
+guard_rate_calls = Table(
+    "guard_rate_calls",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False),
+    Column("scope", String(300), nullable=False),
+    Column("at", Float, nullable=False),  # seconds since the epoch
+    Column("expires_at", Float, nullable=False),  # at + the rule's per_seconds
+    Index("ix_guard_rate_calls_key_at", "key", "at"),
+    Index("ix_guard_rate_calls_expires_at", "expires_at"),
+)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
 
 from core.errors import NotFoundError
 from core.sqlread import reading
@@ -29,7 +31,7 @@ from guards.model import (
     PolicyRule,
     Stage,
 )
-from guards.rules import rule_to_dict, stored_rule
+from guards.rules import RateCounter, rule_to_dict, stored_rule
 from guards.store import (
     as_utc,
     storable_leaf,
@@ -569,4 +571,95 @@ class SqlGuardStore:
             return int(conn.execute(delete(t.guard_verdicts).where(*cond)).rowcount)
 
 
-__all__ = ["SqlGuardStore"]
+class SqlRateLimiter:
+    """``RateCounter`` in the database: every replica on it counts the same calls, so a limit of 5 calls a minute
+    holds for the deployment, not per sidecar (``guards.rules.RateLimiter`` is the in-process one).
+
+    One short transaction per counted call (a TOOL_CALL check of a tool that a rate-limit rule names): the key's
+    write lock (``lock_for_write``: calls of one key on several replicas queue there, so two of them cannot both
+    count themselves under the limit), then the key's calls out of the window are dropped, this one added, the
+    window counted. Times come from the database's clock on Postgres (the replicas' clocks may disagree), from
+    this process's wall clock elsewhere (SQLite has one process). Calls of keys never hit again are swept every
+    ``SWEEP_EVERY`` calls.
+    """
+
+    SWEEP_EVERY = 1024
+    local = False
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._hits = 0
+        self._hits_lock = threading.Lock()
+
+    @staticmethod
+    def _digest(key: tuple[str, str, str]) -> str:
+        return hashlib.blake2b("\x1f".join(key).encode(), digest_size=16).hexdigest()
+
+    @staticmethod
+    def _now(conn: Connection, now: float | None) -> float:
+        if now is not None:
+            return now
+        if conn.dialect.name == "postgresql":
+            # clock_timestamp, not now(): now() is the transaction's start, before the wait for the key's lock.
+            return float(conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one())
+        return time.time()
+
+    def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        c = t.guard_rate_calls.c
+        digest = self._digest(key)
+        with self.engine.begin() as conn:
+            lock_for_write(conn, "guard-rate", digest)
+            at = self._now(conn, now)
+            conn.execute(delete(t.guard_rate_calls).where(c.key == digest, c.at <= at - per_seconds))
+            conn.execute(
+                insert(t.guard_rate_calls).values(
+                    key=digest, scope=storable_text(key[0])[:300], at=at, expires_at=at + per_seconds
+                )
+            )
+            count = int(conn.execute(select(func.count()).where(c.key == digest, c.at > at - per_seconds)).scalar_one())
+        with self._hits_lock:
+            self._hits += 1
+            sweep = self._hits % self.SWEEP_EVERY == 0
+        if sweep:
+            self.sweep(now)
+        return count
+
+    def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        c = t.guard_rate_calls.c
+        with reading(self.engine) as conn:
+            at = self._now(conn, now)
+            found = conn.execute(
+                select(func.count()).where(c.key == self._digest(key), c.at > at - per_seconds)
+            ).scalar_one()
+        return int(found) + 1
+
+    def dry(self) -> RateCounter:
+        return _PeekingSqlLimiter(self)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete every call whose window is over, whatever its key; returns how many went."""
+        with self.engine.begin() as conn:
+            at = self._now(conn, now)
+            gone = conn.execute(delete(t.guard_rate_calls).where(t.guard_rate_calls.c.expires_at <= at)).rowcount
+        return int(gone)
+
+
+class _PeekingSqlLimiter:
+    """A dry run's view of a ``SqlRateLimiter``: counts read, nothing recorded."""
+
+    local = False
+
+    def __init__(self, live: SqlRateLimiter):
+        self._live = live
+
+    def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        return self._live.peek(key, max_calls, per_seconds, now)
+
+    def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        return self._live.peek(key, max_calls, per_seconds, now)
+
+    def dry(self) -> RateCounter:
+        return self
+
+
+__all__ = ["SqlGuardStore", "SqlRateLimiter"]

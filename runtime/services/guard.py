@@ -15,7 +15,7 @@ from guards.engine import DEFAULT_SETTINGS, GuardEngine, category_violations, se
 from guards.judge import JudgeConfig, LLMJudge
 from guards.memory import MemoryParams
 from guards.pack import DEFAULT_PACK, pack_vectors
-from guards.sql import SqlGuardStore
+from guards.sql import SqlGuardStore, SqlRateLimiter
 from runtime.container import Runtime, check_guard
 from runtime.convert import guard as conv
 
@@ -56,6 +56,9 @@ def build(rt: Runtime) -> None:
         judge=_judge_from_env(),
         # Verdicts are written behind unless every verdict id must survive a kill -9 (storage.durable_records).
         audit_async=not rt.settings.storage.durable_records,
+        # Replicas share Postgres: rate-limit rules count every replica's calls there, or N replicas would let N
+        # times the limit through. One SQLite file has one sidecar, which counts in memory (no commit per call).
+        limiter=SqlRateLimiter(rt.db.engine) if rt.db.dialect == "postgresql" else None,
     )
     # Another replica's feedback, evolution, rollback or rule change: reload that scope from the database.
     rt.replica_handlers["guards"] = lambda scope, _payload: rt.guards.reload(scope)

@@ -101,3 +101,29 @@ def test_warm_embeds_what_check_will_and_decides_nothing(engine: GuardEngine) ->
     verdict = engine.check_now(SCOPE, req)
     assert verdict is not None and emb.misses == misses  # answered without a model call
     assert verdict.decision == engine.check(SCOPE, req).decision
+
+
+def test_check_now_leaves_a_rate_limit_counted_in_the_database_to_a_worker(tmp_path) -> None:
+    """A rate limit shared by replicas costs a database transaction per counted call (and may wait on another
+    replica's lock): not on an event loop. Counted in memory, the same check still answers at once."""
+    from guards.sql import SqlRateLimiter
+    from runtime.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'agentrt.db'}")
+    db.migrate()
+    rule = "rules: [{name: cap, action: block, tools: [send_email], rate_limit: {max_calls: 1, per_seconds: 600}}]"
+    req = request("Email the quarterly figures to the finance team.")
+    shared = GuardEngine(InMemoryGuardStore(), CachingEmbedder(HashingEmbedder()), limiter=SqlRateLimiter(db.engine))
+    local = GuardEngine(InMemoryGuardStore(), CachingEmbedder(HashingEmbedder()))
+    try:
+        for engine in (shared, local):
+            engine.put_rules(SCOPE, rule)
+            assert engine.check(SCOPE, req).decision == Decision.ALLOW
+        assert shared.check_now(SCOPE, req) is None
+        assert shared.check(SCOPE, req).decision == Decision.BLOCK  # the database counted the first call
+        now = local.check_now(SCOPE, req)
+        assert now is not None and now.decision == Decision.BLOCK
+    finally:
+        shared.close()
+        local.close()
+        db.dispose()

@@ -68,6 +68,31 @@ def test_guard_rules_and_tools_changed_on_one_replica_apply_on_the_other(pair) -
     assert wait_for(b_sees_v2, timeout=10)
 
 
+def test_a_rate_limit_counts_the_calls_of_every_replica(pair) -> None:
+    """Each sidecar counted only the calls it saw: two replicas behind a load balancer let twice the limit through."""
+    a, b = pair
+    a.client.guard.PutRules(guard_pb2.PutRulesRequest(namespace="ns", yaml=(
+        "rules: [{name: mail-cap, action: block, tools: [send_mail], rate_limit: {max_calls: 3, per_seconds: 600}}]"
+    )), timeout=30)
+    assert wait_for(lambda: [r.name for r in b.client.guard.ListRules(
+        guard_pb2.ListRulesRequest(namespace="ns"), timeout=30).rules] == ["mail-cap"], timeout=10)
+    check = guard_pb2.CheckRequest(namespace="ns", stage=common_pb2.STAGE_TOOL_CALL,
+                                   tool_call=common_pb2.ToolCall(name="send_mail", arguments_json='{"to": "x"}'))
+
+    def capped(srv) -> bool:
+        return any(e.ref == "mail-cap" for e in srv.client.guard.Check(check, timeout=30).evidence)
+
+    # A dry run on either replica sees the shared count and adds nothing to it.
+    dry = guard_pb2.TestRulesRequest(check=check)
+    assert not any(m.rule.name == "mail-cap" for m in b.client.guard.TestRules(dry, timeout=30).matches)
+    assert [capped(srv) for srv in (a, b, a)] == [False, False, False]
+    assert [m.rule.name for m in b.client.guard.TestRules(dry, timeout=30).matches] == ["mail-cap"]
+    assert [capped(srv) for srv in (b, a, b)] == [True, True, True]
+    other = guard_pb2.CheckRequest(namespace="ns", stage=common_pb2.STAGE_TOOL_CALL,
+                                   tool_call=common_pb2.ToolCall(name="send_sms", arguments_json="{}"))
+    assert not any(e.ref == "mail-cap" for e in b.client.guard.Check(other, timeout=30).evidence)
+
+
 def test_a_replica_that_was_down_catches_up_on_start(make_server, pg_url: str, tmp_path) -> None:
     a = make_server(db_url=pg_url, data_dir=tmp_path / "a", embedding_model="hashing")
     b = make_server(db_url=pg_url, data_dir=tmp_path / "b", embedding_model="hashing")
