@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.text import has_control_chars
 
 # Every pattern here is used with fullmatch: "$" alone would accept a trailing newline.
 # Dots separate an MCP server's name from its tools ("files.read") and builtins ("memory.search").
@@ -32,11 +33,6 @@ MAX_TIMEOUT_S = 3600.0
 def utcnow() -> datetime:
     """Timezone-aware now; every timestamp in this package is UTC."""
     return datetime.now(UTC)
-
-
-def _has_control(text: str, allowed: str = "") -> bool:
-    """True if ``text`` holds an ASCII control character (NUL, CR, LF, ...) other than ``allowed``."""
-    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
 
 
 def _header_violations(headers: dict[str, str], field: str) -> list[FieldViolation]:
@@ -287,10 +283,10 @@ def validate_definition(d: ToolDefinition, *, prefix: str = "tool") -> None:
             )
     if d.output_schema is not None:
         bad += schema_violations(d.output_schema, f"{prefix}.output_schema_json")
-    if _has_control(d.description, "\t\n\r"):
+    if has_control_chars(d.description, "\t\n\r"):
         bad.append(FieldViolation(f"{prefix}.description", "must not contain NUL or other control characters"))
     for i, tag in enumerate(d.risk_tags):
-        if _has_control(tag):
+        if has_control_chars(tag):
             bad.append(FieldViolation(f"{prefix}.risk_tags[{i}]", "must not contain NUL or other control characters"))
     bad += _limit_violations(d.timeout_s, d.max_concurrency, d.max_output_bytes, prefix)
     if not 0 <= d.max_retries <= 10:
@@ -369,7 +365,7 @@ def _stored_text_violations(value: str, field: str, max_len: int) -> list[FieldV
     bad: list[FieldViolation] = []
     if len(value) > max_len:
         bad.append(FieldViolation(field, f"longer than {max_len} characters"))
-    if _has_control(value):
+    if has_control_chars(value):
         bad.append(FieldViolation(field, "must not contain NUL or other control characters"))
     return bad
 

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import FieldViolation, InvalidArgumentError
+from core.text import has_control_chars
 from runtime.config import setting_boolean
 from runtime.logs import redacted_url
 
@@ -48,7 +49,7 @@ def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be an LLM base URL (None when it can): an http(s) URL with a host, a valid port and no
     whitespace. Checked when the turn starts: a malformed URL failed only at the first LLM call, as UNAVAILABLE
     (which a client retries) or INTERNAL."""
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+    if any(ch.isspace() for ch in url) or has_control_chars(url):
         return "must not contain whitespace or control characters"
     try:
         parts = urlsplit(url)

@@ -13,6 +13,7 @@ import grpc
 from agentrt.v1 import agent_pb2, agent_pb2_grpc
 
 from core.errors import InvalidArgumentError
+from core.text import has_control_chars
 from runtime import naming
 from runtime.agent.components import bind_ports
 from runtime.agent.items import ItemStore, SqlItemBackend
@@ -65,21 +66,17 @@ async def stop(rt: Runtime) -> None:
     component.closers.clear()
 
 
-def _control(value: str) -> bool:
-    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
-
-
 def _thread_id(value: str) -> str:
     # The thread id is also the memory session id, which refuses what this refuses: checked before the turn runs,
     # not at its memory write after every LLM call and tool.
-    if not value or len(value) > 200 or _control(value) or value != value.strip():
+    if not value or len(value) > 200 or has_control_chars(value) or value != value.strip():
         raise InvalidArgumentError("thread_id", f"{value[:40]!r} is not a valid thread id: {_THREAD_RULE}")
     return value
 
 
 def _speaker(value: str) -> str:
     """The speaker memory writes for the user's message (empty: "user"); memory's rules, checked up front."""
-    if len(value) > MAX_SPEAKER_CHARS or _control(value):
+    if len(value) > MAX_SPEAKER_CHARS or has_control_chars(value):
         raise InvalidArgumentError(
             "speaker", f"{value[:40]!r} is not a valid speaker: at most {MAX_SPEAKER_CHARS} characters, no control "
             "characters"
