@@ -34,6 +34,7 @@ from runtime.config import Settings
 from runtime.container import Runtime
 from runtime.db import Database, DatabaseError
 from runtime.errors import RpcError, to_rpc_error
+from runtime.serve_lock import ServeLock, ServeLockHeld
 from runtime.services import SERVICE_MODULES
 
 log = logging.getLogger(__name__)
@@ -340,6 +341,8 @@ class AgentrtServer:
         self.settings = settings
         self._embedder_override = embedder
         db = _open_database(settings)
+        # Taken by start(): a server object that is never started keeps nobody else from starting.
+        self._serve_lock: ServeLock | None = None
         executor = ThreadPoolExecutor(settings.server.worker_threads, thread_name_prefix="agentrt-worker")
         self.rt = Runtime(settings=settings, db=db, executor=executor, replica_id=uuid.uuid4().hex[:16])
         self.port: int = 0
@@ -355,9 +358,17 @@ class AgentrtServer:
     async def start(self) -> int:
         """Bind the port, start serving health (NOT_SERVING), and begin loading in the background.
 
-        Raises StartupError, before anything is bound, for configured policies a component refuses (PolicyError)
-        and unusable TLS files; and for a port or metrics port it cannot bind."""
+        Raises StartupError, before anything is bound, for a SQLite database another server holds
+        (``runtime/serve_lock.py``), configured policies a component refuses (PolicyError) and unusable TLS files;
+        and for a port or metrics port it cannot bind."""
         s = self.settings.server
+        if self._serve_lock is None:
+            try:
+                self._serve_lock = ServeLock.acquire(self.settings.storage.resolved_url())
+            except ServeLockHeld as exc:
+                raise StartupError(str(exc)) from None
+            except OSError as exc:  # a directory that cannot hold the lock file
+                raise StartupError(f"cannot lock the database for this server: {exc} (storage.data_dir)") from None
         check_policies(self.rt)
         # Before binding: gRPC reports bad TLS material only as a failure to bind ("port in use").
         creds = _server_credentials(self.settings) if s.tls.enabled else None
@@ -506,9 +517,15 @@ class AgentrtServer:
         # dropped.
         self.rt.executor.shutdown(wait=False, cancel_futures=True)
         self.rt.db.dispose()
+        self._release_serve_lock()
         self._stop_metrics()
         if announce:
             log.info("stopped")
+
+    def _release_serve_lock(self) -> None:
+        if self._serve_lock is not None:
+            self._serve_lock.release()
+            self._serve_lock = None
 
     def _stop_metrics(self) -> None:
         if self._metrics_httpd is not None:

@@ -12,7 +12,9 @@ def test_c0_controls_and_del_are_control_characters(text: str) -> None:
     assert has_control_chars(text)
 
 
-@pytest.mark.parametrize("text", ["", "plain words", "Zoë — naïve ✓", "\u00a0no-break space", "\u0085 is C1, not ASCII"])
+@pytest.mark.parametrize(
+    "text", ["", "plain words", "Zoë — naïve ✓", "\u00a0no-break space", "\u0085 is C1, not ASCII"]
+)
 def test_printable_and_non_ascii_text_is_not(text: str) -> None:
     assert not has_control_chars(text)
 

@@ -147,3 +147,38 @@ def test_decide_refuses_a_session_id_longer_than_its_column(make_server) -> None
     assert stub.Decide(request).decision_id
     health = health_pb2_grpc.HealthStub(srv.channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_second_server_on_one_sqlite_database_is_refused_until_the_first_stops(tmp_path: Path) -> None:
+    """Two sidecars on one SQLite file each answered from their own caches (a Write on one was never found by a
+    Search on the other): the second start now fails, naming the first one's pid; once it stops, a start works."""
+    import os
+
+    first = EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
+    try:
+        with pytest.raises(StartupError, match=rf"served by another agentrt process \(pid {os.getpid()}\)"):
+            EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
+        # The same database named through database_url from another data directory is the same database.
+        url = f"sqlite:///{tmp_path / 'agentrt.db'}"
+        with pytest.raises(StartupError, match="one sidecar per SQLite database"):
+            EmbeddedServer(make_settings(data_dir=tmp_path / "other", db_url=url, embedding_model="hashing"))
+        proc = _serve("--data-dir", str(tmp_path), "--port", "0", "--metrics-port", "-1")
+        assert proc.returncode == 2, proc.stderr
+        assert "is served by another agentrt process" in proc.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in proc.stderr
+    finally:
+        first.stop()
+    again = EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
+    again.stop()
+
+
+def test_a_killed_server_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """The kernel drops the lock with the process: after a kill -9, the next start does not wait or refuse."""
+    srv = ServerProcess(tmp_path, env={"AGENTRT_EMBEDDING__MODEL": "hashing"}, log_path=tmp_path / "server.log")
+    try:
+        assert (tmp_path / "agentrt.db.serve.lock").read_text() == str(srv.proc.pid)
+        srv.kill9()
+    finally:
+        srv.stop(timeout=10)
+    again = EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
+    again.stop()

@@ -1,0 +1,70 @@
+"""One sidecar per SQLite database: the lock ``agentrt serve`` holds on it while it runs.
+
+A sidecar keeps caches of its database (vector indexes, guard trees, tool registries, rate-limit counts) that
+only Postgres keeps in step across processes (the change feed). A second sidecar started on the same SQLite file
+(another terminal's ``make serve``, a second container on the same volume) would serve from caches that miss
+everything the first one writes, with nothing to tell either of them. So a start takes an exclusive ``flock``
+on ``<database>.serve.lock`` and refuses, naming the holder's pid, when another process has it; the kernel
+releases it when the holder exits, however it exits (kill -9 included), so a crash leaves nothing to clean up.
+
+``flock`` locks belong to the open file, not the process: they never touch SQLite's own POSIX locks on the
+database, and two servers in one process (tests) exclude each other too. Postgres needs none: replicas there
+are the supported way to run several sidecars.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ServeLockHeld(Exception):
+    """Another process serves this SQLite database."""
+
+
+class ServeLock:
+    """The held lock (``release`` when the server stops); ``acquire`` returns None where none is needed."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, database_url: str) -> ServeLock | None:
+        """Lock the SQLite database of ``database_url`` for this server; None for other databases, an in-memory
+        SQLite, or a system without ``flock``. Raises ServeLockHeld naming the holder."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock
+            return None
+        try:
+            url = make_url(database_url)
+        except ArgumentError:
+            return None  # not a database URL: opening the database says so
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        path = Path(f"{Path(url.database).resolve()}.serve.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise ServeLockHeld(
+                f"{url.database} is served by another agentrt process{f' (pid {holder})' if holder else ''}: one "
+                "sidecar per SQLite database, as each keeps caches the other would not update; stop it, give this "
+                "one its own storage.data_dir, or share a Postgres database (storage.database_url) to run replicas"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Unlock (closing the file drops the flock); the file stays, empty of meaning until the next start."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
