@@ -39,6 +39,7 @@ from runtime import naming
 from runtime.config import Settings
 from runtime.container import Runtime
 from runtime.db import Database, DatabaseError
+from runtime.serve_lock import ServeLock, ServeLockHeld
 
 #: An export line is one message (text of at most 100,000 characters, JSON-escaped); a longer line is not one,
 #: and reading it whole could take any amount of memory.
@@ -475,20 +476,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 db.dispose()
             return 0
         refuse_if_in_use(settings, command)
-        rt = open_runtime(settings)
         try:
-            if command == "reindex":
-                for scope in reindex_scopes(rt, args.tenant, args.namespace):
-                    out.write({"namespace": scope, "units_indexed": rt.memory.rebuild(scope)})
-            else:
-                assert source is not None
-                scope = _scope(tenant, args.namespace)
-                count, written = import_messages(rt, scope, source, name)
-                out.write({"namespace": scope, "messages": count, "written": written})
-            out.close()
-            return 0
+            # A server started meanwhile would cache a half-imported namespace (runtime/serve_lock.py).
+            held = ServeLock.acquire(settings.storage.resolved_url(), existing_only=True)
+        except ServeLockHeld as exc:
+            raise AdminError(str(exc)) from None
+        try:
+            rt = open_runtime(settings)
+            try:
+                if command == "reindex":
+                    for scope in reindex_scopes(rt, args.tenant, args.namespace):
+                        out.write({"namespace": scope, "units_indexed": rt.memory.rebuild(scope)})
+                else:
+                    assert source is not None
+                    scope = _scope(tenant, args.namespace)
+                    count, written = import_messages(rt, scope, source, name)
+                    out.write({"namespace": scope, "messages": count, "written": written})
+                out.close()
+                return 0
+            finally:
+                close_runtime(rt)
         finally:
-            close_runtime(rt)
+            if held is not None:
+                held.release()
     finally:
         if source is not None and source is not sys.stdin.buffer:
             source.close()

@@ -6,6 +6,8 @@ only Postgres keeps in step across processes (the change feed). A second sidecar
 everything the first one writes, with nothing to tell either of them. So a start takes an exclusive ``flock``
 on ``<database>.serve.lock`` and refuses, naming the holder's pid, when another process has it; the kernel
 releases it when the holder exits, however it exits (kill -9 included), so a crash leaves nothing to clean up.
+``agentrt admin import`` and ``reindex`` hold it too while they change the database, so a server cannot start
+in the middle of one and cache half of it.
 
 ``flock`` locks belong to the open file, not the process: they never touch SQLite's own POSIX locks on the
 database, and two servers in one process (tests) exclude each other too. Postgres needs none: replicas there
@@ -33,9 +35,10 @@ class ServeLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, database_url: str) -> ServeLock | None:
-        """Lock the SQLite database of ``database_url`` for this server; None for other databases, an in-memory
-        SQLite, or a system without ``flock``. Raises ServeLockHeld naming the holder."""
+    def acquire(cls, database_url: str, *, existing_only: bool = False) -> ServeLock | None:
+        """Lock the SQLite database of ``database_url`` for this process; None for other databases, an in-memory
+        SQLite, a system without ``flock``, and with ``existing_only`` (the admin commands, which create no
+        database) a database file that is not there. Raises ServeLockHeld naming the holder."""
         try:
             import fcntl
         except ImportError:  # Windows: no flock
@@ -46,7 +49,10 @@ class ServeLock:
             return None  # not a database URL: opening the database says so
         if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
             return None
-        path = Path(f"{Path(url.database).resolve()}.serve.lock")
+        database = Path(url.database).resolve()
+        if existing_only and not database.is_file():
+            return None
+        path = Path(f"{database}.serve.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -55,9 +61,10 @@ class ServeLock:
             holder = os.read(fd, 64).decode("ascii", "replace").strip()
             os.close(fd)
             raise ServeLockHeld(
-                f"{url.database} is served by another agentrt process{f' (pid {holder})' if holder else ''}: one "
-                "sidecar per SQLite database, as each keeps caches the other would not update; stop it, give this "
-                "one its own storage.data_dir, or share a Postgres database (storage.database_url) to run replicas"
+                f"{url.database} is in use by another agentrt process{f' (pid {holder})' if holder else ''}, a "
+                "server or an admin import / reindex: one sidecar per SQLite database, as each keeps caches the "
+                "other would not update; stop it, give this one its own storage.data_dir, or share a Postgres "
+                "database (storage.database_url) to run replicas"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from agentrt.v1 import memory_pb2
 from sqlalchemy.exc import ArgumentError
 
 from runtime import admin
@@ -244,6 +245,30 @@ def test_import_and_reindex_refuse_a_sqlite_database_a_server_has_open(make_serv
     srv.stop()
     done = _cli("admin", "import", "--data-dir", str(data), "--namespace", "ns", "-", stdin=_row("x") + "\n")
     assert done.returncode == 0 and json.loads(done.stdout)["written"] == 1, done.stderr
+
+
+def test_a_server_cannot_start_while_an_import_changes_its_sqlite_database(make_server, tmp_path: Path) -> None:
+    """It would cache the half-imported namespace and miss the rest: the import holds the serve lock."""
+    from runtime.embedded import EmbeddedServer
+    from runtime.server import StartupError
+
+    data = tmp_path / "data"
+    make_server(data_dir=data, embedding_model="hashing").stop()
+    importing = subprocess.Popen([sys.executable, "-m", "runtime.cli", "admin", "import", "--data-dir", str(data),
+                                  "--namespace", "ns", "-"], cwd=REPO, env=ENV, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = data / "agentrt.db.serve.lock"
+        assert wait_for(lambda: lock.read_text() == str(importing.pid), timeout=120), importing.poll()
+        with pytest.raises(StartupError, match=rf"in use by another agentrt process \(pid {importing.pid}\)"):
+            EmbeddedServer(make_settings(data_dir=data, embedding_model="hashing"))
+        out, err = importing.communicate(_row("late") + "\n", timeout=300)
+        assert importing.returncode == 0 and json.loads(out)["written"] == 1, err
+    finally:
+        if importing.poll() is None:
+            importing.kill()
+    srv = make_server(data_dir=data, embedding_model="hashing")
+    assert srv.client.memory.Get(memory_pb2.GetRequest(namespace="ns", message_ids=["late"])).messages
 
 
 @pytest.mark.postgres

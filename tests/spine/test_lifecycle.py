@@ -156,7 +156,7 @@ def test_a_second_server_on_one_sqlite_database_is_refused_until_the_first_stops
 
     first = EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
     try:
-        with pytest.raises(StartupError, match=rf"served by another agentrt process \(pid {os.getpid()}\)"):
+        with pytest.raises(StartupError, match=rf"in use by another agentrt process \(pid {os.getpid()}\)"):
             EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
         # The same database named through database_url from another data directory is the same database.
         url = f"sqlite:///{tmp_path / 'agentrt.db'}"
@@ -164,7 +164,7 @@ def test_a_second_server_on_one_sqlite_database_is_refused_until_the_first_stops
             EmbeddedServer(make_settings(data_dir=tmp_path / "other", db_url=url, embedding_model="hashing"))
         proc = _serve("--data-dir", str(tmp_path), "--port", "0", "--metrics-port", "-1")
         assert proc.returncode == 2, proc.stderr
-        assert "is served by another agentrt process" in proc.stderr.strip().splitlines()[-1]
+        assert "is in use by another agentrt process" in proc.stderr.strip().splitlines()[-1]
         assert "Traceback" not in proc.stderr
     finally:
         first.stop()
