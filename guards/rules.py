@@ -749,11 +749,12 @@ class RateCounter(Protocol):
     local: bool
 
     def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
-        """Record a call and return how many fall in the window (including this one)."""
+        """Record a call and return how many fall in the window (including this one), counted up to
+        ``max_calls + 1``: all a limit needs to know, and a bounded cost however many calls a loop piles up."""
         ...
 
     def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
-        """How many calls the window would hold with one more, recording nothing."""
+        """How many calls the window would hold with one more (up to ``max_calls + 1``), recording nothing."""
         ...
 
     def dry(self) -> RateCounter:
@@ -785,7 +786,7 @@ class RateLimiter:
                 window.popleft()
             window.append(now)
             self._spans[key] = per_seconds
-            return len(window)
+            return min(len(window), max_calls + 1)
 
     def _sweep(self, now: float) -> None:
         """Forget the keys whose last call is out of their window (lock held); the sweep threshold doubles when
@@ -801,7 +802,7 @@ class RateLimiter:
         now = time.monotonic() if now is None else now
         with self._lock:
             window = self._calls.get(key, ())
-            return sum(t > now - per_seconds for t in window) + 1
+            return min(sum(t > now - per_seconds for t in window), max_calls) + 1
 
     def dry(self) -> RateCounter:
         """This limiter as a dry run (TestRules) sees it: the live counts, none of them changed."""
@@ -964,7 +965,7 @@ def _match(
         )
         if count <= int(rl["max_calls"]):
             return None
-        reasons.append(f"{count} calls in {rl['per_seconds']}s exceed {rl['max_calls']}")
+        reasons.append(f"more than {rl['max_calls']} calls in {rl['per_seconds']}s")
         field = "tool_call.name"
     return RuleMatch(rule=rule, reason="; ".join(reasons), field=field)
 

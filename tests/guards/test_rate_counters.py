@@ -74,8 +74,17 @@ def test_peek_and_a_dry_run_read_the_live_counts_and_record_nothing(make_counter
 def test_a_second_counter_on_the_same_store_sees_the_calls_of_the_first(make_counter) -> None:
     """Two replicas behind a load balancer: a limit of 3 holds for both together, not 3 on each."""
     a, b = make_counter(), make_counter()
-    seen = [(a if i % 2 else b).hit(KEY, 3, 60.0, now=10.0 + i) for i in range(6)]
+    seen = [(a if i % 2 else b).hit(KEY, 5, 60.0, now=10.0 + i) for i in range(6)]
     assert seen == [1, 2, 3, 4, 5, 6]
+
+
+def test_counts_stop_at_one_past_the_limit(make_counter) -> None:
+    """All a limit needs to know; counting on cost a database scan of every call a blocked loop piled up."""
+    counter = make_counter()
+    assert [counter.hit(KEY, 2, 60.0, now=float(i)) for i in range(6)] == [1, 2, 3, 3, 3, 3]
+    assert counter.peek(KEY, 2, 60.0, now=6.0) == 3 and counter.dry().hit(KEY, 2, 60.0, now=6.0) == 3
+    # The blocked calls were counted all the same: the window holds six calls until they age out.
+    assert counter.hit(KEY, 10, 60.0, now=7.0) == 7
 
 
 def test_concurrent_calls_each_get_their_own_count(make_counter) -> None:
@@ -88,7 +97,7 @@ def test_concurrent_calls_each_get_their_own_count(make_counter) -> None:
     def one(i: int) -> int:
         if i < 8:
             barrier.wait()
-        return counters[i % 4].hit(KEY, 10, 3600.0)  # the store's own clock
+        return counters[i % 4].hit(KEY, n, 3600.0)  # the store's own clock
 
     with ThreadPoolExecutor(8) as pool:
         counts = list(pool.map(one, range(n)))
@@ -130,6 +139,55 @@ def test_a_key_keeps_only_the_calls_of_its_window_and_the_sweep_drops_abandoned_
     for i in range(5):
         counter.hit(("t/a", "rl", f"tool{i}"), 3, 10.0, now=49.0)
     assert counter.sweep(now=100.0) == 15 and _rows(sql_db) == 0
+
+
+def test_the_sweep_keeps_every_call_of_a_key_whose_newest_call_is_in_its_window(sql_db: Database) -> None:
+    """A widened window (10 s -> 100 s) keeps the calls made under the old one: the sweep used to drop each row
+    at its own old expiry, and the next call under the wider window counted too few."""
+    counter = SqlRateLimiter(sql_db.engine)
+    for i in range(5):
+        counter.hit(KEY, 50, 10.0, now=float(i))
+    counter.hit(KEY, 50, 100.0, now=5.0)
+    assert counter.sweep(now=50.0) == 0
+    assert counter.hit(KEY, 50, 100.0, now=60.0) == 7
+
+
+class _FailingSweep(SqlRateLimiter):
+    SWEEP_EVERY = 2
+
+    def sweep(self, now: float | None = None) -> int:
+        raise RuntimeError("the sweep's transaction failed")
+
+
+def test_a_failed_sweep_does_not_fail_the_counted_call(sql_db: Database) -> None:
+    counter = _FailingSweep(sql_db.engine)
+    assert [counter.hit(KEY, 5, 60.0, now=float(i)) for i in range(4)] == [1, 2, 3, 4]
+
+
+@pytest.mark.postgres
+def test_a_call_waits_for_the_keys_lock_only_so_long(pg_url: str) -> None:
+    """A replica stalled inside its call's transaction held every other replica's checks of the key (and their
+    worker threads) until Postgres dropped its session; now a check waits LOCK_TIMEOUT_S and fails UNAVAILABLE."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from core.sqlwrite import lock_for_write
+
+    db = Database(pg_url)
+    db.migrate()
+    counter = SqlRateLimiter(db.engine)
+    counter.LOCK_TIMEOUT_S = 0.2
+    try:
+        with db.engine.begin() as stalled:
+            lock_for_write(stalled, "guard-rate", SqlRateLimiter._digest(KEY))
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="lock timeout"):
+                counter.hit(KEY, 5, 60.0)
+            assert time.monotonic() - started < 5
+        assert counter.hit(KEY, 5, 60.0) == 1  # the timed-out call was not counted
+    finally:
+        db.dispose()
 
 
 def test_the_sweep_runs_by_itself_every_so_many_calls(sql_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
