@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -43,31 +44,31 @@ class ServeLock:
             import fcntl
         except ImportError:  # Windows: no flock
             return None
-        try:
-            url = make_url(database_url)
-        except ArgumentError:
-            return None  # not a database URL: opening the database says so
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        database = Path(url.database).resolve()
-        if existing_only and not database.is_file():
+        database = database_file(database_url)
+        if database is None or (existing_only and not database.is_file()):
             return None
         path = Path(f"{database}.serve.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            # Left by another user (root running an admin command): flock works on a descriptor opened for reading.
+            fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                raise ServeLockHeld(
+                    f"{database} is in use by another agentrt process{f' (pid {holder})' if holder else ''}, a "
+                    "server or an admin import / reindex: one sidecar per SQLite database, as each keeps caches "
+                    "the other would not update; stop it, give this one its own storage.data_dir, or share a "
+                    "Postgres database (storage.database_url) to run replicas"
+                ) from None
+            _note_holder(fd, database)
+        except BaseException:
             os.close(fd)
-            raise ServeLockHeld(
-                f"{url.database} is in use by another agentrt process{f' (pid {holder})' if holder else ''}, a "
-                "server or an admin import / reindex: one sidecar per SQLite database, as each keeps caches the "
-                "other would not update; stop it, give this one its own storage.data_dir, or share a Postgres "
-                "database (storage.database_url) to run replicas"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            raise
         return cls(path, fd)
 
     def release(self) -> None:
@@ -75,3 +76,37 @@ class ServeLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def database_file(database_url: str) -> Path | None:
+    """The absolute path of the SQLite file ``database_url`` names (plain paths and ``file:`` URIs alike), or None
+    for another database, an in-memory one, or a string that is no URL (opening the database says so)."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return None
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file::memory:"):
+        return None
+    if name.startswith("file:"):  # sqlite:///file:/path/agentrt.db?uri=true: the URI's path is the file
+        name = unquote(urlsplit(name).path)
+        if not name:
+            return None
+    return Path(name).resolve()
+
+
+def _note_holder(fd: int, database: Path) -> None:
+    """Write this pid into the held lock file for whoever is refused next; best effort (a full disk, a file opened
+    read-only), as the lock itself is the flock. A root process gives the file to the database's owner, so that
+    owner's server can open it later."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError:
+        pass
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        try:
+            owner = database.stat() if database.exists() else database.parent.stat()
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass

@@ -489,6 +489,14 @@ class AgentrtServer:
         if self._stopped:
             return
         self._stopped = True
+        try:
+            await self._shut_down(grace)
+        finally:
+            # Also when stopping failed part way: the next start on this database (a restart in this process, or a
+            # new one) must not be refused for a server that is gone.
+            self._release_serve_lock()
+
+    async def _shut_down(self, grace: float | None) -> None:
         grace = self.settings.server.shutdown_grace_s if grace is None else grace
         # A start refused before binding only releases what the constructor made: nothing to announce (the
         # refusal is the one line an operator should see).
@@ -517,7 +525,6 @@ class AgentrtServer:
         # dropped.
         self.rt.executor.shutdown(wait=False, cancel_futures=True)
         self.rt.db.dispose()
-        self._release_serve_lock()
         self._stop_metrics()
         if announce:
             log.info("stopped")

@@ -1,0 +1,80 @@
+"""runtime/serve_lock.py: every way of naming one SQLite file leads to one lock, and a lock whose holder note
+cannot be written is still taken and given back (servers refusing each other are in test_lifecycle.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.embedded import EmbeddedServer
+from runtime.serve_lock import ServeLock, ServeLockHeld, database_file
+from runtime.server import StartupError
+from tests.conftest import REPO, make_settings
+
+
+def test_plain_paths_and_file_uris_name_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "d" / "agentrt.db"
+    for url in (f"sqlite:///{db}", f"sqlite+pysqlite:///{db}?timeout=5", "sqlite:///d/agentrt.db",
+                f"sqlite:///file:{db}?uri=true", f"sqlite:///file:{str(db).replace('agentrt', 'agent%72t')}?uri=true"):
+        assert database_file(url) == db, url
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true",
+                "postgresql+psycopg://127.0.0.1/test", "not a url"):
+        assert database_file(url) is None, url
+
+
+def test_a_file_uri_cannot_put_a_second_server_on_a_served_database(tmp_path: Path) -> None:
+    """``sqlite:///file:/x/agentrt.db?uri=true`` used to lock a file of its own (under the working directory)."""
+    first = EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
+    try:
+        uri = f"sqlite:///file:{tmp_path / 'agentrt.db'}?uri=true"
+        with pytest.raises(StartupError, match="in use by another agentrt process"):
+            EmbeddedServer(make_settings(data_dir=tmp_path / "other", db_url=uri, embedding_model="hashing"))
+    finally:
+        first.stop()
+
+
+_NO_ROOM = """
+import resource, signal, sys
+from runtime.serve_lock import ServeLock, ServeLockHeld
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+url = sys.argv[1]
+held = ServeLock.acquire(url)
+try:
+    ServeLock.acquire(url)
+    print("second lock taken")
+except ServeLockHeld:
+    print("refused while held")
+held.release()
+again = ServeLock.acquire(url)
+print("taken again" if again is not None else "not taken")
+"""
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_taken_and_released(tmp_path: Path) -> None:
+    """A full disk made the pid write raise after the flock: the descriptor stayed open and locked, and every later
+    start in the process was refused. The pid is a courtesy; the lock is the flock."""
+    url = f"sqlite:///{tmp_path / 'agentrt.db'}"
+    done = subprocess.run([sys.executable, "-c", _NO_ROOM, url], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["refused while held", "taken again"]
+    assert (tmp_path / "agentrt.db.serve.lock").read_text() == ""  # nothing could be written
+
+
+def test_the_holder_is_named_and_a_released_lock_is_free(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'agentrt.db'}"
+    held = ServeLock.acquire(url)
+    assert held is not None
+    with pytest.raises(ServeLockHeld, match=r"\(pid \d+\)"):
+        ServeLock.acquire(url)
+    held.release()
+    held.release()  # idempotent
+    again = ServeLock.acquire(url)
+    assert again is not None
+    again.release()
+    assert ServeLock.acquire(url, existing_only=True) is None  # no database file there: nothing to lock
