@@ -159,10 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             from runtime.db import Database
+            from runtime.serve_lock import ServeLock, ServeLockHeld
 
-            db = Database(url)
-            db.migrate()
-            db.dispose()
+            try:
+                # A running server on this SQLite file would go on with the schema it loaded (Postgres replicas
+                # migrate together: runtime/db.py serialises them).
+                held = ServeLock.acquire(url)
+            except ServeLockHeld as exc:
+                raise AdminError(str(exc)) from None
+            try:
+                db = Database(url)
+                db.migrate()
+                db.dispose()
+            finally:
+                if held is not None:
+                    held.release()
             print(json.dumps({"migrated": repr(db)}))
             return 0
         from runtime import admin as admin_ops

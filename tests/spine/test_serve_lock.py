@@ -78,3 +78,19 @@ def test_the_holder_is_named_and_a_released_lock_is_free(tmp_path: Path) -> None
     assert again is not None
     again.release()
     assert ServeLock.acquire(url, existing_only=True) is None  # no database file there: nothing to lock
+
+
+def test_migrate_refuses_a_sqlite_database_a_server_holds(tmp_path: Path) -> None:
+    first = EmbeddedServer(make_settings(data_dir=tmp_path, embedding_model="hashing"))
+    try:
+        done = subprocess.run([sys.executable, "-m", "runtime.cli", "migrate", "--data-dir", str(tmp_path)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "is in use by another agentrt process" in done.stderr
+    finally:
+        first.stop()
+    done = subprocess.run([sys.executable, "-m", "runtime.cli", "migrate", "--data-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
