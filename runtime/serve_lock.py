@@ -6,8 +6,8 @@ only Postgres keeps in step across processes (the change feed). A second sidecar
 everything the first one writes, with nothing to tell either of them. So a start takes an exclusive ``flock``
 on ``<database>.serve.lock`` and refuses, naming the holder's pid, when another process has it; the kernel
 releases it when the holder exits, however it exits (kill -9 included), so a crash leaves nothing to clean up.
-``agentrt admin import`` and ``reindex`` hold it too while they change the database, so a server cannot start
-in the middle of one and cache half of it.
+``agentrt migrate``, ``admin import`` and ``admin reindex`` hold it too while they change the database, so a
+server cannot start in the middle of one and cache half of it, nor one of them change the database under a server.
 
 ``flock`` locks belong to the open file, not the process: they never touch SQLite's own POSIX locks on the
 database, and two servers in one process (tests) exclude each other too. Postgres needs none: replicas there
@@ -61,9 +61,9 @@ class ServeLock:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
                 raise ServeLockHeld(
                     f"{database} is in use by another agentrt process{f' (pid {holder})' if holder else ''}, a "
-                    "server or an admin import / reindex: one sidecar per SQLite database, as each keeps caches "
-                    "the other would not update; stop it, give this one its own storage.data_dir, or share a "
-                    "Postgres database (storage.database_url) to run replicas"
+                    "server, or `agentrt migrate` or an admin import / reindex: one sidecar per SQLite database, as "
+                    "each keeps caches the other would not update; stop it, give this one its own storage.data_dir, "
+                    "or share a Postgres database (storage.database_url) to run replicas"
                 ) from None
             _note_holder(fd, database)
         except BaseException:
