@@ -94,3 +94,52 @@ def test_migrate_refuses_a_sqlite_database_a_server_holds(tmp_path: Path) -> Non
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
+
+
+_AS_OTHER_USER = """
+import sys
+from runtime.serve_lock import ServeLock, ServeLockHeld
+url = sys.argv[1]
+held = ServeLock.acquire(url)
+print("taken" if held is not None else "none")
+held.release()
+"""
+
+
+def test_a_lock_file_another_user_left_does_not_keep_this_users_server_out(tmp_path: Path) -> None:
+    """Root running an admin command left a lock file only root may write: the owner's next server failed with
+    "Permission denied". It opens the file read-only instead (flock needs no write access), and root now hands
+    the file it creates to the database's owner."""
+    import os
+    import shutil
+    import tempfile
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as another user")
+    shared = Path(tempfile.mkdtemp(dir="/tmp", prefix="serve-lock-"))  # the pytest tree is root's alone
+    try:
+        shared.chmod(0o777)
+        nobody = 65534
+        db = shared / "agentrt.db"
+        db.touch()
+        os.chown(db, nobody, nobody)
+        url = f"sqlite:///{db}"
+        # Root takes and gives back the lock: the file it created now belongs to the database's owner.
+        held = ServeLock.acquire(url)
+        assert held is not None
+        held.release()
+        assert os.stat(f"{db}.serve.lock").st_uid == nobody
+        # A lock file that only root may write (as root's admin commands left them before): read-only still locks.
+        os.chown(f"{db}.serve.lock", 0, 0)
+        os.chmod(f"{db}.serve.lock", 0o644)
+        done = subprocess.run(
+            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", sys.executable, "-c",
+             _AS_OTHER_USER, url],
+            cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "taken", done.stderr
+        held = ServeLock.acquire(url)  # and the read-only holder's lock was a real one, now released
+        assert held is not None
+        held.release()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
