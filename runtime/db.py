@@ -12,6 +12,7 @@ import logging
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, select
 from sqlalchemy.engine import make_url
@@ -51,6 +52,15 @@ def _sqlite_file(url: str) -> Path | None:
             f"in-memory SQLite ({url!r}) is not supported: the worker threads would each see a separate empty "
             "database; use a file (--data-dir, or sqlite:////path/to/agentrt.db)"
         )
+    return sqlite_file_path(database)
+
+
+def sqlite_file_path(database: str) -> Path:
+    """The file the database part of a SQLite URL names: the path itself, or the path of a ``file:`` URI
+    (``sqlite:///file:/data/agentrt.db?uri=true``), which was taken for a directory named ``file:`` under the
+    working directory (created there by the start, and named in "no database at file:/..." errors)."""
+    if database.startswith("file:"):
+        return Path(unquote(urlsplit(database).path))
     return Path(database)
 
 

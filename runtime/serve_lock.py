@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from runtime.db import sqlite_file_path
 
 
 class ServeLockHeld(Exception):
@@ -88,11 +89,8 @@ def database_file(database_url: str) -> Path | None:
     name = url.database
     if url.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file::memory:"):
         return None
-    if name.startswith("file:"):  # sqlite:///file:/path/agentrt.db?uri=true: the URI's path is the file
-        name = unquote(urlsplit(name).path)
-        if not name:
-            return None
-    return Path(name).resolve()
+    path = sqlite_file_path(name)  # sqlite:///file:/path/agentrt.db?uri=true: the URI's path is the file
+    return path.resolve() if str(path) not in ("", ".") else None
 
 
 def _note_holder(fd: int, database: Path) -> None:

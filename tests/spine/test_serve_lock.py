@@ -143,3 +143,21 @@ def test_a_lock_file_another_user_left_does_not_keep_this_users_server_out(tmp_p
         held.release()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_file_uri_opens_its_file_and_makes_no_directory_named_file(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///file:/x/agentrt.db?uri=true`` made a directory tree ``./file:/x`` under the working directory,
+    and ``create=False`` (the admin commands) said there was no database at ``file:/x/agentrt.db``."""
+    from runtime.db import Database
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///file:{tmp_path / 'data' / 'agentrt.db'}?uri=true"
+    db = Database(uri)
+    db.migrate()
+    db.dispose()
+    assert (tmp_path / "data" / "agentrt.db").is_file() and list(work.iterdir()) == []
+    existing = Database(uri, create=False)  # found, not "no database at file:..."
+    existing.dispose()
