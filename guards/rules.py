@@ -806,15 +806,24 @@ class RateLimiter:
 
     def dry(self) -> RateCounter:
         """This limiter as a dry run (TestRules) sees it: the live counts, none of them changed."""
-        return _PeekingLimiter(self)
+        return DryRunCounter(self)
 
 
-class _PeekingLimiter(RateLimiter):
-    def __init__(self, live: RateLimiter):
-        self._calls, self._spans, self._lock = live._calls, live._spans, live._lock
+class DryRunCounter:
+    """What ``dry()`` of any ``RateCounter`` gives: the live counter's counts, read by ``peek``, nothing recorded."""
+
+    def __init__(self, live: RateCounter):
+        self._live = live
+        self.local = live.local
 
     def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
-        return self.peek(key, max_calls, per_seconds, now)
+        return self._live.peek(key, max_calls, per_seconds, now)
+
+    def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
+        return self._live.peek(key, max_calls, per_seconds, now)
+
+    def dry(self) -> RateCounter:
+        return self
 
 
 def applies(rule: PolicyRule, stage: Stage) -> bool:

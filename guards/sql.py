@@ -32,7 +32,7 @@ from guards.model import (
     PolicyRule,
     Stage,
 )
-from guards.rules import RateCounter, rule_to_dict, stored_rule
+from guards.rules import DryRunCounter, RateCounter, rule_to_dict, stored_rule
 from guards.store import (
     as_utc,
     storable_leaf,
@@ -652,7 +652,7 @@ class SqlRateLimiter:
         return found + 1
 
     def dry(self) -> RateCounter:
-        return _PeekingSqlLimiter(self)
+        return DryRunCounter(self)
 
     def sweep(self, now: float | None = None) -> int:
         """Delete the calls of every key whose newest call is out of its window; returns how many went."""
@@ -662,24 +662,6 @@ class SqlRateLimiter:
             idle = select(c.key).group_by(c.key).having(func.max(c.expires_at) <= at)
             gone = conn.execute(delete(t.guard_rate_calls).where(c.key.in_(idle))).rowcount
         return int(gone)
-
-
-class _PeekingSqlLimiter:
-    """A dry run's view of a ``SqlRateLimiter``: counts read, nothing recorded."""
-
-    local = False
-
-    def __init__(self, live: SqlRateLimiter):
-        self._live = live
-
-    def hit(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
-        return self._live.peek(key, max_calls, per_seconds, now)
-
-    def peek(self, key: tuple[str, str, str], max_calls: int, per_seconds: float, now: float | None = None) -> int:
-        return self._live.peek(key, max_calls, per_seconds, now)
-
-    def dry(self) -> RateCounter:
-        return self
 
 
 __all__ = ["SqlGuardStore", "SqlRateLimiter"]

@@ -40,7 +40,7 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL; raises DatabaseError for an in-memory one (each pooled connection, one per worker
     thread, would open its own empty database, so the schema migrated on one is missing on the others)."""
     try:
@@ -104,7 +104,7 @@ class Database:
         (for commands that only make sense on an existing one, where a mistyped ``--data-dir`` must not pass)."""
         self.url = url
         if url.startswith("sqlite"):
-            path = _sqlite_file(url)
+            path = sqlite_file(url)
             if path is not None and not create and not path.is_file():
                 raise DatabaseError(f"no database at {path} (check --data-dir / --database-url)")
             if path is not None and create:

@@ -19,10 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from runtime.db import sqlite_file_path
+from runtime.db import DatabaseError, sqlite_file
 
 
 class ServeLockHeld(Exception):
@@ -82,15 +79,13 @@ class ServeLock:
 def database_file(database_url: str) -> Path | None:
     """The absolute path of the SQLite file ``database_url`` names (plain paths and ``file:`` URIs alike), or None
     for another database, an in-memory one, or a string that is no URL (opening the database says so)."""
+    if not database_url.startswith("sqlite"):
+        return None
     try:
-        url = make_url(database_url)
-    except ArgumentError:
+        path = sqlite_file(database_url)
+    except DatabaseError:
         return None
-    name = url.database
-    if url.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file::memory:"):
-        return None
-    path = sqlite_file_path(name)  # sqlite:///file:/path/agentrt.db?uri=true: the URI's path is the file
-    return path.resolve() if str(path) not in ("", ".") else None
+    return path.resolve() if path is not None and str(path) not in ("", ".") else None
 
 
 def _note_holder(fd: int, database: Path) -> None:

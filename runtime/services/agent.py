@@ -14,6 +14,7 @@ from agentrt.v1 import agent_pb2, agent_pb2_grpc
 
 from core.errors import InvalidArgumentError
 from core.text import has_control_chars
+from memory.engine import MAX_ID_LEN
 from runtime import naming
 from runtime.agent.components import bind_ports
 from runtime.agent.items import ItemStore, SqlItemBackend
@@ -27,7 +28,7 @@ MAX_MESSAGE_CHARS = 100_000
 #: A client turn id names the memory messages "<turn_id>-u" and "<turn_id>-a".
 MAX_TURN_ID_CHARS = 100
 #: What memory keeps of a speaker's name.
-MAX_SPEAKER_CHARS = 255
+MAX_SPEAKER_CHARS = MAX_ID_LEN
 _THREAD_RULE = "1-200 characters, no control characters, no leading or trailing spaces"
 
 
